@@ -1,0 +1,284 @@
+"""One ModelConfig for Mamba1 and Mamba2, parsed from mamba-ssm or Hugging Face config.json.
+
+All derived sizes (d_inner, dt_rank, nheads, conv_dim, padded vocabulary) live here and
+nowhere else.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError
+
+MAMBA1 = "mamba1"
+MAMBA2 = "mamba2"
+_HF_TYPES = {"mamba": MAMBA1, "mamba2": MAMBA2}
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """Architecture of a Mamba1 or Mamba2 language model."""
+
+    arch: str  # "mamba1" | "mamba2"
+    d_model: int
+    n_layer: int
+    vocab_size: int  # tokens the tokenizer can produce; logits beyond this are padding
+    vocab_size_padded: int  # rows of the embedding / columns of the logits
+    d_state: int
+    d_conv: int
+    expand: int
+    dt_rank: int = 0  # Mamba1 only
+    headdim: int = 0  # Mamba2 only
+    ngroups: int = 1  # Mamba2 only
+    chunk_size: int = 256  # Mamba2 only
+    dt_limit: tuple[float, float] = (0.0, math.inf)  # Mamba2 only
+    bias: bool = False  # in_proj / out_proj bias
+    conv_bias: bool = True
+    rms_norm: bool = True  # False: LayerNorm with bias (mamba-ssm only)
+    norm_eps: float = 1e-5
+    residual_in_fp32: bool = True
+    tie_embeddings: bool = True
+    source_format: str = "mamba_ssm"  # "mamba_ssm" | "hf"
+
+    @property
+    def d_inner(self) -> int:
+        return self.expand * self.d_model
+
+    @property
+    def nheads(self) -> int:
+        return self.d_inner // self.headdim if self.arch == MAMBA2 else 0
+
+    @property
+    def conv_dim(self) -> int:
+        """Channels the causal conv runs over (Mamba2 convolves x, B and C together)."""
+        if self.arch == MAMBA2:
+            return self.d_inner + 2 * self.ngroups * self.d_state
+        return self.d_inner
+
+    @property
+    def in_proj_dim(self) -> int:
+        if self.arch == MAMBA2:
+            return self.d_inner + self.conv_dim + self.nheads  # z, xBC, dt
+        return 2 * self.d_inner  # x, z
+
+    def conv_state_shape(self, batch: int) -> tuple[int, ...]:
+        return (batch, self.conv_dim, self.d_conv - 1)
+
+    def ssm_state_shape(self, batch: int) -> tuple[int, ...]:
+        if self.arch == MAMBA2:
+            return (batch, self.nheads, self.headdim, self.d_state)
+        return (batch, self.d_inner, self.d_state)
+
+    def to_dict(self) -> dict[str, Any]:
+        out = dataclasses.asdict(self)
+        out["dt_limit"] = [self.dt_limit[0], self.dt_limit[1] if math.isfinite(self.dt_limit[1]) else "inf"]
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "ModelConfig":
+        """Inverse of to_dict (our own canonical form, as written into export folders)."""
+        fields = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(data) - fields
+        if unknown:
+            raise ConfigError(f"unknown model config field(s): {', '.join(sorted(unknown))}")
+        kw = dict(data)
+        if "dt_limit" in kw:
+            kw["dt_limit"] = tuple(float(v) for v in kw["dt_limit"])
+        try:
+            cfg = cls(**kw)
+        except TypeError as exc:
+            raise ConfigError(f"incomplete model config: {exc}") from None
+        cfg.validate()
+        return cfg
+
+    def validate(self) -> None:
+        positive = ["d_model", "n_layer", "vocab_size", "d_state", "d_conv", "expand"]
+        if self.arch == MAMBA1:
+            positive.append("dt_rank")
+        elif self.arch == MAMBA2:
+            positive += ["headdim", "ngroups", "chunk_size"]
+        else:
+            raise ConfigError(f"unknown architecture {self.arch!r} (expected mamba1 or mamba2)")
+        for name in positive:
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise ConfigError(f"config field '{name}' must be a positive integer, got {value!r}")
+        if self.d_conv < 2:
+            raise ConfigError(f"config field 'd_conv' must be at least 2, got {self.d_conv}")
+        if self.vocab_size_padded < self.vocab_size:
+            raise ConfigError("config: padded vocabulary is smaller than the vocabulary")
+        if self.arch == MAMBA2:
+            if self.d_inner % self.headdim:
+                raise ConfigError(
+                    f"config: d_inner {self.d_inner} is not a multiple of headdim {self.headdim}")
+            if self.nheads % self.ngroups:
+                raise ConfigError(
+                    f"config: nheads {self.nheads} is not a multiple of ngroups {self.ngroups}")
+            if self.d_inner % self.ngroups:
+                raise ConfigError("config: d_inner is not a multiple of ngroups")
+            lo, hi = self.dt_limit
+            if not lo < hi or lo < 0:
+                raise ConfigError(f"config field 'dt_limit' must satisfy 0 <= lo < hi, got {self.dt_limit}")
+
+
+def load_config(path: str | Path) -> ModelConfig:
+    """Parse `config.json` in a checkpoint folder (or the file itself)."""
+    path = Path(path)
+    file = path / "config.json" if path.is_dir() else path
+    if not file.is_file():
+        raise ConfigError(f"no config.json in {path}")
+    try:
+        data = json.loads(file.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{file}: not valid JSON ({exc})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{file}: expected a JSON object")
+    return parse_config(data, origin=str(file))
+
+
+def parse_config(data: dict[str, Any], origin: str = "config.json") -> ModelConfig:
+    """Dispatch on the format: Hugging Face configs carry `model_type`, mamba-ssm's `d_model`."""
+    try:
+        if "model_type" in data:
+            cfg = _from_hf(data)
+        elif "d_model" in data:
+            cfg = _from_mamba_ssm(data)
+        else:
+            raise ConfigError("neither 'model_type' (Hugging Face) nor 'd_model' (mamba-ssm) is set")
+        cfg.validate()
+    except ConfigError as exc:
+        raise ConfigError(f"{origin}: {exc}") from None
+    except (TypeError, ValueError, KeyError) as exc:
+        raise ConfigError(f"{origin}: malformed field ({exc})") from None
+    return cfg
+
+
+def _require(data: dict[str, Any], key: str) -> Any:
+    if key not in data:
+        raise ConfigError(f"missing field '{key}'")
+    return data[key]
+
+
+def _as_int(value: Any, key: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or int(value) != value:
+        raise ConfigError(f"field '{key}' must be an integer, got {value!r}")
+    return int(value)
+
+
+def _pad(vocab: int, multiple: int) -> int:
+    return vocab if multiple <= 1 else -(-vocab // multiple) * multiple
+
+
+def _dt_limit(value: Any, key: str) -> tuple[float, float]:
+    try:
+        lo, hi = (float(v) for v in value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"field '{key}' must be a pair of numbers, got {value!r}") from None
+    return lo, hi
+
+
+def _from_mamba_ssm(data: dict[str, Any]) -> ModelConfig:
+    if data.get("attn_layer_idx"):
+        raise ConfigError("field 'attn_layer_idx': hybrid attention layers are not supported yet")
+    if data.get("d_intermediate", 0):
+        raise ConfigError("field 'd_intermediate': MLP layers (d_intermediate > 0) are not supported yet")
+    ssm = data.get("ssm_cfg") or {}
+    if not isinstance(ssm, dict):
+        raise ConfigError("field 'ssm_cfg' must be an object")
+    layer = ssm.get("layer", "Mamba1")
+    if layer not in ("Mamba1", "Mamba2"):
+        raise ConfigError(f"field 'ssm_cfg.layer': unknown layer type {layer!r} (expected Mamba1 or Mamba2)")
+    d_model = _as_int(_require(data, "d_model"), "d_model")
+    vocab = _as_int(_require(data, "vocab_size"), "vocab_size")
+    common = dict(
+        d_model=d_model,
+        n_layer=_as_int(_require(data, "n_layer"), "n_layer"),
+        vocab_size=vocab,
+        vocab_size_padded=_pad(vocab, _as_int(data.get("pad_vocab_size_multiple", 8), "pad_vocab_size_multiple")),
+        d_conv=_as_int(ssm.get("d_conv", 4), "ssm_cfg.d_conv"),
+        expand=_as_int(ssm.get("expand", 2), "ssm_cfg.expand"),
+        bias=bool(ssm.get("bias", False)),
+        conv_bias=bool(ssm.get("conv_bias", True)),
+        rms_norm=bool(data.get("rms_norm", True)),
+        norm_eps=float(data.get("norm_epsilon", 1e-5)),
+        residual_in_fp32=bool(data.get("residual_in_fp32", True)),
+        tie_embeddings=bool(data.get("tie_embeddings", True)),
+        source_format="mamba_ssm",
+    )
+    if layer == "Mamba1":
+        dt_rank = ssm.get("dt_rank", "auto")
+        dt_rank = math.ceil(d_model / 16) if dt_rank == "auto" else _as_int(dt_rank, "ssm_cfg.dt_rank")
+        return ModelConfig(arch=MAMBA1, d_state=_as_int(ssm.get("d_state", 16), "ssm_cfg.d_state"),
+                           dt_rank=dt_rank, **common)
+    _refuse_mamba2_variants(ssm, d_model * common["expand"])
+    return ModelConfig(
+        arch=MAMBA2,
+        d_state=_as_int(ssm.get("d_state", 128), "ssm_cfg.d_state"),
+        headdim=_as_int(ssm.get("headdim", 64), "ssm_cfg.headdim"),
+        ngroups=_as_int(ssm.get("ngroups", 1), "ssm_cfg.ngroups"),
+        chunk_size=_as_int(ssm.get("chunk_size", 256), "ssm_cfg.chunk_size"),
+        dt_limit=_dt_limit(ssm.get("dt_limit", (0.0, math.inf)), "ssm_cfg.dt_limit"),
+        **common,
+    )
+
+
+def _refuse_mamba2_variants(ssm: dict[str, Any], d_inner: int) -> None:
+    d_ssm = ssm.get("d_ssm")
+    if d_ssm is not None and d_ssm != d_inner:
+        raise ConfigError("field 'ssm_cfg.d_ssm': a gated MLP beside the SSM (d_ssm < d_inner) is not supported yet")
+    if ssm.get("D_has_hdim", False):
+        raise ConfigError("field 'ssm_cfg.D_has_hdim': per-channel D is not supported yet")
+    if not ssm.get("rmsnorm", True):
+        raise ConfigError("field 'ssm_cfg.rmsnorm': Mamba2 without the gated RMSNorm is not supported yet")
+    if ssm.get("norm_before_gate", False):
+        raise ConfigError("field 'ssm_cfg.norm_before_gate': norm_before_gate=true is not supported yet")
+
+
+def _from_hf(data: dict[str, Any]) -> ModelConfig:
+    model_type = data["model_type"]
+    if model_type not in _HF_TYPES:
+        raise ConfigError(f"field 'model_type': unsupported model type {model_type!r} (expected mamba or mamba2)")
+    arch = _HF_TYPES[model_type]
+    d_model = _as_int(_require(data, "hidden_size"), "hidden_size")
+    expand = _as_int(data.get("expand", 2), "expand")
+    vocab = _as_int(_require(data, "vocab_size"), "vocab_size")
+    act = data.get("hidden_act", "silu")
+    if act not in ("silu", "swish"):
+        raise ConfigError(f"field 'hidden_act': only silu is supported, got {act!r}")
+    common = dict(
+        d_model=d_model,
+        n_layer=_as_int(_require(data, "num_hidden_layers"), "num_hidden_layers"),
+        vocab_size=vocab,
+        vocab_size_padded=vocab,  # HF checkpoints store the padded embedding size here
+        d_conv=_as_int(data.get("conv_kernel", 4), "conv_kernel"),
+        expand=expand,
+        bias=bool(data.get("use_bias", False)),
+        conv_bias=bool(data.get("use_conv_bias", True)),
+        norm_eps=float(data.get("layer_norm_epsilon", 1e-5)),
+        residual_in_fp32=bool(data.get("residual_in_fp32", True)),
+        source_format="hf",
+    )
+    if arch == MAMBA1:
+        dt_rank = data.get("time_step_rank", "auto")
+        dt_rank = math.ceil(d_model / 16) if dt_rank == "auto" else _as_int(dt_rank, "time_step_rank")
+        return ModelConfig(arch=MAMBA1, d_state=_as_int(data.get("state_size", 16), "state_size"),
+                           dt_rank=dt_rank, tie_embeddings=bool(data.get("tie_word_embeddings", True)), **common)
+    head_dim = _as_int(data.get("head_dim", 64), "head_dim")
+    num_heads = data.get("num_heads")
+    if num_heads is not None and _as_int(num_heads, "num_heads") * head_dim != expand * d_model:
+        raise ConfigError(
+            f"field 'num_heads': num_heads * head_dim ({num_heads} * {head_dim}) != expand * hidden_size "
+            f"({expand} * {d_model})")
+    return ModelConfig(
+        arch=MAMBA2,
+        d_state=_as_int(data.get("state_size", 128), "state_size"),
+        headdim=head_dim,
+        ngroups=_as_int(data.get("n_groups", 8), "n_groups"),
+        chunk_size=_as_int(data.get("chunk_size", 256), "chunk_size"),
+        dt_limit=_dt_limit(data.get("time_step_limit", (0.0, math.inf)), "time_step_limit"),
+        tie_embeddings=bool(data.get("tie_word_embeddings", False)),
+        **common,
+    )
