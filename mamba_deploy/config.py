@@ -86,7 +86,7 @@ class ModelConfig:
             raise ConfigError(f"unknown model config field(s): {', '.join(sorted(unknown))}")
         kw = dict(data)
         if "dt_limit" in kw:
-            kw["dt_limit"] = tuple(float(v) for v in kw["dt_limit"])
+            kw["dt_limit"] = _dt_limit(kw["dt_limit"], "dt_limit")
         try:
             cfg = cls(**kw)
         except TypeError as exc:
@@ -172,9 +172,18 @@ def _pad(vocab: int, multiple: int) -> int:
     return vocab if multiple <= 1 else -(-vocab // multiple) * multiple
 
 
+def _number(value: Any) -> float:
+    """A float from JSON, where infinity may be written 'inf', 'Infinity' or {"__float__": "Infinity"} (HF)."""
+    if isinstance(value, dict) and "__float__" in value:
+        value = value["__float__"]
+    if isinstance(value, bool):
+        raise ValueError(value)
+    return float(value)
+
+
 def _dt_limit(value: Any, key: str) -> tuple[float, float]:
     try:
-        lo, hi = (float(v) for v in value)
+        lo, hi = (_number(v) for v in value)
     except (TypeError, ValueError):
         raise ConfigError(f"field '{key}' must be a pair of numbers, got {value!r}") from None
     return lo, hi

@@ -1,0 +1,171 @@
+"""Resolve a checkpoint (folder or Hub id), read its weights safely, normalise key names.
+
+Weights are streamed tensor by tensor into preallocated parameters in the requested dtype, so
+peak memory is about one model plus the largest tensor (`.bin` files are memory-mapped).
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+from typing import Iterator
+
+import torch
+
+from .config import ModelConfig, load_config
+from .errors import CheckpointError
+
+CONFIG_FILES = ["config.json"]
+TOKENIZER_FILES = ["tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json",
+                   "merges.txt", "generation_config.json"]
+SAFETENSORS_PATTERNS = ["model*.safetensors", "model.safetensors.index.json"]
+BIN_PATTERNS = ["pytorch_model*.bin", "pytorch_model.bin.index.json"]
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
+
+
+def resolve_checkpoint(path_or_id: str | os.PathLike, revision: str | None = None) -> Path:
+    """A local folder as is; otherwise a Hub id fetched (or found in the cache) with only the files we need."""
+    path = Path(path_or_id).expanduser()
+    if path.exists():
+        if not path.is_dir():
+            raise CheckpointError(f"{path} is not a folder (expected a checkpoint folder with config.json)")
+        return path
+    name = str(path_or_id)
+    if not _HUB_ID.match(name) or name.startswith((".", "/", "~")):
+        raise CheckpointError(f"{name}: no such folder (and not a Hugging Face Hub id like 'state-spaces/mamba-130m')")
+    return _download(name, revision)
+
+
+def _download(repo_id: str, revision: str | None) -> Path:
+    from huggingface_hub import HfApi, snapshot_download
+    from huggingface_hub import constants as hf_constants
+    from huggingface_hub.errors import (HfHubHTTPError, LocalEntryNotFoundError, RepositoryNotFoundError,
+                                        RevisionNotFoundError)
+
+    offline = bool(hf_constants.HF_HUB_OFFLINE)
+    try:
+        if offline:
+            patterns = CONFIG_FILES + TOKENIZER_FILES + SAFETENSORS_PATTERNS + BIN_PATTERNS
+        else:
+            files = HfApi().list_repo_files(repo_id, revision=revision)
+            has_st = any(f.endswith(".safetensors") for f in files)
+            patterns = CONFIG_FILES + TOKENIZER_FILES + (SAFETENSORS_PATTERNS if has_st else BIN_PATTERNS)
+        return Path(snapshot_download(repo_id, revision=revision, allow_patterns=patterns, local_files_only=offline))
+    except LocalEntryNotFoundError:
+        why = "HF_HUB_OFFLINE is set" if offline else "the Hub could not be reached"
+        raise CheckpointError(f"{repo_id}: not in the local Hugging Face cache and {why}") from None
+    except (RepositoryNotFoundError, RevisionNotFoundError):
+        raise CheckpointError(f"{repo_id}: no such model on the Hugging Face Hub (or it is private)") from None
+    except (HfHubHTTPError, OSError) as exc:
+        raise CheckpointError(f"{repo_id}: download failed ({type(exc).__name__}: {exc})".splitlines()[0]) from None
+
+
+def weight_files(folder: Path) -> list[Path]:
+    """The checkpoint's weight files, safetensors preferred; sharded checkpoints via their index."""
+    for index_name, single in (("model.safetensors.index.json", "model.safetensors"),
+                               ("pytorch_model.bin.index.json", "pytorch_model.bin")):
+        index = folder / index_name
+        if index.is_file():
+            try:
+                shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+            except (json.JSONDecodeError, KeyError, TypeError, AttributeError):
+                raise CheckpointError(f"{index}: corrupt index (no 'weight_map')") from None
+            missing = [s for s in shards if not (folder / s).is_file()]
+            if missing:
+                raise CheckpointError(f"{index}: shard(s) missing: {', '.join(missing)}")
+            return [folder / s for s in shards]
+        if (folder / single).is_file():
+            return [folder / single]
+    raise CheckpointError(f"{folder}: no weights (expected model.safetensors or pytorch_model.bin, or a sharded index)")
+
+
+def iter_tensors(files: list[Path]) -> Iterator[tuple[str, torch.Tensor]]:
+    """Yield (name, tensor) one at a time. `.bin` goes through torch.load(weights_only=True)."""
+    for file in files:
+        try:
+            if file.suffix == ".safetensors":
+                from safetensors import safe_open
+                with safe_open(str(file), framework="pt") as f:
+                    for key in f.keys():
+                        yield key, f.get_tensor(key)
+            else:
+                yield from _load_bin(file).items()
+        except CheckpointError:
+            raise
+        except Exception as exc:  # corrupt/truncated files raise many different types
+            raise CheckpointError(f"{file}: cannot read weights ({type(exc).__name__}: {exc})".splitlines()[0]) \
+                from None
+
+
+def _load_bin(file: Path) -> dict[str, torch.Tensor]:
+    try:
+        data = torch.load(file, map_location="cpu", weights_only=True, mmap=True)
+    except RuntimeError as exc:
+        if "mmap" not in str(exc):
+            raise
+        data = torch.load(file, map_location="cpu", weights_only=True)  # legacy (non-zip) format
+    if isinstance(data, dict) and "state_dict" in data and isinstance(data["state_dict"], dict):
+        data = data["state_dict"]
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{file}: expected a state dict, got {type(data).__name__}")
+    return data
+
+
+def normalise_key(key: str) -> str:
+    """Map Hugging Face / mamba-ssm names onto ours (mamba-ssm's)."""
+    if key.startswith("model."):
+        key = key[len("model."):]
+    if not key.startswith(("backbone.", "lm_head.")):
+        key = "backbone." + key
+    return key.replace("backbone.embeddings.", "backbone.embedding.")
+
+
+def load_weights_into(model: torch.nn.Module, cfg: ModelConfig, files: list[Path]) -> None:
+    """Copy checkpoint tensors into `model`'s (preallocated) parameters, converting dtype per tensor."""
+    params = dict(model.named_parameters(remove_duplicate=False))
+    tied = cfg.tie_embeddings
+    seen: set[str] = set()
+    unexpected: list[str] = []
+    for raw_key, tensor in iter_tensors(files):
+        key = normalise_key(raw_key)
+        if key == "lm_head.weight" and tied:
+            continue  # tied to the embedding; some checkpoints store both
+        if key not in params:
+            unexpected.append(raw_key)
+            continue
+        target = params[key]
+        if tuple(tensor.shape) != tuple(target.shape):
+            raise CheckpointError(f"weight '{raw_key}' has shape {tuple(tensor.shape)}, the config implies "
+                                  f"{tuple(target.shape)} (config and weights do not match)")
+        with torch.no_grad():
+            target.copy_(tensor)
+        seen.add(key)
+        del tensor
+    if unexpected:
+        raise CheckpointError(f"unexpected weights not in a {cfg.arch} model: {', '.join(unexpected[:5])}"
+                              + (f" (+{len(unexpected) - 5} more)" if len(unexpected) > 5 else ""))
+    expected = {k for k in params if not (tied and k == "lm_head.weight")}
+    missing = sorted(expected - seen)
+    if missing:
+        raise CheckpointError(f"weights missing from the checkpoint: {', '.join(missing[:5])}"
+                              + (f" (+{len(missing) - 5} more)" if len(missing) > 5 else ""))
+
+
+def load_reference(path_or_id: str | os.PathLike, dtype: torch.dtype = torch.float32, device: str = "cpu",
+                   revision: str | None = None):
+    """Load a checkpoint as the PyTorch reference model (`MambaLM`) in `dtype` on `device`."""
+    from .models import MambaLM
+
+    folder = resolve_checkpoint(path_or_id, revision)
+    cfg = load_config(folder)
+    files = weight_files(folder)
+    with torch.device("meta"):
+        model = MambaLM(cfg, dtype=dtype)
+    model = model.to_empty(device=device)
+    if cfg.tie_embeddings:  # to_empty re-creates parameters; re-tie
+        model.lm_head.weight = model.backbone.embedding.weight
+    load_weights_into(model, cfg, files)
+    model.eval()
+    model.source_dir = folder
+    return model

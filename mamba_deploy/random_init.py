@@ -1,0 +1,144 @@
+"""Random checkpoints shaped like the published models, written in mamba-ssm or Hugging Face format.
+
+We cannot download the real checkpoints here, so tests and benchmarks make their own:
+`make_random_checkpoint("mamba-1.4b", "ckpt/", dtype=torch.float16)`.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .config import MAMBA2, ModelConfig, parse_config
+
+_M1 = {"ssm_cfg": {}, "vocab_size": 50277, "pad_vocab_size_multiple": 8, "rms_norm": True,
+       "residual_in_fp32": True, "fused_add_norm": True, "tie_embeddings": True}
+_M2 = {**_M1, "ssm_cfg": {"layer": "Mamba2"}, "pad_vocab_size_multiple": 16, "d_intermediate": 0,
+       "attn_layer_idx": [], "attn_cfg": {}}
+PRESETS: dict[str, dict[str, Any]] = {
+    **{f"mamba-{n}": {**_M1, "d_model": d, "n_layer": L} for n, d, L in [
+        ("130m", 768, 24), ("370m", 1024, 48), ("790m", 1536, 48), ("1.4b", 2048, 48), ("2.8b", 2560, 64)]},
+    **{f"mamba2-{n}": {**_M2, "d_model": d, "n_layer": L} for n, d, L in [
+        ("130m", 768, 24), ("370m", 1024, 48), ("780m", 1536, 48), ("1.3b", 2048, 48), ("2.7b", 2560, 64)]},
+}
+
+
+def preset_config(name: str) -> dict[str, Any]:
+    key = name.split("/")[-1].removesuffix("-hf")
+    if key not in PRESETS:
+        raise KeyError(f"unknown preset {name!r}; known: {', '.join(PRESETS)}")
+    return json.loads(json.dumps(PRESETS[key]))
+
+
+@torch.no_grad()
+def init_weights_(model: torch.nn.Module, seed: int = 0) -> None:
+    """Fill every parameter in place with values of realistic scale (as mamba-ssm's init, plus noise)."""
+    gen = torch.Generator().manual_seed(seed)
+    cfg: ModelConfig = model.config
+
+    def rand(shape, scale=1.0, offset=0.0):
+        return torch.randn(shape, generator=gen) * scale + offset
+
+    for name, p in model.named_parameters():
+        leaf = name.rsplit(".", 2)[-2:]
+        if name.endswith("A_log"):
+            base = torch.arange(1, p.shape[-1] + 1, dtype=torch.float32) if cfg.arch != MAMBA2 else \
+                torch.empty(p.shape).uniform_(1, 16, generator=gen)
+            val = torch.log(base.expand(p.shape)) + rand(p.shape, 0.1)
+        elif name.endswith(("dt_bias", "dt_proj.bias")):
+            dt = torch.exp(torch.rand(p.shape, generator=gen) * (math.log(0.1) - math.log(1e-3)) + math.log(1e-3))
+            val = dt + torch.log(-torch.expm1(-dt))  # inverse softplus
+        elif name.endswith(".D"):
+            val = 1.0 + rand(p.shape, 0.1)
+        elif leaf[-1] == "weight" and (p.dim() == 1):  # norms
+            val = 1.0 + rand(p.shape, 0.1)
+        elif leaf[-1] == "bias":
+            val = rand(p.shape, 0.02)
+        elif "conv1d" in name:
+            val = rand(p.shape, 1.0 / math.sqrt(cfg.d_conv))
+        elif "embedding" in name:
+            val = rand(p.shape, 0.02)
+        else:  # linear layers: (out, in)
+            val = rand(p.shape, 1.0 / math.sqrt(p.shape[-1]))
+        p.copy_(val)
+
+
+def _hf_config(cfg: ModelConfig) -> dict[str, Any]:
+    common = {"hidden_size": cfg.d_model, "num_hidden_layers": cfg.n_layer, "vocab_size": cfg.vocab_size_padded,
+              "state_size": cfg.d_state, "expand": cfg.expand, "conv_kernel": cfg.d_conv, "use_bias": cfg.bias,
+              "use_conv_bias": cfg.conv_bias, "layer_norm_epsilon": cfg.norm_eps,
+              "residual_in_fp32": cfg.residual_in_fp32, "tie_word_embeddings": cfg.tie_embeddings,
+              "hidden_act": "silu"}
+    if cfg.arch == MAMBA2:
+        lo, hi = cfg.dt_limit
+        return {**common, "model_type": "mamba2", "architectures": ["Mamba2ForCausalLM"], "num_heads": cfg.nheads,
+                "head_dim": cfg.headdim, "n_groups": cfg.ngroups, "chunk_size": cfg.chunk_size,
+                "time_step_limit": [lo, hi]}
+    return {**common, "model_type": "mamba", "architectures": ["MambaForCausalLM"], "time_step_rank": cfg.dt_rank,
+            "intermediate_size": cfg.d_inner}
+
+
+def write_checkpoint(model: torch.nn.Module, folder: str | os.PathLike, fmt: str = "mamba_ssm",
+                     ssm_config: dict[str, Any] | None = None) -> Path:
+    """Save `model` (a MambaLM) as a checkpoint folder; written to a temp folder, then renamed.
+
+    fmt "mamba_ssm": config.json (d_model, ssm_cfg ...) + pytorch_model.bin;
+    fmt "hf": Hugging Face config.json + model.safetensors with HF key names.
+    """
+    cfg: ModelConfig = model.config
+    folder = Path(folder)
+    tmp = Path(tempfile.mkdtemp(prefix=folder.name + ".", dir=folder.parent if folder.parent.exists() else None))
+    state = {k: v for k, v in model.state_dict().items() if not (cfg.tie_embeddings and k == "lm_head.weight")}
+    if fmt == "mamba_ssm":
+        (tmp / "config.json").write_text(json.dumps(ssm_config or _ssm_config(cfg), indent=2))
+        torch.save(state, tmp / "pytorch_model.bin")
+    elif fmt == "hf":
+        from safetensors.torch import save_file
+        (tmp / "config.json").write_text(json.dumps(_hf_config(cfg), indent=2))
+        hf_state = {k.replace("backbone.embedding.", "backbone.embeddings."): v.contiguous() for k, v in state.items()}
+        save_file(hf_state, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+    else:
+        raise ValueError(f"fmt must be 'mamba_ssm' or 'hf', got {fmt!r}")
+    if folder.exists():
+        shutil.rmtree(folder)
+    os.replace(tmp, folder)
+    return folder
+
+
+def _ssm_config(cfg: ModelConfig) -> dict[str, Any]:
+    ssm: dict[str, Any] = {"d_state": cfg.d_state, "d_conv": cfg.d_conv, "expand": cfg.expand,
+                           "bias": cfg.bias, "conv_bias": cfg.conv_bias}
+    if cfg.arch == MAMBA2:
+        ssm.update(layer="Mamba2", headdim=cfg.headdim, ngroups=cfg.ngroups, chunk_size=cfg.chunk_size,
+                   dt_limit=list(cfg.dt_limit))
+    else:
+        ssm.update(dt_rank=cfg.dt_rank)
+    multiple = next((m for m in (1, 8, 16, 32, 64, 128, 256) if -(-cfg.vocab_size // m) * m == cfg.vocab_size_padded),
+                    None)
+    if multiple is None:
+        raise ValueError(f"padded vocabulary {cfg.vocab_size_padded} is not a padding of {cfg.vocab_size}")
+    return {"d_model": cfg.d_model, "n_layer": cfg.n_layer, "vocab_size": cfg.vocab_size, "ssm_cfg": ssm,
+            "rms_norm": cfg.rms_norm, "norm_epsilon": cfg.norm_eps, "residual_in_fp32": cfg.residual_in_fp32,
+            "pad_vocab_size_multiple": multiple, "tie_embeddings": cfg.tie_embeddings}
+
+
+def make_random_checkpoint(config: str | dict[str, Any], folder: str | os.PathLike, fmt: str = "mamba_ssm",
+                           dtype: torch.dtype = torch.float16, seed: int = 0) -> Path:
+    """A preset name ("mamba-1.4b") or a mamba-ssm config dict -> a random checkpoint folder."""
+    from .models import MambaLM
+
+    ssm_config = preset_config(config) if isinstance(config, str) else dict(config)
+    cfg = parse_config(ssm_config, origin="random-init config")
+    with torch.device("meta"):
+        model = MambaLM(cfg, dtype=dtype)
+    model = model.to_empty(device="cpu")
+    if cfg.tie_embeddings:
+        model.lm_head.weight = model.backbone.embedding.weight
+    init_weights_(model, seed)
+    return write_checkpoint(model, folder, fmt, ssm_config if fmt == "mamba_ssm" else None)
