@@ -86,9 +86,8 @@ class MambaLM(nn.Module):
         normed, _ = self.backbone.norm_f.add_forward(hidden, residual, self.config.residual_in_fp32)
         return self.lm_head(normed)
 
-    @torch.no_grad()
     def forward(self, input_ids: torch.Tensor, state: Optional[InferenceState] = None) -> torch.Tensor:
-        """Logits at every position: (batch, seqlen, vocab_size_padded)."""
+        """Logits at every position: (batch, seqlen, vocab_size_padded). Differentiable (used for training)."""
         state = state if state is not None else self.new_state(input_ids.shape[0])
         return self._run(input_ids, state, step=False, all_logits=True)
 
