@@ -1,0 +1,78 @@
+// mamba_capi.cpp -- the plain C ABI of libmamba_deploy_kernels.so (loaded with ctypes by
+// mamba_deploy/ops/_lib.py). Params are the structs of plugins/kernels/mamba_kernels.h, passed by
+// pointer (all fields 8 bytes wide); the stream is a cudaStream_t as void* (NULL: legacy default);
+// every entry point returns the cudaError_t code of its launch (0: success) and leaves a message
+// for md_get_last_error_string() when it fails.
+#include <cstdint>
+#include <string>
+
+#include <cuda_runtime_api.h>
+
+#include "mamba_kernels.h"
+
+#define MD_API extern "C" __attribute__((visibility("default")))
+
+namespace {
+
+thread_local std::string g_last_error;
+
+int finish(cudaError_t err, const char* op) {
+  if (err == cudaSuccess) return 0;
+  const char* why = err == cudaErrorInvalidValue && md_kernels_check_message()[0] ? md_kernels_check_message()
+                                                                                    : cudaGetErrorString(err);
+  g_last_error = std::string(op) + ": " + why;
+  return static_cast<int>(err);
+}
+
+int invalid(const char* msg) {
+  g_last_error = msg;
+  return static_cast<int>(cudaErrorInvalidValue);
+}
+
+}  // namespace
+
+MD_API int md_version(void) { return MD_KERNELS_VERSION; }
+
+MD_API const char* md_get_last_error_string(void) { return g_last_error.c_str(); }
+
+// sizeof the params struct of `kind`: 0 causal conv1d, 1 ssm, 2 add_norm, 3 gated_rms_norm; -1 unknown.
+MD_API int64_t md_params_size(int64_t kind) {
+  switch (kind) {
+    case 0: return sizeof(md_causal_conv1d_params);
+    case 1: return sizeof(md_ssm_params);
+    case 2: return sizeof(md_add_norm_params);
+    case 3: return sizeof(md_gated_rms_norm_params);
+    default: return -1;
+  }
+}
+
+MD_API int md_causal_conv1d_fwd(const md_causal_conv1d_params* p, void* stream) {
+  return finish(md_launch_causal_conv1d(p, static_cast<cudaStream_t>(stream)), "md_causal_conv1d_fwd");
+}
+
+MD_API int md_causal_conv1d_update(const md_causal_conv1d_params* p, void* stream) {
+  if (p && p->seqlen != 1) return invalid("md_causal_conv1d_update: seqlen must be 1");
+  return finish(md_launch_causal_conv1d(p, static_cast<cudaStream_t>(stream)), "md_causal_conv1d_update");
+}
+
+MD_API int md_selective_scan_fwd(const md_ssm_params* p, void* stream) {
+  if (p && p->headdim != 1) return invalid("md_selective_scan_fwd: Mamba1 layout has headdim 1");
+  return finish(md_launch_ssm_scan(p, static_cast<cudaStream_t>(stream)), "md_selective_scan_fwd");
+}
+
+MD_API int md_selective_state_update(const md_ssm_params* p, void* stream) {
+  if (p && p->seqlen != 1) return invalid("md_selective_state_update: seqlen must be 1");
+  return finish(md_launch_ssm_scan(p, static_cast<cudaStream_t>(stream)), "md_selective_state_update");
+}
+
+MD_API int md_mamba2_chunk_scan_fwd(const md_ssm_params* p, void* stream) {
+  return finish(md_launch_ssm_scan(p, static_cast<cudaStream_t>(stream)), "md_mamba2_chunk_scan_fwd");
+}
+
+MD_API int md_add_norm_fwd(const md_add_norm_params* p, void* stream) {
+  return finish(md_launch_add_norm(p, static_cast<cudaStream_t>(stream)), "md_add_norm_fwd");
+}
+
+MD_API int md_gated_rms_norm_fwd(const md_gated_rms_norm_params* p, void* stream) {
+  return finish(md_launch_gated_rms_norm(p, static_cast<cudaStream_t>(stream)), "md_gated_rms_norm_fwd");
+}

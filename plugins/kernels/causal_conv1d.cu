@@ -1,0 +1,106 @@
+// causal_conv1d.cu -- depthwise causal conv1d from a past state (+ SiLU), and its 1-token update.
+// Reference: mamba_deploy/ops/causal_conv1d.py (causal_conv1d_ref, causal_conv1d_update_ref).
+//
+// One thread computes kTPT consecutive outputs of one (batch, channel): it keeps the conv window
+// (width - 1 + kTPT inputs) and the weights in registers. Threads are numbered channel-fastest when
+// the channel axis is contiguous (x from a (batch, seqlen, dim) GEMM output), else time-fastest,
+// so that a warp's loads are coalesced in both layouts. The thread of chunk 0 is the only one that
+// reads state_in and the only one that writes state_out, so the two may alias.
+#include "common.cuh"
+
+namespace md {
+namespace {
+
+constexpr int kTPT = 8;  // outputs per thread
+constexpr int kW = MD_MAX_CONV_WIDTH;
+constexpr int kThreads = 256;
+
+// full[q] for q in [0, width - 1 + seqlen): the state columns, then x; as x's dtype (like the ref).
+template <typename T>
+__device__ __forceinline__ float full_at(const md_causal_conv1d_params& p, int64_t b, int64_t c, int64_t q) {
+  const int64_t pos = q - (p.width - 1);
+  if (pos >= 0) {
+    return to_f(static_cast<const T*>(p.x)[b * p.x_batch_stride + c * p.x_dim_stride + pos * p.x_seq_stride]);
+  }
+  if (p.state_in == nullptr) return 0.f;
+  const float s = load_any(p.state_in, p.state_dtype,
+                           b * p.state_in_batch_stride + c * p.state_in_dim_stride + q * p.state_in_width_stride);
+  return to_f(from_f<T>(s));
+}
+
+template <typename T>
+__global__ void __launch_bounds__(kThreads) causal_conv1d_kernel(const md_causal_conv1d_params p, int channel_fastest) {
+  const int64_t nchunks = (p.seqlen + kTPT - 1) / kTPT;
+  const int64_t idx = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x;
+  if (idx >= p.batch * p.dim * nchunks) return;
+  int64_t b, c, k;
+  if (channel_fastest) {
+    c = idx % p.dim;
+    k = (idx / p.dim) % nchunks;
+    b = idx / (p.dim * nchunks);
+  } else {
+    k = idx % nchunks;
+    c = (idx / nchunks) % p.dim;
+    b = idx / (nchunks * p.dim);
+  }
+  const int width = static_cast<int>(p.width);
+  const int64_t t0 = k * kTPT;
+  float w[kW];
+#pragma unroll
+  for (int i = 0; i < kW; ++i) {
+    w[i] = i < width ? load_any(p.weight, p.weight_dtype, c * p.weight_dim_stride + i * p.weight_width_stride) : 0.f;
+  }
+  const float bias = p.bias ? load_any(p.bias, p.weight_dtype, c * p.bias_stride) : 0.f;
+  // win[j] = full[t0 + j], the inputs of outputs t0 .. t0 + kTPT - 1
+  float win[kW - 1 + kTPT];
+#pragma unroll
+  for (int j = 0; j < kW - 1 + kTPT; ++j) {
+    const int64_t q = t0 + j;
+    win[j] = (j < width - 1 + kTPT && q < p.seqlen + width - 1) ? full_at<T>(p, b, c, q) : 0.f;
+  }
+  float new_state[kW - 1];
+  if (k == 0 && p.state_out != nullptr) {  // read everything state_out needs before writing it
+#pragma unroll
+    for (int j = 0; j < kW - 1; ++j) new_state[j] = j < width - 1 ? full_at<T>(p, b, c, p.seqlen + j) : 0.f;
+  }
+  T* y = static_cast<T*>(p.y) + b * p.y_batch_stride + c * p.y_dim_stride;
+#pragma unroll
+  for (int j = 0; j < kTPT; ++j) {
+    float acc = bias;
+#pragma unroll
+    for (int i = 0; i < kW; ++i) acc += i < width ? w[i] * win[j + i] : 0.f;
+    if (p.silu) acc = silu(acc);
+    if (t0 + j < p.seqlen) y[(t0 + j) * p.y_seq_stride] = from_f<T>(acc);
+  }
+  if (k == 0 && p.state_out != nullptr) {
+#pragma unroll
+    for (int j = 0; j < kW - 1; ++j) {
+      if (j < width - 1) {
+        store_any(p.state_out, p.state_dtype,
+                  b * p.state_out_batch_stride + c * p.state_out_dim_stride + j * p.state_out_width_stride,
+                  new_state[j]);
+      }
+    }
+  }
+}
+
+}  // namespace
+}  // namespace md
+
+extern "C" cudaError_t md_launch_causal_conv1d(const md_causal_conv1d_params* p, cudaStream_t stream) {
+  MD_CHECK(p != nullptr, "causal_conv1d: params is NULL");
+  MD_CHECK(p->batch >= 0 && p->dim >= 0 && p->seqlen >= 0, "causal_conv1d: negative size");
+  MD_CHECK(p->width >= 1 && p->width <= MD_MAX_CONV_WIDTH, "causal_conv1d: width must be in 1..8");
+  MD_CHECK(p->x && p->y && p->weight, "causal_conv1d: x, y and weight are required");
+  MD_CHECK(md::valid_dtype(p->weight_dtype) && md::valid_dtype(p->state_dtype), "causal_conv1d: bad dtype code");
+  const int64_t nchunks = (p->seqlen + md::kTPT - 1) / md::kTPT;
+  const int64_t total = p->batch * p->dim * nchunks;
+  if (total == 0) return cudaSuccess;
+  const int64_t blocks = (total + md::kThreads - 1) / md::kThreads;
+  MD_CHECK(blocks < (int64_t{1} << 31), "causal_conv1d: too large");
+  const int channel_fastest = p->x_dim_stride == 1 ? 1 : 0;
+  return MD_DISPATCH_DTYPE(p->x_dtype, T, [&] {
+    md::causal_conv1d_kernel<T><<<static_cast<unsigned>(blocks), md::kThreads, 0, stream>>>(*p, channel_fastest);
+    return cudaGetLastError();
+  });
+}

@@ -1,0 +1,83 @@
+// common.cuh -- dtype helpers, checks and reductions shared by the kernels (device + host).
+#pragma once
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include <cstdint>
+
+#include "mamba_kernels.h"
+
+namespace md {
+
+// ---- float <-> storage type --------------------------------------------------------------------
+template <typename T> __device__ __forceinline__ float to_f(T v);
+template <> __device__ __forceinline__ float to_f<float>(float v) { return v; }
+template <> __device__ __forceinline__ float to_f<__half>(__half v) { return __half2float(v); }
+template <> __device__ __forceinline__ float to_f<__nv_bfloat16>(__nv_bfloat16 v) { return __bfloat162float(v); }
+
+template <typename T> __device__ __forceinline__ T from_f(float v);
+template <> __device__ __forceinline__ float from_f<float>(float v) { return v; }
+template <> __device__ __forceinline__ __half from_f<__half>(float v) { return __float2half_rn(v); }
+template <> __device__ __forceinline__ __nv_bfloat16 from_f<__nv_bfloat16>(float v) { return __float2bfloat16_rn(v); }
+
+// Load / store one element whose dtype is only known at run time (uniform branch; used for small
+// parameters and for the memory-bound norm kernels).
+__device__ __forceinline__ float load_any(const void* p, int64_t dtype, int64_t i) {
+  if (dtype == MD_FLOAT32) return static_cast<const float*>(p)[i];
+  if (dtype == MD_FLOAT16) return __half2float(static_cast<const __half*>(p)[i]);
+  return __bfloat162float(static_cast<const __nv_bfloat16*>(p)[i]);
+}
+__device__ __forceinline__ void store_any(void* p, int64_t dtype, int64_t i, float v) {
+  if (dtype == MD_FLOAT32) static_cast<float*>(p)[i] = v;
+  else if (dtype == MD_FLOAT16) static_cast<__half*>(p)[i] = __float2half_rn(v);
+  else static_cast<__nv_bfloat16*>(p)[i] = __float2bfloat16_rn(v);
+}
+
+__device__ __forceinline__ float softplus(float v) { return v <= 20.f ? log1pf(__expf(v)) : v; }
+__device__ __forceinline__ float silu(float v) { return v / (1.f + __expf(-v)); }
+
+// Sum over the `width` consecutive lanes of each aligned lane group (width: power of two <= 32).
+template <int WIDTH> __device__ __forceinline__ float group_sum(float v) {
+#pragma unroll
+  for (int o = WIDTH / 2; o > 0; o /= 2) v += __shfl_xor_sync(0xffffffffu, v, o);
+  return v;
+}
+
+// Block-wide sum; every thread gets the result. `scratch`: >= 33 floats of shared memory.
+__device__ __forceinline__ float block_sum(float v, float* scratch) {
+  v = group_sum<32>(v);
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nwarps = (blockDim.x + 31) >> 5;
+  __syncthreads();  // scratch may still be read by a previous call
+  if (lane == 0) scratch[warp] = v;
+  __syncthreads();
+  float s = lane < nwarps ? scratch[lane] : 0.f;
+  s = group_sum<32>(s);
+  return s;
+}
+
+// ---- host-side checks --------------------------------------------------------------------------
+void set_check_message(const char* msg);
+inline bool valid_dtype(int64_t d) { return d == MD_FLOAT32 || d == MD_FLOAT16 || d == MD_BFLOAT16; }
+
+}  // namespace md
+
+// Fail a launcher with cudaErrorInvalidValue and a message when `cond` is false.
+#define MD_CHECK(cond, msg)                 \
+  do {                                      \
+    if (!(cond)) {                          \
+      ::md::set_check_message(msg);         \
+      return cudaErrorInvalidValue;         \
+    }                                       \
+  } while (0)
+
+// Dispatch a run-time md_dtype code to a type alias NAME inside BODY.
+#define MD_DISPATCH_DTYPE(code, NAME, ...)                                 \
+  [&]() -> cudaError_t {                                                   \
+    switch (code) {                                                        \
+      case MD_FLOAT32: { using NAME = float; return __VA_ARGS__(); }       \
+      case MD_FLOAT16: { using NAME = __half; return __VA_ARGS__(); }      \
+      case MD_BFLOAT16: { using NAME = __nv_bfloat16; return __VA_ARGS__(); } \
+      default: ::md::set_check_message("unknown dtype code"); return cudaErrorInvalidValue; \
+    }                                                                      \
+  }()

@@ -1,0 +1,125 @@
+// norms.cu -- fused residual add + RMSNorm / LayerNorm, and Mamba2's gated grouped RMSNorm.
+// References: mamba_deploy/ops/norms.py (add_norm_ref, gated_rms_norm_ref).
+//
+// One block per row (per (row, group) for the gated norm). Each thread keeps up to kMaxPer
+// elements of the row in registers (element tid + i * blockDim.x: coalesced), so the row is read
+// once and written once; the statistics are block-wide sums in float32. Element-wise aliasing
+// (residual_out == residual, out == x) is safe: each element is read and written by one thread.
+#include "common.cuh"
+
+namespace md {
+namespace {
+
+constexpr int kMaxPer = MD_MAX_NORM_HIDDEN / 1024;  // elements per thread at 1024 threads
+
+int threads_for(int64_t n) {
+  int64_t t = (n + 7) / 8;           // aim at 8 elements per thread
+  t = (t + 31) / 32 * 32;
+  if (t < 32) t = 32;
+  if (t * kMaxPer < n) t = (n + kMaxPer - 1) / kMaxPer;
+  t = (t + 31) / 32 * 32;
+  return static_cast<int>(t > 1024 ? 1024 : t);
+}
+
+__global__ void __launch_bounds__(1024) add_norm_kernel(const md_add_norm_params p) {
+  __shared__ float scratch[33];
+  const int64_t row = blockIdx.x, n = p.hidden;
+  const int64_t xo = row * p.x_row_stride, ro = row * p.residual_row_stride;
+  float v[kMaxPer];
+  float sum = 0.f;
+#pragma unroll
+  for (int i = 0; i < kMaxPer; ++i) {
+    const int64_t e = threadIdx.x + static_cast<int64_t>(i) * blockDim.x;
+    v[i] = 0.f;
+    if (e < n) {
+      v[i] = load_any(p.x, p.x_dtype, xo + e) + (p.residual ? load_any(p.residual, p.residual_dtype, ro + e) : 0.f);
+      sum += p.is_rms ? v[i] * v[i] : v[i];
+    }
+  }
+  if (p.residual_out) {
+#pragma unroll
+    for (int i = 0; i < kMaxPer; ++i) {
+      const int64_t e = threadIdx.x + static_cast<int64_t>(i) * blockDim.x;
+      if (e < n) store_any(p.residual_out, p.residual_out_dtype, row * p.residual_out_row_stride + e, v[i]);
+    }
+  }
+  float mean = 0.f, inv;
+  if (p.is_rms) {
+    inv = rsqrtf(block_sum(sum, scratch) / n + static_cast<float>(p.eps));
+  } else {
+    mean = block_sum(sum, scratch) / n;
+    float sq = 0.f;
+#pragma unroll
+    for (int i = 0; i < kMaxPer; ++i) {
+      const int64_t e = threadIdx.x + static_cast<int64_t>(i) * blockDim.x;
+      if (e < n) sq += (v[i] - mean) * (v[i] - mean);
+    }
+    inv = rsqrtf(block_sum(sq, scratch) / n + static_cast<float>(p.eps));
+  }
+#pragma unroll
+  for (int i = 0; i < kMaxPer; ++i) {
+    const int64_t e = threadIdx.x + static_cast<int64_t>(i) * blockDim.x;
+    if (e >= n) continue;
+    float o = (v[i] - mean) * inv * load_any(p.weight, p.weight_dtype, e);
+    if (p.bias) o += load_any(p.bias, p.weight_dtype, e);
+    store_any(p.out, p.out_dtype, row * p.out_row_stride + e, o);
+  }
+}
+
+// Grid: (rows, hidden / group_size).
+__global__ void __launch_bounds__(1024) gated_rms_norm_kernel(const md_gated_rms_norm_params p) {
+  __shared__ float scratch[33];
+  const int64_t row = blockIdx.x, gs = p.group_size, base = blockIdx.y * gs;
+  float v[kMaxPer];
+  float ss = 0.f;
+#pragma unroll
+  for (int i = 0; i < kMaxPer; ++i) {
+    const int64_t e = threadIdx.x + static_cast<int64_t>(i) * blockDim.x;
+    v[i] = 0.f;
+    if (e < gs) {
+      v[i] = load_any(p.x, p.x_dtype, row * p.x_row_stride + base + e);
+      if (p.z) v[i] *= silu(load_any(p.z, p.x_dtype, row * p.z_row_stride + base + e));
+      ss += v[i] * v[i];
+    }
+  }
+  const float inv = rsqrtf(block_sum(ss, scratch) / gs + static_cast<float>(p.eps));
+#pragma unroll
+  for (int i = 0; i < kMaxPer; ++i) {
+    const int64_t e = threadIdx.x + static_cast<int64_t>(i) * blockDim.x;
+    if (e < gs) {
+      store_any(p.out, p.out_dtype, row * p.out_row_stride + base + e,
+                v[i] * inv * load_any(p.weight, p.weight_dtype, base + e));
+    }
+  }
+}
+
+}  // namespace
+}  // namespace md
+
+extern "C" cudaError_t md_launch_add_norm(const md_add_norm_params* p, cudaStream_t stream) {
+  MD_CHECK(p != nullptr, "add_norm: params is NULL");
+  MD_CHECK(p->rows >= 0 && p->hidden > 0 && p->hidden <= MD_MAX_NORM_HIDDEN, "add_norm: hidden must be in 1..16384");
+  MD_CHECK(p->x && p->weight && p->out, "add_norm: x, weight and out are required");
+  MD_CHECK(md::valid_dtype(p->x_dtype) && md::valid_dtype(p->out_dtype) && md::valid_dtype(p->weight_dtype) &&
+               md::valid_dtype(p->residual_dtype) && md::valid_dtype(p->residual_out_dtype),
+           "add_norm: bad dtype code");
+  MD_CHECK(p->rows < (int64_t{1} << 31), "add_norm: too many rows");
+  if (p->rows == 0) return cudaSuccess;
+  md::add_norm_kernel<<<static_cast<unsigned>(p->rows), md::threads_for(p->hidden), 0, stream>>>(*p);
+  return cudaGetLastError();
+}
+
+extern "C" cudaError_t md_launch_gated_rms_norm(const md_gated_rms_norm_params* p, cudaStream_t stream) {
+  MD_CHECK(p != nullptr, "gated_rms_norm: params is NULL");
+  MD_CHECK(p->rows >= 0 && p->hidden > 0 && p->group_size > 0 && p->hidden % p->group_size == 0,
+           "gated_rms_norm: group_size must divide hidden");
+  MD_CHECK(p->group_size <= MD_MAX_NORM_HIDDEN, "gated_rms_norm: group_size must be <= 16384");
+  MD_CHECK(p->x && p->weight && p->out, "gated_rms_norm: x, weight and out are required");
+  MD_CHECK(md::valid_dtype(p->x_dtype) && md::valid_dtype(p->out_dtype) && md::valid_dtype(p->weight_dtype),
+           "gated_rms_norm: bad dtype code");
+  MD_CHECK(p->rows < (int64_t{1} << 31) && p->hidden / p->group_size <= 65535, "gated_rms_norm: too large");
+  if (p->rows == 0) return cudaSuccess;
+  const dim3 grid(static_cast<unsigned>(p->rows), static_cast<unsigned>(p->hidden / p->group_size));
+  md::gated_rms_norm_kernel<<<grid, md::threads_for(p->group_size), 0, stream>>>(*p);
+  return cudaGetLastError();
+}

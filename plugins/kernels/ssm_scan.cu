@@ -1,0 +1,242 @@
+// ssm_scan.cu -- the selective SSM recurrence from an initial state, for Mamba1's selective scan,
+// Mamba2's SSD chunk scan and the one-token state update of both (see md_ssm_params).
+// References: mamba_deploy/ops/selective_scan.py, chunk_scan.py, state_update.py.
+//
+// Rows r = (head, p) of one B/C group are tiled over blocks; kTPN consecutive threads own one row
+// and kNPT states each (in registers, float32), interleaved by 4 so that shared-memory float4 reads
+// of B_t / C_t are conflict-free. The sequence is walked in chunks of kTC steps: the block stages
+// dt (discretised), dt*x, B and C for the chunk in shared memory (coalesced for either layout),
+// runs the recurrence, reduces y over the row's threads with shuffles, then writes y (+ D*x, gated
+// by silu(z)) coalesced. Each state element is read and written by the same thread, so state_in
+// and state_out may alias.
+#include <cmath>
+
+#include "common.cuh"
+
+namespace md {
+namespace {
+
+constexpr int kThreads = 128;
+constexpr float kLog2e = 1.4426950408889634f;
+
+struct ScanArgs {
+  md_ssm_params p;
+  int64_t rows_per_group;  // (nheads / ngroups) * headdim
+  int64_t tiles_per_group;
+  int clamp_dt;            // apply dt_min / dt_max
+  int rows_fastest;        // x / y / z have a unit row stride: stage row-fastest
+  int b_state_fastest;     // B / C have a unit state stride
+};
+
+template <int NPT, int TPN>
+struct Tile {
+  static constexpr int kRows = kThreads / TPN;
+  static constexpr int kDS = NPT * TPN;                    // padded dstate
+  static constexpr int kTC = kDS <= 64 ? 64 : 4096 / kDS;  // time steps per chunk
+  static constexpr int kBStride = kDS + 4;                 // keeps float4 alignment
+  static constexpr int kRStride = kTC + 1;
+  // state j of a thread with lane q: n = 4 * (q + TPN * (j / 4)) + j % 4
+  static __device__ __forceinline__ int state_index(int q, int j) { return 4 * (q + TPN * (j / 4)) + (j & 3); }
+};
+
+template <int NPT, int TPN>
+struct __align__(16) ScanSmem {
+  using Tl = Tile<NPT, TPN>;
+  float B[Tl::kTC][Tl::kBStride];
+  float C[Tl::kTC][Tl::kBStride];
+  float decay[Tl::kRows][Tl::kRStride];  // exp(dt * A) for scalar A, else dt
+  float dtx[Tl::kRows][Tl::kRStride];
+  float y[Tl::kRows][Tl::kRStride];
+};
+
+// (head, p) offset of row `r` (group-relative row index rg within group g) for a tensor's strides.
+__device__ __forceinline__ int64_t row_offset(int64_t r, int64_t headdim, int64_t head_stride, int64_t dim_stride) {
+  return (r / headdim) * head_stride + (r % headdim) * dim_stride;
+}
+
+__device__ __forceinline__ float discretize_dt(const ScanArgs& a, float dt, int64_t head) {
+  const md_ssm_params& p = a.p;
+  if (p.dt_bias) dt += load_any(p.dt_bias, p.param_dtype, head * p.dt_bias_head_stride);
+  if (p.dt_softplus) dt = softplus(dt);
+  if (a.clamp_dt) dt = fminf(fmaxf(dt, static_cast<float>(p.dt_min)), static_cast<float>(p.dt_max));
+  return dt;
+}
+
+// Stage B, C (kTC x kDS) and the per-row decay / dt*x (kRows x kTC) of steps [t0, t0 + tc).
+template <typename T, int NPT, int TPN, bool SCALAR_A>
+__device__ void stage_chunk(const ScanArgs& a, ScanSmem<NPT, TPN>& sm, int64_t b, int64_t g, int64_t row0,
+                            int64_t t0, int tc) {
+  using Tl = Tile<NPT, TPN>;
+  const md_ssm_params& p = a.p;
+  const T* Bp = static_cast<const T*>(p.B) + b * p.B_batch_stride + g * p.B_group_stride;
+  const T* Cp = static_cast<const T*>(p.C) + b * p.C_batch_stride + g * p.C_group_stride;
+  for (int i = threadIdx.x; i < Tl::kTC * Tl::kDS; i += kThreads) {
+    const int n = a.b_state_fastest ? i % Tl::kDS : i / Tl::kTC;
+    const int t = a.b_state_fastest ? i / Tl::kDS : i % Tl::kTC;
+    const bool ok = n < p.dstate && t < tc;
+    sm.B[t][n] = ok ? to_f(Bp[(t0 + t) * p.B_seq_stride + n * p.B_state_stride]) : 0.f;
+    sm.C[t][n] = ok ? to_f(Cp[(t0 + t) * p.C_seq_stride + n * p.C_state_stride]) : 0.f;
+  }
+  const T* xp = static_cast<const T*>(p.x) + b * p.x_batch_stride;
+  const T* dtp = static_cast<const T*>(p.dt) + b * p.dt_batch_stride;
+  for (int i = threadIdx.x; i < Tl::kRows * Tl::kTC; i += kThreads) {
+    const int rl = a.rows_fastest ? i % Tl::kRows : i / Tl::kTC;
+    const int t = a.rows_fastest ? i / Tl::kRows : i % Tl::kTC;
+    const int64_t rg = row0 + rl;
+    float decay = 0.f, dtx = 0.f;
+    if (rg < a.rows_per_group && t < tc) {
+      const int64_t r = g * a.rows_per_group + rg, head = r / p.headdim;
+      const float x = to_f(xp[(t0 + t) * p.x_seq_stride + row_offset(r, p.headdim, p.x_head_stride, p.x_dim_stride)]);
+      float dt = to_f(dtp[(t0 + t) * p.dt_seq_stride + row_offset(r, p.headdim, p.dt_head_stride, p.dt_dim_stride)]);
+      dt = discretize_dt(a, dt, head);
+      decay = SCALAR_A ? exp2f(dt * load_any(p.A, p.param_dtype, head * p.A_head_stride) * kLog2e) : dt;
+      dtx = dt * x;
+    }
+    sm.decay[rl][t] = decay;
+    sm.dtx[rl][t] = dtx;
+  }
+}
+
+// y = (C . h) + D * x, gated by silu(z); written for the chunk's valid rows and steps.
+template <typename T, int NPT, int TPN>
+__device__ void write_chunk(const ScanArgs& a, ScanSmem<NPT, TPN>& sm, int64_t b, int64_t g, int64_t row0,
+                            int64_t t0, int tc) {
+  using Tl = Tile<NPT, TPN>;
+  const md_ssm_params& p = a.p;
+  for (int i = threadIdx.x; i < Tl::kRows * Tl::kTC; i += kThreads) {
+    const int rl = a.rows_fastest ? i % Tl::kRows : i / Tl::kTC;
+    const int t = a.rows_fastest ? i / Tl::kRows : i % Tl::kTC;
+    const int64_t rg = row0 + rl;
+    if (rg >= a.rows_per_group || t >= tc) continue;
+    const int64_t r = g * a.rows_per_group + rg, head = r / p.headdim;
+    float y = sm.y[rl][t];
+    if (p.D) {
+      const int64_t xo = b * p.x_batch_stride + (t0 + t) * p.x_seq_stride +
+                         row_offset(r, p.headdim, p.x_head_stride, p.x_dim_stride);
+      y += load_any(p.D, p.param_dtype, head * p.D_head_stride) * to_f(static_cast<const T*>(p.x)[xo]);
+    }
+    if (p.z) {
+      const int64_t zo = b * p.z_batch_stride + (t0 + t) * p.z_seq_stride +
+                         row_offset(r, p.headdim, p.z_head_stride, p.z_dim_stride);
+      y *= silu(to_f(static_cast<const T*>(p.z)[zo]));
+    }
+    const int64_t yo = b * p.y_batch_stride + (t0 + t) * p.y_seq_stride +
+                       row_offset(r, p.headdim, p.y_head_stride, p.y_dim_stride);
+    static_cast<T*>(p.y)[yo] = from_f<T>(y);
+  }
+}
+
+// Grid: (tiles_per_group * ngroups, batch). Block: kThreads = kRows rows x TPN threads.
+template <typename T, typename S, int NPT, int TPN, bool SCALAR_A>
+__global__ void __launch_bounds__(kThreads) ssm_scan_kernel(const ScanArgs a) {
+  using Tl = Tile<NPT, TPN>;
+  __shared__ ScanSmem<NPT, TPN> sm;
+  const md_ssm_params& p = a.p;
+  const int64_t b = blockIdx.y, g = blockIdx.x / a.tiles_per_group;
+  const int64_t row0 = (blockIdx.x % a.tiles_per_group) * Tl::kRows;
+  const int rl = threadIdx.x / TPN, q = threadIdx.x % TPN;
+  const int64_t rg = row0 + rl, r = g * a.rows_per_group + rg, head = r / p.headdim;
+  const bool row_ok = rg < a.rows_per_group;
+
+  float h[NPT], A2[NPT];
+#pragma unroll
+  for (int j = 0; j < NPT; ++j) {
+    const int n = Tl::state_index(q, j);
+    const bool ok = row_ok && n < p.dstate;
+    A2[j] = (!SCALAR_A && ok) ? load_any(p.A, p.param_dtype, head * p.A_head_stride + n * p.A_state_stride) * kLog2e : 0.f;
+    h[j] = 0.f;
+    if (ok && p.state_in) {
+      h[j] = to_f(static_cast<const S*>(p.state_in)[b * p.state_in_batch_stride +
+          row_offset(r, p.headdim, p.state_in_head_stride, p.state_in_dim_stride) + n * p.state_in_state_stride]);
+    }
+  }
+  for (int64_t t0 = 0; t0 < p.seqlen; t0 += Tl::kTC) {
+    const int tc = static_cast<int>(p.seqlen - t0 < Tl::kTC ? p.seqlen - t0 : Tl::kTC);
+    stage_chunk<T, NPT, TPN, SCALAR_A>(a, sm, b, g, row0, t0, tc);
+    __syncthreads();
+    for (int t = 0; t < tc; ++t) {
+      const float dtx = sm.dtx[rl][t], decay = sm.decay[rl][t];
+      float acc = 0.f;
+#pragma unroll
+      for (int j4 = 0; j4 < NPT; j4 += 4) {
+        const int n = Tl::state_index(q, j4);
+        const float4 Bv = *reinterpret_cast<const float4*>(&sm.B[t][n]);
+        const float4 Cv = *reinterpret_cast<const float4*>(&sm.C[t][n]);
+        const float Bs[4] = {Bv.x, Bv.y, Bv.z, Bv.w}, Cs[4] = {Cv.x, Cv.y, Cv.z, Cv.w};
+#pragma unroll
+        for (int k = 0; k < 4; ++k) {
+          const float dA = SCALAR_A ? decay : exp2f(decay * A2[j4 + k]);
+          h[j4 + k] = fmaf(dA, h[j4 + k], dtx * Bs[k]);
+          acc = fmaf(Cs[k], h[j4 + k], acc);
+        }
+      }
+      acc = group_sum<TPN>(acc);
+      if (q == 0) sm.y[rl][t] = acc;
+    }
+    __syncthreads();
+    write_chunk<T, NPT, TPN>(a, sm, b, g, row0, t0, tc);
+    __syncthreads();
+  }
+  if (!row_ok || p.state_out == nullptr) return;
+#pragma unroll
+  for (int j = 0; j < NPT; ++j) {
+    const int n = Tl::state_index(q, j);
+    if (n < p.dstate) {
+      static_cast<S*>(p.state_out)[b * p.state_out_batch_stride +
+          row_offset(r, p.headdim, p.state_out_head_stride, p.state_out_dim_stride) + n * p.state_out_state_stride] =
+          from_f<S>(h[j]);
+    }
+  }
+}
+
+template <typename T, typename S, int NPT, int TPN>
+cudaError_t launch_bucket(ScanArgs a, cudaStream_t stream) {
+  constexpr int rows = Tile<NPT, TPN>::kRows;
+  a.tiles_per_group = (a.rows_per_group + rows - 1) / rows;
+  const dim3 grid(static_cast<unsigned>(a.tiles_per_group * a.p.ngroups), static_cast<unsigned>(a.p.batch));
+  if (a.p.A_state_stride == 0) {
+    ssm_scan_kernel<T, S, NPT, TPN, true><<<grid, kThreads, 0, stream>>>(a);
+  } else {
+    ssm_scan_kernel<T, S, NPT, TPN, false><<<grid, kThreads, 0, stream>>>(a);
+  }
+  return cudaGetLastError();
+}
+
+// dstate buckets: <= 16, 64, 128, 256 (states per thread x threads per row).
+template <typename T, typename S>
+cudaError_t launch_typed(const ScanArgs& a, cudaStream_t stream) {
+  const int64_t ds = a.p.dstate;
+  if (ds <= 16) return launch_bucket<T, S, 4, 4>(a, stream);
+  if (ds <= 64) return launch_bucket<T, S, 8, 8>(a, stream);
+  if (ds <= 128) return launch_bucket<T, S, 16, 8>(a, stream);
+  return launch_bucket<T, S, 16, 16>(a, stream);
+}
+
+}  // namespace
+}  // namespace md
+
+extern "C" size_t md_ssm_scan_workspace_size(const md_ssm_params*) { return 0; }
+
+extern "C" cudaError_t md_launch_ssm_scan(const md_ssm_params* p, cudaStream_t stream) {
+  MD_CHECK(p != nullptr, "ssm_scan: params is NULL");
+  MD_CHECK(p->batch >= 0 && p->seqlen >= 0, "ssm_scan: negative size");
+  MD_CHECK(p->nheads > 0 && p->headdim > 0 && p->ngroups > 0, "ssm_scan: nheads, headdim, ngroups must be > 0");
+  MD_CHECK(p->dstate > 0 && p->dstate <= MD_MAX_DSTATE, "ssm_scan: dstate must be in 1..256");
+  MD_CHECK(p->nheads % p->ngroups == 0, "ssm_scan: nheads must be a multiple of ngroups");
+  MD_CHECK(p->x && p->dt && p->A && p->B && p->C && p->y, "ssm_scan: x, dt, A, B, C, y are required");
+  MD_CHECK(md::valid_dtype(p->param_dtype) && md::valid_dtype(p->state_dtype), "ssm_scan: bad dtype code");
+  MD_CHECK(p->state_dtype == MD_FLOAT32 || p->state_dtype == p->x_dtype,
+           "ssm_scan: state dtype must be float32 or the dtype of x");
+  MD_CHECK(p->batch <= 65535, "ssm_scan: batch must be <= 65535");
+  if (p->batch == 0) return cudaSuccess;
+  md::ScanArgs a{};
+  a.p = *p;
+  a.rows_per_group = (p->nheads / p->ngroups) * p->headdim;
+  a.clamp_dt = (p->dt_min > 0.0 || std::isfinite(p->dt_max)) ? 1 : 0;
+  a.rows_fastest = (p->x_dim_stride == 1 || (p->headdim == 1 && p->x_head_stride == 1)) ? 1 : 0;
+  a.b_state_fastest = p->B_state_stride == 1 ? 1 : 0;
+  return MD_DISPATCH_DTYPE(p->x_dtype, T, [&] {
+    if (p->state_dtype == MD_FLOAT32) return md::launch_typed<T, float>(a, stream);
+    return md::launch_typed<T, T>(a, stream);
+  });
+}

@@ -1,0 +1,49 @@
+"""Tiny random Hugging Face Mamba/Mamba2 models, saved as checkpoint folders (our independent oracle)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+MAMBA1_CASES = {
+    # name: MambaConfig kwargs
+    "m1-d8-k4-untied": dict(hidden_size=48, num_hidden_layers=2, vocab_size=101, state_size=8, time_step_rank=5,
+                            conv_kernel=4, use_bias=False, use_conv_bias=True, tie_word_embeddings=False),
+    "m1-d16-k3-bias-tied": dict(hidden_size=32, num_hidden_layers=3, vocab_size=77, state_size=16, expand=2,
+                                conv_kernel=3, use_bias=True, use_conv_bias=False, tie_word_embeddings=True),
+    "m1-d4-expand3": dict(hidden_size=40, num_hidden_layers=2, vocab_size=53, state_size=4, expand=3,
+                          conv_kernel=4, use_bias=True, use_conv_bias=True, tie_word_embeddings=False,
+                          residual_in_fp32=False),
+}
+MAMBA2_CASES = {
+    "m2-g1-p16": dict(hidden_size=64, num_hidden_layers=2, vocab_size=101, state_size=16, num_heads=8, head_dim=16,
+                      n_groups=1, chunk_size=8, conv_kernel=4, tie_word_embeddings=False),
+    "m2-g2-p8-k3-bias-tied": dict(hidden_size=32, num_hidden_layers=2, vocab_size=61, state_size=32, num_heads=8,
+                                  head_dim=8, n_groups=2, chunk_size=4, conv_kernel=3, use_bias=True,
+                                  use_conv_bias=False, tie_word_embeddings=True),
+    "m2-g4-p32-limit": dict(hidden_size=64, num_hidden_layers=2, vocab_size=93, state_size=8, num_heads=4,
+                            head_dim=32, n_groups=4, chunk_size=16, expand=2, tie_word_embeddings=False,
+                            time_step_limit=(0.0, 0.05)),
+}
+
+
+def make_hf_model(name: str, seed: int = 0):
+    """A random HF MambaForCausalLM / Mamba2ForCausalLM, with norms and D perturbed away from 1."""
+    from transformers import Mamba2Config, Mamba2ForCausalLM, MambaConfig, MambaForCausalLM
+
+    torch.manual_seed(seed)
+    if name in MAMBA1_CASES:
+        model = MambaForCausalLM(MambaConfig(**MAMBA1_CASES[name]))
+    else:
+        model = Mamba2ForCausalLM(Mamba2Config(**MAMBA2_CASES[name]))
+    with torch.no_grad():
+        for pname, p in model.named_parameters():
+            if "norm" in pname or pname.endswith(".D") or "bias" in pname:
+                p.add_(torch.randn_like(p) * 0.1)
+    return model.eval()
+
+
+def save_hf_model(name: str, folder: Path, seed: int = 0):
+    model = make_hf_model(name, seed)
+    model.save_pretrained(folder)
+    return model

@@ -1,0 +1,83 @@
+"""ModelConfig from mamba-ssm and Hugging Face config.json, and clear refusals."""
+import json
+import math
+
+import pytest
+
+from mamba_deploy.config import ModelConfig, load_config, parse_config
+from mamba_deploy.errors import ConfigError
+
+MAMBA_1P4B = {"d_model": 2048, "n_layer": 48, "vocab_size": 50277, "ssm_cfg": {}, "rms_norm": True,
+              "residual_in_fp32": True, "fused_add_norm": True, "pad_vocab_size_multiple": 8}
+MAMBA2_1P3B = {"d_model": 2048, "d_intermediate": 0, "n_layer": 48, "vocab_size": 50277,
+               "ssm_cfg": {"layer": "Mamba2"}, "attn_layer_idx": [], "attn_cfg": {}, "rms_norm": True,
+               "residual_in_fp32": True, "fused_add_norm": True, "pad_vocab_size_multiple": 16,
+               "tie_embeddings": True}
+
+
+def test_mamba_ssm_mamba1_derived_sizes():
+    cfg = parse_config(MAMBA_1P4B)
+    assert (cfg.arch, cfg.d_inner, cfg.dt_rank, cfg.d_state, cfg.d_conv) == ("mamba1", 4096, 128, 16, 4)
+    assert (cfg.vocab_size, cfg.vocab_size_padded) == (50277, 50280)
+    assert cfg.conv_state_shape(3) == (3, 4096, 3) and cfg.ssm_state_shape(3) == (3, 4096, 16)
+    assert cfg.tie_embeddings and cfg.in_proj_dim == 8192
+
+
+def test_mamba_ssm_mamba2_derived_sizes():
+    cfg = parse_config(MAMBA2_1P3B)
+    assert (cfg.arch, cfg.nheads, cfg.headdim, cfg.d_state, cfg.ngroups) == ("mamba2", 64, 64, 128, 1)
+    assert cfg.conv_dim == 4096 + 2 * 128 and cfg.in_proj_dim == 4096 + 4352 + 64
+    assert cfg.vocab_size_padded == 50288 and cfg.dt_limit == (0.0, math.inf)
+    assert cfg.ssm_state_shape(2) == (2, 64, 64, 128)
+
+
+def test_hf_configs():
+    m1 = parse_config({"model_type": "mamba", "hidden_size": 768, "num_hidden_layers": 24, "vocab_size": 50280,
+                       "state_size": 16, "expand": 2, "conv_kernel": 4, "time_step_rank": 48, "use_bias": False,
+                       "use_conv_bias": True, "layer_norm_epsilon": 1e-5, "tie_word_embeddings": True})
+    assert (m1.arch, m1.dt_rank, m1.vocab_size_padded, m1.source_format) == ("mamba1", 48, 50280, "hf")
+    m2 = parse_config({"model_type": "mamba2", "hidden_size": 768, "num_hidden_layers": 24, "vocab_size": 50288,
+                       "state_size": 128, "num_heads": 24, "head_dim": 64, "n_groups": 1, "chunk_size": 256,
+                       "time_step_limit": [0.0, {"__float__": "Infinity"}], "layer_norm_epsilon": 1e-5})
+    assert (m2.nheads, m2.ngroups, m2.dt_limit, m2.tie_embeddings) == (24, 1, (0.0, math.inf), False)
+
+
+def test_roundtrip_through_dict():
+    cfg = parse_config(MAMBA2_1P3B)
+    assert ModelConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
+
+
+@pytest.mark.parametrize("patch,field", [
+    ({"attn_layer_idx": [3]}, "attn_layer_idx"),
+    ({"d_intermediate": 4096}, "d_intermediate"),
+    ({"ssm_cfg": {"layer": "Mamba3"}}, "ssm_cfg.layer"),
+    ({"ssm_cfg": {"layer": "Mamba2", "d_ssm": 1024}}, "ssm_cfg.d_ssm"),
+    ({"ssm_cfg": {"layer": "Mamba2", "headdim": 48}}, "headdim"),
+    ({"n_layer": 0}, "n_layer"),
+    ({"d_model": "big"}, "d_model"),
+    ({"ssm_cfg": {"d_conv": 1}}, "d_conv"),
+])
+def test_mamba_ssm_refusals_name_the_field(patch, field):
+    with pytest.raises(ConfigError, match=field.replace(".", r"\.")):
+        parse_config({**MAMBA2_1P3B, **patch})
+
+
+def test_missing_field_and_unknown_type():
+    with pytest.raises(ConfigError, match="n_layer"):
+        parse_config({"d_model": 64, "vocab_size": 10})
+    with pytest.raises(ConfigError, match="model_type.*falcon_mamba"):
+        parse_config({"model_type": "falcon_mamba", "hidden_size": 64})
+    with pytest.raises(ConfigError, match="num_heads"):
+        parse_config({"model_type": "mamba2", "hidden_size": 64, "num_hidden_layers": 2, "vocab_size": 10,
+                      "num_heads": 3, "head_dim": 16})
+
+
+def test_load_config_errors(tmp_path):
+    with pytest.raises(ConfigError, match="no config.json"):
+        load_config(tmp_path)
+    (tmp_path / "config.json").write_text("{not json")
+    with pytest.raises(ConfigError, match="not valid JSON"):
+        load_config(tmp_path)
+    (tmp_path / "config.json").write_text("[1, 2]")
+    with pytest.raises(ConfigError, match="JSON object"):
+        load_config(tmp_path)
