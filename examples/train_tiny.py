@@ -14,6 +14,7 @@ standard checkpoint folder: config.json + weights (float16) + tokenizer.json + t
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import platform
@@ -69,11 +70,15 @@ def encode(tok, text: str) -> torch.Tensor:
     return torch.tensor(tok.encode(text).ids, dtype=torch.long)
 
 
+def ssm_config(arch: str, vocab_size: int) -> dict:
+    """The mamba-ssm config.json of the demo model (vocabulary padded to a multiple of 8)."""
+    return {**ARCH_CONFIGS[arch], "vocab_size": vocab_size, "pad_vocab_size_multiple": 8,
+            "rms_norm": True, "residual_in_fp32": True, "tie_embeddings": True}
+
+
 def build_model(arch: str, vocab_size: int, device: str, seed: int) -> MambaLM:
     """A float32 MambaLM with mamba-ssm style init (`init_weights_`), on `device`."""
-    ssm_config = {**ARCH_CONFIGS[arch], "vocab_size": vocab_size, "pad_vocab_size_multiple": 8,
-                  "rms_norm": True, "residual_in_fp32": True, "tie_embeddings": True}
-    model = MambaLM(parse_config(ssm_config, origin=f"train_tiny {arch}"))
+    model = MambaLM(parse_config(ssm_config(arch, vocab_size), origin=f"train_tiny {arch}"))
     init_weights_(model, seed)
     with torch.no_grad():  # smaller output layers, as GPT-2 / mamba-ssm's rescale_prenorm_residual
         for layer in model.backbone.layers:
@@ -104,8 +109,9 @@ def stateless_logits(model: MambaLM, input_ids: torch.Tensor) -> torch.Tensor:
 
 
 def lm_loss(model: MambaLM, windows: torch.Tensor) -> torch.Tensor:
-    """Mean next-token cross entropy of windows (batch, seq_len + 1); padded vocab columns ignored."""
-    logits = stateless_logits(model, windows[:, :-1])[..., :model.config.vocab_size]
+    """Mean next-token cross entropy of windows (batch, seq_len + 1), over the padded vocabulary
+    (as mamba-ssm trains), so the padding logits learn to stay low."""
+    logits = stateless_logits(model, windows[:, :-1])
     return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), windows[:, 1:].reshape(-1))
 
 
@@ -143,37 +149,88 @@ def greedy(model: MambaLM, tok, prompt: str, n_tokens: int) -> str:
     return tok.decode(out)
 
 
+def make_optimizer(model: MambaLM, args) -> torch.optim.AdamW:
+    """AdamW, no weight decay on vectors; capturable (tensor LR) when the step is a CUDA graph."""
+    decay = [p for p in model.parameters() if p.dim() >= 2]
+    no_decay = [p for p in model.parameters() if p.dim() < 2]
+    lr = torch.tensor(args.lr, device=args.device) if args.cuda_graph else args.lr
+    return torch.optim.AdamW([{"params": decay, "weight_decay": args.weight_decay},
+                              {"params": no_decay, "weight_decay": 0.0}], lr=lr, betas=(0.9, 0.95),
+                             capturable=args.cuda_graph)
+
+
+def eager_step(model: MambaLM, opt, windows: torch.Tensor) -> torch.Tensor:
+    """One AdamW step on windows (batch, seq_len + 1); returns the loss (a 0-d tensor)."""
+    loss = lm_loss(model, windows)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    opt.step()
+    return loss.detach()
+
+
+def graphed_step(model: MambaLM, opt, first: torch.Tensor):
+    """Capture one whole training step (forward, backward, clip, AdamW) as a CUDA graph; the
+    reference Mamba1 scan is ~10^4 tiny kernels a step, so replay removes the launch overhead.
+    Returns step(windows) -> loss; `first` (batch, seq_len + 1) fixes the shapes."""
+    static = first.clone()
+    opt.zero_grad(set_to_none=True)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        static_loss = lm_loss(model, static)
+        static_loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+
+    def step(windows: torch.Tensor) -> torch.Tensor:
+        static.copy_(windows)
+        graph.replay()
+        return static_loss
+    return step
+
+
+def set_lr(opt, lr: float) -> None:
+    for group in opt.param_groups:
+        if torch.is_tensor(group["lr"]):
+            group["lr"].fill_(lr)
+        else:
+            group["lr"] = lr
+
+
 def train(args, model: MambaLM, train_ids: torch.Tensor, eval_ids: torch.Tensor) -> dict:
     """AdamW + cosine LR; progress is max(step / steps, elapsed / max_seconds), so a time limit
     still ends at the low LR. Returns the loss curve and held-out evaluations."""
-    decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
-    no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": args.weight_decay},
-                             {"params": no_decay, "weight_decay": 0.0}], lr=args.lr, betas=(0.9, 0.95))
+    opt = make_optimizer(model, args)
     gen = torch.Generator().manual_seed(args.seed)
     log = {"train": [], "held_out": []}
-    t0, running, step = time.time(), 0.0, 0
+    t0, running, step, lr = time.time(), 0.0, 0, 0.0
+    run_step = functools.partial(eager_step, model, opt)
+    side = torch.cuda.Stream() if args.cuda_graph else None
     while True:
         progress = max(step / args.steps, (time.time() - t0) / args.max_seconds)
         if progress >= 1.0:
             break
-        for group in opt.param_groups:
-            group["lr"] = lr_at(progress, args.lr, args.warmup)
-        loss = lm_loss(model, random_batch(train_ids, args.batch, args.seq_len, gen).to(args.device))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
+        lr = lr_at(progress, args.lr, args.warmup)
+        set_lr(opt, lr)
+        windows = random_batch(train_ids, args.batch, args.seq_len, gen).to(args.device)
+        if side is not None and step < 3:  # warm-up steps on a side stream, then capture
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):
+                loss = eager_step(model, opt, windows)
+            torch.cuda.current_stream().wait_stream(side)
+        else:
+            if side is not None:
+                run_step, side = capture_or_eager(model, opt, windows, run_step), None
+            loss = run_step(windows)
         running += loss.item()
         step += 1
         if step % args.log_every == 0:
             log["train"].append([step, round(running / args.log_every, 4)])
-            print(f"step {step:5d}  loss {running / args.log_every:.4f}  lr {opt.param_groups[0]['lr']:.2e}  "
+            print(f"step {step:5d}  loss {running / args.log_every:.4f}  lr {lr:.2e}  "
                   f"{time.time() - t0:6.1f}s", flush=True)
             running = 0.0
         if step % args.eval_every == 0:
-            model.eval()
-            log["held_out"].append([step, round(evaluate(model, eval_ids, args.seq_len, args.batch), 4)])
+            log["held_out"].append([step, round(evaluate(model.eval(), eval_ids, args.seq_len, args.batch), 4)])
             model.train()
             print(f"step {step:5d}  held-out loss {log['held_out'][-1][1]:.4f}", flush=True)
     log.update(steps_done=step, train_seconds=round(time.time() - t0, 1),
@@ -181,11 +238,23 @@ def train(args, model: MambaLM, train_ids: torch.Tensor, eval_ids: torch.Tensor)
     return log
 
 
-def save(model: MambaLM, tok, out: Path, fmt: str) -> Path:
+def capture_or_eager(model: MambaLM, opt, windows: torch.Tensor, eager):
+    """The CUDA-graph step, or `eager` if capture fails (printed)."""
+    try:
+        step = graphed_step(model, opt, windows)
+        print("training step captured as a CUDA graph", flush=True)
+        return step
+    except Exception as exc:  # capture is an optimisation only
+        print(f"CUDA graph capture failed ({type(exc).__name__}: {exc}); training eagerly", flush=True)
+        opt.zero_grad(set_to_none=True)
+        return eager
+
+
+def save(model: MambaLM, tok, out: Path, fmt: str, arch: str) -> Path:
     """Checkpoint folder with float16 weights (A_log, D, dt_bias stay float32) and the tokenizer."""
     half = MambaLM(model.config, dtype=torch.float16)
     half.load_state_dict({k: v.detach().cpu() for k, v in model.state_dict().items()})
-    write_checkpoint(half, out, fmt=fmt)
+    write_checkpoint(half, out, fmt=fmt, ssm_config=ssm_config(arch, model.config.vocab_size))
     tok.save(str(out / "tokenizer.json"))
     (out / "tokenizer_config.json").write_text(json.dumps(
         {"tokenizer_class": "PreTrainedTokenizerFast", "bos_token": EOS, "eos_token": EOS,
@@ -202,7 +271,7 @@ def parse_args(argv=None):
     p.add_argument("--steps", type=int, default=3000)
     p.add_argument("--max-seconds", type=float, default=float("inf"), help="time limit; the LR schedule follows it")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--vocab-size", type=int, default=2048)
+    p.add_argument("--vocab-size", type=int, default=2045, help="tokenizer size; padded to 2048 in the model")
     p.add_argument("--seq-len", type=int, default=None, help="default: 128 for mamba1, 256 for mamba2")
     p.add_argument("--batch", type=int, default=None, help="default: 64 for mamba1, 32 for mamba2")
     p.add_argument("--lr", type=float, default=2e-3)
@@ -211,11 +280,13 @@ def parse_args(argv=None):
     p.add_argument("--log-every", type=int, default=50)
     p.add_argument("--eval-every", type=int, default=250)
     p.add_argument("--corpus", default=None, help="a text file instead of pydoc_data.topics")
+    p.add_argument("--cuda-graph", action="store_true", help="replay the training step as a CUDA graph")
     p.add_argument("--tiny", action="store_true", help="a 2-layer d_model 64 model (for smoke tests)")
     args = p.parse_args(argv)
     args.seq_len = args.seq_len or (128 if args.arch == "mamba1" else 256)
     args.batch = args.batch or (64 if args.arch == "mamba1" else 32)
     args.format = args.format or DEFAULT_FORMAT[args.arch]
+    args.cuda_graph = args.cuda_graph and args.device.startswith("cuda")
     return args
 
 
@@ -236,7 +307,7 @@ def main(argv=None) -> None:
     n_params = sum(p.numel() for p in model.parameters())
     print(f"{args.arch}: {n_params / 1e6:.2f}M parameters, {args.batch}x{args.seq_len} tokens/step", flush=True)
     log = train(args, model, train_ids, eval_ids)
-    out = save(model, tok, Path(args.out), args.format)
+    out = save(model, tok, Path(args.out), args.format, args.arch)
 
     from mamba_deploy.checkpoint import load_reference
     saved = load_reference(out, device=args.device)  # the float16 weights, run in float32

@@ -166,6 +166,6 @@ def load_reference(path_or_id: str | os.PathLike, dtype: torch.dtype = torch.flo
     if cfg.tie_embeddings:  # to_empty re-creates parameters; re-tie
         model.lm_head.weight = model.backbone.embedding.weight
     load_weights_into(model, cfg, files)
-    model.eval()
+    model.eval().requires_grad_(False)
     model.source_dir = folder
     return model

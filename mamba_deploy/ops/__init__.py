@@ -12,3 +12,5 @@ __all__ = [
     "chunk_scan_ref", "chunk_scan_sequential", "gated_rms_norm_ref", "selective_scan_ref",
     "selective_scan_sequential", "selective_state_update_ref",
 ]
+from . import cuda as _cuda  # noqa: E402,F401  (attaches REGISTRY[...].cuda; loads no library)
+from . import onnx_defs as _onnx_defs  # noqa: E402,F401  (attaches REGISTRY[...].onnx_schema / onnx_function)

@@ -54,47 +54,70 @@ __device__ __forceinline__ int64_t row_offset(int64_t r, int64_t headdim, int64_
   return (r / headdim) * head_stride + (r % headdim) * dim_stride;
 }
 
-__device__ __forceinline__ float discretize_dt(const ScanArgs& a, float dt, int64_t head) {
-  const md_ssm_params& p = a.p;
-  if (p.dt_bias) dt += load_any(p.dt_bias, p.param_dtype, head * p.dt_bias_head_stride);
-  if (p.dt_softplus) dt = softplus(dt);
-  if (a.clamp_dt) dt = fminf(fmaxf(dt, static_cast<float>(p.dt_min)), static_cast<float>(p.dt_max));
-  return dt;
+// Runs load(i) for kUnroll indices i = threadIdx.x + u * kThreads before any store(i, v), so that a
+// group's global loads are in flight together: one memory latency per group, not per element.
+template <int kUnroll, typename Load, typename Store>
+__device__ __forceinline__ void batched_loop(int count, Load load, Store store) {
+  for (int base = threadIdx.x; base < count; base += kUnroll * kThreads) {
+    decltype(load(0)) v[kUnroll];
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) {
+      if (base + u * kThreads < count) v[u] = load(base + u * kThreads);
+    }
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) {
+      if (base + u * kThreads < count) store(base + u * kThreads, v[u]);
+    }
+  }
 }
 
-// Stage B, C (kTC x kDS) and the per-row decay / dt*x (kRows x kTC) of steps [t0, t0 + tc).
+// Element i of a (rows x tc) tile: row-fastest when the rows are contiguous in memory.
+template <int ROWS>
+__device__ __forceinline__ int2 row_step(const ScanArgs& a, int i, int tc) {
+  return a.rows_fastest ? make_int2(i % ROWS, i / ROWS) : make_int2(i / tc, i % tc);
+}
+
+// Stage B, C (tc x kDS) and the per-row decay / dt*x (kRows x tc) of steps [t0, t0 + tc).
 template <typename T, int NPT, int TPN, bool SCALAR_A>
 __device__ void stage_chunk(const ScanArgs& a, ScanSmem<NPT, TPN>& sm, int64_t b, int64_t g, int64_t row0,
                             int64_t t0, int tc) {
   using Tl = Tile<NPT, TPN>;
   const md_ssm_params& p = a.p;
-  const T* Bp = static_cast<const T*>(p.B) + b * p.B_batch_stride + g * p.B_group_stride;
-  const T* Cp = static_cast<const T*>(p.C) + b * p.C_batch_stride + g * p.C_group_stride;
-  for (int i = threadIdx.x; i < Tl::kTC * Tl::kDS; i += kThreads) {
-    const int n = a.b_state_fastest ? i % Tl::kDS : i / Tl::kTC;
-    const int t = a.b_state_fastest ? i / Tl::kDS : i % Tl::kTC;
-    const bool ok = n < p.dstate && t < tc;
-    sm.B[t][n] = ok ? to_f(Bp[(t0 + t) * p.B_seq_stride + n * p.B_state_stride]) : 0.f;
-    sm.C[t][n] = ok ? to_f(Cp[(t0 + t) * p.C_seq_stride + n * p.C_state_stride]) : 0.f;
-  }
-  const T* xp = static_cast<const T*>(p.x) + b * p.x_batch_stride;
-  const T* dtp = static_cast<const T*>(p.dt) + b * p.dt_batch_stride;
-  for (int i = threadIdx.x; i < Tl::kRows * Tl::kTC; i += kThreads) {
-    const int rl = a.rows_fastest ? i % Tl::kRows : i / Tl::kTC;
-    const int t = a.rows_fastest ? i / Tl::kRows : i % Tl::kTC;
-    const int64_t rg = row0 + rl;
-    float decay = 0.f, dtx = 0.f;
-    if (rg < a.rows_per_group && t < tc) {
-      const int64_t r = g * a.rows_per_group + rg, head = r / p.headdim;
-      const float x = to_f(xp[(t0 + t) * p.x_seq_stride + row_offset(r, p.headdim, p.x_head_stride, p.x_dim_stride)]);
-      float dt = to_f(dtp[(t0 + t) * p.dt_seq_stride + row_offset(r, p.headdim, p.dt_head_stride, p.dt_dim_stride)]);
-      dt = discretize_dt(a, dt, head);
-      decay = SCALAR_A ? exp2f(dt * load_any(p.A, p.param_dtype, head * p.A_head_stride) * kLog2e) : dt;
-      dtx = dt * x;
-    }
-    sm.decay[rl][t] = decay;
-    sm.dtx[rl][t] = dtx;
-  }
+  const T* Bp = static_cast<const T*>(p.B) + b * p.B_batch_stride + g * p.B_group_stride + t0 * p.B_seq_stride;
+  const T* Cp = static_cast<const T*>(p.C) + b * p.C_batch_stride + g * p.C_group_stride + t0 * p.C_seq_stride;
+  auto bc_at = [&](int i) {  // (n, t); only steps < tc are ever read
+    return a.b_state_fastest ? make_int2(i % Tl::kDS, i / Tl::kDS) : make_int2(i / tc, i % tc);
+  };
+  batched_loop<8>(tc * Tl::kDS, [&](int i) {
+    const int2 nt = bc_at(i);
+    if (nt.x >= p.dstate) return make_float2(0.f, 0.f);
+    return make_float2(to_f(Bp[nt.y * p.B_seq_stride + nt.x * p.B_state_stride]),
+                       to_f(Cp[nt.y * p.C_seq_stride + nt.x * p.C_state_stride]));
+  }, [&](int i, float2 v) {
+    const int2 nt = bc_at(i);
+    sm.B[nt.y][nt.x] = v.x;
+    sm.C[nt.y][nt.x] = v.y;
+  });
+  const T* xp = static_cast<const T*>(p.x) + b * p.x_batch_stride + t0 * p.x_seq_stride;
+  const T* dtp = static_cast<const T*>(p.dt) + b * p.dt_batch_stride + t0 * p.dt_seq_stride;
+  batched_loop<8>(Tl::kRows * tc, [&](int i) {  // (x, raw dt, dt_bias, A)
+    const int2 rt = row_step<Tl::kRows>(a, i, tc);
+    const int64_t rg = row0 + rt.x, r = g * a.rows_per_group + rg, head = r / p.headdim;
+    if (rg >= a.rows_per_group) return make_float4(0.f, 0.f, 0.f, 0.f);
+    return make_float4(
+        to_f(xp[rt.y * p.x_seq_stride + row_offset(r, p.headdim, p.x_head_stride, p.x_dim_stride)]),
+        to_f(dtp[rt.y * p.dt_seq_stride + row_offset(r, p.headdim, p.dt_head_stride, p.dt_dim_stride)]),
+        p.dt_bias ? load_any(p.dt_bias, p.param_dtype, head * p.dt_bias_head_stride) : 0.f,
+        SCALAR_A ? load_any(p.A, p.param_dtype, head * p.A_head_stride) : 0.f);
+  }, [&](int i, float4 v) {
+    const int2 rt = row_step<Tl::kRows>(a, i, tc);
+    float dt = v.y + v.z;
+    if (p.dt_softplus) dt = softplus(dt);
+    if (a.clamp_dt) dt = fminf(fmaxf(dt, static_cast<float>(p.dt_min)), static_cast<float>(p.dt_max));
+    const bool ok = row0 + rt.x < a.rows_per_group;
+    sm.decay[rt.x][rt.y] = !ok ? 0.f : SCALAR_A ? exp2f(dt * v.w * kLog2e) : dt;
+    sm.dtx[rt.x][rt.y] = ok ? dt * v.x : 0.f;
+  });
 }
 
 // y = (C . h) + D * x, gated by silu(z); written for the chunk's valid rows and steps.
@@ -103,27 +126,26 @@ __device__ void write_chunk(const ScanArgs& a, ScanSmem<NPT, TPN>& sm, int64_t b
                             int64_t t0, int tc) {
   using Tl = Tile<NPT, TPN>;
   const md_ssm_params& p = a.p;
-  for (int i = threadIdx.x; i < Tl::kRows * Tl::kTC; i += kThreads) {
-    const int rl = a.rows_fastest ? i % Tl::kRows : i / Tl::kTC;
-    const int t = a.rows_fastest ? i / Tl::kRows : i % Tl::kTC;
-    const int64_t rg = row0 + rl;
-    if (rg >= a.rows_per_group || t >= tc) continue;
-    const int64_t r = g * a.rows_per_group + rg, head = r / p.headdim;
-    float y = sm.y[rl][t];
-    if (p.D) {
-      const int64_t xo = b * p.x_batch_stride + (t0 + t) * p.x_seq_stride +
-                         row_offset(r, p.headdim, p.x_head_stride, p.x_dim_stride);
-      y += load_any(p.D, p.param_dtype, head * p.D_head_stride) * to_f(static_cast<const T*>(p.x)[xo]);
-    }
-    if (p.z) {
-      const int64_t zo = b * p.z_batch_stride + (t0 + t) * p.z_seq_stride +
-                         row_offset(r, p.headdim, p.z_head_stride, p.z_dim_stride);
-      y *= silu(to_f(static_cast<const T*>(p.z)[zo]));
-    }
-    const int64_t yo = b * p.y_batch_stride + (t0 + t) * p.y_seq_stride +
-                       row_offset(r, p.headdim, p.y_head_stride, p.y_dim_stride);
-    static_cast<T*>(p.y)[yo] = from_f<T>(y);
-  }
+  const T* xp = static_cast<const T*>(p.x) + b * p.x_batch_stride + t0 * p.x_seq_stride;
+  const T* zp = static_cast<const T*>(p.z) + b * p.z_batch_stride + t0 * p.z_seq_stride;
+  T* yp = static_cast<T*>(p.y) + b * p.y_batch_stride + t0 * p.y_seq_stride;
+  batched_loop<8>(Tl::kRows * tc, [&](int i) {  // (D * x, z)
+    const int2 rt = row_step<Tl::kRows>(a, i, tc);
+    const int64_t rg = row0 + rt.x, r = g * a.rows_per_group + rg, head = r / p.headdim;
+    if (rg >= a.rows_per_group) return make_float2(0.f, 0.f);
+    const float dx = p.D ? load_any(p.D, p.param_dtype, head * p.D_head_stride) *
+        to_f(xp[rt.y * p.x_seq_stride + row_offset(r, p.headdim, p.x_head_stride, p.x_dim_stride)]) : 0.f;
+    const float z = p.z ? to_f(zp[rt.y * p.z_seq_stride + row_offset(r, p.headdim, p.z_head_stride, p.z_dim_stride)])
+                        : 0.f;
+    return make_float2(dx, z);
+  }, [&](int i, float2 v) {
+    const int2 rt = row_step<Tl::kRows>(a, i, tc);
+    const int64_t rg = row0 + rt.x, r = g * a.rows_per_group + rg;
+    if (rg >= a.rows_per_group) return;
+    float y = sm.y[rt.x][rt.y] + v.x;
+    if (p.z) y *= silu(v.y);
+    yp[rt.y * p.y_seq_stride + row_offset(r, p.headdim, p.y_head_stride, p.y_dim_stride)] = from_f<T>(y);
+  });
 }
 
 // Grid: (tiles_per_group * ngroups, batch). Block: kThreads = kRows rows x TPN threads.

@@ -1,0 +1,194 @@
+"""`bench`: decode ms/token and tokens/s per batch size, prefill ms, peak memory, achieved GB/s.
+
+    python -m mamba_deploy.bench --random-init mamba-1.4b            # random weights built on the GPU
+    python -m mamba_deploy.bench out/mamba-1.4b --batches 1 16 64     # an export or checkpoint folder
+
+Decode is timed as CUDA-graph replays (the step includes the greedy argmax that feeds the next step)
+between CUDA events, after warm-up, median of `repeats` runs of `gen_len` steps, on real prompts
+(random ids, never zeros) and the state they leave. Bytes per step = weights read once + the state
+read and written; the floor is weight bytes / COPY_BW (device-to-device copy bandwidth measured on the
+H100: about 3.0 TB/s). When mamba_ssm is importable, MambaLMHeadModel.generate(cg=True) runs on the same
+weights in the same process and the ratio is printed.
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+from typing import Callable, Optional, Sequence
+
+import torch
+
+COPY_BW = 3.0e12  # bytes/s
+_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
+
+
+def _events_ms(fn: Callable[[], None], repeats: int) -> float:
+    """Median over `repeats` of fn()'s device time in ms (CUDA events)."""
+    times = []
+    for _ in range(repeats):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end))
+    return statistics.median(times)
+
+
+def _prompt(batch: int, length: int, vocab: int, device, seed: int = 1) -> torch.Tensor:
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    return torch.randint(1, vocab, (batch, length), generator=gen).to(device)
+
+
+def bench_decode(eng, batch: int, prompt_len: int, gen_len: int, repeats: int = 5) -> float:
+    """ms per decode step (one token per row) of the engine's CUDA graph for `batch`."""
+    state = eng.new_state(batch)
+    logits = eng.prefill(_prompt(batch, prompt_len, eng.config.vocab_size, eng.device), state)
+    eng.ids[:batch].copy_(logits[:, -1, :eng.config.vocab_size].argmax(-1))
+    if not eng._is_static(state):
+        raise RuntimeError("bench needs the engine's static state (another state is alive)")
+    for _ in range(10):
+        eng.step_static(batch)
+
+    def run():
+        for _ in range(gen_len):
+            eng.step_static(batch)
+    ms = _events_ms(run, repeats) / gen_len
+    del state
+    return ms
+
+
+def bench_prefill(eng, length: int, repeats: int = 5) -> float:
+    """ms to prefill `length` tokens of batch 1 from a zero state."""
+    ids = _prompt(1, length, eng.config.vocab_size, eng.device, seed=2)
+    state = eng.new_state(1)
+    eng.prefill(ids, state)  # warm-up (cuBLAS heuristics, allocator)
+
+    def run():
+        state.zero_()
+        eng.prefill(ids, state)
+    return _events_ms(run, repeats)
+
+
+def profile_step(eng, batch: int, top: int = 8) -> list[tuple[str, float, int]]:
+    """Device time per kernel name (us per step, calls per step) of one graph replay, from torch.profiler."""
+    from torch.profiler import ProfilerActivity, profile
+
+    state = eng.new_state(batch)
+    eng.step_static(batch)
+    torch.cuda.synchronize()
+    steps = 5
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(steps):
+            eng.step_static(batch)
+        torch.cuda.synchronize()
+    del state
+    rows = [(e.key[:70], e.device_time_total / steps, e.count // steps) for e in prof.key_averages()
+            if e.device_time_total > 0]
+    return sorted(rows, key=lambda r: -r[1])[:top]
+
+
+def bench_mamba_ssm(eng, batch: int, prompt_len: int, gen_len: int) -> Optional[float]:
+    """ms/token of mamba_ssm's MambaLMHeadModel.generate(cg=True) on the engine's weights; None if not installed."""
+    try:
+        from mamba_ssm.models.config_mamba import MambaConfig
+        from mamba_ssm.models.mixer_seq_simple import MambaLMHeadModel
+    except ImportError:
+        return None
+    from .random_init import _ssm_config
+
+    cfg = _ssm_config(eng.config)
+    model = MambaLMHeadModel(MambaConfig(**cfg), device=eng.device, dtype=eng.dtype).eval()
+    own = {"backbone.embedding.weight": eng.emb, "backbone.norm_f.weight": eng.norm_f[0]}
+    for i, L in enumerate(eng.layers):
+        p, m = f"backbone.layers.{i}.", f"backbone.layers.{i}.mixer."
+        own.update({p + "norm.weight": L.norm_w, m + "in_proj.weight": L.in_w, m + "out_proj.weight": L.out_w,
+                    m + "conv1d.weight": L.conv_w.unsqueeze(1), m + "conv1d.bias": L.conv_b,
+                    m + "A_log": torch.log(-L.A), m + "D": L.D})
+        if L.gnorm_w is not None:
+            own.update({m + "dt_bias": L.dt_b, m + "norm.weight": L.gnorm_w})
+        else:
+            own.update({m + "x_proj.weight": L.x_w, m + "dt_proj.weight": L.dt_w, m + "dt_proj.bias": L.dt_b})
+    sd = model.state_dict()
+    for k, v in own.items():
+        sd[k].copy_(v.reshape(sd[k].shape))
+    ids = _prompt(batch, prompt_len, eng.config.vocab_size, eng.device)
+
+    def gen(n):
+        return lambda: model.generate(ids, max_length=prompt_len + n, cg=True, temperature=1.0, top_k=1)
+    gen(gen_len)()  # warm-up + graph capture
+    full, one = _events_ms(gen(gen_len), 3), _events_ms(gen(1), 3)
+    return (full - one) / (gen_len - 1)
+
+
+def bench(path=None, backend: str = "native", batches: Sequence[int] = (1, 16, 64), prompt_len: int = 100,
+          gen_len: int = 200, prefill_len: int = 2048, random_init: Optional[str] = None, dtype: str = "float16",
+          state_dtype: str = "float32", profile: bool = False, print_fn: Callable[[str], None] = print) -> list[dict]:
+    """Benchmark one model (a folder, or `random_init`: a preset name) on the native engine; returns rows
+    {batch, decode_ms, tok_s, gbps, floor_ms, prefill_ms, peak_gb, mamba_ssm_ms} and prints a table."""
+    from .native import load_engine, random_engine
+
+    if backend != "native":
+        raise ValueError(f"bench measures the native backend (got {backend!r}); other backends: mamba-deploy verify")
+    if (path is None) == (random_init is None):
+        raise ValueError("give either a folder or random_init")
+    torch.cuda.reset_peak_memory_stats()
+    kw = dict(max_batch=max(batches), chunk_len=max(2048, min(prefill_len, 8192)))
+    sdt = _DTYPES[dtype] if state_dtype == "model" else _DTYPES[state_dtype]
+    eng = (random_engine(random_init, _DTYPES[dtype], sdt, **kw) if random_init
+           else load_engine(path, _DTYPES[dtype], sdt, **kw))
+    wbytes = eng.weight_bytes()
+    name = random_init or str(path)
+    prefill_ms = bench_prefill(eng, prefill_len)
+    rows = []
+    for b in batches:
+        ms = bench_decode(eng, b, prompt_len, gen_len)
+        ssm_ms = bench_mamba_ssm(eng, b, prompt_len, gen_len)
+        moved = wbytes + 2 * eng.state_bytes(b)
+        rows.append(dict(model=name, batch=b, decode_ms=ms, tok_s=b * 1000.0 / ms, gbps=moved / ms / 1e6,
+                         floor_ms=moved / COPY_BW * 1e3, prefill_ms=prefill_ms, prefill_len=prefill_len,
+                         weight_gb=wbytes / 1e9, mamba_ssm_ms=ssm_ms))
+    peak = torch.cuda.max_memory_allocated() / 2**30
+    for r in rows:
+        r["peak_gib"] = peak
+    print_fn(format_table(rows, torch.cuda.get_device_name(), dtype, state_dtype))
+    if profile:
+        for b in batches[:1]:
+            print_fn(f"\nkernels of one decode step, batch {b} (us/step, calls/step):")
+            for k, us, n in profile_step(eng, b):
+                print_fn(f"  {us:9.1f}  {n:4d}  {k}")
+    return rows
+
+
+def format_table(rows: list[dict], device: str, dtype: str, state_dtype: str) -> str:
+    r0 = rows[0]
+    lines = [f"{r0['model']} on {device}, {dtype} weights, {state_dtype} state, weights {r0['weight_gb']:.3f} GB, "
+             f"prefill {r0['prefill_len']} tokens: {r0['prefill_ms']:.2f} ms, peak memory {r0['peak_gib']:.2f} GiB",
+             "| batch | decode ms/token | tokens/s | GB/s achieved | floor ms (bytes / 3.0 TB/s) | mamba_ssm ms | ratio |",
+             "| --- | --- | --- | --- | --- | --- | --- |"]
+    for r in rows:
+        ssm = r["mamba_ssm_ms"]
+        ssm_s, ratio = ("not run (mamba_ssm not installed)", "-") if ssm is None else (f"{ssm:.3f}", f"{ssm / r['decode_ms']:.2f}x")
+        lines.append(f"| {r['batch']} | {r['decode_ms']:.3f} | {r['tok_s']:,.0f} | {r['gbps']:,.0f} | "
+                     f"{r['floor_ms']:.3f} | {ssm_s} | {ratio} |")
+    return "\n".join(lines)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("path", nargs="?")
+    ap.add_argument("--random-init", metavar="NAME", help="preset of random_init.PRESETS, built on the GPU")
+    ap.add_argument("--batches", type=int, nargs="+", default=[1, 16, 64])
+    ap.add_argument("--prompt-len", type=int, default=100)
+    ap.add_argument("--gen-len", type=int, default=200)
+    ap.add_argument("--prefill-len", type=int, default=2048)
+    ap.add_argument("--dtype", default="float16", choices=list(_DTYPES))
+    ap.add_argument("--state-dtype", default="float32", choices=[*_DTYPES, "model"])
+    ap.add_argument("--profile", action="store_true")
+    a = ap.parse_args(argv)
+    bench(a.path, "native", a.batches, a.prompt_len, a.gen_len, a.prefill_len, a.random_init, a.dtype, a.state_dtype,
+          a.profile)
+
+
+if __name__ == "__main__":
+    main()

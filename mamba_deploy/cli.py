@@ -1,0 +1,158 @@
+"""The `mamba-deploy` command line: each command parses options and calls one library function.
+
+Errors a user can cause (MambaDeployError, bad usage, OS errors on paths) print one line
+`error: …` on stderr and exit 1. More commands (build, bench) attach with `@cli.command()`.
+"""
+from __future__ import annotations
+
+import json
+import sys
+import warnings
+from typing import Any, Optional
+
+import click
+
+from .errors import MambaDeployError
+
+SAMPLING_DEFAULTS = {"temperature": 1.0, "top_k": 0, "top_p": 1.0, "min_p": 0.0, "repetition_penalty": 1.0}
+
+
+def _fail(message: str, code: int = 1) -> None:
+    click.echo(f"error: {message.splitlines()[0] if message else 'failed'}", err=True)
+    sys.exit(code)
+
+
+class MambaDeployGroup(click.Group):
+    """A click group whose `main` turns user errors into one line on stderr and exit status 1."""
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra: Any):
+        warnings.showwarning = lambda msg, *a, **k: click.echo(f"warning: {msg}", err=True)
+        try:
+            super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except click.exceptions.Exit as exc:
+            sys.exit(exc.exit_code)
+        except click.ClickException as exc:
+            _fail(exc.format_message())
+        except click.exceptions.Abort:
+            _fail("aborted")
+        except MambaDeployError as exc:
+            _fail(str(exc))
+        except OSError as exc:
+            where = f"{exc.filename}: " if exc.filename else ""
+            _fail(f"{where}{exc.strerror or exc}")
+        except KeyboardInterrupt:
+            _fail("interrupted", 130)
+        sys.exit(0)
+
+
+@click.group(cls=MambaDeployGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="mamba-deploy", message="%(version)s")
+def cli() -> None:
+    """Export Mamba / Mamba-2 language models and run them as inference engines."""
+
+
+@cli.command()
+@click.argument("model")
+@click.option("-o", "--output", required=True, type=click.Path(), help="Export folder to write.")
+@click.option("--dtype", type=click.Choice(["float32", "float16", "bfloat16"]), default=None,
+              help="Model dtype (default: the checkpoint's).")
+@click.option("--state-dtype", type=click.Choice(["float32", "model"]), default="float32", show_default=True)
+@click.option("--logits", type=click.Choice(["last", "all"]), default="last", show_default=True,
+              help="Prefill returns the last position's logits or all of them.")
+@click.option("--ops", type=click.Choice(["plugin", "standard"]), default="plugin", show_default=True,
+              help="Custom mamba_deploy ops (with function bodies) or standard ONNX ops only.")
+@click.option("--opset", type=int, default=27, show_default=True)
+@click.option("--revision", default=None, help="Hub revision (for a Hub id).")
+@click.option("--force", is_flag=True, help="Overwrite an existing output folder.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
+def export(model, output, dtype, state_dtype, logits, ops, opset, revision, force, quiet):
+    """Export MODEL (a checkpoint folder or Hub id) to ONNX + weights + tokenizer."""
+    from .export import ExportOptions, export_model
+
+    options = ExportOptions(dtype, state_dtype, logits, ops, opset, force, revision)
+    out = export_model(model, output, options, progress=not quiet)
+    click.echo(f"exported {model} to {out}")
+
+
+def _sampling_options(fn):
+    for name, default in reversed(SAMPLING_DEFAULTS.items()):
+        fn = click.option(f"--{name.replace('_', '-')}", type=type(default), default=default, show_default=True)(fn)
+    return fn
+
+
+def _parse_ids(text: str) -> list[int]:
+    try:
+        return [int(t) for t in text.replace(" ", "").split(",") if t]
+    except ValueError:
+        raise MambaDeployError(f"--ids must be comma-separated integers, got {text!r}") from None
+
+
+@cli.command()
+@click.argument("path", type=click.Path())
+@click.option("--prompt", default=None, help="Text prompt.")
+@click.option("--ids", default=None, help="Token ids instead of text, e.g. 1,2,3.")
+@click.option("--max-new-tokens", type=int, default=64, show_default=True)
+@_sampling_options
+@click.option("--stop", multiple=True, help="Stop string or token id (repeatable).")
+@click.option("--seed", type=int, default=None)
+@click.option("--backend", default="auto", show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object at the end instead of streaming.")
+def run(path, prompt, ids, max_new_tokens, temperature, top_k, top_p, min_p, repetition_penalty, stop, seed,
+        backend, as_json):
+    """Generate from an export folder, printing tokens as they come."""
+    from .runtime import Engine
+
+    if (prompt is None) == (ids is None):
+        raise click.UsageError("give exactly one of --prompt or --ids")
+    engine = Engine.load(path, backend=backend)
+    stops = [int(s) if s.isdigit() else s for s in stop]
+    source: Any = prompt if prompt is not None else _parse_ids(ids)
+    kwargs = dict(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
+                  repetition_penalty=repetition_penalty, stop=stops or None, seed=seed)
+    pieces = []
+    for piece in engine.generate(source, stream=True, **kwargs):
+        pieces.append(piece)
+        if not as_json:
+            click.echo(piece if isinstance(piece, str) else f"{piece} ", nl=False)
+    if as_json:
+        key = "text" if prompt is not None else "ids"
+        click.echo(json.dumps({key: "".join(pieces) if prompt is not None else pieces, "backend": engine.backend.name}))
+    else:
+        click.echo()
+
+
+@cli.command()
+@click.argument("path", type=click.Path())
+@click.option("--reference", default=None, help="Reference checkpoint (default: the export's source).")
+@click.option("--backend", default="auto", show_default=True)
+@click.option("--oracle", type=click.Choice(["reference", "transformers"]), default="reference", show_default=True)
+@click.option("--prompts", multiple=True, help="Prompt text (repeatable).")
+@click.option("--steps", type=int, default=8, show_default=True, help="Decode steps after the prefill.")
+@click.option("--json", "as_json", is_flag=True)
+def verify(path, reference, backend, oracle, prompts, steps, as_json):
+    """Compare an engine with the float32 PyTorch reference; exit 1 when outside tolerance."""
+    from .verify import format_report, verify_export
+
+    report = verify_export(path, reference, backend, oracle, list(prompts) or None, steps)
+    click.echo(json.dumps(report.to_dict(), indent=2) if as_json else format_report(report))
+    if not report.passed:
+        sys.exit(1)
+
+
+@cli.command("inspect")
+@click.argument("path", type=click.Path())
+@click.option("--json", "as_json", is_flag=True)
+def inspect_cmd(path, as_json):
+    """Show what an export folder holds."""
+    from .inspect_export import format_inspect, inspect_export
+
+    report = inspect_export(path)
+    click.echo(json.dumps(report, indent=2, default=str) if as_json else format_inspect(report))
+
+
+def main(argv: Optional[list[str]] = None) -> None:
+    cli.main(argv, prog_name="mamba-deploy")
+
+
+if __name__ == "__main__":
+    main()

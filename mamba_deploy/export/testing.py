@@ -1,0 +1,29 @@
+"""Tiny random checkpoints and exports for tests (here, and for other backends' test suites)."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+
+from ..random_init import make_random_checkpoint
+from .exporter import ExportOptions, export_model
+
+TINY_CONFIGS = {
+    "mamba1": {"d_model": 32, "n_layer": 2, "vocab_size": 100, "pad_vocab_size_multiple": 8,
+               "ssm_cfg": {"d_state": 8}},
+    "mamba2": {"d_model": 64, "n_layer": 2, "vocab_size": 100, "pad_vocab_size_multiple": 16,
+               "ssm_cfg": {"layer": "Mamba2", "d_state": 16, "headdim": 16, "ngroups": 2, "chunk_size": 8}},
+}
+
+
+def tiny_checkpoint(arch: str, folder: str | os.PathLike, fmt: str = "mamba_ssm",
+                    dtype: torch.dtype = torch.float32, seed: int = 0) -> Path:
+    return make_random_checkpoint(TINY_CONFIGS[arch], folder, fmt=fmt, dtype=dtype, seed=seed)
+
+
+def tiny_export(arch: str, folder: str | os.PathLike, **options) -> Path:
+    """A tiny random `arch` checkpoint in folder/ckpt exported to folder/export with ExportOptions(**options)."""
+    folder = Path(folder)
+    ckpt = tiny_checkpoint(arch, folder / "ckpt")
+    return export_model(ckpt, folder / "export", ExportOptions(**options), progress=False)

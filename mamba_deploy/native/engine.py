@@ -1,0 +1,298 @@
+"""The native GPU engine: our CUDA kernels + cuBLAS, static buffers, CUDA-graph decode (gpt-fast style).
+
+    eng = NativeEngine(cfg, weights, dtype=torch.float16, max_batch=64)
+    state = eng.new_state(4)                  # views of the engine's static state while it is claimed
+    logits = eng.prefill(ids, state)          # ids (4, L): chunks of `chunk_len` tokens, eager
+    logits = eng.decode(next_ids, state)      # (4, 1): one CUDA graph replay (captured per batch size)
+
+Decode of one token for batch b, all on buffers allocated once for `max_batch` (rows [:b] used),
+captured as ONE graph: embedding -> per layer [add+norm, in_proj (+ causal conv update epilogue),
+mixer, out_proj] -> final add+norm -> LM head -> greedy argmax written back into the id buffer (so a
+greedy loop is just replays). Per layer, kernels:
+  Mamba1: add_norm | gemv in_proj + conv epilogue | gemv x_proj | mamba1_step (dt_proj + softplus +
+          state update + D + gate, fused) | gemv out_proj                              (5 launches)
+  Mamba2: add_norm | gemv in_proj + conv epilogue on xBC | selective_state_update | gated_rms_norm |
+          gemv out_proj                                                                (5 launches)
+For batch > gemv_max_batch the projections are cuBLAS GEMMs (torch.mm into the same buffers) and the
+conv update is its own kernel. States are updated in place; logits are a reused buffer.
+"""
+from __future__ import annotations
+
+import dataclasses
+import weakref
+from typing import Optional
+
+import torch
+
+from ..config import MAMBA2, ModelConfig
+from ..models.state import InferenceState
+from ..ops import cuda as K
+from . import gemv as G
+
+
+@dataclasses.dataclass
+class _Layer:
+    norm_w: torch.Tensor
+    norm_b: Optional[torch.Tensor]
+    in_w: torch.Tensor
+    in_b: Optional[torch.Tensor]
+    conv_w: torch.Tensor
+    conv_b: torch.Tensor
+    out_w: torch.Tensor
+    out_b: Optional[torch.Tensor]
+    A: torch.Tensor
+    D: torch.Tensor
+    dt_b: torch.Tensor
+    x_w: Optional[torch.Tensor] = None  # Mamba1
+    dt_w: Optional[torch.Tensor] = None
+    dt_packed: Optional[torch.Tensor] = None
+    gnorm_w: Optional[torch.Tensor] = None  # Mamba2
+
+
+def _linear(x: torch.Tensor, w: torch.Tensor, b: Optional[torch.Tensor], out: torch.Tensor) -> torch.Tensor:
+    """out = x @ w.T + b through cuBLAS, into `out` (no allocation)."""
+    if b is None:
+        return torch.mm(x, w.t(), out=out)
+    return torch.addmm(b, x, w.t(), out=out)
+
+
+class NativeEngine:
+    def __init__(self, cfg: ModelConfig, weights: dict[str, torch.Tensor], dtype: torch.dtype = torch.float16,
+                 state_dtype: torch.dtype = torch.float32, device: torch.device | str = "cuda", max_batch: int = 64,
+                 chunk_len: int = 2048, gemv_max_batch: int = G.MAX_BATCH, use_graphs: bool = True):
+        self.config, self.dtype, self.state_dtype = cfg, dtype, state_dtype
+        self.device = torch.device(device)
+        if self.device.type != "cuda":
+            raise ValueError("the native engine runs on a CUDA device")
+        if self.device.index is None:
+            self.device = torch.device("cuda", torch.cuda.current_device())
+        self.max_batch, self.chunk_len, self.use_graphs = max_batch, chunk_len, use_graphs
+        self.gemv_max_batch = min(gemv_max_batch, G.MAX_BATCH)
+        self._load(weights)
+        c, B, f = cfg, max_batch, dict(device=self.device)
+        res_dtype = torch.float32 if c.residual_in_fp32 else dtype
+        self.ids = torch.zeros(B, dtype=torch.int64, **f)
+        self.hidden = torch.zeros(B, c.d_model, dtype=dtype, **f)
+        self.residual = torch.zeros(B, c.d_model, dtype=res_dtype, **f)
+        self.normed = torch.zeros(B, c.d_model, dtype=dtype, **f)
+        self.xz = torch.zeros(B, c.in_proj_dim, dtype=dtype, **f)
+        self.y = torch.zeros(B, c.d_inner, dtype=dtype, **f)
+        self.xdbl = torch.zeros(B, c.dt_rank + 2 * c.d_state, dtype=dtype, **f) if c.arch != MAMBA2 else None
+        self.ynorm = torch.zeros(B, c.d_inner, dtype=dtype, **f) if c.arch == MAMBA2 else None
+        self.logits = torch.zeros(B, c.vocab_size_padded, dtype=dtype, **f)
+        self.static = InferenceState.zeros(c, B, dtype, state_dtype, self.device)
+        self._claim: Optional[weakref.ref] = None
+        self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
+
+    # ---- weights ------------------------------------------------------------------------------
+    def _load(self, weights: dict[str, torch.Tensor]) -> None:
+        c, dev = self.config, self.device
+
+        def get(name, dtype=None, optional=False):
+            t = weights.get(name)
+            if t is None:
+                if optional:
+                    return None
+                raise KeyError(f"native engine: weight {name!r} missing")
+            return t.to(device=dev, dtype=dtype or self.dtype).contiguous()
+
+        self.emb = get("backbone.embedding.weight")
+        self.head = self.emb if c.tie_embeddings else get("lm_head.weight")
+        self.norm_f = (get("backbone.norm_f.weight"), get("backbone.norm_f.bias", optional=True))
+        zero_bias = weights.get("zeros.conv_bias")
+        self.layers = []
+        for i in range(c.n_layer):
+            p = f"backbone.layers.{i}."
+            m = p + "mixer."
+            conv_b = get(m + "conv1d.bias", optional=True)
+            if conv_b is None:
+                conv_b = torch.zeros(c.conv_dim, dtype=self.dtype, device=dev) if zero_bias is None else \
+                    zero_bias.to(dev, self.dtype)
+            f32 = torch.float32
+            L = _Layer(norm_w=get(p + "norm.weight"), norm_b=get(p + "norm.bias", optional=True),
+                       in_w=get(m + "in_proj.weight"), in_b=get(m + "in_proj.bias", optional=True),
+                       conv_w=get(m + "conv1d.weight").reshape(c.conv_dim, c.d_conv).contiguous(), conv_b=conv_b,
+                       out_w=get(m + "out_proj.weight"), out_b=get(m + "out_proj.bias", optional=True),
+                       A=get(m + "A", f32), D=get(m + "D", f32),
+                       dt_b=get(m + ("dt_bias" if c.arch == MAMBA2 else "dt_proj.bias"), f32))
+            if c.arch == MAMBA2:
+                L.gnorm_w = get(m + "norm.weight")
+            else:
+                L.x_w, L.dt_w = get(m + "x_proj.weight"), get(m + "dt_proj.weight")
+                L.dt_packed = G.pack_dt_proj(L.dt_w)
+            self.layers.append(L)
+
+    def weight_bytes(self) -> int:
+        """Bytes one decode step reads from weights: every matrix and vector once (the embedding only
+        as the tied LM head; dt_proj through its packed copy, its plain copy serves prefill)."""
+        tensors = [self.head, *self.norm_f]
+        for L in self.layers:
+            tensors += [t for k, t in vars(L).items() if k != "dt_w" or L.dt_packed is None]
+        unique = {t.data_ptr(): t for t in tensors if t is not None}
+        return sum(t.numel() * t.element_size() for t in unique.values())
+
+    def state_bytes(self, batch: int) -> int:
+        """Bytes of the recurrent state of `batch` rows (conv + ssm, all layers): read and written per step."""
+        return sum(t[:batch].numel() * t.element_size() for t in self.static.conv + self.static.ssm)
+
+    # ---- state -----------------------------------------------------------------------------------
+    def new_state(self, batch_size: int) -> InferenceState:
+        """Zero state. While no other state holds them, its tensors are views of the static buffers the
+        decode graphs were captured on (decode is then a bare replay); otherwise fresh tensors, which
+        decode copies in and out of the static buffers."""
+        if not 1 <= batch_size <= self.max_batch:
+            raise ValueError(f"batch_size must be in 1..{self.max_batch} (the engine's max_batch)")
+        if self._claim is None or self._claim() is None:
+            st = InferenceState([t[:batch_size] for t in self.static.conv], [t[:batch_size] for t in self.static.ssm])
+            st.zero_()
+            self._claim = weakref.ref(st)
+            return st
+        return InferenceState.zeros(self.config, batch_size, self.dtype, self.state_dtype, self.device)
+
+    def _is_static(self, state: InferenceState) -> bool:
+        return state.conv[0].data_ptr() == self.static.conv[0].data_ptr() and \
+            state.ssm[-1].data_ptr() == self.static.ssm[-1].data_ptr()
+
+    # ---- decode ----------------------------------------------------------------------------------
+    def _step(self, b: int) -> None:
+        """One token for rows [:b] of the static buffers: ids -> logits, state in place, argmax -> ids."""
+        c = self.config
+        torch.index_select(self.emb, 0, self.ids[:b], out=self.hidden[:b])
+        for i, L in enumerate(self.layers):
+            K.add_norm(self.hidden[:b], self.residual[:b] if i else None, L.norm_w, L.norm_b, c.norm_eps, c.rms_norm,
+                       c.residual_in_fp32, out=self.normed[:b], residual_out=self.residual[:b])
+            conv_state, ssm_state = self.static.conv[i][:b], self.static.ssm[i][:b]
+            conv_lo = 0 if c.arch != MAMBA2 else c.d_inner
+            conv = dict(lo=conv_lo, weight=L.conv_w, bias=L.conv_b, state=conv_state)
+            self._proj(self.normed[:b], L.in_w, L.in_b, self.xz[:b], conv)
+            (self._mamba2_mixer if c.arch == MAMBA2 else self._mamba1_mixer)(b, L, ssm_state)
+        K.add_norm(self.hidden[:b], self.residual[:b], self.norm_f[0], self.norm_f[1], c.norm_eps, c.rms_norm,
+                   c.residual_in_fp32, out=self.normed[:b], residual_out=self.residual[:b])
+        self._proj(self.normed[:b], self.head, None, self.logits[:b])
+        torch.argmax(self.logits[:b, :c.vocab_size], dim=-1, out=self.ids[:b])
+
+    def _proj(self, x, w, bias, out, conv: Optional[dict] = None) -> None:
+        """out = x @ w.T (+ bias), then the conv epilogue on conv rows: GEMV for small batch, else cuBLAS."""
+        if x.shape[0] <= self.gemv_max_batch:
+            G.gemv(x, w, bias, out=out, conv=conv)
+            return
+        _linear(x, w, bias, out)
+        if conv is not None:
+            xc = out[:, conv["lo"]:conv["lo"] + conv["weight"].shape[0]]
+            K.causal_conv1d_update(xc, conv["weight"], conv["bias"], conv["state"], "silu", out=xc,
+                                   state_out=conv["state"])
+
+    def _mamba1_mixer(self, b: int, L: _Layer, ssm_state: torch.Tensor) -> None:
+        d = self.config.d_inner
+        x, z = self.xz[:b, :d], self.xz[:b, d:]
+        self._proj(x, L.x_w, None, self.xdbl[:b])
+        G.mamba1_step(x, z, self.xdbl[:b], L.dt_packed, L.dt_b, L.A, L.D, ssm_state, out=self.y[:b])
+        self._proj(self.y[:b], L.out_w, L.out_b, self.hidden[:b])
+
+    def _mamba2_mixer(self, b: int, L: _Layer, ssm_state: torch.Tensor) -> None:
+        c = self.config
+        d, gn, H = c.d_inner, c.ngroups * c.d_state, c.nheads
+        xbc = self.xz[:b, d:d + c.conv_dim]
+        x = xbc[:, :d].unflatten(1, (H, c.headdim))
+        B = xbc[:, d:d + gn].unflatten(1, (c.ngroups, c.d_state))
+        C = xbc[:, d + gn:].unflatten(1, (c.ngroups, c.d_state))
+        dt = self.xz[:b, d + c.conv_dim:]
+        K.selective_state_update(ssm_state, x, dt, L.A, B, C, L.D, None, L.dt_b, True, c.dt_limit,
+                                 out=self.y[:b].unflatten(1, (H, c.headdim)), state_out=ssm_state)
+        K.gated_rms_norm(self.y[:b], self.xz[:b, :d], L.gnorm_w, c.norm_eps, d // c.ngroups, out=self.ynorm[:b])
+        self._proj(self.ynorm[:b], L.out_w, L.out_b, self.hidden[:b])
+
+    def _graph(self, b: int) -> torch.cuda.CUDAGraph:
+        """The decode graph of batch b, captured once (warm-up runs on a saved copy of the state)."""
+        if b not in self.graphs:
+            saved = [t.clone() for t in self.static.conv + self.static.ssm + [self.ids, self.residual]]
+            side = torch.cuda.Stream(self.device)
+            side.wait_stream(torch.cuda.current_stream(self.device))
+            with torch.cuda.stream(side):
+                for _ in range(2):
+                    self._step(b)
+            torch.cuda.current_stream(self.device).wait_stream(side)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                self._step(b)
+            for dst, src in zip(self.static.conv + self.static.ssm + [self.ids, self.residual], saved):
+                dst.copy_(src)
+            self.graphs[b] = graph
+        return self.graphs[b]
+
+    def step_static(self, b: int) -> None:
+        """Decode rows [:b] of the static buffers from self.ids (graph replay, or eager without graphs)."""
+        if self.use_graphs:
+            self._graph(b).replay()
+        else:
+            self._step(b)
+
+    @torch.no_grad()
+    def decode(self, input_ids: torch.Tensor, state: InferenceState) -> torch.Tensor:
+        """input_ids (b, 1) -> logits (b, 1, vocab_padded) (a reused buffer); state updated in place."""
+        b = input_ids.shape[0]
+        if not 1 <= b <= self.max_batch:
+            raise ValueError(f"batch {b} is over the engine's max_batch {self.max_batch}")
+        self.ids[:b].copy_(input_ids.reshape(b), non_blocking=True)
+        static = self._is_static(state)
+        if not static:
+            torch._foreach_copy_([t[:b] for t in self.static.conv + self.static.ssm], state.conv + state.ssm)
+        self.step_static(b)
+        if not static:
+            torch._foreach_copy_(state.conv + state.ssm, [t[:b] for t in self.static.conv + self.static.ssm])
+        return self.logits[:b].unsqueeze(1)
+
+    # ---- prefill ---------------------------------------------------------------------------------
+    @torch.no_grad()
+    def prefill(self, input_ids: torch.Tensor, state: InferenceState, all_logits: bool = False) -> torch.Tensor:
+        """input_ids (b, L) from `state` (updated in place), in chunks of chunk_len tokens, so memory does
+        not grow with L; returns logits (b, 1, V) of the last position, or (b, L, V) with all_logits."""
+        ids = input_ids.to(self.device, torch.int64)
+        outs = [self._prefill_chunk(ids[:, s:s + self.chunk_len], state, all_logits)
+                for s in range(0, ids.shape[1], self.chunk_len)]
+        return outs[-1] if not all_logits else torch.cat(outs, dim=1)
+
+    def _prefill_chunk(self, ids: torch.Tensor, state: InferenceState, all_logits: bool) -> torch.Tensor:
+        c = self.config
+        b, n = ids.shape
+        hidden, residual = self.emb[ids], None
+        for i, L in enumerate(self.layers):
+            normed, residual = K.add_norm(hidden, residual, L.norm_w, L.norm_b, c.norm_eps, c.rms_norm,
+                                          c.residual_in_fp32, out_dtype=self.dtype,
+                                          residual_out=residual)
+            xz = torch.nn.functional.linear(normed, L.in_w, L.in_b)  # (b, n, in_proj_dim)
+            lo = 0 if c.arch != MAMBA2 else c.d_inner
+            xc = torch.empty(b, n, c.conv_dim, dtype=self.dtype, device=self.device)
+            K.causal_conv1d(xz[..., lo:lo + c.conv_dim].transpose(1, 2), L.conv_w, L.conv_b, state.conv[i], "silu",
+                            out=xc.transpose(1, 2), state_out=state.conv[i])
+            y = (self._mamba2_scan if c.arch == MAMBA2 else self._mamba1_scan)(L, xz, xc, state.ssm[i])
+            hidden = torch.nn.functional.linear(y, L.out_w, L.out_b)
+        if not all_logits:
+            hidden, residual = hidden[:, -1:].contiguous(), residual[:, -1:].contiguous()
+        normed, _ = K.add_norm(hidden, residual, self.norm_f[0], self.norm_f[1], c.norm_eps, c.rms_norm,
+                               c.residual_in_fp32, out_dtype=self.dtype)
+        return torch.nn.functional.linear(normed, self.head)
+
+    def _mamba1_scan(self, L: _Layer, xz: torch.Tensor, xc: torch.Tensor, ssm_state: torch.Tensor) -> torch.Tensor:
+        c = self.config
+        R, N = c.dt_rank, c.d_state
+        xdbl = torch.nn.functional.linear(xc, L.x_w)  # (b, n, R + 2N)
+        dt = torch.nn.functional.linear(xdbl[..., :R], L.dt_w)  # (b, n, d_inner), bias in the scan
+        y = torch.empty_like(xc)
+        K.selective_scan(xc.transpose(1, 2), dt.transpose(1, 2), L.A, xdbl[..., R:R + N].transpose(1, 2),
+                         xdbl[..., R + N:].transpose(1, 2), L.D, xz[..., c.d_inner:].transpose(1, 2), L.dt_b,
+                         ssm_state, True, out=y.transpose(1, 2), state_out=ssm_state)
+        return y
+
+    def _mamba2_scan(self, L: _Layer, xz: torch.Tensor, xc: torch.Tensor, ssm_state: torch.Tensor) -> torch.Tensor:
+        c = self.config
+        d, gn = c.d_inner, c.ngroups * c.d_state
+        b, n = xz.shape[:2]
+        x = xc[..., :d].unflatten(-1, (c.nheads, c.headdim))
+        B = xc[..., d:d + gn].unflatten(-1, (c.ngroups, c.d_state))
+        C = xc[..., d + gn:].unflatten(-1, (c.ngroups, c.d_state))
+        dt = xz[..., d + c.conv_dim:]
+        y = torch.empty(b, n, c.nheads, c.headdim, dtype=self.dtype, device=self.device)
+        K.chunk_scan(x, dt, L.A, B, C, c.chunk_size, L.D, None, L.dt_b, ssm_state, True, c.dt_limit, out=y,
+                     state_out=ssm_state)
+        return K.gated_rms_norm(y.flatten(-2), xz[..., :d], L.gnorm_w, c.norm_eps, d // c.ngroups)

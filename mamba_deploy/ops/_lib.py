@@ -1,0 +1,151 @@
+"""Loader of the native kernel library (libmamba_deploy_kernels.so, built from plugins/ by CMake).
+
+The library is looked up (once, lazily) at $MAMBA_DEPLOY_KERNEL_LIB, then in mamba_deploy/_lib/
+(where `pip install .` puts it). The ctypes structures below mirror plugins/kernels/mamba_kernels.h
+field for field (every field 8 bytes wide); `load()` checks their sizes against md_params_size().
+"""
+from __future__ import annotations
+
+import ctypes
+import os
+import pathlib
+import threading
+from typing import Optional
+
+LIB_NAME = "libmamba_deploy_kernels.so"
+ENV_VAR = "MAMBA_DEPLOY_KERNEL_LIB"
+EXPECTED_VERSION = 1
+
+_I, _P, _D = ctypes.c_int64, ctypes.c_void_p, ctypes.c_double
+
+
+def _fields(spec: str) -> list[tuple[str, type]]:
+    """'i:a b c; p:x; d:eps' -> [(a, int64), (b, int64), (c, int64), (x, void*), (eps, double)]."""
+    types = {"i": _I, "p": _P, "d": _D}
+    out = []
+    for part in spec.split(";"):
+        kind, names = part.strip().split(":")
+        out += [(n, types[kind]) for n in names.split()]
+    return out
+
+
+class CausalConv1dParams(ctypes.Structure):
+    _fields_ = _fields(
+        "i: batch dim seqlen width silu x_dtype weight_dtype state_dtype; p: x;"
+        "i: x_batch_stride x_dim_stride x_seq_stride; p: weight; i: weight_dim_stride weight_width_stride;"
+        "p: bias; i: bias_stride; p: state_in;"
+        "i: state_in_batch_stride state_in_dim_stride state_in_width_stride; p: state_out;"
+        "i: state_out_batch_stride state_out_dim_stride state_out_width_stride; p: y;"
+        "i: y_batch_stride y_dim_stride y_seq_stride")
+
+
+class SsmParams(ctypes.Structure):
+    _fields_ = _fields(
+        "i: batch seqlen nheads headdim dstate ngroups x_dtype param_dtype state_dtype dt_softplus;"
+        "d: dt_min dt_max; p: x; i: x_batch_stride x_seq_stride x_head_stride x_dim_stride; p: dt;"
+        "i: dt_batch_stride dt_seq_stride dt_head_stride dt_dim_stride; p: A; i: A_head_stride A_state_stride;"
+        "p: B; i: B_batch_stride B_seq_stride B_group_stride B_state_stride;"
+        "p: C; i: C_batch_stride C_seq_stride C_group_stride C_state_stride; p: D; i: D_head_stride;"
+        "p: z; i: z_batch_stride z_seq_stride z_head_stride z_dim_stride; p: dt_bias; i: dt_bias_head_stride;"
+        "p: state_in; i: state_in_batch_stride state_in_head_stride state_in_dim_stride state_in_state_stride;"
+        "p: state_out;"
+        "i: state_out_batch_stride state_out_head_stride state_out_dim_stride state_out_state_stride;"
+        "p: y; i: y_batch_stride y_seq_stride y_head_stride y_dim_stride")
+
+
+class AddNormParams(ctypes.Structure):
+    _fields_ = _fields(
+        "i: rows hidden is_rms; d: eps; i: x_dtype residual_dtype residual_out_dtype out_dtype weight_dtype;"
+        "p: x; i: x_row_stride; p: residual; i: residual_row_stride; p: weight bias out; i: out_row_stride;"
+        "p: residual_out; i: residual_out_row_stride")
+
+
+class GatedRmsNormParams(ctypes.Structure):
+    _fields_ = _fields(
+        "i: rows hidden group_size; d: eps; i: x_dtype out_dtype weight_dtype; p: x; i: x_row_stride;"
+        "p: z; i: z_row_stride; p: weight out; i: out_row_stride")
+
+
+PARAMS = {"causal_conv1d": (0, CausalConv1dParams), "ssm": (1, SsmParams),
+          "add_norm": (2, AddNormParams), "gated_rms_norm": (3, GatedRmsNormParams)}
+ENTRY_POINTS = {
+    "md_causal_conv1d_fwd": CausalConv1dParams, "md_causal_conv1d_update": CausalConv1dParams,
+    "md_selective_scan_fwd": SsmParams, "md_selective_state_update": SsmParams,
+    "md_mamba2_chunk_scan_fwd": SsmParams, "md_add_norm_fwd": AddNormParams,
+    "md_gated_rms_norm_fwd": GatedRmsNormParams,
+}
+
+_lock = threading.Lock()
+_lib: Optional[ctypes.CDLL] = None
+_reason: Optional[str] = None
+_tried = False
+
+
+def library_path() -> Optional[pathlib.Path]:
+    """Where the library would be loaded from (None if nowhere)."""
+    env = os.environ.get(ENV_VAR)
+    if env:
+        return pathlib.Path(env)
+    here = pathlib.Path(__file__).resolve().parent.parent / "_lib" / LIB_NAME
+    return here if here.exists() else None
+
+
+def _open() -> ctypes.CDLL:
+    path = library_path()
+    if path is None:
+        raise OSError(f"{LIB_NAME} not found: the package was installed without its CUDA kernels "
+                      f"(no nvcc at build time, or MAMBA_DEPLOY_BUILD_KERNELS=0); reinstall with nvcc on "
+                      f"PATH, or point {ENV_VAR} at a built library")
+    lib = ctypes.CDLL(str(path))
+    lib.md_version.restype = ctypes.c_int
+    lib.md_get_last_error_string.restype = ctypes.c_char_p
+    lib.md_params_size.restype = ctypes.c_int64
+    lib.md_params_size.argtypes = [ctypes.c_int64]
+    if lib.md_version() != EXPECTED_VERSION:
+        raise OSError(f"{path}: kernel ABI version {lib.md_version()}, expected {EXPECTED_VERSION}")
+    for name, (kind, struct) in PARAMS.items():
+        if lib.md_params_size(kind) != ctypes.sizeof(struct):
+            raise OSError(f"{path}: {name} params are {lib.md_params_size(kind)} bytes in C, "
+                          f"{ctypes.sizeof(struct)} in Python: library and package do not match")
+    for sym, struct in ENTRY_POINTS.items():
+        fn = getattr(lib, sym)
+        fn.restype = ctypes.c_int
+        fn.argtypes = [ctypes.POINTER(struct), ctypes.c_void_p]
+    return lib
+
+
+def load() -> ctypes.CDLL:
+    """The loaded library; raises RuntimeError with the reason if it cannot be loaded."""
+    global _lib, _reason, _tried
+    with _lock:
+        if not _tried:
+            _tried = True
+            try:
+                _lib = _open()
+            except (OSError, AttributeError) as e:
+                _reason = str(e)
+    if _lib is None:
+        raise RuntimeError(f"mamba-deploy CUDA kernels unavailable: {_reason}")
+    return _lib
+
+
+def is_available() -> bool:
+    try:
+        load()
+    except RuntimeError:
+        return False
+    return True
+
+
+def unavailable_reason() -> Optional[str]:
+    """None when the library loads, else why not."""
+    return None if is_available() else _reason
+
+
+def call(symbol: str, params: ctypes.Structure, stream: int) -> None:
+    """Launch `symbol` on `stream` (a cudaStream_t as int); raises RuntimeError if it fails."""
+    lib = load()
+    rc = getattr(lib, symbol)(ctypes.byref(params), ctypes.c_void_p(stream))
+    if rc != 0:
+        msg = lib.md_get_last_error_string().decode(errors="replace")
+        raise RuntimeError(f"{symbol} failed (cudaError {rc}): {msg}")

@@ -1,0 +1,142 @@
+"""The Backend interface every engine backend implements, and the registry of backend loaders.
+
+A backend runs one exported model (an export folder, DESIGN §3) on one device:
+
+    backend = load_backend("onnxruntime", export_info, **options)
+    state = backend.new_state(batch_size)           # zeros; InferenceState on backend.device
+    logits = backend.prefill(input_ids, state)      # input_ids: (batch, seq) int64 tensor
+    logits = backend.decode(next_ids, state)        # next_ids:  (batch, 1)
+
+Contract:
+  * `new_state(batch_size)` -> `InferenceState` (mamba_deploy.models.state): `conv[i]` of shape
+    (batch, conv_dim, d_conv - 1) in `dtype`, `ssm[i]` of shape (batch, d_inner, d_state) [Mamba1] or
+    (batch, nheads, headdim, d_state) [Mamba2] in `state_dtype`, all zeros, on `device`.
+  * `prefill(input_ids, state)`: input_ids (batch, seq) LongTensor (any device; the backend moves it),
+    seq >= 1, starting from `state` (zeros or the state left by earlier calls: prompts may be fed
+    in chunks). Updates `state` IN PLACE (the same tensor objects hold the new values, so a
+    caller may keep references, e.g. CUDA-graph-captured buffers). Returns logits as a torch
+    tensor (batch, 1, vocab_size_padded), or (batch, seq, vocab_size_padded) when the export has
+    `logits: all` (`all_logits`), in `dtype`, on `device`. Columns >= config.vocab_size are padding.
+  * `decode(input_ids, state)`: input_ids (batch, 1); one recurrent step; same in-place update;
+    returns (batch, 1, vocab_size_padded).
+  * The returned logits tensor may be a buffer the backend reuses on its next call: copy it if it
+    must outlive that call.
+  * Properties: `config` (ModelConfig), `dtype` and `state_dtype` (torch dtypes), `device`
+    (torch.device), `name` (the registry name), `all_logits` (bool).
+
+Backends register a loader by name; a new backend is one module that calls
+`register_backend("name", loader)` where loader(info: ExportInfo, **options) -> Backend, plus one
+line in BACKEND_MODULES so that it is imported on demand.
+"""
+from __future__ import annotations
+
+import abc
+import importlib
+from typing import Callable
+
+import torch
+
+from ..config import ModelConfig
+from ..errors import MambaDeployError
+from ..export.artifact import ExportInfo
+from ..models.state import InferenceState
+
+
+class Backend(abc.ABC):
+    """Runs the prefill and decode graphs of one export; see the module docstring for the contract."""
+
+    name: str = "?"
+
+    def __init__(self, info: ExportInfo):
+        self.info = info
+
+    @property
+    def config(self) -> ModelConfig:
+        return self.info.config
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.info.dtype
+
+    @property
+    def state_dtype(self) -> torch.dtype:
+        return self.info.state_dtype
+
+    @property
+    def all_logits(self) -> bool:
+        return self.info.all_logits
+
+    @property
+    @abc.abstractmethod
+    def device(self) -> torch.device: ...
+
+    def new_state(self, batch_size: int) -> InferenceState:
+        return InferenceState.zeros(self.config, batch_size, self.dtype, self.state_dtype, self.device)
+
+    @abc.abstractmethod
+    def prefill(self, input_ids: torch.Tensor, state: InferenceState) -> torch.Tensor: ...
+
+    @abc.abstractmethod
+    def decode(self, input_ids: torch.Tensor, state: InferenceState) -> torch.Tensor: ...
+
+    def check_inputs(self, input_ids: torch.Tensor, state: InferenceState, decode: bool) -> None:
+        """Raise MambaDeployError for ids of the wrong rank/batch (all backends share these rules)."""
+        if input_ids.dim() != 2 or input_ids.shape[1] < 1 or (decode and input_ids.shape[1] != 1):
+            want = "(batch, 1)" if decode else "(batch, seq)"
+            raise MambaDeployError(f"input_ids must have shape {want}, got {tuple(input_ids.shape)}")
+        if input_ids.shape[0] != state.batch_size:
+            raise MambaDeployError(f"input_ids batch {input_ids.shape[0]} != state batch {state.batch_size}")
+
+
+BackendLoader = Callable[..., Backend]
+BACKENDS: dict[str, BackendLoader] = {}
+# name -> module that registers it when imported (native/tensorrt are added by their own issues)
+BACKEND_MODULES: dict[str, str] = {
+    "onnxruntime": "mamba_deploy.runtime.backends.onnxruntime",
+    "torch": "mamba_deploy.runtime.backends.torch",
+    "native": "mamba_deploy.runtime.backends.native",
+    "tensorrt": "mamba_deploy.runtime.backends.tensorrt",
+}
+AUTO_ORDER = ["tensorrt", "native", "onnxruntime"]  # "auto" takes the first that is available
+
+
+BACKEND_AVAILABLE: dict[str, Callable[[ExportInfo], bool]] = {}
+
+
+def register_backend(name: str, loader: BackendLoader,
+                     available: Callable[[ExportInfo], bool] = lambda info: True) -> None:
+    """Make `name` loadable; `available(info)` says whether "auto" may pick it for that export."""
+    BACKENDS[name] = loader
+    BACKEND_AVAILABLE[name] = available
+
+
+def _import(name: str) -> bool:
+    if name not in BACKENDS and name in BACKEND_MODULES:
+        try:
+            importlib.import_module(BACKEND_MODULES[name])
+        except ModuleNotFoundError as exc:
+            if exc.name != BACKEND_MODULES[name]:
+                raise
+            return False
+    return name in BACKENDS
+
+
+def _probe(name: str, info: ExportInfo) -> bool:
+    """Whether "auto" may use `name`; a backend whose probe fails counts as unavailable."""
+    try:
+        return _import(name) and BACKEND_AVAILABLE[name](info)
+    except Exception:  # noqa: BLE001  (a broken optional backend must not break "auto")
+        return name == "onnxruntime"
+
+
+def backend_names() -> list[str]:
+    return ["auto", *BACKEND_MODULES]
+
+
+def load_backend(name: str, info: ExportInfo, **options) -> Backend:
+    """`name` is a registered backend or "auto" (tensorrt if built, else native on a GPU, else onnxruntime)."""
+    if name == "auto":
+        name = next(n for n in AUTO_ORDER if _probe(n, info))
+    elif not _import(name):
+        raise MambaDeployError(f"unknown or unavailable backend {name!r} (known: {', '.join(backend_names())})")
+    return BACKENDS[name](info, **options)

@@ -1,0 +1,1 @@
+"""Engine backends; each module registers itself with runtime.backend.register_backend."""

@@ -1,0 +1,83 @@
+"""ONNX Runtime backend: the exported graphs on CPU (custom ops run through their function bodies).
+
+Inputs and outputs go through IO binding straight from/to torch tensors: the past states are bound
+from the caller's state, the present states to a scratch state of the same shapes, which is then
+copied into the caller's state (in place, as the Backend contract asks).
+"""
+from __future__ import annotations
+
+import os
+from typing import Optional
+
+import numpy as np
+import torch
+
+from ...errors import MambaDeployError
+from ...export.artifact import ExportInfo
+from ...models.state import InferenceState
+from ..backend import Backend, register_backend
+
+_NUMPY = {torch.float32: np.float32, torch.float16: np.float16, torch.int64: np.int64}
+
+
+class OnnxRuntimeBackend(Backend):
+    name = "onnxruntime"
+
+    def __init__(self, info: ExportInfo, threads: Optional[int] = None):
+        super().__init__(info)
+        import onnxruntime as ort
+
+        from ...ops import onnx_defs  # noqa: F401  (registers the custom op schemas)
+
+        if info.dtype == torch.bfloat16 or info.state_dtype == torch.bfloat16:
+            raise MambaDeployError("ONNX Runtime's CPU provider has no bfloat16 kernels; run this export with "
+                                   "--backend torch (or export in float16/float32)")
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = threads or min(8, os.cpu_count() or 1)
+        opts.log_severity_level = 3
+        try:
+            self.sessions = {kind: ort.InferenceSession(str(info.graph(kind)), opts, providers=["CPUExecutionProvider"])
+                             for kind in ("prefill", "decode")}
+        except Exception as exc:  # ORT raises its own types for corrupt/missing graphs or weights
+            raise MambaDeployError(f"{info.folder}: ONNX Runtime cannot load the graphs "
+                                   f"({type(exc).__name__}: {exc})".splitlines()[0]) from None
+        self._scratch: dict[int, InferenceState] = {}
+
+    @property
+    def device(self) -> torch.device:
+        return torch.device("cpu")
+
+    def prefill(self, input_ids: torch.Tensor, state: InferenceState) -> torch.Tensor:
+        self.check_inputs(input_ids, state, decode=False)
+        return self._run("prefill", input_ids, state)
+
+    def decode(self, input_ids: torch.Tensor, state: InferenceState) -> torch.Tensor:
+        self.check_inputs(input_ids, state, decode=True)
+        return self._run("decode", input_ids, state)
+
+    def _run(self, kind: str, input_ids: torch.Tensor, state: InferenceState) -> torch.Tensor:
+        session = self.sessions[kind]
+        batch, seqlen = input_ids.shape
+        ids = input_ids.to("cpu", torch.int64).contiguous()
+        present = self._scratch.get(batch) or self._scratch.setdefault(batch, self.new_state(batch))
+        positions = seqlen if (self.all_logits or kind == "decode") else 1
+        logits = torch.empty(batch, positions, self.config.vocab_size_padded, dtype=self.dtype)
+        binding = session.io_binding()
+        _bind(binding.bind_input, "input_ids", ids)
+        for i in range(self.config.n_layer):
+            _bind(binding.bind_input, f"past_conv_state.{i}", state.conv[i].contiguous())
+            _bind(binding.bind_input, f"past_ssm_state.{i}", state.ssm[i].contiguous())
+            _bind(binding.bind_output, f"present_conv_state.{i}", present.conv[i])
+            _bind(binding.bind_output, f"present_ssm_state.{i}", present.ssm[i])
+        _bind(binding.bind_output, "logits", logits)
+        session.run_with_iobinding(binding)
+        for dst, src in zip(state.conv + state.ssm, present.conv + present.ssm):
+            dst.copy_(src)
+        return logits
+
+
+def _bind(bind, name: str, tensor: torch.Tensor) -> None:
+    bind(name, "cpu", 0, _NUMPY[tensor.dtype], list(tensor.shape), tensor.data_ptr())
+
+
+register_backend("onnxruntime", OnnxRuntimeBackend)

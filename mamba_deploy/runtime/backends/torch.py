@@ -1,0 +1,91 @@
+"""Torch backend: the reference model (mamba_deploy.models) with the export folder's own weights.
+
+The weights are read back from weights.data through the initializers of decode.onnx (no second
+format): A = -exp(A_log) is inverted to A_log = log(-A) (exact to a float32 ulp), conv weights are
+reshaped back to (dim, 1, width).
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import numpy as np
+import onnx
+import torch
+
+from ...errors import MambaDeployError
+from ...export.artifact import ExportInfo
+from ...export.weights import ONNX_TO_TORCH
+from ...models import MambaLM
+from ...models.state import InferenceState
+from ..backend import Backend, register_backend
+
+_STORAGE = {torch.float32: np.float32, torch.float16: np.float16, torch.bfloat16: np.int16}
+
+
+def _external_tensors(info: ExportInfo):
+    """Yield (name, tensor) for every initializer of decode.onnx, memory-mapped from weights.data."""
+    model = onnx.load(str(info.graph("decode")), load_external_data=False)
+    for init in model.graph.initializer:
+        ext = {e.key: e.value for e in init.external_data}
+        if "location" not in ext:
+            continue
+        file = info.folder / ext["location"]
+        dtype = ONNX_TO_TORCH[init.data_type]
+        count = int(ext["length"]) // np.dtype(_STORAGE[dtype]).itemsize
+        try:
+            array = np.memmap(file, dtype=_STORAGE[dtype], mode="r", offset=int(ext.get("offset", 0)), shape=(count,))
+        except (OSError, ValueError) as exc:
+            raise MambaDeployError(f"{file}: cannot read weights ({exc}); the export is incomplete or corrupt") \
+                from None
+        yield init.name, torch.from_numpy(np.array(array)).view(dtype).reshape(tuple(init.dims))
+
+
+def load_reference_from_export(info: ExportInfo, dtype: Optional[torch.dtype] = None, device="cpu") -> MambaLM:
+    """The reference MambaLM holding the export's weights, in `dtype` (default: the export dtype)."""
+    with torch.device("meta"):
+        model = MambaLM(info.config, dtype=dtype or info.dtype)
+    model = model.to_empty(device=device)
+    if info.config.tie_embeddings:
+        model.lm_head.weight = model.backbone.embedding.weight
+    params = dict(model.named_parameters())
+    loaded = set()
+    with torch.no_grad():
+        for name, tensor in _external_tensors(info):
+            if name.endswith(".mixer.A"):
+                name, tensor = name + "_log", torch.log(-tensor.float())
+            if name not in params:
+                continue  # e.g. the shared zero conv bias
+            params[name].copy_(tensor.reshape(params[name].shape))
+            loaded.add(name)
+    missing = sorted(set(params) - loaded)
+    if missing:
+        raise MambaDeployError(f"{info.folder}: weights missing from the export: {', '.join(missing[:5])}")
+    model.eval()
+    return model
+
+
+class TorchBackend(Backend):
+    name = "torch"
+
+    def __init__(self, info: ExportInfo, device: str = "cpu"):
+        super().__init__(info)
+        self.model = load_reference_from_export(info, device=device)
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.device
+
+    def prefill(self, input_ids: torch.Tensor, state: InferenceState) -> torch.Tensor:
+        self.check_inputs(input_ids, state, decode=False)
+        ids = input_ids.to(self.device)
+        if self.all_logits:
+            with torch.no_grad():
+                return self.model(ids, state)
+        return self.model.prefill(ids, state)
+
+    def decode(self, input_ids: torch.Tensor, state: InferenceState) -> torch.Tensor:
+        self.check_inputs(input_ids, state, decode=True)
+        return self.model.decode(input_ids.to(self.device), state)
+
+
+register_backend("torch", TorchBackend)

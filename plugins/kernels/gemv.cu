@@ -1,0 +1,339 @@
+// gemv.cu -- bandwidth-bound small-batch GEMV (with an optional causal-conv epilogue) and the
+// fused Mamba1 decode step, for the native engine's CUDA-graph decode. See gemv.h.
+//
+// GEMV: a block of 8 warps owns 8 / split rows; the `split` warps of a row stride over its k
+// in 16-byte vectors (interleaved, so together they read contiguous 512 * split bytes), with 4
+// vectors in flight per lane, weights loaded with ld.global.nc.L1::no_allocate (read once) and x
+// through the read-only cache (re-read by every row). Accumulation in float32 registers, one per
+// batch row (batch <= 16 is a template bound); warp shuffles, then shared memory across the split.
+// Lane b of the row's first warp finishes batch row b (bias, conv epilogue, store).
+#include <cstdio>
+#include <cstdint>
+#include <string>
+
+#include "common.cuh"
+#include "gemv.h"
+
+#define MD_API extern "C" __attribute__((visibility("default")))
+
+namespace md {
+thread_local std::string g_gemv_msg;
+namespace {
+
+#define GEMV_CHECK(cond, msg)        \
+  do {                               \
+    if (!(cond)) {                   \
+      ::md::g_gemv_msg = msg;        \
+      return cudaErrorInvalidValue;  \
+    }                                \
+  } while (0)
+
+constexpr int kWarps = 8;
+constexpr int kUnroll = 4;
+
+__device__ __forceinline__ uint4 ld_stream(const uint4* p) {
+  uint4 r;
+  asm("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];"
+      : "=r"(r.x), "=r"(r.y), "=r"(r.z), "=r"(r.w) : "l"(p));
+  return r;
+}
+
+// 16 bytes -> 16 / sizeof(T) floats.
+template <typename T> struct Pack { static constexpr int N = 16 / sizeof(T); };
+__device__ __forceinline__ void unpack(const uint4& v, float* f, float) {
+  f[0] = __uint_as_float(v.x); f[1] = __uint_as_float(v.y); f[2] = __uint_as_float(v.z); f[3] = __uint_as_float(v.w);
+}
+__device__ __forceinline__ void unpack(const uint4& v, float* f, __half) {
+  const __half2* h = reinterpret_cast<const __half2*>(&v);
+#pragma unroll
+  for (int i = 0; i < 4; ++i) { const float2 t = __half22float2(h[i]); f[2 * i] = t.x; f[2 * i + 1] = t.y; }
+}
+__device__ __forceinline__ void unpack(const uint4& v, float* f, __nv_bfloat16) {
+  const __nv_bfloat162* h = reinterpret_cast<const __nv_bfloat162*>(&v);
+#pragma unroll
+  for (int i = 0; i < 4; ++i) { const float2 t = __bfloat1622float2(h[i]); f[2 * i] = t.x; f[2 * i + 1] = t.y; }
+}
+
+template <typename T>
+__device__ __forceinline__ float conv_epilogue(const md_gemv_params& p, int64_t b, int64_t c, float v) {
+  const float xin = to_f(from_f<T>(v));  // the GEMV output in the model dtype, as the reference
+  const int W = static_cast<int>(p.conv_width);
+  const int64_t so = b * p.conv_state_batch_stride + c * p.conv_state_dim_stride;
+  float win[MD_MAX_CONV_WIDTH];
+#pragma unroll
+  for (int i = 0; i < MD_MAX_CONV_WIDTH; ++i) {
+    if (i < W - 1) win[i] = to_f(from_f<T>(load_any(p.conv_state, p.conv_state_dtype, so + i * p.conv_state_width_stride)));
+    else if (i == W - 1) win[i] = xin;
+    else win[i] = 0.f;
+  }
+  const T* cw = static_cast<const T*>(p.conv_w) + c * W;
+  float acc = p.conv_b ? to_f(static_cast<const T*>(p.conv_b)[c]) : 0.f;
+#pragma unroll
+  for (int i = 0; i < MD_MAX_CONV_WIDTH; ++i) {
+    if (i < W) acc = fmaf(to_f(cw[i]), win[i], acc);
+  }
+#pragma unroll
+  for (int i = 0; i < MD_MAX_CONV_WIDTH - 1; ++i) {
+    if (i < W - 1) store_any(p.conv_state, p.conv_state_dtype, so + i * p.conv_state_width_stride, win[i + 1]);
+  }
+  return p.conv_silu ? silu(acc) : acc;
+}
+
+// Grid: ceil(n / (kWarps / split)) blocks of kWarps warps.
+template <typename T, int NB, bool VEC>
+__global__ void __launch_bounds__(kWarps * 32) gemv_kernel(const md_gemv_params p, int split) {
+  constexpr int EPV = Pack<T>::N;
+  __shared__ float red[kWarps][NB];
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const int64_t row = static_cast<int64_t>(blockIdx.x) * (kWarps / split) + warp / split;
+  const int slice = warp % split;
+  const bool row_ok = row < p.n;
+  const int batch = static_cast<int>(p.batch);
+  float acc[NB];
+#pragma unroll
+  for (int b = 0; b < NB; ++b) acc[b] = 0.f;
+
+  if (row_ok) {
+    const T* wrow = static_cast<const T*>(p.w) + row * p.w_row_stride;
+    const T* x = static_cast<const T*>(p.x);
+    if (VEC) {
+      const int64_t kv = p.k / EPV, step = 32 * split;
+      const uint4* w4 = reinterpret_cast<const uint4*>(wrow);
+      for (int64_t v0 = slice * 32 + lane; v0 < kv; v0 += kUnroll * step) {
+        uint4 wv[kUnroll];
+#pragma unroll
+        for (int u = 0; u < kUnroll; ++u) {
+          const int64_t vi = v0 + u * step;
+          wv[u] = vi < kv ? ld_stream(w4 + vi) : make_uint4(0, 0, 0, 0);
+        }
+#pragma unroll
+        for (int u = 0; u < kUnroll; ++u) {
+          const int64_t vi = v0 + u * step;
+          if (vi >= kv) break;
+          float wf[EPV];
+          unpack(wv[u], wf, T());
+#pragma unroll
+          for (int b = 0; b < NB; ++b) {
+            if (b < batch) {
+              const uint4 xv = __ldg(reinterpret_cast<const uint4*>(x + b * p.x_row_stride) + vi);
+              float xf[EPV];
+              unpack(xv, xf, T());
+#pragma unroll
+              for (int j = 0; j < EPV; ++j) acc[b] = fmaf(wf[j], xf[j], acc[b]);
+            }
+          }
+        }
+      }
+    } else {
+      for (int64_t kk = slice * 32 + lane; kk < p.k; kk += 32 * split) {
+        const float wf = to_f(wrow[kk]);
+#pragma unroll
+        for (int b = 0; b < NB; ++b) {
+          if (b < batch) acc[b] = fmaf(wf, to_f(x[b * p.x_row_stride + kk]), acc[b]);
+        }
+      }
+    }
+  }
+#pragma unroll
+  for (int b = 0; b < NB; ++b) acc[b] = group_sum<32>(acc[b]);
+  if (split > 1) {
+    if (lane == 0) {
+#pragma unroll
+      for (int b = 0; b < NB; ++b) red[warp][b] = acc[b];
+    }
+    __syncthreads();
+    if (slice == 0) {
+#pragma unroll
+      for (int b = 0; b < NB; ++b) {
+        float s = 0.f;
+        for (int q = 0; q < split; ++q) s += red[warp + q][b];
+        acc[b] = s;
+      }
+    }
+  }
+  if (!row_ok || slice != 0 || lane >= batch) return;
+  float v = 0.f;
+#pragma unroll
+  for (int b = 0; b < NB; ++b) {
+    if (lane == b) v = acc[b];
+  }
+  if (p.bias) v += to_f(static_cast<const T*>(p.bias)[row]);
+  if (p.conv_dim > 0 && row >= p.conv_lo && row < p.conv_lo + p.conv_dim) v = conv_epilogue<T>(p, lane, row - p.conv_lo, v);
+  static_cast<T*>(p.out)[lane * p.out_row_stride + row] = from_f<T>(v);
+}
+
+template <typename T, int NB>
+cudaError_t launch_gemv_nb(const md_gemv_params& p, int split, bool vec, cudaStream_t s) {
+  const int64_t rows_per_block = kWarps / split;
+  const unsigned blocks = static_cast<unsigned>((p.n + rows_per_block - 1) / rows_per_block);
+  if (vec) gemv_kernel<T, NB, true><<<blocks, kWarps * 32, 0, s>>>(p, split);
+  else gemv_kernel<T, NB, false><<<blocks, kWarps * 32, 0, s>>>(p, split);
+  return cudaGetLastError();
+}
+
+template <typename T>
+cudaError_t launch_gemv_typed(const md_gemv_params& p, int split, cudaStream_t s) {
+  constexpr int EPV = Pack<T>::N;
+  auto aligned = [](const void* ptr) { return (reinterpret_cast<uintptr_t>(ptr) & 15) == 0; };
+  const bool vec = p.k % EPV == 0 && p.w_row_stride % EPV == 0 && p.x_row_stride % EPV == 0 && aligned(p.w) &&
+                   aligned(p.x);
+  if (p.batch <= 1) return launch_gemv_nb<T, 1>(p, split, vec, s);
+  if (p.batch <= 2) return launch_gemv_nb<T, 2>(p, split, vec, s);
+  if (p.batch <= 4) return launch_gemv_nb<T, 4>(p, split, vec, s);
+  if (p.batch <= 8) return launch_gemv_nb<T, 8>(p, split, vec, s);
+  return launch_gemv_nb<T, 16>(p, split, vec, s);
+}
+
+int auto_split(const md_gemv_params& p) {
+  static int sms = 0;
+  if (sms == 0) {
+    int dev = 0;
+    cudaGetDevice(&dev);
+    if (cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess || sms <= 0) sms = 132;
+  }
+  const int64_t target = static_cast<int64_t>(sms) * 32;  // warps: half of a full machine
+  int split = 1;
+  while (split < kWarps && p.n * split < target && p.k >= static_cast<int64_t>(512) * split) split *= 2;
+  return split;
+}
+
+// ---- fused Mamba1 decode step ----------------------------------------------------------------
+
+constexpr int kStepThreads = 128;
+constexpr int kMaxRank = 1024;
+constexpr int kMaxState = 16;
+
+template <typename T>
+__device__ __forceinline__ void load8(const T* ptr, float* f) {
+  if constexpr (sizeof(T) == 2) {
+    unpack(__ldg(reinterpret_cast<const uint4*>(ptr)), f, T());
+  } else {
+    unpack(__ldg(reinterpret_cast<const uint4*>(ptr)), f, T());
+    unpack(__ldg(reinterpret_cast<const uint4*>(ptr) + 1), f + 4, T());
+  }
+}
+
+// Grid: (ceil(dim / 128), batch); one thread per (batch row, channel), dstate states in registers.
+template <typename T, typename S>
+__global__ void __launch_bounds__(kStepThreads) mamba1_step_kernel(const md_mamba1_step_params p) {
+  __shared__ __align__(16) float s_dt[kMaxRank];
+  __shared__ float s_B[kMaxState], s_C[kMaxState];
+  const int64_t b = blockIdx.y, d = static_cast<int64_t>(blockIdx.x) * kStepThreads + threadIdx.x;
+  const int R = static_cast<int>(p.dt_rank), R8 = (R + 7) / 8, N = static_cast<int>(p.dstate);
+  const T* xd = static_cast<const T*>(p.xdbl) + b * p.xdbl_row_stride;
+  for (int i = threadIdx.x; i < R8 * 8; i += kStepThreads) s_dt[i] = i < R ? to_f(xd[i]) : 0.f;
+  if (threadIdx.x < N) {
+    s_B[threadIdx.x] = to_f(xd[R + threadIdx.x]);
+    s_C[threadIdx.x] = to_f(xd[R + N + threadIdx.x]);
+  }
+  __syncthreads();
+  if (d >= p.dim) return;
+  const T* wdt = static_cast<const T*>(p.wdt);
+  float dt = 0.f;
+  for (int r8 = 0; r8 < R8; ++r8) {
+    float wf[8];
+    load8(wdt + (r8 * p.dim + d) * 8, wf);
+#pragma unroll
+    for (int j = 0; j < 8; ++j) dt = fmaf(wf[j], s_dt[r8 * 8 + j], dt);
+  }
+  dt += p.dt_bias[d];
+  dt = dt <= 20.f ? log1pf(expf(dt)) : dt;
+  const float x = to_f(static_cast<const T*>(p.x)[b * p.x_row_stride + d]);
+  const float z = to_f(static_cast<const T*>(p.z)[b * p.z_row_stride + d]);
+  S* st = static_cast<S*>(p.state) + b * p.state_batch_stride + d * p.state_dim_stride;
+  const float* A = p.A + d * N;
+  const float dtx = dt * x;
+  float y = 0.f;
+#pragma unroll
+  for (int n = 0; n < kMaxState; ++n) {
+    if (n < N) {
+      const float h = fmaf(to_f(st[n]), expf(dt * A[n]), dtx * s_B[n]);
+      st[n] = from_f<S>(h);
+      y = fmaf(h, s_C[n], y);
+    }
+  }
+  y = fmaf(p.D[d], x, y);
+  y *= z / (1.f + expf(-z));
+  static_cast<T*>(p.y)[b * p.y_row_stride + d] = from_f<T>(y);
+}
+
+template <typename T>
+cudaError_t launch_step_typed(const md_mamba1_step_params& p, cudaStream_t s) {
+  const dim3 grid(static_cast<unsigned>((p.dim + kStepThreads - 1) / kStepThreads), static_cast<unsigned>(p.batch));
+  if (p.state_dtype == MD_FLOAT32) mamba1_step_kernel<T, float><<<grid, kStepThreads, 0, s>>>(p);
+  else mamba1_step_kernel<T, T><<<grid, kStepThreads, 0, s>>>(p);
+  return cudaGetLastError();
+}
+
+}  // namespace
+}  // namespace md
+
+extern "C" cudaError_t md_launch_gemv(const md_gemv_params* p, cudaStream_t stream) {
+  GEMV_CHECK(p != nullptr, "gemv: params is NULL");
+  GEMV_CHECK(p->batch >= 0 && p->batch <= MD_GEMV_MAX_BATCH, "gemv: batch must be in 0..16");
+  GEMV_CHECK(p->n >= 0 && p->k >= 0, "gemv: negative size");
+  GEMV_CHECK(p->x && p->w && p->out, "gemv: x, w and out are required");
+  GEMV_CHECK(p->split_k == 0 || p->split_k == 1 || p->split_k == 2 || p->split_k == 4 || p->split_k == 8,
+             "gemv: split_k must be 0, 1, 2, 4 or 8");
+  if (p->conv_dim > 0) {
+    GEMV_CHECK(p->conv_width >= 2 && p->conv_width <= MD_MAX_CONV_WIDTH, "gemv: conv width must be in 2..8");
+    GEMV_CHECK(p->conv_w && p->conv_state, "gemv: conv epilogue needs conv_w and conv_state");
+    GEMV_CHECK(p->conv_lo >= 0 && p->conv_lo + p->conv_dim <= p->n, "gemv: conv rows out of range");
+    GEMV_CHECK(md::valid_dtype(p->conv_state_dtype), "gemv: bad conv state dtype");
+  }
+  if (p->batch == 0 || p->n == 0) return cudaSuccess;
+  const int split = p->split_k ? static_cast<int>(p->split_k) : md::auto_split(*p);
+  switch (p->dtype) {
+    case MD_FLOAT32: return md::launch_gemv_typed<float>(*p, split, stream);
+    case MD_FLOAT16: return md::launch_gemv_typed<__half>(*p, split, stream);
+    case MD_BFLOAT16: return md::launch_gemv_typed<__nv_bfloat16>(*p, split, stream);
+    default: GEMV_CHECK(false, "gemv: bad dtype");
+  }
+}
+
+extern "C" cudaError_t md_launch_mamba1_step(const md_mamba1_step_params* p, cudaStream_t stream) {
+  GEMV_CHECK(p != nullptr, "mamba1_step: params is NULL");
+  GEMV_CHECK(p->dstate > 0 && p->dstate <= md::kMaxState, "mamba1_step: dstate must be in 1..16");
+  GEMV_CHECK(p->dt_rank > 0 && p->dt_rank <= md::kMaxRank, "mamba1_step: dt_rank must be in 1..1024");
+  GEMV_CHECK(p->batch >= 0 && p->batch <= 65535 && p->dim >= 0, "mamba1_step: bad batch or dim");
+  GEMV_CHECK(p->x && p->z && p->xdbl && p->wdt && p->dt_bias && p->A && p->D && p->state && p->y,
+             "mamba1_step: every pointer is required");
+  GEMV_CHECK((reinterpret_cast<uintptr_t>(p->wdt) & 15) == 0, "mamba1_step: wdt must be 16-byte aligned");
+  GEMV_CHECK(p->state_dtype == MD_FLOAT32 || p->state_dtype == p->dtype, "mamba1_step: state dtype");
+  if (p->batch == 0 || p->dim == 0) return cudaSuccess;
+  switch (p->dtype) {
+    case MD_FLOAT32: return md::launch_step_typed<float>(*p, stream);
+    case MD_FLOAT16: return md::launch_step_typed<__half>(*p, stream);
+    case MD_BFLOAT16: return md::launch_step_typed<__nv_bfloat16>(*p, stream);
+    default: GEMV_CHECK(false, "mamba1_step: bad dtype");
+  }
+}
+
+extern "C" const char* md_gemv_check_message(void) { return md::g_gemv_msg.c_str(); }
+
+// ---- C ABI for ctypes (mamba_deploy/native/gemv.py) -----------------------------------------
+
+MD_API int md_gemv_version(void) { return MD_GEMV_VERSION; }
+
+// sizeof the params struct of `kind`: 0 gemv, 1 mamba1 step; -1 unknown.
+MD_API int64_t md_gemv_params_size(int64_t kind) {
+  if (kind == 0) return static_cast<int64_t>(sizeof(md_gemv_params));
+  if (kind == 1) return static_cast<int64_t>(sizeof(md_mamba1_step_params));
+  return -1;
+}
+
+MD_API const char* md_gemv_last_error(void) { return md::g_gemv_msg.c_str(); }
+
+MD_API int md_gemv_fwd(const md_gemv_params* p, void* stream) {
+  md::g_gemv_msg.clear();
+  const cudaError_t err = md_launch_gemv(p, static_cast<cudaStream_t>(stream));
+  if (err != cudaSuccess && md::g_gemv_msg.empty()) md::g_gemv_msg = cudaGetErrorString(err);
+  return static_cast<int>(err);
+}
+
+MD_API int md_mamba1_step_fwd(const md_mamba1_step_params* p, void* stream) {
+  md::g_gemv_msg.clear();
+  const cudaError_t err = md_launch_mamba1_step(p, static_cast<cudaStream_t>(stream));
+  if (err != cudaSuccess && md::g_gemv_msg.empty()) md::g_gemv_msg = cudaGetErrorString(err);
+  return static_cast<int>(err);
+}

@@ -1,0 +1,89 @@
+/* gemv.h -- small-batch GEMV and the fused Mamba1 decode step of the native engine.
+ *
+ * Same contract as mamba_kernels.h: params structs of device pointers, sizes and ELEMENT strides
+ * (every field 8 bytes wide, mirrored by ctypes in mamba_deploy/native/gemv.py), no allocation, no
+ * synchronisation, launched on the caller's stream, cudaError_t returned (cudaErrorInvalidValue
+ * for bad params, with md_gemv_check_message() saying why).
+ */
+#ifndef MAMBA_DEPLOY_GEMV_H_
+#define MAMBA_DEPLOY_GEMV_H_
+
+#include <stdint.h>
+#include <cuda_runtime_api.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define MD_GEMV_MAX_BATCH 16
+#define MD_GEMV_VERSION 1
+
+/* out[b, n] = sum_k x[b, k] * w[n, k] (+ bias[n]), float32 accumulation, for batch <= 16.
+ *   x    (batch, k)  row stride x_row_stride, unit k stride     dtype (fp32 / fp16 / bf16)
+ *   w    (n, k)      row stride w_row_stride, unit k stride     dtype
+ *   bias (n,) or NULL                                            dtype
+ *   out  (batch, n)  row stride out_row_stride, unit n stride   dtype
+ * 16-byte weight loads when k, the row strides and the pointers allow (else a scalar path).
+ * split_k: warps sharing one row (1, 2, 4 or 8; 0 = chosen from n and k).
+ * Optional causal-conv epilogue (conv_dim > 0): for rows n in [conv_lo, conv_lo + conv_dim), with
+ * c = n - conv_lo, the GEMV value v (rounded to dtype) is the new input of a depthwise causal
+ * conv1d step (causal_conv1d_update_ref, SiLU if conv_silu):
+ *   out[b, n] = silu(sum_i conv_w[c, i] * win[i] + conv_b[c]),  win = (state[b, c, :], v)
+ *   state[b, c, :] <- win[1:]          state (batch, conv_dim, width - 1), conv_state_dtype
+ * conv_w (conv_dim, width) contiguous, conv_b (conv_dim,) or NULL, both dtype; width <= 8. */
+typedef struct md_gemv_params {
+  int64_t batch, n, k;
+  int64_t dtype;
+  int64_t split_k;
+  const void* x;
+  int64_t x_row_stride;
+  const void* w;
+  int64_t w_row_stride;
+  const void* bias;
+  void* out;
+  int64_t out_row_stride;
+  int64_t conv_lo, conv_dim, conv_width, conv_silu, conv_state_dtype;
+  const void* conv_w;
+  const void* conv_b;
+  void* conv_state;
+  int64_t conv_state_batch_stride, conv_state_dim_stride, conv_state_width_stride;
+} md_gemv_params;
+
+/* Fused Mamba1 decode step after x_proj: dt_proj + softplus + selective state update + D + gate.
+ *   x, z       (batch, dim)            rows strided (x_row_stride, z_row_stride)    dtype
+ *   xdbl       (batch, dt_rank + 2 * dstate): [dt_low | B | C]  row stride           dtype
+ *   wdt        (ceil(dt_rank / 8), dim, 8): dt_proj.weight (dim, dt_rank) packed by 8 along
+ *              dt_rank (zero padded), so that a warp's 16-byte loads are contiguous  dtype
+ *   dt_bias, D (dim,) float32;  A (dim, dstate) float32, contiguous
+ *   state      (batch, dim, dstate), unit dstate stride, float32 or dtype; updated in place
+ *   y          (batch, dim)  row stride y_row_stride                                dtype
+ * dt = softplus(x_dt + dt_bias); state = exp(dt A) state + dt B x; y = (C.state + D x) silu(z).
+ * dstate <= 16, dt_rank <= 1024. */
+typedef struct md_mamba1_step_params {
+  int64_t batch, dim, dstate, dt_rank;
+  int64_t dtype, state_dtype;
+  const void* x;
+  int64_t x_row_stride;
+  const void* z;
+  int64_t z_row_stride;
+  const void* xdbl;
+  int64_t xdbl_row_stride;
+  const void* wdt;
+  const float* dt_bias;
+  const float* A;
+  const float* D;
+  void* state;
+  int64_t state_batch_stride, state_dim_stride;
+  void* y;
+  int64_t y_row_stride;
+} md_mamba1_step_params;
+
+cudaError_t md_launch_gemv(const md_gemv_params* p, cudaStream_t stream);
+cudaError_t md_launch_mamba1_step(const md_mamba1_step_params* p, cudaStream_t stream);
+const char* md_gemv_check_message(void);
+
+#ifdef __cplusplus
+} /* extern "C" */
+#endif
+
+#endif /* MAMBA_DEPLOY_GEMV_H_ */

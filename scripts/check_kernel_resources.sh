@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Compile the kernels with ptxas resource reporting and fail if any kernel spills registers or uses
+# a stack frame (a local-memory array). Usage: scripts/check_kernel_resources.sh [ARCH]  (default 90)
+set -euo pipefail
+arch="${1:-90}"
+root="$(cd "$(dirname "$0")/.." && pwd)"
+nvcc="${NVCC:-nvcc}"
+tmp="$(mktemp -d)"
+trap 'rm -rf "$tmp"' EXIT
+status=0
+for src in "$root"/plugins/kernels/*.cu; do
+  log="$tmp/$(basename "$src").log"
+  "$nvcc" -std=c++17 -O3 -arch="sm_$arch" -Xptxas -v -c "$src" -o "$tmp/out.o" >"$log" 2>&1 || { cat "$log"; exit 1; }
+  # ptxas prints "Compiling entry function 'NAME'", then stack/spill and register lines for it
+  awk -v src="$(basename "$src")" '
+    /Compiling entry function/ { match($0, /\x27[^\x27]+\x27/); fn = substr($0, RSTART + 1, RLENGTH - 2) }
+    /bytes stack frame/ { stack = $5; spill_st = $9; spill_ld = $13 }
+    /Used [0-9]+ registers/ {
+      match($0, /Used [0-9]+ registers/); regs = substr($0, RSTART + 5, RLENGTH - 15)
+      smem = "0"; if (match($0, /[0-9]+ bytes smem/)) smem = substr($0, RSTART, RLENGTH - 11)
+      bad = (stack + 0 > 0 || spill_st + 0 > 0 || spill_ld + 0 > 0)
+      printf "%s %-4s regs %3d  smem %6d  stack %d  spills %d/%d  %s\n", (bad ? "FAIL" : "ok  "), src, regs, smem, stack, spill_st, spill_ld, fn
+      if (bad) failed = 1
+    }
+    END { exit failed }' "$log" | c++filt || status=1
+done
+if [ "$status" -ne 0 ]; then echo "check_kernel_resources: some kernel spills or uses a stack frame (sm_$arch)"; fi
+exit "$status"

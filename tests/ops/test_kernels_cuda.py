@@ -1,0 +1,261 @@
+"""The CUDA kernels against their torch references (float32 on the GPU), over dtypes and odd sizes.
+
+Outputs are poisoned with NaN before every launch; errors are ||out - ref|| / ||ref||.
+"""
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from mamba_deploy.ops import (add_norm_ref, causal_conv1d_ref, causal_conv1d_update_ref, chunk_scan_ref,
+                              gated_rms_norm_ref, selective_scan_ref, selective_state_update_ref)
+
+pytestmark = pytest.mark.gpu
+
+DTYPES = [torch.float32, torch.float16, torch.bfloat16]
+TOL = {torch.float32: 1e-4, torch.float16: 1e-2, torch.bfloat16: 1e-2}
+SEQS = [1, 2, 129, 1000]
+
+
+@pytest.fixture(scope="module")
+def cuda():
+    from mamba_deploy.ops import cuda as mod
+
+    if not mod.is_available():
+        pytest.fail(f"kernel library unavailable: {mod.unavailable_reason()}")
+    return mod
+
+
+def rnd(*shape, dtype=torch.float32, scale=1.0):
+    return (torch.randn(*shape, device="cuda") * scale).to(dtype)
+
+
+def nan_like(shape, dtype):
+    return torch.full(shape, float("nan"), dtype=dtype, device="cuda")
+
+
+def f32(*ts):
+    return [None if t is None else t.float() for t in ts]
+
+
+def check(name, out, ref, dtype):
+    assert out.shape == ref.shape, (name, out.shape, ref.shape)
+    assert torch.isfinite(out).all(), f"{name}: non-finite values (unwritten output?)"
+    diff = (out.float() - ref.float()).abs()
+    rel = (diff.norm() / ref.float().norm().clamp_min(1e-30)).item()
+    print(f"{name}: rel {rel:.2e} max {diff.max().item():.2e} mean {diff.mean().item():.2e}")
+    assert rel <= TOL[dtype], f"{name}: relative error {rel:.2e} > {TOL[dtype]:.0e}"
+
+
+def dt_inputs(shape, nparams, dtype):
+    """dt raw values and a bias so that softplus(dt + bias) lies around 0.001 .. 0.1."""
+    target = torch.empty(nparams, device="cuda").uniform_(math.log(1e-3), math.log(1e-1)).exp()
+    bias = target + torch.log(-torch.expm1(-target))  # softplus^-1
+    return rnd(*shape, dtype=dtype, scale=0.1), bias
+
+
+# ---- causal conv1d ---------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("batch", [1, 7])
+@pytest.mark.parametrize("seqlen", SEQS)
+def test_causal_conv1d(cuda, dtype, batch, seqlen):
+    dim, width = 96, 4
+    x, w, b, s = rnd(batch, dim, seqlen, dtype=dtype), rnd(dim, width, dtype=dtype), rnd(dim, dtype=dtype), \
+        rnd(batch, dim, width - 1, dtype=dtype)
+    y_ref, s_ref = causal_conv1d_ref(*f32(x, w, b, s))
+    y, st = cuda.causal_conv1d(x, w, b, s, out=nan_like(x.shape, dtype), state_out=nan_like(s.shape, dtype))
+    check("y", y, y_ref, dtype)
+    check("state", st, s_ref, dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("width", [2, 3, 4])
+def test_causal_conv1d_channel_last_no_state_no_act(cuda, dtype, width):
+    batch, dim, seqlen = 3, 200, 37
+    xbl = rnd(batch, seqlen, 2 * dim, dtype=dtype)
+    x = xbl[:, :, :dim].transpose(1, 2)  # (batch, dim, seqlen) view, channel stride 1
+    w = rnd(dim, width, dtype=torch.float32)
+    y_ref, s_ref = causal_conv1d_ref(x.float(), w, None, None, None)
+    y, st = cuda.causal_conv1d(x, w, None, None, None, out=nan_like(x.shape, dtype))
+    check("y", y, y_ref, dtype)
+    check("state", st, s_ref, dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("batch", [1, 7])
+def test_causal_conv1d_update_in_place(cuda, dtype, batch):
+    dim, width = 130, 4
+    x, w, b = rnd(batch, dim, dtype=dtype), rnd(dim, width, dtype=dtype), rnd(dim, dtype=dtype)
+    state = rnd(batch, dim, width - 1, dtype=torch.float32)
+    y_ref, s_ref = causal_conv1d_update_ref(*f32(x, w, b, state))
+    y, st = cuda.causal_conv1d_update(x, w, b, state, out=nan_like(x.shape, dtype), state_out=state)
+    assert st.data_ptr() == state.data_ptr()
+    check("y", y, y_ref, dtype)
+    check("state", state, s_ref, torch.float32 if dtype == torch.float32 else dtype)
+
+
+def test_causal_conv1d_state_carry(cuda):
+    x, w, b = rnd(2, 64, 301), rnd(64, 4), rnd(64)
+    y_all, s_all = cuda.causal_conv1d(x, w, b)
+    y1, s1 = cuda.causal_conv1d(x[:, :, :150], w, b)
+    y2, s2 = cuda.causal_conv1d(x[:, :, 150:], w, b, s1)
+    check("y", torch.cat([y1, y2], -1), y_all, torch.float32)
+    check("state", s2, s_all, torch.float32)
+
+
+# ---- Mamba1 selective scan ---------------------------------------------------------------------------
+
+def mamba1_inputs(batch, dim, seqlen, dstate, dtype):
+    u, z = rnd(batch, dim, seqlen, dtype=dtype), rnd(batch, dim, seqlen, dtype=dtype)
+    delta, bias = dt_inputs((batch, dim, seqlen), dim, dtype)
+    A = -torch.empty(dim, dstate, device="cuda").uniform_(0.5, 16)
+    B, C = rnd(batch, dstate, seqlen, dtype=dtype), rnd(batch, dstate, seqlen, dtype=dtype)
+    return dict(u=u, delta=delta, A=A, B=B, C=C, D=rnd(dim), z=z, delta_bias=bias,
+                ssm_state=rnd(batch, dim, dstate, scale=0.5))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("batch", [1, 7])
+@pytest.mark.parametrize("seqlen", SEQS)
+@pytest.mark.parametrize("dstate", [16, 128])
+def test_selective_scan(cuda, dtype, batch, seqlen, dstate):
+    kw = mamba1_inputs(batch, 48, seqlen, dstate, dtype)
+    y_ref, s_ref = selective_scan_ref(**{k: v.float() for k, v in kw.items()})
+    y, st = cuda.selective_scan(**kw, out=nan_like(kw["u"].shape, dtype),
+                                state_out=nan_like(kw["ssm_state"].shape, torch.float32))
+    check("y", y, y_ref, dtype)
+    check("state", st, s_ref, dtype)
+
+
+def test_selective_scan_state_carry_half_state(cuda):
+    kw = mamba1_inputs(3, 40, 257, 16, torch.float16)
+    kw["ssm_state"] = kw["ssm_state"].half()
+    y_all, s_all = cuda.selective_scan(**kw)
+    first = {k: (v[..., :100] if k in ("u", "delta", "B", "C", "z") else v) for k, v in kw.items()}
+    second = {k: (v[..., 100:] if k in ("u", "delta", "B", "C", "z") else v) for k, v in kw.items()}
+    y1, s1 = cuda.selective_scan(**first)
+    second["ssm_state"] = s1
+    y2, s2 = cuda.selective_scan(**second)
+    assert s2.dtype == torch.float16
+    check("y", torch.cat([y1, y2], -1), y_all, torch.float32)
+    check("state", s2, s_all, torch.float32)
+
+
+# ---- selective state update (decode) ------------------------------------------------------------------
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("batch", [1, 7])
+@pytest.mark.parametrize("dstate", [16, 128])
+def test_state_update_mamba1_in_place(cuda, dtype, batch, dstate):
+    kw = mamba1_inputs(batch, 200, 1, dstate, dtype)
+    args = dict(x=kw["u"][..., 0], dt=kw["delta"][..., 0], A=kw["A"], B=kw["B"][..., 0], C=kw["C"][..., 0],
+                D=kw["D"], z=kw["z"][..., 0], dt_bias=kw["delta_bias"])
+    state = kw["ssm_state"]
+    y_ref, s_ref = selective_state_update_ref(state.clone(), **{k: v.float() for k, v in args.items()})
+    y, st = cuda.selective_state_update(state, **args, out=nan_like(args["x"].shape, dtype), state_out=state)
+    check("y", y, y_ref, dtype)
+    check("state", state, s_ref, dtype)
+
+
+def mamba2_inputs(batch, seqlen, nheads, headdim, ngroups, dstate, dtype):
+    x, z = rnd(batch, seqlen, nheads, headdim, dtype=dtype), rnd(batch, seqlen, nheads, headdim, dtype=dtype)
+    dt, bias = dt_inputs((batch, seqlen, nheads), nheads, dtype)
+    B, C = rnd(batch, seqlen, ngroups, dstate, dtype=dtype), rnd(batch, seqlen, ngroups, dstate, dtype=dtype)
+    A = -torch.empty(nheads, device="cuda").uniform_(1, 16)
+    return dict(x=x, dt=dt, A=A, B=B, C=C, D=rnd(nheads), z=z, dt_bias=bias,
+                initial_state=rnd(batch, nheads, headdim, dstate, scale=0.5), dt_limit=(0.0, 0.08))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("batch", [1, 7])
+@pytest.mark.parametrize("headdim", [32, 64, 128])
+@pytest.mark.parametrize("ngroups,dstate", [(1, 16), (2, 128)])
+def test_state_update_mamba2_in_place(cuda, dtype, batch, headdim, ngroups, dstate):
+    kw = mamba2_inputs(batch, 1, 4, headdim, ngroups, dstate, dtype)
+    state = kw.pop("initial_state")
+    args = {k: (v[:, 0] if k in ("x", "dt", "B", "C", "z") else v) for k, v in kw.items()}
+    fargs = {k: (v.float() if torch.is_tensor(v) else v) for k, v in args.items()}
+    y_ref, s_ref = selective_state_update_ref(state.clone(), **fargs)
+    y, st = cuda.selective_state_update(state, **args, out=nan_like(args["x"].shape, dtype), state_out=state)
+    check("y", y, y_ref, dtype)
+    check("state", state, s_ref, dtype)
+
+
+# ---- Mamba2 chunk scan ---------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("seqlen", SEQS)
+@pytest.mark.parametrize("batch,headdim,ngroups,dstate", [(1, 64, 1, 128), (7, 32, 2, 16), (1, 128, 2, 128),
+                                                          (7, 64, 1, 64)])
+def test_chunk_scan(cuda, dtype, seqlen, batch, headdim, ngroups, dstate):
+    kw = mamba2_inputs(batch, seqlen, 4, headdim, ngroups, dstate, dtype)
+    y_ref, s_ref = chunk_scan_ref(**{k: (v.float() if torch.is_tensor(v) else v) for k, v in kw.items()})
+    y, st = cuda.chunk_scan(**kw, out=nan_like(kw["x"].shape, dtype),
+                            state_out=nan_like(kw["initial_state"].shape, torch.float32))
+    check("y", y, y_ref, dtype)
+    check("state", st, s_ref, dtype)
+
+
+def test_chunk_scan_state_carry_and_views(cuda):
+    batch, seqlen, nheads, headdim, dstate = 2, 300, 4, 64, 128
+    kw = mamba2_inputs(batch, seqlen, nheads, headdim, 1, dstate, torch.float32)
+    # x, B, C as slices of one packed (batch, seqlen, ...) buffer, like an in_proj output split
+    packed = torch.cat([kw["x"].flatten(2), kw["B"].flatten(2), kw["C"].flatten(2)], -1)
+    d = nheads * headdim
+    kw["x"] = packed[..., :d].unflatten(-1, (nheads, headdim))
+    kw["B"] = packed[..., d:d + dstate].unflatten(-1, (1, dstate))
+    kw["C"] = packed[..., d + dstate:].unflatten(-1, (1, dstate))
+    y_all, s_all = cuda.chunk_scan(**kw)
+    seq_keys = ("x", "dt", "B", "C", "z")
+    y1, s1 = cuda.chunk_scan(**{k: (v[:, :123] if k in seq_keys else v) for k, v in kw.items()})
+    rest = {k: (v[:, 123:] if k in seq_keys else v) for k, v in kw.items()}
+    rest["initial_state"] = s1
+    y2, s2 = cuda.chunk_scan(**rest)
+    y_ref, s_ref = chunk_scan_ref(**kw)
+    check("y one call", y_all, y_ref, torch.float32)
+    check("y", torch.cat([y1, y2], 1), y_all, torch.float32)
+    check("state", s2, s_all, torch.float32)
+
+
+# ---- norms -----------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("is_rms", [True, False])
+@pytest.mark.parametrize("rows,hidden", [(1, 2048), (7, 1000), (129, 4096)])
+@pytest.mark.parametrize("first_layer", [True, False])
+def test_add_norm(cuda, dtype, is_rms, rows, hidden, first_layer):
+    x, w, b = rnd(rows, hidden, dtype=dtype), rnd(hidden, dtype=dtype), rnd(hidden, dtype=dtype)
+    res = None if first_layer else rnd(rows, hidden, dtype=torch.float32)
+    bias = None if is_rms else b
+    o_ref, r_ref = add_norm_ref(*f32(x, res, w, bias), is_rms=is_rms)
+    o, r = cuda.add_norm(x, res, w, bias, is_rms=is_rms, out=nan_like(x.shape, dtype),
+                         residual_out=res if res is not None else nan_like(x.shape, torch.float32))
+    check("out", o, o_ref, dtype)
+    check("residual", r, r_ref, dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("group_size", [None, 1024, 128])
+@pytest.mark.parametrize("with_z", [True, False])
+def test_gated_rms_norm(cuda, dtype, group_size, with_z):
+    x, z, w = rnd(3, 5, 4096, dtype=dtype), rnd(3, 5, 4096, dtype=dtype), rnd(4096, dtype=dtype)
+    zz = z if with_z else None
+    ref = gated_rms_norm_ref(*f32(x, zz, w), group_size=group_size)
+    out = cuda.gated_rms_norm(x, zz, w, group_size=group_size, out=nan_like(x.shape, dtype))
+    check("out", out, ref, dtype)
+
+
+def test_bad_inputs_raise(cuda):
+    x, w = rnd(2, 8, 5), rnd(8, 4)
+    with pytest.raises(ValueError, match="weight"):
+        cuda.causal_conv1d(x, rnd(9, 4))
+    with pytest.raises(ValueError, match="CUDA"):
+        cuda.causal_conv1d(x.cpu(), w)
+    with pytest.raises(ValueError, match="dtype"):
+        cuda.causal_conv1d(x.to(torch.float64), w)
+    kw = mamba2_inputs(1, 4, 4, 32, 1, 16, torch.float32)
+    kw["initial_state"] = kw["initial_state"].half()
+    with pytest.raises(ValueError, match="state"):
+        cuda.chunk_scan(**kw)

@@ -1,0 +1,132 @@
+"""The command line: happy paths, and every bad input gives one `error:` line, exit 1, no partial output."""
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+from click.testing import CliRunner
+
+from mamba_deploy.cli import cli
+from mamba_deploy.export.testing import tiny_checkpoint
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory):
+    return tiny_checkpoint("mamba1", tmp_path_factory.mktemp("cli") / "ckpt")
+
+
+@pytest.fixture(scope="module")
+def exported(ckpt):
+    out = ckpt.parent / "out"
+    result = CliRunner().invoke(cli, ["export", str(ckpt), "-o", str(out), "-q"])
+    assert result.exit_code == 0, result.output
+    return out
+
+
+def invoke(*args):
+    return CliRunner().invoke(cli, [str(a) for a in args])
+
+
+def assert_one_line_error(result):
+    assert result.exit_code == 1, result.output
+    lines = result.stderr.strip().splitlines()
+    errors = [line for line in lines if line.startswith("error: ")]
+    assert len(errors) == 1 and "Traceback" not in result.output, result.output
+
+
+def test_export_run_verify_inspect(exported):
+    result = invoke("run", exported, "--ids", "1,2,3", "--max-new-tokens", "4", "--temperature", "0", "--json")
+    assert result.exit_code == 0 and len(json.loads(result.stdout)["ids"]) == 4
+    result = invoke("verify", exported, "--steps", "2", "--json")
+    assert result.exit_code == 0 and json.loads(result.stdout)["passed"]
+    result = invoke("verify", exported, "--steps", "1", "--oracle", "transformers", "--backend", "torch")
+    assert result.exit_code == 0 and "PASS" in result.stdout
+    result = invoke("inspect", exported)
+    assert result.exit_code == 0 and "past_ssm_state.0" in result.stdout and "MambaSelectiveScan" in result.stdout
+
+
+def test_verify_fails_against_another_model(exported, tmp_path):
+    other = tiny_checkpoint("mamba1", tmp_path / "other", seed=1)
+    result = invoke("verify", exported, "--reference", other, "--steps", "1")
+    assert result.exit_code == 1 and "FAIL" in result.stdout
+
+
+def _corrupt_config(folder):
+    (folder / "config.json").write_text("{not json")
+
+
+def _truncate_weights(folder):
+    data = (folder / "pytorch_model.bin").read_bytes()
+    (folder / "pytorch_model.bin").write_bytes(data[: len(data) // 2])
+
+
+def _drop_weights(folder):
+    (folder / "pytorch_model.bin").unlink()
+
+
+def _unknown_type(folder):
+    (folder / "config.json").write_text(json.dumps({"model_type": "llama", "hidden_size": 8}))
+
+
+@pytest.mark.parametrize("damage", [_corrupt_config, _truncate_weights, _drop_weights, _unknown_type])
+def test_export_bad_checkpoint(tmp_path, damage):
+    ckpt = tiny_checkpoint("mamba1", tmp_path / "ckpt")
+    damage(ckpt)
+    result = invoke("export", ckpt, "-o", tmp_path / "out", "-q")
+    assert_one_line_error(result)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt"]  # no output, no temp folder
+
+
+def test_export_missing_path_and_existing_output(tmp_path, exported):
+    assert_one_line_error(invoke("export", tmp_path / "nope", "-o", tmp_path / "out"))
+    before = sorted(p.name for p in exported.iterdir())
+    assert_one_line_error(invoke("export", exported.parent / "ckpt", "-o", exported))
+    assert sorted(p.name for p in exported.iterdir()) == before
+
+
+def test_newer_format_version_and_non_export_folders(tmp_path, exported, ckpt):
+    newer = tmp_path / "newer"
+    newer.mkdir()
+    config = json.loads((exported / "config.json").read_text())
+    config["export"]["format_version"] = 99
+    (newer / "config.json").write_text(json.dumps(config))
+    for command in ("run", "verify", "inspect"):
+        args = [command, newer] + (["--ids", "1"] if command == "run" else [])
+        result = invoke(*args)
+        assert_one_line_error(result)
+    assert "newer" in invoke("inspect", newer).stderr
+    assert_one_line_error(invoke("inspect", ckpt))  # a checkpoint, not an export
+    assert_one_line_error(invoke("run", tmp_path / "missing", "--ids", "1"))
+
+
+def test_bad_usage_is_one_line(exported):
+    assert_one_line_error(invoke("run", exported))  # neither --prompt nor --ids
+    assert_one_line_error(invoke("run", exported, "--prompt", "x"))  # no tokenizer in this export
+    assert_one_line_error(invoke("run", exported, "--ids", "1,x"))
+    assert_one_line_error(invoke("run", exported, "--ids", "1", "--top-p", "0"))
+    assert_one_line_error(invoke("export", "a", "-o", "b", "--dtype", "int8"))
+    assert_one_line_error(invoke("run", exported, "--ids", "1", "--backend", "nope"))
+
+
+def test_force_overwrites(exported, tmp_path):
+    out = tmp_path / "copy"
+    assert invoke("export", exported.parent / "ckpt", "-o", out, "-q", "--ops", "standard").exit_code == 0
+    result = invoke("export", exported.parent / "ckpt", "-o", out, "-q", "--force", "--logits", "all")
+    assert result.exit_code == 0
+    assert json.loads((out / "config.json").read_text())["export"]["logits"] == "all"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["copy"]
+
+
+def test_console_script_subprocess(tmp_path):
+    """The installed `mamba-deploy` script when there is one, else the same entry point through python -c."""
+    script = shutil.which("mamba-deploy")
+    command = [script] if script else [sys.executable, "-c", "from mamba_deploy.cli import main; main()"]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [os.getcwd(), os.environ.get("PYTHONPATH")]))}
+    proc = subprocess.run([*command, "inspect", str(tmp_path / "nope")], capture_output=True, text=True, env=env,
+                          timeout=120)
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines() == [f"error: {tmp_path / 'nope'}: no such folder"]
