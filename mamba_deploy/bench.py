@@ -97,7 +97,7 @@ def bench_mamba_ssm(eng, batch: int, prompt_len: int, gen_len: int) -> Optional[
         return None
     from .random_init import _ssm_config
 
-    cfg = _ssm_config(eng.config)
+    cfg = {k: v for k, v in _ssm_config(eng.config).items() if k in MambaConfig.__dataclass_fields__}
     model = MambaLMHeadModel(MambaConfig(**cfg), device=eng.device, dtype=eng.dtype).eval()
     own = {"backbone.embedding.weight": eng.emb, "backbone.norm_f.weight": eng.norm_f[0]}
     for i, L in enumerate(eng.layers):

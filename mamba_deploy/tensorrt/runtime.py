@@ -155,7 +155,8 @@ class TensorRTBackend(Backend):
         self._swap_states(state)
         return logits
 
-    def _execute(self, ctx: trt.IExecutionContext, kind: str, addresses: dict[str, int], ids_shape: tuple[int, int]) -> None:
+    def _execute(self, ctx: trt.IExecutionContext, kind: str, addresses: dict[str, int],
+                 ids_shape: tuple[int, int]) -> None:
         bindings = self._maps[kind]
         batch = ids_shape[0]
         if not ctx.set_input_shape(bindings.input_ids, ids_shape):
@@ -195,7 +196,8 @@ class TensorRTBackend(Backend):
         for tensor in state.conv + state.ssm:
             partner = self._partner(tensor)
             old = tensor.view(tensor.shape)  # keeps the previous buffer alive as the next partner
-            tensor.set_(partner.untyped_storage(), partner.storage_offset(), partner.size(), partner.stride())
+            tensor.set_(partner.untyped_storage(), partner.storage_offset(), partner.size(),
+                        partner.stride())
             self._partners.pop(old.data_ptr(), None)
             self._partners[tensor.data_ptr()] = old
 

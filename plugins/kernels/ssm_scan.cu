@@ -100,7 +100,7 @@ __device__ void stage_chunk(const ScanArgs& a, ScanSmem<NPT, TPN>& sm, int64_t b
   });
   const T* xp = static_cast<const T*>(p.x) + b * p.x_batch_stride + t0 * p.x_seq_stride;
   const T* dtp = static_cast<const T*>(p.dt) + b * p.dt_batch_stride + t0 * p.dt_seq_stride;
-  batched_loop<8>(Tl::kRows * tc, [&](int i) {  // (x, raw dt, dt_bias, A)
+  batched_loop<4>(Tl::kRows * tc, [&](int i) {  // (x, raw dt, dt_bias, A)
     const int2 rt = row_step<Tl::kRows>(a, i, tc);
     const int64_t rg = row0 + rt.x, r = g * a.rows_per_group + rg, head = r / p.headdim;
     if (rg >= a.rows_per_group) return make_float4(0.f, 0.f, 0.f, 0.f);
@@ -129,7 +129,7 @@ __device__ void write_chunk(const ScanArgs& a, ScanSmem<NPT, TPN>& sm, int64_t b
   const T* xp = static_cast<const T*>(p.x) + b * p.x_batch_stride + t0 * p.x_seq_stride;
   const T* zp = static_cast<const T*>(p.z) + b * p.z_batch_stride + t0 * p.z_seq_stride;
   T* yp = static_cast<T*>(p.y) + b * p.y_batch_stride + t0 * p.y_seq_stride;
-  batched_loop<8>(Tl::kRows * tc, [&](int i) {  // (D * x, z)
+  batched_loop<4>(Tl::kRows * tc, [&](int i) {  // (D * x, z)
     const int2 rt = row_step<Tl::kRows>(a, i, tc);
     const int64_t rg = row0 + rt.x, r = g * a.rows_per_group + rg, head = r / p.headdim;
     if (rg >= a.rows_per_group) return make_float2(0.f, 0.f);

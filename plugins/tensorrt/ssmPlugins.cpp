@@ -64,6 +64,14 @@ int64_t strideOf(TensorArg const& t, int32_t axis)
     return axis == kNone ? 0 : t.stride(axis);
 }
 
+void setStrides(TensorArg const& t, int32_t const* axes, int64_t& s0, int64_t& s1, int64_t& s2, int64_t& s3)
+{
+    s0 = strideOf(t, axes[0]);
+    s1 = strideOf(t, axes[1]);
+    s2 = strideOf(t, axes[2]);
+    s3 = strideOf(t, axes[3]);
+}
+
 int64_t sizeOf(TensorArg const& t, int32_t axis, int64_t absent)
 {
     return axis == kNone ? absent : t.dim(axis);
@@ -260,30 +268,21 @@ md_ssm_params makeParams(SsmAttrs const& a, OpIO const& io)
     p.dt_softplus = a.dtSoftplus ? 1 : 0;
     p.dt_min = a.dtLimitLo;
     p.dt_max = a.dtLimitHi;
+    // Tensors the launcher reads through (batch, seq, head, dim) / (batch, seq, group, state) /
+    // (batch, head, dim, state) strides; y and state_out are dense and shaped like x and state.
     p.x = x.data;
-    p.y = io.y; // y is dense and shaped like x
-    p.x_batch_stride = p.y_batch_stride = strideOf(x, L.x[0]);
-    p.x_seq_stride = p.y_seq_stride = strideOf(x, L.x[1]);
-    p.x_head_stride = p.y_head_stride = strideOf(x, L.x[2]);
-    p.x_dim_stride = p.y_dim_stride = strideOf(x, L.x[3]);
+    p.y = io.y;
+    setStrides(x, L.x, p.x_batch_stride, p.x_seq_stride, p.x_head_stride, p.x_dim_stride);
+    setStrides(x, L.x, p.y_batch_stride, p.y_seq_stride, p.y_head_stride, p.y_dim_stride);
     p.dt = dt.data;
-    p.dt_batch_stride = strideOf(dt, L.dt[0]);
-    p.dt_seq_stride = strideOf(dt, L.dt[1]);
-    p.dt_head_stride = strideOf(dt, L.dt[2]);
-    p.dt_dim_stride = strideOf(dt, L.dt[3]);
+    setStrides(dt, L.dt, p.dt_batch_stride, p.dt_seq_stride, p.dt_head_stride, p.dt_dim_stride);
     p.A = A.data;
     p.A_head_stride = strideOf(A, L.a[0]);
     p.A_state_stride = strideOf(A, L.a[1]);
     p.B = B.data;
-    p.B_batch_stride = strideOf(B, L.bc[0]);
-    p.B_seq_stride = strideOf(B, L.bc[1]);
-    p.B_group_stride = strideOf(B, L.bc[2]);
-    p.B_state_stride = strideOf(B, L.bc[3]);
+    setStrides(B, L.bc, p.B_batch_stride, p.B_seq_stride, p.B_group_stride, p.B_state_stride);
     p.C = C.data;
-    p.C_batch_stride = strideOf(C, L.bc[0]);
-    p.C_seq_stride = strideOf(C, L.bc[1]);
-    p.C_group_stride = strideOf(C, L.bc[2]);
-    p.C_state_stride = strideOf(C, L.bc[3]);
+    setStrides(C, L.bc, p.C_batch_stride, p.C_seq_stride, p.C_group_stride, p.C_state_stride);
     p.D = D.data;
     p.D_head_stride = D.stride(0);
     p.dt_bias = bias.data;
@@ -291,17 +290,14 @@ md_ssm_params makeParams(SsmAttrs const& a, OpIO const& io)
     if (z.present)
     {
         p.z = z.data;
-        p.z_batch_stride = strideOf(z, L.x[0]);
-        p.z_seq_stride = strideOf(z, L.x[1]);
-        p.z_head_stride = strideOf(z, L.x[2]);
-        p.z_dim_stride = strideOf(z, L.x[3]);
+        setStrides(z, L.x, p.z_batch_stride, p.z_seq_stride, p.z_head_stride, p.z_dim_stride);
     }
     p.state_in = st.data;
-    p.state_out = io.stateOut; // dense, shaped like the state input; may alias it
-    p.state_in_batch_stride = p.state_out_batch_stride = strideOf(st, L.state[0]);
-    p.state_in_head_stride = p.state_out_head_stride = strideOf(st, L.state[1]);
-    p.state_in_dim_stride = p.state_out_dim_stride = strideOf(st, L.state[2]);
-    p.state_in_state_stride = p.state_out_state_stride = strideOf(st, L.state[3]);
+    p.state_out = io.stateOut; // may alias state_in (in-place update)
+    setStrides(st, L.state, p.state_in_batch_stride, p.state_in_head_stride, p.state_in_dim_stride,
+        p.state_in_state_stride);
+    setStrides(st, L.state, p.state_out_batch_stride, p.state_out_head_stride, p.state_out_dim_stride,
+        p.state_out_state_stride);
     return p;
 }
 

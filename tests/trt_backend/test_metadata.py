@@ -17,7 +17,8 @@ def test_gpu_slug(name, slug):
 
 def test_engine_dir(tmp_path):
     assert md.engine_dir(tmp_path, "NVIDIA H100 80GB HBM3", "float16") == tmp_path / "engines/h100-80gb-hbm3-float16"
-    assert md.engine_dir(tmp_path, "x", "bfloat16", hardware_compatible=True) == tmp_path / "engines/ampere-plus-bfloat16"
+    portable = md.engine_dir(tmp_path, "x", "bfloat16", hardware_compatible=True)
+    assert portable == tmp_path / "engines/ampere-plus-bfloat16"
 
 
 def test_atomic_write_replaces_and_leaves_no_temp(tmp_path):

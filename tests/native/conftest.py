@@ -1,0 +1,41 @@
+"""Fixtures of the native-engine tests: the kernel library, tiny random checkpoints of both families."""
+import pytest
+import torch
+
+from mamba_deploy.random_init import make_random_checkpoint
+
+# Small but not degenerate: fp16 rounding accumulates over several layers and a 1k vocabulary.
+CONFIGS = {
+    "mamba1": {"d_model": 256, "n_layer": 4, "vocab_size": 1000, "pad_vocab_size_multiple": 8,
+               "ssm_cfg": {"d_state": 16}, "tie_embeddings": True},
+    "mamba2": {"d_model": 256, "n_layer": 4, "vocab_size": 1000, "pad_vocab_size_multiple": 16,
+               "ssm_cfg": {"layer": "Mamba2", "d_state": 32, "headdim": 32, "ngroups": 2, "chunk_size": 16},
+               "tie_embeddings": False},
+}
+
+
+@pytest.fixture(scope="session")
+def native():
+    from mamba_deploy import native as mod
+
+    reason = mod.unavailable_reason()
+    if reason:
+        pytest.fail(f"native engine unavailable: {reason}")
+    return mod
+
+
+@pytest.fixture(scope="session")
+def checkpoints(tmp_path_factory):
+    root = tmp_path_factory.mktemp("native_ckpt")
+    return {arch: make_random_checkpoint(cfg, root / arch, dtype=torch.float32, seed=3) for arch, cfg in CONFIGS.items()}
+
+
+def _rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
+    out, ref = out.double().cpu(), ref.double().cpu()
+    return float((out - ref).norm() / ref.norm())
+
+
+@pytest.fixture(scope="session")
+def rel_err():
+    """||out - ref|| / ||ref|| in float64."""
+    return _rel_err

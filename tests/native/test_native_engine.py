@@ -1,0 +1,150 @@
+"""The native engine against the float32 reference model, and its invariants (all on the GPU)."""
+import pytest
+import torch
+
+from mamba_deploy.checkpoint import load_reference
+
+pytestmark = pytest.mark.gpu
+
+TOL = {torch.float32: 1e-4, torch.float16: 1e-2, torch.bfloat16: 1e-2}
+
+
+def ids(batch, length, seed=0, vocab=1000):
+    return torch.randint(1, vocab, (batch, length), generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.mark.parametrize("arch", ["mamba1", "mamba2"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("batch", [2, 20])  # 20: cuBLAS projections instead of the GEMV
+def test_logits_match_reference(rel_err, native, checkpoints, arch, dtype, batch):
+    ref = load_reference(checkpoints[arch], torch.float32, "cuda")
+    eng = native.load_engine(checkpoints[arch], dtype=dtype, max_batch=batch)
+    prompt = ids(batch, 37, seed=1)
+    rs, es = ref.new_state(batch), eng.new_state(batch)
+    r, e = ref.prefill(prompt.cuda(), rs), eng.prefill(prompt, es)
+    worst = rel_err(e, r)
+    for _ in range(64):
+        tok = r[:, -1, :1000].argmax(-1, keepdim=True)  # the reference's tokens feed both
+        r, e = ref.decode(tok, rs), eng.decode(tok, es)
+        worst = max(worst, rel_err(e, r))
+    assert torch.isfinite(e.float()).all()
+    assert worst <= TOL[dtype], f"max relative logits error over prefill + 64 steps: {worst:.3g}"
+    assert rel_err(es.ssm[-1], rs.ssm[-1]) <= 10 * TOL[dtype]
+
+
+@pytest.mark.parametrize("arch", ["mamba1", "mamba2"])
+@pytest.mark.parametrize("batch", [1, 3, 24])
+def test_graph_step_equals_eager_bitwise(native, checkpoints, arch, batch):
+    eng = native.load_engine(checkpoints[arch], dtype=torch.float16, max_batch=24)
+    state = eng.new_state(batch)
+    eng.prefill(ids(batch, 11, seed=2), state)
+    saved = state.clone()
+    runs = []
+    for graphs in (True, False):
+        eng.use_graphs = graphs
+        for dst, src in zip(state.conv + state.ssm, saved.conv + saved.ssm):
+            dst.copy_(src)
+        tok, out = ids(batch, 1, seed=3), []
+        for _ in range(8):
+            logits = eng.decode(tok, state)
+            out.append(logits.clone())
+            tok = logits[:, -1, :1000].argmax(-1, keepdim=True)
+        runs.append((torch.stack(out), state.clone()))
+    assert batch in eng.graphs
+    (g, gs), (e, es) = runs
+    assert torch.equal(g, e)
+    assert all(torch.equal(a, b) for a, b in zip(gs.conv + gs.ssm, es.conv + es.ssm))
+
+
+@pytest.mark.parametrize("arch", ["mamba1", "mamba2"])
+def test_chunked_prefill_equals_one_prefill(rel_err, native, checkpoints, arch):
+    prompt = ids(2, 100, seed=4)
+    one = native.load_engine(checkpoints[arch], dtype=torch.float32, max_batch=2)
+    chunked = native.load_engine(checkpoints[arch], dtype=torch.float32, max_batch=2, chunk_len=16)
+    s1, s2 = one.new_state(2), chunked.new_state(2)
+    l1, l2 = one.prefill(prompt, s1), chunked.prefill(prompt, s2)
+    assert rel_err(l2, l1) <= 1e-5
+    for a, b in zip(s2.conv + s2.ssm, s1.conv + s1.ssm):
+        assert rel_err(a, b) <= 1e-5
+
+
+@pytest.mark.parametrize("arch", ["mamba1", "mamba2"])
+def test_ragged_batch_equals_prompts_alone(rel_err, native, checkpoints, arch):
+    """Rows prefilled alone into one batch state, then decoded together == each prompt alone."""
+    eng = native.load_engine(checkpoints[arch], dtype=torch.float32, max_batch=3)
+    prompts = [ids(1, n, seed=10 + n) for n in (5, 17, 30)]
+    alone = []
+    for p in prompts:
+        st = eng.new_state(1)
+        tok, toks, logits = eng.prefill(p, st)[:, -1, :1000].argmax(-1, keepdim=True), [], []
+        for _ in range(16):
+            toks.append(tok)
+            out = eng.decode(tok, st)
+            logits.append(out.clone())
+            tok = out[:, -1, :1000].argmax(-1, keepdim=True)
+        alone.append((torch.cat(toks, 1), torch.cat(logits, 1)))
+        del st
+    state = eng.new_state(3)
+    first = []
+    for row, p in enumerate(prompts):
+        st = eng.new_state(1)  # fresh tensors: the batch state holds the static buffers
+        first.append(eng.prefill(p, st)[:, -1, :1000].argmax(-1, keepdim=True))
+        for dst, src in zip(state.conv + state.ssm, st.conv + st.ssm):
+            dst[row].copy_(src[0])
+    tok, toks, logits = torch.cat(first), [], []
+    for _ in range(16):
+        toks.append(tok)
+        out = eng.decode(tok, state)
+        logits.append(out.clone())
+        tok = out[:, -1, :1000].argmax(-1, keepdim=True)
+    toks, logits = torch.cat(toks, 1), torch.cat(logits, 1)
+    for row, (t, lg) in enumerate(alone):
+        assert torch.equal(toks[row:row + 1], t)
+        assert rel_err(logits[row:row + 1], lg) <= 1e-5
+
+
+def test_state_memory_does_not_grow(native, checkpoints):
+    eng = native.load_engine(checkpoints["mamba1"], dtype=torch.float16, max_batch=2)
+    state = eng.new_state(2)
+    tok = eng.prefill(ids(2, 9, seed=5), state)[:, -1, :1000].argmax(-1, keepdim=True)
+    eng.decode(tok, state)  # captures the graph
+    torch.cuda.synchronize()
+    before = torch.cuda.memory_allocated()
+    tok = tok.cuda()
+    for _ in range(10_000):
+        eng.decode(tok, state)
+    torch.cuda.synchronize()
+    assert torch.cuda.memory_allocated() == before
+    assert torch.isfinite(eng.logits[:2].float()).all()
+
+
+def test_export_folder_equals_checkpoint(native, checkpoints, tmp_path):
+    """Weights read from weights.data (decode.onnx's external-data offsets) == the checkpoint's."""
+    from mamba_deploy.export.exporter import ExportOptions, export_model
+
+    out = export_model(checkpoints["mamba2"], tmp_path / "exp", ExportOptions(dtype="float16"), progress=False)
+    a = native.load_engine(out, max_batch=2)
+    b = native.load_engine(checkpoints["mamba2"], dtype=torch.float16, max_batch=2)
+    assert a.dtype == torch.float16 and a.state_dtype == torch.float32
+    prompt = ids(2, 13, seed=6)
+    sa, sb = a.new_state(2), b.new_state(2)
+    assert torch.equal(a.prefill(prompt, sa), b.prefill(prompt, sb))
+    tok = ids(2, 1, seed=7)
+    assert torch.equal(a.decode(tok, sa), b.decode(tok, sb))
+
+
+def test_backend_registry_and_build(native, checkpoints, tmp_path):
+    import json
+
+    from mamba_deploy.export.artifact import load_export
+    from mamba_deploy.export.exporter import ExportOptions, export_model
+    from mamba_deploy.runtime.backend import load_backend
+
+    out = export_model(checkpoints["mamba1"], tmp_path / "exp", ExportOptions(dtype="float16"), progress=False)
+    backend = load_backend("native", load_export(out), max_batch=2)
+    state = backend.new_state(2)
+    logits = backend.prefill(ids(2, 5), state)
+    assert logits.shape == (2, 1, backend.config.vocab_size_padded) and logits.device.type == "cuda"
+    assert backend.decode(logits[:, -1].argmax(-1, keepdim=True), state).shape == logits.shape
+    record = json.loads(native.build_native(out, max_batch=8).read_text())
+    assert record["max_batch"] == 8 and record["dtype"] == "float16" and "compute_capability" in record
