@@ -1,10 +1,12 @@
 """Train a tiny Mamba1 or Mamba2 language model on the Python docs that ship with every Python.
 
-The corpus is the standard library's `pydoc_data.topics` (about 465,000 characters of English
-about Python), so the demo models in `examples/models/` can be rebuilt offline:
+The corpus is the standard library's `pydoc_data.topics` (about 500,000 characters of English
+about Python), so the demo models in `examples/models/` can be rebuilt offline (on one H100):
 
-    PYTHONPATH=. python examples/train_tiny.py --arch mamba1 --device cuda --out examples/models/mamba-tiny-pydoc
-    PYTHONPATH=. python examples/train_tiny.py --arch mamba2 --device cuda --out examples/models/mamba2-tiny-pydoc
+    PYTHONPATH=. python examples/train_tiny.py --arch mamba1 --steps 3000 --max-seconds 450 --cuda-graph \
+        --out examples/models/mamba-tiny-pydoc
+    PYTHONPATH=. python examples/train_tiny.py --arch mamba2 --steps 2500 --max-seconds 400 \
+        --out examples/models/mamba2-tiny-pydoc
 
 It builds a byte-level BPE tokenizer (any text round-trips), trains the package's own reference
 `MambaLM` with AdamW and a cosine learning rate, holds out the last 5% of the corpus, and writes a

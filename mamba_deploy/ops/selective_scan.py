@@ -33,7 +33,9 @@ def selective_scan_ref(
     """Returns (y: (batch, dim, seqlen) in u.dtype, final state like ssm_state (float32 if None))."""
     batch, dim, seqlen = u.shape
     state_dtype = ssm_state.dtype if ssm_state is not None else torch.float32
-    h = ssm_state.float() if ssm_state is not None else u.new_zeros(batch, dim, A.shape[-1], dtype=torch.float32)
+    # A copy: autograd keeps h for backward, and callers may overwrite their state in place afterwards.
+    h = (ssm_state.to(torch.float32, copy=True) if ssm_state is not None
+         else u.new_zeros(batch, dim, A.shape[-1], dtype=torch.float32))
     delta = delta.float()
     if delta_bias is not None:
         delta = delta + delta_bias.float()[:, None]

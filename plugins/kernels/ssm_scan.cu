@@ -62,7 +62,7 @@ __device__ __forceinline__ void batched_loop(int count, Load load, Store store) 
     decltype(load(0)) v[kUnroll];
 #pragma unroll
     for (int u = 0; u < kUnroll; ++u) {
-      if (base + u * kThreads < count) v[u] = load(base + u * kThreads);
+      v[u] = base + u * kThreads < count ? load(base + u * kThreads) : decltype(load(0)){};
     }
 #pragma unroll
     for (int u = 0; u < kUnroll; ++u) {
@@ -150,7 +150,7 @@ __device__ void write_chunk(const ScanArgs& a, ScanSmem<NPT, TPN>& sm, int64_t b
 
 // Grid: (tiles_per_group * ngroups, batch). Block: kThreads = kRows rows x TPN threads.
 template <typename T, typename S, int NPT, int TPN, bool SCALAR_A>
-__global__ void __launch_bounds__(kThreads) ssm_scan_kernel(const ScanArgs a) {
+__global__ void __launch_bounds__(kThreads, 1) ssm_scan_kernel(const ScanArgs a) {
   using Tl = Tile<NPT, TPN>;
   __shared__ ScanSmem<NPT, TPN> sm;
   const md_ssm_params& p = a.p;

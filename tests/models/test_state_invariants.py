@@ -79,3 +79,14 @@ def test_decode_rejects_bad_shapes(checkpoint):
         model.decode(torch.zeros(2, 3, dtype=torch.long), model.new_state(2))
     with pytest.raises(ValueError, match="batch"):
         model.prefill(torch.zeros(3, 4, dtype=torch.long), model.new_state(2))
+
+
+def test_forward_with_state_is_trainable(checkpoint):
+    """Backward through forward(ids, state) works although forward writes the state in place."""
+    model = load_reference(checkpoint).requires_grad_(True)
+    state = model.new_state(2)
+    ids = torch.randint(0, 97, (2, 9), generator=torch.Generator().manual_seed(4))
+    model(ids[:, :4], state)
+    loss = model(ids[:, 4:], state).logsumexp(-1).mean()
+    loss.backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters() if p.requires_grad)
