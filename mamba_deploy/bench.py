@@ -88,6 +88,38 @@ def profile_step(eng, batch: int, top: int = 8) -> list[tuple[str, float, int]]:
     return sorted(rows, key=lambda r: -r[1])[:top]
 
 
+def sweep_gemv(shapes=((8192, 2048), (2048, 4096), (160, 4096), (8512, 2048), (50280, 2048)),
+               batches=(1, 4, 16), dtype=torch.float16, print_fn=print) -> None:
+    """GEMV (n, k) alone per batch and split_k: us and GB/s (weight bytes / time), beside cuBLAS, as CUDA-graph
+    replays of 20 launches over 4 weight copies (so L2 does not hold the weights)."""
+    from .native.gemv import gemv
+
+    print_fn("| n x k | batch | split | gemv us | GB/s | cuBLAS us |")
+    print_fn("| --- | --- | --- | --- | --- | --- |")
+    for n, k in shapes:
+        ws = [torch.randn(n, k, device="cuda").to(dtype) for _ in range(4)]
+        for b in batches:
+            x, out = torch.randn(b, k, device="cuda").to(dtype), torch.empty(b, n, device="cuda", dtype=dtype)
+            results = {}
+            for split in (0, 1, 2, 4, 8, "cublas"):
+                def launch(split=split):
+                    for i in range(20):
+                        w = ws[i % 4]
+                        if split == "cublas":
+                            torch.mm(x, w.t(), out=out)
+                        else:
+                            gemv(x, w, out=out, split_k=split)
+                launch()
+                g = torch.cuda.CUDAGraph()
+                with torch.cuda.graph(g):
+                    launch()
+                results[split] = _events_ms(g.replay, 10) * 1000 / 20
+            for split in (0, 1, 2, 4, 8):
+                us = results[split]
+                print_fn(f"| {n} x {k} | {b} | {split or 'auto'} | {us:.1f} | {n * k * 2 / us / 1e3:,.0f} | "
+                         f"{results['cublas']:.1f} |")
+
+
 def bench_mamba_ssm(eng, batch: int, prompt_len: int, gen_len: int) -> Optional[float]:
     """ms/token of mamba_ssm's MambaLMHeadModel.generate(cg=True) on the engine's weights; None if not installed."""
     try:
@@ -185,7 +217,11 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     ap.add_argument("--dtype", default="float16", choices=list(_DTYPES))
     ap.add_argument("--state-dtype", default="float32", choices=[*_DTYPES, "model"])
     ap.add_argument("--profile", action="store_true")
+    ap.add_argument("--gemv-sweep", action="store_true", help="time the GEMV kernel alone and exit")
     a = ap.parse_args(argv)
+    if a.gemv_sweep:
+        sweep_gemv()
+        return
     bench(a.path, "native", a.batches, a.prompt_len, a.gen_len, a.prefill_len, a.random_init, a.dtype, a.state_dtype,
           a.profile)
 

@@ -94,7 +94,7 @@ class NativeEngine:
                 if optional:
                     return None
                 raise KeyError(f"native engine: weight {name!r} missing")
-            return t.to(device=dev, dtype=dtype or self.dtype).contiguous()
+            return t.detach().to(device=dev, dtype=dtype or self.dtype).contiguous()
 
         self.emb = get("backbone.embedding.weight")
         self.head = self.emb if c.tie_embeddings else get("lm_head.weight")
@@ -107,7 +107,7 @@ class NativeEngine:
             conv_b = get(m + "conv1d.bias", optional=True)
             if conv_b is None:
                 conv_b = torch.zeros(c.conv_dim, dtype=self.dtype, device=dev) if zero_bias is None else \
-                    zero_bias.to(dev, self.dtype)
+                    zero_bias.detach().to(dev, self.dtype)
             f32 = torch.float32
             L = _Layer(norm_w=get(p + "norm.weight"), norm_b=get(p + "norm.bias", optional=True),
                        in_w=get(m + "in_proj.weight"), in_b=get(m + "in_proj.bias", optional=True),
@@ -220,6 +220,7 @@ class NativeEngine:
             self.graphs[b] = graph
         return self.graphs[b]
 
+    @torch.no_grad()
     def step_static(self, b: int) -> None:
         """Decode rows [:b] of the static buffers from self.ids (graph replay, or eager without graphs)."""
         if self.use_graphs:

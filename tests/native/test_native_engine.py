@@ -28,8 +28,25 @@ def test_logits_match_reference(rel_err, native, checkpoints, arch, dtype, batch
         r, e = ref.decode(tok, rs), eng.decode(tok, es)
         worst = max(worst, rel_err(e, r))
     assert torch.isfinite(e.float()).all()
-    assert worst <= TOL[dtype], f"max relative logits error over prefill + 64 steps: {worst:.3g}"
+    # bf16 (8-bit mantissa): the reference model itself run in bf16 is ~2e-2 off its float32 run on these
+    # weights, so the bar is "no worse than the reference in the same dtype" where that exceeds 1e-2.
+    bar = max(TOL[dtype], _reference_error(ref, checkpoints[arch], dtype, prompt, rel_err) if dtype == torch.bfloat16 else 0)
+    assert worst <= bar, f"max relative logits error over prefill + 64 steps: {worst:.3g} (bar {bar:.3g})"
     assert rel_err(es.ssm[-1], rs.ssm[-1]) <= 10 * TOL[dtype]
+
+
+def _reference_error(ref, checkpoint, dtype, prompt, rel_err) -> float:
+    """Worst relative logits error of the reference model run in `dtype` against `ref` (float32)."""
+    low = load_reference(checkpoint, dtype, "cuda")
+    batch = prompt.shape[0]
+    rs, ls = ref.new_state(batch), low.new_state(batch)
+    r, lo = ref.prefill(prompt.cuda(), rs), low.prefill(prompt.cuda(), ls)
+    worst = rel_err(lo, r)
+    for _ in range(64):
+        tok = r[:, -1, :1000].argmax(-1, keepdim=True)
+        r, lo = ref.decode(tok, rs), low.decode(tok, ls)
+        worst = max(worst, rel_err(lo, r))
+    return worst
 
 
 @pytest.mark.parametrize("arch", ["mamba1", "mamba2"])
