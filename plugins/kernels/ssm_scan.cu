@@ -18,6 +18,10 @@ namespace {
 
 constexpr int kThreads = 128;
 constexpr float kLog2e = 1.4426950408889634f;
+#ifndef MD_SCAN_T_UNROLL
+#define MD_SCAN_T_UNROLL 4
+#endif
+constexpr int kTUnroll = MD_SCAN_T_UNROLL;  // time steps of the recurrence unrolled
 
 struct ScanArgs {
   md_ssm_params p;
@@ -176,7 +180,8 @@ __global__ void __launch_bounds__(kThreads, 1) ssm_scan_kernel(const ScanArgs a)
     const int tc = static_cast<int>(p.seqlen - t0 < Tl::kTC ? p.seqlen - t0 : Tl::kTC);
     stage_chunk<T, NPT, TPN, SCALAR_A>(a, sm, b, g, row0, t0, tc);
     __syncthreads();
-    for (int t = 0; t < tc; ++t) {
+#pragma unroll kTUnroll
+    for (int t = 0; t < tc; ++t) {  // unrolled: independent steps' y reductions overlap
       const float dtx = sm.dtx[rl][t], decay = sm.decay[rl][t];
       float acc = 0.f;
 #pragma unroll
