@@ -1,15 +1,39 @@
-"""Shared test configuration: `gpu` tests skip without CUDA, `tensorrt` tests without TensorRT."""
+"""Shared test configuration: `gpu` tests skip without CUDA, `tensorrt` tests without TensorRT; tiny exports."""
 import importlib.util
+import os
 
 import pytest
 import torch
 
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # no network in tests; the tokenizer fallback must not wait
+
+
+def _has_tensorrt() -> bool:
+    spec = importlib.util.find_spec("tensorrt")
+    return spec is not None and spec.origin is not None  # a bare folder named tensorrt is not TensorRT
+
 
 def pytest_collection_modifyitems(config, items):
     has_gpu = torch.cuda.is_available()
-    has_trt = importlib.util.find_spec("tensorrt") is not None
+    has_trt = _has_tensorrt()
     for item in items:
         if "gpu" in item.keywords and not has_gpu:
             item.add_marker(pytest.mark.skip(reason="needs a CUDA GPU"))
         if "tensorrt" in item.keywords and not has_trt:
             item.add_marker(pytest.mark.skip(reason="needs TensorRT"))
+
+
+@pytest.fixture(scope="session")
+def exports(tmp_path_factory):
+    """exports(arch, **options) -> a tiny export folder, built once per (arch, options) per session."""
+    from mamba_deploy.export.testing import tiny_export
+
+    cache = {}
+
+    def get(arch, **options):
+        key = (arch, tuple(sorted(options.items())))
+        if key not in cache:
+            cache[key] = tiny_export(arch, tmp_path_factory.mktemp(arch), **options)
+        return cache[key]
+
+    return get

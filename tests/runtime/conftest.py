@@ -1,9 +1,5 @@
 """A tiny export with a small byte-level tokenizer, shared by the runtime tests."""
-import os
-
 import pytest
-
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
 def write_byte_tokenizer(folder):

@@ -10,18 +10,18 @@ from mamba_deploy.runtime.backend import BACKEND_AVAILABLE, _import, load_backen
 from mamba_deploy.tensorrt import BuildOptions, tensorrt_available
 
 
-def test_backend_is_registered_and_not_auto_without_tensorrt(trt_exports):
-    info = load_export(trt_exports("mamba1"))
+def test_backend_is_registered_and_not_auto_without_tensorrt(exports):
+    info = load_export(exports("mamba1"))
     assert _import("tensorrt")
     if not tensorrt_available():
         assert BACKEND_AVAILABLE["tensorrt"](info) is False
 
 
 @pytest.mark.skipif(tensorrt_available(), reason="checks the message users without TensorRT get")
-def test_build_and_load_without_tensorrt_say_how_to_install(trt_exports, tmp_path):
+def test_build_and_load_without_tensorrt_say_how_to_install(exports, tmp_path):
     from mamba_deploy.tensorrt import build_engines
 
-    folder = trt_exports("mamba1")
+    folder = exports("mamba1")
     lib = tmp_path / "libmamba_deploy_trt_plugins.so"
     lib.write_bytes(b"\x7fELF")
     with pytest.raises(MambaDeployError, match="pypi.nvidia.com"):
@@ -30,20 +30,20 @@ def test_build_and_load_without_tensorrt_say_how_to_install(trt_exports, tmp_pat
         load_backend("tensorrt", load_export(folder))
 
 
-def test_build_validates_options_before_anything_else(trt_exports):
+def test_build_validates_options_before_anything_else(exports):
     from mamba_deploy.tensorrt import build_engines
 
     with pytest.raises(MambaDeployError, match="opt_seq"):
-        build_engines(trt_exports("mamba1"), max_seq=16, opt_seq=32)
+        build_engines(exports("mamba1"), max_seq=16, opt_seq=32)
     with pytest.raises(MambaDeployError, match="no such folder"):
         build_engines("/nonexistent/export", options=BuildOptions())
 
 
-def test_unknown_state_io_mode(trt_exports):
+def test_unknown_state_io_mode(exports):
     from mamba_deploy.tensorrt.runtime import TensorRTBackend
 
     with pytest.raises(MambaDeployError, match="state_io"):
-        TensorRTBackend(load_export(trt_exports("mamba1")), state_io="copy")
+        TensorRTBackend(load_export(exports("mamba1")), state_io="copy")
 
 
 def test_import_is_cheap_in_a_fresh_interpreter():
@@ -56,13 +56,13 @@ def test_import_is_cheap_in_a_fresh_interpreter():
 @pytest.mark.tensorrt
 @pytest.mark.gpu
 @pytest.mark.parametrize("arch", ["mamba1", "mamba2"])
-def test_engines_match_onnxruntime(trt_exports, tmp_path, arch):
+def test_engines_match_onnxruntime(exports, tmp_path, arch):
     """Real TensorRT: build, then prefill + decode against the onnxruntime backend (float32)."""
     import torch
 
     from mamba_deploy.tensorrt import build_engines
 
-    folder = trt_exports(arch)
+    folder = exports(arch)
     target = build_engines(folder, max_batch=4, max_seq=64, opt_seq=16, timing_cache=tmp_path / "cache")
     assert (target / "build.json").is_file() and (tmp_path / "cache").is_file()
     assert build_engines(folder, max_batch=4, max_seq=64, opt_seq=16) == target  # up to date: reused

@@ -12,8 +12,8 @@ ARCHS = ["mamba1", "mamba2"]
 
 
 @pytest.mark.parametrize("arch", ARCHS)
-def test_profiles_cover_every_input(trt_exports, arch):
-    info = load_export(trt_exports(arch))
+def test_profiles_cover_every_input(exports, arch):
+    info = load_export(exports(arch))
     cfg = info.config
     for kind in ("prefill", "decode"):
         io = planning.read_graph_io(info.graph(kind), kind)
@@ -56,8 +56,8 @@ def test_binding_map_reports_missing_and_extra():
         m.state("ssm", 3)
 
 
-def test_state_shape_mismatch_is_reported(trt_exports):
-    info = load_export(trt_exports("mamba1"))
+def test_state_shape_mismatch_is_reported(exports):
+    info = load_export(exports("mamba1"))
     io = planning.read_graph_io(info.graph("decode"), "decode")
     with pytest.raises(MambaDeployError, match="config says"):
         planning.check_state_shapes(io, (1, 3, 3), info.config.ssm_state_shape(1))
@@ -72,8 +72,8 @@ def test_read_graph_io_bad_file(tmp_path):
 
 @pytest.mark.parametrize("arch,ops", [("mamba1", {"MambaCausalConv1d", "MambaSelectiveScan"}),
                                       ("mamba2", {"MambaCausalConv1d", "Mamba2ChunkScan"})])
-def test_prepare_drops_our_functions_and_keeps_weights_external(trt_exports, arch, ops):
-    info = load_export(trt_exports(arch))
+def test_prepare_drops_our_functions_and_keeps_weights_external(exports, arch, ops):
+    info = load_export(exports(arch))
     original = onnx.load(str(info.graph("prefill")), load_external_data=False)
     assert any(f.domain == DOMAIN for f in original.functions)
     data, counts = prepare_model(info.graph("prefill"))
@@ -86,8 +86,8 @@ def test_prepare_drops_our_functions_and_keeps_weights_external(trt_exports, arc
     assert set(decode_counts) == {"MambaCausalConv1dUpdate", "MambaSelectiveStateUpdate"}
 
 
-def test_prepare_refuses_foreign_plugin_namespace(trt_exports, tmp_path):
-    info = load_export(trt_exports("mamba1"))
+def test_prepare_refuses_foreign_plugin_namespace(exports, tmp_path):
+    info = load_export(exports("mamba1"))
     model = onnx.load(str(info.graph("decode")), load_external_data=False)
     node = next(n for n in model.graph.node if n.domain == DOMAIN)
     for attr in node.attribute:
@@ -102,7 +102,7 @@ def test_prepare_refuses_foreign_plugin_namespace(trt_exports, tmp_path):
         path.unlink()
 
 
-def test_standard_ops_export_has_no_plugin_nodes(trt_exports):
-    info = load_export(trt_exports("mamba1", ops="standard"))
+def test_standard_ops_export_has_no_plugin_nodes(exports):
+    info = load_export(exports("mamba1", ops="standard"))
     _, counts = prepare_model(info.graph("decode"))
     assert counts == {}
