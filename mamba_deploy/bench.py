@@ -70,20 +70,17 @@ def bench_prefill(eng, length: int, repeats: int = 5) -> float:
     return _events_ms(run, repeats)
 
 
-def profile_step(eng, batch: int, top: int = 8) -> list[tuple[str, float, int]]:
-    """Device time per kernel name (us per step, calls per step) of one graph replay, from torch.profiler."""
+def profile_kernels(fn: Callable[[], None], runs: int = 5, top: int = 8) -> list[tuple[str, float, int]]:
+    """Device time per kernel name of fn() (us per run, calls per run), from torch.profiler."""
     from torch.profiler import ProfilerActivity, profile
 
-    state = eng.new_state(batch)
-    eng.step_static(batch)
+    fn()
     torch.cuda.synchronize()
-    steps = 5
     with profile(activities=[ProfilerActivity.CUDA]) as prof:
-        for _ in range(steps):
-            eng.step_static(batch)
+        for _ in range(runs):
+            fn()
         torch.cuda.synchronize()
-    del state
-    rows = [(e.key[:70], e.device_time_total / steps, e.count // steps) for e in prof.key_averages()
+    rows = [(e.key[:70], e.device_time_total / runs, e.count // runs) for e in prof.key_averages()
             if e.device_time_total > 0]
     return sorted(rows, key=lambda r: -r[1])[:top]
 
@@ -185,10 +182,16 @@ def bench(path=None, backend: str = "native", batches: Sequence[int] = (1, 16, 6
         r["peak_gib"] = peak
     print_fn(format_table(rows, torch.cuda.get_device_name(), dtype, state_dtype))
     if profile:
-        for b in batches[:1]:
+        for b in batches:
+            state = eng.new_state(b)
             print_fn(f"\nkernels of one decode step, batch {b} (us/step, calls/step):")
-            for k, us, n in profile_step(eng, b):
+            for k, us, n in profile_kernels(lambda: eng.step_static(b)):
                 print_fn(f"  {us:9.1f}  {n:4d}  {k}")
+            del state
+        ids, state = _prompt(1, prefill_len, eng.config.vocab_size, eng.device), eng.new_state(1)
+        print_fn(f"\nkernels of one prefill of {prefill_len} tokens (us, calls):")
+        for k, us, n in profile_kernels(lambda: eng.prefill(ids, state), runs=2):
+            print_fn(f"  {us:9.1f}  {n:4d}  {k}")
     return rows
 
 

@@ -9,12 +9,14 @@ Decode of one token for batch b, all on buffers allocated once for `max_batch` (
 captured as ONE graph: embedding -> per layer [add+norm, in_proj (+ causal conv update epilogue),
 mixer, out_proj] -> final add+norm -> LM head -> greedy argmax written back into the id buffer (so a
 greedy loop is just replays). Per layer, kernels:
-  Mamba1: add_norm | gemv in_proj + conv epilogue | gemv x_proj | mamba1_step (dt_proj + softplus +
+  Mamba1: row_norm (add) | gemv in_proj + conv epilogue | gemv x_proj | mamba1_step (dt_proj + softplus +
           state update + D + gate, fused) | gemv out_proj                              (5 launches)
-  Mamba2: add_norm | gemv in_proj + conv epilogue on xBC | selective_state_update | gated_rms_norm |
-          gemv out_proj                                                                (5 launches)
-For batch > gemv_max_batch the projections are cuBLAS GEMMs (torch.mm into the same buffers) and the
-conv update is its own kernel. States are updated in place; logits are a reused buffer.
+  Mamba2: row_norm (add) | gemv in_proj + conv epilogue on xBC | mamba2_step (warp per (head, p)) |
+          row_norm (gated) | gemv out_proj                                             (5 launches)
+(add_norm is row_norm: 16-byte accesses, one block per row; the kernels are plugins/kernels/gemv.cu.)
+For batch > gemv_max_batch (2: measured crossover against cuBLAS on H100) the projections are cuBLAS
+GEMMs (torch.mm into the same buffers) and the conv update is the library's kernel. States are
+updated in place; logits are a reused buffer.
 """
 from __future__ import annotations
 
@@ -59,7 +61,7 @@ def _linear(x: torch.Tensor, w: torch.Tensor, b: Optional[torch.Tensor], out: to
 class NativeEngine:
     def __init__(self, cfg: ModelConfig, weights: dict[str, torch.Tensor], dtype: torch.dtype = torch.float16,
                  state_dtype: torch.dtype = torch.float32, device: torch.device | str = "cuda", max_batch: int = 64,
-                 chunk_len: int = 2048, gemv_max_batch: int = G.MAX_BATCH, use_graphs: bool = True):
+                 chunk_len: int = 2048, gemv_max_batch: int = 2, use_graphs: bool = True):
         self.config, self.dtype, self.state_dtype = cfg, dtype, state_dtype
         self.device = torch.device(device)
         if self.device.type != "cuda":
@@ -159,17 +161,25 @@ class NativeEngine:
         c = self.config
         torch.index_select(self.emb, 0, self.ids[:b], out=self.hidden[:b])
         for i, L in enumerate(self.layers):
-            K.add_norm(self.hidden[:b], self.residual[:b] if i else None, L.norm_w, L.norm_b, c.norm_eps, c.rms_norm,
-                       c.residual_in_fp32, out=self.normed[:b], residual_out=self.residual[:b])
+            self._add_norm(b, L.norm_w, L.norm_b, first=i == 0)
             conv_state, ssm_state = self.static.conv[i][:b], self.static.ssm[i][:b]
             conv_lo = 0 if c.arch != MAMBA2 else c.d_inner
             conv = dict(lo=conv_lo, weight=L.conv_w, bias=L.conv_b, state=conv_state)
             self._proj(self.normed[:b], L.in_w, L.in_b, self.xz[:b], conv)
             (self._mamba2_mixer if c.arch == MAMBA2 else self._mamba1_mixer)(b, L, ssm_state)
-        K.add_norm(self.hidden[:b], self.residual[:b], self.norm_f[0], self.norm_f[1], c.norm_eps, c.rms_norm,
-                   c.residual_in_fp32, out=self.normed[:b], residual_out=self.residual[:b])
+        self._add_norm(b, *self.norm_f, first=False)
         self._proj(self.normed[:b], self.head, None, self.logits[:b])
         torch.argmax(self.logits[:b, :c.vocab_size], dim=-1, out=self.ids[:b])
+
+    def _add_norm(self, b: int, weight, bias, first: bool) -> None:
+        """residual <- hidden + residual (hidden alone for the first layer); normed <- norm(residual)."""
+        c = self.config
+        x, res, out = self.hidden[:b], self.residual[:b], self.normed[:b]
+        if c.rms_norm and bias is None and G.row_norm_ok(c.d_model, c.d_model, x, res, out):
+            G.row_norm(x, None if first else res, weight, c.norm_eps, out=out, residual_out=res)
+        else:
+            K.add_norm(x, None if first else res, weight, bias, c.norm_eps, c.rms_norm, c.residual_in_fp32, out=out,
+                       residual_out=res)
 
     def _proj(self, x, w, bias, out, conv: Optional[dict] = None) -> None:
         """out = x @ w.T (+ bias), then the conv epilogue on conv rows: GEMV for small batch, else cuBLAS."""
@@ -191,15 +201,21 @@ class NativeEngine:
 
     def _mamba2_mixer(self, b: int, L: _Layer, ssm_state: torch.Tensor) -> None:
         c = self.config
-        d, gn, H = c.d_inner, c.ngroups * c.d_state, c.nheads
+        d, gn, H, gs = c.d_inner, c.ngroups * c.d_state, c.nheads, c.d_inner // c.ngroups
         xbc = self.xz[:b, d:d + c.conv_dim]
-        x = xbc[:, :d].unflatten(1, (H, c.headdim))
-        B = xbc[:, d:d + gn].unflatten(1, (c.ngroups, c.d_state))
-        C = xbc[:, d + gn:].unflatten(1, (c.ngroups, c.d_state))
-        dt = self.xz[:b, d + c.conv_dim:]
-        K.selective_state_update(ssm_state, x, dt, L.A, B, C, L.D, None, L.dt_b, True, c.dt_limit,
-                                 out=self.y[:b].unflatten(1, (H, c.headdim)), state_out=ssm_state)
-        K.gated_rms_norm(self.y[:b], self.xz[:b, :d], L.gnorm_w, c.norm_eps, d // c.ngroups, out=self.ynorm[:b])
+        dt, y, z = self.xz[:b, d + c.conv_dim:], self.y[:b], self.xz[:b, :d]
+        if c.d_state in (32, 64, 128, 256):
+            G.mamba2_step(ssm_state, xbc[:, :d], dt, L.A, xbc[:, d:d + gn], xbc[:, d + gn:], L.D, L.dt_b, c.dt_limit,
+                          out=y)
+        else:
+            K.selective_state_update(ssm_state, xbc[:, :d].unflatten(1, (H, c.headdim)), dt, L.A,
+                                     xbc[:, d:d + gn].unflatten(1, (c.ngroups, c.d_state)),
+                                     xbc[:, d + gn:].unflatten(1, (c.ngroups, c.d_state)), L.D, None, L.dt_b, True,
+                                     c.dt_limit, out=y.unflatten(1, (H, c.headdim)), state_out=ssm_state)
+        if G.row_norm_ok(d, gs, y, z, self.ynorm[:b]):
+            G.row_norm(y, z, L.gnorm_w, c.norm_eps, out=self.ynorm[:b], gate=True, group_size=gs)
+        else:
+            K.gated_rms_norm(y, z, L.gnorm_w, c.norm_eps, gs, out=self.ynorm[:b])
         self._proj(self.ynorm[:b], L.out_w, L.out_b, self.hidden[:b])
 
     def _graph(self, b: int) -> torch.cuda.CUDAGraph:

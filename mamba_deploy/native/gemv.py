@@ -1,5 +1,5 @@
 """ctypes bindings of plugins/kernels/gemv.cu: small-batch GEMV (+ causal-conv epilogue) and the
-fused Mamba1 decode step. Same library and conventions as mamba_deploy.ops.cuda (torch tensors in,
+fused decode kernels (Mamba1 step, Mamba2 state update, row norms). Same library and conventions as mamba_deploy.ops.cuda (torch tensors in,
 launched on the current stream, no host sync, `out=` written in place).
 """
 from __future__ import annotations
@@ -13,7 +13,7 @@ from ..ops import _lib
 from ..ops.cuda import _DTYPES, _ptr, _stream
 
 MAX_BATCH = 16  # MD_GEMV_MAX_BATCH
-_VERSION = 1
+_VERSION = 2
 
 _I, _P = ctypes.c_int64, ctypes.c_void_p
 
@@ -33,6 +33,24 @@ class Mamba1StepParams(ctypes.Structure):
         ("state_dim_stride", _I), ("y", _P), ("y_row_stride", _I)]
 
 
+class Mamba2StepParams(ctypes.Structure):
+    _fields_ = [(n, _I) for n in "batch nheads headdim dstate ngroups dtype state_dtype".split()] + [
+        ("dt_min", ctypes.c_double), ("dt_max", ctypes.c_double)] + [
+        f for name in ("x", "B", "C", "dt") for f in ((name, _P), (name + "_row_stride", _I))] + [
+        ("A", _P), ("D", _P), ("dt_bias", _P), ("state", _P)] + [
+        (n, _I) for n in "state_batch_stride state_head_stride state_dim_stride".split()] + [
+        ("y", _P), ("y_row_stride", _I)]
+
+
+class RowNormParams(ctypes.Structure):
+    _fields_ = [(n, _I) for n in "rows hidden group_size gate".split()] + [("eps", ctypes.c_double)] + [
+        (n, _I) for n in "dtype residual_dtype".split()] + [
+        ("x", _P), ("x_row_stride", _I), ("residual", _P), ("residual_row_stride", _I), ("weight", _P), ("out", _P),
+        ("out_row_stride", _I), ("residual_out", _P), ("residual_out_row_stride", _I)]
+
+
+_ENTRIES = (("md_gemv_fwd", GemvParams), ("md_mamba1_step_fwd", Mamba1StepParams),
+            ("md_mamba2_step_fwd", Mamba2StepParams), ("md_row_norm_fwd", RowNormParams))
 _fns: dict[str, ctypes._CFuncPtr] = {}
 
 
@@ -50,7 +68,7 @@ def _fn(name: str):
                                f"was added): rebuild it") from None
         if lib.md_gemv_version() != _VERSION:
             raise RuntimeError(f"GEMV ABI version {lib.md_gemv_version()}, expected {_VERSION}")
-        for kind, (sym, struct) in enumerate((("md_gemv_fwd", GemvParams), ("md_mamba1_step_fwd", Mamba1StepParams))):
+        for kind, (sym, struct) in enumerate(_ENTRIES):
             if lib.md_gemv_params_size(kind) != ctypes.sizeof(struct):
                 raise RuntimeError(f"{sym}: params are {lib.md_gemv_params_size(kind)} bytes in C, "
                                    f"{ctypes.sizeof(struct)} in Python: library and package do not match")
@@ -113,13 +131,12 @@ def gemv(x: torch.Tensor, w: torch.Tensor, bias: Optional[torch.Tensor] = None, 
 
 
 def pack_dt_proj(weight: torch.Tensor) -> torch.Tensor:
-    """dt_proj.weight (dim, dt_rank) -> (ceil(dt_rank / 8), dim, 8), zero padded: the layout of
-    mamba1_step's 16-byte loads."""
+    """dt_proj.weight (dim, dt_rank) -> (dim, 8 * ceil(dt_rank / 8)) zero padded, contiguous: rows of whole
+    16-byte vectors for mamba1_step."""
     dim, rank = weight.shape
-    r8 = -(-rank // 8)
-    padded = torch.zeros(dim, r8 * 8, dtype=weight.dtype, device=weight.device)
+    padded = torch.zeros(dim, -(-rank // 8) * 8, dtype=weight.dtype, device=weight.device)
     padded[:, :rank] = weight
-    return padded.view(dim, r8, 8).transpose(0, 1).contiguous()
+    return padded
 
 
 def mamba1_step(x, z, xdbl, wdt_packed, dt_bias, A, D, state, *, out: torch.Tensor) -> torch.Tensor:
@@ -134,7 +151,7 @@ def mamba1_step(x, z, xdbl, wdt_packed, dt_bias, A, D, state, *, out: torch.Tens
             raise ValueError(f"mamba1_step: {name} must be contiguous float32")
     if state.shape != (batch, dim, dstate) or state.stride(2) != 1:
         raise ValueError(f"mamba1_step: state {tuple(state.shape)}, expected {(batch, dim, dstate)} (unit last stride)")
-    if wdt_packed.shape != (-(-rank // 8), dim, 8) or not wdt_packed.is_contiguous():
+    if wdt_packed.shape != (dim, -(-rank // 8) * 8) or not wdt_packed.is_contiguous():
         raise ValueError("mamba1_step: wdt_packed must come from pack_dt_proj")
     p = Mamba1StepParams(batch=batch, dim=dim, dstate=dstate, dt_rank=rank, dtype=_DTYPES[x.dtype],
                          state_dtype=_DTYPES[state.dtype], x=_ptr(x), x_row_stride=_row_stride(x, "x"), z=_ptr(z),
@@ -143,4 +160,50 @@ def mamba1_step(x, z, xdbl, wdt_packed, dt_bias, A, D, state, *, out: torch.Tens
                          state_batch_stride=state.stride(0), state_dim_stride=state.stride(1), y=_ptr(out),
                          y_row_stride=_row_stride(out, "out"))
     _call("md_mamba1_step_fwd", p, x.device)
+    return out
+
+
+def mamba2_step(state, x, dt, A, B, C, D, dt_bias, dt_limit, *, out: torch.Tensor) -> torch.Tensor:
+    """Mamba2 decode state update (selective_state_update_ref, rank-4 state, no gate), state in place.
+    x, out (batch, nheads * headdim); dt (batch, nheads); B, C (batch, ngroups * dstate): row-strided views;
+    A, D, dt_bias (nheads,) float32; state (batch, nheads, headdim, dstate) float32 or x's dtype."""
+    batch, nheads, headdim, dstate = state.shape
+    ngroups = B.shape[1] // dstate
+    for name, t in (("A", A), ("D", D), ("dt_bias", dt_bias)):
+        if t.dtype != torch.float32 or t.shape != (nheads,):
+            raise ValueError(f"mamba2_step: {name} must be ({nheads},) float32")
+    if state.stride(3) != 1 or x.shape != (batch, nheads * headdim) or dt.shape != (batch, nheads):
+        raise ValueError("mamba2_step: shapes do not match the state")
+    lo, hi = dt_limit
+    p = Mamba2StepParams(batch=batch, nheads=nheads, headdim=headdim, dstate=dstate, ngroups=ngroups,
+                         dtype=_DTYPES[x.dtype], state_dtype=_DTYPES[state.dtype], dt_min=float(lo), dt_max=float(hi),
+                         x=_ptr(x), x_row_stride=_row_stride(x, "x"), B=_ptr(B), B_row_stride=_row_stride(B, "B"),
+                         C=_ptr(C), C_row_stride=_row_stride(C, "C"), dt=_ptr(dt), dt_row_stride=_row_stride(dt, "dt"),
+                         A=_ptr(A), D=_ptr(D), dt_bias=_ptr(dt_bias), state=_ptr(state),
+                         state_batch_stride=state.stride(0), state_head_stride=state.stride(1),
+                         state_dim_stride=state.stride(2), y=_ptr(out), y_row_stride=_row_stride(out, "out"))
+    _call("md_mamba2_step_fwd", p, x.device)
+    return out
+
+
+def row_norm_ok(hidden: int, group_size: int, *tensors: torch.Tensor) -> bool:
+    """Whether row_norm handles this shape (else use the library's add_norm / gated_rms_norm)."""
+    return (group_size % 256 == 0 and group_size <= 8192 and hidden % group_size == 0 and
+            all(t is None or (t.data_ptr() % 16 == 0 and (t.shape[0] == 1 or (t.stride(0) * t.element_size()) % 16 == 0))
+                for t in tensors))
+
+
+def row_norm(x, other, weight, eps, *, out, gate: bool = False, group_size: int = 0, residual_out=None) -> torch.Tensor:
+    """gate=False: residual_out <- x + other (other: residual or None); out <- rmsnorm(residual_out) * weight.
+    gate=True: out <- groupwise rmsnorm(x * silu(other)) * weight. x, out (rows, hidden) row-strided."""
+    rows, hidden = x.shape
+    group_size = group_size or hidden
+    res_dtype = (residual_out if residual_out is not None else other if other is not None else x).dtype
+    p = RowNormParams(rows=rows, hidden=hidden, group_size=group_size, gate=int(gate), eps=float(eps),
+                      dtype=_DTYPES[x.dtype], residual_dtype=_DTYPES[res_dtype], x=_ptr(x),
+                      x_row_stride=_row_stride(x, "x"), residual=_ptr(other),
+                      residual_row_stride=0 if other is None else _row_stride(other, "other"), weight=_ptr(weight),
+                      out=_ptr(out), out_row_stride=_row_stride(out, "out"), residual_out=_ptr(residual_out),
+                      residual_out_row_stride=0 if residual_out is None else _row_stride(residual_out, "residual_out"))
+    _call("md_row_norm_fwd", p, x.device)
     return out

@@ -14,7 +14,7 @@ from typing import Optional
 
 LIB_NAME = "libmamba_deploy_kernels.so"
 ENV_VAR = "MAMBA_DEPLOY_KERNEL_LIB"
-EXPECTED_VERSION = 1
+EXPECTED_VERSION = 2
 
 _I, _P, _D = ctypes.c_int64, ctypes.c_void_p, ctypes.c_double
 
@@ -75,6 +75,9 @@ ENTRY_POINTS = {
     "md_gated_rms_norm_fwd": GatedRmsNormParams,
 }
 
+# The prefill scans take float32 scratch (their time-parallel form): (params, workspace, bytes, stream).
+WORKSPACE_ENTRY_POINTS = {"md_selective_scan_fwd", "md_mamba2_chunk_scan_fwd"}
+
 _lock = threading.Lock()
 _lib: Optional[ctypes.CDLL] = None
 _reason: Optional[str] = None
@@ -110,7 +113,10 @@ def _open() -> ctypes.CDLL:
     for sym, struct in ENTRY_POINTS.items():
         fn = getattr(lib, sym)
         fn.restype = ctypes.c_int
-        fn.argtypes = [ctypes.POINTER(struct), ctypes.c_void_p]
+        workspace = [ctypes.c_void_p, ctypes.c_int64] if sym in WORKSPACE_ENTRY_POINTS else []
+        fn.argtypes = [ctypes.POINTER(struct), *workspace, ctypes.c_void_p]
+    lib.md_ssm_scan_workspace_bytes.restype = ctypes.c_int64
+    lib.md_ssm_scan_workspace_bytes.argtypes = [ctypes.POINTER(SsmParams)]
     return lib
 
 
@@ -142,10 +148,18 @@ def unavailable_reason() -> Optional[str]:
     return None if is_available() else _reason
 
 
-def call(symbol: str, params: ctypes.Structure, stream: int) -> None:
-    """Launch `symbol` on `stream` (a cudaStream_t as int); raises RuntimeError if it fails."""
+def scan_workspace_bytes(params: ctypes.Structure) -> int:
+    """Scratch bytes a prefill scan with these params wants (0: none)."""
+    return int(load().md_ssm_scan_workspace_bytes(ctypes.byref(params)))
+
+
+def call(symbol: str, params: ctypes.Structure, stream: int, workspace: tuple[int, int] | None = None) -> None:
+    """Launch `symbol` on `stream` (a cudaStream_t as int); raises RuntimeError if it fails.
+    `workspace` = (device pointer, bytes) for the entry points in WORKSPACE_ENTRY_POINTS."""
     lib = load()
-    rc = getattr(lib, symbol)(ctypes.byref(params), ctypes.c_void_p(stream))
+    extra = () if symbol not in WORKSPACE_ENTRY_POINTS else \
+        (ctypes.c_void_p((workspace or (0, 0))[0]), ctypes.c_int64((workspace or (0, 0))[1]))
+    rc = getattr(lib, symbol)(ctypes.byref(params), *extra, ctypes.c_void_p(stream))
     if rc != 0:
         msg = lib.md_get_last_error_string().decode(errors="replace")
         raise RuntimeError(f"{symbol} failed (cudaError {rc}): {msg}")

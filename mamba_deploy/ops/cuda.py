@@ -191,7 +191,7 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, ssm_state
                          state_out=st),
                     dict(x=seq3, dt=seq3, z=seq3, y=seq3, B=(0, 2, None, 1), C=(0, 2, None, 1), A=(0, 1), D=(0,),
                          dt_bias=(0,), state_in=st3, state_out=st3))
-    _lib.call("md_selective_scan_fwd", p, _stream(dev))
+    _call_scan("md_selective_scan_fwd", p, dev)
     return y, st
 
 
@@ -218,8 +218,16 @@ def chunk_scan(x, dt, A, B, C, chunk_size=256, D=None, z=None, dt_bias=None, ini
                          state_out=st),
                     dict(x=seq4, dt=(0, 1, 2, None), z=seq4, y=seq4, B=seq4, C=seq4, A=(0, None), D=(0,),
                          dt_bias=(0,), state_in=st4, state_out=st4))
-    _lib.call("md_mamba2_chunk_scan_fwd", p, _stream(dev))
+    _call_scan("md_mamba2_chunk_scan_fwd", p, dev)
     return y, st
+
+
+def _call_scan(symbol: str, params, dev: torch.device) -> None:
+    """Launch a prefill scan with the scratch its time-parallel form wants (torch's caching allocator:
+    no cudaMalloc on the hot path, and safe under CUDA-graph capture)."""
+    nbytes = _lib.scan_workspace_bytes(params)
+    workspace = torch.empty(nbytes, dtype=torch.uint8, device=dev) if nbytes else None
+    _lib.call(symbol, params, _stream(dev), (workspace.data_ptr(), nbytes) if nbytes else None)
 
 
 def _check_mamba2(dev, x, dt, A, B, C, D, z, dt_bias, state, dt_shape, bc_shape):
@@ -299,7 +307,7 @@ def add_norm(x, residual, weight, bias=None, eps=1e-5, is_rms=True, residual_in_
     res_dtype = torch.float32 if residual_in_fp32 else x.dtype
     o = _new_or(out, "out", x.shape, out_dtype or x.dtype, dev)
     r = _new_or(residual_out, "residual_out", x.shape, res_dtype, dev)
-    (xv, xs), (ov, os_), (rv, rs) = _rows(x, "x", hidden), _rows(o, "out", hidden), _rows(r, "residual_out", hidden)
+    (xv, xs), (_, os_), (_, rs) = _rows(x, "x", hidden), _rows(o, "out", hidden), _rows(r, "residual_out", hidden)
     res_stride = _rows(residual, "residual", hidden)[1] if residual is not None else 0
     if bias is not None and bias.dtype != weight.dtype:
         raise ValueError("bias: dtype must match weight")

@@ -55,9 +55,15 @@ MD_API int md_causal_conv1d_update(const md_causal_conv1d_params* p, void* strea
   return finish(md_launch_causal_conv1d(p, static_cast<cudaStream_t>(stream)), "md_causal_conv1d_update");
 }
 
-MD_API int md_selective_scan_fwd(const md_ssm_params* p, void* stream) {
+// Scratch the two prefill scans want (md_ssm_scan_workspace_size): callers allocate it and pass it in.
+MD_API int64_t md_ssm_scan_workspace_bytes(const md_ssm_params* p) {
+  return static_cast<int64_t>(md_ssm_scan_workspace_size(p));
+}
+
+MD_API int md_selective_scan_fwd(const md_ssm_params* p, void* workspace, int64_t workspace_bytes, void* stream) {
   if (p && p->headdim != 1) return invalid("md_selective_scan_fwd: Mamba1 layout has headdim 1");
-  return finish(md_launch_ssm_scan(p, static_cast<cudaStream_t>(stream)), "md_selective_scan_fwd");
+  return finish(md_launch_ssm_scan_ws(p, workspace, static_cast<size_t>(workspace_bytes),
+                                      static_cast<cudaStream_t>(stream)), "md_selective_scan_fwd");
 }
 
 MD_API int md_selective_state_update(const md_ssm_params* p, void* stream) {
@@ -65,8 +71,10 @@ MD_API int md_selective_state_update(const md_ssm_params* p, void* stream) {
   return finish(md_launch_ssm_scan(p, static_cast<cudaStream_t>(stream)), "md_selective_state_update");
 }
 
-MD_API int md_mamba2_chunk_scan_fwd(const md_ssm_params* p, void* stream) {
-  return finish(md_launch_ssm_scan(p, static_cast<cudaStream_t>(stream)), "md_mamba2_chunk_scan_fwd");
+MD_API int md_mamba2_chunk_scan_fwd(const md_ssm_params* p, void* workspace, int64_t workspace_bytes,
+                                    void* stream) {
+  return finish(md_launch_ssm_scan_ws(p, workspace, static_cast<size_t>(workspace_bytes),
+                                      static_cast<cudaStream_t>(stream)), "md_mamba2_chunk_scan_fwd");
 }
 
 MD_API int md_add_norm_fwd(const md_add_norm_params* p, void* stream) {

@@ -197,28 +197,41 @@ int auto_split(const md_gemv_params& p) {
   return split;
 }
 
-// ---- fused Mamba1 decode step ----------------------------------------------------------------
+// ---- fused decode kernels --------------------------------------------------------------------
 
 constexpr int kStepThreads = 128;
 constexpr int kMaxRank = 1024;
 constexpr int kMaxState = 16;
 
+// 8 consecutive elements (16-byte aligned) -> floats.
 template <typename T>
 __device__ __forceinline__ void load8(const T* ptr, float* f) {
+  const uint4* v = reinterpret_cast<const uint4*>(ptr);
   if constexpr (sizeof(T) == 2) {
-    unpack(__ldg(reinterpret_cast<const uint4*>(ptr)), f, T());
+    unpack(__ldg(v), f, T());
   } else {
-    unpack(__ldg(reinterpret_cast<const uint4*>(ptr)), f, T());
-    unpack(__ldg(reinterpret_cast<const uint4*>(ptr) + 1), f + 4, T());
+    unpack(__ldg(v), f, T());
+    unpack(__ldg(v + 1), f + 4, T());
   }
 }
+__device__ __forceinline__ void load8_any(const void* ptr, int64_t dtype, int64_t i, float* f) {
+  if (dtype == MD_FLOAT32) load8(static_cast<const float*>(ptr) + i, f);
+  else if (dtype == MD_FLOAT16) load8(static_cast<const __half*>(ptr) + i, f);
+  else load8(static_cast<const __nv_bfloat16*>(ptr) + i, f);
+}
+__device__ __forceinline__ void store8_any(void* ptr, int64_t dtype, int64_t i, const float* f) {
+#pragma unroll
+  for (int j = 0; j < 8; ++j) store_any(ptr, dtype, i + j, f[j]);
+}
 
-// Grid: (ceil(dim / 128), batch); one thread per (batch row, channel), dstate states in registers.
+// Mamba1. Grid: (ceil(dim / 8), batch); a half-warp per channel, lane n owns state n.
 template <typename T, typename S>
 __global__ void __launch_bounds__(kStepThreads) mamba1_step_kernel(const md_mamba1_step_params p) {
   __shared__ __align__(16) float s_dt[kMaxRank];
   __shared__ float s_B[kMaxState], s_C[kMaxState];
-  const int64_t b = blockIdx.y, d = static_cast<int64_t>(blockIdx.x) * kStepThreads + threadIdx.x;
+  const int64_t b = blockIdx.y;
+  const int n = threadIdx.x & 15;
+  const int64_t d = static_cast<int64_t>(blockIdx.x) * (kStepThreads / 16) + (threadIdx.x >> 4);
   const int R = static_cast<int>(p.dt_rank), R8 = (R + 7) / 8, N = static_cast<int>(p.dstate);
   const T* xd = static_cast<const T*>(p.xdbl) + b * p.xdbl_row_stride;
   for (int i = threadIdx.x; i < R8 * 8; i += kStepThreads) s_dt[i] = i < R ? to_f(xd[i]) : 0.f;
@@ -227,42 +240,112 @@ __global__ void __launch_bounds__(kStepThreads) mamba1_step_kernel(const md_mamb
     s_C[threadIdx.x] = to_f(xd[R + N + threadIdx.x]);
   }
   __syncthreads();
-  if (d >= p.dim) return;
-  const T* wdt = static_cast<const T*>(p.wdt);
+  const bool ok = d < p.dim;
+  const int64_t dd = ok ? d : 0;  // out-of-range half-warps compute on channel 0 and store nothing
+  const T* wrow = static_cast<const T*>(p.wdt) + dd * R8 * 8;
   float dt = 0.f;
-  for (int r8 = 0; r8 < R8; ++r8) {
+  for (int r8 = n; r8 < R8; r8 += 16) {
     float wf[8];
-    load8(wdt + (r8 * p.dim + d) * 8, wf);
+    load8(wrow + r8 * 8, wf);
 #pragma unroll
     for (int j = 0; j < 8; ++j) dt = fmaf(wf[j], s_dt[r8 * 8 + j], dt);
   }
-  dt += p.dt_bias[d];
+  dt = group_sum<16>(dt) + p.dt_bias[dd];
   dt = dt <= 20.f ? log1pf(expf(dt)) : dt;
-  const float x = to_f(static_cast<const T*>(p.x)[b * p.x_row_stride + d]);
-  const float z = to_f(static_cast<const T*>(p.z)[b * p.z_row_stride + d]);
-  S* st = static_cast<S*>(p.state) + b * p.state_batch_stride + d * p.state_dim_stride;
-  const float* A = p.A + d * N;
-  const float dtx = dt * x;
+  const float x = to_f(static_cast<const T*>(p.x)[b * p.x_row_stride + dd]);
+  float y = 0.f;
+  if (n < N) {
+    S* st = static_cast<S*>(p.state) + b * p.state_batch_stride + dd * p.state_dim_stride + n;
+    const float h = fmaf(to_f(*st), expf(dt * p.A[dd * N + n]), dt * x * s_B[n]);
+    if (ok) *st = from_f<S>(h);
+    y = h * s_C[n];
+  }
+  y = group_sum<16>(y);
+  if (!ok || n != 0) return;
+  const float z = to_f(static_cast<const T*>(p.z)[b * p.z_row_stride + dd]);
+  y = fmaf(p.D[dd], x, y) * (z / (1.f + expf(-z)));
+  static_cast<T*>(p.y)[b * p.y_row_stride + dd] = from_f<T>(y);
+}
+
+// Mamba2. Grid: (ceil(nheads * headdim / 4), batch); a warp per (head, p), NPL states per lane.
+template <typename T, typename S, int NPL>
+__global__ void __launch_bounds__(128) mamba2_step_kernel(const md_mamba2_step_params p) {
+  const int lane = threadIdx.x & 31;
+  const int64_t b = blockIdx.y, row = static_cast<int64_t>(blockIdx.x) * 4 + (threadIdx.x >> 5);
+  if (row >= p.nheads * p.headdim) return;
+  const int64_t h = row / p.headdim, pp = row % p.headdim, g = h / (p.nheads / p.ngroups);
+  const T* Bp = static_cast<const T*>(p.B) + b * p.B_row_stride + g * p.dstate + lane * NPL;
+  const T* Cp = static_cast<const T*>(p.C) + b * p.C_row_stride + g * p.dstate + lane * NPL;
+  S* st = static_cast<S*>(p.state) + b * p.state_batch_stride + h * p.state_head_stride + pp * p.state_dim_stride +
+          lane * NPL;
+  float hs[NPL], Bv[NPL], Cv[NPL];
+#pragma unroll
+  for (int j = 0; j < NPL; ++j) { hs[j] = to_f(st[j]); Bv[j] = to_f(Bp[j]); Cv[j] = to_f(Cp[j]); }
+  const float x = to_f(static_cast<const T*>(p.x)[b * p.x_row_stride + row]);
+  float dt = to_f(static_cast<const T*>(p.dt)[b * p.dt_row_stride + h]) + (p.dt_bias ? p.dt_bias[h] : 0.f);
+  dt = dt <= 20.f ? log1pf(expf(dt)) : dt;
+  dt = fminf(fmaxf(dt, static_cast<float>(p.dt_min)), static_cast<float>(p.dt_max));
+  const float dA = expf(dt * p.A[h]), dtx = dt * x;
   float y = 0.f;
 #pragma unroll
-  for (int n = 0; n < kMaxState; ++n) {
-    if (n < N) {
-      const float h = fmaf(to_f(st[n]), expf(dt * A[n]), dtx * s_B[n]);
-      st[n] = from_f<S>(h);
-      y = fmaf(h, s_C[n], y);
-    }
+  for (int j = 0; j < NPL; ++j) {
+    hs[j] = fmaf(hs[j], dA, dtx * Bv[j]);
+    y = fmaf(hs[j], Cv[j], y);
+    st[j] = from_f<S>(hs[j]);
   }
-  y = fmaf(p.D[d], x, y);
-  y *= z / (1.f + expf(-z));
-  static_cast<T*>(p.y)[b * p.y_row_stride + d] = from_f<T>(y);
+  y = group_sum<32>(y);
+  if (lane == 0) {
+    if (p.D) y = fmaf(p.D[h], x, y);
+    static_cast<T*>(p.y)[b * p.y_row_stride + row] = from_f<T>(y);
+  }
+}
+
+// Row norm. Grid: (rows, hidden / group_size); group_size / 8 threads, 8 elements each.
+__global__ void __launch_bounds__(1024) row_norm_kernel(const md_row_norm_params p) {
+  __shared__ float scratch[33];
+  const int64_t r = blockIdx.x, e = static_cast<int64_t>(blockIdx.y) * p.group_size + threadIdx.x * 8;
+  float v[8], w[8];
+  load8_any(p.x, p.dtype, r * p.x_row_stride + e, v);
+  load8_any(p.weight, p.dtype, e, w);
+  if (p.residual) {
+    float o[8];
+    load8_any(p.residual, p.gate ? p.dtype : p.residual_dtype, r * p.residual_row_stride + e, o);
+#pragma unroll
+    for (int j = 0; j < 8; ++j) v[j] = p.gate ? v[j] * silu(o[j]) : v[j] + o[j];
+  }
+  if (!p.gate && p.residual_out) store8_any(p.residual_out, p.residual_dtype, r * p.residual_out_row_stride + e, v);
+  float ss = 0.f;
+#pragma unroll
+  for (int j = 0; j < 8; ++j) ss = fmaf(v[j], v[j], ss);
+  const float inv = rsqrtf(block_sum(ss, scratch) / static_cast<float>(p.group_size) + static_cast<float>(p.eps));
+#pragma unroll
+  for (int j = 0; j < 8; ++j) v[j] *= inv * w[j];
+  store8_any(p.out, p.dtype, r * p.out_row_stride + e, v);
 }
 
 template <typename T>
 cudaError_t launch_step_typed(const md_mamba1_step_params& p, cudaStream_t s) {
-  const dim3 grid(static_cast<unsigned>((p.dim + kStepThreads - 1) / kStepThreads), static_cast<unsigned>(p.batch));
+  const dim3 grid(static_cast<unsigned>((p.dim + 7) / 8), static_cast<unsigned>(p.batch));
   if (p.state_dtype == MD_FLOAT32) mamba1_step_kernel<T, float><<<grid, kStepThreads, 0, s>>>(p);
   else mamba1_step_kernel<T, T><<<grid, kStepThreads, 0, s>>>(p);
   return cudaGetLastError();
+}
+
+template <typename T, typename S>
+cudaError_t launch_m2_typed(const md_mamba2_step_params& p, cudaStream_t s) {
+  const dim3 grid(static_cast<unsigned>((p.nheads * p.headdim + 3) / 4), static_cast<unsigned>(p.batch));
+  switch (p.dstate / 32) {
+    case 1: mamba2_step_kernel<T, S, 1><<<grid, 128, 0, s>>>(p); break;
+    case 2: mamba2_step_kernel<T, S, 2><<<grid, 128, 0, s>>>(p); break;
+    case 4: mamba2_step_kernel<T, S, 4><<<grid, 128, 0, s>>>(p); break;
+    default: mamba2_step_kernel<T, S, 8><<<grid, 128, 0, s>>>(p); break;
+  }
+  return cudaGetLastError();
+}
+
+template <typename T>
+cudaError_t launch_m2(const md_mamba2_step_params& p, cudaStream_t s) {
+  return p.state_dtype == MD_FLOAT32 ? launch_m2_typed<T, float>(p, s) : launch_m2_typed<T, T>(p, s);
 }
 
 }  // namespace
@@ -309,31 +392,63 @@ extern "C" cudaError_t md_launch_mamba1_step(const md_mamba1_step_params* p, cud
   }
 }
 
+extern "C" cudaError_t md_launch_mamba2_step(const md_mamba2_step_params* p, cudaStream_t stream) {
+  GEMV_CHECK(p != nullptr, "mamba2_step: params is NULL");
+  GEMV_CHECK(p->dstate == 32 || p->dstate == 64 || p->dstate == 128 || p->dstate == 256,
+             "mamba2_step: dstate must be 32, 64, 128 or 256");
+  GEMV_CHECK(p->nheads > 0 && p->headdim > 0 && p->ngroups > 0 && p->nheads % p->ngroups == 0,
+             "mamba2_step: nheads must be a positive multiple of ngroups");
+  GEMV_CHECK(p->batch >= 0 && p->batch <= 65535, "mamba2_step: bad batch");
+  GEMV_CHECK(p->x && p->B && p->C && p->dt && p->A && p->state && p->y, "mamba2_step: missing pointer");
+  GEMV_CHECK(p->state_dtype == MD_FLOAT32 || p->state_dtype == p->dtype, "mamba2_step: state dtype");
+  if (p->batch == 0) return cudaSuccess;
+  switch (p->dtype) {
+    case MD_FLOAT32: return md::launch_m2<float>(*p, stream);
+    case MD_FLOAT16: return md::launch_m2<__half>(*p, stream);
+    case MD_BFLOAT16: return md::launch_m2<__nv_bfloat16>(*p, stream);
+    default: GEMV_CHECK(false, "mamba2_step: bad dtype");
+  }
+}
+
+extern "C" cudaError_t md_launch_row_norm(const md_row_norm_params* p, cudaStream_t stream) {
+  GEMV_CHECK(p != nullptr, "row_norm: params is NULL");
+  GEMV_CHECK(p->group_size > 0 && p->group_size % 256 == 0 && p->group_size <= 8192 && p->hidden % p->group_size == 0,
+             "row_norm: group_size must be a multiple of 256, <= 8192, dividing hidden");
+  GEMV_CHECK(p->gate || p->group_size == p->hidden, "row_norm: groups only with gate");
+  GEMV_CHECK(p->x && p->weight && p->out && (!p->gate || p->residual), "row_norm: missing pointer");
+  GEMV_CHECK(md::valid_dtype(p->dtype) && md::valid_dtype(p->residual_dtype), "row_norm: bad dtype");
+  GEMV_CHECK(p->rows >= 0 && p->rows < (int64_t{1} << 31), "row_norm: bad rows");
+  if (p->rows == 0) return cudaSuccess;
+  const dim3 grid(static_cast<unsigned>(p->rows), static_cast<unsigned>(p->hidden / p->group_size));
+  md::row_norm_kernel<<<grid, static_cast<unsigned>(p->group_size / 8), 0, stream>>>(*p);
+  return cudaGetLastError();
+}
+
 extern "C" const char* md_gemv_check_message(void) { return md::g_gemv_msg.c_str(); }
 
 // ---- C ABI for ctypes (mamba_deploy/native/gemv.py) -----------------------------------------
 
 MD_API int md_gemv_version(void) { return MD_GEMV_VERSION; }
 
-// sizeof the params struct of `kind`: 0 gemv, 1 mamba1 step; -1 unknown.
+// sizeof the params struct of `kind`: 0 gemv, 1 mamba1 step, 2 mamba2 step, 3 row norm; -1 unknown.
 MD_API int64_t md_gemv_params_size(int64_t kind) {
   if (kind == 0) return static_cast<int64_t>(sizeof(md_gemv_params));
   if (kind == 1) return static_cast<int64_t>(sizeof(md_mamba1_step_params));
+  if (kind == 2) return static_cast<int64_t>(sizeof(md_mamba2_step_params));
+  if (kind == 3) return static_cast<int64_t>(sizeof(md_row_norm_params));
   return -1;
 }
 
 MD_API const char* md_gemv_last_error(void) { return md::g_gemv_msg.c_str(); }
 
-MD_API int md_gemv_fwd(const md_gemv_params* p, void* stream) {
-  md::g_gemv_msg.clear();
-  const cudaError_t err = md_launch_gemv(p, static_cast<cudaStream_t>(stream));
-  if (err != cudaSuccess && md::g_gemv_msg.empty()) md::g_gemv_msg = cudaGetErrorString(err);
-  return static_cast<int>(err);
-}
-
-MD_API int md_mamba1_step_fwd(const md_mamba1_step_params* p, void* stream) {
-  md::g_gemv_msg.clear();
-  const cudaError_t err = md_launch_mamba1_step(p, static_cast<cudaStream_t>(stream));
-  if (err != cudaSuccess && md::g_gemv_msg.empty()) md::g_gemv_msg = cudaGetErrorString(err);
-  return static_cast<int>(err);
-}
+#define MD_GEMV_ENTRY(NAME, PARAMS, LAUNCH)                                           \
+  MD_API int NAME(const PARAMS* p, void* stream) {                                    \
+    md::g_gemv_msg.clear();                                                           \
+    const cudaError_t err = LAUNCH(p, static_cast<cudaStream_t>(stream));             \
+    if (err != cudaSuccess && md::g_gemv_msg.empty()) md::g_gemv_msg = cudaGetErrorString(err); \
+    return static_cast<int>(err);                                                     \
+  }
+MD_GEMV_ENTRY(md_gemv_fwd, md_gemv_params, md_launch_gemv)
+MD_GEMV_ENTRY(md_mamba1_step_fwd, md_mamba1_step_params, md_launch_mamba1_step)
+MD_GEMV_ENTRY(md_mamba2_step_fwd, md_mamba2_step_params, md_launch_mamba2_step)
+MD_GEMV_ENTRY(md_row_norm_fwd, md_row_norm_params, md_launch_row_norm)

@@ -1,4 +1,5 @@
-/* gemv.h -- small-batch GEMV and the fused Mamba1 decode step of the native engine.
+/* gemv.h -- small-batch GEMV and the fused decode kernels of the native engine (Mamba1 step,
+ * Mamba2 state update, row norms).
  *
  * Same contract as mamba_kernels.h: params structs of device pointers, sizes and ELEMENT strides
  * (every field 8 bytes wide, mirrored by ctypes in mamba_deploy/native/gemv.py), no allocation, no
@@ -16,7 +17,7 @@ extern "C" {
 #endif
 
 #define MD_GEMV_MAX_BATCH 16
-#define MD_GEMV_VERSION 1
+#define MD_GEMV_VERSION 2
 
 /* out[b, n] = sum_k x[b, k] * w[n, k] (+ bias[n]), float32 accumulation, for batch <= 16.
  *   x    (batch, k)  row stride x_row_stride, unit k stride     dtype (fp32 / fp16 / bf16)
@@ -52,13 +53,12 @@ typedef struct md_gemv_params {
 /* Fused Mamba1 decode step after x_proj: dt_proj + softplus + selective state update + D + gate.
  *   x, z       (batch, dim)            rows strided (x_row_stride, z_row_stride)    dtype
  *   xdbl       (batch, dt_rank + 2 * dstate): [dt_low | B | C]  row stride           dtype
- *   wdt        (ceil(dt_rank / 8), dim, 8): dt_proj.weight (dim, dt_rank) packed by 8 along
- *              dt_rank (zero padded), so that a warp's 16-byte loads are contiguous  dtype
+ *   wdt        (dim, 8 * ceil(dt_rank / 8)): dt_proj.weight zero padded, contiguous, 16-byte aligned
  *   dt_bias, D (dim,) float32;  A (dim, dstate) float32, contiguous
  *   state      (batch, dim, dstate), unit dstate stride, float32 or dtype; updated in place
  *   y          (batch, dim)  row stride y_row_stride                                dtype
  * dt = softplus(x_dt + dt_bias); state = exp(dt A) state + dt B x; y = (C.state + D x) silu(z).
- * dstate <= 16, dt_rank <= 1024. */
+ * 16 lanes per channel (lane n owns state n): dstate <= 16, dt_rank <= 1024. */
 typedef struct md_mamba1_step_params {
   int64_t batch, dim, dstate, dt_rank;
   int64_t dtype, state_dtype;
@@ -78,8 +78,58 @@ typedef struct md_mamba1_step_params {
   int64_t y_row_stride;
 } md_mamba1_step_params;
 
+/* Mamba2 decode state update (selective_state_update_ref, rank-4 state, no gate): one warp per
+ * (batch, head, p), each lane dstate / 32 consecutive states.
+ *   x, y (batch, nheads * headdim); B, C (batch, ngroups * dstate); dt (batch, nheads): row strides,
+ *   unit inner stride, dtype;  A, D, dt_bias (nheads,) float32;
+ *   state (batch, nheads, headdim, dstate), unit dstate stride, float32 or dtype, in place.
+ * dstate in {32, 64, 128, 256} (a multiple of 32, <= 256). */
+typedef struct md_mamba2_step_params {
+  int64_t batch, nheads, headdim, dstate, ngroups;
+  int64_t dtype, state_dtype;
+  double dt_min, dt_max;
+  const void* x;
+  int64_t x_row_stride;
+  const void* B;
+  int64_t B_row_stride;
+  const void* C;
+  int64_t C_row_stride;
+  const void* dt;
+  int64_t dt_row_stride;
+  const float* A;
+  const float* D;
+  const float* dt_bias;
+  void* state;
+  int64_t state_batch_stride, state_head_stride, state_dim_stride;
+  void* y;
+  int64_t y_row_stride;
+} md_mamba2_step_params;
+
+/* Row RMSNorm for decode, 8 elements per thread through 16-byte accesses, one block per (row, group):
+ *   gate == 0: v = x + residual (residual NULL: x); residual_out <- v (residual_dtype); group = hidden
+ *   gate == 1: v = x * silu(z) (Mamba2's gated norm), per group of group_size
+ *   out = v * rsqrt(mean_group(v^2) + eps) * weight
+ * x, z, out: dtype; weight (hidden,) dtype; residual / residual_out: residual_dtype (fp32 or dtype),
+ * may alias. group_size % 256 == 0 (whole warps), <= 8192; every row 16-byte aligned. */
+typedef struct md_row_norm_params {
+  int64_t rows, hidden, group_size, gate;
+  double eps;
+  int64_t dtype, residual_dtype;
+  const void* x;
+  int64_t x_row_stride;
+  const void* residual;  /* or z when gate */
+  int64_t residual_row_stride;
+  const void* weight;
+  void* out;
+  int64_t out_row_stride;
+  void* residual_out;
+  int64_t residual_out_row_stride;
+} md_row_norm_params;
+
 cudaError_t md_launch_gemv(const md_gemv_params* p, cudaStream_t stream);
 cudaError_t md_launch_mamba1_step(const md_mamba1_step_params* p, cudaStream_t stream);
+cudaError_t md_launch_mamba2_step(const md_mamba2_step_params* p, cudaStream_t stream);
+cudaError_t md_launch_row_norm(const md_row_norm_params* p, cudaStream_t stream);
 const char* md_gemv_check_message(void);
 
 #ifdef __cplusplus

@@ -4,13 +4,13 @@
  *  - every launcher takes a params struct of device pointers, sizes and ELEMENT strides (int64),
  *    a cudaStream_t, and returns the cudaError_t of its launch (cudaErrorInvalidValue for bad
  *    params, checked on the host before anything is launched);
- *  - launchers never allocate and never synchronise; no kernel here needs scratch memory;
+ *  - launchers never allocate and never synchronise; scratch, where one wants it, is passed in;
  *  - all math is float32; inputs may be float32 / float16 / bfloat16 (md_dtype codes);
  *  - every struct field is 8 bytes wide (int64_t, double or a pointer), so the layout is the same
  *    for C, C++ and a ctypes.Structure mirror; md_params_size() reports sizeof for checking;
  *  - "state_in" / "state_out" pairs may alias (in-place update); state_in == NULL means zeros,
  *    state_out == NULL means "do not write the new state".
- * The references each launcher reproduces live in mamba_deploy/ops/*.py.
+ * The references each launcher reproduces live in mamba_deploy/ops/ (one Python module per op).
  */
 #ifndef MAMBA_DEPLOY_KERNELS_H_
 #define MAMBA_DEPLOY_KERNELS_H_
@@ -23,7 +23,7 @@
 extern "C" {
 #endif
 
-#define MD_KERNELS_VERSION 1
+#define MD_KERNELS_VERSION 2 /* 2: the prefill scans take a workspace */
 #define MD_MAX_CONV_WIDTH 8 /* causal conv width (d_conv) supported: 1..8 */
 #define MD_MAX_DSTATE 256   /* SSM state size supported: 1..256 */
 #define MD_MAX_NORM_HIDDEN 16384 /* norm row / group length supported */
@@ -152,7 +152,16 @@ cudaError_t md_launch_ssm_scan(const md_ssm_params* p, cudaStream_t stream);
 cudaError_t md_launch_add_norm(const md_add_norm_params* p, cudaStream_t stream);
 cudaError_t md_launch_gated_rms_norm(const md_gated_rms_norm_params* p, cudaStream_t stream);
 
-/* Scratch each launcher needs: always 0 today (kept so callers can plan workspaces). */
+/* Time-parallel form of md_launch_ssm_scan for long sequences at small batch: the sequence is cut
+ * into chunks walked in parallel from zero states, a carry pass turns their end states into the state
+ * entering each chunk, and the chunks are walked again from those to write y. Same results (up to
+ * float32 rounding); about twice the arithmetic for several times the parallelism. `workspace` is
+ * float32 scratch of at least md_ssm_scan_workspace_size(p) bytes; when it is NULL, too small, or the
+ * size is 0 (short sequence, or batch x rows already fill the GPU) this is md_launch_ssm_scan. */
+cudaError_t md_launch_ssm_scan_ws(const md_ssm_params* p, void* workspace, size_t workspace_size,
+                                  cudaStream_t stream);
+
+/* Scratch md_launch_ssm_scan_ws wants for `p` on the current device (0: none, the single walk). */
 size_t md_ssm_scan_workspace_size(const md_ssm_params* p);
 
 /* Why a launcher on this host thread last returned cudaErrorInvalidValue ("" if none did). */

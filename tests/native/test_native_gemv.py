@@ -81,3 +81,44 @@ def test_mamba1_step(rel_err, G, dtype, state_dtype, batch, dim, rank, dstate):
     G.mamba1_step(x, z, xdbl, G.pack_dt_proj(wdt), dt_bias, A, D, state, out=y)
     assert rel_err(y, y_ref) <= 3 * TOL[dtype]
     assert rel_err(state, s_ref) <= 3 * TOL[sdt]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("state_dtype", ["float32", "model"])
+@pytest.mark.parametrize("batch,nheads,headdim,dstate,ngroups", [(1, 64, 64, 128, 1), (5, 6, 16, 32, 3), (2, 4, 8, 256, 2)])
+def test_mamba2_step(rel_err, G, dtype, state_dtype, batch, nheads, headdim, dstate, ngroups):
+    sdt = torch.float32 if state_dtype == "float32" else dtype
+    d, gn = nheads * headdim, ngroups * dstate
+    buf = rnd(batch, d + 2 * gn + nheads + 8, dtype=dtype)  # x | B | C | dt, as slices of one in_proj row
+    x, B, C, dt = buf[:, :d], buf[:, d:d + gn], buf[:, d + gn:d + 2 * gn], buf[:, d + 2 * gn:d + 2 * gn + nheads]
+    A, D, dt_bias = -torch.exp(rnd(nheads, scale=0.5)), rnd(nheads), rnd(nheads, scale=0.5) - 3.0
+    state = rnd(batch, nheads, headdim, dstate).to(sdt)
+    y_ref, s_ref = selective_state_update_ref(state.float(), x.float().unflatten(1, (nheads, headdim)), dt.float(), A,
+                                              B.float().unflatten(1, (ngroups, dstate)),
+                                              C.float().unflatten(1, (ngroups, dstate)), D, None, dt_bias, True,
+                                              (0.001, 0.1))
+    y = torch.full((batch, d), float("nan"), dtype=dtype, device="cuda")
+    G.mamba2_step(state, x, dt, A, B, C, D, dt_bias, (0.001, 0.1), out=y)
+    assert rel_err(y, y_ref.flatten(1)) <= 3 * TOL[dtype]
+    assert rel_err(state, s_ref) <= 3 * TOL[sdt]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("rows,hidden,groups", [(1, 2048, 1), (7, 768, 1), (3, 4096, 1), (2, 1024, 4)])
+def test_row_norm(rel_err, G, dtype, rows, hidden, groups):
+    from mamba_deploy.ops import add_norm_ref, gated_rms_norm_ref
+
+    x, w = rnd(rows, hidden, dtype=dtype), (1 + rnd(hidden, scale=0.1)).to(dtype)
+    res = rnd(rows, hidden)
+    out = torch.full((rows, hidden), float("nan"), dtype=dtype, device="cuda")
+    if groups == 1:
+        o_ref, r_ref = add_norm_ref(x, res, w, None, 1e-5, True, True)
+        G.row_norm(x, res, w, 1e-5, out=out, residual_out=res)  # in place, as the engine runs it
+        assert rel_err(out, o_ref) <= TOL[dtype] and rel_err(res, r_ref) <= 1e-6
+        first = torch.empty(rows, hidden, device="cuda")
+        G.row_norm(x, None, w, 1e-5, out=out, residual_out=first)
+        assert rel_err(out, add_norm_ref(x, None, w, None, 1e-5, True, True)[0]) <= TOL[dtype]
+        assert torch.equal(first, x.float())
+    z = rnd(rows, hidden, dtype=dtype)
+    G.row_norm(x, z, w, 1e-5, out=out, gate=True, group_size=hidden // groups)
+    assert rel_err(out, gated_rms_norm_ref(x, z, w, 1e-5, hidden // groups)) <= TOL[dtype]

@@ -6,7 +6,6 @@ import math
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from mamba_deploy.ops import (add_norm_ref, causal_conv1d_ref, causal_conv1d_update_ref, chunk_scan_ref,
                               gated_rms_norm_ref, selective_scan_ref, selective_state_update_ref)
@@ -259,3 +258,30 @@ def test_bad_inputs_raise(cuda):
     kw["initial_state"] = kw["initial_state"].half()
     with pytest.raises(ValueError, match="state"):
         cuda.chunk_scan(**kw)
+
+
+@pytest.mark.parametrize("arch", ["mamba1", "mamba2"])
+def test_time_parallel_scan_equals_single_walk(cuda, arch, monkeypatch):
+    """Long prompt at batch 1: the chunked (time-parallel) launch equals the single walk, in place too."""
+    from mamba_deploy.ops import _lib
+
+    fn, kw, state_key = ((cuda.selective_scan, mamba1_inputs(1, 256, 1500, 16, torch.float16), "ssm_state")
+                         if arch == "mamba1" else
+                         (cuda.chunk_scan, mamba2_inputs(1, 1500, 8, 64, 1, 128, torch.float16), "initial_state"))
+    run = lambda **o: fn(**kw, **o)  # noqa: E731
+    p_bytes = []
+    real = _lib.scan_workspace_bytes
+    monkeypatch.setattr(_lib, "scan_workspace_bytes", lambda p: p_bytes.append(real(p)) or p_bytes[-1])
+    y_par, s_par = run()
+    assert p_bytes[-1] > 0, "the time-parallel form was not used"
+    monkeypatch.setattr(_lib, "scan_workspace_bytes", lambda p: 0)
+    y_seq, s_seq = run()
+    check(f"{arch} y parallel vs single walk", y_par, y_seq, torch.float32)
+    check(f"{arch} state parallel vs single walk", s_par, s_seq, torch.float32)
+    monkeypatch.setattr(_lib, "scan_workspace_bytes", real)
+    state = kw[state_key].clone()
+    kw[state_key] = state
+    y_in, s_in = run(state_out=state)  # state_out aliases the initial state
+    assert s_in.data_ptr() == state.data_ptr()
+    check(f"{arch} in-place state", s_in, s_par, torch.float32)
+    check(f"{arch} in-place y", y_in, y_par, torch.float32)
