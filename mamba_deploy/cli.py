@@ -150,6 +150,77 @@ def inspect_cmd(path, as_json):
     click.echo(json.dumps(report, indent=2, default=str) if as_json else format_inspect(report))
 
 
+def _int_list(text: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise MambaDeployError(f"expected comma-separated integers, got {text!r}") from None
+    if not values or min(values) < 1:
+        raise MambaDeployError(f"expected positive integers, got {text!r}")
+    return values
+
+
+@cli.command()
+@click.argument("path", type=click.Path())
+@click.option("--backend", type=click.Choice(["native", "tensorrt"]), default="native", show_default=True)
+@click.option("--max-batch", type=int, default=64, show_default=True, help="Largest batch the engines serve.")
+@click.option("--max-seq", type=int, default=2048, show_default=True, help="TensorRT: longest prefill chunk.")
+@click.option("--opt-seq", type=int, default=512, show_default=True, help="TensorRT: prefill length to tune for.")
+@click.option("--workspace", default=None, help="TensorRT: builder workspace limit, e.g. 4GiB.")
+@click.option("--hardware-compatible", is_flag=True, help="TensorRT: engines portable across Ampere+ GPUs.")
+@click.option("--version-compatible", is_flag=True, help="TensorRT: plans loadable by later TensorRT versions.")
+@click.option("--timing-cache", type=click.Path(), default=None, help="TensorRT: timing cache to read and update.")
+@click.option("--plugin-lib", type=click.Path(), default=None, help="TensorRT: plugin library (default: built one).")
+def build(path, backend, max_batch, max_seq, opt_seq, workspace, hardware_compatible, version_compatible,
+          timing_cache, plugin_lib):
+    """Build engines for this GPU from an export folder (writes engines/<gpu>-<dtype>/build.json)."""
+    if backend == "native":
+        from .native import build_native
+
+        folder = build_native(path, max_batch=max_batch)
+    else:
+        from .tensorrt import build_engines
+
+        folder = build_engines(path, max_batch, max_seq, opt_seq, workspace, hardware_compatible,
+                               version_compatible, timing_cache, plugin_lib)
+    click.echo(f"built {backend} engines in {folder}")
+
+
+@cli.command()
+@click.argument("path", type=click.Path(), required=False)
+@click.option("--backend", type=click.Choice(["native"]), default="native", show_default=True)
+@click.option("--batch", "batches", default="1,16,64", show_default=True, help="Batch sizes, comma-separated.")
+@click.option("--prompt-len", type=int, default=100, show_default=True)
+@click.option("--gen-len", type=int, default=200, show_default=True)
+@click.option("--prefill-len", type=int, default=2048, show_default=True)
+@click.option("--random-init", metavar="NAME", default=None,
+              help="Bench a random checkpoint of a published shape (mamba-130m ... mamba2-2.7b) instead of PATH.")
+@click.option("--dtype", type=click.Choice(["float16", "bfloat16", "float32"]), default="float16", show_default=True)
+@click.option("--profile", is_flag=True, help="Also list the kernels of one decode step and one prefill.")
+@click.option("--json", "as_json", is_flag=True)
+def bench(path, backend, batches, prompt_len, gen_len, prefill_len, random_init, dtype, profile, as_json):
+    """Decode ms/token and tokens/s per batch size, prefill ms, peak memory, GB/s vs the weight-read floor."""
+    from .random_init import PRESETS
+
+    if (path is None) == (random_init is None):
+        raise MambaDeployError("give an export folder or --random-init NAME (not both)")
+    if random_init is not None and random_init.split("/")[-1].removesuffix("-hf") not in PRESETS:
+        raise MambaDeployError(f"--random-init: unknown model {random_init!r}; known: {', '.join(PRESETS)}")
+    if min(prompt_len, gen_len, prefill_len) < 1:
+        raise MambaDeployError("--prompt-len, --gen-len and --prefill-len must be positive")
+    batch_sizes = _int_list(batches)
+    from .native import available, unavailable_reason
+
+    if not available():
+        raise MambaDeployError(f"the native backend is unavailable here: {unavailable_reason()}")
+    from .bench import bench as run_bench
+
+    rows = run_bench(path, backend, batch_sizes, prompt_len, gen_len, prefill_len, random_init, dtype,
+                     profile=profile, print_fn=(lambda _: None) if as_json else click.echo)
+    if as_json:
+        click.echo(json.dumps(rows, indent=2, default=str))
+
+
 def main(argv: Optional[list[str]] = None) -> None:
     cli.main(argv, prog_name="mamba-deploy")
 

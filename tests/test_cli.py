@@ -130,3 +130,18 @@ def test_console_script_subprocess(tmp_path):
                           timeout=120)
     assert proc.returncode == 1
     assert proc.stderr.strip().splitlines() == [f"error: {tmp_path / 'nope'}: no such folder"]
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="checks the no-GPU errors")
+@pytest.mark.parametrize("args,message", [
+    (["build", "{exp}", "--backend", "native"], "native backend unavailable"),
+    (["build", "{exp}", "--backend", "tensorrt"], "TensorRT"),
+    (["bench", "--random-init", "mamba-1.4b"], "native backend is unavailable"),
+    (["bench"], "give an export folder or --random-init"),
+    (["bench", "--random-init", "mamba-9b"], "unknown model"),
+    (["bench", "{exp}", "--batch", "1,x"], "comma-separated integers"),
+])
+def test_build_and_bench_errors_without_gpu(exported, args, message):
+    result = invoke(*[a.format(exp=exported) for a in args])
+    assert_one_line_error(result)
+    assert message in result.output
