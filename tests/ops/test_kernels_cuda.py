@@ -265,9 +265,9 @@ def test_time_parallel_scan_equals_single_walk(cuda, arch, monkeypatch):
     """Long prompt at batch 1: the chunked (time-parallel) launch equals the single walk, in place too."""
     from mamba_deploy.ops import _lib
 
-    fn, kw, state_key = ((cuda.selective_scan, mamba1_inputs(1, 256, 1500, 16, torch.float16), "ssm_state")
+    fn, kw, state_key = ((cuda.selective_scan, mamba1_inputs(1, 256, 1500, 16, torch.float32), "ssm_state")
                          if arch == "mamba1" else
-                         (cuda.chunk_scan, mamba2_inputs(1, 1500, 8, 64, 1, 128, torch.float16), "initial_state"))
+                         (cuda.chunk_scan, mamba2_inputs(1, 1500, 8, 64, 1, 128, torch.float32), "initial_state"))
     run = lambda **o: fn(**kw, **o)  # noqa: E731
     p_bytes = []
     real = _lib.scan_workspace_bytes
