@@ -109,7 +109,7 @@ __global__ void __launch_bounds__(kWarps * 32) gemv_kernel(const md_gemv_params 
 #pragma unroll
         for (int u = 0; u < kUnroll; ++u) {
           const int64_t vi = v0 + u * step;
-          if (vi >= kv) break;
+          if (vi >= kv) continue;  // not `break`: keeps the loop fully unrolled (wv stays in registers)
           float wf[EPV];
           unpack(wv[u], wf, T());
 #pragma unroll
