@@ -121,35 +121,50 @@ def normalise_key(key: str) -> str:
     return key.replace("backbone.embeddings.", "backbone.embedding.")
 
 
-def load_weights_into(model: torch.nn.Module, cfg: ModelConfig, files: list[Path]) -> None:
-    """Copy checkpoint tensors into `model`'s (preallocated) parameters, converting dtype per tensor."""
-    params = dict(model.named_parameters(remove_duplicate=False))
-    tied = cfg.tie_embeddings
+def expected_parameters(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
+    """Parameter names (mamba-ssm naming) and shapes of the reference model, built on the meta device."""
+    from .models import MambaLM
+
+    with torch.device("meta"):
+        model = MambaLM(cfg)
+    return {name: tuple(p.shape) for name, p in model.named_parameters()}  # a tied lm_head appears once
+
+
+def _listed(names: list[str]) -> str:
+    return ", ".join(names[:5]) + (f" (+{len(names) - 5} more)" if len(names) > 5 else "")
+
+
+def iter_checked(cfg: ModelConfig, files: list[Path]) -> Iterator[tuple[str, torch.Tensor]]:
+    """(normalised name, tensor) for every parameter of the model, one at a time, shapes checked against
+    the config; raises CheckpointError for unexpected or missing weights once the files are read."""
+    expected = expected_parameters(cfg)
     seen: set[str] = set()
     unexpected: list[str] = []
     for raw_key, tensor in iter_tensors(files):
         key = normalise_key(raw_key)
-        if key == "lm_head.weight" and tied:
+        if key == "lm_head.weight" and cfg.tie_embeddings:
             continue  # tied to the embedding; some checkpoints store both
-        if key not in params:
+        if key not in expected:
             unexpected.append(raw_key)
             continue
-        target = params[key]
-        if tuple(tensor.shape) != tuple(target.shape):
+        if tuple(tensor.shape) != expected[key]:
             raise CheckpointError(f"weight '{raw_key}' has shape {tuple(tensor.shape)}, the config implies "
-                                  f"{tuple(target.shape)} (config and weights do not match)")
-        with torch.no_grad():
-            target.copy_(tensor)
+                                  f"{expected[key]} (config and weights do not match)")
         seen.add(key)
-        del tensor
+        yield key, tensor
     if unexpected:
-        raise CheckpointError(f"unexpected weights not in a {cfg.arch} model: {', '.join(unexpected[:5])}"
-                              + (f" (+{len(unexpected) - 5} more)" if len(unexpected) > 5 else ""))
-    expected = {k for k in params if not (tied and k == "lm_head.weight")}
-    missing = sorted(expected - seen)
+        raise CheckpointError(f"unexpected weights not in a {cfg.arch} model: {_listed(unexpected)}")
+    missing = sorted(set(expected) - seen)
     if missing:
-        raise CheckpointError(f"weights missing from the checkpoint: {', '.join(missing[:5])}"
-                              + (f" (+{len(missing) - 5} more)" if len(missing) > 5 else ""))
+        raise CheckpointError(f"weights missing from the checkpoint: {_listed(missing)}")
+
+
+def load_weights_into(model: torch.nn.Module, cfg: ModelConfig, files: list[Path]) -> None:
+    """Copy checkpoint tensors into `model`'s (preallocated) parameters, converting dtype per tensor."""
+    params = dict(model.named_parameters())
+    with torch.no_grad():
+        for key, tensor in iter_checked(cfg, files):
+            params[key].copy_(tensor)
 
 
 def load_reference(path_or_id: str | os.PathLike, dtype: torch.dtype = torch.float32, device: str = "cpu",

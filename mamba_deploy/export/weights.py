@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Iterator
 
 import torch
 from onnx import TensorProto
 
-from ..checkpoint import iter_tensors, normalise_key
+from ..checkpoint import iter_checked, iter_tensors
 from ..config import ModelConfig
 from ..errors import CheckpointError
 
@@ -25,15 +24,6 @@ TORCH_TO_ONNX = {torch.float32: TensorProto.FLOAT, torch.float16: TensorProto.FL
                  torch.bfloat16: TensorProto.BFLOAT16}
 ONNX_TO_TORCH = {v: k for k, v in TORCH_TO_ONNX.items()}
 _FLOAT32_PARAMS = ("mixer.A_log", "mixer.D", "mixer.dt_bias", "dt_proj.bias")
-
-
-def expected_parameters(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
-    """Parameter names (mamba-ssm naming) and shapes of the reference model, built on the meta device."""
-    from ..models import MambaLM
-
-    with torch.device("meta"):
-        model = MambaLM(cfg)
-    return {name: tuple(p.shape) for name, p in model.named_parameters()}  # tied lm_head appears once
 
 
 def export_name_and_tensor(name: str, tensor: torch.Tensor, dtype: torch.dtype) -> tuple[str, torch.Tensor]:
@@ -88,30 +78,6 @@ def checkpoint_dtype(files: list[Path]) -> torch.dtype:
     if fallback is None:
         raise CheckpointError("the checkpoint holds no floating-point weights")
     return fallback
-
-
-def iter_checked(cfg: ModelConfig, files: list[Path]) -> Iterator[tuple[str, torch.Tensor]]:
-    """(param name, tensor) for every parameter of the model, with shapes checked against the config."""
-    expected = expected_parameters(cfg)
-    seen, unexpected = set(), []
-    for raw_key, tensor in iter_tensors(files):
-        key = normalise_key(raw_key)
-        if key == "lm_head.weight" and cfg.tie_embeddings:
-            continue
-        if key not in expected:
-            unexpected.append(raw_key)
-            continue
-        if tuple(tensor.shape) != expected[key]:
-            raise CheckpointError(f"weight '{raw_key}' has shape {tuple(tensor.shape)}, the config implies "
-                                  f"{expected[key]} (config and weights do not match)")
-        seen.add(key)
-        yield key, tensor
-    if unexpected:
-        raise CheckpointError(f"unexpected weights not in a {cfg.arch} model: {', '.join(unexpected[:5])}")
-    missing = sorted(set(expected) - seen)
-    if missing:
-        raise CheckpointError(f"weights missing from the checkpoint: {', '.join(missing[:5])}"
-                              + (f" (+{len(missing) - 5} more)" if len(missing) > 5 else ""))
 
 
 def write_weights(cfg: ModelConfig, files: list[Path], folder: Path, dtype: torch.dtype) -> dict[str, TensorProto]:

@@ -25,8 +25,8 @@ def export_weights(folder: str | Path) -> dict[str, torch.Tensor]:
 
 def checkpoint_weights(folder: str | Path, cfg: ModelConfig, dtype: torch.dtype) -> dict[str, torch.Tensor]:
     """A checkpoint folder converted exactly as the exporter converts it."""
-    from ..checkpoint import weight_files
-    from ..export.weights import ZERO_CONV_BIAS, export_name_and_tensor, iter_checked
+    from ..checkpoint import iter_checked, weight_files
+    from ..export.weights import ZERO_CONV_BIAS, export_name_and_tensor
 
     out = dict(export_name_and_tensor(k, t, dtype) for k, t in iter_checked(cfg, weight_files(Path(folder))))
     if not cfg.conv_bias:
