@@ -1,4 +1,4 @@
-"""Stream checkpoint tensors into one external-data file shared by both graphs.
+"""Stream checkpoint tensors into one external-data file shared by both graphs, and read them back.
 
 Tensors are converted one at a time (peak memory: about the largest tensor), written at
 4096-byte aligned offsets (so runtimes can mmap them) and referenced from the graphs by
@@ -9,13 +9,19 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING, Iterator
 
+import numpy as np
+import onnx
 import torch
 from onnx import TensorProto
 
 from ..checkpoint import iter_checked, iter_tensors
 from ..config import ModelConfig
-from ..errors import CheckpointError
+from ..errors import CheckpointError, MambaDeployError
+
+if TYPE_CHECKING:
+    from .artifact import ExportInfo
 
 WEIGHTS_FILE = "weights.data"
 ALIGN = 4096
@@ -65,6 +71,28 @@ class ExternalDataWriter:
         self._file.flush()
         os.fsync(self._file.fileno())
         self._file.close()
+
+
+_STORAGE = {torch.float32: np.float32, torch.float16: np.float16, torch.bfloat16: np.int16}
+
+
+def read_export_tensors(info: "ExportInfo") -> Iterator[tuple[str, torch.Tensor]]:
+    """The reader of what ExternalDataWriter wrote: (name, tensor) for every initializer of an export's
+    decode.onnx, read from weights.data at its external-data offset (memory-mapped, then copied)."""
+    model = onnx.load(str(info.graph("decode")), load_external_data=False)
+    for init in model.graph.initializer:
+        ext = {e.key: e.value for e in init.external_data}
+        if "location" not in ext:
+            continue
+        file = info.folder / ext["location"]
+        dtype = ONNX_TO_TORCH[init.data_type]
+        count = int(ext["length"]) // np.dtype(_STORAGE[dtype]).itemsize
+        try:
+            array = np.memmap(file, dtype=_STORAGE[dtype], mode="r", offset=int(ext.get("offset", 0)), shape=(count,))
+        except (OSError, ValueError) as exc:
+            raise MambaDeployError(f"{file}: cannot read weights ({exc}); the export is incomplete or corrupt") \
+                from None
+        yield init.name, torch.from_numpy(np.array(array)).view(dtype).reshape(tuple(init.dims))
 
 
 def checkpoint_dtype(files: list[Path]) -> torch.dtype:

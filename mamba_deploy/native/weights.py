@@ -18,9 +18,9 @@ from ..config import ModelConfig
 def export_weights(folder: str | Path) -> dict[str, torch.Tensor]:
     """Initializers of `folder/decode.onnx` read from weights.data at their external-data offsets (CPU)."""
     from ..export.artifact import load_export
-    from ..runtime.backends.torch import _external_tensors  # the one reader of weights.data
+    from ..export.weights import read_export_tensors
 
-    return dict(_external_tensors(load_export(folder)))
+    return dict(read_export_tensors(load_export(folder)))
 
 
 def checkpoint_weights(folder: str | Path, cfg: ModelConfig, dtype: torch.dtype) -> dict[str, torch.Tensor]:

@@ -8,37 +8,14 @@ from __future__ import annotations
 
 from typing import Optional
 
-import numpy as np
-import onnx
 import torch
 
 from ...errors import MambaDeployError
 from ...export.artifact import ExportInfo
-from ...export.weights import ONNX_TO_TORCH
+from ...export.weights import read_export_tensors
 from ...models import MambaLM
 from ...models.state import InferenceState
 from ..backend import Backend, register_backend
-
-_STORAGE = {torch.float32: np.float32, torch.float16: np.float16, torch.bfloat16: np.int16}
-
-
-def _external_tensors(info: ExportInfo):
-    """Yield (name, tensor) for every initializer of decode.onnx, memory-mapped from weights.data."""
-    model = onnx.load(str(info.graph("decode")), load_external_data=False)
-    for init in model.graph.initializer:
-        ext = {e.key: e.value for e in init.external_data}
-        if "location" not in ext:
-            continue
-        file = info.folder / ext["location"]
-        dtype = ONNX_TO_TORCH[init.data_type]
-        count = int(ext["length"]) // np.dtype(_STORAGE[dtype]).itemsize
-        try:
-            array = np.memmap(file, dtype=_STORAGE[dtype], mode="r", offset=int(ext.get("offset", 0)), shape=(count,))
-        except (OSError, ValueError) as exc:
-            raise MambaDeployError(f"{file}: cannot read weights ({exc}); the export is incomplete or corrupt") \
-                from None
-        yield init.name, torch.from_numpy(np.array(array)).view(dtype).reshape(tuple(init.dims))
-
 
 def load_reference_from_export(info: ExportInfo, dtype: Optional[torch.dtype] = None, device="cpu") -> MambaLM:
     """The reference MambaLM holding the export's weights, in `dtype` (default: the export dtype)."""
@@ -50,7 +27,7 @@ def load_reference_from_export(info: ExportInfo, dtype: Optional[torch.dtype] = 
     params = dict(model.named_parameters())
     loaded = set()
     with torch.no_grad():
-        for name, tensor in _external_tensors(info):
+        for name, tensor in read_export_tensors(info):
             if name.endswith(".mixer.A"):
                 name, tensor = name + "_log", torch.log(-tensor.float())
             if name not in params:
