@@ -21,7 +21,7 @@ from tqdm import tqdm
 from ..checkpoint import TOKENIZER_FILES, resolve_checkpoint, weight_files
 from ..config import load_config
 from ..errors import MambaDeployError
-from ..ops.onnx_defs import MIN_OPSET
+from ..ops import MIN_OPSET, register_onnx_schemas
 from .artifact import DECODE_FILE, DTYPES, FORMAT_VERSION, PREFILL_FILE
 from .graphs import GraphOptions, build_lm_graph
 from .weights import TORCH_TO_ONNX, checkpoint_dtype, write_weights
@@ -82,6 +82,7 @@ def export_model(source: str | os.PathLike, output: str | os.PathLike, options: 
             steps.set_postfix_str(name)
             model = build_lm_graph(cfg, weights, graph_opts, decode)
             (tmp / name).write_bytes(model.SerializeToString())
+            register_onnx_schemas()
             onnx.checker.check_model(str(tmp / name))
             steps.update()
         steps.set_postfix_str("tokenizer")
