@@ -1,4 +1,4 @@
-"""`export_model`: checkpoint (folder or Hub id) -> export folder (DESIGN §3), written atomically.
+"""`export_model`: checkpoint (folder or Hub id) -> export folder (docs/architecture.md "Export artifact"), written atomically.
 
 Everything is written into a temp folder beside the output and renamed at the end, so a failure
 or Ctrl-C leaves no partial output (and, with `force`, the old output intact until the rename).

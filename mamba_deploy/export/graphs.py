@@ -1,6 +1,6 @@
 """The prefill and decode graphs of a Mamba1 / Mamba2 LM, built node by node from the config.
 
-Graph I/O (DESIGN §3): input_ids int64 (batch, seq) [decode: (batch, 1)], past_conv_state.{i},
+Graph I/O (docs/architecture.md "Graph I/O"): input_ids int64 (batch, seq) [decode: (batch, 1)], past_conv_state.{i},
 past_ssm_state.{i} -> logits (batch, n, vocab_padded), present_conv_state.{i}, present_ssm_state.{i}.
 Dense layers are Gemm(transB=1) on (tokens, features), so weights keep the checkpoint's (out, in)
 layout; norms and the SSM ops compute in float32 like the reference model.
