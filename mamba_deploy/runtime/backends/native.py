@@ -18,9 +18,9 @@ class NativeBackend(Backend):
 
     def __init__(self, info: ExportInfo, **options):
         super().__init__(info)
-        from ...native import load_engine
+        from ...native import engine_from_export
 
-        self.engine = load_engine(info.folder, **options)
+        self.engine = engine_from_export(info, **options)
 
     @property
     def device(self) -> torch.device:
