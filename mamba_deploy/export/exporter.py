@@ -55,7 +55,7 @@ class ExportOptions:
 def export_model(source: str | os.PathLike, output: str | os.PathLike, options: ExportOptions = ExportOptions(),
                  progress: bool = True) -> Path:
     """Export a Mamba1/Mamba2 checkpoint to `output`; returns the output folder."""
-    from .. import __version__
+    from ..version import __version__
 
     options.validate()
     output = Path(output).expanduser()

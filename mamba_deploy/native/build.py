@@ -25,7 +25,7 @@ def build_native(export_dir: str | os.PathLike, max_batch: int = 64, device: Opt
     """Check that this GPU runs the export natively and record it: writes (atomically)
     export_dir/engines/<gpu-slug>-<dtype>/build.json with device, compute capability, dtype, max batch
     and versions. With smoke_test, loads the engine and runs a prefill + a graph-captured decode."""
-    from .. import __version__
+    from ..version import __version__
     from ..export.artifact import load_export
     from ..ops import _lib
     from .gemv import _VERSION
