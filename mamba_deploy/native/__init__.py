@@ -29,16 +29,7 @@ def unavailable_reason() -> Optional[str]:
         return "no CUDA GPU visible to torch"
     from ..ops import _lib
 
-    reason = _lib.unavailable_reason()
-    if reason:
-        return reason
-    try:
-        from .gemv import _fn
-
-        _fn("md_gemv_fwd")
-    except (RuntimeError, OSError) as exc:
-        return str(exc)
-    return None
+    return _lib.unavailable_reason()  # the one library holds the decode kernels too
 
 
 def available() -> bool:
@@ -103,7 +94,6 @@ def build_native(export_dir: str | os.PathLike, max_batch: int = 64, device: Opt
     from .. import __version__
     from ..export.artifact import load_export
     from ..ops import _lib
-    from .gemv import _VERSION
 
     _require()
     info = load_export(export_dir)
@@ -115,7 +105,7 @@ def build_native(export_dir: str | os.PathLike, max_batch: int = 64, device: Opt
         "multiprocessors": props.multi_processor_count, "memory_bytes": props.total_memory,
         "dtype": dtype_name, "state_dtype": info.meta["state_dtype"], "max_batch": int(max_batch),
         "versions": {"mamba_deploy": __version__, "torch": torch.__version__, "cuda": torch.version.cuda,
-                     "kernel_abi": _lib.EXPECTED_VERSION, "gemv_abi": _VERSION},
+                     "kernel_abi": _lib.EXPECTED_VERSION},
         "kernel_library": str(_lib.library_path()),
     }
     if smoke_test:

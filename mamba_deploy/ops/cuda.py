@@ -14,12 +14,11 @@ from typing import Optional, Sequence
 import torch
 
 from . import _lib
+from ._tensors import DTYPE_CODES as _DTYPES, current_stream as _stream, data_ptr as _ptr
 from .registry import REGISTRY
 
 is_available = _lib.is_available
 unavailable_reason = _lib.unavailable_reason
-
-_DTYPES = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
 
 
 def _code(t: torch.Tensor, name: str) -> int:
@@ -40,10 +39,6 @@ def _check(t: Optional[torch.Tensor], name: str, shape: Sequence[int], device: t
     _code(t, name)
 
 
-def _ptr(t: Optional[torch.Tensor]) -> Optional[int]:
-    return None if t is None else t.data_ptr()
-
-
 def _strides(t: Optional[torch.Tensor], dims: Sequence[Optional[int]]) -> list[int]:
     """Element strides of `t` along `dims` (None: a broadcast axis, stride 0)."""
     if t is None:
@@ -54,10 +49,6 @@ def _strides(t: Optional[torch.Tensor], dims: Sequence[Optional[int]]) -> list[i
 def _set(params, prefix: str, names: Sequence[str], values: Sequence[int]) -> None:
     for n, v in zip(names, values):
         setattr(params, f"{prefix}_{n}_stride", v)
-
-
-def _stream(device: torch.device) -> int:
-    return torch.cuda.current_stream(device).cuda_stream
 
 
 def _new_or(out: Optional[torch.Tensor], name: str, shape, dtype, device) -> torch.Tensor:
