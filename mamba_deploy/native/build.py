@@ -28,7 +28,6 @@ def build_native(export_dir: str | os.PathLike, max_batch: int = 64, device: Opt
     from ..version import __version__
     from ..export.artifact import load_export
     from ..ops import _lib
-    from .gemv import _VERSION
 
     require_native()
     info = load_export(export_dir)
@@ -40,7 +39,7 @@ def build_native(export_dir: str | os.PathLike, max_batch: int = 64, device: Opt
         "multiprocessors": props.multi_processor_count, "memory_bytes": props.total_memory,
         "dtype": dtype_name, "state_dtype": info.meta["state_dtype"], "max_batch": int(max_batch),
         "versions": {"mamba_deploy": __version__, "torch": torch.__version__, "cuda": torch.version.cuda,
-                     "kernel_abi": _lib.EXPECTED_VERSION, "gemv_abi": _VERSION},
+                     "kernel_abi": _lib.EXPECTED_VERSION},
         "kernel_library": str(_lib.library_path()),
     }
     if smoke_test:

@@ -19,16 +19,7 @@ def unavailable_reason() -> Optional[str]:
         return "no CUDA GPU visible to torch"
     from ..ops import _lib
 
-    reason = _lib.unavailable_reason()
-    if reason:
-        return reason
-    try:
-        from .gemv import _fn
-
-        _fn("md_gemv_fwd")
-    except (RuntimeError, OSError) as exc:
-        return str(exc)
-    return None
+    return _lib.unavailable_reason()  # the one library holds the decode kernels too
 
 
 def available() -> bool:
