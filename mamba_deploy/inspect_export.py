@@ -2,7 +2,6 @@
 it is whole (the load-time checks of every backend, plus weights.data's recorded size and sha256)."""
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 import onnx
@@ -12,6 +11,7 @@ from .errors import MambaDeployError
 from .export.artifact import ExportInfo, check_export, load_export
 from .export.weights import WEIGHTS_FILE
 from .ops import DOMAIN
+from .tensorrt.metadata import file_sha256  # plain hashlib; no TensorRT import
 
 
 def _value_info(v) -> dict:
@@ -29,14 +29,6 @@ def _graph_summary(info: ExportInfo, kind: str) -> dict:
             "inputs": [_value_info(v) for v in model.graph.input], "outputs": [_value_info(v) for v in model.graph.output]}
 
 
-def _sha256(file: Path, block: int = 1 << 24) -> str:
-    digest = hashlib.sha256()
-    with open(file, "rb") as f:
-        while chunk := f.read(block):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def check_weights_file(info: ExportInfo) -> tuple[int, str]:
     """weights.data's size and sha256 status ("ok", or "not recorded" for exports older than the record);
     MambaDeployError when they differ from what the exporter recorded."""
@@ -49,7 +41,7 @@ def check_weights_file(info: ExportInfo) -> tuple[int, str]:
                                f"or was replaced; re-export the model")
     if "weights_sha256" not in info.meta:
         return size, "not recorded"
-    if _sha256(weights) != info.meta["weights_sha256"]:
+    if file_sha256(weights) != info.meta["weights_sha256"]:
         raise MambaDeployError(f"{weights}: sha256 differs from the one recorded at export: the weights are "
                                f"corrupt or were replaced; re-export the model")
     return size, "ok"

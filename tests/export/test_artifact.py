@@ -116,3 +116,15 @@ def test_export_records_weights_size_and_sha256(exports):
     data = (folder / "weights.data").read_bytes()
     assert meta["weights_bytes"] == len(data)
     assert meta["weights_sha256"] == hashlib.sha256(data).hexdigest()
+
+
+@pytest.mark.parametrize("how", ["dotdot", "symlink"])
+def test_tensorrt_build_refuses_files_outside_before_parsing(exports, tmp_path, how):
+    """TensorRT's ONNX parser resolves external data itself: the build checks the export first."""
+    from mamba_deploy.tensorrt.builder import build_engines
+
+    folder = _copy(exports, tmp_path)
+    _copy(exports, tmp_path, "other")
+    _outside(tmp_path, folder, how)
+    with pytest.raises(MambaDeployError, match="resolves outside"):
+        build_engines(folder)
