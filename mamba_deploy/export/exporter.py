@@ -76,7 +76,7 @@ def export_model(source: str | os.PathLike, output: str | os.PathLike, options: 
     steps = tqdm(total=5, desc="export", unit="step", disable=not progress, leave=False)
     try:
         steps.set_postfix_str("weights")
-        weights = write_weights(cfg, files, tmp, dtype)
+        weights, weights_meta = write_weights(cfg, files, tmp, dtype)
         steps.update()
         for name, decode in ((PREFILL_FILE, False), (DECODE_FILE, True)):
             steps.set_postfix_str(name)
@@ -91,7 +91,7 @@ def export_model(source: str | os.PathLike, output: str | os.PathLike, options: 
         meta = {"format_version": FORMAT_VERSION, "dtype": _dtype_name(dtype), "state_dtype": _dtype_name(state_dtype),
                 "ops": options.ops, "opset": options.opset, "logits": options.logits,
                 "tool": "mamba-deploy", "tool_version": __version__, "source": _source(source, folder),
-                "tokenizer": tokenizer}
+                "tokenizer": tokenizer, **weights_meta}
         (tmp / "config.json").write_text(json.dumps({**cfg.to_dict(), "export": meta}, indent=2))
         steps.update()
         _replace(tmp, output)
