@@ -1,4 +1,4 @@
-"""`export_model`: checkpoint (folder or Hub id) -> export folder (DESIGN §3), written atomically.
+"""`export_model`: checkpoint (folder or Hub id) -> export folder (docs/architecture.md "Export artifact"), written atomically.
 
 Everything is written into a temp folder beside the output and renamed at the end, so a failure
 or Ctrl-C leaves no partial output (and, with `force`, the old output intact until the rename);
@@ -19,7 +19,7 @@ from tqdm import tqdm
 from ..checkpoint import resolve_checkpoint, weight_files
 from ..config import load_config
 from ..errors import MambaDeployError
-from ..ops.onnx_defs import MIN_OPSET
+from ..ops import MIN_OPSET, register_onnx_schemas
 from .artifact import DECODE_FILE, DTYPES, FORMAT_VERSION, PREFILL_FILE
 from .graphs import GraphOptions, build_lm_graph
 from .target import ExportTarget, absolute_output, check_output
@@ -75,6 +75,7 @@ def export_model(source: str | os.PathLike, output: str | os.PathLike, options: 
             steps.set_postfix_str(name)
             model = build_lm_graph(cfg, weights, graph_opts, decode)
             (tmp / name).write_bytes(model.SerializeToString())
+            register_onnx_schemas()
             onnx.checker.check_model(str(tmp / name))
             steps.update()
         steps.set_postfix_str("tokenizer")
@@ -89,7 +90,7 @@ def export_model(source: str | os.PathLike, output: str | os.PathLike, options: 
 
 def _metadata(options: ExportOptions, dtype: torch.dtype, state_dtype: torch.dtype, source: str,
               tokenizer: Optional[list[str]]) -> dict:
-    from .. import __version__
+    from ..version import __version__
 
     return {"format_version": FORMAT_VERSION, "dtype": _dtype_name(dtype), "state_dtype": _dtype_name(state_dtype),
             "ops": options.ops, "opset": options.opset, "logits": options.logits,

@@ -7,8 +7,10 @@ field for field (every field 8 bytes wide); `load()` checks their sizes against 
 from __future__ import annotations
 
 import ctypes
+import dataclasses
 import os
 import pathlib
+import sysconfig
 import threading
 from typing import Optional
 
@@ -68,15 +70,34 @@ class GatedRmsNormParams(ctypes.Structure):
 
 PARAMS = {"causal_conv1d": (0, CausalConv1dParams), "ssm": (1, SsmParams),
           "add_norm": (2, AddNormParams), "gated_rms_norm": (3, GatedRmsNormParams)}
-ENTRY_POINTS = {
-    "md_causal_conv1d_fwd": CausalConv1dParams, "md_causal_conv1d_update": CausalConv1dParams,
-    "md_selective_scan_fwd": SsmParams, "md_selective_state_update": SsmParams,
-    "md_mamba2_chunk_scan_fwd": SsmParams, "md_add_norm_fwd": AddNormParams,
-    "md_gated_rms_norm_fwd": GatedRmsNormParams,
-}
 
-# The prefill scans take float32 scratch (their time-parallel form): (params, workspace, bytes, stream).
-WORKSPACE_ENTRY_POINTS = {"md_selective_scan_fwd", "md_mamba2_chunk_scan_fwd"}
+
+@dataclasses.dataclass(frozen=True)
+class Kernel:
+    """One C entry point: `int symbol(const params*, [void* workspace, int64 bytes,] void* stream)`.
+    `workspace`: it takes caller-allocated scratch (the prefill scans' time-parallel form)."""
+
+    symbol: str
+    params: type
+    workspace: bool = False
+
+
+# Entry points that are not ops of the registry; the registry declares each op's kernel (`declare`).
+ADD_NORM = Kernel("md_add_norm_fwd", AddNormParams)
+GATED_RMS_NORM = Kernel("md_gated_rms_norm_fwd", GatedRmsNormParams)
+KERNELS: dict[str, Kernel] = {k.symbol: k for k in (ADD_NORM, GATED_RMS_NORM)}
+_OP_KERNELS: dict[str, Kernel] = {}
+
+
+def declare(kernel: Kernel, op: str) -> None:
+    """Make `kernel` the entry point of registry op `op` (called by ops.registry for each entry)."""
+    KERNELS[kernel.symbol] = _OP_KERNELS[op] = kernel
+
+
+def op_kernel(op: str) -> Kernel:
+    """The kernel the registry entry of `op` names."""
+    return _OP_KERNELS[op]
+
 
 _lock = threading.Lock()
 _lib: Optional[ctypes.CDLL] = None
@@ -85,12 +106,17 @@ _tried = False
 
 
 def library_path() -> Optional[pathlib.Path]:
-    """Where the library would be loaded from (None if nowhere)."""
+    """Where the library would be loaded from (None if nowhere): $MAMBA_DEPLOY_KERNEL_LIB, else the package's
+    _lib/ folder (a wheel install), else site-packages' mamba_deploy/_lib/ (an editable install)."""
     env = os.environ.get(ENV_VAR)
     if env:
         return pathlib.Path(env)
-    here = pathlib.Path(__file__).resolve().parent.parent / "_lib" / LIB_NAME
-    return here if here.exists() else None
+    package = pathlib.Path(__file__).resolve().parent.parent
+    for root in (package, *(pathlib.Path(p) / "mamba_deploy" for p in sysconfig.get_paths().values())):
+        candidate = root / "_lib" / LIB_NAME
+        if candidate.is_file():
+            return candidate
+    return None
 
 
 def _open() -> ctypes.CDLL:
@@ -110,11 +136,11 @@ def _open() -> ctypes.CDLL:
         if lib.md_params_size(kind) != ctypes.sizeof(struct):
             raise OSError(f"{path}: {name} params are {lib.md_params_size(kind)} bytes in C, "
                           f"{ctypes.sizeof(struct)} in Python: library and package do not match")
-    for sym, struct in ENTRY_POINTS.items():
-        fn = getattr(lib, sym)
+    for kernel in KERNELS.values():
+        fn = getattr(lib, kernel.symbol)
         fn.restype = ctypes.c_int
-        workspace = [ctypes.c_void_p, ctypes.c_int64] if sym in WORKSPACE_ENTRY_POINTS else []
-        fn.argtypes = [ctypes.POINTER(struct), *workspace, ctypes.c_void_p]
+        workspace = [ctypes.c_void_p, ctypes.c_int64] if kernel.workspace else []
+        fn.argtypes = [ctypes.POINTER(kernel.params), *workspace, ctypes.c_void_p]
     lib.md_ssm_scan_workspace_bytes.restype = ctypes.c_int64
     lib.md_ssm_scan_workspace_bytes.argtypes = [ctypes.POINTER(SsmParams)]
     return lib
@@ -153,13 +179,15 @@ def scan_workspace_bytes(params: ctypes.Structure) -> int:
     return int(load().md_ssm_scan_workspace_bytes(ctypes.byref(params)))
 
 
-def call(symbol: str, params: ctypes.Structure, stream: int, workspace: tuple[int, int] | None = None) -> None:
-    """Launch `symbol` on `stream` (a cudaStream_t as int); raises RuntimeError if it fails.
-    `workspace` = (device pointer, bytes) for the entry points in WORKSPACE_ENTRY_POINTS."""
+def launch(kernel: Kernel, params: ctypes.Structure, stream: int, workspace: tuple[int, int] | None = None) -> None:
+    """Launch `kernel` on `stream` (a cudaStream_t as int); raises RuntimeError if it fails.
+    `workspace` = (device pointer, bytes) for kernels that take scratch."""
     lib = load()
-    extra = () if symbol not in WORKSPACE_ENTRY_POINTS else \
-        (ctypes.c_void_p((workspace or (0, 0))[0]), ctypes.c_int64((workspace or (0, 0))[1]))
-    rc = getattr(lib, symbol)(ctypes.byref(params), *extra, ctypes.c_void_p(stream))
+    if not isinstance(params, kernel.params):
+        raise TypeError(f"{kernel.symbol} takes {kernel.params.__name__}, got {type(params).__name__}")
+    scratch = workspace or (0, 0)
+    extra = (ctypes.c_void_p(scratch[0]), ctypes.c_int64(scratch[1])) if kernel.workspace else ()
+    rc = getattr(lib, kernel.symbol)(ctypes.byref(params), *extra, ctypes.c_void_p(stream))
     if rc != 0:
         msg = lib.md_get_last_error_string().decode(errors="replace")
-        raise RuntimeError(f"{symbol} failed (cudaError {rc}): {msg}")
+        raise RuntimeError(f"{kernel.symbol} failed (cudaError {rc}): {msg}")

@@ -14,7 +14,6 @@ from typing import Optional, Sequence
 import torch
 
 from . import _lib
-from .registry import REGISTRY
 
 is_available = _lib.is_available
 unavailable_reason = _lib.unavailable_reason
@@ -85,7 +84,7 @@ def _same_dtype(ref: torch.Tensor, **tensors: Optional[torch.Tensor]) -> None:
 
 def causal_conv1d(x, weight, bias=None, conv_state=None, activation="silu", *, out=None, state_out=None):
     """`causal_conv1d_ref` on the GPU. x: (batch, dim, seqlen) -> (y, new conv state)."""
-    return _conv(x, weight, bias, conv_state, activation, out, state_out, "md_causal_conv1d_fwd")
+    return _conv(x, weight, bias, conv_state, activation, out, state_out, "MambaCausalConv1d")
 
 
 def causal_conv1d_update(x, weight, bias=None, conv_state=None, activation="silu", *, out=None, state_out=None):
@@ -93,11 +92,11 @@ def causal_conv1d_update(x, weight, bias=None, conv_state=None, activation="silu
     if x.dim() != 2:
         raise ValueError(f"x: expected (batch, dim), got {tuple(x.shape)}")
     y, st = _conv(x.unsqueeze(-1), weight, bias, conv_state, activation,
-                  None if out is None else out.unsqueeze(-1), state_out, "md_causal_conv1d_update")
+                  None if out is None else out.unsqueeze(-1), state_out, "MambaCausalConv1dUpdate")
     return y.squeeze(-1), st
 
 
-def _conv(x, weight, bias, conv_state, activation, out, state_out, symbol):
+def _conv(x, weight, bias, conv_state, activation, out, state_out, op):
     if activation not in (None, "silu", "swish", "none"):
         raise ValueError(f"activation must be silu or None, got {activation!r}")
     dev = _cuda_device(x, "x")
@@ -125,7 +124,7 @@ def _conv(x, weight, bias, conv_state, activation, out, state_out, symbol):
     _set(p, "state_in", ("batch", "dim", "width"), _strides(conv_state, (0, 1, 2)))
     _set(p, "state_out", ("batch", "dim", "width"), st.stride())
     _set(p, "y", ("batch", "dim", "seq"), y.stride())
-    _lib.call(symbol, p, _stream(dev))
+    _lib.launch(_lib.op_kernel(op), p, _stream(dev))
     return y, st
 
 
@@ -191,7 +190,7 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, ssm_state
                          state_out=st),
                     dict(x=seq3, dt=seq3, z=seq3, y=seq3, B=(0, 2, None, 1), C=(0, 2, None, 1), A=(0, 1), D=(0,),
                          dt_bias=(0,), state_in=st3, state_out=st3))
-    _call_scan("md_selective_scan_fwd", p, dev)
+    _call_scan("MambaSelectiveScan", p, dev)
     return y, st
 
 
@@ -218,16 +217,16 @@ def chunk_scan(x, dt, A, B, C, chunk_size=256, D=None, z=None, dt_bias=None, ini
                          state_out=st),
                     dict(x=seq4, dt=(0, 1, 2, None), z=seq4, y=seq4, B=seq4, C=seq4, A=(0, None), D=(0,),
                          dt_bias=(0,), state_in=st4, state_out=st4))
-    _call_scan("md_mamba2_chunk_scan_fwd", p, dev)
+    _call_scan("Mamba2ChunkScan", p, dev)
     return y, st
 
 
-def _call_scan(symbol: str, params, dev: torch.device) -> None:
+def _call_scan(op: str, params, dev: torch.device) -> None:
     """Launch a prefill scan with the scratch its time-parallel form wants (torch's caching allocator:
     no cudaMalloc on the hot path, and safe under CUDA-graph capture)."""
     nbytes = _lib.scan_workspace_bytes(params)
     workspace = torch.empty(nbytes, dtype=torch.uint8, device=dev) if nbytes else None
-    _lib.call(symbol, params, _stream(dev), (workspace.data_ptr(), nbytes) if nbytes else None)
+    _lib.launch(_lib.op_kernel(op), params, _stream(dev), (workspace.data_ptr(), nbytes) if nbytes else None)
 
 
 def _check_mamba2(dev, x, dt, A, B, C, D, z, dt_bias, state, dt_shape, bc_shape):
@@ -278,7 +277,7 @@ def selective_state_update(state, x, dt, A, B, C, D=None, z=None, dt_bias=None, 
                     dict(x=x, dt=dt, z=z, y=y, B=B, C=C, A=A, D=D, dt_bias=dt_bias, state_in=state, state_out=so),
                     dict(x=row, dt=dt_axes, z=row, y=row, B=bc, C=bc, A=a_axes, D=(0,), dt_bias=(0,), state_in=st,
                          state_out=st))
-    _lib.call("md_selective_state_update", p, _stream(dev))
+    _lib.launch(_lib.op_kernel("MambaSelectiveStateUpdate"), p, _stream(dev))
     return y, so
 
 
@@ -317,7 +316,7 @@ def add_norm(x, residual, weight, bias=None, eps=1e-5, is_rms=True, residual_in_
                            weight_dtype=_code(weight, "weight"), x=_ptr(x), x_row_stride=xs, residual=_ptr(residual),
                            residual_row_stride=res_stride, weight=_ptr(weight), bias=_ptr(bias), out=_ptr(o),
                            out_row_stride=os_, residual_out=_ptr(r), residual_out_row_stride=rs)
-    _lib.call("md_add_norm_fwd", p, _stream(dev))
+    _lib.launch(_lib.ADD_NORM, p, _stream(dev))
     return o, r
 
 
@@ -338,16 +337,6 @@ def gated_rms_norm(x, z, weight, eps=1e-5, group_size=None, *, out=None):
                                 x_dtype=_code(x, "x"), out_dtype=_DTYPES[o.dtype], weight_dtype=_code(weight, "weight"),
                                 x=_ptr(x), x_row_stride=xs, z=_ptr(z), z_row_stride=zs, weight=_ptr(weight),
                                 out=_ptr(o), out_row_stride=os_)
-    _lib.call("md_gated_rms_norm_fwd", p, _stream(dev))
+    _lib.launch(_lib.GATED_RMS_NORM, p, _stream(dev))
     return o
 
-
-BINDINGS = {
-    "MambaCausalConv1d": causal_conv1d,
-    "MambaCausalConv1dUpdate": causal_conv1d_update,
-    "MambaSelectiveScan": selective_scan,
-    "MambaSelectiveStateUpdate": selective_state_update,
-    "Mamba2ChunkScan": chunk_scan,
-}
-for _name, _fn in BINDINGS.items():
-    REGISTRY[_name].cuda = _fn
