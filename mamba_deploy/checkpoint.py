@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import sys
 from pathlib import Path
 from typing import Iterator
 
@@ -64,21 +65,38 @@ def _download(repo_id: str, revision: str | None) -> Path:
                                         RevisionNotFoundError)
 
     offline = bool(hf_constants.HF_HUB_OFFLINE)
+    timeout = hf_constants.HF_HUB_ETAG_TIMEOUT  # seconds per request (default 10)
     try:
         if offline:
             patterns = CONFIG_FILES + TOKENIZER_FILES + SAFETENSORS_PATTERNS + BIN_PATTERNS
-        else:
-            files = HfApi().list_repo_files(repo_id, revision=revision)
-            has_st = any(f.endswith(".safetensors") for f in files)
+        else:  # one request without retries: an unreachable Hub fails within `timeout`
+            info = HfApi().model_info(repo_id, revision=revision, timeout=timeout, expand=["siblings"])
+            has_st = any(s.rfilename.endswith(".safetensors") for s in info.siblings or [])
             patterns = CONFIG_FILES + TOKENIZER_FILES + (SAFETENSORS_PATTERNS if has_st else BIN_PATTERNS)
-        return Path(snapshot_download(repo_id, revision=revision, allow_patterns=patterns, local_files_only=offline))
+        return Path(snapshot_download(repo_id, revision=revision, allow_patterns=patterns, local_files_only=offline,
+                                      etag_timeout=timeout))
     except LocalEntryNotFoundError:
         why = "HF_HUB_OFFLINE is set" if offline else "the Hub could not be reached"
         raise CheckpointError(f"{repo_id}: not in the local Hugging Face cache and {why}") from None
     except (RepositoryNotFoundError, RevisionNotFoundError):
         raise CheckpointError(f"{repo_id}: no such model on the Hugging Face Hub (or it is private)") from None
-    except (HfHubHTTPError, OSError) as exc:
+    except HfHubHTTPError as exc:
         raise CheckpointError(f"{repo_id}: download failed ({type(exc).__name__}: {exc})".splitlines()[0]) from None
+    except _network_errors() as exc:
+        raise CheckpointError(f"{repo_id}: cannot reach the Hugging Face Hub ({type(exc).__name__}); set "
+                              f"HF_HUB_OFFLINE=1 to use the local cache, or pass a local checkpoint folder") from None
+    except OSError as exc:
+        raise CheckpointError(f"{repo_id}: download failed ({type(exc).__name__}: {exc})".splitlines()[0]) from None
+
+
+def _network_errors() -> tuple[type[BaseException], ...]:
+    """Connection, DNS, proxy and timeout failures of whichever HTTP client huggingface_hub has loaded."""
+    found: list[type[BaseException]] = [ConnectionError, TimeoutError]
+    for module, names in (("httpx2", ["TransportError"]), ("httpx", ["TransportError"]),
+                          ("requests", ["ConnectionError", "Timeout"])):
+        loaded = sys.modules.get(module)
+        found += [getattr(loaded, name) for name in names if loaded is not None and hasattr(loaded, name)]
+    return tuple(found)
 
 
 def weight_files(folder: Path) -> list[Path]:
