@@ -99,6 +99,11 @@ def _network_errors() -> tuple[type[BaseException], ...]:
     return tuple(found)
 
 
+def checkpoint_config(folder: Path) -> ModelConfig:
+    """The checkpoint's config.json (which must resolve inside `folder`) as a ModelConfig."""
+    return load_config(resolve_inside(folder, "config.json", "config file"))
+
+
 def weight_files(folder: Path) -> list[Path]:
     """The checkpoint's weight files, safetensors preferred; sharded checkpoints via their index.
     Every file must resolve inside `folder`."""
@@ -221,7 +226,7 @@ def load_reference(path_or_id: str | os.PathLike, dtype: torch.dtype = torch.flo
     from .models import MambaLM
 
     folder = resolve_checkpoint(path_or_id, revision)
-    cfg = load_config(folder)
+    cfg = checkpoint_config(folder)
     files = weight_files(folder)
     with torch.device("meta"):
         model = MambaLM(cfg, dtype=dtype)

@@ -91,3 +91,19 @@ def test_hub_that_never_answers(tmp_path, startup_s):
         endpoint = f"http://127.0.0.1:{server.getsockname()[1]}"
         proc, seconds = _export_subprocess(HUB_ID, tmp_path, endpoint, HF_HUB_ETAG_TIMEOUT="2")
     _assert_hub_unreachable(proc, seconds, startup_s)
+
+
+def test_config_linked_from_outside_is_refused(tmp_path):
+    """config.json is read through the same inside-the-folder rule as the weights and tokenizer files."""
+    import pytest
+
+    from mamba_deploy.checkpoint import checkpoint_config
+    from mamba_deploy.errors import CheckpointError
+
+    outside = tmp_path / "elsewhere.json"
+    outside.write_text('{"d_model": 64, "n_layer": 2, "vocab_size": 100}')
+    folder = tmp_path / "ckpt"
+    folder.mkdir()
+    (folder / "config.json").symlink_to(outside)
+    with pytest.raises(CheckpointError, match="config file 'config.json' resolves outside"):
+        checkpoint_config(folder)

@@ -16,8 +16,7 @@ import onnx
 import torch
 from tqdm import tqdm
 
-from ..checkpoint import resolve_checkpoint, weight_files
-from ..config import load_config
+from ..checkpoint import checkpoint_config, resolve_checkpoint, weight_files
 from ..errors import MambaDeployError
 from ..ops import MIN_OPSET, register_onnx_schemas
 from .artifact import DECODE_FILE, DTYPES, FORMAT_VERSION, PREFILL_FILE
@@ -58,7 +57,7 @@ def export_model(source: str | os.PathLike, output: str | os.PathLike, options: 
     local = Path(source).expanduser()
     check_output(output, options.force, [local] if local.exists() else [])  # fail fast, before any download
     folder = resolve_checkpoint(source, options.revision)
-    cfg = load_config(folder)
+    cfg = checkpoint_config(folder)
     files = weight_files(folder)
     dtype = DTYPES[options.dtype] if options.dtype else checkpoint_dtype(files)
     state_dtype = torch.float32 if options.state_dtype == "float32" else dtype

@@ -51,13 +51,12 @@ def load_engine(path: str | os.PathLike, dtype: Optional[torch.dtype] = None, st
 
     if is_export_folder(path):
         return engine_from_export(load_export(path), dtype, state_dtype, **options)
-    from ..checkpoint import resolve_checkpoint
-    from ..config import load_config
+    from ..checkpoint import checkpoint_config, resolve_checkpoint
     from .weights import checkpoint_weights
 
     require_native()
     folder = resolve_checkpoint(path)
-    cfg, dtype = load_config(folder), dtype or torch.float16
+    cfg, dtype = checkpoint_config(folder), dtype or torch.float16
     return NativeEngine(cfg, checkpoint_weights(folder, cfg, dtype), dtype=dtype,
                         state_dtype=state_dtype or torch.float32, **options)
 
