@@ -20,7 +20,8 @@ from .errors import MambaDeployError, ParameterError
 from .runtime.names import backend_names
 
 SAMPLING_DEFAULTS = {"temperature": 1.0, "top_k": 0, "top_p": 1.0, "min_p": 0.0, "repetition_penalty": 1.0}
-SAMPLING_HELP = {"temperature": "0 picks the most likely token (greedy).", "top_k": "Sample from the k likeliest (0: off).",
+SAMPLING_HELP = {"temperature": "0 picks the most likely token (greedy).",
+                 "top_k": "Sample from the k likeliest (0: off).",
                  "top_p": "Sample from the likeliest tokens holding this much probability (1: off).",
                  "min_p": "Drop tokens below min-p times the likeliest's probability (0: off).",
                  "repetition_penalty": "Penalise tokens already seen (1: off)."}
@@ -238,7 +239,8 @@ def build(path, backend, max_batch, max_seq, opt_seq, workspace, hardware_compat
 @click.option("--backend", type=click.Choice(["native"]), default="native", show_default=True,
               help="Backend to measure.")
 @click.option("--batch", "batches", default="1,16,64", show_default=True, help="Batch sizes, comma-separated.")
-@click.option("--prompt-len", type=int, default=100, show_default=True, help="Prompt tokens prefilled before the timed decode.")
+@click.option("--prompt-len", type=int, default=100, show_default=True,
+              help="Prompt tokens prefilled before the timed decode.")
 @click.option("--gen-len", type=int, default=200, show_default=True, help="Decode steps per timed run.")
 @click.option("--prefill-len", type=int, default=2048, show_default=True, help="Prompt length of the prefill timing.")
 @click.option("--random-init", metavar="NAME", default=None,

@@ -43,8 +43,8 @@ class Engine:
         return self.backend.config
 
     def new_state(self, batch_size: int = 1) -> InferenceState:
-        if batch_size < 1:
-            raise MambaDeployError(f"batch_size must be >= 1, got {batch_size}")
+        if not (is_integer(batch_size) and batch_size >= 1):
+            raise ParameterError("batch_size", f"must be an integer >= 1, got {batch_size!r}")
         return self.backend.new_state(batch_size)
 
     def _ids(self, input_ids: torch.Tensor) -> torch.Tensor:
@@ -137,7 +137,8 @@ class Engine:
         elif isinstance(prompt, (list, tuple)) and prompt and all(isinstance(p, (list, tuple)) for p in prompt):
             rows, single = [list(p) for p in prompt], False
         else:
-            raise ParameterError("prompt", "must be a string, a list of strings, or token ids (a list or lists of ints)")
+            raise ParameterError("prompt", "must be a string, a list of strings, or token ids "
+                                           "(a list or lists of ints)")
         limit = self.config.vocab_size_padded
         for row, ids in enumerate(rows):
             bad = next((t for t in ids if not (is_integer(t) and 0 <= t < limit)), None)
