@@ -10,8 +10,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 from .errors import CheckpointError, ConfigError, MambaDeployError, ParameterError
-
-__version__ = "0.1.0"
+from .version import __version__
 
 # public name -> the submodule that defines it (imported on first access)
 _LAZY_NAMES = {

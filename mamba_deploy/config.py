@@ -291,3 +291,37 @@ def _from_hf(data: dict[str, Any]) -> ModelConfig:
         tie_embeddings=bool(data.get("tie_word_embeddings", False)),
         **common,
     )
+
+
+def to_hf_config(cfg: ModelConfig) -> dict[str, Any]:
+    """The Hugging Face config.json (MambaForCausalLM / Mamba2ForCausalLM) of `cfg`; _from_hf reads it back."""
+    common = {"hidden_size": cfg.d_model, "num_hidden_layers": cfg.n_layer, "vocab_size": cfg.vocab_size_padded,
+              "state_size": cfg.d_state, "expand": cfg.expand, "conv_kernel": cfg.d_conv, "use_bias": cfg.bias,
+              "use_conv_bias": cfg.conv_bias, "layer_norm_epsilon": cfg.norm_eps,
+              "residual_in_fp32": cfg.residual_in_fp32, "tie_word_embeddings": cfg.tie_embeddings,
+              "hidden_act": "silu"}
+    if cfg.arch == MAMBA2:
+        lo, hi = cfg.dt_limit
+        return {**common, "model_type": "mamba2", "architectures": ["Mamba2ForCausalLM"], "num_heads": cfg.nheads,
+                "head_dim": cfg.headdim, "n_groups": cfg.ngroups, "chunk_size": cfg.chunk_size,
+                "time_step_limit": [lo, hi]}
+    return {**common, "model_type": "mamba", "architectures": ["MambaForCausalLM"], "time_step_rank": cfg.dt_rank,
+            "intermediate_size": cfg.d_inner}
+
+
+def to_mamba_ssm_config(cfg: ModelConfig) -> dict[str, Any]:
+    """The mamba-ssm config.json (d_model, ssm_cfg, ...) of `cfg`; _from_mamba_ssm reads it back."""
+    ssm: dict[str, Any] = {"d_state": cfg.d_state, "d_conv": cfg.d_conv, "expand": cfg.expand,
+                           "bias": cfg.bias, "conv_bias": cfg.conv_bias}
+    if cfg.arch == MAMBA2:
+        ssm.update(layer="Mamba2", headdim=cfg.headdim, ngroups=cfg.ngroups, chunk_size=cfg.chunk_size,
+                   dt_limit=list(cfg.dt_limit))
+    else:
+        ssm.update(dt_rank=cfg.dt_rank)
+    multiple = next((m for m in (1, 8, 16, 32, 64, 128, 256) if -(-cfg.vocab_size // m) * m == cfg.vocab_size_padded),
+                    None)
+    if multiple is None:
+        raise ValueError(f"padded vocabulary {cfg.vocab_size_padded} is not a padding of {cfg.vocab_size}")
+    return {"d_model": cfg.d_model, "n_layer": cfg.n_layer, "vocab_size": cfg.vocab_size, "ssm_cfg": ssm,
+            "rms_norm": cfg.rms_norm, "norm_epsilon": cfg.norm_eps, "residual_in_fp32": cfg.residual_in_fp32,
+            "pad_vocab_size_multiple": multiple, "tie_embeddings": cfg.tie_embeddings}

@@ -6,7 +6,7 @@ from pathlib import Path
 import onnx
 
 from .export.artifact import load_export
-from .ops.registry import DOMAIN
+from .ops import DOMAIN
 
 
 def _value_info(v) -> dict:

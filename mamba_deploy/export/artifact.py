@@ -1,4 +1,4 @@
-"""Reading an export folder (DESIGN §3): its config.json with export metadata, and its files."""
+"""Reading an export folder (docs/architecture.md "Export artifact"): its config.json with export metadata, and its files."""
 from __future__ import annotations
 
 import dataclasses

@@ -1,4 +1,4 @@
-"""`export_model`: checkpoint (folder or Hub id) -> export folder (DESIGN §3), written atomically.
+"""`export_model`: checkpoint (folder or Hub id) -> export folder (docs/architecture.md "Export artifact"), written atomically.
 
 Everything is written into a temp folder beside the output and renamed at the end, so a failure
 or Ctrl-C leaves no partial output (and, with `force`, the old output intact until the rename).
@@ -21,7 +21,7 @@ from tqdm import tqdm
 from ..checkpoint import TOKENIZER_FILES, resolve_checkpoint, weight_files
 from ..config import load_config
 from ..errors import MambaDeployError, ParameterError, is_integer
-from ..ops.onnx_defs import MIN_OPSET
+from ..ops import MIN_OPSET, register_onnx_schemas
 from .artifact import DECODE_FILE, DTYPES, FORMAT_VERSION, PREFILL_FILE
 from .graphs import GraphOptions, build_lm_graph
 from .weights import TORCH_TO_ONNX, checkpoint_dtype, write_weights
@@ -55,7 +55,7 @@ class ExportOptions:
 def export_model(source: str | os.PathLike, output: str | os.PathLike, options: ExportOptions = ExportOptions(),
                  progress: bool = True) -> Path:
     """Export a Mamba1/Mamba2 checkpoint to `output`; returns the output folder."""
-    from .. import __version__
+    from ..version import __version__
 
     options.validate()
     output = Path(output).expanduser()
@@ -82,6 +82,7 @@ def export_model(source: str | os.PathLike, output: str | os.PathLike, options: 
             steps.set_postfix_str(name)
             model = build_lm_graph(cfg, weights, graph_opts, decode)
             (tmp / name).write_bytes(model.SerializeToString())
+            register_onnx_schemas()
             onnx.checker.check_model(str(tmp / name))
             steps.update()
         steps.set_postfix_str("tokenizer")

@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional, Union
 
-from .. import __version__ as TOOL_VERSION
+from ..version import __version__ as TOOL_VERSION
 from ..errors import MambaDeployError
 from ..export.artifact import ExportInfo, load_export
 from ._loader import find_plugin_library, import_tensorrt

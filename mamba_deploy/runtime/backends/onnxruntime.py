@@ -27,8 +27,6 @@ class OnnxRuntimeBackend(Backend):
         super().__init__(info)
         import onnxruntime as ort
 
-        from ...ops import onnx_defs  # noqa: F401  (registers the custom op schemas)
-
         if info.dtype == torch.bfloat16 or info.state_dtype == torch.bfloat16:
             raise MambaDeployError("ONNX Runtime's CPU provider has no bfloat16 kernels; run this export with "
                                    "--backend torch (or export in float16/float32)")
