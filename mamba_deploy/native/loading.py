@@ -9,7 +9,7 @@ import torch
 
 from ..config import ModelConfig
 from ..errors import MambaDeployError
-from ..export.artifact import ExportInfo
+from ..export.artifact import ExportInfo, check_export
 from .engine import NativeEngine
 
 
@@ -40,7 +40,7 @@ def engine_from_export(info: ExportInfo, dtype: Optional[torch.dtype] = None,
     from .weights import export_weights
 
     require_native()
-    return NativeEngine(info.config, export_weights(info), dtype=dtype or info.dtype,
+    return NativeEngine(info.config, export_weights(check_export(info)), dtype=dtype or info.dtype,
                         state_dtype=state_dtype or info.state_dtype, **options)
 
 
