@@ -15,13 +15,15 @@ from typing import Iterator
 import torch
 
 from .config import ModelConfig, load_config
-from .errors import CheckpointError
+from .errors import CheckpointError, ParameterError
 
 CONFIG_FILES = ["config.json"]
 TOKENIZER_FILES = ["tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json",
                    "merges.txt", "generation_config.json"]
 SAFETENSORS_PATTERNS = ["model*.safetensors", "model.safetensors.index.json"]
 BIN_PATTERNS = ["pytorch_model*.bin", "pytorch_model.bin.index.json"]
+DTYPE_NAMES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
+               "half": torch.float16, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
 
 
@@ -220,11 +222,22 @@ def load_weights_into(model: torch.nn.Module, cfg: ModelConfig, files: list[Path
             params[key].copy_(tensor)
 
 
-def load_reference(path_or_id: str | os.PathLike, dtype: torch.dtype = torch.float32, device: str = "cpu",
+def as_float_dtype(dtype: torch.dtype | str, param: str = "dtype") -> torch.dtype:
+    """A floating torch.dtype, or one of DTYPE_NAMES ("float16", "bf16", ...) -> the torch.dtype."""
+    if isinstance(dtype, torch.dtype) and dtype.is_floating_point:
+        return dtype
+    if isinstance(dtype, str) and dtype.lower().removeprefix("torch.") in DTYPE_NAMES:
+        return DTYPE_NAMES[dtype.lower().removeprefix("torch.")]
+    raise ParameterError(param, f"must be a floating torch.dtype or one of {', '.join(DTYPE_NAMES)}, got {dtype!r}")
+
+
+def load_reference(path_or_id: str | os.PathLike, dtype: torch.dtype | str = torch.float32, device: str = "cpu",
                    revision: str | None = None):
-    """Load a checkpoint as the PyTorch reference model (`MambaLM`) in `dtype` on `device`."""
+    """Load a checkpoint as the PyTorch reference model (`MambaLM`) in `dtype` (a torch.dtype or a name such
+    as "float16" or "bf16") on `device`."""
     from .models import MambaLM
 
+    dtype = as_float_dtype(dtype)
     folder = resolve_checkpoint(path_or_id, revision)
     cfg = checkpoint_config(folder)
     files = weight_files(folder)

@@ -2,7 +2,12 @@
 
 Errors a user can cause (MambaDeployError, bad usage, OS errors on paths) print one line
 `error: …` on stderr and exit 1; Ctrl-C (SIGINT) exits 130 and SIGTERM 143, after the command's
-cleanup (an export removes its temp folder). More commands (build, bench) attach with `@cli.command()`.
+cleanup (an export removes its temp folder). An error about a Python parameter (ParameterError, e.g.
+`max_new_tokens`) names the command's flag (`--max-new-tokens`). More commands attach with
+`@cli.command()`.
+
+Importing this module must stay cheap (no torch, onnx, transformers, tokenizers, huggingface_hub), so
+that `--help` and `--version` answer at once: commands import what they need when they run.
 """
 from __future__ import annotations
 
@@ -15,14 +20,34 @@ from typing import Any, Optional
 
 import click
 
-from .errors import MambaDeployError
+from .errors import MambaDeployError, ParameterError
+from .runtime.names import backend_names
 
 SAMPLING_DEFAULTS = {"temperature": 1.0, "top_k": 0, "top_p": 1.0, "min_p": 0.0, "repetition_penalty": 1.0}
+SAMPLING_HELP = {"temperature": "0 picks the most likely token (greedy).",
+                 "top_k": "Sample from the k likeliest (0: off).",
+                 "top_p": "Sample from the likeliest tokens holding this much probability (1: off).",
+                 "min_p": "Drop tokens below min-p times the likeliest's probability (0: off).",
+                 "repetition_penalty": "Penalise tokens already seen (1: off)."}
+BACKEND_HELP = "Engine backend; auto: tensorrt if built, else native on a GPU, else onnxruntime."
 
 
 def _fail(message: str, code: int = 1) -> None:
     click.echo(f"error: {message.splitlines()[0] if message else 'failed'}", err=True)
     sys.exit(code)
+
+
+class MambaDeployCommand(click.Command):
+    """A command whose ParameterErrors name its flag for the parameter (`--top-k`) rather than `top_k`."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except ParameterError as exc:
+            flags = {p.name: max(p.opts, key=len) for p in self.params if isinstance(p, click.Option)}
+            if exc.param not in flags:
+                raise
+            raise MambaDeployError(f"{flags[exc.param]} {exc.problem}") from None
 
 
 class Terminated(BaseException):
@@ -42,6 +67,8 @@ def _set_sigterm_handler(handler: Any) -> Any:
 
 class MambaDeployGroup(click.Group):
     """A click group whose `main` turns user errors into one line on stderr and exit status 1."""
+
+    command_class = MambaDeployCommand
 
     def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra: Any):
         warnings.showwarning = lambda msg, *a, **k: click.echo(f"warning: {msg}", err=True)
@@ -80,12 +107,13 @@ def cli() -> None:
 @click.option("-o", "--output", required=True, type=click.Path(), help="Export folder to write.")
 @click.option("--dtype", type=click.Choice(["float32", "float16", "bfloat16"]), default=None,
               help="Model dtype (default: the checkpoint's).")
-@click.option("--state-dtype", type=click.Choice(["float32", "model"]), default="float32", show_default=True)
+@click.option("--state-dtype", type=click.Choice(["float32", "model"]), default="float32", show_default=True,
+              help="Recurrent state dtype: float32, or the model dtype (smaller, less accurate).")
 @click.option("--logits", type=click.Choice(["last", "all"]), default="last", show_default=True,
               help="Prefill returns the last position's logits or all of them.")
 @click.option("--ops", type=click.Choice(["plugin", "standard"]), default="plugin", show_default=True,
               help="Custom mamba_deploy ops (with function bodies) or standard ONNX ops only.")
-@click.option("--opset", type=int, default=27, show_default=True)
+@click.option("--opset", type=int, default=27, show_default=True, help="ONNX opset of the graphs (27 or newer).")
 @click.option("--revision", default=None, help="Hub revision (for a Hub id).")
 @click.option("--force", is_flag=True, help="Overwrite an existing output folder.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
@@ -100,47 +128,66 @@ def export(model, output, dtype, state_dtype, logits, ops, opset, revision, forc
 
 def _sampling_options(fn):
     for name, default in reversed(SAMPLING_DEFAULTS.items()):
-        fn = click.option(f"--{name.replace('_', '-')}", type=type(default), default=default, show_default=True)(fn)
+        fn = click.option(f"--{name.replace('_', '-')}", type=type(default), default=default, show_default=True,
+                          help=SAMPLING_HELP[name])(fn)
     return fn
 
 
 def _parse_ids(text: str) -> list[int]:
     try:
-        return [int(t) for t in text.replace(" ", "").split(",") if t]
+        ids = [int(t) for t in text.replace(" ", "").split(",") if t]
     except ValueError:
-        raise MambaDeployError(f"--ids must be comma-separated integers, got {text!r}") from None
+        ids = []
+    if not ids:
+        raise MambaDeployError(f"--ids must be comma-separated integers, got {text!r}")
+    return ids
 
 
 @cli.command()
 @click.argument("path", type=click.Path())
 @click.option("--prompt", default=None, help="Text prompt.")
 @click.option("--ids", default=None, help="Token ids instead of text, e.g. 1,2,3.")
-@click.option("--max-new-tokens", type=int, default=64, show_default=True)
+@click.option("--print-ids", is_flag=True, help="Print token ids instead of text (always so without a tokenizer).")
+@click.option("--max-new-tokens", type=int, default=64, show_default=True, help="Tokens to generate at most.")
 @_sampling_options
 @click.option("--stop", multiple=True, help="Stop string or token id (repeatable).")
-@click.option("--seed", type=int, default=None)
-@click.option("--backend", default="auto", show_default=True)
+@click.option("--seed", type=int, default=None, help="Sampling seed, 0 <= seed < 2**64 (default: random).")
+@click.option("--backend", type=click.Choice(backend_names()), default="auto", show_default=True, help=BACKEND_HELP)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object at the end instead of streaming.")
-def run(path, prompt, ids, max_new_tokens, temperature, top_k, top_p, min_p, repetition_penalty, stop, seed,
-        backend, as_json):
-    """Generate from an export folder, printing tokens as they come."""
+def run(path, prompt, ids, print_ids, max_new_tokens, temperature, top_k, top_p, min_p, repetition_penalty, stop,
+        seed, backend, as_json):
+    """Generate from an export folder, printing text (or token ids) as it comes."""
     from .runtime import Engine
 
     if (prompt is None) == (ids is None):
         raise click.UsageError("give exactly one of --prompt or --ids")
-    engine = Engine.load(path, backend=backend)
-    stops = [int(s) if s.isdigit() else s for s in stop]
     source: Any = prompt if prompt is not None else _parse_ids(ids)
+    engine = Engine.load(path, backend=backend)
+    if engine.tokenizer is None and prompt is not None:
+        raise MambaDeployError(f"{path} has no tokenizer: give token ids with --ids instead of --prompt")
+    output = "ids" if print_ids or engine.tokenizer is None else "text"
+    stops = [int(s) if s.isdigit() else s for s in stop]
     kwargs = dict(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
-                  repetition_penalty=repetition_penalty, stop=stops or None, seed=seed)
-    pieces = []
-    for piece in engine.generate(source, stream=True, **kwargs):
-        pieces.append(piece)
+                  repetition_penalty=repetition_penalty, stop=stops or None, seed=seed, output=output)
+    try:
+        pieces = engine.generate(source, stream=True, **kwargs)
+    except ParameterError as exc:
+        if exc.param == "prompt" and ids is not None:
+            raise ParameterError("ids", exc.problem) from None
+        raise
+    _print_pieces(pieces, output, as_json, engine.backend.name)
+
+
+def _print_pieces(pieces, output: str, as_json: bool, backend: str) -> None:
+    """Stream text pieces (or token ids, space-separated) to stdout; or one JSON object at the end."""
+    collected = []
+    for piece in pieces:
+        collected.append(piece)
         if not as_json:
-            click.echo(piece if isinstance(piece, str) else f"{piece} ", nl=False)
+            click.echo(piece if output == "text" else f"{piece} ", nl=False)
     if as_json:
-        key = "text" if prompt is not None else "ids"
-        click.echo(json.dumps({key: "".join(pieces) if prompt is not None else pieces, "backend": engine.backend.name}))
+        result = "".join(collected) if output == "text" else collected
+        click.echo(json.dumps({output: result, "backend": backend}))
     else:
         click.echo()
 
@@ -148,11 +195,12 @@ def run(path, prompt, ids, max_new_tokens, temperature, top_k, top_p, min_p, rep
 @cli.command()
 @click.argument("path", type=click.Path())
 @click.option("--reference", default=None, help="Reference checkpoint (default: the export's source).")
-@click.option("--backend", default="auto", show_default=True)
-@click.option("--oracle", type=click.Choice(["reference", "transformers"]), default="reference", show_default=True)
+@click.option("--backend", type=click.Choice(backend_names()), default="auto", show_default=True, help=BACKEND_HELP)
+@click.option("--oracle", type=click.Choice(["reference", "transformers"]), default="reference", show_default=True,
+              help="Compare with our float32 PyTorch model, or with Hugging Face transformers'.")
 @click.option("--prompts", multiple=True, help="Prompt text (repeatable).")
 @click.option("--steps", type=int, default=8, show_default=True, help="Decode steps after the prefill.")
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 def verify(path, reference, backend, oracle, prompts, steps, as_json):
     """Compare an engine with the float32 PyTorch reference; exit 1 when outside tolerance."""
     from .verify import format_report, verify_export
@@ -165,7 +213,7 @@ def verify(path, reference, backend, oracle, prompts, steps, as_json):
 
 @cli.command("inspect")
 @click.argument("path", type=click.Path())
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 def inspect_cmd(path, as_json):
     """Show what an export folder holds."""
     from .inspect_export import format_inspect, inspect_export
@@ -186,7 +234,8 @@ def _int_list(text: str) -> list[int]:
 
 @cli.command()
 @click.argument("path", type=click.Path())
-@click.option("--backend", type=click.Choice(["native", "tensorrt"]), default="native", show_default=True)
+@click.option("--backend", type=click.Choice(["native", "tensorrt"]), default="native", show_default=True,
+              help="Which engines to build.")
 @click.option("--max-batch", type=int, default=64, show_default=True, help="Largest batch the engines serve.")
 @click.option("--max-seq", type=int, default=2048, show_default=True, help="TensorRT: longest prefill chunk.")
 @click.option("--opt-seq", type=int, default=512, show_default=True, help="TensorRT: prefill length to tune for.")
@@ -212,16 +261,19 @@ def build(path, backend, max_batch, max_seq, opt_seq, workspace, hardware_compat
 
 @cli.command()
 @click.argument("path", type=click.Path(), required=False)
-@click.option("--backend", type=click.Choice(["native"]), default="native", show_default=True)
+@click.option("--backend", type=click.Choice(["native"]), default="native", show_default=True,
+              help="Backend to measure.")
 @click.option("--batch", "batches", default="1,16,64", show_default=True, help="Batch sizes, comma-separated.")
-@click.option("--prompt-len", type=int, default=100, show_default=True)
-@click.option("--gen-len", type=int, default=200, show_default=True)
-@click.option("--prefill-len", type=int, default=2048, show_default=True)
+@click.option("--prompt-len", type=int, default=100, show_default=True,
+              help="Prompt tokens prefilled before the timed decode.")
+@click.option("--gen-len", type=int, default=200, show_default=True, help="Decode steps per timed run.")
+@click.option("--prefill-len", type=int, default=2048, show_default=True, help="Prompt length of the prefill timing.")
 @click.option("--random-init", metavar="NAME", default=None,
               help="Bench a random checkpoint of a published shape (mamba-130m ... mamba2-2.7b) instead of PATH.")
-@click.option("--dtype", type=click.Choice(["float16", "bfloat16", "float32"]), default="float16", show_default=True)
+@click.option("--dtype", type=click.Choice(["float16", "bfloat16", "float32"]), default="float16", show_default=True,
+              help="Dtype the engine runs in.")
 @click.option("--profile", is_flag=True, help="Also list the kernels of one decode step and one prefill.")
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the rows as JSON.")
 def bench(path, backend, batches, prompt_len, gen_len, prefill_len, random_init, dtype, profile, as_json):
     """Decode ms/token and tokens/s per batch size, prefill ms, peak memory, GB/s vs the weight-read floor."""
     from .random_init import PRESETS

@@ -8,7 +8,7 @@ from safetensors.torch import load_file, save_file
 
 from mamba_deploy import load_reference
 from mamba_deploy.checkpoint import resolve_checkpoint, weight_files
-from mamba_deploy.errors import CheckpointError, ConfigError
+from mamba_deploy.errors import CheckpointError, ConfigError, ParameterError
 from mamba_deploy.random_init import make_random_checkpoint
 
 TINY = {"d_model": 32, "n_layer": 2, "vocab_size": 50, "ssm_cfg": {"d_state": 4}, "pad_vocab_size_multiple": 8}
@@ -75,6 +75,20 @@ def test_hub_id_from_offline_cache(ckpts, tmp_path, monkeypatch):
     assert torch.equal(_logits("state-spaces/tiny"), _logits(ckpts["ssm1"]))
     with pytest.raises(CheckpointError, match="not in the local Hugging Face cache and HF_HUB_OFFLINE"):
         resolve_checkpoint("state-spaces/absent")
+
+
+@pytest.mark.parametrize("name,dtype", [("float32", torch.float32), ("float16", torch.float16),
+                                        ("bfloat16", torch.bfloat16), ("fp32", torch.float32), ("fp16", torch.float16),
+                                        ("bf16", torch.bfloat16), ("torch.float16", torch.float16)])
+def test_dtype_by_name(ckpts, name, dtype):
+    model = load_reference(ckpts["ssm1"], name)
+    assert model.backbone.layers[0].mixer.in_proj.weight.dtype == dtype
+
+
+@pytest.mark.parametrize("bad", ["float8", "int8", torch.int64, 16, None])
+def test_unknown_dtype_is_a_parameter_error(ckpts, bad):
+    with pytest.raises(ParameterError, match=r"^dtype must be a floating torch.dtype or one of float32, fp32"):
+        load_reference(ckpts["ssm1"], bad)
 
 
 def test_bad_inputs(ckpts, tmp_path):

@@ -5,7 +5,9 @@ import shutil
 import subprocess
 import sys
 
+import click
 import pytest
+from byte_tokenizer import write_byte_tokenizer
 from click.testing import CliRunner
 
 from mamba_deploy.cli import cli
@@ -145,3 +147,73 @@ def test_build_and_bench_errors_without_gpu(exported, args, message):
     result = invoke(*[a.format(exp=exported) for a in args])
     assert_one_line_error(result)
     assert message in result.output
+
+
+@pytest.fixture(scope="module")
+def with_tokenizer(exported, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("tok") / "export"
+    shutil.copytree(exported, folder)
+    write_byte_tokenizer(folder)
+    return folder
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--seed", str(2**70)], "--seed must be an integer in [0, 2**64)"),
+    (["--seed", "-1"], "--seed must be an integer in [0, 2**64)"),
+    (["--max-new-tokens", "-1"], "--max-new-tokens must be an integer >= 0"),
+    (["--top-p", "0"], "--top-p must be a number in (0, 1]"),
+    (["--top-k", "-2"], "--top-k must be an integer >= 0"),
+    (["--repetition-penalty", "nan"], "--repetition-penalty must be a number > 0"),
+    (["--stop", "xy"], "--stop strings need text output"),
+])
+def test_run_errors_name_the_flag(exported, args, message):
+    result = invoke("run", exported, "--ids", "1,2", *args)
+    assert_one_line_error(result)
+    assert result.stderr.startswith(f"error: {message}"), result.stderr
+
+
+@pytest.mark.parametrize("ids", [f"1,{2**64}", "1,104", "1,-3", ",", "1,2.5"])
+def test_run_bad_ids_name_ids(exported, ids):
+    result = invoke("run", exported, "--ids", ids, "--max-new-tokens", "1")
+    assert_one_line_error(result)
+    assert result.stderr.startswith("error: --ids "), result.stderr
+
+
+def test_export_errors_name_the_flag(ckpt, tmp_path):
+    result = invoke("export", ckpt, "-o", tmp_path / "out", "--opset", "5", "-q")
+    assert_one_line_error(result)
+    assert result.stderr.startswith("error: --opset must be between"), result.stderr
+
+
+def test_no_tokenizer_error_mentions_ids(exported):
+    result = invoke("run", exported, "--prompt", "hello")
+    assert_one_line_error(result)
+    assert "--ids" in result.stderr and "no tokenizer" in result.stderr
+
+
+def test_run_ids_prints_text_when_there_is_a_tokenizer(with_tokenizer):
+    args = ["run", with_tokenizer, "--ids", "72,73", "--max-new-tokens", "5", "--temperature", "0"]
+    ids = json.loads(invoke(*args, "--json", "--print-ids").stdout)["ids"]
+    text = json.loads(invoke(*args, "--json").stdout)["text"]
+    prompted = json.loads(invoke("run", with_tokenizer, "--prompt", "HI", *args[4:], "--json").stdout)["text"]
+    assert len(ids) == 5 and isinstance(text, str) and text == prompted
+    assert invoke(*args).stdout == text + "\n"
+    assert invoke(*args, "--print-ids").stdout == "".join(f"{i} " for i in ids) + "\n"
+
+
+def test_backend_choices_are_the_registry_names(exported):
+    from mamba_deploy.runtime.backend import backend_names
+
+    for command in ("run", "verify"):
+        option = next(p for p in cli.commands[command].params if p.name == "backend")
+        assert list(option.type.choices) == backend_names()
+        assert "[auto|onnxruntime|torch|native|tensorrt]" in invoke(command, "--help").stdout
+    result = invoke("run", exported, "--ids", "1", "--backend", "nope")
+    assert_one_line_error(result)
+    assert "'nope' is not one of 'auto', 'onnxruntime'" in result.stderr
+
+
+def test_every_option_has_help():
+    missing = [f"{name} {p.opts[0]}" for name, command in cli.commands.items() for p in command.params
+               if isinstance(p, click.Option) and not p.help]
+    assert missing == []

@@ -17,7 +17,7 @@ import torch
 from tqdm import tqdm
 
 from ..checkpoint import checkpoint_config, resolve_checkpoint, weight_files
-from ..errors import MambaDeployError
+from ..errors import MambaDeployError, ParameterError, is_integer
 from ..ops import MIN_OPSET, register_onnx_schemas
 from .artifact import DECODE_FILE, DTYPES, FORMAT_VERSION, PREFILL_FILE
 from .graphs import GraphOptions, build_lm_graph
@@ -40,12 +40,12 @@ class ExportOptions:
                    "ops": ("plugin", "standard")}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
-                raise MambaDeployError(f"--{name.replace('_', '-')} must be one of "
-                                       f"{', '.join(a for a in allowed if a)}, got {getattr(self, name)!r}")
+                raise ParameterError(name, f"must be one of {', '.join(a for a in allowed if a)}, "
+                                           f"got {getattr(self, name)!r}")
         newest = onnx.defs.onnx_opset_version()
-        if not MIN_OPSET <= self.opset <= newest:
-            raise MambaDeployError(f"--opset must be between {MIN_OPSET} (LinearAttention) and {newest} "
-                                   f"(this onnx), got {self.opset}")
+        if not (is_integer(self.opset) and MIN_OPSET <= self.opset <= newest):
+            raise ParameterError("opset", f"must be between {MIN_OPSET} (LinearAttention) and {newest} "
+                                          f"(this onnx), got {self.opset}")
 
 
 def export_model(source: str | os.PathLike, output: str | os.PathLike, options: ExportOptions = ExportOptions(),

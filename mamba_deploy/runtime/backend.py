@@ -26,7 +26,7 @@ Contract:
 
 Backends register a loader by name; a new backend is one module that calls
 `register_backend("name", loader)` where loader(info: ExportInfo, **options) -> Backend, plus one
-line in BACKEND_MODULES so that it is imported on demand.
+line in names.BACKEND_MODULES so that it is imported on demand.
 """
 from __future__ import annotations
 
@@ -40,6 +40,7 @@ from ..config import ModelConfig
 from ..errors import MambaDeployError
 from ..export.artifact import ExportInfo
 from ..models.state import InferenceState
+from .names import BACKEND_MODULES, backend_names
 
 
 class Backend(abc.ABC):
@@ -90,13 +91,6 @@ class Backend(abc.ABC):
 
 BackendLoader = Callable[..., Backend]
 BACKENDS: dict[str, BackendLoader] = {}
-# name -> the module that registers it when imported
-BACKEND_MODULES: dict[str, str] = {
-    "onnxruntime": "mamba_deploy.runtime.backends.onnxruntime",
-    "torch": "mamba_deploy.runtime.backends.torch",
-    "native": "mamba_deploy.runtime.backends.native",
-    "tensorrt": "mamba_deploy.runtime.backends.tensorrt",
-}
 AUTO_ORDER = ["tensorrt", "native", "onnxruntime"]  # "auto" takes the first that is available
 
 
@@ -127,10 +121,6 @@ def _probe(name: str, info: ExportInfo) -> bool:
         return _import(name) and BACKEND_AVAILABLE[name](info)
     except Exception:  # noqa: BLE001  (a broken optional backend must not break "auto")
         return name == "onnxruntime"
-
-
-def backend_names() -> list[str]:
-    return ["auto", *BACKEND_MODULES]
 
 
 def load_backend(name: str, info: ExportInfo, **options) -> Backend:

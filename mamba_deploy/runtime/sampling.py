@@ -14,7 +14,7 @@ from typing import Optional
 
 import torch
 
-from ..errors import MambaDeployError
+from ..errors import ParameterError, is_integer, is_real
 
 
 @dataclasses.dataclass(frozen=True)
@@ -26,13 +26,16 @@ class SamplingParams:
     repetition_penalty: float = 1.0  # 1: off (CTRL-style: divide positive logits, multiply negative)
 
     def validate(self) -> "SamplingParams":
-        checks = [(self.temperature >= 0 and math.isfinite(self.temperature), "temperature must be >= 0"),
-                  (self.top_k >= 0, "top_k must be >= 0"), (0 < self.top_p <= 1, "top_p must be in (0, 1]"),
-                  (0 <= self.min_p <= 1, "min_p must be in [0, 1]"),
-                  (self.repetition_penalty > 0, "repetition_penalty must be > 0")]
-        for ok, message in checks:
-            if not ok:
-                raise MambaDeployError(message)
+        """Raise ParameterError naming the first field that is not a number in its range."""
+        checks = [("temperature", is_real, lambda v: 0 <= v < math.inf, "a number >= 0"),
+                  ("top_k", is_integer, lambda v: v >= 0, "an integer >= 0"),
+                  ("top_p", is_real, lambda v: 0 < v <= 1, "a number in (0, 1]"),
+                  ("min_p", is_real, lambda v: 0 <= v <= 1, "a number in [0, 1]"),
+                  ("repetition_penalty", is_real, lambda v: v > 0, "a number > 0")]
+        for name, right_type, in_range, wanted in checks:
+            value = getattr(self, name)
+            if not (right_type(value) and in_range(value)):
+                raise ParameterError(name, f"must be {wanted}, got {value!r}")
         return self
 
     @property

@@ -163,3 +163,14 @@ def test_default_dtype_is_the_checkpoints(tmp_path):
     out = export_model(ckpt, tmp_path / "out", ExportOptions(), progress=False)
     info = load_export(out)
     assert info.dtype == torch.bfloat16 and info.state_dtype == torch.float32
+
+
+@pytest.mark.parametrize("options,param", [(dict(state_dtype="fp8"), "state_dtype"), (dict(dtype="int8"), "dtype"),
+                                           (dict(opset=5), "opset"), (dict(opset="27"), "opset"),
+                                           (dict(logits="some"), "logits")])
+def test_bad_options_name_the_python_parameter(options, param):
+    from mamba_deploy.errors import ParameterError
+
+    with pytest.raises(ParameterError, match=rf"^{param} must be ") as info:
+        ExportOptions(**options).validate()
+    assert info.value.param == param

@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from mamba_deploy.errors import MambaDeployError
+from mamba_deploy.errors import ParameterError
 from mamba_deploy.runtime.sampling import (SamplingParams, apply_repetition_penalty, mask_min_p, mask_padding,
                                            mask_top_k, mask_top_p, sample)
 
@@ -68,7 +68,9 @@ def test_sampling_follows_distribution():
 
 
 @pytest.mark.parametrize("bad", [dict(temperature=-1), dict(top_p=0), dict(top_k=-1), dict(min_p=2),
-                                 dict(repetition_penalty=0)])
-def test_invalid_params(bad):
-    with pytest.raises(MambaDeployError):
+                                 dict(repetition_penalty=0), dict(top_k=2.5), dict(temperature=float("inf")),
+                                 dict(top_p="0.9"), dict(min_p=None), dict(repetition_penalty=True)])
+def test_invalid_params_name_the_field(bad):
+    with pytest.raises(ParameterError, match=rf"^{next(iter(bad))} must be ") as info:
         SamplingParams(**bad).validate()
+    assert info.value.param == next(iter(bad))
