@@ -21,6 +21,11 @@ Contract:
     returns (batch, 1, vocab_size_padded).
   * The returned logits tensor may be a buffer the backend reuses on its next call: copy it if it
     must outlive that call.
+  * Any number of threads may call one backend at once, each with its own state (one state is
+    used by one call at a time), and every call gets the result it would get alone; each backend's
+    docstring says how (its own scratch per call, or a lock). State tensors may be any strided
+    views (transposes, slices of a larger buffer) of the right shape, dtype and device. (tensorrt
+    does not meet this yet: one thread per backend, contiguous states.)
   * Properties: `config` (ModelConfig), `dtype` and `state_dtype` (torch dtypes), `device`
     (torch.device), `name` (the registry name), `all_logits` (bool).
 

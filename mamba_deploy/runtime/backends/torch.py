@@ -3,6 +3,10 @@
 The weights are read back from weights.data through the initializers of decode.onnx (no second
 format): A = -exp(A_log) is inverted to A_log = log(-A) (exact to a float32 ulp), conv weights are
 reshaped back to (dim, 1, width).
+
+Thread safety: calls share only the model's weights, which they read; every intermediate is a new
+tensor and the state is written only through the caller's own tensors, so threads may call one
+backend at once without a lock.
 """
 from __future__ import annotations
 
