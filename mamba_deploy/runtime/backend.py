@@ -102,7 +102,7 @@ BACKEND_MODULES: dict[str, str] = {
     "native": "mamba_deploy.runtime.backends.native",
     "tensorrt": "mamba_deploy.runtime.backends.tensorrt",
 }
-AUTO_ORDER = ["tensorrt", "native", "onnxruntime"]  # "auto" takes the first that is available
+AUTO_ORDER = ["tensorrt", "native", "onnxruntime", "torch"]  # "auto" takes the first that is available
 
 
 BACKEND_AVAILABLE: dict[str, Callable[[ExportInfo], bool]] = {}
@@ -139,7 +139,8 @@ def backend_names() -> list[str]:
 
 
 def load_backend(name: str, info: ExportInfo, **options) -> Backend:
-    """`name` is a registered backend or "auto" (tensorrt if built, else native on a GPU, else onnxruntime)."""
+    """`name` is a registered backend or "auto" (tensorrt if built, else native on a GPU, else onnxruntime,
+    else torch: e.g. bfloat16 exports on CPU)."""
     if name == "auto":
         name = next(n for n in AUTO_ORDER if _probe(n, info))
     elif not _import(name):

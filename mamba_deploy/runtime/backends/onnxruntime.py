@@ -33,7 +33,7 @@ class OnnxRuntimeBackend(Backend):
 
         from ...ops import onnx_defs  # noqa: F401  (registers the custom op schemas)
 
-        if info.dtype == torch.bfloat16 or info.state_dtype == torch.bfloat16:
+        if not _available(info):
             raise MambaDeployError("ONNX Runtime's CPU provider has no bfloat16 kernels; run this export with "
                                    "--backend torch (or export in float16/float32)")
         opts = ort.SessionOptions()
@@ -91,4 +91,9 @@ def _bind(bind, name: str, tensor: torch.Tensor) -> None:
     bind(name, "cpu", 0, _NUMPY[tensor.dtype], list(tensor.shape), tensor.data_ptr())
 
 
-register_backend("onnxruntime", OnnxRuntimeBackend)
+def _available(info: ExportInfo) -> bool:
+    """The CPU provider has no bfloat16 kernels."""
+    return torch.bfloat16 not in (info.dtype, info.state_dtype)
+
+
+register_backend("onnxruntime", OnnxRuntimeBackend, _available)
