@@ -76,3 +76,11 @@ def test_strided_state_gives_same_logits(engine, layout):
         assert torch.equal(got, want)
         for a, b in zip(strided.conv + strided.ssm, dense.conv + dense.ssm):
             assert torch.equal(a, b)
+
+
+def test_threads_streaming_text(engine):
+    prompts = ["HI", "A LONGER PROMPT", "é!", "42"]
+    solo = [engine.generate(p, max_new_tokens=12, temperature=0.8, seed=2) for p in prompts]
+    streamed = _run_threads(
+        lambda k: "".join(engine.generate(prompts[k % 4], max_new_tokens=12, temperature=0.8, seed=2, stream=True)), 8)
+    assert streamed == solo * 2
