@@ -3,8 +3,7 @@ from .checkpoint import load_reference
 from .config import ModelConfig, load_config
 from .errors import CheckpointError, ConfigError, MambaDeployError
 from .runtime import Engine
-
-__version__ = "0.1.0"
+from .version import __version__
 
 __all__ = ["CheckpointError", "ConfigError", "Engine", "MambaDeployError", "ModelConfig", "__version__", "load_config",
            "load_reference"]

@@ -44,16 +44,9 @@ def bench_decode(eng, batch: int, prompt_len: int, gen_len: int, repeats: int = 
     """ms per decode step (one token per row) of the engine's CUDA graph for `batch`."""
     state = eng.new_state(batch)
     logits = eng.prefill(_prompt(batch, prompt_len, eng.config.vocab_size, eng.device), state)
-    eng.ids[:batch].copy_(logits[:, -1, :eng.config.vocab_size].argmax(-1))
-    if not eng._is_static(state):
-        raise RuntimeError("bench needs the engine's static state (another state is alive)")
-    for _ in range(10):
-        eng.step_static(batch)
-
-    def run():
-        for _ in range(gen_len):
-            eng.step_static(batch)
-    ms = _events_ms(run, repeats) / gen_len
+    run = eng.greedy_replay(state, logits[:, -1, :eng.config.vocab_size].argmax(-1))
+    run(10)
+    ms = _events_ms(lambda: run(gen_len), repeats) / gen_len
     del state
     return ms
 
@@ -124,9 +117,9 @@ def bench_mamba_ssm(eng, batch: int, prompt_len: int, gen_len: int) -> Optional[
         from mamba_ssm.models.mixer_seq_simple import MambaLMHeadModel
     except ImportError:
         return None
-    from .random_init import _ssm_config
+    from .config import to_mamba_ssm_config
 
-    cfg = {k: v for k, v in _ssm_config(eng.config).items() if k in MambaConfig.__dataclass_fields__}
+    cfg = {k: v for k, v in to_mamba_ssm_config(eng.config).items() if k in MambaConfig.__dataclass_fields__}
     model = MambaLMHeadModel(MambaConfig(**cfg), device=eng.device, dtype=eng.dtype).eval()
     own = {"backbone.embedding.weight": eng.emb, "backbone.norm_f.weight": eng.norm_f[0]}
     for i, L in enumerate(eng.layers):
@@ -184,8 +177,9 @@ def bench(path=None, backend: str = "native", batches: Sequence[int] = (1, 16, 6
     if profile:
         for b in batches:
             state = eng.new_state(b)
+            run = eng.greedy_replay(state, torch.ones(b, dtype=torch.int64, device=eng.device))
             print_fn(f"\nkernels of one decode step, batch {b} (us/step, calls/step):")
-            for k, us, n in profile_kernels(lambda: eng.step_static(b)):
+            for k, us, n in profile_kernels(lambda: run(1)):
                 print_fn(f"  {us:9.1f}  {n:4d}  {k}")
             del state
         ids, state = _prompt(1, prefill_len, eng.config.vocab_size, eng.device), eng.new_state(1)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import sys
 from pathlib import Path
 from typing import Iterator
 
@@ -22,6 +23,26 @@ TOKENIZER_FILES = ["tokenizer.json", "tokenizer_config.json", "special_tokens_ma
 SAFETENSORS_PATTERNS = ["model*.safetensors", "model.safetensors.index.json"]
 BIN_PATTERNS = ["pytorch_model*.bin", "pytorch_model.bin.index.json"]
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
+
+
+def resolve_inside(folder: Path, relative: str | os.PathLike, what: str) -> Path:
+    """`folder/relative` with symlinks resolved; CheckpointError if that leaves `folder` (absolute paths,
+    `..` escapes, links pointing out). A Hugging Face cache snapshot's links into its repo's blobs/ stay inside."""
+    name = os.fspath(relative)
+    outside = CheckpointError(f"{what} {name!r} resolves outside {folder}")
+    if os.path.isabs(name):
+        raise outside
+    root = Path(folder).resolve()
+    try:
+        path = (root / name).resolve()
+    except (OSError, ValueError):  # a link loop, a NUL byte
+        raise outside from None
+    roots = [root]
+    if root.parent.name == "snapshots" and root.parent.parent.name.startswith("models--"):
+        roots.append(root.parent.parent / "blobs")
+    if not any(path.is_relative_to(r) for r in roots):
+        raise outside
+    return path
 
 
 def resolve_checkpoint(path_or_id: str | os.PathLike, revision: str | None = None) -> Path:
@@ -44,40 +65,72 @@ def _download(repo_id: str, revision: str | None) -> Path:
                                         RevisionNotFoundError)
 
     offline = bool(hf_constants.HF_HUB_OFFLINE)
+    timeout = hf_constants.HF_HUB_ETAG_TIMEOUT  # seconds per request (default 10)
     try:
         if offline:
             patterns = CONFIG_FILES + TOKENIZER_FILES + SAFETENSORS_PATTERNS + BIN_PATTERNS
-        else:
-            files = HfApi().list_repo_files(repo_id, revision=revision)
-            has_st = any(f.endswith(".safetensors") for f in files)
+        else:  # one request without retries: an unreachable Hub fails within `timeout`
+            info = HfApi().model_info(repo_id, revision=revision, timeout=timeout, expand=["siblings"])
+            has_st = any(s.rfilename.endswith(".safetensors") for s in info.siblings or [])
             patterns = CONFIG_FILES + TOKENIZER_FILES + (SAFETENSORS_PATTERNS if has_st else BIN_PATTERNS)
-        return Path(snapshot_download(repo_id, revision=revision, allow_patterns=patterns, local_files_only=offline))
+        return Path(snapshot_download(repo_id, revision=revision, allow_patterns=patterns, local_files_only=offline,
+                                      etag_timeout=timeout))
     except LocalEntryNotFoundError:
         why = "HF_HUB_OFFLINE is set" if offline else "the Hub could not be reached"
         raise CheckpointError(f"{repo_id}: not in the local Hugging Face cache and {why}") from None
     except (RepositoryNotFoundError, RevisionNotFoundError):
         raise CheckpointError(f"{repo_id}: no such model on the Hugging Face Hub (or it is private)") from None
-    except (HfHubHTTPError, OSError) as exc:
+    except HfHubHTTPError as exc:
+        raise CheckpointError(f"{repo_id}: download failed ({type(exc).__name__}: {exc})".splitlines()[0]) from None
+    except _network_errors() as exc:
+        raise CheckpointError(f"{repo_id}: cannot reach the Hugging Face Hub ({type(exc).__name__}); set "
+                              f"HF_HUB_OFFLINE=1 to use the local cache, or pass a local checkpoint folder") from None
+    except OSError as exc:
         raise CheckpointError(f"{repo_id}: download failed ({type(exc).__name__}: {exc})".splitlines()[0]) from None
 
 
+def _network_errors() -> tuple[type[BaseException], ...]:
+    """Connection, DNS, proxy and timeout failures of whichever HTTP client huggingface_hub has loaded."""
+    found: list[type[BaseException]] = [ConnectionError, TimeoutError]
+    for module, names in (("httpx2", ["TransportError"]), ("httpx", ["TransportError"]),
+                          ("requests", ["ConnectionError", "Timeout"])):
+        loaded = sys.modules.get(module)
+        found += [getattr(loaded, name) for name in names if loaded is not None and hasattr(loaded, name)]
+    return tuple(found)
+
+
+def checkpoint_config(folder: Path) -> ModelConfig:
+    """The checkpoint's config.json (which must resolve inside `folder`) as a ModelConfig."""
+    return load_config(resolve_inside(folder, "config.json", "config file"))
+
+
 def weight_files(folder: Path) -> list[Path]:
-    """The checkpoint's weight files, safetensors preferred; sharded checkpoints via their index."""
+    """The checkpoint's weight files, safetensors preferred; sharded checkpoints via their index.
+    Every file must resolve inside `folder`."""
     for index_name, single in (("model.safetensors.index.json", "model.safetensors"),
                                ("pytorch_model.bin.index.json", "pytorch_model.bin")):
-        index = folder / index_name
-        if index.is_file():
-            try:
-                shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-            except (json.JSONDecodeError, KeyError, TypeError, AttributeError):
-                raise CheckpointError(f"{index}: corrupt index (no 'weight_map')") from None
-            missing = [s for s in shards if not (folder / s).is_file()]
+        if (folder / index_name).is_file():
+            names = _index_shards(folder, index_name)
+            shards = [resolve_inside(folder, name, f"{index_name}: shard") for name in names]
+            missing = [name for name, shard in zip(names, shards) if not shard.is_file()]
             if missing:
-                raise CheckpointError(f"{index}: shard(s) missing: {', '.join(missing)}")
-            return [folder / s for s in shards]
+                raise CheckpointError(f"{folder / index_name}: shard(s) missing: {', '.join(missing)}")
+            return shards
         if (folder / single).is_file():
-            return [folder / single]
+            return [resolve_inside(folder, single, "weights file")]
     raise CheckpointError(f"{folder}: no weights (expected model.safetensors or pytorch_model.bin, or a sharded index)")
+
+
+def _index_shards(folder: Path, index_name: str) -> list[str]:
+    """The distinct shard file names in `folder/index_name` (a sharded checkpoint's index), sorted."""
+    index = folder / index_name
+    try:
+        weight_map = json.loads(resolve_inside(folder, index_name, "index").read_text())["weight_map"]
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError):
+        raise CheckpointError(f"{index}: corrupt index (no 'weight_map')") from None
+    if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
+        raise CheckpointError(f"{index}: corrupt index ('weight_map' must map weight names to shard file names)")
+    return sorted(set(weight_map.values()))
 
 
 def iter_tensors(files: list[Path]) -> Iterator[tuple[str, torch.Tensor]]:
@@ -173,7 +226,7 @@ def load_reference(path_or_id: str | os.PathLike, dtype: torch.dtype = torch.flo
     from .models import MambaLM
 
     folder = resolve_checkpoint(path_or_id, revision)
-    cfg = load_config(folder)
+    cfg = checkpoint_config(folder)
     files = weight_files(folder)
     with torch.device("meta"):
         model = MambaLM(cfg, dtype=dtype)

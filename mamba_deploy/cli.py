@@ -1,12 +1,15 @@
 """The `mamba-deploy` command line: each command parses options and calls one library function.
 
 Errors a user can cause (MambaDeployError, bad usage, OS errors on paths) print one line
-`error: …` on stderr and exit 1. More commands (build, bench) attach with `@cli.command()`.
+`error: …` on stderr and exit 1; Ctrl-C (SIGINT) exits 130 and SIGTERM 143, after the command's
+cleanup (an export removes its temp folder). More commands (build, bench) attach with `@cli.command()`.
 """
 from __future__ import annotations
 
 import json
+import signal
 import sys
+import threading
 import warnings
 from typing import Any, Optional
 
@@ -22,19 +25,36 @@ def _fail(message: str, code: int = 1) -> None:
     sys.exit(code)
 
 
+class Terminated(BaseException):
+    """Raised in the main thread on SIGTERM, so that cleanup runs as for KeyboardInterrupt."""
+
+
+def _terminate(signum: int, frame: Any) -> None:
+    raise Terminated()
+
+
+def _set_sigterm_handler(handler: Any) -> Any:
+    """Install `handler` for SIGTERM; returns the previous one (None, changing nothing, off the main thread)."""
+    if handler is None or threading.current_thread() is not threading.main_thread():
+        return None
+    return signal.signal(signal.SIGTERM, handler)
+
+
 class MambaDeployGroup(click.Group):
     """A click group whose `main` turns user errors into one line on stderr and exit status 1."""
 
     def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra: Any):
         warnings.showwarning = lambda msg, *a, **k: click.echo(f"warning: {msg}", err=True)
+        previous = _set_sigterm_handler(_terminate)
         try:
             super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
         except click.exceptions.Exit as exc:
             sys.exit(exc.exit_code)
         except click.ClickException as exc:
             _fail(exc.format_message())
-        except click.exceptions.Abort:
-            _fail("aborted")
+        except click.exceptions.Abort as exc:  # click turns KeyboardInterrupt into Abort
+            interrupted = isinstance(exc.__cause__, KeyboardInterrupt)
+            _fail("interrupted" if interrupted else "aborted", 130 if interrupted else 1)
         except MambaDeployError as exc:
             _fail(str(exc))
         except OSError as exc:
@@ -42,6 +62,10 @@ class MambaDeployGroup(click.Group):
             _fail(f"{where}{exc.strerror or exc}")
         except KeyboardInterrupt:
             _fail("interrupted", 130)
+        except Terminated:
+            _fail("terminated", 143)
+        finally:
+            _set_sigterm_handler(previous)
         sys.exit(0)
 
 

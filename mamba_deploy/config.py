@@ -16,6 +16,13 @@ from .errors import ConfigError
 MAMBA1 = "mamba1"
 MAMBA2 = "mamba2"
 _HF_TYPES = {"mamba": MAMBA1, "mamba2": MAMBA2}
+# Sane ranges of the integer fields (refused before anything is allocated); d_conv: what the kernels support.
+INT_RANGES = {"d_model": (1, 2**16), "n_layer": (1, 1024), "vocab_size": (1, 2**24), "vocab_size_padded": (1, 2**24),
+              "d_state": (1, 1024), "d_conv": (2, 8), "expand": (1, 16), "dt_rank": (1, 2**16), "headdim": (1, 1024),
+              "ngroups": (1, 1024), "chunk_size": (1, 4096), "num_heads": (1, 2**16),
+              "pad_vocab_size_multiple": (0, 2**16)}
+MAX_PARAMETERS = 10**12
+_BOOL_FIELDS = ("bias", "conv_bias", "rms_norm", "residual_in_fp32", "tie_embeddings")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,6 +84,14 @@ class ModelConfig:
         out["dt_limit"] = [self.dt_limit[0], self.dt_limit[1] if math.isfinite(self.dt_limit[1]) else "inf"]
         return out
 
+    def parameter_estimate(self) -> int:
+        """Elements of the big weights (embedding, head, per-layer projections and A): the size guard's measure."""
+        embedding = self.vocab_size_padded * self.d_model * (1 if self.tie_embeddings else 2)
+        per_layer = self.d_model * self.in_proj_dim + self.d_inner * self.d_model + self.conv_dim * self.d_conv
+        if self.arch == MAMBA1:  # x_proj, dt_proj, A
+            per_layer += self.d_inner * (2 * self.dt_rank + 3 * self.d_state)
+        return embedding + self.n_layer * per_layer
+
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "ModelConfig":
         """Inverse of to_dict (our own canonical form, as written into export folders)."""
@@ -95,19 +110,21 @@ class ModelConfig:
         return cfg
 
     def validate(self) -> None:
-        positive = ["d_model", "n_layer", "vocab_size", "d_state", "d_conv", "expand"]
+        ints = ["d_model", "n_layer", "vocab_size", "vocab_size_padded", "d_state", "d_conv", "expand"]
         if self.arch == MAMBA1:
-            positive.append("dt_rank")
+            ints.append("dt_rank")
         elif self.arch == MAMBA2:
-            positive += ["headdim", "ngroups", "chunk_size"]
+            ints += ["headdim", "ngroups", "chunk_size"]
         else:
             raise ConfigError(f"unknown architecture {self.arch!r} (expected mamba1 or mamba2)")
-        for name in positive:
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-                raise ConfigError(f"config field '{name}' must be a positive integer, got {value!r}")
-        if self.d_conv < 2:
-            raise ConfigError(f"config field 'd_conv' must be at least 2, got {self.d_conv}")
+        for name in ints:
+            _as_int(getattr(self, name), name, floats=False)
+        for name in _BOOL_FIELDS:
+            _as_bool(getattr(self, name), name)
+        _as_float(self.norm_eps, "norm_eps", 0.0, 1.0)
+        if self.parameter_estimate() > MAX_PARAMETERS:
+            raise ConfigError(f"config: about {self.parameter_estimate():.3g} parameters, more than the "
+                              f"{MAX_PARAMETERS:.0e} this tool accepts (check n_layer, d_model, vocab_size)")
         if self.vocab_size_padded < self.vocab_size:
             raise ConfigError("config: padded vocabulary is smaller than the vocabulary")
         if self.arch == MAMBA2:
@@ -120,7 +137,7 @@ class ModelConfig:
             if self.d_inner % self.ngroups:
                 raise ConfigError("config: d_inner is not a multiple of ngroups")
             lo, hi = self.dt_limit
-            if not lo < hi or lo < 0:
+            if not (0 <= lo < hi and math.isfinite(lo)):
                 raise ConfigError(f"config field 'dt_limit' must satisfy 0 <= lo < hi, got {self.dt_limit}")
 
 
@@ -162,10 +179,27 @@ def _require(data: dict[str, Any], key: str) -> Any:
     return data[key]
 
 
-def _as_int(value: Any, key: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or int(value) != value:
-        raise ConfigError(f"field '{key}' must be an integer, got {value!r}")
-    return int(value)
+def _as_int(value: Any, key: str, field: str | None = None, floats: bool = True) -> int:
+    """`value` as an int within INT_RANGES[field] (default: the key's last part); integral floats pass
+    (unless not `floats`), bools, strings and other floats do not. `key`: the field as the user wrote it."""
+    lo, hi = INT_RANGES[field or key.rsplit(".", 1)[-1]]
+    number = int(value) if floats and isinstance(value, float) and value.is_integer() else value
+    if isinstance(number, bool) or not isinstance(number, int) or not lo <= number <= hi:
+        raise ConfigError(f"field '{key}' must be an integer from {lo} to {hi}, got {value!r}")
+    return number
+
+
+def _as_bool(value: Any, key: str) -> bool:
+    """A JSON boolean only: the string "false" is an error, not True."""
+    if not isinstance(value, bool):
+        raise ConfigError(f"field '{key}' must be true or false, got {value!r}")
+    return value
+
+
+def _as_float(value: Any, key: str, lo: float, hi: float) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not lo <= value <= hi:
+        raise ConfigError(f"field '{key}' must be a number from {lo} to {hi}, got {value!r}")
+    return float(value)
 
 
 def _pad(vocab: int, multiple: int) -> int:
@@ -184,7 +218,7 @@ def _number(value: Any) -> float:
 def _dt_limit(value: Any, key: str) -> tuple[float, float]:
     try:
         lo, hi = (_number(v) for v in value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         raise ConfigError(f"field '{key}' must be a pair of numbers, got {value!r}") from None
     return lo, hi
 
@@ -209,12 +243,12 @@ def _from_mamba_ssm(data: dict[str, Any]) -> ModelConfig:
         vocab_size_padded=_pad(vocab, _as_int(data.get("pad_vocab_size_multiple", 8), "pad_vocab_size_multiple")),
         d_conv=_as_int(ssm.get("d_conv", 4), "ssm_cfg.d_conv"),
         expand=_as_int(ssm.get("expand", 2), "ssm_cfg.expand"),
-        bias=bool(ssm.get("bias", False)),
-        conv_bias=bool(ssm.get("conv_bias", True)),
-        rms_norm=bool(data.get("rms_norm", True)),
-        norm_eps=float(data.get("norm_epsilon", 1e-5)),
-        residual_in_fp32=bool(data.get("residual_in_fp32", True)),
-        tie_embeddings=bool(data.get("tie_embeddings", True)),
+        bias=_as_bool(ssm.get("bias", False), "ssm_cfg.bias"),
+        conv_bias=_as_bool(ssm.get("conv_bias", True), "ssm_cfg.conv_bias"),
+        rms_norm=_as_bool(data.get("rms_norm", True), "rms_norm"),
+        norm_eps=_as_float(data.get("norm_epsilon", 1e-5), "norm_epsilon", 0.0, 1.0),
+        residual_in_fp32=_as_bool(data.get("residual_in_fp32", True), "residual_in_fp32"),
+        tie_embeddings=_as_bool(data.get("tie_embeddings", True), "tie_embeddings"),
         source_format="mamba_ssm",
     )
     if layer == "Mamba1":
@@ -238,11 +272,11 @@ def _refuse_mamba2_variants(ssm: dict[str, Any], d_inner: int) -> None:
     d_ssm = ssm.get("d_ssm")
     if d_ssm is not None and d_ssm != d_inner:
         raise ConfigError("field 'ssm_cfg.d_ssm': a gated MLP beside the SSM (d_ssm < d_inner) is not supported yet")
-    if ssm.get("D_has_hdim", False):
+    if _as_bool(ssm.get("D_has_hdim", False), "ssm_cfg.D_has_hdim"):
         raise ConfigError("field 'ssm_cfg.D_has_hdim': per-channel D is not supported yet")
-    if not ssm.get("rmsnorm", True):
+    if not _as_bool(ssm.get("rmsnorm", True), "ssm_cfg.rmsnorm"):
         raise ConfigError("field 'ssm_cfg.rmsnorm': Mamba2 without the gated RMSNorm is not supported yet")
-    if ssm.get("norm_before_gate", False):
+    if _as_bool(ssm.get("norm_before_gate", False), "ssm_cfg.norm_before_gate"):
         raise ConfigError("field 'ssm_cfg.norm_before_gate': norm_before_gate=true is not supported yet")
 
 
@@ -251,7 +285,7 @@ def _from_hf(data: dict[str, Any]) -> ModelConfig:
     if model_type not in _HF_TYPES:
         raise ConfigError(f"field 'model_type': unsupported model type {model_type!r} (expected mamba or mamba2)")
     arch = _HF_TYPES[model_type]
-    d_model = _as_int(_require(data, "hidden_size"), "hidden_size")
+    d_model = _as_int(_require(data, "hidden_size"), "hidden_size", "d_model")
     expand = _as_int(data.get("expand", 2), "expand")
     vocab = _as_int(_require(data, "vocab_size"), "vocab_size")
     act = data.get("hidden_act", "silu")
@@ -259,23 +293,24 @@ def _from_hf(data: dict[str, Any]) -> ModelConfig:
         raise ConfigError(f"field 'hidden_act': only silu is supported, got {act!r}")
     common = dict(
         d_model=d_model,
-        n_layer=_as_int(_require(data, "num_hidden_layers"), "num_hidden_layers"),
+        n_layer=_as_int(_require(data, "num_hidden_layers"), "num_hidden_layers", "n_layer"),
         vocab_size=vocab,
         vocab_size_padded=vocab,  # HF checkpoints store the padded embedding size here
-        d_conv=_as_int(data.get("conv_kernel", 4), "conv_kernel"),
+        d_conv=_as_int(data.get("conv_kernel", 4), "conv_kernel", "d_conv"),
         expand=expand,
-        bias=bool(data.get("use_bias", False)),
-        conv_bias=bool(data.get("use_conv_bias", True)),
-        norm_eps=float(data.get("layer_norm_epsilon", 1e-5)),
-        residual_in_fp32=bool(data.get("residual_in_fp32", True)),
+        bias=_as_bool(data.get("use_bias", False), "use_bias"),
+        conv_bias=_as_bool(data.get("use_conv_bias", True), "use_conv_bias"),
+        norm_eps=_as_float(data.get("layer_norm_epsilon", 1e-5), "layer_norm_epsilon", 0.0, 1.0),
+        residual_in_fp32=_as_bool(data.get("residual_in_fp32", True), "residual_in_fp32"),
         source_format="hf",
     )
     if arch == MAMBA1:
         dt_rank = data.get("time_step_rank", "auto")
-        dt_rank = math.ceil(d_model / 16) if dt_rank == "auto" else _as_int(dt_rank, "time_step_rank")
-        return ModelConfig(arch=MAMBA1, d_state=_as_int(data.get("state_size", 16), "state_size"),
-                           dt_rank=dt_rank, tie_embeddings=bool(data.get("tie_word_embeddings", True)), **common)
-    head_dim = _as_int(data.get("head_dim", 64), "head_dim")
+        dt_rank = math.ceil(d_model / 16) if dt_rank == "auto" else _as_int(dt_rank, "time_step_rank", "dt_rank")
+        return ModelConfig(arch=MAMBA1, d_state=_as_int(data.get("state_size", 16), "state_size", "d_state"),
+                           dt_rank=dt_rank, tie_embeddings=_as_bool(data.get("tie_word_embeddings", True),
+                                                                    "tie_word_embeddings"), **common)
+    head_dim = _as_int(data.get("head_dim", 64), "head_dim", "headdim")
     num_heads = data.get("num_heads")
     if num_heads is not None and _as_int(num_heads, "num_heads") * head_dim != expand * d_model:
         raise ConfigError(
@@ -283,11 +318,45 @@ def _from_hf(data: dict[str, Any]) -> ModelConfig:
             f"({expand} * {d_model})")
     return ModelConfig(
         arch=MAMBA2,
-        d_state=_as_int(data.get("state_size", 128), "state_size"),
+        d_state=_as_int(data.get("state_size", 128), "state_size", "d_state"),
         headdim=head_dim,
-        ngroups=_as_int(data.get("n_groups", 8), "n_groups"),
+        ngroups=_as_int(data.get("n_groups", 8), "n_groups", "ngroups"),
         chunk_size=_as_int(data.get("chunk_size", 256), "chunk_size"),
         dt_limit=_dt_limit(data.get("time_step_limit", (0.0, math.inf)), "time_step_limit"),
-        tie_embeddings=bool(data.get("tie_word_embeddings", False)),
+        tie_embeddings=_as_bool(data.get("tie_word_embeddings", False), "tie_word_embeddings"),
         **common,
     )
+
+
+def to_hf_config(cfg: ModelConfig) -> dict[str, Any]:
+    """The Hugging Face config.json (MambaForCausalLM / Mamba2ForCausalLM) of `cfg`; _from_hf reads it back."""
+    common = {"hidden_size": cfg.d_model, "num_hidden_layers": cfg.n_layer, "vocab_size": cfg.vocab_size_padded,
+              "state_size": cfg.d_state, "expand": cfg.expand, "conv_kernel": cfg.d_conv, "use_bias": cfg.bias,
+              "use_conv_bias": cfg.conv_bias, "layer_norm_epsilon": cfg.norm_eps,
+              "residual_in_fp32": cfg.residual_in_fp32, "tie_word_embeddings": cfg.tie_embeddings,
+              "hidden_act": "silu"}
+    if cfg.arch == MAMBA2:
+        lo, hi = cfg.dt_limit
+        return {**common, "model_type": "mamba2", "architectures": ["Mamba2ForCausalLM"], "num_heads": cfg.nheads,
+                "head_dim": cfg.headdim, "n_groups": cfg.ngroups, "chunk_size": cfg.chunk_size,
+                "time_step_limit": [lo, hi]}
+    return {**common, "model_type": "mamba", "architectures": ["MambaForCausalLM"], "time_step_rank": cfg.dt_rank,
+            "intermediate_size": cfg.d_inner}
+
+
+def to_mamba_ssm_config(cfg: ModelConfig) -> dict[str, Any]:
+    """The mamba-ssm config.json (d_model, ssm_cfg, ...) of `cfg`; _from_mamba_ssm reads it back."""
+    ssm: dict[str, Any] = {"d_state": cfg.d_state, "d_conv": cfg.d_conv, "expand": cfg.expand,
+                           "bias": cfg.bias, "conv_bias": cfg.conv_bias}
+    if cfg.arch == MAMBA2:
+        ssm.update(layer="Mamba2", headdim=cfg.headdim, ngroups=cfg.ngroups, chunk_size=cfg.chunk_size,
+                   dt_limit=list(cfg.dt_limit))
+    else:
+        ssm.update(dt_rank=cfg.dt_rank)
+    multiple = next((m for m in (1, 8, 16, 32, 64, 128, 256) if -(-cfg.vocab_size // m) * m == cfg.vocab_size_padded),
+                    None)
+    if multiple is None:
+        raise ValueError(f"padded vocabulary {cfg.vocab_size_padded} is not a padding of {cfg.vocab_size}")
+    return {"d_model": cfg.d_model, "n_layer": cfg.n_layer, "vocab_size": cfg.vocab_size, "ssm_cfg": ssm,
+            "rms_norm": cfg.rms_norm, "norm_epsilon": cfg.norm_eps, "residual_in_fp32": cfg.residual_in_fp32,
+            "pad_vocab_size_multiple": multiple, "tie_embeddings": cfg.tie_embeddings}

@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from .config import MAMBA2, ModelConfig, parse_config
+from .config import MAMBA2, ModelConfig, parse_config, to_hf_config, to_mamba_ssm_config
 
 _M1 = {"ssm_cfg": {}, "vocab_size": 50277, "pad_vocab_size_multiple": 8, "rms_norm": True,
        "residual_in_fp32": True, "fused_add_norm": True, "tie_embeddings": True}
@@ -69,21 +69,6 @@ def init_weights_(model: torch.nn.Module, seed: int = 0) -> None:
         p.copy_(val)
 
 
-def _hf_config(cfg: ModelConfig) -> dict[str, Any]:
-    common = {"hidden_size": cfg.d_model, "num_hidden_layers": cfg.n_layer, "vocab_size": cfg.vocab_size_padded,
-              "state_size": cfg.d_state, "expand": cfg.expand, "conv_kernel": cfg.d_conv, "use_bias": cfg.bias,
-              "use_conv_bias": cfg.conv_bias, "layer_norm_epsilon": cfg.norm_eps,
-              "residual_in_fp32": cfg.residual_in_fp32, "tie_word_embeddings": cfg.tie_embeddings,
-              "hidden_act": "silu"}
-    if cfg.arch == MAMBA2:
-        lo, hi = cfg.dt_limit
-        return {**common, "model_type": "mamba2", "architectures": ["Mamba2ForCausalLM"], "num_heads": cfg.nheads,
-                "head_dim": cfg.headdim, "n_groups": cfg.ngroups, "chunk_size": cfg.chunk_size,
-                "time_step_limit": [lo, hi]}
-    return {**common, "model_type": "mamba", "architectures": ["MambaForCausalLM"], "time_step_rank": cfg.dt_rank,
-            "intermediate_size": cfg.d_inner}
-
-
 def write_checkpoint(model: torch.nn.Module, folder: str | os.PathLike, fmt: str = "mamba_ssm",
                      ssm_config: dict[str, Any] | None = None) -> Path:
     """Save `model` (a MambaLM) as a checkpoint folder; written to a temp folder, then renamed.
@@ -96,11 +81,11 @@ def write_checkpoint(model: torch.nn.Module, folder: str | os.PathLike, fmt: str
     tmp = Path(tempfile.mkdtemp(prefix=folder.name + ".", dir=folder.parent if folder.parent.exists() else None))
     state = {k: v for k, v in model.state_dict().items() if not (cfg.tie_embeddings and k == "lm_head.weight")}
     if fmt == "mamba_ssm":
-        (tmp / "config.json").write_text(json.dumps(ssm_config or _ssm_config(cfg), indent=2))
+        (tmp / "config.json").write_text(json.dumps(ssm_config or to_mamba_ssm_config(cfg), indent=2))
         torch.save(state, tmp / "pytorch_model.bin")
     elif fmt == "hf":
         from safetensors.torch import save_file
-        (tmp / "config.json").write_text(json.dumps(_hf_config(cfg), indent=2))
+        (tmp / "config.json").write_text(json.dumps(to_hf_config(cfg), indent=2))
         hf_state = {k.replace("backbone.embedding.", "backbone.embeddings."): v.contiguous() for k, v in state.items()}
         save_file(hf_state, str(tmp / "model.safetensors"), metadata={"format": "pt"})
     else:
@@ -109,23 +94,6 @@ def write_checkpoint(model: torch.nn.Module, folder: str | os.PathLike, fmt: str
         shutil.rmtree(folder)
     os.replace(tmp, folder)
     return folder
-
-
-def _ssm_config(cfg: ModelConfig) -> dict[str, Any]:
-    ssm: dict[str, Any] = {"d_state": cfg.d_state, "d_conv": cfg.d_conv, "expand": cfg.expand,
-                           "bias": cfg.bias, "conv_bias": cfg.conv_bias}
-    if cfg.arch == MAMBA2:
-        ssm.update(layer="Mamba2", headdim=cfg.headdim, ngroups=cfg.ngroups, chunk_size=cfg.chunk_size,
-                   dt_limit=list(cfg.dt_limit))
-    else:
-        ssm.update(dt_rank=cfg.dt_rank)
-    multiple = next((m for m in (1, 8, 16, 32, 64, 128, 256) if -(-cfg.vocab_size // m) * m == cfg.vocab_size_padded),
-                    None)
-    if multiple is None:
-        raise ValueError(f"padded vocabulary {cfg.vocab_size_padded} is not a padding of {cfg.vocab_size}")
-    return {"d_model": cfg.d_model, "n_layer": cfg.n_layer, "vocab_size": cfg.vocab_size, "ssm_cfg": ssm,
-            "rms_norm": cfg.rms_norm, "norm_epsilon": cfg.norm_eps, "residual_in_fp32": cfg.residual_in_fp32,
-            "pad_vocab_size_multiple": multiple, "tie_embeddings": cfg.tie_embeddings}
 
 
 def make_random_checkpoint(config: str | dict[str, Any], folder: str | os.PathLike, fmt: str = "mamba_ssm",

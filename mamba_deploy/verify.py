@@ -1,4 +1,4 @@
-"""`verify`: an engine against the float32 PyTorch reference (or HF transformers), pass/fail per DESIGN §6.
+"""`verify`: an engine against the float32 PyTorch reference (or HF transformers), pass/fail per the tolerances of docs/architecture.md "Correctness".
 
 Per prompt: prefill, then `steps` decode steps fed with the oracle's greedy tokens (so every step
 compares the same history). Reported per step: relative error ||out - ref|| / ||ref|| and max abs
@@ -100,12 +100,12 @@ def transformers_oracle(model) -> Callable[[list[int]], torch.Tensor]:
     """HF MambaForCausalLM / Mamba2ForCausalLM holding the reference model's weights: ids -> last logits."""
     import transformers
 
-    from .random_init import _hf_config
+    from .config import to_hf_config
 
     cfg = model.config
     if not cfg.rms_norm:
         raise MambaDeployError("--oracle transformers: HF Mamba models have no LayerNorm variant (rms_norm: false)")
-    hf_cfg = _hf_config(cfg)
+    hf_cfg = to_hf_config(cfg)
     cls_name = hf_cfg.pop("architectures")[0]
     config_cls = transformers.Mamba2Config if cls_name.startswith("Mamba2") else transformers.MambaConfig
     hf_model = getattr(transformers, cls_name)(config_cls(**{k: v for k, v in hf_cfg.items() if k != "model_type"}))

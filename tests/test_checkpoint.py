@@ -129,3 +129,65 @@ def test_bin_is_loaded_weights_only(tmp_path, ckpts):
     torch.save({"x": Boom()}, evil / "pytorch_model.bin")
     with pytest.raises(CheckpointError, match="cannot read weights"):
         load_reference(evil)
+
+
+def _shard_index(src, folder, shard_for):
+    """A two-shard copy of checkpoint `src` in `folder`; shard_for(i, default) names shard i in the index."""
+    tensors = load_file(str(src / "model.safetensors"))
+    names = sorted(tensors)
+    halves = [names[: len(names) // 2], names[len(names) // 2:]]
+    folder.mkdir(exist_ok=True)
+    weight_map = {}
+    for i, keys in enumerate(halves):
+        default = f"model-0000{i + 1}-of-00002.safetensors"
+        save_file({k: tensors[k] for k in keys}, str(folder / default))
+        weight_map.update({k: shard_for(i, default) for k in keys})
+    shutil.copy(src / "config.json", folder / "config.json")
+    (folder / "model.safetensors.index.json").write_text(json.dumps({"weight_map": weight_map}))
+    return folder
+
+
+@pytest.mark.parametrize("how", ["dotdot", "absolute", "symlink"])
+def test_shard_outside_the_folder_is_refused(ckpts, tmp_path, how):
+    """A valid shard elsewhere on disk is not read, however the index reaches it."""
+    outside = _shard_index(ckpts["hf2"], tmp_path / "elsewhere", lambda i, name: name)
+    if how == "symlink":
+        folder = _shard_index(ckpts["hf2"], tmp_path / "model", lambda i, name: name)
+        (folder / "model-00002-of-00002.safetensors").unlink()
+        (folder / "model-00002-of-00002.safetensors").symlink_to(outside / "model-00002-of-00002.safetensors")
+    else:
+        target = "../elsewhere/" if how == "dotdot" else f"{outside}/"
+        folder = _shard_index(ckpts["hf2"], tmp_path / "model", lambda i, name: target + name if i else name)
+    with pytest.raises(CheckpointError, match="shard .* resolves outside"):
+        load_reference(folder)
+
+
+@pytest.mark.parametrize("weight_map", [{"backbone.norm_f.weight": 3}, {"backbone.norm_f.weight": ["a"]},
+                                        ["model-00001-of-00002.safetensors"], "model.safetensors"])
+def test_index_of_wrong_types_is_one_error(tmp_path, weight_map):
+    (tmp_path / "model.safetensors.index.json").write_text(json.dumps({"weight_map": weight_map}))
+    with pytest.raises(CheckpointError, match="corrupt index"):
+        weight_files(tmp_path)
+
+
+def test_weights_file_linking_out_is_refused(ckpts, tmp_path):
+    folder = tmp_path / "model"
+    folder.mkdir()
+    shutil.copy(ckpts["hf1"] / "config.json", folder)
+    (folder / "model.safetensors").symlink_to(ckpts["hf1"] / "model.safetensors")
+    with pytest.raises(CheckpointError, match="resolves outside"):
+        weight_files(folder)
+
+
+def test_hub_cache_links_into_blobs_are_inside(ckpts, tmp_path):
+    """The Hugging Face cache stores snapshot files as links to ../../blobs: those are the repo's own."""
+    repo = tmp_path / "models--org--sharded"
+    src = _shard_index(ckpts["hf2"], tmp_path / "src", lambda i, name: name)
+    (repo / "blobs").mkdir(parents=True)
+    snap = repo / "snapshots" / "abc123"
+    snap.mkdir(parents=True)
+    for file in src.iterdir():
+        shutil.copy(file, repo / "blobs" / file.name)
+        (snap / file.name).symlink_to(f"../../blobs/{file.name}")
+    assert len(weight_files(snap)) == 2
+    assert torch.equal(_logits(snap), _logits(ckpts["hf2"]))

@@ -81,3 +81,71 @@ def test_load_config_errors(tmp_path):
     (tmp_path / "config.json").write_text("[1, 2]")
     with pytest.raises(ConfigError, match="JSON object"):
         load_config(tmp_path)
+
+
+HF_MAMBA1 = {"model_type": "mamba", "hidden_size": 768, "num_hidden_layers": 24, "vocab_size": 50280}
+
+
+@pytest.mark.parametrize("patch,field", [
+    ({"n_layer": 10**9}, "n_layer"),
+    ({"d_model": math.inf}, "d_model"),
+    ({"d_model": 1e300}, "d_model"),
+    ({"d_model": math.nan}, "d_model"),
+    ({"vocab_size": 2**40}, "vocab_size"),
+    ({"n_layer": True}, "n_layer"),
+    ({"n_layer": "48"}, "n_layer"),
+    ({"n_layer": 4.5}, "n_layer"),
+    ({"ssm_cfg": {"layer": "Mamba2", "d_state": 10**6}}, "ssm_cfg.d_state"),
+    ({"ssm_cfg": {"layer": "Mamba2", "d_conv": 16}}, "ssm_cfg.d_conv"),
+    ({"ssm_cfg": {"layer": "Mamba2", "expand": 1000}}, "ssm_cfg.expand"),
+    ({"ssm_cfg": {"layer": "Mamba2", "headdim": 10**5}}, "ssm_cfg.headdim"),
+    ({"ssm_cfg": {"layer": "Mamba2", "ngroups": 10**5}}, "ssm_cfg.ngroups"),
+    ({"ssm_cfg": {"layer": "Mamba2", "bias": "false"}}, "ssm_cfg.bias"),
+    ({"ssm_cfg": {"layer": "Mamba2", "rmsnorm": "false"}}, "ssm_cfg.rmsnorm"),
+    ({"ssm_cfg": {"layer": "Mamba2", "dt_limit": [0.0, 10**400]}}, "ssm_cfg.dt_limit"),
+    ({"tie_embeddings": "false"}, "tie_embeddings"),
+    ({"rms_norm": 1}, "rms_norm"),
+    ({"norm_epsilon": math.inf}, "norm_epsilon"),
+    ({"norm_epsilon": "1e-5"}, "norm_epsilon"),
+    ({"pad_vocab_size_multiple": 1e300}, "pad_vocab_size_multiple"),
+])
+def test_mamba_ssm_absurd_values_are_refused_naming_the_field(patch, field):
+    with pytest.raises(ConfigError, match=f"field '{field}'"):
+        parse_config({**MAMBA2_1P3B, **patch})
+
+
+@pytest.mark.parametrize("patch,field", [
+    ({"num_hidden_layers": 10**9}, "num_hidden_layers"),
+    ({"hidden_size": "Infinity"}, "hidden_size"),
+    ({"hidden_size": 1e300}, "hidden_size"),
+    ({"state_size": 10**6}, "state_size"),
+    ({"conv_kernel": 16}, "conv_kernel"),
+    ({"use_bias": "false"}, "use_bias"),
+    ({"use_conv_bias": "true"}, "use_conv_bias"),
+    ({"tie_word_embeddings": 0}, "tie_word_embeddings"),
+    ({"layer_norm_epsilon": math.nan}, "layer_norm_epsilon"),
+])
+def test_hf_absurd_values_are_refused_naming_the_field(patch, field):
+    with pytest.raises(ConfigError, match=f"field '{field}'"):
+        parse_config({**HF_MAMBA1, **patch})
+    with pytest.raises(ConfigError, match=f"field '{field}'"):
+        parse_config({**HF_MAMBA1, "model_type": "mamba2", "num_heads": 24, "head_dim": 64, **patch})
+
+
+def test_total_size_guard():
+    """Each field within its range, the product absurd: refused before any allocation."""
+    with pytest.raises(ConfigError, match="parameters"):
+        parse_config({**MAMBA_1P4B, "d_model": 2**16, "n_layer": 1024, "ssm_cfg": {"expand": 16}})
+
+
+def test_integral_floats_and_real_booleans_still_accepted():
+    cfg = parse_config({**MAMBA_1P4B, "d_model": 2048.0, "ssm_cfg": {"bias": True, "conv_bias": False}})
+    assert (cfg.d_model, cfg.bias, cfg.conv_bias) == (2048, True, False)
+
+
+@pytest.mark.parametrize("patch,field", [({"bias": "false"}, "bias"), ({"n_layer": 10**9}, "n_layer"),
+                                         ({"norm_eps": math.inf}, "norm_eps"), ({"d_conv": 4.0}, "d_conv")])
+def test_export_config_form_is_checked_too(patch, field):
+    """ModelConfig.from_dict reads the config.json of export folders."""
+    with pytest.raises(ConfigError, match=f"field '{field}'"):
+        ModelConfig.from_dict({**parse_config(MAMBA2_1P3B).to_dict(), **patch})

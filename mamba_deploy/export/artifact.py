@@ -1,15 +1,19 @@
-"""Reading an export folder (DESIGN §3): its config.json with export metadata, and its files."""
+"""Reading an export folder (docs/architecture.md "Export artifact"): its config.json with export metadata, and its files."""
 from __future__ import annotations
 
 import dataclasses
 import json
 from pathlib import Path
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import torch
 
+from ..checkpoint import resolve_inside
 from ..config import ModelConfig
 from ..errors import ConfigError, MambaDeployError
+
+if TYPE_CHECKING:
+    import onnx
 
 FORMAT_VERSION = 1
 PREFILL_FILE = "prefill.onnx"
@@ -43,10 +47,22 @@ class ExportInfo:
         return path if path.is_file() else None
 
     def graph(self, name: str) -> Path:
-        path = self.folder / {"prefill": PREFILL_FILE, "decode": DECODE_FILE}[name]
+        file = {"prefill": PREFILL_FILE, "decode": DECODE_FILE}[name]
+        path = resolve_inside(self.folder, file, "graph")
         if not path.is_file():
-            raise MambaDeployError(f"{self.folder}: {path.name} is missing (not a complete export folder)")
+            raise MambaDeployError(f"{self.folder}: {file} is missing (not a complete export folder)")
         return path
+
+    def load_graph(self, name: str) -> "onnx.ModelProto":
+        """The prefill or decode graph without its weights (small: they stay in weights.data)."""
+        import onnx
+
+        path = self.graph(name)
+        try:
+            return onnx.load(str(path), load_external_data=False)
+        except Exception as exc:  # DecodeError, OSError, ValueError for corrupt files
+            raise MambaDeployError(f"{path}: cannot read the ONNX graph ({type(exc).__name__}: {exc})"
+                                   .splitlines()[0]) from None
 
 
 def is_export_folder(path: str | Path) -> bool:
@@ -89,3 +105,75 @@ def load_export(path: str | Path) -> ExportInfo:
     except ConfigError as exc:
         raise ConfigError(f"{file}: {exc}") from None
     return ExportInfo(folder, config, meta)
+
+
+def check_export(info: ExportInfo) -> ExportInfo:
+    """The cheap checks every backend runs when it loads an export, before any weight is read: both graphs
+    parse; their inputs, outputs and initializers (names, dtypes, shapes) are those config.json implies;
+    every external-data location lies inside the folder and its bytes are present. Returns `info`;
+    MambaDeployError on the first problem."""
+    from .weights import export_initializer_specs, external_tensors
+
+    expected = {name: _describe(dtype, shape) for name, (dtype, shape)
+                in export_initializer_specs(info.config, info.dtype).items()}
+    for kind in ("prefill", "decode"):
+        model = info.load_graph(kind)
+        _check_same(info, kind, "input/output", _graph_io(model), _expected_io(info))
+        found = {t.name: _describe(t.dtype, t.shape) for t in external_tensors(info.folder, model)}
+        _check_same(info, kind, "initializer", found, expected)
+    return info
+
+
+def _describe(dtype: torch.dtype | int, shape: tuple[Optional[int], ...]) -> str:
+    """'float32[?, 64, 3]': a torch dtype or ONNX element type and a shape (None: a dynamic axis)."""
+    if isinstance(dtype, torch.dtype):
+        name = str(dtype).removeprefix("torch.")
+    else:
+        import onnx
+
+        try:
+            name = onnx.helper.tensor_dtype_to_np_dtype(dtype).name
+        except (KeyError, ValueError):
+            name = f"onnx type {dtype}"
+    return f"{name}[{', '.join('?' if d is None else str(d) for d in shape)}]"
+
+
+def _expected_io(info: ExportInfo) -> dict[str, str]:
+    """name -> description of every graph input and output config.json implies (batch/seq axes: '?')."""
+    cfg = info.config
+    conv = _describe(info.dtype, (None, *cfg.conv_state_shape(1)[1:]))
+    ssm = _describe(info.state_dtype, (None, *cfg.ssm_state_shape(1)[1:]))
+    io = {"input_ids": _describe(torch.int64, (None, None)),
+          "logits": _describe(info.dtype, (None, None, cfg.vocab_size_padded))}
+    for i in range(cfg.n_layer):
+        for direction in ("past", "present"):
+            io.update({f"{direction}_conv_state.{i}": conv, f"{direction}_ssm_state.{i}": ssm})
+    return io
+
+
+def _graph_io(model: "onnx.ModelProto") -> dict[str, str]:
+    """name -> description of the graph's inputs and outputs; the (batch, seq) axes are shown as '?'."""
+    found = {}
+    for value in [*model.graph.input, *model.graph.output]:
+        t = value.type.tensor_type
+        dims = [d.dim_value if d.HasField("dim_value") else None for d in t.shape.dim]
+        leading = 1 if "_state." in value.name else 2  # batch [, seq or the decode graph's 1]
+        found[value.name] = _describe(t.elem_type, (*[None] * min(leading, len(dims)), *dims[leading:]))
+    return found
+
+
+def _check_same(info: ExportInfo, kind: str, what: str, found: dict[str, str], expected: dict[str, str]) -> None:
+    """MambaDeployError naming the first difference between the graph's `found` and config.json's `expected`."""
+    extra, missing = sorted(set(found) - set(expected)), sorted(set(expected) - set(found))
+    mismatched = [name for name in sorted(found) if name in expected and found[name] != expected[name]]
+    if extra:
+        problem = f"{what} {extra[0]!r} is in the graph only"
+    elif missing:
+        problem = f"{what} {missing[0]!r} is missing from the graph"
+    elif mismatched:
+        name = mismatched[0]
+        problem = f"{what} {name!r} is {found[name]} in the graph, config.json implies {expected[name]}"
+    else:
+        return
+    raise MambaDeployError(f"{info.folder}: config.json does not match {kind}.onnx ({problem}); the folder was "
+                           f"edited or mixes two exports: re-export the model")

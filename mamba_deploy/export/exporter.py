@@ -1,16 +1,14 @@
-"""`export_model`: checkpoint (folder or Hub id) -> export folder (DESIGN §3), written atomically.
+"""`export_model`: checkpoint (folder or Hub id) -> export folder (docs/architecture.md "Export artifact"), written atomically.
 
 Everything is written into a temp folder beside the output and renamed at the end, so a failure
-or Ctrl-C leaves no partial output (and, with `force`, the old output intact until the rename).
+or Ctrl-C leaves no partial output (and, with `force`, the old output intact until the rename);
+`target.ExportTarget` holds the output's lock meanwhile and decides what `force` may replace.
 """
 from __future__ import annotations
 
 import dataclasses
 import json
 import os
-import shutil
-import tempfile
-import warnings
 from pathlib import Path
 from typing import Optional
 
@@ -18,16 +16,14 @@ import onnx
 import torch
 from tqdm import tqdm
 
-from ..checkpoint import TOKENIZER_FILES, resolve_checkpoint, weight_files
-from ..config import load_config
+from ..checkpoint import checkpoint_config, resolve_checkpoint, weight_files
 from ..errors import MambaDeployError
-from ..ops.onnx_defs import MIN_OPSET
+from ..ops import MIN_OPSET, register_onnx_schemas
 from .artifact import DECODE_FILE, DTYPES, FORMAT_VERSION, PREFILL_FILE
 from .graphs import GraphOptions, build_lm_graph
+from .target import ExportTarget, absolute_output, check_output
+from .tokenizer import copy_tokenizer
 from .weights import TORCH_TO_ONNX, checkpoint_dtype, write_weights
-
-FALLBACK_TOKENIZER = "EleutherAI/gpt-neox-20b"  # what state-spaces' mamba checkpoints were trained with
-
 
 @dataclasses.dataclass(frozen=True)
 class ExportOptions:
@@ -54,52 +50,50 @@ class ExportOptions:
 
 def export_model(source: str | os.PathLike, output: str | os.PathLike, options: ExportOptions = ExportOptions(),
                  progress: bool = True) -> Path:
-    """Export a Mamba1/Mamba2 checkpoint to `output`; returns the output folder."""
-    from .. import __version__
-
+    """Export a Mamba1/Mamba2 checkpoint to `output`; returns the output folder (as given, `~` expanded)."""
     options.validate()
-    output = Path(output).expanduser()
-    if output.exists() and not options.force:
-        raise MambaDeployError(f"{output} already exists (use --force to overwrite)")
+    given = Path(output).expanduser()
+    output = absolute_output(given)
+    local = Path(source).expanduser()
+    check_output(output, options.force, [local] if local.exists() else [])  # fail fast, before any download
     folder = resolve_checkpoint(source, options.revision)
-    cfg = load_config(folder)
+    cfg = checkpoint_config(folder)
     files = weight_files(folder)
     dtype = DTYPES[options.dtype] if options.dtype else checkpoint_dtype(files)
     state_dtype = torch.float32 if options.state_dtype == "float32" else dtype
     graph_opts = GraphOptions(TORCH_TO_ONNX[dtype], TORCH_TO_ONNX[state_dtype], options.ops == "plugin",
                               options.logits == "all", options.opset)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{output.name}.tmp-", dir=output.parent))
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it private; the export is an ordinary folder
-    steps = tqdm(total=5, desc="export", unit="step", disable=not progress, leave=False)
-    try:
+    with ExportTarget(output, options.force, [folder, *files]) as target, \
+            tqdm(total=5, desc="export", unit="step", disable=not progress, leave=False) as steps:
+        tmp = target.tmp
+        assert tmp is not None
         steps.set_postfix_str("weights")
-        weights = write_weights(cfg, files, tmp, dtype)
+        weights, weights_meta = write_weights(cfg, files, tmp, dtype)
         steps.update()
         for name, decode in ((PREFILL_FILE, False), (DECODE_FILE, True)):
             steps.set_postfix_str(name)
             model = build_lm_graph(cfg, weights, graph_opts, decode)
             (tmp / name).write_bytes(model.SerializeToString())
+            register_onnx_schemas()
             onnx.checker.check_model(str(tmp / name))
             steps.update()
         steps.set_postfix_str("tokenizer")
         tokenizer = copy_tokenizer(folder, tmp)
         steps.update()
-        meta = {"format_version": FORMAT_VERSION, "dtype": _dtype_name(dtype), "state_dtype": _dtype_name(state_dtype),
-                "ops": options.ops, "opset": options.opset, "logits": options.logits,
-                "tool": "mamba-deploy", "tool_version": __version__, "source": _source(source, folder),
-                "tokenizer": tokenizer}
+        meta = {**_metadata(options, dtype, state_dtype, _source(source, folder), tokenizer), **weights_meta}
         (tmp / "config.json").write_text(json.dumps({**cfg.to_dict(), "export": meta}, indent=2))
         steps.update()
-        _replace(tmp, output)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    finally:
-        steps.close()
-    return output
+        target.commit()
+    return given
+
+
+def _metadata(options: ExportOptions, dtype: torch.dtype, state_dtype: torch.dtype, source: str,
+              tokenizer: Optional[list[str]]) -> dict:
+    from ..version import __version__
+
+    return {"format_version": FORMAT_VERSION, "dtype": _dtype_name(dtype), "state_dtype": _dtype_name(state_dtype),
+            "ops": options.ops, "opset": options.opset, "logits": options.logits,
+            "tool": "mamba-deploy", "tool_version": __version__, "source": source, "tokenizer": tokenizer}
 
 
 def _dtype_name(dtype: torch.dtype) -> str:
@@ -109,41 +103,3 @@ def _dtype_name(dtype: torch.dtype) -> str:
 def _source(source: str | os.PathLike, folder: Path) -> str:
     """A Hub id as given; a local folder as an absolute path."""
     return str(folder.resolve()) if Path(source).expanduser().exists() else str(source)
-
-
-def _replace(tmp: Path, output: Path) -> None:
-    """Move tmp into place; an existing output is moved aside first and removed only after."""
-    old = None
-    if output.exists():
-        old = output.with_name(f".{output.name}.old-{os.getpid()}")
-        os.replace(output, old)
-    os.replace(tmp, output)
-    if old is not None:
-        shutil.rmtree(old) if old.is_dir() else old.unlink()
-
-
-def copy_tokenizer(folder: Path, dest: Path) -> Optional[list[str]]:
-    """Copy the checkpoint's tokenizer files; else fetch GPT-NeoX's. Returns the copied names or None."""
-    source = folder if (folder / "tokenizer.json").is_file() else _fetch_fallback_tokenizer()
-    if source is None:
-        return None
-    copied = []
-    for name in TOKENIZER_FILES:
-        if (source / name).is_file() and not (name == "generation_config.json" and source != folder):
-            shutil.copyfile(source / name, dest / name)
-            copied.append(name)
-    return copied
-
-
-def _fetch_fallback_tokenizer() -> Optional[Path]:
-    from huggingface_hub import snapshot_download
-    from huggingface_hub import constants as hf_constants
-
-    try:
-        return Path(snapshot_download(FALLBACK_TOKENIZER, allow_patterns=TOKENIZER_FILES, etag_timeout=10,
-                                      local_files_only=bool(hf_constants.HF_HUB_OFFLINE)))
-    except Exception as exc:  # offline, no cache, network errors: the export is still usable with --ids
-        warnings.warn(f"the checkpoint has no tokenizer and {FALLBACK_TOKENIZER}'s could not be fetched "
-                      f"({type(exc).__name__}); the export has no tokenizer (config.json: \"tokenizer\": null), "
-                      f"so 'run' needs --ids", stacklevel=2)
-        return None

@@ -1,6 +1,6 @@
 """The prefill and decode graphs of a Mamba1 / Mamba2 LM, built node by node from the config.
 
-Graph I/O (DESIGN §3): input_ids int64 (batch, seq) [decode: (batch, 1)], past_conv_state.{i},
+Graph I/O (docs/architecture.md "Graph I/O"): input_ids int64 (batch, seq) [decode: (batch, 1)], past_conv_state.{i},
 past_ssm_state.{i} -> logits (batch, n, vocab_padded), present_conv_state.{i}, present_ssm_state.{i}.
 Dense layers are Gemm(transB=1) on (tokens, features), so weights keep the checkpoint's (out, in)
 layout; norms and the SSM ops compute in float32 like the reference model.
@@ -13,9 +13,8 @@ from typing import Optional
 from onnx import ModelProto, TensorProto, helper
 
 from ..config import MAMBA2, ModelConfig
-from ..ops.onnx_defs import build_function, emit_node
-from ..ops.registry import DOMAIN, DOMAIN_VERSION
-from .builder import INT64_MAX, GraphBuilder
+from ..ops import DOMAIN, DOMAIN_VERSION, get_op
+from ..ops.onnx_graph import INT64_MAX, GraphBuilder
 from .weights import ZERO_CONV_BIAS
 
 F32 = TensorProto.FLOAT
@@ -56,7 +55,7 @@ class _LMGraph:
         previous = self.used_ops.setdefault(name, (attrs, has_optional))
         if previous != (attrs, has_optional):
             raise ValueError(f"exporter bug: {name} used with different attributes in one graph")
-        return emit_node(self.g, name, inputs, attrs, self.opts.plugin)
+        return get_op(name).emit(self.g, inputs, attrs, self.opts.plugin)
 
     def tokens(self, x: str, features: int) -> str:
         """(batch, seqlen, features) -> (batch, seqlen, features) from (tokens, features)."""
@@ -189,7 +188,7 @@ class _LMGraph:
                    *state_io("present")]
         graph = helper.make_graph(self.g.nodes, "decode" if self.decode else "prefill", inputs, outputs,
                                   initializer=list(self.weights.values()))
-        functions = [build_function(name, attrs, has_opt, opts.opset) for name, (attrs, has_opt)
+        functions = [get_op(name).onnx_function(attrs, has_opt, opts.opset) for name, (attrs, has_opt)
                      in self.used_ops.items()] if opts.plugin else []
         opsets = [helper.make_opsetid("", opts.opset)]
         if opts.plugin:

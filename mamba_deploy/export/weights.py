@@ -7,16 +7,19 @@ weights, so models over 2 GB work.
 """
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import math
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterator
+from typing import TYPE_CHECKING, Any, Iterator
 
 import numpy as np
 import onnx
 import torch
 from onnx import TensorProto
 
-from ..checkpoint import iter_checked, iter_tensors
+from ..checkpoint import expected_parameters, iter_checked, iter_tensors, resolve_inside
 from ..config import ModelConfig
 from ..errors import CheckpointError, MambaDeployError
 
@@ -44,21 +47,39 @@ def export_name_and_tensor(name: str, tensor: torch.Tensor, dtype: torch.dtype) 
     return name, tensor.to(dtype)
 
 
+def export_initializer_specs(cfg: ModelConfig, dtype: torch.dtype) -> dict[str, tuple[torch.dtype, tuple[int, ...]]]:
+    """name -> (dtype, shape) of every initializer an export of `cfg` in `dtype` holds (computed on the
+    meta device: no memory)."""
+    specs = {}
+    for name, shape in expected_parameters(cfg).items():
+        name, tensor = export_name_and_tensor(name, torch.empty(shape, device="meta"), dtype)
+        specs[name] = (tensor.dtype, tuple(tensor.shape))
+    if not cfg.conv_bias:
+        specs[ZERO_CONV_BIAS] = (dtype, (cfg.conv_dim,))
+    return specs
+
+
 class ExternalDataWriter:
-    """Appends tensors to `folder/weights.data`; `protos` maps initializer name -> external TensorProto."""
+    """Appends tensors to `folder/weights.data`; `protos` maps initializer name -> external TensorProto.
+    The file's sha256 is computed while writing (`metadata()`), so it is never read back."""
 
     def __init__(self, folder: Path):
         self.path = folder / WEIGHTS_FILE
         self._file = open(self.path, "wb")
+        self._sha256 = hashlib.sha256()
         self.offset = 0
         self.protos: dict[str, TensorProto] = {}
+
+    def _write(self, data: bytes | memoryview) -> None:
+        self._file.write(data)
+        self._sha256.update(data)
 
     def add(self, name: str, tensor: torch.Tensor) -> None:
         data = tensor.detach().contiguous().cpu().reshape(-1).view(torch.uint8).numpy()
         pad = (-self.offset) % ALIGN
-        self._file.write(b"\0" * pad)
+        self._write(b"\0" * pad)
         self.offset += pad
-        self._file.write(memoryview(data))
+        self._write(memoryview(data))
         tp = TensorProto(name=name, data_type=TORCH_TO_ONNX[tensor.dtype], dims=list(tensor.shape))
         tp.data_location = TensorProto.EXTERNAL
         for key, value in (("location", WEIGHTS_FILE), ("offset", str(self.offset)), ("length", str(data.nbytes))):
@@ -66,6 +87,10 @@ class ExternalDataWriter:
             entry.key, entry.value = key, value
         self.protos[name] = tp
         self.offset += data.nbytes
+
+    def metadata(self) -> dict[str, Any]:
+        """The export-metadata entries that let `inspect` check weights.data."""
+        return {"weights_bytes": self.offset, "weights_sha256": self._sha256.hexdigest()}
 
     def close(self) -> None:
         self._file.flush()
@@ -76,23 +101,61 @@ class ExternalDataWriter:
 _STORAGE = {torch.float32: np.float32, torch.float16: np.float16, torch.bfloat16: np.int16}
 
 
+@dataclasses.dataclass(frozen=True)
+class ExternalTensor:
+    """One initializer's bytes: `length` bytes at `offset` of `file` (resolved, inside the export folder)."""
+
+    name: str
+    file: Path
+    offset: int
+    length: int
+    dtype: torch.dtype
+    shape: tuple[int, ...]
+
+
+def external_tensors(folder: Path, model: onnx.ModelProto) -> list[ExternalTensor]:
+    """The external initializers of `model` (loaded without its data), each checked: location inside
+    `folder`, a dtype we write, a length matching its dims, its bytes present in the file."""
+    sizes: dict[Path, int] = {}
+    return [_external_tensor(folder, init, sizes) for init in model.graph.initializer
+            if init.data_location == TensorProto.EXTERNAL]
+
+
+def _external_tensor(folder: Path, init: TensorProto, sizes: dict[Path, int]) -> ExternalTensor:
+    ext = {e.key: e.value for e in init.external_data}
+    where = f"{folder}: initializer {init.name!r}"
+    if not ext.get("location"):
+        raise MambaDeployError(f"{where}: external data without a location; re-export the model")
+    file = resolve_inside(folder, ext["location"], f"{where}: external data location")
+    if file not in sizes:
+        if not file.is_file():
+            raise MambaDeployError(f"{where}: {ext['location']} is missing (the export is incomplete)")
+        sizes[file] = file.stat().st_size
+    dtype = ONNX_TO_TORCH.get(init.data_type)
+    try:
+        offset, length = int(ext.get("offset", "0")), int(ext["length"])
+    except (KeyError, ValueError):
+        offset = length = -1
+    if dtype is None or offset < 0 or length != math.prod(init.dims) * dtype.itemsize:
+        raise MambaDeployError(f"{where}: corrupt external-data entry {ext} (dtype {init.data_type}, dims "
+                               f"{list(init.dims)}); re-export the model")
+    if offset + length > sizes[file]:
+        raise MambaDeployError(f"{where}: bytes {offset}..{offset + length} lie beyond the end of {file.name} "
+                               f"({sizes[file]} bytes): the file is truncated; re-export the model")
+    return ExternalTensor(init.name, file, offset, length, dtype, tuple(init.dims))
+
+
 def read_export_tensors(info: "ExportInfo") -> Iterator[tuple[str, torch.Tensor]]:
     """The reader of what ExternalDataWriter wrote: (name, tensor) for every initializer of an export's
     decode.onnx, read from weights.data at its external-data offset (memory-mapped, then copied)."""
-    model = onnx.load(str(info.graph("decode")), load_external_data=False)
-    for init in model.graph.initializer:
-        ext = {e.key: e.value for e in init.external_data}
-        if "location" not in ext:
-            continue
-        file = info.folder / ext["location"]
-        dtype = ONNX_TO_TORCH[init.data_type]
-        count = int(ext["length"]) // np.dtype(_STORAGE[dtype]).itemsize
+    for t in external_tensors(info.folder, info.load_graph("decode")):
+        storage = np.dtype(_STORAGE[t.dtype])
         try:
-            array = np.memmap(file, dtype=_STORAGE[dtype], mode="r", offset=int(ext.get("offset", 0)), shape=(count,))
+            array = np.memmap(t.file, dtype=storage, mode="r", offset=t.offset, shape=(t.length // storage.itemsize,))
         except (OSError, ValueError) as exc:
-            raise MambaDeployError(f"{file}: cannot read weights ({exc}); the export is incomplete or corrupt") \
+            raise MambaDeployError(f"{t.file}: cannot read weights ({exc}); the export is incomplete or corrupt") \
                 from None
-        yield init.name, torch.from_numpy(np.array(array)).view(dtype).reshape(tuple(init.dims))
+        yield t.name, torch.from_numpy(np.array(array)).view(t.dtype).reshape(t.shape)
 
 
 def checkpoint_dtype(files: list[Path]) -> torch.dtype:
@@ -108,8 +171,10 @@ def checkpoint_dtype(files: list[Path]) -> torch.dtype:
     return fallback
 
 
-def write_weights(cfg: ModelConfig, files: list[Path], folder: Path, dtype: torch.dtype) -> dict[str, TensorProto]:
-    """Write every exported tensor into folder/weights.data; returns the initializer protos by name."""
+def write_weights(cfg: ModelConfig, files: list[Path], folder: Path, dtype: torch.dtype
+                  ) -> tuple[dict[str, TensorProto], dict[str, Any]]:
+    """Write every exported tensor into folder/weights.data; returns the initializer protos by name and
+    the file's size and sha256 (entries of the export metadata)."""
     writer = ExternalDataWriter(folder)
     try:
         for key, tensor in iter_checked(cfg, files):
@@ -119,4 +184,4 @@ def write_weights(cfg: ModelConfig, files: list[Path], folder: Path, dtype: torc
             writer.add(ZERO_CONV_BIAS, torch.zeros(cfg.conv_dim, dtype=dtype))
     finally:
         writer.close()
-    return writer.protos
+    return writer.protos, writer.metadata()

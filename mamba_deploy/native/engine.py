@@ -22,11 +22,12 @@ from __future__ import annotations
 
 import dataclasses
 import weakref
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 
 from ..config import MAMBA2, ModelConfig
+from ..export.weights import ZERO_CONV_BIAS
 from ..models.state import InferenceState
 from ..ops import cuda as K
 from . import gemv as G
@@ -101,7 +102,7 @@ class NativeEngine:
         self.emb = get("backbone.embedding.weight")
         self.head = self.emb if c.tie_embeddings else get("lm_head.weight")
         self.norm_f = (get("backbone.norm_f.weight"), get("backbone.norm_f.bias", optional=True))
-        zero_bias = weights.get("zeros.conv_bias")
+        zero_bias = weights.get(ZERO_CONV_BIAS)
         self.layers = []
         for i in range(c.n_layer):
             p = f"backbone.layers.{i}."
@@ -237,12 +238,27 @@ class NativeEngine:
         return self.graphs[b]
 
     @torch.no_grad()
-    def step_static(self, b: int) -> None:
+    def _replay(self, b: int) -> None:
         """Decode rows [:b] of the static buffers from self.ids (graph replay, or eager without graphs)."""
         if self.use_graphs:
             self._graph(b).replay()
         else:
             self._step(b)
+
+    def greedy_replay(self, state: InferenceState, next_ids: torch.Tensor) -> Callable[[int], None]:
+        """The bare decode step, for benchmarks and profiles: returns run(n), which decodes n greedy steps of
+        `state` from next_ids (batch,), each step's argmax feeding the next, as graph replays with no copy.
+        `state` must be the engine's static state (the first state new_state() handed out, still alive)."""
+        b = state.batch_size
+        if not self._is_static(state):
+            raise ValueError("greedy_replay needs the engine's static state (another state from new_state() "
+                             "is alive)")
+        self.ids[:b].copy_(next_ids.reshape(b))
+
+        def run(steps: int) -> None:
+            for _ in range(steps):
+                self._replay(b)
+        return run
 
     @torch.no_grad()
     def decode(self, input_ids: torch.Tensor, state: InferenceState) -> torch.Tensor:
@@ -254,7 +270,7 @@ class NativeEngine:
         static = self._is_static(state)
         if not static:
             torch._foreach_copy_([t[:b] for t in self.static.conv + self.static.ssm], state.conv + state.ssm)
-        self.step_static(b)
+        self._replay(b)
         if not static:
             torch._foreach_copy_(state.conv + state.ssm, [t[:b] for t in self.static.conv + self.static.ssm])
         return self.logits[:b].unsqueeze(1)

@@ -13,14 +13,14 @@ from pathlib import Path
 import torch
 
 from ..config import ModelConfig
+from ..export.artifact import ExportInfo
 
 
-def export_weights(folder: str | Path) -> dict[str, torch.Tensor]:
-    """Initializers of `folder/decode.onnx` read from weights.data at their external-data offsets (CPU)."""
-    from ..export.artifact import load_export
+def export_weights(info: ExportInfo) -> dict[str, torch.Tensor]:
+    """Initializers of the export's decode.onnx read from weights.data at their external-data offsets (CPU)."""
     from ..export.weights import read_export_tensors
 
-    return dict(read_export_tensors(load_export(folder)))
+    return dict(read_export_tensors(info))
 
 
 def checkpoint_weights(folder: str | Path, cfg: ModelConfig, dtype: torch.dtype) -> dict[str, torch.Tensor]:

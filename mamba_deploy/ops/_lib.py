@@ -1,20 +1,24 @@
 """Loader of the native kernel library (libmamba_deploy_kernels.so, built from plugins/ by CMake).
 
 The library is looked up (once, lazily) at $MAMBA_DEPLOY_KERNEL_LIB, then in mamba_deploy/_lib/
-(where `pip install .` puts it). The ctypes structures below mirror plugins/kernels/mamba_kernels.h
-field for field (every field 8 bytes wide); `load()` checks their sizes against md_params_size().
+(where `pip install .` puts it). It is the one way into the library: the ctypes structures below
+mirror plugins/kernels/mamba_kernels.h and gemv.h field for field (every field 8 bytes wide), `load()`
+checks the ABI version and their sizes against md_params_size(), and SIGNATURES types every entry
+point of plugins/capi/mamba_capi.cpp.
 """
 from __future__ import annotations
 
 import ctypes
+import dataclasses
 import os
 import pathlib
+import sysconfig
 import threading
 from typing import Optional
 
 LIB_NAME = "libmamba_deploy_kernels.so"
 ENV_VAR = "MAMBA_DEPLOY_KERNEL_LIB"
-EXPECTED_VERSION = 2
+EXPECTED_VERSION = 3  # MD_KERNELS_VERSION
 
 _I, _P, _D = ctypes.c_int64, ctypes.c_void_p, ctypes.c_double
 
@@ -66,17 +70,82 @@ class GatedRmsNormParams(ctypes.Structure):
         "p: z; i: z_row_stride; p: weight out; i: out_row_stride")
 
 
-PARAMS = {"causal_conv1d": (0, CausalConv1dParams), "ssm": (1, SsmParams),
-          "add_norm": (2, AddNormParams), "gated_rms_norm": (3, GatedRmsNormParams)}
-ENTRY_POINTS = {
-    "md_causal_conv1d_fwd": CausalConv1dParams, "md_causal_conv1d_update": CausalConv1dParams,
-    "md_selective_scan_fwd": SsmParams, "md_selective_state_update": SsmParams,
-    "md_mamba2_chunk_scan_fwd": SsmParams, "md_add_norm_fwd": AddNormParams,
-    "md_gated_rms_norm_fwd": GatedRmsNormParams,
-}
+# The native engine's decode kernels (plugins/kernels/gemv.h).
+class GemvParams(ctypes.Structure):
+    _fields_ = _fields(
+        "i: batch n k dtype split_k; p: x; i: x_row_stride; p: w; i: w_row_stride; p: bias out; i: out_row_stride;"
+        "i: conv_lo conv_dim conv_width conv_silu conv_state_dtype; p: conv_w conv_b conv_state;"
+        "i: conv_state_batch_stride conv_state_dim_stride conv_state_width_stride")
 
-# The prefill scans take float32 scratch (their time-parallel form): (params, workspace, bytes, stream).
-WORKSPACE_ENTRY_POINTS = {"md_selective_scan_fwd", "md_mamba2_chunk_scan_fwd"}
+
+class Mamba1StepParams(ctypes.Structure):
+    _fields_ = _fields(
+        "i: batch dim dstate dt_rank dtype state_dtype; p: x; i: x_row_stride; p: z; i: z_row_stride;"
+        "p: xdbl; i: xdbl_row_stride; p: wdt dt_bias A D state; i: state_batch_stride state_dim_stride;"
+        "p: y; i: y_row_stride")
+
+
+class Mamba2StepParams(ctypes.Structure):
+    _fields_ = _fields(
+        "i: batch nheads headdim dstate ngroups dtype state_dtype; d: dt_min dt_max; p: x; i: x_row_stride;"
+        "p: B; i: B_row_stride; p: C; i: C_row_stride; p: dt; i: dt_row_stride; p: A D dt_bias state;"
+        "i: state_batch_stride state_head_stride state_dim_stride; p: y; i: y_row_stride")
+
+
+class RowNormParams(ctypes.Structure):
+    _fields_ = _fields(
+        "i: rows hidden group_size gate; d: eps; i: dtype residual_dtype; p: x; i: x_row_stride;"
+        "p: residual; i: residual_row_stride; p: weight out; i: out_row_stride;"
+        "p: residual_out; i: residual_out_row_stride")
+
+
+# name -> (kind of md_params_size, structure)
+PARAMS = {"causal_conv1d": (0, CausalConv1dParams), "ssm": (1, SsmParams),
+          "add_norm": (2, AddNormParams), "gated_rms_norm": (3, GatedRmsNormParams),
+          "gemv": (4, GemvParams), "mamba1_step": (5, Mamba1StepParams),
+          "mamba2_step": (6, Mamba2StepParams), "row_norm": (7, RowNormParams)}
+
+
+@dataclasses.dataclass(frozen=True)
+class Kernel:
+    """One C entry point: `int symbol(const params*, [void* workspace, int64 bytes,] void* stream)`.
+    `workspace`: it takes caller-allocated scratch (the prefill scans' time-parallel form)."""
+
+    symbol: str
+    params: type
+    workspace: bool = False
+
+    def signature(self) -> tuple[type, list[type]]:
+        return ctypes.c_int, [ctypes.POINTER(self.params), *([_P, _I] if self.workspace else []), _P]
+
+
+# Entry points that are not ops of the registry; the registry declares each op's kernel (`declare`).
+ADD_NORM = Kernel("md_add_norm_fwd", AddNormParams)
+GATED_RMS_NORM = Kernel("md_gated_rms_norm_fwd", GatedRmsNormParams)
+GEMV = Kernel("md_gemv_fwd", GemvParams)  # the native engine's decode launches (native/gemv.py)
+MAMBA1_STEP = Kernel("md_mamba1_step_fwd", Mamba1StepParams)
+MAMBA2_STEP = Kernel("md_mamba2_step_fwd", Mamba2StepParams)
+ROW_NORM = Kernel("md_row_norm_fwd", RowNormParams)
+KERNELS: dict[str, Kernel] = {k.symbol: k for k in (ADD_NORM, GATED_RMS_NORM, GEMV, MAMBA1_STEP, MAMBA2_STEP, ROW_NORM)}
+_OP_KERNELS: dict[str, Kernel] = {}
+
+# Every entry point of the C ABI: name -> (restype, argtypes); kernels are added as they are declared.
+SIGNATURES: dict[str, tuple[type, list[type]]] = {
+    "md_version": (ctypes.c_int, []), "md_get_last_error_string": (ctypes.c_char_p, []),
+    "md_params_size": (_I, [_I]), "md_ssm_scan_workspace_bytes": (_I, [ctypes.POINTER(SsmParams)]),
+    **{k.symbol: k.signature() for k in KERNELS.values()}}
+
+
+def declare(kernel: Kernel, op: str) -> None:
+    """Make `kernel` the entry point of registry op `op` (ops.registry calls this for each entry, on import,
+    before anything can launch)."""
+    KERNELS[kernel.symbol] = _OP_KERNELS[op] = kernel
+    SIGNATURES[kernel.symbol] = kernel.signature()
+
+
+def op_kernel(op: str) -> Kernel:
+    """The kernel the registry entry of `op` names."""
+    return _OP_KERNELS[op]
 
 _lock = threading.Lock()
 _lib: Optional[ctypes.CDLL] = None
@@ -85,12 +154,17 @@ _tried = False
 
 
 def library_path() -> Optional[pathlib.Path]:
-    """Where the library would be loaded from (None if nowhere)."""
+    """Where the library would be loaded from (None if nowhere): $MAMBA_DEPLOY_KERNEL_LIB, else the package's
+    _lib/ folder (a wheel install), else site-packages' mamba_deploy/_lib/ (an editable install)."""
     env = os.environ.get(ENV_VAR)
     if env:
         return pathlib.Path(env)
-    here = pathlib.Path(__file__).resolve().parent.parent / "_lib" / LIB_NAME
-    return here if here.exists() else None
+    package = pathlib.Path(__file__).resolve().parent.parent
+    for root in (package, *(pathlib.Path(p) / "mamba_deploy" for p in sysconfig.get_paths().values())):
+        candidate = root / "_lib" / LIB_NAME
+        if candidate.is_file():
+            return candidate
+    return None
 
 
 def _open() -> ctypes.CDLL:
@@ -100,29 +174,25 @@ def _open() -> ctypes.CDLL:
                       f"(no nvcc at build time, or MAMBA_DEPLOY_BUILD_KERNELS=0); reinstall with nvcc on "
                       f"PATH, or point {ENV_VAR} at a built library")
     lib = ctypes.CDLL(str(path))
-    lib.md_version.restype = ctypes.c_int
-    lib.md_get_last_error_string.restype = ctypes.c_char_p
-    lib.md_params_size.restype = ctypes.c_int64
-    lib.md_params_size.argtypes = [ctypes.c_int64]
-    if lib.md_version() != EXPECTED_VERSION:
-        raise OSError(f"{path}: kernel ABI version {lib.md_version()}, expected {EXPECTED_VERSION}")
+    lib.md_version.restype, lib.md_version.argtypes = SIGNATURES["md_version"]
+    if lib.md_version() != EXPECTED_VERSION:  # before the other symbols: an old library may lack some
+        raise OSError(f"{path}: kernel ABI version {lib.md_version()}, expected {EXPECTED_VERSION}: "
+                      f"library and package do not match (rebuild the library)")
+    for sym, (restype, argtypes) in SIGNATURES.items():
+        fn = getattr(lib, sym)
+        fn.restype, fn.argtypes = restype, argtypes
     for name, (kind, struct) in PARAMS.items():
         if lib.md_params_size(kind) != ctypes.sizeof(struct):
             raise OSError(f"{path}: {name} params are {lib.md_params_size(kind)} bytes in C, "
                           f"{ctypes.sizeof(struct)} in Python: library and package do not match")
-    for sym, struct in ENTRY_POINTS.items():
-        fn = getattr(lib, sym)
-        fn.restype = ctypes.c_int
-        workspace = [ctypes.c_void_p, ctypes.c_int64] if sym in WORKSPACE_ENTRY_POINTS else []
-        fn.argtypes = [ctypes.POINTER(struct), *workspace, ctypes.c_void_p]
-    lib.md_ssm_scan_workspace_bytes.restype = ctypes.c_int64
-    lib.md_ssm_scan_workspace_bytes.argtypes = [ctypes.POINTER(SsmParams)]
     return lib
 
 
 def load() -> ctypes.CDLL:
     """The loaded library; raises RuntimeError with the reason if it cannot be loaded."""
     global _lib, _reason, _tried
+    if _lib is not None:  # every launch comes here: no lock once loaded
+        return _lib
     with _lock:
         if not _tried:
             _tried = True
@@ -153,13 +223,15 @@ def scan_workspace_bytes(params: ctypes.Structure) -> int:
     return int(load().md_ssm_scan_workspace_bytes(ctypes.byref(params)))
 
 
-def call(symbol: str, params: ctypes.Structure, stream: int, workspace: tuple[int, int] | None = None) -> None:
-    """Launch `symbol` on `stream` (a cudaStream_t as int); raises RuntimeError if it fails.
-    `workspace` = (device pointer, bytes) for the entry points in WORKSPACE_ENTRY_POINTS."""
+def launch(kernel: Kernel, params: ctypes.Structure, stream: int, workspace: tuple[int, int] | None = None) -> None:
+    """Launch `kernel` on `stream` (a cudaStream_t as int); raises RuntimeError if it fails.
+    `workspace` = (device pointer, bytes) for kernels that take scratch."""
     lib = load()
-    extra = () if symbol not in WORKSPACE_ENTRY_POINTS else \
-        (ctypes.c_void_p((workspace or (0, 0))[0]), ctypes.c_int64((workspace or (0, 0))[1]))
-    rc = getattr(lib, symbol)(ctypes.byref(params), *extra, ctypes.c_void_p(stream))
+    if not isinstance(params, kernel.params):
+        raise TypeError(f"{kernel.symbol} takes {kernel.params.__name__}, got {type(params).__name__}")
+    scratch = workspace or (0, 0)
+    extra = (ctypes.c_void_p(scratch[0]), ctypes.c_int64(scratch[1])) if kernel.workspace else ()
+    rc = getattr(lib, kernel.symbol)(ctypes.byref(params), *extra, ctypes.c_void_p(stream))
     if rc != 0:
         msg = lib.md_get_last_error_string().decode(errors="replace")
-        raise RuntimeError(f"{symbol} failed (cudaError {rc}): {msg}")
+        raise RuntimeError(f"{kernel.symbol} failed (cudaError {rc}): {msg}")

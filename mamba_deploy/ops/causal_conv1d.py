@@ -9,7 +9,6 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-from .registry import OpSpec, register
 
 
 def causal_conv1d_ref(
@@ -61,10 +60,3 @@ def causal_conv1d_sequential(x, weight, bias=None, conv_state=None, activation="
         y, state = causal_conv1d_update_ref(x[:, :, t], weight, bias, state, activation)
         ys.append(y)
     return torch.stack(ys, dim=-1), state
-
-
-CAUSAL_CONV1D = register(OpSpec(
-    name="MambaCausalConv1d", reference=causal_conv1d_ref, sequential=causal_conv1d_sequential,
-    kernel="md_causal_conv1d_fwd"))
-CAUSAL_CONV1D_UPDATE = register(OpSpec(
-    name="MambaCausalConv1dUpdate", reference=causal_conv1d_update_ref, kernel="md_causal_conv1d_update"))

@@ -12,8 +12,7 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-from .registry import OpSpec, register
-from .state_update import _discretize_dt, expand_groups, selective_state_update_ref
+from .state_update import discretize_dt, expand_groups, selective_state_update_ref
 
 
 def _segsum(a: torch.Tensor) -> torch.Tensor:
@@ -45,7 +44,7 @@ def chunk_scan_ref(
     state_dtype = initial_state.dtype if initial_state is not None else torch.float32
     h0 = (initial_state.float() if initial_state is not None
           else x.new_zeros(batch, nheads, headdim, dstate, dtype=torch.float32))
-    dtf = _discretize_dt(dt, dt_bias, dt_softplus, dt_limit)  # (batch, seqlen, nheads)
+    dtf = discretize_dt(dt, dt_bias, dt_softplus, dt_limit)  # (batch, seqlen, nheads)
     pad = (-seqlen) % chunk_size
     # Padding after discretisation: dt = 0 means no decay and no input, so the final state is exact.
     xs = F.pad(x.float(), (0, 0, 0, 0, 0, pad))
@@ -96,8 +95,3 @@ def chunk_scan_sequential(x, dt, A, B, C, chunk_size=256, D=None, z=None, dt_bia
             dt_bias, dt_softplus, dt_limit)
         ys.append(y)
     return torch.stack(ys, dim=1), state
-
-
-CHUNK_SCAN = register(OpSpec(
-    name="Mamba2ChunkScan", reference=chunk_scan_ref, sequential=chunk_scan_sequential,
-    kernel="md_mamba2_chunk_scan_fwd"))

@@ -14,18 +14,16 @@ from typing import Optional, Sequence
 import torch
 
 from . import _lib
-from .registry import REGISTRY
+from ._tensors import DTYPE_CODES, current_stream, data_ptr
 
 is_available = _lib.is_available
 unavailable_reason = _lib.unavailable_reason
 
-_DTYPES = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
-
 
 def _code(t: torch.Tensor, name: str) -> int:
-    if t.dtype not in _DTYPES:
+    if t.dtype not in DTYPE_CODES:
         raise ValueError(f"{name}: dtype {t.dtype} not supported (float32, float16, bfloat16)")
-    return _DTYPES[t.dtype]
+    return DTYPE_CODES[t.dtype]
 
 
 def _check(t: Optional[torch.Tensor], name: str, shape: Sequence[int], device: torch.device) -> None:
@@ -40,10 +38,6 @@ def _check(t: Optional[torch.Tensor], name: str, shape: Sequence[int], device: t
     _code(t, name)
 
 
-def _ptr(t: Optional[torch.Tensor]) -> Optional[int]:
-    return None if t is None else t.data_ptr()
-
-
 def _strides(t: Optional[torch.Tensor], dims: Sequence[Optional[int]]) -> list[int]:
     """Element strides of `t` along `dims` (None: a broadcast axis, stride 0)."""
     if t is None:
@@ -54,10 +48,6 @@ def _strides(t: Optional[torch.Tensor], dims: Sequence[Optional[int]]) -> list[i
 def _set(params, prefix: str, names: Sequence[str], values: Sequence[int]) -> None:
     for n, v in zip(names, values):
         setattr(params, f"{prefix}_{n}_stride", v)
-
-
-def _stream(device: torch.device) -> int:
-    return torch.cuda.current_stream(device).cuda_stream
 
 
 def _new_or(out: Optional[torch.Tensor], name: str, shape, dtype, device) -> torch.Tensor:
@@ -85,7 +75,7 @@ def _same_dtype(ref: torch.Tensor, **tensors: Optional[torch.Tensor]) -> None:
 
 def causal_conv1d(x, weight, bias=None, conv_state=None, activation="silu", *, out=None, state_out=None):
     """`causal_conv1d_ref` on the GPU. x: (batch, dim, seqlen) -> (y, new conv state)."""
-    return _conv(x, weight, bias, conv_state, activation, out, state_out, "md_causal_conv1d_fwd")
+    return _conv(x, weight, bias, conv_state, activation, out, state_out, "MambaCausalConv1d")
 
 
 def causal_conv1d_update(x, weight, bias=None, conv_state=None, activation="silu", *, out=None, state_out=None):
@@ -93,11 +83,11 @@ def causal_conv1d_update(x, weight, bias=None, conv_state=None, activation="silu
     if x.dim() != 2:
         raise ValueError(f"x: expected (batch, dim), got {tuple(x.shape)}")
     y, st = _conv(x.unsqueeze(-1), weight, bias, conv_state, activation,
-                  None if out is None else out.unsqueeze(-1), state_out, "md_causal_conv1d_update")
+                  None if out is None else out.unsqueeze(-1), state_out, "MambaCausalConv1dUpdate")
     return y.squeeze(-1), st
 
 
-def _conv(x, weight, bias, conv_state, activation, out, state_out, symbol):
+def _conv(x, weight, bias, conv_state, activation, out, state_out, op):
     if activation not in (None, "silu", "swish", "none"):
         raise ValueError(f"activation must be silu or None, got {activation!r}")
     dev = _cuda_device(x, "x")
@@ -116,16 +106,16 @@ def _conv(x, weight, bias, conv_state, activation, out, state_out, symbol):
     st = _new_or(state_out, "state_out", (batch, dim, width - 1), state_dtype, dev)
     p = _lib.CausalConv1dParams(batch=batch, dim=dim, seqlen=seqlen, width=width,
                                 silu=int(activation in ("silu", "swish")), x_dtype=_code(x, "x"),
-                                weight_dtype=_code(weight, "weight"), state_dtype=_DTYPES[state_dtype],
-                                x=_ptr(x), weight=_ptr(weight), bias=_ptr(bias), state_in=_ptr(conv_state),
-                                state_out=_ptr(st), y=_ptr(y))
+                                weight_dtype=_code(weight, "weight"), state_dtype=DTYPE_CODES[state_dtype],
+                                x=data_ptr(x), weight=data_ptr(weight), bias=data_ptr(bias), state_in=data_ptr(conv_state),
+                                state_out=data_ptr(st), y=data_ptr(y))
     _set(p, "x", ("batch", "dim", "seq"), x.stride())
     _set(p, "weight", ("dim", "width"), weight.stride())
     p.bias_stride = 0 if bias is None else bias.stride(0)
     _set(p, "state_in", ("batch", "dim", "width"), _strides(conv_state, (0, 1, 2)))
     _set(p, "state_out", ("batch", "dim", "width"), st.stride())
     _set(p, "y", ("batch", "dim", "seq"), y.stride())
-    _lib.call(symbol, p, _stream(dev))
+    _lib.launch(_lib.op_kernel(op), p, current_stream(dev))
     return y, st
 
 
@@ -147,7 +137,7 @@ def _ssm_params(sizes, dtypes, dt_softplus, dt_limit, tensors, axes):
              "state_in": _STATE_AXES, "state_out": _STATE_AXES, "A": ("head", "state"), "D": ("head",),
              "dt_bias": ("head",)}
     for name, t in tensors.items():
-        setattr(p, name, _ptr(t))
+        setattr(p, name, data_ptr(t))
         _set(p, name, names[name], _strides(t, axes[name]))
     return p
 
@@ -185,13 +175,13 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, ssm_state
     y = _new_or(out, "out", u.shape, u.dtype, dev)
     st = _new_or(state_out, "state_out", (batch, dim, dstate), sdt, dev)
     seq3, st3 = (0, 2, 1, None), (0, 1, None, 2)
-    p = _ssm_params((batch, seqlen, dim, 1, dstate, 1), (_code(u, "u"), _param_dtype(A, D, delta_bias), _DTYPES[sdt]),
+    p = _ssm_params((batch, seqlen, dim, 1, dstate, 1), (_code(u, "u"), _param_dtype(A, D, delta_bias), DTYPE_CODES[sdt]),
                     delta_softplus, (0.0, math.inf),
                     dict(x=u, dt=delta, z=z, y=y, B=B, C=C, A=A, D=D, dt_bias=delta_bias, state_in=ssm_state,
                          state_out=st),
                     dict(x=seq3, dt=seq3, z=seq3, y=seq3, B=(0, 2, None, 1), C=(0, 2, None, 1), A=(0, 1), D=(0,),
                          dt_bias=(0,), state_in=st3, state_out=st3))
-    _call_scan("md_selective_scan_fwd", p, dev)
+    _call_scan("MambaSelectiveScan", p, dev)
     return y, st
 
 
@@ -213,21 +203,21 @@ def chunk_scan(x, dt, A, B, C, chunk_size=256, D=None, z=None, dt_bias=None, ini
     st = _new_or(state_out, "state_out", (batch, nheads, headdim, dstate), sdt, dev)
     seq4, st4 = (0, 1, 2, 3), (0, 1, 2, 3)
     p = _ssm_params((batch, seqlen, nheads, headdim, dstate, ngroups),
-                    (_code(x, "x"), _param_dtype(A, D, dt_bias), _DTYPES[sdt]), dt_softplus, dt_limit,
+                    (_code(x, "x"), _param_dtype(A, D, dt_bias), DTYPE_CODES[sdt]), dt_softplus, dt_limit,
                     dict(x=x, dt=dt, z=z, y=y, B=B, C=C, A=A, D=D, dt_bias=dt_bias, state_in=initial_state,
                          state_out=st),
                     dict(x=seq4, dt=(0, 1, 2, None), z=seq4, y=seq4, B=seq4, C=seq4, A=(0, None), D=(0,),
                          dt_bias=(0,), state_in=st4, state_out=st4))
-    _call_scan("md_mamba2_chunk_scan_fwd", p, dev)
+    _call_scan("Mamba2ChunkScan", p, dev)
     return y, st
 
 
-def _call_scan(symbol: str, params, dev: torch.device) -> None:
+def _call_scan(op: str, params, dev: torch.device) -> None:
     """Launch a prefill scan with the scratch its time-parallel form wants (torch's caching allocator:
     no cudaMalloc on the hot path, and safe under CUDA-graph capture)."""
     nbytes = _lib.scan_workspace_bytes(params)
     workspace = torch.empty(nbytes, dtype=torch.uint8, device=dev) if nbytes else None
-    _lib.call(symbol, params, _stream(dev), (workspace.data_ptr(), nbytes) if nbytes else None)
+    _lib.launch(_lib.op_kernel(op), params, current_stream(dev), (workspace.data_ptr(), nbytes) if nbytes else None)
 
 
 def _check_mamba2(dev, x, dt, A, B, C, D, z, dt_bias, state, dt_shape, bc_shape):
@@ -274,11 +264,11 @@ def selective_state_update(state, x, dt, A, B, C, D=None, z=None, dt_bias=None, 
     y = _new_or(out, "out", x.shape, x.dtype, dev)
     so = _new_or(state_out, "state_out", state.shape, sdt, dev)
     dt_axes = row if state.dim() == 3 else (0, None, 1, None)
-    p = _ssm_params(sizes, (_code(x, "x"), _param_dtype(A, D, dt_bias), _DTYPES[sdt]), dt_softplus, dt_limit,
+    p = _ssm_params(sizes, (_code(x, "x"), _param_dtype(A, D, dt_bias), DTYPE_CODES[sdt]), dt_softplus, dt_limit,
                     dict(x=x, dt=dt, z=z, y=y, B=B, C=C, A=A, D=D, dt_bias=dt_bias, state_in=state, state_out=so),
                     dict(x=row, dt=dt_axes, z=row, y=row, B=bc, C=bc, A=a_axes, D=(0,), dt_bias=(0,), state_in=st,
                          state_out=st))
-    _lib.call("md_selective_state_update", p, _stream(dev))
+    _lib.launch(_lib.op_kernel("MambaSelectiveStateUpdate"), p, current_stream(dev))
     return y, so
 
 
@@ -313,11 +303,11 @@ def add_norm(x, residual, weight, bias=None, eps=1e-5, is_rms=True, residual_in_
         raise ValueError("bias: dtype must match weight")
     p = _lib.AddNormParams(rows=xv.shape[0], hidden=hidden, is_rms=int(bool(is_rms)), eps=float(eps),
                            x_dtype=_code(x, "x"), residual_dtype=_code(residual, "residual") if residual is not None else 0,
-                           residual_out_dtype=_DTYPES[res_dtype], out_dtype=_DTYPES[o.dtype],
-                           weight_dtype=_code(weight, "weight"), x=_ptr(x), x_row_stride=xs, residual=_ptr(residual),
-                           residual_row_stride=res_stride, weight=_ptr(weight), bias=_ptr(bias), out=_ptr(o),
-                           out_row_stride=os_, residual_out=_ptr(r), residual_out_row_stride=rs)
-    _lib.call("md_add_norm_fwd", p, _stream(dev))
+                           residual_out_dtype=DTYPE_CODES[res_dtype], out_dtype=DTYPE_CODES[o.dtype],
+                           weight_dtype=_code(weight, "weight"), x=data_ptr(x), x_row_stride=xs, residual=data_ptr(residual),
+                           residual_row_stride=res_stride, weight=data_ptr(weight), bias=data_ptr(bias), out=data_ptr(o),
+                           out_row_stride=os_, residual_out=data_ptr(r), residual_out_row_stride=rs)
+    _lib.launch(_lib.ADD_NORM, p, current_stream(dev))
     return o, r
 
 
@@ -335,19 +325,9 @@ def gated_rms_norm(x, z, weight, eps=1e-5, group_size=None, *, out=None):
     (xv, xs), (_, os_) = _rows(x, "x", d), _rows(o, "out", d)
     zs = _rows(z, "z", d)[1] if z is not None else 0
     p = _lib.GatedRmsNormParams(rows=xv.shape[0], hidden=d, group_size=group_size, eps=float(eps),
-                                x_dtype=_code(x, "x"), out_dtype=_DTYPES[o.dtype], weight_dtype=_code(weight, "weight"),
-                                x=_ptr(x), x_row_stride=xs, z=_ptr(z), z_row_stride=zs, weight=_ptr(weight),
-                                out=_ptr(o), out_row_stride=os_)
-    _lib.call("md_gated_rms_norm_fwd", p, _stream(dev))
+                                x_dtype=_code(x, "x"), out_dtype=DTYPE_CODES[o.dtype], weight_dtype=_code(weight, "weight"),
+                                x=data_ptr(x), x_row_stride=xs, z=data_ptr(z), z_row_stride=zs, weight=data_ptr(weight),
+                                out=data_ptr(o), out_row_stride=os_)
+    _lib.launch(_lib.GATED_RMS_NORM, p, current_stream(dev))
     return o
 
-
-BINDINGS = {
-    "MambaCausalConv1d": causal_conv1d,
-    "MambaCausalConv1dUpdate": causal_conv1d_update,
-    "MambaSelectiveScan": selective_scan,
-    "MambaSelectiveStateUpdate": selective_state_update,
-    "Mamba2ChunkScan": chunk_scan,
-}
-for _name, _fn in BINDINGS.items():
-    REGISTRY[_name].cuda = _fn

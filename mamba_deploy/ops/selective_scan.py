@@ -12,7 +12,6 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-from .registry import OpSpec, register
 from .state_update import selective_state_update_ref
 
 _TIME_BLOCK = 256  # bounds the (batch, dim, block, dstate) temporaries
@@ -71,8 +70,3 @@ def selective_scan_sequential(u, delta, A, B, C, D=None, z=None, delta_bias=None
             None if z is None else z[:, :, t], delta_bias, delta_softplus)
         ys.append(y)
     return torch.stack(ys, dim=-1), state
-
-
-SELECTIVE_SCAN = register(OpSpec(
-    name="MambaSelectiveScan", reference=selective_scan_ref, sequential=selective_scan_sequential,
-    kernel="md_selective_scan_fwd"))

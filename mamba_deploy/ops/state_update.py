@@ -18,10 +18,9 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-from .registry import OpSpec, register
 
 
-def _discretize_dt(dt, dt_bias, dt_softplus, dt_limit):
+def discretize_dt(dt, dt_bias, dt_softplus, dt_limit):
     dt = dt.float()
     if dt_bias is not None:
         dt = dt + dt_bias.float()
@@ -52,7 +51,7 @@ def selective_state_update_ref(
     dt_limit: tuple[float, float] = (0.0, math.inf),
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Returns (y like x, new state like state). Does not modify `state`."""
-    dt = _discretize_dt(dt, dt_bias, dt_softplus, dt_limit)
+    dt = discretize_dt(dt, dt_bias, dt_softplus, dt_limit)
     s = state.float()
     xf = x.float()
     if state.dim() == 3:  # Mamba1
@@ -76,7 +75,3 @@ def selective_state_update_ref(
     if z is not None:
         y = y * F.silu(z.float())
     return y.to(x.dtype), s.to(state.dtype)
-
-
-STATE_UPDATE = register(OpSpec(
-    name="MambaSelectiveStateUpdate", reference=selective_state_update_ref, kernel="md_selective_state_update"))

@@ -1,6 +1,6 @@
 """The Backend interface every engine backend implements, and the registry of backend loaders.
 
-A backend runs one exported model (an export folder, DESIGN §3) on one device:
+A backend runs one exported model (an export folder, docs/architecture.md "Export artifact") on one device:
 
     backend = load_backend("onnxruntime", export_info, **options)
     state = backend.new_state(batch_size)           # zeros; InferenceState on backend.device
@@ -95,7 +95,7 @@ class Backend(abc.ABC):
 
 BackendLoader = Callable[..., Backend]
 BACKENDS: dict[str, BackendLoader] = {}
-# name -> module that registers it when imported (native/tensorrt are added by their own issues)
+# name -> the module that registers it when imported
 BACKEND_MODULES: dict[str, str] = {
     "onnxruntime": "mamba_deploy.runtime.backends.onnxruntime",
     "torch": "mamba_deploy.runtime.backends.torch",

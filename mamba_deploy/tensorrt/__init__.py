@@ -1,6 +1,6 @@
 """The TensorRT path: IPluginV3 plugins (plugins/tensorrt), engine builder and runtime backend.
 
-Importing this package never imports `tensorrt`; `build_engines` and `TensorRTBackend` do, lazily,
+Importing this package never imports `tensorrt`; `build_engines` and `TensorRTEngine` do, lazily,
 and raise MambaDeployError with install instructions when it is missing. The TensorRT-free pieces
 (options, planning, prepare, metadata) are plain modules.
 """
@@ -11,7 +11,7 @@ from typing import Any
 from ._loader import INSTALL_HINT, find_plugin_library, import_tensorrt, tensorrt_available
 from .options import BuildOptions
 
-__all__ = ["INSTALL_HINT", "BuildOptions", "TensorRTBackend", "build_engines", "find_plugin_library",
+__all__ = ["INSTALL_HINT", "BuildOptions", "TensorRTEngine", "build_engines", "find_plugin_library",
            "import_tensorrt", "tensorrt_available"]
 
 
@@ -20,8 +20,8 @@ def __getattr__(name: str) -> Any:  # lazy: builder/runtime pull in torch.cuda a
         from .builder import build_engines
 
         return build_engines
-    if name == "TensorRTBackend":
-        from .runtime import TensorRTBackend
+    if name == "TensorRTEngine":
+        from .runtime import TensorRTEngine
 
-        return TensorRTBackend
+        return TensorRTEngine
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

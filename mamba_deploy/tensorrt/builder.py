@@ -15,9 +15,9 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional, Union
 
-from .. import __version__ as TOOL_VERSION
+from ..version import __version__ as TOOL_VERSION
 from ..errors import MambaDeployError
-from ..export.artifact import ExportInfo, load_export
+from ..export.artifact import ExportInfo, check_export, load_export
 from ._loader import find_plugin_library, import_tensorrt
 from .metadata import (BUILD_FILE, PLAN_FILES, BuildRecord, atomic_write, engine_dir, export_fingerprint,
                        file_sha256, find_engine_dirs, read_build_record)
@@ -47,7 +47,7 @@ def build_engines(export_dir: Union[str, Path], max_batch: int = 8, max_seq: int
                                    hardware_compatible=hardware_compatible, version_compatible=version_compatible,
                                    timing_cache=timing_cache, plugin_lib=plugin_lib)
     opts = dataclasses.replace(opts).validate()
-    info = load_export(export_dir)
+    info = check_export(load_export(export_dir))  # TensorRT's parser would follow any external-data path
     plugin = find_plugin_library(opts.plugin_lib)
     import_tensorrt()  # the install / version check, with its message
     gpu, capability = _current_gpu()

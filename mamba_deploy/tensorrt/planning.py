@@ -1,7 +1,7 @@
 """Pure planning for the TensorRT engines (no TensorRT needed): the graphs' I/O signature,
 optimisation-profile shapes, and the map between ONNX I/O names, engine tensors and state buffers.
 
-The exported graphs (DESIGN §3) have inputs `input_ids` [batch, seq|1], `past_conv_state.{i}`,
+The exported graphs (docs/architecture.md "Graph I/O") have inputs `input_ids` [batch, seq|1], `past_conv_state.{i}`,
 `past_ssm_state.{i}` [batch, ...fixed] and outputs `logits`, `present_conv_state.{i}`,
 `present_ssm_state.{i}`. Every symbolic dim must be `batch` or `seq`: a profile gives each input
 min/opt/max shapes from the build limits.

@@ -16,7 +16,7 @@ from typing import Union
 import onnx
 
 from ..errors import MambaDeployError
-from ..ops.registry import DOMAIN, PLUGIN_NAMESPACE, PLUGIN_VERSION
+from ..ops import DOMAIN, PLUGIN_NAMESPACE, PLUGIN_VERSION
 
 _PROTOBUF_LIMIT = 2**31 - 1
 

@@ -1,6 +1,7 @@
-"""The `tensorrt` backend: runs the plans `build_engines` wrote, on the current torch CUDA stream.
+"""The TensorRT engine: runs the plans `build_engines` wrote, on the current torch CUDA stream.
 
-State buffers are the caller's torch tensors (Backend contract: updated in place). Two ways to bind
+`runtime/backends/tensorrt.py` adapts it to the Backend interface. State buffers are the caller's
+torch tensors, updated in place. Two ways to bind
 the present states (`state_io`):
 
 * "inplace" (default): each present_* output is bound to the same memory as its past_* input. Every
@@ -15,7 +16,7 @@ the present states (`state_io`):
 Decode runs as a CUDA graph per (batch size, state buffers): the first step of a new key runs
 eagerly (it also triggers the plugins' onShapeChange) and captures the graph; later steps replay it.
 Each batch size gets its own execution context, so graphs never share activation memory across
-shapes. Prompts longer than the engine's max_seq are fed in chunks (identical results, DESIGN §6).
+shapes. Prompts longer than the engine's max_seq are fed in chunks (identical results).
 """
 from __future__ import annotations
 
@@ -27,7 +28,6 @@ import torch
 from ..errors import MambaDeployError
 from ..export.artifact import ExportInfo
 from ..models.state import InferenceState
-from ..runtime.backend import Backend
 from ._loader import find_plugin_library, import_tensorrt
 from .metadata import PLAN_FILES, engine_dir, find_engine_dirs, read_build_record
 from .planning import BindingMap, binding_map
@@ -56,13 +56,15 @@ def select_engine_dir(info: ExportInfo, gpu: str, explicit: Optional[Union[str, 
     return found[0]
 
 
-class TensorRTBackend(Backend):
-    name = "tensorrt"
+class TensorRTEngine:
+    """The prefill and decode plans of one export on one GPU. prefill(ids (batch, seq), state) and
+    decode(ids (batch, 1), state) -> logits (batch, n, vocab_padded); state updated in place."""
 
     def __init__(self, info: ExportInfo, engines: Optional[Union[str, Path]] = None, state_io: str = "inplace",
                  cuda_graphs: bool = True, device: Union[int, str, torch.device, None] = None,
                  plugin_lib: Optional[Union[str, Path]] = None, verbose: bool = False):
-        super().__init__(info)
+        self.info = info
+        self.config, self.dtype, self.all_logits = info.config, info.dtype, info.all_logits
         if state_io not in STATE_IO_MODES:
             raise MambaDeployError(f"state_io must be one of {', '.join(STATE_IO_MODES)}, got {state_io!r}")
         if not torch.cuda.is_available():
@@ -106,13 +108,11 @@ class TensorRTBackend(Backend):
         self._graphs: dict[tuple[int, ...], tuple[torch.cuda.CUDAGraph, torch.Tensor, torch.Tensor]] = {}
         self._partners: dict[int, torch.Tensor] = {}  # pingpong: data_ptr -> the other buffer
 
-    # ---- Backend ---------------------------------------------------------------------------------
     @property
     def device(self) -> torch.device:
         return self._device
 
     def prefill(self, input_ids: torch.Tensor, state: InferenceState) -> torch.Tensor:
-        self.check_inputs(input_ids, state, decode=False)
         self._check_state(state)
         ids = input_ids.to(self._device, torch.int64)
         chunks = [self._run(self._prefill_ctx, "prefill", ids[:, i:i + self.max_seq].contiguous(), state)
@@ -120,7 +120,6 @@ class TensorRTBackend(Backend):
         return torch.cat(chunks, dim=1) if self.all_logits and len(chunks) > 1 else chunks[-1]
 
     def decode(self, input_ids: torch.Tensor, state: InferenceState) -> torch.Tensor:
-        self.check_inputs(input_ids, state, decode=True)
         self._check_state(state)
         batch = input_ids.shape[0]
         ids = input_ids.to(self._device, torch.int64)
@@ -245,4 +244,4 @@ def available(info: ExportInfo) -> bool:
         return False
 
 
-__all__ = ["STATE_IO_MODES", "TensorRTBackend", "available", "select_engine_dir"]
+__all__ = ["STATE_IO_MODES", "TensorRTEngine", "available", "select_engine_dir"]

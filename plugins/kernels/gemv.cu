@@ -7,26 +7,13 @@
 // through the read-only cache (re-read by every row). Accumulation in float32 registers, one per
 // batch row (batch <= 16 is a template bound); warp shuffles, then shared memory across the split.
 // Lane b of the row's first warp finishes batch row b (bias, conv epilogue, store).
-#include <cstdio>
 #include <cstdint>
-#include <string>
 
 #include "common.cuh"
 #include "gemv.h"
 
-#define MD_API extern "C" __attribute__((visibility("default")))
-
 namespace md {
-thread_local std::string g_gemv_msg;
 namespace {
-
-#define GEMV_CHECK(cond, msg)        \
-  do {                               \
-    if (!(cond)) {                   \
-      ::md::g_gemv_msg = msg;        \
-      return cudaErrorInvalidValue;  \
-    }                                \
-  } while (0)
 
 constexpr int kWarps = 8;
 constexpr int kUnroll = 4;
@@ -352,17 +339,17 @@ cudaError_t launch_m2(const md_mamba2_step_params& p, cudaStream_t s) {
 }  // namespace md
 
 extern "C" cudaError_t md_launch_gemv(const md_gemv_params* p, cudaStream_t stream) {
-  GEMV_CHECK(p != nullptr, "gemv: params is NULL");
-  GEMV_CHECK(p->batch >= 0 && p->batch <= MD_GEMV_MAX_BATCH, "gemv: batch must be in 0..16");
-  GEMV_CHECK(p->n >= 0 && p->k >= 0, "gemv: negative size");
-  GEMV_CHECK(p->x && p->w && p->out, "gemv: x, w and out are required");
-  GEMV_CHECK(p->split_k == 0 || p->split_k == 1 || p->split_k == 2 || p->split_k == 4 || p->split_k == 8,
-             "gemv: split_k must be 0, 1, 2, 4 or 8");
+  MD_CHECK(p != nullptr, "gemv: params is NULL");
+  MD_CHECK(p->batch >= 0 && p->batch <= MD_GEMV_MAX_BATCH, "gemv: batch must be in 0..16");
+  MD_CHECK(p->n >= 0 && p->k >= 0, "gemv: negative size");
+  MD_CHECK(p->x && p->w && p->out, "gemv: x, w and out are required");
+  MD_CHECK(p->split_k == 0 || p->split_k == 1 || p->split_k == 2 || p->split_k == 4 || p->split_k == 8,
+           "gemv: split_k must be 0, 1, 2, 4 or 8");
   if (p->conv_dim > 0) {
-    GEMV_CHECK(p->conv_width >= 2 && p->conv_width <= MD_MAX_CONV_WIDTH, "gemv: conv width must be in 2..8");
-    GEMV_CHECK(p->conv_w && p->conv_state, "gemv: conv epilogue needs conv_w and conv_state");
-    GEMV_CHECK(p->conv_lo >= 0 && p->conv_lo + p->conv_dim <= p->n, "gemv: conv rows out of range");
-    GEMV_CHECK(md::valid_dtype(p->conv_state_dtype), "gemv: bad conv state dtype");
+    MD_CHECK(p->conv_width >= 2 && p->conv_width <= MD_MAX_CONV_WIDTH, "gemv: conv width must be in 2..8");
+    MD_CHECK(p->conv_w && p->conv_state, "gemv: conv epilogue needs conv_w and conv_state");
+    MD_CHECK(p->conv_lo >= 0 && p->conv_lo + p->conv_dim <= p->n, "gemv: conv rows out of range");
+    MD_CHECK(md::valid_dtype(p->conv_state_dtype), "gemv: bad conv state dtype");
   }
   if (p->batch == 0 || p->n == 0) return cudaSuccess;
   const int split = p->split_k ? static_cast<int>(p->split_k) : md::auto_split(*p);
@@ -370,85 +357,56 @@ extern "C" cudaError_t md_launch_gemv(const md_gemv_params* p, cudaStream_t stre
     case MD_FLOAT32: return md::launch_gemv_typed<float>(*p, split, stream);
     case MD_FLOAT16: return md::launch_gemv_typed<__half>(*p, split, stream);
     case MD_BFLOAT16: return md::launch_gemv_typed<__nv_bfloat16>(*p, split, stream);
-    default: GEMV_CHECK(false, "gemv: bad dtype");
+    default: MD_CHECK(false, "gemv: bad dtype");
   }
 }
 
 extern "C" cudaError_t md_launch_mamba1_step(const md_mamba1_step_params* p, cudaStream_t stream) {
-  GEMV_CHECK(p != nullptr, "mamba1_step: params is NULL");
-  GEMV_CHECK(p->dstate > 0 && p->dstate <= md::kMaxState, "mamba1_step: dstate must be in 1..16");
-  GEMV_CHECK(p->dt_rank > 0 && p->dt_rank <= md::kMaxRank, "mamba1_step: dt_rank must be in 1..1024");
-  GEMV_CHECK(p->batch >= 0 && p->batch <= 65535 && p->dim >= 0, "mamba1_step: bad batch or dim");
-  GEMV_CHECK(p->x && p->z && p->xdbl && p->wdt && p->dt_bias && p->A && p->D && p->state && p->y,
-             "mamba1_step: every pointer is required");
-  GEMV_CHECK((reinterpret_cast<uintptr_t>(p->wdt) & 15) == 0, "mamba1_step: wdt must be 16-byte aligned");
-  GEMV_CHECK(p->state_dtype == MD_FLOAT32 || p->state_dtype == p->dtype, "mamba1_step: state dtype");
+  MD_CHECK(p != nullptr, "mamba1_step: params is NULL");
+  MD_CHECK(p->dstate > 0 && p->dstate <= md::kMaxState, "mamba1_step: dstate must be in 1..16");
+  MD_CHECK(p->dt_rank > 0 && p->dt_rank <= md::kMaxRank, "mamba1_step: dt_rank must be in 1..1024");
+  MD_CHECK(p->batch >= 0 && p->batch <= 65535 && p->dim >= 0, "mamba1_step: bad batch or dim");
+  MD_CHECK(p->x && p->z && p->xdbl && p->wdt && p->dt_bias && p->A && p->D && p->state && p->y,
+           "mamba1_step: every pointer is required");
+  MD_CHECK((reinterpret_cast<uintptr_t>(p->wdt) & 15) == 0, "mamba1_step: wdt must be 16-byte aligned");
+  MD_CHECK(p->state_dtype == MD_FLOAT32 || p->state_dtype == p->dtype, "mamba1_step: state dtype");
   if (p->batch == 0 || p->dim == 0) return cudaSuccess;
   switch (p->dtype) {
     case MD_FLOAT32: return md::launch_step_typed<float>(*p, stream);
     case MD_FLOAT16: return md::launch_step_typed<__half>(*p, stream);
     case MD_BFLOAT16: return md::launch_step_typed<__nv_bfloat16>(*p, stream);
-    default: GEMV_CHECK(false, "mamba1_step: bad dtype");
+    default: MD_CHECK(false, "mamba1_step: bad dtype");
   }
 }
 
 extern "C" cudaError_t md_launch_mamba2_step(const md_mamba2_step_params* p, cudaStream_t stream) {
-  GEMV_CHECK(p != nullptr, "mamba2_step: params is NULL");
-  GEMV_CHECK(p->dstate == 32 || p->dstate == 64 || p->dstate == 128 || p->dstate == 256,
-             "mamba2_step: dstate must be 32, 64, 128 or 256");
-  GEMV_CHECK(p->nheads > 0 && p->headdim > 0 && p->ngroups > 0 && p->nheads % p->ngroups == 0,
-             "mamba2_step: nheads must be a positive multiple of ngroups");
-  GEMV_CHECK(p->batch >= 0 && p->batch <= 65535, "mamba2_step: bad batch");
-  GEMV_CHECK(p->x && p->B && p->C && p->dt && p->A && p->state && p->y, "mamba2_step: missing pointer");
-  GEMV_CHECK(p->state_dtype == MD_FLOAT32 || p->state_dtype == p->dtype, "mamba2_step: state dtype");
+  MD_CHECK(p != nullptr, "mamba2_step: params is NULL");
+  MD_CHECK(p->dstate == 32 || p->dstate == 64 || p->dstate == 128 || p->dstate == 256,
+           "mamba2_step: dstate must be 32, 64, 128 or 256");
+  MD_CHECK(p->nheads > 0 && p->headdim > 0 && p->ngroups > 0 && p->nheads % p->ngroups == 0,
+           "mamba2_step: nheads must be a positive multiple of ngroups");
+  MD_CHECK(p->batch >= 0 && p->batch <= 65535, "mamba2_step: bad batch");
+  MD_CHECK(p->x && p->B && p->C && p->dt && p->A && p->state && p->y, "mamba2_step: missing pointer");
+  MD_CHECK(p->state_dtype == MD_FLOAT32 || p->state_dtype == p->dtype, "mamba2_step: state dtype");
   if (p->batch == 0) return cudaSuccess;
   switch (p->dtype) {
     case MD_FLOAT32: return md::launch_m2<float>(*p, stream);
     case MD_FLOAT16: return md::launch_m2<__half>(*p, stream);
     case MD_BFLOAT16: return md::launch_m2<__nv_bfloat16>(*p, stream);
-    default: GEMV_CHECK(false, "mamba2_step: bad dtype");
+    default: MD_CHECK(false, "mamba2_step: bad dtype");
   }
 }
 
 extern "C" cudaError_t md_launch_row_norm(const md_row_norm_params* p, cudaStream_t stream) {
-  GEMV_CHECK(p != nullptr, "row_norm: params is NULL");
-  GEMV_CHECK(p->group_size > 0 && p->group_size % 256 == 0 && p->group_size <= 8192 && p->hidden % p->group_size == 0,
-             "row_norm: group_size must be a multiple of 256, <= 8192, dividing hidden");
-  GEMV_CHECK(p->gate || p->group_size == p->hidden, "row_norm: groups only with gate");
-  GEMV_CHECK(p->x && p->weight && p->out && (!p->gate || p->residual), "row_norm: missing pointer");
-  GEMV_CHECK(md::valid_dtype(p->dtype) && md::valid_dtype(p->residual_dtype), "row_norm: bad dtype");
-  GEMV_CHECK(p->rows >= 0 && p->rows < (int64_t{1} << 31), "row_norm: bad rows");
+  MD_CHECK(p != nullptr, "row_norm: params is NULL");
+  MD_CHECK(p->group_size > 0 && p->group_size % 256 == 0 && p->group_size <= 8192 && p->hidden % p->group_size == 0,
+           "row_norm: group_size must be a multiple of 256, <= 8192, dividing hidden");
+  MD_CHECK(p->gate || p->group_size == p->hidden, "row_norm: groups only with gate");
+  MD_CHECK(p->x && p->weight && p->out && (!p->gate || p->residual), "row_norm: missing pointer");
+  MD_CHECK(md::valid_dtype(p->dtype) && md::valid_dtype(p->residual_dtype), "row_norm: bad dtype");
+  MD_CHECK(p->rows >= 0 && p->rows < (int64_t{1} << 31), "row_norm: bad rows");
   if (p->rows == 0) return cudaSuccess;
   const dim3 grid(static_cast<unsigned>(p->rows), static_cast<unsigned>(p->hidden / p->group_size));
   md::row_norm_kernel<<<grid, static_cast<unsigned>(p->group_size / 8), 0, stream>>>(*p);
   return cudaGetLastError();
 }
-
-extern "C" const char* md_gemv_check_message(void) { return md::g_gemv_msg.c_str(); }
-
-// ---- C ABI for ctypes (mamba_deploy/native/gemv.py) -----------------------------------------
-
-MD_API int md_gemv_version(void) { return MD_GEMV_VERSION; }
-
-// sizeof the params struct of `kind`: 0 gemv, 1 mamba1 step, 2 mamba2 step, 3 row norm; -1 unknown.
-MD_API int64_t md_gemv_params_size(int64_t kind) {
-  if (kind == 0) return static_cast<int64_t>(sizeof(md_gemv_params));
-  if (kind == 1) return static_cast<int64_t>(sizeof(md_mamba1_step_params));
-  if (kind == 2) return static_cast<int64_t>(sizeof(md_mamba2_step_params));
-  if (kind == 3) return static_cast<int64_t>(sizeof(md_row_norm_params));
-  return -1;
-}
-
-MD_API const char* md_gemv_last_error(void) { return md::g_gemv_msg.c_str(); }
-
-#define MD_GEMV_ENTRY(NAME, PARAMS, LAUNCH)                                           \
-  MD_API int NAME(const PARAMS* p, void* stream) {                                    \
-    md::g_gemv_msg.clear();                                                           \
-    const cudaError_t err = LAUNCH(p, static_cast<cudaStream_t>(stream));             \
-    if (err != cudaSuccess && md::g_gemv_msg.empty()) md::g_gemv_msg = cudaGetErrorString(err); \
-    return static_cast<int>(err);                                                     \
-  }
-MD_GEMV_ENTRY(md_gemv_fwd, md_gemv_params, md_launch_gemv)
-MD_GEMV_ENTRY(md_mamba1_step_fwd, md_mamba1_step_params, md_launch_mamba1_step)
-MD_GEMV_ENTRY(md_mamba2_step_fwd, md_mamba2_step_params, md_launch_mamba2_step)
-MD_GEMV_ENTRY(md_row_norm_fwd, md_row_norm_params, md_launch_row_norm)

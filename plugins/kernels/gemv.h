@@ -2,9 +2,9 @@
  * Mamba2 state update, row norms).
  *
  * Same contract as mamba_kernels.h: params structs of device pointers, sizes and ELEMENT strides
- * (every field 8 bytes wide, mirrored by ctypes in mamba_deploy/native/gemv.py), no allocation, no
+ * (every field 8 bytes wide, mirrored by ctypes in mamba_deploy/ops/_lib.py), no allocation, no
  * synchronisation, launched on the caller's stream, cudaError_t returned (cudaErrorInvalidValue
- * for bad params, with md_gemv_check_message() saying why).
+ * for bad params, with md_kernels_check_message() saying why).
  */
 #ifndef MAMBA_DEPLOY_GEMV_H_
 #define MAMBA_DEPLOY_GEMV_H_
@@ -17,7 +17,6 @@ extern "C" {
 #endif
 
 #define MD_GEMV_MAX_BATCH 16
-#define MD_GEMV_VERSION 2
 
 /* out[b, n] = sum_k x[b, k] * w[n, k] (+ bias[n]), float32 accumulation, for batch <= 16.
  *   x    (batch, k)  row stride x_row_stride, unit k stride     dtype (fp32 / fp16 / bf16)
@@ -130,7 +129,6 @@ cudaError_t md_launch_gemv(const md_gemv_params* p, cudaStream_t stream);
 cudaError_t md_launch_mamba1_step(const md_mamba1_step_params* p, cudaStream_t stream);
 cudaError_t md_launch_mamba2_step(const md_mamba2_step_params* p, cudaStream_t stream);
 cudaError_t md_launch_row_norm(const md_row_norm_params* p, cudaStream_t stream);
-const char* md_gemv_check_message(void);
 
 #ifdef __cplusplus
 } /* extern "C" */

@@ -1,5 +1,5 @@
 // mdOps.h -- the five Mamba ops as seen by TensorRT: input slots (the ONNX schema order of
-// mamba_deploy/ops/onnx_defs.py), attributes (plugin fields) and how their tensors map onto the
+// mamba_deploy/ops/registry.py), attributes (plugin fields) and how their tensors map onto the
 // launchers of plugins/kernels/mamba_kernels.h. MambaPlugin<Op> (mdPluginBase.h) does the rest.
 #pragma once
 

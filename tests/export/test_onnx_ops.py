@@ -8,18 +8,16 @@ import pytest
 import torch
 from onnx import TensorProto, helper
 
-from mamba_deploy.export.builder import GraphBuilder
-from mamba_deploy.ops import REGISTRY, causal_conv1d_ref, causal_conv1d_update_ref, chunk_scan_ref, \
-    selective_scan_ref, selective_state_update_ref
-from mamba_deploy.ops.onnx_defs import MIN_OPSET, ONNX_OPS, build_function, emit_node
-from mamba_deploy.ops.registry import DOMAIN
+from mamba_deploy.ops import DOMAIN, MIN_OPSET, REGISTRY, causal_conv1d_ref, causal_conv1d_update_ref, chunk_scan_ref, \
+    get_op, register_onnx_schemas, selective_scan_ref, selective_state_update_ref
+from mamba_deploy.ops.onnx_graph import GraphBuilder
 
 _NP_TO_ONNX = {np.dtype("float32"): TensorProto.FLOAT, np.dtype("float16"): TensorProto.FLOAT16}
 
 
 def _output_sources(op_name):
     """Input index whose type each output has (y like x, state like the state input)."""
-    names = [n for n, _, _ in ONNX_OPS[op_name].inputs]
+    names = [n for n, _, _ in get_op(op_name).onnx.inputs]
     state = next(i for i, n in enumerate(names) if "state" in n)
     return (1 if names[0] == "state" else 0), state
 
@@ -32,14 +30,15 @@ def run_op(op_name, inputs, attrs, plugin):
     """Build a one-op model (inputs: list of np arrays or None), run it in ONNX Runtime."""
     g = GraphBuilder()
     names = [None if a is None else f"in{i}" for i, a in enumerate(inputs)]
-    outs = emit_node(g, op_name, names, attrs, plugin)
+    outs = get_op(op_name).emit(g, names, attrs, plugin)
     graph = helper.make_graph(
         g.nodes, "op",
         [_like(n, a) for n, a in zip(names, inputs) if a is not None],
         [_like(o, inputs[i]) for o, i in zip(outs, _output_sources(op_name))])
-    functions = [build_function(op_name, attrs, inputs[-1] is not None)] if plugin else []
+    functions = [get_op(op_name).onnx_function(attrs, inputs[-1] is not None)] if plugin else []
     opsets = [helper.make_opsetid("", MIN_OPSET)] + ([helper.make_opsetid(DOMAIN, 1)] if plugin else [])
     model = helper.make_model(graph, opset_imports=opsets, functions=functions)
+    register_onnx_schemas()
     onnx.checker.check_model(model, full_check=True)
     sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     return sess.run(None, {n: a for n, a in zip(names, inputs) if a is not None})
@@ -147,7 +146,7 @@ def test_float16_inputs_keep_state_dtype(gen):
 def test_registry_entries_have_onnx_schema_and_function():
     for name, spec in REGISTRY.items():
         assert spec.onnx_schema is not None and spec.onnx_schema.domain == DOMAIN, name
-        fn = spec.onnx_function(ONNX_OPS[name].defaults(), True)
+        fn = spec.onnx_function(spec.onnx.defaults(), True)
         assert fn.name == name and fn.domain == DOMAIN
         attrs = set(spec.onnx_schema.attributes)
         assert {"plugin_version", "plugin_namespace"} <= attrs

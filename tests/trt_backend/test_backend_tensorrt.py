@@ -40,10 +40,10 @@ def test_build_validates_options_before_anything_else(exports):
 
 
 def test_unknown_state_io_mode(exports):
-    from mamba_deploy.tensorrt.runtime import TensorRTBackend
+    from mamba_deploy.tensorrt.runtime import TensorRTEngine
 
     with pytest.raises(MambaDeployError, match="state_io"):
-        TensorRTBackend(load_export(exports("mamba1")), state_io="copy")
+        TensorRTEngine(load_export(exports("mamba1")), state_io="copy")
 
 
 def test_import_is_cheap_in_a_fresh_interpreter():

@@ -1,6 +1,6 @@
 """Native backend: the export run by mamba_deploy.native (CUDA kernels, cuBLAS, CUDA-graph decode).
 
-Options: device ("cuda"), max_batch (64), chunk_len (2048), gemv_max_batch (16), use_graphs (True).
+Options: device ("cuda"), max_batch (64), chunk_len (2048), gemv_max_batch (2), use_graphs (True).
 The state from new_state() is backed by the engine's static buffers while it is the only one alive,
 so decode is a bare graph replay; other states are copied in and out around the replay.
 
@@ -25,9 +25,9 @@ class NativeBackend(Backend):
 
     def __init__(self, info: ExportInfo, **options):
         super().__init__(info)
-        from ...native import load_engine
+        from ...native import engine_from_export
 
-        self.engine = load_engine(info.folder, **options)
+        self.engine = engine_from_export(info, **options)
         self._lock = threading.Lock()
 
     @property

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from ...errors import MambaDeployError
-from ...export.artifact import ExportInfo
+from ...export.artifact import ExportInfo, check_export
 from ...models.state import InferenceState
 from ..backend import Backend, register_backend
 
@@ -31,11 +31,10 @@ class OnnxRuntimeBackend(Backend):
         super().__init__(info)
         import onnxruntime as ort
 
-        from ...ops import onnx_defs  # noqa: F401  (registers the custom op schemas)
-
         if not _available(info):
             raise MambaDeployError("ONNX Runtime's CPU provider has no bfloat16 kernels; run this export with "
                                    "--backend torch (or export in float16/float32)")
+        check_export(info)  # before ORT opens any file the graphs name
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = threads or min(8, os.cpu_count() or 1)
         opts.log_severity_level = 3

@@ -21,7 +21,7 @@ from typing import Optional
 import torch
 
 from ...errors import MambaDeployError
-from ...export.artifact import ExportInfo
+from ...export.artifact import ExportInfo, check_export
 from ...export.weights import read_export_tensors
 from ...models import MambaLM
 from ...models.state import InferenceState
@@ -29,6 +29,7 @@ from ..backend import Backend, register_backend
 
 def load_reference_from_export(info: ExportInfo, dtype: Optional[torch.dtype] = None, device="cpu") -> MambaLM:
     """The reference MambaLM holding the export's weights, in `dtype` (default: the export dtype)."""
+    check_export(info)
     with torch.device("meta"):
         model = MambaLM(info.config, dtype=dtype or info.dtype)
     model = model.to_empty(device=device)

@@ -1,0 +1,20 @@
+"""What the ctypes bindings (ops/cuda.py, native/gemv.py) pass for a torch tensor: its md_dtype code,
+its device address and the stream to launch on."""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+# md_dtype (plugins/kernels/mamba_kernels.h)
+DTYPE_CODES = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
+
+
+def data_ptr(t: Optional[torch.Tensor]) -> Optional[int]:
+    """Device address of t's first element; None (a NULL pointer) for None."""
+    return None if t is None else t.data_ptr()
+
+
+def current_stream(device: torch.device) -> int:
+    """The current torch stream of `device`, as a cudaStream_t (int)."""
+    return torch.cuda.current_stream(device).cuda_stream

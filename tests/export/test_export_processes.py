@@ -1,0 +1,85 @@
+"""Real `mamba-deploy export` processes killed mid-way or racing for one output: exit codes 130 (SIGINT)
+and 143 (SIGTERM) with the temp folder removed, a SIGKILL's leftovers removed by the next export, and of
+two concurrent exports to one output exactly one succeeds."""
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from test_cli import assert_one_line_error, invoke
+
+import mamba_deploy
+from mamba_deploy.export.artifact import is_export_folder
+from mamba_deploy.random_init import make_random_checkpoint
+
+ROOT = Path(mamba_deploy.__file__).resolve().parents[1]
+# Many thin layers: tiny files, but building and checking the graphs takes seconds, so a test can
+# see the temp folder appear and signal the export while it is still working.
+DEEP = {"d_model": 16, "n_layer": 24, "vocab_size": 100, "pad_vocab_size_multiple": 8, "ssm_cfg": {"d_state": 4}}
+pytestmark = pytest.mark.filterwarnings("ignore:the checkpoint has no tokenizer")
+
+
+@pytest.fixture(scope="module")
+def deep_ckpt(tmp_path_factory):
+    return make_random_checkpoint(DEEP, tmp_path_factory.mktemp("deep") / "ckpt", dtype=torch.float32)
+
+
+def _start_export(ckpt, out):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
+    return subprocess.Popen([sys.executable, "-m", "mamba_deploy.cli", "export", str(ckpt), "-o", str(out), "-q"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+
+
+def _wait_for_temp(proc, out, timeout=60.0):
+    """The export's temp folder once it exists (the export then holds the lock and is writing)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        temps = list(out.parent.glob(f".{out.name}.tmp-{proc.pid}-*"))
+        if temps:
+            return temps[0]
+        assert proc.poll() is None, proc.communicate()
+        time.sleep(0.005)
+    proc.kill()
+    pytest.fail("the export made no temp folder")
+
+
+@pytest.mark.parametrize("signum,code,message", [(signal.SIGINT, 130, "interrupted"),
+                                                 (signal.SIGTERM, 143, "terminated")])
+def test_signal_removes_the_temp_folder(deep_ckpt, tmp_path, signum, code, message):
+    out = tmp_path / "out"
+    proc = _start_export(deep_ckpt, out)
+    _wait_for_temp(proc, out)
+    proc.send_signal(signum)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == code, stderr
+    assert stderr.strip().splitlines() == [f"error: {message}"]
+    assert list(tmp_path.iterdir()) == []  # no output, no temp folder, no lock file
+
+
+def test_next_export_removes_what_a_killed_one_left(deep_ckpt, tmp_path):
+    out = tmp_path / "out"
+    proc = _start_export(deep_ckpt, out)
+    leftover = _wait_for_temp(proc, out)
+    proc.kill()
+    proc.wait(timeout=60)
+    assert leftover.is_dir()
+    result = invoke("export", deep_ckpt, "-o", out, "-q")
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"] and is_export_folder(out)
+
+
+def test_concurrent_exports_to_one_output(deep_ckpt, tmp_path):
+    out = tmp_path / "out"
+    first = _start_export(deep_ckpt, out)
+    _wait_for_temp(first, out)
+    for force in ([], ["--force"]):
+        second = invoke("export", deep_ckpt, "-o", out, "-q", *force)
+        assert_one_line_error(second)
+        assert f"another export to {out} is running (pid {first.pid})" in second.stderr
+    _, stderr = first.communicate(timeout=60)
+    assert first.returncode == 0, stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"] and is_export_folder(out)

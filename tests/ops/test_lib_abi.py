@@ -1,0 +1,121 @@
+"""The one C ABI (plugins/capi/mamba_capi.cpp) against its one ctypes loader (mamba_deploy/ops/_lib.py),
+read from the sources (no GPU, no built library): the same entry points both ways with the same arity and
+return type, the same params structs field for field, the same ABI version; every md_* symbol the package
+names is bound; the kernels export nothing themselves."""
+import ctypes
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from mamba_deploy.ops import _lib
+
+ROOT = Path(__file__).resolve().parents[2]
+CAPI = ROOT / "plugins" / "capi" / "mamba_capi.cpp"
+KERNELS = ROOT / "plugins" / "kernels"
+C_RETURN_TYPES = {"int": ctypes.c_int, "int64_t": ctypes.c_int64, "const char*": ctypes.c_char_p}
+
+
+def c_entry_points(source: str) -> dict[str, tuple[str, int]]:
+    """The MD_API functions of a C++ source: name -> (return type, number of parameters)."""
+    found = {}
+    for ret, name, args in re.findall(r"^MD_API\s+([\w\s*]+?)\s*\b(md_\w+)\s*\(([^)]*)\)", source, re.M):
+        args = " ".join(args.split())
+        found[name] = (re.sub(r"\s*\*", "*", ret.strip()), 0 if args in ("", "void") else args.count(",") + 1)
+    return found
+
+
+def c_struct_fields(header: str, name: str) -> list[tuple[str, type]]:
+    """The fields of `typedef struct NAME {...} NAME;` as (field, ctypes type of its 8-byte slot)."""
+    body = re.search(rf"typedef struct {name} \{{(.*?)\}} {name};", header, re.S).group(1)
+    body = re.sub(r"/\*.*?\*/", "", body, flags=re.S)
+    fields = []
+    for decl in filter(None, (d.strip() for d in body.split(";"))):
+        ctype, names = re.fullmatch(r"((?:const\s+)?\w+\s*\**)\s*(.+)", decl, re.S).groups()
+        slot = ctypes.c_void_p if "*" in ctype else ctypes.c_double if ctype.strip() == "double" else ctypes.c_int64
+        fields += [(n.strip(), slot) for n in names.split(",")]
+    return fields
+
+
+def test_every_c_entry_point_is_bound_with_its_signature_and_back():
+    c_side = c_entry_points(CAPI.read_text())
+    assert len(c_side) >= 15, "the MD_API parser found too few entry points"
+    assert sorted(set(c_side) - set(_lib.SIGNATURES)) == [], "exported by the C ABI but not bound by _lib"
+    assert sorted(set(_lib.SIGNATURES) - set(c_side)) == [], "bound by _lib but not exported by the C ABI"
+    for name, (ret, nargs) in c_side.items():
+        restype, argtypes = _lib.SIGNATURES[name]
+        assert C_RETURN_TYPES[ret] is restype, name
+        assert len(argtypes) == nargs, name
+
+
+def test_the_package_names_only_bound_symbols():
+    named = {m for path in (ROOT / "mamba_deploy").rglob("*.py")
+             for m in re.findall(r"[\"'](md_\w+)[\"']", path.read_text())}
+    assert {"md_gemv_fwd", "md_causal_conv1d_fwd"} <= named
+    assert sorted(named - set(_lib.SIGNATURES)) == []
+
+
+def test_params_kinds_and_layouts_match_the_c_structs():
+    kinds = dict(re.findall(r"case (\d+): return sizeof\((md_\w+)\);", CAPI.read_text()))
+    assert {int(k): v for k, v in kinds.items()} == {kind: f"md_{name}_params"
+                                                     for name, (kind, _) in _lib.PARAMS.items()}
+    headers = (KERNELS / "mamba_kernels.h").read_text() + (KERNELS / "gemv.h").read_text()
+    for name, (_, struct) in _lib.PARAMS.items():
+        assert [(f, t) for f, t in struct._fields_] == c_struct_fields(headers, f"md_{name}_params"), name
+
+
+def test_abi_version_is_the_kernels_version():
+    version = re.search(r"#define MD_KERNELS_VERSION (\d+)", (KERNELS / "mamba_kernels.h").read_text()).group(1)
+    assert int(version) == _lib.EXPECTED_VERSION
+    assert "md_version(void) { return MD_KERNELS_VERSION; }" in CAPI.read_text()
+
+
+@pytest.mark.parametrize("path", sorted(KERNELS.glob("*.cu*")) + sorted(KERNELS.glob("*.h")), ids=lambda p: p.name)
+def test_kernels_export_no_c_abi(path):
+    """plugins/kernels/ holds framework-free launchers only; plugins/capi/ is the one place that exports."""
+    source = path.read_text()
+    assert "MD_API" not in source
+    assert not re.search(r"visibility\s*\(\s*\"default\"", source)
+
+
+# ---- a built library (MAMBA_DEPLOY_KERNEL_LIB or mamba_deploy/_lib/): loads and checks without a GPU ----
+
+def _no_library_expected() -> bool:
+    """Only where no library can have been built (no nvcc, or MAMBA_DEPLOY_BUILD_KERNELS=0); CI builds it, so a
+    missing library there fails these tests instead of skipping them."""
+    if _lib.library_path() is not None:
+        return False
+    if shutil.which("nvcc") and os.environ.get("MAMBA_DEPLOY_BUILD_KERNELS", "1").lower() not in ("0", "off"):
+        pytest.fail("nvcc is present but no kernel library was found: the install did not build it")
+    return True
+
+
+needs_built_library = pytest.mark.skipif("_no_library_expected()", reason="no kernel library can be built here")
+
+
+@needs_built_library
+@pytest.mark.skipif(shutil.which("nm") is None, reason="needs nm")
+def test_built_library_exports_exactly_the_bound_symbols():
+    table = subprocess.run(["nm", "-D", "--defined-only", str(_lib.library_path())], capture_output=True,
+                           text=True, check=True).stdout
+    exported = {line.split()[-1] for line in table.splitlines() if line.split()[-1].startswith("md_")}
+    assert exported == set(_lib.SIGNATURES)
+
+
+@needs_built_library
+@pytest.mark.parametrize("symbol,params,why", [
+    ("md_gemv_fwd", _lib.GemvParams(batch=17), "md_gemv_fwd: gemv: batch must be in 0..16"),
+    ("md_mamba1_step_fwd", _lib.Mamba1StepParams(dstate=17), "md_mamba1_step_fwd: mamba1_step: dstate must be"),
+    ("md_mamba2_step_fwd", _lib.Mamba2StepParams(dstate=48), "md_mamba2_step_fwd: mamba2_step: dstate must be"),
+    ("md_row_norm_fwd", _lib.RowNormParams(hidden=100, group_size=100), "md_row_norm_fwd: row_norm: group_size"),
+    ("md_add_norm_fwd", _lib.AddNormParams(rows=1, hidden=0), "md_add_norm_fwd: add_norm: hidden must be"),
+])
+def test_bad_params_are_reported_through_the_one_error_path(symbol, params, why):
+    """The launchers check params on the host before any CUDA call: this runs without a GPU (the library
+    loads, and its ABI version and struct sizes are checked, with cudart linked statically)."""
+    _lib.load()
+    with pytest.raises(RuntimeError, match=f"{symbol} failed \\(cudaError 1\\): {re.escape(why)}"):
+        _lib.launch(_lib.KERNELS[symbol], params, 0)
