@@ -61,10 +61,22 @@ class VerifyReport:
                 "prompts": [{**p, "steps": [dataclasses.asdict(s) for s in p["steps"]]} for p in self.prompts]}
 
 
+# Max relative logit error allowed against the float32 oracle, by export dtype. Measured with this
+# verify (default prompts, 8 steps) on the tiny random exports (export.testing) and the demo model
+# examples/models/mamba-tiny-pydoc, onnxruntime and torch backends on CPU:
+#   float32   1e-5 CPU (measured <= 1.2e-6); 1e-4 GPU (the CUDA kernel tests' float32 bound)
+#   float16   1e-2 (measured <= 2.0e-3; transformers' own fp16 model: 2.4e-3 on the demo model)
+#   bfloat16  2.5e-2: 8 mantissa bits. Rounding the weights to bf16 alone costs 1.0-1.2e-2, so no
+#             backend meets 1e-2; computing in bf16 too (a bf16 graph; our reference run in bf16)
+#             1.8e-2, and transformers' own bf16 model 1.6-1.9e-2 on the same models and prompts.
+#             The torch backend (float32 compute on the bf16 weights) measures 1.0-1.2e-2.
+TOLERANCES = {"float32": 1e-5, "float16": 1e-2, "bfloat16": 2.5e-2}
+FLOAT32_GPU_TOLERANCE = 1e-4
+
+
 def tolerance_for(info: ExportInfo, device: torch.device) -> float:
-    if info.meta["dtype"] == "float32":
-        return 1e-5 if device.type == "cpu" else 1e-4
-    return 1e-2
+    dtype = info.meta["dtype"]
+    return FLOAT32_GPU_TOLERANCE if dtype == "float32" and device.type != "cpu" else TOLERANCES[dtype]
 
 
 def load_oracle_model(info: ExportInfo, reference: Optional[str]):

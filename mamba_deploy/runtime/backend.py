@@ -21,6 +21,11 @@ Contract:
     returns (batch, 1, vocab_size_padded).
   * The returned logits tensor may be a buffer the backend reuses on its next call: copy it if it
     must outlive that call.
+  * Any number of threads may call one backend at once, each with its own state (one state is
+    used by one call at a time), and every call gets the result it would get alone; each backend's
+    docstring says how (its own scratch per call, or a lock). State tensors may be any strided
+    views (transposes, slices of a larger buffer) of the right shape, dtype and device. (tensorrt
+    does not meet this yet: one thread per backend, contiguous states.)
   * Properties: `config` (ModelConfig), `dtype` and `state_dtype` (torch dtypes), `device`
     (torch.device), `name` (the registry name), `all_logits` (bool).
 
@@ -91,7 +96,7 @@ class Backend(abc.ABC):
 
 BackendLoader = Callable[..., Backend]
 BACKENDS: dict[str, BackendLoader] = {}
-AUTO_ORDER = ["tensorrt", "native", "onnxruntime"]  # "auto" takes the first that is available
+AUTO_ORDER = ["tensorrt", "native", "onnxruntime", "torch"]  # "auto" takes the first that is available
 
 
 BACKEND_AVAILABLE: dict[str, Callable[[ExportInfo], bool]] = {}
@@ -124,7 +129,8 @@ def _probe(name: str, info: ExportInfo) -> bool:
 
 
 def load_backend(name: str, info: ExportInfo, **options) -> Backend:
-    """`name` is a registered backend or "auto" (tensorrt if built, else native on a GPU, else onnxruntime)."""
+    """`name` is a registered backend or "auto" (tensorrt if built, else native on a GPU, else onnxruntime,
+    else torch: e.g. bfloat16 exports on CPU)."""
     if name == "auto":
         name = next(n for n in AUTO_ORDER if _probe(n, info))
     elif not _import(name):

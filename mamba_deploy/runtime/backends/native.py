@@ -3,8 +3,15 @@
 Options: device ("cuda"), max_batch (64), chunk_len (2048), gemv_max_batch (2), use_graphs (True).
 The state from new_state() is backed by the engine's static buffers while it is the only one alive,
 so decode is a bare graph replay; other states are copied in and out around the replay.
+
+Thread safety: the engine's static buffers (ids, activations, logits, the claimed state) and its
+graph capture are shared, so one lock serialises every engine call. Under it, decode of a state
+other than the static one keeps the static rows it borrows (they may hold the claimed state) and
+returns a copy of the logits, which the next call from another thread would overwrite.
 """
 from __future__ import annotations
+
+import threading
 
 import torch
 
@@ -21,21 +28,31 @@ class NativeBackend(Backend):
         from ...native import engine_from_export
 
         self.engine = engine_from_export(info, **options)
+        self._lock = threading.Lock()
 
     @property
     def device(self) -> torch.device:
         return self.engine.device
 
     def new_state(self, batch_size: int) -> InferenceState:
-        return self.engine.new_state(batch_size)
+        with self._lock:  # one claim of the static buffers
+            return self.engine.new_state(batch_size)
 
     def prefill(self, input_ids: torch.Tensor, state: InferenceState) -> torch.Tensor:
         self.check_inputs(input_ids, state, decode=False)
-        return self.engine.prefill(input_ids, state, all_logits=self.all_logits)
+        with self._lock:  # no kernels from other threads while a decode graph is being captured
+            return self.engine.prefill(input_ids, state, all_logits=self.all_logits)
 
     def decode(self, input_ids: torch.Tensor, state: InferenceState) -> torch.Tensor:
         self.check_inputs(input_ids, state, decode=True)
-        return self.engine.decode(input_ids, state)
+        with self._lock:
+            if self.engine._is_static(state):
+                return self.engine.decode(input_ids, state).clone()
+            b, static = state.batch_size, self.engine.static
+            borrowed = [t[:b].clone() for t in static.conv + static.ssm]
+            logits = self.engine.decode(input_ids, state).clone()
+            torch._foreach_copy_([t[:b] for t in static.conv + static.ssm], borrowed)
+            return logits
 
 
 def _available(info: ExportInfo) -> bool:

@@ -1,8 +1,12 @@
 """ONNX Runtime backend: the exported graphs on CPU (custom ops run through their function bodies).
 
 Inputs and outputs go through IO binding straight from/to torch tensors: the past states are bound
-from the caller's state, the present states to a scratch state of the same shapes, which is then
-copied into the caller's state (in place, as the Backend contract asks).
+from the caller's state (a contiguous copy where it is strided), the present states to a scratch state
+of the same shapes, which is then copied into the caller's state (in place, as the Backend contract asks).
+
+Thread safety: every call allocates its own scratch, IO binding and logits, and ONNX Runtime's
+`run_with_iobinding` may run concurrently on one session, so any number of threads may call one
+backend at once (each with its own state); nothing is locked.
 """
 from __future__ import annotations
 
@@ -27,7 +31,7 @@ class OnnxRuntimeBackend(Backend):
         super().__init__(info)
         import onnxruntime as ort
 
-        if info.dtype == torch.bfloat16 or info.state_dtype == torch.bfloat16:
+        if not _available(info):
             raise MambaDeployError("ONNX Runtime's CPU provider has no bfloat16 kernels; run this export with "
                                    "--backend torch (or export in float16/float32)")
         check_export(info)  # before ORT opens any file the graphs name
@@ -40,7 +44,6 @@ class OnnxRuntimeBackend(Backend):
         except Exception as exc:  # ORT raises its own types for corrupt/missing graphs or weights
             raise MambaDeployError(f"{info.folder}: ONNX Runtime cannot load the graphs "
                                    f"({type(exc).__name__}: {exc})".splitlines()[0]) from None
-        self._scratch: dict[int, InferenceState] = {}
 
     @property
     def device(self) -> torch.device:
@@ -58,14 +61,16 @@ class OnnxRuntimeBackend(Backend):
         session = self.sessions[kind]
         batch, seqlen = input_ids.shape
         ids = input_ids.to("cpu", torch.int64).contiguous()
-        present = self._scratch.get(batch) or self._scratch.setdefault(batch, self.new_state(batch))
+        present = self._empty_state(batch)  # per call: concurrent calls must not share outputs
         positions = seqlen if (self.all_logits or kind == "decode") else 1
         logits = torch.empty(batch, positions, self.config.vocab_size_padded, dtype=self.dtype)
+        past = [t.contiguous() for t in state.conv + state.ssm]  # kept alive until the run is over
+        n = self.config.n_layer
         binding = session.io_binding()
         _bind(binding.bind_input, "input_ids", ids)
-        for i in range(self.config.n_layer):
-            _bind(binding.bind_input, f"past_conv_state.{i}", state.conv[i].contiguous())
-            _bind(binding.bind_input, f"past_ssm_state.{i}", state.ssm[i].contiguous())
+        for i in range(n):
+            _bind(binding.bind_input, f"past_conv_state.{i}", past[i])
+            _bind(binding.bind_input, f"past_ssm_state.{i}", past[n + i])
             _bind(binding.bind_output, f"present_conv_state.{i}", present.conv[i])
             _bind(binding.bind_output, f"present_ssm_state.{i}", present.ssm[i])
         _bind(binding.bind_output, "logits", logits)
@@ -74,9 +79,20 @@ class OnnxRuntimeBackend(Backend):
             dst.copy_(src)
         return logits
 
+    def _empty_state(self, batch: int) -> InferenceState:
+        c = self.config
+        return InferenceState([torch.empty(c.conv_state_shape(batch), dtype=self.dtype) for _ in range(c.n_layer)],
+                              [torch.empty(c.ssm_state_shape(batch), dtype=self.state_dtype)
+                               for _ in range(c.n_layer)])
+
 
 def _bind(bind, name: str, tensor: torch.Tensor) -> None:
     bind(name, "cpu", 0, _NUMPY[tensor.dtype], list(tensor.shape), tensor.data_ptr())
 
 
-register_backend("onnxruntime", OnnxRuntimeBackend)
+def _available(info: ExportInfo) -> bool:
+    """The CPU provider has no bfloat16 kernels."""
+    return torch.bfloat16 not in (info.dtype, info.state_dtype)
+
+
+register_backend("onnxruntime", OnnxRuntimeBackend, _available)
