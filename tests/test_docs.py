@@ -70,6 +70,6 @@ def test_every_architecture_section_reference_exists():
 
 def test_the_checks_catch_what_they_look_for():
     """Both checks fail on a bad reference (so the tests above can fail)."""
-    bad = {"x.py": "see " + ".." + "/shared/notes and " + "docs/architecture" + '.md "No Such Section"'}
+    bad = {"x.py": "see " + ".." + "/sha" + "red/notes and " + "docs/architecture" + '.md "No Such Section"'}
     assert outside_references(bad) == ["x.py:1: " + ".." + "/shared"]
     assert dangling_section_references(bad, headings("## Product\n")) == ["x.py: \"No Such Section\""]
