@@ -63,6 +63,42 @@ def bench_prefill(eng, length: int, repeats: int = 5) -> float:
     return _events_ms(run, repeats)
 
 
+def engine_api(eng):
+    """The public Engine (what users call: Engine.generate) over an already-built native engine."""
+    from pathlib import Path
+
+    from .export.artifact import ExportInfo
+    from .runtime import Engine
+    from .runtime.backends.native import NativeBackend
+
+    names = {torch.float16: "float16", torch.bfloat16: "bfloat16", torch.float32: "float32"}
+    meta = {"format_version": 1, "dtype": names[eng.dtype], "state_dtype": names[eng.state_dtype], "logits": "last"}
+    info = ExportInfo(Path("<random weights: no export folder>"), eng.config, meta)
+    return Engine(NativeBackend(info, engine=eng), tokenizer=None)
+
+
+def bench_generate(api, batch: int, prompt_len: int, gen_len: int, repeats: int = 3,
+                   temperature: float = 0.7, top_p: float = 0.9) -> float:
+    """Generated tokens/s of Engine.generate end to end (prefill of `batch` random prompts included), median of
+    `repeats` calls, host wall clock after a synchronize: what an application gets."""
+    import time
+
+    prompts = _prompt(batch, prompt_len, api.config.vocab_size, "cpu").tolist()
+    kwargs = dict(max_new_tokens=gen_len, temperature=temperature, top_p=top_p, seed=7)
+    api.generate(prompts[:1], **{**kwargs, "max_new_tokens": 4})  # warm-up: graph capture, allocator
+    times = []
+    sync = torch.cuda.synchronize if api.backend.device.type == "cuda" else (lambda: None)
+    for _ in range(repeats):
+        sync()
+        start = time.perf_counter()
+        out = api.generate(prompts, **kwargs)
+        sync()
+        times.append(time.perf_counter() - start)
+        if sum(len(row) for row in out) != batch * gen_len:
+            raise RuntimeError("generate stopped early: the bench counts batch * gen_len tokens")
+    return batch * gen_len / statistics.median(times)
+
+
 def profile_kernels(fn: Callable[[], None], runs: int = 5, top: int = 8) -> list[tuple[str, float, int]]:
     """Device time per kernel name of fn() (us per run, calls per run), from torch.profiler."""
     from torch.profiler import ProfilerActivity, profile
@@ -145,9 +181,11 @@ def bench_mamba_ssm(eng, batch: int, prompt_len: int, gen_len: int) -> Optional[
 
 def bench(path=None, backend: str = "native", batches: Sequence[int] = (1, 16, 64), prompt_len: int = 100,
           gen_len: int = 200, prefill_len: int = 2048, random_init: Optional[str] = None, dtype: str = "float16",
-          state_dtype: str = "float32", profile: bool = False, print_fn: Callable[[str], None] = print) -> list[dict]:
+          state_dtype: str = "float32", profile: bool = False, print_fn: Callable[[str], None] = print,
+          generate: bool = False) -> list[dict]:
     """Benchmark one model (a folder, or `random_init`: a preset name) on the native engine; returns rows
-    {batch, decode_ms, tok_s, gbps, floor_ms, prefill_ms, peak_gb, mamba_ssm_ms} and prints a table."""
+    {batch, decode_ms, tok_s, gbps, floor_ms, prefill_ms, peak_gb, mamba_ssm_ms} and prints a table.
+    generate: also Engine.generate end to end (T=0.7, top-p 0.9) per batch: rows get generate_tok_s."""
     from .native import load_engine, random_engine
 
     if backend != "native":
@@ -170,6 +208,10 @@ def bench(path=None, backend: str = "native", batches: Sequence[int] = (1, 16, 6
         rows.append(dict(model=name, batch=b, decode_ms=ms, tok_s=b * 1000.0 / ms, gbps=moved / ms / 1e6,
                          floor_ms=moved / COPY_BW * 1e3, prefill_ms=prefill_ms, prefill_len=prefill_len,
                          weight_gb=wbytes / 1e9, mamba_ssm_ms=ssm_ms))
+    if generate:
+        api = engine_api(eng)
+        for r in rows:
+            r["generate_tok_s"] = bench_generate(api, r["batch"], prompt_len, gen_len)
     peak = torch.cuda.max_memory_allocated() / 2**30
     for r in rows:
         r["peak_gib"] = peak
@@ -200,6 +242,11 @@ def format_table(rows: list[dict], device: str, dtype: str, state_dtype: str) ->
         ssm_s, ratio = ("not run (mamba_ssm not installed)", "-") if ssm is None else (f"{ssm:.3f}", f"{ssm / r['decode_ms']:.2f}x")
         lines.append(f"| {r['batch']} | {r['decode_ms']:.3f} | {r['tok_s']:,.0f} | {r['gbps']:,.0f} | "
                      f"{r['floor_ms']:.3f} | {ssm_s} | {ratio} |")
+    if "generate_tok_s" in r0:
+        lines += ["", "Engine.generate end to end (random prompts of the decode rows' length, T=0.7, top-p 0.9):",
+                  "| batch | generate tokens/s | bare graph step tokens/s | generate / graph |", "| --- | --- | --- | --- |"]
+        lines += [f"| {r['batch']} | {r['generate_tok_s']:,.0f} | {r['tok_s']:,.0f} | {r['generate_tok_s'] / r['tok_s']:.0%} |"
+                  for r in rows]
     return "\n".join(lines)
 
 
@@ -214,13 +261,14 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     ap.add_argument("--dtype", default="float16", choices=list(_DTYPES))
     ap.add_argument("--state-dtype", default="float32", choices=[*_DTYPES, "model"])
     ap.add_argument("--profile", action="store_true")
+    ap.add_argument("--generate", action="store_true", help="also time Engine.generate end to end")
     ap.add_argument("--gemv-sweep", action="store_true", help="time the GEMV kernel alone and exit")
     a = ap.parse_args(argv)
     if a.gemv_sweep:
         sweep_gemv()
         return
     bench(a.path, "native", a.batches, a.prompt_len, a.gen_len, a.prefill_len, a.random_init, a.dtype, a.state_dtype,
-          a.profile)
+          a.profile, generate=a.generate)
 
 
 if __name__ == "__main__":

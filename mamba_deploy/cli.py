@@ -273,8 +273,9 @@ def build(path, backend, max_batch, max_seq, opt_seq, workspace, hardware_compat
 @click.option("--dtype", type=click.Choice(["float16", "bfloat16", "float32"]), default="float16", show_default=True,
               help="Dtype the engine runs in.")
 @click.option("--profile", is_flag=True, help="Also list the kernels of one decode step and one prefill.")
+@click.option("--generate", is_flag=True, help="Also time Engine.generate end to end (T=0.7, top-p 0.9).")
 @click.option("--json", "as_json", is_flag=True, help="Print the rows as JSON.")
-def bench(path, backend, batches, prompt_len, gen_len, prefill_len, random_init, dtype, profile, as_json):
+def bench(path, backend, batches, prompt_len, gen_len, prefill_len, random_init, dtype, profile, generate, as_json):
     """Decode ms/token and tokens/s per batch size, prefill ms, peak memory, GB/s vs the weight-read floor."""
     from .random_init import PRESETS
 
@@ -292,7 +293,7 @@ def bench(path, backend, batches, prompt_len, gen_len, prefill_len, random_init,
     from .bench import bench as run_bench
 
     rows = run_bench(path, backend, batch_sizes, prompt_len, gen_len, prefill_len, random_init, dtype,
-                     profile=profile, print_fn=(lambda _: None) if as_json else click.echo)
+                     profile=profile, print_fn=(lambda _: None) if as_json else click.echo, generate=generate)
     if as_json:
         click.echo(json.dumps(rows, indent=2, default=str))
 

@@ -23,11 +23,13 @@ from ..backend import Backend, register_backend
 class NativeBackend(Backend):
     name = "native"
 
-    def __init__(self, info: ExportInfo, **options):
+    def __init__(self, info: ExportInfo, engine=None, **options):
+        """`engine`: an already-built NativeEngine for `info` (benchmarks on random weights); else built
+        from the export's weights with `options`."""
         super().__init__(info)
         from ...native import engine_from_export
 
-        self.engine = engine_from_export(info, **options)
+        self.engine = engine if engine is not None else engine_from_export(info, **options)
         self._lock = threading.Lock()
 
     @property
