@@ -2,7 +2,7 @@
 
 The library is looked up (once, lazily) at $MAMBA_DEPLOY_KERNEL_LIB, then in mamba_deploy/_lib/
 (where `pip install .` puts it). It is the one way into the library: the ctypes structures below
-mirror plugins/kernels/mamba_kernels.h and gemv.h field for field (every field 8 bytes wide), `load()`
+mirror plugins/kernels/mamba_kernels.h, gemv.h and sampling.h field for field (every field 8 bytes wide), `load()`
 checks the ABI version and their sizes against md_params_size(), and SIGNATURES types every entry
 point of plugins/capi/mamba_capi.cpp.
 """
@@ -18,7 +18,7 @@ from typing import Optional
 
 LIB_NAME = "libmamba_deploy_kernels.so"
 ENV_VAR = "MAMBA_DEPLOY_KERNEL_LIB"
-EXPECTED_VERSION = 3  # MD_KERNELS_VERSION
+EXPECTED_VERSION = 4  # MD_KERNELS_VERSION
 
 _I, _P, _D = ctypes.c_int64, ctypes.c_void_p, ctypes.c_double
 
@@ -99,11 +99,16 @@ class RowNormParams(ctypes.Structure):
         "p: residual_out; i: residual_out_row_stride")
 
 
+# The sampler's uniforms (plugins/kernels/sampling.h).
+class PhiloxParams(ctypes.Structure):
+    _fields_ = _fields("i: n; p: seeds steps rows out")
+
+
 # name -> (kind of md_params_size, structure)
 PARAMS = {"causal_conv1d": (0, CausalConv1dParams), "ssm": (1, SsmParams),
           "add_norm": (2, AddNormParams), "gated_rms_norm": (3, GatedRmsNormParams),
           "gemv": (4, GemvParams), "mamba1_step": (5, Mamba1StepParams),
-          "mamba2_step": (6, Mamba2StepParams), "row_norm": (7, RowNormParams)}
+          "mamba2_step": (6, Mamba2StepParams), "row_norm": (7, RowNormParams), "philox": (8, PhiloxParams)}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -126,7 +131,9 @@ GEMV = Kernel("md_gemv_fwd", GemvParams)  # the native engine's decode launches 
 MAMBA1_STEP = Kernel("md_mamba1_step_fwd", Mamba1StepParams)
 MAMBA2_STEP = Kernel("md_mamba2_step_fwd", Mamba2StepParams)
 ROW_NORM = Kernel("md_row_norm_fwd", RowNormParams)
-KERNELS: dict[str, Kernel] = {k.symbol: k for k in (ADD_NORM, GATED_RMS_NORM, GEMV, MAMBA1_STEP, MAMBA2_STEP, ROW_NORM)}
+PHILOX_UNIFORM = Kernel("md_philox_uniform_fwd", PhiloxParams)  # the sampler's uniforms (runtime/sampler.py)
+KERNELS: dict[str, Kernel] = {k.symbol: k for k in (ADD_NORM, GATED_RMS_NORM, GEMV, MAMBA1_STEP, MAMBA2_STEP, ROW_NORM,
+                                                    PHILOX_UNIFORM)}
 _OP_KERNELS: dict[str, Kernel] = {}
 
 # Every entry point of the C ABI: name -> (restype, argtypes); kernels are added as they are declared.

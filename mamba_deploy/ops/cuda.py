@@ -331,3 +331,28 @@ def gated_rms_norm(x, z, weight, eps=1e-5, group_size=None, *, out=None):
     _lib.launch(_lib.GATED_RMS_NORM, p, current_stream(dev))
     return o
 
+
+
+# ---- the sampler's uniforms ------------------------------------------------------------------------
+
+def philox_uniform_cuda(seeds: torch.Tensor, steps: torch.Tensor, rows: Optional[torch.Tensor] = None, *,
+                        out: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """`ops.philox.philox_uniform` on the GPU: out[i] = uniform(seeds[r], steps[r]), r = rows[i] (or i).
+
+    seeds, steps: (m,) int64 (the bits of uint64 values); rows: (n,) int64 indices into them, or None
+    (n = m); out: (n,) float32. All contiguous, on one CUDA device."""
+    dev = _cuda_device(seeds, "seeds")
+    n = seeds.shape[0] if rows is None else rows.shape[0]
+    for name, t, length in (("seeds", seeds, seeds.shape[0]), ("steps", steps, seeds.shape[0]), ("rows", rows, n)):
+        if t is None:
+            continue
+        if not isinstance(t, torch.Tensor) or t.device != dev or t.dtype != torch.int64 or t.dim() != 1:
+            raise ValueError(f"{name}: expected a 1-D int64 tensor on {dev}")
+        if t.shape[0] != length or not t.is_contiguous():
+            raise ValueError(f"{name}: expected a contiguous tensor of length {length}, got shape {tuple(t.shape)}")
+    u = _new_or(out, "out", (n,), torch.float32, dev)
+    if not u.is_contiguous():
+        raise ValueError("out: must be contiguous")
+    p = _lib.PhiloxParams(n=n, seeds=data_ptr(seeds), steps=data_ptr(steps), rows=data_ptr(rows), out=data_ptr(u))
+    _lib.launch(_lib.PHILOX_UNIFORM, p, current_stream(dev))
+    return u

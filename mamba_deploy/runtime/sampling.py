@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Optional
+from typing import Optional, Union
 
 import torch
 
@@ -49,7 +49,9 @@ def mask_padding(logits: torch.Tensor, vocab_limit: int) -> torch.Tensor:
     return logits.masked_fill(column >= vocab_limit, -math.inf)
 
 
-def apply_repetition_penalty(logits: torch.Tensor, seen: torch.Tensor, penalty: float) -> torch.Tensor:
+def apply_repetition_penalty(logits: torch.Tensor, seen: torch.Tensor,
+                             penalty: Union[float, torch.Tensor]) -> torch.Tensor:
+    """CTRL-style on the seen tokens; penalty: a number, or a tensor broadcasting with logits ((batch, 1))."""
     penalised = torch.where(logits > 0, logits / penalty, logits * penalty)
     return torch.where(seen, penalised, logits)
 

@@ -1,5 +1,5 @@
 // mamba_capi.cpp -- the plain C ABI of libmamba_deploy_kernels.so (loaded with ctypes by
-// mamba_deploy/ops/_lib.py). Params are the structs of plugins/kernels/mamba_kernels.h and gemv.h,
+// mamba_deploy/ops/_lib.py). Params are the structs of plugins/kernels/mamba_kernels.h, gemv.h and sampling.h,
 // passed by pointer (all fields 8 bytes wide); the stream is a cudaStream_t as void* (NULL: legacy default);
 // every entry point returns the cudaError_t code of its launch (0: success) and leaves a message
 // for md_get_last_error_string() when it fails.
@@ -10,6 +10,7 @@
 
 #include "gemv.h"
 #include "mamba_kernels.h"
+#include "sampling.h"
 
 #define MD_API extern "C" __attribute__((visibility("default")))
 
@@ -37,7 +38,7 @@ MD_API int md_version(void) { return MD_KERNELS_VERSION; }
 MD_API const char* md_get_last_error_string(void) { return g_last_error.c_str(); }
 
 // sizeof the params struct of `kind`: 0 causal conv1d, 1 ssm, 2 add_norm, 3 gated_rms_norm, 4 gemv,
-// 5 mamba1 step, 6 mamba2 step, 7 row norm; -1 unknown.
+// 5 mamba1 step, 6 mamba2 step, 7 row norm, 8 philox; -1 unknown.
 MD_API int64_t md_params_size(int64_t kind) {
   switch (kind) {
     case 0: return sizeof(md_causal_conv1d_params);
@@ -48,6 +49,7 @@ MD_API int64_t md_params_size(int64_t kind) {
     case 5: return sizeof(md_mamba1_step_params);
     case 6: return sizeof(md_mamba2_step_params);
     case 7: return sizeof(md_row_norm_params);
+    case 8: return sizeof(md_philox_params);
     default: return -1;
   }
 }
@@ -107,4 +109,10 @@ MD_API int md_mamba2_step_fwd(const md_mamba2_step_params* p, void* stream) {
 
 MD_API int md_row_norm_fwd(const md_row_norm_params* p, void* stream) {
   return finish(md_launch_row_norm(p, static_cast<cudaStream_t>(stream)), "md_row_norm_fwd");
+}
+
+// ---- the sampler's uniforms (sampling.h) ---------------------------------------------------------
+
+MD_API int md_philox_uniform_fwd(const md_philox_params* p, void* stream) {
+  return finish(md_launch_philox_uniform(p, static_cast<cudaStream_t>(stream)), "md_philox_uniform_fwd");
 }

@@ -23,7 +23,8 @@
 extern "C" {
 #endif
 
-#define MD_KERNELS_VERSION 3 /* 2: the prefill scans take a workspace; 3: GEMV / decode entry points */
+#define MD_KERNELS_VERSION 4 /* 2: the prefill scans take a workspace; 3: GEMV / decode entry points;
+                              4: Philox uniforms (sampling.h) */
 #define MD_MAX_CONV_WIDTH 8 /* causal conv width (d_conv) supported: 1..8 */
 #define MD_MAX_DSTATE 256   /* SSM state size supported: 1..256 */
 #define MD_MAX_NORM_HIDDEN 16384 /* norm row / group length supported */

@@ -62,7 +62,7 @@ def test_params_kinds_and_layouts_match_the_c_structs():
     kinds = dict(re.findall(r"case (\d+): return sizeof\((md_\w+)\);", CAPI.read_text()))
     assert {int(k): v for k, v in kinds.items()} == {kind: f"md_{name}_params"
                                                      for name, (kind, _) in _lib.PARAMS.items()}
-    headers = (KERNELS / "mamba_kernels.h").read_text() + (KERNELS / "gemv.h").read_text()
+    headers = "".join((KERNELS / h).read_text() for h in ("mamba_kernels.h", "gemv.h", "sampling.h"))
     for name, (_, struct) in _lib.PARAMS.items():
         assert [(f, t) for f, t in struct._fields_] == c_struct_fields(headers, f"md_{name}_params"), name
 
@@ -112,6 +112,8 @@ def test_built_library_exports_exactly_the_bound_symbols():
     ("md_mamba2_step_fwd", _lib.Mamba2StepParams(dstate=48), "md_mamba2_step_fwd: mamba2_step: dstate must be"),
     ("md_row_norm_fwd", _lib.RowNormParams(hidden=100, group_size=100), "md_row_norm_fwd: row_norm: group_size"),
     ("md_add_norm_fwd", _lib.AddNormParams(rows=1, hidden=0), "md_add_norm_fwd: add_norm: hidden must be"),
+    ("md_philox_uniform_fwd", _lib.PhiloxParams(n=-1), "md_philox_uniform_fwd: philox_uniform: n must be"),
+    ("md_philox_uniform_fwd", _lib.PhiloxParams(n=3), "md_philox_uniform_fwd: philox_uniform: missing pointer"),
 ])
 def test_bad_params_are_reported_through_the_one_error_path(symbol, params, why):
     """The launchers check params on the host before any CUDA call: this runs without a GPU (the library

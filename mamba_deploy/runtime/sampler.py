@@ -1,0 +1,162 @@
+"""Per-row sampling on the logits' device, CUDA-graph safe: `SamplerState`.
+
+A `SamplerState` holds, for `max_slots` rows, each row's sampling parameters, its Philox seed and step,
+and the tokens it has seen (prompt and output, for the repetition penalty). `sample(logits, slots,
+vocab_limit)` picks one token for each given slot with torch ops on the logits' device (plus the
+Philox kernel on CUDA): no host synchronisation and no data-dependent shapes, so a decode step that
+samples can be captured in a CUDA graph; greedy and sampled rows mix in one call.
+
+Per row, in this order (float32 unless said; `sampler_reference.sample_reference` is the same, written
+plainly):
+  1. columns >= vocab_limit -> -inf; repetition penalty on seen tokens (CTRL: divide positive logits,
+     multiply negative ones);
+  2. temperature 0: argmax (the first of equal maxima); the row's step still advances;
+  3. else x / temperature; sort descending, equal values by lower token id (a stable sort: ties and the
+     sampled token do not depend on the sort algorithm, so not on the batch); -0.0 is made +0.0 first,
+     as CUDA's radix sort orders it below +0.0;
+  4. p = exp(x - max), so the top token has p = 1; weights q = trunc(p * 2**S) as int64, S = 53 -
+     ceil(log2(V)), so every sum of weights is an exact integer below 2**53 (exact as float64 too):
+     the cumulative sums below do not depend on their summation order (CPU sequential, GPU parallel
+     scans, batch of one or many). The price: each probability is truncated to a multiple of 2**-S of
+     the top token's (S = 37 for a 50k vocabulary), tokens below that are never drawn;
+  5. top-k (0 = off): keep the first k in that order (exactly k, ties by lower id);
+  6. top-p (1 = off): keep a token while the weight of those before it < top_p * total (float64
+     product), the smallest set reaching top_p, at least one;
+  7. min-p (0 = off): keep p >= min_p (relative to the top token, whose p is 1);
+  8. inverse CDF: u = philox(seed, step) in (0, 1); the token at the first position whose cumulative
+     weight > u * total (float64 product).
+Inverse CDF needs one uniform per row; Gumbel-max would need a vocabulary of uniforms and two logs
+per element every step (a few hundred microseconds per step at batch 64), and the sort and cumulative
+sum are needed for top-p anyway.
+
+A row's tokens depend only on its logits, parameters, seed and step, never on the other rows or its
+position in the batch, so a prompt gets the tokens it gets alone in any batch.
+"""
+from __future__ import annotations
+
+from typing import Sequence, Union
+
+import torch
+
+from ..errors import MambaDeployError, ParameterError, is_integer
+from ..ops.philox import philox_uniform
+from .sampling import SamplingParams, apply_repetition_penalty, mask_padding
+
+
+def weight_bits(vocab: int) -> int:
+    """S of the docstring: weights are probabilities (top token 1) in units of 2**-S; vocab * 2**S <= 2**53."""
+    return 53 - max(1, (vocab - 1).bit_length())
+
+
+def seed_bits(seed: int) -> int:
+    """A seed in [0, 2**64) as the int64 holding the same 64 bits."""
+    if not is_integer(seed) or not 0 <= seed < 2**64:
+        raise ParameterError("seed", f"must be an integer in [0, 2**64), got {seed!r}")
+    return int(seed) - 2**64 if seed >= 2**63 else int(seed)
+
+
+class SamplerState:
+    """Sampling parameters, Philox seed and step, and seen tokens of `max_slots` rows on `device`.
+
+    Tensors (row = slot): temperature, top_p, min_p, repetition_penalty (max_slots,) float32; top_k,
+    seed, step (max_slots,) int64; seen (max_slots, vocab_size_padded) bool.
+    """
+
+    def __init__(self, max_slots: int, vocab_size_padded: int, device: Union[str, torch.device]):
+        if not (is_integer(max_slots) and max_slots > 0 and is_integer(vocab_size_padded) and vocab_size_padded > 0):
+            raise ValueError(f"max_slots and vocab_size_padded must be positive integers, got {max_slots}, "
+                             f"{vocab_size_padded}")
+        self.max_slots, self.vocab_size = int(max_slots), int(vocab_size_padded)
+        self.seen = torch.zeros(self.max_slots, self.vocab_size, dtype=torch.bool, device=device)
+        self.device = self.seen.device  # with its index ("cuda" -> "cuda:0"), as logits.device has
+
+        def row(value, dtype):
+            return torch.full((self.max_slots,), value, dtype=dtype, device=self.device)
+
+        self.temperature, self.top_p = row(1.0, torch.float32), row(1.0, torch.float32)
+        self.min_p, self.repetition_penalty = row(0.0, torch.float32), row(1.0, torch.float32)
+        self.top_k, self.seed, self.step = row(0, torch.int64), row(0, torch.int64), row(0, torch.int64)
+        self._true = torch.ones((), dtype=torch.bool, device=self.device)
+
+    def _check_slot(self, slot: int) -> int:
+        if not is_integer(slot) or not 0 <= slot < self.max_slots:
+            raise ValueError(f"slot must be an integer in [0, {self.max_slots}), got {slot!r}")
+        return int(slot)
+
+    def assign(self, slot: int, params: SamplingParams, seed: int, prompt_ids: Sequence[int]) -> None:
+        """Give `slot` to a new sequence (host side, between steps): its parameters, seed, step 0, and
+        its prompt's tokens as seen."""
+        slot, params = self._check_slot(slot), params.validate()
+        seed = seed_bits(seed)
+        ids = torch.as_tensor(list(prompt_ids), dtype=torch.int64)
+        if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= self.vocab_size):
+            raise MambaDeployError(f"prompt token ids must be in [0, {self.vocab_size}), got "
+                                   f"{int(ids.min())}..{int(ids.max())}")
+        values = dict(temperature=params.temperature, top_k=params.top_k, top_p=params.top_p, min_p=params.min_p,
+                      repetition_penalty=params.repetition_penalty, seed=seed, step=0)
+        for name, value in values.items():
+            getattr(self, name)[slot] = value
+        self.seen[slot] = False
+        self.seen[slot, ids.to(self.device)] = True
+
+    def release(self, slot: int) -> None:
+        """Reset `slot` to the defaults (temperature 1, no filters, seed 0, nothing seen)."""
+        self.assign(slot, SamplingParams(), 0, ())
+
+    def sample(self, logits: torch.Tensor, slots: torch.Tensor, vocab_limit: int) -> torch.Tensor:
+        """logits (n, vocab_size_padded), any float dtype; slots (n,) int64 distinct, on the logits'
+        device -> tokens (n,) int64 < vocab_limit. Advances step[slots] and marks the tokens seen."""
+        self._check_sample_args(logits, slots, vocab_limit)
+        x = mask_padding(logits.float(), vocab_limit)
+        penalty = self.repetition_penalty.index_select(0, slots)[:, None]
+        x = apply_repetition_penalty(x, self.seen.index_select(0, slots), penalty)
+        temperature = self.temperature.index_select(0, slots)
+        greedy = temperature == 0
+        scaled = x / torch.where(greedy, 1.0, temperature)[:, None] + 0.0  # + 0.0: -0.0 -> +0.0
+        sampled = pick_tokens(scaled, self.top_k.index_select(0, slots), self.top_p.index_select(0, slots),
+                              self.min_p.index_select(0, slots), self._uniforms(slots))
+        tokens = torch.where(greedy, x.argmax(dim=-1), sampled)
+        self.step.index_add_(0, slots, torch.ones_like(slots))
+        self.seen.index_put_((slots, tokens), self._true)
+        return tokens
+
+    def _check_sample_args(self, logits: torch.Tensor, slots: torch.Tensor, vocab_limit: int) -> None:
+        """Shapes, dtypes and devices only: checking slot values would synchronise with the GPU."""
+        if logits.dim() != 2 or logits.shape[1] != self.vocab_size or not logits.is_floating_point():
+            raise ValueError(f"logits: expected float (n, {self.vocab_size}), got {logits.dtype} {tuple(logits.shape)}")
+        if slots.dtype != torch.int64 or tuple(slots.shape) != (logits.shape[0],):
+            raise ValueError(f"slots: expected int64 ({logits.shape[0]},), got {slots.dtype} {tuple(slots.shape)}")
+        if logits.device != self.device or slots.device != self.device:
+            raise ValueError(f"logits and slots must be on {self.device}, got {logits.device}, {slots.device}")
+        if not (is_integer(vocab_limit) and 0 < vocab_limit <= self.vocab_size):
+            raise ValueError(f"vocab_limit must be an integer in [1, {self.vocab_size}], got {vocab_limit!r}")
+
+    def _uniforms(self, slots: torch.Tensor) -> torch.Tensor:
+        """(n,) float32 Philox uniforms of the slots' (seed, step), on their device."""
+        if slots.is_cuda:
+            from ..ops.cuda import philox_uniform_cuda
+
+            return philox_uniform_cuda(self.seed, self.step, slots.contiguous())
+        seeds, steps = self.seed.index_select(0, slots).numpy(), self.step.index_select(0, slots).numpy()
+        return torch.from_numpy(philox_uniform(seeds, steps))
+
+
+def pick_tokens(scaled: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor, min_p: torch.Tensor,
+                uniform: torch.Tensor) -> torch.Tensor:
+    """Steps 3-8 of the module docstring. scaled: (n, V) float32 logits / temperature; top_k (n,) int64;
+    top_p, min_p, uniform (n,) float32 -> (n,) int64 token ids."""
+    vocab = scaled.shape[1]
+    ordered, order = torch.sort(scaled, dim=-1, descending=True, stable=True)
+    probs = torch.exp(ordered - ordered[:, :1])
+    weights = (probs * float(2 ** weight_bits(vocab))).to(torch.int64)  # exact scaling, then truncation
+    position = torch.arange(vocab, device=scaled.device)
+    k = torch.where(top_k > 0, top_k.clamp(max=vocab), vocab)
+    weights = torch.where(position < k[:, None], weights, 0)
+    cumulative = weights.cumsum(dim=-1)
+    before = (cumulative - weights).double()
+    nucleus = before < top_p.double()[:, None] * cumulative[:, -1:].double()
+    keep = (nucleus | (top_p >= 1)[:, None]) & (probs >= min_p[:, None])
+    cumulative = torch.where(keep, weights, 0).cumsum(dim=-1)
+    threshold = uniform.to(scaled.device).double()[:, None] * cumulative[:, -1:].double()
+    index = (cumulative.double() <= threshold).sum(dim=-1).clamp(max=vocab - 1)
+    return order.gather(1, index[:, None]).squeeze(1)
