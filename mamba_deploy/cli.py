@@ -222,6 +222,35 @@ def inspect_cmd(path, as_json):
     click.echo(json.dumps(report, indent=2, default=str) if as_json else format_inspect(report))
 
 
+@cli.command("triton")
+@click.argument("path", type=click.Path())
+@click.argument("repository", type=click.Path())
+@click.option("--backend", type=click.Choice(["onnxruntime", "tensorrt"]), default="onnxruntime", show_default=True,
+              help="Triton backend: onnxruntime (the prefill graph) or tensorrt (the prefill plan of 'build').")
+@click.option("--name", default=None, help="Model name in the repository (default: the export folder's name).")
+@click.option("--max-batch", type=int, default=None,
+              help="Triton max_batch_size: sequences one instance runs together (default 8; tensorrt: the engines').")
+@click.option("--instances", type=int, default=1, show_default=True, help="Model instances (instance_group count).")
+@click.option("--device", type=click.Choice(["cpu", "gpu"]), default=None,
+              help="Instance kind (default: cpu for onnxruntime, gpu for tensorrt).")
+@click.option("--idle-timeout", type=float, default=5.0, show_default=True,
+              help="Seconds a sequence may stay idle before Triton ends it and drops its state.")
+@click.option("--engines", default=None, help="tensorrt: the engines/NAME build to serve (when there are several).")
+@click.option("--copy", is_flag=True, help="Copy weights.data (or the plan) instead of hard-linking it.")
+@click.option("--force", is_flag=True, help="Replace REPOSITORY if this command wrote it.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress messages.")
+def triton_cmd(path, repository, backend, name, max_batch, instances, device, idle_timeout, engines, copy, force,
+               quiet):
+    """Write a Triton Inference Server model repository for PATH (sequence batcher, implicit state)."""
+    from .triton_repo import TritonOptions, write_triton_repository
+
+    options = TritonOptions(backend, name, max_batch, instances, device, idle_timeout, engines, force, copy)
+    out = write_triton_repository(path, repository, options, progress=not quiet)
+    click.echo(f"wrote Triton model repository {out.folder}: model {out.model!r}, {out.backend} backend, "
+               f"max batch {out.max_batch}")
+    click.echo(f"serve it with: tritonserver --model-repository {out.folder}")
+
+
 def _int_list(text: str) -> list[int]:
     try:
         values = [int(v) for v in text.split(",") if v.strip()]

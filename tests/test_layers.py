@@ -7,7 +7,7 @@ PACKAGE = pathlib.Path(__file__).resolve().parents[1] / "mamba_deploy"
 # Top first. A module's layer is that of its longest listed prefix; the package face (__init__) is exempt.
 LAYERS = [
     ["cli"],
-    ["verify", "bench", "inspect_export"],
+    ["verify", "bench", "inspect_export", "triton_repo"],
     ["runtime"],
     ["native", "tensorrt"],
     ["export"],
@@ -18,7 +18,8 @@ LAYERS = [
     ["errors", "version"],
 ]
 RANK = {name: len(LAYERS) - i for i, names in enumerate(LAYERS) for name in names}
-SIBLINGS_APART = [{"native", "tensorrt"}, {"verify", "bench", "inspect_export"}, {"checkpoint", "random_init"}]
+SIBLINGS_APART = [{"native", "tensorrt"}, {"verify", "bench", "inspect_export", "triton_repo"},
+                  {"checkpoint", "random_init"}]
 
 
 def module_name(path: pathlib.Path) -> str:

@@ -3,20 +3,38 @@
 An export to OUT holds an exclusive `flock` on `.OUT.lock` beside it for its whole run, writes into
 `.OUT.tmp-PID-XXXXXXXX` beside it and renames that to OUT at the end (an old OUT is first moved to
 `.OUT.old-PID`). A temp folder whose PID no longer runs was left by a killed export (SIGKILL, power
-loss): the next export to OUT removes it.
+loss): the next export to OUT removes it. `mamba-deploy triton` writes its model repositories the same way
+(an `OutputKind` says what a previous one looks like).
 """
 from __future__ import annotations
 
+import dataclasses
 import fcntl
 import os
 import re
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 from ..errors import MambaDeployError
 from .artifact import is_export_folder
+
+
+@dataclasses.dataclass(frozen=True)
+class OutputKind:
+    """What a command writes, for the refusals: its noun, the run that writes one, how to recognise a previous
+    one that `--force` may replace (and what such a folder has), and what its sources are called."""
+
+    noun: str
+    writer: str
+    is_previous: Callable[[Path], bool]
+    previous_mark: str
+    source: str
+
+
+EXPORT = OutputKind("export", "export", is_export_folder, "no export metadata in its config.json",
+                    "the source checkpoint")
 
 
 def absolute_output(path: str | os.PathLike) -> Path:
@@ -24,10 +42,10 @@ def absolute_output(path: str | os.PathLike) -> Path:
     return Path(os.path.abspath(Path(path).expanduser()))
 
 
-def check_output(output: Path, force: bool, sources: list[Path]) -> None:
-    """MambaDeployError unless an export may be written to `output` (absolute): it does not exist, or
-    `force` is set and it is a previous export folder that is not, and does not hold, any of `sources`
-    (the checkpoint's folder and files), the current directory, the home folder or the root."""
+def check_output(output: Path, force: bool, sources: list[Path], kind: OutputKind = EXPORT) -> None:
+    """MambaDeployError unless an export (or another `kind` of output) may be written to `output` (absolute):
+    it does not exist, or `force` is set and it is a previous one that is not, and does not hold, any of
+    `sources` (the checkpoint's folder and files), the current directory, the home folder or the root."""
     if not (output.exists() or output.is_symlink()):
         return
     if not force:
@@ -40,11 +58,11 @@ def check_output(output: Path, force: bool, sources: list[Path]) -> None:
             raise MambaDeployError(f"{refuse}: it is or holds {what}")
     for source in sources:
         if _is_or_holds(real, source.resolve()):
-            raise MambaDeployError(f"{refuse}: it is or holds the source checkpoint ({source})")
+            raise MambaDeployError(f"{refuse}: it is or holds {kind.source} ({source})")
     if output.is_symlink():
-        raise MambaDeployError(f"{refuse}: it is a symbolic link (give the export folder itself)")
-    if not is_export_folder(output):
-        raise MambaDeployError(f"{refuse}: it is not a previous export (no export metadata in its config.json)")
+        raise MambaDeployError(f"{refuse}: it is a symbolic link (give the {kind.noun} folder itself)")
+    if not kind.is_previous(output):
+        raise MambaDeployError(f"{refuse}: it is not a previous {kind.noun} ({kind.previous_mark})")
 
 
 def _is_or_holds(folder: Path, path: Path) -> bool:
@@ -59,19 +77,19 @@ class ExportTarget:
     unless committed (also on KeyboardInterrupt or any other BaseException) and releases the lock.
     """
 
-    def __init__(self, output: Path, force: bool, sources: list[Path]):
-        self.output, self.force, self.sources = output, force, sources
+    def __init__(self, output: Path, force: bool, sources: list[Path], kind: OutputKind = EXPORT):
+        self.output, self.force, self.sources, self.kind = output, force, sources, kind
         self.tmp: Optional[Path] = None
         self._lock_path: Optional[Path] = None
         self._lock_fd: Optional[int] = None
 
     def __enter__(self) -> ExportTarget:
-        check_output(self.output, self.force, self.sources)  # before creating anything beside it
+        check_output(self.output, self.force, self.sources, self.kind)  # before creating anything beside it
         self.output.parent.mkdir(parents=True, exist_ok=True)
         self._lock_path = self.output.with_name(f".{self.output.name}.lock")
-        self._lock_fd = _lock(self._lock_path, self.output)
+        self._lock_fd = _lock(self._lock_path, self.output, self.kind.writer)
         try:
-            check_output(self.output, self.force, self.sources)  # again: an export may have finished meanwhile
+            check_output(self.output, self.force, self.sources, self.kind)  # again: another may have finished
             remove_stale_temps(self.output)
             self.tmp = _make_temp(self.output)
         except BaseException:
@@ -102,7 +120,7 @@ class ExportTarget:
         self._lock_fd = None
 
 
-def _lock(path: Path, output: Path) -> int:
+def _lock(path: Path, output: Path, writer: str = "export") -> int:
     """An exclusive flock on `path` (created if need be; it then holds our pid) as an open fd."""
     while True:
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
@@ -111,7 +129,7 @@ def _lock(path: Path, output: Path) -> int:
         except BlockingIOError:
             holder = os.read(fd, 32).decode(errors="replace").strip() or "unknown"
             os.close(fd)
-            raise MambaDeployError(f"another export to {output} is running (pid {holder})") from None
+            raise MambaDeployError(f"another {writer} to {output} is running (pid {holder})") from None
         except BaseException:
             os.close(fd)
             raise
