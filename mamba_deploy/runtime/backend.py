@@ -32,7 +32,8 @@ Contract:
     The defaults gather the rows into a batch state (index_select), call prefill/decode and scatter them
     back (index_copy_): on CPU two extra copies of n rows of state per call (mamba-1.4b: ~14 MB of state
     per row, so ~28 MB of memcpy per row per step, small beside the weight read). A backend that can
-    index slots in its kernels overrides them (no copy).
+    index slots in its kernels overrides them (no copy). `max_slots`: the most rows a state may have
+    (None: no limit; the native engine's max_batch).
   * Properties: `config` (ModelConfig), `dtype` and `state_dtype` (torch dtypes), `device`
     (torch.device), `name` (the registry name), `all_logits` (bool).
 
@@ -44,7 +45,7 @@ from __future__ import annotations
 
 import abc
 import importlib
-from typing import Callable
+from typing import Callable, Optional
 
 import torch
 
@@ -86,6 +87,11 @@ class Backend(abc.ABC):
 
     def new_state(self, batch_size: int) -> InferenceState:
         return InferenceState.zeros(self.config, batch_size, self.dtype, self.state_dtype, self.device)
+
+    @property
+    def max_slots(self) -> Optional[int]:
+        """The most rows one state may have on this backend (None: no limit of its own)."""
+        return None
 
     def new_pool(self, max_slots: int) -> StatePool:
         """A StatePool of `max_slots` slots on this backend's device, allocated once (all zeros)."""

@@ -84,11 +84,13 @@ class Engine:
 
     @property
     def scheduler(self) -> Scheduler:
-        """The engine's Scheduler (created on first use, `max_batch` slots); generate runs on it, and
-        applications may submit to it directly (docs/architecture.md "Runtime: slots and scheduler")."""
+        """The engine's Scheduler (created on first use, `max_batch` slots, fewer if the backend allows
+        fewer); generate runs on it, and applications may submit to it directly (docs/architecture.md
+        "Runtime: slots and scheduler")."""
         with self._scheduler_lock:
             if self._scheduler is None:
-                self._scheduler = Scheduler(self.backend, self.tokenizer, max_batch=self.max_batch)
+                slots = min(self.max_batch, self.backend.max_slots or self.max_batch)
+                self._scheduler = Scheduler(self.backend, self.tokenizer, max_batch=slots)
             return self._scheduler
 
     def generate(self, prompt: Prompt, max_new_tokens: int = 64, temperature: float = 1.0, top_k: int = 0,

@@ -8,8 +8,9 @@
 `submit` may be called from any thread; one background loop thread (started on demand, ended when
 there is nothing to do or by `close()`) owns the backend's StatePool and runs, per iteration:
   1. admit waiting requests into free slots (slot reset, per-request sampler row assigned);
-  2. prefill admitted prompts in chunks of at most `prefill_chunk` tokens, `token_budget` prompt
-     tokens per iteration in all, so running requests wait at most that much prefill between steps;
+  2. prefill admitted prompts in chunks of `prefill_chunk` tokens (cut at the same places whatever
+     else runs), at most `token_budget` prompt tokens per iteration in all, so running requests wait
+     at most that much prefill between steps;
   3. one `Backend.decode_slots` for every request that has a token to feed;
   4. one `SamplerState.sample` for those rows and the prompts that finished prefilling, one
      device -> host copy of the tokens, delivery (stop ids, stop strings, max tokens), retirement.
@@ -19,8 +20,10 @@ A request's tokens depend only on its own prompt, parameters and seed (docs/arch
 from __future__ import annotations
 
 import asyncio
+import atexit
 import collections
 import threading
+import weakref
 from typing import Any, AsyncIterator, Callable, Iterator, Optional, Sequence, Union
 
 import torch
@@ -33,6 +36,16 @@ from .sampler import SamplerState
 from .sampling import SamplingParams
 
 Piece = Union[str, int]
+_OPEN: "weakref.WeakSet[Scheduler]" = weakref.WeakSet()
+
+
+@atexit.register
+def _close_all_at_exit() -> None:
+    """Close every scheduler before the interpreter finalizes: a daemon loop thread still running then
+    is ended by a forced unwind that aborts the process in C++ frames ("terminate called without an
+    active exception", seen with ONNX Runtime)."""
+    for scheduler in list(_OPEN):
+        scheduler.close()
 
 
 def sampling_vocab_limit(config, tokenizer) -> int:
@@ -192,8 +205,8 @@ class Scheduler:
     """Continuous batching over one backend; see the module docstring.
 
     max_batch: state slots (requests running at once; more wait in a queue). prefill_chunk: the most
-    prompt tokens of one request per prefill call. token_budget: the most prompt tokens prefilled per
-    loop iteration (bounds how long running requests wait between decode steps).
+    prompt tokens of one request per prefill call (at most token_budget). token_budget: the most prompt
+    tokens prefilled per loop iteration (bounds how long running requests wait between decode steps).
     The pool and sampler are allocated once, here."""
 
     def __init__(self, backend: Backend, tokenizer=None, max_batch: int = 16, prefill_chunk: int = 512,
@@ -210,10 +223,11 @@ class Scheduler:
         self.iterations = 0  # loop iterations run so far (tests count per-iteration work with it)
         self._waiting: collections.deque[_Request] = collections.deque()
         self._running: list[_Request] = []
-        self._queue_lock = threading.Lock()  # _waiting, _closed, _thread, _looping
-        self._step_lock = threading.Lock()  # held by the loop for a whole iteration; _running, slots
-        self._closed, self._looping = False, False
+        self._cancelling: set[RequestHandle] = set()  # running requests to retire at the next iteration
+        self._queue_lock = threading.Lock()  # _waiting, _cancelling, _closed, _thread, _looping
+        self._closed, self._looping = False, False  # _running, the pool and the sampler: the loop thread's
         self._thread: Optional[threading.Thread] = None
+        _OPEN.add(self)
 
     def __enter__(self) -> "Scheduler":
         return self
@@ -263,24 +277,24 @@ class Scheduler:
             thread = self._thread
         for request in waiting:
             request.handle._push(None, "cancelled")
-        with self._step_lock:
-            for request in list(self._running):
-                self._retire(request, "cancelled")
         if thread is not None and thread is not threading.current_thread():
-            thread.join()
+            thread.join()  # the loop cancels its running requests at the start of its next iteration
 
     def _cancel(self, handle: RequestHandle) -> None:
-        """(The request is found by its handle: a handle -> request link would make a reference cycle.)"""
+        """A waiting request ends here; a running one is retired by the loop at the start of its next
+        iteration, which this waits for. (The request is found by its handle: a handle -> request link
+        would make a reference cycle.)"""
+        if handle.done:
+            return
         with self._queue_lock:
             waiting = next((r for r in self._waiting if r.handle is handle), None)
             if waiting is not None:
                 self._waiting.remove(waiting)
                 handle._push(None, "cancelled")
                 return
-        with self._step_lock:  # waits for the current iteration to end
-            running = next((r for r in self._running if r.handle is handle), None)
-            if running is not None:
-                self._retire(running, "cancelled")
+            self._cancelling.add(handle)
+        with handle._cond:
+            handle._cond.wait_for(lambda: handle.finish_reason is not None)
 
     # -- the loop thread --
 
@@ -298,15 +312,19 @@ class Scheduler:
                 if not self._waiting and not self._running:
                     self._looping = False  # a later submit starts a new thread
                     return
-            with self._step_lock:
-                try:
-                    self._step()
-                except Exception as exc:  # noqa: BLE001  (a bug here must not leave consumers waiting forever)
-                    for request in list(self._running):
-                        self._retire(request, "error", exc)
+            try:
+                self._step()
+            except Exception as exc:  # noqa: BLE001  (a bug here must not leave consumers waiting forever)
+                for request in list(self._running):
+                    self._retire(request, "error", exc)
 
     def _step(self) -> None:
         self.iterations += 1
+        with self._queue_lock:
+            cancelling, self._cancelling, closed = self._cancelling, set(), self._closed
+        for request in list(self._running):
+            if closed or request.handle in cancelling:
+                self._retire(request, "cancelled")
         self._admit()
         rows, logits = self._prefill()
         decoding = [r for r in self._running if r.next_token is not None]
@@ -344,16 +362,20 @@ class Scheduler:
 
     def _prefill(self) -> tuple[list[_Request], list[torch.Tensor]]:
         """Prompt chunks within the token budget; -> the requests whose prompt is now all in, and
-        their last logits (1, V) float32 (copies: the backend may reuse its logits buffer)."""
+        their last logits (1, V) float32 (copies: the backend may reuse its logits buffer).
+
+        A prompt is cut at multiples of `chunk` from its start whatever else is running (a chunk that
+        does not fit in what is left of the budget waits for the next iteration), so its state, and
+        so its tokens, are the same as when it runs alone."""
+        chunk = min(self.prefill_chunk, self.token_budget)
         budget, done, logits = self.token_budget, [], []
         for request in list(self._running):
-            remaining = len(request.prompt) - request.prefilled
-            if remaining == 0 or budget == 0:
+            n = min(len(request.prompt) - request.prefilled, chunk)
+            if n == 0 or n > budget:
                 continue
-            n = min(remaining, budget, self.prefill_chunk)
-            chunk = torch.tensor([request.prompt[request.prefilled:request.prefilled + n]], dtype=torch.int64)
+            ids = torch.tensor([request.prompt[request.prefilled:request.prefilled + n]], dtype=torch.int64)
             try:
-                out = self.backend.prefill_slot(chunk, self.pool, request.slot)
+                out = self.backend.prefill_slot(ids, self.pool, request.slot)
             except Exception as exc:  # noqa: BLE001
                 self._retire(request, "error", exc)
                 continue

@@ -1,9 +1,13 @@
 """Scheduler: continuous batching on the onnxruntime and torch backends (tiny Mamba2 export, byte tokenizer)."""
 import asyncio
 import gc
+import os
 import random
+import subprocess
+import sys
 import threading
 import tracemalloc
+from pathlib import Path
 
 import pytest
 
@@ -21,8 +25,8 @@ def engine(request, export_dir):
     return Engine.load(export_dir, backend=request.param, **({"threads": 1} if request.param == "onnxruntime" else {}))
 
 
-def _solo(engine, prompt, **kwargs):
-    with Scheduler(engine.backend, engine.tokenizer, max_batch=1) as alone:
+def _solo(engine, prompt, prefill_chunk=512, **kwargs):
+    with Scheduler(engine.backend, engine.tokenizer, max_batch=1, prefill_chunk=prefill_chunk) as alone:
         return alone.submit(prompt, **kwargs).result()
 
 
@@ -33,20 +37,25 @@ def _loop_threads():
 class Recording(Backend):
     """Delegates to `inner`; records (loop iteration, prompt tokens) per prefill_slot; may fail decodes."""
 
-    def __init__(self, inner: Backend):
+    def __init__(self, inner: Backend, max_slots=None):
         super().__init__(inner.info)
         self.inner, self.scheduler, self.prefills, self.decodes, self.fail_decodes = inner, None, [], [], 0
+        self._max_slots = max_slots
+
+    @property
+    def max_slots(self):
+        return self._max_slots
 
     @property
     def device(self):
         return self.inner.device
 
     def prefill(self, input_ids, state):
-        self.prefills.append((self.scheduler.iterations, input_ids.shape[1]))
+        self.prefills.append((self.scheduler and self.scheduler.iterations, input_ids.shape[1]))
         return self.inner.prefill(input_ids, state)
 
     def decode(self, input_ids, state):
-        self.decodes.append(self.scheduler.iterations)
+        self.decodes.append(self.scheduler and self.scheduler.iterations)
         if self.fail_decodes:
             self.fail_decodes -= 1
             raise RuntimeError("decode failed")
@@ -131,7 +140,7 @@ def test_async_iterator_streams_the_same_pieces(engine):
 def test_token_budget_bounds_prefill_per_iteration(engine):
     recording = Recording(engine.backend)
     prompts = [[(7 * k + j) % 90 + 1 for j in range(n)] for k, n in enumerate([50, 37, 5, 20])]
-    want = [_solo(engine, p, max_new_tokens=6, output="ids", **GREEDY) for p in prompts]
+    want = [_solo(engine, p, prefill_chunk=16, max_new_tokens=6, output="ids", **GREEDY) for p in prompts]
     with Scheduler(recording, max_batch=4, prefill_chunk=16, token_budget=24) as sched:
         recording.scheduler = sched
         decoding = sched.submit([1, 2, 3], max_new_tokens=40, output="ids", **GREEDY)
@@ -244,3 +253,25 @@ def test_engine_generate_runs_on_its_scheduler(engine):
     next(stream)
     stream.close()  # the consumer stops early: the request is cancelled and its slot freed
     assert engine.scheduler.pool.free_count == engine.scheduler.max_batch == engine.max_batch
+
+
+def test_engine_scheduler_takes_no_more_slots_than_the_backend_allows(engine):
+    small = Engine(Recording(engine.backend, max_slots=2), engine.tokenizer)
+    prompts = [[5, 6], [7], [8, 9, 10]]
+    assert small.generate(prompts, max_new_tokens=4, temperature=0) == \
+        engine.generate(prompts, max_new_tokens=4, temperature=0)
+    assert small.scheduler.max_batch == 2 and small.scheduler.pool.state.batch_size == 2
+
+
+def test_interpreter_exit_with_a_live_loop_thread(export_dir):
+    """The loop thread of an unclosed scheduler is ended before the interpreter finalizes (a daemon
+    thread still running then aborted the process: 'terminate called without an active exception')."""
+    script = ("import sys\nfrom mamba_deploy.runtime import Engine\n"
+              "engine = Engine.load(sys.argv[1], backend='onnxruntime')\n"
+              "print(engine.generate([5, 6], max_new_tokens=4, temperature=0))\n"
+              "handle = engine.scheduler.submit([7, 8], max_new_tokens=10**6)\n"
+              "next(iter(handle))\n")
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    result = subprocess.run([sys.executable, "-c", script, str(export_dir)], env=env, capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0, result.stderr
