@@ -14,8 +14,9 @@ there is nothing to do or by `close()`) owns the backend's StatePool and runs, p
   3. one `Backend.decode_slots` for every request that has a token to feed;
   4. one `SamplerState.sample` for those rows and the prompts that finished prefilling, one
      device -> host copy of the tokens, delivery (stop ids, stop strings, max tokens), retirement.
-A request's tokens depend only on its own prompt, parameters and seed (docs/architecture.md
-"Runtime: slots and scheduler").
+A request's tokens depend only on its own prompt, parameters and seed, as far as the backend's decode
+gives a row the same logits in any batch (bit for bit on the CPU backends in our tests)
+(docs/architecture.md "Runtime: slots and scheduler").
 """
 from __future__ import annotations
 
@@ -63,12 +64,12 @@ def random_seed() -> int:
 class RequestHandle:
     """One submitted request: iterate it (blocking or `async for`) for its pieces, or wait for result().
 
-    Pieces are text (str) for text requests, token ids (int) otherwise. A handle is iterated once
+    Pieces are text (str) when `as_text`, token ids (int) otherwise. A handle is iterated once
     (each piece is handed out once, across __iter__ and __aiter__); result() always gives the whole
     output. Counts: `prompt_tokens`, `completion_tokens` (tokens sampled, a stop token included)."""
 
-    def __init__(self, scheduler: "Scheduler", prompt_tokens: int, text: bool):
-        self._scheduler, self.prompt_tokens, self.text = scheduler, prompt_tokens, text
+    def __init__(self, scheduler: "Scheduler", prompt_tokens: int, as_text: bool):
+        self._scheduler, self.prompt_tokens, self.as_text = scheduler, prompt_tokens, as_text
         self.completion_tokens = 0
         self.finish_reason: Optional[str] = None
         self._cond = threading.Condition()
@@ -92,7 +93,7 @@ class RequestHandle:
                 raise TimeoutError("request still running")
         if self._error is not None:
             raise self._error
-        return "".join(self._output) if self.text else list(self._output)
+        return "".join(self._output) if self.as_text else list(self._output)
 
     def __iter__(self) -> Iterator[Piece]:
         while True:

@@ -219,6 +219,7 @@ def test_thousand_requests_leave_no_slot_and_flat_memory(export_dir):
     with Scheduler(engine.backend, engine.tokenizer, max_batch=8) as sched:
         wave(sched, 200)
         gc.collect()
+        rss_before = _rss_bytes()
         tracemalloc.start()
         before = tracemalloc.get_traced_memory()[0]
         wave(sched, 800)
@@ -228,7 +229,18 @@ def test_thousand_requests_leave_no_slot_and_flat_memory(export_dir):
         sched.pool.check_no_leaks()
         assert sched.pool.free_count == 8 and sched.active_count == 0
         assert all(p is None for p in sched.sampler.params)
+        rss_grown = _rss_bytes() - rss_before
     assert grown < 256 * 1024, f"python memory grew by {grown} bytes over 800 requests"
+    assert rss_grown < 16 * 2**20, f"resident memory grew by {rss_grown} bytes over 800 requests"
+
+
+def _rss_bytes() -> int:
+    """Resident set size now (Linux), else 0."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except OSError:
+        return 0
 
 
 def test_bad_submissions_are_parameter_errors(engine):
