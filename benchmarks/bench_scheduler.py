@@ -7,7 +7,7 @@ same requests (prompts of different lengths, seeded sampling, no stop ids, so ev
 exactly --new-tokens tokens) four ways on one Scheduler: one after another, all submitted at once,
 and arriving every --stagger-ms milliseconds (two spacings). Prints one table: wall time, tokens/s,
 time relative to the sequential run (the target for 16 concurrent requests is <= 0.35) and the mean
-request latency (submit -> last token); each the median of --repeats runs.
+request latency (submit -> last token); each the median of --repeats rounds over all scenarios.
 
 --omp-wait-policy PASSIVE sets OMP_WAIT_POLICY before torch is imported: torch's OpenMP workers then
 sleep instead of spinning after its parallel copies, which on a small loaded machine otherwise steal
@@ -36,7 +36,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--requests", type=int, default=16)
     p.add_argument("--new-tokens", type=int, default=64)
     p.add_argument("--stagger-ms", type=float, nargs=2, default=[5.0, 20.0])
-    p.add_argument("--repeats", type=int, default=3, help="runs of each scenario; the table shows the median")
+    p.add_argument("--repeats", type=int, default=5, help="rounds of all scenarios; the table shows medians")
     p.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads (default: the backend's)")
     p.add_argument("--omp-wait-policy", choices=["PASSIVE", "ACTIVE"], default=None)
     return p.parse_args()
@@ -90,15 +90,17 @@ def main() -> int:
                                   ExportOptions(dtype=args.dtype), progress=False)
         engine = Engine.load(folder, backend="onnxruntime", **({"threads": args.threads} if args.threads else {}))
         prompts = [engine.tokenizer.encode(PROMPTS[k % len(PROMPTS)]).ids for k in range(args.requests)]
-        rows = []
         with Scheduler(engine.backend, engine.tokenizer, max_batch=args.requests) as sched:
             run_requests(sched, prompts[:2], 8, None)  # warm-up (ONNX Runtime's first runs per shape)
             scenarios = [("sequential", None, True), (f"{args.requests} concurrent", None, False)] + \
                 [(f"arrive every {ms:g} ms", ms / 1000, False) for ms in args.stagger_ms]
-            for name, arrival, sequential in scenarios:
-                runs = [run_requests(sched, prompts, args.new_tokens, arrival, sequential) for _ in range(args.repeats)]
-                rows.append((name, sorted(runs)[len(runs) // 2]))  # the median by wall time
+            runs: list[list] = [[] for _ in scenarios]
+            for _ in range(args.repeats):  # rounds over all scenarios, so that load drift hits each alike
+                for (_, arrival, sequential), kept in zip(scenarios, runs):
+                    kept.append(run_requests(sched, prompts, args.new_tokens, arrival, sequential))
+            rows = [(name, sorted(kept)[len(kept) // 2]) for (name, _, _), kept in zip(scenarios, runs)]  # median
             seq = rows[0][1]
+            ratios = sorted(c[0] / q[0] for q, c in zip(runs[0], runs[1]))
         print(f"# onnxruntime, {Path(folder).name} ({engine.backend.dtype}), {args.requests} requests x "
               f"{args.new_tokens} tokens, prompts {min(map(len, prompts))}-{max(map(len, prompts))} tokens; "
               f"{os.cpu_count()} cores, torch threads {torch.get_num_threads()}, "
@@ -108,6 +110,7 @@ def main() -> int:
         for name, (wall, latencies, tokens) in rows:
             print(f"| {name:<22} | {wall:7.2f} | {tokens / wall:7.0f} | {wall / seq[0]:12.2f} | "
                   f"{statistics.mean(latencies):14.3f} |")
+        print(f"# concurrent / sequential time per round: {', '.join(f'{r:.2f}' for r in ratios)}")
     return 0
 
 

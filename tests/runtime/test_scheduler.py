@@ -254,6 +254,8 @@ def test_bad_submissions_are_parameter_errors(engine):
             assert info.value.param == param
     with pytest.raises(ParameterError, match="max_batch"):
         Scheduler(engine.backend, max_batch=0)
+    with pytest.raises(ParameterError, match=r"^prompt needs at least one token \(prompt 1\)$"):
+        engine.generate([[1], []], max_new_tokens=1)
     assert _loop_threads() == []
 
 
