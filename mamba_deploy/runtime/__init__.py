@@ -1,4 +1,4 @@
-"""Runtime: the Engine API, the Backend interface and registry, sampling and generation.
+"""Runtime: the Engine API, the Backend interface and registry, state slots, the Scheduler, sampling.
 
 Public names are imported on first use (module `__getattr__`), so that `runtime.names` (the backend
 names the CLI lists) can be imported without torch.
@@ -12,16 +12,19 @@ from typing import TYPE_CHECKING, Any
 _LAZY_NAMES = {
     "BACKENDS": ".backend", "Backend": ".backend", "load_backend": ".backend", "register_backend": ".backend",
     "backend_names": ".names", "Engine": ".engine", "SamplingParams": ".sampling", "sample": ".sampling",
+    "RequestHandle": ".scheduler", "Scheduler": ".scheduler", "SlotSnapshot": ".slots", "StatePool": ".slots",
 }
 
-__all__ = ["BACKENDS", "Backend", "Engine", "SamplingParams", "backend_names", "load_backend", "register_backend",
-           "sample"]
+__all__ = ["BACKENDS", "Backend", "Engine", "RequestHandle", "SamplingParams", "Scheduler", "SlotSnapshot",
+           "StatePool", "backend_names", "load_backend", "register_backend", "sample"]
 
 if TYPE_CHECKING:
     from .backend import BACKENDS, Backend, load_backend, register_backend
     from .engine import Engine
     from .names import backend_names
     from .sampling import SamplingParams, sample
+    from .scheduler import RequestHandle, Scheduler
+    from .slots import SlotSnapshot, StatePool
 
 
 def __getattr__(name: str) -> Any:

@@ -26,6 +26,14 @@ Contract:
     docstring says how (its own scratch per call, or a lock). State tensors may be any strided
     views (transposes, slices of a larger buffer) of the right shape, dtype and device. (tensorrt
     does not meet this yet: one thread per backend, contiguous states.)
+  * Slots (docs/architecture.md "Runtime: slots and scheduler"): `new_pool(max_slots)` -> StatePool;
+    `prefill_slot(input_ids (1, L), pool, slot)` -> logits (1, 1|L, V) and `decode_slots(input_ids
+    (n, 1), pool, slots (n,) int64 tensor)` -> logits (n, 1, V) run on pool rows, updated in place.
+    The defaults gather the rows into a batch state (index_select), call prefill/decode and scatter them
+    back (index_copy_): on CPU two extra copies of n rows of state per call (mamba-1.4b: ~14 MB of state
+    per row, so ~28 MB of memcpy per row per step, small beside the weight read). A backend that can
+    index slots in its kernels overrides them (no copy). `max_slots`: the most rows a state may have
+    (None: no limit; the native engine's max_batch).
   * Properties: `config` (ModelConfig), `dtype` and `state_dtype` (torch dtypes), `device`
     (torch.device), `name` (the registry name), `all_logits` (bool).
 
@@ -37,7 +45,7 @@ from __future__ import annotations
 
 import abc
 import importlib
-from typing import Callable
+from typing import Callable, Optional
 
 import torch
 
@@ -46,6 +54,7 @@ from ..errors import MambaDeployError
 from ..export.artifact import ExportInfo
 from ..models.state import InferenceState
 from .names import BACKEND_MODULES, backend_names
+from .slots import StatePool
 
 
 class Backend(abc.ABC):
@@ -78,6 +87,33 @@ class Backend(abc.ABC):
 
     def new_state(self, batch_size: int) -> InferenceState:
         return InferenceState.zeros(self.config, batch_size, self.dtype, self.state_dtype, self.device)
+
+    @property
+    def max_slots(self) -> Optional[int]:
+        """The most rows one state may have on this backend (None: no limit of its own)."""
+        return None
+
+    def new_pool(self, max_slots: int) -> StatePool:
+        """A StatePool of `max_slots` slots on this backend's device, allocated once (all zeros)."""
+        return StatePool(self.config, self.new_state(max_slots))
+
+    def prefill_slot(self, input_ids: torch.Tensor, pool: StatePool, slot: int) -> torch.Tensor:
+        """input_ids (1, L) continuing from pool slot `slot` -> logits (1, 1|L, V); the slot is updated."""
+        index = torch.tensor([slot], dtype=torch.int64, device=pool.device)
+        rows = pool.gather(index)
+        logits = self.prefill(input_ids, rows)
+        pool.scatter(index, rows)
+        return logits
+
+    def decode_slots(self, input_ids: torch.Tensor, pool: StatePool, slots: torch.Tensor) -> torch.Tensor:
+        """input_ids (n, 1), slots (n,) distinct int64 on pool.device -> logits (n, 1, V); the slots are updated."""
+        if slots.dim() != 1 or slots.dtype != torch.int64 or slots.shape[0] != input_ids.shape[0]:
+            raise MambaDeployError(f"slots must be an (n,) int64 tensor with n = {input_ids.shape[0]} rows of "
+                                   f"input_ids, got {slots.dtype} {tuple(slots.shape)}")
+        rows = pool.gather(slots)
+        logits = self.decode(input_ids, rows)
+        pool.scatter(slots, rows)
+        return logits
 
     @abc.abstractmethod
     def prefill(self, input_ids: torch.Tensor, state: InferenceState) -> torch.Tensor: ...

@@ -1,79 +1,9 @@
-"""Generation on any Backend: ragged prompts prefilled row by row, then decoded together.
-
-`TokenGenerator` yields one token per active row per step; `TextStream` turns a row's tokens into
-complete UTF-8 text pieces and applies stop strings. Each row draws its sampling noise from its own
-generator seeded with the same seed, so a prompt in a batch gets exactly the tokens it gets alone.
-"""
+"""Detokenisation for generation: `TextStream` turns one sequence's tokens into complete UTF-8 text
+pieces and applies stop strings (the Scheduler keeps one per text request)."""
 from __future__ import annotations
 
 import collections
-from typing import Iterator, Optional, Sequence
-
-import torch
-
-from ..errors import MambaDeployError
-from .backend import Backend
-from .sampling import SamplingParams, mark_seen, sample
-
-
-class TokenGenerator:
-    """Iterate to get, per step, a list with one new token id (or None once finished) per row."""
-
-    def __init__(self, backend: Backend, prompts: Sequence[Sequence[int]], max_new_tokens: int,
-                 params: SamplingParams, vocab_limit: int, stop_ids: Sequence[int] = (), seed: Optional[int] = None):
-        if not prompts or any(len(p) == 0 for p in prompts):
-            raise MambaDeployError("every prompt needs at least one token")
-        if max_new_tokens < 0:
-            raise MambaDeployError("max_new_tokens must be >= 0")
-        self.backend, self.params, self.vocab_limit = backend, params.validate(), vocab_limit
-        self.prompts = [list(p) for p in prompts]
-        self.max_new_tokens, self.stop_ids = max_new_tokens, set(stop_ids)
-        seed = int(torch.randint(0, 2**62, ()).item()) if seed is None else seed
-        self.generators = [torch.Generator().manual_seed(seed) for _ in prompts]
-        self.active = [True] * len(prompts)
-
-    def finish(self, row: int) -> None:
-        self.active[row] = False
-
-    def _prefill(self) -> tuple[torch.Tensor, object]:
-        """Each prompt into its own state row; returns last logits (batch, vocab) and the batch state."""
-        state = self.backend.new_state(len(self.prompts))
-        last = []
-        for row, ids in enumerate(self.prompts):
-            row_state = self.backend.new_state(1)
-            logits = self.backend.prefill(torch.tensor([ids], dtype=torch.int64), row_state)
-            last.append(logits[0, -1].float().clone())
-            for dst, src in zip(state.conv + state.ssm, row_state.conv + row_state.ssm):
-                dst[row].copy_(src[0])
-        return torch.stack(last), state
-
-    def _noise(self, vocab: int, device: torch.device) -> torch.Tensor:
-        return torch.stack([torch.rand(vocab, generator=g) for g in self.generators]).to(device)
-
-    def __iter__(self) -> Iterator[list[Optional[int]]]:
-        if self.max_new_tokens == 0:
-            return
-        logits, state = self._prefill()
-        vocab = logits.shape[-1]
-        seen = torch.zeros(len(self.prompts), vocab, dtype=torch.bool, device=logits.device)
-        for row, ids in enumerate(self.prompts):
-            seen[row, torch.tensor(ids, device=logits.device).clamp(0, vocab - 1)] = True
-        for step in range(self.max_new_tokens):
-            noise = None if self.params.greedy else self._noise(vocab, logits.device)
-            tokens = sample(logits, self.params, self.vocab_limit, seen, noise)
-            mark_seen(seen, tokens)
-            out: list[Optional[int]] = []
-            for row, token in enumerate(tokens.tolist()):
-                if self.active[row] and token in self.stop_ids:
-                    self.active[row] = False
-                out.append(token if self.active[row] else None)
-            if not any(self.active):
-                if any(t is not None for t in out):
-                    yield out
-                return
-            yield out
-            if step + 1 < self.max_new_tokens:
-                logits = self.backend.decode(tokens.view(-1, 1), state)[:, -1].float()
+from typing import Sequence
 
 
 class TextStream:

@@ -36,6 +36,10 @@ class NativeBackend(Backend):
     def device(self) -> torch.device:
         return self.engine.device
 
+    @property
+    def max_slots(self) -> int:
+        return self.engine.max_batch
+
     def new_state(self, batch_size: int) -> InferenceState:
         with self._lock:  # one claim of the static buffers
             return self.engine.new_state(batch_size)

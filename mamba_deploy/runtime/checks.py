@@ -1,0 +1,92 @@
+"""Argument checks shared by the Engine and the Scheduler: each bad value is a one-line ParameterError."""
+from __future__ import annotations
+
+from typing import Any, Iterable, Sequence
+
+import torch
+
+from ..errors import ParameterError, is_integer
+from ..models.state import InferenceState
+from .backend import Backend
+
+SEED_LIMIT = 2**64
+
+
+def check_seed(seed: Any) -> None:
+    """ParameterError unless `seed` is None or an integer in [0, 2**64)."""
+    if seed is not None and not (is_integer(seed) and 0 <= seed < SEED_LIMIT):
+        raise ParameterError("seed", f"must be an integer in [0, 2**64) or None, got {seed!r}")
+
+
+def check_prompt_ids(ids: Sequence[Any], limit: int, where: str = "") -> list[int]:
+    """A non-empty list of token ids in [0, limit) as ints; `where` (e.g. " (prompt 2)") ends the message."""
+    if len(ids) == 0:
+        raise ParameterError("prompt", f"needs at least one token{where}")
+    bad = next((t for t in ids if not (is_integer(t) and 0 <= t < limit)), None)
+    if bad is not None:
+        raise ParameterError("prompt", f"token ids must be integers in [0, {limit}), got {bad!r}{where}")
+    return [int(t) for t in ids]
+
+
+def check_output(output: Any, tokenizer, default: bool) -> bool:
+    """Whether to produce text: output "text" | "ids", or None for `default`; text needs a tokenizer."""
+    if output not in (None, "text", "ids"):
+        raise ParameterError("output", f"must be 'text', 'ids' or None, got {output!r}")
+    if output == "text" and tokenizer is None:
+        raise ParameterError("output", "'text' needs a tokenizer and this export has none")
+    return default if output is None else output == "text"
+
+
+def check_count(name: str, value: Any) -> None:
+    """ParameterError unless `value` is an integer >= 0."""
+    if not (is_integer(value) and value >= 0):
+        raise ParameterError(name, f"must be an integer >= 0, got {value!r}")
+
+
+def split_stops(stop: Any) -> tuple[list[int], list[str]]:
+    """`stop` (a string, a token id, or a list of them) -> (token ids, strings)."""
+    if stop is None:
+        stops = []
+    else:
+        stops = [stop] if isinstance(stop, str) or not isinstance(stop, Iterable) else list(stop)
+    wrong = next((s for s in stops if not (isinstance(s, str) or is_integer(s))), None)
+    if wrong is not None:
+        raise ParameterError("stop", f"must be strings or token ids, got {wrong!r}")
+    return [int(s) for s in stops if not isinstance(s, str)], [s for s in stops if isinstance(s, str)]
+
+
+def check_state(state: Any, backend: Backend) -> None:
+    """ParameterError unless `state` has this backend's layers, shapes, dtypes and device.
+
+    A state from another engine (other model, batch, dtype or device) would otherwise fail deep in a
+    backend with a raw error, or be silently converted."""
+    if not isinstance(state, InferenceState):
+        raise ParameterError("state", f"must be an InferenceState from engine.new_state(), got {type(state).__name__}")
+    cfg = backend.config
+    if len(state.conv) != cfg.n_layer or len(state.ssm) != cfg.n_layer:
+        raise ParameterError("state", f"has {len(state.conv)} layers, this engine's model has {cfg.n_layer} "
+                                      "(a state from another engine? use engine.new_state())")
+    first = state.conv[0]
+    batch = first.shape[0] if isinstance(first, torch.Tensor) and first.dim() > 0 else 0
+    for kind, tensors, shape, dtype in (("conv", state.conv, cfg.conv_state_shape(batch), backend.dtype),
+                                        ("ssm", state.ssm, cfg.ssm_state_shape(batch), backend.state_dtype)):
+        shape, device = torch.Size(shape), backend.device
+        if not all(isinstance(t, torch.Tensor) and t.shape == shape and t.dtype == dtype and t.device == device
+                   for t in tensors):  # the fast path: this runs before every prefill and decode
+            for layer, tensor in enumerate(tensors):
+                _check_state_tensor(f"state.{kind}[{layer}]", tensor, shape, dtype, device)
+
+
+def _check_state_tensor(name: str, tensor: Any, shape: torch.Size, dtype: torch.dtype, device: torch.device) -> None:
+    if not isinstance(tensor, torch.Tensor) or tensor.shape != shape:
+        got = tuple(tensor.shape) if isinstance(tensor, torch.Tensor) else type(tensor).__name__
+        raise ParameterError(name, f"has shape {got}, this engine needs {tuple(shape)} "
+                                   "(a state from another engine? use engine.new_state(batch))")
+    if tensor.dtype != dtype:
+        raise ParameterError(name, f"is {tensor.dtype}, this engine needs {dtype}")
+    if not _same_device(tensor.device, device):
+        raise ParameterError(name, f"is on {tensor.device}, this engine runs on {device}")
+
+
+def _same_device(a: torch.device, b: torch.device) -> bool:
+    return a.type == b.type and (a.index is None or b.index is None or a.index == b.index)

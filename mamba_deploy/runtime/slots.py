@@ -1,0 +1,176 @@
+"""State slots: a fixed pool of per-sequence states allocated once, and their snapshots.
+
+A `StatePool` holds `max_slots` rows of recurrent state on a backend's device; a sequence holds one
+row (a slot) from `acquire()` to `release()`. Decode runs on any set of slots (`Backend.decode_slots`),
+so sequences join and leave a running batch without moving anyone else's state
+(docs/architecture.md "Runtime: slots and scheduler").
+
+The pool is a list of named buffers whose first dimension is the slot: today `conv.{i}` and `ssm.{i}`
+per layer (shapes from `ModelConfig.conv_state_shape` / `ssm_state_shape`, the one place they live).
+reset / save / restore walk that list and nothing else, so another per-slot buffer (e.g. the KV cache
+of a hybrid model's attention layers, fixed max length per slot, plus a per-slot length) is one more
+entry, not a redesign. `pool.state` is the same memory as an `InferenceState` of `max_slots` rows.
+
+A `SlotSnapshot` is one slot copied to host tensors; `to_bytes()` / `from_bytes()` frame it with a
+small JSON header (model fingerprint, per-buffer dtype and shape) so that it can be stored or moved to
+another process; restoring a snapshot of another model (or other dtypes) is refused.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import struct
+import threading
+
+import torch
+
+from ..config import ModelConfig
+from ..errors import MambaDeployError
+from ..models.state import InferenceState
+
+_MAGIC = b"MDSLOT1\n"
+_DTYPES = {str(d).removeprefix("torch."): d for d in (torch.float32, torch.float16, torch.bfloat16, torch.int64,
+                                                      torch.int32)}
+
+
+def config_fingerprint(config: ModelConfig) -> str:
+    """A short hash of the model's architecture: equal for two exports of the same model shape."""
+    canonical = json.dumps(config.to_dict(), sort_keys=True).encode()
+    return hashlib.sha256(canonical).hexdigest()[:16]
+
+
+@dataclasses.dataclass
+class SlotSnapshot:
+    """One slot's buffers on the host: name -> tensor of the per-slot shape (no slot dimension)."""
+
+    fingerprint: str
+    tensors: dict[str, torch.Tensor]
+
+    def to_bytes(self) -> bytes:
+        """MAGIC, header length (u64 little-endian), JSON header, then each buffer's raw bytes in order."""
+        entries = [{"name": name, "dtype": str(t.dtype).removeprefix("torch."), "shape": list(t.shape)}
+                   for name, t in self.tensors.items()]
+        header = json.dumps({"fingerprint": self.fingerprint, "buffers": entries}).encode()
+        body = b"".join(t.contiguous().view(torch.uint8).numpy().tobytes() for t in self.tensors.values())
+        return _MAGIC + struct.pack("<Q", len(header)) + header + body
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> "SlotSnapshot":
+        if not data.startswith(_MAGIC) or len(data) < len(_MAGIC) + 8:
+            raise MambaDeployError("not a mamba-deploy slot snapshot (bad magic)")
+        (size,) = struct.unpack_from("<Q", data, len(_MAGIC))
+        start = len(_MAGIC) + 8
+        try:
+            header = json.loads(data[start:start + size])
+            entries = [(e["name"], _DTYPES[e["dtype"]], [int(s) for s in e["shape"]]) for e in header["buffers"]]
+            fingerprint = str(header["fingerprint"])
+        except (ValueError, KeyError, TypeError):
+            raise MambaDeployError("corrupt slot snapshot header") from None
+        offset, tensors = start + size, {}
+        for name, dtype, shape in entries:
+            nbytes = torch.Size(shape).numel() * dtype.itemsize
+            raw = bytearray(data[offset:offset + nbytes])
+            if len(raw) != nbytes:
+                raise MambaDeployError(f"truncated slot snapshot (buffer {name!r} is cut short)")
+            tensors[name] = torch.frombuffer(raw, dtype=torch.uint8).view(dtype).reshape(shape) if nbytes else \
+                torch.empty(shape, dtype=dtype)
+            offset += nbytes
+        if offset != len(data):
+            raise MambaDeployError(f"slot snapshot has {len(data) - offset} trailing bytes")
+        return cls(fingerprint, tensors)
+
+
+class StatePool:
+    """`max_slots` rows of state on one device; see the module docstring.
+
+    acquire/release are thread-safe; reset/save/restore/gather/scatter touch only the given slots' rows
+    and must not run concurrently with a backend call on the same slot (the scheduler's loop thread
+    owns them)."""
+
+    def __init__(self, config: ModelConfig, state: InferenceState):
+        """`state`: the pool's memory, an InferenceState of max_slots rows (e.g. backend.new_state(n))."""
+        self.config, self.state = config, state
+        self.max_slots = state.batch_size
+        for kind, tensors, shape in (("conv", state.conv, config.conv_state_shape(self.max_slots)),
+                                     ("ssm", state.ssm, config.ssm_state_shape(self.max_slots))):
+            if len(tensors) != config.n_layer or any(tuple(t.shape) != shape for t in tensors):
+                raise MambaDeployError(f"pool {kind} state does not match the model: need {config.n_layer} x {shape}")
+        self.buffers: list[tuple[str, torch.Tensor]] = (
+            [(f"conv.{i}", t) for i, t in enumerate(state.conv)] + [(f"ssm.{i}", t) for i, t in enumerate(state.ssm)])
+        self.fingerprint = config_fingerprint(config)
+        self._free = list(range(self.max_slots - 1, -1, -1))  # a stack: the lowest slot is handed out first
+        self._held: set[int] = set()
+        self._lock = threading.Lock()
+
+    @property
+    def device(self) -> torch.device:
+        return self.state.conv[0].device
+
+    @property
+    def free_count(self) -> int:
+        return len(self._free)
+
+    @property
+    def held(self) -> list[int]:
+        """The slots acquired and not released, sorted (empty when nothing leaked)."""
+        with self._lock:
+            return sorted(self._held)
+
+    def acquire(self) -> int:
+        """A free slot, now held by the caller; its contents are whatever its last holder left (reset it)."""
+        with self._lock:
+            if not self._free:
+                raise MambaDeployError(f"no free state slot (all {self.max_slots} are held)")
+            slot = self._free.pop()
+            self._held.add(slot)
+            return slot
+
+    def release(self, slot: int) -> None:
+        with self._lock:
+            if slot not in self._held:
+                raise MambaDeployError(f"state slot {slot!r} is not held (released twice?)")
+            self._held.remove(slot)
+            self._free.append(slot)
+
+    def check_no_leaks(self) -> None:
+        """MambaDeployError naming the slots still held (for tests and shutdown checks)."""
+        held = self.held
+        if held:
+            raise MambaDeployError(f"{len(held)} state slot(s) still held: {held[:8]}")
+
+    def reset(self, slot: int) -> None:
+        """Zero every buffer of `slot` (the start of a fresh sequence)."""
+        for _, tensor in self.buffers:
+            tensor[slot].zero_()
+
+    def save(self, slot: int) -> SlotSnapshot:
+        """`slot`'s buffers copied to host tensors."""
+        return SlotSnapshot(self.fingerprint, {name: t[slot].to("cpu", copy=True) for name, t in self.buffers})
+
+    def restore(self, slot: int, snapshot: SlotSnapshot) -> None:
+        """Copy `snapshot` into `slot`; refused (nothing written) if it is of another model or layout."""
+        if snapshot.fingerprint != self.fingerprint:
+            raise MambaDeployError(f"slot snapshot is of another model (fingerprint {snapshot.fingerprint}, "
+                                   f"this pool's model is {self.fingerprint})")
+        names = [name for name, _ in self.buffers]
+        if list(snapshot.tensors) != names:
+            raise MambaDeployError(f"slot snapshot holds buffers {list(snapshot.tensors)[:4]}..., this pool "
+                                   f"needs {names[:4]}...")
+        for name, tensor in self.buffers:
+            got = snapshot.tensors[name]
+            if got.dtype != tensor.dtype or got.shape != tensor.shape[1:]:
+                raise MambaDeployError(f"slot snapshot buffer {name} is {got.dtype} {tuple(got.shape)}, this pool "
+                                       f"needs {tensor.dtype} {tuple(tensor.shape[1:])}")
+        for name, tensor in self.buffers:
+            tensor[slot].copy_(snapshot.tensors[name])
+
+    def gather(self, slots: torch.Tensor) -> InferenceState:
+        """The rows `slots` ((n,) int64 on the pool's device) copied into a new batch state of n rows."""
+        return InferenceState([t.index_select(0, slots) for t in self.state.conv],
+                              [t.index_select(0, slots) for t in self.state.ssm])
+
+    def scatter(self, slots: torch.Tensor, rows: InferenceState) -> None:
+        """Write the batch state `rows` back into the rows `slots` (the inverse of gather)."""
+        for dst, src in zip(self.state.conv + self.state.ssm, rows.conv + rows.ssm):
+            dst.index_copy_(0, slots, src)

@@ -1,0 +1,291 @@
+"""Scheduler: continuous batching on the onnxruntime and torch backends (tiny Mamba2 export, byte tokenizer)."""
+import asyncio
+import gc
+import os
+import random
+import subprocess
+import sys
+import threading
+import tracemalloc
+from pathlib import Path
+
+import pytest
+
+from mamba_deploy.errors import MambaDeployError, ParameterError
+from mamba_deploy.runtime import Engine, SamplingParams
+from mamba_deploy.runtime.backend import Backend
+from mamba_deploy.runtime.scheduler import Scheduler
+
+GREEDY = dict(params=SamplingParams(temperature=0))
+SEEDED = dict(params=SamplingParams(temperature=0.9, top_k=30, top_p=0.95), seed=11)
+
+
+@pytest.fixture(scope="module", params=["onnxruntime", "torch"])
+def engine(request, export_dir):
+    return Engine.load(export_dir, backend=request.param, **({"threads": 1} if request.param == "onnxruntime" else {}))
+
+
+def _solo(engine, prompt, prefill_chunk=512, **kwargs):
+    with Scheduler(engine.backend, engine.tokenizer, max_batch=1, prefill_chunk=prefill_chunk) as alone:
+        return alone.submit(prompt, **kwargs).result()
+
+
+def _loop_threads():
+    return [t for t in threading.enumerate() if t.name == "mamba-deploy-scheduler"]
+
+
+class Recording(Backend):
+    """Delegates to `inner`; records (loop iteration, prompt tokens) per prefill_slot; may fail decodes."""
+
+    def __init__(self, inner: Backend, max_slots=None):
+        super().__init__(inner.info)
+        self.inner, self.scheduler, self.prefills, self.decodes, self.fail_decodes = inner, None, [], [], 0
+        self._max_slots = max_slots
+
+    @property
+    def max_slots(self):
+        return self._max_slots
+
+    @property
+    def device(self):
+        return self.inner.device
+
+    def prefill(self, input_ids, state):
+        self.prefills.append((self.scheduler and self.scheduler.iterations, input_ids.shape[1]))
+        return self.inner.prefill(input_ids, state)
+
+    def decode(self, input_ids, state):
+        self.decodes.append(self.scheduler and self.scheduler.iterations)
+        if self.fail_decodes:
+            self.fail_decodes -= 1
+            raise RuntimeError("decode failed")
+        return self.inner.decode(input_ids, state)
+
+
+@pytest.mark.parametrize("sampling", [GREEDY, SEEDED], ids=["greedy", "seeded"])
+def test_request_joining_mid_stream_gets_its_solo_tokens(engine, sampling):
+    first, late = [5, 6, 7, 8], [40, 41]
+    want_first = _solo(engine, first, max_new_tokens=30, output="ids", **sampling)
+    want_late = _solo(engine, late, max_new_tokens=12, output="ids", **sampling)
+    with Scheduler(engine.backend, engine.tokenizer, max_batch=4) as sched:
+        running = sched.submit(first, max_new_tokens=30, output="ids", **sampling)
+        stream = iter(running)
+        head = [next(stream) for _ in range(5)]
+        joined = sched.submit(late, max_new_tokens=12, output="ids", **sampling)
+        assert not running.done  # it is still decoding when the late request joins
+        assert head + list(stream) == want_first
+        assert joined.result() == want_late
+        assert running.finish_reason == joined.finish_reason == "length"
+        assert (joined.prompt_tokens, joined.completion_tokens) == (2, 12)
+
+
+def test_cancel_mid_stream_frees_the_slot_at_once(engine):
+    with Scheduler(engine.backend, engine.tokenizer, max_batch=2) as sched:
+        handle = sched.submit([3, 4, 5], max_new_tokens=10_000, output="ids", **GREEDY)
+        other = sched.submit([9, 9], max_new_tokens=10_000, output="ids", **GREEDY)
+        stream = iter(handle)
+        got = [next(stream), next(stream)]
+        handle.cancel()
+        assert sched.pool.free_count == 1 and handle.finish_reason == "cancelled"
+        assert len(got) + len(list(stream)) <= handle.completion_tokens < 10_000
+        waiting = sched.submit([7], max_new_tokens=2, output="ids", **GREEDY)  # takes the freed slot
+        assert len(waiting.result(timeout=60)) == 2 and not other.done
+        other.cancel()
+        handle.cancel()  # a second cancel is a no-op
+        assert sched.pool.free_count == 2 and sched.pool.held == []
+
+
+def test_cancel_of_a_waiting_request(engine):
+    with Scheduler(engine.backend, engine.tokenizer, max_batch=1) as sched:
+        running = sched.submit([1, 2], max_new_tokens=10_000, output="ids", **GREEDY)
+        queued = sched.submit([3], max_new_tokens=5, output="ids", **GREEDY)
+        queued.cancel()
+        assert queued.finish_reason == "cancelled" and queued.result() == [] and queued.completion_tokens == 0
+        running.cancel()
+
+
+def test_stop_ids_stop_strings_across_pieces_and_max_tokens(engine):
+    prompt = engine.tokenizer.encode("HI").ids
+    full = _solo(engine, prompt, max_new_tokens=24, **GREEDY)
+    ids = _solo(engine, prompt, max_new_tokens=24, output="ids", **GREEDY)
+    assert len(full) >= 6 and len(ids) == 24
+    stop = full[3:6]  # three byte tokens: the stop string spans three pieces
+    with Scheduler(engine.backend, engine.tokenizer, max_batch=3) as sched:
+        by_string = sched.submit(prompt, max_new_tokens=24, stop_strings=[stop], **GREEDY)
+        by_id = sched.submit(prompt, max_new_tokens=24, stop_ids=[ids[4]], output="ids", **GREEDY)
+        short = sched.submit(prompt, max_new_tokens=3, output="ids", **GREEDY)
+        pieces = list(by_string)
+        assert "".join(pieces) == by_string.result() == full[:full.find(stop)]
+        assert by_string.finish_reason == "stop"
+        assert by_id.result() == ids[:ids.index(ids[4])] and by_id.finish_reason == "stop"
+        assert short.result() == ids[:3] and short.finish_reason == "length"
+
+
+def test_async_iterator_streams_the_same_pieces(engine):
+    prompt = engine.tokenizer.encode("A LONGER PROMPT").ids
+    want = _solo(engine, prompt, max_new_tokens=16, **SEEDED)
+
+    async def consume(sched):
+        handles = [sched.submit(prompt, max_new_tokens=16, **SEEDED) for _ in range(3)]
+
+        async def pieces(h):
+            return [p async for p in h]
+        return await asyncio.gather(*(pieces(h) for h in handles))
+
+    with Scheduler(engine.backend, engine.tokenizer, max_batch=2) as sched:
+        streams = asyncio.run(consume(sched))
+    assert ["".join(s) for s in streams] == [want] * 3 and all(len(s) > 1 for s in streams)
+
+
+def test_token_budget_bounds_prefill_per_iteration(engine):
+    recording = Recording(engine.backend)
+    prompts = [[(7 * k + j) % 90 + 1 for j in range(n)] for k, n in enumerate([50, 37, 5, 20])]
+    want = [_solo(engine, p, prefill_chunk=16, max_new_tokens=6, output="ids", **GREEDY) for p in prompts]
+    with Scheduler(recording, max_batch=4, prefill_chunk=16, token_budget=24) as sched:
+        recording.scheduler = sched
+        decoding = sched.submit([1, 2, 3], max_new_tokens=40, output="ids", **GREEDY)
+        next(iter(decoding))
+        handles = [sched.submit(p, max_new_tokens=6, output="ids", **GREEDY) for p in prompts]
+        assert [h.result() for h in handles] == want
+        decoding.result()
+    per_iteration = {}
+    for iteration, n in recording.prefills:
+        assert n <= 16
+        per_iteration[iteration] = per_iteration.get(iteration, 0) + n
+    assert max(per_iteration.values()) <= 24 and sum(per_iteration.values()) == 3 + sum(map(len, prompts))
+    assert len(per_iteration) >= 5  # 112 prompt tokens need at least 5 iterations of 24
+    first = min(per_iteration)  # the decoding request's own prefill; afterwards it decodes in every iteration
+    assert all(i in recording.decodes for i in per_iteration if i > first)
+
+
+def test_backend_failure_ends_the_requests_with_error(engine):
+    recording = Recording(engine.backend)
+    with Scheduler(recording, max_batch=2) as sched:
+        recording.scheduler, recording.fail_decodes = sched, 1
+        handle = sched.submit([1, 2], max_new_tokens=5, output="ids", **GREEDY)
+        with pytest.raises(RuntimeError, match="decode failed"):
+            handle.result(timeout=60)
+        assert handle.finish_reason == "error" and sched.pool.free_count == 2
+        assert len(sched.submit([1, 2], max_new_tokens=5, output="ids", **GREEDY).result(timeout=60)) == 5
+
+
+def test_close_with_requests_in_flight(engine):
+    sched = Scheduler(engine.backend, engine.tokenizer, max_batch=2)
+    handles = [sched.submit([k + 1, 2], max_new_tokens=10_000, output="ids", **GREEDY) for k in range(4)]
+    next(iter(handles[0]))
+    sched.close()
+    assert [h.finish_reason for h in handles] == ["cancelled"] * 4
+    assert sched.pool.free_count == 2 and _loop_threads() == []
+    with pytest.raises(MambaDeployError, match="closed"):
+        sched.submit([1], max_new_tokens=1)
+
+
+def test_eight_submitting_threads_get_solo_outputs(engine):
+    prompts = [[3 + k, 40 - k, 7 * k % 90 + 1] for k in range(8)]
+    settings = [GREEDY if k % 2 else {**SEEDED, "seed": k} for k in range(8)]
+    want = [_solo(engine, p, max_new_tokens=10, output="ids", **s) for p, s in zip(prompts, settings)]
+    results, barrier = [None] * 8, threading.Barrier(8)
+    with Scheduler(engine.backend, engine.tokenizer, max_batch=4) as sched:
+        def work(k):
+            barrier.wait()
+            handles = [sched.submit(prompts[k], max_new_tokens=10, output="ids", **settings[k]) for _ in range(2)]
+            results[k] = [h.result(timeout=120) for h in handles]
+
+        threads = [threading.Thread(target=work, args=(k,)) for k in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    assert results == [[w] * 2 for w in want]
+
+
+def test_thousand_requests_leave_no_slot_and_flat_memory(export_dir):
+    """On onnxruntime only: the torch backend's reference model takes ~10 ms a step here."""
+    engine, rng = Engine.load(export_dir, backend="onnxruntime", threads=1), random.Random(0)
+
+    def wave(sched, n):
+        handles = []
+        for _ in range(n):
+            prompt = [rng.randrange(1, 100) for _ in range(rng.randrange(1, 24))]
+            kwargs = GREEDY if rng.random() < 0.5 else {**SEEDED, "seed": rng.randrange(2**32)}
+            handles.append(sched.submit(prompt, max_new_tokens=rng.randrange(0, 8), stop_ids=[rng.randrange(100)],
+                                        output="ids", **kwargs))
+            if rng.random() < 0.05:
+                handles[-1].cancel()
+        for h in handles:
+            h.result(timeout=120)
+            assert h.finish_reason in ("stop", "length", "cancelled")
+
+    with Scheduler(engine.backend, engine.tokenizer, max_batch=8) as sched:
+        wave(sched, 200)
+        gc.collect()
+        rss_before = _rss_bytes()
+        tracemalloc.start()
+        before = tracemalloc.get_traced_memory()[0]
+        wave(sched, 800)
+        gc.collect()
+        grown = tracemalloc.get_traced_memory()[0] - before
+        tracemalloc.stop()
+        sched.pool.check_no_leaks()
+        assert sched.pool.free_count == 8 and sched.active_count == 0
+        assert not sched.sampler.seen.any() and not sched.sampler.step.any()  # every slot released
+        rss_grown = _rss_bytes() - rss_before
+    assert grown < 256 * 1024, f"python memory grew by {grown} bytes over 800 requests"
+    assert rss_grown < 16 * 2**20, f"resident memory grew by {rss_grown} bytes over 800 requests"
+
+
+def _rss_bytes() -> int:
+    """Resident set size now (Linux), else 0."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except OSError:
+        return 0
+
+
+def test_bad_submissions_are_parameter_errors(engine):
+    with Scheduler(engine.backend, max_batch=1) as sched:
+        for kwargs, param in [(dict(prompt_ids=[]), "prompt"), (dict(prompt_ids=[1, 10_000]), "prompt"),
+                              (dict(max_new_tokens=-1), "max_new_tokens"), (dict(seed=2**64), "seed"),
+                              (dict(params=SamplingParams(top_p=0)), "top_p"), (dict(stop_strings=["x"]), "stop"),
+                              (dict(output="text"), "output")]:
+            with pytest.raises(ParameterError) as info:
+                sched.submit(**{"prompt_ids": [1, 2], **kwargs})
+            assert info.value.param == param
+    with pytest.raises(ParameterError, match="max_batch"):
+        Scheduler(engine.backend, max_batch=0)
+    with pytest.raises(ParameterError, match=r"^prompt needs at least one token \(prompt 1\)$"):
+        engine.generate([[1], []], max_new_tokens=1)
+    assert _loop_threads() == []
+
+
+def test_engine_generate_runs_on_its_scheduler(engine):
+    assert engine.generate([[5, 6], [7]], max_new_tokens=3, temperature=0) == \
+        [_solo(engine, [5, 6], max_new_tokens=3, output="ids", **GREEDY),
+         _solo(engine, [7], max_new_tokens=3, output="ids", **GREEDY)]
+    stream = engine.generate([1, 2, 3], max_new_tokens=10_000, temperature=0, stream=True)
+    next(stream)
+    stream.close()  # the consumer stops early: the request is cancelled and its slot freed
+    assert engine.scheduler.pool.free_count == engine.scheduler.max_batch == engine.max_batch
+
+
+def test_engine_scheduler_takes_no_more_slots_than_the_backend_allows(engine):
+    small = Engine(Recording(engine.backend, max_slots=2), engine.tokenizer)
+    prompts = [[5, 6], [7], [8, 9, 10]]
+    assert small.generate(prompts, max_new_tokens=4, temperature=0) == \
+        engine.generate(prompts, max_new_tokens=4, temperature=0)
+    assert small.scheduler.max_batch == 2 and small.scheduler.pool.state.batch_size == 2
+
+
+def test_interpreter_exit_with_a_live_loop_thread(export_dir):
+    """The loop thread of an unclosed scheduler is ended before the interpreter finalizes (a daemon
+    thread still running then aborted the process: 'terminate called without an active exception')."""
+    script = ("import sys\nfrom mamba_deploy.runtime import Engine\n"
+              "engine = Engine.load(sys.argv[1], backend='onnxruntime')\n"
+              "print(engine.generate([5, 6], max_new_tokens=4, temperature=0))\n"
+              "handle = engine.scheduler.submit([7, 8], max_new_tokens=10**6)\n"
+              "next(iter(handle))\n")
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    result = subprocess.run([sys.executable, "-c", script, str(export_dir)], env=env, capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0, result.stderr

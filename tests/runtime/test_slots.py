@@ -1,0 +1,129 @@
+"""StatePool and the Backend slot API on the onnxruntime and torch backends (Mamba1 and Mamba2 exports)."""
+import pytest
+import torch
+
+from mamba_deploy.errors import MambaDeployError
+from mamba_deploy.export.artifact import load_export
+from mamba_deploy.runtime.backend import load_backend
+from mamba_deploy.runtime.slots import SlotSnapshot
+
+BACKENDS = ["onnxruntime", "torch"]
+
+
+@pytest.fixture(scope="module", params=[(b, a) for b in BACKENDS for a in ("mamba1", "mamba2")],
+                ids=lambda p: f"{p[0]}-{p[1]}")
+def backend(request, exports):
+    name, arch = request.param
+    return load_backend(name, load_export(exports(arch)))
+
+
+def _ids(shape, seed):
+    return torch.randint(1, 90, shape, generator=torch.Generator().manual_seed(seed))
+
+
+def _decode_steps(backend, pool, slot, tokens):
+    """Logits (steps, V) of feeding `tokens` one by one to `slot`."""
+    index = torch.tensor([slot])
+    return torch.cat([backend.decode_slots(t.view(1, 1), pool, index)[:, -1].clone() for t in tokens])
+
+
+def test_save_restore_decode_equals_uninterrupted_decode(backend):
+    pool = backend.new_pool(4)
+    a, b = pool.acquire(), pool.acquire()
+    backend.prefill_slot(_ids((1, 9), 0), pool, a)
+    snapshot = pool.save(a)
+    tokens = _ids((6,), 1)
+    uninterrupted = _decode_steps(backend, pool, a, tokens)
+    backend.prefill_slot(_ids((1, 5), 2), pool, b)  # b holds something else before the restore
+    pool.restore(b, SlotSnapshot.from_bytes(snapshot.to_bytes()))
+    assert torch.equal(_decode_steps(backend, pool, b, tokens), uninterrupted)
+    pool.reset(a)
+    pool.restore(a, snapshot)
+    assert torch.equal(_decode_steps(backend, pool, a, tokens), uninterrupted)
+
+
+def test_slot_api_equals_batch_api_and_leaves_other_slots_alone(backend):
+    pool = backend.new_pool(4)
+    prompts = _ids((3, 7), 3)
+    batch = backend.new_state(3)
+    want_prefill = backend.prefill(prompts, batch)
+    slots = [2, 0, 3]  # out of order, slot 1 idle
+    for row, slot in enumerate(slots):
+        got = backend.prefill_slot(prompts[row:row + 1], pool, slot)
+        assert torch.allclose(got, want_prefill[row:row + 1], rtol=1e-5, atol=1e-6)
+    idle = pool.save(1)
+    step = _ids((3, 1), 4)
+    want = backend.decode(step, batch)
+    got = backend.decode_slots(step, pool, torch.tensor(slots))
+    assert torch.allclose(got, want, rtol=1e-5, atol=1e-6)
+    for row, slot in enumerate(slots):
+        for name, tensor in pool.buffers:
+            index = int(name.split(".")[1])
+            mine = (batch.conv if name.startswith("conv") else batch.ssm)[index][row]
+            assert torch.allclose(tensor[slot], mine, rtol=1e-5, atol=1e-6), name
+    assert all(torch.equal(t, pool.save(1).tensors[n]) for n, t in idle.tensors.items())
+
+
+def test_acquire_release_reset_and_leak_check(backend):
+    pool = backend.new_pool(2)
+    a, b = pool.acquire(), pool.acquire()
+    assert {a, b} == {0, 1} and pool.free_count == 0 and pool.held == [0, 1]
+    with pytest.raises(MambaDeployError, match="no free state slot"):
+        pool.acquire()
+    backend.prefill_slot(_ids((1, 4), 5), pool, a)
+    assert any(t[a].abs().sum() > 0 for _, t in pool.buffers)
+    pool.reset(a)
+    assert all(t[a].abs().sum() == 0 for _, t in pool.buffers)
+    pool.release(a)
+    with pytest.raises(MambaDeployError, match="not held"):
+        pool.release(a)
+    with pytest.raises(MambaDeployError, match=r"1 state slot\(s\) still held: \[1\]"):
+        pool.check_no_leaks()
+    pool.release(b)
+    pool.check_no_leaks()
+    assert pool.free_count == 2
+
+
+def test_pool_buffers_are_the_inference_state(backend):
+    """pool.state is an InferenceState over the same memory as the named per-slot buffers."""
+    pool = backend.new_pool(3)
+    cfg = backend.config
+    assert pool.state.batch_size == 3
+    assert [n for n, _ in pool.buffers] == [f"conv.{i}" for i in range(cfg.n_layer)] + \
+        [f"ssm.{i}" for i in range(cfg.n_layer)]
+    assert all(t is s for (_, t), s in zip(pool.buffers, pool.state.conv + pool.state.ssm))
+    assert pool.state.conv[0].shape == cfg.conv_state_shape(3) and pool.state.ssm[0].shape == cfg.ssm_state_shape(3)
+
+
+def test_snapshot_of_another_model_is_refused(exports):
+    m1, m2 = (load_backend("torch", load_export(exports(a))) for a in ("mamba1", "mamba2"))
+    p1, p2 = m1.new_pool(1), m2.new_pool(1)
+    snap = p1.save(p1.acquire())
+    with pytest.raises(MambaDeployError, match="another model") as info:
+        p2.restore(p2.acquire(), SlotSnapshot.from_bytes(snap.to_bytes()))
+    assert len(str(info.value).splitlines()) == 1
+    wrong_dtype = SlotSnapshot(snap.fingerprint, {n: t.double() for n, t in snap.tensors.items()})
+    with pytest.raises(MambaDeployError, match="conv.0 is torch.float64"):
+        p1.restore(0, wrong_dtype)
+
+
+@pytest.mark.parametrize("damage", ["magic", "truncated", "trailing", "header"])
+def test_damaged_snapshot_bytes_are_refused(exports, damage):
+    backend = load_backend("torch", load_export(exports("mamba1")))
+    pool = backend.new_pool(1)
+    data = pool.save(pool.acquire()).to_bytes()
+    data = {"magic": b"X" + data[1:], "truncated": data[:-3], "trailing": data + b"\0",
+            "header": data[:17] + b"!" + data[18:]}[damage]
+    with pytest.raises(MambaDeployError, match="snapshot"):
+        SlotSnapshot.from_bytes(data)
+
+
+def test_bfloat16_snapshot_round_trip(exports):
+    backend = load_backend("torch", load_export(exports("mamba1", dtype="bfloat16")))
+    pool = backend.new_pool(2)
+    slot = pool.acquire()
+    backend.prefill_slot(_ids((1, 5), 6), pool, slot)
+    back = SlotSnapshot.from_bytes(pool.save(slot).to_bytes())
+    assert back.tensors["conv.0"].dtype == torch.bfloat16
+    pool.restore(1, back)
+    assert all(torch.equal(t[1], t[slot]) for _, t in pool.buffers)
