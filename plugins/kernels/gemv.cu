@@ -45,7 +45,7 @@ template <typename T>
 __device__ __forceinline__ float conv_epilogue(const md_gemv_params& p, int64_t b, int64_t c, float v) {
   const float xin = to_f(from_f<T>(v));  // the GEMV output in the model dtype, as the reference
   const int W = static_cast<int>(p.conv_width);
-  const int64_t so = b * p.conv_state_batch_stride + c * p.conv_state_dim_stride;
+  const int64_t so = state_row(p.state_rows, b) * p.conv_state_batch_stride + c * p.conv_state_dim_stride;
   float win[MD_MAX_CONV_WIDTH];
 #pragma unroll
   for (int i = 0; i < MD_MAX_CONV_WIDTH; ++i) {
@@ -242,7 +242,7 @@ __global__ void __launch_bounds__(kStepThreads) mamba1_step_kernel(const md_mamb
   const float x = to_f(static_cast<const T*>(p.x)[b * p.x_row_stride + dd]);
   float y = 0.f;
   if (n < N) {
-    S* st = static_cast<S*>(p.state) + b * p.state_batch_stride + dd * p.state_dim_stride + n;
+    S* st = static_cast<S*>(p.state) + state_row(p.state_rows, b) * p.state_batch_stride + dd * p.state_dim_stride + n;
     const float h = fmaf(to_f(*st), expf(dt * p.A[dd * N + n]), dt * x * s_B[n]);
     if (ok) *st = from_f<S>(h);
     y = h * s_C[n];
@@ -263,8 +263,8 @@ __global__ void __launch_bounds__(128) mamba2_step_kernel(const md_mamba2_step_p
   const int64_t h = row / p.headdim, pp = row % p.headdim, g = h / (p.nheads / p.ngroups);
   const T* Bp = static_cast<const T*>(p.B) + b * p.B_row_stride + g * p.dstate + lane * NPL;
   const T* Cp = static_cast<const T*>(p.C) + b * p.C_row_stride + g * p.dstate + lane * NPL;
-  S* st = static_cast<S*>(p.state) + b * p.state_batch_stride + h * p.state_head_stride + pp * p.state_dim_stride +
-          lane * NPL;
+  S* st = static_cast<S*>(p.state) + state_row(p.state_rows, b) * p.state_batch_stride + h * p.state_head_stride +
+          pp * p.state_dim_stride + lane * NPL;
   float hs[NPL], Bv[NPL], Cv[NPL];
 #pragma unroll
   for (int j = 0; j < NPL; ++j) { hs[j] = to_f(st[j]); Bv[j] = to_f(Bp[j]); Cv[j] = to_f(Cp[j]); }

@@ -47,6 +47,7 @@ typedef struct md_gemv_params {
   const void* conv_b;
   void* conv_state;
   int64_t conv_state_batch_stride, conv_state_dim_stride, conv_state_width_stride;
+  const int64_t* state_rows; /* NULL or (batch,): conv_state rows (mamba_kernels.h) */
 } md_gemv_params;
 
 /* Fused Mamba1 decode step after x_proj: dt_proj + softplus + selective state update + D + gate.
@@ -75,6 +76,7 @@ typedef struct md_mamba1_step_params {
   int64_t state_batch_stride, state_dim_stride;
   void* y;
   int64_t y_row_stride;
+  const int64_t* state_rows; /* NULL or (batch,): state rows (mamba_kernels.h) */
 } md_mamba1_step_params;
 
 /* Mamba2 decode state update (selective_state_update_ref, rank-4 state, no gate): one warp per
@@ -102,6 +104,7 @@ typedef struct md_mamba2_step_params {
   int64_t state_batch_stride, state_head_stride, state_dim_stride;
   void* y;
   int64_t y_row_stride;
+  const int64_t* state_rows; /* NULL or (batch,): state rows (mamba_kernels.h) */
 } md_mamba2_step_params;
 
 /* Row RMSNorm for decode, 8 elements per thread through 16-byte accesses, one block per (row, group):
