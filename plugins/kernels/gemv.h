@@ -58,7 +58,8 @@ typedef struct md_gemv_params {
  *   state      (batch, dim, dstate), unit dstate stride, float32 or dtype; updated in place
  *   y          (batch, dim)  row stride y_row_stride                                dtype
  * dt = softplus(x_dt + dt_bias); state = exp(dt A) state + dt B x; y = (C.state + D x) silu(z).
- * 16 lanes per channel (lane n owns state n): dstate <= 16, dt_rank <= 1024. */
+ * 16 lanes per channel (lane n owns state n): dstate <= 16, dt_rank <= 1024; a block steps 8 channels for
+ * up to 8 batch rows, reading each dt_proj row once for them (state_rows: rows < 2^31). */
 typedef struct md_mamba1_step_params {
   int64_t batch, dim, dstate, dt_rank;
   int64_t dtype, state_dtype;

@@ -64,7 +64,9 @@ def test_gemv_conv_epilogue(rel_err, G, dtype, batch, width):
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("state_dtype", ["float32", "model"])
-@pytest.mark.parametrize("batch,dim,rank,dstate", [(1, 4096, 128, 16), (7, 300, 20, 16), (3, 128, 8, 5)])
+@pytest.mark.parametrize("batch,dim,rank,dstate", [
+    (1, 4096, 128, 16), (7, 300, 20, 16), (3, 128, 8, 5), (8, 4096, 128, 16), (9, 1000, 160, 16),
+    (64, 4096, 128, 16), (64, 5120, 160, 16), (13, 264, 1024, 16), (5, 72, 3, 7)])  # 128 / 160: mamba-1.4b / 2.8b
 def test_mamba1_step(rel_err, G, dtype, state_dtype, batch, dim, rank, dstate):
     sdt = torch.float32 if state_dtype == "float32" else dtype
     xz = rnd(batch, 2 * dim, dtype=dtype)
@@ -81,6 +83,28 @@ def test_mamba1_step(rel_err, G, dtype, state_dtype, batch, dim, rank, dstate):
     G.mamba1_step(x, z, xdbl, G.pack_dt_proj(wdt), dt_bias, A, D, state, out=y)
     assert rel_err(y, y_ref) <= 3 * TOL[dtype]
     assert rel_err(state, s_ref) <= 3 * TOL[sdt]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("state_dtype", ["float32", "model"])
+def test_mamba1_step_rows_do_not_depend_on_the_batch(G, dtype, state_dtype):
+    """A block handles up to 8 rows (dt_proj read once for them): each row of a batch of 19 (8 + 8 + 3) equals
+    the same row stepped alone, bit for bit."""
+    batch, dim, rank, dstate = 19, 300, 160, 16
+    sdt = torch.float32 if state_dtype == "float32" else dtype
+    xz, xdbl = rnd(batch, 2 * dim, dtype=dtype), rnd(batch, rank + 2 * dstate, dtype=dtype)
+    wdt = G.pack_dt_proj(rnd(dim, rank, dtype=dtype, scale=rank ** -0.5))
+    dt_bias, D, A = rnd(dim, scale=0.5) - 4.0, rnd(dim), -torch.exp(rnd(dim, dstate, scale=0.5))
+    state = rnd(batch, dim, dstate).to(sdt)
+    alone_state = state.clone()
+    y = torch.full((batch, dim), float("nan"), dtype=dtype, device="cuda")
+    G.mamba1_step(xz[:, :dim], xz[:, dim:], xdbl, wdt, dt_bias, A, D, state, out=y)
+    alone = torch.full((batch, dim), float("nan"), dtype=dtype, device="cuda")
+    for b in range(batch):
+        G.mamba1_step(xz[b:b + 1, :dim], xz[b:b + 1, dim:], xdbl[b:b + 1], wdt, dt_bias, A, D, alone_state[b:b + 1],
+                      out=alone[b:b + 1])
+    assert torch.isfinite(alone.float()).all() and torch.equal(y, alone)
+    assert torch.equal(state, alone_state)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
