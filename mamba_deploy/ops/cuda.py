@@ -234,7 +234,8 @@ def chunk_scan(x, dt, A, B, C, chunk_size=256, D=None, z=None, dt_bias=None, ini
     batch, seqlen, nheads, headdim = x.shape
     ngroups, dstate = B.shape[2], B.shape[3]
     rows, pool = _pool(initial_state, state_out, state_rows, batch, dev, "chunk_scan")
-    _check(initial_state, "initial_state", (pool, nheads, headdim, dstate), dev)
+    if rows is not None:  # a pool: any number of rows (else _check_mamba2 checks the batch's)
+        _check(initial_state, "initial_state", (pool, nheads, headdim, dstate), dev)
     _check_mamba2(dev, x, dt, A, B, C, D, z, dt_bias, initial_state if rows is None else None, (batch, seqlen, nheads),
                   (batch, seqlen, ngroups, dstate))
     sdt = _state_dtype(initial_state, x)
@@ -298,7 +299,8 @@ def selective_state_update(state, x, dt, A, B, C, D=None, z=None, dt_bias=None, 
         if B.dim() != 3:
             raise ValueError(f"B: expected (batch, ngroups, dstate), got {tuple(B.shape)}")
         ngroups = B.shape[1]
-        _check(state, "state", state.shape, dev)
+        if indexed:  # a pool: any number of rows (else _check_mamba2 checks the batch's)
+            _check(state, "state", state.shape, dev)
         _check_mamba2(dev, x, dt, A, B, C, D, z, dt_bias, None if indexed else state, (batch, nheads),
                       (batch, ngroups, dstate))
         if tuple(x.shape) != (batch, nheads, headdim):
