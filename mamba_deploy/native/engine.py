@@ -4,6 +4,8 @@
     state = eng.new_state(4)                  # views of the engine's static state while it is claimed
     logits = eng.prefill(ids, state)          # ids (4, L): chunks of `chunk_len` tokens, eager
     logits = eng.decode(next_ids, state)      # (4, 1): one CUDA graph replay (captured per batch size)
+    eng.reset_slot(7); eng.prefill_slot(ids, 7)   # state slots: the static state is a pool of max_batch slots
+    logits = eng.decode_slots(next_ids, slots)    # (n, 1) on any n distinct slots, no state copies
 
 Decode of one token for batch b, all on buffers allocated once for `max_batch` (rows [:b] used),
 captured as ONE graph: embedding -> per layer [add+norm, in_proj (+ causal conv update epilogue),
@@ -16,7 +18,9 @@ greedy loop is just replays). Per layer, kernels:
 (add_norm is row_norm: 16-byte accesses, one block per row; the kernels are plugins/kernels/gemv.cu.)
 For batch > gemv_max_batch (2: measured crossover against cuBLAS on H100) the projections are cuBLAS
 GEMMs (torch.mm into the same buffers) and the conv update is the library's kernel. States are
-updated in place; logits are a reused buffer.
+updated in place; logits are a reused buffer. Every kernel that touches the recurrent state takes the
+state rows of its batch rows from the index buffer `slot_ids` (state_rows in plugins/kernels), so one
+graph per batch size serves any set of slots: decode_slots writes the slot ids there and replays.
 """
 from __future__ import annotations
 
@@ -27,6 +31,7 @@ from typing import Callable, Optional
 import torch
 
 from ..config import MAMBA2, ModelConfig
+from ..errors import ParameterError, is_integer
 from ..export.weights import ZERO_CONV_BIAS
 from ..models.state import InferenceState
 from ..ops import cuda as K
@@ -83,7 +88,10 @@ class NativeEngine:
         self.xdbl = torch.zeros(B, c.dt_rank + 2 * c.d_state, dtype=dtype, **f) if c.arch != MAMBA2 else None
         self.ynorm = torch.zeros(B, c.d_inner, dtype=dtype, **f) if c.arch == MAMBA2 else None
         self.logits = torch.zeros(B, c.vocab_size_padded, dtype=dtype, **f)
-        self.static = InferenceState.zeros(c, B, dtype, state_dtype, self.device)
+        self.static = InferenceState.zeros(c, B, dtype, state_dtype, self.device)  # the pool of max_batch slots
+        self.slot_ids = torch.arange(B, dtype=torch.int64, **f)  # batch row r of a step uses slot slot_ids[r]
+        self._slot_iota = self.slot_ids.clone()
+        self._slot_range: Optional[tuple[int, int]] = (0, B)  # slot_ids[:n] == first .. first + n - 1, or None
         self._claim: Optional[weakref.ref] = None
         self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
 
@@ -140,9 +148,9 @@ class NativeEngine:
 
     # ---- state -----------------------------------------------------------------------------------
     def new_state(self, batch_size: int) -> InferenceState:
-        """Zero state. While no other state holds them, its tensors are views of the static buffers the
-        decode graphs were captured on (decode is then a bare replay); otherwise fresh tensors, which
-        decode copies in and out of the static buffers."""
+        """Zero state. While no other state holds them, its tensors are views of slots 0 .. batch_size-1 of the
+        static pool the decode graphs run on (decode is then a bare replay); otherwise fresh tensors, which
+        decode copies in and out of those slots."""
         if not 1 <= batch_size <= self.max_batch:
             raise ValueError(f"batch_size must be in 1..{self.max_batch} (the engine's max_batch)")
         if self._claim is None or self._claim() is None:
@@ -153,21 +161,99 @@ class NativeEngine:
         return InferenceState.zeros(self.config, batch_size, self.dtype, self.state_dtype, self.device)
 
     def _is_static(self, state: InferenceState) -> bool:
-        return state.conv[0].data_ptr() == self.static.conv[0].data_ptr() and \
-            state.ssm[-1].data_ptr() == self.static.ssm[-1].data_ptr()
+        """Whether `state` is consecutive slots of the static pool (the claimed state, a prefill_slot view):
+        decode then runs on those slots in place."""
+        return self._first_slot(state) is not None
+
+    def _first_slot(self, state: InferenceState) -> Optional[int]:
+        """k when `state` holds views of slots [k, k + batch) of the pool (checked on its first conv and last
+        ssm tensor, as InferenceState builds them all alike), else None."""
+        first = None
+        for mine, pool in ((state.conv[0], self.static.conv[0]), (state.ssm[-1], self.static.ssm[-1])):
+            row_bytes = pool.stride(0) * pool.element_size()
+            offset = mine.data_ptr() - pool.data_ptr()
+            k = offset // row_bytes
+            same_pool = mine.untyped_storage().data_ptr() == pool.untyped_storage().data_ptr()
+            if not same_pool or mine.stride() != pool.stride() or mine.shape[1:] != pool.shape[1:] or \
+                    offset % row_bytes or not 0 <= k <= self.max_batch - mine.shape[0] or first not in (None, k):
+                return None
+            first = k
+        return first
+
+    # ---- state slots -------------------------------------------------------------------------------
+    def _check_slot(self, slot) -> int:
+        if not is_integer(slot) or not 0 <= slot < self.max_batch:
+            raise ParameterError("slot", f"must be an int in 0..{self.max_batch - 1} (the engine's max_batch "
+                                         f"slots), got {slot!r}")
+        return int(slot)
+
+    def slot_state(self, slot: int) -> InferenceState:
+        """Slot `slot` of the pool as a batch-1 state: views, no copy (prefill / decode update it in place)."""
+        k = self._check_slot(slot)
+        return InferenceState([t[k:k + 1] for t in self.static.conv], [t[k:k + 1] for t in self.static.ssm])
+
+    def reset_slot(self, slot: int) -> None:
+        """Zero the state of slot `slot` (a fresh sequence starts there)."""
+        self.slot_state(slot).zero_()
+
+    @torch.no_grad()
+    def prefill_slot(self, input_ids: torch.Tensor, slot: int, all_logits: bool = False) -> torch.Tensor:
+        """input_ids (1, L) prefilled straight into slot `slot`, continuing from its state (reset_slot first for
+        a new sequence); returns logits (1, 1, V), or (1, L, V) with all_logits."""
+        if input_ids.dim() != 2 or input_ids.shape[0] != 1 or input_ids.shape[1] < 1:
+            raise ParameterError("input_ids", f"must be (1, length >= 1), got {tuple(input_ids.shape)}")
+        return self.prefill(input_ids, self.slot_state(slot), all_logits=all_logits)
+
+    def _slots_on_host(self, slots, n: int) -> torch.Tensor:
+        """slots (n,) of distinct ints in 0..max_batch-1, as a CPU int64 tensor (a CUDA tensor costs a sync)."""
+        t = torch.as_tensor(slots)
+        if t.dtype.is_floating_point or t.dtype.is_complex or t.dtype == torch.bool or tuple(t.shape) != (n,):
+            raise ParameterError("slots", f"must be ({n},) integers (one slot per row of input_ids), got "
+                                          f"{t.dtype} {tuple(t.shape)}")
+        host = t.to("cpu", torch.int64)
+        if n and (int(host.min()) < 0 or int(host.max()) >= self.max_batch):
+            raise ParameterError("slots", f"must lie in 0..{self.max_batch - 1}, got {host.tolist()}")
+        if host.unique().numel() != n:
+            raise ParameterError("slots", f"must be distinct, got {host.tolist()}")
+        return host
+
+    @torch.no_grad()
+    def decode_slots(self, input_ids: torch.Tensor, slots) -> torch.Tensor:
+        """input_ids (n, 1) -> logits (n, 1, vocab_padded) (a reused buffer); row r continues the sequence in
+        slot slots[r] and updates it in place: the slot ids go to the device index buffer and the graph of
+        batch n replays on them, with no state copy. slots: (n,) distinct ints, any device."""
+        n = input_ids.shape[0] if input_ids.dim() == 2 else 0
+        if input_ids.dim() != 2 or input_ids.shape[1] != 1 or not 1 <= n <= self.max_batch:
+            raise ParameterError("input_ids", f"must be (n, 1) with n in 1..{self.max_batch}, got "
+                                              f"{tuple(input_ids.shape)}")
+        given = torch.as_tensor(slots)
+        host = self._slots_on_host(given, n)
+        self.ids[:n].copy_(input_ids.reshape(n), non_blocking=True)
+        self.slot_ids[:n].copy_(given if given.device == self.device else host)
+        self._slot_range = None
+        self._replay(n)
+        return self.logits[:n].unsqueeze(1)
+
+    def _use_slot_range(self, first: int, n: int) -> None:
+        """slot_ids[:n] <- first .. first + n - 1 (skipped when it already holds them)."""
+        held = self._slot_range
+        if held is None or held[0] != first or held[1] < n:
+            self.slot_ids[:n].copy_(self._slot_iota[first:first + n])
+            self._slot_range = (first, n)
 
     # ---- decode ----------------------------------------------------------------------------------
     def _step(self, b: int) -> None:
-        """One token for rows [:b] of the static buffers: ids -> logits, state in place, argmax -> ids."""
+        """One token for rows [:b] of the static buffers: ids -> logits, the state of slots slot_ids[:b] in
+        place, argmax -> ids."""
         c = self.config
+        rows = self.slot_ids[:b]  # the state rows (slots) of the b batch rows
         torch.index_select(self.emb, 0, self.ids[:b], out=self.hidden[:b])
         for i, L in enumerate(self.layers):
             self._add_norm(b, L.norm_w, L.norm_b, first=i == 0)
-            conv_state, ssm_state = self.static.conv[i][:b], self.static.ssm[i][:b]
             conv_lo = 0 if c.arch != MAMBA2 else c.d_inner
-            conv = dict(lo=conv_lo, weight=L.conv_w, bias=L.conv_b, state=conv_state)
+            conv = dict(lo=conv_lo, weight=L.conv_w, bias=L.conv_b, state=self.static.conv[i], state_rows=rows)
             self._proj(self.normed[:b], L.in_w, L.in_b, self.xz[:b], conv)
-            (self._mamba2_mixer if c.arch == MAMBA2 else self._mamba1_mixer)(b, L, ssm_state)
+            (self._mamba2_mixer if c.arch == MAMBA2 else self._mamba1_mixer)(b, L, self.static.ssm[i], rows)
         self._add_norm(b, *self.norm_f, first=False)
         self._proj(self.normed[:b], self.head, None, self.logits[:b])
         torch.argmax(self.logits[:b, :c.vocab_size], dim=-1, out=self.ids[:b])
@@ -191,28 +277,29 @@ class NativeEngine:
         if conv is not None:
             xc = out[:, conv["lo"]:conv["lo"] + conv["weight"].shape[0]]
             K.causal_conv1d_update(xc, conv["weight"], conv["bias"], conv["state"], "silu", out=xc,
-                                   state_out=conv["state"])
+                                   state_out=conv["state"], state_rows=conv.get("state_rows"))
 
-    def _mamba1_mixer(self, b: int, L: _Layer, ssm_state: torch.Tensor) -> None:
+    def _mamba1_mixer(self, b: int, L: _Layer, ssm_pool: torch.Tensor, rows: torch.Tensor) -> None:
         d = self.config.d_inner
         x, z = self.xz[:b, :d], self.xz[:b, d:]
         self._proj(x, L.x_w, None, self.xdbl[:b])
-        G.mamba1_step(x, z, self.xdbl[:b], L.dt_packed, L.dt_b, L.A, L.D, ssm_state, out=self.y[:b])
+        G.mamba1_step(x, z, self.xdbl[:b], L.dt_packed, L.dt_b, L.A, L.D, ssm_pool, out=self.y[:b], state_rows=rows)
         self._proj(self.y[:b], L.out_w, L.out_b, self.hidden[:b])
 
-    def _mamba2_mixer(self, b: int, L: _Layer, ssm_state: torch.Tensor) -> None:
+    def _mamba2_mixer(self, b: int, L: _Layer, ssm_pool: torch.Tensor, rows: torch.Tensor) -> None:
         c = self.config
         d, gn, H, gs = c.d_inner, c.ngroups * c.d_state, c.nheads, c.d_inner // c.ngroups
         xbc = self.xz[:b, d:d + c.conv_dim]
         dt, y, z = self.xz[:b, d + c.conv_dim:], self.y[:b], self.xz[:b, :d]
         if c.d_state in (32, 64, 128, 256):
-            G.mamba2_step(ssm_state, xbc[:, :d], dt, L.A, xbc[:, d:d + gn], xbc[:, d + gn:], L.D, L.dt_b, c.dt_limit,
-                          out=y)
+            G.mamba2_step(ssm_pool, xbc[:, :d], dt, L.A, xbc[:, d:d + gn], xbc[:, d + gn:], L.D, L.dt_b, c.dt_limit,
+                          out=y, state_rows=rows)
         else:
-            K.selective_state_update(ssm_state, xbc[:, :d].unflatten(1, (H, c.headdim)), dt, L.A,
+            K.selective_state_update(ssm_pool, xbc[:, :d].unflatten(1, (H, c.headdim)), dt, L.A,
                                      xbc[:, d:d + gn].unflatten(1, (c.ngroups, c.d_state)),
                                      xbc[:, d + gn:].unflatten(1, (c.ngroups, c.d_state)), L.D, None, L.dt_b, True,
-                                     c.dt_limit, out=y.unflatten(1, (H, c.headdim)), state_out=ssm_state)
+                                     c.dt_limit, out=y.unflatten(1, (H, c.headdim)), state_out=ssm_pool,
+                                     state_rows=rows)
         if G.row_norm_ok(d, gs, y, z, self.ynorm[:b]):
             G.row_norm(y, z, L.gnorm_w, c.norm_eps, out=self.ynorm[:b], gate=True, group_size=gs)
         else:
@@ -239,7 +326,8 @@ class NativeEngine:
 
     @torch.no_grad()
     def _replay(self, b: int) -> None:
-        """Decode rows [:b] of the static buffers from self.ids (graph replay, or eager without graphs)."""
+        """Decode rows [:b] of the static buffers from self.ids, on slots slot_ids[:b] (graph replay, or eager
+        without graphs)."""
         if self.use_graphs:
             self._graph(b).replay()
         else:
@@ -248,12 +336,14 @@ class NativeEngine:
     def greedy_replay(self, state: InferenceState, next_ids: torch.Tensor) -> Callable[[int], None]:
         """The bare decode step, for benchmarks and profiles: returns run(n), which decodes n greedy steps of
         `state` from next_ids (batch,), each step's argmax feeding the next, as graph replays with no copy.
-        `state` must be the engine's static state (the first state new_state() handed out, still alive)."""
-        b = state.batch_size
-        if not self._is_static(state):
+        `state` must be the engine's static state (the first state new_state() handed out, still alive, or
+        consecutive slots of it); another decode between the runs re-points the slots."""
+        b, first = state.batch_size, self._first_slot(state)
+        if first is None:
             raise ValueError("greedy_replay needs the engine's static state (another state from new_state() "
                              "is alive)")
         self.ids[:b].copy_(next_ids.reshape(b))
+        self._use_slot_range(first, b)
 
         def run(steps: int) -> None:
             for _ in range(steps):
@@ -267,8 +357,10 @@ class NativeEngine:
         if not 1 <= b <= self.max_batch:
             raise ValueError(f"batch {b} is over the engine's max_batch {self.max_batch}")
         self.ids[:b].copy_(input_ids.reshape(b), non_blocking=True)
-        static = self._is_static(state)
-        if not static:
+        first = self._first_slot(state)
+        static = first is not None
+        self._use_slot_range(first or 0, b)
+        if not static:  # slots 0 .. b-1 lend their rows for the step
             torch._foreach_copy_([t[:b] for t in self.static.conv + self.static.ssm], state.conv + state.ssm)
         self._replay(b)
         if not static:

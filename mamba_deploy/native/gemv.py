@@ -11,6 +11,7 @@ import torch
 
 from ..ops import _lib
 from ..ops._tensors import DTYPE_CODES, current_stream, data_ptr
+from ..ops.cuda import state_rows_arg
 
 MAX_BATCH = 16  # MD_GEMV_MAX_BATCH
 
@@ -28,7 +29,8 @@ def gemv(x: torch.Tensor, w: torch.Tensor, bias: Optional[torch.Tensor] = None, 
 
     conv: optional causal-conv epilogue over rows [lo, lo + weight.shape[0]) of the output, a dict with
     `lo`, `weight` (conv_dim, width) contiguous, `bias` (conv_dim,) or None, `state` (batch, conv_dim,
-    width - 1) updated in place, `silu` (default True).
+    width - 1) updated in place, `silu` (default True), `state_rows` (optional (batch,) int64 CUDA tensor:
+    batch row b updates state[state_rows[b]], state then a pool of any number of rows).
     """
     if not (x.is_cuda and w.device == x.device) or x.dtype != w.dtype or x.dtype not in DTYPE_CODES:
         raise ValueError("gemv: x and w must be CUDA tensors of one float dtype")
@@ -48,13 +50,15 @@ def gemv(x: torch.Tensor, w: torch.Tensor, bias: Optional[torch.Tensor] = None, 
                         out_row_stride=_row_stride(out, "out"))
     if conv is not None:
         cw, cb, st = conv["weight"], conv.get("bias"), conv["state"]
+        rows = state_rows_arg(conv.get("state_rows"), batch, x.device, "gemv")
         if not cw.is_contiguous() or cw.dtype != x.dtype or (cb is not None and cb.dtype != x.dtype):
             raise ValueError("gemv: conv weight must be contiguous, conv weight/bias in x's dtype")
-        if st.shape != (batch, cw.shape[0], cw.shape[1] - 1):
+        pool = st.shape[0] if rows is not None and st.dim() == 3 else batch
+        if st.device != x.device or st.shape != (pool, cw.shape[0], cw.shape[1] - 1):
             raise ValueError(f"gemv: conv state {tuple(st.shape)} does not match conv weight {tuple(cw.shape)}")
         p.conv_lo, p.conv_dim, p.conv_width = conv["lo"], cw.shape[0], cw.shape[1]
         p.conv_silu, p.conv_state_dtype = int(conv.get("silu", True)), DTYPE_CODES[st.dtype]
-        p.conv_w, p.conv_b, p.conv_state = data_ptr(cw), data_ptr(cb), data_ptr(st)
+        p.conv_w, p.conv_b, p.conv_state, p.state_rows = data_ptr(cw), data_ptr(cb), data_ptr(st), rows
         p.conv_state_batch_stride, p.conv_state_dim_stride, p.conv_state_width_stride = st.stride()
     _lib.launch(_lib.GEMV, p, current_stream(x.device))
     return out
@@ -69,18 +73,22 @@ def pack_dt_proj(weight: torch.Tensor) -> torch.Tensor:
     return padded
 
 
-def mamba1_step(x, z, xdbl, wdt_packed, dt_bias, A, D, state, *, out: torch.Tensor) -> torch.Tensor:
+def mamba1_step(x, z, xdbl, wdt_packed, dt_bias, A, D, state, *, out: torch.Tensor,
+                state_rows: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Fused Mamba1 decode step after x_proj (see gemv.h). x, z, out: (batch, dim) row-strided;
     xdbl (batch, dt_rank + 2 dstate); wdt_packed from pack_dt_proj; dt_bias, D (dim,), A (dim, dstate)
-    float32; state (batch, dim, dstate) float32 or x's dtype, updated in place."""
+    float32; state (batch, dim, dstate) float32 or x's dtype, updated in place. state_rows: optional
+    (batch,) int64 CUDA tensor: batch row b updates state[state_rows[b]] (state then a pool of any rows)."""
     batch, dim = x.shape
     dstate = A.shape[1]
     rank = xdbl.shape[1] - 2 * dstate
+    rows = state_rows_arg(state_rows, batch, x.device, "mamba1_step")
     for name, t in (("dt_bias", dt_bias), ("A", A), ("D", D)):
         if t.dtype != torch.float32 or not t.is_contiguous():
             raise ValueError(f"mamba1_step: {name} must be contiguous float32")
-    if state.shape != (batch, dim, dstate) or state.stride(2) != 1:
-        raise ValueError(f"mamba1_step: state {tuple(state.shape)}, expected {(batch, dim, dstate)} (unit last stride)")
+    pool = state.shape[0] if rows is not None and state.dim() == 3 else batch
+    if state.shape != (pool, dim, dstate) or state.stride(2) != 1 or state.device != x.device:
+        raise ValueError(f"mamba1_step: state {tuple(state.shape)}, expected {(pool, dim, dstate)} (unit last stride)")
     if wdt_packed.shape != (dim, -(-rank // 8) * 8) or not wdt_packed.is_contiguous():
         raise ValueError("mamba1_step: wdt_packed must come from pack_dt_proj")
     p = _lib.Mamba1StepParams(batch=batch, dim=dim, dstate=dstate, dt_rank=rank, dtype=DTYPE_CODES[x.dtype],
@@ -89,21 +97,26 @@ def mamba1_step(x, z, xdbl, wdt_packed, dt_bias, A, D, state, *, out: torch.Tens
                               xdbl_row_stride=_row_stride(xdbl, "xdbl"), wdt=data_ptr(wdt_packed),
                               dt_bias=data_ptr(dt_bias), A=data_ptr(A), D=data_ptr(D), state=data_ptr(state),
                               state_batch_stride=state.stride(0), state_dim_stride=state.stride(1),
-                              y=data_ptr(out), y_row_stride=_row_stride(out, "out"))
+                              y=data_ptr(out), y_row_stride=_row_stride(out, "out"), state_rows=rows)
     _lib.launch(_lib.MAMBA1_STEP, p, current_stream(x.device))
     return out
 
 
-def mamba2_step(state, x, dt, A, B, C, D, dt_bias, dt_limit, *, out: torch.Tensor) -> torch.Tensor:
+def mamba2_step(state, x, dt, A, B, C, D, dt_bias, dt_limit, *, out: torch.Tensor,
+                state_rows: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Mamba2 decode state update (selective_state_update_ref, rank-4 state, no gate), state in place.
     x, out (batch, nheads * headdim); dt (batch, nheads); B, C (batch, ngroups * dstate): row-strided views;
-    A, D, dt_bias (nheads,) float32; state (batch, nheads, headdim, dstate) float32 or x's dtype."""
-    batch, nheads, headdim, dstate = state.shape
+    A, D, dt_bias (nheads,) float32; state (batch, nheads, headdim, dstate) float32 or x's dtype.
+    state_rows: optional (batch,) int64 CUDA tensor: batch row b updates state[state_rows[b]] (a pool)."""
+    pool, nheads, headdim, dstate = state.shape
+    batch = x.shape[0] if state_rows is not None else pool
+    rows = state_rows_arg(state_rows, batch, x.device, "mamba2_step")
     ngroups = B.shape[1] // dstate
     for name, t in (("A", A), ("D", D), ("dt_bias", dt_bias)):
         if t.dtype != torch.float32 or t.shape != (nheads,):
             raise ValueError(f"mamba2_step: {name} must be ({nheads},) float32")
-    if state.stride(3) != 1 or x.shape != (batch, nheads * headdim) or dt.shape != (batch, nheads):
+    if state.stride(3) != 1 or state.device != x.device or x.shape != (batch, nheads * headdim) or \
+            dt.shape != (batch, nheads):
         raise ValueError("mamba2_step: shapes do not match the state")
     lo, hi = dt_limit
     p = _lib.Mamba2StepParams(batch=batch, nheads=nheads, headdim=headdim, dstate=dstate, ngroups=ngroups,
@@ -113,7 +126,8 @@ def mamba2_step(state, x, dt, A, B, C, D, dt_bias, dt_limit, *, out: torch.Tenso
                               C_row_stride=_row_stride(C, "C"), dt=data_ptr(dt), dt_row_stride=_row_stride(dt, "dt"),
                               A=data_ptr(A), D=data_ptr(D), dt_bias=data_ptr(dt_bias), state=data_ptr(state),
                               state_batch_stride=state.stride(0), state_head_stride=state.stride(1),
-                              state_dim_stride=state.stride(2), y=data_ptr(out), y_row_stride=_row_stride(out, "out"))
+                              state_dim_stride=state.stride(2), y=data_ptr(out), y_row_stride=_row_stride(out, "out"),
+                              state_rows=rows)
     _lib.launch(_lib.MAMBA2_STEP, p, current_stream(x.device))
     return out
 

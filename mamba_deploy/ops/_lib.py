@@ -40,7 +40,7 @@ class CausalConv1dParams(ctypes.Structure):
         "p: bias; i: bias_stride; p: state_in;"
         "i: state_in_batch_stride state_in_dim_stride state_in_width_stride; p: state_out;"
         "i: state_out_batch_stride state_out_dim_stride state_out_width_stride; p: y;"
-        "i: y_batch_stride y_dim_stride y_seq_stride")
+        "i: y_batch_stride y_dim_stride y_seq_stride; p: state_rows")
 
 
 class SsmParams(ctypes.Structure):
@@ -54,7 +54,7 @@ class SsmParams(ctypes.Structure):
         "p: state_in; i: state_in_batch_stride state_in_head_stride state_in_dim_stride state_in_state_stride;"
         "p: state_out;"
         "i: state_out_batch_stride state_out_head_stride state_out_dim_stride state_out_state_stride;"
-        "p: y; i: y_batch_stride y_seq_stride y_head_stride y_dim_stride")
+        "p: y; i: y_batch_stride y_seq_stride y_head_stride y_dim_stride; p: state_rows")
 
 
 class AddNormParams(ctypes.Structure):
@@ -75,21 +75,21 @@ class GemvParams(ctypes.Structure):
     _fields_ = _fields(
         "i: batch n k dtype split_k; p: x; i: x_row_stride; p: w; i: w_row_stride; p: bias out; i: out_row_stride;"
         "i: conv_lo conv_dim conv_width conv_silu conv_state_dtype; p: conv_w conv_b conv_state;"
-        "i: conv_state_batch_stride conv_state_dim_stride conv_state_width_stride")
+        "i: conv_state_batch_stride conv_state_dim_stride conv_state_width_stride; p: state_rows")
 
 
 class Mamba1StepParams(ctypes.Structure):
     _fields_ = _fields(
         "i: batch dim dstate dt_rank dtype state_dtype; p: x; i: x_row_stride; p: z; i: z_row_stride;"
         "p: xdbl; i: xdbl_row_stride; p: wdt dt_bias A D state; i: state_batch_stride state_dim_stride;"
-        "p: y; i: y_row_stride")
+        "p: y; i: y_row_stride; p: state_rows")
 
 
 class Mamba2StepParams(ctypes.Structure):
     _fields_ = _fields(
         "i: batch nheads headdim dstate ngroups dtype state_dtype; d: dt_min dt_max; p: x; i: x_row_stride;"
         "p: B; i: B_row_stride; p: C; i: C_row_stride; p: dt; i: dt_row_stride; p: A D dt_bias state;"
-        "i: state_batch_stride state_head_stride state_dim_stride; p: y; i: y_row_stride")
+        "i: state_batch_stride state_head_stride state_dim_stride; p: y; i: y_row_stride; p: state_rows")
 
 
 class RowNormParams(ctypes.Structure):

@@ -65,6 +65,31 @@ def _cuda_device(x: torch.Tensor, name: str) -> torch.device:
     return x.device
 
 
+def state_rows_arg(state_rows: Optional[torch.Tensor], batch: int, device: torch.device, name: str) -> Optional[int]:
+    """The `state_rows` pointer of a params struct (None: NULL, batch row b uses state row b), after checking
+    that it is a contiguous (batch,) int64 tensor on `device`. Its values (distinct rows within the state
+    tensors) are the caller's to keep: checking them would need a host sync."""
+    if state_rows is None:
+        return None
+    if not isinstance(state_rows, torch.Tensor) or state_rows.dtype != torch.int64 or state_rows.device != device:
+        raise ValueError(f"{name}: state_rows must be an int64 tensor on {device}")
+    if tuple(state_rows.shape) != (batch,) or (batch > 1 and state_rows.stride(0) != 1):
+        raise ValueError(f"{name}: state_rows must be a contiguous ({batch},) tensor, got shape "
+                         f"{tuple(state_rows.shape)}")
+    return state_rows.data_ptr()
+
+
+def _pool(state, state_out, state_rows, batch: int, dev: torch.device, name: str) -> tuple[Optional[int], int]:
+    """(state_rows pointer, rows of the state tensors): (None, batch) without state_rows; with it, the state
+    and state_out (both required; state_out may be the state) are pools of any number of rows."""
+    rows = state_rows_arg(state_rows, batch, dev, name)
+    if rows is None:
+        return None, batch
+    if not isinstance(state, torch.Tensor) or state.dim() < 2 or state_out is None:
+        raise ValueError(f"{name}: state_rows needs a state and state_out (state pools; state_out may be the state)")
+    return rows, state.shape[0]
+
+
 def _same_dtype(ref: torch.Tensor, **tensors: Optional[torch.Tensor]) -> None:
     for name, t in tensors.items():
         if t is not None and t.dtype != ref.dtype:
@@ -73,21 +98,26 @@ def _same_dtype(ref: torch.Tensor, **tensors: Optional[torch.Tensor]) -> None:
 
 # ---- causal conv1d -------------------------------------------------------------------------------
 
-def causal_conv1d(x, weight, bias=None, conv_state=None, activation="silu", *, out=None, state_out=None):
-    """`causal_conv1d_ref` on the GPU. x: (batch, dim, seqlen) -> (y, new conv state)."""
-    return _conv(x, weight, bias, conv_state, activation, out, state_out, "MambaCausalConv1d")
+def causal_conv1d(x, weight, bias=None, conv_state=None, activation="silu", *, out=None, state_out=None,
+                  state_rows=None):
+    """`causal_conv1d_ref` on the GPU. x: (batch, dim, seqlen) -> (y, new conv state).
+    state_rows: optional (batch,) int64 CUDA tensor; batch row b then reads conv_state[state_rows[b]] and
+    writes state_out[state_rows[b]] (both required, any number of rows: a state pool)."""
+    return _conv(x, weight, bias, conv_state, activation, out, state_out, state_rows, "MambaCausalConv1d")
 
 
-def causal_conv1d_update(x, weight, bias=None, conv_state=None, activation="silu", *, out=None, state_out=None):
-    """`causal_conv1d_update_ref` on the GPU. x: (batch, dim); state_out=conv_state updates in place."""
+def causal_conv1d_update(x, weight, bias=None, conv_state=None, activation="silu", *, out=None, state_out=None,
+                         state_rows=None):
+    """`causal_conv1d_update_ref` on the GPU. x: (batch, dim); state_out=conv_state updates in place;
+    state_rows as in causal_conv1d."""
     if x.dim() != 2:
         raise ValueError(f"x: expected (batch, dim), got {tuple(x.shape)}")
     y, st = _conv(x.unsqueeze(-1), weight, bias, conv_state, activation,
-                  None if out is None else out.unsqueeze(-1), state_out, "MambaCausalConv1dUpdate")
+                  None if out is None else out.unsqueeze(-1), state_out, state_rows, "MambaCausalConv1dUpdate")
     return y.squeeze(-1), st
 
 
-def _conv(x, weight, bias, conv_state, activation, out, state_out, op):
+def _conv(x, weight, bias, conv_state, activation, out, state_out, state_rows, op):
     if activation not in (None, "silu", "swish", "none"):
         raise ValueError(f"activation must be silu or None, got {activation!r}")
     dev = _cuda_device(x, "x")
@@ -100,11 +130,12 @@ def _conv(x, weight, bias, conv_state, activation, out, state_out, op):
     _check(bias, "bias", (dim,), dev)
     if bias is not None and bias.dtype != weight.dtype:
         raise ValueError("bias: dtype must match weight")
-    _check(conv_state, "conv_state", (batch, dim, width - 1), dev)
+    rows, pool = _pool(conv_state, state_out, state_rows, batch, dev, "causal_conv1d")
+    _check(conv_state, "conv_state", (pool, dim, width - 1), dev)
     state_dtype = conv_state.dtype if conv_state is not None else x.dtype
     y = _new_or(out, "out", (batch, dim, seqlen), x.dtype, dev)
-    st = _new_or(state_out, "state_out", (batch, dim, width - 1), state_dtype, dev)
-    p = _lib.CausalConv1dParams(batch=batch, dim=dim, seqlen=seqlen, width=width,
+    st = _new_or(state_out, "state_out", (pool, dim, width - 1), state_dtype, dev)
+    p = _lib.CausalConv1dParams(batch=batch, dim=dim, seqlen=seqlen, width=width, state_rows=rows,
                                 silu=int(activation in ("silu", "swish")), x_dtype=_code(x, "x"),
                                 weight_dtype=_code(weight, "weight"), state_dtype=DTYPE_CODES[state_dtype],
                                 x=data_ptr(x), weight=data_ptr(weight), bias=data_ptr(bias), state_in=data_ptr(conv_state),
@@ -158,22 +189,25 @@ def _state_dtype(state: Optional[torch.Tensor], x: torch.Tensor) -> torch.dtype:
 
 
 def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, ssm_state=None, delta_softplus=True,
-                   *, out=None, state_out=None):
-    """`selective_scan_ref` on the GPU. u, delta, z: (batch, dim, seqlen); B, C: (batch, dstate, seqlen)."""
+                   *, out=None, state_out=None, state_rows=None):
+    """`selective_scan_ref` on the GPU. u, delta, z: (batch, dim, seqlen); B, C: (batch, dstate, seqlen).
+    state_rows: optional (batch,) int64 CUDA tensor: batch row b starts from ssm_state[state_rows[b]] and
+    ends in state_out[state_rows[b]] (pools of any number of rows, both required)."""
     dev = _cuda_device(u, "u")
     if u.dim() != 3 or A.dim() != 2:
         raise ValueError(f"u must be (batch, dim, seqlen), A (dim, dstate); got {tuple(u.shape)}, {tuple(A.shape)}")
     batch, dim, seqlen = u.shape
     dstate = A.shape[1]
+    rows, pool = _pool(ssm_state, state_out, state_rows, batch, dev, "selective_scan")
     for name, t, shape in (("delta", delta, u.shape), ("z", z, u.shape), ("A", A, (dim, dstate)),
                            ("B", B, (batch, dstate, seqlen)), ("C", C, (batch, dstate, seqlen)),
                            ("D", D, (dim,)), ("delta_bias", delta_bias, (dim,)),
-                           ("ssm_state", ssm_state, (batch, dim, dstate))):
+                           ("ssm_state", ssm_state, (pool, dim, dstate))):
         _check(t, name, shape, dev)
     _same_dtype(u, delta=delta, z=z, B=B, C=C)
     sdt = _state_dtype(ssm_state, u)
     y = _new_or(out, "out", u.shape, u.dtype, dev)
-    st = _new_or(state_out, "state_out", (batch, dim, dstate), sdt, dev)
+    st = _new_or(state_out, "state_out", (pool, dim, dstate), sdt, dev)
     seq3, st3 = (0, 2, 1, None), (0, 1, None, 2)
     p = _ssm_params((batch, seqlen, dim, 1, dstate, 1), (_code(u, "u"), _param_dtype(A, D, delta_bias), DTYPE_CODES[sdt]),
                     delta_softplus, (0.0, math.inf),
@@ -181,15 +215,17 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, ssm_state
                          state_out=st),
                     dict(x=seq3, dt=seq3, z=seq3, y=seq3, B=(0, 2, None, 1), C=(0, 2, None, 1), A=(0, 1), D=(0,),
                          dt_bias=(0,), state_in=st3, state_out=st3))
+    p.state_rows = rows
     _call_scan("MambaSelectiveScan", p, dev)
     return y, st
 
 
 def chunk_scan(x, dt, A, B, C, chunk_size=256, D=None, z=None, dt_bias=None, initial_state=None, dt_softplus=True,
-               dt_limit=(0.0, math.inf), *, out=None, state_out=None):
+               dt_limit=(0.0, math.inf), *, out=None, state_out=None, state_rows=None):
     """`chunk_scan_ref` on the GPU (chunk_size only shapes the reference's arithmetic, not the result).
 
     x, z: (batch, seqlen, nheads, headdim); dt: (batch, seqlen, nheads); B, C: (batch, seqlen, ngroups, dstate).
+    state_rows: as in selective_scan (initial_state and state_out then pools of any number of rows).
     """
     dev = _cuda_device(x, "x")
     if x.dim() != 4 or B.dim() != 4:
@@ -197,10 +233,14 @@ def chunk_scan(x, dt, A, B, C, chunk_size=256, D=None, z=None, dt_bias=None, ini
                          f"got {tuple(x.shape)}, {tuple(B.shape)}")
     batch, seqlen, nheads, headdim = x.shape
     ngroups, dstate = B.shape[2], B.shape[3]
-    _check_mamba2(dev, x, dt, A, B, C, D, z, dt_bias, initial_state, (batch, seqlen, nheads), (batch, seqlen, ngroups, dstate))
+    rows, pool = _pool(initial_state, state_out, state_rows, batch, dev, "chunk_scan")
+    if rows is not None:  # a pool: any number of rows (else _check_mamba2 checks the batch's)
+        _check(initial_state, "initial_state", (pool, nheads, headdim, dstate), dev)
+    _check_mamba2(dev, x, dt, A, B, C, D, z, dt_bias, initial_state if rows is None else None, (batch, seqlen, nheads),
+                  (batch, seqlen, ngroups, dstate))
     sdt = _state_dtype(initial_state, x)
     y = _new_or(out, "out", x.shape, x.dtype, dev)
-    st = _new_or(state_out, "state_out", (batch, nheads, headdim, dstate), sdt, dev)
+    st = _new_or(state_out, "state_out", (pool, nheads, headdim, dstate), sdt, dev)
     seq4, st4 = (0, 1, 2, 3), (0, 1, 2, 3)
     p = _ssm_params((batch, seqlen, nheads, headdim, dstate, ngroups),
                     (_code(x, "x"), _param_dtype(A, D, dt_bias), DTYPE_CODES[sdt]), dt_softplus, dt_limit,
@@ -208,6 +248,7 @@ def chunk_scan(x, dt, A, B, C, chunk_size=256, D=None, z=None, dt_bias=None, ini
                          state_out=st),
                     dict(x=seq4, dt=(0, 1, 2, None), z=seq4, y=seq4, B=seq4, C=seq4, A=(0, None), D=(0,),
                          dt_bias=(0,), state_in=st4, state_out=st4))
+    p.state_rows = rows
     _call_scan("Mamba2ChunkScan", p, dev)
     return y, st
 
@@ -232,14 +273,18 @@ def _check_mamba2(dev, x, dt, A, B, C, D, z, dt_bias, state, dt_shape, bc_shape)
 
 
 def selective_state_update(state, x, dt, A, B, C, D=None, z=None, dt_bias=None, dt_softplus=True,
-                           dt_limit=(0.0, math.inf), *, out=None, state_out=None):
+                           dt_limit=(0.0, math.inf), *, out=None, state_out=None, state_rows=None):
     """`selective_state_update_ref` on the GPU; state_out=state updates in place. Rank-3 state: Mamba1
     (x, dt, z (batch, dim); B, C (batch, dstate)); rank 4: Mamba2 (x, z (batch, nheads, headdim);
-    dt (batch, nheads); B, C (batch, ngroups, dstate))."""
+    dt (batch, nheads); B, C (batch, ngroups, dstate)). state_rows: optional (batch,) int64 CUDA tensor;
+    batch row b then updates row state_rows[b] of state / state_out (pools of any number of rows;
+    state_out required)."""
     dev = _cuda_device(x, "x")
     sdt = _state_dtype(state, x)
+    indexed = state_rows is not None and x.dim() > 0
     if state.dim() == 3:
-        batch, dim, dstate = state.shape
+        pool, dim, dstate = state.shape
+        batch = x.shape[0] if indexed else pool
         for name, t, shape in (("x", x, (batch, dim)), ("dt", dt, (batch, dim)), ("z", z, (batch, dim)),
                                ("A", A, (dim, dstate)), ("B", B, (batch, dstate)), ("C", C, (batch, dstate)),
                                ("D", D, (dim,)), ("dt_bias", dt_bias, (dim,)), ("state", state, state.shape)):
@@ -249,11 +294,15 @@ def selective_state_update(state, x, dt, A, B, C, D=None, z=None, dt_bias=None, 
         row, bc, st = (0, None, 1, None), (0, None, None, 1), (0, 1, None, 2)
         a_axes = (0, 1)
     elif state.dim() == 4:
-        batch, nheads, headdim, dstate = state.shape
+        pool, nheads, headdim, dstate = state.shape
+        batch = x.shape[0] if indexed else pool
         if B.dim() != 3:
             raise ValueError(f"B: expected (batch, ngroups, dstate), got {tuple(B.shape)}")
         ngroups = B.shape[1]
-        _check_mamba2(dev, x, dt, A, B, C, D, z, dt_bias, state, (batch, nheads), (batch, ngroups, dstate))
+        if indexed:  # a pool: any number of rows (else _check_mamba2 checks the batch's)
+            _check(state, "state", state.shape, dev)
+        _check_mamba2(dev, x, dt, A, B, C, D, z, dt_bias, None if indexed else state, (batch, nheads),
+                      (batch, ngroups, dstate))
         if tuple(x.shape) != (batch, nheads, headdim):
             raise ValueError(f"x: shape {tuple(x.shape)}, expected {(batch, nheads, headdim)}")
         sizes = (batch, 1, nheads, headdim, dstate, ngroups)
@@ -261,6 +310,7 @@ def selective_state_update(state, x, dt, A, B, C, D=None, z=None, dt_bias=None, 
         a_axes = (0, None)
     else:
         raise ValueError(f"state must have rank 3 (Mamba1) or 4 (Mamba2), got {tuple(state.shape)}")
+    rows, _ = _pool(state, state_out, state_rows, batch, dev, "selective_state_update")
     y = _new_or(out, "out", x.shape, x.dtype, dev)
     so = _new_or(state_out, "state_out", state.shape, sdt, dev)
     dt_axes = row if state.dim() == 3 else (0, None, 1, None)
@@ -268,6 +318,7 @@ def selective_state_update(state, x, dt, A, B, C, D=None, z=None, dt_bias=None, 
                     dict(x=x, dt=dt, z=z, y=y, B=B, C=C, A=A, D=D, dt_bias=dt_bias, state_in=state, state_out=so),
                     dict(x=row, dt=dt_axes, z=row, y=row, B=bc, C=bc, A=a_axes, D=(0,), dt_bias=(0,), state_in=st,
                          state_out=st))
+    p.state_rows = rows
     _lib.launch(_lib.op_kernel("MambaSelectiveStateUpdate"), p, current_stream(dev))
     return y, so
 

@@ -23,8 +23,8 @@ __device__ __forceinline__ float full_at(const md_causal_conv1d_params& p, int64
     return to_f(static_cast<const T*>(p.x)[b * p.x_batch_stride + c * p.x_dim_stride + pos * p.x_seq_stride]);
   }
   if (p.state_in == nullptr) return 0.f;
-  const float s = load_any(p.state_in, p.state_dtype,
-                           b * p.state_in_batch_stride + c * p.state_in_dim_stride + q * p.state_in_width_stride);
+  const float s = load_any(p.state_in, p.state_dtype, state_row(p.state_rows, b) * p.state_in_batch_stride +
+                           c * p.state_in_dim_stride + q * p.state_in_width_stride);
   return to_f(from_f<T>(s));
 }
 
@@ -77,7 +77,8 @@ __global__ void __launch_bounds__(kThreads) causal_conv1d_kernel(const md_causal
     for (int j = 0; j < kW - 1; ++j) {
       if (j < width - 1) {
         store_any(p.state_out, p.state_dtype,
-                  b * p.state_out_batch_stride + c * p.state_out_dim_stride + j * p.state_out_width_stride,
+                  state_row(p.state_rows, b) * p.state_out_batch_stride + c * p.state_out_dim_stride +
+                      j * p.state_out_width_stride,
                   new_state[j]);
       }
     }

@@ -34,6 +34,11 @@ __device__ __forceinline__ void store_any(void* p, int64_t dtype, int64_t i, flo
   else static_cast<__nv_bfloat16*>(p)[i] = __float2bfloat16_rn(v);
 }
 
+// The state row of batch row b: state_rows[b], or b when there is no index (mamba_kernels.h).
+__device__ __forceinline__ int64_t state_row(const int64_t* state_rows, int64_t b) {
+  return state_rows != nullptr ? __ldg(state_rows + b) : b;
+}
+
 __device__ __forceinline__ float softplus(float v) { return v <= 20.f ? log1pf(__expf(v)) : v; }
 __device__ __forceinline__ float silu(float v) { return v / (1.f + __expf(-v)); }
 

@@ -45,7 +45,7 @@ template <typename T>
 __device__ __forceinline__ float conv_epilogue(const md_gemv_params& p, int64_t b, int64_t c, float v) {
   const float xin = to_f(from_f<T>(v));  // the GEMV output in the model dtype, as the reference
   const int W = static_cast<int>(p.conv_width);
-  const int64_t so = b * p.conv_state_batch_stride + c * p.conv_state_dim_stride;
+  const int64_t so = state_row(p.state_rows, b) * p.conv_state_batch_stride + c * p.conv_state_dim_stride;
   float win[MD_MAX_CONV_WIDTH];
 #pragma unroll
   for (int i = 0; i < MD_MAX_CONV_WIDTH; ++i) {
@@ -211,47 +211,90 @@ __device__ __forceinline__ void store8_any(void* ptr, int64_t dtype, int64_t i, 
   for (int j = 0; j < 8; ++j) store_any(ptr, dtype, i + j, f[j]);
 }
 
-// Mamba1. Grid: (ceil(dim / 8), batch); a half-warp per channel, lane n owns state n.
-template <typename T, typename S>
+// Mamba1. Grid: (ceil(dim / 8), ceil(batch / RB)); a half-warp per channel (lane n owns state n) for RB
+// batch rows: each 16-byte chunk of the channel's dt_proj row is loaded once and serves the RB rows' dot
+// products, so dt_proj is read ceil(batch / RB) times per step instead of batch times. Each row's arithmetic
+// is that of one row alone (same order), so results do not depend on RB or on the other rows. The RB rows'
+// states are loaded together with the dt_proj chunk, so their latencies overlap.
+template <typename T, typename S, int RB>
 __global__ void __launch_bounds__(kStepThreads) mamba1_step_kernel(const md_mamba1_step_params p) {
-  __shared__ __align__(16) float s_dt[kMaxRank];
-  __shared__ float s_B[kMaxState], s_C[kMaxState];
-  const int64_t b = blockIdx.y;
+  extern __shared__ __align__(16) float smem[];  // dt inputs [RB][R8 * 8]; B, C [RB][kMaxState]; x, z [RB][8]
   const int n = threadIdx.x & 15;
   const int64_t d = static_cast<int64_t>(blockIdx.x) * (kStepThreads / 16) + (threadIdx.x >> 4);
+  const int64_t b0 = static_cast<int64_t>(blockIdx.y) * RB;
+  const int rows = static_cast<int>(p.batch - b0 < RB ? p.batch - b0 : RB);  // uniform over the block
   const int R = static_cast<int>(p.dt_rank), R8 = (R + 7) / 8, N = static_cast<int>(p.dstate);
-  const T* xd = static_cast<const T*>(p.xdbl) + b * p.xdbl_row_stride;
-  for (int i = threadIdx.x; i < R8 * 8; i += kStepThreads) s_dt[i] = i < R ? to_f(xd[i]) : 0.f;
-  if (threadIdx.x < N) {
-    s_B[threadIdx.x] = to_f(xd[R + threadIdx.x]);
-    s_C[threadIdx.x] = to_f(xd[R + N + threadIdx.x]);
-  }
-  __syncthreads();
   const bool ok = d < p.dim;
   const int64_t dd = ok ? d : 0;  // out-of-range half-warps compute on channel 0 and store nothing
-  const T* wrow = static_cast<const T*>(p.wdt) + dd * R8 * 8;
-  float dt = 0.f;
+  const int RP = R8 * 8, c = threadIdx.x >> 4;  // c: this half-warp's channel in the block
+  float* s_dt = smem;
+  float* s_B = smem + RB * RP;
+  float* s_C = s_B + RB * kMaxState;
+  float* s_x = s_C + RB * kMaxState;
+  float* s_z = s_x + RB * 8;
+  if (threadIdx.x < RB * 8) {
+    const int r = threadIdx.x / 8, k = threadIdx.x % 8;
+    const int64_t ch = static_cast<int64_t>(blockIdx.x) * 8 + k;
+    const bool in = r < rows && ch < p.dim;
+    s_x[threadIdx.x] = in ? to_f(static_cast<const T*>(p.x)[(b0 + r) * p.x_row_stride + ch]) : 0.f;
+    s_z[threadIdx.x] = in ? to_f(static_cast<const T*>(p.z)[(b0 + r) * p.z_row_stride + ch]) : 0.f;
+  }
+  for (int i = threadIdx.x; i < RB * RP; i += kStepThreads) {
+    const int r = i / RP, k = i - r * RP;
+    s_dt[i] = r < rows && k < R ? to_f(static_cast<const T*>(p.xdbl)[(b0 + r) * p.xdbl_row_stride + k]) : 0.f;
+  }
+  for (int i = threadIdx.x; i < RB * kMaxState; i += kStepThreads) {
+    const int r = i / kMaxState, k = i % kMaxState;
+    const T* xd = static_cast<const T*>(p.xdbl) + (b0 + r) * p.xdbl_row_stride + R;
+    s_B[i] = r < rows && k < N ? to_f(xd[k]) : 0.f;
+    s_C[i] = r < rows && k < N ? to_f(xd[N + k]) : 0.f;
+  }
+  __syncthreads();
+  S* state = static_cast<S*>(p.state) + dd * p.state_dim_stride + n;  // + row * state_batch_stride
+  int srow[RB];  // state rows (a pool of < 2^31 rows)
+  float h0[RB];
+#pragma unroll
+  for (int r = 0; r < RB; ++r) {
+    if (r >= rows) continue;
+    srow[r] = static_cast<int>(state_row(p.state_rows, b0 + r));
+    h0[r] = n < N ? to_f(state[srow[r] * p.state_batch_stride]) : 0.f;
+  }
+  const T* wrow = static_cast<const T*>(p.wdt) + dd * RP;
+  float dt[RB];
+#pragma unroll
+  for (int r = 0; r < RB; ++r) dt[r] = 0.f;
   for (int r8 = n; r8 < R8; r8 += 16) {
     float wf[8];
     load8(wrow + r8 * 8, wf);
 #pragma unroll
-    for (int j = 0; j < 8; ++j) dt = fmaf(wf[j], s_dt[r8 * 8 + j], dt);
+    for (int r = 0; r < RB; ++r) {
+      const float4 lo = *reinterpret_cast<const float4*>(s_dt + r * RP + r8 * 8);
+      const float4 hi = *reinterpret_cast<const float4*>(s_dt + r * RP + r8 * 8 + 4);
+      const float in[8] = {lo.x, lo.y, lo.z, lo.w, hi.x, hi.y, hi.z, hi.w};
+#pragma unroll
+      for (int j = 0; j < 8; ++j) dt[r] = fmaf(wf[j], in[j], dt[r]);
+    }
   }
-  dt = group_sum<16>(dt) + p.dt_bias[dd];
-  dt = dt <= 20.f ? log1pf(expf(dt)) : dt;
-  const float x = to_f(static_cast<const T*>(p.x)[b * p.x_row_stride + dd]);
-  float y = 0.f;
-  if (n < N) {
-    S* st = static_cast<S*>(p.state) + b * p.state_batch_stride + dd * p.state_dim_stride + n;
-    const float h = fmaf(to_f(*st), expf(dt * p.A[dd * N + n]), dt * x * s_B[n]);
-    if (ok) *st = from_f<S>(h);
-    y = h * s_C[n];
+  const float bias = p.dt_bias[dd], A = n < N ? p.A[dd * N + n] : 0.f;
+  float y_mine = 0.f;  // lane r < rows: C . state of row r (every lane of the half-warp gets the same sum)
+#pragma unroll
+  for (int r = 0; r < RB; ++r) {
+    if (r >= rows) continue;
+    float v = group_sum<16>(dt[r]) + bias;
+    v = v <= 20.f ? log1pf(expf(v)) : v;
+    float y = 0.f;
+    if (n < N) {
+      const float h = fmaf(h0[r], expf(v * A), v * s_x[r * 8 + c] * s_B[r * kMaxState + n]);
+      if (ok) state[srow[r] * p.state_batch_stride] = from_f<S>(h);
+      y = h * s_C[r * kMaxState + n];
+    }
+    y = group_sum<16>(y);
+    if (n == r) y_mine = y;
   }
-  y = group_sum<16>(y);
-  if (!ok || n != 0) return;
-  const float z = to_f(static_cast<const T*>(p.z)[b * p.z_row_stride + dd]);
-  y = fmaf(p.D[dd], x, y) * (z / (1.f + expf(-z)));
-  static_cast<T*>(p.y)[b * p.y_row_stride + dd] = from_f<T>(y);
+  if (!ok || n >= rows) return;  // lane n finishes row n: one gate division per lane, none in the row loop
+  const float x = s_x[n * 8 + c], z = s_z[n * 8 + c];
+  const float y = fmaf(p.D[dd], x, y_mine) * (z / (1.f + expf(-z)));
+  static_cast<T*>(p.y)[(b0 + n) * p.y_row_stride + dd] = from_f<T>(y);
 }
 
 // Mamba2. Grid: (ceil(nheads * headdim / 4), batch); a warp per (head, p), NPL states per lane.
@@ -263,8 +306,8 @@ __global__ void __launch_bounds__(128) mamba2_step_kernel(const md_mamba2_step_p
   const int64_t h = row / p.headdim, pp = row % p.headdim, g = h / (p.nheads / p.ngroups);
   const T* Bp = static_cast<const T*>(p.B) + b * p.B_row_stride + g * p.dstate + lane * NPL;
   const T* Cp = static_cast<const T*>(p.C) + b * p.C_row_stride + g * p.dstate + lane * NPL;
-  S* st = static_cast<S*>(p.state) + b * p.state_batch_stride + h * p.state_head_stride + pp * p.state_dim_stride +
-          lane * NPL;
+  S* st = static_cast<S*>(p.state) + state_row(p.state_rows, b) * p.state_batch_stride + h * p.state_head_stride +
+          pp * p.state_dim_stride + lane * NPL;
   float hs[NPL], Bv[NPL], Cv[NPL];
 #pragma unroll
   for (int j = 0; j < NPL; ++j) { hs[j] = to_f(st[j]); Bv[j] = to_f(Bp[j]); Cv[j] = to_f(Cp[j]); }
@@ -310,12 +353,27 @@ __global__ void __launch_bounds__(1024) row_norm_kernel(const md_row_norm_params
   store8_any(p.out, p.dtype, r * p.out_row_stride + e, v);
 }
 
+template <typename T, typename S, int RB>
+cudaError_t launch_step_rows(const md_mamba1_step_params& p, cudaStream_t s) {
+  const dim3 grid(static_cast<unsigned>((p.dim + 7) / 8), static_cast<unsigned>((p.batch + RB - 1) / RB));
+  const size_t smem = sizeof(float) * RB * ((p.dt_rank + 7) / 8 * 8 + 2 * kMaxState + 2 * 8);
+  mamba1_step_kernel<T, S, RB><<<grid, kStepThreads, smem, s>>>(p);
+  return cudaGetLastError();
+}
+
+// Rows per block: the batch up to 8 (a larger RB would only add registers; dt_proj is then re-read
+// ceil(batch / 8) times, from L2).
+template <typename T, typename S>
+cudaError_t launch_step_state(const md_mamba1_step_params& p, cudaStream_t s) {
+  if (p.batch <= 1) return launch_step_rows<T, S, 1>(p, s);
+  if (p.batch <= 2) return launch_step_rows<T, S, 2>(p, s);
+  if (p.batch <= 4) return launch_step_rows<T, S, 4>(p, s);
+  return launch_step_rows<T, S, 8>(p, s);
+}
+
 template <typename T>
 cudaError_t launch_step_typed(const md_mamba1_step_params& p, cudaStream_t s) {
-  const dim3 grid(static_cast<unsigned>((p.dim + 7) / 8), static_cast<unsigned>(p.batch));
-  if (p.state_dtype == MD_FLOAT32) mamba1_step_kernel<T, float><<<grid, kStepThreads, 0, s>>>(p);
-  else mamba1_step_kernel<T, T><<<grid, kStepThreads, 0, s>>>(p);
-  return cudaGetLastError();
+  return p.state_dtype == MD_FLOAT32 ? launch_step_state<T, float>(p, s) : launch_step_state<T, T>(p, s);
 }
 
 template <typename T, typename S>

@@ -47,6 +47,7 @@ typedef struct md_gemv_params {
   const void* conv_b;
   void* conv_state;
   int64_t conv_state_batch_stride, conv_state_dim_stride, conv_state_width_stride;
+  const int64_t* state_rows; /* NULL or (batch,): conv_state rows (mamba_kernels.h) */
 } md_gemv_params;
 
 /* Fused Mamba1 decode step after x_proj: dt_proj + softplus + selective state update + D + gate.
@@ -57,7 +58,8 @@ typedef struct md_gemv_params {
  *   state      (batch, dim, dstate), unit dstate stride, float32 or dtype; updated in place
  *   y          (batch, dim)  row stride y_row_stride                                dtype
  * dt = softplus(x_dt + dt_bias); state = exp(dt A) state + dt B x; y = (C.state + D x) silu(z).
- * 16 lanes per channel (lane n owns state n): dstate <= 16, dt_rank <= 1024. */
+ * 16 lanes per channel (lane n owns state n): dstate <= 16, dt_rank <= 1024; a block steps 8 channels for
+ * up to 8 batch rows, reading each dt_proj row once for them (state_rows: rows < 2^31). */
 typedef struct md_mamba1_step_params {
   int64_t batch, dim, dstate, dt_rank;
   int64_t dtype, state_dtype;
@@ -75,6 +77,7 @@ typedef struct md_mamba1_step_params {
   int64_t state_batch_stride, state_dim_stride;
   void* y;
   int64_t y_row_stride;
+  const int64_t* state_rows; /* NULL or (batch,): state rows (mamba_kernels.h) */
 } md_mamba1_step_params;
 
 /* Mamba2 decode state update (selective_state_update_ref, rank-4 state, no gate): one warp per
@@ -102,6 +105,7 @@ typedef struct md_mamba2_step_params {
   int64_t state_batch_stride, state_head_stride, state_dim_stride;
   void* y;
   int64_t y_row_stride;
+  const int64_t* state_rows; /* NULL or (batch,): state rows (mamba_kernels.h) */
 } md_mamba2_step_params;
 
 /* Row RMSNorm for decode, 8 elements per thread through 16-byte accesses, one block per (row, group):

@@ -9,7 +9,11 @@
  *  - every struct field is 8 bytes wide (int64_t, double or a pointer), so the layout is the same
  *    for C, C++ and a ctypes.Structure mirror; md_params_size() reports sizeof for checking;
  *  - "state_in" / "state_out" pairs may alias (in-place update); state_in == NULL means zeros,
- *    state_out == NULL means "do not write the new state".
+ *    state_out == NULL means "do not write the new state";
+ *  - `state_rows`, the last field of every params struct that touches a recurrent state: NULL, or a
+ *    device array of `batch` int64 state rows: batch row b reads and writes state row state_rows[b]
+ *    (its batch stride times it), so decode runs on any set of slots of a state pool without
+ *    copies. The rows must be distinct and within the state tensors (not checked: device memory).
  * The references each launcher reproduces live in mamba_deploy/ops/ (one Python module per op).
  */
 #ifndef MAMBA_DEPLOY_KERNELS_H_
@@ -24,7 +28,7 @@ extern "C" {
 #endif
 
 #define MD_KERNELS_VERSION 4 /* 2: the prefill scans take a workspace; 3: GEMV / decode entry points;
-                              4: Philox uniforms (sampling.h) */
+                              4: Philox uniforms (sampling.h) and state_rows (decode over state slots) */
 #define MD_MAX_CONV_WIDTH 8 /* causal conv width (d_conv) supported: 1..8 */
 #define MD_MAX_DSTATE 256   /* SSM state size supported: 1..256 */
 #define MD_MAX_NORM_HIDDEN 16384 /* norm row / group length supported */
@@ -56,6 +60,7 @@ typedef struct md_causal_conv1d_params {
   int64_t state_out_batch_stride, state_out_dim_stride, state_out_width_stride;
   void* y;
   int64_t y_batch_stride, y_dim_stride, y_seq_stride;
+  const int64_t* state_rows; /* NULL or (batch,): state_in / state_out rows */
 } md_causal_conv1d_params;
 
 /* Selective SSM over a sequence from an initial state, in one form for all three SSM ops:
@@ -104,6 +109,7 @@ typedef struct md_ssm_params {
   int64_t state_out_batch_stride, state_out_head_stride, state_out_dim_stride, state_out_state_stride;
   void* y;
   int64_t y_batch_stride, y_seq_stride, y_head_stride, y_dim_stride;
+  const int64_t* state_rows; /* NULL or (batch,): state_in / state_out rows */
 } md_ssm_params;
 
 /* Fused residual add + RMSNorm / LayerNorm (add_norm_ref), over rows of `hidden` contiguous

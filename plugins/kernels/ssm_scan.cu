@@ -179,6 +179,14 @@ __global__ void __launch_bounds__(kThreads, 1) ssm_scan_kernel(const ScanArgs a)
   const int64_t t_begin = MODE == kFull ? 0 : c * a.chunk_len;
   const int64_t t_end = MODE == kFull ? p.seqlen : min(p.seqlen, t_begin + a.chunk_len);
 
+  // The block's state row (state_rows). In the single walk it goes through shared memory: held in a register
+  // across the walk it cost up to 14 more registers (one resident block less per multiprocessor); the other
+  // passes read it where they use it (measured: their register counts do not change).
+  __shared__ int64_t s_row;
+  if (MODE == kFull) {
+    if (threadIdx.x == 0) s_row = state_row(p.state_rows, b);
+    __syncthreads();
+  }
   float h[NPT], A2[NPT], P[NPT];
 #pragma unroll
   for (int j = 0; j < NPT; ++j) {
@@ -191,7 +199,8 @@ __global__ void __launch_bounds__(kThreads, 1) ssm_scan_kernel(const ScanArgs a)
     if (MODE == kFromCarry) {
       h[j] = a.ws_h[ws_index(a, c, b, r, n)];
     } else if (p.state_in && (MODE == kFull || c == 0)) {
-      h[j] = to_f(static_cast<const S*>(p.state_in)[b * p.state_in_batch_stride +
+      const int64_t sb = MODE == kFull ? s_row : state_row(p.state_rows, b);
+      h[j] = to_f(static_cast<const S*>(p.state_in)[sb * p.state_in_batch_stride +
           row_offset(r, p.headdim, p.state_in_head_stride, p.state_in_dim_stride) + n * p.state_in_state_stride]);
     }
   }
@@ -243,11 +252,12 @@ __global__ void __launch_bounds__(kThreads, 1) ssm_scan_kernel(const ScanArgs a)
     return;
   }
   if (p.state_out == nullptr || (MODE == kFromCarry && c != a.nchunks - 1)) return;
+  const int64_t sb = MODE == kFull ? s_row : state_row(p.state_rows, b);
 #pragma unroll
   for (int j = 0; j < NPT; ++j) {
     const int n = Tl::state_index(q, j);
     if (n < p.dstate) {
-      static_cast<S*>(p.state_out)[b * p.state_out_batch_stride +
+      static_cast<S*>(p.state_out)[sb * p.state_out_batch_stride +
           row_offset(r, p.headdim, p.state_out_head_stride, p.state_out_dim_stride) + n * p.state_out_state_stride] =
           from_f<S>(h[j]);
     }
@@ -265,7 +275,8 @@ __global__ void ssm_carry_kernel(const ScanArgs a) {
   if (i >= p.batch * rows * p.dstate) return;
   const int n = static_cast<int>(i % p.dstate);
   const int64_t r = (i / p.dstate) % rows, b = i / (p.dstate * rows);
-  a.ws_h[ws_index(a, 0, b, r, n)] = p.state_in ? to_f(static_cast<const S*>(p.state_in)[b * p.state_in_batch_stride +
+  const int64_t sb = state_row(p.state_rows, b);
+  a.ws_h[ws_index(a, 0, b, r, n)] = p.state_in ? to_f(static_cast<const S*>(p.state_in)[sb * p.state_in_batch_stride +
       row_offset(r, p.headdim, p.state_in_head_stride, p.state_in_dim_stride) + n * p.state_in_state_stride]) : 0.f;
   float h = a.ws_h[ws_index(a, 1, b, r, n)];  // chunk 0 started from state_in: already exact
   for (int64_t c = 2; c < a.nchunks; ++c) {

@@ -64,7 +64,9 @@ def test_gemv_conv_epilogue(rel_err, G, dtype, batch, width):
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("state_dtype", ["float32", "model"])
-@pytest.mark.parametrize("batch,dim,rank,dstate", [(1, 4096, 128, 16), (7, 300, 20, 16), (3, 128, 8, 5)])
+@pytest.mark.parametrize("batch,dim,rank,dstate", [
+    (1, 4096, 128, 16), (7, 300, 20, 16), (3, 128, 8, 5), (8, 4096, 128, 16), (9, 1000, 160, 16),
+    (64, 4096, 128, 16), (64, 5120, 160, 16), (13, 264, 1024, 16), (5, 72, 3, 7)])  # 128 / 160: mamba-1.4b / 2.8b
 def test_mamba1_step(rel_err, G, dtype, state_dtype, batch, dim, rank, dstate):
     sdt = torch.float32 if state_dtype == "float32" else dtype
     xz = rnd(batch, 2 * dim, dtype=dtype)
@@ -81,6 +83,28 @@ def test_mamba1_step(rel_err, G, dtype, state_dtype, batch, dim, rank, dstate):
     G.mamba1_step(x, z, xdbl, G.pack_dt_proj(wdt), dt_bias, A, D, state, out=y)
     assert rel_err(y, y_ref) <= 3 * TOL[dtype]
     assert rel_err(state, s_ref) <= 3 * TOL[sdt]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("state_dtype", ["float32", "model"])
+def test_mamba1_step_rows_do_not_depend_on_the_batch(G, dtype, state_dtype):
+    """A block handles up to 8 rows (dt_proj read once for them): each row of a batch of 19 (8 + 8 + 3) equals
+    the same row stepped alone, bit for bit."""
+    batch, dim, rank, dstate = 19, 300, 160, 16
+    sdt = torch.float32 if state_dtype == "float32" else dtype
+    xz, xdbl = rnd(batch, 2 * dim, dtype=dtype), rnd(batch, rank + 2 * dstate, dtype=dtype)
+    wdt = G.pack_dt_proj(rnd(dim, rank, dtype=dtype, scale=rank ** -0.5))
+    dt_bias, D, A = rnd(dim, scale=0.5) - 4.0, rnd(dim), -torch.exp(rnd(dim, dstate, scale=0.5))
+    state = rnd(batch, dim, dstate).to(sdt)
+    alone_state = state.clone()
+    y = torch.full((batch, dim), float("nan"), dtype=dtype, device="cuda")
+    G.mamba1_step(xz[:, :dim], xz[:, dim:], xdbl, wdt, dt_bias, A, D, state, out=y)
+    alone = torch.full((batch, dim), float("nan"), dtype=dtype, device="cuda")
+    for b in range(batch):
+        G.mamba1_step(xz[b:b + 1, :dim], xz[b:b + 1, dim:], xdbl[b:b + 1], wdt, dt_bias, A, D, alone_state[b:b + 1],
+                      out=alone[b:b + 1])
+    assert torch.isfinite(alone.float()).all() and torch.equal(y, alone)
+    assert torch.equal(state, alone_state)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -122,3 +146,96 @@ def test_row_norm(rel_err, G, dtype, rows, hidden, groups):
     z = rnd(rows, hidden, dtype=dtype)
     G.row_norm(x, z, w, 1e-5, out=out, gate=True, group_size=hidden // groups)
     assert rel_err(out, gated_rms_norm_ref(x, z, w, 1e-5, hidden // groups)) <= TOL[dtype]
+
+
+# ---- state_rows: the kernels on rows of a state pool == the same kernels on a gathered copy of those rows ----
+
+def pool_rows(pool: int, batch: int, seed: int) -> torch.Tensor:
+    """`batch` distinct rows of a pool of `pool`, unsorted and not contiguous (for batch >= 3), on the GPU."""
+    rows = torch.randperm(pool, generator=torch.Generator().manual_seed(seed))[:batch]
+    assert batch < 3 or not (rows.diff() == 1).all()
+    return rows.cuda()
+
+
+def assert_pool_update(pool, before, rows, gathered):
+    """pool[rows] == the gathered copy after its update, which did change; every other row as before."""
+    assert torch.equal(pool[rows], gathered)
+    assert not torch.equal(gathered, before[rows]), "the state was not updated: the test shows nothing"
+    others = torch.ones(pool.shape[0], dtype=torch.bool, device=pool.device)
+    others[rows] = False
+    assert torch.equal(pool[others], before[others])
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("batch", [1, 3, 16])
+def test_gemv_conv_epilogue_state_rows(G, dtype, batch):
+    n, k, lo, dim, width, pool_size = 700, 136, 200, 300, 4, 2 * batch + 5
+    x, w = rnd(batch, k, dtype=dtype), rnd(n, k, dtype=dtype, scale=k ** -0.5)
+    cw, cb = rnd(dim, width, dtype=dtype), rnd(dim, dtype=dtype)
+    pool = rnd(pool_size, dim, width - 1, dtype=dtype)
+    before, rows = pool.clone(), pool_rows(pool_size, batch, seed=batch)
+    gathered = pool[rows]
+    ref = torch.full((batch, n), float("nan"), dtype=dtype, device="cuda")
+    G.gemv(x, w, out=ref, conv=dict(lo=lo, weight=cw, bias=cb, state=gathered))
+    out = torch.full((batch, n), float("nan"), dtype=dtype, device="cuda")
+    G.gemv(x, w, out=out, conv=dict(lo=lo, weight=cw, bias=cb, state=pool, state_rows=rows))
+    assert torch.isfinite(ref.float()).all() and torch.equal(out, ref)
+    assert_pool_update(pool, before, rows, gathered)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("state_dtype", ["float32", "model"])
+@pytest.mark.parametrize("batch", [1, 5, 9, 64])
+def test_mamba1_step_state_rows(G, dtype, state_dtype, batch):
+    dim, rank, dstate, pool_size = 200, 24, 16, batch + 7
+    sdt = torch.float32 if state_dtype == "float32" else dtype
+    xz, xdbl = rnd(batch, 2 * dim, dtype=dtype), rnd(batch, rank + 2 * dstate, dtype=dtype)
+    wdt = G.pack_dt_proj(rnd(dim, rank, dtype=dtype, scale=rank ** -0.5))
+    dt_bias, D, A = rnd(dim, scale=0.5) - 4.0, rnd(dim), -torch.exp(rnd(dim, dstate, scale=0.5))
+    pool = rnd(pool_size, dim, dstate).to(sdt)
+    before, rows = pool.clone(), pool_rows(pool_size, batch, seed=batch)
+    gathered = pool[rows]
+    ref = torch.full((batch, dim), float("nan"), dtype=dtype, device="cuda")
+    G.mamba1_step(xz[:, :dim], xz[:, dim:], xdbl, wdt, dt_bias, A, D, gathered, out=ref)
+    y = torch.full((batch, dim), float("nan"), dtype=dtype, device="cuda")
+    G.mamba1_step(xz[:, :dim], xz[:, dim:], xdbl, wdt, dt_bias, A, D, pool, out=y, state_rows=rows)
+    assert torch.isfinite(ref.float()).all() and torch.equal(y, ref)
+    assert_pool_update(pool, before, rows, gathered)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("state_dtype", ["float32", "model"])
+@pytest.mark.parametrize("batch", [1, 6, 33])
+def test_mamba2_step_state_rows(G, dtype, state_dtype, batch):
+    nheads, headdim, dstate, ngroups, pool_size = 6, 16, 64, 2, batch + 4
+    sdt = torch.float32 if state_dtype == "float32" else dtype
+    d, gn = nheads * headdim, ngroups * dstate
+    buf = rnd(batch, d + 2 * gn + nheads, dtype=dtype)
+    x, B, C, dt = buf[:, :d], buf[:, d:d + gn], buf[:, d + gn:d + 2 * gn], buf[:, d + 2 * gn:]
+    A, D, dt_bias = -torch.exp(rnd(nheads, scale=0.5)), rnd(nheads), rnd(nheads, scale=0.5) - 3.0
+    pool = rnd(pool_size, nheads, headdim, dstate).to(sdt)
+    before, rows = pool.clone(), pool_rows(pool_size, batch, seed=batch)
+    gathered = pool[rows]
+    ref = torch.full((batch, d), float("nan"), dtype=dtype, device="cuda")
+    G.mamba2_step(gathered, x, dt, A, B, C, D, dt_bias, (0.001, 0.1), out=ref)
+    y = torch.full((batch, d), float("nan"), dtype=dtype, device="cuda")
+    G.mamba2_step(pool, x, dt, A, B, C, D, dt_bias, (0.001, 0.1), out=y, state_rows=rows)
+    assert torch.isfinite(ref.float()).all() and torch.equal(y, ref)
+    assert_pool_update(pool, before, rows, gathered)
+
+
+def test_state_rows_are_checked(G):
+    x, xz, xdbl = rnd(3, 64), rnd(3, 128), rnd(3, 8 + 32)
+    wdt, A = G.pack_dt_proj(rnd(64, 8)), -torch.exp(rnd(64, 16))
+    pool, y = rnd(10, 64, 16), torch.empty(3, 64, device="cuda")
+    args = (xz[:, :64], xz[:, 64:], xdbl, wdt, rnd(64), A, rnd(64), pool)
+    for bad, why in ((torch.arange(3, device="cuda", dtype=torch.int32), "int64"),
+                     (torch.arange(3), "int64 tensor on cuda"), (torch.arange(4, device="cuda"), r"\(3,\)"),
+                     (torch.arange(6, device="cuda")[::2], "contiguous")):
+        with pytest.raises(ValueError, match=why):
+            G.mamba1_step(*args, out=y, state_rows=bad)
+    with pytest.raises(ValueError, match="state"):  # without state_rows the state must have the batch's rows
+        G.mamba1_step(*args, out=y)
+    with pytest.raises(ValueError, match="conv state"):
+        G.gemv(x, rnd(80, 64), out=torch.empty(3, 80, device="cuda"),
+               conv=dict(lo=0, weight=rnd(16, 4), state=rnd(10, 16, 3)))

@@ -285,3 +285,108 @@ def test_time_parallel_scan_equals_single_walk(cuda, arch, monkeypatch):
     assert s_in.data_ptr() == state.data_ptr()
     check(f"{arch} in-place state", s_in, s_par, torch.float32)
     check(f"{arch} in-place y", y_in, y_par, torch.float32)
+
+
+# ---- state_rows: batch row b on row state_rows[b] of a state pool == the same launch on a gathered copy ----
+
+def pool_rows(pool: int, batch: int, seed: int) -> torch.Tensor:
+    """`batch` distinct rows of a pool of `pool`, unsorted and not contiguous (for batch >= 3), on the GPU."""
+    rows = torch.randperm(pool, generator=torch.Generator().manual_seed(seed))[:batch]
+    assert batch < 3 or not (rows.diff() == 1).all()
+    return rows.cuda()
+
+
+def check_pool(pool, before, rows, gathered):
+    """Bit for bit: pool[rows] == the gathered copy after its update (which changed it); other rows untouched."""
+    assert torch.equal(pool[rows], gathered)
+    assert not torch.equal(gathered, before[rows]), "the state was not updated: the test shows nothing"
+    others = torch.ones(pool.shape[0], dtype=torch.bool, device="cuda")
+    others[rows] = False
+    assert torch.equal(pool[others], before[others])
+
+
+def check_equal(name, out, ref):
+    assert torch.isfinite(ref.float()).all(), f"{name}: non-finite reference"
+    assert torch.equal(out, ref), f"{name}: differs from the launch on gathered state"
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("batch,seqlen", [(1, 1), (5, 1), (3, 37)])
+def test_causal_conv1d_state_rows(cuda, dtype, batch, seqlen):
+    dim, width, pool_size = 130, 4, batch + 6
+    x, w, b = rnd(batch, dim, seqlen, dtype=dtype), rnd(dim, width, dtype=dtype), rnd(dim, dtype=dtype)
+    pool = rnd(pool_size, dim, width - 1, dtype=dtype)
+    before, rows = pool.clone(), pool_rows(pool_size, batch, seed=batch + seqlen)
+    gathered = pool[rows]
+    ref, _ = cuda.causal_conv1d(x, w, b, gathered, out=nan_like(x.shape, dtype), state_out=gathered)
+    if seqlen == 1:
+        y, st = cuda.causal_conv1d_update(x[..., 0], w, b, pool, out=nan_like(x.shape[:2], dtype), state_out=pool,
+                                          state_rows=rows)
+        y = y.unsqueeze(-1)
+    else:
+        y, st = cuda.causal_conv1d(x, w, b, pool, out=nan_like(x.shape, dtype), state_out=pool, state_rows=rows)
+    assert st.data_ptr() == pool.data_ptr()
+    check_equal("y", y, ref)
+    check_pool(pool, before, rows, gathered)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("batch", [1, 7])
+@pytest.mark.parametrize("arch", ["mamba1", "mamba2"])
+def test_state_update_state_rows(cuda, dtype, batch, arch):
+    pool_size = batch + 5
+    if arch == "mamba1":
+        kw = mamba1_inputs(batch, 200, 1, 16, dtype)
+        args = dict(x=kw["u"][..., 0], dt=kw["delta"][..., 0], A=kw["A"], B=kw["B"][..., 0], C=kw["C"][..., 0],
+                    D=kw["D"], z=kw["z"][..., 0], dt_bias=kw["delta_bias"])
+        pool = rnd(pool_size, 200, 16, scale=0.5)
+    else:
+        kw = mamba2_inputs(batch, 1, 4, 64, 2, 128, dtype)
+        kw.pop("initial_state")
+        args = {k: (v[:, 0] if k in ("x", "dt", "B", "C", "z") else v) for k, v in kw.items()}
+        pool = rnd(pool_size, 4, 64, 128, scale=0.5)
+    before, rows = pool.clone(), pool_rows(pool_size, batch, seed=batch)
+    gathered = pool[rows]
+    ref, _ = cuda.selective_state_update(gathered, **args, out=nan_like(args["x"].shape, dtype), state_out=gathered)
+    y, st = cuda.selective_state_update(pool, **args, out=nan_like(args["x"].shape, dtype), state_out=pool,
+                                        state_rows=rows)
+    assert st.data_ptr() == pool.data_ptr()
+    check_equal("y", y, ref)
+    check_pool(pool, before, rows, gathered)
+
+
+@pytest.mark.parametrize("arch", ["mamba1", "mamba2"])
+@pytest.mark.parametrize("batch,seqlen", [(3, 129), (1, 1500)])  # 1500 at batch 1: the time-parallel form
+def test_scan_state_rows(cuda, arch, batch, seqlen, monkeypatch):
+    from mamba_deploy.ops import _lib
+
+    pool_size = batch + 4
+    if arch == "mamba1":
+        fn, kw, key = cuda.selective_scan, mamba1_inputs(batch, 256, seqlen, 16, torch.float16), "ssm_state"
+    else:
+        fn, kw, key = cuda.chunk_scan, mamba2_inputs(batch, seqlen, 8, 64, 1, 128, torch.float16), "initial_state"
+    pool = rnd(pool_size, *kw[key].shape[1:], scale=0.5)
+    before, rows = pool.clone(), pool_rows(pool_size, batch, seed=seqlen)
+    gathered = pool[rows]
+    kw[key] = gathered
+    sizes = []
+    real = _lib.scan_workspace_bytes
+    monkeypatch.setattr(_lib, "scan_workspace_bytes", lambda p: sizes.append(real(p)) or sizes[-1])
+    ref, _ = fn(**kw, out=nan_like(kw["u" if arch == "mamba1" else "x"].shape, torch.float16), state_out=gathered)
+    kw[key] = pool
+    y, st = fn(**kw, out=nan_like(ref.shape, torch.float16), state_out=pool, state_rows=rows)
+    assert (sizes[0] > 0) == (seqlen == 1500) and sizes[0] == sizes[1]
+    assert st.data_ptr() == pool.data_ptr()
+    check_equal("y", y, ref)
+    check_pool(pool, before, rows, gathered)
+
+
+def test_state_rows_need_a_pool_and_state_out(cuda):
+    x, w, pool = rnd(2, 8), rnd(8, 4), rnd(5, 8, 3)
+    rows = torch.tensor([4, 1], device="cuda")
+    with pytest.raises(ValueError, match="state_out"):
+        cuda.causal_conv1d_update(x, w, None, pool, state_rows=rows)
+    with pytest.raises(ValueError, match="int64"):
+        cuda.causal_conv1d_update(x, w, None, pool, state_out=pool, state_rows=rows.int())
+    with pytest.raises(ValueError, match="conv_state"):  # without state_rows: the batch's rows
+        cuda.causal_conv1d_update(x, w, None, pool, state_out=pool)
