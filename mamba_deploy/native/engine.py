@@ -160,7 +160,7 @@ class NativeEngine:
             return st
         return InferenceState.zeros(self.config, batch_size, self.dtype, self.state_dtype, self.device)
 
-    def _is_static(self, state: InferenceState) -> bool:
+    def is_pool_view(self, state: InferenceState) -> bool:
         """Whether `state` is consecutive slots of the static pool (the claimed state, a prefill_slot view):
         decode then runs on those slots in place."""
         return self._first_slot(state) is not None

@@ -106,10 +106,12 @@ class Backend(abc.ABC):
         return logits
 
     def decode_slots(self, input_ids: torch.Tensor, pool: StatePool, slots: torch.Tensor) -> torch.Tensor:
-        """input_ids (n, 1), slots (n,) distinct int64 on pool.device -> logits (n, 1, V); the slots are updated."""
+        """input_ids (n, 1), slots (n,) distinct int64 (any device; the CPU costs a GPU backend no sync) ->
+        logits (n, 1, V); the slots are updated."""
         if slots.dim() != 1 or slots.dtype != torch.int64 or slots.shape[0] != input_ids.shape[0]:
             raise MambaDeployError(f"slots must be an (n,) int64 tensor with n = {input_ids.shape[0]} rows of "
                                    f"input_ids, got {slots.dtype} {tuple(slots.shape)}")
+        slots = slots.to(pool.device)
         rows = pool.gather(slots)
         logits = self.decode(input_ids, rows)
         pool.scatter(slots, rows)

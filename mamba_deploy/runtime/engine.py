@@ -27,8 +27,11 @@ Prompt = Union[str, Sequence[str], Sequence[int], Sequence[Sequence[int]], torch
 
 
 class Engine:
-    def __init__(self, backend: Backend, tokenizer=None, max_batch: int = 16):
-        self.backend, self.tokenizer, self.max_batch = backend, tokenizer, max_batch
+    def __init__(self, backend: Backend, tokenizer=None, max_batch: Optional[int] = None):
+        """max_batch: requests decoded together by `generate` / `scheduler` (default: the backend's slots,
+        e.g. the native engine's max_batch, else 16)."""
+        self.backend, self.tokenizer = backend, tokenizer
+        self.max_batch = max_batch or backend.max_slots or 16
         self._scheduler: Optional[Scheduler] = None
         self._scheduler_lock = threading.Lock()
 

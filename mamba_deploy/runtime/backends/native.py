@@ -1,8 +1,11 @@
 """Native backend: the export run by mamba_deploy.native (CUDA kernels, cuBLAS, CUDA-graph decode).
 
 Options: device ("cuda"), max_batch (64), chunk_len (2048), gemv_max_batch (2), use_graphs (True).
-The state from new_state() is backed by the engine's static buffers while it is the only one alive,
-so decode is a bare graph replay; other states are copied in and out around the replay.
+The engine's static state is a pool of max_batch slots that its decode kernels index through a slot-id
+buffer. `new_pool` hands that pool to the scheduler (when no other state claims it), so `decode_slots`
+and `prefill_slot` run on the slots in place, with no state copy; a pool of other memory falls back to
+the base class's gather/scatter. The state from new_state() is likewise backed by the pool while it is
+the only one alive, so decode is a bare graph replay; other states are copied in and out around it.
 
 Thread safety: the engine's static buffers (ids, activations, logits, the claimed state) and its
 graph capture are shared, so one lock serialises every engine call. Under it, decode of a state
@@ -18,6 +21,7 @@ import torch
 from ...export.artifact import ExportInfo
 from ...models.state import InferenceState
 from ..backend import Backend, register_backend
+from ..slots import StatePool
 
 
 class NativeBackend(Backend):
@@ -44,6 +48,27 @@ class NativeBackend(Backend):
         with self._lock:  # one claim of the static buffers
             return self.engine.new_state(batch_size)
 
+    def new_pool(self, max_slots: int) -> StatePool:
+        """The engine's own slots 0..max_slots-1 when free (claimed for the pool's lifetime), else host-side
+        default: a separate pool served by gather/scatter."""
+        return StatePool(self.config, self.new_state(max_slots))
+
+    def _owns(self, pool: StatePool) -> bool:
+        return self.engine.is_pool_view(pool.state) and pool.state.conv[0].data_ptr() == \
+            self.engine.static.conv[0].data_ptr()
+
+    def prefill_slot(self, input_ids: torch.Tensor, pool: StatePool, slot: int) -> torch.Tensor:
+        if not self._owns(pool):
+            return super().prefill_slot(input_ids, pool, slot)
+        with self._lock:
+            return self.engine.prefill_slot(input_ids, slot, all_logits=self.all_logits)
+
+    def decode_slots(self, input_ids: torch.Tensor, pool: StatePool, slots: torch.Tensor) -> torch.Tensor:
+        if not self._owns(pool):
+            return super().decode_slots(input_ids, pool, slots)
+        with self._lock:
+            return self.engine.decode_slots(input_ids, slots).clone()
+
     def prefill(self, input_ids: torch.Tensor, state: InferenceState) -> torch.Tensor:
         self.check_inputs(input_ids, state, decode=False)
         with self._lock:  # no kernels from other threads while a decode graph is being captured
@@ -52,7 +77,7 @@ class NativeBackend(Backend):
     def decode(self, input_ids: torch.Tensor, state: InferenceState) -> torch.Tensor:
         self.check_inputs(input_ids, state, decode=True)
         with self._lock:
-            if self.engine._is_static(state):
+            if self.engine.is_pool_view(state):
                 return self.engine.decode(input_ids, state).clone()
             b, static = state.batch_size, self.engine.static
             borrowed = [t[:b].clone() for t in static.conv + static.ssm]
