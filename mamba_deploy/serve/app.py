@@ -4,6 +4,7 @@ refusal has OpenAI's error body; nothing a client sends can raise past the handl
 extra (fastapi, uvicorn): import it through `serve.server`, which says so when they are missing."""
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import json
@@ -57,7 +58,8 @@ def create_app(service: Service):
     @app.post("/v1/completions", dependencies=[Depends(check_key)])
     async def completions(request: Request):
         started = time.perf_counter()
-        parsed = parse_completion(await read_json(request), service.limits)
+        body = await read_json(request)
+        parsed = await asyncio.to_thread(parse_completion, body, service.limits)  # tokenizing may take a while
         return await respond(service, parsed, Formatter(False, service.model_name), request, started)
 
     @app.post("/v1/chat/completions", dependencies=[Depends(check_key)])
@@ -67,7 +69,7 @@ def create_app(service: Service):
         if service.chat is None:
             raise APIError(400, "this model has no chat template (tokenizer_config.json has no 'chat_template'); "
                                 "use /v1/completions", "messages", "no_chat_template")
-        parsed = parse_chat(body, service.limits, service.chat.render)
+        parsed = await asyncio.to_thread(parse_chat, body, service.limits, service.chat.render)
         return await respond(service, parsed, Formatter(True, service.model_name), request, started)
 
     return app

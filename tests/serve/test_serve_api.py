@@ -192,6 +192,11 @@ def test_bad_requests_get_an_openai_error(http, body, status, param, code):
     assert (error["param"], error["code"], error["type"]) == (param, code, "invalid_request_error")
 
 
+def test_a_body_too_large_is_refused(http):
+    response = http.post("/v1/completions", content=b" " * (16 * 2**20 + 1))
+    assert response.status_code == 413 and "larger than" in response.json()["error"]["message"]
+
+
 def test_unknown_paths_and_methods(http):
     for method, path, status in (("GET", "/v2/nothing", 404), ("GET", "/v1/completions", 405)):
         response = http.request(method, path)
