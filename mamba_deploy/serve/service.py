@@ -66,6 +66,7 @@ class Service:
         self.eos_ids = [] if engine.eos_id() is None else [engine.eos_id()]
         self.metrics = Metrics()
         self.capacity = slots + options.max_queue  # requests in the scheduler at once, running or waiting
+        self.closing = False
 
     @property
     def slots(self) -> int:
@@ -82,6 +83,8 @@ class Service:
     def submit(self, request: GenerationRequest) -> list[RequestHandle]:
         """One scheduler request per prompt, or APIError 429 when the queue has no room for them all."""
         self.check_model(request.model)
+        if self.closing:
+            raise APIError(503, "the server is shutting down")
         if len(request.prompts) > self.capacity:
             raise APIError(400, f"prompt has {len(request.prompts)} prompts, more than this server holds at once "
                                 f"({self.capacity})", "prompt")
@@ -97,16 +100,17 @@ class Service:
                                                      output))
         except MambaDeployError as exc:
             cancel_soon(handles)
-            raise (APIError(503, "the server is shutting down") if "closed" in str(exc) else as_api_error(exc)) \
-                from None
+            raise as_api_error(exc) from None
         self.metrics.prompt_tokens += sum(h.prompt_tokens for h in handles)
         return handles
 
     def close(self) -> None:
+        self.closing = True
         self.scheduler.close()
 
     def cancel_all(self) -> None:
         """Cancel every request in flight and refuse new ones, without blocking the caller (the drain's end)."""
+        self.closing = True
         threading.Thread(target=self.scheduler.close, name="mamba-deploy-serve-drain", daemon=True).start()
 
 
