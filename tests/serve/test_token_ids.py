@@ -54,3 +54,16 @@ def test_a_closing_server_refuses_new_requests(exports):
         service.close()
         response = client.post("/v1/completions", json={"prompt": [1], "max_tokens": 1})
     assert response.status_code == 503 and "shutting down" in response.json()["error"]["message"]
+
+
+def test_an_engine_failure_is_a_500_or_an_error_event(client, service, monkeypatch):
+    def broken(*args):
+        raise RuntimeError("device lost")
+
+    monkeypatch.setattr(service.engine.backend, "decode_slots", broken)
+    body = {"prompt": [1, 2], "max_tokens": 4}
+    response = client.post("/v1/completions", json=body)
+    assert response.status_code == 500 and "device lost" in response.json()["error"]["message"]
+    with client.stream("POST", "/v1/completions", json={**body, "stream": True}) as response:
+        events = [line[6:] for line in response.iter_lines() if line.startswith("data: ")]
+    assert "device lost" in json.loads(events[-2])["error"]["message"] and events[-1] == "[DONE]"
