@@ -327,6 +327,33 @@ def bench(path, backend, batches, prompt_len, gen_len, prefill_len, random_init,
         click.echo(json.dumps(rows, indent=2, default=str))
 
 
+@cli.command()
+@click.argument("path", type=click.Path(), required=False)
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on (0.0.0.0: every interface).")
+@click.option("--port", type=int, default=8000, show_default=True, help="Port to listen on (0: a free one).")
+@click.option("--backend", type=click.Choice(backend_names()), default="auto", show_default=True, help=BACKEND_HELP)
+@click.option("--max-batch", type=int, default=16, show_default=True, help="State slots: requests decoded together.")
+@click.option("--max-queue", type=int, default=256, show_default=True,
+              help="Requests that may wait for a slot; more get HTTP 429.")
+@click.option("--max-prompt-tokens", type=int, default=4096, show_default=True,
+              help="Longest prompt accepted (HTTP 400 above).")
+@click.option("--max-tokens-limit", type=int, default=4096, show_default=True,
+              help="Largest max_tokens a request may ask for.")
+@click.option("--api-key", envvar="MAMBA_DEPLOY_API_KEY", default=None,
+              help="Require 'Authorization: Bearer KEY' on /v1 (or set MAMBA_DEPLOY_API_KEY).")
+@click.option("--model-name", default=None, help="Model id the API reports (default: the export folder's name).")
+@click.option("--random-init", metavar="NAME", default=None,
+              help="Serve random weights of a published shape on the native backend (load tests; token ids only).")
+@click.option("--drain-timeout", type=float, default=10.0, show_default=True,
+              help="On Ctrl-C/SIGTERM, seconds in-flight requests may finish before they are cancelled.")
+@click.option("--access-log", is_flag=True, help="Log every request.")
+def serve(path, **options):
+    """Serve PATH (an export folder) as an OpenAI-compatible HTTP API (/v1/completions, /v1/chat/completions)."""
+    from .serve import ServeOptions, run_server
+
+    run_server(path, ServeOptions(**options), print_fn=lambda line: click.echo(line))
+
+
 def main(argv: Optional[list[str]] = None) -> None:
     cli.main(argv, prog_name="mamba-deploy")
 

@@ -7,6 +7,7 @@ PACKAGE = pathlib.Path(__file__).resolve().parents[1] / "mamba_deploy"
 # Top first. A module's layer is that of its longest listed prefix; the package face (__init__) is exempt.
 LAYERS = [
     ["cli"],
+    ["serve"],
     ["verify", "bench", "inspect_export", "triton_repo"],
     ["runtime"],
     ["native", "tensorrt"],

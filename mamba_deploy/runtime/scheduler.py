@@ -241,6 +241,16 @@ class Scheduler:
         """Requests submitted and not finished (waiting or running)."""
         return len(self._waiting) + len(self._running)
 
+    @property
+    def waiting_count(self) -> int:
+        """Requests submitted and not yet admitted into a slot (the queue)."""
+        return len(self._waiting)
+
+    @property
+    def running_count(self) -> int:
+        """Requests holding a slot (the running batch)."""
+        return len(self._running)
+
     def submit(self, prompt_ids: Sequence[int], params: SamplingParams = SamplingParams(), seed: Optional[int] = None,
                max_new_tokens: int = 64, stop_ids: Sequence[int] = (), stop_strings: Sequence[str] = (),
                output: Optional[str] = None) -> RequestHandle:
