@@ -221,6 +221,11 @@ class Scheduler:
         self.vocab_limit = sampling_vocab_limit(backend.config, tokenizer)
         self.pool = backend.new_pool(self.max_batch)
         self.sampler = SamplerState(self.max_batch, backend.config.vocab_size_padded, backend.device)
+        # Slot ids go to the device from pinned memory without a sync (a plain torch.tensor(..., device=cuda)
+        # would wait for the decode step queued before it); one copy is in flight at a time, since each
+        # iteration ends by reading the tokens back.
+        self._slot_ids_host = torch.empty(self.max_batch, dtype=torch.int64,
+                                          pin_memory=self.sampler.device.type == "cuda")
         self.iterations = 0  # loop iterations run so far (tests count per-iteration work with it)
         self._waiting: collections.deque[_Request] = collections.deque()
         self._running: list[_Request] = []
@@ -351,14 +356,22 @@ class Scheduler:
         if not rows:
             return
         try:
-            slots = torch.tensor([r.slot for r in rows], dtype=torch.int64, device=self.pool.device)
-            tokens = self.sampler.sample(torch.cat(logits), slots, self.vocab_limit).tolist()  # the one copy to host
+            tokens = self.sampler.sample(torch.cat(logits), self._device_slots([r.slot for r in rows]),
+                                         self.vocab_limit).tolist()  # the one copy to host
         except Exception as exc:  # noqa: BLE001
             for request in rows:
                 self._retire(request, "error", exc)
             return
         for request, token in zip(rows, tokens):
             self._deliver(request, token)
+
+    def _device_slots(self, slots: list[int]) -> torch.Tensor:
+        """(n,) int64 slot ids on the sampler's device, copied asynchronously (see __init__)."""
+        if self.sampler.device.type != "cuda":
+            return torch.tensor(slots, dtype=torch.int64)
+        host = self._slot_ids_host[:len(slots)]
+        host.copy_(torch.tensor(slots, dtype=torch.int64))
+        return host.to(self.sampler.device, non_blocking=True)
 
     def _admit(self) -> None:
         while self.pool.free_count:
