@@ -16,7 +16,7 @@ def test_no_gpu_and_no_arch_option_compiles_for_sm90_alone(tmp_path):
     fake_bin.mkdir()
     (fake_bin / "nvidia-smi").write_text("#!/bin/sh\nexit 9\n")  # no GPU, even on a GPU machine
     (fake_bin / "nvidia-smi").chmod(0o755)
-    env = {k: v for k, v in os.environ.items() if k not in ("MAMBA_DEPLOY_CUDA_ARCHS", "CUDAARCHS")}
+    env = {k: v for k, v in os.environ.items() if k not in ("MAMBA_DEPLOY_CUDA_ARCHS", "CUDAARCHS", "MAMBA_DEPLOY_BUILD_KERNELS")}
     env.update(PATH=f"{fake_bin}{os.pathsep}{env.get('PATH', '')}", MAMBA_DEPLOY_TENSORRT="OFF")
     generator = ["-G", "Ninja"] if shutil.which("ninja") else []
     result = subprocess.run(["cmake", "-S", str(ROOT), "-B", str(tmp_path / "build"), *generator], env=env,
