@@ -19,7 +19,6 @@ from typing import Callable, Optional, Sequence
 import torch
 
 COPY_BW = 3.0e12  # bytes/s
-_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
 
 
 def _events_ms(fn: Callable[[], None], repeats: int) -> float:
@@ -67,12 +66,12 @@ def engine_api(eng):
     """The public Engine (what users call: Engine.generate) over an already-built native engine."""
     from pathlib import Path
 
-    from .export.artifact import ExportInfo
+    from .export.artifact import ExportInfo, dtype_name
     from .runtime import Engine
     from .runtime.backends.native import NativeBackend
 
-    names = {torch.float16: "float16", torch.bfloat16: "bfloat16", torch.float32: "float32"}
-    meta = {"format_version": 1, "dtype": names[eng.dtype], "state_dtype": names[eng.state_dtype], "logits": "last"}
+    meta = {"format_version": 1, "dtype": dtype_name(eng.dtype), "state_dtype": dtype_name(eng.state_dtype),
+            "logits": "last"}
     info = ExportInfo(Path("<random weights: no export folder>"), eng.config, meta)
     return Engine(NativeBackend(info, engine=eng), tokenizer=None)
 
@@ -186,6 +185,7 @@ def bench(path=None, backend: str = "native", batches: Sequence[int] = (1, 16, 6
     """Benchmark one model (a folder, or `random_init`: a preset name) on the native engine; returns rows
     {batch, decode_ms, tok_s, gbps, floor_ms, prefill_ms, peak_gb, mamba_ssm_ms} and prints a table.
     generate: also Engine.generate end to end (T=0.7, top-p 0.9) per batch: rows get generate_tok_s."""
+    from .export.artifact import DTYPES
     from .native import load_engine, random_engine
 
     if backend != "native":
@@ -194,9 +194,9 @@ def bench(path=None, backend: str = "native", batches: Sequence[int] = (1, 16, 6
         raise ValueError("give either a folder or random_init")
     torch.cuda.reset_peak_memory_stats()
     kw = dict(max_batch=max(batches), chunk_len=max(2048, min(prefill_len, 8192)))
-    sdt = _DTYPES[dtype] if state_dtype == "model" else _DTYPES[state_dtype]
-    eng = (random_engine(random_init, _DTYPES[dtype], sdt, **kw) if random_init
-           else load_engine(path, _DTYPES[dtype], sdt, **kw))
+    sdt = DTYPES[dtype] if state_dtype == "model" else DTYPES[state_dtype]
+    eng = (random_engine(random_init, DTYPES[dtype], sdt, **kw) if random_init
+           else load_engine(path, DTYPES[dtype], sdt, **kw))
     wbytes = eng.weight_bytes()
     name = random_init or str(path)
     prefill_ms = bench_prefill(eng, prefill_len)
@@ -251,6 +251,8 @@ def format_table(rows: list[dict], device: str, dtype: str, state_dtype: str) ->
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
+    from .export.artifact import DTYPES
+
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("path", nargs="?")
     ap.add_argument("--random-init", metavar="NAME", help="preset of random_init.PRESETS, built on the GPU")
@@ -258,8 +260,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     ap.add_argument("--prompt-len", type=int, default=100)
     ap.add_argument("--gen-len", type=int, default=200)
     ap.add_argument("--prefill-len", type=int, default=2048)
-    ap.add_argument("--dtype", default="float16", choices=list(_DTYPES))
-    ap.add_argument("--state-dtype", default="float32", choices=[*_DTYPES, "model"])
+    ap.add_argument("--dtype", default="float16", choices=list(DTYPES))
+    ap.add_argument("--state-dtype", default="float32", choices=[*DTYPES, "model"])
     ap.add_argument("--profile", action="store_true")
     ap.add_argument("--generate", action="store_true", help="also time Engine.generate end to end")
     ap.add_argument("--gemv-sweep", action="store_true", help="time the GEMV kernel alone and exit")

@@ -21,6 +21,11 @@ DECODE_FILE = "decode.onnx"
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
+def dtype_name(dtype: torch.dtype) -> str:
+    """The export's name of `dtype` ("float16"), the inverse of DTYPES."""
+    return next(name for name, d in DTYPES.items() if d == dtype)
+
+
 @dataclasses.dataclass(frozen=True)
 class ExportInfo:
     """An export folder: model config + export metadata (`meta`, the "export" object of config.json)."""

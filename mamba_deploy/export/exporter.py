@@ -17,9 +17,9 @@ import torch
 from tqdm import tqdm
 
 from ..checkpoint import checkpoint_config, resolve_checkpoint, weight_files
-from ..errors import MambaDeployError, ParameterError, is_integer
+from ..errors import ParameterError, is_integer
 from ..ops import MIN_OPSET, register_onnx_schemas
-from .artifact import DECODE_FILE, DTYPES, FORMAT_VERSION, PREFILL_FILE
+from .artifact import DECODE_FILE, DTYPES, FORMAT_VERSION, PREFILL_FILE, dtype_name
 from .graphs import GraphOptions, build_lm_graph
 from .target import ExportTarget, absolute_output, check_output
 from .tokenizer import copy_tokenizer
@@ -91,13 +91,9 @@ def _metadata(options: ExportOptions, dtype: torch.dtype, state_dtype: torch.dty
               tokenizer: Optional[list[str]]) -> dict:
     from ..version import __version__
 
-    return {"format_version": FORMAT_VERSION, "dtype": _dtype_name(dtype), "state_dtype": _dtype_name(state_dtype),
+    return {"format_version": FORMAT_VERSION, "dtype": dtype_name(dtype), "state_dtype": dtype_name(state_dtype),
             "ops": options.ops, "opset": options.opset, "logits": options.logits,
             "tool": "mamba-deploy", "tool_version": __version__, "source": source, "tokenizer": tokenizer}
-
-
-def _dtype_name(dtype: torch.dtype) -> str:
-    return next(name for name, d in DTYPES.items() if d == dtype)
 
 
 def _source(source: str | os.PathLike, folder: Path) -> str:

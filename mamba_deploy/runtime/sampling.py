@@ -109,8 +109,3 @@ def sample(logits: torch.Tensor, params: SamplingParams, vocab_limit: int, seen:
     if noise is None:
         noise = torch.rand(out.shape, generator=generator, device=out.device)
     return (out + gumbel_noise(noise)).argmax(dim=-1)
-
-
-def mark_seen(seen: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
-    """seen: (batch, vocab) bool; tokens: (batch,) -> seen with those tokens set (in place)."""
-    return seen.scatter_(1, tokens.view(-1, 1), True)
