@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 _LAZY_NAMES = {
     "BACKENDS": ".backend", "Backend": ".backend", "load_backend": ".backend", "register_backend": ".backend",
     "backend_names": ".names", "Engine": ".engine", "SamplingParams": ".sampling", "sample": ".sampling",
-    "RequestHandle": ".scheduler", "Scheduler": ".scheduler", "SlotSnapshot": ".slots", "StatePool": ".slots",
+    "RequestHandle": ".requests", "Scheduler": ".scheduler", "SlotSnapshot": ".slots", "StatePool": ".slots",
 }
 
 __all__ = ["BACKENDS", "Backend", "Engine", "RequestHandle", "SamplingParams", "Scheduler", "SlotSnapshot",
@@ -23,7 +23,8 @@ if TYPE_CHECKING:
     from .engine import Engine
     from .names import backend_names
     from .sampling import SamplingParams, sample
-    from .scheduler import RequestHandle, Scheduler
+    from .requests import RequestHandle
+    from .scheduler import Scheduler
     from .slots import SlotSnapshot, StatePool
 
 

@@ -33,7 +33,10 @@ Contract:
     back (index_copy_): on CPU two extra copies of n rows of state per call (mamba-1.4b: ~14 MB of state
     per row, so ~28 MB of memcpy per row per step, small beside the weight read). A backend that can
     index slots in its kernels overrides them (no copy). `max_slots`: the most rows a state may have
-    (None: no limit; the native engine's max_batch).
+    (None: no limit; the native engine's max_batch). `prefill_slots(input_ids (n, L), pool, slots)` prefills n
+    slots in one batched call; `decode_sample_slots(pool, slots, sampler, vocab_limit)` decodes one step
+    from the tokens the sampler holds per slot and samples the next ones, all on the device (the native
+    backend replays decode + sampling as one CUDA graph).
   * Properties: `config` (ModelConfig), `dtype` and `state_dtype` (torch dtypes), `device`
     (torch.device), `name` (the registry name), `all_logits` (bool).
 
@@ -45,7 +48,7 @@ from __future__ import annotations
 
 import abc
 import importlib
-from typing import Callable, Optional
+from typing import TYPE_CHECKING, Callable, Optional, Sequence
 
 import torch
 
@@ -55,6 +58,9 @@ from ..export.artifact import ExportInfo
 from ..models.state import InferenceState
 from .names import BACKEND_MODULES, backend_names
 from .slots import StatePool
+
+if TYPE_CHECKING:
+    from .sampler import SamplerState
 
 
 class Backend(abc.ABC):
@@ -104,6 +110,36 @@ class Backend(abc.ABC):
         logits = self.prefill(input_ids, rows)
         pool.scatter(index, rows)
         return logits
+
+    def prefill_slots(self, input_ids: torch.Tensor, pool: StatePool, slots: Sequence[int]) -> torch.Tensor:
+        """input_ids (n, L): row r continues pool slot slots[r] (n distinct slots) -> logits (n, 1|L, V), in one
+        batched prefill; the slots are updated."""
+        if len(slots) == 1:
+            return self.prefill_slot(input_ids, pool, int(slots[0]))
+        index = torch.tensor(list(slots), dtype=torch.int64)
+        if pool.device.type == "cuda":  # pinned + non_blocking: a pageable copy would wait for the queued steps
+            index = index.pin_memory()
+        index = index.to(pool.device, non_blocking=True)
+        rows = pool.gather(index)
+        logits = self.prefill(input_ids, rows)
+        pool.scatter(index, rows)
+        return logits
+
+    def decode_sample_slots(self, pool: StatePool, slots: torch.Tensor, sampler: "SamplerState",
+                            vocab_limit: int, all_greedy: bool = False) -> torch.Tensor:
+        """One decode step and one sampled token for each of `slots` ((n,) distinct int64 on the sampler's
+        device): row r feeds sampler.last_token[slots[r]] -> tokens (n,) int64 on that device, left in
+        sampler.last_token for the next step (SamplerState.sample). The default decodes (decode_slots) then
+        samples; a backend that captures both in one CUDA graph overrides it. all_greedy: as in sample."""
+        ids = sampler.last_token.index_select(0, slots).unsqueeze(1)
+        logits = self.decode_slots(ids, pool, slots)
+        return sampler.sample(logits[:, -1], slots, vocab_limit, all_greedy)
+
+    @property
+    def prefill_budget(self) -> tuple[int, int]:
+        """(prompt tokens of one request per prefill call, prompt tokens per scheduler iteration): the
+        scheduler's defaults, sized for the device (small on the CPU so running requests are not stalled)."""
+        return 512, 512
 
     def decode_slots(self, input_ids: torch.Tensor, pool: StatePool, slots: torch.Tensor) -> torch.Tensor:
         """input_ids (n, 1), slots (n,) distinct int64 (any device; the CPU costs a GPU backend no sync) ->

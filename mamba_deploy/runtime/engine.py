@@ -21,7 +21,8 @@ from ..models.state import InferenceState
 from .backend import Backend, load_backend
 from .checks import check_count, check_output, check_prompt_ids, check_seed, check_state, split_stops
 from .sampling import SamplingParams
-from .scheduler import Scheduler, random_seed, sampling_vocab_limit, stream_together
+from .requests import stream_together
+from .scheduler import Scheduler, random_seed, sampling_vocab_limit
 
 Prompt = Union[str, Sequence[str], Sequence[int], Sequence[Sequence[int]], torch.Tensor]
 
@@ -121,12 +122,14 @@ class Engine:
         request = dict(params=params, seed=random_seed() if seed is None else int(seed),
                        max_new_tokens=int(max_new_tokens), stop_ids=stop_ids + ([eos] if eos is not None else []),
                        stop_strings=stop_strings, output="text" if as_text else "ids")
-        events = self._events(rows, request)
         if stream:
-            return (piece if single else (row, piece) for row, piece in events)
-        out: list = [("" if as_text else []) for _ in rows]
-        for row, piece in events:
-            out[row] = out[row] + (piece if as_text else [piece])
+            return (piece if single else (row, piece) for row, piece in self._events(rows, request))
+        handles = [self.scheduler.submit(ids, **request) for ids in rows]
+        try:  # waiting on each result sleeps without the GIL: the loop thread runs free
+            out = [handle.result() for handle in handles]
+        finally:
+            for handle in handles:
+                handle.cancel()
         return out[0] if single else out
 
     def _events(self, rows: list[list[int]], request: dict) -> Iterator[tuple[int, Any]]:

@@ -59,7 +59,9 @@ class SamplerState:
     """Sampling parameters, Philox seed and step, and seen tokens of `max_slots` rows on `device`.
 
     Tensors (row = slot): temperature, top_p, min_p, repetition_penalty (max_slots,) float32; top_k,
-    seed, step (max_slots,) int64; seen (max_slots, vocab_size_padded) bool.
+    seed, step (max_slots,) int64; seen (max_slots, vocab_size_padded) bool; last_token (max_slots,) int64,
+    the slot's latest sampled token (what its next decode step feeds, read on the device: the token never
+    has to visit the host between steps).
     """
 
     def __init__(self, max_slots: int, vocab_size_padded: int, device: Union[str, torch.device]):
@@ -76,6 +78,7 @@ class SamplerState:
         self.temperature, self.top_p = row(1.0, torch.float32), row(1.0, torch.float32)
         self.min_p, self.repetition_penalty = row(0.0, torch.float32), row(1.0, torch.float32)
         self.top_k, self.seed, self.step = row(0, torch.int64), row(0, torch.int64), row(0, torch.int64)
+        self.last_token = row(0, torch.int64)
         self._true = torch.ones((), dtype=torch.bool, device=self.device)
 
     def _check_slot(self, slot: int) -> int:
@@ -93,31 +96,39 @@ class SamplerState:
             raise MambaDeployError(f"prompt token ids must be in [0, {self.vocab_size}), got "
                                    f"{int(ids.min())}..{int(ids.max())}")
         values = dict(temperature=params.temperature, top_k=params.top_k, top_p=params.top_p, min_p=params.min_p,
-                      repetition_penalty=params.repetition_penalty, seed=seed, step=0)
+                      repetition_penalty=params.repetition_penalty, seed=seed, step=0, last_token=0)
         for name, value in values.items():
             getattr(self, name)[slot] = value
         self.seen[slot] = False
-        self.seen[slot, ids.to(self.device)] = True
+        if self.device.type == "cuda":  # pinned + non_blocking: a pageable copy would wait for the queued steps
+            ids = ids.pin_memory()
+        self.seen[slot, ids.to(self.device, non_blocking=True)] = True
 
     def release(self, slot: int) -> None:
         """Reset `slot` to the defaults (temperature 1, no filters, seed 0, nothing seen)."""
         self.assign(slot, SamplingParams(), 0, ())
 
-    def sample(self, logits: torch.Tensor, slots: torch.Tensor, vocab_limit: int) -> torch.Tensor:
+    def sample(self, logits: torch.Tensor, slots: torch.Tensor, vocab_limit: int, all_greedy: bool = False) -> torch.Tensor:
         """logits (n, vocab_size_padded), any float dtype; slots (n,) int64 distinct, on the logits'
-        device -> tokens (n,) int64 < vocab_limit. Advances step[slots] and marks the tokens seen."""
+        device -> tokens (n,) int64 < vocab_limit. Advances step[slots], marks the tokens seen and stores them in
+        last_token[slots]. all_greedy: the caller knows every row has temperature 0 (the same tokens, without
+        the sort that sampled rows need)."""
         self._check_sample_args(logits, slots, vocab_limit)
         x = mask_padding(logits.float(), vocab_limit)
         penalty = self.repetition_penalty.index_select(0, slots)[:, None]
         x = apply_repetition_penalty(x, self.seen.index_select(0, slots), penalty)
-        temperature = self.temperature.index_select(0, slots)
-        greedy = temperature == 0
-        scaled = x / torch.where(greedy, 1.0, temperature)[:, None] + 0.0  # + 0.0: -0.0 -> +0.0
-        sampled = pick_tokens(scaled, self.top_k.index_select(0, slots), self.top_p.index_select(0, slots),
-                              self.min_p.index_select(0, slots), self._uniforms(slots))
-        tokens = torch.where(greedy, x.argmax(dim=-1), sampled)
+        if all_greedy:
+            tokens = x.argmax(dim=-1)
+        else:
+            temperature = self.temperature.index_select(0, slots)
+            greedy = temperature == 0
+            scaled = x / torch.where(greedy, 1.0, temperature)[:, None] + 0.0  # + 0.0: -0.0 -> +0.0
+            sampled = pick_tokens(scaled, self.top_k.index_select(0, slots), self.top_p.index_select(0, slots),
+                                  self.min_p.index_select(0, slots), self._uniforms(slots))
+            tokens = torch.where(greedy, x.argmax(dim=-1), sampled)
         self.step.index_add_(0, slots, torch.ones_like(slots))
         self.seen.index_put_((slots, tokens), self._true)
+        self.last_token.index_copy_(0, slots, tokens)
         return tokens
 
     def _check_sample_args(self, logits: torch.Tensor, slots: torch.Tensor, vocab_limit: int) -> None:
@@ -156,7 +167,10 @@ def pick_tokens(scaled: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor, 
     before = (cumulative - weights).double()
     nucleus = before < top_p.double()[:, None] * cumulative[:, -1:].double()
     keep = (nucleus | (top_p >= 1)[:, None]) & (probs >= min_p[:, None])
-    cumulative = torch.where(keep, weights, 0).cumsum(dim=-1)
-    threshold = uniform.to(scaled.device).double()[:, None] * cumulative[:, -1:].double()
+    # Each filter keeps a prefix of the sorted order (before grows, probs shrink along it), so the kept
+    # weights' running sum is `cumulative` itself up to the prefix's end (the top token is always kept):
+    # no second cumulative sum. Positions past the prefix have cumulative >= its total > the threshold.
+    kept_total = cumulative.gather(1, keep.sum(dim=-1, keepdim=True) - 1)
+    threshold = uniform.to(scaled.device).double()[:, None] * kept_total.double()
     index = (cumulative.double() <= threshold).sum(dim=-1).clamp(max=vocab - 1)
     return order.gather(1, index[:, None]).squeeze(1)

@@ -10,22 +10,26 @@ there is nothing to do or by `close()`) owns the backend's StatePool and runs, p
   1. admit waiting requests into free slots (slot reset, per-request sampler row assigned);
   2. prefill admitted prompts in chunks of `prefill_chunk` tokens (cut at the same places whatever
      else runs), at most `token_budget` prompt tokens per iteration in all, so running requests wait
-     at most that much prefill between steps;
-  3. one `Backend.decode_slots` for every request that has a token to feed;
-  4. one `SamplerState.sample` for those rows and the prompts that finished prefilling, one
-     device -> host copy of the tokens, delivery (stop ids, stop strings, max tokens), retirement.
-A request's tokens depend only on its own prompt, parameters and seed, as far as the backend's decode
-gives a row the same logits in any batch (bit for bit on the CPU backends in our tests)
+     at most that much prefill between steps; chunks of equal length go in one batched
+     `Backend.prefill_slots` call, and the prompts that are now all in sample their first token;
+  3. one `Backend.decode_sample_slots` for every request with a token to feed: decode and sampling on
+     the device, each slot's token fed from the sampler's `last_token` (on the native backend one
+     CUDA-graph replay);
+  4. one asynchronous device -> host copy of this iteration's tokens (pinned buffer + event); then the
+     tokens of the PREVIOUS iteration are delivered (stop ids, stop strings, max tokens, retirement)
+     while the GPU runs this one. A request that stops has had one more step computed, which is
+     dropped. (On the CPU there is nothing to overlap: tokens are delivered in their own iteration.)
+A request's tokens depend only on its own prompt, parameters and seed, as far as the backend gives a
+row the same logits in any batch (bit for bit on the CPU backends in our tests)
 (docs/architecture.md "Runtime: slots and scheduler").
 """
 from __future__ import annotations
 
-import asyncio
 import atexit
 import collections
 import threading
 import weakref
-from typing import Any, AsyncIterator, Callable, Iterator, Optional, Sequence, Union
+from typing import Any, Optional, Sequence
 
 import torch
 
@@ -33,10 +37,10 @@ from ..errors import MambaDeployError, ParameterError, is_integer
 from .backend import Backend
 from .checks import check_count, check_output, check_prompt_ids, check_seed
 from .generate import TextStream
+from .requests import RequestHandle
 from .sampler import SamplerState
 from .sampling import SamplingParams
 
-Piece = Union[str, int]
 _OPEN: "weakref.WeakSet[Scheduler]" = weakref.WeakSet()
 
 
@@ -61,135 +65,6 @@ def random_seed() -> int:
     return int(torch.randint(0, 2**62, ()).item())
 
 
-class RequestHandle:
-    """One submitted request: iterate it (blocking or `async for`) for its pieces, or wait for result().
-
-    Pieces are text (str) when `as_text`, token ids (int) otherwise. A handle is iterated once
-    (each piece is handed out once, across __iter__ and __aiter__); result() always gives the whole
-    output. Counts: `prompt_tokens`, `completion_tokens` (tokens sampled, a stop token included)."""
-
-    def __init__(self, scheduler: "Scheduler", prompt_tokens: int, as_text: bool):
-        self._scheduler, self.prompt_tokens, self.as_text = scheduler, prompt_tokens, as_text
-        self.completion_tokens = 0
-        self.finish_reason: Optional[str] = None
-        self._cond = threading.Condition()
-        self._pending: collections.deque = collections.deque()
-        self._output: list = []
-        self._error: Optional[BaseException] = None
-        self._wakers: list[Callable[[], None]] = []
-
-    @property
-    def done(self) -> bool:
-        return self.finish_reason is not None
-
-    def cancel(self) -> None:
-        """Stop the request; when this returns its slot is free and its stream has ended (no-op if done)."""
-        self._scheduler._cancel(self)
-
-    def result(self, timeout: Optional[float] = None) -> Union[str, list[int]]:
-        """The whole output (joined text, or the list of token ids) once the request has finished."""
-        with self._cond:
-            if not self._cond.wait_for(lambda: self.finish_reason is not None, timeout):
-                raise TimeoutError("request still running")
-        if self._error is not None:
-            raise self._error
-        return "".join(self._output) if self.as_text else list(self._output)
-
-    def __iter__(self) -> Iterator[Piece]:
-        while True:
-            with self._cond:
-                self._cond.wait_for(lambda: self._pending or self.finish_reason is not None)
-                if not self._pending:
-                    break
-                piece = self._pending.popleft()
-            yield piece
-        if self._error is not None:
-            raise self._error
-
-    def __aiter__(self) -> AsyncIterator[Piece]:
-        return self._aiter()
-
-    async def _aiter(self) -> AsyncIterator[Piece]:
-        loop, ready = asyncio.get_running_loop(), asyncio.Event()
-        waker = self._add_waker(lambda: loop.call_soon_threadsafe(ready.set))
-        try:
-            while True:
-                piece, ended = self._take()
-                if ended:
-                    break
-                if piece is None:
-                    await ready.wait()
-                    ready.clear()
-                    continue
-                yield piece
-        finally:
-            self._remove_waker(waker)
-        if self._error is not None:
-            raise self._error
-
-    # -- used by the scheduler loop and by stream_together --
-
-    def _take(self) -> tuple[Optional[Piece], bool]:
-        """(next piece or None, whether the stream has ended) without blocking."""
-        with self._cond:
-            if self._pending:
-                return self._pending.popleft(), False
-            return None, self.finish_reason is not None
-
-    def _add_waker(self, waker: Callable[[], None]) -> Callable[[], None]:
-        with self._cond:
-            self._wakers.append(waker)
-        return waker
-
-    def _remove_waker(self, waker: Callable[[], None]) -> None:
-        with self._cond:
-            self._wakers.remove(waker)
-
-    def _push(self, piece: Optional[Piece], finish: Optional[str] = None, error: Optional[BaseException] = None):
-        with self._cond:
-            if self.finish_reason is not None:
-                return
-            if piece is not None and piece != "":
-                self._pending.append(piece)
-                self._output.append(piece)
-            if finish is not None:
-                self._error, self.finish_reason = error, finish
-            self._cond.notify_all()
-            wakers = list(self._wakers)
-        for wake in wakers:
-            try:
-                wake()
-            except RuntimeError:  # the consumer's event loop is closed: nobody is listening
-                pass
-
-
-def stream_together(handles: Sequence[RequestHandle]) -> Iterator[tuple[int, Piece]]:
-    """(index, piece) from several handles as the pieces arrive; ends when all have ended."""
-    ready = threading.Event()
-    wakers = [h._add_waker(ready.set) for h in handles]
-    try:
-        live = list(range(len(handles)))
-        while live:
-            ready.clear()
-            moved = False
-            for index in list(live):
-                piece, ended = handles[index]._take()
-                while piece is not None:
-                    moved = True
-                    yield index, piece
-                    piece, ended = handles[index]._take()
-                if ended:
-                    live.remove(index)
-            if live and not moved:
-                ready.wait()
-        for h in handles:
-            if h._error is not None:
-                raise h._error
-    finally:
-        for h, waker in zip(handles, wakers):
-            h._remove_waker(waker)
-
-
 class _Request:
     """The loop's bookkeeping for one request (owned by the loop thread once admitted)."""
 
@@ -199,7 +74,20 @@ class _Request:
         self.max_new_tokens, self.stop_ids, self.text = max_new_tokens, stop_ids, text
         self.slot: Optional[int] = None
         self.prefilled = 0  # prompt tokens already in the slot's state
-        self.next_token: Optional[int] = None  # the last sampled token, fed by the next decode
+        self.launched = 0  # tokens sampled on the device so far (delivered or on their way)
+        self.retired = False
+
+
+class _Launch:
+    """One iteration's tokens on their way to the host: rows[i] gets tokens[i] once `event` has passed."""
+
+    def __init__(self, rows: list[_Request], tokens: torch.Tensor, event: Optional[torch.cuda.Event]):
+        self.rows, self.tokens, self.event = rows, tokens, event
+
+    def wait(self) -> list[int]:
+        if self.event is not None:
+            self.event.synchronize()
+        return self.tokens[:len(self.rows)].tolist()
 
 
 class Scheduler:
@@ -208,10 +96,14 @@ class Scheduler:
     max_batch: state slots (requests running at once; more wait in a queue). prefill_chunk: the most
     prompt tokens of one request per prefill call (at most token_budget). token_budget: the most prompt
     tokens prefilled per loop iteration (bounds how long running requests wait between decode steps).
-    The pool and sampler are allocated once, here."""
+    None: the backend's `prefill_budget` (512 and 512 on the CPU backends; larger on the GPU).
+    The pool, the sampler and the pinned transfer buffers are allocated once, here."""
 
-    def __init__(self, backend: Backend, tokenizer=None, max_batch: int = 16, prefill_chunk: int = 512,
-                 token_budget: int = 512):
+    def __init__(self, backend: Backend, tokenizer=None, max_batch: int = 16, prefill_chunk: Optional[int] = None,
+                 token_budget: Optional[int] = None):
+        default_chunk, default_budget = backend.prefill_budget
+        prefill_chunk = default_chunk if prefill_chunk is None else prefill_chunk
+        token_budget = default_budget if token_budget is None else token_budget
         for name, value in (("max_batch", max_batch), ("prefill_chunk", prefill_chunk),
                             ("token_budget", token_budget)):
             if not (is_integer(value) and value >= 1):
@@ -221,11 +113,17 @@ class Scheduler:
         self.vocab_limit = sampling_vocab_limit(backend.config, tokenizer)
         self.pool = backend.new_pool(self.max_batch)
         self.sampler = SamplerState(self.max_batch, backend.config.vocab_size_padded, backend.device)
-        # Slot ids go to the device from pinned memory without a sync (a plain torch.tensor(..., device=cuda)
-        # would wait for the decode step queued before it); one copy is in flight at a time, since each
-        # iteration ends by reading the tokens back.
-        self._slot_ids_host = torch.empty(self.max_batch, dtype=torch.int64,
-                                          pin_memory=self.sampler.device.type == "cuda")
+        # Host <-> device transfers of the loop go through pinned buffers, asynchronously: a pageable copy
+        # would wait for the steps queued before it. Two of each, used in turn by alternate iterations: the
+        # copies from/to one are done by the time the iteration after next reuses it (each iteration waits
+        # for the previous one's tokens).
+        self._pipelined = self.sampler.device.type == "cuda"
+        self._slot_ids_host = [torch.empty(self.max_batch, dtype=torch.int64, pin_memory=self._pipelined)
+                               for _ in range(2)]
+        self._tokens_host = [torch.empty(2 * self.max_batch, dtype=torch.int64, pin_memory=self._pipelined)
+                             for _ in range(2)]
+        self._parity = 0
+        self._in_flight: Optional[_Launch] = None  # the last iteration's tokens, not yet delivered
         self.iterations = 0  # loop iterations run so far (tests count per-iteration work with it)
         self._waiting: collections.deque[_Request] = collections.deque()
         self._running: list[_Request] = []
@@ -327,51 +225,90 @@ class Scheduler:
             with self._queue_lock:
                 if not self._waiting and not self._running:
                     self._looping = False  # a later submit starts a new thread
-                    return
+                    break
             try:
                 self._step()
             except Exception as exc:  # noqa: BLE001  (a bug here must not leave consumers waiting forever)
                 for request in list(self._running):
                     self._retire(request, "error", exc)
+        launch, self._in_flight = self._in_flight, None
+        if launch is not None:  # rows all retired; its copies must be done before the buffers are reused
+            self._wait_quietly(launch)
 
     def _step(self) -> None:
         self.iterations += 1
+        self._parity ^= 1
         with self._queue_lock:
             cancelling, self._cancelling, closed = self._cancelling, set(), self._closed
         for request in list(self._running):
             if closed or request.handle in cancelling:
                 self._retire(request, "cancelled")
         self._admit()
-        rows, logits = self._prefill()
-        decoding = [r for r in self._running if r.next_token is not None]
+        rows, tokens = self._prefill()
+        decoding = [r for r in self._running if 0 < r.launched < r.max_new_tokens]
         if decoding:
             try:
-                ids = torch.tensor([[r.next_token] for r in decoding], dtype=torch.int64)
-                slots = torch.tensor([r.slot for r in decoding], dtype=torch.int64)  # host: no sync to check them
-                logits.append(self.backend.decode_slots(ids, self.pool, slots)[:, -1].float())
+                slots = self._device_slots([r.slot for r in decoding])
+                all_greedy = all(r.params.greedy for r in decoding)
+                tokens.append(self.backend.decode_sample_slots(self.pool, slots, self.sampler, self.vocab_limit,
+                                                               all_greedy))
                 rows += decoding
+                for request in decoding:
+                    request.launched += 1
             except Exception as exc:  # noqa: BLE001  (handed to the requests' consumers)
                 for request in decoding:
                     self._retire(request, "error", exc)
-        if not rows:
-            return
+        launch = self._send_home(rows, tokens) if rows else None
+        previous, self._in_flight = self._in_flight, launch
+        if previous is not None:
+            self._deliver_launch(previous)
+        if launch is not None and not self._pipelined:
+            self._in_flight = None
+            self._deliver_launch(launch)
+
+    def _send_home(self, rows: list[_Request], tokens: list[torch.Tensor]) -> _Launch:
+        """Start the one device -> host copy of this iteration's tokens."""
+        joined = torch.cat(tokens) if len(tokens) > 1 else tokens[0]
+        if not self._pipelined:
+            return _Launch(rows, joined, None)
+        host = self._tokens_host[self._parity][:joined.shape[0]]
+        host.copy_(joined, non_blocking=True)
+        event = torch.cuda.Event()
+        event.record()
+        return _Launch(rows, host, event)
+
+    def _deliver_launch(self, launch: _Launch) -> None:
         try:
-            tokens = self.sampler.sample(torch.cat(logits), self._device_slots([r.slot for r in rows]),
-                                         self.vocab_limit).tolist()  # the one copy to host
-        except Exception as exc:  # noqa: BLE001
-            for request in rows:
-                self._retire(request, "error", exc)
+            tokens = launch.wait()
+        except Exception as exc:  # noqa: BLE001  (a failed step: its requests end with the error)
+            for request in launch.rows:
+                if not request.retired:
+                    self._retire(request, "error", exc)
             return
-        for request, token in zip(rows, tokens):
-            self._deliver(request, token)
+        for request, token in zip(launch.rows, tokens):
+            if not request.retired:  # retired while this was in flight: the extra token is dropped
+                self._deliver(request, token)
+
+    @staticmethod
+    def _wait_quietly(launch: _Launch) -> None:
+        try:
+            launch.wait()
+        except Exception:  # noqa: BLE001  (its requests have ended; the error was theirs)
+            pass
 
     def _device_slots(self, slots: list[int]) -> torch.Tensor:
         """(n,) int64 slot ids on the sampler's device, copied asynchronously (see __init__)."""
-        if self.sampler.device.type != "cuda":
+        if not self._pipelined:
             return torch.tensor(slots, dtype=torch.int64)
-        host = self._slot_ids_host[:len(slots)]
+        host = self._slot_ids_host[self._parity][:len(slots)]
         host.copy_(torch.tensor(slots, dtype=torch.int64))
         return host.to(self.sampler.device, non_blocking=True)
+
+    def _to_device(self, values: list) -> torch.Tensor:
+        """A small int64 tensor on the sampler's device without waiting for the queued steps (pinned memory
+        from torch's caching host allocator, which keeps it until the copy is done)."""
+        host = torch.tensor(values, dtype=torch.int64)
+        return host.pin_memory().to(self.sampler.device, non_blocking=True) if self._pipelined else host
 
     def _admit(self) -> None:
         while self.pool.free_count:
@@ -385,30 +322,53 @@ class Scheduler:
             self._running.append(request)
 
     def _prefill(self) -> tuple[list[_Request], list[torch.Tensor]]:
-        """Prompt chunks within the token budget; -> the requests whose prompt is now all in, and
-        their last logits (1, V) float32 (copies: the backend may reuse its logits buffer).
+        """Prompt chunks within the token budget, chunks of equal length batched into one prefill_slots call;
+        -> the requests whose prompt is now all in, and their first sampled tokens (device tensors).
 
         A prompt is cut at multiples of `chunk` from its start whatever else is running (a chunk that
         does not fit in what is left of the budget waits for the next iteration), so its state, and
         so its tokens, are the same as when it runs alone."""
         chunk = min(self.prefill_chunk, self.token_budget)
-        budget, done, logits = self.token_budget, [], []
-        for request in list(self._running):
+        budget, groups = self.token_budget, collections.defaultdict(list)
+        for request in self._running:
             n = min(len(request.prompt) - request.prefilled, chunk)
-            if n == 0 or n > budget:
+            if 0 < n <= budget:
+                groups[n].append(request)
+                budget -= n
+        done, tokens = [], []
+        for n, group in groups.items():
+            finished, logits = self._prefill_group(n, group)
+            if not finished:
                 continue
-            ids = torch.tensor([request.prompt[request.prefilled:request.prefilled + n]], dtype=torch.int64)
+            rows, requests = [i for i, _ in finished], [r for _, r in finished]
             try:
-                out = self.backend.prefill_slot(ids, self.pool, request.slot)
+                last = logits[:, -1] if len(rows) == len(group) else logits[self._to_device(rows), -1]
+                tokens.append(self.sampler.sample(last, self._to_device([r.slot for r in requests]),
+                                                  self.vocab_limit, all(r.params.greedy for r in requests)))
             except Exception as exc:  # noqa: BLE001
-                self._retire(request, "error", exc)
+                for request in requests:
+                    self._retire(request, "error", exc)
                 continue
+            for request in requests:
+                request.launched = 1
+            done += requests
+        return done, tokens
+
+    def _prefill_group(self, n: int, group: list[_Request]) -> tuple[list[tuple[int, _Request]], Any]:
+        """The next n prompt tokens of each request of `group` in one call; -> ((row, request) of those whose
+        prompt is now all in, the logits (len(group), 1|n, V))."""
+        ids = torch.tensor([r.prompt[r.prefilled:r.prefilled + n] for r in group], dtype=torch.int64)
+        if self._pipelined:
+            ids = ids.pin_memory()
+        try:
+            logits = self.backend.prefill_slots(ids, self.pool, [r.slot for r in group])
+        except Exception as exc:  # noqa: BLE001
+            for request in group:
+                self._retire(request, "error", exc)
+            return [], None
+        for request in group:
             request.prefilled += n
-            budget -= n
-            if request.prefilled == len(request.prompt):
-                done.append(request)
-                logits.append(out[:, -1].to(torch.float32, copy=True))
-        return done, logits
+        return [(i, r) for i, r in enumerate(group) if r.prefilled == len(r.prompt)], logits
 
     def _deliver(self, request: _Request, token: int) -> None:
         handle = request.handle
@@ -423,10 +383,10 @@ class Scheduler:
                 return self._retire(request, "stop")
         if handle.completion_tokens >= request.max_new_tokens:
             return self._retire(request, "length")
-        request.next_token = token
 
     def _retire(self, request: _Request, reason: str, error: Optional[BaseException] = None) -> None:
         """Free the request's slot and sampler row and end its stream (the text's held-back tail first)."""
+        request.retired = True
         self._running.remove(request)
         self.sampler.release(request.slot)
         self.pool.release(request.slot)

@@ -13,7 +13,8 @@ import time
 from typing import Any, Awaitable, Callable, Optional
 
 from ..errors import MambaDeployError, ParameterError, is_integer, is_real
-from ..runtime.scheduler import RequestHandle, Scheduler
+from ..runtime.requests import RequestHandle
+from ..runtime.scheduler import Scheduler
 from .chat import ChatTemplate
 from .metrics import Metrics
 from .protocol import APIError, GenerationRequest, Limits, as_api_error

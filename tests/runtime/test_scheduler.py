@@ -40,6 +40,8 @@ class Recording(Backend):
     def __init__(self, inner: Backend, max_slots=None):
         super().__init__(inner.info)
         self.inner, self.scheduler, self.prefills, self.decodes, self.fail_decodes = inner, None, [], [], 0
+        self.prefill_shapes, self.gate = [], threading.Event()
+        self.gate.set()
         self._max_slots = max_slots
 
     @property
@@ -51,10 +53,12 @@ class Recording(Backend):
         return self.inner.device
 
     def prefill(self, input_ids, state):
-        self.prefills.append((self.scheduler and self.scheduler.iterations, input_ids.shape[1]))
+        self.prefills.append((self.scheduler and self.scheduler.iterations, input_ids.numel()))
+        self.prefill_shapes.append(tuple(input_ids.shape))
         return self.inner.prefill(input_ids, state)
 
     def decode(self, input_ids, state):
+        self.gate.wait(60)
         self.decodes.append(self.scheduler and self.scheduler.iterations)
         if self.fail_decodes:
             self.fail_decodes -= 1
@@ -156,6 +160,23 @@ def test_token_budget_bounds_prefill_per_iteration(engine):
     assert len(per_iteration) >= 5  # 112 prompt tokens need at least 5 iterations of 24
     first = min(per_iteration)  # the decoding request's own prefill; afterwards it decodes in every iteration
     assert all(i in recording.decodes for i in per_iteration if i > first)
+
+
+@pytest.mark.parametrize("sampling", [GREEDY, SEEDED], ids=["greedy", "seeded"])
+def test_equal_length_chunks_prefill_in_one_batched_call(engine, sampling):
+    recording = Recording(engine.backend)
+    prompts = [[(5 * k + j) % 90 + 1 for j in range(12)] for k in range(4)]
+    want = [_solo(engine, p, max_new_tokens=7, output="ids", **sampling) for p in prompts]
+    with Scheduler(recording, max_batch=5) as sched:
+        recording.scheduler = sched
+        recording.gate.clear()  # the first request's decode waits until the others are queued
+        running = sched.submit([1, 2, 3], max_new_tokens=20, output="ids", **GREEDY)
+        handles = [sched.submit(p, max_new_tokens=7, output="ids", **sampling) for p in prompts]
+        recording.gate.set()
+        assert [h.result(timeout=60) for h in handles] == want
+        running.result(timeout=60)
+    assert (4, 12) in recording.prefill_shapes  # the four 12-token prompts went in one call
+    assert sum(rows * n for rows, n in recording.prefill_shapes) == 3 + 4 * 12
 
 
 def test_backend_failure_ends_the_requests_with_error(engine):

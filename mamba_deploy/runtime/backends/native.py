@@ -63,6 +63,27 @@ class NativeBackend(Backend):
         with self._lock:
             return self.engine.prefill_slot(input_ids, slot, all_logits=self.all_logits)
 
+    def prefill_slots(self, input_ids: torch.Tensor, pool: StatePool, slots) -> torch.Tensor:
+        """Consecutive slots of the engine's pool prefill in place (views); others through gather/scatter."""
+        first, n = int(slots[0]), len(slots)
+        if not self._owns(pool) or n == 1 or list(slots) != list(range(first, first + n)):
+            return super().prefill_slots(input_ids, pool, slots)
+        with self._lock:
+            return self.engine.prefill(input_ids, self.engine.slot_state(first, n), all_logits=self.all_logits)
+
+    def decode_sample_slots(self, pool: StatePool, slots: torch.Tensor, sampler, vocab_limit: int,
+                            all_greedy: bool = False) -> torch.Tensor:
+        """On the engine's pool: decode and sampling replay as one CUDA graph (NativeEngine.decode_sample)."""
+        if not self._owns(pool):
+            return super().decode_sample_slots(pool, slots, sampler, vocab_limit, all_greedy)
+        with self._lock:
+            return self.engine.decode_sample(slots, sampler, vocab_limit, all_greedy)
+
+    @property
+    def prefill_budget(self) -> tuple[int, int]:
+        """A GPU prefill of a few thousand tokens takes milliseconds: chunks of the engine's chunk_len."""
+        return self.engine.chunk_len, max(4096, self.engine.chunk_len)
+
     def decode_slots(self, input_ids: torch.Tensor, pool: StatePool, slots: torch.Tensor) -> torch.Tensor:
         if not self._owns(pool):
             return super().decode_slots(input_ids, pool, slots)
