@@ -13,6 +13,7 @@ mixer, out_proj] -> final add+norm -> LM head -> greedy argmax written back into
 greedy loop is just replays). Per layer, kernels:
   Mamba1: row_norm (add) | gemv in_proj + conv epilogue | gemv x_proj | mamba1_step (dt_proj + softplus +
           state update + D + gate, fused) | gemv out_proj                              (5 launches)
+          (from batch dt_gemm_min_batch on, dt_proj is a cuBLAS GEMM before a streaming mamba1_step)
   Mamba2: row_norm (add) | gemv in_proj + conv epilogue on xBC | mamba2_step (warp per (head, p)) |
           row_norm (gated) | gemv out_proj                                             (5 launches)
 (add_norm is row_norm: 16-byte accesses, one block per row; the kernels are plugins/kernels/gemv.cu.)
@@ -67,7 +68,7 @@ def _linear(x: torch.Tensor, w: torch.Tensor, b: Optional[torch.Tensor], out: to
 class NativeEngine:
     def __init__(self, cfg: ModelConfig, weights: dict[str, torch.Tensor], dtype: torch.dtype = torch.float16,
                  state_dtype: torch.dtype = torch.float32, device: torch.device | str = "cuda", max_batch: int = 64,
-                 chunk_len: int = 2048, gemv_max_batch: int = 2, use_graphs: bool = True):
+                 chunk_len: int = 2048, gemv_max_batch: int = 2, use_graphs: bool = True, dt_gemm_min_batch: int = 8):
         self.config, self.dtype, self.state_dtype = cfg, dtype, state_dtype
         self.device = torch.device(device)
         if self.device.type != "cuda":
@@ -76,6 +77,7 @@ class NativeEngine:
             self.device = torch.device("cuda", torch.cuda.current_device())
         self.max_batch, self.chunk_len, self.use_graphs = max_batch, chunk_len, use_graphs
         self.gemv_max_batch = min(gemv_max_batch, G.MAX_BATCH)
+        self.dt_gemm_min_batch = dt_gemm_min_batch  # Mamba1: from this batch on, dt_proj is one cuBLAS GEMM
         self._load(weights)
         c, B, f = cfg, max_batch, dict(device=self.device)
         res_dtype = torch.float32 if c.residual_in_fp32 else dtype
@@ -86,14 +88,21 @@ class NativeEngine:
         self.xz = torch.zeros(B, c.in_proj_dim, dtype=dtype, **f)
         self.y = torch.zeros(B, c.d_inner, dtype=dtype, **f)
         self.xdbl = torch.zeros(B, c.dt_rank + 2 * c.d_state, dtype=dtype, **f) if c.arch != MAMBA2 else None
+        self.dt = torch.zeros(B, c.d_inner, dtype=dtype, **f) if c.arch != MAMBA2 else None
         self.ynorm = torch.zeros(B, c.d_inner, dtype=dtype, **f) if c.arch == MAMBA2 else None
         self.logits = torch.zeros(B, c.vocab_size_padded, dtype=dtype, **f)
+        self.tokens = torch.zeros(B, dtype=torch.int64, **f)  # decode_sample's output
         self.static = InferenceState.zeros(c, B, dtype, state_dtype, self.device)  # the pool of max_batch slots
         self.slot_ids = torch.arange(B, dtype=torch.int64, **f)  # batch row r of a step uses slot slot_ids[r]
         self._slot_iota = self.slot_ids.clone()
         self._slot_range: Optional[tuple[int, int]] = (0, B)  # slot_ids[:n] == first .. first + n - 1, or None
         self._claim: Optional[weakref.ref] = None
         self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
+        self.sample_graphs: dict[tuple, torch.cuda.CUDAGraph] = {}  # (batch, vocab_limit, all_greedy), one sampler
+        self._sampler = None
+        # One memory pool for every graph (they replay one at a time on one stream), kept alive by the first
+        # graph captured: a pool whose graphs were all freed cannot be captured into again.
+        self._pool_keeper: Optional[torch.cuda.CUDAGraph] = None
 
     # ---- weights ------------------------------------------------------------------------------
     def _load(self, weights: dict[str, torch.Tensor]) -> None:
@@ -187,10 +196,13 @@ class NativeEngine:
                                          f"slots), got {slot!r}")
         return int(slot)
 
-    def slot_state(self, slot: int) -> InferenceState:
-        """Slot `slot` of the pool as a batch-1 state: views, no copy (prefill / decode update it in place)."""
+    def slot_state(self, slot: int, count: int = 1) -> InferenceState:
+        """Slots slot .. slot + count - 1 of the pool as a batch-`count` state: views, no copy (prefill / decode
+        update it in place)."""
         k = self._check_slot(slot)
-        return InferenceState([t[k:k + 1] for t in self.static.conv], [t[k:k + 1] for t in self.static.ssm])
+        if not (is_integer(count) and 1 <= count <= self.max_batch - k):
+            raise ParameterError("count", f"must be an int in 1..{self.max_batch - k}, got {count!r}")
+        return InferenceState([t[k:k + count] for t in self.static.conv], [t[k:k + count] for t in self.static.ssm])
 
     def reset_slot(self, slot: int) -> None:
         """Zero the state of slot `slot` (a fresh sequence starts there)."""
@@ -234,6 +246,37 @@ class NativeEngine:
         self._replay(n)
         return self.logits[:n].unsqueeze(1)
 
+    @torch.no_grad()
+    def decode_sample(self, slots: torch.Tensor, sampler, vocab_limit: int, all_greedy: bool = False) -> torch.Tensor:
+        """One decode step and one sampled token for each of `slots` ((n,) distinct int64 on this device; not
+        checked, as that would synchronise): row r feeds sampler.last_token[slots[r]], and the step and the
+        sampler (runtime.sampler.SamplerState on this device) replay as ONE graph per (n, vocab_limit,
+        all_greedy), so the tokens never leave the device. -> tokens (n,) (a reused buffer), also in
+        sampler.last_token."""
+        n = slots.shape[0] if slots.dim() == 1 else 0
+        if slots.dtype != torch.int64 or slots.device != self.device or not 1 <= n <= self.max_batch:
+            raise ParameterError("slots", f"must be (n,) int64 on {self.device} with n in 1..{self.max_batch}, got "
+                                          f"{slots.dtype} {tuple(slots.shape)} on {slots.device}")
+        if sampler is not self._sampler:  # graphs hold the sampler's buffers: one sampler at a time
+            self._sampler, self.sample_graphs = sampler, {}
+        self.slot_ids[:n].copy_(slots, non_blocking=True)
+        self._slot_range = None
+        if not self.use_graphs:
+            self._sample_step(n, sampler, vocab_limit, all_greedy)
+        else:
+            key = (n, int(vocab_limit), bool(all_greedy))
+            if key not in self.sample_graphs:
+                kept = [sampler.step, sampler.seen, sampler.last_token, self.tokens]
+                self.sample_graphs[key] = self._capture(
+                    lambda: self._sample_step(n, sampler, vocab_limit, all_greedy), kept)
+            self.sample_graphs[key].replay()
+        return self.tokens[:n]
+
+    def _sample_step(self, b: int, sampler, vocab_limit: int, all_greedy: bool) -> None:
+        torch.index_select(sampler.last_token, 0, self.slot_ids[:b], out=self.ids[:b])
+        self._step(b, greedy=False)
+        self.tokens[:b].copy_(sampler.sample(self.logits[:b], self.slot_ids[:b], vocab_limit, all_greedy))
+
     def _use_slot_range(self, first: int, n: int) -> None:
         """slot_ids[:n] <- first .. first + n - 1 (skipped when it already holds them)."""
         held = self._slot_range
@@ -242,9 +285,9 @@ class NativeEngine:
             self._slot_range = (first, n)
 
     # ---- decode ----------------------------------------------------------------------------------
-    def _step(self, b: int) -> None:
+    def _step(self, b: int, greedy: bool = True) -> None:
         """One token for rows [:b] of the static buffers: ids -> logits, the state of slots slot_ids[:b] in
-        place, argmax -> ids."""
+        place, and with `greedy` argmax -> ids."""
         c = self.config
         rows = self.slot_ids[:b]  # the state rows (slots) of the b batch rows
         torch.index_select(self.emb, 0, self.ids[:b], out=self.hidden[:b])
@@ -256,7 +299,8 @@ class NativeEngine:
             (self._mamba2_mixer if c.arch == MAMBA2 else self._mamba1_mixer)(b, L, self.static.ssm[i], rows)
         self._add_norm(b, *self.norm_f, first=False)
         self._proj(self.normed[:b], self.head, None, self.logits[:b])
-        torch.argmax(self.logits[:b, :c.vocab_size], dim=-1, out=self.ids[:b])
+        if greedy:
+            torch.argmax(self.logits[:b, :c.vocab_size], dim=-1, out=self.ids[:b])
 
     def _add_norm(self, b: int, weight, bias, first: bool) -> None:
         """residual <- hidden + residual (hidden alone for the first layer); normed <- norm(residual)."""
@@ -283,7 +327,12 @@ class NativeEngine:
         d = self.config.d_inner
         x, z = self.xz[:b, :d], self.xz[:b, d:]
         self._proj(x, L.x_w, None, self.xdbl[:b])
-        G.mamba1_step(x, z, self.xdbl[:b], L.dt_packed, L.dt_b, L.A, L.D, ssm_pool, out=self.y[:b], state_rows=rows)
+        if b < self.dt_gemm_min_batch:  # the step kernel reads dt_proj once per 8 rows
+            G.mamba1_step(x, z, self.xdbl[:b], L.dt_packed, L.dt_b, L.A, L.D, ssm_pool, out=self.y[:b], state_rows=rows)
+        else:
+            _linear(self.xdbl[:b, :self.config.dt_rank], L.dt_w, None, self.dt[:b])
+            G.mamba1_step(x, z, self.xdbl[:b], None, L.dt_b, L.A, L.D, ssm_pool, out=self.y[:b], state_rows=rows,
+                          dt=self.dt[:b])
         self._proj(self.y[:b], L.out_w, L.out_b, self.hidden[:b])
 
     def _mamba2_mixer(self, b: int, L: _Layer, ssm_pool: torch.Tensor, rows: torch.Tensor) -> None:
@@ -307,22 +356,28 @@ class NativeEngine:
         self._proj(self.ynorm[:b], L.out_w, L.out_b, self.hidden[:b])
 
     def _graph(self, b: int) -> torch.cuda.CUDAGraph:
-        """The decode graph of batch b, captured once (warm-up runs on a saved copy of the state)."""
+        """The greedy decode graph of batch b, captured once."""
         if b not in self.graphs:
-            saved = [t.clone() for t in self.static.conv + self.static.ssm + [self.ids, self.residual]]
-            side = torch.cuda.Stream(self.device)
-            side.wait_stream(torch.cuda.current_stream(self.device))
-            with torch.cuda.stream(side):
-                for _ in range(2):
-                    self._step(b)
-            torch.cuda.current_stream(self.device).wait_stream(side)
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph):
-                self._step(b)
-            for dst, src in zip(self.static.conv + self.static.ssm + [self.ids, self.residual], saved):
-                dst.copy_(src)
-            self.graphs[b] = graph
+            self.graphs[b] = self._capture(lambda: self._step(b), [])
         return self.graphs[b]
+
+    def _capture(self, step: Callable[[], None], kept: list[torch.Tensor]) -> torch.cuda.CUDAGraph:
+        """`step` captured as a graph; the two warm-up runs change nothing: the state, ids, residual and `kept`
+        are saved before and restored after."""
+        kept = self.static.conv + self.static.ssm + [self.ids, self.residual] + kept
+        saved = [t.clone() for t in kept]
+        side = torch.cuda.Stream(self.device)
+        side.wait_stream(torch.cuda.current_stream(self.device))
+        with torch.cuda.stream(side):
+            for _ in range(2):
+                step()
+        torch.cuda.current_stream(self.device).wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, pool=None if self._pool_keeper is None else self._pool_keeper.pool()):
+            step()
+        self._pool_keeper = self._pool_keeper or graph
+        torch._foreach_copy_(kept, saved)
+        return graph
 
     @torch.no_grad()
     def _replay(self, b: int) -> None:
@@ -372,7 +427,7 @@ class NativeEngine:
     def prefill(self, input_ids: torch.Tensor, state: InferenceState, all_logits: bool = False) -> torch.Tensor:
         """input_ids (b, L) from `state` (updated in place), in chunks of chunk_len tokens, so memory does
         not grow with L; returns logits (b, 1, V) of the last position, or (b, L, V) with all_logits."""
-        ids = input_ids.to(self.device, torch.int64)
+        ids = input_ids.to(self.device, torch.int64, non_blocking=True)
         outs = [self._prefill_chunk(ids[:, s:s + self.chunk_len], state, all_logits)
                 for s in range(0, ids.shape[1], self.chunk_len)]
         return outs[-1] if not all_logits else torch.cat(outs, dim=1)

@@ -74,11 +74,13 @@ def pack_dt_proj(weight: torch.Tensor) -> torch.Tensor:
 
 
 def mamba1_step(x, z, xdbl, wdt_packed, dt_bias, A, D, state, *, out: torch.Tensor,
-                state_rows: Optional[torch.Tensor] = None) -> torch.Tensor:
+                state_rows: Optional[torch.Tensor] = None, dt: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Fused Mamba1 decode step after x_proj (see gemv.h). x, z, out: (batch, dim) row-strided;
     xdbl (batch, dt_rank + 2 dstate); wdt_packed from pack_dt_proj; dt_bias, D (dim,), A (dim, dstate)
     float32; state (batch, dim, dstate) float32 or x's dtype, updated in place. state_rows: optional
-    (batch,) int64 CUDA tensor: batch row b updates state[state_rows[b]] (state then a pool of any rows)."""
+    (batch,) int64 CUDA tensor: batch row b updates state[state_rows[b]] (state then a pool of any rows).
+    dt: optional (batch, dim) = xdbl[:, :dt_rank] @ dt_proj.T (before the bias), row-strided, x's dtype:
+    then wdt_packed is not read (may be None) and the step streams the state, a thread per (row, channel)."""
     batch, dim = x.shape
     dstate = A.shape[1]
     rank = xdbl.shape[1] - 2 * dstate
@@ -89,7 +91,10 @@ def mamba1_step(x, z, xdbl, wdt_packed, dt_bias, A, D, state, *, out: torch.Tens
     pool = state.shape[0] if rows is not None and state.dim() == 3 else batch
     if state.shape != (pool, dim, dstate) or state.stride(2) != 1 or state.device != x.device:
         raise ValueError(f"mamba1_step: state {tuple(state.shape)}, expected {(pool, dim, dstate)} (unit last stride)")
-    if wdt_packed.shape != (dim, -(-rank // 8) * 8) or not wdt_packed.is_contiguous():
+    if dt is not None:
+        if dt.shape != (batch, dim) or dt.dtype != x.dtype or dt.device != x.device:
+            raise ValueError(f"mamba1_step: dt must be ({batch}, {dim}) {x.dtype} on {x.device}")
+    elif wdt_packed is None or wdt_packed.shape != (dim, -(-rank // 8) * 8) or not wdt_packed.is_contiguous():
         raise ValueError("mamba1_step: wdt_packed must come from pack_dt_proj")
     p = _lib.Mamba1StepParams(batch=batch, dim=dim, dstate=dstate, dt_rank=rank, dtype=DTYPE_CODES[x.dtype],
                               state_dtype=DTYPE_CODES[state.dtype], x=data_ptr(x), x_row_stride=_row_stride(x, "x"),
@@ -97,7 +102,8 @@ def mamba1_step(x, z, xdbl, wdt_packed, dt_bias, A, D, state, *, out: torch.Tens
                               xdbl_row_stride=_row_stride(xdbl, "xdbl"), wdt=data_ptr(wdt_packed),
                               dt_bias=data_ptr(dt_bias), A=data_ptr(A), D=data_ptr(D), state=data_ptr(state),
                               state_batch_stride=state.stride(0), state_dim_stride=state.stride(1),
-                              y=data_ptr(out), y_row_stride=_row_stride(out, "out"), state_rows=rows)
+                              y=data_ptr(out), y_row_stride=_row_stride(out, "out"), state_rows=rows,
+                              dt=data_ptr(dt), dt_row_stride=0 if dt is None else _row_stride(dt, "dt"))
     _lib.launch(_lib.MAMBA1_STEP, p, current_stream(x.device))
     return out
 

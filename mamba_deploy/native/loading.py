@@ -36,7 +36,7 @@ def require_native() -> None:
 def engine_from_export(info: ExportInfo, dtype: Optional[torch.dtype] = None,
                        state_dtype: Optional[torch.dtype] = None, **options: Any) -> NativeEngine:
     """An export (weights read from its weights.data) -> NativeEngine. options: device, max_batch, chunk_len,
-    gemv_max_batch, use_graphs."""
+    gemv_max_batch, use_graphs, dt_gemm_min_batch."""
     from .weights import export_weights
 
     require_native()

@@ -1,5 +1,6 @@
-// gemv.cu -- bandwidth-bound small-batch GEMV (with an optional causal-conv epilogue) and the
-// fused Mamba1 decode step, for the native engine's CUDA-graph decode. See gemv.h.
+// gemv.cu -- bandwidth-bound small-batch GEMV (with an optional causal-conv epilogue), the Mamba2
+// decode step and the row norm, for the native engine's CUDA-graph decode. See gemv.h (the Mamba1
+// step is mamba1_step.cu).
 //
 // GEMV: a block of 8 warps owns 8 / split rows; the `split` warps of a row stride over its k
 // in 16-byte vectors (interleaved, so together they read contiguous 512 * split bytes), with 4
@@ -11,6 +12,7 @@
 
 #include "common.cuh"
 #include "gemv.h"
+#include "vec.cuh"
 
 namespace md {
 namespace {
@@ -25,21 +27,6 @@ __device__ __forceinline__ uint4 ld_stream(const uint4* p) {
   return r;
 }
 
-// 16 bytes -> 16 / sizeof(T) floats.
-template <typename T> struct Pack { static constexpr int N = 16 / sizeof(T); };
-__device__ __forceinline__ void unpack(const uint4& v, float* f, float) {
-  f[0] = __uint_as_float(v.x); f[1] = __uint_as_float(v.y); f[2] = __uint_as_float(v.z); f[3] = __uint_as_float(v.w);
-}
-__device__ __forceinline__ void unpack(const uint4& v, float* f, __half) {
-  const __half2* h = reinterpret_cast<const __half2*>(&v);
-#pragma unroll
-  for (int i = 0; i < 4; ++i) { const float2 t = __half22float2(h[i]); f[2 * i] = t.x; f[2 * i + 1] = t.y; }
-}
-__device__ __forceinline__ void unpack(const uint4& v, float* f, __nv_bfloat16) {
-  const __nv_bfloat162* h = reinterpret_cast<const __nv_bfloat162*>(&v);
-#pragma unroll
-  for (int i = 0; i < 4; ++i) { const float2 t = __bfloat1622float2(h[i]); f[2 * i] = t.x; f[2 * i + 1] = t.y; }
-}
 
 template <typename T>
 __device__ __forceinline__ float conv_epilogue(const md_gemv_params& p, int64_t b, int64_t c, float v) {
@@ -186,116 +173,8 @@ int auto_split(const md_gemv_params& p) {
 
 // ---- fused decode kernels --------------------------------------------------------------------
 
-constexpr int kStepThreads = 128;
-constexpr int kMaxRank = 1024;
-constexpr int kMaxState = 16;
 
-// 8 consecutive elements (16-byte aligned) -> floats.
-template <typename T>
-__device__ __forceinline__ void load8(const T* ptr, float* f) {
-  const uint4* v = reinterpret_cast<const uint4*>(ptr);
-  if constexpr (sizeof(T) == 2) {
-    unpack(__ldg(v), f, T());
-  } else {
-    unpack(__ldg(v), f, T());
-    unpack(__ldg(v + 1), f + 4, T());
-  }
-}
-__device__ __forceinline__ void load8_any(const void* ptr, int64_t dtype, int64_t i, float* f) {
-  if (dtype == MD_FLOAT32) load8(static_cast<const float*>(ptr) + i, f);
-  else if (dtype == MD_FLOAT16) load8(static_cast<const __half*>(ptr) + i, f);
-  else load8(static_cast<const __nv_bfloat16*>(ptr) + i, f);
-}
-__device__ __forceinline__ void store8_any(void* ptr, int64_t dtype, int64_t i, const float* f) {
-#pragma unroll
-  for (int j = 0; j < 8; ++j) store_any(ptr, dtype, i + j, f[j]);
-}
 
-// Mamba1. Grid: (ceil(dim / 8), ceil(batch / RB)); a half-warp per channel (lane n owns state n) for RB
-// batch rows: each 16-byte chunk of the channel's dt_proj row is loaded once and serves the RB rows' dot
-// products, so dt_proj is read ceil(batch / RB) times per step instead of batch times. Each row's arithmetic
-// is that of one row alone (same order), so results do not depend on RB or on the other rows. The RB rows'
-// states are loaded together with the dt_proj chunk, so their latencies overlap.
-template <typename T, typename S, int RB>
-__global__ void __launch_bounds__(kStepThreads) mamba1_step_kernel(const md_mamba1_step_params p) {
-  extern __shared__ __align__(16) float smem[];  // dt inputs [RB][R8 * 8]; B, C [RB][kMaxState]; x, z [RB][8]
-  const int n = threadIdx.x & 15;
-  const int64_t d = static_cast<int64_t>(blockIdx.x) * (kStepThreads / 16) + (threadIdx.x >> 4);
-  const int64_t b0 = static_cast<int64_t>(blockIdx.y) * RB;
-  const int rows = static_cast<int>(p.batch - b0 < RB ? p.batch - b0 : RB);  // uniform over the block
-  const int R = static_cast<int>(p.dt_rank), R8 = (R + 7) / 8, N = static_cast<int>(p.dstate);
-  const bool ok = d < p.dim;
-  const int64_t dd = ok ? d : 0;  // out-of-range half-warps compute on channel 0 and store nothing
-  const int RP = R8 * 8, c = threadIdx.x >> 4;  // c: this half-warp's channel in the block
-  float* s_dt = smem;
-  float* s_B = smem + RB * RP;
-  float* s_C = s_B + RB * kMaxState;
-  float* s_x = s_C + RB * kMaxState;
-  float* s_z = s_x + RB * 8;
-  if (threadIdx.x < RB * 8) {
-    const int r = threadIdx.x / 8, k = threadIdx.x % 8;
-    const int64_t ch = static_cast<int64_t>(blockIdx.x) * 8 + k;
-    const bool in = r < rows && ch < p.dim;
-    s_x[threadIdx.x] = in ? to_f(static_cast<const T*>(p.x)[(b0 + r) * p.x_row_stride + ch]) : 0.f;
-    s_z[threadIdx.x] = in ? to_f(static_cast<const T*>(p.z)[(b0 + r) * p.z_row_stride + ch]) : 0.f;
-  }
-  for (int i = threadIdx.x; i < RB * RP; i += kStepThreads) {
-    const int r = i / RP, k = i - r * RP;
-    s_dt[i] = r < rows && k < R ? to_f(static_cast<const T*>(p.xdbl)[(b0 + r) * p.xdbl_row_stride + k]) : 0.f;
-  }
-  for (int i = threadIdx.x; i < RB * kMaxState; i += kStepThreads) {
-    const int r = i / kMaxState, k = i % kMaxState;
-    const T* xd = static_cast<const T*>(p.xdbl) + (b0 + r) * p.xdbl_row_stride + R;
-    s_B[i] = r < rows && k < N ? to_f(xd[k]) : 0.f;
-    s_C[i] = r < rows && k < N ? to_f(xd[N + k]) : 0.f;
-  }
-  __syncthreads();
-  S* state = static_cast<S*>(p.state) + dd * p.state_dim_stride + n;  // + row * state_batch_stride
-  int srow[RB];  // state rows (a pool of < 2^31 rows)
-  float h0[RB];
-#pragma unroll
-  for (int r = 0; r < RB; ++r) {
-    if (r >= rows) continue;
-    srow[r] = static_cast<int>(state_row(p.state_rows, b0 + r));
-    h0[r] = n < N ? to_f(state[srow[r] * p.state_batch_stride]) : 0.f;
-  }
-  const T* wrow = static_cast<const T*>(p.wdt) + dd * RP;
-  float dt[RB];
-#pragma unroll
-  for (int r = 0; r < RB; ++r) dt[r] = 0.f;
-  for (int r8 = n; r8 < R8; r8 += 16) {
-    float wf[8];
-    load8(wrow + r8 * 8, wf);
-#pragma unroll
-    for (int r = 0; r < RB; ++r) {
-      const float4 lo = *reinterpret_cast<const float4*>(s_dt + r * RP + r8 * 8);
-      const float4 hi = *reinterpret_cast<const float4*>(s_dt + r * RP + r8 * 8 + 4);
-      const float in[8] = {lo.x, lo.y, lo.z, lo.w, hi.x, hi.y, hi.z, hi.w};
-#pragma unroll
-      for (int j = 0; j < 8; ++j) dt[r] = fmaf(wf[j], in[j], dt[r]);
-    }
-  }
-  const float bias = p.dt_bias[dd], A = n < N ? p.A[dd * N + n] : 0.f;
-  float y_mine = 0.f;  // lane r < rows: C . state of row r (every lane of the half-warp gets the same sum)
-#pragma unroll
-  for (int r = 0; r < RB; ++r) {
-    if (r >= rows) continue;
-    float v = group_sum<16>(dt[r]) + bias;
-    v = v <= 20.f ? log1pf(expf(v)) : v;
-    float y = 0.f;
-    if (n < N) {
-      const float h = fmaf(h0[r], expf(v * A), v * s_x[r * 8 + c] * s_B[r * kMaxState + n]);
-      if (ok) state[srow[r] * p.state_batch_stride] = from_f<S>(h);
-      y = h * s_C[r * kMaxState + n];
-    }
-    y = group_sum<16>(y);
-    if (n == r) y_mine = y;
-  }
-  if (!ok || n >= rows) return;  // lane n finishes row n: one gate division per lane, none in the row loop
-  const float x = s_x[n * 8 + c], z = s_z[n * 8 + c];
-  const float y = fmaf(p.D[dd], x, y_mine) * (z / (1.f + expf(-z)));
-  static_cast<T*>(p.y)[(b0 + n) * p.y_row_stride + dd] = from_f<T>(y);
-}
 
 // Mamba2. Grid: (ceil(nheads * headdim / 4), batch); a warp per (head, p), NPL states per lane.
 template <typename T, typename S, int NPL>
@@ -353,28 +232,6 @@ __global__ void __launch_bounds__(1024) row_norm_kernel(const md_row_norm_params
   store8_any(p.out, p.dtype, r * p.out_row_stride + e, v);
 }
 
-template <typename T, typename S, int RB>
-cudaError_t launch_step_rows(const md_mamba1_step_params& p, cudaStream_t s) {
-  const dim3 grid(static_cast<unsigned>((p.dim + 7) / 8), static_cast<unsigned>((p.batch + RB - 1) / RB));
-  const size_t smem = sizeof(float) * RB * ((p.dt_rank + 7) / 8 * 8 + 2 * kMaxState + 2 * 8);
-  mamba1_step_kernel<T, S, RB><<<grid, kStepThreads, smem, s>>>(p);
-  return cudaGetLastError();
-}
-
-// Rows per block: the batch up to 8 (a larger RB would only add registers; dt_proj is then re-read
-// ceil(batch / 8) times, from L2).
-template <typename T, typename S>
-cudaError_t launch_step_state(const md_mamba1_step_params& p, cudaStream_t s) {
-  if (p.batch <= 1) return launch_step_rows<T, S, 1>(p, s);
-  if (p.batch <= 2) return launch_step_rows<T, S, 2>(p, s);
-  if (p.batch <= 4) return launch_step_rows<T, S, 4>(p, s);
-  return launch_step_rows<T, S, 8>(p, s);
-}
-
-template <typename T>
-cudaError_t launch_step_typed(const md_mamba1_step_params& p, cudaStream_t s) {
-  return p.state_dtype == MD_FLOAT32 ? launch_step_state<T, float>(p, s) : launch_step_state<T, T>(p, s);
-}
 
 template <typename T, typename S>
 cudaError_t launch_m2_typed(const md_mamba2_step_params& p, cudaStream_t s) {
@@ -419,23 +276,6 @@ extern "C" cudaError_t md_launch_gemv(const md_gemv_params* p, cudaStream_t stre
   }
 }
 
-extern "C" cudaError_t md_launch_mamba1_step(const md_mamba1_step_params* p, cudaStream_t stream) {
-  MD_CHECK(p != nullptr, "mamba1_step: params is NULL");
-  MD_CHECK(p->dstate > 0 && p->dstate <= md::kMaxState, "mamba1_step: dstate must be in 1..16");
-  MD_CHECK(p->dt_rank > 0 && p->dt_rank <= md::kMaxRank, "mamba1_step: dt_rank must be in 1..1024");
-  MD_CHECK(p->batch >= 0 && p->batch <= 65535 && p->dim >= 0, "mamba1_step: bad batch or dim");
-  MD_CHECK(p->x && p->z && p->xdbl && p->wdt && p->dt_bias && p->A && p->D && p->state && p->y,
-           "mamba1_step: every pointer is required");
-  MD_CHECK((reinterpret_cast<uintptr_t>(p->wdt) & 15) == 0, "mamba1_step: wdt must be 16-byte aligned");
-  MD_CHECK(p->state_dtype == MD_FLOAT32 || p->state_dtype == p->dtype, "mamba1_step: state dtype");
-  if (p->batch == 0 || p->dim == 0) return cudaSuccess;
-  switch (p->dtype) {
-    case MD_FLOAT32: return md::launch_step_typed<float>(*p, stream);
-    case MD_FLOAT16: return md::launch_step_typed<__half>(*p, stream);
-    case MD_BFLOAT16: return md::launch_step_typed<__nv_bfloat16>(*p, stream);
-    default: MD_CHECK(false, "mamba1_step: bad dtype");
-  }
-}
 
 extern "C" cudaError_t md_launch_mamba2_step(const md_mamba2_step_params* p, cudaStream_t stream) {
   MD_CHECK(p != nullptr, "mamba2_step: params is NULL");

@@ -59,7 +59,8 @@ typedef struct md_gemv_params {
  *   y          (batch, dim)  row stride y_row_stride                                dtype
  * dt = softplus(x_dt + dt_bias); state = exp(dt A) state + dt B x; y = (C.state + D x) silu(z).
  * 16 lanes per channel (lane n owns state n): dstate <= 16, dt_rank <= 1024; a block steps 8 channels for
- * up to 8 batch rows, reading each dt_proj row once for them (state_rows: rows < 2^31). */
+ * up to 8 batch rows, reading each dt_proj row once for them (state_rows: rows < 2^31). With dt given
+ * (dt = x_dt @ dt_proj.T from the caller's GEMM), a thread per (row, channel) instead. */
 typedef struct md_mamba1_step_params {
   int64_t batch, dim, dstate, dt_rank;
   int64_t dtype, state_dtype;
@@ -78,6 +79,8 @@ typedef struct md_mamba1_step_params {
   void* y;
   int64_t y_row_stride;
   const int64_t* state_rows; /* NULL or (batch,): state rows (mamba_kernels.h) */
+  const void* dt;            /* NULL, or (batch, dim) dt before bias, in dtype: then wdt and xdbl[:, :dt_rank] are */
+  int64_t dt_row_stride;     /* not read, and a thread per (row, channel) streams the state (large batches) */
 } md_mamba1_step_params;
 
 /* Mamba2 decode state update (selective_state_update_ref, rank-4 state, no gate): one warp per

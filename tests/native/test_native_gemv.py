@@ -67,7 +67,8 @@ def test_gemv_conv_epilogue(rel_err, G, dtype, batch, width):
 @pytest.mark.parametrize("batch,dim,rank,dstate", [
     (1, 4096, 128, 16), (7, 300, 20, 16), (3, 128, 8, 5), (8, 4096, 128, 16), (9, 1000, 160, 16),
     (64, 4096, 128, 16), (64, 5120, 160, 16), (13, 264, 1024, 16), (5, 72, 3, 7)])  # 128 / 160: mamba-1.4b / 2.8b
-def test_mamba1_step(rel_err, G, dtype, state_dtype, batch, dim, rank, dstate):
+@pytest.mark.parametrize("dt_given", [False, True], ids=["fused-dt", "dt-given"])
+def test_mamba1_step(rel_err, G, dtype, state_dtype, batch, dim, rank, dstate, dt_given):
     sdt = torch.float32 if state_dtype == "float32" else dtype
     xz = rnd(batch, 2 * dim, dtype=dtype)
     x, z = xz[:, :dim], xz[:, dim:]
@@ -76,11 +77,15 @@ def test_mamba1_step(rel_err, G, dtype, state_dtype, batch, dim, rank, dstate):
     dt_bias, D = rnd(dim, scale=0.5) - 4.0, rnd(dim)
     A = -torch.exp(rnd(dim, dstate, scale=0.5))
     state = rnd(batch, dim, dstate).to(sdt)
-    dt = F.linear(xdbl[:, :rank].float(), wdt.float())
+    # dt as the kernel gets it: float32 math in the fused form, the caller's GEMM in the model dtype when given
+    dt = F.linear(xdbl[:, :rank], wdt).float() if dt_given else F.linear(xdbl[:, :rank].float(), wdt.float())
     y_ref, s_ref = selective_state_update_ref(state.float(), x.float(), dt, A, xdbl[:, rank:rank + dstate].float(),
                                               xdbl[:, rank + dstate:].float(), D, z.float(), dt_bias, True)
     y = torch.full((batch, dim), float("nan"), dtype=dtype, device="cuda")
-    G.mamba1_step(x, z, xdbl, G.pack_dt_proj(wdt), dt_bias, A, D, state, out=y)
+    if dt_given:  # the large-batch form: dt from the caller's GEMM (in the model dtype, as prefill computes it)
+        G.mamba1_step(x, z, xdbl, None, dt_bias, A, D, state, out=y, dt=F.linear(xdbl[:, :rank], wdt))
+    else:
+        G.mamba1_step(x, z, xdbl, G.pack_dt_proj(wdt), dt_bias, A, D, state, out=y)
     assert rel_err(y, y_ref) <= 3 * TOL[dtype]
     assert rel_err(state, s_ref) <= 3 * TOL[sdt]
 

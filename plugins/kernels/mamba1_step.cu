@@ -1,0 +1,219 @@
+// mamba1_step.cu -- the fused Mamba1 decode step after x_proj: dt_proj + softplus + selective state update
+// + D skip + SiLU(z) gate, on state rows of a slot pool. See gemv.h (md_mamba1_step_params) and the
+// reference selective_state_update_ref (mamba_deploy/ops).
+//
+// Two forms: for small batches the dt_proj dot products are done here, each dt_proj chunk serving up to 8
+// rows (mamba1_step_kernel); for larger batches the caller computes dt with one GEMM (dt_proj read once
+// for every row) and passes it (p.dt), and the step is a pure stream over the state (mamba1_step_dt_kernel).
+#include <cstdint>
+
+#include "common.cuh"
+#include "gemv.h"
+#include "vec.cuh"
+
+namespace md {
+namespace {
+
+constexpr int kStepThreads = 128;
+constexpr int kMaxRank = 1024;
+constexpr int kMaxState = 16;
+
+
+// Mamba1. Grid: (ceil(dim / 8), ceil(batch / RB)); a half-warp per channel (lane n owns state n) for RB
+// batch rows: each 16-byte chunk of the channel's dt_proj row is loaded once and serves the RB rows' dot
+// products, so dt_proj is read ceil(batch / RB) times per step instead of batch times. Each row's arithmetic
+// is that of one row alone (same order), so results do not depend on RB or on the other rows. The RB rows'
+// states are loaded together with the dt_proj chunk, so their latencies overlap.
+template <typename T, typename S, int RB>
+__global__ void __launch_bounds__(kStepThreads) mamba1_step_kernel(const md_mamba1_step_params p) {
+  extern __shared__ __align__(16) float smem[];  // dt inputs [RB][R8 * 8]; B, C [RB][kMaxState]; x, z [RB][8]
+  const int n = threadIdx.x & 15;
+  const int64_t d = static_cast<int64_t>(blockIdx.x) * (kStepThreads / 16) + (threadIdx.x >> 4);
+  const int64_t b0 = static_cast<int64_t>(blockIdx.y) * RB;
+  const int rows = static_cast<int>(p.batch - b0 < RB ? p.batch - b0 : RB);  // uniform over the block
+  const int R = static_cast<int>(p.dt_rank), R8 = (R + 7) / 8, N = static_cast<int>(p.dstate);
+  const bool ok = d < p.dim;
+  const int64_t dd = ok ? d : 0;  // out-of-range half-warps compute on channel 0 and store nothing
+  const int RP = R8 * 8, c = threadIdx.x >> 4;  // c: this half-warp's channel in the block
+  float* s_dt = smem;
+  float* s_B = smem + RB * RP;
+  float* s_C = s_B + RB * kMaxState;
+  float* s_x = s_C + RB * kMaxState;
+  float* s_z = s_x + RB * 8;
+  if (threadIdx.x < RB * 8) {
+    const int r = threadIdx.x / 8, k = threadIdx.x % 8;
+    const int64_t ch = static_cast<int64_t>(blockIdx.x) * 8 + k;
+    const bool in = r < rows && ch < p.dim;
+    s_x[threadIdx.x] = in ? to_f(static_cast<const T*>(p.x)[(b0 + r) * p.x_row_stride + ch]) : 0.f;
+    s_z[threadIdx.x] = in ? to_f(static_cast<const T*>(p.z)[(b0 + r) * p.z_row_stride + ch]) : 0.f;
+  }
+  for (int i = threadIdx.x; i < RB * RP; i += kStepThreads) {
+    const int r = i / RP, k = i - r * RP;
+    s_dt[i] = r < rows && k < R ? to_f(static_cast<const T*>(p.xdbl)[(b0 + r) * p.xdbl_row_stride + k]) : 0.f;
+  }
+  for (int i = threadIdx.x; i < RB * kMaxState; i += kStepThreads) {
+    const int r = i / kMaxState, k = i % kMaxState;
+    const T* xd = static_cast<const T*>(p.xdbl) + (b0 + r) * p.xdbl_row_stride + R;
+    s_B[i] = r < rows && k < N ? to_f(xd[k]) : 0.f;
+    s_C[i] = r < rows && k < N ? to_f(xd[N + k]) : 0.f;
+  }
+  __syncthreads();
+  S* state = static_cast<S*>(p.state) + dd * p.state_dim_stride + n;  // + row * state_batch_stride
+  int srow[RB];  // state rows (a pool of < 2^31 rows)
+  float h0[RB];
+#pragma unroll
+  for (int r = 0; r < RB; ++r) {
+    if (r >= rows) continue;
+    srow[r] = static_cast<int>(state_row(p.state_rows, b0 + r));
+    h0[r] = n < N ? to_f(state[srow[r] * p.state_batch_stride]) : 0.f;
+  }
+  const T* wrow = static_cast<const T*>(p.wdt) + dd * RP;
+  float dt[RB];
+#pragma unroll
+  for (int r = 0; r < RB; ++r) dt[r] = 0.f;
+  for (int r8 = n; r8 < R8; r8 += 16) {
+    float wf[8];
+    load8(wrow + r8 * 8, wf);
+#pragma unroll
+    for (int r = 0; r < RB; ++r) {
+      const float4 lo = *reinterpret_cast<const float4*>(s_dt + r * RP + r8 * 8);
+      const float4 hi = *reinterpret_cast<const float4*>(s_dt + r * RP + r8 * 8 + 4);
+      const float in[8] = {lo.x, lo.y, lo.z, lo.w, hi.x, hi.y, hi.z, hi.w};
+#pragma unroll
+      for (int j = 0; j < 8; ++j) dt[r] = fmaf(wf[j], in[j], dt[r]);
+    }
+  }
+  const float bias = p.dt_bias[dd], A = n < N ? p.A[dd * N + n] : 0.f;
+  float y_mine = 0.f;  // lane r < rows: C . state of row r (every lane of the half-warp gets the same sum)
+#pragma unroll
+  for (int r = 0; r < RB; ++r) {
+    if (r >= rows) continue;
+    float v = group_sum<16>(dt[r]) + bias;
+    v = v <= 20.f ? log1pf(expf(v)) : v;
+    float y = 0.f;
+    if (n < N) {
+      const float h = fmaf(h0[r], expf(v * A), v * s_x[r * 8 + c] * s_B[r * kMaxState + n]);
+      if (ok) state[srow[r] * p.state_batch_stride] = from_f<S>(h);
+      y = h * s_C[r * kMaxState + n];
+    }
+    y = group_sum<16>(y);
+    if (n == r) y_mine = y;
+  }
+  if (!ok || n >= rows) return;  // lane n finishes row n: one gate division per lane, none in the row loop
+  const float x = s_x[n * 8 + c], z = s_z[n * 8 + c];
+  const float y = fmaf(p.D[dd], x, y_mine) * (z / (1.f + expf(-z)));
+  static_cast<T*>(p.y)[(b0 + n) * p.y_row_stride + dd] = from_f<T>(y);
+}
+
+// Mamba1 with dt given (dt = dt_proj(x_proj(x)[:, :dt_rank]) computed beforehand by a GEMM, for batches
+// where that reads dt_proj once for all rows): a thread per (batch row, channel) streams the channel's
+// dstate states (16-byte accesses when VEC: dstate 16, aligned), with B and C of its row from shared
+// memory. Grid: (ceil(dim / kStepThreads), batch).
+template <typename T, typename S, bool VEC>
+__global__ void __launch_bounds__(kStepThreads) mamba1_step_dt_kernel(const md_mamba1_step_params p) {
+  __shared__ float s_B[kMaxState], s_C[kMaxState];
+  const int64_t b = blockIdx.y, d0 = static_cast<int64_t>(blockIdx.x) * kStepThreads + threadIdx.x;
+  const int N = static_cast<int>(p.dstate);
+  const bool ok = d0 < p.dim;
+  const int64_t d = ok ? d0 : 0;  // out-of-range threads load channel 0 and store nothing
+  // Every global load of the thread is issued before the barrier, so their latencies overlap.
+  S* st = static_cast<S*>(p.state) + state_row(p.state_rows, b) * p.state_batch_stride + d * p.state_dim_stride;
+  float h[kMaxState], A[kMaxState];
+  if constexpr (VEC) {
+    load8(st, h);
+    load8(st + 8, h + 8);
+    load8(p.A + d * kMaxState, A);
+    load8(p.A + d * kMaxState + 8, A + 8);
+  } else {
+#pragma unroll
+    for (int n = 0; n < kMaxState; ++n) {
+      h[n] = n < N ? to_f(st[n]) : 0.f;
+      A[n] = n < N ? p.A[d * N + n] : 0.f;
+    }
+  }
+  float v = to_f(static_cast<const T*>(p.dt)[b * p.dt_row_stride + d]) + p.dt_bias[d];
+  const float x = to_f(static_cast<const T*>(p.x)[b * p.x_row_stride + d]);
+  const float z = to_f(static_cast<const T*>(p.z)[b * p.z_row_stride + d]);
+  const float Dd = p.D[d];
+  if (threadIdx.x < N) {
+    const T* xd = static_cast<const T*>(p.xdbl) + b * p.xdbl_row_stride + p.dt_rank;
+    s_B[threadIdx.x] = to_f(xd[threadIdx.x]);
+    s_C[threadIdx.x] = to_f(xd[N + threadIdx.x]);
+  }
+  __syncthreads();
+  if (!ok) return;
+  v = v <= 20.f ? log1pf(expf(v)) : v;
+  const float vx = v * x;
+  float y = 0.f;
+#pragma unroll
+  for (int n = 0; n < kMaxState; ++n) {
+    if (n < N) {
+      h[n] = fmaf(h[n], expf(v * A[n]), vx * s_B[n]);
+      y = fmaf(h[n], s_C[n], y);
+    }
+  }
+  if constexpr (VEC) {
+    store8(st, h);
+    store8(st + 8, h + 8);
+  } else {
+#pragma unroll
+    for (int n = 0; n < kMaxState; ++n) if (n < N) st[n] = from_f<S>(h[n]);
+  }
+  y = fmaf(Dd, x, y) * (z / (1.f + expf(-z)));
+  static_cast<T*>(p.y)[b * p.y_row_stride + d] = from_f<T>(y);
+}
+
+template <typename T, typename S, int RB>
+cudaError_t launch_step_rows(const md_mamba1_step_params& p, cudaStream_t s) {
+  const dim3 grid(static_cast<unsigned>((p.dim + 7) / 8), static_cast<unsigned>((p.batch + RB - 1) / RB));
+  const size_t smem = sizeof(float) * RB * ((p.dt_rank + 7) / 8 * 8 + 2 * kMaxState + 2 * 8);
+  mamba1_step_kernel<T, S, RB><<<grid, kStepThreads, smem, s>>>(p);
+  return cudaGetLastError();
+}
+
+// Rows per block: the batch up to 8 (a larger RB would only add registers; dt_proj is then re-read
+// ceil(batch / 8) times, from L2).
+template <typename T, typename S>
+cudaError_t launch_step_state(const md_mamba1_step_params& p, cudaStream_t s) {
+  if (p.batch <= 1) return launch_step_rows<T, S, 1>(p, s);
+  if (p.batch <= 2) return launch_step_rows<T, S, 2>(p, s);
+  if (p.batch <= 4) return launch_step_rows<T, S, 4>(p, s);
+  return launch_step_rows<T, S, 8>(p, s);
+}
+
+template <typename T, typename S>
+cudaError_t launch_step_dt(const md_mamba1_step_params& p, cudaStream_t s) {
+  const dim3 grid(static_cast<unsigned>((p.dim + kStepThreads - 1) / kStepThreads), static_cast<unsigned>(p.batch));
+  const bool vec = p.dstate == kMaxState && p.state_dim_stride % 8 == 0 && p.state_batch_stride % 8 == 0 &&
+                   (reinterpret_cast<uintptr_t>(p.state) & 15) == 0 && (reinterpret_cast<uintptr_t>(p.A) & 15) == 0;
+  if (vec) mamba1_step_dt_kernel<T, S, true><<<grid, kStepThreads, 0, s>>>(p);
+  else mamba1_step_dt_kernel<T, S, false><<<grid, kStepThreads, 0, s>>>(p);
+  return cudaGetLastError();
+}
+
+template <typename T>
+cudaError_t launch_step_typed(const md_mamba1_step_params& p, cudaStream_t s) {
+  if (p.dt != nullptr) return p.state_dtype == MD_FLOAT32 ? launch_step_dt<T, float>(p, s) : launch_step_dt<T, T>(p, s);
+  return p.state_dtype == MD_FLOAT32 ? launch_step_state<T, float>(p, s) : launch_step_state<T, T>(p, s);
+}
+
+}  // namespace
+}  // namespace md
+
+extern "C" cudaError_t md_launch_mamba1_step(const md_mamba1_step_params* p, cudaStream_t stream) {
+  MD_CHECK(p != nullptr, "mamba1_step: params is NULL");
+  MD_CHECK(p->dstate > 0 && p->dstate <= md::kMaxState, "mamba1_step: dstate must be in 1..16");
+  MD_CHECK(p->dt_rank > 0 && p->dt_rank <= md::kMaxRank, "mamba1_step: dt_rank must be in 1..1024");
+  MD_CHECK(p->batch >= 0 && p->batch <= 65535 && p->dim >= 0, "mamba1_step: bad batch or dim");
+  MD_CHECK(p->x && p->z && p->xdbl && (p->wdt || p->dt) && p->dt_bias && p->A && p->D && p->state && p->y,
+           "mamba1_step: every pointer is required (wdt or dt)");
+  MD_CHECK(p->dt || (reinterpret_cast<uintptr_t>(p->wdt) & 15) == 0, "mamba1_step: wdt must be 16-byte aligned");
+  MD_CHECK(p->state_dtype == MD_FLOAT32 || p->state_dtype == p->dtype, "mamba1_step: state dtype");
+  if (p->batch == 0 || p->dim == 0) return cudaSuccess;
+  switch (p->dtype) {
+    case MD_FLOAT32: return md::launch_step_typed<float>(*p, stream);
+    case MD_FLOAT16: return md::launch_step_typed<__half>(*p, stream);
+    case MD_BFLOAT16: return md::launch_step_typed<__nv_bfloat16>(*p, stream);
+    default: MD_CHECK(false, "mamba1_step: bad dtype");
+  }
+}

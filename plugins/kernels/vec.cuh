@@ -1,0 +1,58 @@
+// vec.cuh -- 16-byte vector loads of 8 elements as floats (decode kernels: gemv.cu, mamba1_step.cu).
+#pragma once
+
+#include "common.cuh"
+
+namespace md {
+
+// 16 bytes -> 16 / sizeof(T) floats.
+template <typename T> struct Pack { static constexpr int N = 16 / sizeof(T); };
+__device__ __forceinline__ void unpack(const uint4& v, float* f, float) {
+  f[0] = __uint_as_float(v.x); f[1] = __uint_as_float(v.y); f[2] = __uint_as_float(v.z); f[3] = __uint_as_float(v.w);
+}
+__device__ __forceinline__ void unpack(const uint4& v, float* f, __half) {
+  const __half2* h = reinterpret_cast<const __half2*>(&v);
+#pragma unroll
+  for (int i = 0; i < 4; ++i) { const float2 t = __half22float2(h[i]); f[2 * i] = t.x; f[2 * i + 1] = t.y; }
+}
+__device__ __forceinline__ void unpack(const uint4& v, float* f, __nv_bfloat16) {
+  const __nv_bfloat162* h = reinterpret_cast<const __nv_bfloat162*>(&v);
+#pragma unroll
+  for (int i = 0; i < 4; ++i) { const float2 t = __bfloat1622float2(h[i]); f[2 * i] = t.x; f[2 * i + 1] = t.y; }
+}
+
+// 8 consecutive elements (16-byte aligned) -> floats.
+template <typename T>
+__device__ __forceinline__ void load8(const T* ptr, float* f) {
+  const uint4* v = reinterpret_cast<const uint4*>(ptr);
+  if constexpr (sizeof(T) == 2) {
+    unpack(__ldg(v), f, T());
+  } else {
+    unpack(__ldg(v), f, T());
+    unpack(__ldg(v + 1), f + 4, T());
+  }
+}
+__device__ __forceinline__ void load8_any(const void* ptr, int64_t dtype, int64_t i, float* f) {
+  if (dtype == MD_FLOAT32) load8(static_cast<const float*>(ptr) + i, f);
+  else if (dtype == MD_FLOAT16) load8(static_cast<const __half*>(ptr) + i, f);
+  else load8(static_cast<const __nv_bfloat16*>(ptr) + i, f);
+}
+// floats -> 8 consecutive elements (16-byte aligned), as 16-byte stores.
+template <typename T>
+__device__ __forceinline__ void store8(T* ptr, const float* f) {
+  if constexpr (sizeof(T) == 4) {
+    reinterpret_cast<float4*>(ptr)[0] = make_float4(f[0], f[1], f[2], f[3]);
+    reinterpret_cast<float4*>(ptr)[1] = make_float4(f[4], f[5], f[6], f[7]);
+  } else {
+    __align__(16) T v[8];
+#pragma unroll
+    for (int j = 0; j < 8; ++j) v[j] = from_f<T>(f[j]);
+    *reinterpret_cast<uint4*>(ptr) = *reinterpret_cast<const uint4*>(v);
+  }
+}
+__device__ __forceinline__ void store8_any(void* ptr, int64_t dtype, int64_t i, const float* f) {
+#pragma unroll
+  for (int j = 0; j < 8; ++j) store_any(ptr, dtype, i + j, f[j]);
+}
+
+}  // namespace md
