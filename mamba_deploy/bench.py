@@ -146,7 +146,10 @@ def sweep_gemv(shapes=((8192, 2048), (2048, 4096), (160, 4096), (8512, 2048), (5
 
 
 def bench_mamba_ssm(eng, batch: int, prompt_len: int, gen_len: int) -> Optional[float]:
-    """ms/token of mamba_ssm's MambaLMHeadModel.generate(cg=True) on the engine's weights; None if not installed."""
+    """ms/token of mamba_ssm's MambaLMHeadModel.generate(cg=True) on the engine's weights; None if not installed
+    or the model is Falcon-Mamba (mamba-ssm has no such model)."""
+    if eng.config.mixer_rms_eps is not None:
+        return None
     try:
         from mamba_ssm.models.config_mamba import MambaConfig
         from mamba_ssm.models.mixer_seq_simple import MambaLMHeadModel

@@ -1,4 +1,4 @@
-"""The prefill and decode graphs of a Mamba1 / Mamba2 LM, built node by node from the config.
+"""The prefill and decode graphs of a Mamba1 (incl. Falcon-Mamba) / Mamba2 LM, built node by node from the config.
 
 Graph I/O (docs/architecture.md "Graph I/O"): input_ids int64 (batch, seq) [decode: (batch, 1)], past_conv_state.{i},
 past_ssm_state.{i} -> logits (batch, n, vocab_padded), present_conv_state.{i}, present_ssm_state.{i}.
@@ -96,6 +96,8 @@ class _LMGraph:
         x, conv_state = self.conv(x, layer, past_conv)
         x2d = x if self.decode else g.reshape(g("Transpose", x, perm=[0, 2, 1]), -1, d)
         dt, B, C = g("Split", self.linear(x2d, f"{layer}.x_proj"), g.const([cfg.dt_rank, n, n]), axis=1, outputs=3)
+        if cfg.mixer_rms_eps is not None:  # Falcon-Mamba: weightless RMS norms (float32) on dt, B, C
+            dt, B, C = (g("CastLike", self.rms(g("Cast", t, to=F32), cfg.mixer_rms_eps), t) for t in (dt, B, C))
         dt = g("Gemm", dt, self.w(f"{layer}.dt_proj.weight"), transB=1)
         if not self.decode:
             dt, B, C = (g("Transpose", self.tokens(t, f), perm=[0, 2, 1]) for t, f in ((dt, d), (B, n), (C, n)))

@@ -13,6 +13,8 @@ mixer, out_proj] -> final add+norm -> LM head -> greedy argmax written back into
 greedy loop is just replays). Per layer, kernels:
   Mamba1: row_norm (add) | gemv in_proj + conv epilogue | gemv x_proj | mamba1_step (dt_proj + softplus +
           state update + D + gate, fused) | gemv out_proj                              (5 launches)
+          Falcon-Mamba adds, after x_proj, its weightless RMS norms on dt and on B, C in place
+          (the gated-norm kernel, no gate, unit weight)                                (+2 launches)
   Mamba2: row_norm (add) | gemv in_proj + conv epilogue on xBC | mamba2_step (warp per (head, p)) |
           row_norm (gated) | gemv out_proj                                             (5 launches)
 (add_norm is row_norm: 16-byte accesses, one block per row; the kernels are plugins/kernels/gemv.cu.)
@@ -86,6 +88,7 @@ class NativeEngine:
         self.xz = torch.zeros(B, c.in_proj_dim, dtype=dtype, **f)
         self.y = torch.zeros(B, c.d_inner, dtype=dtype, **f)
         self.xdbl = torch.zeros(B, c.dt_rank + 2 * c.d_state, dtype=dtype, **f) if c.arch != MAMBA2 else None
+        self.unit = None if c.mixer_rms_eps is None else torch.ones(c.dt_rank + 2 * c.d_state, dtype=dtype, **f)
         self.ynorm = torch.zeros(B, c.d_inner, dtype=dtype, **f) if c.arch == MAMBA2 else None
         self.logits = torch.zeros(B, c.vocab_size_padded, dtype=dtype, **f)
         self.static = InferenceState.zeros(c, B, dtype, state_dtype, self.device)  # the pool of max_batch slots
@@ -283,8 +286,19 @@ class NativeEngine:
         d = self.config.d_inner
         x, z = self.xz[:b, :d], self.xz[:b, d:]
         self._proj(x, L.x_w, None, self.xdbl[:b])
+        self._dt_bc_norm(self.xdbl[:b])
         G.mamba1_step(x, z, self.xdbl[:b], L.dt_packed, L.dt_b, L.A, L.D, ssm_pool, out=self.y[:b], state_rows=rows)
         self._proj(self.y[:b], L.out_w, L.out_b, self.hidden[:b])
+
+    def _dt_bc_norm(self, xdbl: torch.Tensor) -> None:
+        """Falcon-Mamba (mixer_rms_eps set): x_proj's output xdbl (..., dt_rank + 2 d_state) <- weightless RMS
+        norms of dt and of B and C, each over its own slice (ops.rms_norm_ref), in place: no allocation, no sync,
+        so it is captured in the decode graph. Nothing for other models."""
+        c = self.config
+        if c.mixer_rms_eps is None:
+            return
+        for part, group in ((xdbl[..., :c.dt_rank], c.dt_rank), (xdbl[..., c.dt_rank:], c.d_state)):
+            K.gated_rms_norm(part, None, self.unit[:part.shape[-1]], c.mixer_rms_eps, group, out=part)
 
     def _mamba2_mixer(self, b: int, L: _Layer, ssm_pool: torch.Tensor, rows: torch.Tensor) -> None:
         c = self.config
@@ -402,6 +416,7 @@ class NativeEngine:
         c = self.config
         R, N = c.dt_rank, c.d_state
         xdbl = torch.nn.functional.linear(xc, L.x_w)  # (b, n, R + 2N)
+        self._dt_bc_norm(xdbl)
         dt = torch.nn.functional.linear(xdbl[..., :R], L.dt_w)  # (b, n, d_inner), bias in the scan
         y = torch.empty_like(xc)
         K.selective_scan(xc.transpose(1, 2), dt.transpose(1, 2), L.A, xdbl[..., R:R + N].transpose(1, 2),
