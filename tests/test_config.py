@@ -205,3 +205,12 @@ def test_falcon_mamba_bad_values_name_the_field(patch, field):
 def test_mixer_rms_eps_is_mamba1_only():
     with pytest.raises(ConfigError, match="mixer_rms_eps"):
         ModelConfig.from_dict({**parse_config(MAMBA2_1P3B).to_dict(), "mixer_rms_eps": 1e-6})
+
+
+def test_7b_presets_have_the_published_sizes():
+    from mamba_deploy.random_init import preset_config
+
+    falcon, codestral = (parse_config(preset_config(n)) for n in ("falcon-mamba-7b", "mamba-codestral-7b"))
+    assert falcon == parse_config(FALCON_MAMBA_7B)
+    assert codestral == parse_config(CODESTRAL_7B)
+    assert round(falcon.parameter_estimate() / 1e9, 2) == 7.27 and round(codestral.parameter_estimate() / 1e9, 2) == 7.28
