@@ -169,6 +169,8 @@ def bench_mamba_ssm(eng, batch: int, prompt_len: int, gen_len: int) -> Optional[
             own.update({m + "dt_bias": L.dt_b, m + "norm.weight": L.gnorm_w})
         else:
             own.update({m + "x_proj.weight": L.x_w, m + "dt_proj.weight": L.dt_w, m + "dt_proj.bias": L.dt_b})
+        if L.fc1_w is not None:
+            own.update({p + "norm2.weight": L.norm2_w, p + "mlp.fc1.weight": L.fc1_w, p + "mlp.fc2.weight": L.fc2_w})
     sd = model.state_dict()
     for k, v in own.items():
         sd[k].copy_(v.reshape(sd[k].shape))

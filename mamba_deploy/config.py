@@ -20,7 +20,9 @@ _HF_TYPES = {"mamba": MAMBA1, "mamba2": MAMBA2, "falcon_mamba": MAMBA1}
 INT_RANGES = {"d_model": (1, 2**16), "n_layer": (1, 1024), "vocab_size": (1, 2**24), "vocab_size_padded": (1, 2**24),
               "d_state": (1, 1024), "d_conv": (2, 8), "expand": (1, 16), "dt_rank": (1, 2**16), "headdim": (1, 1024),
               "ngroups": (1, 1024), "chunk_size": (1, 4096), "num_heads": (1, 2**16),
-              "pad_vocab_size_multiple": (0, 2**16), "intermediate_size": (1, 2**20)}
+              "pad_vocab_size_multiple": (0, 2**16), "intermediate_size": (1, 2**20),
+              "d_intermediate": (0, 2**18)}
+MLP_MULTIPLE = 128  # mamba-ssm's GatedMLP rounds its hidden width up to a multiple of this
 MAX_PARAMETERS = 10**12
 _BOOL_FIELDS = ("bias", "conv_bias", "rms_norm", "residual_in_fp32", "tie_embeddings")
 
@@ -50,6 +52,7 @@ class ModelConfig:
     tie_embeddings: bool = True
     source_format: str = "mamba_ssm"  # "mamba_ssm" | "hf"
     mixer_rms_eps: Optional[float] = None  # Mamba1 only; set: Falcon-Mamba's weightless RMS norms on dt, B, C
+    d_intermediate: int = 0  # > 0: a gated MLP of this hidden width after each mixer (mamba-ssm's Block + GatedMLP)
 
     @property
     def d_inner(self) -> int:
@@ -91,6 +94,7 @@ class ModelConfig:
         per_layer = self.d_model * self.in_proj_dim + self.d_inner * self.d_model + self.conv_dim * self.d_conv
         if self.arch == MAMBA1:  # x_proj, dt_proj, A
             per_layer += self.d_inner * (2 * self.dt_rank + 3 * self.d_state)
+        per_layer += 3 * self.d_model * self.d_intermediate  # fc1 (2 x), fc2
         return embedding + self.n_layer * per_layer
 
     @classmethod
@@ -111,7 +115,7 @@ class ModelConfig:
         return cfg
 
     def validate(self) -> None:
-        ints = ["d_model", "n_layer", "vocab_size", "vocab_size_padded", "d_state", "d_conv", "expand"]
+        ints = ["d_model", "n_layer", "vocab_size", "vocab_size_padded", "d_state", "d_conv", "expand", "d_intermediate"]
         if self.arch == MAMBA1:
             ints.append("dt_rank")
         elif self.arch == MAMBA2:
@@ -231,8 +235,7 @@ def _dt_limit(value: Any, key: str) -> tuple[float, float]:
 def _from_mamba_ssm(data: dict[str, Any]) -> ModelConfig:
     if data.get("attn_layer_idx"):
         raise ConfigError("field 'attn_layer_idx': hybrid attention layers are not supported yet")
-    if data.get("d_intermediate", 0):
-        raise ConfigError("field 'd_intermediate': MLP layers (d_intermediate > 0) are not supported yet")
+    d_intermediate = _as_int(data.get("d_intermediate", 0), "d_intermediate")
     ssm = data.get("ssm_cfg") or {}
     if not isinstance(ssm, dict):
         raise ConfigError("field 'ssm_cfg' must be an object")
@@ -255,6 +258,7 @@ def _from_mamba_ssm(data: dict[str, Any]) -> ModelConfig:
         residual_in_fp32=_as_bool(data.get("residual_in_fp32", True), "residual_in_fp32"),
         tie_embeddings=_as_bool(data.get("tie_embeddings", True), "tie_embeddings"),
         source_format="mamba_ssm",
+        d_intermediate=-(-d_intermediate // MLP_MULTIPLE) * MLP_MULTIPLE,  # GatedMLP's width (0 stays 0)
     )
     if layer == "Mamba1":
         dt_rank = ssm.get("dt_rank", "auto")
@@ -353,6 +357,8 @@ def _hf_expand(data: dict[str, Any], arch: str, d_model: int) -> int:
 def to_hf_config(cfg: ModelConfig) -> dict[str, Any]:
     """The Hugging Face config.json (MambaForCausalLM / Mamba2ForCausalLM / FalconMambaForCausalLM) of `cfg`;
     _from_hf reads it back."""
+    if cfg.d_intermediate:
+        raise ValueError("MLP layers (d_intermediate > 0) have no Hugging Face config format; use mamba-ssm's")
     common = {"hidden_size": cfg.d_model, "num_hidden_layers": cfg.n_layer, "vocab_size": cfg.vocab_size_padded,
               "state_size": cfg.d_state, "expand": cfg.expand, "conv_kernel": cfg.d_conv, "use_bias": cfg.bias,
               "use_conv_bias": cfg.conv_bias, "layer_norm_epsilon": cfg.norm_eps,
@@ -386,5 +392,6 @@ def to_mamba_ssm_config(cfg: ModelConfig) -> dict[str, Any]:
     if multiple is None:
         raise ValueError(f"padded vocabulary {cfg.vocab_size_padded} is not a padding of {cfg.vocab_size}")
     return {"d_model": cfg.d_model, "n_layer": cfg.n_layer, "vocab_size": cfg.vocab_size, "ssm_cfg": ssm,
+            "d_intermediate": cfg.d_intermediate,
             "rms_norm": cfg.rms_norm, "norm_epsilon": cfg.norm_eps, "residual_in_fp32": cfg.residual_in_fp32,
             "pad_vocab_size_multiple": multiple, "tie_embeddings": cfg.tie_embeddings}

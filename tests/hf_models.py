@@ -1,4 +1,5 @@
-"""Tiny random Hugging Face Mamba/Mamba2/FalconMamba models, saved as checkpoint folders (our independent oracle)."""
+"""Tiny random Hugging Face Mamba/Mamba2/FalconMamba models, saved as checkpoint folders (our independent oracle),
+and tiny mamba-ssm configs with gated MLPs (d_intermediate > 0), which no transformers model has."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -68,3 +69,24 @@ def save_hf_model(name: str, folder: Path, seed: int = 0):
     model = make_hf_model(name, seed)
     model.save_pretrained(folder)
     return model
+
+
+MLP_CONFIGS = {
+    # mamba-ssm config.json dicts (vocab >= 100 for test_export._check_chain); d_intermediate is rounded up to a
+    # multiple of 128 as GatedMLP does
+    "m1-mlp100": {"d_model": 48, "n_layer": 3, "vocab_size": 117, "pad_vocab_size_multiple": 8, "d_intermediate": 100,
+                  "ssm_cfg": {"d_state": 8}, "tie_embeddings": False},
+    "m2-mlp200-g2": {"d_model": 64, "n_layer": 2, "vocab_size": 101, "pad_vocab_size_multiple": 16,
+                     "d_intermediate": 200, "residual_in_fp32": False,
+                     "ssm_cfg": {"layer": "Mamba2", "d_state": 16, "headdim": 16, "ngroups": 2, "chunk_size": 8}},
+    "m2-mlp128-layernorm": {"d_model": 32, "n_layer": 2, "vocab_size": 103, "pad_vocab_size_multiple": 8,
+                            "d_intermediate": 128, "rms_norm": False,
+                            "ssm_cfg": {"layer": "Mamba2", "d_state": 8, "headdim": 8, "ngroups": 1, "chunk_size": 4}},
+}
+
+
+def mlp_checkpoint(name: str, folder: Path) -> Path:
+    """A random mamba-ssm checkpoint of MLP_CONFIGS[name] (float32): transformers has no model with these MLPs."""
+    from mamba_deploy.random_init import make_random_checkpoint
+
+    return make_random_checkpoint(MLP_CONFIGS[name], folder, dtype=torch.float32, seed=1)

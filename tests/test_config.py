@@ -49,7 +49,9 @@ def test_roundtrip_through_dict():
 
 @pytest.mark.parametrize("patch,field", [
     ({"attn_layer_idx": [3]}, "attn_layer_idx"),
-    ({"d_intermediate": 4096}, "d_intermediate"),
+    ({"d_intermediate": -1}, "d_intermediate"),
+    ({"d_intermediate": "4096"}, "d_intermediate"),
+    ({"attn_layer_idx": [0], "d_intermediate": 4096}, "attn_layer_idx"),
     ({"ssm_cfg": {"layer": "Mamba3"}}, "ssm_cfg.layer"),
     ({"ssm_cfg": {"layer": "Mamba2", "d_ssm": 1024}}, "ssm_cfg.d_ssm"),
     ({"ssm_cfg": {"layer": "Mamba2", "headdim": 48}}, "headdim"),
@@ -214,3 +216,16 @@ def test_7b_presets_have_the_published_sizes():
     assert falcon == parse_config(FALCON_MAMBA_7B)
     assert codestral == parse_config(CODESTRAL_7B)
     assert round(falcon.parameter_estimate() / 1e9, 2) == 7.27 and round(codestral.parameter_estimate() / 1e9, 2) == 7.28
+
+
+def test_d_intermediate_is_gated_mlp_width_rounded_as_mamba_ssm():
+    from mamba_deploy.config import to_mamba_ssm_config
+
+    plain = parse_config(MAMBA2_1P3B)
+    for given, width in ((0, 0), (1, 128), (4096, 4096), (5000, 5120)):
+        cfg = parse_config({**MAMBA2_1P3B, "d_intermediate": given})
+        assert cfg.d_intermediate == width
+        assert cfg.parameter_estimate() == plain.parameter_estimate() + 48 * 3 * 2048 * width
+        assert parse_config(to_mamba_ssm_config(cfg)) == cfg
+        assert ModelConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
+    assert parse_config({**MAMBA_1P4B, "d_intermediate": 8192}).d_intermediate == 8192

@@ -1,10 +1,12 @@
 """Falcon-Mamba and Codestral-shaped Mamba-2 checkpoints (tiny, random, Hugging Face format) through export,
-ONNX Runtime, the torch backend and `verify --oracle transformers`."""
+ONNX Runtime, the torch backend and `verify --oracle transformers`; mamba-ssm configs with gated MLPs
+(d_intermediate > 0) through the same against the reference (transformers has no such model)."""
 import pytest
 import torch
 from click.testing import CliRunner
-from hf_models import CODESTRAL_CASES, FALCON_CASES, save_hf_model
-from test_export import OrtModel, rel
+from hf_models import CODESTRAL_CASES, FALCON_CASES, MLP_CONFIGS, mlp_checkpoint, save_hf_model
+from test_cli import assert_one_line_error
+from test_export import OrtModel, _check_chain, rel
 
 from mamba_deploy.cli import cli
 from mamba_deploy.export import ExportOptions, export_model
@@ -73,3 +75,48 @@ def test_export_configs(family_export):
         cfg = OrtModel(family_export(name)[0]).cfg
         assert (cfg.arch, cfg.ngroups, cfg.d_state, cfg.headdim, cfg.tie_embeddings, cfg.mixer_rms_eps) == \
             ("mamba2", 8, 128, 64, False, None)
+
+
+@pytest.fixture(scope="module")
+def mlp_export(tmp_path_factory):
+    """mlp_export(name, **options) -> the export folder of MLP_CONFIGS[name] (its checkpoint in ../ckpt)."""
+    cache = {}
+
+    def get(name, **options):
+        key = (name, tuple(sorted(options.items())))
+        if key not in cache:
+            root = tmp_path_factory.mktemp(name)
+            mlp_checkpoint(name, root / "ckpt")
+            cache[key] = export_model(root / "ckpt", root / "export", ExportOptions(**options), progress=False)
+        return cache[key]
+
+    return get
+
+
+@pytest.mark.parametrize("ops", ["plugin", "standard"])
+@pytest.mark.parametrize("name", list(MLP_CONFIGS))
+def test_mlp_onnxruntime_matches_reference(mlp_export, name, ops):
+    folder = mlp_export(name, ops=ops)
+    assert OrtModel(folder).cfg.d_intermediate == -(-MLP_CONFIGS[name]["d_intermediate"] // 128) * 128
+    states, ref_state = _check_chain(folder, 1e-5, prefill_len=7, steps=4)
+    for i in range(len(ref_state.ssm)):
+        assert rel(states[f"past_ssm_state.{i}"], ref_state.ssm[i]) < 1e-5
+
+
+@pytest.mark.parametrize("name", list(MLP_CONFIGS))
+def test_mlp_float16_export_within_1e_2(mlp_export, name):
+    import numpy as np
+
+    _check_chain(mlp_export(name, dtype="float16"), 1e-2, prefill_len=7, steps=3, conv_dtype=np.float16)
+
+
+@pytest.mark.parametrize("backend", ["onnxruntime", "torch"])
+def test_mlp_verify_against_reference(mlp_export, backend):
+    report = verify_export(mlp_export("m2-mlp200-g2"), backend=backend, steps=4)
+    assert report.passed and report.greedy_identical and report.max_rel_err <= 1e-5
+
+
+def test_mlp_verify_oracle_transformers_is_refused_in_one_line(mlp_export):
+    result = CliRunner().invoke(cli, ["verify", str(mlp_export("m1-mlp100")), "--oracle", "transformers"])
+    assert_one_line_error(result)
+    assert "d_intermediate" in result.stderr

@@ -19,6 +19,12 @@ CONFIGS = {
     "codestral": {"d_model": 256, "n_layer": 4, "vocab_size": 1000, "pad_vocab_size_multiple": 16,
                   "ssm_cfg": {"layer": "Mamba2", "d_state": 128, "headdim": 64, "ngroups": 8, "chunk_size": 16},
                   "tie_embeddings": False},
+    # mamba-ssm's gated MLP after each mixer (d_intermediate 300 -> 384, 200 -> 256), LayerNorm in one
+    "mamba1_mlp": {"d_model": 256, "n_layer": 3, "vocab_size": 1000, "pad_vocab_size_multiple": 8,
+                   "d_intermediate": 300, "ssm_cfg": {"d_state": 16}, "tie_embeddings": False},
+    "mamba2_mlp": {"d_model": 256, "n_layer": 3, "vocab_size": 1000, "pad_vocab_size_multiple": 16,
+                   "d_intermediate": 200, "rms_norm": False,
+                   "ssm_cfg": {"layer": "Mamba2", "d_state": 64, "headdim": 32, "ngroups": 2, "chunk_size": 16}},
 }
 
 

@@ -6,7 +6,7 @@ from mamba_deploy.checkpoint import load_reference
 
 pytestmark = pytest.mark.gpu
 
-FAMILIES = ["mamba1", "mamba2", "falcon_mamba", "codestral"]  # the checkpoints of conftest.CONFIGS
+FAMILIES = ["mamba1", "mamba2", "falcon_mamba", "codestral", "mamba1_mlp", "mamba2_mlp"]  # conftest.CONFIGS
 TOL = {torch.float32: 1e-4, torch.float16: 1e-2, torch.bfloat16: 1e-2}
 
 
