@@ -25,6 +25,7 @@ INT_RANGES = {"d_model": (1, 2**16), "n_layer": (1, 1024), "vocab_size": (1, 2**
 MLP_MULTIPLE = 128  # mamba-ssm's GatedMLP rounds its hidden width up to a multiple of this
 MAX_PARAMETERS = 10**12
 _BOOL_FIELDS = ("bias", "conv_bias", "rms_norm", "residual_in_fp32", "tie_embeddings")
+_LATER_FIELDS = {"mixer_rms_eps": None, "d_intermediate": 0}  # added after export format 1: name -> unset value
 
 
 @dataclasses.dataclass(frozen=True)
@@ -86,6 +87,9 @@ class ModelConfig:
     def to_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
         out["dt_limit"] = [self.dt_limit[0], self.dt_limit[1] if math.isfinite(self.dt_limit[1]) else "inf"]
+        for name, unset in _LATER_FIELDS.items():  # only when set: older readers and slot fingerprints unchanged
+            if out[name] == unset:
+                del out[name]
         return out
 
     def parameter_estimate(self) -> int:

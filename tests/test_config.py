@@ -229,3 +229,12 @@ def test_d_intermediate_is_gated_mlp_width_rounded_as_mamba_ssm():
         assert parse_config(to_mamba_ssm_config(cfg)) == cfg
         assert ModelConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
     assert parse_config({**MAMBA_1P4B, "d_intermediate": 8192}).d_intermediate == 8192
+
+
+def test_later_fields_are_written_only_when_set():
+    """Exports of plain models keep the config.json (and slot fingerprints) of before Falcon-Mamba and MLPs; a
+    Falcon-Mamba or MLP export names its field, which an older reader refuses as unknown."""
+    plain = parse_config(MAMBA2_1P3B).to_dict()
+    assert "mixer_rms_eps" not in plain and "d_intermediate" not in plain
+    assert parse_config(FALCON_MAMBA_7B).to_dict()["mixer_rms_eps"] == 1e-6
+    assert parse_config({**MAMBA2_1P3B, "d_intermediate": 256}).to_dict()["d_intermediate"] == 256
