@@ -120,3 +120,12 @@ def test_mlp_verify_oracle_transformers_is_refused_in_one_line(mlp_export):
     result = CliRunner().invoke(cli, ["verify", str(mlp_export("m1-mlp100")), "--oracle", "transformers"])
     assert_one_line_error(result)
     assert "d_intermediate" in result.stderr
+
+
+@pytest.mark.parametrize("name", ["fm-d8-r5-untied", "m2-codestral-g8-h8", "m1-mlp100"])
+def test_graphs_pass_onnx_full_check(family_export, mlp_export, name):
+    import onnx
+
+    folder = mlp_export(name) if name in MLP_CONFIGS else family_export(name)[0]
+    for graph in ("prefill.onnx", "decode.onnx"):
+        onnx.checker.check_model(str(folder / graph), full_check=True)

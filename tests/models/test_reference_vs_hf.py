@@ -69,3 +69,19 @@ def test_falcon_norms_change_the_model():
     ids = torch.randint(0, 101, (2, 12), generator=torch.Generator().manual_seed(4))
     with torch.no_grad():
         assert rel_err(plain(ids).logits, falcon(ids).logits) > 1e-2
+
+
+def test_random_falcon_checkpoint_is_one_transformers_loads(tmp_path):
+    """random_init's Hugging Face writer (the native tests' checkpoints, the falcon-mamba-7b preset) gives a
+    folder transformers' FalconMambaForCausalLM.from_pretrained reads as the same model."""
+    from transformers import FalconMambaForCausalLM
+
+    from mamba_deploy.random_init import make_random_checkpoint
+
+    config = {"model_type": "falcon_mamba", "hidden_size": 64, "num_hidden_layers": 2, "vocab_size": 90,
+              "state_size": 16, "time_step_rank": 20, "expand": 2, "mixer_rms_eps": 1e-6, "tie_word_embeddings": False}
+    folder = make_random_checkpoint(config, tmp_path / "falcon", fmt="hf", dtype=torch.float32, seed=3)
+    hf = FalconMambaForCausalLM.from_pretrained(folder).eval()
+    ids = torch.randint(0, 90, (2, 11), generator=torch.Generator().manual_seed(6))
+    with torch.no_grad():
+        assert rel_err(load_reference(folder)(ids), hf(ids).logits) <= 1e-5
