@@ -18,15 +18,16 @@ CASES = list(FALCON_CASES) + CODESTRAL_CASES
 
 @pytest.fixture(scope="module")
 def family_export(tmp_path_factory):
-    """family_export(name, ops) -> (export folder, the HF model it came from), built once per module."""
+    """family_export(name, ops, dtype) -> (export folder, the HF model it came from), built once per module."""
     cache = {}
 
-    def get(name, ops="plugin"):
-        if (name, ops) not in cache:
+    def get(name, ops="plugin", dtype=None):
+        if (name, ops, dtype) not in cache:
             root = tmp_path_factory.mktemp(name)
             hf = save_hf_model(name, root / "ckpt")
-            cache[name, ops] = export_model(root / "ckpt", root / "export", ExportOptions(ops=ops), progress=False), hf
-        return cache[name, ops]
+            options = ExportOptions(ops=ops, dtype=dtype)
+            cache[name, ops, dtype] = export_model(root / "ckpt", root / "export", options, progress=False), hf
+        return cache[name, ops, dtype]
 
     return get
 
@@ -55,6 +56,13 @@ def test_verify_oracle_transformers_passes(family_export, name, backend):
     report = verify_export(folder, backend=backend, oracle="transformers", steps=4)
     assert report.passed and report.greedy_identical, report.to_dict()
     assert report.max_rel_err <= 1e-5
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_float16_export_verifies_against_transformers(family_export, name):
+    report = verify_export(family_export(name, dtype="float16")[0], backend="onnxruntime", oracle="transformers",
+                           steps=3)
+    assert report.dtype == "float16" and report.tolerance == 1e-2 and report.passed, report.max_rel_err
 
 
 def test_verify_cli_on_falcon_mamba(family_export):
