@@ -169,7 +169,10 @@ def sweep_gemv(shapes=((8192, 2048), (2048, 4096), (160, 4096), (8512, 2048), (5
 
 
 def bench_mamba_ssm(eng, batch: int, prompt_len: int, gen_len: int) -> Optional[float]:
-    """ms/token of mamba_ssm's MambaLMHeadModel.generate(cg=True) on the engine's weights; None if not installed."""
+    """ms/token of mamba_ssm's MambaLMHeadModel.generate(cg=True) on the engine's weights; None if not installed
+    or the model is Falcon-Mamba (mamba-ssm has no such model)."""
+    if eng.config.mixer_rms_eps is not None:
+        return None
     try:
         from mamba_ssm.models.config_mamba import MambaConfig
         from mamba_ssm.models.mixer_seq_simple import MambaLMHeadModel
@@ -189,6 +192,8 @@ def bench_mamba_ssm(eng, batch: int, prompt_len: int, gen_len: int) -> Optional[
             own.update({m + "dt_bias": L.dt_b, m + "norm.weight": L.gnorm_w})
         else:
             own.update({m + "x_proj.weight": L.x_w, m + "dt_proj.weight": L.dt_w, m + "dt_proj.bias": L.dt_b})
+        if L.fc1_w is not None:
+            own.update({p + "norm2.weight": L.norm2_w, p + "mlp.fc1.weight": L.fc1_w, p + "mlp.fc2.weight": L.fc2_w})
     sd = model.state_dict()
     for k, v in own.items():
         sd[k].copy_(v.reshape(sd[k].shape))

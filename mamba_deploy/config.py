@@ -1,4 +1,4 @@
-"""One ModelConfig for Mamba1 and Mamba2, parsed from mamba-ssm or Hugging Face config.json.
+"""One ModelConfig for Mamba1 (incl. Falcon-Mamba) and Mamba2, parsed from mamba-ssm or Hugging Face config.json.
 
 All derived sizes (d_inner, dt_rank, nheads, conv_dim, padded vocabulary) live here and
 nowhere else.
@@ -9,20 +9,23 @@ import dataclasses
 import json
 import math
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 from .errors import ConfigError
 
 MAMBA1 = "mamba1"
 MAMBA2 = "mamba2"
-_HF_TYPES = {"mamba": MAMBA1, "mamba2": MAMBA2}
+_HF_TYPES = {"mamba": MAMBA1, "mamba2": MAMBA2, "falcon_mamba": MAMBA1}
 # Sane ranges of the integer fields (refused before anything is allocated); d_conv: what the kernels support.
 INT_RANGES = {"d_model": (1, 2**16), "n_layer": (1, 1024), "vocab_size": (1, 2**24), "vocab_size_padded": (1, 2**24),
               "d_state": (1, 1024), "d_conv": (2, 8), "expand": (1, 16), "dt_rank": (1, 2**16), "headdim": (1, 1024),
               "ngroups": (1, 1024), "chunk_size": (1, 4096), "num_heads": (1, 2**16),
-              "pad_vocab_size_multiple": (0, 2**16)}
+              "pad_vocab_size_multiple": (0, 2**16), "intermediate_size": (1, 2**20),
+              "d_intermediate": (0, 2**18)}
+MLP_MULTIPLE = 128  # mamba-ssm's GatedMLP rounds its hidden width up to a multiple of this
 MAX_PARAMETERS = 10**12
 _BOOL_FIELDS = ("bias", "conv_bias", "rms_norm", "residual_in_fp32", "tie_embeddings")
+_LATER_FIELDS = {"mixer_rms_eps": None, "d_intermediate": 0}  # added after export format 1: name -> unset value
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,6 +52,8 @@ class ModelConfig:
     residual_in_fp32: bool = True
     tie_embeddings: bool = True
     source_format: str = "mamba_ssm"  # "mamba_ssm" | "hf"
+    mixer_rms_eps: Optional[float] = None  # Mamba1 only; set: Falcon-Mamba's weightless RMS norms on dt, B, C
+    d_intermediate: int = 0  # > 0: a gated MLP of this hidden width after each mixer (mamba-ssm's Block + GatedMLP)
 
     @property
     def d_inner(self) -> int:
@@ -82,6 +87,9 @@ class ModelConfig:
     def to_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
         out["dt_limit"] = [self.dt_limit[0], self.dt_limit[1] if math.isfinite(self.dt_limit[1]) else "inf"]
+        for name, unset in _LATER_FIELDS.items():  # only when set: older readers and slot fingerprints unchanged
+            if out[name] == unset:
+                del out[name]
         return out
 
     def parameter_estimate(self) -> int:
@@ -90,6 +98,7 @@ class ModelConfig:
         per_layer = self.d_model * self.in_proj_dim + self.d_inner * self.d_model + self.conv_dim * self.d_conv
         if self.arch == MAMBA1:  # x_proj, dt_proj, A
             per_layer += self.d_inner * (2 * self.dt_rank + 3 * self.d_state)
+        per_layer += 3 * self.d_model * self.d_intermediate  # fc1 (2 x), fc2
         return embedding + self.n_layer * per_layer
 
     @classmethod
@@ -110,7 +119,7 @@ class ModelConfig:
         return cfg
 
     def validate(self) -> None:
-        ints = ["d_model", "n_layer", "vocab_size", "vocab_size_padded", "d_state", "d_conv", "expand"]
+        ints = ["d_model", "n_layer", "vocab_size", "vocab_size_padded", "d_state", "d_conv", "expand", "d_intermediate"]
         if self.arch == MAMBA1:
             ints.append("dt_rank")
         elif self.arch == MAMBA2:
@@ -122,6 +131,10 @@ class ModelConfig:
         for name in _BOOL_FIELDS:
             _as_bool(getattr(self, name), name)
         _as_float(self.norm_eps, "norm_eps", 0.0, 1.0)
+        if self.mixer_rms_eps is not None:
+            if self.arch != MAMBA1:
+                raise ConfigError("config field 'mixer_rms_eps' (Falcon-Mamba's dt/B/C norms) is Mamba1 only")
+            _as_float(self.mixer_rms_eps, "mixer_rms_eps", 0.0, 1.0)
         if self.parameter_estimate() > MAX_PARAMETERS:
             raise ConfigError(f"config: about {self.parameter_estimate():.3g} parameters, more than the "
                               f"{MAX_PARAMETERS:.0e} this tool accepts (check n_layer, d_model, vocab_size)")
@@ -226,8 +239,7 @@ def _dt_limit(value: Any, key: str) -> tuple[float, float]:
 def _from_mamba_ssm(data: dict[str, Any]) -> ModelConfig:
     if data.get("attn_layer_idx"):
         raise ConfigError("field 'attn_layer_idx': hybrid attention layers are not supported yet")
-    if data.get("d_intermediate", 0):
-        raise ConfigError("field 'd_intermediate': MLP layers (d_intermediate > 0) are not supported yet")
+    d_intermediate = _as_int(data.get("d_intermediate", 0), "d_intermediate")
     ssm = data.get("ssm_cfg") or {}
     if not isinstance(ssm, dict):
         raise ConfigError("field 'ssm_cfg' must be an object")
@@ -250,6 +262,7 @@ def _from_mamba_ssm(data: dict[str, Any]) -> ModelConfig:
         residual_in_fp32=_as_bool(data.get("residual_in_fp32", True), "residual_in_fp32"),
         tie_embeddings=_as_bool(data.get("tie_embeddings", True), "tie_embeddings"),
         source_format="mamba_ssm",
+        d_intermediate=-(-d_intermediate // MLP_MULTIPLE) * MLP_MULTIPLE,  # GatedMLP's width (0 stays 0)
     )
     if layer == "Mamba1":
         dt_rank = ssm.get("dt_rank", "auto")
@@ -283,10 +296,11 @@ def _refuse_mamba2_variants(ssm: dict[str, Any], d_inner: int) -> None:
 def _from_hf(data: dict[str, Any]) -> ModelConfig:
     model_type = data["model_type"]
     if model_type not in _HF_TYPES:
-        raise ConfigError(f"field 'model_type': unsupported model type {model_type!r} (expected mamba or mamba2)")
+        raise ConfigError(f"field 'model_type': unsupported model type {model_type!r} (expected "
+                          f"{', '.join(_HF_TYPES)})")
     arch = _HF_TYPES[model_type]
     d_model = _as_int(_require(data, "hidden_size"), "hidden_size", "d_model")
-    expand = _as_int(data.get("expand", 2), "expand")
+    expand = _hf_expand(data, arch, d_model)
     vocab = _as_int(_require(data, "vocab_size"), "vocab_size")
     act = data.get("hidden_act", "silu")
     if act not in ("silu", "swish"):
@@ -307,9 +321,12 @@ def _from_hf(data: dict[str, Any]) -> ModelConfig:
     if arch == MAMBA1:
         dt_rank = data.get("time_step_rank", "auto")
         dt_rank = math.ceil(d_model / 16) if dt_rank == "auto" else _as_int(dt_rank, "time_step_rank", "dt_rank")
+        rms_eps = _as_float(data.get("mixer_rms_eps", 1e-6), "mixer_rms_eps", 0.0, 1.0) \
+            if model_type == "falcon_mamba" else None
         return ModelConfig(arch=MAMBA1, d_state=_as_int(data.get("state_size", 16), "state_size", "d_state"),
                            dt_rank=dt_rank, tie_embeddings=_as_bool(data.get("tie_word_embeddings", True),
-                                                                    "tie_word_embeddings"), **common)
+                                                                    "tie_word_embeddings"),
+                           mixer_rms_eps=rms_eps, **common)
     head_dim = _as_int(data.get("head_dim", 64), "head_dim", "headdim")
     num_heads = data.get("num_heads")
     if num_heads is not None and _as_int(num_heads, "num_heads") * head_dim != expand * d_model:
@@ -328,8 +345,24 @@ def _from_hf(data: dict[str, Any]) -> ModelConfig:
     )
 
 
+def _hf_expand(data: dict[str, Any], arch: str, d_model: int) -> int:
+    """transformers' Mamba1 configs take `intermediate_size` over expand * hidden_size when both are given
+    (falcon-mamba-7b ships expand 16 with intermediate_size 8192 = 2 * 4096)."""
+    inter = data.get("intermediate_size")
+    if arch != MAMBA1 or inter is None:
+        return _as_int(data.get("expand", 2), "expand")
+    inter = _as_int(inter, "intermediate_size")
+    if inter % d_model or not 1 <= inter // d_model <= INT_RANGES["expand"][1]:
+        raise ConfigError(f"field 'intermediate_size': {inter} is not hidden_size ({d_model}) times an expand "
+                          f"factor from 1 to {INT_RANGES['expand'][1]} (not supported)")
+    return inter // d_model
+
+
 def to_hf_config(cfg: ModelConfig) -> dict[str, Any]:
-    """The Hugging Face config.json (MambaForCausalLM / Mamba2ForCausalLM) of `cfg`; _from_hf reads it back."""
+    """The Hugging Face config.json (MambaForCausalLM / Mamba2ForCausalLM / FalconMambaForCausalLM) of `cfg`;
+    _from_hf reads it back."""
+    if cfg.d_intermediate:
+        raise ValueError("MLP layers (d_intermediate > 0) have no Hugging Face config format; use mamba-ssm's")
     common = {"hidden_size": cfg.d_model, "num_hidden_layers": cfg.n_layer, "vocab_size": cfg.vocab_size_padded,
               "state_size": cfg.d_state, "expand": cfg.expand, "conv_kernel": cfg.d_conv, "use_bias": cfg.bias,
               "use_conv_bias": cfg.conv_bias, "layer_norm_epsilon": cfg.norm_eps,
@@ -340,12 +373,17 @@ def to_hf_config(cfg: ModelConfig) -> dict[str, Any]:
         return {**common, "model_type": "mamba2", "architectures": ["Mamba2ForCausalLM"], "num_heads": cfg.nheads,
                 "head_dim": cfg.headdim, "n_groups": cfg.ngroups, "chunk_size": cfg.chunk_size,
                 "time_step_limit": [lo, hi]}
-    return {**common, "model_type": "mamba", "architectures": ["MambaForCausalLM"], "time_step_rank": cfg.dt_rank,
-            "intermediate_size": cfg.d_inner}
+    m1 = {**common, "time_step_rank": cfg.dt_rank, "intermediate_size": cfg.d_inner}
+    if cfg.mixer_rms_eps is not None:
+        return {**m1, "model_type": "falcon_mamba", "architectures": ["FalconMambaForCausalLM"],
+                "mixer_rms_eps": cfg.mixer_rms_eps}
+    return {**m1, "model_type": "mamba", "architectures": ["MambaForCausalLM"]}
 
 
 def to_mamba_ssm_config(cfg: ModelConfig) -> dict[str, Any]:
     """The mamba-ssm config.json (d_model, ssm_cfg, ...) of `cfg`; _from_mamba_ssm reads it back."""
+    if cfg.mixer_rms_eps is not None:
+        raise ValueError("Falcon-Mamba (mixer_rms_eps) has no mamba-ssm config format; use the Hugging Face one")
     ssm: dict[str, Any] = {"d_state": cfg.d_state, "d_conv": cfg.d_conv, "expand": cfg.expand,
                            "bias": cfg.bias, "conv_bias": cfg.conv_bias}
     if cfg.arch == MAMBA2:
@@ -358,5 +396,6 @@ def to_mamba_ssm_config(cfg: ModelConfig) -> dict[str, Any]:
     if multiple is None:
         raise ValueError(f"padded vocabulary {cfg.vocab_size_padded} is not a padding of {cfg.vocab_size}")
     return {"d_model": cfg.d_model, "n_layer": cfg.n_layer, "vocab_size": cfg.vocab_size, "ssm_cfg": ssm,
+            "d_intermediate": cfg.d_intermediate,
             "rms_norm": cfg.rms_norm, "norm_epsilon": cfg.norm_eps, "residual_in_fp32": cfg.residual_in_fp32,
             "pad_vocab_size_multiple": multiple, "tie_embeddings": cfg.tie_embeddings}

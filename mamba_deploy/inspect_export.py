@@ -64,10 +64,16 @@ def _io_lines(values: list[dict], limit: int = 4) -> list[str]:
     return shown
 
 
+def _family(model: dict) -> str:
+    """What sets a model apart from its architecture's plain form (Falcon-Mamba's norms), for the model line."""
+    eps = model.get("mixer_rms_eps")
+    return "" if eps is None else f" (Falcon-Mamba: dt/B/C RMS norms, eps {eps:g})"
+
+
 def format_inspect(report: dict) -> str:
     m, e = report["model"], report["export"]
     lines = [f"{report['folder']}",
-             f"  model: {m['arch']}  d_model {m['d_model']}  layers {m['n_layer']}  d_state {m['d_state']}  "
+             f"  model: {m['arch']}{_family(m)}  d_model {m['d_model']}  layers {m['n_layer']}  d_state {m['d_state']}  "
              f"vocab {m['vocab_size']} (padded {m['vocab_size_padded']})",
              f"  export: format {e['format_version']}, dtype {e['dtype']}, state {e['state_dtype']}, ops {e['ops']}, "
              f"opset {e['opset']}, logits {e['logits']}, source {e.get('source')}",

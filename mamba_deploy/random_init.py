@@ -21,11 +21,18 @@ _M1 = {"ssm_cfg": {}, "vocab_size": 50277, "pad_vocab_size_multiple": 8, "rms_no
        "residual_in_fp32": True, "fused_add_norm": True, "tie_embeddings": True}
 _M2 = {**_M1, "ssm_cfg": {"layer": "Mamba2"}, "pad_vocab_size_multiple": 16, "d_intermediate": 0,
        "attn_layer_idx": [], "attn_cfg": {}}
+# The 7B Mamba-family models people deploy, as their Hugging Face config.json has them (parse_config reads both).
+_HF_7B = {"hidden_size": 4096, "num_hidden_layers": 64, "conv_kernel": 4, "expand": 2, "use_bias": False,
+          "use_conv_bias": True, "layer_norm_epsilon": 1e-5, "residual_in_fp32": True, "tie_word_embeddings": False}
 PRESETS: dict[str, dict[str, Any]] = {
     **{f"mamba-{n}": {**_M1, "d_model": d, "n_layer": L} for n, d, L in [
         ("130m", 768, 24), ("370m", 1024, 48), ("790m", 1536, 48), ("1.4b", 2048, 48), ("2.8b", 2560, 64)]},
     **{f"mamba2-{n}": {**_M2, "d_model": d, "n_layer": L} for n, d, L in [
         ("130m", 768, 24), ("370m", 1024, 48), ("780m", 1536, 48), ("1.3b", 2048, 48), ("2.7b", 2560, 64)]},
+    "falcon-mamba-7b": {**_HF_7B, "model_type": "falcon_mamba", "vocab_size": 65024, "state_size": 16,
+                        "time_step_rank": 256, "mixer_rms_eps": 1e-6},  # tiiuae/falcon-mamba-7b
+    "mamba-codestral-7b": {**_HF_7B, "model_type": "mamba2", "vocab_size": 32768, "state_size": 128,  # mistralai/
+                           "num_heads": 128, "head_dim": 64, "n_groups": 8, "chunk_size": 256},  # Mamba-Codestral-7B-v0.1
 }
 
 
@@ -98,7 +105,8 @@ def write_checkpoint(model: torch.nn.Module, folder: str | os.PathLike, fmt: str
 
 def make_random_checkpoint(config: str | dict[str, Any], folder: str | os.PathLike, fmt: str = "mamba_ssm",
                            dtype: torch.dtype = torch.float16, seed: int = 0) -> Path:
-    """A preset name ("mamba-1.4b") or a mamba-ssm config dict -> a random checkpoint folder."""
+    """A preset name ("mamba-1.4b") or a config dict (mamba-ssm or Hugging Face form) -> a random checkpoint folder
+    (a Hugging Face config is written as such, also with fmt "mamba_ssm")."""
     from .models import MambaLM
 
     ssm_config = preset_config(config) if isinstance(config, str) else dict(config)

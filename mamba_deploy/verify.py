@@ -97,7 +97,8 @@ def load_oracle_model(info: ExportInfo, reference: Optional[str]):
 
 
 def transformers_oracle(model) -> Callable[[list[int]], torch.Tensor]:
-    """HF MambaForCausalLM / Mamba2ForCausalLM holding the reference model's weights: ids -> last logits."""
+    """HF MambaForCausalLM / Mamba2ForCausalLM / FalconMambaForCausalLM holding the reference model's weights:
+    ids -> last logits."""
     import transformers
 
     from .config import to_hf_config
@@ -105,9 +106,12 @@ def transformers_oracle(model) -> Callable[[list[int]], torch.Tensor]:
     cfg = model.config
     if not cfg.rms_norm:
         raise MambaDeployError("--oracle transformers: HF Mamba models have no LayerNorm variant (rms_norm: false)")
+    if cfg.d_intermediate:
+        raise MambaDeployError("--oracle transformers: transformers has no Mamba model with MLP layers "
+                               "(d_intermediate > 0); use --oracle reference")
     hf_cfg = to_hf_config(cfg)
     cls_name = hf_cfg.pop("architectures")[0]
-    config_cls = transformers.Mamba2Config if cls_name.startswith("Mamba2") else transformers.MambaConfig
+    config_cls = getattr(transformers, cls_name.replace("ForCausalLM", "Config"))
     hf_model = getattr(transformers, cls_name)(config_cls(**{k: v for k, v in hf_cfg.items() if k != "model_type"}))
     state = {k.replace("backbone.embedding.", "backbone.embeddings."): v for k, v in model.state_dict().items()}
     missing, unexpected = hf_model.load_state_dict(state, strict=False)

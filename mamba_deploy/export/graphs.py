@@ -1,4 +1,5 @@
-"""The prefill and decode graphs of a Mamba1 / Mamba2 LM, built node by node from the config.
+"""The prefill and decode graphs of a Mamba1 (incl. Falcon-Mamba) / Mamba2 LM, with mamba-ssm's gated MLPs when
+d_intermediate > 0, built node by node from the config.
 
 Graph I/O (docs/architecture.md "Graph I/O"): input_ids int64 (batch, seq) [decode: (batch, 1)], past_conv_state.{i},
 past_ssm_state.{i} -> logits (batch, n, vocab_padded), present_conv_state.{i}, present_ssm_state.{i}.
@@ -96,6 +97,8 @@ class _LMGraph:
         x, conv_state = self.conv(x, layer, past_conv)
         x2d = x if self.decode else g.reshape(g("Transpose", x, perm=[0, 2, 1]), -1, d)
         dt, B, C = g("Split", self.linear(x2d, f"{layer}.x_proj"), g.const([cfg.dt_rank, n, n]), axis=1, outputs=3)
+        if cfg.mixer_rms_eps is not None:  # Falcon-Mamba: weightless RMS norms (float32) on dt, B, C
+            dt, B, C = (g("CastLike", self.rms(g("Cast", t, to=F32), cfg.mixer_rms_eps), t) for t in (dt, B, C))
         dt = g("Gemm", dt, self.w(f"{layer}.dt_proj.weight"), transB=1)
         if not self.decode:
             dt, B, C = (g("Transpose", self.tokens(t, f), perm=[0, 2, 1]) for t, f in ((dt, d), (B, n), (C, n)))
@@ -140,6 +143,12 @@ class _LMGraph:
                       -1, cfg.d_inner)
         return g("CastLike", g("Mul", h, g("Cast", self.w(weight), to=F32)), y)
 
+    def gated_mlp(self, x: str, prefix: str) -> str:
+        """mamba-ssm's GatedMLP: fc2(y * silu(gate)), y, gate = halves of fc1(x); x: (tokens, d_model)."""
+        g, width = self.g, self.cfg.d_intermediate
+        y, gate = g("Split", self.linear(x, f"{prefix}.fc1"), g.const([width, width]), axis=1, outputs=2)
+        return self.linear(g("CastLike", g("Mul", g("Cast", y, to=F32), self._silu32(gate)), y), f"{prefix}.fc2")
+
     def _silu32(self, x: str) -> str:
         x32 = self.g("Cast", x, to=F32)
         return self.g("Mul", x32, self.g("Sigmoid", x32))
@@ -154,6 +163,9 @@ class _LMGraph:
             layer = f"backbone.layers.{i}"
             normed, residual = self.add_norm(hidden, residual, f"{layer}.norm")
             hidden, conv, ssm = mixer(normed, f"{layer}.mixer", f"past_conv_state.{i}", f"past_ssm_state.{i}")
+            if cfg.d_intermediate:
+                normed, residual = self.add_norm(hidden, residual, f"{layer}.norm2")
+                hidden = self.gated_mlp(normed, f"{layer}.mlp")
             outputs += [g("Identity", conv, outputs=[f"present_conv_state.{i}"]),
                         g("Identity", ssm, outputs=[f"present_ssm_state.{i}"])]
         positions = self.seqlen

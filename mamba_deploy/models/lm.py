@@ -1,10 +1,12 @@
-"""The PyTorch reference language model for Mamba1 and Mamba2 (prefill + recurrent decode)."""
+"""The PyTorch reference language model for Mamba1 and Mamba2 (prefill + recurrent decode), with mamba-ssm's
+optional gated MLP after each mixer (`d_intermediate > 0`)."""
 from __future__ import annotations
 
 from typing import Optional
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from ..config import MAMBA2, ModelConfig
 from ..ops import add_norm_ref
@@ -27,11 +29,30 @@ class Norm(nn.Module):
                             out_dtype=self.weight.dtype)
 
 
+class GatedMLP(nn.Module):
+    """mamba-ssm's GatedMLP: fc2(y * silu(gate)) with y, gate = fc1(x) halves, in the model dtype, no biases."""
+
+    def __init__(self, cfg: ModelConfig, dtype, device=None):
+        super().__init__()
+        self.fc1 = nn.Linear(cfg.d_model, 2 * cfg.d_intermediate, bias=False, dtype=dtype, device=device)
+        self.fc2 = nn.Linear(cfg.d_intermediate, cfg.d_model, bias=False, dtype=dtype, device=device)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: (..., d_model) -> (..., d_model)."""
+        y, gate = self.fc1(x).chunk(2, dim=-1)
+        return self.fc2(y * F.silu(gate))
+
+
 class Block(nn.Module):
+    """norm -> mixer, then (d_intermediate > 0) residual add -> norm2 -> mlp, as mamba-ssm's Block."""
+
     def __init__(self, cfg: ModelConfig, dtype, device=None):
         super().__init__()
         self.norm = Norm(cfg.d_model, cfg, dtype, device)
         self.mixer = (Mamba2Mixer if cfg.arch == MAMBA2 else Mamba1Mixer)(cfg, dtype, device)
+        if cfg.d_intermediate:
+            self.norm2 = Norm(cfg.d_model, cfg, dtype, device)
+            self.mlp = GatedMLP(cfg, dtype, device)
 
 
 class Backbone(nn.Module):
@@ -81,6 +102,9 @@ class MambaLM(nn.Module):
             hidden, conv, ssm = run(normed, state.conv[i], state.ssm[i])
             state.conv[i].copy_(conv)
             state.ssm[i].copy_(ssm)
+            if self.config.d_intermediate:
+                normed, residual = layer.norm2.add_forward(hidden, residual, self.config.residual_in_fp32)
+                hidden = layer.mlp(normed)
         if not all_logits:
             hidden, residual = hidden[:, -1:], residual[:, -1:]
         normed, _ = self.backbone.norm_f.add_forward(hidden, residual, self.config.residual_in_fp32)

@@ -1,4 +1,4 @@
-"""Mamba1 and Mamba2 mixers, written on the registry ops.
+"""Mamba1 (incl. Falcon-Mamba) and Mamba2 mixers, written on the registry ops.
 
 Each mixer has `forward(hidden, conv_state, ssm_state)` over a sequence (prefill ops) and
 `step(hidden, conv_state, ssm_state)` for one token (decode ops); both return
@@ -12,7 +12,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..config import ModelConfig
-from ..ops import (causal_conv1d_ref, causal_conv1d_update_ref, chunk_scan_ref, gated_rms_norm_ref,
+from ..ops import (causal_conv1d_ref, causal_conv1d_update_ref, chunk_scan_ref, gated_rms_norm_ref, rms_norm_ref,
                    selective_scan_ref, selective_state_update_ref)
 
 
@@ -35,8 +35,11 @@ class Mamba1Mixer(nn.Module):
         self.out_proj = nn.Linear(d, cfg.d_model, bias=cfg.bias, **kw)
 
     def _ssm_inputs(self, x: torch.Tensor):
-        """x: (..., d_inner) -> dt (..., d_inner) without bias, B, C (..., d_state)."""
+        """x: (..., d_inner) -> dt (..., d_inner) without bias, B, C (..., d_state); Falcon-Mamba
+        (mixer_rms_eps set) normalises dt (before dt_proj), B and C."""
         dt, B, C = torch.split(self.x_proj(x), [self.cfg.dt_rank, self.cfg.d_state, self.cfg.d_state], dim=-1)
+        if self.cfg.mixer_rms_eps is not None:
+            dt, B, C = (rms_norm_ref(t, self.cfg.mixer_rms_eps) for t in (dt, B, C))
         return F.linear(dt, self.dt_proj.weight), B, C
 
     def forward(self, hidden, conv_state, ssm_state):

@@ -14,6 +14,10 @@ greedy loop is just replays). Per layer, kernels:
   Mamba1: row_norm (add) | gemv in_proj + conv epilogue | gemv x_proj | mamba1_step (dt_proj + softplus +
           state update + D + gate, fused) | gemv out_proj                              (5 launches)
           (from batch dt_gemm_min_batch on, dt_proj is a cuBLAS GEMM before a streaming mamba1_step)
+          Falcon-Mamba adds, after x_proj, its weightless RMS norms on dt and on B, C in place
+          (the gated-norm kernel, no gate, unit weight)                                (+2 launches)
+  MLP (d_intermediate > 0, after either mixer): row_norm (add, norm2) | gemv fc1 | silu * mul | gemv fc2
+                                                                                       (+5 launches)
   Mamba2: row_norm (add) | gemv in_proj + conv epilogue on xBC | mamba2_step (warp per (head, p)) |
           row_norm (gated) | gemv out_proj                                             (5 launches)
 (add_norm is row_norm: 16-byte accesses, one block per row; the kernels are plugins/kernels/gemv.cu.)
@@ -56,6 +60,10 @@ class _Layer:
     dt_w: Optional[torch.Tensor] = None
     dt_packed: Optional[torch.Tensor] = None
     gnorm_w: Optional[torch.Tensor] = None  # Mamba2
+    norm2_w: Optional[torch.Tensor] = None  # gated MLP (d_intermediate > 0)
+    norm2_b: Optional[torch.Tensor] = None
+    fc1_w: Optional[torch.Tensor] = None
+    fc2_w: Optional[torch.Tensor] = None
 
 
 def _linear(x: torch.Tensor, w: torch.Tensor, b: Optional[torch.Tensor], out: torch.Tensor) -> torch.Tensor:
@@ -89,6 +97,9 @@ class NativeEngine:
         self.y = torch.zeros(B, c.d_inner, dtype=dtype, **f)
         self.xdbl = torch.zeros(B, c.dt_rank + 2 * c.d_state, dtype=dtype, **f) if c.arch != MAMBA2 else None
         self.dt = torch.zeros(B, c.d_inner, dtype=dtype, **f) if c.arch != MAMBA2 else None
+        self.unit = None if c.mixer_rms_eps is None else torch.ones(c.dt_rank + 2 * c.d_state, dtype=dtype, **f)
+        self.mlp_h = torch.zeros(B, 2 * c.d_intermediate, dtype=dtype, **f) if c.d_intermediate else None
+        self.mlp_y = torch.zeros(B, c.d_intermediate, dtype=dtype, **f) if c.d_intermediate else None
         self.ynorm = torch.zeros(B, c.d_inner, dtype=dtype, **f) if c.arch == MAMBA2 else None
         self.logits = torch.zeros(B, c.vocab_size_padded, dtype=dtype, **f)
         self.tokens = torch.zeros(B, dtype=torch.int64, **f)  # decode_sample's output
@@ -140,6 +151,9 @@ class NativeEngine:
             else:
                 L.x_w, L.dt_w = get(m + "x_proj.weight"), get(m + "dt_proj.weight")
                 L.dt_packed = G.pack_dt_proj(L.dt_w)
+            if c.d_intermediate:
+                L.norm2_w, L.norm2_b = get(p + "norm2.weight"), get(p + "norm2.bias", optional=True)
+                L.fc1_w, L.fc2_w = get(p + "mlp.fc1.weight"), get(p + "mlp.fc2.weight")
             self.layers.append(L)
 
     def weight_bytes(self) -> int:
@@ -297,6 +311,8 @@ class NativeEngine:
             conv = dict(lo=conv_lo, weight=L.conv_w, bias=L.conv_b, state=self.static.conv[i], state_rows=rows)
             self._proj(self.normed[:b], L.in_w, L.in_b, self.xz[:b], conv)
             (self._mamba2_mixer if c.arch == MAMBA2 else self._mamba1_mixer)(b, L, self.static.ssm[i], rows)
+            if c.d_intermediate:
+                self._mlp_step(b, L)
         self._add_norm(b, *self.norm_f, first=False)
         self._proj(self.normed[:b], self.head, None, self.logits[:b])
         if greedy:
@@ -327,6 +343,7 @@ class NativeEngine:
         d = self.config.d_inner
         x, z = self.xz[:b, :d], self.xz[:b, d:]
         self._proj(x, L.x_w, None, self.xdbl[:b])
+        self._dt_bc_norm(self.xdbl[:b])
         if b < self.dt_gemm_min_batch:  # the step kernel reads dt_proj once per 8 rows
             G.mamba1_step(x, z, self.xdbl[:b], L.dt_packed, L.dt_b, L.A, L.D, ssm_pool, out=self.y[:b], state_rows=rows)
         else:
@@ -334,6 +351,16 @@ class NativeEngine:
             G.mamba1_step(x, z, self.xdbl[:b], None, L.dt_b, L.A, L.D, ssm_pool, out=self.y[:b], state_rows=rows,
                           dt=self.dt[:b])
         self._proj(self.y[:b], L.out_w, L.out_b, self.hidden[:b])
+
+    def _dt_bc_norm(self, xdbl: torch.Tensor) -> None:
+        """Falcon-Mamba (mixer_rms_eps set): x_proj's output xdbl (..., dt_rank + 2 d_state) <- weightless RMS
+        norms of dt and of B and C, each over its own slice (ops.rms_norm_ref), in place: no allocation, no sync,
+        so it is captured in the decode graph. Nothing for other models."""
+        c = self.config
+        if c.mixer_rms_eps is None:
+            return
+        for part, group in ((xdbl[..., :c.dt_rank], c.dt_rank), (xdbl[..., c.dt_rank:], c.d_state)):
+            K.gated_rms_norm(part, None, self.unit[:part.shape[-1]], c.mixer_rms_eps, group, out=part)
 
     def _mamba2_mixer(self, b: int, L: _Layer, ssm_pool: torch.Tensor, rows: torch.Tensor) -> None:
         c = self.config
@@ -354,6 +381,15 @@ class NativeEngine:
         else:
             K.gated_rms_norm(y, z, L.gnorm_w, c.norm_eps, gs, out=self.ynorm[:b])
         self._proj(self.ynorm[:b], L.out_w, L.out_b, self.hidden[:b])
+
+    def _mlp_step(self, b: int, L: _Layer) -> None:
+        """The gated MLP after a mixer, rows [:b]: residual += hidden; hidden <- fc2(y * silu(gate)), y, gate =
+        halves of fc1(norm2(residual)) (models.lm.GatedMLP). The temporaries come from the graph's pool."""
+        self._add_norm(b, L.norm2_w, L.norm2_b, first=False)
+        h, width = self.mlp_h[:b], self.config.d_intermediate
+        self._proj(self.normed[:b], L.fc1_w, None, h)
+        torch.mul(h[:, :width], torch.nn.functional.silu(h[:, width:]), out=self.mlp_y[:b])
+        self._proj(self.mlp_y[:b], L.fc2_w, None, self.hidden[:b])
 
     def _graph(self, b: int) -> torch.cuda.CUDAGraph:
         """The greedy decode graph of batch b, captured once."""
@@ -447,6 +483,11 @@ class NativeEngine:
                             out=xc.transpose(1, 2), state_out=state.conv[i])
             y = (self._mamba2_scan if c.arch == MAMBA2 else self._mamba1_scan)(L, xz, xc, state.ssm[i])
             hidden = torch.nn.functional.linear(y, L.out_w, L.out_b)
+            if c.d_intermediate:
+                normed, residual = K.add_norm(hidden, residual, L.norm2_w, L.norm2_b, c.norm_eps, c.rms_norm,
+                                              c.residual_in_fp32, out_dtype=self.dtype, residual_out=residual)
+                y, gate = torch.nn.functional.linear(normed, L.fc1_w).chunk(2, dim=-1)
+                hidden = torch.nn.functional.linear(y * torch.nn.functional.silu(gate), L.fc2_w)
         if not all_logits:
             hidden, residual = hidden[:, -1:].contiguous(), residual[:, -1:].contiguous()
         normed, _ = K.add_norm(hidden, residual, self.norm_f[0], self.norm_f[1], c.norm_eps, c.rms_norm,
@@ -457,6 +498,7 @@ class NativeEngine:
         c = self.config
         R, N = c.dt_rank, c.d_state
         xdbl = torch.nn.functional.linear(xc, L.x_w)  # (b, n, R + 2N)
+        self._dt_bc_norm(xdbl)
         dt = torch.nn.functional.linear(xdbl[..., :R], L.dt_w)  # (b, n, d_inner), bias in the scan
         y = torch.empty_like(xc)
         K.selective_scan(xc.transpose(1, 2), dt.transpose(1, 2), L.A, xdbl[..., R:R + N].transpose(1, 2),

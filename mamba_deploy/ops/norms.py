@@ -1,4 +1,5 @@
-"""Norms the engines fuse: residual-add + RMSNorm/LayerNorm, and Mamba2's gated grouped RMSNorm.
+"""Norms the engines fuse: residual-add + RMSNorm/LayerNorm, Mamba2's gated grouped RMSNorm, and
+Falcon-Mamba's weightless RMSNorm (on dt, B and C after x_proj).
 
 These are standard ONNX ops in the exported graphs (not registry ops); the CUDA kernel library
 implements them for the native engine, so their references live here beside the custom ops.
@@ -52,3 +53,13 @@ def gated_rms_norm_ref(
     hg = h.reshape(*h.shape[:-1], d // group_size, group_size)
     hg = hg * torch.rsqrt(hg.pow(2).mean(-1, keepdim=True) + eps)
     return (hg.reshape(h.shape) * weight.float()).to(x.dtype)
+
+
+def rms_norm_ref(x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """Weightless RMSNorm over the last dim (Falcon-Mamba's dt/B/C norms): x * rsqrt(mean(x^2) + eps).
+
+    x: (..., d). Math in float32, returns x.dtype. The native engine runs it as the gated norm's kernel with
+    z None and a unit weight (the same float32 math and one rounding).
+    """
+    h = x.float()
+    return (h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + eps)).to(x.dtype)

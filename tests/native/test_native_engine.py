@@ -6,6 +6,7 @@ from mamba_deploy.checkpoint import load_reference
 
 pytestmark = pytest.mark.gpu
 
+FAMILIES = ["mamba1", "mamba2", "falcon_mamba", "codestral", "mamba1_mlp", "mamba2_mlp"]  # conftest.CONFIGS
 TOL = {torch.float32: 1e-4, torch.float16: 1e-2, torch.bfloat16: 1e-2}
 
 
@@ -13,7 +14,7 @@ def ids(batch, length, seed=0, vocab=1000):
     return torch.randint(1, vocab, (batch, length), generator=torch.Generator().manual_seed(seed))
 
 
-@pytest.mark.parametrize("arch", ["mamba1", "mamba2"])
+@pytest.mark.parametrize("arch", FAMILIES)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("batch", [2, 20])  # 20: cuBLAS projections instead of the GEMV
 def test_logits_match_reference(rel_err, native, checkpoints, arch, dtype, batch):
@@ -50,7 +51,7 @@ def _reference_error(ref, checkpoint, dtype, prompt, rel_err) -> float:
     return worst
 
 
-@pytest.mark.parametrize("arch", ["mamba1", "mamba2"])
+@pytest.mark.parametrize("arch", FAMILIES)
 @pytest.mark.parametrize("batch", [1, 3, 24])
 def test_graph_step_equals_eager_bitwise(native, checkpoints, arch, batch):
     eng = native.load_engine(checkpoints[arch], dtype=torch.float16, max_batch=24)
@@ -74,7 +75,7 @@ def test_graph_step_equals_eager_bitwise(native, checkpoints, arch, batch):
     assert all(torch.equal(a, b) for a, b in zip(gs.conv + gs.ssm, es.conv + es.ssm))
 
 
-@pytest.mark.parametrize("arch", ["mamba1", "mamba2"])
+@pytest.mark.parametrize("arch", FAMILIES)
 def test_chunked_prefill_equals_one_prefill(rel_err, native, checkpoints, arch):
     prompt = ids(2, 100, seed=4)
     one = native.load_engine(checkpoints[arch], dtype=torch.float32, max_batch=2)

@@ -72,7 +72,7 @@ def decode_steps(step, first_tok, steps=3):
     return torch.stack(out)
 
 
-@pytest.mark.parametrize("arch", ["mamba1", "mamba2", "mamba2_ds16"])
+@pytest.mark.parametrize("arch", ["mamba1", "mamba2", "mamba2_ds16", "falcon_mamba", "codestral", "mamba2_mlp"])
 @pytest.mark.parametrize("dtype", [torch.float16, torch.float32])
 @pytest.mark.parametrize("n,gemv_max_batch", [(1, 2), (3, 2), (17, 2), (64, 2), (3, 16), (16, 16)])
 def test_decode_slots_equals_decode_of_gathered_state(native, slot_checkpoints, arch, dtype, n, gemv_max_batch):
@@ -88,7 +88,7 @@ def test_decode_slots_equals_decode_of_gathered_state(native, slot_checkpoints, 
     assert_slots(after, before, slots, gathered)
 
 
-@pytest.mark.parametrize("arch", ["mamba1", "mamba2", "mamba2_ds16"])
+@pytest.mark.parametrize("arch", ["mamba1", "mamba2", "mamba2_ds16", "falcon_mamba", "mamba2_mlp"])
 @pytest.mark.parametrize("n", [1, 17])
 def test_decode_slots_graph_equals_eager(native, slot_checkpoints, arch, n):
     eng = native.load_engine(slot_checkpoints[arch], dtype=torch.float16, max_batch=MAX_BATCH)

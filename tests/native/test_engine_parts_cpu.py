@@ -1,0 +1,94 @@
+"""Parts of the native engine's decode step on the CPU, the kernels they launch replaced by those kernels'
+references: Falcon-Mamba's norm step (`NativeEngine._dt_bc_norm`: the slices it normalises, in place, are exactly
+dt, B and C) and the gated MLP step (`NativeEngine._mlp_step` == the reference Block's norm2 + GatedMLP)."""
+import types
+
+import pytest
+import torch
+
+from mamba_deploy.config import parse_config
+from mamba_deploy.native import engine as native_engine
+from mamba_deploy.ops import cuda as K
+from mamba_deploy.ops import add_norm_ref, gated_rms_norm_ref, rms_norm_ref
+
+
+def _kernel_reference(x, z, weight, eps=1e-5, group_size=None, *, out=None):
+    """K.gated_rms_norm's checks of its views (shared code, CPU-safe) and its reference math, into `out`."""
+    d = x.shape[-1]
+    assert weight.shape == (d,) and out is not None and out.shape == x.shape
+    K._rows(x, "x", d), K._rows(out, "out", d)  # the kernel's row view of strided slices must exist
+    out.copy_(gated_rms_norm_ref(x, z, weight, eps, group_size))
+    return out
+
+
+@pytest.mark.parametrize("dt_rank,d_state", [(20, 16), (5, 8), (256, 16)])
+@pytest.mark.parametrize("shape", [(3,), (2, 7)])  # decode rows of the static buffer; a prefill chunk
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_dt_bc_norm_equals_reference(monkeypatch, dt_rank, d_state, shape, dtype):
+    cfg = parse_config({"model_type": "falcon_mamba", "hidden_size": 64, "num_hidden_layers": 1, "vocab_size": 50,
+                        "state_size": d_state, "time_step_rank": dt_rank, "mixer_rms_eps": 1e-3})
+    monkeypatch.setattr(K, "gated_rms_norm", _kernel_reference)
+    fake = types.SimpleNamespace(config=cfg, unit=torch.ones(dt_rank + 2 * d_state, dtype=dtype))
+    width = dt_rank + 2 * d_state
+    if len(shape) == 1:  # decode: rows [:b] of the static (max_batch, width) buffer
+        xdbl = (torch.randn(shape[0] + 2, width, dtype=dtype) * 3)[:shape[0]]
+    else:  # prefill: x_proj's fresh (batch, seq, width) output
+        xdbl = torch.randn(*shape, width, dtype=dtype) * 3
+    dt, B, C = torch.split(xdbl.clone(), [dt_rank, d_state, d_state], dim=-1)
+    native_engine.NativeEngine._dt_bc_norm(fake, xdbl)
+    want = torch.cat([rms_norm_ref(t, 1e-3) for t in (dt, B, C)], dim=-1)
+    assert torch.equal(xdbl, want)
+    assert not torch.equal(xdbl, torch.cat([dt, B, C], -1))
+
+
+def test_dt_bc_norm_does_nothing_for_plain_mamba(monkeypatch):
+    cfg = parse_config({"model_type": "mamba", "hidden_size": 64, "num_hidden_layers": 1, "vocab_size": 50})
+    monkeypatch.setattr(K, "gated_rms_norm", None)  # would raise if called
+    xdbl = torch.randn(2, cfg.dt_rank + 2 * cfg.d_state)
+    before = xdbl.clone()
+    native_engine.NativeEngine._dt_bc_norm(types.SimpleNamespace(config=cfg, unit=None), xdbl)
+    assert torch.equal(xdbl, before)
+
+
+def _add_norm_reference(x, residual, weight, bias=None, eps=1e-5, is_rms=True, residual_in_fp32=True, out_dtype=None,
+                        *, out=None, residual_out=None):
+    """K.add_norm's semantics (its reference) into `out` / `residual_out`."""
+    o, r = add_norm_ref(x, residual, weight, bias, eps, is_rms, residual_in_fp32, out_dtype)
+    out.copy_(o), residual_out.copy_(r)
+    return out, residual_out
+
+
+@pytest.mark.parametrize("rms_norm", [True, False])
+@pytest.mark.parametrize("residual_in_fp32", [True, False])
+def test_mlp_step_equals_reference_block(monkeypatch, rms_norm, residual_in_fp32):
+    from mamba_deploy.models.lm import Block
+
+    cfg = parse_config({"d_model": 40, "n_layer": 1, "vocab_size": 50, "d_intermediate": 130, "rms_norm": rms_norm,
+                        "residual_in_fp32": residual_in_fp32, "ssm_cfg": {"d_state": 8}})
+    monkeypatch.setattr(K, "add_norm", _add_norm_reference)
+    monkeypatch.setattr(native_engine.G, "row_norm_ok", lambda *a: False)
+    block = Block(cfg, torch.float32)
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in block.parameters():
+            p.copy_(torch.randn(p.shape, generator=gen) / p.shape[-1] ** 0.5 + (1 if p.dim() == 1 else 0))
+    rows, b = 6, 4  # the static buffers hold 6 rows; the step uses the first 4 (a float32 model: so does the residual)
+    eng = types.SimpleNamespace(
+        config=cfg, gemv_max_batch=0, hidden=torch.randn(rows, 40, generator=gen),
+        residual=torch.randn(rows, 40, generator=gen), normed=torch.zeros(rows, 40),
+        mlp_h=torch.zeros(rows, 2 * cfg.d_intermediate), mlp_y=torch.zeros(rows, cfg.d_intermediate))
+    eng._add_norm = types.MethodType(native_engine.NativeEngine._add_norm, eng)
+    eng._proj = types.MethodType(native_engine.NativeEngine._proj, eng)
+    layer = native_engine._Layer(*[None] * 11, norm2_w=block.norm2.weight.detach(),
+                                 norm2_b=None if rms_norm else block.norm2.bias.detach(),
+                                 fc1_w=block.mlp.fc1.weight.detach(), fc2_w=block.mlp.fc2.weight.detach())
+    hidden, residual = eng.hidden[:b].clone(), eng.residual[:b].clone()
+    untouched = eng.hidden[b:].clone()
+    native_engine.NativeEngine._mlp_step(eng, b, layer)
+    with torch.no_grad():
+        normed, want_residual = block.norm2.add_forward(hidden, residual, residual_in_fp32)
+        want = block.mlp(normed)
+    assert cfg.d_intermediate == 256
+    torch.testing.assert_close(eng.residual[:b], want_residual, rtol=0, atol=0)
+    torch.testing.assert_close(eng.hidden[:b], want, rtol=1e-6, atol=1e-6)
+    assert torch.equal(eng.hidden[b:], untouched)
