@@ -29,7 +29,6 @@ graph per batch size serves any set of slots: decode_slots writes the slot ids t
 """
 from __future__ import annotations
 
-import dataclasses
 import weakref
 from typing import Callable, Optional
 
@@ -37,33 +36,10 @@ import torch
 
 from ..config import MAMBA2, ModelConfig
 from ..errors import ParameterError, is_integer
-from ..export.weights import ZERO_CONV_BIAS
 from ..models.state import InferenceState
 from ..ops import cuda as K
 from . import gemv as G
-
-
-@dataclasses.dataclass
-class _Layer:
-    norm_w: torch.Tensor
-    norm_b: Optional[torch.Tensor]
-    in_w: torch.Tensor
-    in_b: Optional[torch.Tensor]
-    conv_w: torch.Tensor
-    conv_b: torch.Tensor
-    out_w: torch.Tensor
-    out_b: Optional[torch.Tensor]
-    A: torch.Tensor
-    D: torch.Tensor
-    dt_b: torch.Tensor
-    x_w: Optional[torch.Tensor] = None  # Mamba1
-    dt_w: Optional[torch.Tensor] = None
-    dt_packed: Optional[torch.Tensor] = None
-    gnorm_w: Optional[torch.Tensor] = None  # Mamba2
-    norm2_w: Optional[torch.Tensor] = None  # gated MLP (d_intermediate > 0)
-    norm2_b: Optional[torch.Tensor] = None
-    fc1_w: Optional[torch.Tensor] = None
-    fc2_w: Optional[torch.Tensor] = None
+from .weights import Layer, device_weights
 
 
 def _linear(x: torch.Tensor, w: torch.Tensor, b: Optional[torch.Tensor], out: torch.Tensor) -> torch.Tensor:
@@ -117,44 +93,7 @@ class NativeEngine:
 
     # ---- weights ------------------------------------------------------------------------------
     def _load(self, weights: dict[str, torch.Tensor]) -> None:
-        c, dev = self.config, self.device
-
-        def get(name, dtype=None, optional=False):
-            t = weights.get(name)
-            if t is None:
-                if optional:
-                    return None
-                raise KeyError(f"native engine: weight {name!r} missing")
-            return t.detach().to(device=dev, dtype=dtype or self.dtype).contiguous()
-
-        self.emb = get("backbone.embedding.weight")
-        self.head = self.emb if c.tie_embeddings else get("lm_head.weight")
-        self.norm_f = (get("backbone.norm_f.weight"), get("backbone.norm_f.bias", optional=True))
-        zero_bias = weights.get(ZERO_CONV_BIAS)
-        self.layers = []
-        for i in range(c.n_layer):
-            p = f"backbone.layers.{i}."
-            m = p + "mixer."
-            conv_b = get(m + "conv1d.bias", optional=True)
-            if conv_b is None:
-                conv_b = torch.zeros(c.conv_dim, dtype=self.dtype, device=dev) if zero_bias is None else \
-                    zero_bias.detach().to(dev, self.dtype)
-            f32 = torch.float32
-            L = _Layer(norm_w=get(p + "norm.weight"), norm_b=get(p + "norm.bias", optional=True),
-                       in_w=get(m + "in_proj.weight"), in_b=get(m + "in_proj.bias", optional=True),
-                       conv_w=get(m + "conv1d.weight").reshape(c.conv_dim, c.d_conv).contiguous(), conv_b=conv_b,
-                       out_w=get(m + "out_proj.weight"), out_b=get(m + "out_proj.bias", optional=True),
-                       A=get(m + "A", f32), D=get(m + "D", f32),
-                       dt_b=get(m + ("dt_bias" if c.arch == MAMBA2 else "dt_proj.bias"), f32))
-            if c.arch == MAMBA2:
-                L.gnorm_w = get(m + "norm.weight")
-            else:
-                L.x_w, L.dt_w = get(m + "x_proj.weight"), get(m + "dt_proj.weight")
-                L.dt_packed = G.pack_dt_proj(L.dt_w)
-            if c.d_intermediate:
-                L.norm2_w, L.norm2_b = get(p + "norm2.weight"), get(p + "norm2.bias", optional=True)
-                L.fc1_w, L.fc2_w = get(p + "mlp.fc1.weight"), get(p + "mlp.fc2.weight")
-            self.layers.append(L)
+        self.emb, self.head, self.norm_f, self.layers = device_weights(self.config, weights, self.dtype, self.device)
 
     def weight_bytes(self) -> int:
         """Bytes one decode step reads from weights: every matrix and vector once (the embedding only
@@ -339,7 +278,7 @@ class NativeEngine:
             K.causal_conv1d_update(xc, conv["weight"], conv["bias"], conv["state"], "silu", out=xc,
                                    state_out=conv["state"], state_rows=conv.get("state_rows"))
 
-    def _mamba1_mixer(self, b: int, L: _Layer, ssm_pool: torch.Tensor, rows: torch.Tensor) -> None:
+    def _mamba1_mixer(self, b: int, L: Layer, ssm_pool: torch.Tensor, rows: torch.Tensor) -> None:
         d = self.config.d_inner
         x, z = self.xz[:b, :d], self.xz[:b, d:]
         self._proj(x, L.x_w, None, self.xdbl[:b])
@@ -362,7 +301,7 @@ class NativeEngine:
         for part, group in ((xdbl[..., :c.dt_rank], c.dt_rank), (xdbl[..., c.dt_rank:], c.d_state)):
             K.gated_rms_norm(part, None, self.unit[:part.shape[-1]], c.mixer_rms_eps, group, out=part)
 
-    def _mamba2_mixer(self, b: int, L: _Layer, ssm_pool: torch.Tensor, rows: torch.Tensor) -> None:
+    def _mamba2_mixer(self, b: int, L: Layer, ssm_pool: torch.Tensor, rows: torch.Tensor) -> None:
         c = self.config
         d, gn, H, gs = c.d_inner, c.ngroups * c.d_state, c.nheads, c.d_inner // c.ngroups
         xbc = self.xz[:b, d:d + c.conv_dim]
@@ -382,7 +321,7 @@ class NativeEngine:
             K.gated_rms_norm(y, z, L.gnorm_w, c.norm_eps, gs, out=self.ynorm[:b])
         self._proj(self.ynorm[:b], L.out_w, L.out_b, self.hidden[:b])
 
-    def _mlp_step(self, b: int, L: _Layer) -> None:
+    def _mlp_step(self, b: int, L: Layer) -> None:
         """The gated MLP after a mixer, rows [:b]: residual += hidden; hidden <- fc2(y * silu(gate)), y, gate =
         halves of fc1(norm2(residual)) (models.lm.GatedMLP). The temporaries come from the graph's pool."""
         self._add_norm(b, L.norm2_w, L.norm2_b, first=False)
@@ -494,7 +433,7 @@ class NativeEngine:
                                c.residual_in_fp32, out_dtype=self.dtype)
         return torch.nn.functional.linear(normed, self.head)
 
-    def _mamba1_scan(self, L: _Layer, xz: torch.Tensor, xc: torch.Tensor, ssm_state: torch.Tensor) -> torch.Tensor:
+    def _mamba1_scan(self, L: Layer, xz: torch.Tensor, xc: torch.Tensor, ssm_state: torch.Tensor) -> torch.Tensor:
         c = self.config
         R, N = c.dt_rank, c.d_state
         xdbl = torch.nn.functional.linear(xc, L.x_w)  # (b, n, R + 2N)
@@ -506,7 +445,7 @@ class NativeEngine:
                          ssm_state, True, out=y.transpose(1, 2), state_out=ssm_state)
         return y
 
-    def _mamba2_scan(self, L: _Layer, xz: torch.Tensor, xc: torch.Tensor, ssm_state: torch.Tensor) -> torch.Tensor:
+    def _mamba2_scan(self, L: Layer, xz: torch.Tensor, xc: torch.Tensor, ssm_state: torch.Tensor) -> torch.Tensor:
         c = self.config
         d, gn = c.d_inner, c.ngroups * c.d_state
         b, n = xz.shape[:2]

@@ -8,6 +8,7 @@ import torch
 
 from mamba_deploy.config import parse_config
 from mamba_deploy.native import engine as native_engine
+from mamba_deploy.native import weights as native_weights
 from mamba_deploy.ops import cuda as K
 from mamba_deploy.ops import add_norm_ref, gated_rms_norm_ref, rms_norm_ref
 
@@ -79,7 +80,7 @@ def test_mlp_step_equals_reference_block(monkeypatch, rms_norm, residual_in_fp32
         mlp_h=torch.zeros(rows, 2 * cfg.d_intermediate), mlp_y=torch.zeros(rows, cfg.d_intermediate))
     eng._add_norm = types.MethodType(native_engine.NativeEngine._add_norm, eng)
     eng._proj = types.MethodType(native_engine.NativeEngine._proj, eng)
-    layer = native_engine._Layer(*[None] * 11, norm2_w=block.norm2.weight.detach(),
+    layer = native_weights.Layer(*[None] * 11, norm2_w=block.norm2.weight.detach(),
                                  norm2_b=None if rms_norm else block.norm2.bias.detach(),
                                  fc1_w=block.mlp.fc1.weight.detach(), fc2_w=block.mlp.fc2.weight.detach())
     hidden, residual = eng.hidden[:b].clone(), eng.residual[:b].clone()

@@ -222,3 +222,11 @@ def test_bad_input():
                         ((good, torch.tensor([0, 1]), 0), "vocab_limit")]:
         with pytest.raises(ValueError, match=match):
             state.sample(*args)
+
+
+@pytest.mark.parametrize("rows,vocab", [(1, 50280), (3, 7), (64, 1000), (2, 128), (5, 129), (1, 1)])
+def test_blocked_cumsum_equals_cumsum(rows, vocab):
+    from mamba_deploy.runtime.sampler import cumsum_rows
+
+    weights = torch.randint(0, 2 ** 40, (rows, vocab), generator=torch.Generator().manual_seed(vocab))
+    assert torch.equal(cumsum_rows(weights), weights.cumsum(dim=-1))
