@@ -1,6 +1,9 @@
-"""CPU throughput of the continuous-batching Scheduler on onnxruntime with the demo model.
+"""Throughput of the continuous-batching Scheduler: onnxruntime with the demo model (CPU), or the native
+engine on random weights of a published shape (GPU, --random-init).
 
     PYTHONPATH=. python benchmarks/bench_scheduler.py [--export OUT] [--requests 16] [--new-tokens 64]
+    PYTHONPATH=. python benchmarks/bench_scheduler.py --random-init mamba-1.4b --requests 64 --new-tokens 128 \
+        --stagger-ms 1 5 --repeats 3        # GPU: random prompts of 32-160 ids
 
 Exports examples/models/mamba-tiny-pydoc to a temp folder (unless --export names one), then runs the
 same requests (prompts of different lengths, seeded sampling, no stop ids, so every request makes
@@ -39,6 +42,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--repeats", type=int, default=5, help="rounds of all scenarios; the table shows medians")
     p.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads (default: the backend's)")
     p.add_argument("--omp-wait-policy", choices=["PASSIVE", "ACTIVE"], default=None)
+    p.add_argument("--random-init", metavar="NAME", default=None,
+                   help="the native engine on random weights of this preset (a GPU) instead of the demo model")
     return p.parse_args()
 
 
@@ -84,12 +89,21 @@ def main() -> int:
     from mamba_deploy.runtime.scheduler import Scheduler
 
     with tempfile.TemporaryDirectory() as tmp:
-        folder = args.export
-        if folder is None:
-            folder = export_model(ROOT / "examples/models/mamba-tiny-pydoc", Path(tmp) / "demo",
-                                  ExportOptions(dtype=args.dtype), progress=False)
-        engine = Engine.load(folder, backend="onnxruntime", **({"threads": args.threads} if args.threads else {}))
-        prompts = [engine.tokenizer.encode(PROMPTS[k % len(PROMPTS)]).ids for k in range(args.requests)]
+        if args.random_init:
+            from mamba_deploy.bench import engine_api
+            from mamba_deploy.native import random_engine
+
+            engine, folder = engine_api(random_engine(args.random_init, max_batch=args.requests)), args.random_init
+            gen = torch.Generator().manual_seed(0)
+            prompts = [torch.randint(1, engine.config.vocab_size, (32 + 32 * (k % 5),), generator=gen).tolist()
+                       for k in range(args.requests)]
+        else:
+            folder = args.export
+            if folder is None:
+                folder = export_model(ROOT / "examples/models/mamba-tiny-pydoc", Path(tmp) / "demo",
+                                      ExportOptions(dtype=args.dtype), progress=False)
+            engine = Engine.load(folder, backend="onnxruntime", **({"threads": args.threads} if args.threads else {}))
+            prompts = [engine.tokenizer.encode(PROMPTS[k % len(PROMPTS)]).ids for k in range(args.requests)]
         with Scheduler(engine.backend, engine.tokenizer, max_batch=args.requests) as sched:
             run_requests(sched, prompts[:2], 8, None)  # warm-up (ONNX Runtime's first runs per shape)
             scenarios = [("sequential", None, True), (f"{args.requests} concurrent", None, False)] + \
@@ -101,7 +115,7 @@ def main() -> int:
             rows = [(name, sorted(kept)[len(kept) // 2]) for (name, _, _), kept in zip(scenarios, runs)]  # median
             seq = rows[0][1]
             ratios = sorted(c[0] / q[0] for q, c in zip(runs[0], runs[1]))
-        print(f"# onnxruntime, {Path(folder).name} ({engine.backend.dtype}), {args.requests} requests x "
+        print(f"# {engine.backend.name}, {Path(folder).name} ({engine.backend.dtype}), {args.requests} requests x "
               f"{args.new_tokens} tokens, prompts {min(map(len, prompts))}-{max(map(len, prompts))} tokens; "
               f"{os.cpu_count()} cores, torch threads {torch.get_num_threads()}, "
               f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')}")
