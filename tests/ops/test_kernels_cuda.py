@@ -83,6 +83,35 @@ def test_causal_conv1d_channel_last_no_state_no_act(cuda, dtype, width):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("seqlen", [2, 7, 8, 9, 37, 300])
+@pytest.mark.parametrize("with_state", [False, True])
+def test_causal_conv1d_channel_last_vectorised(cuda, dtype, seqlen, with_state):
+    """x and y channel-last (GEMM-output layout), width 4, dim % 8 == 0: the 16-byte kernel. Bit for bit the
+    generic kernel's result (y written with another layout), and within tolerance of the reference; the
+    state on a pool of rows, in place."""
+    batch, dim, width, pool_size = 3, 264, 4, 7
+    xbl = rnd(batch, seqlen, dim + 16, dtype=dtype)
+    x = xbl[:, :, 8:8 + dim].transpose(1, 2)  # channel stride 1, 16-byte aligned rows
+    w, b = rnd(dim, width, dtype=dtype), rnd(dim, dtype=dtype)
+    pool = rnd(pool_size, dim, width - 1, dtype=dtype)
+    rows = torch.tensor([5, 0, 3], device="cuda")
+    state = pool[rows] if with_state else None
+    y_ref, s_ref = causal_conv1d_ref(*f32(x, w, b, state))
+    y_last = nan_like((batch, seqlen, dim), dtype).transpose(1, 2)  # channel-last output: the vector kernel
+    generic_state = state.clone() if with_state else None
+    y_generic, s_generic = cuda.causal_conv1d(x, w, b, generic_state, out=nan_like(x.shape, dtype),
+                                              state_out=generic_state)
+    if with_state:
+        _, st = cuda.causal_conv1d(x, w, b, pool, out=y_last, state_out=pool, state_rows=rows)
+        st = pool[rows]
+    else:
+        _, st = cuda.causal_conv1d(x, w, b, None, out=y_last)
+    assert torch.equal(y_last, y_generic) and torch.equal(st, s_generic)
+    check("y", y_last, y_ref, dtype)
+    check("state", st, s_ref, dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("batch", [1, 7])
 def test_causal_conv1d_update_in_place(cuda, dtype, batch):
     dim, width = 130, 4
