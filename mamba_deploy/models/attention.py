@@ -1,0 +1,44 @@
+"""A hybrid's attention mixer: mamba-ssm's MHA (causal multi-head / grouped-query attention, optional rotary
+embedding and in-projection gated MLP) over a KV cache of fixed maximum length per sequence."""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..config import ModelConfig
+from ..ops import attention_ref, rotary_ref
+
+
+class AttentionMixer(nn.Module):
+    """Parameter names follow mamba-ssm's MHA (`in_proj`, `out_proj`)."""
+
+    def __init__(self, cfg: ModelConfig, dtype: torch.dtype, device=None):
+        super().__init__()
+        kw = dict(dtype=dtype, device=device)
+        self.cfg = cfg
+        self.in_proj = nn.Linear(cfg.d_model, cfg.attn_qkv_dim + cfg.attn_mlp_dim, bias=cfg.attn_qkv_bias, **kw)
+        self.out_proj = nn.Linear(cfg.attn_num_heads * cfg.attn_head_dim + cfg.attn_mlp_dim // 2, cfg.d_model,
+                                  bias=cfg.attn_out_bias, **kw)
+
+    def forward(self, hidden: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                length: torch.Tensor) -> torch.Tensor:
+        """hidden: (batch, seqlen, d_model), the tokens at positions length[b] .. length[b] + seqlen - 1 of each row;
+        key, value: (batch, heads_kv, max_seq_len, head_dim) caches, written IN PLACE at those positions (the
+        caller checks that they fit); length: (batch,) int64, not changed. -> (batch, seqlen, d_model)."""
+        c = self.cfg
+        batch, seqlen, _ = hidden.shape
+        q_dim, kv_dim = c.attn_num_heads * c.attn_head_dim, c.attn_num_heads_kv * c.attn_head_dim
+        q, k, v, mlp = torch.split(self.in_proj(hidden), [q_dim, kv_dim, kv_dim, c.attn_mlp_dim], dim=-1)
+        q = q.reshape(batch, seqlen, c.attn_num_heads, c.attn_head_dim)
+        k, v = (t.reshape(batch, seqlen, c.attn_num_heads_kv, c.attn_head_dim) for t in (k, v))
+        positions = length[:, None] + torch.arange(seqlen, device=length.device)  # (batch, seqlen)
+        q, k = (rotary_ref(t, positions, c.attn_rotary_dim, c.attn_rotary_base) for t in (q, k))
+        index = positions[:, None, :, None].expand(batch, c.attn_num_heads_kv, seqlen, c.attn_head_dim)
+        key.scatter_(2, index, k.transpose(1, 2).to(key.dtype))
+        value.scatter_(2, index, v.transpose(1, 2).to(value.dtype))
+        context = attention_ref(q, key, value, positions, c.softmax_scale).reshape(batch, seqlen, q_dim)
+        if c.attn_mlp_dim:
+            up, gate = mlp.chunk(2, dim=-1)
+            context = torch.cat([context, up * F.silu(gate)], dim=-1)
+        return self.out_proj(context)
