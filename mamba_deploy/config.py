@@ -322,14 +322,16 @@ def _attention_fields(data: dict[str, Any], d_model: int) -> dict[str, Any]:
     if _as_bool(attn.get("rotary_emb_interleaved", False), "attn_cfg.rotary_emb_interleaved"):
         raise ConfigError("field 'attn_cfg.rotary_emb_interleaved': interleaved rotary embeddings are not "
                           "supported yet")
-    heads = _as_int(_require(attn, "num_heads"), "attn_cfg.num_heads", "attn_num_heads")
+    if "num_heads" not in attn:
+        raise ConfigError("missing field 'attn_cfg.num_heads'")
+    heads = _as_int(attn["num_heads"], "attn_cfg.num_heads", "attn_num_heads")
     head_dim = attn.get("head_dim")
     if head_dim is None and d_model % heads:
         raise ConfigError(f"field 'attn_cfg.num_heads': d_model {d_model} is not a multiple of {heads} (set head_dim)")
     scale = attn.get("softmax_scale")
     mlp_dim = _as_int(attn.get("mlp_dim", 0), "attn_cfg.mlp_dim", "attn_mlp_dim")
     return dict(
-        attn_layer_idx=tuple(idx), attn_num_heads=heads,
+        attn_layer_idx=tuple(sorted(set(idx))), attn_num_heads=heads,  # MHA where `layer_idx in attn_layer_idx`
         attn_num_heads_kv=_as_int(attn.get("num_heads_kv") or heads, "attn_cfg.num_heads_kv", "attn_num_heads_kv"),
         attn_head_dim=d_model // heads if head_dim is None else _as_int(head_dim, "attn_cfg.head_dim", "attn_head_dim"),
         attn_rotary_dim=_as_int(attn.get("rotary_emb_dim", 0), "attn_cfg.rotary_emb_dim", "attn_rotary_dim"),

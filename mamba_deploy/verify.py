@@ -106,9 +106,9 @@ def transformers_oracle(model) -> Callable[[list[int]], torch.Tensor]:
     cfg = model.config
     if not cfg.rms_norm:
         raise MambaDeployError("--oracle transformers: HF Mamba models have no LayerNorm variant (rms_norm: false)")
-    if cfg.d_intermediate:
-        raise MambaDeployError("--oracle transformers: transformers has no Mamba model with MLP layers "
-                               "(d_intermediate > 0); use --oracle reference")
+    if cfg.d_intermediate or cfg.attn_layer_idx:
+        raise MambaDeployError("--oracle transformers: transformers has no mamba-ssm model with MLP or attention "
+                               "layers (d_intermediate > 0, attn_layer_idx); use --oracle reference")
     hf_cfg = to_hf_config(cfg)
     cls_name = hf_cfg.pop("architectures")[0]
     config_cls = getattr(transformers, cls_name.replace("ForCausalLM", "Config"))

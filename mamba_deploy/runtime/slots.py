@@ -52,7 +52,7 @@ class SlotSnapshot:
         entries = [{"name": name, "dtype": str(t.dtype).removeprefix("torch."), "shape": list(t.shape)}
                    for name, t in self.tensors.items()]
         header = json.dumps({"fingerprint": self.fingerprint, "buffers": entries}).encode()
-        body = b"".join(t.contiguous().view(torch.uint8).numpy().tobytes() for t in self.tensors.values())
+        body = b"".join(t.contiguous().reshape(-1).view(torch.uint8).numpy().tobytes() for t in self.tensors.values())
         return _MAGIC + struct.pack("<Q", len(header)) + header + body
 
     @classmethod
