@@ -22,7 +22,8 @@ INT_RANGES = {"d_model": (1, 2**16), "n_layer": (1, 1024), "vocab_size": (1, 2**
               "ngroups": (1, 1024), "chunk_size": (1, 4096), "num_heads": (1, 2**16),
               "pad_vocab_size_multiple": (0, 2**16), "intermediate_size": (1, 2**20),
               "d_intermediate": (0, 2**18), "attn_num_heads": (1, 2**12), "attn_num_heads_kv": (1, 2**12),
-              "attn_head_dim": (1, 1024), "attn_rotary_dim": (0, 1024), "attn_mlp_dim": (0, 2**18)}
+              "attn_head_dim": (1, 1024), "attn_rotary_dim": (0, 1024), "attn_mlp_dim": (0, 2**18),
+              "mamba_d_inner": (0, 2**20)}
 MLP_MULTIPLE = 128  # mamba-ssm's GatedMLP rounds its hidden width up to a multiple of this
 ATTN_MLP_MULTIPLE = 256  # mamba-ssm's MHA rounds its in-projection MLP width (mlp_dim) up to a multiple of this
 MAX_PARAMETERS = 10**12
@@ -30,7 +31,9 @@ _BOOL_FIELDS = ("bias", "conv_bias", "rms_norm", "residual_in_fp32", "tie_embedd
 # added after export format 1: name -> unset value (to_dict leaves a field out when it holds this value)
 _LATER_FIELDS = {"mixer_rms_eps": None, "d_intermediate": 0, "attn_layer_idx": (), "attn_num_heads": 0,
                  "attn_num_heads_kv": 0, "attn_head_dim": 0, "attn_rotary_dim": 0, "attn_rotary_base": 10000.0,
-                 "attn_mlp_dim": 0, "attn_qkv_bias": True, "attn_out_bias": True, "attn_softmax_scale": None}
+                 "attn_mlp_dim": 0, "attn_qkv_bias": True, "attn_out_bias": True, "attn_softmax_scale": None,
+                 "attn_separate_proj": False, "mlp_layer_idx": (), "mlp_width": 0, "mlp_bias": False,
+                 "mamba_d_inner": 0}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,10 +73,16 @@ class ModelConfig:
     attn_qkv_bias: bool = True
     attn_out_bias: bool = True
     attn_softmax_scale: Optional[float] = None  # None: 1 / sqrt(attn_head_dim)
+    attn_separate_proj: bool = False  # NemotronH: q_proj, k_proj, v_proj, o_proj instead of MHA's in_proj, out_proj
+    # NemotronH: layers whose mixer is an MLP, down_proj(relu(up_proj(x))^2), of hidden width mlp_width
+    mlp_layer_idx: tuple[int, ...] = ()
+    mlp_width: int = 0
+    mlp_bias: bool = False
+    mamba_d_inner: int = 0  # NemotronH: mamba_num_heads * mamba_head_dim, not a multiple of d_model; 0: expand * d_model
 
     @property
     def d_inner(self) -> int:
-        return self.expand * self.d_model
+        return self.mamba_d_inner or self.expand * self.d_model
 
     @property
     def nheads(self) -> int:
@@ -94,8 +103,8 @@ class ModelConfig:
 
     @property
     def mamba_layers(self) -> tuple[int, ...]:
-        """Indices of the Mamba layers (all but attn_layer_idx), in order."""
-        return tuple(i for i in range(self.n_layer) if i not in self.attn_layer_idx)
+        """Indices of the Mamba layers (all but attn_layer_idx and mlp_layer_idx), in order."""
+        return tuple(i for i in range(self.n_layer) if i not in self.attn_layer_idx and i not in self.mlp_layer_idx)
 
     @property
     def attn_qkv_dim(self) -> int:
@@ -134,7 +143,9 @@ class ModelConfig:
         per_layer += 3 * self.d_model * self.d_intermediate  # fc1 (2 x), fc2
         attn = self.d_model * (self.attn_qkv_dim + self.attn_mlp_dim + self.attn_num_heads * self.attn_head_dim
                                + self.attn_mlp_dim // 2) + 3 * self.d_model * self.d_intermediate
-        return embedding + len(self.mamba_layers) * per_layer + len(self.attn_layer_idx) * attn
+        mlp = 2 * self.d_model * self.mlp_width
+        return embedding + len(self.mamba_layers) * per_layer + len(self.attn_layer_idx) * attn + \
+            len(self.mlp_layer_idx) * mlp
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "ModelConfig":
@@ -146,8 +157,9 @@ class ModelConfig:
         kw = dict(data)
         if "dt_limit" in kw:
             kw["dt_limit"] = _dt_limit(kw["dt_limit"], "dt_limit")
-        if isinstance(kw.get("attn_layer_idx"), list):
-            kw["attn_layer_idx"] = tuple(kw["attn_layer_idx"])
+        for key in ("attn_layer_idx", "mlp_layer_idx"):
+            if isinstance(kw.get(key), list):
+                kw[key] = tuple(kw[key])
         try:
             cfg = cls(**kw)
         except TypeError as exc:
@@ -156,7 +168,8 @@ class ModelConfig:
         return cfg
 
     def validate(self) -> None:
-        ints = ["d_model", "n_layer", "vocab_size", "vocab_size_padded", "d_state", "d_conv", "expand", "d_intermediate"]
+        ints = ["d_model", "n_layer", "vocab_size", "vocab_size_padded", "d_state", "d_conv", "expand", "d_intermediate",
+                "mamba_d_inner"]
         if self.arch == MAMBA1:
             ints.append("dt_rank")
         elif self.arch == MAMBA2:
@@ -172,8 +185,8 @@ class ModelConfig:
             if self.arch != MAMBA1:
                 raise ConfigError("config field 'mixer_rms_eps' (Falcon-Mamba's dt/B/C norms) is Mamba1 only")
             _as_float(self.mixer_rms_eps, "mixer_rms_eps", 0.0, 1.0)
-        if self.attn_layer_idx:
-            self._validate_attention()
+        if self.attn_layer_idx or self.mlp_layer_idx:
+            self._validate_layer_types()
         if self.parameter_estimate() > MAX_PARAMETERS:
             raise ConfigError(f"config: about {self.parameter_estimate():.3g} parameters, more than the "
                               f"{MAX_PARAMETERS:.0e} this tool accepts (check n_layer, d_model, vocab_size)")
@@ -193,14 +206,24 @@ class ModelConfig:
                 raise ConfigError(f"config field 'dt_limit' must satisfy 0 <= lo < hi, got {self.dt_limit}")
 
 
+    def _validate_layer_types(self) -> None:
+        for name in ("attn_layer_idx", "mlp_layer_idx"):
+            idx = getattr(self, name)
+            if not isinstance(idx, tuple) or any(isinstance(i, bool) or not isinstance(i, int) for i in idx) \
+                    or list(idx) != sorted(set(idx)) or not all(0 <= i < self.n_layer for i in idx):
+                raise ConfigError(f"field '{name}' must list distinct layer indices from 0 to {self.n_layer - 1}, "
+                                  f"got {list(idx) if isinstance(idx, tuple) else idx!r}")
+        if set(self.attn_layer_idx) & set(self.mlp_layer_idx) or not self.mamba_layers:
+            raise ConfigError("field 'attn_layer_idx': a layer is attention or MLP, not both, and a model needs a "
+                              "Mamba layer")
+        _as_bool(self.attn_separate_proj, "attn_separate_proj")
+        if self.mlp_layer_idx:
+            _as_int(self.mlp_width, "mlp_width", "intermediate_size", floats=False)
+            _as_bool(self.mlp_bias, "mlp_bias")
+        if self.attn_layer_idx:
+            self._validate_attention()
+
     def _validate_attention(self) -> None:
-        idx = self.attn_layer_idx
-        if not isinstance(idx, tuple) or any(isinstance(i, bool) or not isinstance(i, int) for i in idx) \
-                or list(idx) != sorted(set(idx)) or not all(0 <= i < self.n_layer for i in idx):
-            raise ConfigError(f"field 'attn_layer_idx' must list distinct layer indices from 0 to {self.n_layer - 1}, "
-                              f"got {list(idx) if isinstance(idx, tuple) else idx!r}")
-        if len(idx) == self.n_layer:
-            raise ConfigError("field 'attn_layer_idx': every layer is attention; a model needs a Mamba layer")
         for name in ("attn_num_heads", "attn_num_heads_kv", "attn_head_dim", "attn_rotary_dim", "attn_mlp_dim"):
             _as_int(getattr(self, name), name, floats=False)
         for name in ("attn_qkv_bias", "attn_out_bias"):
@@ -400,8 +423,12 @@ def _refuse_mamba2_variants(ssm: dict[str, Any], d_inner: int) -> None:
 
 def _from_hf(data: dict[str, Any]) -> ModelConfig:
     model_type = data["model_type"]
+    if model_type == "nemotron_h":
+        from .config_nemotron import nemotron_h_config
+
+        return nemotron_h_config(data)
     if model_type not in _HF_TYPES:
-        raise ConfigError(f"field 'model_type': unsupported model type {model_type!r} (expected "
+        raise ConfigError(f"field 'model_type': unsupported model type {model_type!r} (expected nemotron_h, "
                           f"{', '.join(_HF_TYPES)})")
     arch = _HF_TYPES[model_type]
     d_model = _as_int(_require(data, "hidden_size"), "hidden_size", "d_model")
@@ -466,6 +493,10 @@ def _hf_expand(data: dict[str, Any], arch: str, d_model: int) -> int:
 def to_hf_config(cfg: ModelConfig) -> dict[str, Any]:
     """The Hugging Face config.json (MambaForCausalLM / Mamba2ForCausalLM / FalconMambaForCausalLM) of `cfg`;
     _from_hf reads it back."""
+    from .config_nemotron import is_nemotron_h, to_nemotron_h_config
+
+    if is_nemotron_h(cfg):
+        return to_nemotron_h_config(cfg)
     if cfg.d_intermediate or cfg.attn_layer_idx:
         raise ValueError("MLP or attention layers (d_intermediate > 0) have no Hugging Face config format; use mamba-ssm's")
     common = {"hidden_size": cfg.d_model, "num_hidden_layers": cfg.n_layer, "vocab_size": cfg.vocab_size_padded,
@@ -487,8 +518,8 @@ def to_hf_config(cfg: ModelConfig) -> dict[str, Any]:
 
 def to_mamba_ssm_config(cfg: ModelConfig) -> dict[str, Any]:
     """The mamba-ssm config.json (d_model, ssm_cfg, ...) of `cfg`; _from_mamba_ssm reads it back."""
-    if cfg.mixer_rms_eps is not None:
-        raise ValueError("Falcon-Mamba (mixer_rms_eps) has no mamba-ssm config format; use the Hugging Face one")
+    if cfg.mixer_rms_eps is not None or cfg.mamba_d_inner or cfg.mlp_layer_idx or cfg.attn_separate_proj:
+        raise ValueError("Falcon-Mamba and NemotronH have no mamba-ssm config format; use the Hugging Face one")
     ssm: dict[str, Any] = {"d_state": cfg.d_state, "d_conv": cfg.d_conv, "expand": cfg.expand,
                            "bias": cfg.bias, "conv_bias": cfg.conv_bias}
     if cfg.arch == MAMBA2:

@@ -67,7 +67,7 @@ def test_mamba_ssm_refusals_name_the_field(patch, field):
 def test_missing_field_and_unknown_type():
     with pytest.raises(ConfigError, match="n_layer"):
         parse_config({"d_model": 64, "vocab_size": 10})
-    for other in ("zamba2", "nemotron_h", "bamba"):
+    for other in ("zamba2", "bamba"):
         with pytest.raises(ConfigError, match=f"model_type.*{other}"):
             parse_config({"model_type": other, "hidden_size": 64})
     with pytest.raises(ConfigError, match="num_heads"):

@@ -5,7 +5,8 @@ Graph I/O (docs/architecture.md "Graph I/O"): input_ids int64 (batch, seq) [deco
 past_ssm_state.{i} -> logits (batch, n, vocab_padded), present_conv_state.{i}, present_ssm_state.{i}.
 Dense layers are Gemm(transB=1) on (tokens, features), so weights keep the checkpoint's (out, in)
 layout; norms and the SSM ops compute in float32 like the reference model.
-A hybrid's attention layers (mamba-ssm's MHA) are standard ops: rotary (Cos, Sin), the new keys and values
+NemotronH's MLP layers are two Gemms around Relu and a square. A hybrid's attention layers (mamba-ssm's MHA, or
+NemotronH's with separate q/k/v/o projections) are standard ops: rotary (Cos, Sin), the new keys and values
 written into the fixed-length caches past_key.{i} / past_value.{i} at each row's positions (ScatterElements),
 then MatMul, a causal mask from past_length (Where), Softmax, MatMul; past_length -> present_length counts tokens.
 """
@@ -188,8 +189,11 @@ class _LMGraph:
         and value (batch, heads_kv, max_seq_len, head_dim)."""
         g, c = self.g, self.cfg
         heads, heads_kv, dim = c.attn_num_heads, c.attn_num_heads_kv, c.attn_head_dim
-        sizes = [heads * dim, heads_kv * dim, heads_kv * dim] + ([c.attn_mlp_dim] if c.attn_mlp_dim else [])
-        parts = g("Split", self.linear(hidden, f"{layer}.in_proj"), g.const(sizes), axis=1, outputs=len(sizes))
+        if c.attn_separate_proj:  # NemotronH
+            parts = [self.linear(hidden, f"{layer}.{name}") for name in ("q_proj", "k_proj", "v_proj")]
+        else:
+            sizes = [heads * dim, heads_kv * dim, heads_kv * dim] + ([c.attn_mlp_dim] if c.attn_mlp_dim else [])
+            parts = g("Split", self.linear(hidden, f"{layer}.in_proj"), g.const(sizes), axis=1, outputs=len(sizes))
         q, k, v = (g.reshape(t, self.batch, self.seqlen, n, dim) for t, n in zip(parts, (heads, heads_kv, heads_kv)))
         q, k = self.rotary(q), self.rotary(k)
         index = g("Expand", g.unsqueeze(self.positions(), 1, 3), g.shape(self.batch, heads_kv, self.seqlen, dim))
@@ -208,7 +212,14 @@ class _LMGraph:
         if c.attn_mlp_dim:
             up, gate = g("Split", parts[3], g.const([c.attn_mlp_dim // 2] * 2), axis=1, outputs=2)
             out = g("Concat", out, g("CastLike", g("Mul", g("Cast", up, to=F32), self._silu32(gate)), up), axis=1)
-        return self.linear(out, f"{layer}.out_proj"), key, value
+        return self.linear(out, f"{layer}.{'o_proj' if c.attn_separate_proj else 'out_proj'}"), key, value
+
+    def relu2_mlp(self, x: str, prefix: str) -> str:
+        """NemotronH's MLP layer: down_proj(relu(up_proj(x))^2), the square in float32; x: (tokens, d_model)."""
+        g = self.g
+        up = self.linear(x, f"{prefix}.up_proj")
+        act = g("Relu", g("Cast", up, to=F32))
+        return self.linear(g("CastLike", g("Mul", act, act), up), f"{prefix}.down_proj")
 
     def _silu32(self, x: str) -> str:
         x32 = self.g("Cast", x, to=F32)
@@ -225,6 +236,8 @@ class _LMGraph:
             normed, residual = self.add_norm(hidden, residual, f"{layer}.norm")
             if i in cfg.attn_layer_idx:
                 hidden, _, _ = self.attention(normed, f"{layer}.mixer", i)
+            elif i in cfg.mlp_layer_idx:
+                hidden = self.relu2_mlp(normed, f"{layer}.mixer")
             else:
                 hidden, conv, ssm = mixer(normed, f"{layer}.mixer", f"past_conv_state.{i}", f"past_ssm_state.{i}")
                 outputs += [g("Identity", conv, outputs=[f"present_conv_state.{i}"]),

@@ -11,15 +11,29 @@ from ..ops import attention_ref, rotary_ref
 
 
 class AttentionMixer(nn.Module):
-    """Parameter names follow mamba-ssm's MHA (`in_proj`, `out_proj`)."""
+    """Parameter names follow mamba-ssm's MHA (`in_proj`, `out_proj`), or with attn_separate_proj NemotronH's
+    attention (`q_proj`, `k_proj`, `v_proj`, `o_proj`; no rotary, no MLP part)."""
 
     def __init__(self, cfg: ModelConfig, dtype: torch.dtype, device=None):
         super().__init__()
         kw = dict(dtype=dtype, device=device)
         self.cfg = cfg
+        q_dim, kv_dim = cfg.attn_num_heads * cfg.attn_head_dim, cfg.attn_num_heads_kv * cfg.attn_head_dim
+        if cfg.attn_separate_proj:
+            for name, width in (("q_proj", q_dim), ("k_proj", kv_dim), ("v_proj", kv_dim)):
+                setattr(self, name, nn.Linear(cfg.d_model, width, bias=cfg.attn_qkv_bias, **kw))
+            self.o_proj = nn.Linear(q_dim, cfg.d_model, bias=cfg.attn_out_bias, **kw)
+            return
         self.in_proj = nn.Linear(cfg.d_model, cfg.attn_qkv_dim + cfg.attn_mlp_dim, bias=cfg.attn_qkv_bias, **kw)
-        self.out_proj = nn.Linear(cfg.attn_num_heads * cfg.attn_head_dim + cfg.attn_mlp_dim // 2, cfg.d_model,
-                                  bias=cfg.attn_out_bias, **kw)
+        self.out_proj = nn.Linear(q_dim + cfg.attn_mlp_dim // 2, cfg.d_model, bias=cfg.attn_out_bias, **kw)
+
+    def _project(self, hidden: torch.Tensor) -> list[torch.Tensor]:
+        """hidden (..., d_model) -> q, k, v, mlp (the last empty without MHA's mlp_dim)."""
+        c = self.cfg
+        if c.attn_separate_proj:
+            return [self.q_proj(hidden), self.k_proj(hidden), self.v_proj(hidden), hidden[..., :0]]
+        q_dim, kv_dim = c.attn_num_heads * c.attn_head_dim, c.attn_num_heads_kv * c.attn_head_dim
+        return list(torch.split(self.in_proj(hidden), [q_dim, kv_dim, kv_dim, c.attn_mlp_dim], dim=-1))
 
     def forward(self, hidden: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
                 length: torch.Tensor) -> torch.Tensor:
@@ -28,8 +42,8 @@ class AttentionMixer(nn.Module):
         caller checks that they fit); length: (batch,) int64, not changed. -> (batch, seqlen, d_model)."""
         c = self.cfg
         batch, seqlen, _ = hidden.shape
-        q_dim, kv_dim = c.attn_num_heads * c.attn_head_dim, c.attn_num_heads_kv * c.attn_head_dim
-        q, k, v, mlp = torch.split(self.in_proj(hidden), [q_dim, kv_dim, kv_dim, c.attn_mlp_dim], dim=-1)
+        q_dim = c.attn_num_heads * c.attn_head_dim
+        q, k, v, mlp = self._project(hidden)
         q = q.reshape(batch, seqlen, c.attn_num_heads, c.attn_head_dim)
         k, v = (t.reshape(batch, seqlen, c.attn_num_heads_kv, c.attn_head_dim) for t in (k, v))
         positions = length[:, None] + torch.arange(seqlen, device=length.device)  # (batch, seqlen)
@@ -41,4 +55,4 @@ class AttentionMixer(nn.Module):
         if c.attn_mlp_dim:
             up, gate = mlp.chunk(2, dim=-1)
             context = torch.cat([context, up * F.silu(gate)], dim=-1)
-        return self.out_proj(context)
+        return (self.o_proj if c.attn_separate_proj else self.out_proj)(context)

@@ -57,13 +57,28 @@ class GatedMLP(nn.Module):
         return self.fc2(y * F.silu(gate))
 
 
-class Block(nn.Module):
-    """norm -> mixer, then (d_intermediate > 0) residual add -> norm2 -> mlp, as mamba-ssm's Block."""
+class ReluSquaredMLP(nn.Module):
+    """NemotronH's MLP layer mixer: down_proj(relu(up_proj(x))^2), in the model dtype."""
 
-    def __init__(self, cfg: ModelConfig, dtype, device=None, attention: bool = False):
+    def __init__(self, cfg: ModelConfig, dtype, device=None):
+        super().__init__()
+        self.up_proj = nn.Linear(cfg.d_model, cfg.mlp_width, bias=cfg.mlp_bias, dtype=dtype, device=device)
+        self.down_proj = nn.Linear(cfg.mlp_width, cfg.d_model, bias=cfg.mlp_bias, dtype=dtype, device=device)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: (..., d_model) -> (..., d_model)."""
+        return self.down_proj(torch.square(F.relu(self.up_proj(x))))
+
+
+class Block(nn.Module):
+    """norm -> mixer, then (d_intermediate > 0) residual add -> norm2 -> mlp, as mamba-ssm's Block; the mixer of
+    layer i is attention (attn_layer_idx), NemotronH's MLP (mlp_layer_idx) or Mamba."""
+
+    def __init__(self, cfg: ModelConfig, dtype, device=None, layer: int = 0):
         super().__init__()
         self.norm = Norm(cfg.d_model, cfg, dtype, device)
-        mixer = AttentionMixer if attention else Mamba2Mixer if cfg.arch == MAMBA2 else Mamba1Mixer
+        mixer = AttentionMixer if layer in cfg.attn_layer_idx else ReluSquaredMLP if layer in cfg.mlp_layer_idx \
+            else Mamba2Mixer if cfg.arch == MAMBA2 else Mamba1Mixer
         self.mixer = mixer(cfg, dtype, device)
         if cfg.d_intermediate:
             self.norm2 = Norm(cfg.d_model, cfg, dtype, device)
@@ -74,7 +89,7 @@ class Backbone(nn.Module):
     def __init__(self, cfg: ModelConfig, dtype, device=None):
         super().__init__()
         self.embedding = nn.Embedding(cfg.vocab_size_padded, cfg.d_model, dtype=dtype, device=device)
-        self.layers = nn.ModuleList(Block(cfg, dtype, device, i in cfg.attn_layer_idx) for i in range(cfg.n_layer))
+        self.layers = nn.ModuleList(Block(cfg, dtype, device, i) for i in range(cfg.n_layer))
         self.norm_f = Norm(cfg.d_model, cfg, dtype, device)
 
 
@@ -120,6 +135,8 @@ class MambaLM(nn.Module):
             if isinstance(layer.mixer, AttentionMixer):
                 hidden = layer.mixer(normed, state.key[attn], state.value[attn], state.length)
                 attn += 1
+            elif isinstance(layer.mixer, ReluSquaredMLP):
+                hidden = layer.mixer(normed)
             else:
                 run = layer.mixer.step if step else layer.mixer.forward
                 hidden, conv, ssm = run(normed, state.conv[mamba], state.ssm[mamba])

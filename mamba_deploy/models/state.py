@@ -16,9 +16,11 @@ _IO_NAMES = {"conv": "conv_state.{i}", "ssm": "ssm_state.{i}", "key": "key.{i}",
 
 def state_layout(cfg: ModelConfig) -> list[tuple[str, int, int]]:
     """(kind, layer, index into the state's list of that kind) of every state tensor, in graph I/O order: per
-    layer conv, ssm (Mamba) or key, value (attention), then one `length` (-1, 0) when the model has attention."""
+    layer conv, ssm (Mamba) or key, value (attention) (nothing for an MLP layer), then one `length` (-1, 0) when the model has attention."""
     out, mamba, attn = [], 0, 0
     for layer in range(cfg.n_layer):
+        if layer in cfg.mlp_layer_idx:
+            continue  # NemotronH's MLP layers hold no state
         if layer in cfg.attn_layer_idx:
             out += [("key", layer, attn), ("value", layer, attn)]
             attn += 1
