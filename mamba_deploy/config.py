@@ -107,6 +107,12 @@ class ModelConfig:
         return tuple(i for i in range(self.n_layer) if i not in self.attn_layer_idx and i not in self.mlp_layer_idx)
 
     @property
+    def other_layers(self) -> str:
+        """'' for a pure Mamba model, else what its other layers are ("attention layers", "MLP layers", both)."""
+        kinds = [k for k, idx in (("attention", self.attn_layer_idx), ("MLP", self.mlp_layer_idx)) if idx]
+        return " and ".join(kinds) + " layers" if kinds else ""
+
+    @property
     def attn_qkv_dim(self) -> int:
         return self.attn_head_dim * (self.attn_num_heads + 2 * self.attn_num_heads_kv)
 
@@ -323,49 +329,9 @@ def _dt_limit(value: Any, key: str) -> tuple[float, float]:
     return lo, hi
 
 
-def _attention_fields(data: dict[str, Any], d_model: int) -> dict[str, Any]:
-    """ModelConfig's attn_* fields from mamba-ssm's attn_layer_idx + attn_cfg (the arguments of its MHA)."""
-    idx = data.get("attn_layer_idx") or []
-    if not idx:
-        return {}
-    if not isinstance(idx, list) or any(isinstance(i, bool) or not isinstance(i, int) for i in idx):
-        raise ConfigError(f"field 'attn_layer_idx' must be a list of layer indices, got {idx!r}")
-    attn = data.get("attn_cfg") or {}
-    if not isinstance(attn, dict):
-        raise ConfigError("field 'attn_cfg' must be an object")
-    known = {"num_heads", "num_heads_kv", "head_dim", "mlp_dim", "qkv_proj_bias", "out_proj_bias", "softmax_scale",
-             "causal", "d_conv", "rotary_emb_dim", "rotary_emb_base", "rotary_emb_interleaved"}
-    unknown = sorted(set(attn) - known)
-    if unknown:
-        raise ConfigError(f"field 'attn_cfg.{unknown[0]}': not an argument of mamba-ssm's MHA (not supported)")
-    if not _as_bool(attn.get("causal", False), "attn_cfg.causal"):
-        raise ConfigError("field 'attn_cfg.causal': only causal attention can generate (set causal: true)")
-    if _as_int(attn.get("d_conv", 0), "attn_cfg.d_conv", "d_intermediate"):
-        raise ConfigError("field 'attn_cfg.d_conv': a convolution before attention is not supported yet")
-    if _as_bool(attn.get("rotary_emb_interleaved", False), "attn_cfg.rotary_emb_interleaved"):
-        raise ConfigError("field 'attn_cfg.rotary_emb_interleaved': interleaved rotary embeddings are not "
-                          "supported yet")
-    if "num_heads" not in attn:
-        raise ConfigError("missing field 'attn_cfg.num_heads'")
-    heads = _as_int(attn["num_heads"], "attn_cfg.num_heads", "attn_num_heads")
-    head_dim = attn.get("head_dim")
-    if head_dim is None and d_model % heads:
-        raise ConfigError(f"field 'attn_cfg.num_heads': d_model {d_model} is not a multiple of {heads} (set head_dim)")
-    scale = attn.get("softmax_scale")
-    mlp_dim = _as_int(attn.get("mlp_dim", 0), "attn_cfg.mlp_dim", "attn_mlp_dim")
-    return dict(
-        attn_layer_idx=tuple(sorted(set(idx))), attn_num_heads=heads,  # MHA where `layer_idx in attn_layer_idx`
-        attn_num_heads_kv=_as_int(attn.get("num_heads_kv") or heads, "attn_cfg.num_heads_kv", "attn_num_heads_kv"),
-        attn_head_dim=d_model // heads if head_dim is None else _as_int(head_dim, "attn_cfg.head_dim", "attn_head_dim"),
-        attn_rotary_dim=_as_int(attn.get("rotary_emb_dim", 0), "attn_cfg.rotary_emb_dim", "attn_rotary_dim"),
-        attn_rotary_base=_as_float(attn.get("rotary_emb_base", 10000.0), "attn_cfg.rotary_emb_base", 1.0, 1e12),
-        attn_mlp_dim=-(-mlp_dim // ATTN_MLP_MULTIPLE) * ATTN_MLP_MULTIPLE,
-        attn_qkv_bias=_as_bool(attn.get("qkv_proj_bias", True), "attn_cfg.qkv_proj_bias"),
-        attn_out_bias=_as_bool(attn.get("out_proj_bias", True), "attn_cfg.out_proj_bias"),
-        attn_softmax_scale=None if scale is None else _as_float(scale, "attn_cfg.softmax_scale", 1e-6, 1e6))
-
-
 def _from_mamba_ssm(data: dict[str, Any]) -> ModelConfig:
+    from .config_hybrid import attention_fields
+
     d_intermediate = _as_int(data.get("d_intermediate", 0), "d_intermediate")
     ssm = data.get("ssm_cfg") or {}
     if not isinstance(ssm, dict):
@@ -390,7 +356,7 @@ def _from_mamba_ssm(data: dict[str, Any]) -> ModelConfig:
         tie_embeddings=_as_bool(data.get("tie_embeddings", True), "tie_embeddings"),
         source_format="mamba_ssm",
         d_intermediate=-(-d_intermediate // MLP_MULTIPLE) * MLP_MULTIPLE,  # GatedMLP's width (0 stays 0)
-        **_attention_fields(data, d_model),
+        **attention_fields(data, d_model),
     )
     if layer == "Mamba1":
         dt_rank = ssm.get("dt_rank", "auto")

@@ -46,7 +46,7 @@ def nemotron_h_config(data: dict[str, Any]) -> ModelConfig:
     heads = _as_int(data.get("mamba_num_heads", 128), "mamba_num_heads", "num_heads")
     headdim = _as_int(data.get("mamba_head_dim", 64), "mamba_head_dim", "headdim")
     attn_heads = _as_int(data.get("num_attention_heads", 32), "num_attention_heads", "attn_num_heads")
-    head_dim = data.get("head_dim", 128)
+    head_dim = data["head_dim"] if "head_dim" in data else data.get("attention_head_dim", 128)  # NVIDIA's own name
     head_dim = d_model // attn_heads if head_dim is None else _as_int(head_dim, "head_dim", "attn_head_dim")
     kv_heads = data.get("num_key_value_heads", 8)
     attn = [i for i, t in enumerate(pattern) if t == "*"]

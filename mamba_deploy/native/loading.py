@@ -34,9 +34,9 @@ def require_native() -> None:
 
 
 def refuse_attention(cfg: ModelConfig) -> None:
-    """MambaDeployError for a hybrid: the native engine has no attention layers (yet)."""
-    if cfg.attn_layer_idx:
-        raise MambaDeployError("attention layers are not supported by the native backend yet; use onnxruntime "
+    """MambaDeployError for a hybrid: the native engine has no attention (or NemotronH MLP) layers yet."""
+    if cfg.other_layers:
+        raise MambaDeployError(f"{cfg.other_layers} are not supported by the native backend yet; use onnxruntime "
                                "or torch")
 
 

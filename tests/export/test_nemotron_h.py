@@ -100,5 +100,8 @@ def test_verify_against_transformers_and_native_refusal(case):
     _, ckpt, folder = case("gqa-mlp")
     report = verify_export(folder, reference=str(ckpt), backend="onnxruntime", oracle="transformers", steps=4)
     assert report.passed and report.max_rel_err < 1e-5
-    with pytest.raises(MambaDeployError, match="not supported by the native backend"):
+    with pytest.raises(MambaDeployError, match="^attention and MLP layers are not supported by the native backend"):
         load_backend("native", load_export(folder))
+    _, _, mlp_only = case("mamba-mlp-bias")
+    with pytest.raises(MambaDeployError, match="^MLP layers are not supported by the native backend"):
+        load_backend("native", load_export(mlp_only))
