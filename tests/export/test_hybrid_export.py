@@ -61,6 +61,16 @@ def test_graph_io_names_and_shapes(hybrid):
 
 
 @pytest.mark.parametrize("ops", ["plugin", "standard"])
+def test_graphs_pass_onnx_full_check(hybrid, ops):
+    from mamba_deploy.ops import register_onnx_schemas
+
+    register_onnx_schemas()
+    _, folder = hybrid("hybrid", ops)
+    for kind in ("prefill", "decode"):
+        onnx.checker.check_model(str(folder / f"{kind}.onnx"), full_check=True)  # strict shape inference too
+
+
+@pytest.mark.parametrize("ops", ["plugin", "standard"])
 @pytest.mark.parametrize("arch", ["hybrid", "hybrid1"])
 def test_onnxruntime_and_torch_match_the_reference(hybrid, arch, ops):
     """Rows at different positions (a ragged start), a chunked prefill, then decode steps: ORT and the torch

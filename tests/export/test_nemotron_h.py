@@ -97,7 +97,11 @@ def test_reference_onnxruntime_and_torch_match_transformers(case, name):
 
 
 def test_verify_against_transformers_and_native_refusal(case):
+    import onnx
+
     _, ckpt, folder = case("gqa-mlp")
+    for kind in ("prefill", "decode"):
+        onnx.checker.check_model(str(folder / f"{kind}.onnx"), full_check=True)
     report = verify_export(folder, reference=str(ckpt), backend="onnxruntime", oracle="transformers", steps=4)
     assert report.passed and report.max_rel_err < 1e-5
     with pytest.raises(MambaDeployError, match="^attention and MLP layers are not supported by the native backend"):
