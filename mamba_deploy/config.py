@@ -32,7 +32,7 @@ _BOOL_FIELDS = ("bias", "conv_bias", "rms_norm", "residual_in_fp32", "tie_embedd
 _LATER_FIELDS = {"mixer_rms_eps": None, "d_intermediate": 0, "attn_layer_idx": (), "attn_num_heads": 0,
                  "attn_num_heads_kv": 0, "attn_head_dim": 0, "attn_rotary_dim": 0, "attn_rotary_base": 10000.0,
                  "attn_mlp_dim": 0, "attn_qkv_bias": True, "attn_out_bias": True, "attn_softmax_scale": None,
-                 "attn_separate_proj": False, "mlp_layer_idx": (), "mlp_width": 0, "mlp_bias": False,
+                 "attn_d_conv": 0, "attn_separate_proj": False, "mlp_layer_idx": (), "mlp_width": 0, "mlp_bias": False,
                  "mamba_d_inner": 0}
 
 
@@ -73,6 +73,7 @@ class ModelConfig:
     attn_qkv_bias: bool = True
     attn_out_bias: bool = True
     attn_softmax_scale: Optional[float] = None  # None: 1 / sqrt(attn_head_dim)
+    attn_d_conv: int = 0  # > 0: MHA's depthwise causal conv (with bias, no activation) over q, k, v of this width
     attn_separate_proj: bool = False  # NemotronH: q_proj, k_proj, v_proj, o_proj instead of MHA's in_proj, out_proj
     # NemotronH: layers whose mixer is an MLP, down_proj(relu(up_proj(x))^2), of hidden width mlp_width
     mlp_layer_idx: tuple[int, ...] = ()
@@ -119,6 +120,10 @@ class ModelConfig:
     @property
     def softmax_scale(self) -> float:
         return self.attn_softmax_scale if self.attn_softmax_scale is not None else self.attn_head_dim ** -0.5
+
+    def attn_conv_state_shape(self, batch: int) -> tuple[int, ...]:
+        """MHA's conv state of one attention layer (attn_d_conv > 0): the last attn_d_conv - 1 q, k, v inputs."""
+        return (batch, self.attn_qkv_dim, self.attn_d_conv - 1)
 
     def kv_cache_shape(self, batch: int, max_seq_len: int) -> tuple[int, ...]:
         """Key (and value) cache of one attention layer: (batch, num_heads_kv, max_seq_len, head_dim)."""
@@ -240,6 +245,10 @@ class ModelConfig:
         if self.attn_rotary_dim % 2 or self.attn_rotary_dim > self.attn_head_dim:
             raise ConfigError(f"field 'attn_cfg.rotary_emb_dim' must be even and at most head_dim "
                               f"({self.attn_head_dim}), got {self.attn_rotary_dim}")
+        if self.attn_d_conv:
+            _as_int(self.attn_d_conv, "attn_d_conv", "d_conv", floats=False)
+            if self.attn_separate_proj:
+                raise ConfigError("field 'attn_d_conv': a conv before attention is mamba-ssm's MHA only")
         if self.attn_mlp_dim % ATTN_MLP_MULTIPLE:
             raise ConfigError(f"field 'attn_mlp_dim' must be a multiple of {ATTN_MLP_MULTIPLE}, got {self.attn_mlp_dim}")
         _as_float(self.attn_rotary_base, "attn_rotary_base", 1.0, 1e12)
@@ -501,7 +510,7 @@ def to_mamba_ssm_config(cfg: ModelConfig) -> dict[str, Any]:
         "num_heads": cfg.attn_num_heads, "num_heads_kv": cfg.attn_num_heads_kv, "head_dim": cfg.attn_head_dim,
         "rotary_emb_dim": cfg.attn_rotary_dim, "rotary_emb_base": cfg.attn_rotary_base, "mlp_dim": cfg.attn_mlp_dim,
         "qkv_proj_bias": cfg.attn_qkv_bias, "out_proj_bias": cfg.attn_out_bias, "softmax_scale":
-        cfg.attn_softmax_scale, "causal": True}}
+        cfg.attn_softmax_scale, "causal": True, "d_conv": cfg.attn_d_conv}}
     return {"d_model": cfg.d_model, "n_layer": cfg.n_layer, "vocab_size": cfg.vocab_size, "ssm_cfg": ssm,
             "d_intermediate": cfg.d_intermediate, **attn,
             "rms_norm": cfg.rms_norm, "norm_epsilon": cfg.norm_eps, "residual_in_fp32": cfg.residual_in_fp32,

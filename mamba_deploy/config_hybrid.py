@@ -25,8 +25,8 @@ def attention_fields(data: dict[str, Any], d_model: int) -> dict[str, Any]:
         raise ConfigError(f"field 'attn_cfg.{unknown[0]}': not an argument of mamba-ssm's MHA (not supported)")
     if not _as_bool(attn.get("causal", False), "attn_cfg.causal"):
         raise ConfigError("field 'attn_cfg.causal': only causal attention can generate (set causal: true)")
-    if _as_int(attn.get("d_conv", 0), "attn_cfg.d_conv", "d_intermediate"):
-        raise ConfigError("field 'attn_cfg.d_conv': a convolution before attention is not supported yet")
+    d_conv = attn.get("d_conv", 0)
+    d_conv = _as_int(d_conv, "attn_cfg.d_conv", "d_conv") if d_conv else 0  # 0: none; else what the kernels take
     if _as_bool(attn.get("rotary_emb_interleaved", False), "attn_cfg.rotary_emb_interleaved"):
         raise ConfigError("field 'attn_cfg.rotary_emb_interleaved': interleaved rotary embeddings are not "
                           "supported yet")
@@ -39,7 +39,7 @@ def attention_fields(data: dict[str, Any], d_model: int) -> dict[str, Any]:
     scale = attn.get("softmax_scale")
     mlp_dim = _as_int(attn.get("mlp_dim", 0), "attn_cfg.mlp_dim", "attn_mlp_dim")
     return dict(
-        attn_layer_idx=tuple(sorted(set(idx))), attn_num_heads=heads,  # MHA where `layer_idx in attn_layer_idx`
+        attn_d_conv=d_conv, attn_layer_idx=tuple(sorted(set(idx))), attn_num_heads=heads,  # MHA where `layer_idx in attn_layer_idx`
         attn_num_heads_kv=_as_int(attn.get("num_heads_kv") or heads, "attn_cfg.num_heads_kv", "attn_num_heads_kv"),
         attn_head_dim=d_model // heads if head_dim is None else _as_int(head_dim, "attn_cfg.head_dim", "attn_head_dim"),
         attn_rotary_dim=_as_int(attn.get("rotary_emb_dim", 0), "attn_cfg.rotary_emb_dim", "attn_rotary_dim"),

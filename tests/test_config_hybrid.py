@@ -35,7 +35,7 @@ def test_roundtrips():
     ({"causal": False, "num_heads": 8}, "attn_cfg.causal"),
     ({"num_heads": 8}, "attn_cfg.causal"),  # MHA's default is not causal
     ({"causal": True}, "attn_cfg.num_heads"),
-    ({"causal": True, "num_heads": 8, "d_conv": 4}, "attn_cfg.d_conv"),
+    ({"causal": True, "num_heads": 8, "d_conv": 9}, "attn_cfg.d_conv"),
     ({"causal": True, "num_heads": 8, "rotary_emb_interleaved": True}, "attn_cfg.rotary_emb_interleaved"),
     ({"causal": True, "num_heads": 8, "num_heads_kv": 3}, "attn_cfg.num_heads_kv"),
     ({"causal": True, "num_heads": 8, "rotary_emb_dim": 5}, "attn_cfg.rotary_emb_dim"),
@@ -48,6 +48,15 @@ def test_roundtrips():
 def test_attn_cfg_refusals_name_the_field(attn, field):
     with pytest.raises(ConfigError, match=field.replace(".", r"\.")):
         parse_config({**BASE, "attn_cfg": attn})
+
+
+def test_mamba2attn_preset():
+    from mamba_deploy.random_init import preset_config
+
+    cfg = parse_config(preset_config("state-spaces/mamba2attn-2.7b"))
+    assert cfg.attn_layer_idx == (9, 18, 27, 36, 45, 56) and len(cfg.mamba_layers) == 58
+    assert (cfg.attn_num_heads, cfg.attn_num_heads_kv, cfg.attn_head_dim, cfg.attn_d_conv) == (30, 30, 128, 4)
+    assert 2.5e9 < cfg.parameter_estimate() < 2.9e9
 
 
 def test_layer_indices_as_a_set():  # mamba-ssm tests `layer_idx in attn_layer_idx`

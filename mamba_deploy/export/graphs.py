@@ -21,6 +21,7 @@ from onnx import ModelProto, TensorProto, helper
 from ..config import MAMBA2, ModelConfig
 from ..models.state import io_name, state_layout
 from ..ops import DOMAIN, DOMAIN_VERSION, get_op, rotary_inv_freq
+from ..ops.onnx_bodies import emit_causal_conv1d
 from ..ops.onnx_graph import INT64_MAX, GraphBuilder
 from .weights import ZERO_CONV_BIAS
 
@@ -193,7 +194,13 @@ class _LMGraph:
             parts = [self.linear(hidden, f"{layer}.{name}") for name in ("q_proj", "k_proj", "v_proj")]
         else:
             sizes = [heads * dim, heads_kv * dim, heads_kv * dim] + ([c.attn_mlp_dim] if c.attn_mlp_dim else [])
-            parts = g("Split", self.linear(hidden, f"{layer}.in_proj"), g.const(sizes), axis=1, outputs=len(sizes))
+            projected = self.linear(hidden, f"{layer}.in_proj")
+            if c.attn_d_conv:
+                qkv, mlp = g("Split", projected, g.const([c.attn_qkv_dim, c.attn_mlp_dim]), axis=1, outputs=2) \
+                    if c.attn_mlp_dim else (projected, None)
+                projected = self.attn_conv(qkv, layer, i) if mlp is None else \
+                    g("Concat", self.attn_conv(qkv, layer, i), mlp, axis=1)
+            parts = g("Split", projected, g.const(sizes), axis=1, outputs=len(sizes))
         q, k, v = (g.reshape(t, self.batch, self.seqlen, n, dim) for t, n in zip(parts, (heads, heads_kv, heads_kv)))
         q, k = self.rotary(q), self.rotary(k)
         index = g("Expand", g.unsqueeze(self.positions(), 1, 3), g.shape(self.batch, heads_kv, self.seqlen, dim))
@@ -213,6 +220,16 @@ class _LMGraph:
             up, gate = g("Split", parts[3], g.const([c.attn_mlp_dim // 2] * 2), axis=1, outputs=2)
             out = g("Concat", out, g("CastLike", g("Mul", g("Cast", up, to=F32), self._silu32(gate)), up), axis=1)
         return self.linear(out, f"{layer}.{'o_proj' if c.attn_separate_proj else 'out_proj'}"), key, value
+
+    def attn_conv(self, qkv: str, layer: str, i: int) -> str:
+        """MHA's causal conv (bias, no activation) over qkv (tokens, qkv_dim), continuing past_conv_state.{i}; the
+        standard-op body of MambaCausalConv1d inlined (the Mamba convs' function has the activation fixed)."""
+        g, width = self.g, self.cfg.attn_qkv_dim
+        x = g("Transpose", self.tokens(qkv, width), perm=[0, 2, 1])  # (batch, qkv_dim, seqlen)
+        y, state = emit_causal_conv1d(g, x, self.w(f"{layer}.conv1d.weight"), self.w(f"{layer}.conv1d.bias"),
+                                      f"past_conv_state.{i}", "none")
+        g("Identity", state, outputs=[f"present_conv_state.{i}"])
+        return g.reshape(g("Transpose", y, perm=[0, 2, 1]), -1, width)
 
     def relu2_mlp(self, x: str, prefix: str) -> str:
         """NemotronH's MLP layer: down_proj(relu(up_proj(x))^2), the square in float32; x: (tokens, d_model)."""
@@ -286,7 +303,8 @@ def state_io_type(cfg: ModelConfig, opts: GraphOptions, kind: str) -> tuple[int,
     """(onnx element type, shape with a symbolic batch) of a state input/output of `kind` (state_layout)."""
     shapes = {"conv": (opts.dtype, cfg.conv_state_shape(1)), "ssm": (opts.state_dtype, cfg.ssm_state_shape(1)),
               "key": (opts.dtype, cfg.kv_cache_shape(1, opts.max_seq_len)),
-              "value": (opts.dtype, cfg.kv_cache_shape(1, opts.max_seq_len)), "length": (TensorProto.INT64, (1,))}
+              "value": (opts.dtype, cfg.kv_cache_shape(1, opts.max_seq_len)), "length": (TensorProto.INT64, (1,)),
+              "attn_conv": (opts.dtype, cfg.attn_conv_state_shape(1))}
     elem, shape = shapes[kind]
     return elem, ["batch", *shape[1:]]
 

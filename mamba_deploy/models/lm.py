@@ -133,7 +133,8 @@ class MambaLM(nn.Module):
         for layer in self.backbone.layers:
             normed, residual = layer.norm.add_forward(hidden, residual, self.config.residual_in_fp32)
             if isinstance(layer.mixer, AttentionMixer):
-                hidden = layer.mixer(normed, state.key[attn], state.value[attn], state.length)
+                hidden = layer.mixer(normed, state.key[attn], state.value[attn], state.length,
+                                     state.attn_conv[attn] if state.attn_conv else None)
                 attn += 1
             elif isinstance(layer.mixer, ReluSquaredMLP):
                 hidden = layer.mixer(normed)

@@ -72,8 +72,9 @@ def check_state(state: Any, backend: Backend) -> None:
         raise ParameterError("state", f"must be an InferenceState from engine.new_state(), got {type(state).__name__}")
     cfg = backend.config
     n_mamba, n_attn = len(cfg.mamba_layers), len(cfg.attn_layer_idx)
-    if (len(state.conv), len(state.ssm), len(state.key), len(state.value)) != (n_mamba, n_mamba, n_attn, n_attn) \
-            or (state.length is None) != (n_attn == 0):
+    n_conv = n_attn if cfg.attn_d_conv else 0
+    if (len(state.conv), len(state.ssm), len(state.key), len(state.value), len(state.attn_conv)) != \
+            (n_mamba, n_mamba, n_attn, n_attn, n_conv) or (state.length is None) != (n_attn == 0):
         raise ParameterError("state", f"has {len(state.conv)} Mamba and {len(state.key)} attention layers, this "
                                       f"engine's model has {n_mamba} and {n_attn} (a state from another engine? use "
                                       "engine.new_state())")
@@ -83,6 +84,7 @@ def check_state(state: Any, backend: Backend) -> None:
     for kind, tensors, shape, dtype in (("conv", state.conv, cfg.conv_state_shape(batch), backend.dtype),
                                         ("ssm", state.ssm, cfg.ssm_state_shape(batch), backend.state_dtype),
                                         ("key", state.key, kv, backend.dtype), ("value", state.value, kv, backend.dtype),
+                                        ("attn_conv", state.attn_conv, cfg.attn_conv_state_shape(batch), backend.dtype),
                                         ("length", [state.length] if n_attn else [], (batch,), torch.int64)):
         shape, device = torch.Size(shape), backend.device
         if not all(isinstance(t, torch.Tensor) and t.shape == shape and t.dtype == dtype and t.device == device

@@ -96,10 +96,12 @@ class StatePool:
         kv = config.kv_cache_shape(self.max_slots, state.max_seq_len or 0)
         for kind, tensors, count, shape in (("conv", state.conv, n_mamba, config.conv_state_shape(self.max_slots)),
                                             ("ssm", state.ssm, n_mamba, config.ssm_state_shape(self.max_slots)),
-                                            ("key", state.key, n_attn, kv), ("value", state.value, n_attn, kv)):
+                                            ("key", state.key, n_attn, kv), ("value", state.value, n_attn, kv),
+                                            ("attn_conv", state.attn_conv, n_attn if config.attn_d_conv else 0,
+                                             config.attn_conv_state_shape(self.max_slots))):
             if len(tensors) != count or any(tuple(t.shape) != shape for t in tensors):
                 raise MambaDeployError(f"pool {kind} state does not match the model: need {count} x {shape}")
-        order = ("conv", "ssm", "key", "value", "length")  # by kind, as snapshots of Mamba models always were
+        order = ("conv", "ssm", "key", "value", "attn_conv", "length")  # by kind, as snapshots of Mamba models always were
         self.buffers: list[tuple[str, torch.Tensor]] = [
             (io_name(kind, layer).replace("_state", ""), t)
             for kind, layer, t in sorted(state.named(config), key=lambda e: order.index(e[0]))]

@@ -58,6 +58,10 @@ def test_graph_io_names_and_shapes(hybrid):
         assert dims["past_length"] == ["batch"]
         assert graph.input[-1].type.tensor_type.elem_type == onnx.TensorProto.INT64
         assert not any(n.domain == "mamba_deploy" for n in graph.node if n.op_type in ("Softmax", "ScatterElements"))
+    graph = onnx.load(str(hybrid("hybrid")[1] / "decode.onnx"), load_external_data=False).graph  # MHA with d_conv
+    assert [v.name for v in graph.input][1:] == ["past_conv_state.0", "past_ssm_state.0", "past_conv_state.1",
+                                                 "past_key.1", "past_value.1", "past_conv_state.2", "past_ssm_state.2",
+                                                 "past_length"]
 
 
 @pytest.mark.parametrize("ops", ["plugin", "standard"])
@@ -89,7 +93,8 @@ def test_onnxruntime_and_torch_match_the_reference(hybrid, arch, ops):
         for got, want in head + steps:
             assert rel(got[..., :100], want[..., :100]) < 1e-5, name
         assert state.length.tolist() == [12, 12, 12]
-        for got, want in zip(state.key + state.value, want_state.key + want_state.value):
+        for got, want in zip(state.key + state.value + state.attn_conv,
+                             want_state.key + want_state.value + want_state.attn_conv):
             assert rel(got, want) < 1e-5
 
 

@@ -16,6 +16,11 @@ CONFIGS = {
                       "ssm_cfg": {"layer": "Mamba2", "d_state": 8, "headdim": 12, "ngroups": 2, "chunk_size": 4},
                       "attn_layer_idx": [1], "attn_cfg": {"causal": True, "num_heads": 6, "num_heads_kv": 2,
                                                          "head_dim": 10, "rotary_emb_dim": 6, "mlp_dim": 30}},
+    "m2-conv-rotary": {"d_model": 40, "n_layer": 3, "vocab_size": 50, "ssm_cfg": {"layer": "Mamba2", "headdim": 10,
+                                                                                   "d_state": 6},
+                       "attn_layer_idx": [1, 2], "attn_cfg": {"causal": True, "num_heads": 4, "head_dim": 8,
+                                                             "rotary_emb_dim": 4, "d_conv": 3, "mlp_dim": 16,
+                                                             "qkv_proj_bias": False, "out_proj_bias": False}},
     "m1-mha": {"d_model": 40, "n_layer": 3, "vocab_size": 53, "ssm_cfg": {"d_state": 6},
                "attn_layer_idx": [1, 2], "attn_cfg": {"causal": True, "num_heads": 5, "softmax_scale": 0.4}},
     "m2-mqa-fullrot": {"d_model": 32, "n_layer": 3, "vocab_size": 40, "ssm_cfg": {"layer": "Mamba2", "headdim": 8,
@@ -57,6 +62,10 @@ def _mha_without_cache(mixer, hidden):
         qkv, x_mlp = qkv.split([qkv.shape[-1] - c.attn_mlp_dim, c.attn_mlp_dim], dim=-1)
         up, gate = x_mlp.chunk(2, dim=-1)
         x_mlp = up * F.silu(gate)
+    if c.attn_d_conv:  # nn.Conv1d with padding d_conv - 1, the tail cut off
+        conv = F.conv1d(qkv.transpose(1, 2), mixer.conv1d.weight, mixer.conv1d.bias, padding=c.attn_d_conv - 1,
+                        groups=c.attn_qkv_dim)
+        qkv = conv[..., :-(c.attn_d_conv - 1)].transpose(1, 2)
     q, kv = qkv.split([c.attn_num_heads * c.attn_head_dim, 2 * c.attn_num_heads_kv * c.attn_head_dim], dim=-1)
     b, l, _ = hidden.shape
     q = q.reshape(b, l, c.attn_num_heads, c.attn_head_dim)
@@ -88,7 +97,8 @@ def test_mixer_equals_mamba_ssm_mha(model):
         mixer = model.backbone.layers[layer].mixer
         state = model.new_state(2, max_seq_len=16)
         with torch.no_grad():
-            got = mixer(hidden, state.key[j], state.value[j], state.length)
+            got = mixer(hidden, state.key[j], state.value[j], state.length,
+                        state.attn_conv[j] if state.attn_conv else None)
             want = _mha_without_cache(mixer, hidden)
         assert rel_err(got, want) < 1e-6
 

@@ -91,7 +91,8 @@ def test_pool_buffers_are_the_inference_state(backend):
     assert pool.state.batch_size == 3
     mamba, attn = cfg.mamba_layers, cfg.attn_layer_idx
     assert [n for n, _ in pool.buffers] == [f"conv.{i}" for i in mamba] + [f"ssm.{i}" for i in mamba] + \
-        [f"key.{i}" for i in attn] + [f"value.{i}" for i in attn] + (["length"] if attn else [])
+        [f"key.{i}" for i in attn] + [f"value.{i}" for i in attn] + \
+        [f"conv.{i}" for i in attn if cfg.attn_d_conv] + (["length"] if attn else [])
     assert all(t is s for (_, t), s in zip(pool.buffers, pool.state.tensors()))
     if attn:
         assert pool.state.key[0].shape == cfg.kv_cache_shape(3, backend.max_seq_len)
