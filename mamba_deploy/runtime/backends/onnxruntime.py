@@ -68,9 +68,9 @@ class OnnxRuntimeBackend(Backend):
         past = state.with_tensors([t.contiguous() for t in state.tensors()])  # kept alive until the run is over
         binding = session.io_binding()
         _bind(binding.bind_input, "input_ids", ids)
-        for (kind, layer, src), (_, _, dst) in zip(past.named(self.config), present.named(self.config)):
-            _bind(binding.bind_input, f"past_{io_name(kind, layer)}", src)
-            _bind(binding.bind_output, f"present_{io_name(kind, layer)}", dst)
+        for (part, layer, src), (_, _, dst) in zip(past.named(self.config), present.named(self.config)):
+            _bind(binding.bind_input, f"past_{io_name(part, layer)}", src)
+            _bind(binding.bind_output, f"present_{io_name(part, layer)}", dst)
         _bind(binding.bind_output, "logits", logits)
         session.run_with_iobinding(binding)
         for dst, src in zip(state.tensors(), present.tensors()):
