@@ -114,14 +114,16 @@ def cli() -> None:
 @click.option("--ops", type=click.Choice(["plugin", "standard"]), default="plugin", show_default=True,
               help="Custom mamba_deploy ops (with function bodies) or standard ONNX ops only.")
 @click.option("--opset", type=int, default=27, show_default=True, help="ONNX opset of the graphs (27 or newer).")
+@click.option("--max-seq-len", type=int, default=None,
+              help="Hybrids (attention layers): KV cache length per sequence, prompt + output [default: 2048].")
 @click.option("--revision", default=None, help="Hub revision (for a Hub id).")
 @click.option("--force", is_flag=True, help="Overwrite an existing output folder.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
-def export(model, output, dtype, state_dtype, logits, ops, opset, revision, force, quiet):
+def export(model, output, dtype, state_dtype, logits, ops, opset, max_seq_len, revision, force, quiet):
     """Export MODEL (a checkpoint folder or Hub id) to ONNX + weights + tokenizer."""
     from .export import ExportOptions, export_model
 
-    options = ExportOptions(dtype, state_dtype, logits, ops, opset, force, revision)
+    options = ExportOptions(dtype, state_dtype, logits, ops, opset, force, revision, max_seq_len)
     out = export_model(model, output, options, progress=not quiet)
     click.echo(f"exported {model} to {out}")
 

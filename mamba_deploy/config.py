@@ -21,11 +21,19 @@ INT_RANGES = {"d_model": (1, 2**16), "n_layer": (1, 1024), "vocab_size": (1, 2**
               "d_state": (1, 1024), "d_conv": (2, 8), "expand": (1, 16), "dt_rank": (1, 2**16), "headdim": (1, 1024),
               "ngroups": (1, 1024), "chunk_size": (1, 4096), "num_heads": (1, 2**16),
               "pad_vocab_size_multiple": (0, 2**16), "intermediate_size": (1, 2**20),
-              "d_intermediate": (0, 2**18)}
+              "d_intermediate": (0, 2**18), "attn_num_heads": (1, 2**12), "attn_num_heads_kv": (1, 2**12),
+              "attn_head_dim": (1, 1024), "attn_rotary_dim": (0, 1024), "attn_mlp_dim": (0, 2**18),
+              "mamba_d_inner": (0, 2**20)}
 MLP_MULTIPLE = 128  # mamba-ssm's GatedMLP rounds its hidden width up to a multiple of this
+ATTN_MLP_MULTIPLE = 256  # mamba-ssm's MHA rounds its in-projection MLP width (mlp_dim) up to a multiple of this
 MAX_PARAMETERS = 10**12
 _BOOL_FIELDS = ("bias", "conv_bias", "rms_norm", "residual_in_fp32", "tie_embeddings")
-_LATER_FIELDS = {"mixer_rms_eps": None, "d_intermediate": 0}  # added after export format 1: name -> unset value
+# added after export format 1: name -> unset value (to_dict leaves a field out when it holds this value)
+_LATER_FIELDS = {"mixer_rms_eps": None, "d_intermediate": 0, "attn_layer_idx": (), "attn_num_heads": 0,
+                 "attn_num_heads_kv": 0, "attn_head_dim": 0, "attn_rotary_dim": 0, "attn_rotary_base": 10000.0,
+                 "attn_mlp_dim": 0, "attn_qkv_bias": True, "attn_out_bias": True, "attn_softmax_scale": None,
+                 "attn_d_conv": 0, "attn_separate_proj": False, "mlp_layer_idx": (), "mlp_width": 0, "mlp_bias": False,
+                 "mamba_d_inner": 0}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,10 +62,28 @@ class ModelConfig:
     source_format: str = "mamba_ssm"  # "mamba_ssm" | "hf"
     mixer_rms_eps: Optional[float] = None  # Mamba1 only; set: Falcon-Mamba's weightless RMS norms on dt, B, C
     d_intermediate: int = 0  # > 0: a gated MLP of this hidden width after each mixer (mamba-ssm's Block + GatedMLP)
+    # Hybrids: layers whose mixer is mamba-ssm's causal MHA (multi-head / grouped-query attention) instead of Mamba
+    attn_layer_idx: tuple[int, ...] = ()
+    attn_num_heads: int = 0
+    attn_num_heads_kv: int = 0
+    attn_head_dim: int = 0
+    attn_rotary_dim: int = 0  # 0: no rotary embedding; else the first attn_rotary_dim channels (GPT-NeoX halves)
+    attn_rotary_base: float = 10000.0
+    attn_mlp_dim: int = 0  # MHA's gated MLP inside in_proj/out_proj (a multiple of 256; 0: none)
+    attn_qkv_bias: bool = True
+    attn_out_bias: bool = True
+    attn_softmax_scale: Optional[float] = None  # None: 1 / sqrt(attn_head_dim)
+    attn_d_conv: int = 0  # > 0: MHA's depthwise causal conv (with bias, no activation) over q, k, v of this width
+    attn_separate_proj: bool = False  # NemotronH: q_proj, k_proj, v_proj, o_proj instead of MHA's in_proj, out_proj
+    # NemotronH: layers whose mixer is an MLP, down_proj(relu(up_proj(x))^2), of hidden width mlp_width
+    mlp_layer_idx: tuple[int, ...] = ()
+    mlp_width: int = 0
+    mlp_bias: bool = False
+    mamba_d_inner: int = 0  # NemotronH: mamba_num_heads * mamba_head_dim, not a multiple of d_model; 0: expand * d_model
 
     @property
     def d_inner(self) -> int:
-        return self.expand * self.d_model
+        return self.mamba_d_inner or self.expand * self.d_model
 
     @property
     def nheads(self) -> int:
@@ -75,6 +101,33 @@ class ModelConfig:
         if self.arch == MAMBA2:
             return self.d_inner + self.conv_dim + self.nheads  # z, xBC, dt
         return 2 * self.d_inner  # x, z
+
+    @property
+    def mamba_layers(self) -> tuple[int, ...]:
+        """Indices of the Mamba layers (all but attn_layer_idx and mlp_layer_idx), in order."""
+        return tuple(i for i in range(self.n_layer) if i not in self.attn_layer_idx and i not in self.mlp_layer_idx)
+
+    @property
+    def other_layers(self) -> str:
+        """'' for a pure Mamba model, else what its other layers are ("attention layers", "MLP layers", both)."""
+        kinds = [k for k, idx in (("attention", self.attn_layer_idx), ("MLP", self.mlp_layer_idx)) if idx]
+        return " and ".join(kinds) + " layers" if kinds else ""
+
+    @property
+    def attn_qkv_dim(self) -> int:
+        return self.attn_head_dim * (self.attn_num_heads + 2 * self.attn_num_heads_kv)
+
+    @property
+    def softmax_scale(self) -> float:
+        return self.attn_softmax_scale if self.attn_softmax_scale is not None else self.attn_head_dim ** -0.5
+
+    def attn_conv_state_shape(self, batch: int) -> tuple[int, ...]:
+        """MHA's conv state of one attention layer (attn_d_conv > 0): the last attn_d_conv - 1 q, k, v inputs."""
+        return (batch, self.attn_qkv_dim, self.attn_d_conv - 1)
+
+    def kv_cache_shape(self, batch: int, max_seq_len: int) -> tuple[int, ...]:
+        """Key (and value) cache of one attention layer: (batch, num_heads_kv, max_seq_len, head_dim)."""
+        return (batch, self.attn_num_heads_kv, max_seq_len, self.attn_head_dim)
 
     def conv_state_shape(self, batch: int) -> tuple[int, ...]:
         return (batch, self.conv_dim, self.d_conv - 1)
@@ -99,7 +152,11 @@ class ModelConfig:
         if self.arch == MAMBA1:  # x_proj, dt_proj, A
             per_layer += self.d_inner * (2 * self.dt_rank + 3 * self.d_state)
         per_layer += 3 * self.d_model * self.d_intermediate  # fc1 (2 x), fc2
-        return embedding + self.n_layer * per_layer
+        attn = self.d_model * (self.attn_qkv_dim + self.attn_mlp_dim + self.attn_num_heads * self.attn_head_dim
+                               + self.attn_mlp_dim // 2) + 3 * self.d_model * self.d_intermediate
+        mlp = 2 * self.d_model * self.mlp_width
+        return embedding + len(self.mamba_layers) * per_layer + len(self.attn_layer_idx) * attn + \
+            len(self.mlp_layer_idx) * mlp
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "ModelConfig":
@@ -111,6 +168,9 @@ class ModelConfig:
         kw = dict(data)
         if "dt_limit" in kw:
             kw["dt_limit"] = _dt_limit(kw["dt_limit"], "dt_limit")
+        for key in ("attn_layer_idx", "mlp_layer_idx"):
+            if isinstance(kw.get(key), list):
+                kw[key] = tuple(kw[key])
         try:
             cfg = cls(**kw)
         except TypeError as exc:
@@ -119,7 +179,8 @@ class ModelConfig:
         return cfg
 
     def validate(self) -> None:
-        ints = ["d_model", "n_layer", "vocab_size", "vocab_size_padded", "d_state", "d_conv", "expand", "d_intermediate"]
+        ints = ["d_model", "n_layer", "vocab_size", "vocab_size_padded", "d_state", "d_conv", "expand", "d_intermediate",
+                "mamba_d_inner"]
         if self.arch == MAMBA1:
             ints.append("dt_rank")
         elif self.arch == MAMBA2:
@@ -135,6 +196,8 @@ class ModelConfig:
             if self.arch != MAMBA1:
                 raise ConfigError("config field 'mixer_rms_eps' (Falcon-Mamba's dt/B/C norms) is Mamba1 only")
             _as_float(self.mixer_rms_eps, "mixer_rms_eps", 0.0, 1.0)
+        if self.attn_layer_idx or self.mlp_layer_idx:
+            self._validate_layer_types()
         if self.parameter_estimate() > MAX_PARAMETERS:
             raise ConfigError(f"config: about {self.parameter_estimate():.3g} parameters, more than the "
                               f"{MAX_PARAMETERS:.0e} this tool accepts (check n_layer, d_model, vocab_size)")
@@ -152,6 +215,45 @@ class ModelConfig:
             lo, hi = self.dt_limit
             if not (0 <= lo < hi and math.isfinite(lo)):
                 raise ConfigError(f"config field 'dt_limit' must satisfy 0 <= lo < hi, got {self.dt_limit}")
+
+
+    def _validate_layer_types(self) -> None:
+        for name in ("attn_layer_idx", "mlp_layer_idx"):
+            idx = getattr(self, name)
+            if not isinstance(idx, tuple) or any(isinstance(i, bool) or not isinstance(i, int) for i in idx) \
+                    or list(idx) != sorted(set(idx)) or not all(0 <= i < self.n_layer for i in idx):
+                raise ConfigError(f"field '{name}' must list distinct layer indices from 0 to {self.n_layer - 1}, "
+                                  f"got {list(idx) if isinstance(idx, tuple) else idx!r}")
+        if set(self.attn_layer_idx) & set(self.mlp_layer_idx) or not self.mamba_layers:
+            raise ConfigError("field 'attn_layer_idx': a layer is attention or MLP, not both, and a model needs a "
+                              "Mamba layer")
+        _as_bool(self.attn_separate_proj, "attn_separate_proj")
+        if self.mlp_layer_idx:
+            _as_int(self.mlp_width, "mlp_width", "intermediate_size", floats=False)
+            _as_bool(self.mlp_bias, "mlp_bias")
+        if self.attn_layer_idx:
+            self._validate_attention()
+
+    def _validate_attention(self) -> None:
+        for name in ("attn_num_heads", "attn_num_heads_kv", "attn_head_dim", "attn_rotary_dim", "attn_mlp_dim"):
+            _as_int(getattr(self, name), name, floats=False)
+        for name in ("attn_qkv_bias", "attn_out_bias"):
+            _as_bool(getattr(self, name), name)
+        if self.attn_num_heads % self.attn_num_heads_kv:
+            raise ConfigError(f"field 'attn_cfg.num_heads_kv': num_heads {self.attn_num_heads} is not a multiple of "
+                              f"num_heads_kv {self.attn_num_heads_kv}")
+        if self.attn_rotary_dim % 2 or self.attn_rotary_dim > self.attn_head_dim:
+            raise ConfigError(f"field 'attn_cfg.rotary_emb_dim' must be even and at most head_dim "
+                              f"({self.attn_head_dim}), got {self.attn_rotary_dim}")
+        if self.attn_d_conv:
+            _as_int(self.attn_d_conv, "attn_d_conv", "d_conv", floats=False)
+            if self.attn_separate_proj:
+                raise ConfigError("field 'attn_d_conv': a conv before attention is mamba-ssm's MHA only")
+        if self.attn_mlp_dim % ATTN_MLP_MULTIPLE:
+            raise ConfigError(f"field 'attn_mlp_dim' must be a multiple of {ATTN_MLP_MULTIPLE}, got {self.attn_mlp_dim}")
+        _as_float(self.attn_rotary_base, "attn_rotary_base", 1.0, 1e12)
+        if self.attn_softmax_scale is not None:
+            _as_float(self.attn_softmax_scale, "attn_softmax_scale", 1e-6, 1e6)
 
 
 def load_config(path: str | Path) -> ModelConfig:
@@ -237,8 +339,8 @@ def _dt_limit(value: Any, key: str) -> tuple[float, float]:
 
 
 def _from_mamba_ssm(data: dict[str, Any]) -> ModelConfig:
-    if data.get("attn_layer_idx"):
-        raise ConfigError("field 'attn_layer_idx': hybrid attention layers are not supported yet")
+    from .config_hybrid import attention_fields
+
     d_intermediate = _as_int(data.get("d_intermediate", 0), "d_intermediate")
     ssm = data.get("ssm_cfg") or {}
     if not isinstance(ssm, dict):
@@ -263,6 +365,7 @@ def _from_mamba_ssm(data: dict[str, Any]) -> ModelConfig:
         tie_embeddings=_as_bool(data.get("tie_embeddings", True), "tie_embeddings"),
         source_format="mamba_ssm",
         d_intermediate=-(-d_intermediate // MLP_MULTIPLE) * MLP_MULTIPLE,  # GatedMLP's width (0 stays 0)
+        **attention_fields(data, d_model),
     )
     if layer == "Mamba1":
         dt_rank = ssm.get("dt_rank", "auto")
@@ -295,8 +398,12 @@ def _refuse_mamba2_variants(ssm: dict[str, Any], d_inner: int) -> None:
 
 def _from_hf(data: dict[str, Any]) -> ModelConfig:
     model_type = data["model_type"]
+    if model_type == "nemotron_h":
+        from .config_nemotron import nemotron_h_config
+
+        return nemotron_h_config(data)
     if model_type not in _HF_TYPES:
-        raise ConfigError(f"field 'model_type': unsupported model type {model_type!r} (expected "
+        raise ConfigError(f"field 'model_type': unsupported model type {model_type!r} (expected nemotron_h, "
                           f"{', '.join(_HF_TYPES)})")
     arch = _HF_TYPES[model_type]
     d_model = _as_int(_require(data, "hidden_size"), "hidden_size", "d_model")
@@ -361,8 +468,12 @@ def _hf_expand(data: dict[str, Any], arch: str, d_model: int) -> int:
 def to_hf_config(cfg: ModelConfig) -> dict[str, Any]:
     """The Hugging Face config.json (MambaForCausalLM / Mamba2ForCausalLM / FalconMambaForCausalLM) of `cfg`;
     _from_hf reads it back."""
-    if cfg.d_intermediate:
-        raise ValueError("MLP layers (d_intermediate > 0) have no Hugging Face config format; use mamba-ssm's")
+    from .config_nemotron import is_nemotron_h, to_nemotron_h_config
+
+    if is_nemotron_h(cfg):
+        return to_nemotron_h_config(cfg)
+    if cfg.d_intermediate or cfg.attn_layer_idx:
+        raise ValueError("MLP or attention layers (d_intermediate > 0) have no Hugging Face config format; use mamba-ssm's")
     common = {"hidden_size": cfg.d_model, "num_hidden_layers": cfg.n_layer, "vocab_size": cfg.vocab_size_padded,
               "state_size": cfg.d_state, "expand": cfg.expand, "conv_kernel": cfg.d_conv, "use_bias": cfg.bias,
               "use_conv_bias": cfg.conv_bias, "layer_norm_epsilon": cfg.norm_eps,
@@ -382,8 +493,8 @@ def to_hf_config(cfg: ModelConfig) -> dict[str, Any]:
 
 def to_mamba_ssm_config(cfg: ModelConfig) -> dict[str, Any]:
     """The mamba-ssm config.json (d_model, ssm_cfg, ...) of `cfg`; _from_mamba_ssm reads it back."""
-    if cfg.mixer_rms_eps is not None:
-        raise ValueError("Falcon-Mamba (mixer_rms_eps) has no mamba-ssm config format; use the Hugging Face one")
+    if cfg.mixer_rms_eps is not None or cfg.mamba_d_inner or cfg.mlp_layer_idx or cfg.attn_separate_proj:
+        raise ValueError("Falcon-Mamba and NemotronH have no mamba-ssm config format; use the Hugging Face one")
     ssm: dict[str, Any] = {"d_state": cfg.d_state, "d_conv": cfg.d_conv, "expand": cfg.expand,
                            "bias": cfg.bias, "conv_bias": cfg.conv_bias}
     if cfg.arch == MAMBA2:
@@ -395,7 +506,12 @@ def to_mamba_ssm_config(cfg: ModelConfig) -> dict[str, Any]:
                     None)
     if multiple is None:
         raise ValueError(f"padded vocabulary {cfg.vocab_size_padded} is not a padding of {cfg.vocab_size}")
+    attn = {} if not cfg.attn_layer_idx else {"attn_layer_idx": list(cfg.attn_layer_idx), "attn_cfg": {
+        "num_heads": cfg.attn_num_heads, "num_heads_kv": cfg.attn_num_heads_kv, "head_dim": cfg.attn_head_dim,
+        "rotary_emb_dim": cfg.attn_rotary_dim, "rotary_emb_base": cfg.attn_rotary_base, "mlp_dim": cfg.attn_mlp_dim,
+        "qkv_proj_bias": cfg.attn_qkv_bias, "out_proj_bias": cfg.attn_out_bias, "softmax_scale":
+        cfg.attn_softmax_scale, "causal": True, "d_conv": cfg.attn_d_conv}}
     return {"d_model": cfg.d_model, "n_layer": cfg.n_layer, "vocab_size": cfg.vocab_size, "ssm_cfg": ssm,
-            "d_intermediate": cfg.d_intermediate,
+            "d_intermediate": cfg.d_intermediate, **attn,
             "rms_norm": cfg.rms_norm, "norm_epsilon": cfg.norm_eps, "residual_in_fp32": cfg.residual_in_fp32,
             "pad_vocab_size_multiple": multiple, "tie_embeddings": cfg.tie_embeddings}

@@ -60,13 +60,17 @@ def _io_lines(values: list[dict], limit: int = 4) -> list[str]:
     """The first entries, then '…' for the per-layer states."""
     shown = [f"      {v['name']}: {v['dtype']} {v['shape']}" for v in values[: limit + 1]]
     if len(values) > limit + 1:
-        shown.append(f"      … ({len(values) - limit - 1} more, one conv and one ssm state per layer)")
+        shown.append(f"      … ({len(values) - limit - 1} more: conv + ssm per Mamba layer, key + value per "
+                     "attention layer, length)" if any(v["name"].endswith("length") for v in values) else
+                     f"      … ({len(values) - limit - 1} more, one conv and one ssm state per layer)")
     return shown
 
 
 def _family(model: dict) -> str:
     """What sets a model apart from its architecture's plain form (Falcon-Mamba's norms), for the model line."""
-    eps = model.get("mixer_rms_eps")
+    eps, attn, mlp = model.get("mixer_rms_eps"), model.get("attn_layer_idx"), model.get("mlp_layer_idx")
+    if attn or mlp:
+        return f" hybrid (attention layers {list(attn or [])}, MLP layers {list(mlp or [])})"
     return "" if eps is None else f" (Falcon-Mamba: dt/B/C RMS norms, eps {eps:g})"
 
 

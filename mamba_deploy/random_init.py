@@ -29,6 +29,10 @@ PRESETS: dict[str, dict[str, Any]] = {
         ("130m", 768, 24), ("370m", 1024, 48), ("790m", 1536, 48), ("1.4b", 2048, 48), ("2.8b", 2560, 64)]},
     **{f"mamba2-{n}": {**_M2, "d_model": d, "n_layer": L} for n, d, L in [
         ("130m", 768, 24), ("370m", 1024, 48), ("780m", 1536, 48), ("1.3b", 2048, 48), ("2.7b", 2560, 64)]},
+    # state-spaces/mamba2attn-2.7b: Mamba-2 with 6 attention layers (MHA: 30 heads of 128, rotary 64, a conv of 4)
+    "mamba2attn-2.7b": {**_M2, "d_model": 2560, "n_layer": 64, "attn_layer_idx": [9, 18, 27, 36, 45, 56],
+                        "attn_cfg": {"causal": True, "d_conv": 4, "head_dim": 128, "num_heads": 30,
+                                     "out_proj_bias": False, "qkv_proj_bias": False, "rotary_emb_dim": 64}},
     "falcon-mamba-7b": {**_HF_7B, "model_type": "falcon_mamba", "vocab_size": 65024, "state_size": 16,
                         "time_step_rank": 256, "mixer_rms_eps": 1e-6},  # tiiuae/falcon-mamba-7b
     "mamba-codestral-7b": {**_HF_7B, "model_type": "mamba2", "vocab_size": 32768, "state_size": 128,  # mistralai/

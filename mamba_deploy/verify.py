@@ -102,18 +102,22 @@ def transformers_oracle(model) -> Callable[[list[int]], torch.Tensor]:
     import transformers
 
     from .config import to_hf_config
+    from .config_nemotron import is_nemotron_h
 
     cfg = model.config
     if not cfg.rms_norm:
         raise MambaDeployError("--oracle transformers: HF Mamba models have no LayerNorm variant (rms_norm: false)")
-    if cfg.d_intermediate:
-        raise MambaDeployError("--oracle transformers: transformers has no Mamba model with MLP layers "
-                               "(d_intermediate > 0); use --oracle reference")
+    nemotron = is_nemotron_h(cfg)
+    if cfg.d_intermediate or (cfg.attn_layer_idx and not nemotron):
+        raise MambaDeployError("--oracle transformers: transformers has no mamba-ssm model with MLP or attention "
+                               "layers (d_intermediate > 0, attn_layer_idx); use --oracle reference")
     hf_cfg = to_hf_config(cfg)
     cls_name = hf_cfg.pop("architectures")[0]
     config_cls = getattr(transformers, cls_name.replace("ForCausalLM", "Config"))
     hf_model = getattr(transformers, cls_name)(config_cls(**{k: v for k, v in hf_cfg.items() if k != "model_type"}))
     state = {k.replace("backbone.embedding.", "backbone.embeddings."): v for k, v in model.state_dict().items()}
+    if nemotron:  # transformers' NemotronH calls its backbone `model`
+        state = {k.replace("backbone.", "model.", 1): v for k, v in state.items()}
     missing, unexpected = hf_model.load_state_dict(state, strict=False)
     if unexpected or [k for k in missing if k != "lm_head.weight"]:
         raise MambaDeployError(f"--oracle transformers: weight names do not map ({(missing + unexpected)[:3]})")
@@ -121,7 +125,7 @@ def transformers_oracle(model) -> Callable[[list[int]], torch.Tensor]:
 
     @torch.no_grad()
     def run(ids: list[int]) -> torch.Tensor:
-        return hf_model(torch.tensor([ids])).logits[0, -1].float()
+        return hf_model(torch.tensor([ids]), use_cache=False).logits[0, -1].float()
 
     return run
 

@@ -48,10 +48,10 @@ def test_roundtrip_through_dict():
 
 
 @pytest.mark.parametrize("patch,field", [
-    ({"attn_layer_idx": [3]}, "attn_layer_idx"),
+    ({"attn_layer_idx": [3]}, "attn_cfg.causal"),
     ({"d_intermediate": -1}, "d_intermediate"),
     ({"d_intermediate": "4096"}, "d_intermediate"),
-    ({"attn_layer_idx": [0], "d_intermediate": 4096}, "attn_layer_idx"),
+    ({"attn_layer_idx": [0], "d_intermediate": 4096, "attn_cfg": {"causal": True}}, "attn_cfg.num_heads"),
     ({"ssm_cfg": {"layer": "Mamba3"}}, "ssm_cfg.layer"),
     ({"ssm_cfg": {"layer": "Mamba2", "d_ssm": 1024}}, "ssm_cfg.d_ssm"),
     ({"ssm_cfg": {"layer": "Mamba2", "headdim": 48}}, "headdim"),
@@ -67,7 +67,7 @@ def test_mamba_ssm_refusals_name_the_field(patch, field):
 def test_missing_field_and_unknown_type():
     with pytest.raises(ConfigError, match="n_layer"):
         parse_config({"d_model": 64, "vocab_size": 10})
-    for other in ("zamba2", "nemotron_h", "bamba"):
+    for other in ("zamba2", "bamba"):
         with pytest.raises(ConfigError, match=f"model_type.*{other}"):
             parse_config({"model_type": other, "hidden_size": 64})
     with pytest.raises(ConfigError, match="num_heads"):

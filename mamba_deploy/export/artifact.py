@@ -11,6 +11,7 @@ import torch
 from ..checkpoint import resolve_inside
 from ..config import ModelConfig
 from ..errors import ConfigError, MambaDeployError
+from ..models.state import io_name, state_layout
 
 if TYPE_CHECKING:
     import onnx
@@ -45,6 +46,11 @@ class ExportInfo:
     @property
     def all_logits(self) -> bool:
         return self.meta.get("logits") == "all"
+
+    @property
+    def max_seq_len(self) -> Optional[int]:
+        """The KV cache length fixed at export (hybrids only; None otherwise)."""
+        return self.meta.get("max_seq_len") if self.config.attn_layer_idx else None
 
     @property
     def tokenizer_file(self) -> Optional[Path]:
@@ -109,6 +115,10 @@ def load_export(path: str | Path) -> ExportInfo:
         config = ModelConfig.from_dict(data)
     except ConfigError as exc:
         raise ConfigError(f"{file}: {exc}") from None
+    limit = meta.get("max_seq_len")
+    if config.attn_layer_idx and not (isinstance(limit, int) and not isinstance(limit, bool) and limit >= 1):
+        raise ConfigError(f"{file}: export field 'max_seq_len' must be an integer >= 1 for a model with attention "
+                          f"layers, got {limit!r}")
     return ExportInfo(folder, config, meta)
 
 
@@ -145,14 +155,18 @@ def _describe(dtype: torch.dtype | int, shape: tuple[Optional[int], ...]) -> str
 
 def _expected_io(info: ExportInfo) -> dict[str, str]:
     """name -> description of every graph input and output config.json implies (batch/seq axes: '?')."""
+    from .graphs import GraphOptions, state_io_type
+    from .weights import TORCH_TO_ONNX
+
     cfg = info.config
-    conv = _describe(info.dtype, (None, *cfg.conv_state_shape(1)[1:]))
-    ssm = _describe(info.state_dtype, (None, *cfg.ssm_state_shape(1)[1:]))
+    opts = GraphOptions(TORCH_TO_ONNX[info.dtype], TORCH_TO_ONNX[info.state_dtype], False, False, 0,
+                        info.max_seq_len or 0)
     io = {"input_ids": _describe(torch.int64, (None, None)),
           "logits": _describe(info.dtype, (None, None, cfg.vocab_size_padded))}
-    for i in range(cfg.n_layer):
+    for kind, layer, _ in state_layout(cfg):
+        elem, shape = state_io_type(cfg, opts, kind)
         for direction in ("past", "present"):
-            io.update({f"{direction}_conv_state.{i}": conv, f"{direction}_ssm_state.{i}": ssm})
+            io[f"{direction}_{io_name(kind, layer)}"] = _describe(elem, (None, *shape[1:]))
     return io
 
 
@@ -162,7 +176,7 @@ def _graph_io(model: "onnx.ModelProto") -> dict[str, str]:
     for value in [*model.graph.input, *model.graph.output]:
         t = value.type.tensor_type
         dims = [d.dim_value if d.HasField("dim_value") else None for d in t.shape.dim]
-        leading = 1 if "_state." in value.name else 2  # batch [, seq or the decode graph's 1]
+        leading = 2 if value.name in ("input_ids", "logits") else 1  # batch [, seq or the decode graph's 1]
         found[value.name] = _describe(t.elem_type, (*[None] * min(leading, len(dims)), *dims[leading:]))
     return found
 

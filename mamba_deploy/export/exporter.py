@@ -18,6 +18,7 @@ from tqdm import tqdm
 
 from ..checkpoint import checkpoint_config, resolve_checkpoint, weight_files
 from ..errors import ParameterError, is_integer
+from ..models.lm import DEFAULT_MAX_SEQ_LEN
 from ..ops import MIN_OPSET, register_onnx_schemas
 from .artifact import DECODE_FILE, DTYPES, FORMAT_VERSION, PREFILL_FILE, dtype_name
 from .graphs import GraphOptions, build_lm_graph
@@ -34,6 +35,7 @@ class ExportOptions:
     opset: int = MIN_OPSET
     force: bool = False
     revision: Optional[str] = None
+    max_seq_len: Optional[int] = None  # KV cache length of a hybrid's attention layers; None: DEFAULT_MAX_SEQ_LEN
 
     def validate(self) -> None:
         choices = {"dtype": (None, *DTYPES), "state_dtype": ("float32", "model"), "logits": ("last", "all"),
@@ -46,6 +48,8 @@ class ExportOptions:
         if not (is_integer(self.opset) and MIN_OPSET <= self.opset <= newest):
             raise ParameterError("opset", f"must be between {MIN_OPSET} (LinearAttention) and {newest} "
                                           f"(this onnx), got {self.opset}")
+        if self.max_seq_len is not None and not (is_integer(self.max_seq_len) and 1 <= self.max_seq_len <= 2**20):
+            raise ParameterError("max_seq_len", f"must be an integer from 1 to {2**20}, got {self.max_seq_len!r}")
 
 
 def export_model(source: str | os.PathLike, output: str | os.PathLike, options: ExportOptions = ExportOptions(),
@@ -58,11 +62,14 @@ def export_model(source: str | os.PathLike, output: str | os.PathLike, options: 
     check_output(output, options.force, [local] if local.exists() else [])  # fail fast, before any download
     folder = resolve_checkpoint(source, options.revision)
     cfg = checkpoint_config(folder)
+    if options.max_seq_len is not None and not cfg.attn_layer_idx:
+        raise ParameterError("max_seq_len", "applies to models with attention layers only (this one has none)")
+    max_seq_len = (options.max_seq_len or DEFAULT_MAX_SEQ_LEN) if cfg.attn_layer_idx else 0
     files = weight_files(folder)
     dtype = DTYPES[options.dtype] if options.dtype else checkpoint_dtype(files)
     state_dtype = torch.float32 if options.state_dtype == "float32" else dtype
     graph_opts = GraphOptions(TORCH_TO_ONNX[dtype], TORCH_TO_ONNX[state_dtype], options.ops == "plugin",
-                              options.logits == "all", options.opset)
+                              options.logits == "all", options.opset, max_seq_len)
     with ExportTarget(output, options.force, [folder, *files]) as target, \
             tqdm(total=5, desc="export", unit="step", disable=not progress, leave=False) as steps:
         tmp = target.tmp
@@ -81,6 +88,8 @@ def export_model(source: str | os.PathLike, output: str | os.PathLike, options: 
         tokenizer = copy_tokenizer(folder, tmp)
         steps.update()
         meta = {**_metadata(options, dtype, state_dtype, _source(source, folder), tokenizer), **weights_meta}
+        if max_seq_len:
+            meta["max_seq_len"] = max_seq_len
         (tmp / "config.json").write_text(json.dumps({**cfg.to_dict(), "export": meta}, indent=2))
         steps.update()
         target.commit()

@@ -5,16 +5,23 @@ Graph I/O (docs/architecture.md "Graph I/O"): input_ids int64 (batch, seq) [deco
 past_ssm_state.{i} -> logits (batch, n, vocab_padded), present_conv_state.{i}, present_ssm_state.{i}.
 Dense layers are Gemm(transB=1) on (tokens, features), so weights keep the checkpoint's (out, in)
 layout; norms and the SSM ops compute in float32 like the reference model.
+NemotronH's MLP layers are two Gemms around Relu and a square. A hybrid's attention layers (mamba-ssm's MHA, or
+NemotronH's with separate q/k/v/o projections) are standard ops: rotary (Cos, Sin), the new keys and values
+written into the fixed-length caches past_key.{i} / past_value.{i} at each row's positions (ScatterElements),
+then MatMul, a causal mask from past_length (Where), Softmax, MatMul; past_length -> present_length counts tokens.
 """
 from __future__ import annotations
 
 import dataclasses
 from typing import Optional
 
+import numpy as np
 from onnx import ModelProto, TensorProto, helper
 
 from ..config import MAMBA2, ModelConfig
-from ..ops import DOMAIN, DOMAIN_VERSION, get_op
+from ..models.state import io_name, state_layout
+from ..ops import DOMAIN, DOMAIN_VERSION, get_op, rotary_inv_freq
+from ..ops.onnx_bodies import emit_causal_conv1d
 from ..ops.onnx_graph import INT64_MAX, GraphBuilder
 from .weights import ZERO_CONV_BIAS
 
@@ -28,6 +35,7 @@ class GraphOptions:
     plugin: bool  # custom mamba_deploy ops (True) or their standard-op bodies inlined
     all_logits: bool  # prefill returns logits at every position
     opset: int
+    max_seq_len: int = 0  # KV cache length of a hybrid's attention layers
 
 
 class _LMGraph:
@@ -39,6 +47,8 @@ class _LMGraph:
         self.used_ops: dict[str, tuple[dict, bool]] = {}
         self.batch = self.g.dim("input_ids", 0)
         self.seqlen = self.g.dim("input_ids", 1)
+        self._positions: Optional[str] = None
+        self._cos_sin: Optional[tuple[str, str]] = None
 
     # --- helpers
     def w(self, name: str) -> str:
@@ -149,6 +159,85 @@ class _LMGraph:
         y, gate = g("Split", self.linear(x, f"{prefix}.fc1"), g.const([width, width]), axis=1, outputs=2)
         return self.linear(g("CastLike", g("Mul", g("Cast", y, to=F32), self._silu32(gate)), y), f"{prefix}.fc2")
 
+    # --- a hybrid's attention layer (models/attention.py)
+    def positions(self) -> str:
+        """(batch, seqlen) int64: past_length[b] + t, each new token's position."""
+        if self._positions is None:
+            g = self.g
+            steps = g("Range", g.const(np.int64(0)), g("Squeeze", self.seqlen, g.const([0])), g.const(np.int64(1)))
+            self._positions = g("Add", g.unsqueeze("past_length", 1), steps)
+        return self._positions
+
+    def rotary(self, x: str) -> str:
+        """GPT-NeoX rotary embedding on the first attn_rotary_dim channels; x: (batch, seqlen, heads, head_dim)."""
+        g, c = self.g, self.cfg
+        half = c.attn_rotary_dim // 2
+        if not half:
+            return x
+        if self._cos_sin is None:
+            angles = g("Mul", g.unsqueeze(g("Cast", self.positions(), to=F32), 2),
+                       g.const(rotary_inv_freq(c.attn_rotary_dim, c.attn_rotary_base).numpy(), np.float32))
+            self._cos_sin = (g.unsqueeze(g("Cos", angles), 2), g.unsqueeze(g("Sin", angles), 2))  # (b, l, 1, half)
+        cos, sin = self._cos_sin
+        sizes = [half, half] + ([c.attn_head_dim - 2 * half] if c.attn_head_dim > 2 * half else [])
+        parts = g("Split", g("Cast", x, to=F32), g.const(sizes), axis=3, outputs=len(sizes))
+        x1, x2 = parts[0], parts[1]
+        rotated = [g("Sub", g("Mul", x1, cos), g("Mul", x2, sin)), g("Add", g("Mul", x2, cos), g("Mul", x1, sin))]
+        return g("CastLike", g("Concat", *rotated, *parts[2:], axis=3), x)
+
+    def attention(self, hidden: str, layer: str, i: int) -> tuple[str, str, str]:
+        """mamba-ssm's causal MHA over the KV caches; hidden (tokens, d_model) -> (tokens, d_model), present key
+        and value (batch, heads_kv, max_seq_len, head_dim)."""
+        g, c = self.g, self.cfg
+        heads, heads_kv, dim = c.attn_num_heads, c.attn_num_heads_kv, c.attn_head_dim
+        if c.attn_separate_proj:  # NemotronH
+            parts = [self.linear(hidden, f"{layer}.{name}") for name in ("q_proj", "k_proj", "v_proj")]
+        else:
+            sizes = [heads * dim, heads_kv * dim, heads_kv * dim] + ([c.attn_mlp_dim] if c.attn_mlp_dim else [])
+            projected = self.linear(hidden, f"{layer}.in_proj")
+            if c.attn_d_conv:
+                qkv, mlp = g("Split", projected, g.const([c.attn_qkv_dim, c.attn_mlp_dim]), axis=1, outputs=2) \
+                    if c.attn_mlp_dim else (projected, None)
+                projected = self.attn_conv(qkv, layer, i) if mlp is None else \
+                    g("Concat", self.attn_conv(qkv, layer, i), mlp, axis=1)
+            parts = g("Split", projected, g.const(sizes), axis=1, outputs=len(sizes))
+        q, k, v = (g.reshape(t, self.batch, self.seqlen, n, dim) for t, n in zip(parts, (heads, heads_kv, heads_kv)))
+        q, k = self.rotary(q), self.rotary(k)
+        index = g("Expand", g.unsqueeze(self.positions(), 1, 3), g.shape(self.batch, heads_kv, self.seqlen, dim))
+        key, value = (g("ScatterElements", f"past_{kind}.{i}", index, g("Transpose", t, perm=[0, 2, 1, 3]), axis=2,
+                        outputs=[f"present_{kind}.{i}"]) for kind, t in (("key", k), ("value", v)))
+        q32 = g.reshape(g("Transpose", g("Cast", q, to=F32), perm=[0, 2, 1, 3]),
+                        self.batch, heads_kv, heads // heads_kv, self.seqlen, dim)
+        keys_t = g("Transpose", g.unsqueeze(g("Cast", key, to=F32), 2), perm=[0, 1, 2, 4, 3])  # (b, hkv, 1, d, T)
+        scores = g("Mul", g("MatMul", q32, keys_t), g.f32(c.softmax_scale))  # (b, hkv, group, seqlen, T)
+        seen = g("LessOrEqual", g.const(list(range(self.opts.max_seq_len))), g.unsqueeze(self.positions(), 2))
+        scores = g("Where", g.unsqueeze(seen, 1, 2), scores, g.f32(float("-inf")))
+        out = g("MatMul", g("Softmax", scores, axis=-1), g.unsqueeze(g("Cast", value, to=F32), 2))
+        out = g.reshape(g("Transpose", g.reshape(out, self.batch, heads, self.seqlen, dim), perm=[0, 2, 1, 3]),
+                        -1, heads * dim)
+        out = g("CastLike", out, hidden)
+        if c.attn_mlp_dim:
+            up, gate = g("Split", parts[3], g.const([c.attn_mlp_dim // 2] * 2), axis=1, outputs=2)
+            out = g("Concat", out, g("CastLike", g("Mul", g("Cast", up, to=F32), self._silu32(gate)), up), axis=1)
+        return self.linear(out, f"{layer}.{'o_proj' if c.attn_separate_proj else 'out_proj'}"), key, value
+
+    def attn_conv(self, qkv: str, layer: str, i: int) -> str:
+        """MHA's causal conv (bias, no activation) over qkv (tokens, qkv_dim), continuing past_conv_state.{i}; the
+        standard-op body of MambaCausalConv1d inlined (the Mamba convs' function has the activation fixed)."""
+        g, width = self.g, self.cfg.attn_qkv_dim
+        x = g("Transpose", self.tokens(qkv, width), perm=[0, 2, 1])  # (batch, qkv_dim, seqlen)
+        y, state = emit_causal_conv1d(g, x, self.w(f"{layer}.conv1d.weight"), self.w(f"{layer}.conv1d.bias"),
+                                      f"past_conv_state.{i}", "none")
+        g("Identity", state, outputs=[f"present_conv_state.{i}"])
+        return g.reshape(g("Transpose", y, perm=[0, 2, 1]), -1, width)
+
+    def relu2_mlp(self, x: str, prefix: str) -> str:
+        """NemotronH's MLP layer: down_proj(relu(up_proj(x))^2), the square in float32; x: (tokens, d_model)."""
+        g = self.g
+        up = self.linear(x, f"{prefix}.up_proj")
+        act = g("Relu", g("Cast", up, to=F32))
+        return self.linear(g("CastLike", g("Mul", act, act), up), f"{prefix}.down_proj")
+
     def _silu32(self, x: str) -> str:
         x32 = self.g("Cast", x, to=F32)
         return self.g("Mul", x32, self.g("Sigmoid", x32))
@@ -162,12 +251,19 @@ class _LMGraph:
         for i in range(cfg.n_layer):
             layer = f"backbone.layers.{i}"
             normed, residual = self.add_norm(hidden, residual, f"{layer}.norm")
-            hidden, conv, ssm = mixer(normed, f"{layer}.mixer", f"past_conv_state.{i}", f"past_ssm_state.{i}")
+            if i in cfg.attn_layer_idx:
+                hidden, _, _ = self.attention(normed, f"{layer}.mixer", i)
+            elif i in cfg.mlp_layer_idx:
+                hidden = self.relu2_mlp(normed, f"{layer}.mixer")
+            else:
+                hidden, conv, ssm = mixer(normed, f"{layer}.mixer", f"past_conv_state.{i}", f"past_ssm_state.{i}")
+                outputs += [g("Identity", conv, outputs=[f"present_conv_state.{i}"]),
+                            g("Identity", ssm, outputs=[f"present_ssm_state.{i}"])]
             if cfg.d_intermediate:
                 normed, residual = self.add_norm(hidden, residual, f"{layer}.norm2")
                 hidden = self.gated_mlp(normed, f"{layer}.mlp")
-            outputs += [g("Identity", conv, outputs=[f"present_conv_state.{i}"]),
-                        g("Identity", ssm, outputs=[f"present_ssm_state.{i}"])]
+        if cfg.attn_layer_idx:
+            g("Add", "past_length", self.seqlen, outputs=["present_length"])
         positions = self.seqlen
         if not self.decode and not self.opts.all_logits:  # keep only the last position
             hidden, residual = (g.reshape(g("Slice", self.tokens(t, cfg.d_model), g.const([-1]),
@@ -185,13 +281,8 @@ class _LMGraph:
         positions = "seq" if (opts.all_logits and not self.decode) else 1
 
         def state_io(prefix: str) -> list:
-            out = []
-            for i in range(cfg.n_layer):
-                out.append(helper.make_tensor_value_info(f"{prefix}_conv_state.{i}", opts.dtype,
-                                                         ["batch", *cfg.conv_state_shape(1)[1:]]))
-                out.append(helper.make_tensor_value_info(f"{prefix}_ssm_state.{i}", opts.state_dtype,
-                                                         ["batch", *cfg.ssm_state_shape(1)[1:]]))
-            return out
+            return [helper.make_tensor_value_info(f"{prefix}_{io_name(kind, layer)}", *state_io_type(cfg, opts, kind))
+                    for kind, layer, _ in state_layout(cfg)]
 
         inputs = [helper.make_tensor_value_info("input_ids", TensorProto.INT64,
                                                 ["batch", 1 if self.decode else "seq"]), *state_io("past")]
@@ -206,6 +297,16 @@ class _LMGraph:
         if opts.plugin:
             opsets.append(helper.make_opsetid(DOMAIN, DOMAIN_VERSION))
         return helper.make_model(graph, opset_imports=opsets, functions=functions, producer_name="mamba-deploy")
+
+
+def state_io_type(cfg: ModelConfig, opts: GraphOptions, kind: str) -> tuple[int, list]:
+    """(onnx element type, shape with a symbolic batch) of a state input/output of `kind` (state_layout)."""
+    shapes = {"conv": (opts.dtype, cfg.conv_state_shape(1)), "ssm": (opts.state_dtype, cfg.ssm_state_shape(1)),
+              "key": (opts.dtype, cfg.kv_cache_shape(1, opts.max_seq_len)),
+              "value": (opts.dtype, cfg.kv_cache_shape(1, opts.max_seq_len)), "length": (TensorProto.INT64, (1,)),
+              "attn_conv": (opts.dtype, cfg.attn_conv_state_shape(1))}
+    elem, shape = shapes[kind]
+    return elem, ["batch", *shape[1:]]
 
 
 def _dt_attrs(cfg: ModelConfig) -> dict:

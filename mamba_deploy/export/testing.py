@@ -14,6 +14,15 @@ TINY_CONFIGS = {
                "ssm_cfg": {"d_state": 8}},
     "mamba2": {"d_model": 64, "n_layer": 2, "vocab_size": 100, "pad_vocab_size_multiple": 16,
                "ssm_cfg": {"layer": "Mamba2", "d_state": 16, "headdim": 16, "ngroups": 2, "chunk_size": 8}},
+    # hybrids (mamba-ssm's attn_layer_idx + attn_cfg): grouped-query attention with rotary and MHA's gated MLP
+    "hybrid": {"d_model": 48, "n_layer": 3, "vocab_size": 100, "pad_vocab_size_multiple": 16, "d_intermediate": 40,
+               "ssm_cfg": {"layer": "Mamba2", "d_state": 8, "headdim": 12, "ngroups": 2, "chunk_size": 8},
+               "attn_layer_idx": [1], "attn_cfg": {"causal": True, "num_heads": 6, "num_heads_kv": 2, "head_dim": 10,
+                                                  "rotary_emb_dim": 6, "mlp_dim": 20, "out_proj_bias": False,
+                                                  "d_conv": 3}},
+    "hybrid1": {"d_model": 40, "n_layer": 4, "vocab_size": 100, "pad_vocab_size_multiple": 8,
+                "ssm_cfg": {"d_state": 6}, "attn_layer_idx": [1, 3],
+                "attn_cfg": {"causal": True, "num_heads": 5, "softmax_scale": 0.3, "qkv_proj_bias": True}},
 }
 
 

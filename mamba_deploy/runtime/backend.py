@@ -55,6 +55,7 @@ import torch
 from ..config import ModelConfig
 from ..errors import MambaDeployError
 from ..export.artifact import ExportInfo
+from ..models.lm import check_room
 from ..models.state import InferenceState
 from .names import BACKEND_MODULES, backend_names
 from .slots import StatePool
@@ -91,8 +92,14 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     def device(self) -> torch.device: ...
 
+    @property
+    def max_seq_len(self) -> Optional[int]:
+        """A hybrid's KV cache length per sequence, fixed at export (None without attention layers)."""
+        return self.info.max_seq_len
+
     def new_state(self, batch_size: int) -> InferenceState:
-        return InferenceState.zeros(self.config, batch_size, self.dtype, self.state_dtype, self.device)
+        return InferenceState.zeros(self.config, batch_size, self.dtype, self.state_dtype, self.device,
+                                    self.max_seq_len)
 
     @property
     def max_slots(self) -> Optional[int]:
@@ -166,6 +173,7 @@ class Backend(abc.ABC):
             raise MambaDeployError(f"input_ids must have shape {want}, got {tuple(input_ids.shape)}")
         if input_ids.shape[0] != state.batch_size:
             raise MambaDeployError(f"input_ids batch {input_ids.shape[0]} != state batch {state.batch_size}")
+        check_room(state, input_ids.shape[1])
 
 
 BackendLoader = Callable[..., Backend]

@@ -1,7 +1,7 @@
 """Argument checks shared by the Engine and the Scheduler: each bad value is a one-line ParameterError."""
 from __future__ import annotations
 
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Optional, Sequence
 
 import torch
 
@@ -43,6 +43,14 @@ def check_count(name: str, value: Any) -> None:
         raise ParameterError(name, f"must be an integer >= 0, got {value!r}")
 
 
+def check_length(prompt_len: int, max_new_tokens: int, max_seq_len: Optional[int]) -> None:
+    """ParameterError when a hybrid's KV cache (max_seq_len, None: no limit) cannot hold prompt + output."""
+    if max_seq_len is not None and prompt_len + max_new_tokens > max_seq_len:
+        raise ParameterError("max_new_tokens", f"({max_new_tokens}) + the prompt ({prompt_len} tokens) exceed the "
+                                               f"export's max_seq_len {max_seq_len} (re-export with a larger "
+                                               "--max-seq-len)")
+
+
 def split_stops(stop: Any) -> tuple[list[int], list[str]]:
     """`stop` (a string, a token id, or a list of them) -> (token ids, strings)."""
     if stop is None:
@@ -63,13 +71,21 @@ def check_state(state: Any, backend: Backend) -> None:
     if not isinstance(state, InferenceState):
         raise ParameterError("state", f"must be an InferenceState from engine.new_state(), got {type(state).__name__}")
     cfg = backend.config
-    if len(state.conv) != cfg.n_layer or len(state.ssm) != cfg.n_layer:
-        raise ParameterError("state", f"has {len(state.conv)} layers, this engine's model has {cfg.n_layer} "
-                                      "(a state from another engine? use engine.new_state())")
+    n_mamba, n_attn = len(cfg.mamba_layers), len(cfg.attn_layer_idx)
+    n_conv = n_attn if cfg.attn_d_conv else 0
+    if (len(state.conv), len(state.ssm), len(state.key), len(state.value), len(state.attn_conv)) != \
+            (n_mamba, n_mamba, n_attn, n_attn, n_conv) or (state.length is None) != (n_attn == 0):
+        raise ParameterError("state", f"has {len(state.conv)} Mamba and {len(state.key)} attention layers, this "
+                                      f"engine's model has {n_mamba} and {n_attn} (a state from another engine? use "
+                                      "engine.new_state())")
     first = state.conv[0]
     batch = first.shape[0] if isinstance(first, torch.Tensor) and first.dim() > 0 else 0
+    kv = cfg.kv_cache_shape(batch, backend.max_seq_len or 0)
     for kind, tensors, shape, dtype in (("conv", state.conv, cfg.conv_state_shape(batch), backend.dtype),
-                                        ("ssm", state.ssm, cfg.ssm_state_shape(batch), backend.state_dtype)):
+                                        ("ssm", state.ssm, cfg.ssm_state_shape(batch), backend.state_dtype),
+                                        ("key", state.key, kv, backend.dtype), ("value", state.value, kv, backend.dtype),
+                                        ("attn_conv", state.attn_conv, cfg.attn_conv_state_shape(batch), backend.dtype),
+                                        ("length", [state.length] if n_attn else [], (batch,), torch.int64)):
         shape, device = torch.Size(shape), backend.device
         if not all(isinstance(t, torch.Tensor) and t.shape == shape and t.dtype == dtype and t.device == device
                    for t in tensors):  # the fast path: this runs before every prefill and decode

@@ -35,7 +35,7 @@ import torch
 
 from ..errors import MambaDeployError, ParameterError, is_integer
 from .backend import Backend
-from .checks import check_count, check_output, check_prompt_ids, check_seed
+from .checks import check_count, check_length, check_output, check_prompt_ids, check_seed
 from .generate import TextStream
 from .requests import RequestHandle
 from .sampler import SamplerState
@@ -163,6 +163,7 @@ class Scheduler:
         prompt = check_prompt_ids(list(prompt_ids), self.backend.config.vocab_size_padded)
         params.validate()
         check_count("max_new_tokens", max_new_tokens)
+        check_length(len(prompt), max_new_tokens, self.backend.max_seq_len)
         check_seed(seed)
         if not all(is_integer(t) for t in stop_ids) or not all(isinstance(s, str) for s in stop_strings):
             raise ParameterError("stop", "must be strings or token ids")

@@ -5,11 +5,11 @@ row (a slot) from `acquire()` to `release()`. Decode runs on any set of slots (`
 so sequences join and leave a running batch without moving anyone else's state
 (docs/architecture.md "Runtime: slots and scheduler").
 
-The pool is a list of named buffers whose first dimension is the slot: today `conv.{i}` and `ssm.{i}`
-per layer (shapes from `ModelConfig.conv_state_shape` / `ssm_state_shape`, the one place they live).
-reset / save / restore walk that list and nothing else, so another per-slot buffer (e.g. the KV cache
-of a hybrid model's attention layers, fixed max length per slot, plus a per-slot length) is one more
-entry, not a redesign. `pool.state` is the same memory as an `InferenceState` of `max_slots` rows.
+The pool is a list of named buffers whose first dimension is the slot: `conv.{i}` and `ssm.{i}` per Mamba
+layer i (shapes from `ModelConfig.conv_state_shape` / `ssm_state_shape`, the one place they live), and for a
+hybrid `key.{i}` and `value.{i}` per attention layer i (`ModelConfig.kv_cache_shape`: a KV cache of the
+export's max_seq_len per slot) plus `length` (each slot's token count). reset / save / restore walk that list
+and nothing else. `pool.state` is the same memory as an `InferenceState` of `max_slots` rows.
 
 A `SlotSnapshot` is one slot copied to host tensors; `to_bytes()` / `from_bytes()` frame it with a
 small JSON header (model fingerprint, per-buffer dtype and shape) so that it can be stored or moved to
@@ -27,7 +27,7 @@ import torch
 
 from ..config import ModelConfig
 from ..errors import MambaDeployError
-from ..models.state import InferenceState
+from ..models.state import InferenceState, io_name
 
 _MAGIC = b"MDSLOT1\n"
 _DTYPES = {str(d).removeprefix("torch."): d for d in (torch.float32, torch.float16, torch.bfloat16, torch.int64,
@@ -52,7 +52,7 @@ class SlotSnapshot:
         entries = [{"name": name, "dtype": str(t.dtype).removeprefix("torch."), "shape": list(t.shape)}
                    for name, t in self.tensors.items()]
         header = json.dumps({"fingerprint": self.fingerprint, "buffers": entries}).encode()
-        body = b"".join(t.contiguous().view(torch.uint8).numpy().tobytes() for t in self.tensors.values())
+        body = b"".join(t.contiguous().reshape(-1).view(torch.uint8).numpy().tobytes() for t in self.tensors.values())
         return _MAGIC + struct.pack("<Q", len(header)) + header + body
 
     @classmethod
@@ -92,12 +92,19 @@ class StatePool:
         """`state`: the pool's memory, an InferenceState of max_slots rows (e.g. backend.new_state(n))."""
         self.config, self.state = config, state
         self.max_slots = state.batch_size
-        for kind, tensors, shape in (("conv", state.conv, config.conv_state_shape(self.max_slots)),
-                                     ("ssm", state.ssm, config.ssm_state_shape(self.max_slots))):
-            if len(tensors) != config.n_layer or any(tuple(t.shape) != shape for t in tensors):
-                raise MambaDeployError(f"pool {kind} state does not match the model: need {config.n_layer} x {shape}")
-        self.buffers: list[tuple[str, torch.Tensor]] = (
-            [(f"conv.{i}", t) for i, t in enumerate(state.conv)] + [(f"ssm.{i}", t) for i, t in enumerate(state.ssm)])
+        n_mamba, n_attn = len(config.mamba_layers), len(config.attn_layer_idx)
+        kv = config.kv_cache_shape(self.max_slots, state.max_seq_len or 0)
+        for kind, tensors, count, shape in (("conv", state.conv, n_mamba, config.conv_state_shape(self.max_slots)),
+                                            ("ssm", state.ssm, n_mamba, config.ssm_state_shape(self.max_slots)),
+                                            ("key", state.key, n_attn, kv), ("value", state.value, n_attn, kv),
+                                            ("attn_conv", state.attn_conv, n_attn if config.attn_d_conv else 0,
+                                             config.attn_conv_state_shape(self.max_slots))):
+            if len(tensors) != count or any(tuple(t.shape) != shape for t in tensors):
+                raise MambaDeployError(f"pool {kind} state does not match the model: need {count} x {shape}")
+        order = ("conv", "ssm", "key", "value", "attn_conv", "length")  # by kind, as snapshots of Mamba models always were
+        self.buffers: list[tuple[str, torch.Tensor]] = [
+            (io_name(kind, layer).replace("_state", ""), t)
+            for kind, layer, t in sorted(state.named(config), key=lambda e: order.index(e[0]))]
         self.fingerprint = config_fingerprint(config)
         self._free = list(range(self.max_slots - 1, -1, -1))  # a stack: the lowest slot is handed out first
         self._held: set[int] = set()
@@ -166,10 +173,9 @@ class StatePool:
 
     def gather(self, slots: torch.Tensor) -> InferenceState:
         """The rows `slots` ((n,) int64 on the pool's device) copied into a new batch state of n rows."""
-        return InferenceState([t.index_select(0, slots) for t in self.state.conv],
-                              [t.index_select(0, slots) for t in self.state.ssm])
+        return self.state.with_tensors([t.index_select(0, slots) for t in self.state.tensors()])
 
     def scatter(self, slots: torch.Tensor, rows: InferenceState) -> None:
         """Write the batch state `rows` back into the rows `slots` (the inverse of gather)."""
-        for dst, src in zip(self.state.conv + self.state.ssm, rows.conv + rows.ssm):
+        for dst, src in zip(self.state.tensors(), rows.tensors()):
             dst.index_copy_(0, slots, src)

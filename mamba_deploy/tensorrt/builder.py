@@ -48,6 +48,9 @@ def build_engines(export_dir: Union[str, Path], max_batch: int = 8, max_seq: int
                                    timing_cache=timing_cache, plugin_lib=plugin_lib)
     opts = dataclasses.replace(opts).validate()
     info = check_export(load_export(export_dir))  # TensorRT's parser would follow any external-data path
+    if info.config.other_layers:
+        raise MambaDeployError(f"{info.config.other_layers} are not supported by the tensorrt backend yet; use "
+                               "onnxruntime or torch")
     plugin = find_plugin_library(opts.plugin_lib)
     import_tensorrt()  # the install / version check, with its message
     gpu, capability = _current_gpu()

@@ -65,6 +65,9 @@ class TensorRTEngine:
                  plugin_lib: Optional[Union[str, Path]] = None, verbose: bool = False):
         self.info = info
         self.config, self.dtype, self.all_logits = info.config, info.dtype, info.all_logits
+        if info.config.other_layers:
+            raise MambaDeployError(f"{info.config.other_layers} are not supported by the tensorrt backend yet; use "
+                                   "onnxruntime or torch")
         if state_io not in STATE_IO_MODES:
             raise MambaDeployError(f"state_io must be one of {', '.join(STATE_IO_MODES)}, got {state_io!r}")
         if not torch.cuda.is_available():

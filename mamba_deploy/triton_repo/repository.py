@@ -67,6 +67,10 @@ def write_triton_repository(export_dir: str | os.PathLike, repository: str | os.
     given = Path(repository).expanduser()
     output = absolute_output(given)
     info = check_export(load_export(export_dir))
+    if info.config.other_layers:
+        raise MambaDeployError(f"{info.config.other_layers} are not supported by the Triton repository yet (its "
+                               "sequence batcher holds every layer's SSM states); serve this export with "
+                               "'mamba-deploy serve'")
     check_output(output, options.force, [info.folder], REPOSITORY)  # fail fast
     name = options.name or _default_name(info.folder)
     plan = select_prefill_plan(info, options.engines) if options.backend == "tensorrt" else None

@@ -1,16 +1,16 @@
-"""StatePool and the Backend slot API on the onnxruntime and torch backends (Mamba1 and Mamba2 exports)."""
+"""StatePool and the Backend slot API on the onnxruntime and torch backends (Mamba1, Mamba2 and hybrid exports)."""
 import pytest
 import torch
 
 from mamba_deploy.errors import MambaDeployError
 from mamba_deploy.export.artifact import load_export
 from mamba_deploy.runtime.backend import load_backend
-from mamba_deploy.runtime.slots import SlotSnapshot
+from mamba_deploy.runtime.slots import SlotSnapshot, StatePool
 
 BACKENDS = ["onnxruntime", "torch"]
 
 
-@pytest.fixture(scope="module", params=[(b, a) for b in BACKENDS for a in ("mamba1", "mamba2")],
+@pytest.fixture(scope="module", params=[(b, a) for b in BACKENDS for a in ("mamba1", "mamba2", "hybrid")],
                 ids=lambda p: f"{p[0]}-{p[1]}")
 def backend(request, exports):
     name, arch = request.param
@@ -56,10 +56,10 @@ def test_slot_api_equals_batch_api_and_leaves_other_slots_alone(backend):
     want = backend.decode(step, batch)
     got = backend.decode_slots(step, pool, torch.tensor(slots))
     assert torch.allclose(got, want, rtol=1e-5, atol=1e-6)
+    batch_buffers = dict(StatePool(backend.config, batch).buffers)  # the batch state under the pool's names
     for row, slot in enumerate(slots):
         for name, tensor in pool.buffers:
-            index = int(name.split(".")[1])
-            mine = (batch.conv if name.startswith("conv") else batch.ssm)[index][row]
+            mine = batch_buffers[name][row]
             assert torch.allclose(tensor[slot], mine, rtol=1e-5, atol=1e-6), name
     assert all(torch.equal(t, pool.save(1).tensors[n]) for n, t in idle.tensors.items())
 
@@ -89,9 +89,14 @@ def test_pool_buffers_are_the_inference_state(backend):
     pool = backend.new_pool(3)
     cfg = backend.config
     assert pool.state.batch_size == 3
-    assert [n for n, _ in pool.buffers] == [f"conv.{i}" for i in range(cfg.n_layer)] + \
-        [f"ssm.{i}" for i in range(cfg.n_layer)]
-    assert all(t is s for (_, t), s in zip(pool.buffers, pool.state.conv + pool.state.ssm))
+    mamba, attn = cfg.mamba_layers, cfg.attn_layer_idx
+    assert [n for n, _ in pool.buffers] == [f"conv.{i}" for i in mamba] + [f"ssm.{i}" for i in mamba] + \
+        [f"key.{i}" for i in attn] + [f"value.{i}" for i in attn] + \
+        [f"conv.{i}" for i in attn if cfg.attn_d_conv] + (["length"] if attn else [])
+    assert all(t is s for (_, t), s in zip(pool.buffers, pool.state.tensors()))
+    if attn:
+        assert pool.state.key[0].shape == cfg.kv_cache_shape(3, backend.max_seq_len)
+        assert pool.state.length.shape == (3,) and pool.state.length.dtype == torch.int64
     assert pool.state.conv[0].shape == cfg.conv_state_shape(3) and pool.state.ssm[0].shape == cfg.ssm_state_shape(3)
 
 

@@ -110,7 +110,7 @@ class NativeBackend(Backend):
 def _available(info: ExportInfo) -> bool:
     from ...native import available
 
-    return available()
+    return not info.config.other_layers and available()
 
 
 register_backend("native", NativeBackend, _available)

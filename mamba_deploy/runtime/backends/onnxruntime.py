@@ -18,7 +18,7 @@ import torch
 
 from ...errors import MambaDeployError
 from ...export.artifact import ExportInfo, check_export
-from ...models.state import InferenceState
+from ...models.state import InferenceState, io_name
 from ..backend import Backend, register_backend
 
 _NUMPY = {torch.float32: np.float32, torch.float16: np.float16, torch.int64: np.int64}
@@ -61,29 +61,21 @@ class OnnxRuntimeBackend(Backend):
         session = self.sessions[kind]
         batch, seqlen = input_ids.shape
         ids = input_ids.to("cpu", torch.int64).contiguous()
-        present = self._empty_state(batch)  # per call: concurrent calls must not share outputs
+        present = state.with_tensors([torch.empty_like(t, memory_format=torch.contiguous_format)
+                                      for t in state.tensors()])  # per call: concurrent calls must not share outputs
         positions = seqlen if (self.all_logits or kind == "decode") else 1
         logits = torch.empty(batch, positions, self.config.vocab_size_padded, dtype=self.dtype)
-        past = [t.contiguous() for t in state.conv + state.ssm]  # kept alive until the run is over
-        n = self.config.n_layer
+        past = state.with_tensors([t.contiguous() for t in state.tensors()])  # kept alive until the run is over
         binding = session.io_binding()
         _bind(binding.bind_input, "input_ids", ids)
-        for i in range(n):
-            _bind(binding.bind_input, f"past_conv_state.{i}", past[i])
-            _bind(binding.bind_input, f"past_ssm_state.{i}", past[n + i])
-            _bind(binding.bind_output, f"present_conv_state.{i}", present.conv[i])
-            _bind(binding.bind_output, f"present_ssm_state.{i}", present.ssm[i])
+        for (part, layer, src), (_, _, dst) in zip(past.named(self.config), present.named(self.config)):
+            _bind(binding.bind_input, f"past_{io_name(part, layer)}", src)
+            _bind(binding.bind_output, f"present_{io_name(part, layer)}", dst)
         _bind(binding.bind_output, "logits", logits)
         session.run_with_iobinding(binding)
-        for dst, src in zip(state.conv + state.ssm, present.conv + present.ssm):
+        for dst, src in zip(state.tensors(), present.tensors()):
             dst.copy_(src)
         return logits
-
-    def _empty_state(self, batch: int) -> InferenceState:
-        c = self.config
-        return InferenceState([torch.empty(c.conv_state_shape(batch), dtype=self.dtype) for _ in range(c.n_layer)],
-                              [torch.empty(c.ssm_state_shape(batch), dtype=self.state_dtype)
-                               for _ in range(c.n_layer)])
 
 
 def _bind(bind, name: str, tensor: torch.Tensor) -> None:
