@@ -1,16 +1,27 @@
 """ONNX Runtime backend: the exported graphs on CPU (custom ops run through their function bodies).
 
-Inputs and outputs go through IO binding straight from/to torch tensors: the past states are bound
-from the caller's state (a contiguous copy where it is strided), the present states to a scratch state
-of the same shapes, which is then copied into the caller's state (in place, as the Backend contract asks).
+Inputs and outputs go through IO binding straight from/to torch tensors, and the state is updated in
+place by binding each `past_*_state.{i}` input and its `present_*_state.{i}` output to the same
+caller's tensor: every graph output is written by the last node of a chain that has already read the
+matching input (the new state is a function of the old one), so ONNX Runtime reads the old values before
+it writes the new ones (tests/runtime/test_onnxruntime_binding.py checks this bit for bit against plain
+`run`). States that are strided views go through a contiguous copy and are copied back.
 
-Thread safety: every call allocates its own scratch, IO binding and logits, and ONNX Runtime's
-`run_with_iobinding` may run concurrently on one session, so any number of threads may call one
-backend at once (each with its own state); nothing is locked.
+Decode keeps one prepared binding per state (its address set): ids buffer, logits buffer and every state
+bound once, so a step is one copy of the ids and one `run_with_iobinding` (no per-step binding, no state
+copy). The logits tensor returned by `decode` is that binding's buffer, reused on the next decode with the
+same state (as the Backend contract allows).
+
+Thread safety: a prepared binding belongs to one state, which one call uses at a time (the contract);
+prefill and the strided fallback build their binding per call; `run_with_iobinding` may run concurrently
+on one session; the cache of prepared bindings is guarded by a lock held only for the lookup. So any
+number of threads may call one backend at once, each with its own state.
 """
 from __future__ import annotations
 
+import collections
 import os
+import threading
 from typing import Optional
 
 import numpy as np
@@ -22,6 +33,20 @@ from ...models.state import InferenceState
 from ..backend import Backend, register_backend
 
 _NUMPY = {torch.float32: np.float32, torch.float16: np.float16, torch.int64: np.int64}
+MAX_PREPARED = 64  # prepared decode bindings kept (one per live state; least recently used dropped)
+
+
+class _Prepared:
+    """A decode binding of one contiguous state: ids (batch, 1) and logits (batch, 1, V) buffers, states in place.
+    It holds the state's addresses, not the state: a state freed and another made at the same addresses (same
+    batch, so same shapes) finds a binding that is right for it."""
+
+    def __init__(self, backend: "OnnxRuntimeBackend", state: InferenceState):
+        batch = state.batch_size
+        self.ids = torch.empty(batch, 1, dtype=torch.int64)
+        self.logits = torch.empty(batch, 1, backend.config.vocab_size_padded, dtype=backend.dtype)
+        self.binding = backend.sessions["decode"].io_binding()
+        backend._bind_all(self.binding, self.ids, state.conv, state.ssm, state.conv, state.ssm, self.logits)
 
 
 class OnnxRuntimeBackend(Backend):
@@ -34,6 +59,8 @@ class OnnxRuntimeBackend(Backend):
         if not _available(info):
             raise MambaDeployError("ONNX Runtime's CPU provider has no bfloat16 kernels; run this export with "
                                    "--backend torch (or export in float16/float32)")
+        if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+            raise MambaDeployError(f"threads must be a positive integer, got {threads!r}")
         check_export(info)  # before ORT opens any file the graphs name
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = threads or min(8, os.cpu_count() or 1)
@@ -44,6 +71,8 @@ class OnnxRuntimeBackend(Backend):
         except Exception as exc:  # ORT raises its own types for corrupt/missing graphs or weights
             raise MambaDeployError(f"{info.folder}: ONNX Runtime cannot load the graphs "
                                    f"({type(exc).__name__}: {exc})".splitlines()[0]) from None
+        self._prepared: collections.OrderedDict[tuple, _Prepared] = collections.OrderedDict()
+        self._lock = threading.Lock()
 
     @property
     def device(self) -> torch.device:
@@ -55,35 +84,58 @@ class OnnxRuntimeBackend(Backend):
 
     def decode(self, input_ids: torch.Tensor, state: InferenceState) -> torch.Tensor:
         self.check_inputs(input_ids, state, decode=True)
-        return self._run("decode", input_ids, state)
+        prepared = self._prepared_for(state)
+        if prepared is None:
+            return self._run("decode", input_ids, state)
+        prepared.ids.copy_(input_ids)
+        self.sessions["decode"].run_with_iobinding(prepared.binding)
+        return prepared.logits
+
+    def _prepared_for(self, state: InferenceState) -> Optional[_Prepared]:
+        """The prepared decode binding of `state` (made on first use); None when a state tensor is strided."""
+        tensors = state.conv + state.ssm
+        if not all(t.is_contiguous() and t.device.type == "cpu" for t in tensors):
+            return None
+        key = (state.batch_size, *(t.data_ptr() for t in tensors))
+        with self._lock:
+            prepared = self._prepared.get(key)
+            if prepared is not None:
+                self._prepared.move_to_end(key)
+                return prepared
+        prepared = _Prepared(self, state)
+        with self._lock:
+            self._prepared[key] = prepared
+            while len(self._prepared) > MAX_PREPARED:
+                self._prepared.popitem(last=False)
+        return prepared
 
     def _run(self, kind: str, input_ids: torch.Tensor, state: InferenceState) -> torch.Tensor:
+        """One call with a binding of its own: states in place (contiguous ones) or through contiguous copies."""
         session = self.sessions[kind]
         batch, seqlen = input_ids.shape
         ids = input_ids.to("cpu", torch.int64).contiguous()
-        present = self._empty_state(batch)  # per call: concurrent calls must not share outputs
         positions = seqlen if (self.all_logits or kind == "decode") else 1
         logits = torch.empty(batch, positions, self.config.vocab_size_padded, dtype=self.dtype)
-        past = [t.contiguous() for t in state.conv + state.ssm]  # kept alive until the run is over
+        tensors = state.conv + state.ssm
+        work = [t if t.is_contiguous() else t.contiguous() for t in tensors]  # kept alive until the run is over
         n = self.config.n_layer
         binding = session.io_binding()
-        _bind(binding.bind_input, "input_ids", ids)
-        for i in range(n):
-            _bind(binding.bind_input, f"past_conv_state.{i}", past[i])
-            _bind(binding.bind_input, f"past_ssm_state.{i}", past[n + i])
-            _bind(binding.bind_output, f"present_conv_state.{i}", present.conv[i])
-            _bind(binding.bind_output, f"present_ssm_state.{i}", present.ssm[i])
-        _bind(binding.bind_output, "logits", logits)
+        self._bind_all(binding, ids, work[:n], work[n:], work[:n], work[n:], logits)
         session.run_with_iobinding(binding)
-        for dst, src in zip(state.conv + state.ssm, present.conv + present.ssm):
-            dst.copy_(src)
+        for dst, src in zip(tensors, work):
+            if dst is not src:
+                dst.copy_(src)
         return logits
 
-    def _empty_state(self, batch: int) -> InferenceState:
-        c = self.config
-        return InferenceState([torch.empty(c.conv_state_shape(batch), dtype=self.dtype) for _ in range(c.n_layer)],
-                              [torch.empty(c.ssm_state_shape(batch), dtype=self.state_dtype)
-                               for _ in range(c.n_layer)])
+    def _bind_all(self, binding, ids: torch.Tensor, past_conv: list, past_ssm: list, present_conv: list,
+                  present_ssm: list, logits: torch.Tensor) -> None:
+        _bind(binding.bind_input, "input_ids", ids)
+        for i in range(self.config.n_layer):
+            _bind(binding.bind_input, f"past_conv_state.{i}", past_conv[i])
+            _bind(binding.bind_input, f"past_ssm_state.{i}", past_ssm[i])
+            _bind(binding.bind_output, f"present_conv_state.{i}", present_conv[i])
+            _bind(binding.bind_output, f"present_ssm_state.{i}", present_ssm[i])
+        _bind(binding.bind_output, "logits", logits)
 
 
 def _bind(bind, name: str, tensor: torch.Tensor) -> None:
