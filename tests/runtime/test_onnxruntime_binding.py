@@ -68,3 +68,34 @@ def test_two_states_interleaved_and_strided_views(backend):
     assert torch.equal(last, la)
     assert all(torch.equal(x, y) for x, y in zip(a.conv + a.ssm, alone.conv + alone.ssm))
     assert np.isfinite(la.numpy()).all()
+
+
+@pytest.mark.parametrize("slots", [[1, 2], [2], [3, 0], [0, 1, 2, 3]])
+def test_slots_on_pool_rows_equal_gather_scatter(backend, slots):
+    """prefill_slot / decode_slots on the pool's rows (consecutive slots) or gathered (others) == Backend's default."""
+    from mamba_deploy.runtime.backend import Backend
+
+    cfg = backend.config
+    ids = torch.randint(1, cfg.vocab_size, (len(slots), 7), generator=torch.Generator().manual_seed(len(slots)))
+    pools = [backend.new_pool(4), backend.new_pool(4)]
+    index = torch.tensor(slots, dtype=torch.int64)
+    for row, slot in enumerate(slots):
+        a = backend.prefill_slot(ids[row:row + 1, :4], pools[0], slot)
+        b = Backend.prefill_slot(backend, ids[row:row + 1, :4], pools[1], slot)
+        assert torch.equal(a, b)
+    for t in range(4, 7):
+        a = backend.decode_slots(ids[:, t:t + 1], pools[0], index).clone()
+        b = Backend.decode_slots(backend, ids[:, t:t + 1], pools[1], index)
+        assert torch.equal(a, b)
+    assert all(torch.equal(x, y) for x, y in zip(pools[0].state.conv + pools[0].state.ssm,
+                                                 pools[1].state.conv + pools[1].state.ssm))
+
+
+def test_slot_out_of_range_is_an_error(backend):
+    from mamba_deploy.errors import MambaDeployError
+
+    pool = backend.new_pool(2)
+    with pytest.raises(MambaDeployError, match="outside the pool"):
+        backend.prefill_slot(torch.ones(1, 3, dtype=torch.int64), pool, 2)
+    with pytest.raises(MambaDeployError, match="outside the pool"):
+        backend.decode_slots(torch.ones(2, 1, dtype=torch.int64), pool, torch.tensor([1, 2]))

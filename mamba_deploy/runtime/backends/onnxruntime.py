@@ -10,7 +10,8 @@ it writes the new ones (tests/runtime/test_onnxruntime_binding.py checks this bi
 Decode keeps one prepared binding per state (its address set): ids buffer, logits buffer and every state
 bound once, so a step is one copy of the ids and one `run_with_iobinding` (no per-step binding, no state
 copy). The logits tensor returned by `decode` is that binding's buffer, reused on the next decode with the
-same state (as the Backend contract allows).
+same state (as the Backend contract allows). Slots (`prefill_slot`, `decode_slots` on consecutive slots) run
+on views of the pool's rows, so the scheduler's steps copy no state either.
 
 Thread safety: a prepared binding belongs to one state, which one call uses at a time (the contract);
 prefill and the strided fallback build their binding per call; `run_with_iobinding` may run concurrently
@@ -31,6 +32,7 @@ from ...errors import MambaDeployError
 from ...export.artifact import ExportInfo, check_export
 from ...models.state import InferenceState
 from ..backend import Backend, register_backend
+from ..slots import StatePool
 
 _NUMPY = {torch.float32: np.float32, torch.float16: np.float16, torch.int64: np.int64}
 MAX_PREPARED = 64  # prepared decode bindings kept (one per live state; least recently used dropped)
@@ -91,6 +93,25 @@ class OnnxRuntimeBackend(Backend):
         self.sessions["decode"].run_with_iobinding(prepared.binding)
         return prepared.logits
 
+    def prefill_slot(self, input_ids: torch.Tensor, pool: StatePool, slot: int) -> torch.Tensor:
+        """On the pool's row itself (a contiguous view): no gather or scatter."""
+        if pool.device.type != "cpu":
+            return super().prefill_slot(input_ids, pool, slot)
+        if not 0 <= slot < pool.max_slots:
+            raise MambaDeployError(f"slot {slot} lies outside the pool's {pool.max_slots} slots")
+        return self.prefill(input_ids, _rows(pool, slot, 1))
+
+    def decode_slots(self, input_ids: torch.Tensor, pool: StatePool, slots: torch.Tensor) -> torch.Tensor:
+        """Slots that are consecutive rows (start, start + 1, ...) run on the pool's rows themselves (a
+        contiguous view, so a stable set of slots keeps its prepared binding); others gather and scatter."""
+        self.check_slots(input_ids, slots)
+        listed = slots.tolist()
+        if pool.device.type != "cpu" or not listed or listed != list(range(listed[0], listed[0] + len(listed))):
+            return super().decode_slots(input_ids, pool, slots)
+        if listed[0] < 0 or listed[-1] >= pool.max_slots:
+            raise MambaDeployError(f"slots {listed[0]}..{listed[-1]} lie outside the pool's {pool.max_slots} slots")
+        return self.decode(input_ids, _rows(pool, listed[0], len(listed)))
+
     def _prepared_for(self, state: InferenceState) -> Optional[_Prepared]:
         """The prepared decode binding of `state` (made on first use); None when a state tensor is strided."""
         tensors = state.conv + state.ssm
@@ -136,6 +157,12 @@ class OnnxRuntimeBackend(Backend):
             _bind(binding.bind_output, f"present_conv_state.{i}", present_conv[i])
             _bind(binding.bind_output, f"present_ssm_state.{i}", present_ssm[i])
         _bind(binding.bind_output, "logits", logits)
+
+
+def _rows(pool: StatePool, start: int, count: int) -> InferenceState:
+    """Rows start .. start + count - 1 of the pool as views (contiguous: the pool's tensors are)."""
+    return InferenceState([t[start:start + count] for t in pool.state.conv],
+                          [t[start:start + count] for t in pool.state.ssm])
 
 
 def _bind(bind, name: str, tensor: torch.Tensor) -> None:
