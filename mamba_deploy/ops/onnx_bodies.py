@@ -135,16 +135,19 @@ def emit_state_update(g: GraphBuilder, state: str, x: str, dt: str, A: str, B: s
     decay = g("Exp", g("Mul", dt4, g.reshape(A, 1, nheads, 1, -1)))  # (batch, H, 1, N or 1)
     x3 = g.reshape(_f32(g, x), batch, nheads, -1)  # (batch, H, P)
 
-    def per_head(t, row: bool = True):  # (batch, [G,] N) -> (batch, H, 1, N), or (batch, H, N, 1) if not row
+    def per_head(t):  # (batch, [G,] N) -> (batch, H, 1, N)
         t = g.unsqueeze(g.reshape(_f32(g, t), batch, -1, dstate), 2)
         heads = g.shape(batch, g.dim(t, 1), _heads_per_group(g, nheads, t, 1), dstate)
-        return g.reshape(g("Expand", t, heads), batch, nheads, *((1, dstate) if row else (dstate, 1)))
+        return g.reshape(g("Expand", t, heads), batch, nheads, 1, dstate)
 
     update = g("Mul", g("Mul", dt4, g.unsqueeze(x3, 3)), per_head(B))
     s4 = g("Add", g("Mul", s4, decay), update)
-    # C.state as a MatMul reads the new state once (Mul + ReduceSum wrote and read a temporary of its size:
-    # Mamba2 states are 0.8 MB a layer at 130m, a fifth of the decode time with int8 weights)
-    y = g.reshape(g("MatMul", s4, per_head(C, row=False)), batch, nheads, -1)  # (batch, H, P)
+    # C.state as one MatMul per group, (H/G * P, N) x (N, 1): it reads the new state once (Mul + ReduceSum
+    # wrote and read a temporary of its size: Mamba2 states are 0.8 MB a layer at 130m), with rows enough
+    # to be a real product for both forms (a per-head (P, N) x (N, 1) is 1536 tiny products for Mamba1).
+    c_groups = g.unsqueeze(g.reshape(_f32(g, C), batch, -1, dstate), 3)  # (batch, G, N, 1)
+    y = g("MatMul", g.reshape(s4, batch, g.dim(c_groups, 1), -1, dstate), c_groups)
+    y = g.reshape(y, batch, nheads, -1)  # (batch, H, P): heads of a group are consecutive (expand_groups)
     y = g("Add", y, g("Mul", x3, g.reshape(D, 1, nheads, 1)))
     y = g.reshape(_gate(g, y, None if z is None else g.reshape(z, batch, nheads, -1)), g("Shape", x))
     return g("CastLike", y, x), g("CastLike", g("Reshape", s4, g("Shape", state)), state)
