@@ -132,7 +132,7 @@ def bench_cpu(path=None, backend: str = "onnxruntime", batches: Sequence[int] = 
 
 def format_cpu_table(rows: list[dict], device: str) -> str:
     r0 = rows[0]
-    weights = r0["dtype"] + (f", {r0['quantize']} projections" if r0.get("quantize") else "")
+    weights = r0["dtype"] + (f" ({r0['quantize']} projections)" if r0.get("quantize") else "")
     lines = [f"{r0['model']} on {device}, {r0['backend']} with {r0['threads']} threads, {weights} weights, "
              f"weights read per step {r0['weight_gb']:.3f} GB, prefill {r0['prefill_len']} tokens: "
              f"{r0['prefill_ms']:.1f} ms ({r0['prefill_tok_s']:,.1f} tokens/s)",
