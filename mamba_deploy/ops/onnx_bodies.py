@@ -4,11 +4,12 @@ The same code builds a model-local FunctionProto (the plugin flavour's function 
 nodes of `--ops standard`. Semantics are those of the torch references (`*_ref` in this package); all
 math is float32 and outputs are cast back to the input dtypes.
 
-The scans are `LinearAttention(update_rule="gated", scale=1.0)` (opset 27) with the (batch,
-channel/head) pairs folded into the batch and one head each: Mamba1 as per-key-dimension decay
-(key = B, query = C, value = delta*u, d_v = 1), Mamba2 as per-head decay (key = B, query = C,
-value = dt*x, state transposed to (.., N, P)). The conv is Gather-over-windows + ReduceSum, because
-ONNX Runtime 1.32 has no kernel for the standard `CausalConvWithState`.
+The Mamba2 scan is `LinearAttention(update_rule="gated", scale=1.0)` (opset 27) with the (batch,
+head) pairs folded into the batch and one head each: per-head decay (key = B, query = C, value = dt*x,
+state transposed to (.., N, P)). The Mamba1 scan is a `Scan` over time carrying the (batch, dim, dstate)
+state (as LinearAttention with d_v = 1 it ran 3.8x slower on ONNX Runtime's CPU provider). The conv is
+Gather-over-windows + ReduceSum, because ONNX Runtime 1.32 has no kernel for the standard
+`CausalConvWithState`.
 """
 from __future__ import annotations
 
@@ -77,23 +78,39 @@ def _linear_attention(g: GraphBuilder, query: str, key: str, value: str, state: 
 
 def emit_selective_scan(g: GraphBuilder, u: str, delta: str, A: str, B: str, C: str, D: str, delta_bias: str,
                         ssm_state: str, z: Optional[str] = None, delta_softplus: int = 1) -> tuple[str, str]:
-    """Mamba1 scan as LinearAttention over (batch * dim) rows, d_k = dstate, d_v = 1, per-key decay."""
-    seqlen, dstate = g.dim(u, 2), g.dim(A, 1)
+    """Mamba1 scan as a `Scan` over time carrying the state (batch, dim, dstate): per step
+    h = exp(dt_t*A)*h + (dt_t*u_t) B_t and y_t = h C_t (one (dim, dstate) x (dstate, 1) product per row; 20%
+    faster than Mul + ReduceSum, same error: 3.4e-6 on the logits of a random mamba-130m).
+    LinearAttention with d_v = 1 over (batch * dim) rows ran 3.8x slower on ONNX Runtime's CPU provider (a
+    mamba-130m prefill of 512 tokens, 2 threads: 89 -> 342 tokens/s): it expands into a Scan doing
+    batch * dim tiny products per step, over B and C copied per channel."""
     dt = _discretize_dt(g, delta, g.unsqueeze(delta_bias, 1), delta_softplus, 0.0, math.inf)  # (b, d, l)
     u32 = _f32(g, u)
-    decay4 = g("Mul", g.unsqueeze(dt, 3), g.unsqueeze(A, 1))  # (batch, dim, seqlen, dstate)
-    rows = g.shape(-1, seqlen, dstate)
-
-    def per_row(t):  # (batch, dstate, seqlen) -> (batch * dim, seqlen, dstate), shared over channels
-        t = g.unsqueeze(g("Transpose", _f32(g, t), perm=[0, 2, 1]), 1)
-        return g("Reshape", g("Expand", t, g("Shape", decay4)), rows)
-
-    value = g.reshape(g("Mul", dt, u32), -1, seqlen, 1)
-    state = g.reshape(_f32(g, ssm_state), -1, 1, dstate, 1)
-    out, new_state = _linear_attention(g, per_row(C), per_row(B), value, state, g("Reshape", decay4, rows))
-    y = g("Add", g("Reshape", out, g("Shape", u)), g("Mul", u32, g.unsqueeze(D, 1)))
+    to_time = [2, 0, 1]  # (b, x, l) -> (l, b, x): Scan walks axis 0
+    scanned = [g("Transpose", t, perm=to_time) for t in (dt, g("Mul", dt, u32), _f32(g, B), _f32(g, C))]
+    body = _scan_step_body(g)
+    new_state, _, ys = g("Scan", _f32(g, ssm_state), _f32(g, A), *scanned, outputs=3, body=body,
+                         num_scan_inputs=4)
+    y = g("Add", g("Transpose", ys, perm=[1, 2, 0]), g("Mul", u32, g.unsqueeze(D, 1)))
     y = _gate(g, y, z)
-    return g("CastLike", y, u), g("CastLike", g("Reshape", new_state, g("Shape", ssm_state)), ssm_state)
+    return g("CastLike", y, u), g("CastLike", new_state, ssm_state)
+
+
+def _scan_step_body(g: GraphBuilder):
+    """The Scan body of emit_selective_scan: (h, A, dt_t, du_t, B_t, C_t) -> (h', A, y_t)."""
+    from onnx import helper
+
+    s = GraphBuilder(prefix=g.fresh("scan_body") + "_")
+    names = ["h", "A", "dt_t", "du_t", "B_t", "C_t"]
+    h, A, dt_t, du_t, B_t, C_t = (s.fresh(n) for n in names)
+    decay = s("Exp", s("Mul", s.unsqueeze(dt_t, 2), A))  # (b, d, n)
+    h_new = s("Add", s("Mul", h, decay), s("Mul", s.unsqueeze(du_t, 2), s.unsqueeze(B_t, 1)))
+    y_t = s("Squeeze", s("MatMul", h_new, s.unsqueeze(C_t, 2)), s.const([2]))  # (b, d)
+    outputs = [h_new, s("Identity", A), y_t]
+    ranks = [3, 2, 2, 2, 2, 2]
+    info = [helper.make_tensor_value_info(n, F32, [None] * r) for n, r in zip((h, A, dt_t, du_t, B_t, C_t), ranks)]
+    out_info = [helper.make_tensor_value_info(n, F32, [None] * r) for n, r in zip(outputs, (3, 2, 2))]
+    return helper.make_graph(s.nodes, s.fresh("scan_step"), info, out_info)
 
 
 def _heads_per_group(g: GraphBuilder, nheads: str, grouped: str, group_axis: int) -> str:
@@ -142,12 +159,7 @@ def emit_state_update(g: GraphBuilder, state: str, x: str, dt: str, A: str, B: s
 
     update = g("Mul", g("Mul", dt4, g.unsqueeze(x3, 3)), per_head(B))
     s4 = g("Add", g("Mul", s4, decay), update)
-    # C.state as one MatMul per group, (H/G * P, N) x (N, 1): it reads the new state once (Mul + ReduceSum
-    # wrote and read a temporary of its size: Mamba2 states are 0.8 MB a layer at 130m), with rows enough
-    # to be a real product for both forms (a per-head (P, N) x (N, 1) is 1536 tiny products for Mamba1).
-    c_groups = g.unsqueeze(g.reshape(_f32(g, C), batch, -1, dstate), 3)  # (batch, G, N, 1)
-    y = g("MatMul", g.reshape(s4, batch, g.dim(c_groups, 1), -1, dstate), c_groups)
-    y = g.reshape(y, batch, nheads, -1)  # (batch, H, P): heads of a group are consecutive (expand_groups)
+    y = g("ReduceSum", g("Mul", s4, per_head(C)), g.const([3]), keepdims=0)  # (batch, H, P)
     y = g("Add", y, g("Mul", x3, g.reshape(D, 1, nheads, 1)))
     y = g.reshape(_gate(g, y, None if z is None else g.reshape(z, batch, nheads, -1)), g("Shape", x))
     return g("CastLike", y, x), g("CastLike", g("Reshape", s4, g("Shape", state)), state)
