@@ -52,7 +52,7 @@ class ExportOptions:
                 raise ParameterError("quantize", f"needs float32 activations (--dtype float32), got {self.dtype}")
         newest = onnx.defs.onnx_opset_version()
         if not (is_integer(self.opset) and MIN_OPSET <= self.opset <= newest):
-            raise ParameterError("opset", f"must be between {MIN_OPSET} (LinearAttention) and {newest} "
+            raise ParameterError("opset", f"must be between {MIN_OPSET} and {newest} "
                                           f"(this onnx), got {self.opset}")
 
 
