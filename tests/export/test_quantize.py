@@ -91,3 +91,5 @@ def test_cli_quantize_int3_is_a_one_line_error(tmp_path):
     result = CliRunner().invoke(cli, ["export", str(ckpt), "-o", str(tmp_path / "out"), "--quantize", "int8", "-q"])
     assert result.exit_code == 0, result.output
     assert json.loads((tmp_path / "out" / "config.json").read_text())["export"]["quantize"] == "int8"
+    result = CliRunner().invoke(cli, ["inspect", str(tmp_path / "out")])
+    assert result.exit_code == 0 and "quantize int8" in result.output, result.output
