@@ -117,13 +117,15 @@ def cli() -> None:
 @click.option("--max-seq-len", type=int, default=None,
               help="Hybrids (attention layers): KV cache length per sequence, prompt + output [default: 2048].")
 @click.option("--revision", default=None, help="Hub revision (for a Hub id).")
+@click.option("--quantize", type=click.Choice(["int8"]), default=None,
+              help="Weight-only quantized projections and LM head (ONNX Runtime's MatMulNBits; float32 otherwise).")
 @click.option("--force", is_flag=True, help="Overwrite an existing output folder.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
-def export(model, output, dtype, state_dtype, logits, ops, opset, max_seq_len, revision, force, quiet):
+def export(model, output, dtype, state_dtype, logits, ops, opset, max_seq_len, revision, quantize, force, quiet):
     """Export MODEL (a checkpoint folder or Hub id) to ONNX + weights + tokenizer."""
     from .export import ExportOptions, export_model
 
-    options = ExportOptions(dtype, state_dtype, logits, ops, opset, force, revision, max_seq_len)
+    options = ExportOptions(dtype, state_dtype, logits, ops, opset, force, revision, max_seq_len, quantize)
     out = export_model(model, output, options, progress=not quiet)
     click.echo(f"exported {model} to {out}")
 
@@ -290,26 +292,40 @@ def build(path, backend, max_batch, max_seq, opt_seq, workspace, hardware_compat
     click.echo(f"built {backend} engines in {folder}")
 
 
+CPU_BENCH_DEFAULTS = {"batches": "1", "prompt_len": 32, "gen_len": 32, "prefill_len": 512, "dtype": "float32"}
+GPU_BENCH_DEFAULTS = {"batches": "1,16,64", "prompt_len": 100, "gen_len": 200, "prefill_len": 2048, "dtype": "float16"}
+
+
 @cli.command()
 @click.argument("path", type=click.Path(), required=False)
-@click.option("--backend", type=click.Choice(["native"]), default="native", show_default=True,
-              help="Backend to measure.")
-@click.option("--batch", "batches", default="1,16,64", show_default=True, help="Batch sizes, comma-separated.")
-@click.option("--prompt-len", type=int, default=100, show_default=True,
-              help="Prompt tokens prefilled before the timed decode.")
-@click.option("--gen-len", type=int, default=200, show_default=True, help="Decode steps per timed run.")
-@click.option("--prefill-len", type=int, default=2048, show_default=True, help="Prompt length of the prefill timing.")
+@click.option("--backend", type=click.Choice(["native", "onnxruntime", "torch"]), default="native", show_default=True,
+              help="Backend to measure: native (GPU) or a CPU backend.")
+@click.option("--batch", "batches", default=None, help="Batch sizes, comma-separated [default: 1,16,64; CPU: 1].")
+@click.option("--prompt-len", type=int, default=None,
+              help="Prompt tokens prefilled before the timed decode [default: 100; CPU: 32].")
+@click.option("--gen-len", type=int, default=None, help="Decode steps per timed run [default: 200; CPU: 32].")
+@click.option("--prefill-len", type=int, default=None,
+              help="Prompt length of the prefill timing [default: 2048; CPU: 512].")
 @click.option("--random-init", metavar="NAME", default=None,
               help="Bench a random checkpoint of a published shape (mamba-130m ... mamba2-2.7b) instead of PATH.")
-@click.option("--dtype", type=click.Choice(["float16", "bfloat16", "float32"]), default="float16", show_default=True,
-              help="Dtype the engine runs in.")
+@click.option("--dtype", type=click.Choice(["float16", "bfloat16", "float32"]), default=None,
+              help="Dtype the engine runs in (CPU: the --random-init export's) [default: float16; CPU: float32].")
+@click.option("--threads", type=int, default=None, help="CPU backends: threads (default: the cores, at most 8).")
+@click.option("--quantize", type=click.Choice(["int8"]), default=None,
+              help="CPU backends with --random-init: export with quantized projections (as export --quantize).")
 @click.option("--profile", is_flag=True, help="Also list the kernels of one decode step and one prefill.")
 @click.option("--generate", is_flag=True, help="Also time Engine.generate end to end (T=0.7, top-p 0.9).")
 @click.option("--json", "as_json", is_flag=True, help="Print the rows as JSON.")
-def bench(path, backend, batches, prompt_len, gen_len, prefill_len, random_init, dtype, profile, generate, as_json):
+def bench(path, backend, batches, prompt_len, gen_len, prefill_len, random_init, dtype, threads, quantize, profile,
+          generate, as_json):
     """Decode ms/token and tokens/s per batch size, prefill ms, peak memory, GB/s vs the weight-read floor."""
     from .random_init import PRESETS
 
+    cpu = backend != "native"
+    given = {"batches": batches, "prompt_len": prompt_len, "gen_len": gen_len, "prefill_len": prefill_len,
+             "dtype": dtype}
+    defaults = CPU_BENCH_DEFAULTS if cpu else GPU_BENCH_DEFAULTS
+    batches, prompt_len, gen_len, prefill_len, dtype = (defaults[k] if v is None else v for k, v in given.items())
     if (path is None) == (random_init is None):
         raise MambaDeployError("give an export folder or --random-init NAME (not both)")
     if random_init is not None and random_init.split("/")[-1].removesuffix("-hf") not in PRESETS:
@@ -317,6 +333,12 @@ def bench(path, backend, batches, prompt_len, gen_len, prefill_len, random_init,
     if min(prompt_len, gen_len, prefill_len) < 1:
         raise MambaDeployError("--prompt-len, --gen-len and --prefill-len must be positive")
     batch_sizes = _int_list(batches)
+    if cpu:
+        _bench_cpu(path, backend, batch_sizes, prompt_len, gen_len, prefill_len, random_init, dtype, threads,
+                   quantize, as_json)
+        return
+    if threads is not None or quantize is not None:
+        raise MambaDeployError("--threads and --quantize are options of the CPU backends (--backend onnxruntime|torch)")
     from .native import available, unavailable_reason
 
     if not available():
@@ -325,6 +347,21 @@ def bench(path, backend, batches, prompt_len, gen_len, prefill_len, random_init,
 
     rows = run_bench(path, backend, batch_sizes, prompt_len, gen_len, prefill_len, random_init, dtype,
                      profile=profile, print_fn=(lambda _: None) if as_json else click.echo, generate=generate)
+    if as_json:
+        click.echo(json.dumps(rows, indent=2, default=str))
+
+
+def _bench_cpu(path, backend, batch_sizes, prompt_len, gen_len, prefill_len, random_init, dtype, threads, quantize,
+               as_json) -> None:
+    if threads is not None and threads < 1:
+        raise MambaDeployError(f"--threads must be positive, got {threads}")
+    if quantize is not None and random_init is None:
+        raise MambaDeployError("--quantize applies to --random-init (an export folder is benched as exported: "
+                               "export it with --quantize)")
+    from .bench_cpu import bench_cpu
+
+    rows = bench_cpu(path, backend, batch_sizes, prompt_len, gen_len, prefill_len, random_init, dtype, quantize,
+                     threads, print_fn=(lambda _: None) if as_json else click.echo)
     if as_json:
         click.echo(json.dumps(rows, indent=2, default=str))
 

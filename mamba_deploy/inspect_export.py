@@ -80,7 +80,8 @@ def format_inspect(report: dict) -> str:
              f"  model: {m['arch']}{_family(m)}  d_model {m['d_model']}  layers {m['n_layer']}  d_state {m['d_state']}  "
              f"vocab {m['vocab_size']} (padded {m['vocab_size_padded']})",
              f"  export: format {e['format_version']}, dtype {e['dtype']}, state {e['state_dtype']}, ops {e['ops']}, "
-             f"opset {e['opset']}, logits {e['logits']}, source {e.get('source')}",
+             f"opset {e['opset']}, logits {e['logits']}"
+             f"{', quantize ' + e['quantize'] if e.get('quantize') else ''}, source {e.get('source')}",
              f"  tokenizer: {', '.join(e['tokenizer']) if e.get('tokenizer') else 'none'}",
              f"  weights.data: {report['weights_bytes'] / 2**20:.1f} MiB, sha256 {report['weights_sha256']}"]
     for kind, g in report["graphs"].items():

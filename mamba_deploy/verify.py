@@ -70,11 +70,18 @@ class VerifyReport:
 #             backend meets 1e-2; computing in bf16 too (a bf16 graph; our reference run in bf16)
 #             1.8e-2, and transformers' own bf16 model 1.6-1.9e-2 on the same models and prompts.
 #             The torch backend (float32 compute on the bf16 weights) measures 1.0-1.2e-2.
+#   int8      (export --quantize int8: MatMulNBits with int8 weights per 32-block and int8 activations)
+#             1.5e-1: 4.3e-2 / 4.6e-2 on the demo models mamba-tiny-pydoc / mamba2-tiny-pydoc (top-1 94% /
+#             100%), 1.0e-1 / 1.3e-1 on random mamba-130m / mamba2-130m shapes (whose logits are nearly flat);
+#             the torch backend (dequantized weights, float32 activations) 2.5e-2 / 1.9e-2 on the demo models.
 TOLERANCES = {"float32": 1e-5, "float16": 1e-2, "bfloat16": 2.5e-2}
+QUANTIZED_TOLERANCES = {"int8": 1.5e-1}
 FLOAT32_GPU_TOLERANCE = 1e-4
 
 
 def tolerance_for(info: ExportInfo, device: torch.device) -> float:
+    if info.quantize:
+        return QUANTIZED_TOLERANCES[info.quantize]
     dtype = info.meta["dtype"]
     return FLOAT32_GPU_TOLERANCE if dtype == "float32" and device.type != "cpu" else TOLERANCES[dtype]
 
@@ -188,6 +195,6 @@ def format_report(report: VerifyReport) -> str:
         lines += [f"  step {s.step:3d}  rel {s.rel_err:.3e}  max abs {s.max_abs_err:.3e}  top-1 "
                   f"{'ok' if s.top1_agree else 'DIFFERS'}" for s in p["steps"]]
     verdict = "PASS" if report.passed else "FAIL"
-    lines.append(f"{verdict}: max relative error {report.max_rel_err:.3e} (tolerance {report.tolerance:.0e}), "
+    lines.append(f"{verdict}: max relative error {report.max_rel_err:.3e} (tolerance {report.tolerance:.2g}), "
                  f"top-1 agreement {report.top1_agreement:.1%}")
     return "\n".join(lines)

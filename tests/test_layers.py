@@ -8,7 +8,7 @@ PACKAGE = pathlib.Path(__file__).resolve().parents[1] / "mamba_deploy"
 LAYERS = [
     ["cli"],
     ["serve"],
-    ["verify", "bench", "inspect_export", "triton_repo"],
+    ["verify", "bench", "bench_cpu", "inspect_export", "triton_repo"],
     ["runtime"],
     ["native", "tensorrt"],
     ["export"],
@@ -19,7 +19,7 @@ LAYERS = [
     ["errors", "version"],
 ]
 RANK = {name: len(LAYERS) - i for i, names in enumerate(LAYERS) for name in names}
-SIBLINGS_APART = [{"native", "tensorrt"}, {"verify", "bench", "inspect_export", "triton_repo"},
+SIBLINGS_APART = [{"native", "tensorrt"}, {"verify", "bench", "bench_cpu", "inspect_export", "triton_repo"},
                   {"checkpoint", "random_init"}]
 
 

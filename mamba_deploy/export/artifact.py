@@ -53,6 +53,11 @@ class ExportInfo:
         return self.meta.get("max_seq_len") if self.config.attn_layer_idx else None
 
     @property
+    def quantize(self) -> Optional[str]:
+        """None, or how the projection weights are quantized ("int8": export.quantize)."""
+        return self.meta.get("quantize")
+
+    @property
     def tokenizer_file(self) -> Optional[Path]:
         path = self.folder / "tokenizer.json"
         return path if path.is_file() else None
@@ -130,7 +135,7 @@ def check_export(info: ExportInfo) -> ExportInfo:
     from .weights import export_initializer_specs, external_tensors
 
     expected = {name: _describe(dtype, shape) for name, (dtype, shape)
-                in export_initializer_specs(info.config, info.dtype).items()}
+                in export_initializer_specs(info.config, info.dtype, info.quantize).items()}
     for kind in ("prefill", "decode"):
         model = info.load_graph(kind)
         _check_same(info, kind, "input/output", _graph_io(model), _expected_io(info))

@@ -22,6 +22,7 @@ from ..models.lm import DEFAULT_MAX_SEQ_LEN
 from ..ops import MIN_OPSET, register_onnx_schemas
 from .artifact import DECODE_FILE, DTYPES, FORMAT_VERSION, PREFILL_FILE, dtype_name
 from .graphs import GraphOptions, build_lm_graph
+from .quantize import check_quantize
 from .target import ExportTarget, absolute_output, check_output
 from .tokenizer import copy_tokenizer
 from .weights import TORCH_TO_ONNX, checkpoint_dtype, write_weights
@@ -36,6 +37,7 @@ class ExportOptions:
     force: bool = False
     revision: Optional[str] = None
     max_seq_len: Optional[int] = None  # KV cache length of a hybrid's attention layers; None: DEFAULT_MAX_SEQ_LEN
+    quantize: Optional[str] = None  # None | int8: projection weights for MatMulNBits (export.quantize)
 
     def validate(self) -> None:
         choices = {"dtype": (None, *DTYPES), "state_dtype": ("float32", "model"), "logits": ("last", "all"),
@@ -44,9 +46,15 @@ class ExportOptions:
             if getattr(self, name) not in allowed:
                 raise ParameterError(name, f"must be one of {', '.join(a for a in allowed if a)}, "
                                            f"got {getattr(self, name)!r}")
+        if check_quantize(self.quantize):
+            if self.ops != "plugin":
+                raise ParameterError("quantize", "uses ONNX Runtime's com.microsoft MatMulNBits: not with --ops "
+                                                 "standard (standard ONNX ops only)")
+            if self.dtype not in (None, "float32"):
+                raise ParameterError("quantize", f"needs float32 activations (--dtype float32), got {self.dtype}")
         newest = onnx.defs.onnx_opset_version()
         if not (is_integer(self.opset) and MIN_OPSET <= self.opset <= newest):
-            raise ParameterError("opset", f"must be between {MIN_OPSET} (LinearAttention) and {newest} "
+            raise ParameterError("opset", f"must be between {MIN_OPSET} and {newest} "
                                           f"(this onnx), got {self.opset}")
         if self.max_seq_len is not None and not (is_integer(self.max_seq_len) and 1 <= self.max_seq_len <= 2**20):
             raise ParameterError("max_seq_len", f"must be an integer from 1 to {2**20}, got {self.max_seq_len!r}")
@@ -67,15 +75,17 @@ def export_model(source: str | os.PathLike, output: str | os.PathLike, options: 
     max_seq_len = (options.max_seq_len or DEFAULT_MAX_SEQ_LEN) if cfg.attn_layer_idx else 0
     files = weight_files(folder)
     dtype = DTYPES[options.dtype] if options.dtype else checkpoint_dtype(files)
+    if options.quantize:
+        dtype = torch.float32
     state_dtype = torch.float32 if options.state_dtype == "float32" else dtype
     graph_opts = GraphOptions(TORCH_TO_ONNX[dtype], TORCH_TO_ONNX[state_dtype], options.ops == "plugin",
-                              options.logits == "all", options.opset, max_seq_len)
+                              options.logits == "all", options.opset, max_seq_len, check_quantize(options.quantize))
     with ExportTarget(output, options.force, [folder, *files]) as target, \
             tqdm(total=5, desc="export", unit="step", disable=not progress, leave=False) as steps:
         tmp = target.tmp
         assert tmp is not None
         steps.set_postfix_str("weights")
-        weights, weights_meta = write_weights(cfg, files, tmp, dtype)
+        weights, weights_meta = write_weights(cfg, files, tmp, dtype, options.quantize)
         steps.update()
         for name, decode in ((PREFILL_FILE, False), (DECODE_FILE, True)):
             steps.set_postfix_str(name)
@@ -102,7 +112,8 @@ def _metadata(options: ExportOptions, dtype: torch.dtype, state_dtype: torch.dty
 
     return {"format_version": FORMAT_VERSION, "dtype": dtype_name(dtype), "state_dtype": dtype_name(state_dtype),
             "ops": options.ops, "opset": options.opset, "logits": options.logits,
-            "tool": "mamba-deploy", "tool_version": __version__, "source": source, "tokenizer": tokenizer}
+            "tool": "mamba-deploy", "tool_version": __version__, "source": source, "tokenizer": tokenizer,
+            **({"quantize": options.quantize} if options.quantize else {})}
 
 
 def _source(source: str | os.PathLike, folder: Path) -> str:

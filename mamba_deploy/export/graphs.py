@@ -23,9 +23,11 @@ from ..models.state import io_name, state_layout
 from ..ops import DOMAIN, DOMAIN_VERSION, get_op, rotary_inv_freq
 from ..ops.onnx_bodies import emit_causal_conv1d
 from ..ops.onnx_graph import INT64_MAX, GraphBuilder
+from .quantize import BLOCK_SIZE, HEAD, QWEIGHT, SCALES
 from .weights import ZERO_CONV_BIAS
 
 F32 = TensorProto.FLOAT
+MS_DOMAIN = "com.microsoft"  # ONNX Runtime's contrib ops (MatMulNBits)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -36,6 +38,7 @@ class GraphOptions:
     all_logits: bool  # prefill returns logits at every position
     opset: int
     max_seq_len: int = 0  # KV cache length of a hybrid's attention layers
+    quant_bits: Optional[int] = None  # projections and LM head as MatMulNBits (export.quantize) with these bits
 
 
 class _LMGraph:
@@ -59,7 +62,26 @@ class _LMGraph:
     def linear(self, x2d: str, prefix: str) -> str:
         """x2d: (tokens, in) -> (tokens, out) with the (out, in) weight."""
         bias = f"{prefix}.bias"
-        return self.g("Gemm", x2d, self.w(f"{prefix}.weight"), bias if bias in self.weights else None, transB=1)
+        return self.matmul(x2d, f"{prefix}.weight", bias if bias in self.weights else None)
+
+    def matmul(self, x2d: str, weight: str, bias: Optional[str] = None) -> str:
+        """x2d @ weight^T (+ bias): a Gemm, or MatMulNBits when the export holds `weight` quantized."""
+        if f"{weight}{QWEIGHT}" not in self.weights:
+            return self.g("Gemm", x2d, self.w(weight), bias, transB=1)
+        qweight, scales = self.w(f"{weight}{QWEIGHT}"), self.w(f"{weight}{SCALES}")
+        n, k = self.quantized_dims(weight)
+        # accuracy_level 4 (activations quantized to int8 per block) is MLAS' int8 path: on 2-core AVX2,
+        # 23x faster than level 0 for a (1, 768) x (768, 3072) decode product, 2.5x for 512 rows.
+        out = self.g("MatMulNBits", x2d, qweight, scales, domain=MS_DOMAIN, K=k, N=n, bits=self.opts.quant_bits,
+                     block_size=BLOCK_SIZE, accuracy_level=4)
+        return out if bias is None else self.g("Add", out, bias)
+
+    def quantized_dims(self, weight: str) -> tuple[int, int]:
+        """(N, K) of a quantized weight, from the config (K is not a multiple of the block in general)."""
+        cfg = self.cfg
+        n = self.weights[f"{weight}{QWEIGHT}"].dims[0]
+        k = {"in_proj": cfg.d_model, "x_proj": cfg.d_inner, "dt_proj": cfg.dt_rank, "out_proj": cfg.d_inner}
+        return n, k.get(weight.split(".")[-2], cfg.d_model)
 
     def op(self, name: str, inputs: list[Optional[str]], attrs: dict) -> tuple[str, str]:
         has_optional = inputs[-1] is not None
@@ -109,7 +131,7 @@ class _LMGraph:
         dt, B, C = g("Split", self.linear(x2d, f"{layer}.x_proj"), g.const([cfg.dt_rank, n, n]), axis=1, outputs=3)
         if cfg.mixer_rms_eps is not None:  # Falcon-Mamba: weightless RMS norms (float32) on dt, B, C
             dt, B, C = (g("CastLike", self.rms(g("Cast", t, to=F32), cfg.mixer_rms_eps), t) for t in (dt, B, C))
-        dt = g("Gemm", dt, self.w(f"{layer}.dt_proj.weight"), transB=1)
+        dt = self.matmul(dt, f"{layer}.dt_proj.weight")
         if not self.decode:
             dt, B, C = (g("Transpose", self.tokens(t, f), perm=[0, 2, 1]) for t, f in ((dt, d), (B, n), (C, n)))
         params = [self.w(f"{layer}.A"), B, C, self.w(f"{layer}.D"), self.w(f"{layer}.dt_proj.bias")]
@@ -271,8 +293,8 @@ class _LMGraph:
                                 for t in (hidden, residual))
             positions = g.const([1])
         normed, _ = self.add_norm(hidden, residual, "backbone.norm_f")
-        head = "backbone.embedding.weight" if cfg.tie_embeddings else "lm_head.weight"
-        logits = g("Gemm", normed, self.w(head), transB=1)
+        head = HEAD if (self.opts.quant_bits or not cfg.tie_embeddings) else "backbone.embedding.weight"
+        logits = self.matmul(normed, head)
         g("Reshape", logits, g.shape(self.batch, positions, cfg.vocab_size_padded), outputs=["logits"])
         return self._model()
 
@@ -294,6 +316,8 @@ class _LMGraph:
         functions = [get_op(name).onnx_function(attrs, has_opt, opts.opset) for name, (attrs, has_opt)
                      in self.used_ops.items()] if opts.plugin else []
         opsets = [helper.make_opsetid("", opts.opset)]
+        if opts.quant_bits:
+            opsets.append(helper.make_opsetid(MS_DOMAIN, 1))
         if opts.plugin:
             opsets.append(helper.make_opsetid(DOMAIN, DOMAIN_VERSION))
         return helper.make_model(graph, opset_imports=opsets, functions=functions, producer_name="mamba-deploy")

@@ -12,7 +12,7 @@ import hashlib
 import math
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator, Optional
 
 import numpy as np
 import onnx
@@ -22,6 +22,7 @@ from onnx import TensorProto
 from ..checkpoint import expected_parameters, iter_checked, iter_tensors, resolve_inside
 from ..config import ModelConfig
 from ..errors import CheckpointError, MambaDeployError
+from .quantize import HEAD, check_quantize, dequantized, is_quantized_weight, quantized_entries, quantized_shapes
 
 if TYPE_CHECKING:
     from .artifact import ExportInfo
@@ -30,7 +31,7 @@ WEIGHTS_FILE = "weights.data"
 ALIGN = 4096
 ZERO_CONV_BIAS = "zeros.conv_bias"  # stands in for the conv bias of `conv_bias: false` models
 TORCH_TO_ONNX = {torch.float32: TensorProto.FLOAT, torch.float16: TensorProto.FLOAT16,
-                 torch.bfloat16: TensorProto.BFLOAT16}
+                 torch.bfloat16: TensorProto.BFLOAT16, torch.uint8: TensorProto.UINT8}
 ONNX_TO_TORCH = {v: k for k, v in TORCH_TO_ONNX.items()}
 _FLOAT32_PARAMS = ("mixer.A_log", "mixer.D", "mixer.dt_bias", "dt_proj.bias")
 
@@ -47,16 +48,30 @@ def export_name_and_tensor(name: str, tensor: torch.Tensor, dtype: torch.dtype) 
     return name, tensor.to(dtype)
 
 
-def export_initializer_specs(cfg: ModelConfig, dtype: torch.dtype) -> dict[str, tuple[torch.dtype, tuple[int, ...]]]:
-    """name -> (dtype, shape) of every initializer an export of `cfg` in `dtype` holds (computed on the
-    meta device: no memory)."""
+def export_initializer_specs(cfg: ModelConfig, dtype: torch.dtype, quantize: Optional[str] = None
+                             ) -> dict[str, tuple[torch.dtype, tuple[int, ...]]]:
+    """name -> (dtype, shape) of every initializer an export of `cfg` in `dtype` (weights quantized per
+    `quantize`, see export.quantize) holds (computed on the meta device: no memory)."""
+    bits = check_quantize(quantize)
     specs = {}
-    for name, shape in expected_parameters(cfg).items():
+    for name, shape in _quantized_parameters(cfg, bits).items():
+        if bits and is_quantized_weight(name):
+            qshape, sshape = quantized_shapes(*shape, bits)
+            specs.update({f"{name}.qweight": (torch.uint8, qshape), f"{name}.scales": (torch.float32, sshape)})
+            continue
         name, tensor = export_name_and_tensor(name, torch.empty(shape, device="meta"), dtype)
         specs[name] = (tensor.dtype, tuple(tensor.shape))
     if not cfg.conv_bias:
         specs[ZERO_CONV_BIAS] = (dtype, (cfg.conv_dim,))
     return specs
+
+
+def _quantized_parameters(cfg: ModelConfig, bits: Optional[int]) -> dict[str, tuple[int, ...]]:
+    """expected_parameters, plus the LM head's own (quantized) copy of a tied embedding when `bits`."""
+    params = dict(expected_parameters(cfg))
+    if bits and HEAD not in params:
+        params[HEAD] = params["backbone.embedding.weight"]
+    return params
 
 
 class ExternalDataWriter:
@@ -98,7 +113,7 @@ class ExternalDataWriter:
         self._file.close()
 
 
-_STORAGE = {torch.float32: np.float32, torch.float16: np.float16, torch.bfloat16: np.int16}
+_STORAGE = {torch.float32: np.float32, torch.float16: np.float16, torch.bfloat16: np.int16, torch.uint8: np.uint8}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -147,7 +162,16 @@ def _external_tensor(folder: Path, init: TensorProto, sizes: dict[Path, int]) ->
 
 def read_export_tensors(info: "ExportInfo") -> Iterator[tuple[str, torch.Tensor]]:
     """The reader of what ExternalDataWriter wrote: (name, tensor) for every initializer of an export's
-    decode.onnx, read from weights.data at its external-data offset (memory-mapped, then copied)."""
+    decode.onnx, read from weights.data at its external-data offset (memory-mapped, then copied); the
+    weights of a quantized export come dequantized (float32, under their float names)."""
+    bits = check_quantize(info.meta.get("quantize"))
+    if not bits:
+        return _read_tensors(info)
+    in_features = {name: shape[-1] for name, shape in _quantized_parameters(info.config, bits).items()}
+    return dequantized(_read_tensors(info), bits, in_features)
+
+
+def _read_tensors(info: "ExportInfo") -> Iterator[tuple[str, torch.Tensor]]:
     for t in external_tensors(info.folder, info.load_graph("decode")):
         storage = np.dtype(_STORAGE[t.dtype])
         try:
@@ -171,14 +195,23 @@ def checkpoint_dtype(files: list[Path]) -> torch.dtype:
     return fallback
 
 
-def write_weights(cfg: ModelConfig, files: list[Path], folder: Path, dtype: torch.dtype
-                  ) -> tuple[dict[str, TensorProto], dict[str, Any]]:
-    """Write every exported tensor into folder/weights.data; returns the initializer protos by name and
-    the file's size and sha256 (entries of the export metadata)."""
+def write_weights(cfg: ModelConfig, files: list[Path], folder: Path, dtype: torch.dtype,
+                  quantize: Optional[str] = None) -> tuple[dict[str, TensorProto], dict[str, Any]]:
+    """Write every exported tensor into folder/weights.data (the projections and LM head quantized per
+    `quantize`); returns the initializer protos by name and the file's size and sha256 (entries of the
+    export metadata)."""
+    bits = check_quantize(quantize)
     writer = ExternalDataWriter(folder)
     try:
         for key, tensor in iter_checked(cfg, files):
-            writer.add(*export_name_and_tensor(key, tensor, dtype))
+            if bits and is_quantized_weight(key):
+                for entry in quantized_entries(key, tensor, bits):
+                    writer.add(*entry)
+            else:
+                writer.add(*export_name_and_tensor(key, tensor, dtype))
+            if bits and cfg.tie_embeddings and key == "backbone.embedding.weight":
+                for entry in quantized_entries(HEAD, tensor, bits):
+                    writer.add(*entry)
             del tensor
         if not cfg.conv_bias:
             writer.add(ZERO_CONV_BIAS, torch.zeros(cfg.conv_dim, dtype=dtype))

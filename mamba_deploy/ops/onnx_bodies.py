@@ -4,16 +4,19 @@ The same code builds a model-local FunctionProto (the plugin flavour's function 
 nodes of `--ops standard`. Semantics are those of the torch references (`*_ref` in this package); all
 math is float32 and outputs are cast back to the input dtypes.
 
-The scans are `LinearAttention(update_rule="gated", scale=1.0)` (opset 27) with the (batch,
-channel/head) pairs folded into the batch and one head each: Mamba1 as per-key-dimension decay
-(key = B, query = C, value = delta*u, d_v = 1), Mamba2 as per-head decay (key = B, query = C,
-value = dt*x, state transposed to (.., N, P)). The conv is Gather-over-windows + ReduceSum, because
-ONNX Runtime 1.32 has no kernel for the standard `CausalConvWithState`.
+The scans are `Scan` loops: Mamba1 over time steps carrying the (batch, dim, dstate) state, Mamba2 over
+chunks of 64 steps computed as matrix products (the SSD form). Until 2026-12-02 both were opset-27
+`LinearAttention(update_rule="gated")` over (batch * channel/head) rows, which ONNX Runtime 1.32 expands into
+a Scan of tiny per-row products per step: 3.8x (Mamba1) and 1.6x (Mamba2) slower prefill. The conv is
+Gather-over-windows + ReduceSum, because ONNX Runtime 1.32 has no kernel for the standard
+`CausalConvWithState`.
 """
 from __future__ import annotations
 
 import math
 from typing import Optional
+
+import numpy as np
 
 from onnx import TensorProto
 
@@ -69,60 +72,115 @@ def emit_causal_conv1d_update(g: GraphBuilder, x: str, weight: str, bias: str, c
     return g("Squeeze", y, g.const([2])), new_state
 
 
-def _linear_attention(g: GraphBuilder, query: str, key: str, value: str, state: str, decay: str) -> tuple[str, str]:
-    """Gated LinearAttention, one head per (folded) batch row: S <- exp(decay)*S + k v^T; o = q^T S."""
-    return g("LinearAttention", query, key, value, state, decay, outputs=2, update_rule="gated",
-             q_num_heads=1, kv_num_heads=1, scale=1.0)
-
-
 def emit_selective_scan(g: GraphBuilder, u: str, delta: str, A: str, B: str, C: str, D: str, delta_bias: str,
                         ssm_state: str, z: Optional[str] = None, delta_softplus: int = 1) -> tuple[str, str]:
-    """Mamba1 scan as LinearAttention over (batch * dim) rows, d_k = dstate, d_v = 1, per-key decay."""
-    seqlen, dstate = g.dim(u, 2), g.dim(A, 1)
+    """Mamba1 scan as a `Scan` over time carrying the state (batch, dim, dstate): per step
+    h = exp(dt_t*A)*h + (dt_t*u_t) B_t and y_t = h C_t (one (dim, dstate) x (dstate, 1) product per row; 20%
+    faster than Mul + ReduceSum, same error: 3.4e-6 on the logits of a random mamba-130m).
+    LinearAttention with d_v = 1 over (batch * dim) rows ran 3.8x slower on ONNX Runtime's CPU provider (a
+    mamba-130m prefill of 512 tokens, 2 threads: 89 -> 342 tokens/s): it expands into a Scan doing
+    batch * dim tiny products per step, over B and C copied per channel."""
     dt = _discretize_dt(g, delta, g.unsqueeze(delta_bias, 1), delta_softplus, 0.0, math.inf)  # (b, d, l)
     u32 = _f32(g, u)
-    decay4 = g("Mul", g.unsqueeze(dt, 3), g.unsqueeze(A, 1))  # (batch, dim, seqlen, dstate)
-    rows = g.shape(-1, seqlen, dstate)
-
-    def per_row(t):  # (batch, dstate, seqlen) -> (batch * dim, seqlen, dstate), shared over channels
-        t = g.unsqueeze(g("Transpose", _f32(g, t), perm=[0, 2, 1]), 1)
-        return g("Reshape", g("Expand", t, g("Shape", decay4)), rows)
-
-    value = g.reshape(g("Mul", dt, u32), -1, seqlen, 1)
-    state = g.reshape(_f32(g, ssm_state), -1, 1, dstate, 1)
-    out, new_state = _linear_attention(g, per_row(C), per_row(B), value, state, g("Reshape", decay4, rows))
-    y = g("Add", g("Reshape", out, g("Shape", u)), g("Mul", u32, g.unsqueeze(D, 1)))
+    to_time = [2, 0, 1]  # (b, x, l) -> (l, b, x): Scan walks axis 0
+    scanned = [g("Transpose", t, perm=to_time) for t in (dt, g("Mul", dt, u32), _f32(g, B), _f32(g, C))]
+    body = _scan_step_body(g)
+    new_state, _, ys = g("Scan", _f32(g, ssm_state), _f32(g, A), *scanned, outputs=3, body=body,
+                         num_scan_inputs=4)
+    y = g("Add", g("Transpose", ys, perm=[1, 2, 0]), g("Mul", u32, g.unsqueeze(D, 1)))
     y = _gate(g, y, z)
-    return g("CastLike", y, u), g("CastLike", g("Reshape", new_state, g("Shape", ssm_state)), ssm_state)
+    return g("CastLike", y, u), g("CastLike", new_state, ssm_state)
+
+
+def _scan_step_body(g: GraphBuilder):
+    """The Scan body of emit_selective_scan: (h, A, dt_t, du_t, B_t, C_t) -> (h', A, y_t)."""
+    from onnx import helper
+
+    s = GraphBuilder(prefix=g.fresh("scan_body") + "_")
+    names = ["h", "A", "dt_t", "du_t", "B_t", "C_t"]
+    h, A, dt_t, du_t, B_t, C_t = (s.fresh(n) for n in names)
+    decay = s("Exp", s("Mul", s.unsqueeze(dt_t, 2), A))  # (b, d, n)
+    h_new = s("Add", s("Mul", h, decay), s("Mul", s.unsqueeze(du_t, 2), s.unsqueeze(B_t, 1)))
+    y_t = s("Squeeze", s("MatMul", h_new, s.unsqueeze(C_t, 2)), s.const([2]))  # (b, d)
+    outputs = [h_new, s("Identity", A), y_t]
+    ranks = [3, 2, 2, 2, 2, 2]
+    info = [helper.make_tensor_value_info(n, F32, [None] * r) for n, r in zip((h, A, dt_t, du_t, B_t, C_t), ranks)]
+    out_info = [helper.make_tensor_value_info(n, F32, [None] * r) for n, r in zip(outputs, (3, 2, 2))]
+    return helper.make_graph(s.nodes, s.fresh("scan_step"), info, out_info)
 
 
 def _heads_per_group(g: GraphBuilder, nheads: str, grouped: str, group_axis: int) -> str:
     return g("Div", nheads, g.dim(grouped, group_axis))
 
 
+SSD_CHUNK = 64  # time steps per Scan iteration of the Mamba2 body (its products are (64, 64) per head)
+
+
 def emit_chunk_scan(g: GraphBuilder, x: str, dt: str, A: str, B: str, C: str, D: str, dt_bias: str,
                     initial_state: str, z: Optional[str] = None, chunk_size: int = 256, dt_softplus: int = 1,
                     dt_limit_lo: float = 0.0, dt_limit_hi: float = math.inf) -> tuple[str, str]:
-    """Mamba2 SSD scan as LinearAttention over (batch * heads) rows, d_k = dstate, d_v = headdim."""
-    batch, seqlen, nheads, headdim = (g.dim(x, i) for i in range(4))
-    ngroups, dstate = g.dim(B, 2), g.dim(B, 3)
+    """Mamba2 SSD scan, chunked: a `Scan` over chunks of SSD_CHUNK steps (the sequence zero-padded to whole
+    chunks: a padded step has dt = 0, so it neither decays nor feeds the state), each chunk in matrix products
+    (_ssd_chunk_body). `chunk_size` is the kernels' tiling; the result does not depend on it."""
+    T = SSD_CHUNK
+    seqlen = g.dim(x, 1)
     dtf = _discretize_dt(g, dt, dt_bias, dt_softplus, dt_limit_lo, dt_limit_hi)  # (batch, seqlen, nheads)
     x32 = _f32(g, x)
-    value = g("Transpose", g("Mul", x32, g.unsqueeze(dtf, 3)), perm=[0, 2, 1, 3])  # (b, h, l, p)
-    value = g.reshape(value, -1, seqlen, headdim)
-    decay = g.reshape(g("Transpose", g("Mul", dtf, A), perm=[0, 2, 1]), -1, seqlen, 1)
-    per_head = g.shape(batch, ngroups, _heads_per_group(g, nheads, B, 2), seqlen, dstate)
+    pad = g("Mod", g("Sub", g.const([T]), g("Mod", seqlen, g.const([T]))), g.const([T]))
+    chunks = g("Div", g("Add", seqlen, pad), g.const([T]))
 
-    def per_row(t):  # (batch, seqlen, ngroups, dstate) -> (batch * nheads, seqlen, dstate)
-        t = g.unsqueeze(g("Transpose", _f32(g, t), perm=[0, 2, 1, 3]), 2)
-        return g.reshape(g("Expand", t, per_head), -1, seqlen, dstate)
+    def by_chunk(t: str, rank: int) -> str:  # (batch, seqlen, ...) -> (chunks, batch, T, ...), zero-padded
+        pads = g("Concat", g.const([0] * (rank + 1)), pad, g.const([0] * (rank - 2)), axis=0)
+        t = g("Pad", t, pads)
+        t = g("Reshape", t, g.shape(g.dim(t, 0), chunks, T, g("Shape", t, start=2)))
+        return g("Transpose", t, perm=[1, 0, *range(2, rank + 1)])
 
-    state = g.reshape(g("Transpose", _f32(g, initial_state), perm=[0, 1, 3, 2]), -1, 1, dstate, headdim)
-    out, new_state = _linear_attention(g, per_row(C), per_row(B), value, state, decay)
-    y = g("Transpose", g.reshape(out, batch, nheads, seqlen, headdim), perm=[0, 2, 1, 3])
+    scanned = [by_chunk(g("Mul", x32, g.unsqueeze(dtf, 3)), 4), by_chunk(g("Mul", dtf, A), 3),
+               by_chunk(_f32(g, B), 4), by_chunk(_f32(g, C), 4)]
+    new_state, ys = g("Scan", _f32(g, initial_state), *scanned, outputs=2, body=_ssd_chunk_body(g, T),
+                      num_scan_inputs=4)
+    ys = g("Transpose", ys, perm=[1, 0, 2, 3, 4])  # (batch, chunks, T, H, P)
+    ys = g("Reshape", ys, g.shape(g.dim(ys, 0), -1, g("Shape", ys, start=3)))
+    y = g("Slice", ys, g.const([0]), seqlen, g.const([1]))
     y = _gate(g, g("Add", y, g("Mul", x32, g.unsqueeze(D, 1))), z)
-    new_state = g("Transpose", g.reshape(new_state, batch, nheads, dstate, headdim), perm=[0, 1, 3, 2])
     return g("CastLike", y, x), g("CastLike", new_state, initial_state)
+
+
+def _ssd_chunk_body(g: GraphBuilder, T: int):
+    """Scan body: (S (b, H, P, N), xdt (b, T, H, P), a = dt*A (b, T, H), B, C (b, T, G, N)) -> (S', y (b, T, H, P)).
+    With seg[t, s] = a_{s+1} + ... + a_t (summed per segment, not as a difference of running sums) and
+    L = exp(seg) on t >= s: y = (C B^T * L) xdt + exp(cum) * C S^T, S' = exp(cum_last) S + (w * xdt)^T B,
+    w_s = L[T-1, s]."""
+    from onnx import helper
+
+    s = GraphBuilder(prefix=g.fresh("ssd_body") + "_")
+    S, xdt, a, B, C = (s.fresh(n) for n in ("S", "xdt", "a", "B", "C"))
+    strict = s.const(np.tril(np.ones((T, T), np.float32), -1), np.float32)
+    lower = s.const(np.tril(np.ones((T, T), np.float32)), np.float32)
+    aH = s("Transpose", a, perm=[0, 2, 1])  # (b, H, T)
+    seg = s("CumSum", s("Mul", s.unsqueeze(aH, 3), strict), s.const(2))  # (b, H, T, T)
+    L = s("Mul", s("Exp", seg), lower)
+    cum = s("CumSum", aH, s.const(2))  # (b, H, T)
+    batch, nheads = s.dim(S, 0), s.dim(S, 1)
+
+    def per_head(t):  # (b, T, G, N) -> (b, H, T, N)
+        t = s.unsqueeze(s("Transpose", t, perm=[0, 2, 1, 3]), 2)  # (b, G, 1, T, N)
+        heads = s.shape(batch, s.dim(t, 1), s("Div", nheads, s.dim(t, 1)), T, s.dim(t, 4))
+        return s("Reshape", s("Expand", t, heads), s.shape(batch, nheads, T, s.dim(t, 4)))
+
+    Bh, Ch = per_head(B), per_head(C)
+    X = s("Transpose", xdt, perm=[0, 2, 1, 3])  # (b, H, T, P)
+    y = s("MatMul", s("Mul", s("MatMul", Ch, s("Transpose", Bh, perm=[0, 1, 3, 2])), L), X)
+    y_prev = s("MatMul", Ch, s("Transpose", S, perm=[0, 1, 3, 2]))  # (b, H, T, P)
+    y = s("Add", y, s("Mul", y_prev, s.unsqueeze(s("Exp", cum), 3)))
+    w = s("Gather", L, s.const(T - 1), axis=2)  # (b, H, T): exp(a_{s+1} + ... + a_{T-1})
+    last = s("Exp", s("Gather", cum, s.const(T - 1), axis=2))  # (b, H)
+    feed = s("MatMul", s("Transpose", s("Mul", X, s.unsqueeze(w, 3)), perm=[0, 1, 3, 2]), Bh)  # (b, H, P, N)
+    S_new = s("Add", s("Mul", S, s.unsqueeze(last, 2, 3)), feed)
+    y = s("Transpose", y, perm=[0, 2, 1, 3])  # (b, T, H, P)
+    value = [helper.make_tensor_value_info(n, F32, [None] * r) for n, r in ((S, 4), (xdt, 4), (a, 3), (B, 4), (C, 4))]
+    out = [helper.make_tensor_value_info(n, F32, [None] * 4) for n in (S_new, y)]
+    return helper.make_graph(s.nodes, s.fresh("ssd_chunk"), value, out)
 
 
 def emit_state_update(g: GraphBuilder, state: str, x: str, dt: str, A: str, B: str, C: str, D: str, dt_bias: str,

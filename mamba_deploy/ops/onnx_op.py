@@ -18,7 +18,7 @@ DOMAIN = "mamba_deploy"
 DOMAIN_VERSION = 1
 PLUGIN_VERSION = "1"
 PLUGIN_NAMESPACE = "mamba_deploy"
-MIN_OPSET = 27  # LinearAttention, used by the scan bodies
+MIN_OPSET = 27  # the graphs' opset floor: the scan bodies were LinearAttention (opset 27) until 2026-12-02
 _T_TYPES = ["tensor(float)", "tensor(float16)", "tensor(bfloat16)"]
 
 Param = tuple[str, str, str]  # (name, type parameter T | S | F, doc)

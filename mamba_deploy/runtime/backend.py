@@ -151,14 +151,19 @@ class Backend(abc.ABC):
     def decode_slots(self, input_ids: torch.Tensor, pool: StatePool, slots: torch.Tensor) -> torch.Tensor:
         """input_ids (n, 1), slots (n,) distinct int64 (any device; the CPU costs a GPU backend no sync) ->
         logits (n, 1, V); the slots are updated."""
-        if slots.dim() != 1 or slots.dtype != torch.int64 or slots.shape[0] != input_ids.shape[0]:
-            raise MambaDeployError(f"slots must be an (n,) int64 tensor with n = {input_ids.shape[0]} rows of "
-                                   f"input_ids, got {slots.dtype} {tuple(slots.shape)}")
+        self.check_slots(input_ids, slots)
         slots = slots.to(pool.device)
         rows = pool.gather(slots)
         logits = self.decode(input_ids, rows)
         pool.scatter(slots, rows)
         return logits
+
+    @staticmethod
+    def check_slots(input_ids: torch.Tensor, slots: torch.Tensor) -> None:
+        """Raise MambaDeployError unless slots is an (n,) int64 tensor with n = the rows of input_ids."""
+        if slots.dim() != 1 or slots.dtype != torch.int64 or slots.shape[0] != input_ids.shape[0]:
+            raise MambaDeployError(f"slots must be an (n,) int64 tensor with n = {input_ids.shape[0]} rows of "
+                                   f"input_ids, got {slots.dtype} {tuple(slots.shape)}")
 
     @abc.abstractmethod
     def prefill(self, input_ids: torch.Tensor, state: InferenceState) -> torch.Tensor: ...

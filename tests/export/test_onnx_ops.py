@@ -115,6 +115,25 @@ def test_chunk_scan(plugin, dt_limit, gen):
     assert rel(y, ry) < 1e-5 and rel(s, rs) < 1e-5
 
 
+@pytest.mark.parametrize("seqlen", [1, 63, 64, 65, 150])
+@pytest.mark.parametrize("a_scale", [0.1, 3.0])
+def test_scans_over_several_chunks(seqlen, a_scale, gen):
+    """The Scan bodies past one SSD chunk (64 steps; padded, whole, one over), with slow and fast decay
+    (a_scale 3: |A| up to e^9, so exp(dt*A) underflows to 0 within a step)."""
+    a = _mamba2_inputs(gen, seqlen=seqlen)
+    a["A"] = -torch.exp(t(a["A"].shape[0], scale=a_scale, gen=gen))
+    y, s = run_op("Mamba2ChunkScan", [v.numpy() for v in a.values()], {"chunk_size": 16}, False)
+    ry, rs = chunk_scan_ref(a["x"], a["dt"], a["A"], a["B"], a["C"], 16, a["D"], a["z"], a["dt_bias"],
+                            a["initial_state"], True, (0.0, math.inf))
+    assert rel(y, ry) < 1e-5 and rel(s, rs) < 1e-5
+    m = _mamba1_inputs(gen, seqlen=seqlen)
+    m["A"] = -torch.exp(t(*m["A"].shape, scale=a_scale, gen=gen))
+    y, s = run_op("MambaSelectiveScan", [v.numpy() for v in m.values()], {"delta_softplus": 1}, False)
+    ry, rs = selective_scan_ref(m["u"], m["delta"], m["A"], m["B"], m["C"], m["D"], m["z"], m["delta_bias"],
+                                m["ssm_state"], True)
+    assert rel(y, ry) < 1e-5 and rel(s, rs) < 1e-5
+
+
 @pytest.mark.parametrize("plugin", [True, False])
 @pytest.mark.parametrize("arch", ["mamba1", "mamba2"])
 def test_state_update(plugin, arch, gen):
