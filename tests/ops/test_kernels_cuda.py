@@ -86,9 +86,9 @@ def test_causal_conv1d_channel_last_no_state_no_act(cuda, dtype, width):
 @pytest.mark.parametrize("seqlen", [2, 7, 8, 9, 37, 300])
 @pytest.mark.parametrize("with_state", [False, True])
 def test_causal_conv1d_channel_last_vectorised(cuda, dtype, seqlen, with_state):
-    """x and y channel-last (GEMM-output layout), width 4, dim % 8 == 0: the 16-byte kernel. Bit for bit the
-    generic kernel's result (y written with another layout), and within tolerance of the reference; the
-    state on a pool of rows, in place."""
+    """x and y channel-last (GEMM-output layout), width 4, dim % 8 == 0: the 16-byte kernel (16-bit dtypes;
+    float32 takes the generic kernel). Bit for bit the generic kernel's result (y written with another layout),
+    and within tolerance of the reference; the state on a pool of rows, in place."""
     batch, dim, width, pool_size = 3, 264, 4, 7
     xbl = rnd(batch, seqlen, dim + 16, dtype=dtype)
     x = xbl[:, :, 8:8 + dim].transpose(1, 2)  # channel stride 1, 16-byte aligned rows
