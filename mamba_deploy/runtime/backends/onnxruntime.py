@@ -74,8 +74,7 @@ class OnnxRuntimeBackend(Backend):
         opts.intra_op_num_threads = threads or min(8, os.cpu_count() or 1)
         opts.log_severity_level = 3
         try:
-            self.sessions = {kind: ort.InferenceSession(str(info.graph(kind)), opts, providers=["CPUExecutionProvider"])
-                             for kind in ("prefill", "decode")}
+            self.sessions = {kind: _session(ort, info, kind, opts) for kind in ("prefill", "decode")}
         except Exception as exc:  # ORT raises its own types for corrupt/missing graphs or weights
             raise MambaDeployError(f"{info.folder}: ONNX Runtime cannot load the graphs "
                                    f"({type(exc).__name__}: {exc})".splitlines()[0]) from None
@@ -193,6 +192,17 @@ def _rows(pool: StatePool, start: int, count: int) -> InferenceState:
 
 def _bind(bind, name: str, tensor: torch.Tensor) -> None:
     bind(name, "cpu", 0, _NUMPY[tensor.dtype], list(tensor.shape), tensor.data_ptr())
+
+
+def _session(ort, info: ExportInfo, kind: str, opts):
+    """A CPU session of graph `kind`; a float16 export's graph computes in float32 (ort_float32: no Cast storm)."""
+    if info.dtype != torch.float16:
+        return ort.InferenceSession(str(info.graph(kind)), opts, providers=["CPUExecutionProvider"])
+    from .ort_float32 import float32_compute
+
+    model = float32_compute(info.load_graph(kind))
+    opts.add_session_config_entry("session.model_external_initializers_file_folder_path", str(info.folder))
+    return ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
 
 
 def _available(info: ExportInfo) -> bool:
