@@ -16,13 +16,10 @@ from mamba_deploy.export.artifact import load_export
 from mamba_deploy.export.testing import tiny_checkpoint
 from mamba_deploy.runtime.backend import load_backend
 from mamba_deploy.verify import verify_export
+from numerics import rel_err as rel
 
 pytestmark = pytest.mark.filterwarnings("ignore:the checkpoint has no tokenizer")
 MAX_LEN = 19
-
-
-def rel(out, ref):
-    return ((out.double() - ref.double()).norm() / ref.double().norm()).item()
 
 
 @pytest.fixture(scope="module")

@@ -10,6 +10,7 @@ from mamba_deploy.export import ExportOptions, export_model
 from mamba_deploy.export.artifact import load_export
 from mamba_deploy.runtime.backend import load_backend
 from mamba_deploy.verify import verify_export
+from numerics import rel_err as rel
 
 pytestmark = pytest.mark.filterwarnings("ignore:the checkpoint has no tokenizer")
 BASE = dict(vocab_size=101, hidden_size=48, mamba_num_heads=10, mamba_head_dim=12, n_groups=2, ssm_state_size=8,
@@ -23,10 +24,6 @@ CASES = {
                            mamba_num_heads=6, ssm_state_size=5),
 }
 MAX_LEN = 24
-
-
-def rel(out, ref):
-    return ((out.double() - ref.double()).norm() / ref.double().norm()).item()
 
 
 @pytest.fixture(scope="module")

@@ -9,6 +9,7 @@ from mamba_deploy.errors import ParameterError
 from mamba_deploy.models import MambaLM
 from mamba_deploy.ops import attention_ref, attention_sdpa
 from mamba_deploy.random_init import init_weights_
+from numerics import rel_err
 
 # odd shapes: GQA 6/2 with rotary on part of a head, MHA without rotary, MQA with full-head rotary; Mamba1 and 2
 CONFIGS = {
@@ -29,10 +30,6 @@ CONFIGS = {
                                                           "head_dim": 6, "rotary_emb_dim": 6, "rotary_emb_base": 500.0,
                                                           "out_proj_bias": False}},
 }
-
-
-def rel_err(out, ref):
-    return ((out.double() - ref.double()).norm() / ref.double().norm()).item()
 
 
 @pytest.fixture(scope="module", params=list(CONFIGS))

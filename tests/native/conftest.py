@@ -1,6 +1,7 @@
 """Fixtures of the native-engine tests: the kernel library, tiny random checkpoints of each model family."""
 import pytest
 import torch
+from numerics import rel_err as _shared_rel_err
 
 from mamba_deploy.random_init import make_random_checkpoint
 
@@ -45,12 +46,7 @@ def checkpoints(tmp_path_factory):
                                          dtype=torch.float32, seed=3) for arch, cfg in CONFIGS.items()}
 
 
-def _rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
-    out, ref = out.double().cpu(), ref.double().cpu()
-    return float((out - ref).norm() / ref.norm())
-
-
 @pytest.fixture(scope="session")
 def rel_err():
     """||out - ref|| / ||ref|| in float64."""
-    return _rel_err
+    return _shared_rel_err

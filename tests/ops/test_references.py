@@ -6,10 +6,7 @@ import torch
 
 from mamba_deploy.ops import (causal_conv1d_ref, causal_conv1d_sequential, chunk_scan_ref, chunk_scan_sequential,
                               gated_rms_norm_ref, selective_scan_ref, selective_scan_sequential)
-
-
-def rel_err(out, ref):
-    return ((out.double() - ref.double()).norm() / ref.double().norm()).item()
+from numerics import rel_err
 
 
 def report(name, out, ref):

@@ -12,12 +12,9 @@ from mamba_deploy.cli import cli
 from mamba_deploy.export.artifact import load_export
 from mamba_deploy.runtime import Engine
 from mamba_deploy.runtime.backends.torch import load_reference_from_export
+from numerics import rel_err
 
 DEMO = Path(__file__).resolve().parents[2] / "examples" / "models" / "mamba-tiny-pydoc"
-
-
-def rel_err(out, ref):
-    return ((out.double() - ref.double()).norm() / ref.double().norm()).item()
 
 
 def test_auto_runs_bfloat16_exports_on_torch(exports):
