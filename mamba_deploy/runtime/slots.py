@@ -22,6 +22,7 @@ import hashlib
 import json
 import struct
 import threading
+from typing import Optional, Sequence
 
 import torch
 
@@ -32,6 +33,13 @@ from ..models.state import InferenceState, io_name
 _MAGIC = b"MDSLOT1\n"
 _DTYPES = {str(d).removeprefix("torch."): d for d in (torch.float32, torch.float16, torch.bfloat16, torch.int64,
                                                       torch.int32)}
+
+
+def consecutive_start(slots: Sequence[int]) -> Optional[int]:
+    """k when `slots` are k, k + 1, ..., k + n - 1 (n >= 1): rows a backend can take as one view of the pool;
+    else None."""
+    listed = [int(s) for s in slots]
+    return listed[0] if listed and listed == list(range(listed[0], listed[0] + len(listed))) else None
 
 
 def config_fingerprint(config: ModelConfig) -> str:

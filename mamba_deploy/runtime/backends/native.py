@@ -21,7 +21,7 @@ import torch
 from ...export.artifact import ExportInfo
 from ...models.state import InferenceState
 from ..backend import Backend, register_backend
-from ..slots import StatePool
+from ..slots import StatePool, consecutive_start
 
 
 class NativeBackend(Backend):
@@ -65,8 +65,8 @@ class NativeBackend(Backend):
 
     def prefill_slots(self, input_ids: torch.Tensor, pool: StatePool, slots) -> torch.Tensor:
         """Consecutive slots of the engine's pool prefill in place (views); others through gather/scatter."""
-        first, n = int(slots[0]), len(slots)
-        if not self._owns(pool) or n == 1 or list(slots) != list(range(first, first + n)):
+        first, n = consecutive_start(slots), len(slots)
+        if not self._owns(pool) or n == 1 or first is None:
             return super().prefill_slots(input_ids, pool, slots)
         with self._lock:
             return self.engine.prefill(input_ids, self.engine.slot_state(first, n), all_logits=self.all_logits)

@@ -35,7 +35,7 @@ from ...errors import MambaDeployError
 from ...export.artifact import ExportInfo, check_export
 from ...models.state import InferenceState, io_name
 from ..backend import Backend, register_backend
-from ..slots import StatePool
+from ..slots import StatePool, consecutive_start
 
 _NUMPY = {torch.float32: np.float32, torch.float16: np.float16, torch.int64: np.int64}
 MAX_PREPARED = 64  # prepared decode bindings kept (one per live state; least recently used dropped)
@@ -110,22 +110,21 @@ class OnnxRuntimeBackend(Backend):
 
     def prefill_slots(self, input_ids: torch.Tensor, pool: StatePool, slots) -> torch.Tensor:
         """Consecutive slots run on the pool's rows themselves; others gather and scatter."""
-        listed = [int(s) for s in slots]
-        if pool.device.type != "cpu" or len(listed) < 2 or listed != list(range(listed[0], listed[0] + len(listed))) \
-                or listed[0] < 0 or listed[-1] >= pool.max_slots:
+        first, n = consecutive_start(slots), len(slots)
+        if pool.device.type != "cpu" or n < 2 or first is None or first < 0 or first + n > pool.max_slots:
             return super().prefill_slots(input_ids, pool, slots)
-        return self.prefill(input_ids, _rows(pool, listed[0], len(listed)))
+        return self.prefill(input_ids, _rows(pool, first, n))
 
     def decode_slots(self, input_ids: torch.Tensor, pool: StatePool, slots: torch.Tensor) -> torch.Tensor:
         """Slots that are consecutive rows (start, start + 1, ...) run on the pool's rows themselves (a
         contiguous view, so a stable set of slots keeps its prepared binding); others gather and scatter."""
         self.check_slots(input_ids, slots)
-        listed = slots.tolist()
-        if pool.device.type != "cpu" or not listed or listed != list(range(listed[0], listed[0] + len(listed))):
+        first, n = consecutive_start(slots.tolist()), slots.shape[0]
+        if pool.device.type != "cpu" or first is None:
             return super().decode_slots(input_ids, pool, slots)
-        if listed[0] < 0 or listed[-1] >= pool.max_slots:
-            raise MambaDeployError(f"slots {listed[0]}..{listed[-1]} lie outside the pool's {pool.max_slots} slots")
-        return self.decode(input_ids, _rows(pool, listed[0], len(listed)))
+        if first < 0 or first + n > pool.max_slots:
+            raise MambaDeployError(f"slots {first}..{first + n - 1} lie outside the pool's {pool.max_slots} slots")
+        return self.decode(input_ids, _rows(pool, first, n))
 
     def _prepared_for(self, state: InferenceState) -> Optional[_Prepared]:
         """The prepared decode binding of `state` (made on first use); None when a state tensor is strided."""
