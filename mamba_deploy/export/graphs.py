@@ -47,7 +47,7 @@ class _LMGraph:
     def __init__(self, cfg: ModelConfig, weights: dict[str, TensorProto], opts: GraphOptions, decode: bool):
         self.cfg, self.weights, self.opts, self.decode = cfg, weights, opts, decode
         self.g = GraphBuilder()
-        self.used_ops: dict[str, tuple[dict, bool]] = {}
+        self.used_ops: dict[str, tuple[dict, bool, Optional[dict]]] = {}
         self.batch = self.g.dim("input_ids", 0)
         self.seqlen = self.g.dim("input_ids", 1)
         self._positions: Optional[str] = None
@@ -83,12 +83,12 @@ class _LMGraph:
         k = {"in_proj": cfg.d_model, "x_proj": cfg.d_inner, "dt_proj": cfg.dt_rank, "out_proj": cfg.d_inner}
         return n, k.get(weight.split(".")[-2], cfg.d_model)
 
-    def op(self, name: str, inputs: list[Optional[str]], attrs: dict) -> tuple[str, str]:
+    def op(self, name: str, inputs: list[Optional[str]], attrs: dict, static: Optional[dict] = None) -> tuple[str, str]:
         has_optional = inputs[-1] is not None
-        previous = self.used_ops.setdefault(name, (attrs, has_optional))
-        if previous != (attrs, has_optional):
+        previous = self.used_ops.setdefault(name, (attrs, has_optional, static))
+        if previous != (attrs, has_optional, static):
             raise ValueError(f"exporter bug: {name} used with different attributes in one graph")
-        return get_op(name).emit(self.g, inputs, attrs, self.opts.plugin)
+        return get_op(name).emit(self.g, inputs, attrs, self.opts.plugin, static)
 
     def tokens(self, x: str, features: int) -> str:
         """(batch, seqlen, features) -> (batch, seqlen, features) from (tokens, features)."""
@@ -96,8 +96,8 @@ class _LMGraph:
 
     def rms(self, x32: str, eps: float) -> str:
         g = self.g
-        mean_sq = g("ReduceMean", g("Mul", x32, x32), g.const([-1]), keepdims=1)
-        return g("Mul", x32, g("Reciprocal", g("Sqrt", g("Add", mean_sq, g.f32(eps)))))
+        mean_sq = g("ReduceMean", g("Pow", x32, g.f32(2.0)), g.const([-1]), keepdims=1)
+        return g("Div", x32, g("Sqrt", g("Add", mean_sq, g.f32(eps))))
 
     def add_norm(self, hidden: str, residual: Optional[str], prefix: str) -> tuple[str, str]:
         """residual <- hidden + residual (float32); returns (norm(residual) in the model dtype, residual)."""
@@ -136,7 +136,8 @@ class _LMGraph:
             dt, B, C = (g("Transpose", self.tokens(t, f), perm=[0, 2, 1]) for t, f in ((dt, d), (B, n), (C, n)))
         params = [self.w(f"{layer}.A"), B, C, self.w(f"{layer}.D"), self.w(f"{layer}.dt_proj.bias")]
         if self.decode:
-            y, ssm_state = self.op("MambaSelectiveStateUpdate", [past_ssm, x, dt, *params, z], _dt_attrs(cfg))
+            y, ssm_state = self.op("MambaSelectiveStateUpdate", [past_ssm, x, dt, *params, z], _dt_attrs(cfg),
+                                   {"state_rank": len(cfg.ssm_state_shape(1))})
         else:
             y, ssm_state = self.op("MambaSelectiveScan", [x, dt, *params, past_ssm, z], {"delta_softplus": 1})
             y = g.reshape(g("Transpose", y, perm=[0, 2, 1]), -1, d)
@@ -154,12 +155,13 @@ class _LMGraph:
             xbc = g("Transpose", xbc, perm=[0, 2, 1])
         axis = 1 if self.decode else 2
         x, B, C = g("Split", xbc, g.const([cfg.d_inner, gn, gn]), axis=axis, outputs=3)
-        lead = [self.batch] if self.decode else [self.batch, self.seqlen]
+        lead = [0] if self.decode else [0, 0]  # Reshape's 0: the input's own batch (and seqlen) dims
         x = g.reshape(x, *lead, cfg.nheads, cfg.headdim)
         B, C = (g.reshape(t, *lead, cfg.ngroups, cfg.d_state) for t in (B, C))
         params = [self.w(f"{layer}.A"), B, C, self.w(f"{layer}.D"), self.w(f"{layer}.dt_bias")]
         if self.decode:
-            y, ssm_state = self.op("MambaSelectiveStateUpdate", [past_ssm, x, dt, *params, None], _dt_attrs(cfg))
+            y, ssm_state = self.op("MambaSelectiveStateUpdate", [past_ssm, x, dt, *params, None], _dt_attrs(cfg),
+                                   {"state_rank": len(cfg.ssm_state_shape(1))})
         else:
             dt = self.tokens(dt, cfg.nheads)
             y, ssm_state = self.op("Mamba2ChunkScan", [x, dt, *params, past_ssm, None],
@@ -171,8 +173,11 @@ class _LMGraph:
         """rmsnorm(y * silu(z)) per group * weight; y, z: (tokens, d_inner)."""
         g, cfg = self.g, self.cfg
         h = g("Mul", g("Cast", y, to=F32), self._silu32(z))
-        h = g.reshape(self.rms(g.reshape(h, -1, cfg.ngroups, cfg.d_inner // cfg.ngroups), cfg.norm_eps),
-                      -1, cfg.d_inner)
+        if cfg.ngroups == 1:  # no group reshapes: ONNX Runtime then fuses the norm with the weight
+            h = self.rms(h, cfg.norm_eps)
+        else:
+            h = g.reshape(self.rms(g.reshape(h, -1, cfg.ngroups, cfg.d_inner // cfg.ngroups), cfg.norm_eps),
+                          -1, cfg.d_inner)
         return g("CastLike", g("Mul", h, g("Cast", self.w(weight), to=F32)), y)
 
     def gated_mlp(self, x: str, prefix: str) -> str:
@@ -313,7 +318,7 @@ class _LMGraph:
                    *state_io("present")]
         graph = helper.make_graph(self.g.nodes, "decode" if self.decode else "prefill", inputs, outputs,
                                   initializer=list(self.weights.values()))
-        functions = [get_op(name).onnx_function(attrs, has_opt, opts.opset) for name, (attrs, has_opt)
+        functions = [get_op(name).onnx_function(attrs, has_opt, opts.opset, static) for name, (attrs, has_opt, static)
                      in self.used_ops.items()] if opts.plugin else []
         opsets = [helper.make_opsetid("", opts.opset)]
         if opts.quant_bits:

@@ -67,9 +67,15 @@ def emit_causal_conv1d(g: GraphBuilder, x: str, weight: str, bias: str, conv_sta
 
 def emit_causal_conv1d_update(g: GraphBuilder, x: str, weight: str, bias: str, conv_state: str,
                               activation: str = "silu") -> tuple[str, str]:
-    """x: (batch, dim) -> y: (batch, dim), new state."""
-    y, new_state = emit_causal_conv1d(g, g.unsqueeze(x, 2), weight, bias, conv_state, activation)
-    return g("Squeeze", y, g.const([2])), new_state
+    """x: (batch, dim) -> y: (batch, dim), new state: the window [state, x] (batch, dim, width) times the taps
+    (no gathered windows: a step has one)."""
+    window = g("Concat", g("CastLike", conv_state, x), g.unsqueeze(x, 2), axis=2)
+    y = g("ReduceSum", g("Mul", _f32(g, window), _f32(g, weight)), g.const([2]), keepdims=0)
+    y = g("Add", y, _f32(g, bias))
+    if activation in ("silu", "swish"):
+        y = _silu(g, y)
+    new_state = g("Slice", window, g.const([1]), g.const([INT64_MAX]), g.const([2]))
+    return g("CastLike", y, x), g("CastLike", new_state, conv_state)
 
 
 def emit_selective_scan(g: GraphBuilder, u: str, delta: str, A: str, B: str, C: str, D: str, delta_bias: str,
@@ -107,10 +113,6 @@ def _scan_step_body(g: GraphBuilder):
     info = [helper.make_tensor_value_info(n, F32, [None] * r) for n, r in zip((h, A, dt_t, du_t, B_t, C_t), ranks)]
     out_info = [helper.make_tensor_value_info(n, F32, [None] * r) for n, r in zip(outputs, (3, 2, 2))]
     return helper.make_graph(s.nodes, s.fresh("scan_step"), info, out_info)
-
-
-def _heads_per_group(g: GraphBuilder, nheads: str, grouped: str, group_axis: int) -> str:
-    return g("Div", nheads, g.dim(grouped, group_axis))
 
 
 SSD_CHUNK = 64  # time steps per Scan iteration of the Mamba2 body (its products are (64, 64) per head)
@@ -185,22 +187,35 @@ def _ssd_chunk_body(g: GraphBuilder, T: int):
 
 def emit_state_update(g: GraphBuilder, state: str, x: str, dt: str, A: str, B: str, C: str, D: str, dt_bias: str,
                       z: Optional[str] = None, dt_softplus: int = 1, dt_limit_lo: float = 0.0,
-                      dt_limit_hi: float = math.inf) -> tuple[str, str]:
-    """One step, both forms: viewed as state (batch, H, P, N) with Mamba1 as H = dim, P = 1, G = 1."""
-    batch, nheads, dstate = g.dim(state, 0), g.dim(state, 1), g.dim(state, -1)
-    dt4 = g.unsqueeze(_discretize_dt(g, dt, dt_bias, dt_softplus, dt_limit_lo, dt_limit_hi), 2, 3)
-    s4 = g.reshape(_f32(g, state), batch, nheads, -1, dstate)
-    decay = g("Exp", g("Mul", dt4, g.reshape(A, 1, nheads, 1, -1)))  # (batch, H, 1, N or 1)
-    x3 = g.reshape(_f32(g, x), batch, nheads, -1)  # (batch, H, P)
-
-    def per_head(t):  # (batch, [G,] N) -> (batch, H, 1, N)
-        t = g.unsqueeze(g.reshape(_f32(g, t), batch, -1, dstate), 2)
-        heads = g.shape(batch, g.dim(t, 1), _heads_per_group(g, nheads, t, 1), dstate)
-        return g.reshape(g("Expand", t, heads), batch, nheads, 1, dstate)
-
-    update = g("Mul", g("Mul", dt4, g.unsqueeze(x3, 3)), per_head(B))
-    s4 = g("Add", g("Mul", s4, decay), update)
-    y = g("ReduceSum", g("Mul", s4, per_head(C)), g.const([3]), keepdims=0)  # (batch, H, P)
-    y = g("Add", y, g("Mul", x3, g.reshape(D, 1, nheads, 1)))
-    y = g.reshape(_gate(g, y, None if z is None else g.reshape(z, batch, nheads, -1)), g("Shape", x))
-    return g("CastLike", y, x), g("CastLike", g("Reshape", s4, g("Shape", state)), state)
+                      dt_limit_hi: float = math.inf, *, state_rank: int) -> tuple[str, str]:
+    """One step in the state's own shape: Mamba1 (state_rank 3) or Mamba2 (state_rank 4; grouped B/C act on
+    (batch, G, heads/G * headdim, N) views, never expanded per head). Written for ONNX Runtime's CPU provider:
+    - the new state is one Add read by nothing else, so it lands straight in the bound output (a second
+      reader keeps a copy node; a reshape after it would be a copy too);
+    - y = new state . C is taken as (decayed state) . C (one MatMul) + (dt x) (B . C), so it reads no
+      state after the Add;
+    - shapes come from Reshape's 0 / -1 and the inputs' static dims, which ONNX Runtime folds."""
+    if state_rank not in (3, 4):
+        raise ValueError(f"state_rank must be 3 (Mamba1) or 4 (Mamba2), got {state_rank!r}")
+    dtf = _discretize_dt(g, dt, dt_bias, dt_softplus, dt_limit_lo, dt_limit_hi)  # (batch, dim or nheads)
+    x32, s32, B32, C32 = (_f32(g, t) for t in (x, state, B, C))
+    bc = g("ReduceSum", g("Mul", B32, C32), g.const([-1]), keepdims=1)  # (b, 1) or (b, G, 1)
+    if state_rank == 3:  # state (b, dim, N); x, dt (b, dim); A (dim, N); B, C (b, N)
+        decayed = g("Mul", s32, g("Exp", g("Mul", g.unsqueeze(dtf, 2), A)))  # (b, dim, N)
+        xdt = g("Mul", x32, dtf)  # (b, dim)
+        new_state = g("Add", decayed, g("Mul", g.unsqueeze(xdt, 2), g.unsqueeze(B32, 1)))
+        y = g("Squeeze", g("MatMul", decayed, g.unsqueeze(C32, 2)), g.const([2]))
+        y = g("Add", y, g("Mul", xdt, bc))
+        skip = g("Mul", x32, D)
+    else:  # state (b, H, P, N); x (b, H, P); dt (b, H); A, D (H,); B, C (b, G, N)
+        dt4 = g.unsqueeze(dtf, 2, 3)
+        decayed = g("Mul", s32, g("Exp", g("Mul", dt4, g.unsqueeze(A, 1, 2))))  # (b, H, P, N)
+        by_group = g("Concat", g.const([0]), g.dim(B, 1), g.const([-1, 1]), axis=0)
+        xdt = g("Reshape", g("Mul", g.unsqueeze(x32, 3), dt4), by_group)  # (b, G, H/G * P, 1)
+        update = g("Mul", xdt, g.unsqueeze(B32, 2))  # (b, G, H/G * P, N)
+        new_state = g("Add", decayed, g("Reshape", update, g("Shape", state)))
+        y = g("MatMul", g("Reshape", decayed, g("Shape", update)), g.unsqueeze(C32, 3))  # (b, G, H/G * P, 1)
+        y = g("Reshape", g("Add", y, g("Mul", xdt, g.unsqueeze(bc, 3))), g("Shape", x))
+        skip = g("Mul", x32, g.unsqueeze(D, 1))
+    y = _gate(g, g("Add", y, skip), z)
+    return g("CastLike", y, x), g("CastLike", new_state, state)

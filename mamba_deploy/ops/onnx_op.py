@@ -28,7 +28,9 @@ Param = tuple[str, str, str]  # (name, type parameter T | S | F, doc)
 class OnnxOpDef:
     """inputs/outputs: (name, type param, doc), the last input optional when `optional_last`;
     attributes: name -> (default, doc), the ONNX type taken from the default's Python type;
-    emit(g, *input names, **attributes) -> output names: the semantics in standard ops."""
+    emit(g, *input names, **attributes, **static) -> output names: the semantics in standard ops;
+    static: keyword arguments of `emit` that are facts of the model, fixed for a whole graph, not node
+    attributes (the state rank: Mamba1 or Mamba2 form), so a body is written for the form it serves."""
 
     inputs: list[Param]
     outputs: list[Param]
@@ -36,6 +38,13 @@ class OnnxOpDef:
     emit: Callable[..., tuple[str, str]]
     optional_last: bool = False
     doc: str = ""
+    static: tuple[str, ...] = ()
+
+    def check_static(self, name: str, static: Optional[dict[str, Any]]) -> dict[str, Any]:
+        static = dict(static or {})
+        if set(static) != set(self.static):
+            raise ValueError(f"{name}'s body needs static {sorted(self.static)}, got {sorted(static)}")
+        return static
 
     def all_attributes(self) -> dict[str, tuple[Any, str]]:
         return {"plugin_version": (PLUGIN_VERSION, "TensorRT plugin version"),
@@ -62,13 +71,17 @@ class OnnxOpDef:
         schema.set_type_and_shape_inference_function(self._infer)
         return schema
 
-    def function(self, name: str, attrs: dict[str, Any], has_optional: bool, opset: int = MIN_OPSET) -> FunctionProto:
-        """The model-local FunctionProto of op `name`, specialised to `attrs` and to the optional input."""
+    def function(self, name: str, attrs: dict[str, Any], has_optional: bool, opset: int = MIN_OPSET,
+                 static: Optional[dict[str, Any]] = None) -> FunctionProto:
+        """The model-local FunctionProto of op `name`, specialised to `attrs`, to the optional input and to
+        the model's `static` facts."""
+        static = self.check_static(name, static)
         names = [n for n, _, _ in self.inputs]
         if self.optional_last and not has_optional:
             names = names[:-1]
         g = GraphBuilder(prefix="f_")
-        outputs = self.emit(g, *names, **{**self.defaults(), **{k: v for k, v in attrs.items() if k in self.attributes}})
+        outputs = self.emit(g, *names, **{**self.defaults(), **{k: v for k, v in attrs.items() if k in self.attributes}},
+                            **static)
         renamed = [n for n, _, _ in self.outputs]
         g.nodes.extend(helper.make_node("Identity", [src], [dst]) for src, dst in zip(outputs, renamed))
         return helper.make_function(DOMAIN, name, names, renamed, g.nodes,
@@ -76,12 +89,13 @@ class OnnxOpDef:
                                     attributes=list(self.all_attributes()))
 
     def emit_node(self, g: GraphBuilder, name: str, inputs: list[Optional[str]], attrs: dict[str, Any],
-                  plugin: bool) -> tuple[str, str]:
+                  plugin: bool, static: Optional[dict[str, Any]] = None) -> tuple[str, str]:
         """Op `name` in a graph: a custom node (plugin flavour) or its body inlined in standard ops."""
+        static = self.check_static(name, static)
         if self.optional_last and len(inputs) == len(self.inputs) and inputs[-1] is None:
             inputs = inputs[:-1]
         if not plugin:
-            return self.emit(g, *inputs, **attrs)
+            return self.emit(g, *inputs, **attrs, **static)
         return g(name, *inputs, outputs=len(self.outputs), domain=DOMAIN, plugin_version=PLUGIN_VERSION,
                  plugin_namespace=PLUGIN_NAMESPACE, **{**self.defaults(), **attrs})
 

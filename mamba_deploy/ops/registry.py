@@ -46,13 +46,16 @@ class OpSpec:
             onnx.defs.register_schema(self.onnx.schema(self.name))
         return onnx.defs.get_schema(self.name, DOMAIN_VERSION, DOMAIN)
 
-    def onnx_function(self, attrs: dict[str, Any], has_optional: bool, opset: int = MIN_OPSET) -> Any:
-        """The model-local FunctionProto for these attribute values and optional-input presence."""
-        return self.onnx.function(self.name, attrs, has_optional, opset)
+    def onnx_function(self, attrs: dict[str, Any], has_optional: bool, opset: int = MIN_OPSET,
+                      static: Optional[dict[str, Any]] = None) -> Any:
+        """The model-local FunctionProto for these attribute values, optional-input presence and model facts
+        (`onnx.static`, e.g. {"state_rank": 4})."""
+        return self.onnx.function(self.name, attrs, has_optional, opset, static)
 
-    def emit(self, g: GraphBuilder, inputs: list[Optional[str]], attrs: dict[str, Any], plugin: bool) -> Any:
+    def emit(self, g: GraphBuilder, inputs: list[Optional[str]], attrs: dict[str, Any], plugin: bool,
+             static: Optional[dict[str, Any]] = None) -> Any:
         """The op in graph `g`: a custom node (plugin=True) or its standard-op body inlined."""
-        return self.onnx.emit_node(g, self.name, inputs, attrs, plugin)
+        return self.onnx.emit_node(g, self.name, inputs, attrs, plugin, static)
 
 
 _ACT = {"activation": ("silu", "'silu' (= 'swish') or 'none'")}
@@ -100,7 +103,7 @@ _ENTRIES = [
             [("state", "S", "(batch, dim, dstate) or (batch, nheads, headdim, dstate)"), ("x", "T", "input"),
              ("dt", "T", "before bias"), *_SSM_PARAMS, ("dt_bias", "F", "bias of dt"), ("z", "T", "gate")],
             [("y", "T", "like x"), ("present_state", "S", "like state")], _DT,
-            onnx_bodies.emit_state_update, optional_last=True,
+            onnx_bodies.emit_state_update, optional_last=True, static=("state_rank",),
             doc="One recurrent step of the selective SSM (Mamba1 or Mamba2 form)."),
         kernel=_lib.Kernel("md_selective_state_update", _lib.SsmParams),
         cuda=cuda.selective_state_update,

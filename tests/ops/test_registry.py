@@ -22,7 +22,7 @@ def test_every_entry_has_all_four_faces():
         assert callable(spec.reference) and callable(spec.cuda), name
         assert isinstance(spec.onnx_schema, onnx.defs.OpSchema), name
         assert (spec.onnx_schema.name, spec.onnx_schema.domain) == (name, DOMAIN)
-        function = spec.onnx_function(spec.onnx.defaults(), True)
+        function = spec.onnx_function(spec.onnx.defaults(), True, static=_static(spec))
         assert (function.name, function.domain) == (name, DOMAIN)
         assert {"plugin_version", "plugin_namespace"} <= set(spec.onnx_schema.attributes)
         assert spec.kernel.symbol.startswith("md_") and spec.kernel.params in {s for _, s in _lib.PARAMS.values()}
@@ -47,3 +47,8 @@ def test_plugin_names_match_the_tensorrt_creators_both_ways():
     registry_cpp = (ROOT / "plugins" / "tensorrt" / "mdPluginRegistry.cpp").read_text()
     listed = re.findall(r"t::creator<t::\w+>\(\)", registry_cpp)
     assert len(listed) == len(REGISTRY), "the creator list of mdPluginRegistry.cpp must hold one creator per op"
+
+
+def _static(spec):
+    """An example of the model facts an op's body needs (the Mamba2 form of the state update)."""
+    return {"state_rank": 4} if spec.onnx.static else None
