@@ -13,6 +13,7 @@
 #include <cmath>
 
 #include "common.cuh"
+#include "ssd_chunk.cuh"
 
 namespace md {
 namespace {
@@ -358,7 +359,8 @@ size_t workspace_bytes(const md_ssm_params* p, int64_t nchunks) {
 }  // namespace md
 
 extern "C" size_t md_ssm_scan_workspace_size(const md_ssm_params* p) {
-  return p == nullptr ? 0 : md::workspace_bytes(p, md::plan_chunks(p));
+  if (p == nullptr) return 0;
+  return md::ssd_eligible(*p) ? md::ssd_workspace_bytes(*p) : md::workspace_bytes(p, md::plan_chunks(p));
 }
 
 extern "C" cudaError_t md_launch_ssm_scan(const md_ssm_params* p, cudaStream_t stream) {
@@ -378,6 +380,9 @@ extern "C" cudaError_t md_launch_ssm_scan_ws(const md_ssm_params* p, void* works
            "ssm_scan: state dtype must be float32 or the dtype of x");
   MD_CHECK(p->batch <= 65535, "ssm_scan: batch must be <= 65535");
   if (p->batch == 0) return cudaSuccess;
+  if (workspace != nullptr && md::ssd_eligible(*p) && workspace_size >= md::ssd_workspace_bytes(*p)) {
+    return md::launch_ssd(*p, workspace, stream);
+  }
   md::ScanArgs a{};
   a.p = *p;
   a.rows_per_group = (p->nheads / p->ngroups) * p->headdim;

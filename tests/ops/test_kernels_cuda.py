@@ -247,6 +247,37 @@ def test_chunk_scan_state_carry_and_views(cuda):
     check("state", s2, s_all, torch.float32)
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("state_dtype", ["float32", "model"])
+def test_chunk_scan_tensor_core_form_carries_state(cuda, dtype, state_dtype):
+    """16-bit inputs of >= 256 steps take the SSD form (ssd_chunk.cu): packed views of one buffer, a sequence
+    cut in two calls (the state carried between them, at 64-step chunk boundaries and not), against one call
+    and the float32 reference; the state in place."""
+    batch, nheads, headdim, ngroups, dstate = 2, 8, 64, 2, 128
+    kw = mamba2_inputs(batch, 1000, nheads, headdim, ngroups, dstate, dtype)
+    packed = torch.cat([kw["x"].flatten(2), kw["B"].flatten(2), kw["C"].flatten(2)], -1)
+    d, gn = nheads * headdim, ngroups * dstate
+    kw["x"] = packed[..., :d].unflatten(-1, (nheads, headdim))
+    kw["B"] = packed[..., d:d + gn].unflatten(-1, (ngroups, dstate))
+    kw["C"] = packed[..., d + gn:].unflatten(-1, (ngroups, dstate))
+    if state_dtype == "model":
+        kw["initial_state"] = kw["initial_state"].to(dtype)
+    y_ref, s_ref = chunk_scan_ref(**{k: (v.float() if torch.is_tensor(v) else v) for k, v in kw.items()})
+    y_all, s_all = cuda.chunk_scan(**kw)
+    check("y one call", y_all, y_ref, dtype)
+    check("state one call", s_all, s_ref, dtype)
+    seq_keys = ("x", "dt", "B", "C", "z")
+    for cut in (320, 300):
+        state = kw["initial_state"].clone()
+        ys = []
+        for part in (slice(0, cut), slice(cut, None)):
+            args = {k: (v[:, part] if k in seq_keys else v) for k, v in kw.items()}
+            args["initial_state"] = state
+            ys.append(cuda.chunk_scan(**args, state_out=state)[0])
+        check(f"y cut at {cut}", torch.cat(ys, 1), y_ref, dtype)
+        check(f"state cut at {cut}", state, s_ref, dtype)
+
+
 # ---- norms -----------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("dtype", DTYPES)
