@@ -22,7 +22,9 @@ greedy loop is just replays). Per layer, kernels:
           row_norm (gated) | gemv out_proj                                             (5 launches)
 (add_norm is row_norm: 16-byte accesses, one block per row; the kernels are plugins/kernels/gemv.cu.)
 For batch > gemv_max_batch (2: measured crossover against cuBLAS on H100) the projections are cuBLAS
-GEMMs (torch.mm into the same buffers) and the conv update is the library's kernel. States are
+GEMMs (torch.mm into the same buffers) and the conv update is the library's kernel. On compute capability
+9.0+ the library's decode kernels use programmatic dependent launch (ops._lib.set_programmatic_launch): each
+starts while the previous one drains, its weights already on the way to L2. States are
 updated in place; logits are a reused buffer. Every kernel that touches the recurrent state takes the
 state rows of its batch rows from the index buffer `slot_ids` (state_rows in plugins/kernels), so one
 graph per batch size serves any set of slots: decode_slots writes the slot ids there and replays.
@@ -37,7 +39,7 @@ import torch
 from ..config import MAMBA2, ModelConfig
 from ..errors import ParameterError, is_integer
 from ..models.state import InferenceState
-from ..ops import cuda as K
+from ..ops import _lib, cuda as K
 from . import gemv as G
 from .weights import Layer, device_weights
 
@@ -52,7 +54,8 @@ def _linear(x: torch.Tensor, w: torch.Tensor, b: Optional[torch.Tensor], out: to
 class NativeEngine:
     def __init__(self, cfg: ModelConfig, weights: dict[str, torch.Tensor], dtype: torch.dtype = torch.float16,
                  state_dtype: torch.dtype = torch.float32, device: torch.device | str = "cuda", max_batch: int = 64,
-                 chunk_len: int = 2048, gemv_max_batch: int = 2, use_graphs: bool = True, dt_gemm_min_batch: int = 8):
+                 chunk_len: int = 2048, gemv_max_batch: int = 2, use_graphs: bool = True, dt_gemm_min_batch: int = 8,
+                 programmatic_launch: bool = True):
         self.config, self.dtype, self.state_dtype = cfg, dtype, state_dtype
         self.device = torch.device(device)
         if self.device.type != "cuda":
@@ -62,6 +65,8 @@ class NativeEngine:
         self.max_batch, self.chunk_len, self.use_graphs = max_batch, chunk_len, use_graphs
         self.gemv_max_batch = min(gemv_max_batch, G.MAX_BATCH)
         self.dt_gemm_min_batch = dt_gemm_min_batch  # Mamba1: from this batch on, dt_proj is one cuBLAS GEMM
+        if programmatic_launch and torch.cuda.get_device_capability(self.device) >= (9, 0):
+            _lib.set_programmatic_launch(True)
         self._load(weights)
         c, B, f = cfg, max_batch, dict(device=self.device)
         res_dtype = torch.float32 if c.residual_in_fp32 else dtype

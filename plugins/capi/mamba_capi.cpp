@@ -37,6 +37,14 @@ MD_API int md_version(void) { return MD_KERNELS_VERSION; }
 
 MD_API const char* md_get_last_error_string(void) { return g_last_error.c_str(); }
 
+// Programmatic dependent launch of the decode kernels (mamba_kernels.h), process-wide: 1 on, 0 off; returns
+// the previous setting.
+MD_API int md_set_programmatic_launch(int64_t enable) {
+  const int previous = md_kernels_programmatic_launch();
+  md_kernels_set_programmatic_launch(enable != 0);
+  return previous;
+}
+
 // sizeof the params struct of `kind`: 0 causal conv1d, 1 ssm, 2 add_norm, 3 gated_rms_norm, 4 gemv,
 // 5 mamba1 step, 6 mamba2 step, 7 row norm, 8 philox; -1 unknown.
 MD_API int64_t md_params_size(int64_t kind) {

@@ -173,6 +173,8 @@ bool vec_ok(const md_causal_conv1d_params& p) {
 // ~4 MB of traffic). Same arithmetic, in the same order, as the chunked kernel.
 template <typename T>
 __global__ void __launch_bounds__(kThreads) causal_conv1d_update_kernel(const md_causal_conv1d_params p) {
+  pdl_release();
+  pdl_wait();
   const int64_t idx = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x;
   if (idx >= p.batch * p.dim) return;
   const int64_t c = idx % p.dim, b = idx / p.dim;
@@ -210,8 +212,8 @@ extern "C" cudaError_t md_launch_causal_conv1d(const md_causal_conv1d_params* p,
     const int64_t blocks = (p->batch * p->dim + md::kThreads - 1) / md::kThreads;
     MD_CHECK(blocks < (int64_t{1} << 31), "causal_conv1d: too large");
     return MD_DISPATCH_DTYPE(p->x_dtype, T, [&] {
-      md::causal_conv1d_update_kernel<T><<<static_cast<unsigned>(blocks), md::kThreads, 0, stream>>>(*p);
-      return cudaGetLastError();
+      return md::launch_pdl(md::causal_conv1d_update_kernel<T>, static_cast<unsigned>(blocks), md::kThreads, 0, stream,
+                            *p);
     });
   }
   const int64_t nchunks = (p->seqlen + md::kTPT - 1) / md::kTPT;

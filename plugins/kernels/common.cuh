@@ -5,6 +5,7 @@
 #include <cuda_fp16.h>
 
 #include <cstdint>
+#include <utility>
 
 #include "mamba_kernels.h"
 
@@ -59,6 +60,40 @@ __device__ __forceinline__ float block_sum(float v, float* scratch) {
   float s = lane < nwarps ? scratch[lane] : 0.f;
   s = group_sum<32>(s);
   return s;
+}
+
+// ---- programmatic dependent launch (md_kernels_set_programmatic_launch) ------------------------------
+// A kernel started by launch_pdl may run while the previous kernel on its stream is still running: before
+// pdl_wait() it may only read what no kernel writes (weights); pdl_release() lets the next kernel start.
+// Every such kernel calls pdl_wait() in every block, so the previous kernel has finished when it finishes.
+// Both are no-ops when the kernel was launched plainly.
+__device__ __forceinline__ void pdl_wait() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void pdl_release() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
+
+// kernel<<<grid, block, smem, stream>>>(args...), with the programmatic-serialization attribute when the
+// setting is on.
+template <typename... Params, typename... Args>
+cudaError_t launch_pdl(void (*kernel)(Params...), dim3 grid, dim3 block, size_t smem, cudaStream_t stream,
+                       Args&&... args) {
+  cudaLaunchConfig_t config{};
+  config.gridDim = grid;
+  config.blockDim = block;
+  config.dynamicSmemBytes = smem;
+  config.stream = stream;
+  cudaLaunchAttribute attribute[1];
+  attribute[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attribute[0].val.programmaticStreamSerializationAllowed = 1;
+  config.attrs = attribute;
+  config.numAttrs = md_kernels_programmatic_launch() ? 1 : 0;
+  return cudaLaunchKernelEx(&config, kernel, std::forward<Args>(args)...);
 }
 
 // ---- host-side checks --------------------------------------------------------------------------

@@ -8,6 +8,7 @@
 // through the read-only cache (re-read by every row). Accumulation in float32 registers, one per
 // batch row (batch <= 16 is a template bound); warp shuffles, then shared memory across the split.
 // Lane b of the row's first warp finishes batch row b (bias, conv epilogue, store).
+// All the decode kernels here start with pdl_release(); pdl_wait() (common.cuh: programmatic dependent launch).
 #include <cstdint>
 
 #include "common.cuh"
@@ -63,6 +64,8 @@ __global__ void __launch_bounds__(kWarps * 32) gemv_kernel(const md_gemv_params 
   const int slice = warp % split;
   const bool row_ok = row < p.n;
   const int batch = static_cast<int>(p.batch);
+  pdl_release();
+  pdl_wait();
   float acc[NB];
 #pragma unroll
   for (int b = 0; b < NB; ++b) acc[b] = 0.f;
@@ -140,9 +143,9 @@ template <typename T, int NB>
 cudaError_t launch_gemv_nb(const md_gemv_params& p, int split, bool vec, cudaStream_t s) {
   const int64_t rows_per_block = kWarps / split;
   const unsigned blocks = static_cast<unsigned>((p.n + rows_per_block - 1) / rows_per_block);
-  if (vec) gemv_kernel<T, NB, true><<<blocks, kWarps * 32, 0, s>>>(p, split);
-  else gemv_kernel<T, NB, false><<<blocks, kWarps * 32, 0, s>>>(p, split);
-  return cudaGetLastError();
+  // No L2 prefetch of the weights before pdl_wait(): measured 6% slower at mamba-1.4b batch 1 than without.
+  return vec ? launch_pdl(gemv_kernel<T, NB, true>, blocks, kWarps * 32, 0, s, p, split)
+             : launch_pdl(gemv_kernel<T, NB, false>, blocks, kWarps * 32, 0, s, p, split);
 }
 
 template <typename T>
@@ -179,6 +182,8 @@ int auto_split(const md_gemv_params& p) {
 // Mamba2. Grid: (ceil(nheads * headdim / 4), batch); a warp per (head, p), NPL states per lane.
 template <typename T, typename S, int NPL>
 __global__ void __launch_bounds__(128) mamba2_step_kernel(const md_mamba2_step_params p) {
+  pdl_release();
+  pdl_wait();
   const int lane = threadIdx.x & 31;
   const int64_t b = blockIdx.y, row = static_cast<int64_t>(blockIdx.x) * 4 + (threadIdx.x >> 5);
   if (row >= p.nheads * p.headdim) return;
@@ -211,6 +216,8 @@ __global__ void __launch_bounds__(128) mamba2_step_kernel(const md_mamba2_step_p
 
 // Row norm. Grid: (rows, hidden / group_size); group_size / 8 threads, 8 elements each.
 __global__ void __launch_bounds__(1024) row_norm_kernel(const md_row_norm_params p) {
+  pdl_release();
+  pdl_wait();
   __shared__ float scratch[33];
   const int64_t r = blockIdx.x, e = static_cast<int64_t>(blockIdx.y) * p.group_size + threadIdx.x * 8;
   float v[8], w[8];
@@ -237,12 +244,11 @@ template <typename T, typename S>
 cudaError_t launch_m2_typed(const md_mamba2_step_params& p, cudaStream_t s) {
   const dim3 grid(static_cast<unsigned>((p.nheads * p.headdim + 3) / 4), static_cast<unsigned>(p.batch));
   switch (p.dstate / 32) {
-    case 1: mamba2_step_kernel<T, S, 1><<<grid, 128, 0, s>>>(p); break;
-    case 2: mamba2_step_kernel<T, S, 2><<<grid, 128, 0, s>>>(p); break;
-    case 4: mamba2_step_kernel<T, S, 4><<<grid, 128, 0, s>>>(p); break;
-    default: mamba2_step_kernel<T, S, 8><<<grid, 128, 0, s>>>(p); break;
+    case 1: return launch_pdl(mamba2_step_kernel<T, S, 1>, grid, 128, 0, s, p);
+    case 2: return launch_pdl(mamba2_step_kernel<T, S, 2>, grid, 128, 0, s, p);
+    case 4: return launch_pdl(mamba2_step_kernel<T, S, 4>, grid, 128, 0, s, p);
+    default: return launch_pdl(mamba2_step_kernel<T, S, 8>, grid, 128, 0, s, p);
   }
-  return cudaGetLastError();
 }
 
 template <typename T>
@@ -305,6 +311,5 @@ extern "C" cudaError_t md_launch_row_norm(const md_row_norm_params* p, cudaStrea
   MD_CHECK(p->rows >= 0 && p->rows < (int64_t{1} << 31), "row_norm: bad rows");
   if (p->rows == 0) return cudaSuccess;
   const dim3 grid(static_cast<unsigned>(p->rows), static_cast<unsigned>(p->hidden / p->group_size));
-  md::row_norm_kernel<<<grid, static_cast<unsigned>(p->group_size / 8), 0, stream>>>(*p);
-  return cudaGetLastError();
+  return md::launch_pdl(md::row_norm_kernel, grid, static_cast<unsigned>(p->group_size / 8), 0, stream, *p);
 }

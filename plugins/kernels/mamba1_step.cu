@@ -26,6 +26,8 @@ constexpr int kMaxState = 16;
 // states are loaded together with the dt_proj chunk, so their latencies overlap.
 template <typename T, typename S, int RB>
 __global__ void __launch_bounds__(kStepThreads) mamba1_step_kernel(const md_mamba1_step_params p) {
+  pdl_release();
+  pdl_wait();
   extern __shared__ __align__(16) float smem[];  // dt inputs [RB][R8 * 8]; B, C [RB][kMaxState]; x, z [RB][8]
   const int n = threadIdx.x & 15;
   const int64_t d = static_cast<int64_t>(blockIdx.x) * (kStepThreads / 16) + (threadIdx.x >> 4);
@@ -111,6 +113,8 @@ __global__ void __launch_bounds__(kStepThreads) mamba1_step_kernel(const md_mamb
 // memory. Grid: (ceil(dim / kStepThreads), batch).
 template <typename T, typename S, bool VEC>
 __global__ void __launch_bounds__(kStepThreads) mamba1_step_dt_kernel(const md_mamba1_step_params p) {
+  pdl_release();
+  pdl_wait();
   __shared__ float s_B[kMaxState], s_C[kMaxState];
   const int64_t b = blockIdx.y, d0 = static_cast<int64_t>(blockIdx.x) * kStepThreads + threadIdx.x;
   const int N = static_cast<int>(p.dstate);
@@ -167,8 +171,7 @@ template <typename T, typename S, int RB>
 cudaError_t launch_step_rows(const md_mamba1_step_params& p, cudaStream_t s) {
   const dim3 grid(static_cast<unsigned>((p.dim + 7) / 8), static_cast<unsigned>((p.batch + RB - 1) / RB));
   const size_t smem = sizeof(float) * RB * ((p.dt_rank + 7) / 8 * 8 + 2 * kMaxState + 2 * 8);
-  mamba1_step_kernel<T, S, RB><<<grid, kStepThreads, smem, s>>>(p);
-  return cudaGetLastError();
+  return launch_pdl(mamba1_step_kernel<T, S, RB>, grid, kStepThreads, smem, s, p);
 }
 
 // Rows per block: the batch up to 8 (a larger RB would only add registers; dt_proj is then re-read
@@ -186,9 +189,8 @@ cudaError_t launch_step_dt(const md_mamba1_step_params& p, cudaStream_t s) {
   const dim3 grid(static_cast<unsigned>((p.dim + kStepThreads - 1) / kStepThreads), static_cast<unsigned>(p.batch));
   const bool vec = p.dstate == kMaxState && p.state_dim_stride % 8 == 0 && p.state_batch_stride % 8 == 0 &&
                    (reinterpret_cast<uintptr_t>(p.state) & 15) == 0 && (reinterpret_cast<uintptr_t>(p.A) & 15) == 0;
-  if (vec) mamba1_step_dt_kernel<T, S, true><<<grid, kStepThreads, 0, s>>>(p);
-  else mamba1_step_dt_kernel<T, S, false><<<grid, kStepThreads, 0, s>>>(p);
-  return cudaGetLastError();
+  return vec ? launch_pdl(mamba1_step_dt_kernel<T, S, true>, grid, kStepThreads, 0, s, p)
+             : launch_pdl(mamba1_step_dt_kernel<T, S, false>, grid, kStepThreads, 0, s, p);
 }
 
 template <typename T>

@@ -27,9 +27,10 @@
 extern "C" {
 #endif
 
-#define MD_KERNELS_VERSION 5 /* 2: the prefill scans take a workspace; 3: GEMV / decode entry points;
+#define MD_KERNELS_VERSION 6 /* 2: the prefill scans take a workspace; 3: GEMV / decode entry points;
                               4: Philox uniforms (sampling.h) and state_rows (decode over state slots);
-                              5: mamba1_step takes a precomputed dt (large batches) */
+                              5: mamba1_step takes a precomputed dt (large batches);
+                              6: programmatic dependent launch of the decode kernels */
 #define MD_MAX_CONV_WIDTH 8 /* causal conv width (d_conv) supported: 1..8 */
 #define MD_MAX_DSTATE 256   /* SSM state size supported: 1..256 */
 #define MD_MAX_NORM_HIDDEN 16384 /* norm row / group length supported */
@@ -174,6 +175,13 @@ size_t md_ssm_scan_workspace_size(const md_ssm_params* p);
 
 /* Why a launcher on this host thread last returned cudaErrorInvalidValue ("" if none did). */
 const char* md_kernels_check_message(void);
+
+/* Programmatic dependent launch (compute capability 9.0+), process-wide, off by default: when on, the decode
+ * kernels (GEMV, row norm, the Mamba steps, the conv update, the norms) are launched so that each may start
+ * while the previous kernel on its stream finishes (in a CUDA graph too); they load weights first and wait
+ * for the previous kernel before touching anything else. Results are the same either way. */
+void md_kernels_set_programmatic_launch(int enable);
+int md_kernels_programmatic_launch(void);
 
 #ifdef __cplusplus
 } /* extern "C" */

@@ -22,6 +22,8 @@ int threads_for(int64_t n) {
 }
 
 __global__ void __launch_bounds__(1024) add_norm_kernel(const md_add_norm_params p) {
+  pdl_release();
+  pdl_wait();
   __shared__ float scratch[33];
   const int64_t row = blockIdx.x, n = p.hidden;
   const int64_t xo = row * p.x_row_stride, ro = row * p.residual_row_stride;
@@ -68,6 +70,8 @@ __global__ void __launch_bounds__(1024) add_norm_kernel(const md_add_norm_params
 
 // Grid: (rows, hidden / group_size).
 __global__ void __launch_bounds__(1024) gated_rms_norm_kernel(const md_gated_rms_norm_params p) {
+  pdl_release();
+  pdl_wait();
   __shared__ float scratch[33];
   const int64_t row = blockIdx.x, gs = p.group_size, base = blockIdx.y * gs;
   float v[kMaxPer];
@@ -105,8 +109,8 @@ extern "C" cudaError_t md_launch_add_norm(const md_add_norm_params* p, cudaStrea
            "add_norm: bad dtype code");
   MD_CHECK(p->rows < (int64_t{1} << 31), "add_norm: too many rows");
   if (p->rows == 0) return cudaSuccess;
-  md::add_norm_kernel<<<static_cast<unsigned>(p->rows), md::threads_for(p->hidden), 0, stream>>>(*p);
-  return cudaGetLastError();
+  return md::launch_pdl(md::add_norm_kernel, static_cast<unsigned>(p->rows), md::threads_for(p->hidden), 0, stream,
+                        *p);
 }
 
 extern "C" cudaError_t md_launch_gated_rms_norm(const md_gated_rms_norm_params* p, cudaStream_t stream) {
@@ -120,6 +124,5 @@ extern "C" cudaError_t md_launch_gated_rms_norm(const md_gated_rms_norm_params* 
   MD_CHECK(p->rows < (int64_t{1} << 31) && p->hidden / p->group_size <= 65535, "gated_rms_norm: too large");
   if (p->rows == 0) return cudaSuccess;
   const dim3 grid(static_cast<unsigned>(p->rows), static_cast<unsigned>(p->hidden / p->group_size));
-  md::gated_rms_norm_kernel<<<grid, md::threads_for(p->group_size), 0, stream>>>(*p);
-  return cudaGetLastError();
+  return md::launch_pdl(md::gated_rms_norm_kernel, grid, md::threads_for(p->group_size), 0, stream, *p);
 }
