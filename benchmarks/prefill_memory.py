@@ -1,0 +1,38 @@
+"""Prefill time and extra GPU memory (peak minus what was allocated before) of the native engine, batch 1,
+on random weights of a published shape.
+
+    MAMBA_DEPLOY_KERNEL_LIB=build/libmamba_deploy_kernels.so PYTHONPATH=. \\
+        python3 benchmarks/prefill_memory.py --random-init mamba2-1.3b --lengths 2048 32768
+"""
+import argparse
+
+import torch
+
+from mamba_deploy.native import random_engine
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--random-init", default="mamba2-1.3b")
+    ap.add_argument("--lengths", type=int, nargs="+", default=[2048, 32768])
+    a = ap.parse_args()
+    eng = random_engine(a.random_init, max_batch=1)
+    for length in a.lengths:
+        ids = torch.randint(1, 1000, (1, length))
+        state = eng.new_state(1)
+        eng.prefill(ids[:, :128], state)  # warm-up: cuBLAS heuristics, allocator
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        before = torch.cuda.memory_allocated()
+        state.zero_()
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        eng.prefill(ids, state)
+        end.record()
+        torch.cuda.synchronize()
+        extra = (torch.cuda.max_memory_allocated() - before) / 2 ** 30
+        print(f"{a.random_init} prefill {length}: {start.elapsed_time(end):.1f} ms (one run), extra memory {extra:.3f} GiB")
+
+
+if __name__ == "__main__":
+    main()
