@@ -230,3 +230,32 @@ def test_blocked_cumsum_equals_cumsum(rows, vocab):
 
     weights = torch.randint(0, 2 ** 40, (rows, vocab), generator=torch.Generator().manual_seed(vocab))
     assert torch.equal(cumsum_rows(weights), weights.cumsum(dim=-1))
+
+
+@pytest.mark.parametrize("candidates", [16, 64])
+def test_host_pick_takes_the_same_tokens_as_the_full_sort(candidates, monkeypatch):
+    """pick_tokens_host (the CPU's: a sorted prefix of top candidates, the full sort only where a filter does not
+    provably end inside it) == pick_tokens on every row: peaked and flat rows, ties at the cut, -inf columns,
+    every filter alone and combined; both paths taken."""
+    from mamba_deploy.runtime import sampler
+
+    gen = torch.Generator().manual_seed(candidates)
+    vocab, rows = 300, []
+    for scale in (0.5, 3.0, 12.0):
+        rows.append(torch.randn(40, vocab, generator=gen) * scale)
+    ties = (torch.randn(40, vocab, generator=gen) * 4).round() / 2  # many equal values, some at the cut
+    ties[::3, -20:] = float("-inf")
+    rows.append(ties)
+    scaled = torch.cat(rows)
+    n = scaled.shape[0]
+    top_k = torch.tensor([0, 1, 5, candidates - 1, candidates, candidates + 1, 200, vocab])[torch.arange(n) % 8]
+    top_p = torch.tensor([1.0, 0.9, 0.5, 0.99, 0.2])[torch.arange(n) % 5]
+    min_p = torch.tensor([0.0, 0.05, 0.5])[torch.arange(n) % 3]
+    uniform = torch.rand(n, generator=gen).clamp(1e-6, 1 - 1e-6)
+    expected = sampler.pick_tokens(scaled, top_k, top_p, min_p, uniform)
+    sorted_rows = []
+    full = sampler.pick_tokens
+    monkeypatch.setattr(sampler, "pick_tokens", lambda x, *a: sorted_rows.append(x.shape[0]) or full(x, *a))
+    got = sampler.pick_tokens_host(scaled, top_k, top_p, min_p, uniform, candidates=candidates)
+    assert torch.equal(got, expected)
+    assert 0 < sum(sorted_rows) < n  # some rows decided on the candidates, some sorted whole
