@@ -4,7 +4,9 @@ A `SamplerState` holds, for `max_slots` rows, each row's sampling parameters, it
 and the tokens it has seen (prompt and output, for the repetition penalty). `sample(logits, slots,
 vocab_limit)` picks one token for each given slot with torch ops on the logits' device (plus the
 Philox kernel on CUDA): no host synchronisation and no data-dependent shapes, so a decode step that
-samples can be captured in a CUDA graph; greedy and sampled rows mix in one call.
+samples can be captured in a CUDA graph; greedy and sampled rows mix in one call. On the CPU, where nothing
+is captured, steps 3-8 sort only each row's top candidates when that provably gives the same token
+(`pick_tokens_host`).
 
 Per row, in this order (float32 unless said; `sampler_reference.sample_reference` is the same, written
 plainly):
