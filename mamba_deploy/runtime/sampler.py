@@ -170,23 +170,35 @@ def pick_tokens(scaled: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor, 
                 uniform: torch.Tensor) -> torch.Tensor:
     """Steps 3-8 of the module docstring. scaled: (n, V) float32 logits / temperature; top_k (n,) int64;
     top_p, min_p, uniform (n,) float32 -> (n,) int64 token ids."""
-    vocab = scaled.shape[1]
     ordered, order = torch.sort(scaled, dim=-1, descending=True, stable=True)
+    probs, weights, _ = _sorted_weights(ordered, top_k, scaled.shape[1])
+    cumulative = cumsum_rows(weights)
+    return _inverse_cdf(order, probs, weights, cumulative, cumulative[:, -1], top_p, min_p, uniform)
+
+
+def _sorted_weights(ordered: torch.Tensor, top_k: torch.Tensor, vocab: int) -> tuple[torch.Tensor, ...]:
+    """Steps 4-5 on `ordered` (n, m), the first m positions of the sorted rows of `vocab` values -> probs (n, m),
+    int64 weights (n, m) zero past the row's top-k, and k (n,)."""
     probs = torch.exp(ordered - ordered[:, :1])
     weights = (probs * float(2 ** weight_bits(vocab))).to(torch.int64)  # exact scaling, then truncation
-    position = torch.arange(vocab, device=scaled.device)
     k = torch.where(top_k > 0, top_k.clamp(max=vocab), vocab)
-    weights = torch.where(position < k[:, None], weights, 0)
-    cumulative = cumsum_rows(weights)
+    position = torch.arange(ordered.shape[1], device=ordered.device)
+    return probs, torch.where(position < k[:, None], weights, 0), k
+
+
+def _inverse_cdf(order: torch.Tensor, probs: torch.Tensor, weights: torch.Tensor, cumulative: torch.Tensor,
+                 total: torch.Tensor, top_p: torch.Tensor, min_p: torch.Tensor, uniform: torch.Tensor) -> torch.Tensor:
+    """Steps 6-8 on a sorted prefix (n, m) that holds every kept token: order its token ids, cumulative its
+    weights' running sum, total (n,) the weight of the row's top-k (all of the row's, not only the prefix's)."""
     before = (cumulative - weights).double()
-    nucleus = before < top_p.double()[:, None] * cumulative[:, -1:].double()
+    nucleus = before < top_p.double()[:, None] * total.double()[:, None]
     keep = (nucleus | (top_p >= 1)[:, None]) & (probs >= min_p[:, None])
     # Each filter keeps a prefix of the sorted order (before grows, probs shrink along it), so the kept
     # weights' running sum is `cumulative` itself up to the prefix's end (the top token is always kept):
     # no second cumulative sum. Positions past the prefix have cumulative >= its total > the threshold.
     kept_total = cumulative.gather(1, keep.sum(dim=-1, keepdim=True) - 1)
-    threshold = uniform.to(scaled.device).double()[:, None] * kept_total.double()
-    index = (cumulative.double() <= threshold).sum(dim=-1).clamp(max=vocab - 1)
+    threshold = uniform.to(order.device).double()[:, None] * kept_total.double()
+    index = (cumulative.double() <= threshold).sum(dim=-1).clamp(max=order.shape[1] - 1)
     return order.gather(1, index[:, None]).squeeze(1)
 
 
@@ -210,26 +222,15 @@ def pick_tokens_host(scaled: torch.Tensor, top_k: torch.Tensor, top_p: torch.Ten
     index, by_id = index.sort(dim=-1)  # equal values by lower id, as pick_tokens' stable sort
     ordered, order = values.gather(1, by_id).sort(dim=-1, descending=True, stable=True)
     order = index.gather(1, order)
-    top, last = ordered[:, :1], ordered[:, -1:]
-    closed = ((scaled >= last).sum(dim=-1) == m) & ~scaled.isnan().any(dim=-1)  # no tie across the cut
-    scale = float(2 ** weight_bits(vocab))
-    probs = torch.exp(ordered - top)
-    weights = (probs * scale).to(torch.int64)
-    total_all = (torch.exp(scaled - top) * scale).to(torch.int64).sum(dim=-1)
-    k = torch.where(top_k > 0, top_k.clamp(max=vocab), vocab)
-    weights = torch.where(torch.arange(m) < k[:, None], weights, 0)
+    closed = ((scaled >= ordered[:, -1:]).sum(dim=-1) == m) & ~scaled.isnan().any(dim=-1)  # no tie across the cut
+    probs, weights, k = _sorted_weights(ordered, top_k, vocab)
     cumulative = weights.cumsum(dim=-1)
+    total_all = (torch.exp(scaled - ordered[:, :1]) * float(2 ** weight_bits(vocab))).to(torch.int64).sum(dim=-1)
     total = torch.where(k >= vocab, total_all, cumulative[:, -1])  # top-k within the candidates: their sum
     ends_inside = (k <= m) | ((top_p < 1) & (cumulative[:, -1].double() >= top_p.double() * total.double())) | \
         (probs[:, -1] < min_p)
     ok = closed & ends_inside & ((k <= m) | (k >= vocab))
-    before = (cumulative - weights).double()
-    nucleus = before < top_p.double()[:, None] * total.double()[:, None]
-    keep = (nucleus | (top_p >= 1)[:, None]) & (probs >= min_p[:, None])
-    kept_total = cumulative.gather(1, keep.sum(dim=-1, keepdim=True) - 1)
-    threshold = uniform.double()[:, None] * kept_total.double()
-    picked = (cumulative.double() <= threshold).sum(dim=-1).clamp(max=m - 1)
-    tokens = order.gather(1, picked[:, None]).squeeze(1)
+    tokens = _inverse_cdf(order, probs, weights, cumulative, total, top_p, min_p, uniform)
     rest = (~ok).nonzero().squeeze(1)
     if rest.numel():
         tokens[rest] = pick_tokens(scaled[rest], top_k[rest], top_p[rest], min_p[rest], uniform[rest])
