@@ -26,14 +26,6 @@ def pytest_collection_modifyitems(config, items):
 @pytest.fixture(scope="session")
 def exports(tmp_path_factory):
     """exports(arch, **options) -> a tiny export folder, built once per (arch, options) per session."""
-    from mamba_deploy.export.testing import tiny_export
+    from mamba_deploy.export.testing import built_once, tiny_export
 
-    cache = {}
-
-    def get(arch, **options):
-        key = (arch, tuple(sorted(options.items())))
-        if key not in cache:
-            cache[key] = tiny_export(arch, tmp_path_factory.mktemp(arch), **options)
-        return cache[key]
-
-    return get
+    return built_once(lambda arch, **options: tiny_export(arch, tmp_path_factory.mktemp(arch), **options))

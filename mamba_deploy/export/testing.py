@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any, Callable
 
 import torch
 
@@ -36,3 +37,16 @@ def tiny_export(arch: str, folder: str | os.PathLike, **options) -> Path:
     folder = Path(folder)
     ckpt = tiny_checkpoint(arch, folder / "ckpt")
     return export_model(ckpt, folder / "export", ExportOptions(**options), progress=False)
+
+
+def built_once(build: Callable[..., Any]) -> Callable[..., Any]:
+    """build(name, *args, **options) memoised on its arguments: what a test fixture hands out, each made once."""
+    cache: dict[tuple, Any] = {}
+
+    def get(name: str, *args: Any, **options: Any) -> Any:
+        key = (name, args, tuple(sorted(options.items())))
+        if key not in cache:
+            cache[key] = build(name, *args, **options)
+        return cache[key]
+
+    return get

@@ -10,6 +10,7 @@ from test_export import OrtModel, _check_chain, rel
 
 from mamba_deploy.cli import cli
 from mamba_deploy.export import ExportOptions, export_model
+from mamba_deploy.export.testing import built_once
 from mamba_deploy.verify import verify_export
 
 pytestmark = pytest.mark.filterwarnings("ignore:the checkpoint has no tokenizer")
@@ -19,17 +20,12 @@ CASES = list(FALCON_CASES) + CODESTRAL_CASES
 @pytest.fixture(scope="module")
 def family_export(tmp_path_factory):
     """family_export(name, ops, dtype) -> (export folder, the HF model it came from), built once per module."""
-    cache = {}
+    def build(name, ops="plugin", dtype=None):
+        root = tmp_path_factory.mktemp(name)
+        hf = save_hf_model(name, root / "ckpt")
+        return export_model(root / "ckpt", root / "export", ExportOptions(ops=ops, dtype=dtype), progress=False), hf
 
-    def get(name, ops="plugin", dtype=None):
-        if (name, ops, dtype) not in cache:
-            root = tmp_path_factory.mktemp(name)
-            hf = save_hf_model(name, root / "ckpt")
-            options = ExportOptions(ops=ops, dtype=dtype)
-            cache[name, ops, dtype] = export_model(root / "ckpt", root / "export", options, progress=False), hf
-        return cache[name, ops, dtype]
-
-    return get
+    return built_once(build)
 
 
 @pytest.mark.parametrize("ops", ["plugin", "standard"])
@@ -88,17 +84,12 @@ def test_export_configs(family_export):
 @pytest.fixture(scope="module")
 def mlp_export(tmp_path_factory):
     """mlp_export(name, **options) -> the export folder of MLP_CONFIGS[name] (its checkpoint in ../ckpt)."""
-    cache = {}
+    def build(name, **options):
+        root = tmp_path_factory.mktemp(name)
+        mlp_checkpoint(name, root / "ckpt")
+        return export_model(root / "ckpt", root / "export", ExportOptions(**options), progress=False)
 
-    def get(name, **options):
-        key = (name, tuple(sorted(options.items())))
-        if key not in cache:
-            root = tmp_path_factory.mktemp(name)
-            mlp_checkpoint(name, root / "ckpt")
-            cache[key] = export_model(root / "ckpt", root / "export", ExportOptions(**options), progress=False)
-        return cache[key]
-
-    return get
+    return built_once(build)
 
 
 @pytest.mark.parametrize("ops", ["plugin", "standard"])

@@ -6,17 +6,9 @@ import pytest
 @pytest.fixture(scope="session")
 def own_exports(tmp_path_factory):
     """own_exports(arch, **options) -> a tiny export folder for these tests only, built once per session."""
-    from mamba_deploy.export.testing import tiny_export
+    from mamba_deploy.export.testing import built_once, tiny_export
 
-    cache = {}
-
-    def get(arch, **options):
-        key = (arch, tuple(sorted(options.items())))
-        if key not in cache:
-            cache[key] = tiny_export(arch, tmp_path_factory.mktemp(f"triton-{arch}"), **options)
-        return cache[key]
-
-    return get
+    return built_once(lambda arch, **options: tiny_export(arch, tmp_path_factory.mktemp(f"triton-{arch}"), **options))
 
 
 @pytest.fixture(scope="session")
