@@ -34,12 +34,15 @@ def _events_ms(fn: Callable[[], None], repeats: int) -> float:
     return statistics.median(times)
 
 
+DECODE_REPEATS = 5
+
+
 def _prompt(batch: int, length: int, vocab: int, device, seed: int = 1) -> torch.Tensor:
     gen = torch.Generator(device="cpu").manual_seed(seed)
     return torch.randint(1, vocab, (batch, length), generator=gen).to(device)
 
 
-def bench_decode(eng, batch: int, prompt_len: int, gen_len: int, repeats: int = 5) -> float:
+def bench_decode(eng, batch: int, prompt_len: int, gen_len: int, repeats: int = DECODE_REPEATS) -> float:
     """ms per decode step (one token per row) of the engine's CUDA graph for `batch`."""
     state = eng.new_state(batch)
     logits = eng.prefill(_prompt(batch, prompt_len, eng.config.vocab_size, eng.device), state)
@@ -94,7 +97,7 @@ def engine_api(eng):
     from .runtime.backends.native import NativeBackend
 
     meta = {"format_version": 1, "dtype": dtype_name(eng.dtype), "state_dtype": dtype_name(eng.state_dtype),
-            "logits": "last"}
+            "logits": "last", **({"max_seq_len": eng.max_seq_len} if eng.max_seq_len else {})}
     info = ExportInfo(Path("<random weights: no export folder>"), eng.config, meta)
     return Engine(NativeBackend(info, engine=eng), tokenizer=None)
 
@@ -170,8 +173,8 @@ def sweep_gemv(shapes=((8192, 2048), (2048, 4096), (160, 4096), (8512, 2048), (5
 
 def bench_mamba_ssm(eng, batch: int, prompt_len: int, gen_len: int) -> Optional[float]:
     """ms/token of mamba_ssm's MambaLMHeadModel.generate(cg=True) on the engine's weights; None if not installed
-    or the model is Falcon-Mamba (mamba-ssm has no such model)."""
-    if eng.config.mixer_rms_eps is not None:
+    or the model is Falcon-Mamba (mamba-ssm has no such model) or a hybrid (not mapped here)."""
+    if eng.config.mixer_rms_eps is not None or eng.config.other_layers:
         return None
     try:
         from mamba_ssm.models.config_mamba import MambaConfig
@@ -215,13 +218,16 @@ def bench(path=None, backend: str = "native", batches: Sequence[int] = (1, 16, 6
     generate: also Engine.generate end to end (T=0.7, top-p 0.9) per batch: rows get generate_tok_s."""
     from .export.artifact import DTYPES
     from .native import load_engine, random_engine
+    from .native.hybrid import kv_bytes
 
     if backend != "native":
         raise ValueError(f"bench measures the native backend (got {backend!r}); other backends: mamba-deploy verify")
     if (path is None) == (random_init is None):
         raise ValueError("give either a folder or random_init")
     torch.cuda.reset_peak_memory_stats()
-    kw = dict(max_batch=max(batches), chunk_len=max(2048, min(prefill_len, 8192)))
+    # a hybrid's KV caches hold the prefill bench's prompt and every timed decode step (bench_decode)
+    kw = dict(max_batch=max(batches), chunk_len=max(2048, min(prefill_len, 8192)),
+              max_seq_len=max(prefill_len, prompt_len + 16 + 6 * gen_len))
     sdt = DTYPES[dtype] if state_dtype == "model" else DTYPES[state_dtype]
     eng = (random_engine(random_init, DTYPES[dtype], sdt, **kw) if random_init
            else load_engine(path, DTYPES[dtype], sdt, **kw))
@@ -232,7 +238,8 @@ def bench(path=None, backend: str = "native", batches: Sequence[int] = (1, 16, 6
     for b in batches:
         ms = bench_decode(eng, b, prompt_len, gen_len)
         ssm_ms = bench_mamba_ssm(eng, b, prompt_len, gen_len)
-        moved = wbytes + 2 * eng.state_bytes(b)
+        seen = prompt_len + 10 + DECODE_REPEATS * gen_len // 2  # a hybrid's mean cached positions while timed
+        moved = wbytes + 2 * eng.state_bytes(b) + kv_bytes(eng.static, b, seen)
         rows.append(dict(model=name, batch=b, decode_ms=ms, tok_s=b * 1000.0 / ms, gbps=moved / ms / 1e6,
                          floor_ms=moved / COPY_BW * 1e3, prefill_ms=prefill_ms, prefill_len=prefill_len,
                          weight_gb=wbytes / 1e9, mamba_ssm_ms=ssm_ms))

@@ -37,6 +37,12 @@ PRESETS: dict[str, dict[str, Any]] = {
                         "time_step_rank": 256, "mixer_rms_eps": 1e-6},  # tiiuae/falcon-mamba-7b
     "mamba-codestral-7b": {**_HF_7B, "model_type": "mamba2", "vocab_size": 32768, "state_size": 128,  # mistralai/
                            "num_heads": 128, "head_dim": 64, "n_groups": 8, "chunk_size": 256},  # Mamba-Codestral-7B-v0.1
+    # nvidia/Nemotron-H-8B-Base-8K: 24 Mamba-2, 4 attention (32 heads over 8 kv heads of 128) and 24 relu^2 MLP layers
+    "nemotron-h-8b": {"model_type": "nemotron_h", "vocab_size": 131072, "hidden_size": 4096,
+                      "hybrid_override_pattern": "M-M-M-M*-M-M-M-M-M*-M-M-M-M-M*-M-M-M-M-M*-M-M-M-M-M-",
+                      "num_attention_heads": 32, "num_key_value_heads": 8, "head_dim": 128, "mamba_num_heads": 128,
+                      "mamba_head_dim": 64, "n_groups": 8, "ssm_state_size": 128, "conv_kernel": 4, "chunk_size": 128,
+                      "intermediate_size": 21504, "tie_word_embeddings": False},
 }
 
 

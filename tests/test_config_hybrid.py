@@ -59,6 +59,20 @@ def test_mamba2attn_preset():
     assert 2.5e9 < cfg.parameter_estimate() < 2.9e9
 
 
+def test_nemotron_h_8b_preset():
+    """The published Nemotron-H-8B shape: 52 layers (24 Mamba-2, 4 attention, 24 MLP), about 8.1B parameters."""
+    import torch
+
+    from mamba_deploy.models import MambaLM
+    from mamba_deploy.random_init import preset_config
+
+    cfg = parse_config(preset_config("nvidia/nemotron-h-8b"))
+    assert (len(cfg.mamba_layers), cfg.attn_layer_idx, len(cfg.mlp_layer_idx)) == (24, (7, 18, 29, 40), 24)
+    with torch.device("meta"):
+        params = sum(p.numel() for p in MambaLM(cfg, torch.float16).parameters())
+    assert 7.9e9 < params < 8.3e9
+
+
 def test_layer_indices_as_a_set():  # mamba-ssm tests `layer_idx in attn_layer_idx`
     assert parse_config({**BASE, "attn_layer_idx": [3, 1, 3]}).attn_layer_idx == (1, 3)
 

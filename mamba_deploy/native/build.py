@@ -11,7 +11,7 @@ from typing import Optional
 import torch
 
 from ..errors import MambaDeployError
-from .loading import engine_from_export, refuse_attention, require_native
+from .loading import engine_from_export, require_native
 
 
 def gpu_slug(device: Optional[torch.device] = None) -> str:
@@ -30,7 +30,6 @@ def build_native(export_dir: str | os.PathLike, max_batch: int = 64, device: Opt
     from ..ops import _lib
 
     info = load_export(export_dir)
-    refuse_attention(info.config)
     require_native()
     dev = torch.device(device or "cuda")
     props = torch.cuda.get_device_properties(dev)

@@ -20,6 +20,10 @@ greedy loop is just replays). Per layer, kernels:
                                                                                        (+5 launches)
   Mamba2: row_norm (add) | gemv in_proj + conv epilogue on xBC | mamba2_step (warp per (head, p)) |
           row_norm (gated) | gemv out_proj                                             (5 launches)
+  Hybrids (native/hybrid.py): attention layers (mamba-ssm's MHA, NemotronH's attention) run row_norm (add) |
+          gemv q k v (+ MHA's conv epilogue) | attention_decode (rotary, the new k and v into the slot's KV
+          cache, attention over its positions) | [MHA's gated MLP part] | gemv out_proj; NemotronH's MLP
+          blocks row_norm (add) | gemv up | relu^2 | gemv down; each slot's length advances once per step.
 (add_norm is row_norm: 16-byte accesses, one block per row; the kernels are plugins/kernels/gemv.cu.)
 For batch > gemv_max_batch (2: measured crossover against cuBLAS on H100) the projections are cuBLAS
 GEMMs (torch.mm into the same buffers) and the conv update is the library's kernel. On compute capability
@@ -38,9 +42,10 @@ import torch
 
 from ..config import MAMBA2, ModelConfig
 from ..errors import ParameterError, is_integer
+from ..models.lm import check_room
 from ..models.state import InferenceState
 from ..ops import _lib, cuda as K
-from . import gemv as G
+from . import gemv as G, hybrid as Hy, prefill as P
 from .weights import Layer, device_weights
 
 
@@ -55,7 +60,7 @@ class NativeEngine:
     def __init__(self, cfg: ModelConfig, weights: dict[str, torch.Tensor], dtype: torch.dtype = torch.float16,
                  state_dtype: torch.dtype = torch.float32, device: torch.device | str = "cuda", max_batch: int = 64,
                  chunk_len: int = 2048, gemv_max_batch: int = 2, use_graphs: bool = True, dt_gemm_min_batch: int = 8,
-                 programmatic_launch: bool = True):
+                 programmatic_launch: bool = True, max_seq_len: Optional[int] = None):
         self.config, self.dtype, self.state_dtype = cfg, dtype, state_dtype
         self.device = torch.device(device)
         if self.device.type != "cuda":
@@ -65,6 +70,7 @@ class NativeEngine:
         self.max_batch, self.chunk_len, self.use_graphs = max_batch, chunk_len, use_graphs
         self.gemv_max_batch = min(gemv_max_batch, G.MAX_BATCH)
         self.dt_gemm_min_batch = dt_gemm_min_batch  # Mamba1: from this batch on, dt_proj is one cuBLAS GEMM
+        Hy.check_supported(cfg)
         if programmatic_launch and torch.cuda.get_device_capability(self.device) >= (9, 0):
             _lib.set_programmatic_launch(True)
         self._load(weights)
@@ -84,7 +90,9 @@ class NativeEngine:
         self.ynorm = torch.zeros(B, c.d_inner, dtype=dtype, **f) if c.arch == MAMBA2 else None
         self.logits = torch.zeros(B, c.vocab_size_padded, dtype=dtype, **f)
         self.tokens = torch.zeros(B, dtype=torch.int64, **f)  # decode_sample's output
-        self.static = InferenceState.zeros(c, B, dtype, state_dtype, self.device)  # the pool of max_batch slots
+        # the pool of max_batch slots; a hybrid's holds a KV cache of max_seq_len positions per slot and layer
+        self.static = InferenceState.zeros(c, B, dtype, state_dtype, self.device, Hy.optional_max_seq_len(c, max_seq_len))
+        self.hybrid = Hy.HybridBuffers(c, B, dtype, self.device) if c.other_layers else None
         self.slot_ids = torch.arange(B, dtype=torch.int64, **f)  # batch row r of a step uses slot slot_ids[r]
         self._slot_iota = self.slot_ids.clone()
         self._slot_range: Optional[tuple[int, int]] = (0, B)  # slot_ids[:n] == first .. first + n - 1, or None
@@ -105,13 +113,23 @@ class NativeEngine:
         as the tied LM head; dt_proj through its packed copy, its plain copy serves prefill)."""
         tensors = [self.head, *self.norm_f]
         for L in self.layers:
-            tensors += [t for k, t in vars(L).items() if k != "dt_w" or L.dt_packed is None]
+            tensors += [t for t in L.tensors() if t is not L.dt_w or L.dt_packed is None]
         unique = {t.data_ptr(): t for t in tensors if t is not None}
         return sum(t.numel() * t.element_size() for t in unique.values())
 
     def state_bytes(self, batch: int) -> int:
-        """Bytes of the recurrent state of `batch` rows (conv + ssm, all layers): read and written per step."""
-        return sum(t[:batch].numel() * t.element_size() for t in self.static.conv + self.static.ssm)
+        """Bytes of the recurrent state of `batch` rows (conv + ssm, all layers): read and written per step (a
+        hybrid's KV caches are read up to each row's length on top: hybrid.kv_bytes)."""
+        return sum(t[:batch].numel() * t.element_size() for t in self.static.conv + self.static.ssm +
+                   self.static.attn_conv)
+
+    @property
+    def max_seq_len(self) -> Optional[int]:
+        """The KV cache length of a hybrid's slots (None without attention layers)."""
+        return self.static.max_seq_len
+
+    def _rows_of_pool(self, first: int, count: int) -> InferenceState:
+        return self.static.with_tensors([t[first:first + count] for t in self.static.tensors()])
 
     # ---- state -----------------------------------------------------------------------------------
     def new_state(self, batch_size: int) -> InferenceState:
@@ -121,11 +139,12 @@ class NativeEngine:
         if not 1 <= batch_size <= self.max_batch:
             raise ValueError(f"batch_size must be in 1..{self.max_batch} (the engine's max_batch)")
         if self._claim is None or self._claim() is None:
-            st = InferenceState([t[:batch_size] for t in self.static.conv], [t[:batch_size] for t in self.static.ssm])
+            st = self._rows_of_pool(0, batch_size)
             st.zero_()
             self._claim = weakref.ref(st)
             return st
-        return InferenceState.zeros(self.config, batch_size, self.dtype, self.state_dtype, self.device)
+        return InferenceState.zeros(self.config, batch_size, self.dtype, self.state_dtype, self.device,
+                                    self.max_seq_len)
 
     def is_pool_view(self, state: InferenceState) -> bool:
         """Whether `state` is consecutive slots of the static pool (the claimed state, a prefill_slot view):
@@ -134,9 +153,14 @@ class NativeEngine:
 
     def _first_slot(self, state: InferenceState) -> Optional[int]:
         """k when `state` holds views of slots [k, k + batch) of the pool (checked on its first conv and last
-        ssm tensor, as InferenceState builds them all alike), else None."""
+        ssm tensor and a hybrid's lengths, as InferenceState builds them all alike), else None."""
         first = None
-        for mine, pool in ((state.conv[0], self.static.conv[0]), (state.ssm[-1], self.static.ssm[-1])):
+        pairs = [(state.conv[0], self.static.conv[0]), (state.ssm[-1], self.static.ssm[-1])]
+        if self.static.length is not None:
+            if state.length is None:
+                return None
+            pairs.append((state.length, self.static.length))
+        for mine, pool in pairs:
             row_bytes = pool.stride(0) * pool.element_size()
             offset = mine.data_ptr() - pool.data_ptr()
             k = offset // row_bytes
@@ -160,7 +184,7 @@ class NativeEngine:
         k = self._check_slot(slot)
         if not (is_integer(count) and 1 <= count <= self.max_batch - k):
             raise ParameterError("count", f"must be an int in 1..{self.max_batch - k}, got {count!r}")
-        return InferenceState([t[k:k + count] for t in self.static.conv], [t[k:k + count] for t in self.static.ssm])
+        return self._rows_of_pool(k, count)
 
     def reset_slot(self, slot: int) -> None:
         """Zero the state of slot `slot` (a fresh sequence starts there)."""
@@ -251,12 +275,21 @@ class NativeEngine:
         torch.index_select(self.emb, 0, self.ids[:b], out=self.hidden[:b])
         for i, L in enumerate(self.layers):
             self._add_norm(b, L.norm_w, L.norm_b, first=i == 0)
-            conv_lo = 0 if c.arch != MAMBA2 else c.d_inner
-            conv = dict(lo=conv_lo, weight=L.conv_w, bias=L.conv_b, state=self.static.conv[i], state_rows=rows)
-            self._proj(self.normed[:b], L.in_w, L.in_b, self.xz[:b], conv)
-            (self._mamba2_mixer if c.arch == MAMBA2 else self._mamba1_mixer)(b, L, self.static.ssm[i], rows)
+            if L.kind == "attention":
+                Hy.attention_step(c, self.hybrid, self._proj, b, L, self.normed[:b], self.static, rows,
+                                  self.hidden[:b])
+            elif L.kind == "mlp":
+                Hy.mlp_step(self.hybrid, self._proj, b, L, self.normed[:b], self.hidden[:b])
+            else:
+                conv_lo = 0 if c.arch != MAMBA2 else c.d_inner
+                conv = dict(lo=conv_lo, weight=L.conv_w, bias=L.conv_b, state=self.static.conv[L.index],
+                            state_rows=rows)
+                self._proj(self.normed[:b], L.in_w, L.in_b, self.xz[:b], conv)
+                (self._mamba2_mixer if c.arch == MAMBA2 else self._mamba1_mixer)(b, L, self.static.ssm[L.index], rows)
             if c.d_intermediate:
                 self._mlp_step(b, L)
+        if c.attn_layer_idx:
+            Hy.advance_length(self.static, self.hybrid, rows)
         self._add_norm(b, *self.norm_f, first=False)
         self._proj(self.normed[:b], self.head, None, self.logits[:b])
         if greedy:
@@ -280,14 +313,15 @@ class NativeEngine:
         _linear(x, w, bias, out)
         if conv is not None:
             xc = out[:, conv["lo"]:conv["lo"] + conv["weight"].shape[0]]
-            K.causal_conv1d_update(xc, conv["weight"], conv["bias"], conv["state"], "silu", out=xc,
+            K.causal_conv1d_update(xc, conv["weight"], conv["bias"], conv["state"],
+                                   "silu" if conv.get("silu", True) else None, out=xc,
                                    state_out=conv["state"], state_rows=conv.get("state_rows"))
 
     def _mamba1_mixer(self, b: int, L: Layer, ssm_pool: torch.Tensor, rows: torch.Tensor) -> None:
         d = self.config.d_inner
         x, z = self.xz[:b, :d], self.xz[:b, d:]
         self._proj(x, L.x_w, None, self.xdbl[:b])
-        self._dt_bc_norm(self.xdbl[:b])
+        P.dt_bc_norm(self.config, self.unit, self.xdbl[:b])
         if b < self.dt_gemm_min_batch:  # the step kernel reads dt_proj once per 8 rows
             G.mamba1_step(x, z, self.xdbl[:b], L.dt_packed, L.dt_b, L.A, L.D, ssm_pool, out=self.y[:b], state_rows=rows)
         else:
@@ -295,16 +329,6 @@ class NativeEngine:
             G.mamba1_step(x, z, self.xdbl[:b], None, L.dt_b, L.A, L.D, ssm_pool, out=self.y[:b], state_rows=rows,
                           dt=self.dt[:b])
         self._proj(self.y[:b], L.out_w, L.out_b, self.hidden[:b])
-
-    def _dt_bc_norm(self, xdbl: torch.Tensor) -> None:
-        """Falcon-Mamba (mixer_rms_eps set): x_proj's output xdbl (..., dt_rank + 2 d_state) <- weightless RMS
-        norms of dt and of B and C, each over its own slice (ops.rms_norm_ref), in place: no allocation, no sync,
-        so it is captured in the decode graph. Nothing for other models."""
-        c = self.config
-        if c.mixer_rms_eps is None:
-            return
-        for part, group in ((xdbl[..., :c.dt_rank], c.dt_rank), (xdbl[..., c.dt_rank:], c.d_state)):
-            K.gated_rms_norm(part, None, self.unit[:part.shape[-1]], c.mixer_rms_eps, group, out=part)
 
     def _mamba2_mixer(self, b: int, L: Layer, ssm_pool: torch.Tensor, rows: torch.Tensor) -> None:
         c = self.config
@@ -343,8 +367,11 @@ class NativeEngine:
 
     def _capture(self, step: Callable[[], None], kept: list[torch.Tensor]) -> torch.cuda.CUDAGraph:
         """`step` captured as a graph; the two warm-up runs change nothing: the state, ids, residual and `kept`
-        are saved before and restored after."""
-        kept = self.static.conv + self.static.ssm + [self.ids, self.residual] + kept
+        are saved before and restored after. A hybrid's KV caches are not: the runs write them only at each
+        slot's length and beyond, which no step reads before writing it again; its lengths are restored."""
+        st = self.static
+        kept = st.conv + st.ssm + st.attn_conv + ([st.length] if st.length is not None else []) + \
+            [self.ids, self.residual] + kept
         saved = [t.clone() for t in kept]
         side = torch.cuda.Stream(self.device)
         side.wait_stream(torch.cuda.current_stream(self.device))
@@ -396,10 +423,10 @@ class NativeEngine:
         static = first is not None
         self._use_slot_range(first or 0, b)
         if not static:  # slots 0 .. b-1 lend their rows for the step
-            torch._foreach_copy_([t[:b] for t in self.static.conv + self.static.ssm], state.conv + state.ssm)
+            torch._foreach_copy_(self._rows_of_pool(0, b).tensors(), state.tensors())
         self._replay(b)
         if not static:
-            torch._foreach_copy_(state.conv + state.ssm, [t[:b] for t in self.static.conv + self.static.ssm])
+            torch._foreach_copy_(state.tensors(), self._rows_of_pool(0, b).tensors())
         return self.logits[:b].unsqueeze(1)
 
     # ---- prefill ---------------------------------------------------------------------------------
@@ -408,6 +435,7 @@ class NativeEngine:
         """input_ids (b, L) from `state` (updated in place), in chunks of chunk_len tokens, so memory does
         not grow with L; returns logits (b, 1, V) of the last position, or (b, L, V) with all_logits."""
         ids = input_ids.to(self.device, torch.int64, non_blocking=True)
+        check_room(state, ids.shape[1])
         outs = [self._prefill_chunk(ids[:, s:s + self.chunk_len], state, all_logits)
                 for s in range(0, ids.shape[1], self.chunk_len)]
         return outs[-1] if not all_logits else torch.cat(outs, dim=1)
@@ -416,49 +444,25 @@ class NativeEngine:
         c = self.config
         b, n = ids.shape
         hidden, residual = self.emb[ids], None
-        for i, L in enumerate(self.layers):
+        for L in self.layers:
             normed, residual = K.add_norm(hidden, residual, L.norm_w, L.norm_b, c.norm_eps, c.rms_norm,
                                           c.residual_in_fp32, out_dtype=self.dtype,
                                           residual_out=residual)
-            xz = torch.nn.functional.linear(normed, L.in_w, L.in_b)  # (b, n, in_proj_dim)
-            lo = 0 if c.arch != MAMBA2 else c.d_inner
-            xc = torch.empty(b, n, c.conv_dim, dtype=self.dtype, device=self.device)
-            K.causal_conv1d(xz[..., lo:lo + c.conv_dim].transpose(1, 2), L.conv_w, L.conv_b, state.conv[i], "silu",
-                            out=xc.transpose(1, 2), state_out=state.conv[i])
-            y = (self._mamba2_scan if c.arch == MAMBA2 else self._mamba1_scan)(L, xz, xc, state.ssm[i])
-            hidden = torch.nn.functional.linear(y, L.out_w, L.out_b)
+            if L.kind == "attention":
+                hidden = Hy.attention_prefill(c, L, normed, state)
+            elif L.kind == "mlp":
+                hidden = Hy.mlp_prefill(L, normed)
+            else:
+                hidden = P.mamba_prefill(c, L, normed, state, self.unit)
             if c.d_intermediate:
                 normed, residual = K.add_norm(hidden, residual, L.norm2_w, L.norm2_b, c.norm_eps, c.rms_norm,
                                               c.residual_in_fp32, out_dtype=self.dtype, residual_out=residual)
                 y, gate = torch.nn.functional.linear(normed, L.fc1_w).chunk(2, dim=-1)
                 hidden = torch.nn.functional.linear(y * torch.nn.functional.silu(gate), L.fc2_w)
+        if state.length is not None:
+            state.length += n
         if not all_logits:
             hidden, residual = hidden[:, -1:].contiguous(), residual[:, -1:].contiguous()
         normed, _ = K.add_norm(hidden, residual, self.norm_f[0], self.norm_f[1], c.norm_eps, c.rms_norm,
                                c.residual_in_fp32, out_dtype=self.dtype)
         return torch.nn.functional.linear(normed, self.head)
-
-    def _mamba1_scan(self, L: Layer, xz: torch.Tensor, xc: torch.Tensor, ssm_state: torch.Tensor) -> torch.Tensor:
-        c = self.config
-        R, N = c.dt_rank, c.d_state
-        xdbl = torch.nn.functional.linear(xc, L.x_w)  # (b, n, R + 2N)
-        self._dt_bc_norm(xdbl)
-        dt = torch.nn.functional.linear(xdbl[..., :R], L.dt_w)  # (b, n, d_inner), bias in the scan
-        y = torch.empty_like(xc)
-        K.selective_scan(xc.transpose(1, 2), dt.transpose(1, 2), L.A, xdbl[..., R:R + N].transpose(1, 2),
-                         xdbl[..., R + N:].transpose(1, 2), L.D, xz[..., c.d_inner:].transpose(1, 2), L.dt_b,
-                         ssm_state, True, out=y.transpose(1, 2), state_out=ssm_state)
-        return y
-
-    def _mamba2_scan(self, L: Layer, xz: torch.Tensor, xc: torch.Tensor, ssm_state: torch.Tensor) -> torch.Tensor:
-        c = self.config
-        d, gn = c.d_inner, c.ngroups * c.d_state
-        b, n = xz.shape[:2]
-        x = xc[..., :d].unflatten(-1, (c.nheads, c.headdim))
-        B = xc[..., d:d + gn].unflatten(-1, (c.ngroups, c.d_state))
-        C = xc[..., d + gn:].unflatten(-1, (c.ngroups, c.d_state))
-        dt = xz[..., d + c.conv_dim:]
-        y = torch.empty(b, n, c.nheads, c.headdim, dtype=self.dtype, device=self.device)
-        K.chunk_scan(x, dt, L.A, B, C, c.chunk_size, L.D, None, L.dt_b, ssm_state, True, c.dt_limit, out=y,
-                     state_out=ssm_state)
-        return K.gated_rms_norm(y.flatten(-2), xz[..., :d], L.gnorm_w, c.norm_eps, d // c.ngroups)

@@ -1,5 +1,6 @@
 """Torch bindings of the native engine's decode kernels (plugins/kernels/gemv.cu): small-batch GEMV
-(+ causal-conv epilogue), the fused Mamba1 step, the Mamba2 state update and row norms. Same library
+(+ causal-conv epilogue), the fused Mamba1 step, the Mamba2 state update, row norms and a hybrid's decode
+attention (attention.cu). Same library
 (loaded by mamba_deploy.ops._lib) and conventions as mamba_deploy.ops.cuda: torch tensors in,
 launched on the current stream, no host sync, `out=` written in place.
 """
@@ -159,4 +160,39 @@ def row_norm(x, other, weight, eps, *, out, gate: bool = False, group_size: int 
                            weight=data_ptr(weight), out=data_ptr(out), out_row_stride=_row_stride(out, "out"),
                            residual_out=data_ptr(residual_out), residual_out_row_stride=res_out_stride)
     _lib.launch(_lib.ROW_NORM, p, current_stream(x.device))
+    return out
+
+
+def attention_decode(q, k, v, key, value, length, inv_freq, rotary_dim: int, scale: float, *, out: torch.Tensor,
+                     state_rows: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """A hybrid's decode attention (see gemv.h): rotary on q and k at each row's position length[slot], k and v
+    written into the cache there, then attention over positions 0..length[slot]; `length` is not advanced.
+    q, out (batch, heads * head_dim); k, v (batch, heads_kv * head_dim): row-strided views, one dtype;
+    key, value (slots, heads_kv, max_seq_len, head_dim) caches of that dtype, written in place; length (slots,)
+    int64; inv_freq (rotary_dim / 2,) float32 (ops.rotary_inv_freq) or None when rotary_dim is 0.
+    state_rows: optional (batch,) int64 CUDA tensor: row b uses slot state_rows[b] (else slot b)."""
+    slots, heads_kv, max_len, head_dim = key.shape
+    batch = q.shape[0]
+    rows = state_rows_arg(state_rows, batch, q.device, "attention_decode")
+    if value.shape != key.shape or value.stride() != key.stride() or key.stride(3) != 1:
+        raise ValueError("attention_decode: key and value must be caches of one shape and layout, unit last stride")
+    if any(t.dtype != q.dtype or t.device != q.device for t in (k, v, key, value, out)):
+        raise ValueError("attention_decode: q, k, v, the caches and out must share one dtype and device")
+    if length.dtype != torch.int64 or length.shape != (slots,) or (rows is None and batch > slots):
+        raise ValueError(f"attention_decode: length must be ({slots},) int64, one per cache slot")
+    if k.shape != (batch, heads_kv * head_dim) or v.shape != k.shape or out.shape != q.shape or \
+            q.shape[1] % (heads_kv * head_dim):
+        raise ValueError("attention_decode: q, k, v, out do not match the caches' heads and head_dim")
+    if rotary_dim and (inv_freq is None or inv_freq.dtype != torch.float32 or not inv_freq.is_contiguous() or
+                       inv_freq.shape != (rotary_dim // 2,)):
+        raise ValueError("attention_decode: inv_freq must be a contiguous (rotary_dim / 2,) float32 tensor")
+    p = _lib.AttentionDecodeParams(
+        batch=batch, heads=q.shape[1] // head_dim, heads_kv=heads_kv, head_dim=head_dim, max_seq_len=max_len,
+        rotary_dim=rotary_dim, dtype=DTYPE_CODES[q.dtype], scale=float(scale), q=data_ptr(q),
+        q_row_stride=_row_stride(q, "q"), k=data_ptr(k), k_row_stride=_row_stride(k, "k"), v=data_ptr(v),
+        v_row_stride=_row_stride(v, "v"), inv_freq=data_ptr(inv_freq if rotary_dim else None), key=data_ptr(key),
+        value=data_ptr(value), cache_slot_stride=key.stride(0), cache_head_stride=key.stride(1),
+        cache_pos_stride=key.stride(2), length=data_ptr(length), out=data_ptr(out),
+        out_row_stride=_row_stride(out, "out"), state_rows=rows)
+    _lib.launch(_lib.ATTENTION_DECODE, p, current_stream(q.device))
     return out

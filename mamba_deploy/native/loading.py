@@ -33,21 +33,16 @@ def require_native() -> None:
         raise MambaDeployError(f"native backend unavailable: {reason}")
 
 
-def refuse_attention(cfg: ModelConfig) -> None:
-    """MambaDeployError for a hybrid: the native engine has no attention (or NemotronH MLP) layers yet."""
-    if cfg.other_layers:
-        raise MambaDeployError(f"{cfg.other_layers} are not supported by the native backend yet; use onnxruntime "
-                               "or torch")
-
-
 def engine_from_export(info: ExportInfo, dtype: Optional[torch.dtype] = None,
                        state_dtype: Optional[torch.dtype] = None, **options: Any) -> NativeEngine:
     """An export (weights read from its weights.data) -> NativeEngine. options: device, max_batch, chunk_len,
-    gemv_max_batch, use_graphs, dt_gemm_min_batch."""
+    gemv_max_batch, use_graphs, dt_gemm_min_batch, programmatic_launch, max_seq_len (a hybrid's KV cache length;
+    default the export's)."""
     from .weights import export_weights
 
-    refuse_attention(info.config)
     require_native()
+    if info.max_seq_len:
+        options.setdefault("max_seq_len", info.max_seq_len)
     return NativeEngine(info.config, export_weights(check_export(info)), dtype=dtype or info.dtype,
                         state_dtype=state_dtype or info.state_dtype, **options)
 
@@ -64,7 +59,6 @@ def load_engine(path: str | os.PathLike, dtype: Optional[torch.dtype] = None, st
 
     folder = resolve_checkpoint(path)
     cfg, dtype = checkpoint_config(folder), dtype or torch.float16
-    refuse_attention(cfg)
     require_native()
     return NativeEngine(cfg, checkpoint_weights(folder, cfg, dtype), dtype=dtype,
                         state_dtype=state_dtype or torch.float32, **options)
@@ -80,7 +74,6 @@ def random_engine(config: str | dict | ModelConfig, dtype: torch.dtype = torch.f
 
     cfg = config if isinstance(config, ModelConfig) else parse_config(
         preset_config(config) if isinstance(config, str) else dict(config), origin="random-init config")
-    refuse_attention(cfg)
     require_native()
     device = torch.device(options.get("device", "cuda"))
     weights = random_weights(cfg, dtype, device, seed)

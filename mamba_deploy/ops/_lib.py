@@ -18,7 +18,7 @@ from typing import Optional
 
 LIB_NAME = "libmamba_deploy_kernels.so"
 ENV_VAR = "MAMBA_DEPLOY_KERNEL_LIB"
-EXPECTED_VERSION = 6  # MD_KERNELS_VERSION
+EXPECTED_VERSION = 7  # MD_KERNELS_VERSION
 
 _I, _P, _D = ctypes.c_int64, ctypes.c_void_p, ctypes.c_double
 
@@ -99,6 +99,13 @@ class RowNormParams(ctypes.Structure):
         "p: residual_out; i: residual_out_row_stride")
 
 
+class AttentionDecodeParams(ctypes.Structure):
+    _fields_ = _fields(
+        "i: batch heads heads_kv head_dim max_seq_len rotary_dim dtype; d: scale; p: q; i: q_row_stride;"
+        "p: k; i: k_row_stride; p: v; i: v_row_stride; p: inv_freq key value;"
+        "i: cache_slot_stride cache_head_stride cache_pos_stride; p: length out; i: out_row_stride; p: state_rows")
+
+
 # The sampler's uniforms (plugins/kernels/sampling.h).
 class PhiloxParams(ctypes.Structure):
     _fields_ = _fields("i: n; p: seeds steps rows out")
@@ -108,7 +115,8 @@ class PhiloxParams(ctypes.Structure):
 PARAMS = {"causal_conv1d": (0, CausalConv1dParams), "ssm": (1, SsmParams),
           "add_norm": (2, AddNormParams), "gated_rms_norm": (3, GatedRmsNormParams),
           "gemv": (4, GemvParams), "mamba1_step": (5, Mamba1StepParams),
-          "mamba2_step": (6, Mamba2StepParams), "row_norm": (7, RowNormParams), "philox": (8, PhiloxParams)}
+          "mamba2_step": (6, Mamba2StepParams), "row_norm": (7, RowNormParams), "philox": (8, PhiloxParams),
+          "attention_decode": (9, AttentionDecodeParams)}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -131,9 +139,10 @@ GEMV = Kernel("md_gemv_fwd", GemvParams)  # the native engine's decode launches 
 MAMBA1_STEP = Kernel("md_mamba1_step_fwd", Mamba1StepParams)
 MAMBA2_STEP = Kernel("md_mamba2_step_fwd", Mamba2StepParams)
 ROW_NORM = Kernel("md_row_norm_fwd", RowNormParams)
+ATTENTION_DECODE = Kernel("md_attention_decode_fwd", AttentionDecodeParams)
 PHILOX_UNIFORM = Kernel("md_philox_uniform_fwd", PhiloxParams)  # the sampler's uniforms (runtime/sampler.py)
 KERNELS: dict[str, Kernel] = {k.symbol: k for k in (ADD_NORM, GATED_RMS_NORM, GEMV, MAMBA1_STEP, MAMBA2_STEP, ROW_NORM,
-                                                    PHILOX_UNIFORM)}
+                                                    ATTENTION_DECODE, PHILOX_UNIFORM)}
 _OP_KERNELS: dict[str, Kernel] = {}
 
 # Every entry point of the C ABI: name -> (restype, argtypes); kernels are added as they are declared.

@@ -1,5 +1,5 @@
 /* gemv.h -- small-batch GEMV and the fused decode kernels of the native engine (Mamba1 step,
- * Mamba2 state update, row norms).
+ * Mamba2 state update, row norms, a hybrid's decode attention).
  *
  * Same contract as mamba_kernels.h: params structs of device pointers, sizes and ELEMENT strides
  * (every field 8 bytes wide, mirrored by ctypes in mamba_deploy/ops/_lib.py), no allocation, no
@@ -132,10 +132,44 @@ typedef struct md_row_norm_params {
   int64_t residual_out_row_stride;
 } md_row_norm_params;
 
+/* Decode attention of one new token per row over a KV cache of fixed length per state slot: rotary_ref, then
+ * attention_ref with seqlen 1 (mamba_deploy/ops/attention.py), for a hybrid's attention layers.
+ *   s = state_rows[b] (or b); pos = length[s], the tokens slot s held before this one (read, not written:
+ *   the caller advances length once per step, after every attention layer)
+ *   q (batch, heads * head_dim), k, v (batch, heads_kv * head_dim): row strides, unit inner stride, dtype
+ *   rotary_dim > 0: channels [0, rotary_dim) of each q and k head rotated by angle pos * inv_freq[i]
+ *     (non-interleaved pairs i, i + rotary_dim / 2); inv_freq (rotary_dim / 2,) float32; q then rounded to dtype
+ *   key, value (slots, heads_kv, max_seq_len, head_dim), unit head_dim stride, dtype: the rotated k and v
+ *     are written at [s, :, pos] (not when pos >= max_seq_len; the caller keeps pos < max_seq_len)
+ *   out (batch, heads * head_dim) row stride, dtype:
+ *     out[b, h] = softmax_t(scale * q_h . key[s, h / (heads / heads_kv), t]) . value[s, same, t], t = 0..pos
+ * float32 math. head_dim <= 256, heads a multiple of heads_kv, group = heads / heads_kv <= 8 and
+ * group * head_dim <= 1024. One block per (row, kv head), its warps splitting the positions. */
+typedef struct md_attention_decode_params {
+  int64_t batch, heads, heads_kv, head_dim, max_seq_len, rotary_dim;
+  int64_t dtype;
+  double scale;
+  const void* q;
+  int64_t q_row_stride;
+  const void* k;
+  int64_t k_row_stride;
+  const void* v;
+  int64_t v_row_stride;
+  const float* inv_freq;
+  void* key;
+  void* value;
+  int64_t cache_slot_stride, cache_head_stride, cache_pos_stride;
+  const int64_t* length;
+  void* out;
+  int64_t out_row_stride;
+  const int64_t* state_rows; /* NULL or (batch,): state rows (mamba_kernels.h) of key, value and length */
+} md_attention_decode_params;
+
 cudaError_t md_launch_gemv(const md_gemv_params* p, cudaStream_t stream);
 cudaError_t md_launch_mamba1_step(const md_mamba1_step_params* p, cudaStream_t stream);
 cudaError_t md_launch_mamba2_step(const md_mamba2_step_params* p, cudaStream_t stream);
 cudaError_t md_launch_row_norm(const md_row_norm_params* p, cudaStream_t stream);
+cudaError_t md_launch_attention_decode(const md_attention_decode_params* p, cudaStream_t stream);
 
 #ifdef __cplusplus
 } /* extern "C" */

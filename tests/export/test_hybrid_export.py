@@ -1,5 +1,5 @@
 """mamba-ssm hybrids (attention layers) through export, ONNX Runtime, the torch backend, verify and the CLI; the
-native backend and other unsupported paths refuse them in one line."""
+TensorRT and Triton paths refuse them in one line (the native backend runs them: tests/native, on a GPU)."""
 import json
 
 import onnx
@@ -144,21 +144,16 @@ def test_too_long_is_refused_with_the_state_untouched(hybrid):
         backend.decode(torch.ones(1, 1, dtype=torch.int64), state)
 
 
-def test_native_tensorrt_and_triton_refuse_hybrids(hybrid, tmp_path):
-    from mamba_deploy.native import random_engine
-    from mamba_deploy.export.testing import TINY_CONFIGS
+def test_tensorrt_and_triton_refuse_hybrids(hybrid, tmp_path):
     from mamba_deploy.triton_repo.repository import write_triton_repository
 
     _, folder = hybrid()
-    with pytest.raises(MambaDeployError, match="not supported by the native backend yet; use onnxruntime or torch"):
-        load_backend("native", load_export(folder))
-    with pytest.raises(MambaDeployError, match="native backend"):
-        random_engine(TINY_CONFIGS["hybrid"])
     with pytest.raises(MambaDeployError, match="attention layers"):
         write_triton_repository(folder, tmp_path / "repo")
-    from mamba_deploy.runtime.backend import _probe
+    from mamba_deploy.tensorrt.builder import build_engines
 
-    assert not _probe("native", load_export(folder))  # "auto" never picks it
+    with pytest.raises(MambaDeployError, match="not supported by the tensorrt backend yet"):
+        build_engines(folder)
 
 
 def test_cli_export_run_and_refusals(hybrid, tmp_path):
@@ -174,9 +169,6 @@ def test_cli_export_run_and_refusals(hybrid, tmp_path):
                                         "--backend", "onnxruntime"])
     assert_one_line_error(too_long)
     assert "max_seq_len 12" in too_long.stderr
-    native = CliRunner().invoke(cli, ["run", str(out), "--ids", "1,2", "--backend", "native"])
-    assert_one_line_error(native)
-    assert "not supported by the native backend" in native.stderr
     pure = tiny_checkpoint("mamba1", tmp_path / "pure")
     refused = CliRunner().invoke(cli, ["export", str(pure), "-o", str(tmp_path / "p"), "-q", "--max-seq-len", "8"])
     assert_one_line_error(refused)

@@ -5,7 +5,7 @@ import torch
 
 from mamba_deploy.checkpoint import load_reference
 from mamba_deploy.config import parse_config, to_hf_config
-from mamba_deploy.errors import ConfigError, MambaDeployError
+from mamba_deploy.errors import ConfigError
 from mamba_deploy.export import ExportOptions, export_model
 from mamba_deploy.export.artifact import load_export
 from mamba_deploy.runtime.backend import load_backend
@@ -94,7 +94,7 @@ def test_reference_onnxruntime_and_torch_match_transformers(case, name):
         assert rel(torch.cat(got, 1)[..., :101], want[..., :101]) < 1e-5, backend.name
 
 
-def test_verify_against_transformers_and_native_refusal(case):
+def test_verify_against_transformers(case):
     import onnx
 
     _, ckpt, folder = case("gqa-mlp")
@@ -102,8 +102,3 @@ def test_verify_against_transformers_and_native_refusal(case):
         onnx.checker.check_model(str(folder / f"{kind}.onnx"), full_check=True)
     report = verify_export(folder, reference=str(ckpt), backend="onnxruntime", oracle="transformers", steps=4)
     assert report.passed and report.max_rel_err < 1e-5
-    with pytest.raises(MambaDeployError, match="^attention and MLP layers are not supported by the native backend"):
-        load_backend("native", load_export(folder))
-    _, _, mlp_only = case("mamba-mlp-bias")
-    with pytest.raises(MambaDeployError, match="^MLP layers are not supported by the native backend"):
-        load_backend("native", load_export(mlp_only))

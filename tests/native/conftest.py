@@ -26,6 +26,22 @@ CONFIGS = {
     "mamba2_mlp": {"d_model": 256, "n_layer": 3, "vocab_size": 1000, "pad_vocab_size_multiple": 16,
                    "d_intermediate": 200, "rms_norm": False,
                    "ssm_cfg": {"layer": "Mamba2", "d_state": 64, "headdim": 32, "ngroups": 2, "chunk_size": 16}},
+    # mamba-ssm hybrids: Mamba2 + grouped-query MHA (rotary on half the head, a q k v conv, the in-projection
+    # MLP) and the gated MLP after every mixer; Mamba1 + plain MHA with biases and its own softmax scale
+    "hybrid": {"d_model": 256, "n_layer": 4, "vocab_size": 1000, "pad_vocab_size_multiple": 16, "d_intermediate": 160,
+               "ssm_cfg": {"layer": "Mamba2", "d_state": 32, "headdim": 32, "ngroups": 2, "chunk_size": 16},
+               "attn_layer_idx": [1, 3], "tie_embeddings": False,
+               "attn_cfg": {"causal": True, "num_heads": 8, "num_heads_kv": 2, "head_dim": 40, "rotary_emb_dim": 20,
+                            "mlp_dim": 96, "out_proj_bias": False, "d_conv": 4}},
+    "hybrid1": {"d_model": 256, "n_layer": 3, "vocab_size": 1000, "pad_vocab_size_multiple": 8,
+                "ssm_cfg": {"d_state": 16}, "attn_layer_idx": [1], "tie_embeddings": True,
+                "attn_cfg": {"causal": True, "num_heads": 4, "softmax_scale": 0.1, "qkv_proj_bias": True,
+                             "rotary_emb_dim": 64}},
+    # NemotronH (Hugging Face format): Mamba-2, grouped-query attention without rotary, relu^2 MLP blocks
+    "nemotron_h": {"model_type": "nemotron_h", "vocab_size": 1000, "hidden_size": 256, "hybrid_override_pattern": "M*-M",
+                   "mamba_num_heads": 8, "mamba_head_dim": 32, "n_groups": 2, "ssm_state_size": 32, "conv_kernel": 4,
+                   "chunk_size": 16, "num_attention_heads": 8, "num_key_value_heads": 2, "head_dim": 32,
+                   "intermediate_size": 384, "tie_word_embeddings": False},
 }
 
 
@@ -37,6 +53,14 @@ def native():
     if reason:
         pytest.fail(f"native engine unavailable: {reason}")
     return mod
+
+
+@pytest.fixture(scope="module")
+def G(native):
+    """mamba_deploy.native.gemv: the decode kernels' bindings."""
+    from mamba_deploy.native import gemv
+
+    return gemv
 
 
 @pytest.fixture(scope="session")

@@ -1,5 +1,5 @@
 """Parts of the native engine's decode step on the CPU, the kernels they launch replaced by those kernels'
-references: Falcon-Mamba's norm step (`NativeEngine._dt_bc_norm`: the slices it normalises, in place, are exactly
+references: Falcon-Mamba's norm step (`native.prefill.dt_bc_norm`: the slices it normalises, in place, are exactly
 dt, B and C) and the gated MLP step (`NativeEngine._mlp_step` == the reference Block's norm2 + GatedMLP)."""
 import types
 
@@ -8,6 +8,7 @@ import torch
 
 from mamba_deploy.config import parse_config
 from mamba_deploy.native import engine as native_engine
+from mamba_deploy.native import prefill as native_prefill
 from mamba_deploy.native import weights as native_weights
 from mamba_deploy.ops import cuda as K
 from mamba_deploy.ops import add_norm_ref, gated_rms_norm_ref, rms_norm_ref
@@ -29,14 +30,14 @@ def test_dt_bc_norm_equals_reference(monkeypatch, dt_rank, d_state, shape, dtype
     cfg = parse_config({"model_type": "falcon_mamba", "hidden_size": 64, "num_hidden_layers": 1, "vocab_size": 50,
                         "state_size": d_state, "time_step_rank": dt_rank, "mixer_rms_eps": 1e-3})
     monkeypatch.setattr(K, "gated_rms_norm", _kernel_reference)
-    fake = types.SimpleNamespace(config=cfg, unit=torch.ones(dt_rank + 2 * d_state, dtype=dtype))
+    unit = torch.ones(dt_rank + 2 * d_state, dtype=dtype)
     width = dt_rank + 2 * d_state
     if len(shape) == 1:  # decode: rows [:b] of the static (max_batch, width) buffer
         xdbl = (torch.randn(shape[0] + 2, width, dtype=dtype) * 3)[:shape[0]]
     else:  # prefill: x_proj's fresh (batch, seq, width) output
         xdbl = torch.randn(*shape, width, dtype=dtype) * 3
     dt, B, C = torch.split(xdbl.clone(), [dt_rank, d_state, d_state], dim=-1)
-    native_engine.NativeEngine._dt_bc_norm(fake, xdbl)
+    native_prefill.dt_bc_norm(cfg, unit, xdbl)
     want = torch.cat([rms_norm_ref(t, 1e-3) for t in (dt, B, C)], dim=-1)
     assert torch.equal(xdbl, want)
     assert not torch.equal(xdbl, torch.cat([dt, B, C], -1))
@@ -47,7 +48,7 @@ def test_dt_bc_norm_does_nothing_for_plain_mamba(monkeypatch):
     monkeypatch.setattr(K, "gated_rms_norm", None)  # would raise if called
     xdbl = torch.randn(2, cfg.dt_rank + 2 * cfg.d_state)
     before = xdbl.clone()
-    native_engine.NativeEngine._dt_bc_norm(types.SimpleNamespace(config=cfg, unit=None), xdbl)
+    native_prefill.dt_bc_norm(cfg, None, xdbl)
     assert torch.equal(xdbl, before)
 
 
@@ -93,3 +94,51 @@ def test_mlp_step_equals_reference_block(monkeypatch, rms_norm, residual_in_fp32
     torch.testing.assert_close(eng.residual[:b], want_residual, rtol=0, atol=0)
     torch.testing.assert_close(eng.hidden[:b], want, rtol=1e-6, atol=1e-6)
     assert torch.equal(eng.hidden[b:], untouched)
+
+
+HYBRIDS = {  # attention without the q k v conv (the conv prefill is a CUDA kernel): rotary GQA + MHA's MLP; NemotronH
+    "mha": {"d_model": 48, "n_layer": 2, "vocab_size": 50, "ssm_cfg": {"layer": "Mamba2", "d_state": 8, "headdim": 12},
+            "attn_layer_idx": [1], "attn_cfg": {"causal": True, "num_heads": 6, "num_heads_kv": 2, "head_dim": 10,
+                                                "rotary_emb_dim": 6, "mlp_dim": 20, "softmax_scale": 0.4}},
+    "nemotron_h": {"model_type": "nemotron_h", "vocab_size": 50, "hidden_size": 48, "hybrid_override_pattern": "M*-",
+                   "mamba_num_heads": 4, "mamba_head_dim": 12, "n_groups": 2, "ssm_state_size": 8,
+                   "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 12, "intermediate_size": 40},
+}
+
+
+@pytest.mark.parametrize("name", list(HYBRIDS))
+def test_attention_and_mlp_prefill_equal_the_reference_mixers(name):
+    """native.hybrid's prefill of attention (two chunks over the KV cache, ragged lengths) and NemotronH's MLP
+    block, on weights converted as the engine loads them, against the reference model's mixers."""
+    from mamba_deploy.export.weights import export_name_and_tensor
+    from mamba_deploy.models import MambaLM
+    from mamba_deploy.native import hybrid
+    from mamba_deploy.random_init import init_weights_
+
+    cfg = parse_config(HYBRIDS[name])
+    model = MambaLM(cfg, torch.float32)
+    init_weights_(model, seed=1)
+    weights = dict(export_name_and_tensor(k, p, torch.float32) for k, p in model.named_parameters())
+    _, _, _, layers = native_weights.device_weights(cfg, weights, torch.float32, torch.device("cpu"))
+    attn = next(L for L in layers if L.kind == "attention")
+    mixer = model.backbone.layers[cfg.attn_layer_idx[0]].mixer
+    gen = torch.Generator().manual_seed(2)
+    mine, theirs = model.new_state(3, max_seq_len=16), model.new_state(3, max_seq_len=16)
+    for state in (mine, theirs):
+        state.length.copy_(torch.tensor([0, 4, 9]))
+    for n in (5, 2):
+        normed = torch.randn(3, n, cfg.d_model, generator=gen)
+        got = hybrid.attention_prefill(cfg, attn, normed, mine)
+        with torch.no_grad():
+            want = mixer(normed, theirs.key[0], theirs.value[0], theirs.length)
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(mine.key[0], theirs.key[0], rtol=0, atol=0)
+        torch.testing.assert_close(mine.value[0], theirs.value[0], rtol=0, atol=0)
+        for state in (mine, theirs):
+            state.length += n
+    if cfg.mlp_layer_idx:
+        block = model.backbone.layers[cfg.mlp_layer_idx[0]].mixer
+        mlp = next(L for L in layers if L.kind == "mlp")
+        x = torch.randn(2, 3, cfg.d_model, generator=gen)
+        with torch.no_grad():
+            torch.testing.assert_close(hybrid.mlp_prefill(mlp, x), block(x), rtol=1e-6, atol=1e-6)

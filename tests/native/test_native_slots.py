@@ -36,17 +36,20 @@ def random_slots(n, seed):
 
 
 def fill_pool(eng, seed):
-    """Random non-zero states in every slot; returns a copy of the pool."""
+    """Random non-zero states in every slot (a hybrid's lengths: 0..199 tokens seen); returns a copy of the pool."""
     g = torch.Generator(device=eng.device).manual_seed(seed)
-    for t in eng.static.conv + eng.static.ssm:
-        t.copy_(torch.randn(t.shape, generator=g, device=eng.device) * 0.5)
+    for t in eng.static.tensors():
+        if t.is_floating_point():
+            t.copy_(torch.randn(t.shape, generator=g, device=eng.device) * 0.5)
+        else:
+            t.copy_(torch.randint(0, 200, t.shape, generator=g, device=eng.device))
     return eng.static.clone()
 
 
 def gather(state, slots):
     """Rows `slots` of a state, copied."""
     slots = torch.as_tensor(slots).to(state.conv[0].device)
-    return InferenceState([t[slots].clone() for t in state.conv], [t[slots].clone() for t in state.ssm])
+    return state.with_tensors([t[slots].clone() for t in state.tensors()])
 
 
 def assert_slots(pool, before, slots, expected):
@@ -56,7 +59,7 @@ def assert_slots(pool, before, slots, expected):
     slots = torch.as_tensor(slots).to(device)
     others = torch.ones(pool.batch_size, dtype=torch.bool, device=device)
     others[slots] = False
-    for now, old, new in zip(pool.conv + pool.ssm, before.conv + before.ssm, expected.conv + expected.ssm):
+    for now, old, new in zip(pool.tensors(), before.tensors(), expected.tensors()):
         assert torch.equal(now[slots], new)
         assert torch.equal(now[others], old[others])
     assert not torch.equal(pool.ssm[0][slots], before.ssm[0][slots]), "the state did not change: the test shows nothing"
@@ -72,7 +75,8 @@ def decode_steps(step, first_tok, steps=3):
     return torch.stack(out)
 
 
-@pytest.mark.parametrize("arch", ["mamba1", "mamba2", "mamba2_ds16", "falcon_mamba", "codestral", "mamba2_mlp"])
+@pytest.mark.parametrize("arch", ["mamba1", "mamba2", "mamba2_ds16", "falcon_mamba", "codestral", "mamba2_mlp", "hybrid",
+                                  "nemotron_h"])
 @pytest.mark.parametrize("dtype", [torch.float16, torch.float32])
 @pytest.mark.parametrize("n,gemv_max_batch", [(1, 2), (3, 2), (17, 2), (64, 2), (3, 16), (16, 16)])
 def test_decode_slots_equals_decode_of_gathered_state(native, slot_checkpoints, arch, dtype, n, gemv_max_batch):
@@ -88,7 +92,7 @@ def test_decode_slots_equals_decode_of_gathered_state(native, slot_checkpoints, 
     assert_slots(after, before, slots, gathered)
 
 
-@pytest.mark.parametrize("arch", ["mamba1", "mamba2", "mamba2_ds16", "falcon_mamba", "mamba2_mlp"])
+@pytest.mark.parametrize("arch", ["mamba1", "mamba2", "mamba2_ds16", "falcon_mamba", "mamba2_mlp", "hybrid1"])
 @pytest.mark.parametrize("n", [1, 17])
 def test_decode_slots_graph_equals_eager(native, slot_checkpoints, arch, n):
     eng = native.load_engine(slot_checkpoints[arch], dtype=torch.float16, max_batch=MAX_BATCH)
@@ -96,13 +100,13 @@ def test_decode_slots_graph_equals_eager(native, slot_checkpoints, arch, n):
     slots, tok, runs = random_slots(n, seed=11).to(eng.device), ids(n, 1, seed=12), []
     for graphs in (True, False):
         eng.use_graphs = graphs
-        for dst, src in zip(eng.static.conv + eng.static.ssm, before.conv + before.ssm):
+        for dst, src in zip(eng.static.tensors(), before.tensors()):
             dst.copy_(src)
         runs.append((decode_steps(lambda t: eng.decode_slots(t, slots), tok, steps=4), eng.static.clone()))
     assert n in eng.graphs
     (g, gs), (e, es) = runs
     assert torch.isfinite(g.float()).all() and torch.equal(g, e)
-    assert all(torch.equal(a, b) for a, b in zip(gs.conv + gs.ssm, es.conv + es.ssm))
+    assert all(torch.equal(a, b) for a, b in zip(gs.tensors(), es.tensors()))
 
 
 @pytest.mark.parametrize("arch", ["mamba1", "mamba2"])

@@ -1,5 +1,5 @@
 """A hybrid export (attention layers: the pool's slots carry KV caches and lengths) through the Scheduler and
-Engine.generate on the onnxruntime and torch backends."""
+Engine.generate on the onnxruntime and torch backends, and on the native backend on a GPU."""
 import pytest
 import torch
 
@@ -21,7 +21,7 @@ def checkpoint(tmp_path_factory):
     return tiny_checkpoint("hybrid", tmp_path_factory.mktemp("hybrid") / "ckpt", seed=2)
 
 
-@pytest.fixture(scope="module", params=["onnxruntime", "torch"])
+@pytest.fixture(scope="module", params=["onnxruntime", "torch", pytest.param("native", marks=pytest.mark.gpu)])
 def engine(request, checkpoint):
     folder = export_model(checkpoint, checkpoint.parent / f"export-{request.param}",
                           ExportOptions(max_seq_len=MAX_LEN), progress=False)

@@ -101,16 +101,17 @@ class NativeBackend(Backend):
             if self.engine.is_pool_view(state):
                 return self.engine.decode(input_ids, state).clone()
             b, static = state.batch_size, self.engine.static
-            borrowed = [t[:b].clone() for t in static.conv + static.ssm]
+            rows = [t[:b] for t in static.tensors()]
+            borrowed = [t.clone() for t in rows]
             logits = self.engine.decode(input_ids, state).clone()
-            torch._foreach_copy_([t[:b] for t in static.conv + static.ssm], borrowed)
+            torch._foreach_copy_(rows, borrowed)
             return logits
 
 
 def _available(info: ExportInfo) -> bool:
     from ...native import available
 
-    return not info.config.other_layers and available()
+    return available()
 
 
 register_backend("native", NativeBackend, _available)

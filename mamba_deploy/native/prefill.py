@@ -1,0 +1,70 @@
+"""The native engine's Mamba layers over a chunk of tokens (prefill, eager): cuBLAS projections, the library's
+causal conv and its prefill scans (Mamba1 selective scan; Mamba2 chunk scan, on tensor cores where it applies),
+all writing the layer's conv and SSM state in place. Falcon-Mamba's dt / B / C norms (dt_bc_norm) serve decode
+too."""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+
+from ..config import MAMBA2, ModelConfig
+from ..models.state import InferenceState
+from ..ops import cuda as K
+from .weights import Layer
+
+
+def dt_bc_norm(cfg: ModelConfig, unit: Optional[torch.Tensor], xdbl: torch.Tensor) -> None:
+    """Falcon-Mamba (mixer_rms_eps set): x_proj's output xdbl (..., dt_rank + 2 d_state) <- weightless RMS norms
+    of dt and of B and C, each over its own slice (ops.rms_norm_ref), in place: no allocation, no sync, so it is
+    captured in the decode graph. unit: ones (>= dt_rank + 2 d_state,) in xdbl's dtype. Nothing for other models."""
+    c = cfg
+    if c.mixer_rms_eps is None:
+        return
+    for part, group in ((xdbl[..., :c.dt_rank], c.dt_rank), (xdbl[..., c.dt_rank:], c.d_state)):
+        K.gated_rms_norm(part, None, unit[:part.shape[-1]], c.mixer_rms_eps, group, out=part)
+
+
+def mamba_prefill(cfg: ModelConfig, L: Layer, normed: torch.Tensor, state: InferenceState,
+                  unit: Optional[torch.Tensor]) -> torch.Tensor:
+    """A Mamba layer over a chunk: normed (b, n, d_model) -> (b, n, d_model); its conv and ssm state in place."""
+    c = cfg
+    b, n, _ = normed.shape
+    conv_state, ssm_state = state.conv[L.index], state.ssm[L.index]
+    xz = F.linear(normed, L.in_w, L.in_b)  # (b, n, in_proj_dim)
+    lo = 0 if c.arch != MAMBA2 else c.d_inner
+    xc = torch.empty(b, n, c.conv_dim, dtype=normed.dtype, device=normed.device)
+    K.causal_conv1d(xz[..., lo:lo + c.conv_dim].transpose(1, 2), L.conv_w, L.conv_b, conv_state, "silu",
+                    out=xc.transpose(1, 2), state_out=conv_state)
+    y = _mamba2_scan(c, L, xz, xc, ssm_state) if c.arch == MAMBA2 else _mamba1_scan(c, L, xz, xc, ssm_state, unit)
+    return F.linear(y, L.out_w, L.out_b)
+
+
+def _mamba1_scan(c: ModelConfig, L: Layer, xz: torch.Tensor, xc: torch.Tensor, ssm_state: torch.Tensor,
+                 unit: Optional[torch.Tensor]) -> torch.Tensor:
+    """xz (b, n, 2 d_inner), xc = conv output (b, n, d_inner) -> y (b, n, d_inner)."""
+    R, N = c.dt_rank, c.d_state
+    xdbl = F.linear(xc, L.x_w)  # (b, n, R + 2N)
+    dt_bc_norm(c, unit, xdbl)
+    dt = F.linear(xdbl[..., :R], L.dt_w)  # (b, n, d_inner), bias in the scan
+    y = torch.empty_like(xc)
+    K.selective_scan(xc.transpose(1, 2), dt.transpose(1, 2), L.A, xdbl[..., R:R + N].transpose(1, 2),
+                     xdbl[..., R + N:].transpose(1, 2), L.D, xz[..., c.d_inner:].transpose(1, 2), L.dt_b,
+                     ssm_state, True, out=y.transpose(1, 2), state_out=ssm_state)
+    return y
+
+
+def _mamba2_scan(c: ModelConfig, L: Layer, xz: torch.Tensor, xc: torch.Tensor, ssm_state: torch.Tensor
+                 ) -> torch.Tensor:
+    """xz (b, n, in_proj_dim), xc = conv output (b, n, conv_dim) -> gated-normed y (b, n, d_inner)."""
+    d, gn = c.d_inner, c.ngroups * c.d_state
+    b, n = xz.shape[:2]
+    x = xc[..., :d].unflatten(-1, (c.nheads, c.headdim))
+    B = xc[..., d:d + gn].unflatten(-1, (c.ngroups, c.d_state))
+    C = xc[..., d + gn:].unflatten(-1, (c.ngroups, c.d_state))
+    dt = xz[..., d + c.conv_dim:]
+    y = torch.empty(b, n, c.nheads, c.headdim, dtype=xc.dtype, device=xc.device)
+    K.chunk_scan(x, dt, L.A, B, C, c.chunk_size, L.D, None, L.dt_b, ssm_state, True, c.dt_limit, out=y,
+                 state_out=ssm_state)
+    return K.gated_rms_norm(y.flatten(-2), xz[..., :d], L.gnorm_w, c.norm_eps, d // c.ngroups)
