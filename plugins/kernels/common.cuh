@@ -62,6 +62,23 @@ __device__ __forceinline__ float block_sum(float v, float* scratch) {
   return s;
 }
 
+// Runs load(i) for kUnroll indices i = threadIdx.x + u * kBlock before any store(i, v) (kBlock: the block's
+// threads), so that a group's global loads are in flight together: one memory latency per group, not per element.
+template <int kUnroll, int kBlock, typename Load, typename Store>
+__device__ __forceinline__ void batched_loop(int count, Load load, Store store) {
+  for (int base = threadIdx.x; base < count; base += kUnroll * kBlock) {
+    decltype(load(0)) v[kUnroll];
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) {
+      v[u] = base + u * kBlock < count ? load(base + u * kBlock) : decltype(load(0)){};
+    }
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) {
+      if (base + u * kBlock < count) store(base + u * kBlock, v[u]);
+    }
+  }
+}
+
 // ---- programmatic dependent launch (md_kernels_set_programmatic_launch) ------------------------------
 // A kernel started by launch_pdl may run while the previous kernel on its stream is still running: before
 // pdl_wait() it may only read what no kernel writes (weights); pdl_release() lets the next kernel start.

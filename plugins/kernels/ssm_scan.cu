@@ -13,6 +13,7 @@
 #include <cmath>
 
 #include "common.cuh"
+#include "mamba1_scan.cuh"
 #include "ssd_chunk.cuh"
 
 namespace md {
@@ -72,23 +73,6 @@ __device__ __forceinline__ int64_t row_offset(int64_t r, int64_t headdim, int64_
   return (r / headdim) * head_stride + (r % headdim) * dim_stride;
 }
 
-// Runs load(i) for kUnroll indices i = threadIdx.x + u * kThreads before any store(i, v), so that a
-// group's global loads are in flight together: one memory latency per group, not per element.
-template <int kUnroll, typename Load, typename Store>
-__device__ __forceinline__ void batched_loop(int count, Load load, Store store) {
-  for (int base = threadIdx.x; base < count; base += kUnroll * kThreads) {
-    decltype(load(0)) v[kUnroll];
-#pragma unroll
-    for (int u = 0; u < kUnroll; ++u) {
-      v[u] = base + u * kThreads < count ? load(base + u * kThreads) : decltype(load(0)){};
-    }
-#pragma unroll
-    for (int u = 0; u < kUnroll; ++u) {
-      if (base + u * kThreads < count) store(base + u * kThreads, v[u]);
-    }
-  }
-}
-
 // Element i of a (rows x tc) tile: row-fastest when the rows are contiguous in memory.
 template <int ROWS>
 __device__ __forceinline__ int2 row_step(const ScanArgs& a, int i, int tc) {
@@ -106,7 +90,7 @@ __device__ void stage_chunk(const ScanArgs& a, ScanSmem<NPT, TPN>& sm, int64_t b
   auto bc_at = [&](int i) {  // (n, t); only steps < tc are ever read
     return a.b_state_fastest ? make_int2(i % Tl::kDS, i / Tl::kDS) : make_int2(i / tc, i % tc);
   };
-  batched_loop<8>(tc * Tl::kDS, [&](int i) {
+  batched_loop<8, kThreads>(tc * Tl::kDS, [&](int i) {
     const int2 nt = bc_at(i);
     if (nt.x >= p.dstate) return make_float2(0.f, 0.f);
     return make_float2(to_f(Bp[nt.y * p.B_seq_stride + nt.x * p.B_state_stride]),
@@ -118,7 +102,7 @@ __device__ void stage_chunk(const ScanArgs& a, ScanSmem<NPT, TPN>& sm, int64_t b
   });
   const T* xp = static_cast<const T*>(p.x) + b * p.x_batch_stride + t0 * p.x_seq_stride;
   const T* dtp = static_cast<const T*>(p.dt) + b * p.dt_batch_stride + t0 * p.dt_seq_stride;
-  batched_loop<4>(Tl::kRows * tc, [&](int i) {  // (x, raw dt, dt_bias, A)
+  batched_loop<4, kThreads>(Tl::kRows * tc, [&](int i) {  // (x, raw dt, dt_bias, A)
     const int2 rt = row_step<Tl::kRows>(a, i, tc);
     const int64_t rg = row0 + rt.x, r = g * a.rows_per_group + rg, head = r / p.headdim;
     if (rg >= a.rows_per_group) return make_float4(0.f, 0.f, 0.f, 0.f);
@@ -147,7 +131,7 @@ __device__ void write_chunk(const ScanArgs& a, ScanSmem<NPT, TPN>& sm, int64_t b
   const T* xp = static_cast<const T*>(p.x) + b * p.x_batch_stride + t0 * p.x_seq_stride;
   const T* zp = static_cast<const T*>(p.z) + b * p.z_batch_stride + t0 * p.z_seq_stride;
   T* yp = static_cast<T*>(p.y) + b * p.y_batch_stride + t0 * p.y_seq_stride;
-  batched_loop<4>(Tl::kRows * tc, [&](int i) {  // (D * x, z)
+  batched_loop<4, kThreads>(Tl::kRows * tc, [&](int i) {  // (D * x, z)
     const int2 rt = row_step<Tl::kRows>(a, i, tc);
     const int64_t rg = row0 + rt.x, r = g * a.rows_per_group + rg, head = r / p.headdim;
     if (rg >= a.rows_per_group) return make_float2(0.f, 0.f);
@@ -360,6 +344,7 @@ size_t workspace_bytes(const md_ssm_params* p, int64_t nchunks) {
 
 extern "C" size_t md_ssm_scan_workspace_size(const md_ssm_params* p) {
   if (p == nullptr) return 0;
+  if (md::mamba1_scan_eligible(*p)) return 0;
   return md::ssd_eligible(*p) ? md::ssd_workspace_bytes(*p) : md::workspace_bytes(p, md::plan_chunks(p));
 }
 
@@ -380,6 +365,7 @@ extern "C" cudaError_t md_launch_ssm_scan_ws(const md_ssm_params* p, void* works
            "ssm_scan: state dtype must be float32 or the dtype of x");
   MD_CHECK(p->batch <= 65535, "ssm_scan: batch must be <= 65535");
   if (p->batch == 0) return cudaSuccess;
+  if (md::mamba1_scan_eligible(*p)) return md::launch_mamba1_scan(*p, stream);
   if (workspace != nullptr && md::ssd_eligible(*p) && workspace_size >= md::ssd_workspace_bytes(*p)) {
     return md::launch_ssd(*p, workspace, stream);
   }

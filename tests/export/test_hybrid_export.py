@@ -130,6 +130,17 @@ def test_verify_passes_and_transformers_oracle_refuses(hybrid):
         verify_export(folder, reference=str(ckpt), backend="onnxruntime", oracle="transformers")
 
 
+@pytest.mark.gpu
+@pytest.mark.parametrize("arch", ["hybrid", "hybrid1"])
+@pytest.mark.parametrize("dtype", [None, "float16"])
+def test_native_verifies_against_the_reference(hybrid, arch, dtype):
+    """The native engine on hybrid exports: attention in its decode graph over the export's max_seq_len."""
+    ckpt, folder = hybrid(arch, dtype=dtype)
+    report = verify_export(folder, reference=str(ckpt), backend="native", steps=4)
+    assert report.passed, report.to_dict()
+    assert report.max_rel_err < (1e-4 if dtype is None else 1e-2)
+
+
 def test_too_long_is_refused_with_the_state_untouched(hybrid):
     _, folder = hybrid()
     backend = load_backend("onnxruntime", load_export(folder))

@@ -102,3 +102,12 @@ def test_verify_against_transformers(case):
         onnx.checker.check_model(str(folder / f"{kind}.onnx"), full_check=True)
     report = verify_export(folder, reference=str(ckpt), backend="onnxruntime", oracle="transformers", steps=4)
     assert report.passed and report.max_rel_err < 1e-5
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("name", list(CASES))
+def test_native_verifies_against_transformers(case, name):
+    """The native engine (attention in its decode graph, MLP blocks, a float32 export) against transformers."""
+    _, ckpt, folder = case(name)
+    report = verify_export(folder, reference=str(ckpt), backend="native", oracle="transformers", steps=4)
+    assert report.passed and report.max_rel_err < 1e-4, report

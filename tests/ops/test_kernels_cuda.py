@@ -157,6 +157,24 @@ def test_selective_scan(cuda, dtype, batch, seqlen, dstate):
     check("state", st, s_ref, dtype)
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("gate", [True, False])
+def test_selective_scan_channel_last_odd_sizes(cuda, dtype, gate):
+    """The native engine's layouts (channel-last views of (batch, seqlen, dim) buffers) through mamba1_scan.cu's
+    kernel: 37 channels (a partial block of 16), dstate 5, 700 steps (a partial chunk), no D / gate or both."""
+    batch, dim, seqlen, dstate = 2, 37, 700, 5
+    kw = mamba1_inputs(batch, dim, seqlen, dstate, dtype)
+    for key in ("u", "delta", "z", "B", "C"):
+        kw[key] = kw[key].transpose(1, 2).contiguous().transpose(1, 2)  # same values, unit channel / state stride
+    if not gate:
+        kw["z"], kw["D"] = None, None
+    y_ref, s_ref = selective_scan_ref(**{k: (v.float() if v is not None else None) for k, v in kw.items()})
+    y, st = cuda.selective_scan(**kw, out=nan_like((batch, seqlen, dim), dtype).transpose(1, 2),
+                                state_out=nan_like(kw["ssm_state"].shape, torch.float32))
+    check("y", y, y_ref, dtype)
+    check("state", st, s_ref, dtype)
+
+
 def test_selective_scan_state_carry_half_state(cuda):
     kw = mamba1_inputs(3, 40, 257, 16, torch.float16)
     kw["ssm_state"] = kw["ssm_state"].half()
@@ -325,7 +343,8 @@ def test_time_parallel_scan_equals_single_walk(cuda, arch, monkeypatch):
     """Long prompt at batch 1: the chunked (time-parallel) launch equals the single walk, in place too."""
     from mamba_deploy.ops import _lib
 
-    fn, kw, state_key = ((cuda.selective_scan, mamba1_inputs(1, 256, 1500, 16, torch.float32), "ssm_state")
+    # Mamba1 with dstate 32: dstate <= 16 takes mamba1_scan.cu's kernel, which needs no workspace
+    fn, kw, state_key = ((cuda.selective_scan, mamba1_inputs(1, 256, 1500, 32, torch.float32), "ssm_state")
                          if arch == "mamba1" else
                          (cuda.chunk_scan, mamba2_inputs(1, 1500, 8, 64, 1, 128, torch.float32), "initial_state"))
     run = lambda **o: fn(**kw, **o)  # noqa: E731
@@ -421,8 +440,9 @@ def test_scan_state_rows(cuda, arch, batch, seqlen, monkeypatch):
     from mamba_deploy.ops import _lib
 
     pool_size = batch + 4
-    if arch == "mamba1":
-        fn, kw, key = cuda.selective_scan, mamba1_inputs(batch, 256, seqlen, 16, torch.float16), "ssm_state"
+    if arch == "mamba1":  # dstate 16: mamba1_scan.cu's kernel; 32: the state-parallel walk, time-parallel at 1500
+        dstate = 16 if seqlen == 129 else 32
+        fn, kw, key = cuda.selective_scan, mamba1_inputs(batch, 256, seqlen, dstate, torch.float16), "ssm_state"
     else:
         fn, kw, key = cuda.chunk_scan, mamba2_inputs(batch, seqlen, 8, 64, 1, 128, torch.float16), "initial_state"
     pool = rnd(pool_size, *kw[key].shape[1:], scale=0.5)
