@@ -23,7 +23,7 @@ INT_RANGES = {"d_model": (1, 2**16), "n_layer": (1, 1024), "vocab_size": (1, 2**
               "pad_vocab_size_multiple": (0, 2**16), "intermediate_size": (1, 2**20),
               "d_intermediate": (0, 2**18), "attn_num_heads": (1, 2**12), "attn_num_heads_kv": (1, 2**12),
               "attn_head_dim": (1, 1024), "attn_rotary_dim": (0, 1024), "attn_mlp_dim": (0, 2**18),
-              "mamba_d_inner": (0, 2**20)}
+              "mamba_d_inner": (0, 2**20), "mamba2_mlp_dim": (0, 2**20)}
 MLP_MULTIPLE = 128  # mamba-ssm's GatedMLP rounds its hidden width up to a multiple of this
 ATTN_MLP_MULTIPLE = 256  # mamba-ssm's MHA rounds its in-projection MLP width (mlp_dim) up to a multiple of this
 MAX_PARAMETERS = 10**12
@@ -33,7 +33,7 @@ _LATER_FIELDS = {"mixer_rms_eps": None, "d_intermediate": 0, "attn_layer_idx": (
                  "attn_num_heads_kv": 0, "attn_head_dim": 0, "attn_rotary_dim": 0, "attn_rotary_base": 10000.0,
                  "attn_mlp_dim": 0, "attn_qkv_bias": True, "attn_out_bias": True, "attn_softmax_scale": None,
                  "attn_d_conv": 0, "attn_separate_proj": False, "mlp_layer_idx": (), "mlp_width": 0, "mlp_bias": False,
-                 "mamba_d_inner": 0}
+                 "mamba_d_inner": 0, "mamba2_mlp_dim": 0}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,10 +80,19 @@ class ModelConfig:
     mlp_width: int = 0
     mlp_bias: bool = False
     mamba_d_inner: int = 0  # NemotronH: mamba_num_heads * mamba_head_dim, not a multiple of d_model; 0: expand * d_model
+    # mamba-ssm's Mamba2 with d_ssm < expand * d_model: the SSM runs on d_ssm channels (d_inner below), the other
+    # mamba2_mlp_dim are a gated MLP inside in_proj / out_proj: silu(z0) * x0, before y in out_proj's input
+    mamba2_mlp_dim: int = 0
 
     @property
     def d_inner(self) -> int:
-        return self.mamba_d_inner or self.expand * self.d_model
+        """The SSM's channels (mamba-ssm's d_ssm)."""
+        return (self.mamba_d_inner or self.expand * self.d_model) - self.mamba2_mlp_dim
+
+    @property
+    def mixer_out_dim(self) -> int:
+        """out_proj's input: [silu(z0) * x0 (mamba2_mlp_dim), y (d_inner)]."""
+        return self.d_inner + self.mamba2_mlp_dim
 
     @property
     def nheads(self) -> int:
@@ -99,7 +108,7 @@ class ModelConfig:
     @property
     def in_proj_dim(self) -> int:
         if self.arch == MAMBA2:
-            return self.d_inner + self.conv_dim + self.nheads  # z, xBC, dt
+            return 2 * self.mamba2_mlp_dim + self.d_inner + self.conv_dim + self.nheads  # [z0, x0,] z, xBC, dt
         return 2 * self.d_inner  # x, z
 
     @property
@@ -180,7 +189,7 @@ class ModelConfig:
 
     def validate(self) -> None:
         ints = ["d_model", "n_layer", "vocab_size", "vocab_size_padded", "d_state", "d_conv", "expand", "d_intermediate",
-                "mamba_d_inner"]
+                "mamba_d_inner", "mamba2_mlp_dim"]
         if self.arch == MAMBA1:
             ints.append("dt_rank")
         elif self.arch == MAMBA2:
@@ -203,6 +212,8 @@ class ModelConfig:
                               f"{MAX_PARAMETERS:.0e} this tool accepts (check n_layer, d_model, vocab_size)")
         if self.vocab_size_padded < self.vocab_size:
             raise ConfigError("config: padded vocabulary is smaller than the vocabulary")
+        if self.mamba2_mlp_dim and (self.arch != MAMBA2 or self.d_inner < 1):
+            raise ConfigError("config field 'mamba2_mlp_dim' (mamba-ssm's d_ssm) must leave the Mamba2 SSM channels")
         if self.arch == MAMBA2:
             if self.d_inner % self.headdim:
                 raise ConfigError(
@@ -372,9 +383,8 @@ def _from_mamba_ssm(data: dict[str, Any]) -> ModelConfig:
         dt_rank = math.ceil(d_model / 16) if dt_rank == "auto" else _as_int(dt_rank, "ssm_cfg.dt_rank")
         return ModelConfig(arch=MAMBA1, d_state=_as_int(ssm.get("d_state", 16), "ssm_cfg.d_state"),
                            dt_rank=dt_rank, **common)
-    _refuse_mamba2_variants(ssm, d_model * common["expand"])
     return ModelConfig(
-        arch=MAMBA2,
+        arch=MAMBA2, mamba2_mlp_dim=_mamba2_mlp_dim(ssm, d_model * common["expand"]),
         d_state=_as_int(ssm.get("d_state", 128), "ssm_cfg.d_state"),
         headdim=_as_int(ssm.get("headdim", 64), "ssm_cfg.headdim"),
         ngroups=_as_int(ssm.get("ngroups", 1), "ssm_cfg.ngroups"),
@@ -384,16 +394,19 @@ def _from_mamba_ssm(data: dict[str, Any]) -> ModelConfig:
     )
 
 
-def _refuse_mamba2_variants(ssm: dict[str, Any], d_inner: int) -> None:
+def _mamba2_mlp_dim(ssm: dict[str, Any], d_inner: int) -> int:
+    """expand * d_model - d_ssm (0 without d_ssm), after refusing the Mamba2 variants we do not run."""
     d_ssm = ssm.get("d_ssm")
-    if d_ssm is not None and d_ssm != d_inner:
-        raise ConfigError("field 'ssm_cfg.d_ssm': a gated MLP beside the SSM (d_ssm < d_inner) is not supported yet")
+    d_ssm = d_inner if d_ssm is None else _as_int(d_ssm, "ssm_cfg.d_ssm", "mamba_d_inner")
+    if d_ssm > d_inner:
+        raise ConfigError(f"field 'ssm_cfg.d_ssm': {d_ssm} is more than expand * d_model = {d_inner}")
     if _as_bool(ssm.get("D_has_hdim", False), "ssm_cfg.D_has_hdim"):
         raise ConfigError("field 'ssm_cfg.D_has_hdim': per-channel D is not supported yet")
     if not _as_bool(ssm.get("rmsnorm", True), "ssm_cfg.rmsnorm"):
         raise ConfigError("field 'ssm_cfg.rmsnorm': Mamba2 without the gated RMSNorm is not supported yet")
     if _as_bool(ssm.get("norm_before_gate", False), "ssm_cfg.norm_before_gate"):
         raise ConfigError("field 'ssm_cfg.norm_before_gate': norm_before_gate=true is not supported yet")
+    return d_inner - d_ssm
 
 
 def _from_hf(data: dict[str, Any]) -> ModelConfig:
@@ -472,8 +485,9 @@ def to_hf_config(cfg: ModelConfig) -> dict[str, Any]:
 
     if is_nemotron_h(cfg):
         return to_nemotron_h_config(cfg)
-    if cfg.d_intermediate or cfg.attn_layer_idx:
-        raise ValueError("MLP or attention layers (d_intermediate > 0) have no Hugging Face config format; use mamba-ssm's")
+    if cfg.d_intermediate or cfg.attn_layer_idx or cfg.mamba2_mlp_dim:
+        raise ValueError("MLP or attention layers (d_intermediate > 0, d_ssm < d_inner) have no Hugging Face config "
+                         "format; use mamba-ssm's")
     common = {"hidden_size": cfg.d_model, "num_hidden_layers": cfg.n_layer, "vocab_size": cfg.vocab_size_padded,
               "state_size": cfg.d_state, "expand": cfg.expand, "conv_kernel": cfg.d_conv, "use_bias": cfg.bias,
               "use_conv_bias": cfg.conv_bias, "layer_norm_epsilon": cfg.norm_eps,
@@ -499,7 +513,7 @@ def to_mamba_ssm_config(cfg: ModelConfig) -> dict[str, Any]:
                            "bias": cfg.bias, "conv_bias": cfg.conv_bias}
     if cfg.arch == MAMBA2:
         ssm.update(layer="Mamba2", headdim=cfg.headdim, ngroups=cfg.ngroups, chunk_size=cfg.chunk_size,
-                   dt_limit=list(cfg.dt_limit))
+                   dt_limit=list(cfg.dt_limit), **({"d_ssm": cfg.d_inner} if cfg.mamba2_mlp_dim else {}))
     else:
         ssm.update(dt_rank=cfg.dt_rank)
     multiple = next((m for m in (1, 8, 16, 32, 64, 128, 256) if -(-cfg.vocab_size // m) * m == cfg.vocab_size_padded),

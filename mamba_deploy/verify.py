@@ -115,9 +115,9 @@ def transformers_oracle(model) -> Callable[[list[int]], torch.Tensor]:
     if not cfg.rms_norm:
         raise MambaDeployError("--oracle transformers: HF Mamba models have no LayerNorm variant (rms_norm: false)")
     nemotron = is_nemotron_h(cfg)
-    if cfg.d_intermediate or (cfg.attn_layer_idx and not nemotron):
+    if cfg.d_intermediate or cfg.mamba2_mlp_dim or (cfg.attn_layer_idx and not nemotron):
         raise MambaDeployError("--oracle transformers: transformers has no mamba-ssm model with MLP or attention "
-                               "layers (d_intermediate > 0, attn_layer_idx); use --oracle reference")
+                               "layers (d_intermediate > 0, d_ssm < d_inner, attn_layer_idx); use --oracle reference")
     hf_cfg = to_hf_config(cfg)
     cls_name = hf_cfg.pop("architectures")[0]
     config_cls = getattr(transformers, cls_name.replace("ForCausalLM", "Config"))

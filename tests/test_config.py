@@ -53,7 +53,7 @@ def test_roundtrip_through_dict():
     ({"d_intermediate": "4096"}, "d_intermediate"),
     ({"attn_layer_idx": [0], "d_intermediate": 4096, "attn_cfg": {"causal": True}}, "attn_cfg.num_heads"),
     ({"ssm_cfg": {"layer": "Mamba3"}}, "ssm_cfg.layer"),
-    ({"ssm_cfg": {"layer": "Mamba2", "d_ssm": 1024}}, "ssm_cfg.d_ssm"),
+    ({"ssm_cfg": {"layer": "Mamba2", "d_ssm": 8192}}, "ssm_cfg.d_ssm"),  # more than expand * d_model
     ({"ssm_cfg": {"layer": "Mamba2", "headdim": 48}}, "headdim"),
     ({"n_layer": 0}, "n_layer"),
     ({"d_model": "big"}, "d_model"),

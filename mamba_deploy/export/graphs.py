@@ -80,7 +80,7 @@ class _LMGraph:
         """(N, K) of a quantized weight, from the config (K is not a multiple of the block in general)."""
         cfg = self.cfg
         n = self.weights[f"{weight}{QWEIGHT}"].dims[0]
-        k = {"in_proj": cfg.d_model, "x_proj": cfg.d_inner, "dt_proj": cfg.dt_rank, "out_proj": cfg.d_inner}
+        k = {"in_proj": cfg.d_model, "x_proj": cfg.d_inner, "dt_proj": cfg.dt_rank, "out_proj": cfg.mixer_out_dim}
         return n, k.get(weight.split(".")[-2], cfg.d_model)
 
     def op(self, name: str, inputs: list[Optional[str]], attrs: dict, static: Optional[dict] = None) -> tuple[str, str]:
@@ -145,9 +145,10 @@ class _LMGraph:
 
     def mamba2(self, hidden: str, layer: str, past_conv: str, past_ssm: str) -> tuple[str, str, str]:
         g, cfg = self.g, self.cfg
-        gn = cfg.ngroups * cfg.d_state
-        z, xbc, dt = g("Split", self.linear(hidden, f"{layer}.in_proj"), g.const([cfg.d_inner, cfg.conv_dim,
-                                                                                   cfg.nheads]), axis=1, outputs=3)
+        gn, m = cfg.ngroups * cfg.d_state, cfg.mamba2_mlp_dim
+        parts = [m, m] * bool(m) + [cfg.d_inner, cfg.conv_dim, cfg.nheads]  # [z0, x0,] z, xBC, dt
+        *mlp, z, xbc, dt = g("Split", self.linear(hidden, f"{layer}.in_proj"), g.const(parts), axis=1,
+                             outputs=len(parts))
         if not self.decode:
             xbc = g("Transpose", self.tokens(xbc, cfg.conv_dim), perm=[0, 2, 1])
         xbc, conv_state = self.conv(xbc, layer, past_conv)
@@ -167,6 +168,9 @@ class _LMGraph:
             y, ssm_state = self.op("Mamba2ChunkScan", [x, dt, *params, past_ssm, None],
                                    {"chunk_size": cfg.chunk_size, **_dt_attrs(cfg)})
         y = self.gated_norm(g.reshape(y, -1, cfg.d_inner), z, f"{layer}.norm.weight")
+        if mlp:  # mamba-ssm's d_ssm < d_inner: [silu(z0) * x0, y], silu rounded to the model dtype as torch does
+            z0, x0 = mlp
+            y = g("Concat", g("Mul", g("CastLike", self._silu32(z0), x0), x0), y, axis=1)
         return self.linear(y, f"{layer}.out_proj"), conv_state, ssm_state
 
     def gated_norm(self, y: str, z: str, weight: str) -> str:

@@ -21,6 +21,10 @@ TINY_CONFIGS = {
                "attn_layer_idx": [1], "attn_cfg": {"causal": True, "num_heads": 6, "num_heads_kv": 2, "head_dim": 10,
                                                   "rotary_emb_dim": 6, "mlp_dim": 20, "out_proj_bias": False,
                                                   "d_conv": 3}},
+    # mamba-ssm's Mamba2 with d_ssm < expand * d_model: the SSM on 48 channels, a gated MLP on the other 48
+    "mamba2_dssm": {"d_model": 48, "n_layer": 2, "vocab_size": 100, "pad_vocab_size_multiple": 16,
+                    "ssm_cfg": {"layer": "Mamba2", "d_state": 8, "headdim": 12, "ngroups": 2, "chunk_size": 8,
+                                "d_ssm": 48}},
     "hybrid1": {"d_model": 40, "n_layer": 4, "vocab_size": 100, "pad_vocab_size_multiple": 8,
                 "ssm_cfg": {"d_state": 6}, "attn_layer_idx": [1, 3],
                 "attn_cfg": {"causal": True, "num_heads": 5, "softmax_scale": 0.3, "qkv_proj_bias": True}},

@@ -75,11 +75,14 @@ class Mamba2Mixer(nn.Module):
         self.D = nn.Parameter(torch.empty(cfg.nheads, dtype=torch.float32, device=device))
         self.norm = nn.Module()
         self.norm.weight = nn.Parameter(torch.empty(cfg.d_inner, **kw))
-        self.out_proj = nn.Linear(cfg.d_inner, cfg.d_model, bias=cfg.bias, **kw)
+        self.out_proj = nn.Linear(cfg.mixer_out_dim, cfg.d_model, bias=cfg.bias, **kw)
 
     def _split_in_proj(self, hidden):
+        """-> z, xBC, dt and the gated MLP's part of in_proj (mamba2_mlp_dim: silu(z0) * x0; empty without)."""
         c = self.cfg
-        return torch.split(self.in_proj(hidden), [c.d_inner, c.conv_dim, c.nheads], dim=-1)  # z, xBC, dt
+        m = c.mamba2_mlp_dim
+        z0, x0, z, xbc, dt = torch.split(self.in_proj(hidden), [m, m, c.d_inner, c.conv_dim, c.nheads], dim=-1)
+        return z, xbc, dt, F.silu(z0) * x0
 
     def _split_xbc(self, xbc):
         c = self.cfg
@@ -89,30 +92,30 @@ class Mamba2Mixer(nn.Module):
         return (x.reshape(*shape, c.nheads, c.headdim), B.reshape(*shape, c.ngroups, c.d_state),
                 C.reshape(*shape, c.ngroups, c.d_state))
 
-    def _gated_norm_out(self, y, z):
+    def _gated_norm_out(self, y, z, mlp):
         c = self.cfg
         y = gated_rms_norm_ref(y.flatten(-2), z, self.norm.weight, c.norm_eps, c.d_inner // c.ngroups)
-        return self.out_proj(y)
+        return self.out_proj(torch.cat([mlp, y], dim=-1) if c.mamba2_mlp_dim else y)
 
     def forward(self, hidden, conv_state, ssm_state):
         """hidden: (batch, seqlen, d_model)."""
         c = self.cfg
-        z, xbc, dt = self._split_in_proj(hidden)
+        z, xbc, dt, mlp = self._split_in_proj(hidden)
         xbc, conv_state = causal_conv1d_ref(xbc.transpose(1, 2), _conv_weight(self.conv1d), self.conv1d.bias,
                                             conv_state, "silu")
         x, B, C = self._split_xbc(xbc.transpose(1, 2))
         A = -torch.exp(self.A_log.float())
         y, ssm_state = chunk_scan_ref(x, dt, A, B, C, c.chunk_size, self.D, None, self.dt_bias, ssm_state, True,
                                       c.dt_limit)
-        return self._gated_norm_out(y, z), conv_state, ssm_state
+        return self._gated_norm_out(y, z, mlp), conv_state, ssm_state
 
     def step(self, hidden, conv_state, ssm_state):
         """hidden: (batch, 1, d_model)."""
-        z, xbc, dt = self._split_in_proj(hidden[:, 0])
+        z, xbc, dt, mlp = self._split_in_proj(hidden[:, 0])
         xbc, conv_state = causal_conv1d_update_ref(xbc, _conv_weight(self.conv1d), self.conv1d.bias, conv_state,
                                                    "silu")
         x, B, C = self._split_xbc(xbc)
         A = -torch.exp(self.A_log.float())
         y, ssm_state = selective_state_update_ref(ssm_state, x, dt, A, B, C, self.D, None, self.dt_bias, True,
                                                   self.cfg.dt_limit)
-        return self._gated_norm_out(y, z).unsqueeze(1), conv_state, ssm_state
+        return self._gated_norm_out(y, z, mlp).unsqueeze(1), conv_state, ssm_state

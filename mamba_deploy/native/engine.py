@@ -41,7 +41,7 @@ from typing import Callable, Optional
 import torch
 
 from ..config import MAMBA2, ModelConfig
-from ..errors import ParameterError, is_integer
+from ..errors import MambaDeployError, ParameterError, is_integer
 from ..models.lm import check_room
 from ..models.state import InferenceState
 from ..ops import _lib, cuda as K
@@ -61,6 +61,9 @@ class NativeEngine:
                  state_dtype: torch.dtype = torch.float32, device: torch.device | str = "cuda", max_batch: int = 64,
                  chunk_len: int = 2048, gemv_max_batch: int = 2, use_graphs: bool = True, dt_gemm_min_batch: int = 8,
                  programmatic_launch: bool = True, max_seq_len: Optional[int] = None):
+        if cfg.mamba2_mlp_dim:
+            raise MambaDeployError("mamba-ssm's d_ssm < d_inner (a gated MLP beside the SSM) is not supported by the "
+                                   "native backend yet; use onnxruntime or torch")
         self.config, self.dtype, self.state_dtype = cfg, dtype, state_dtype
         self.device = torch.device(device)
         if self.device.type != "cuda":

@@ -1,6 +1,7 @@
 """Codestral-shaped Mamba-2 (8 groups of one head, d_state 128, headdim 64, untied head) against mamba-ssm itself on
 the GPU: its MambaLMHeadModel on the same checkpoint (its Triton SSD kernels and torch conv: no compiled extension is
-needed), against our reference model and the native engine (prefill, then one decode step per position).
+needed), against our reference model and the native engine (prefill, then one decode step per position); and the
+reference of a d_ssm < d_inner Mamba-2 (a gated MLP beside the SSM) against mamba-ssm's.
 
 Runs only where `mamba_ssm` is importable: on the GPU machine with the anchors' source on PYTHONPATH
 (docs/performance.md, "mamba-ssm as an oracle"). mamba-ssm's SSD runs its matrix products in TF32 (about 3e-3
@@ -17,12 +18,25 @@ from numerics import rel_err
 pytestmark = pytest.mark.gpu
 CODESTRAL = {"d_model": 256, "n_layer": 3, "vocab_size": 1000, "pad_vocab_size_multiple": 16, "tie_embeddings": False,
              "ssm_cfg": {"layer": "Mamba2", "d_state": 128, "headdim": 64, "ngroups": 8, "chunk_size": 64}}
+# d_ssm < expand * d_model: the SSM on 256 of the 512 channels, a gated MLP on the rest (the native engine refuses it)
+D_SSM = {**CODESTRAL, "ssm_cfg": {**CODESTRAL["ssm_cfg"], "ngroups": 2, "d_state": 64, "d_ssm": 256}}
 
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
     return make_random_checkpoint(CODESTRAL, tmp_path_factory.mktemp("codestral") / "ckpt", dtype=torch.float32,
                                   seed=11)
+
+
+def test_d_ssm_reference_matches_mamba_ssm(tmp_path):
+    folder = make_random_checkpoint(D_SSM, tmp_path / "ckpt", dtype=torch.float32, seed=12)
+    model = _mamba_ssm_model(folder)
+    ids = torch.randint(1, 1000, (2, 80), generator=torch.Generator().manual_seed(4)).cuda()
+    with torch.no_grad():
+        want = model(ids).logits.float()
+    ref = load_reference(folder, torch.float32, "cuda")
+    assert ref.config.mamba2_mlp_dim == 256
+    assert rel_err(ref(ids), want) < 1e-2
 
 
 def _mamba_ssm_model(checkpoint):
