@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import heapq
 import json
 import struct
 import threading
@@ -114,7 +115,9 @@ class StatePool:
             (io_name(kind, layer).replace("_state", ""), t)
             for kind, layer, t in sorted(state.named(config), key=lambda e: order.index(e[0]))]
         self.fingerprint = config_fingerprint(config)
-        self._free = list(range(self.max_slots - 1, -1, -1))  # a stack: the lowest slot is handed out first
+        # a heap: the lowest free slot is handed out first, so running sequences tend to hold consecutive slots,
+        # which backends run as one view of the pool (no gather / scatter)
+        self._free = list(range(self.max_slots))
         self._held: set[int] = set()
         self._lock = threading.Lock()
 
@@ -137,7 +140,7 @@ class StatePool:
         with self._lock:
             if not self._free:
                 raise MambaDeployError(f"no free state slot (all {self.max_slots} are held)")
-            slot = self._free.pop()
+            slot = heapq.heappop(self._free)
             self._held.add(slot)
             return slot
 
@@ -146,7 +149,7 @@ class StatePool:
             if slot not in self._held:
                 raise MambaDeployError(f"state slot {slot!r} is not held (released twice?)")
             self._held.remove(slot)
-            self._free.append(slot)
+            heapq.heappush(self._free, slot)
 
     def check_no_leaks(self) -> None:
         """MambaDeployError naming the slots still held (for tests and shutdown checks)."""

@@ -64,6 +64,30 @@ def test_slot_api_equals_batch_api_and_leaves_other_slots_alone(backend):
     assert all(torch.equal(t, pool.save(1).tensors[n]) for n, t in idle.tensors.items())
 
 
+def test_permuted_consecutive_slots_equal_the_gathered_decode(backend):
+    """Slots 1..3 in another order (as the scheduler may hold them): onnxruntime runs them on the pool's rows with
+    ids and logits permuted; the same logits and states, bit for bit, as the base class's gather / scatter."""
+    from mamba_deploy.runtime.backend import Backend
+
+    pools = [backend.new_pool(4), backend.new_pool(4)]
+    for pool in pools:
+        for slot in (1, 2, 3):
+            backend.prefill_slot(_ids((1, 3 + slot), slot), pool, slot)
+    slots, step = torch.tensor([3, 1, 2]), _ids((3, 1), 6)
+    got = backend.decode_slots(step, pools[0], slots).clone()
+    want = Backend.decode_slots(backend, step, pools[1], slots)
+    assert torch.equal(got, want)
+    assert all(torch.equal(a, b) for (_, a), (_, b) in zip(pools[0].buffers, pools[1].buffers))
+
+
+def test_the_lowest_free_slot_is_handed_out_first(backend):
+    pool = backend.new_pool(4)
+    assert [pool.acquire() for _ in range(3)] == [0, 1, 2]
+    pool.release(2)
+    pool.release(0)
+    assert [pool.acquire(), pool.acquire(), pool.acquire()] == [0, 2, 3]
+
+
 def test_acquire_release_reset_and_leak_check(backend):
     pool = backend.new_pool(2)
     a, b = pool.acquire(), pool.acquire()

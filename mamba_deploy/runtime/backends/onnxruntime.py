@@ -116,15 +116,22 @@ class OnnxRuntimeBackend(Backend):
         return self.prefill(input_ids, _rows(pool, first, n))
 
     def decode_slots(self, input_ids: torch.Tensor, pool: StatePool, slots: torch.Tensor) -> torch.Tensor:
-        """Slots that are consecutive rows (start, start + 1, ...) run on the pool's rows themselves (a
-        contiguous view, so a stable set of slots keeps its prepared binding); others gather and scatter."""
+        """Slots that are consecutive rows (start .. start + n - 1, in any order) run on the pool's rows themselves
+        (a contiguous view, so a stable set of slots keeps its prepared binding; the ids and logits are permuted
+        when the order is not the pool's); others gather and scatter."""
         self.check_slots(input_ids, slots)
-        first, n = consecutive_start(slots.tolist()), slots.shape[0]
+        listed, n = slots.tolist(), slots.shape[0]
+        first = consecutive_start(sorted(listed))
         if pool.device.type != "cpu" or first is None:
             return super().decode_slots(input_ids, pool, slots)
         if first < 0 or first + n > pool.max_slots:
             raise MambaDeployError(f"slots {first}..{first + n - 1} lie outside the pool's {pool.max_slots} slots")
-        return self.decode(input_ids, _rows(pool, first, n))
+        if listed == list(range(first, first + n)):
+            return self.decode(input_ids, _rows(pool, first, n))
+        rows = torch.tensor(listed) - first  # a permutation of the range: ids into pool order, logits back
+        ids = torch.empty_like(input_ids)
+        ids[rows] = input_ids
+        return self.decode(ids, _rows(pool, first, n))[rows]
 
     def _prepared_for(self, state: InferenceState) -> Optional[_Prepared]:
         """The prepared decode binding of `state` (made on first use); None when a state tensor is strided."""
