@@ -118,17 +118,19 @@ class SamplerState:
         self._check_sample_args(logits, slots, vocab_limit)
         x = mask_padding(logits.float(), vocab_limit)
         penalty = self.repetition_penalty.index_select(0, slots)[:, None]
-        x = apply_repetition_penalty(x, self.seen.index_select(0, slots), penalty)
+        host = not x.is_cuda  # on the host, steps that change nothing are skipped (checking them costs no sync)
+        if not host or bool((penalty != 1).any()):  # a penalty of 1 leaves every logit as it is
+            x = apply_repetition_penalty(x, self.seen.index_select(0, slots), penalty)
         if all_greedy:
             tokens = x.argmax(dim=-1)
         else:
             temperature = self.temperature.index_select(0, slots)
             greedy = temperature == 0
             scaled = x / torch.where(greedy, 1.0, temperature)[:, None] + 0.0  # + 0.0: -0.0 -> +0.0
-            pick = pick_tokens if scaled.is_cuda else pick_tokens_host
+            pick = pick_tokens_host if host else pick_tokens
             sampled = pick(scaled, self.top_k.index_select(0, slots), self.top_p.index_select(0, slots),
                            self.min_p.index_select(0, slots), self._uniforms(slots))
-            tokens = torch.where(greedy, x.argmax(dim=-1), sampled)
+            tokens = torch.where(greedy, x.argmax(dim=-1), sampled) if not host or bool(greedy.any()) else sampled
         self.step.index_add_(0, slots, torch.ones_like(slots))
         self.seen.index_put_((slots, tokens), self._true)
         self.last_token.index_copy_(0, slots, tokens)
