@@ -15,7 +15,8 @@ from typing import Any
 
 import torch
 
-from .config import MAMBA2, ModelConfig, parse_config, to_hf_config, to_mamba_ssm_config
+from .config import MAMBA2, ModelConfig, parse_config, to_mamba_ssm_config
+from .config_hf import to_hf_config
 
 _M1 = {"ssm_cfg": {}, "vocab_size": 50277, "pad_vocab_size_multiple": 8, "rms_norm": True,
        "residual_in_fp32": True, "fused_add_norm": True, "tie_embeddings": True}

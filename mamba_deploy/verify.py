@@ -108,7 +108,7 @@ def transformers_oracle(model) -> Callable[[list[int]], torch.Tensor]:
     ids -> last logits."""
     import transformers
 
-    from .config import to_hf_config
+    from .config_hf import to_hf_config
     from .config_nemotron import is_nemotron_h
 
     cfg = model.config

@@ -173,7 +173,7 @@ CODESTRAL_7B = {"architectures": ["Mamba2ForCausalLM"], "chunk_size": 256, "conv
 
 
 def test_falcon_mamba_7b_config():
-    from mamba_deploy.config import to_hf_config
+    from mamba_deploy.config_hf import to_hf_config
 
     cfg = parse_config(FALCON_MAMBA_7B)
     assert (cfg.arch, cfg.d_inner, cfg.expand, cfg.dt_rank, cfg.d_state) == ("mamba1", 8192, 2, 256, 16)

@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from mamba_deploy.checkpoint import load_reference
-from mamba_deploy.config import parse_config, to_hf_config
+from mamba_deploy.config import parse_config
+from mamba_deploy.config_hf import to_hf_config
 from mamba_deploy.errors import ConfigError
 from mamba_deploy.export import ExportOptions, export_model
 from mamba_deploy.export.artifact import load_export

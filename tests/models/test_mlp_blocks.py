@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from hf_models import MLP_CONFIGS, mlp_checkpoint
 
 from mamba_deploy import load_reference
-from mamba_deploy.config import to_hf_config
+from mamba_deploy.config_hf import to_hf_config
 
 
 def _rel(out, ref):
