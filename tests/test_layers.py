@@ -14,7 +14,7 @@ LAYERS = [
     ["export"],
     ["checkpoint", "random_init"],
     ["models"],
-    ["config", "config_hybrid", "config_nemotron"],
+    ["config", "config_hf", "config_hybrid", "config_nemotron"],
     ["ops"],
     ["errors", "version"],
 ]
