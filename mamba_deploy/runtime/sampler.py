@@ -204,20 +204,22 @@ def _inverse_cdf(order: torch.Tensor, probs: torch.Tensor, weights: torch.Tensor
     return order.gather(1, index[:, None]).squeeze(1)
 
 
-HOST_CANDIDATES = 1024  # the sorted prefix pick_tokens_host tries before sorting a whole row
+HOST_CANDIDATES = (128, 1024)  # the sorted prefixes pick_tokens_host tries, in turn, before sorting a whole row
 
 
 def pick_tokens_host(scaled: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor, min_p: torch.Tensor,
-                     uniform: torch.Tensor, candidates: int = HOST_CANDIDATES) -> torch.Tensor:
+                     uniform: torch.Tensor, candidates: Union[int, Sequence[int]] = HOST_CANDIDATES) -> torch.Tensor:
     """pick_tokens, the same tokens, for the CPU (data-dependent, so not for CUDA graphs): sorting a 50k
     vocabulary is most of a sampled CPU step (28 of 48 ms at batch 16), and the kept tokens are a prefix of
     the sorted order, usually a short one. So each row first takes its top `candidates` values (ties at the
     cut: the row is not cut), which are exactly the first positions of the full stable sort, and is done there
     when a filter provably ends the kept prefix inside them: top-k <= candidates, or the candidates' weight
     reaching top_p of the total (summed over the whole row, as pick_tokens does), or min-p excluding the
-    first value after them. Other rows go through pick_tokens."""
+    first value after them. Other rows try the next, larger count of `candidates` (an int, or increasing ints),
+    then pick_tokens."""
+    tiers = (candidates,) if isinstance(candidates, int) else tuple(candidates)
     n, vocab = scaled.shape
-    m = min(candidates, vocab)
+    m = min(tiers[0], vocab)
     if m == vocab or n == 0:
         return pick_tokens(scaled, top_k, top_p, min_p, uniform)
     values, index = torch.topk(scaled, m, dim=-1, sorted=False)
@@ -235,5 +237,6 @@ def pick_tokens_host(scaled: torch.Tensor, top_k: torch.Tensor, top_p: torch.Ten
     tokens = _inverse_cdf(order, probs, weights, cumulative, total, top_p, min_p, uniform)
     rest = (~ok).nonzero().squeeze(1)
     if rest.numel():
-        tokens[rest] = pick_tokens(scaled[rest], top_k[rest], top_p[rest], min_p[rest], uniform[rest])
+        args = (scaled[rest], top_k[rest], top_p[rest], min_p[rest], uniform[rest])
+        tokens[rest] = pick_tokens_host(*args, candidates=tiers[1:]) if len(tiers) > 1 else pick_tokens(*args)
     return tokens

@@ -232,14 +232,15 @@ def test_blocked_cumsum_equals_cumsum(rows, vocab):
     assert torch.equal(cumsum_rows(weights), weights.cumsum(dim=-1))
 
 
-@pytest.mark.parametrize("candidates", [16, 64])
+@pytest.mark.parametrize("candidates", [16, 64, (16, 64)])
 def test_host_pick_takes_the_same_tokens_as_the_full_sort(candidates, monkeypatch):
     """pick_tokens_host (the CPU's: a sorted prefix of top candidates, the full sort only where a filter does not
     provably end inside it) == pick_tokens on every row: peaked and flat rows, ties at the cut, -inf columns,
     every filter alone and combined; both paths taken."""
     from mamba_deploy.runtime import sampler
 
-    gen = torch.Generator().manual_seed(candidates)
+    last = candidates if isinstance(candidates, int) else candidates[-1]
+    gen = torch.Generator().manual_seed(last + (0 if isinstance(candidates, int) else 1))
     vocab, rows = 300, []
     for scale in (0.5, 3.0, 12.0):
         rows.append(torch.randn(40, vocab, generator=gen) * scale)
@@ -248,7 +249,7 @@ def test_host_pick_takes_the_same_tokens_as_the_full_sort(candidates, monkeypatc
     rows.append(ties)
     scaled = torch.cat(rows)
     n = scaled.shape[0]
-    top_k = torch.tensor([0, 1, 5, candidates - 1, candidates, candidates + 1, 200, vocab])[torch.arange(n) % 8]
+    top_k = torch.tensor([0, 1, 5, last - 1, last, last + 1, 200, vocab])[torch.arange(n) % 8]
     top_p = torch.tensor([1.0, 0.9, 0.5, 0.99, 0.2])[torch.arange(n) % 5]
     min_p = torch.tensor([0.0, 0.05, 0.5])[torch.arange(n) % 3]
     uniform = torch.rand(n, generator=gen).clamp(1e-6, 1 - 1e-6)
