@@ -45,7 +45,7 @@ def test_batched_prefill_of_equal_prompts_equals_each_alone(export_dir, sampling
     eng = Engine.load(export_dir, backend="native", max_batch=8)
     alone = [eng.generate([p], max_new_tokens=10, **sampling)[0] for p in EQUAL]
     assert eng.generate(EQUAL, max_new_tokens=10, **sampling) == alone
-    # slots 6, 4, 2, 0 (not consecutive): prefill goes through gather/scatter, decode through the slot ids
+    # slots 0, 2, 4, 6 (not consecutive): prefill goes through gather/scatter, decode through the slot ids
     sched = eng.scheduler
     held = [sched.pool.acquire() for _ in range(8)]
     for slot in held[0::2]:
