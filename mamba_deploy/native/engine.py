@@ -447,12 +447,13 @@ class NativeEngine:
         c = self.config
         b, n = ids.shape
         hidden, residual = self.emb[ids], None
+        attention = Hy.chunk_positions(state, n) if c.attn_layer_idx else ()
         for L in self.layers:
             normed, residual = K.add_norm(hidden, residual, L.norm_w, L.norm_b, c.norm_eps, c.rms_norm,
                                           c.residual_in_fp32, out_dtype=self.dtype,
                                           residual_out=residual)
             if L.kind == "attention":
-                hidden = Hy.attention_prefill(c, L, normed, state)
+                hidden = Hy.attention_prefill(c, L, normed, state, *attention)
             elif L.kind == "mlp":
                 hidden = Hy.mlp_prefill(L, normed)
             else:

@@ -7,7 +7,7 @@ Decode runs on the engine's static buffers and is captured in its graphs: the pr
 rotates q and k at each slot's position, writes k and v into the slot's cache and attends over it. The slots'
 lengths advance once per step, after the last layer (advance_length). Prefill is eager: the new keys and values
 are scattered into the cache and the queries attend over it with scaled_dot_product_attention and a causal mask
-of each row's positions.
+of each row's positions, built once per chunk for all its attention layers (chunk_positions).
 """
 from __future__ import annotations
 
@@ -82,9 +82,20 @@ def advance_length(pool: InferenceState, bufs: HybridBuffers, rows: torch.Tensor
     pool.length.index_add_(0, rows, bufs.one[:rows.shape[0]])
 
 
-def attention_prefill(cfg: ModelConfig, L: Layer, normed: torch.Tensor, state: InferenceState) -> torch.Tensor:
-    """normed (b, n, d_model) at positions length[r] .. length[r] + n - 1 of each row -> (b, n, d_model); the
-    row's key, value (and attn_conv) are written in place, length is not advanced."""
+def chunk_positions(state: InferenceState, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """What every attention layer of one prefill chunk of n tokens shares: positions (b, n), length[r] + t, and
+    the causal mask (b, 1, n, end) of the cache entries each token sees, end being the longest row's visible
+    length (one host sync per chunk)."""
+    positions = state.length[:, None] + torch.arange(n, device=state.length.device)
+    end = int(positions.max()) + 1
+    return positions, (torch.arange(end, device=positions.device) <= positions[:, :, None])[:, None]
+
+
+def attention_prefill(cfg: ModelConfig, L: Layer, normed: torch.Tensor, state: InferenceState,
+                      positions: torch.Tensor, seen: torch.Tensor) -> torch.Tensor:
+    """normed (b, n, d_model) at `positions` (b, n) = length[r] .. length[r] + n - 1 of each row, `seen` their mask
+    (chunk_positions) -> (b, n, d_model); the row's key, value (and attn_conv) are written in place, length is not
+    advanced."""
     c = cfg
     b, n, _ = normed.shape
     H, Hkv, D = c.attn_num_heads, c.attn_num_heads_kv, c.attn_head_dim
@@ -95,30 +106,27 @@ def attention_prefill(cfg: ModelConfig, L: Layer, normed: torch.Tensor, state: I
         qkv = K.causal_conv1d(qkv.transpose(1, 2), L.conv_w, L.conv_b, conv_state, None,
                               state_out=conv_state)[0].transpose(1, 2)
     q, k, v = torch.split(qkv, [H * D, Hkv * D, Hkv * D], dim=-1)
-    positions = state.length[:, None] + torch.arange(n, device=normed.device)  # (b, n)
     q = rotary_ref(q.reshape(b, n, H, D), positions, c.attn_rotary_dim, c.attn_rotary_base)
     k = rotary_ref(k.reshape(b, n, Hkv, D), positions, c.attn_rotary_dim, c.attn_rotary_base)
     key, value = state.key[L.index], state.value[L.index]
     index = positions[:, None, :, None].expand(b, Hkv, n, D)
     key.scatter_(2, index, k.transpose(1, 2))
     value.scatter_(2, index, v.reshape(b, n, Hkv, D).transpose(1, 2))
-    context = _cached_attention(q, key, value, positions, c.softmax_scale).reshape(b, n, H * D)
+    context = _cached_attention(q, key, value, seen, c.softmax_scale).reshape(b, n, H * D)
     if c.attn_mlp_dim:
         up, gate = projected[..., c.attn_qkv_dim:].chunk(2, dim=-1)
         context = torch.cat([context, up * F.silu(gate)], dim=-1)
     return F.linear(context, L.out_w, L.out_b)
 
 
-def _cached_attention(q: torch.Tensor, key: torch.Tensor, value: torch.Tensor, positions: torch.Tensor,
+def _cached_attention(q: torch.Tensor, key: torch.Tensor, value: torch.Tensor, seen: torch.Tensor,
                       scale: float) -> torch.Tensor:
     """attention_ref through scaled_dot_product_attention over the cache entries any row can see.
-    q (b, n, H, D); key, value (b, Hkv, max_len, D); positions (b, n) -> (b, n, H, D)."""
+    q (b, n, H, D); key, value (b, Hkv, max_len, D); seen (b, 1, n, end) -> (b, n, H, D)."""
     b, n, H, D = q.shape
-    Hkv = key.shape[1]
-    end = int(positions.max()) + 1  # eager prefill: one sync for the visible length
+    Hkv, end = key.shape[1], seen.shape[-1]
     keys, values = (t[:, :, None, :end].expand(b, Hkv, H // Hkv, end, D).reshape(b, H, end, D) for t in (key, value))
-    seen = torch.arange(end, device=q.device) <= positions[:, :, None]  # (b, n, end)
-    out = F.scaled_dot_product_attention(q.transpose(1, 2), keys, values, attn_mask=seen[:, None], scale=scale)
+    out = F.scaled_dot_product_attention(q.transpose(1, 2), keys, values, attn_mask=seen, scale=scale)
     return out.transpose(1, 2)
 
 

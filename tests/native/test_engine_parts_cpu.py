@@ -128,7 +128,7 @@ def test_attention_and_mlp_prefill_equal_the_reference_mixers(name):
         state.length.copy_(torch.tensor([0, 4, 9]))
     for n in (5, 2):
         normed = torch.randn(3, n, cfg.d_model, generator=gen)
-        got = hybrid.attention_prefill(cfg, attn, normed, mine)
+        got = hybrid.attention_prefill(cfg, attn, normed, mine, *hybrid.chunk_positions(mine, n))
         with torch.no_grad():
             want = mixer(normed, theirs.key[0], theirs.value[0], theirs.length)
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
