@@ -114,8 +114,8 @@ def device_weights(cfg: ModelConfig, weights: dict[str, torch.Tensor], dtype: to
         p = f"backbone.layers.{i}."
         kind = "attention" if i in c.attn_layer_idx else "mlp" if i in c.mlp_layer_idx else "mamba"
         build = {"mamba": _mamba_layer, "attention": _attention_layer, "mlp": _mlp_layer}[kind]
-        L = build(cfg, get, p + "mixer.", weights, Layer(kind, counts[kind], get(p + "norm.weight"),
-                                                         get(p + "norm.bias", optional=True), *([None] * 4)))
+        L = build(cfg, get, p + "mixer.", Layer(kind, counts[kind], get(p + "norm.weight"),
+                                                get(p + "norm.bias", optional=True), *([None] * 4)))
         counts[kind] += 1
         if c.d_intermediate:
             L.norm2_w, L.norm2_b = get(p + "norm2.weight"), get(p + "norm2.bias", optional=True)
@@ -124,7 +124,7 @@ def device_weights(cfg: ModelConfig, weights: dict[str, torch.Tensor], dtype: to
     return emb, head, norm_f, layers
 
 
-def _mamba_layer(c: ModelConfig, get, m: str, weights: dict, L: Layer) -> Layer:
+def _mamba_layer(c: ModelConfig, get, m: str, L: Layer) -> Layer:
     from ..export.weights import ZERO_CONV_BIAS
     from .gemv import pack_dt_proj
 
@@ -132,9 +132,9 @@ def _mamba_layer(c: ModelConfig, get, m: str, weights: dict, L: Layer) -> Layer:
     L.out_w, L.out_b = get(m + "out_proj.weight"), get(m + "out_proj.bias", optional=True)
     L.conv_w = get(m + "conv1d.weight").reshape(c.conv_dim, c.d_conv).contiguous()
     L.conv_b = get(m + "conv1d.bias", optional=True)
-    if L.conv_b is None:
-        zero_bias = weights.get(ZERO_CONV_BIAS)
-        L.conv_b = torch.zeros_like(L.conv_w[:, 0]) if zero_bias is None else get(ZERO_CONV_BIAS)
+    if L.conv_b is None:  # a conv_bias: false model: the export's zeros, or zeros here
+        L.conv_b = get(ZERO_CONV_BIAS, optional=True)
+        L.conv_b = torch.zeros_like(L.conv_w[:, 0]) if L.conv_b is None else L.conv_b
     f32 = torch.float32
     L.A, L.D = get(m + "A", f32), get(m + "D", f32)
     L.dt_b = get(m + ("dt_bias" if c.arch == MAMBA2 else "dt_proj.bias"), f32)
@@ -146,7 +146,7 @@ def _mamba_layer(c: ModelConfig, get, m: str, weights: dict, L: Layer) -> Layer:
     return L
 
 
-def _attention_layer(c: ModelConfig, get, m: str, weights: dict, L: Layer) -> Layer:
+def _attention_layer(c: ModelConfig, get, m: str, L: Layer) -> Layer:
     """mamba-ssm's MHA (in_proj rows: q, k, v, then the MLP part) or NemotronH's q/k/v/o projections, whose
     q, k and v rows are stacked into one in_w (one GEMV for all three)."""
     from ..ops import rotary_inv_freq
@@ -168,7 +168,7 @@ def _attention_layer(c: ModelConfig, get, m: str, weights: dict, L: Layer) -> La
     return L
 
 
-def _mlp_layer(c: ModelConfig, get, m: str, weights: dict, L: Layer) -> Layer:
+def _mlp_layer(c: ModelConfig, get, m: str, L: Layer) -> Layer:
     """NemotronH's MLP block: down_proj(relu(up_proj(x))^2)."""
     L.in_w, L.in_b = get(m + "up_proj.weight"), get(m + "up_proj.bias", optional=True)
     L.out_w, L.out_b = get(m + "down_proj.weight"), get(m + "down_proj.bias", optional=True)
