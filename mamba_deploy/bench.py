@@ -34,7 +34,8 @@ def _events_ms(fn: Callable[[], None], repeats: int) -> float:
     return statistics.median(times)
 
 
-DECODE_REPEATS = 5
+DECODE_REPEATS = 5  # timed runs of bench_decode, each gen_len steps, after DECODE_WARMUP steps
+DECODE_WARMUP = 10
 
 
 def _prompt(batch: int, length: int, vocab: int, device, seed: int = 1) -> torch.Tensor:
@@ -47,7 +48,7 @@ def bench_decode(eng, batch: int, prompt_len: int, gen_len: int, repeats: int = 
     state = eng.new_state(batch)
     logits = eng.prefill(_prompt(batch, prompt_len, eng.config.vocab_size, eng.device), state)
     run = eng.greedy_replay(state, logits[:, -1, :eng.config.vocab_size].argmax(-1))
-    run(10)
+    run(DECODE_WARMUP)
     ms = _events_ms(lambda: run(gen_len), repeats) / gen_len
     del state
     return ms
@@ -227,7 +228,7 @@ def bench(path=None, backend: str = "native", batches: Sequence[int] = (1, 16, 6
     torch.cuda.reset_peak_memory_stats()
     # a hybrid's KV caches hold the prefill bench's prompt and every timed decode step (bench_decode)
     kw = dict(max_batch=max(batches), chunk_len=max(2048, min(prefill_len, 8192)),
-              max_seq_len=max(prefill_len, prompt_len + 16 + 6 * gen_len))
+              max_seq_len=max(prefill_len, prompt_len + DECODE_WARMUP + (DECODE_REPEATS + 1) * gen_len))
     sdt = DTYPES[dtype] if state_dtype == "model" else DTYPES[state_dtype]
     eng = (random_engine(random_init, DTYPES[dtype], sdt, **kw) if random_init
            else load_engine(path, DTYPES[dtype], sdt, **kw))
@@ -238,7 +239,7 @@ def bench(path=None, backend: str = "native", batches: Sequence[int] = (1, 16, 6
     for b in batches:
         ms = bench_decode(eng, b, prompt_len, gen_len)
         ssm_ms = bench_mamba_ssm(eng, b, prompt_len, gen_len)
-        seen = prompt_len + 10 + DECODE_REPEATS * gen_len // 2  # a hybrid's mean cached positions while timed
+        seen = prompt_len + DECODE_WARMUP + DECODE_REPEATS * gen_len // 2  # a hybrid's mean cached positions timed
         moved = wbytes + 2 * eng.state_bytes(b) + kv_bytes(eng.static, b, seen)
         rows.append(dict(model=name, batch=b, decode_ms=ms, tok_s=b * 1000.0 / ms, gbps=moved / ms / 1e6,
                          floor_ms=moved / COPY_BW * 1e3, prefill_ms=prefill_ms, prefill_len=prefill_len,

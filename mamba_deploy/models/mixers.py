@@ -78,11 +78,11 @@ class Mamba2Mixer(nn.Module):
         self.out_proj = nn.Linear(cfg.mixer_out_dim, cfg.d_model, bias=cfg.bias, **kw)
 
     def _split_in_proj(self, hidden):
-        """-> z, xBC, dt and the gated MLP's part of in_proj (mamba2_mlp_dim: silu(z0) * x0; empty without)."""
+        """-> z, xBC, dt and the gated MLP's part of in_proj (mamba2_mlp_dim: silu(z0) * x0; None without)."""
         c = self.cfg
         m = c.mamba2_mlp_dim
         z0, x0, z, xbc, dt = torch.split(self.in_proj(hidden), [m, m, c.d_inner, c.conv_dim, c.nheads], dim=-1)
-        return z, xbc, dt, F.silu(z0) * x0
+        return z, xbc, dt, F.silu(z0) * x0 if m else None
 
     def _split_xbc(self, xbc):
         c = self.cfg
@@ -95,7 +95,7 @@ class Mamba2Mixer(nn.Module):
     def _gated_norm_out(self, y, z, mlp):
         c = self.cfg
         y = gated_rms_norm_ref(y.flatten(-2), z, self.norm.weight, c.norm_eps, c.d_inner // c.ngroups)
-        return self.out_proj(torch.cat([mlp, y], dim=-1) if c.mamba2_mlp_dim else y)
+        return self.out_proj(y if mlp is None else torch.cat([mlp, y], dim=-1))
 
     def forward(self, hidden, conv_state, ssm_state):
         """hidden: (batch, seqlen, d_model)."""
