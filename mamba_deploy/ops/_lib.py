@@ -18,7 +18,7 @@ from typing import Optional
 
 LIB_NAME = "libmamba_deploy_kernels.so"
 ENV_VAR = "MAMBA_DEPLOY_KERNEL_LIB"
-EXPECTED_VERSION = 7  # MD_KERNELS_VERSION
+EXPECTED_VERSION = 8  # MD_KERNELS_VERSION
 
 _I, _P, _D = ctypes.c_int64, ctypes.c_void_p, ctypes.c_double
 
@@ -106,9 +106,15 @@ class AttentionDecodeParams(ctypes.Structure):
         "i: cache_slot_stride cache_head_stride cache_pos_stride; p: length out; i: out_row_stride; p: state_rows")
 
 
-# The sampler's uniforms (plugins/kernels/sampling.h).
+# The sampler's kernels (plugins/kernels/sampling.h).
 class PhiloxParams(ctypes.Structure):
     _fields_ = _fields("i: n; p: seeds steps rows out")
+
+
+class SampleParams(ctypes.Structure):
+    _fields_ = _fields("i: rows vocab vocab_limit weight_bits logits_dtype; p: logits; i: logits_row_stride;"
+                       "p: slots temperature top_k top_p min_p repetition_penalty seed step seen; i: seen_row_stride;"
+                       "p: last_token scratch; i: scratch_row_stride; p: out")
 
 
 # name -> (kind of md_params_size, structure)
@@ -116,7 +122,7 @@ PARAMS = {"causal_conv1d": (0, CausalConv1dParams), "ssm": (1, SsmParams),
           "add_norm": (2, AddNormParams), "gated_rms_norm": (3, GatedRmsNormParams),
           "gemv": (4, GemvParams), "mamba1_step": (5, Mamba1StepParams),
           "mamba2_step": (6, Mamba2StepParams), "row_norm": (7, RowNormParams), "philox": (8, PhiloxParams),
-          "attention_decode": (9, AttentionDecodeParams)}
+          "attention_decode": (9, AttentionDecodeParams), "sample": (10, SampleParams)}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -141,8 +147,9 @@ MAMBA2_STEP = Kernel("md_mamba2_step_fwd", Mamba2StepParams)
 ROW_NORM = Kernel("md_row_norm_fwd", RowNormParams)
 ATTENTION_DECODE = Kernel("md_attention_decode_fwd", AttentionDecodeParams)
 PHILOX_UNIFORM = Kernel("md_philox_uniform_fwd", PhiloxParams)  # the sampler's uniforms (runtime/sampler.py)
+SAMPLE = Kernel("md_sample_fwd", SampleParams)  # the whole sampler on the GPU (runtime/sampler.py)
 KERNELS: dict[str, Kernel] = {k.symbol: k for k in (ADD_NORM, GATED_RMS_NORM, GEMV, MAMBA1_STEP, MAMBA2_STEP, ROW_NORM,
-                                                    ATTENTION_DECODE, PHILOX_UNIFORM)}
+                                                    ATTENTION_DECODE, PHILOX_UNIFORM, SAMPLE)}
 _OP_KERNELS: dict[str, Kernel] = {}
 
 # Every entry point of the C ABI: name -> (restype, argtypes); kernels are added as they are declared.

@@ -407,3 +407,51 @@ def philox_uniform_cuda(seeds: torch.Tensor, steps: torch.Tensor, rows: Optional
     p = _lib.PhiloxParams(n=n, seeds=data_ptr(seeds), steps=data_ptr(steps), rows=data_ptr(rows), out=data_ptr(u))
     _lib.launch(_lib.PHILOX_UNIFORM, p, current_stream(dev))
     return u
+
+
+def _typed(t: torch.Tensor, name: str, shape: Sequence[int], dtype: torch.dtype, device: torch.device) -> None:
+    """Check that t is a tensor of `shape` and `dtype` on `device`, with unit stride along its last axis."""
+    if not isinstance(t, torch.Tensor) or t.device != device or t.dtype != dtype or tuple(t.shape) != tuple(shape):
+        got = f"{t.dtype} {tuple(t.shape)} on {t.device}" if isinstance(t, torch.Tensor) else type(t).__name__
+        raise ValueError(f"{name}: expected {dtype} {tuple(shape)} on {device}, got {got}")
+    if t.numel() and t.stride(-1) != 1:
+        raise ValueError(f"{name}: expected unit stride along its last axis, got strides {t.stride()}")
+
+
+def sample_cuda(logits: torch.Tensor, slots: torch.Tensor, vocab_limit: int, weight_bits: int,
+                rows: dict[str, torch.Tensor], scratch: torch.Tensor, *, out: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """The whole sampler of runtime/sampler.py for one token per logits row, one block per row
+    (plugins/kernels/sampling.h); its reference is `SamplerState.sample_torch`.
+
+    logits: (n, V) float32/float16/bfloat16, unit stride along V; slots: (n,) int64, distinct rows of the
+    per-slot tensors in `rows`: temperature, top_p, min_p, repetition_penalty (m,) float32; top_k, seed, step,
+    last_token (m,) int64; seen (m, V) bool. Advances step, marks seen and sets last_token of the given slots.
+    scratch: (>= n, V) float32, overwritten; out: (n,) int64 -> out."""
+    dev = _cuda_device(logits, "logits")
+    if logits.dim() != 2:
+        raise ValueError(f"logits: expected (n, V), got shape {tuple(logits.shape)}")
+    n, vocab = logits.shape
+    _typed(logits, "logits", (n, vocab), logits.dtype, dev)
+    _code(logits, "logits")
+    _typed(slots, "slots", (n,), torch.int64, dev)
+    m = rows["seed"].shape[0] if isinstance(rows.get("seed"), torch.Tensor) else 0
+    for name, dtype in (("temperature", torch.float32), ("top_p", torch.float32), ("min_p", torch.float32),
+                        ("repetition_penalty", torch.float32), ("top_k", torch.int64), ("seed", torch.int64),
+                        ("step", torch.int64), ("last_token", torch.int64)):
+        _typed(rows.get(name), name, (m,), dtype, dev)
+    _typed(rows.get("seen"), "seen", (m, vocab), torch.bool, dev)
+    if not isinstance(scratch, torch.Tensor) or scratch.dim() != 2 or scratch.shape[0] < n:
+        raise ValueError(f"scratch: expected a float32 tensor of at least ({n}, {vocab})")
+    _typed(scratch, "scratch", (scratch.shape[0], vocab), torch.float32, dev)
+    tokens = torch.empty(n, dtype=torch.int64, device=dev) if out is None else out
+    _typed(tokens, "out", (n,), torch.int64, dev)
+    p = _lib.SampleParams(rows=n, vocab=vocab, vocab_limit=int(vocab_limit), weight_bits=int(weight_bits),
+                          logits_dtype=DTYPE_CODES[logits.dtype], logits=data_ptr(logits),
+                          logits_row_stride=logits.stride(0), slots=data_ptr(slots),
+                          **{name: data_ptr(rows[name]) for name in ("temperature", "top_k", "top_p", "min_p",
+                                                                     "repetition_penalty", "seed", "step", "seen",
+                                                                     "last_token")},
+                          seen_row_stride=rows["seen"].stride(0), scratch=data_ptr(scratch),
+                          scratch_row_stride=scratch.stride(0), out=data_ptr(tokens))
+    _lib.launch(_lib.SAMPLE, p, current_stream(dev))
+    return tokens

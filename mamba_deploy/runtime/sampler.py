@@ -6,7 +6,9 @@ vocab_limit)` picks one token for each given slot with torch ops on the logits' 
 Philox kernel on CUDA): no host synchronisation and no data-dependent shapes, so a decode step that
 samples can be captured in a CUDA graph; greedy and sampled rows mix in one call. On the CPU, where nothing
 is captured, steps 3-8 sort only each row's top candidates when that provably gives the same token
-(`pick_tokens_host`).
+(`pick_tokens_host`). On CUDA (from KERNEL_MIN_ROWS rows) the whole of it is one kernel
+(`ops.cuda.sample_cuda`, a block per row) that never sorts: it finds each position below by radix
+selection on (value, token id), with the same tokens as the torch form (`SamplerState.sample_torch`).
 
 Per row, in this order (float32 unless said; `sampler_reference.sample_reference` is the same, written
 plainly):
@@ -36,13 +38,19 @@ position in the batch, so a prompt gets the tokens it gets alone in any batch.
 """
 from __future__ import annotations
 
-from typing import Sequence, Union
+from typing import Optional, Sequence, Union
 
 import torch
 
 from ..errors import MambaDeployError, ParameterError, is_integer
 from ..ops.philox import philox_uniform
 from .sampling import SamplingParams, apply_repetition_penalty, mask_padding
+
+
+# The kernel runs a row on one SM, so below a few rows the torch form (whose sort spreads one row over the GPU)
+# is faster: H200, 50k vocabulary, T=0.7 top-p 0.9 (benchmarks/sampler_gpu.py): 1 row 191 us torch / 215 us
+# kernel; 16 rows 350 / 225; 64 rows 707 / 226. Both give the same tokens.
+KERNEL_MIN_ROWS = 4
 
 
 def weight_bits(vocab: int) -> int:
@@ -81,6 +89,7 @@ class SamplerState:
         self.min_p, self.repetition_penalty = row(0.0, torch.float32), row(1.0, torch.float32)
         self.top_k, self.seed, self.step = row(0, torch.int64), row(0, torch.int64), row(0, torch.int64)
         self.last_token = row(0, torch.int64)
+        self._scratch: Optional[torch.Tensor] = None  # the CUDA kernel's (max_slots, vocab) float32 rows
         self._true = torch.ones((), dtype=torch.bool, device=self.device)
 
     def _check_slot(self, slot: int) -> int:
@@ -113,8 +122,26 @@ class SamplerState:
     def sample(self, logits: torch.Tensor, slots: torch.Tensor, vocab_limit: int, all_greedy: bool = False) -> torch.Tensor:
         """logits (n, vocab_size_padded), any float dtype; slots (n,) int64 distinct, on the logits'
         device -> tokens (n,) int64 < vocab_limit. Advances step[slots], marks the tokens seen and stores them in
-        last_token[slots]. all_greedy: the caller knows every row has temperature 0 (the same tokens, without
-        the sort that sampled rows need)."""
+        last_token[slots]. all_greedy: the caller knows every row has temperature 0 (the host skips the sampled
+        rows' work). On CUDA, from KERNEL_MIN_ROWS rows on, this is one kernel (`ops.cuda.sample_cuda`, no sort);
+        otherwise `sample_torch`."""
+        if not logits.is_cuda or logits.dtype not in (torch.float32, torch.float16, torch.bfloat16) or \
+                logits.shape[0] < KERNEL_MIN_ROWS:
+            return self.sample_torch(logits, slots, vocab_limit, all_greedy)
+        self._check_sample_args(logits, slots, vocab_limit)
+        from ..ops.cuda import sample_cuda
+
+        if self._scratch is None:  # allocated once: later calls (and graph replays) reuse it
+            self._scratch = torch.empty(self.max_slots, self.vocab_size, dtype=torch.float32, device=self.device)
+        rows = {name: getattr(self, name) for name in ("temperature", "top_k", "top_p", "min_p", "repetition_penalty",
+                                                       "seed", "step", "seen", "last_token")}
+        return sample_cuda(logits if logits.stride(-1) == 1 else logits.contiguous(), slots.contiguous(), vocab_limit,
+                           weight_bits(self.vocab_size), rows, self._scratch)
+
+    def sample_torch(self, logits: torch.Tensor, slots: torch.Tensor, vocab_limit: int,
+                     all_greedy: bool = False) -> torch.Tensor:
+        """`sample` as torch ops on any device (the CPU's path, and the reference of the CUDA kernel): the same
+        tokens and state updates."""
         self._check_sample_args(logits, slots, vocab_limit)
         x = mask_padding(logits.float(), vocab_limit)
         penalty = self.repetition_penalty.index_select(0, slots)[:, None]

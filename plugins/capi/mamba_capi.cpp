@@ -46,7 +46,7 @@ MD_API int md_set_programmatic_launch(int64_t enable) {
 }
 
 // sizeof the params struct of `kind`: 0 causal conv1d, 1 ssm, 2 add_norm, 3 gated_rms_norm, 4 gemv,
-// 5 mamba1 step, 6 mamba2 step, 7 row norm, 8 philox, 9 attention decode; -1 unknown.
+// 5 mamba1 step, 6 mamba2 step, 7 row norm, 8 philox, 9 attention decode, 10 sample; -1 unknown.
 MD_API int64_t md_params_size(int64_t kind) {
   switch (kind) {
     case 0: return sizeof(md_causal_conv1d_params);
@@ -59,6 +59,7 @@ MD_API int64_t md_params_size(int64_t kind) {
     case 7: return sizeof(md_row_norm_params);
     case 8: return sizeof(md_philox_params);
     case 9: return sizeof(md_attention_decode_params);
+    case 10: return sizeof(md_sample_params);
     default: return -1;
   }
 }
@@ -128,4 +129,8 @@ MD_API int md_attention_decode_fwd(const md_attention_decode_params* p, void* st
 
 MD_API int md_philox_uniform_fwd(const md_philox_params* p, void* stream) {
   return finish(md_launch_philox_uniform(p, static_cast<cudaStream_t>(stream)), "md_philox_uniform_fwd");
+}
+
+MD_API int md_sample_fwd(const md_sample_params* p, void* stream) {
+  return finish(md_launch_sample(p, static_cast<cudaStream_t>(stream)), "md_sample_fwd");
 }

@@ -91,3 +91,71 @@ def test_a_row_gets_the_same_tokens_alone_or_in_a_batch_on_the_gpu():
         together = batch.sample(logits, order, LIMIT)
         single = alone.sample(logits[1:2].clone(), torch.tensor([0], device="cuda"), LIMIT)
         assert together[1].item() == single.item(), step
+
+
+
+def mixed_params(gen, n, vocab):
+    """n parameter sets that exercise every option: greedy, top-k around the vocabulary's size, top-p from tiny
+    to off, min-p from off to 1, penalties above and below 1."""
+    def pick(values, i):
+        return values[(i * 7 + int(torch.randint(0, 1000, (1,), generator=gen))) % len(values)]
+
+    out = []
+    for i in range(n):
+        out.append(P(temperature=pick([0.0, 0.3, 0.7, 1.0, 1.7], i), top_k=pick([0, 1, 2, 5, 40, vocab - 1, vocab, vocab + 3], i),
+                     top_p=pick([1.0, 0.9, 0.5, 0.99, 1e-6, 0.2], i), min_p=pick([0.0, 0.05, 0.5, 1.0, 1e-4], i),
+                     repetition_penalty=pick([1.0, 1.3, 0.8], i)))
+    return out
+
+
+def hard_logits(gen, n, vocab, dtype):
+    """Peaked, flat and tied rows, a whole row of equal values, in `dtype`."""
+    scales = torch.tensor([0.3, 3.0, 12.0])[torch.arange(n) % 3][:, None]
+    logits = torch.randn(n, vocab, generator=gen) * scales
+    logits[1::4] = (logits[1::4] * 2).round() / 2
+    logits[3::7] = 0.5
+    return logits.to(dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32], ids=str)
+@pytest.mark.parametrize("rows,vocab,limit", [(1, 1, 1), (3, 7, 5), (77, 129, 129), (64, 1000, 997), (9, 1024, 1000),
+                                              (8, 1025, 1025), (5, VOCAB, LIMIT), (2, 151_936, 151_665)])
+def test_sample_kernel_takes_the_tokens_of_the_torch_sampler(rows, vocab, limit, dtype, monkeypatch):
+    """SamplerState.sample on CUDA (the one-block-per-row kernel, no sort) == sample_torch (the torch ops,
+    stable sort) on the same device, token for token and in every state tensor, over several steps: every
+    option alone and mixed, the penalty on seen tokens, padded columns, vocabularies below and above the block."""
+    from mamba_deploy.runtime import sampler
+
+    monkeypatch.setattr(sampler, "KERNEL_MIN_ROWS", 1)  # the kernel for every batch size here
+    gen = torch.Generator().manual_seed(rows * 1009 + vocab)
+    params = mixed_params(gen, rows + 3, vocab)
+    kernel, torch_ops = make_state("cuda", params, vocab), make_state("cuda", params, vocab)
+    slots = torch.randperm(len(params), generator=gen)[:rows].cuda()
+    for step in range(3):
+        logits = hard_logits(gen, rows, vocab, dtype).cuda()
+        got = kernel.sample(logits, slots, limit)
+        expected = torch_ops.sample_torch(logits, slots, limit)
+        assert torch.equal(got, expected), step
+        assert int(got.max()) < limit
+        assert_same_rows(kernel, torch_ops)
+        assert torch.equal(kernel.last_token, torch_ops.last_token)
+
+
+def test_sample_kernel_refuses_bad_arguments():
+    from mamba_deploy.ops.cuda import sample_cuda
+
+    state = make_state("cuda", PARAMS[:2], 8)
+    rows = {name: getattr(state, name) for name in ("temperature", "top_k", "top_p", "min_p", "repetition_penalty",
+                                                    "seed", "step", "seen", "last_token")}
+    logits, slots = torch.zeros(2, 8, device="cuda"), torch.arange(2, device="cuda")
+    scratch = torch.empty(2, 8, device="cuda")
+    with pytest.raises(ValueError, match="slots"):
+        sample_cuda(logits, slots.int(), 8, 40, rows, scratch)
+    with pytest.raises(ValueError, match="scratch"):
+        sample_cuda(logits, slots, 8, 40, rows, scratch[:1])
+    with pytest.raises(ValueError, match="top_k"):
+        sample_cuda(logits, slots, 8, 40, {**rows, "top_k": rows["top_k"].float()}, scratch)
+    with pytest.raises(RuntimeError, match="weight_bits"):
+        sample_cuda(logits, slots, 8, 51, rows, scratch)  # 8 * 2**51 > 2**53
+    with pytest.raises(RuntimeError, match="vocab_limit"):
+        sample_cuda(logits, slots, 9, 40, rows, scratch)

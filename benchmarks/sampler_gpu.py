@@ -1,0 +1,62 @@
+"""Microseconds per sampling step (T=0.7, top-p 0.9 unless given), captured in a CUDA graph: the torch form
+(`SamplerState.sample_torch`: a stable sort, then passes over int64 and float64 copies of the rows) against
+the one-block-per-row kernel (`SamplerState.sample` on CUDA), beside the stable sort alone; bytes counted as
+the float16 logits read once.
+
+    MAMBA_DEPLOY_KERNEL_LIB=build/libmamba_deploy_kernels.so PYTHONPATH=. python3 benchmarks/sampler_gpu.py
+"""
+import argparse
+
+import torch
+
+from mamba_deploy.runtime import sampler
+from mamba_deploy.runtime.sampling import SamplingParams
+
+
+def graph_us(fn, replays: int = 50) -> float:
+    """Mean microseconds per replay of `fn` captured once (after a warm-up on a side stream)."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        fn()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        fn()
+    graph.replay()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(replays):
+        graph.replay()
+    end.record()
+    end.synchronize()
+    return start.elapsed_time(end) * 1e3 / replays
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--batches", type=int, nargs="+", default=[1, 16, 64])
+    ap.add_argument("--vocab", type=int, default=50280)
+    ap.add_argument("--top-p", type=float, default=0.9)
+    ap.add_argument("--top-k", type=int, default=0)
+    a = ap.parse_args()
+    sampler.KERNEL_MIN_ROWS = 1  # time the kernel at every batch size
+    params = SamplingParams(temperature=0.7, top_p=a.top_p, top_k=a.top_k)
+    print("| batch | sort alone us | torch sampler us | kernel us | speed-up | kernel GB/s |")
+    print("| ---: | ---: | ---: | ---: | ---: | ---: |")
+    for n in a.batches:
+        state = sampler.SamplerState(n, a.vocab, "cuda")
+        for slot in range(n):
+            state.assign(slot, params, slot + 1, [])
+        logits = torch.randn(n, a.vocab, device="cuda", dtype=torch.float16)
+        slots = torch.arange(n, device="cuda")
+        sort_us = graph_us(lambda: torch.sort(logits.float(), dim=-1, descending=True, stable=True))
+        torch_us = graph_us(lambda: state.sample_torch(logits, slots, a.vocab))
+        kernel_us = graph_us(lambda: state.sample(logits, slots, a.vocab))
+        gbs = n * a.vocab * 2 / (kernel_us * 1e-6) / 1e9
+        print(f"| {n} | {sort_us:.1f} | {torch_us:.1f} | {kernel_us:.1f} | {torch_us / kernel_us:.2f}x | {gbs:.0f} |",
+              flush=True)
+
+
+if __name__ == "__main__":
+    main()
