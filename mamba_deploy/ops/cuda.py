@@ -418,14 +418,20 @@ def _typed(t: torch.Tensor, name: str, shape: Sequence[int], dtype: torch.dtype,
         raise ValueError(f"{name}: expected unit stride along its last axis, got strides {t.stride()}")
 
 
+# The sampler's per-slot tensors that md_sample_fwd reads or updates (all (m,) but seen, (m, V)), by dtype.
+SAMPLER_ROWS = {"temperature": torch.float32, "top_p": torch.float32, "min_p": torch.float32,
+                "repetition_penalty": torch.float32, "top_k": torch.int64, "seed": torch.int64, "step": torch.int64,
+                "last_token": torch.int64, "seen": torch.bool}
+
+
 def sample_cuda(logits: torch.Tensor, slots: torch.Tensor, vocab_limit: int, weight_bits: int,
                 rows: dict[str, torch.Tensor], scratch: torch.Tensor, *, out: Optional[torch.Tensor] = None) -> torch.Tensor:
     """The whole sampler of runtime/sampler.py for one token per logits row, one block per row
     (plugins/kernels/sampling.h); its reference is `SamplerState.sample_torch`.
 
     logits: (n, V) float32/float16/bfloat16, unit stride along V; slots: (n,) int64, distinct rows of the
-    per-slot tensors in `rows`: temperature, top_p, min_p, repetition_penalty (m,) float32; top_k, seed, step,
-    last_token (m,) int64; seen (m, V) bool. Advances step, marks seen and sets last_token of the given slots.
+    per-slot tensors in `rows` (SAMPLER_ROWS: temperature, top_p, min_p, repetition_penalty (m,) float32; top_k,
+    seed, step, last_token (m,) int64; seen (m, V) bool). Advances step, marks seen and sets last_token of the given slots.
     scratch: (>= n, V) float32, overwritten; out: (n,) int64 -> out."""
     dev = _cuda_device(logits, "logits")
     if logits.dim() != 2:
@@ -435,11 +441,8 @@ def sample_cuda(logits: torch.Tensor, slots: torch.Tensor, vocab_limit: int, wei
     _code(logits, "logits")
     _typed(slots, "slots", (n,), torch.int64, dev)
     m = rows["seed"].shape[0] if isinstance(rows.get("seed"), torch.Tensor) else 0
-    for name, dtype in (("temperature", torch.float32), ("top_p", torch.float32), ("min_p", torch.float32),
-                        ("repetition_penalty", torch.float32), ("top_k", torch.int64), ("seed", torch.int64),
-                        ("step", torch.int64), ("last_token", torch.int64)):
-        _typed(rows.get(name), name, (m,), dtype, dev)
-    _typed(rows.get("seen"), "seen", (m, vocab), torch.bool, dev)
+    for name, dtype in SAMPLER_ROWS.items():
+        _typed(rows.get(name), name, (m, vocab) if name == "seen" else (m,), dtype, dev)
     if not isinstance(scratch, torch.Tensor) or scratch.dim() != 2 or scratch.shape[0] < n:
         raise ValueError(f"scratch: expected a float32 tensor of at least ({n}, {vocab})")
     _typed(scratch, "scratch", (scratch.shape[0], vocab), torch.float32, dev)
@@ -448,9 +451,7 @@ def sample_cuda(logits: torch.Tensor, slots: torch.Tensor, vocab_limit: int, wei
     p = _lib.SampleParams(rows=n, vocab=vocab, vocab_limit=int(vocab_limit), weight_bits=int(weight_bits),
                           logits_dtype=DTYPE_CODES[logits.dtype], logits=data_ptr(logits),
                           logits_row_stride=logits.stride(0), slots=data_ptr(slots),
-                          **{name: data_ptr(rows[name]) for name in ("temperature", "top_k", "top_p", "min_p",
-                                                                     "repetition_penalty", "seed", "step", "seen",
-                                                                     "last_token")},
+                          **{name: data_ptr(rows[name]) for name in SAMPLER_ROWS},
                           seen_row_stride=rows["seen"].stride(0), scratch=data_ptr(scratch),
                           scratch_row_stride=scratch.stride(0), out=data_ptr(tokens))
     _lib.launch(_lib.SAMPLE, p, current_stream(dev))

@@ -133,10 +133,8 @@ class SamplerState:
 
         if self._scratch is None:  # allocated once: later calls (and graph replays) reuse it
             self._scratch = torch.empty(self.max_slots, self.vocab_size, dtype=torch.float32, device=self.device)
-        rows = {name: getattr(self, name) for name in ("temperature", "top_k", "top_p", "min_p", "repetition_penalty",
-                                                       "seed", "step", "seen", "last_token")}
         return sample_cuda(logits if logits.stride(-1) == 1 else logits.contiguous(), slots.contiguous(), vocab_limit,
-                           weight_bits(self.vocab_size), rows, self._scratch)
+                           weight_bits(self.vocab_size), vars(self), self._scratch)  # its SAMPLER_ROWS tensors
 
     def sample_torch(self, logits: torch.Tensor, slots: torch.Tensor, vocab_limit: int,
                      all_greedy: bool = False) -> torch.Tensor:

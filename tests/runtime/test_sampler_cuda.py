@@ -142,11 +142,10 @@ def test_sample_kernel_takes_the_tokens_of_the_torch_sampler(rows, vocab, limit,
 
 
 def test_sample_kernel_refuses_bad_arguments():
-    from mamba_deploy.ops.cuda import sample_cuda
+    from mamba_deploy.ops.cuda import SAMPLER_ROWS, sample_cuda
 
     state = make_state("cuda", PARAMS[:2], 8)
-    rows = {name: getattr(state, name) for name in ("temperature", "top_k", "top_p", "min_p", "repetition_penalty",
-                                                    "seed", "step", "seen", "last_token")}
+    rows = {name: getattr(state, name) for name in SAMPLER_ROWS}
     logits, slots = torch.zeros(2, 8, device="cuda"), torch.arange(2, device="cuda")
     scratch = torch.empty(2, 8, device="cuda")
     with pytest.raises(ValueError, match="slots"):
