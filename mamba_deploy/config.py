@@ -105,6 +105,11 @@ class ModelConfig:
         return self.d_inner
 
     @property
+    def conv_lo(self) -> int:
+        """Where the conv's channels start in in_proj's output: Mamba1 [x, z]; Mamba2 [z0, x0, z, xBC, dt]."""
+        return 2 * self.mamba2_mlp_dim + self.d_inner if self.arch == MAMBA2 else 0
+
+    @property
     def in_proj_dim(self) -> int:
         if self.arch == MAMBA2:
             return 2 * self.mamba2_mlp_dim + self.d_inner + self.conv_dim + self.nheads  # [z0, x0,] z, xBC, dt

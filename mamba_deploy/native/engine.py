@@ -61,9 +61,6 @@ class NativeEngine:
                  state_dtype: torch.dtype = torch.float32, device: torch.device | str = "cuda", max_batch: int = 64,
                  chunk_len: int = 2048, gemv_max_batch: int = 2, use_graphs: bool = True, dt_gemm_min_batch: int = 8,
                  programmatic_launch: bool = True, max_seq_len: Optional[int] = None):
-        if cfg.mamba2_mlp_dim:
-            raise MambaDeployError("mamba-ssm's d_ssm < d_inner (a gated MLP beside the SSM) is not supported by the "
-                                   "native backend yet; use onnxruntime or torch")
         self.config, self.dtype, self.state_dtype = cfg, dtype, state_dtype
         self.device = torch.device(device)
         if self.device.type != "cuda":
@@ -90,7 +87,8 @@ class NativeEngine:
         self.unit = None if c.mixer_rms_eps is None else torch.ones(c.dt_rank + 2 * c.d_state, dtype=dtype, **f)
         self.mlp_h = torch.zeros(B, 2 * c.d_intermediate, dtype=dtype, **f) if c.d_intermediate else None
         self.mlp_y = torch.zeros(B, c.d_intermediate, dtype=dtype, **f) if c.d_intermediate else None
-        self.ynorm = torch.zeros(B, c.d_inner, dtype=dtype, **f) if c.arch == MAMBA2 else None
+        # out_proj's input: [silu(z0) * x0, gated-normed y] (mamba-ssm's d_ssm < d_inner), else y alone
+        self.ynorm = torch.zeros(B, c.mixer_out_dim, dtype=dtype, **f) if c.arch == MAMBA2 else None
         self.logits = torch.zeros(B, c.vocab_size_padded, dtype=dtype, **f)
         self.tokens = torch.zeros(B, dtype=torch.int64, **f)  # decode_sample's output
         # the pool of max_batch slots; a hybrid's holds a KV cache of max_seq_len positions per slot and layer
@@ -284,8 +282,7 @@ class NativeEngine:
             elif L.kind == "mlp":
                 Hy.mlp_step(self.hybrid, self._proj, b, L, self.normed[:b], self.hidden[:b])
             else:
-                conv_lo = 0 if c.arch != MAMBA2 else c.d_inner
-                conv = dict(lo=conv_lo, weight=L.conv_w, bias=L.conv_b, state=self.static.conv[L.index],
+                conv = dict(lo=c.conv_lo, weight=L.conv_w, bias=L.conv_b, state=self.static.conv[L.index],
                             state_rows=rows)
                 self._proj(self.normed[:b], L.in_w, L.in_b, self.xz[:b], conv)
                 (self._mamba2_mixer if c.arch == MAMBA2 else self._mamba1_mixer)(b, L, self.static.ssm[L.index], rows)
@@ -335,9 +332,9 @@ class NativeEngine:
 
     def _mamba2_mixer(self, b: int, L: Layer, ssm_pool: torch.Tensor, rows: torch.Tensor) -> None:
         c = self.config
-        d, gn, H, gs = c.d_inner, c.ngroups * c.d_state, c.nheads, c.d_inner // c.ngroups
-        xbc = self.xz[:b, d:d + c.conv_dim]
-        dt, y, z = self.xz[:b, d + c.conv_dim:], self.y[:b], self.xz[:b, :d]
+        d, gn, H, gs, m = c.d_inner, c.ngroups * c.d_state, c.nheads, c.d_inner // c.ngroups, c.mamba2_mlp_dim
+        lo, y, ynorm = c.conv_lo, self.y[:b], self.ynorm[:b, m:]
+        xbc, dt, z = self.xz[:b, lo:lo + c.conv_dim], self.xz[:b, lo + c.conv_dim:], self.xz[:b, lo - d:lo]
         if c.d_state in (32, 64, 128, 256):
             G.mamba2_step(ssm_pool, xbc[:, :d], dt, L.A, xbc[:, d:d + gn], xbc[:, d + gn:], L.D, L.dt_b, c.dt_limit,
                           out=y, state_rows=rows)
@@ -347,10 +344,12 @@ class NativeEngine:
                                      xbc[:, d + gn:].unflatten(1, (c.ngroups, c.d_state)), L.D, None, L.dt_b, True,
                                      c.dt_limit, out=y.unflatten(1, (H, c.headdim)), state_out=ssm_pool,
                                      state_rows=rows)
-        if G.row_norm_ok(d, gs, y, z, self.ynorm[:b]):
-            G.row_norm(y, z, L.gnorm_w, c.norm_eps, out=self.ynorm[:b], gate=True, group_size=gs)
+        if G.row_norm_ok(d, gs, y, z, ynorm):
+            G.row_norm(y, z, L.gnorm_w, c.norm_eps, out=ynorm, gate=True, group_size=gs)
         else:
-            K.gated_rms_norm(y, z, L.gnorm_w, c.norm_eps, gs, out=self.ynorm[:b])
+            K.gated_rms_norm(y, z, L.gnorm_w, c.norm_eps, gs, out=ynorm)
+        if m:  # the gated MLP beside the SSM; silu rounded to the model dtype as the reference does
+            torch.mul(torch.nn.functional.silu(self.xz[:b, :m]), self.xz[:b, m:2 * m], out=self.ynorm[:b, :m])
         self._proj(self.ynorm[:b], L.out_w, L.out_b, self.hidden[:b])
 
     def _mlp_step(self, b: int, L: Layer) -> None:

@@ -33,7 +33,7 @@ def mamba_prefill(cfg: ModelConfig, L: Layer, normed: torch.Tensor, state: Infer
     b, n, _ = normed.shape
     conv_state, ssm_state = state.conv[L.index], state.ssm[L.index]
     xz = F.linear(normed, L.in_w, L.in_b)  # (b, n, in_proj_dim)
-    lo = 0 if c.arch != MAMBA2 else c.d_inner
+    lo = c.conv_lo
     xc = torch.empty(b, n, c.conv_dim, dtype=normed.dtype, device=normed.device)
     K.causal_conv1d(xz[..., lo:lo + c.conv_dim].transpose(1, 2), L.conv_w, L.conv_b, conv_state, "silu",
                     out=xc.transpose(1, 2), state_out=conv_state)
@@ -57,14 +57,19 @@ def _mamba1_scan(c: ModelConfig, L: Layer, xz: torch.Tensor, xc: torch.Tensor, s
 
 def _mamba2_scan(c: ModelConfig, L: Layer, xz: torch.Tensor, xc: torch.Tensor, ssm_state: torch.Tensor
                  ) -> torch.Tensor:
-    """xz (b, n, in_proj_dim), xc = conv output (b, n, conv_dim) -> gated-normed y (b, n, d_inner)."""
-    d, gn = c.d_inner, c.ngroups * c.d_state
+    """xz (b, n, in_proj_dim), xc = conv output (b, n, conv_dim) -> out_proj's input (b, n, mixer_out_dim): the
+    gated-normed y, after silu(z0) * x0 where mamba-ssm's d_ssm < d_inner leaves a gated MLP beside the SSM."""
+    d, gn, m, lo = c.d_inner, c.ngroups * c.d_state, c.mamba2_mlp_dim, c.conv_lo
     b, n = xz.shape[:2]
     x = xc[..., :d].unflatten(-1, (c.nheads, c.headdim))
     B = xc[..., d:d + gn].unflatten(-1, (c.ngroups, c.d_state))
     C = xc[..., d + gn:].unflatten(-1, (c.ngroups, c.d_state))
-    dt = xz[..., d + c.conv_dim:]
+    dt = xz[..., lo + c.conv_dim:]
     y = torch.empty(b, n, c.nheads, c.headdim, dtype=xc.dtype, device=xc.device)
     K.chunk_scan(x, dt, L.A, B, C, c.chunk_size, L.D, None, L.dt_b, ssm_state, True, c.dt_limit, out=y,
                  state_out=ssm_state)
-    return K.gated_rms_norm(y.flatten(-2), xz[..., :d], L.gnorm_w, c.norm_eps, d // c.ngroups)
+    out = torch.empty(b, n, m + d, dtype=xc.dtype, device=xc.device)
+    K.gated_rms_norm(y.flatten(-2), xz[..., lo - d:lo], L.gnorm_w, c.norm_eps, d // c.ngroups, out=out[..., m:])
+    if m:
+        torch.mul(F.silu(xz[..., :m]), xz[..., m:2 * m], out=out[..., :m])
+    return out

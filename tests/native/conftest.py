@@ -20,6 +20,10 @@ CONFIGS = {
     "codestral": {"d_model": 256, "n_layer": 4, "vocab_size": 1000, "pad_vocab_size_multiple": 16,
                   "ssm_cfg": {"layer": "Mamba2", "d_state": 128, "headdim": 64, "ngroups": 8, "chunk_size": 16},
                   "tie_embeddings": False},
+    # mamba-ssm's Mamba2 with d_ssm < expand * d_model: the SSM on 256 channels, a gated MLP on the other 256
+    "mamba2_d_ssm": {"d_model": 256, "n_layer": 3, "vocab_size": 1000, "pad_vocab_size_multiple": 16,
+                     "ssm_cfg": {"layer": "Mamba2", "d_state": 32, "headdim": 32, "ngroups": 1, "chunk_size": 16,
+                                 "d_ssm": 256}, "tie_embeddings": False},
     # mamba-ssm's gated MLP after each mixer (d_intermediate 300 -> 384, 200 -> 256), LayerNorm in one
     "mamba1_mlp": {"d_model": 256, "n_layer": 3, "vocab_size": 1000, "pad_vocab_size_multiple": 8,
                    "d_intermediate": 300, "ssm_cfg": {"d_state": 16}, "tie_embeddings": False},

@@ -6,8 +6,8 @@ from mamba_deploy.checkpoint import load_reference
 
 pytestmark = pytest.mark.gpu
 
-FAMILIES = ["mamba1", "mamba2", "falcon_mamba", "codestral", "mamba1_mlp", "mamba2_mlp", "hybrid", "hybrid1",
-            "nemotron_h"]  # conftest.CONFIGS
+FAMILIES = ["mamba1", "mamba2", "falcon_mamba", "codestral", "mamba2_d_ssm", "mamba1_mlp", "mamba2_mlp", "hybrid",
+            "hybrid1", "nemotron_h"]  # conftest.CONFIGS
 TOL = {torch.float32: 1e-4, torch.float16: 1e-2, torch.bfloat16: 1e-2}
 
 

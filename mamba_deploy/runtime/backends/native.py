@@ -111,7 +111,7 @@ class NativeBackend(Backend):
 def _available(info: ExportInfo) -> bool:
     from ...native import available
 
-    return not info.config.mamba2_mlp_dim and available()
+    return available()
 
 
 register_backend("native", NativeBackend, _available)
