@@ -3,6 +3,7 @@
 
     PYTHONPATH=. MAMBA_DEPLOY_KERNEL_LIB=build/libmamba_deploy_kernels.so python3 benchmarks/mamba1_scan.py \\
         --seqlen 2048 --dim 4096            # mamba-1.4b's layer; --dim 5120 for mamba-2.8b
+        --batch 64 --seqlen 100             # the batched prefill of 64 short prompts
 """
 import argparse
 
@@ -13,19 +14,20 @@ from mamba_deploy.ops import cuda as K
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--batch", type=int, default=1)
     ap.add_argument("--seqlen", type=int, default=2048)
     ap.add_argument("--dim", type=int, default=4096)
     ap.add_argument("--dstate", type=int, default=16)
     ap.add_argument("--dt-rank", type=int, default=128)
     ap.add_argument("--repeats", type=int, default=20)
     a = ap.parse_args()
-    L, d, N, R = a.seqlen, a.dim, a.dstate, a.dt_rank
+    Bt, L, d, N, R = a.batch, a.seqlen, a.dim, a.dstate, a.dt_rank
     torch.manual_seed(0)
     f16 = dict(device="cuda", dtype=torch.float16)
-    xz, xc = torch.randn(1, L, 2 * d, **f16), torch.randn(1, L, d, **f16)
-    xdbl, dt = torch.randn(1, L, R + 2 * N, **f16), torch.randn(1, L, d, **f16) * 0.5
+    xz, xc = torch.randn(Bt, L, 2 * d, **f16), torch.randn(Bt, L, d, **f16)
+    xdbl, dt = torch.randn(Bt, L, R + 2 * N, **f16), torch.randn(Bt, L, d, **f16) * 0.5
     A = -torch.rand(d, N, device="cuda").exp()
-    D, dt_bias, state = torch.ones(d, device="cuda"), torch.zeros(d, device="cuda"), torch.zeros(1, d, N, device="cuda")
+    D, dt_bias, state = torch.ones(d, device="cuda"), torch.zeros(d, device="cuda"), torch.zeros(Bt, d, N, device="cuda")
     y = torch.empty_like(xc)
 
     def run() -> None:
@@ -42,8 +44,8 @@ def main() -> None:
     end.record()
     torch.cuda.synchronize()
     us = start.elapsed_time(end) / a.repeats * 1e3
-    moved = 2 * L * (4 * d + 2 * N) + 4 * (3 * d + d * N) + 2 * 4 * d * N  # x dt z y, B C; A D bias; state in + out
-    print(f"selective_scan L={L} dim={d} dstate={N}: {us:.1f} us per call, {moved / 1e6:.1f} MB, "
+    moved = Bt * (2 * L * (4 * d + 2 * N) + 2 * 4 * d * N) + 4 * (3 * d + d * N)  # x dt z y, B C; state in + out; A D bias
+    print(f"selective_scan batch={Bt} L={L} dim={d} dstate={N}: {us:.1f} us per call, {moved / 1e6:.1f} MB, "
           f"{moved / us / 1e3:.0f} GB/s")
 
 

@@ -159,10 +159,11 @@ def test_selective_scan(cuda, dtype, batch, seqlen, dstate):
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("gate", [True, False])
-def test_selective_scan_channel_last_odd_sizes(cuda, dtype, gate):
+@pytest.mark.parametrize("seqlen", [100, 700])  # chunks of 128 steps (8 a thread), of 256 (16 a thread)
+def test_selective_scan_channel_last_odd_sizes(cuda, dtype, gate, seqlen):
     """The native engine's layouts (channel-last views of (batch, seqlen, dim) buffers) through mamba1_scan.cu's
-    kernel: 37 channels (a partial block of 16), dstate 5, 700 steps (a partial chunk), no D / gate or both."""
-    batch, dim, seqlen, dstate = 2, 37, 700, 5
+    kernel: 37 channels (a partial block of 16), dstate 5, a partial last chunk, no D / gate or both."""
+    batch, dim, dstate = 2, 37, 5
     kw = mamba1_inputs(batch, dim, seqlen, dstate, dtype)
     for key in ("u", "delta", "z", "B", "C"):
         kw[key] = kw[key].transpose(1, 2).contiguous().transpose(1, 2)  # same values, unit channel / state stride
