@@ -100,24 +100,49 @@ class SamplerState:
     def assign(self, slot: int, params: SamplingParams, seed: int, prompt_ids: Sequence[int]) -> None:
         """Give `slot` to a new sequence (host side, between steps): its parameters, seed, step 0, and
         its prompt's tokens as seen."""
-        slot, params = self._check_slot(slot), params.validate()
-        seed = seed_bits(seed)
-        ids = torch.as_tensor(list(prompt_ids), dtype=torch.int64)
-        if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= self.vocab_size):
+        self.assign_many([slot], [params], [seed], [prompt_ids])
+
+    def assign_many(self, slots: Sequence[int], params: Sequence[SamplingParams], seeds: Sequence[int],
+                    prompts: Sequence[Sequence[int]]) -> None:
+        """`assign` for several distinct slots at once, in a fixed number of launches whatever their count
+        (admitting 64 requests one by one cost 64 x 13 small launches)."""
+        slots = [self._check_slot(s) for s in slots]
+        if len(set(slots)) != len(slots) or not len(slots) == len(params) == len(seeds) == len(prompts):
+            raise ValueError("assign_many: slots must be distinct, with one params, seed and prompt each")
+        if not slots:
+            return
+        params, seeds = [p.validate() for p in params], [seed_bits(s) for s in seeds]
+        ids = [torch.as_tensor(list(p), dtype=torch.int64) for p in prompts]
+        every_id = torch.cat(ids)
+        if every_id.numel() and (int(every_id.min()) < 0 or int(every_id.max()) >= self.vocab_size):
             raise MambaDeployError(f"prompt token ids must be in [0, {self.vocab_size}), got "
-                                   f"{int(ids.min())}..{int(ids.max())}")
-        values = dict(temperature=params.temperature, top_k=params.top_k, top_p=params.top_p, min_p=params.min_p,
-                      repetition_penalty=params.repetition_penalty, seed=seed, step=0, last_token=0)
-        for name, value in values.items():
-            getattr(self, name)[slot] = value
-        self.seen[slot] = False
+                                   f"{int(every_id.min())}..{int(every_id.max())}")
+        n = len(slots)
+        floats = torch.tensor([[p.temperature, p.top_p, p.min_p, p.repetition_penalty] for p in params],
+                              dtype=torch.float32)
+        seen_rows = torch.repeat_interleave(torch.tensor(slots), torch.tensor([len(t) for t in ids]))
+        # one int64 transfer: slots, then per slot (top_k, seed, step 0, last_token 0), then the seen (row, id)s
+        ints = torch.cat([torch.tensor(slots), torch.tensor([[p.top_k, s, 0, 0] for p, s in zip(params, seeds)],
+                                                            dtype=torch.int64).reshape(-1), seen_rows, every_id])
         if self.device.type == "cuda":  # pinned + non_blocking: a pageable copy would wait for the queued steps
-            ids = ids.pin_memory()
-        self.seen[slot, ids.to(self.device, non_blocking=True)] = True
+            floats, ints = floats.pin_memory(), ints.pin_memory()
+        floats, ints = floats.to(self.device, non_blocking=True), ints.to(self.device, non_blocking=True)
+        rows, per_slot = ints[:n], ints[n:5 * n].view(n, 4)
+        for k, name in enumerate(("temperature", "top_p", "min_p", "repetition_penalty")):
+            getattr(self, name).index_copy_(0, rows, floats[:, k])
+        for k, name in enumerate(("top_k", "seed", "step", "last_token")):
+            getattr(self, name).index_copy_(0, rows, per_slot[:, k])
+        self.seen.index_fill_(0, rows, False)
+        m = every_id.numel()
+        self.seen.index_put_((ints[5 * n:5 * n + m], ints[5 * n + m:]), self._true)
 
     def release(self, slot: int) -> None:
         """Reset `slot` to the defaults (temperature 1, no filters, seed 0, nothing seen)."""
-        self.assign(slot, SamplingParams(), 0, ())
+        self.release_many([slot])
+
+    def release_many(self, slots: Sequence[int]) -> None:
+        """`release` for several distinct slots at once (a fixed number of launches)."""
+        self.assign_many(slots, [SamplingParams()] * len(slots), [0] * len(slots), [()] * len(slots))
 
     def sample(self, logits: torch.Tensor, slots: torch.Tensor, vocab_limit: int, all_greedy: bool = False) -> torch.Tensor:
         """logits (n, vocab_size_padded), any float dtype; slots (n,) int64 distinct, on the logits'

@@ -127,6 +127,7 @@ class Scheduler:
         self.iterations = 0  # loop iterations run so far (tests count per-iteration work with it)
         self._waiting: collections.deque[_Request] = collections.deque()
         self._running: list[_Request] = []
+        self._released: list[int] = []  # slots retired since the last _release_sampler_rows
         self._cancelling: set[RequestHandle] = set()  # running requests to retire at the next iteration
         self._queue_lock = threading.Lock()  # _waiting, _cancelling, _closed, _thread, _looping
         self._closed, self._looping = False, False  # _running, the pool and the sampler: the loop thread's
@@ -160,29 +161,44 @@ class Scheduler:
         """Queue one request (thread-safe); returns at once. output: "text" (default with a tokenizer)
         or "ids". seed None: a random one. stop_ids end the request without being emitted (pass the
         EOS id here); stop_strings (text output only) end it before the stop string."""
-        prompt = check_prompt_ids(list(prompt_ids), self.backend.config.vocab_size_padded)
+        return self.submit_many([prompt_ids], params, seed, max_new_tokens, stop_ids, stop_strings, output)[0]
+
+    def submit_many(self, prompts: Sequence[Sequence[int]], params: SamplingParams = SamplingParams(),
+                    seed: Optional[int] = None, max_new_tokens: int = 64, stop_ids: Sequence[int] = (),
+                    stop_strings: Sequence[str] = (), output: Optional[str] = None) -> list[RequestHandle]:
+        """`submit` for several prompts with the same options, queued together (all checked first: a bad
+        prompt queues none), so the loop admits them in one iteration and prefills them in as few batched
+        calls as the token budget allows. seed None: one random seed for all."""
         params.validate()
         check_count("max_new_tokens", max_new_tokens)
-        check_length(len(prompt), max_new_tokens, self.backend.max_seq_len)
         check_seed(seed)
         if not all(is_integer(t) for t in stop_ids) or not all(isinstance(s, str) for s in stop_strings):
             raise ParameterError("stop", "must be strings or token ids")
         text = check_output(output, self.tokenizer, default=self.tokenizer is not None)
         if stop_strings and not text:
             raise ParameterError("stop", "strings need text output (a tokenizer); use token ids")
-        handle = RequestHandle(self, len(prompt), text)
-        request = _Request(handle, prompt, params, random_seed() if seed is None else int(seed), int(max_new_tokens),
-                           {int(t) for t in stop_ids}, TextStream(self.tokenizer, stop_strings) if text else None)
-        if max_new_tokens == 0:
-            handle._push(None, "length")
-            return handle
-        with self._queue_lock:
-            if self._closed:
-                raise MambaDeployError("the scheduler is closed")
-            self._waiting.append(request)
-            if not self._looping:
-                self._start_loop()
-        return handle
+        seed = random_seed() if seed is None else int(seed)
+        checked = [check_prompt_ids(list(p), self.backend.config.vocab_size_padded,
+                                    f" (prompt {i})" if len(prompts) > 1 else "") for i, p in enumerate(prompts)]
+        for prompt in checked:
+            check_length(len(prompt), max_new_tokens, self.backend.max_seq_len)
+        handles, queued = [], []
+        for prompt in checked:
+            handle = RequestHandle(self, len(prompt), text)
+            handles.append(handle)
+            if max_new_tokens == 0:
+                handle._push(None, "length")
+                continue
+            queued.append(_Request(handle, prompt, params, seed, int(max_new_tokens), {int(t) for t in stop_ids},
+                                   TextStream(self.tokenizer, stop_strings) if text else None))
+        if queued:
+            with self._queue_lock:
+                if self._closed:
+                    raise MambaDeployError("the scheduler is closed")
+                self._waiting.extend(queued)
+                if not self._looping:
+                    self._start_loop()
+        return handles
 
     def close(self) -> None:
         """Cancel every request in flight, refuse new ones, and end the loop thread (waits for it)."""
@@ -235,6 +251,7 @@ class Scheduler:
         launch, self._in_flight = self._in_flight, None
         if launch is not None:  # rows all retired; its copies must be done before the buffers are reused
             self._wait_quietly(launch)
+        self._release_sampler_rows()
 
     def _step(self) -> None:
         self.iterations += 1
@@ -244,6 +261,7 @@ class Scheduler:
         for request in list(self._running):
             if closed or request.handle in cancelling:
                 self._retire(request, "cancelled")
+        self._release_sampler_rows()  # before _admit can hand those slots out again
         self._admit()
         rows, tokens = self._prefill()
         decoding = [r for r in self._running if 0 < r.launched < r.max_new_tokens]
@@ -311,16 +329,29 @@ class Scheduler:
         host = torch.tensor(values, dtype=torch.int64)
         return host.pin_memory().to(self.sampler.device, non_blocking=True) if self._pipelined else host
 
+    def _release_sampler_rows(self) -> None:
+        """The retired slots' sampler rows back to the defaults, all in one call (after their last steps in the
+        stream's order)."""
+        if self._released:
+            slots, self._released = self._released, []
+            self.sampler.release_many(slots)
+
     def _admit(self) -> None:
+        """Waiting requests into free slots; their slots reset and sampler rows assigned all at once."""
+        admitted = []
         while self.pool.free_count:
             with self._queue_lock:
                 if not self._waiting:
-                    return
+                    break
                 request = self._waiting.popleft()
             request.slot = self.pool.acquire()
-            self.pool.reset(request.slot)
-            self.sampler.assign(request.slot, request.params, request.seed, request.prompt)
-            self._running.append(request)
+            self._running.append(request)  # from here a failure retires it, which frees the slot
+            admitted.append(request)
+        if admitted:
+            slots = [r.slot for r in admitted]
+            self.pool.reset_many(slots)
+            self.sampler.assign_many(slots, [r.params for r in admitted], [r.seed for r in admitted],
+                                     [r.prompt for r in admitted])
 
     def _prefill(self) -> tuple[list[_Request], list[torch.Tensor]]:
         """Prompt chunks within the token budget, chunks of equal length batched into one prefill_slots call;
@@ -389,7 +420,7 @@ class Scheduler:
         """Free the request's slot and sampler row and end its stream (the text's held-back tail first)."""
         request.retired = True
         self._running.remove(request)
-        self.sampler.release(request.slot)
+        self._released.append(request.slot)  # its sampler row is reset with the others before slots are handed out
         self.pool.release(request.slot)
         tail = request.text.flush() if request.text is not None and reason in ("stop", "length") else None
         request.handle._push(tail, reason, error)

@@ -159,7 +159,16 @@ class StatePool:
 
     def reset(self, slot: int) -> None:
         """Zero every buffer of `slot` (the start of a fresh sequence)."""
-        torch._foreach_zero_([tensor[slot] for _, tensor in self.buffers])  # one launch, not one per buffer
+        self.reset_many([slot])
+
+    def reset_many(self, slots: Sequence[int]) -> None:
+        """Zero every buffer of each of `slots`: one foreach call (a few launches), not one per slot and buffer;
+        consecutive slots as one range of rows."""
+        first = consecutive_start(slots)
+        if first is not None:
+            torch._foreach_zero_([tensor[first:first + len(slots)] for _, tensor in self.buffers])
+        elif slots:
+            torch._foreach_zero_([tensor[int(slot)] for slot in slots for _, tensor in self.buffers])
 
     def save(self, slot: int) -> SlotSnapshot:
         """`slot`'s buffers copied to host tensors."""

@@ -199,6 +199,27 @@ def test_assign_and_release_reset_the_row():
     assert not state.seen[1].any() and state.seed[1].item() == 0
 
 
+def test_assign_many_and_release_many_equal_one_slot_at_a_time():
+    params = [P(0.5, top_k=3, top_p=0.7), P(0.0), P(1.2, min_p=0.2, repetition_penalty=1.3)]
+    seeds, prompts, slots = [5, 2**64 - 1, 0], [[2, 9, 2], [], [7]], [3, 0, 1]
+    one, many = SamplerState(5, 10, "cpu"), SamplerState(5, 10, "cpu")
+    for state in (one, many):
+        state.assign(4, P(0.9, top_k=2), 8, [1, 3])  # a slot the calls leave alone
+    for slot, p, seed, prompt in zip(slots, params, seeds, prompts):
+        one.assign(slot, p, seed, prompt)
+    many.assign_many(slots, params, seeds, prompts)
+    names = ("temperature", "top_k", "top_p", "min_p", "repetition_penalty", "seed", "step", "last_token", "seen")
+    assert all(torch.equal(getattr(one, n), getattr(many, n)) for n in names)
+    for slot in (3, 1):
+        one.release(slot)
+    many.release_many([3, 1])
+    assert all(torch.equal(getattr(one, n), getattr(many, n)) for n in names)
+    with pytest.raises(ValueError, match="distinct"):
+        many.assign_many([2, 2], params[:2], seeds[:2], prompts[:2])
+    with pytest.raises(MambaDeployError, match="prompt token ids"):
+        many.assign_many([2, 3], params[:2], seeds[:2], [[1], [10]])
+
+
 def test_weight_bits_keep_sums_exact_in_float64():
     for vocab in (1, 2, 3, 50280, 50288, 2**17, 256000):
         assert vocab * 2 ** weight_bits(vocab) <= 2**53

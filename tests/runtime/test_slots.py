@@ -88,6 +88,17 @@ def test_the_lowest_free_slot_is_handed_out_first(backend):
     assert [pool.acquire(), pool.acquire(), pool.acquire()] == [0, 2, 3]
 
 
+@pytest.mark.parametrize("slots", [[1, 2], [3, 0], [2]])  # a range of rows, out of order, one
+def test_reset_many_zeroes_those_slots_only(backend, slots):
+    pool = backend.new_pool(4)
+    for slot in range(4):
+        for _, t in pool.buffers:
+            t[slot] = slot + 1
+    pool.reset_many(slots)
+    for slot in range(4):
+        assert all(bool((t[slot] == 0).all()) == (slot in slots) for _, t in pool.buffers)
+
+
 def test_acquire_release_reset_and_leak_check(backend):
     pool = backend.new_pool(2)
     a, b = pool.acquire(), pool.acquire()
