@@ -40,7 +40,7 @@ class Recording(Backend):
     def __init__(self, inner: Backend, max_slots=None):
         super().__init__(inner.info)
         self.inner, self.scheduler, self.prefills, self.decodes, self.fail_decodes = inner, None, [], [], 0
-        self.prefill_shapes, self.gate = [], threading.Event()
+        self.prefill_shapes, self.gate, self.in_decode = [], threading.Event(), threading.Event()
         self.gate.set()
         self._max_slots = max_slots
 
@@ -58,6 +58,7 @@ class Recording(Backend):
         return self.inner.prefill(input_ids, state)
 
     def decode(self, input_ids, state):
+        self.in_decode.set()
         self.gate.wait(60)
         self.decodes.append(self.scheduler and self.scheduler.iterations)
         if self.fail_decodes:
@@ -85,8 +86,8 @@ def test_request_joining_mid_stream_gets_its_solo_tokens(engine, sampling):
 
 def test_cancel_mid_stream_frees_the_slot_at_once(engine):
     with Scheduler(engine.backend, engine.tokenizer, max_batch=2) as sched:
-        handle = sched.submit([3, 4, 5], max_new_tokens=10_000, output="ids", **GREEDY)
-        other = sched.submit([9, 9], max_new_tokens=10_000, output="ids", **GREEDY)
+        # queued together: submitted one by one, the loop could run two iterations before `other` arrives
+        handle, other = sched.submit_many([[3, 4, 5], [9, 9]], max_new_tokens=10_000, output="ids", **GREEDY)
         stream = iter(handle)
         got = [next(stream), next(stream)]
         handle.cancel()
@@ -171,6 +172,7 @@ def test_equal_length_chunks_prefill_in_one_batched_call(engine, sampling):
         recording.scheduler = sched
         recording.gate.clear()  # the first request's decode waits until the others are queued
         running = sched.submit([1, 2, 3], max_new_tokens=20, output="ids", **GREEDY)
+        assert recording.in_decode.wait(60)  # else the loop may admit the first of them with it
         handles = [sched.submit(p, max_new_tokens=7, output="ids", **sampling) for p in prompts]
         recording.gate.set()
         assert [h.result(timeout=60) for h in handles] == want
