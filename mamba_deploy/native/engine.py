@@ -41,7 +41,7 @@ from typing import Callable, Optional
 import torch
 
 from ..config import MAMBA2, ModelConfig
-from ..errors import MambaDeployError, ParameterError, is_integer
+from ..errors import ParameterError, is_integer
 from ..models.lm import check_room
 from ..models.state import InferenceState
 from ..ops import _lib, cuda as K
@@ -348,8 +348,7 @@ class NativeEngine:
             G.row_norm(y, z, L.gnorm_w, c.norm_eps, out=ynorm, gate=True, group_size=gs)
         else:
             K.gated_rms_norm(y, z, L.gnorm_w, c.norm_eps, gs, out=ynorm)
-        if m:  # the gated MLP beside the SSM; silu rounded to the model dtype as the reference does
-            torch.mul(torch.nn.functional.silu(self.xz[:b, :m]), self.xz[:b, m:2 * m], out=self.ynorm[:b, :m])
+        P.d_ssm_mlp(c, self.xz[:b], self.ynorm[:b, :m])
         self._proj(self.ynorm[:b], L.out_w, L.out_b, self.hidden[:b])
 
     def _mlp_step(self, b: int, L: Layer) -> None:

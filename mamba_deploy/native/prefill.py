@@ -1,7 +1,7 @@
 """The native engine's Mamba layers over a chunk of tokens (prefill, eager): cuBLAS projections, the library's
 causal conv and its prefill scans (Mamba1 selective scan; Mamba2 chunk scan, on tensor cores where it applies),
-all writing the layer's conv and SSM state in place. Falcon-Mamba's dt / B / C norms (dt_bc_norm) serve decode
-too."""
+all writing the layer's conv and SSM state in place. Falcon-Mamba's dt / B / C norms (dt_bc_norm) and the d_ssm
+models' gated MLP part (d_ssm_mlp) serve decode too."""
 from __future__ import annotations
 
 from typing import Optional
@@ -24,6 +24,15 @@ def dt_bc_norm(cfg: ModelConfig, unit: Optional[torch.Tensor], xdbl: torch.Tenso
         return
     for part, group in ((xdbl[..., :c.dt_rank], c.dt_rank), (xdbl[..., c.dt_rank:], c.d_state)):
         K.gated_rms_norm(part, None, unit[:part.shape[-1]], c.mixer_rms_eps, group, out=part)
+
+
+def d_ssm_mlp(cfg: ModelConfig, xz: torch.Tensor, out: torch.Tensor) -> None:
+    """mamba-ssm's Mamba2 with d_ssm < d_inner: out (..., mamba2_mlp_dim) <- silu(z0) * x0 from in_proj's output
+    xz (..., in_proj_dim), silu rounded to the model dtype as the reference does; decode and prefill. Nothing
+    for other models."""
+    m = cfg.mamba2_mlp_dim
+    if m:
+        torch.mul(F.silu(xz[..., :m]), xz[..., m:2 * m], out=out)
 
 
 def mamba_prefill(cfg: ModelConfig, L: Layer, normed: torch.Tensor, state: InferenceState,
@@ -70,6 +79,5 @@ def _mamba2_scan(c: ModelConfig, L: Layer, xz: torch.Tensor, xc: torch.Tensor, s
                  state_out=ssm_state)
     out = torch.empty(b, n, m + d, dtype=xc.dtype, device=xc.device)
     K.gated_rms_norm(y.flatten(-2), xz[..., lo - d:lo], L.gnorm_w, c.norm_eps, d // c.ngroups, out=out[..., m:])
-    if m:
-        torch.mul(F.silu(xz[..., :m]), xz[..., m:2 * m], out=out[..., :m])
+    d_ssm_mlp(c, xz, out[..., :m])
     return out
