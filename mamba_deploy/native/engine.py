@@ -25,8 +25,11 @@ greedy loop is just replays). Per layer, kernels:
           cache, attention over its positions) | [MHA's gated MLP part] | gemv out_proj; NemotronH's MLP
           blocks row_norm (add) | gemv up | relu^2 | gemv down; each slot's length advances once per step.
 (add_norm is row_norm: 16-byte accesses, one block per row; the kernels are plugins/kernels/gemv.cu.)
-For batch > gemv_max_batch (2: measured crossover against cuBLAS on H100) the projections are cuBLAS
-GEMMs (torch.mm into the same buffers) and the conv update is the library's kernel. On compute capability
+From batch 3 to tc_max_batch (16: at 64 cuBLAS is faster, measured on the H200) in fp16 / bf16 on compute
+capability 9.0+ the projections are the same gemv launches in their tensor-core form (gemm_tc.cu: the weights
+read once for all rows, the conv epilogue kept); otherwise, for batch > gemv_max_batch (2: measured crossover
+against cuBLAS on H100) they are cuBLAS GEMMs (torch.mm into the same buffers) and the conv update is the
+library's kernel. On compute capability
 9.0+ the library's decode kernels use programmatic dependent launch (ops._lib.set_programmatic_launch): each
 starts while the previous one drains, its weights already on the way to L2. States are
 updated in place; logits are a reused buffer. Every kernel that touches the recurrent state takes the
@@ -60,7 +63,7 @@ class NativeEngine:
     def __init__(self, cfg: ModelConfig, weights: dict[str, torch.Tensor], dtype: torch.dtype = torch.float16,
                  state_dtype: torch.dtype = torch.float32, device: torch.device | str = "cuda", max_batch: int = 64,
                  chunk_len: int = 2048, gemv_max_batch: int = 2, use_graphs: bool = True, dt_gemm_min_batch: int = 8,
-                 programmatic_launch: bool = True, max_seq_len: Optional[int] = None):
+                 programmatic_launch: bool = True, max_seq_len: Optional[int] = None, tc_max_batch: int = 16):
         self.config, self.dtype, self.state_dtype = cfg, dtype, state_dtype
         self.device = torch.device(device)
         if self.device.type != "cuda":
@@ -69,6 +72,7 @@ class NativeEngine:
             self.device = torch.device("cuda", torch.cuda.current_device())
         self.max_batch, self.chunk_len, self.use_graphs = max_batch, chunk_len, use_graphs
         self.gemv_max_batch = min(gemv_max_batch, G.MAX_BATCH)
+        self.tc_max_batch = min(tc_max_batch, G.TC_MAX_BATCH)  # 0: cuBLAS for every batch > gemv_max_batch
         self.dt_gemm_min_batch = dt_gemm_min_batch  # Mamba1: from this batch on, dt_proj is one cuBLAS GEMM
         Hy.check_supported(cfg)
         if programmatic_launch and torch.cuda.get_device_capability(self.device) >= (9, 0):
@@ -306,8 +310,10 @@ class NativeEngine:
                        residual_out=res)
 
     def _proj(self, x, w, bias, out, conv: Optional[dict] = None) -> None:
-        """out = x @ w.T (+ bias), then the conv epilogue on conv rows: GEMV for small batch, else cuBLAS."""
-        if x.shape[0] <= self.gemv_max_batch:
+        """out = x @ w.T (+ bias), then the conv epilogue on conv rows: the library's gemv (CUDA cores for small
+        batch, tensor cores up to tc_max_batch), else cuBLAS."""
+        b = x.shape[0]
+        if b <= self.gemv_max_batch or (b <= self.tc_max_batch and G.tc_ok(x, w)):
             G.gemv(x, w, bias, out=out, conv=conv)
             return
         _linear(x, w, bias, out)
@@ -325,7 +331,7 @@ class NativeEngine:
         if b < self.dt_gemm_min_batch:  # the step kernel reads dt_proj once per 8 rows
             G.mamba1_step(x, z, self.xdbl[:b], L.dt_packed, L.dt_b, L.A, L.D, ssm_pool, out=self.y[:b], state_rows=rows)
         else:
-            _linear(self.xdbl[:b, :self.config.dt_rank], L.dt_w, None, self.dt[:b])
+            self._proj(self.xdbl[:b, :self.config.dt_rank], L.dt_w, None, self.dt[:b])
             G.mamba1_step(x, z, self.xdbl[:b], None, L.dt_b, L.A, L.D, ssm_pool, out=self.y[:b], state_rows=rows,
                           dt=self.dt[:b])
         self._proj(self.y[:b], L.out_w, L.out_b, self.hidden[:b])

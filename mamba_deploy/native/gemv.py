@@ -14,7 +14,10 @@ from ..ops import _lib
 from ..ops._tensors import DTYPE_CODES, current_stream, data_ptr
 from ..ops.cuda import state_rows_arg
 
-MAX_BATCH = 16  # MD_GEMV_MAX_BATCH
+MAX_BATCH = 16  # MD_GEMV_MAX_BATCH: the CUDA-core form, any dtype
+TC_MAX_BATCH = 64  # MD_GEMV_TC_MAX_BATCH: the tensor-core form (fp16 / bf16, compute capability 9.0+)
+ALGOS = {"auto": 0, "cuda_cores": 1, "tensor_cores": 2}
+_TC_CAPABLE: dict[int, bool] = {}  # device index -> compute capability >= 9.0
 
 
 def _row_stride(t: torch.Tensor, name: str) -> int:
@@ -24,9 +27,28 @@ def _row_stride(t: torch.Tensor, name: str) -> int:
     return t.stride(0)
 
 
+def _aligned_rows(t: torch.Tensor) -> bool:
+    return t.data_ptr() % 16 == 0 and (t.shape[0] == 1 or (t.stride(0) * t.element_size()) % 16 == 0)
+
+
+def tc_ok(x: torch.Tensor, w: torch.Tensor) -> bool:
+    """Whether gemv's tensor-core form takes x (batch, k) and w (n, k) (gemm_tc.cuh: gemv_tc_ok)."""
+    if x.dtype not in (torch.float16, torch.bfloat16) or not x.is_cuda or not 1 <= x.shape[0] <= TC_MAX_BATCH:
+        return False
+    index = x.device.index if x.device.index is not None else torch.cuda.current_device()
+    if index not in _TC_CAPABLE:
+        _TC_CAPABLE[index] = torch.cuda.get_device_capability(index) >= (9, 0)
+    return (_TC_CAPABLE[index] and x.shape[1] % 8 == 0 and x.stride(1) == 1 and w.stride(1) == 1 and
+            _aligned_rows(x) and _aligned_rows(w))
+
+
 def gemv(x: torch.Tensor, w: torch.Tensor, bias: Optional[torch.Tensor] = None, *, out: Optional[torch.Tensor] = None,
-         split_k: int = 0, conv: Optional[dict] = None) -> torch.Tensor:
-    """out = x @ w.T (+ bias) for x (batch <= 16, k), w (n, k), all one dtype; returns out (batch, n).
+         split_k: int = 0, conv: Optional[dict] = None, algo: str = "auto") -> torch.Tensor:
+    """out = x @ w.T (+ bias) for x (batch, k), w (n, k), all one dtype; returns out (batch, n).
+
+    algo: "cuda_cores" (batch <= 16, any dtype), "tensor_cores" (batch <= 64 where tc_ok: the weights read
+    once for all rows), "auto" (tensor cores from batch 3 on where they apply). split_k: the CUDA-core
+    form's warps per output (0 = chosen by the library).
 
     conv: optional causal-conv epilogue over rows [lo, lo + weight.shape[0]) of the output, a dict with
     `lo`, `weight` (conv_dim, width) contiguous, `bias` (conv_dim,) or None, `state` (batch, conv_dim,
@@ -37,8 +59,11 @@ def gemv(x: torch.Tensor, w: torch.Tensor, bias: Optional[torch.Tensor] = None, 
         raise ValueError("gemv: x and w must be CUDA tensors of one float dtype")
     batch, k = x.shape
     n = w.shape[0]
-    if w.shape != (n, k) or batch > MAX_BATCH:
-        raise ValueError(f"gemv: x {tuple(x.shape)} and w {tuple(w.shape)} do not match (batch <= {MAX_BATCH})")
+    if algo not in ALGOS:
+        raise ValueError(f"gemv: algo must be one of {sorted(ALGOS)}")
+    limit = TC_MAX_BATCH if algo != "cuda_cores" and tc_ok(x, w) else MAX_BATCH
+    if w.shape != (n, k) or batch > limit:
+        raise ValueError(f"gemv: x {tuple(x.shape)} and w {tuple(w.shape)} do not match (batch <= {limit})")
     if bias is not None and (bias.shape != (n,) or bias.dtype != w.dtype or not bias.is_contiguous()):
         raise ValueError("gemv: bias must be a contiguous (n,) tensor of w's dtype")
     if out is None:
@@ -48,7 +73,7 @@ def gemv(x: torch.Tensor, w: torch.Tensor, bias: Optional[torch.Tensor] = None, 
     p = _lib.GemvParams(batch=batch, n=n, k=k, dtype=DTYPE_CODES[x.dtype], split_k=split_k,
                         x=data_ptr(x), x_row_stride=_row_stride(x, "x"), w=data_ptr(w),
                         w_row_stride=_row_stride(w, "w"), bias=data_ptr(bias), out=data_ptr(out),
-                        out_row_stride=_row_stride(out, "out"))
+                        out_row_stride=_row_stride(out, "out"), algo=ALGOS[algo])
     if conv is not None:
         cw, cb, st = conv["weight"], conv.get("bias"), conv["state"]
         rows = state_rows_arg(conv.get("state_rows"), batch, x.device, "gemv")

@@ -36,8 +36,8 @@ def require_native() -> None:
 def engine_from_export(info: ExportInfo, dtype: Optional[torch.dtype] = None,
                        state_dtype: Optional[torch.dtype] = None, **options: Any) -> NativeEngine:
     """An export (weights read from its weights.data) -> NativeEngine. options: device, max_batch, chunk_len,
-    gemv_max_batch, use_graphs, dt_gemm_min_batch, programmatic_launch, max_seq_len (a hybrid's KV cache length;
-    default the export's)."""
+    gemv_max_batch, tc_max_batch, use_graphs, dt_gemm_min_batch, programmatic_launch, max_seq_len (a hybrid's KV
+    cache length; default the export's)."""
     from .weights import export_weights
 
     require_native()

@@ -12,7 +12,9 @@
 #include <cstdint>
 
 #include "common.cuh"
+#include "gemm_tc.cuh"
 #include "gemv.h"
+#include "gemv_epilogue.cuh"
 #include "vec.cuh"
 
 namespace md {
@@ -28,31 +30,6 @@ __device__ __forceinline__ uint4 ld_stream(const uint4* p) {
   return r;
 }
 
-
-template <typename T>
-__device__ __forceinline__ float conv_epilogue(const md_gemv_params& p, int64_t b, int64_t c, float v) {
-  const float xin = to_f(from_f<T>(v));  // the GEMV output in the model dtype, as the reference
-  const int W = static_cast<int>(p.conv_width);
-  const int64_t so = state_row(p.state_rows, b) * p.conv_state_batch_stride + c * p.conv_state_dim_stride;
-  float win[MD_MAX_CONV_WIDTH];
-#pragma unroll
-  for (int i = 0; i < MD_MAX_CONV_WIDTH; ++i) {
-    if (i < W - 1) win[i] = to_f(from_f<T>(load_any(p.conv_state, p.conv_state_dtype, so + i * p.conv_state_width_stride)));
-    else if (i == W - 1) win[i] = xin;
-    else win[i] = 0.f;
-  }
-  const T* cw = static_cast<const T*>(p.conv_w) + c * W;
-  float acc = p.conv_b ? to_f(static_cast<const T*>(p.conv_b)[c]) : 0.f;
-#pragma unroll
-  for (int i = 0; i < MD_MAX_CONV_WIDTH; ++i) {
-    if (i < W) acc = fmaf(to_f(cw[i]), win[i], acc);
-  }
-#pragma unroll
-  for (int i = 0; i < MD_MAX_CONV_WIDTH - 1; ++i) {
-    if (i < W - 1) store_any(p.conv_state, p.conv_state_dtype, so + i * p.conv_state_width_stride, win[i + 1]);
-  }
-  return p.conv_silu ? silu(acc) : acc;
-}
 
 // Grid: ceil(n / (kWarps / split)) blocks of kWarps warps.
 template <typename T, int NB, bool VEC>
@@ -261,7 +238,8 @@ cudaError_t launch_m2(const md_mamba2_step_params& p, cudaStream_t s) {
 
 extern "C" cudaError_t md_launch_gemv(const md_gemv_params* p, cudaStream_t stream) {
   MD_CHECK(p != nullptr, "gemv: params is NULL");
-  MD_CHECK(p->batch >= 0 && p->batch <= MD_GEMV_MAX_BATCH, "gemv: batch must be in 0..16");
+  MD_CHECK(p->algo >= 0 && p->algo <= 2, "gemv: algo must be 0, 1 or 2");
+  MD_CHECK(p->batch >= 0 && p->batch <= MD_GEMV_TC_MAX_BATCH, "gemv: batch must be in 0..64");
   MD_CHECK(p->n >= 0 && p->k >= 0, "gemv: negative size");
   MD_CHECK(p->x && p->w && p->out, "gemv: x, w and out are required");
   MD_CHECK(p->split_k == 0 || p->split_k == 1 || p->split_k == 2 || p->split_k == 4 || p->split_k == 8,
@@ -273,6 +251,11 @@ extern "C" cudaError_t md_launch_gemv(const md_gemv_params* p, cudaStream_t stre
     MD_CHECK(md::valid_dtype(p->conv_state_dtype), "gemv: bad conv state dtype");
   }
   if (p->batch == 0 || p->n == 0) return cudaSuccess;
+  const bool tc_ok = md::gemv_tc_ok(*p);
+  MD_CHECK(p->algo != 2 || tc_ok, "gemv: the tensor-core form needs fp16 / bf16, k % 8 == 0, 16-byte aligned x and w "
+                                  "rows and compute capability 9.0+");
+  if (p->algo == 2 || (p->algo == 0 && tc_ok && p->batch >= MD_GEMV_TC_MIN_BATCH)) return md::launch_gemv_tc(*p, stream);
+  MD_CHECK(p->batch <= MD_GEMV_MAX_BATCH, "gemv: batch > 16 needs the tensor-core form (fp16 / bf16 on 9.0+)");
   const int split = p->split_k ? static_cast<int>(p->split_k) : md::auto_split(*p);
   switch (p->dtype) {
     case MD_FLOAT32: return md::launch_gemv_typed<float>(*p, split, stream);

@@ -16,15 +16,21 @@
 extern "C" {
 #endif
 
-#define MD_GEMV_MAX_BATCH 16
+#define MD_GEMV_MAX_BATCH 16    /* CUDA-core form: any dtype */
+#define MD_GEMV_TC_MAX_BATCH 64 /* tensor-core form: fp16 / bf16 on compute capability 9.0+ (gemm_tc.cu) */
+#define MD_GEMV_TC_MIN_BATCH 3  /* algo 0 takes the tensor-core form from this batch on, where it can */
 
-/* out[b, n] = sum_k x[b, k] * w[n, k] (+ bias[n]), float32 accumulation, for batch <= 16.
+/* out[b, n] = sum_k x[b, k] * w[n, k] (+ bias[n]), float32 accumulation.
+ * algo: 1 = CUDA cores (batch <= 16, any dtype); 2 = tensor cores (batch <= 64; fp16 / bf16, k a multiple of
+ * 8, x and w 16-byte aligned with row strides of whole 16-byte vectors, compute capability 9.0+: the weights
+ * are read once for all rows); 0 = tensor cores from batch MD_GEMV_TC_MIN_BATCH on where they apply, else
+ * CUDA cores.
  *   x    (batch, k)  row stride x_row_stride, unit k stride     dtype (fp32 / fp16 / bf16)
  *   w    (n, k)      row stride w_row_stride, unit k stride     dtype
  *   bias (n,) or NULL                                            dtype
  *   out  (batch, n)  row stride out_row_stride, unit n stride   dtype
  * 16-byte weight loads when k, the row strides and the pointers allow (else a scalar path).
- * split_k: warps sharing one row (1, 2, 4 or 8; 0 = chosen from n and k).
+ * split_k: CUDA-core form: warps sharing one row (1, 2, 4 or 8; 0 = chosen from n and k).
  * Optional causal-conv epilogue (conv_dim > 0): for rows n in [conv_lo, conv_lo + conv_dim), with
  * c = n - conv_lo, the GEMV value v (rounded to dtype) is the new input of a depthwise causal
  * conv1d step (causal_conv1d_update_ref, SiLU if conv_silu):
@@ -48,6 +54,7 @@ typedef struct md_gemv_params {
   void* conv_state;
   int64_t conv_state_batch_stride, conv_state_dim_stride, conv_state_width_stride;
   const int64_t* state_rows; /* NULL or (batch,): conv_state rows (mamba_kernels.h) */
+  int64_t algo;
 } md_gemv_params;
 
 /* Fused Mamba1 decode step after x_proj: dt_proj + softplus + selective state update + D + gate.

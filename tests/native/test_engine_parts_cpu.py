@@ -76,7 +76,7 @@ def test_mlp_step_equals_reference_block(monkeypatch, rms_norm, residual_in_fp32
             p.copy_(torch.randn(p.shape, generator=gen) / p.shape[-1] ** 0.5 + (1 if p.dim() == 1 else 0))
     rows, b = 6, 4  # the static buffers hold 6 rows; the step uses the first 4 (a float32 model: so does the residual)
     eng = types.SimpleNamespace(
-        config=cfg, gemv_max_batch=0, hidden=torch.randn(rows, 40, generator=gen),
+        config=cfg, gemv_max_batch=0, tc_max_batch=0, hidden=torch.randn(rows, 40, generator=gen),
         residual=torch.randn(rows, 40, generator=gen), normed=torch.zeros(rows, 40),
         mlp_h=torch.zeros(rows, 2 * cfg.d_intermediate), mlp_y=torch.zeros(rows, cfg.d_intermediate))
     eng._add_norm = types.MethodType(native_engine.NativeEngine._add_norm, eng)

@@ -17,10 +17,11 @@ def ids(batch, length, seed=0, vocab=1000):
 
 @pytest.mark.parametrize("arch", FAMILIES)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
-@pytest.mark.parametrize("batch", [2, 20])  # 20: cuBLAS projections instead of the GEMV
-def test_logits_match_reference(rel_err, native, checkpoints, arch, dtype, batch):
+# the projections: 2 CUDA-core GEMV; 9 tensor-core GEMV (16-bit); 20 cuBLAS, or tensor cores with tc_max_batch 64
+@pytest.mark.parametrize("batch,tc_max_batch", [(2, 16), (9, 16), (20, 16), (20, 64)])
+def test_logits_match_reference(rel_err, native, checkpoints, arch, dtype, batch, tc_max_batch):
     ref = load_reference(checkpoints[arch], torch.float32, "cuda")
-    eng = native.load_engine(checkpoints[arch], dtype=dtype, max_batch=batch)
+    eng = native.load_engine(checkpoints[arch], dtype=dtype, max_batch=batch, tc_max_batch=tc_max_batch)
     prompt = ids(batch, 37, seed=1)
     rs, es = ref.new_state(batch), eng.new_state(batch)
     r, e = ref.prefill(prompt.cuda(), rs), eng.prefill(prompt, es)

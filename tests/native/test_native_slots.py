@@ -78,9 +78,12 @@ def decode_steps(step, first_tok, steps=3):
 @pytest.mark.parametrize("arch", ["mamba1", "mamba2", "mamba2_ds16", "falcon_mamba", "codestral", "mamba2_mlp", "hybrid",
                                   "nemotron_h"])
 @pytest.mark.parametrize("dtype", [torch.float16, torch.float32])
-@pytest.mark.parametrize("n,gemv_max_batch", [(1, 2), (3, 2), (17, 2), (64, 2), (3, 16), (16, 16)])
-def test_decode_slots_equals_decode_of_gathered_state(native, slot_checkpoints, arch, dtype, n, gemv_max_batch):
-    eng = native.load_engine(slot_checkpoints[arch], dtype=dtype, max_batch=MAX_BATCH, gemv_max_batch=gemv_max_batch)
+@pytest.mark.parametrize("n,gemv_max_batch,tc_max_batch", [(1, 2, 16), (3, 2, 16), (3, 2, 0), (17, 2, 16), (64, 2, 16),
+                                                            (64, 2, 64), (3, 16, 0), (16, 16, 0)])
+def test_decode_slots_equals_decode_of_gathered_state(native, slot_checkpoints, arch, dtype, n, gemv_max_batch,
+                                                      tc_max_batch):
+    eng = native.load_engine(slot_checkpoints[arch], dtype=dtype, max_batch=MAX_BATCH, gemv_max_batch=gemv_max_batch,
+                             tc_max_batch=tc_max_batch)
     before = fill_pool(eng, seed=n)
     slots, tok = random_slots(n, seed=n), ids(n, 1, seed=n)
     got = decode_steps(lambda t: eng.decode_slots(t, slots), tok)

@@ -1,0 +1,75 @@
+"""The decode projections at batch 1..64: gemv's CUDA-core form, its tensor-core form and cuBLAS (torch.mm), on
+the shapes of mamba-1.4b and mamba2-1.3b: microseconds per call and achieved GB/s.
+
+    PYTHONPATH=. MAMBA_DEPLOY_KERNEL_LIB=build/libmamba_deploy_kernels.so python3 benchmarks/gemv_tc.py \\
+        --batches 1 2 4 8 16 32 64
+
+Each time is a CUDA graph of `--calls` launches over copies of the weights that together exceed the L2 (so
+every call reads its weights from memory, as in a decode step), median of `--repeats` replays, divided by
+the calls. GB/s counts the weights, x and out once.
+"""
+import argparse
+
+import torch
+
+from mamba_deploy.bench import _events_ms
+from mamba_deploy.native import gemv as G
+
+# (model, name, n, k)
+SHAPES = [("mamba-1.4b", "in_proj", 8192, 2048), ("mamba-1.4b", "x_proj", 160, 4096),
+          ("mamba-1.4b", "dt_proj", 4096, 128), ("mamba-1.4b", "out_proj", 2048, 4096),
+          ("mamba-1.4b", "lm_head", 50280, 2048), ("mamba2-1.3b", "in_proj", 8512, 2048)]
+
+
+def time_us(fn, calls: int, repeats: int) -> float:
+    fn()
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for _ in range(calls):
+            fn()
+    graph.replay()
+    return _events_ms(graph.replay, repeats) * 1e3 / calls
+
+
+def bench_shape(n: int, k: int, batch: int, a) -> dict[str, float]:
+    dtype = torch.float16
+    copies = max(2, -(-400 * 2 ** 20 // (n * k * 2)))  # > 400 MB of weights: several times the L2
+    ws = [torch.randn(n, k, device="cuda", dtype=dtype) * k ** -0.5 for _ in range(copies)]
+    x = torch.randn(batch, k, device="cuda", dtype=dtype)
+    out = torch.empty(batch, n, device="cuda", dtype=dtype)
+    it = {"i": 0}
+
+    def next_w() -> torch.Tensor:
+        it["i"] = (it["i"] + 1) % copies
+        return ws[it["i"]]
+
+    forms = {"cublas": lambda: torch.mm(x, next_w().t(), out=out),
+             "tensor_cores": lambda: G.gemv(x, next_w(), out=out, algo="tensor_cores")}
+    if batch <= G.MAX_BATCH:
+        forms["cuda_cores"] = lambda: G.gemv(x, next_w(), out=out, algo="cuda_cores")
+    return {name: time_us(fn, a.calls, a.repeats) for name, fn in forms.items()}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--batches", type=int, nargs="+", default=[1, 2, 4, 8, 16, 32, 64])
+    ap.add_argument("--calls", type=int, default=48)
+    ap.add_argument("--repeats", type=int, default=15)
+    a = ap.parse_args()
+    torch.manual_seed(0)
+    print("| model | matrix | n x k | batch | cuBLAS us | CUDA cores us | tensor cores us | tensor cores GB/s "
+          "| vs cuBLAS |")
+    print("| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |")
+    for model, name, n, k in SHAPES:
+        for batch in a.batches:
+            r = bench_shape(n, k, batch, a)
+            moved = 2 * (n * k + batch * (n + k))
+            cc = f"{r['cuda_cores']:.1f}" if "cuda_cores" in r else "-"
+            tc = r["tensor_cores"]
+            print(f"| {model} | {name} | {n} x {k} | {batch} | {r['cublas']:.1f} | {cc} | {tc:.1f} | "
+                  f"{moved / tc / 1e3:.0f} | {r['cublas'] / tc:.2f}x |", flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,340 @@
+// gemm_tc.cu -- the decode projections for batch 1..64 on tensor cores (md_launch_gemv's tensor-core form).
+//
+// out (batch, n) = x (batch, k) @ w (n, k)^T. The weights are the m16 side of mma.sync m16n8k16 (16 output
+// columns a tile) and the batch rows the n8 side, so b rows cost ceil(b / 8) tiles and every weight is read
+// once for all rows. A thread loads 16 bytes (8 consecutive k) of a weight row and of an x row; a dot product
+// does not depend on the order of its k, so each 16-byte pair feeds two k16 products (k = 8t + 0..3, then
+// 8t + 4..7, standing for the fragments' k = 2t, 2t+1, 2t+8, 2t+9) with no shuffle and no ldmatrix.
+//
+// Block: 8 warps = 4 along n (32 columns each: two m16 tiles) x 2 along k (one 32-wide k step each per stage),
+// 128 columns. Each stage of 64 k holds the block's 128 weight rows and the nb * 8 x rows in shared memory,
+// copied with cp.async kStages - 1 stages ahead of the products (48 KB of weights in flight per block, two or
+// three blocks a multiprocessor: about what the bandwidth asks for, 32 GB/s a multiprocessor times the memory
+// latency). Each block starts at its own stage of the k range and wraps around: every block reads the same x,
+// and blocks in step would all ask the same few L2 lines for it at once.
+// The 16-byte units of odd rows are swizzled so that a quarter warp's reads of two rows hit distinct banks.
+// The k range is split over a cluster of S blocks (grid.y, S in {1, 2, 4, 8}: enough blocks to fill the
+// GPU): each block leaves its partial sums in shared memory, then each block of the cluster finishes 1/S of
+// the tile, reading the S partial tiles through distributed shared memory (no workspace, no second kernel).
+// Epilogue: bias, the conv epilogue (gemv_epilogue.cuh), the store. Sums are float32 in a fixed order: the
+// same inputs give the same bits.
+#include <cstdint>
+
+#include "common.cuh"
+#include "gemm_tc.cuh"
+#include "gemv_epilogue.cuh"
+
+namespace md {
+namespace {
+
+constexpr int kWarpsN = 4, kWarpsK = 2, kThreads = 32 * kWarpsN * kWarpsK;
+constexpr int kMt = 2;                     // m16 tiles (16 output columns each) per warp
+constexpr int kCols = kWarpsN * kMt * 16;  // 128 output columns per block
+constexpr int kKStage = 64;                // k per pipeline stage: one k32 step for each k group of warps
+constexpr int kStages = 4;
+constexpr int kPartStride = kCols + 4;     // floats per partial-sum row: fragment stores hit distinct banks
+constexpr int kMaxSplit = 8;
+
+// A stage: kCols weight rows, then nb * 8 x rows, of kKStage elements (8 units of 16 bytes) each.
+template <int NB> __host__ __device__ constexpr int stage_units() { return (kCols + NB * 8) * kKStage / 8; }
+template <int NB> __host__ __device__ constexpr size_t smem_bytes() {
+  constexpr size_t pipe = size_t(kStages) * stage_units<NB>() * 16, part = size_t(NB) * 8 * kPartStride * 4;
+  return pipe > part ? pipe : part;
+}
+// Unit u of row r of a stage: odd rows swap their two halves.
+__device__ __forceinline__ int swizzle(int r, int u) { return r * 8 + (u ^ ((r & 1) << 2)); }
+
+// 16 bytes global -> shared (a shared-window address), zero-filled when !valid (src is then not read).
+__device__ __forceinline__ void cp_async16(uint32_t dst, const void* src, bool valid) {
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(dst), "l"(src), "r"(valid ? 16 : 0) : "memory");
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;" ::: "memory"); }
+template <int N> __device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;" ::"n"(N) : "memory"); }
+
+// c += a (16 x 16, rows) b (16 x 8, columns), float32 accumulators, T = __half or __nv_bfloat16.
+template <typename T> struct Mma;
+#define MD_MMA_16816(T, PTX_TYPE)                                                                                \
+  template <> struct Mma<T> {                                                                                    \
+    static __device__ __forceinline__ void run(float* c, uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3,     \
+                                               uint32_t b0, uint32_t b1) {                                       \
+      asm("mma.sync.aligned.m16n8k16.row.col.f32." PTX_TYPE "." PTX_TYPE ".f32 {%0, %1, %2, %3}, "              \
+          "{%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};"                                                        \
+          : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])                                                       \
+          : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));                                               \
+    }                                                                                                            \
+  };
+MD_MMA_16816(__half, "f16")
+MD_MMA_16816(__nv_bfloat16, "bf16")
+#undef MD_MMA_16816
+
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+__device__ __forceinline__ void cluster_sync() {
+  asm volatile("barrier.cluster.arrive.release.aligned;\n\tbarrier.cluster.wait.acquire.aligned;" ::: "memory");
+}
+__device__ __forceinline__ uint32_t cluster_rank() {
+  uint32_t r;
+  asm volatile("mov.u32 %0, %%cluster_ctarank;" : "=r"(r));
+  return r;
+}
+// The 4 floats at the same shared-memory offset as `local` (16-byte aligned) in block `rank` of the cluster.
+// volatile, no memory clobber: kept after the cluster barrier, yet several can be in flight.
+__device__ __forceinline__ float4 ld_cluster4(const float* local, uint32_t rank) {
+  const uint32_t a = static_cast<uint32_t>(__cvta_generic_to_shared(local));
+  uint32_t remote;
+  float4 v;
+  asm volatile("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(remote) : "r"(a), "r"(rank));
+  asm volatile("ld.shared::cluster.v4.f32 {%0, %1, %2, %3}, [%4];" : "=f"(v.x), "=f"(v.y), "=f"(v.z), "=f"(v.w) : "r"(remote));
+  return v;
+}
+#endif
+
+// The 16-byte units of a stage that this thread copies, worked out once: a stage's copies are then an add
+// and a predicate each. Unit u = threadIdx.x % 8 of weight rows threadIdx.x / 8 + 32 j and of x rows likewise.
+template <typename T, int NB>
+struct StageCopies {
+  static constexpr int kW = kCols * 8 / kThreads, kX = (NB * 64 + kThreads - 1) / kThreads;
+  const T* w_src[kW];
+  const T* x_src[kX];
+  uint32_t w_dst[kW], x_dst[kX];  // byte offsets in a stage
+  bool w_ok[kW], x_ok[kX];
+  const T *w0, *x0;
+  int u8;  // the units' first k in a stage
+
+  __device__ explicit StageCopies(const md_gemv_params& p)
+      : w0(static_cast<const T*>(p.w)), x0(static_cast<const T*>(p.x)), u8((threadIdx.x & 7) * 8) {
+    const int u = threadIdx.x & 7;
+#pragma unroll
+    for (int j = 0; j < kW; ++j) {
+      const int r = (threadIdx.x >> 3) + j * (kThreads / 8);
+      const int64_t n = static_cast<int64_t>(blockIdx.x) * kCols + r;
+      w_ok[j] = n < p.n;
+      w_src[j] = w0 + (w_ok[j] ? n : 0) * p.w_row_stride + u8;
+      w_dst[j] = swizzle(r, u) * 16;
+    }
+#pragma unroll
+    for (int j = 0; j < kX; ++j) {
+      const int m = (threadIdx.x >> 3) + j * (kThreads / 8);
+      x_ok[j] = m < p.batch && m < NB * 8;
+      x_src[j] = x0 + (x_ok[j] ? m : 0) * p.x_row_stride + u8;
+      x_dst[j] = swizzle(kCols + (m < NB * 8 ? m : 0), u) * 16;
+    }
+  }
+  // Weights of the stage at shared address `stage`, k from k0 (zeros from k_end on).
+  __device__ __forceinline__ void weights(uint32_t stage, int64_t k0, int64_t k_end) const {
+    const bool k_ok = k0 + u8 < k_end;
+#pragma unroll
+    for (int j = 0; j < kW; ++j) cp_async16(stage + w_dst[j], k_ok && w_ok[j] ? w_src[j] + k0 : w0, k_ok && w_ok[j]);
+  }
+  // x rows of the stage (zeros past the batch). Rows past NB * 8 (kX * 32 > NB * 8) are not copied.
+  __device__ __forceinline__ void x(uint32_t stage, int64_t k0, int64_t k_end) const {
+    const bool k_ok = k0 + u8 < k_end;
+#pragma unroll
+    for (int j = 0; j < kX; ++j) {
+      if ((threadIdx.x >> 3) + j * (kThreads / 8) < NB * 8)
+        cp_async16(stage + x_dst[j], k_ok && x_ok[j] ? x_src[j] + k0 : x0, k_ok && x_ok[j]);
+    }
+  }
+};
+
+// Grid: (ceil(n / kCols), S), clusters of (1, S, 1); krange: the k of one split (multiple of 64).
+template <typename T, int NB>
+__global__ void __launch_bounds__(kThreads, 2) gemv_tc_kernel(const md_gemv_params p, int64_t krange) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  extern __shared__ __align__(16) unsigned char smem[];
+  uint4* stages = reinterpret_cast<uint4*>(smem);
+  float* part = reinterpret_cast<float*>(smem);  // after the products, over the stages
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+  const int wn = warp % kWarpsN, kw = warp / kWarpsN;
+  const int64_t k_lo = static_cast<int64_t>(blockIdx.y) * krange, k_hi = min(p.k, k_lo + krange);
+  const int nst = k_hi > k_lo ? static_cast<int>((k_hi - k_lo + kKStage - 1) / kKStage) : 0;
+  const int rot = nst > 0 ? static_cast<int>(blockIdx.x % nst) : 0;
+  auto stage = [&](int s) { return stages + (s % kStages) * stage_units<NB>(); };
+  const uint32_t stage0 = static_cast<uint32_t>(__cvta_generic_to_shared(stages));
+  auto stage_addr = [&](int s) { return stage0 + (s % kStages) * (stage_units<NB>() * 16); };
+  auto k_of = [&](int s) {  // k of the block's s-th stage (s < nst)
+    const int r = s + rot;
+    return k_lo + (r < nst ? r : r - nst) * kKStage;
+  };
+  const StageCopies<T, NB> copies(p);
+
+  float acc[kMt][NB][4];
+#pragma unroll
+  for (int mt = 0; mt < kMt; ++mt)
+#pragma unroll
+    for (int nb = 0; nb < NB; ++nb)
+#pragma unroll
+      for (int j = 0; j < 4; ++j) acc[mt][nb][j] = 0.f;
+
+  pdl_release();
+  // The first stages' weights go out before the wait: no kernel writes them.
+#pragma unroll
+  for (int s = 0; s < kStages - 1; ++s)
+    if (s < nst) copies.weights(stage_addr(s), k_of(s), k_hi);
+  pdl_wait();
+#pragma unroll
+  for (int s = 0; s < kStages - 1; ++s) {
+    if (s < nst) copies.x(stage_addr(s), k_of(s), k_hi);
+    cp_async_commit();  // group s (group 0 also holds every early weight copy)
+  }
+  for (int it = 0; it < nst; ++it) {
+    cp_async_wait<kStages - 2>();  // stage it has landed (for this thread's copies) ...
+    __syncthreads();               // ... for every thread's; and stage it - 1 is read by all
+    const int next = it + kStages - 1;
+    if (next < nst) {
+      copies.weights(stage_addr(next), k_of(next), k_hi);
+      copies.x(stage_addr(next), k_of(next), k_hi);
+    }
+    cp_async_commit();
+    const uint4* buf = stage(it);
+    const int u = 4 * kw + t;  // this warp's k32 step of the stage: units 4 kw .. 4 kw + 3
+    uint4 wv[kMt][2];
+#pragma unroll
+    for (int mt = 0; mt < kMt; ++mt)
+#pragma unroll
+      for (int h = 0; h < 2; ++h) wv[mt][h] = buf[swizzle(wn * (kMt * 16) + mt * 16 + h * 8 + g, u)];
+    uint4 xv[NB];
+#pragma unroll
+    for (int nb = 0; nb < NB; ++nb) xv[nb] = buf[swizzle(kCols + nb * 8 + g, u)];
+    // All first k16 halves, then all second ones: no product waits on the one just issued.
+#pragma unroll
+    for (int nb = 0; nb < NB; ++nb)
+#pragma unroll
+      for (int mt = 0; mt < kMt; ++mt)
+        Mma<T>::run(acc[mt][nb], wv[mt][0].x, wv[mt][1].x, wv[mt][0].y, wv[mt][1].y, xv[nb].x, xv[nb].y);
+#pragma unroll
+    for (int nb = 0; nb < NB; ++nb)
+#pragma unroll
+      for (int mt = 0; mt < kMt; ++mt)
+        Mma<T>::run(acc[mt][nb], wv[mt][0].z, wv[mt][1].z, wv[mt][0].w, wv[mt][1].w, xv[nb].z, xv[nb].w);
+  }
+  cp_async_wait<0>();
+
+  // Partial sums -> part[m][column]: the k groups one after the other (a fixed order).
+  __syncthreads();
+#pragma unroll
+  for (int q = 0; q < kWarpsK; ++q) {
+    if (kw == q) {
+#pragma unroll
+      for (int mt = 0; mt < kMt; ++mt)
+#pragma unroll
+        for (int nb = 0; nb < NB; ++nb) {
+          float* pp = part + (nb * 8 + 2 * t) * kPartStride + wn * (kMt * 16) + mt * 16 + g;
+          const float* c = acc[mt][nb];
+          if (q == 0) {
+            pp[0] = c[0]; pp[kPartStride] = c[1]; pp[8] = c[2]; pp[kPartStride + 8] = c[3];
+          } else {
+            pp[0] += c[0]; pp[kPartStride] += c[1]; pp[8] += c[2]; pp[kPartStride + 8] += c[3];
+          }
+        }
+    }
+    __syncthreads();
+  }
+
+  const uint32_t S = gridDim.y, rank = S > 1 ? cluster_rank() : 0;
+  if (S > 1) cluster_sync();
+  constexpr int kQuads = kCols / 4;  // 4 columns a thread: one 16-byte load from each block of the cluster
+  const int64_t total = p.batch * kQuads, per = (total + S - 1) / S;
+  const int64_t e_hi = min(total, (rank + 1) * per);
+  for (int64_t e = rank * per + threadIdx.x; e < e_hi; e += kThreads) {
+    const int64_t m = e / kQuads, col = e % kQuads * 4, n = static_cast<int64_t>(blockIdx.x) * kCols + col;
+    const float* src = part + m * kPartStride + col;
+    float4 sum = *reinterpret_cast<const float4*>(src);
+    if (S > 1) {
+      float4 v[kMaxSplit];
+#pragma unroll
+      for (int q = 0; q < kMaxSplit; ++q)
+        if (q < static_cast<int>(S)) v[q] = ld_cluster4(src, q);  // all in flight before the sum
+      sum = v[0];
+#pragma unroll
+      for (int q = 1; q < kMaxSplit; ++q)
+        if (q < static_cast<int>(S)) sum = make_float4(sum.x + v[q].x, sum.y + v[q].y, sum.z + v[q].z, sum.w + v[q].w);
+    }
+    const float vals[4] = {sum.x, sum.y, sum.z, sum.w};
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+      if (n + j >= p.n) break;
+      float v = vals[j];
+      if (p.bias) v += to_f(static_cast<const T*>(p.bias)[n + j]);
+      if (p.conv_dim > 0 && n + j >= p.conv_lo && n + j < p.conv_lo + p.conv_dim)
+        v = conv_epilogue<T>(p, m, n + j - p.conv_lo, v);
+      static_cast<T*>(p.out)[m * p.out_row_stride + n + j] = from_f<T>(v);
+    }
+  }
+  if (S > 1) cluster_sync();  // no block leaves while another still reads its partial sums
+#else
+  __trap();  // launch_gemv_tc runs it on compute capability 9.0+ only
+#endif
+}
+
+int device_attribute(cudaDeviceAttr attr, int fallback) {
+  int dev = 0, v = 0;
+  if (cudaGetDevice(&dev) != cudaSuccess || cudaDeviceGetAttribute(&v, attr, dev) != cudaSuccess) return fallback;
+  return v;
+}
+
+template <typename T, int NB>
+cudaError_t launch_nb(const md_gemv_params& p, cudaStream_t stream) {
+  constexpr size_t smem = smem_bytes<NB>();
+  const auto kernel = gemv_tc_kernel<T, NB>;
+  cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
+  if (err != cudaSuccess) return err;
+  const int64_t sms = device_attribute(cudaDevAttrMultiProcessorCount, 132);
+  const int64_t col_blocks = (p.n + kCols - 1) / kCols;
+  // About one block a multiprocessor (two fit), each split at least 512 of k: measured on the H200, a
+  // mamba-1.4b in_proj (64 column blocks) took 13 us in 2 splits of 16 stages and 19 us in 4 of 8.
+  int split = 1;
+  while (split < kMaxSplit && col_blocks * split * 2 <= sms + sms / 8 && p.k >= 1024 * split) split *= 2;
+  const int64_t krange = ((p.k + split - 1) / split + 63) / 64 * 64;
+
+  cudaLaunchConfig_t config{};
+  config.gridDim = dim3(static_cast<unsigned>(col_blocks), static_cast<unsigned>(split));
+  config.blockDim = dim3(kThreads);
+  config.dynamicSmemBytes = smem;
+  config.stream = stream;
+  cudaLaunchAttribute attrs[2];
+  unsigned n_attrs = 0;
+  if (split > 1) {
+    attrs[n_attrs].id = cudaLaunchAttributeClusterDimension;
+    attrs[n_attrs].val.clusterDim.x = 1;
+    attrs[n_attrs].val.clusterDim.y = static_cast<unsigned>(split);
+    attrs[n_attrs].val.clusterDim.z = 1;
+    ++n_attrs;
+  }
+  if (md_kernels_programmatic_launch()) {
+    attrs[n_attrs].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    attrs[n_attrs].val.programmaticStreamSerializationAllowed = 1;
+    ++n_attrs;
+  }
+  config.attrs = attrs;
+  config.numAttrs = n_attrs;
+  return cudaLaunchKernelEx(&config, kernel, p, krange);
+}
+
+template <typename T>
+cudaError_t launch_typed(const md_gemv_params& p, cudaStream_t s) {
+  switch ((p.batch + 7) / 8) {
+    case 1: return launch_nb<T, 1>(p, s);
+    case 2: return launch_nb<T, 2>(p, s);
+    case 3: return launch_nb<T, 3>(p, s);
+    case 4: return launch_nb<T, 4>(p, s);
+    case 5: return launch_nb<T, 5>(p, s);
+    case 6: return launch_nb<T, 6>(p, s);
+    case 7: return launch_nb<T, 7>(p, s);
+    default: return launch_nb<T, 8>(p, s);
+  }
+}
+
+}  // namespace
+
+bool gemv_tc_ok(const md_gemv_params& p) {
+  auto aligned = [](const void* ptr) { return (reinterpret_cast<uintptr_t>(ptr) & 15) == 0; };
+  return (p.dtype == MD_FLOAT16 || p.dtype == MD_BFLOAT16) && p.batch >= 1 && p.batch <= MD_GEMV_TC_MAX_BATCH &&
+         p.k % 8 == 0 && p.w_row_stride % 8 == 0 && (p.batch == 1 || p.x_row_stride % 8 == 0) && aligned(p.w) &&
+         aligned(p.x) && device_attribute(cudaDevAttrComputeCapabilityMajor, 0) >= 9;
+}
+
+cudaError_t launch_gemv_tc(const md_gemv_params& p, cudaStream_t stream) {
+  return p.dtype == MD_FLOAT16 ? launch_typed<__half>(p, stream) : launch_typed<__nv_bfloat16>(p, stream);
+}
+
+}  // namespace md

@@ -1,0 +1,97 @@
+"""plugins/kernels/gemm_tc.cu (gemv's tensor-core form, batch 1..64, fp16 / bf16) against float64 products and
+against the CUDA-core form: odd batches and sizes, every cluster split, strided rows, bias, the conv epilogue
+over state rows. Outputs are poisoned with NaN before every launch."""
+import pytest
+import torch
+
+from mamba_deploy.ops import causal_conv1d_update_ref
+
+pytestmark = pytest.mark.gpu
+
+DTYPES = [torch.float16, torch.bfloat16]
+TOL = {torch.float16: 2e-3, torch.bfloat16: 1e-2}
+# (n, k): mamba-1.4b's x_proj, dt_proj, in_proj, out_proj; mamba2-1.3b's in_proj; odd ones (k % 8 == 0).
+# Cluster splits of k: 1 (k 72, 128), 2 (k 1032, n 8512), 4 (k 2056, partial last stage), 8 (k 4096).
+SHAPES = [(160, 4096), (4096, 128), (8192, 2048), (2048, 4096), (8512, 2048), (37, 72), (129, 1032), (1000, 2056)]
+
+
+def rnd(*shape, dtype=torch.float32, scale=1.0):
+    return (torch.randn(*shape, device="cuda") * scale).to(dtype)
+
+
+@pytest.fixture(autouse=True)
+def _hopper():
+    if torch.cuda.get_device_capability() < (9, 0):
+        pytest.skip("the tensor-core form needs compute capability 9.0+")
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("batch", [1, 3, 8, 9, 17, 33, 64])
+@pytest.mark.parametrize("n,k", SHAPES)
+def test_tc_vs_float64(rel_err, G, dtype, batch, n, k):
+    x, w, b = rnd(batch, k, dtype=dtype), rnd(n, k, dtype=dtype, scale=k ** -0.5), rnd(n, dtype=dtype)
+    ref = x.double() @ w.double().T + b.double()
+    out = torch.full((batch, n), float("nan"), dtype=dtype, device="cuda")
+    G.gemv(x, w, b, out=out, algo="tensor_cores")
+    assert torch.isfinite(out.float()).all()
+    assert rel_err(out, ref) <= TOL[dtype]
+    again = torch.full_like(out, float("nan"))
+    G.gemv(x, w, b, out=again, algo="tensor_cores")
+    assert torch.equal(out, again), "the same inputs must give the same bits"
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("batch", [2, 16])
+def test_tc_matches_cuda_cores(rel_err, G, dtype, batch):
+    """The two forms compute one function (within rounding of their different summation orders)."""
+    x, w = rnd(batch, 2048, dtype=dtype), rnd(3000, 2048, dtype=dtype, scale=2048 ** -0.5)
+    outs = {}
+    for algo in ("tensor_cores", "cuda_cores"):
+        outs[algo] = torch.full((batch, 3000), float("nan"), dtype=dtype, device="cuda")
+        G.gemv(x, w, out=outs[algo], algo=algo)
+    assert rel_err(outs["tensor_cores"], outs["cuda_cores"].double()) <= TOL[dtype]
+
+
+def test_tc_strided_rows(rel_err, G):
+    """x and out as column slices of wider buffers (x_proj reads xz[:, :d_inner]); nothing else written."""
+    xz, w = rnd(40, 3 * 256, dtype=torch.float16), rnd(48, 256, dtype=torch.float16)
+    big = torch.full((40, 100), float("nan"), dtype=torch.float16, device="cuda")
+    G.gemv(xz[:, 256:512], w, out=big[:, 40:88], algo="tensor_cores")
+    assert rel_err(big[:, 40:88], xz[:, 256:512].double() @ w.double().T) <= 2e-3
+    assert big[:, :40].isnan().all() and big[:, 88:].isnan().all()
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("batch", [3, 20, 64])
+@pytest.mark.parametrize("width", [2, 4])
+def test_tc_conv_epilogue_state_rows(rel_err, G, dtype, batch, width):
+    n, k, lo, dim, pool_size = 700, 136, 200, 300, 2 * batch + 5
+    x, w = rnd(batch, k, dtype=dtype), rnd(n, k, dtype=dtype, scale=k ** -0.5)
+    cw, cb = rnd(dim, width, dtype=dtype), rnd(dim, dtype=dtype)
+    pool = rnd(pool_size, dim, width - 1, dtype=dtype)
+    rows = torch.randperm(pool_size, device="cuda")[:batch]
+    before = pool.clone()
+    proj = (x.double() @ w.double().T).to(dtype)
+    y_ref, s_ref = causal_conv1d_update_ref(proj[:, lo:lo + dim].float(), cw.float(), cb.float(),
+                                            before[rows].float(), "silu")
+    out = torch.full((batch, n), float("nan"), dtype=dtype, device="cuda")
+    G.gemv(x, w, out=out, conv=dict(lo=lo, weight=cw, bias=cb, state=pool, state_rows=rows), algo="tensor_cores")
+    assert rel_err(out[:, lo:lo + dim], y_ref) <= 3 * TOL[dtype]
+    assert rel_err(pool[rows], s_ref) <= 3 * TOL[dtype]
+    assert rel_err(out[:, :lo], proj[:, :lo]) <= TOL[dtype] and rel_err(out[:, lo + dim:], proj[:, lo + dim:]) <= TOL[dtype]
+    others = torch.ones(pool_size, dtype=torch.bool, device="cuda")
+    others[rows] = False
+    assert torch.equal(pool[others], before[others])
+
+
+def test_tc_refusals(G):
+    x32, w32 = rnd(20, 64), rnd(80, 64)
+    with pytest.raises(ValueError, match="batch <= 16"):  # float32 has only the CUDA-core form
+        G.gemv(x32, w32, out=torch.empty(20, 80, device="cuda"))
+    x, w = rnd(4, 60, dtype=torch.float16), rnd(80, 60, dtype=torch.float16)  # k % 8 != 0
+    with pytest.raises(RuntimeError, match="tensor-core form needs"):
+        G.gemv(x, w, out=torch.empty(4, 80, dtype=torch.float16, device="cuda"), algo="tensor_cores")
+    with pytest.raises(ValueError, match="algo"):
+        G.gemv(x, w, out=torch.empty(4, 80, dtype=torch.float16, device="cuda"), algo="fast")
+    assert not G.tc_ok(x, w) and G.tc_ok(rnd(64, 64, dtype=torch.bfloat16), rnd(8, 64, dtype=torch.bfloat16))
+    assert not G.tc_ok(rnd(65, 64, dtype=torch.float16), rnd(8, 64, dtype=torch.float16))
