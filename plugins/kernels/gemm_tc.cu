@@ -8,8 +8,8 @@
 //
 // Block: 8 warps = 4 along n (32 columns each: two m16 tiles) x 2 along k (one 32-wide k step each per stage),
 // 128 columns. Each stage of 64 k holds the block's 128 weight rows and the nb * 8 x rows in shared memory,
-// copied with cp.async kStages - 1 stages ahead of the products (48 KB of weights in flight per block, two or
-// three blocks a multiprocessor: about what the bandwidth asks for, 32 GB/s a multiprocessor times the memory
+// copied with cp.async kStages - 1 stages ahead of the products (48 KB of weights in flight per block, one or
+// two blocks a multiprocessor: about what the bandwidth asks for, 32 GB/s a multiprocessor times the memory
 // latency). Each block starts at its own stage of the k range and wraps around: every block reads the same x,
 // and blocks in step would all ask the same few L2 lines for it at once.
 // The 16-byte units of odd rows are swizzled so that a quarter warp's reads of two rows hit distinct banks.
