@@ -13,7 +13,7 @@ mixer, out_proj] -> final add+norm -> LM head -> greedy argmax written back into
 greedy loop is just replays). Per layer, kernels:
   Mamba1: row_norm (add) | gemv in_proj + conv epilogue | gemv x_proj | mamba1_step (dt_proj + softplus +
           state update + D + gate, fused) | gemv out_proj                              (5 launches)
-          (from batch dt_gemm_min_batch on, dt_proj is a cuBLAS GEMM before a streaming mamba1_step)
+          (from batch dt_gemm_min_batch on, dt_proj is one projection (_proj) before a streaming mamba1_step)
           Falcon-Mamba adds, after x_proj, its weightless RMS norms on dt and on B, C in place
           (the gated-norm kernel, no gate, unit weight)                                (+2 launches)
   MLP (d_intermediate > 0, after either mixer): row_norm (add, norm2) | gemv fc1 | silu * mul | gemv fc2
@@ -73,7 +73,7 @@ class NativeEngine:
         self.max_batch, self.chunk_len, self.use_graphs = max_batch, chunk_len, use_graphs
         self.gemv_max_batch = min(gemv_max_batch, G.MAX_BATCH)
         self.tc_max_batch = min(tc_max_batch, G.TC_MAX_BATCH)  # 0: cuBLAS for every batch > gemv_max_batch
-        self.dt_gemm_min_batch = dt_gemm_min_batch  # Mamba1: from this batch on, dt_proj is one cuBLAS GEMM
+        self.dt_gemm_min_batch = dt_gemm_min_batch  # Mamba1: from this batch on, dt_proj is one projection (_proj)
         Hy.check_supported(cfg)
         if programmatic_launch and torch.cuda.get_device_capability(self.device) >= (9, 0):
             _lib.set_programmatic_launch(True)
