@@ -162,8 +162,9 @@ def test_selective_scan(cuda, dtype, batch, seqlen, dstate):
 @pytest.mark.parametrize("seqlen", [100, 700])  # chunks of 128 steps (8 a thread), of 256 (16 a thread)
 def test_selective_scan_channel_last_odd_sizes(cuda, dtype, gate, seqlen):
     """The native engine's layouts (channel-last views of (batch, seqlen, dim) buffers) through mamba1_scan.cu's
-    kernel: 37 channels (a partial block of 16), dstate 5, a partial last chunk, no D / gate or both."""
-    batch, dim, dstate = 2, 37, 5
+    kernel (more than 1024 tokens in all, else the state-parallel walk takes them): 37 channels (a partial block
+    of 16), dstate 5, a partial last chunk, no D / gate or both."""
+    batch, dim, dstate = 11, 37, 5
     kw = mamba1_inputs(batch, dim, seqlen, dstate, dtype)
     for key in ("u", "delta", "z", "B", "C"):
         kw[key] = kw[key].transpose(1, 2).contiguous().transpose(1, 2)  # same values, unit channel / state stride
@@ -436,7 +437,8 @@ def test_state_update_state_rows(cuda, dtype, batch, arch):
 
 
 @pytest.mark.parametrize("arch", ["mamba1", "mamba2"])
-@pytest.mark.parametrize("batch,seqlen", [(3, 129), (1, 1500)])  # 1500 at batch 1: the time-parallel form
+# 1500 at batch 1: the time-parallel form; 9 x 129 (over 1024 tokens): Mamba1 with dstate 16 in mamba1_scan.cu
+@pytest.mark.parametrize("batch,seqlen", [(9, 129), (1, 1500)])
 def test_scan_state_rows(cuda, arch, batch, seqlen, monkeypatch):
     from mamba_deploy.ops import _lib
 
