@@ -24,10 +24,12 @@ constexpr int kLanes = 16;   // threads per channel
 constexpr int kThreads = kRows * kLanes;
 constexpr int kMaxState = 16;
 constexpr int kMinSeqlen = 64;  // shorter sequences: the state-parallel walk of ssm_scan.cu is as fast
-// Batches of short sequences (batch x seqlen up to this) also go to the walk: measured on the H200 at dim 4096,
-// dstate 16 (benchmarks/mamba1_scan.py), walk / this kernel in us: 1 x 100 78 / 159, 4 x 100 81 / 154,
-// 8 x 100 137 / 158, 1 x 300 105 / 161; 16 x 100 256 / 233, 8 x 300 455 / 348, 1 x 2048 490 / 308.
-constexpr int64_t kMaxWalkTokens = 1024;
+// Small batches of short sequences (batch x seqlen up to kMaxWalkTokens, seqlen under kMaxWalkSeqlen) also go
+// to the walk: measured on the H200 at dim 4096, dstate 16 (benchmarks/mamba1_scan.py), walk / this kernel in
+// us: 1 x 100 78 / 159, 4 x 100 81 / 154, 8 x 100 137 / 158; 16 x 100 256 / 233, 8 x 300 455 / 348,
+// 1 x 2048 490 / 308. Under 192 steps the walk is one pass with no scratch, as in the TensorRT plugins, which
+// give no workspace (longer walks there would be the slow single walk; 1 x 300 was 105 / 161 with scratch).
+constexpr int64_t kMaxWalkTokens = 1024, kMaxWalkSeqlen = 192;
 constexpr float kLog2e = 1.4426950408889634f;
 // kItems, the consecutive steps per thread, is a template parameter: 16 (chunks of 256 steps) for long
 // sequences; 8 (chunks of 128, about 7% slower per step at L = 2048 on the H200) when that pads less, as for
@@ -257,7 +259,7 @@ cudaError_t launch_items(const Args& a, cudaStream_t stream) {
 
 bool mamba1_scan_eligible(const md_ssm_params& p) {
   return p.headdim == 1 && p.ngroups == 1 && p.dstate <= kMaxState && p.seqlen >= kMinSeqlen &&
-         p.batch * p.seqlen > kMaxWalkTokens && p.nheads <= (int64_t{1} << 31) - kRows;
+         (p.seqlen >= kMaxWalkSeqlen || p.batch * p.seqlen > kMaxWalkTokens) && p.nheads <= (int64_t{1} << 31) - kRows;
 }
 
 cudaError_t launch_mamba1_scan(const md_ssm_params& p, cudaStream_t stream) {

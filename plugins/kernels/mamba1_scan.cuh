@@ -8,7 +8,8 @@
 namespace md {
 
 // Whether the scan of `p` takes mamba1_scan.cu's kernel: the Mamba1 layout (headdim 1, one group) with
-// dstate <= 16, at least 64 steps and more than 1024 tokens in all (batch x seqlen). It needs no workspace.
+// dstate <= 16, at least 64 steps, and 192 steps or more than 1024 tokens in all (batch x seqlen). It needs
+// no workspace.
 bool mamba1_scan_eligible(const md_ssm_params& p);
 
 // Launch it (eligible params, already validated by md_launch_ssm_scan_ws).
