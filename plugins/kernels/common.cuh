@@ -114,6 +114,17 @@ cudaError_t launch_pdl(void (*kernel)(Params...), dim3 grid, dim3 block, size_t 
 }
 
 // ---- host-side checks --------------------------------------------------------------------------
+// An attribute of the current device, or `fallback` when it cannot be read (the query's error is cleared:
+// it only means the launcher plans for a typical GPU).
+inline int device_attribute(cudaDeviceAttr attr, int fallback) {
+  int device = 0, value = 0;
+  if (cudaGetDevice(&device) != cudaSuccess || cudaDeviceGetAttribute(&value, attr, device) != cudaSuccess) {
+    cudaGetLastError();
+    return fallback;
+  }
+  return value;
+}
+
 void set_check_message(const char* msg);
 inline bool valid_dtype(int64_t d) { return d == MD_FLOAT32 || d == MD_FLOAT16 || d == MD_BFLOAT16; }
 

@@ -266,12 +266,6 @@ __global__ void __launch_bounds__(kThreads, 2) gemv_tc_kernel(const md_gemv_para
 #endif
 }
 
-int device_attribute(cudaDeviceAttr attr, int fallback) {
-  int dev = 0, v = 0;
-  if (cudaGetDevice(&dev) != cudaSuccess || cudaDeviceGetAttribute(&v, attr, dev) != cudaSuccess) return fallback;
-  return v;
-}
-
 template <typename T, int NB>
 cudaError_t launch_nb(const md_gemv_params& p, cudaStream_t stream) {
   constexpr size_t smem = smem_bytes<NB>();

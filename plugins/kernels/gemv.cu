@@ -141,9 +141,8 @@ cudaError_t launch_gemv_typed(const md_gemv_params& p, int split, cudaStream_t s
 int auto_split(const md_gemv_params& p) {
   static int sms = 0;
   if (sms == 0) {
-    int dev = 0;
-    cudaGetDevice(&dev);
-    if (cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess || sms <= 0) sms = 132;
+    sms = device_attribute(cudaDevAttrMultiProcessorCount, 132);
+    if (sms <= 0) sms = 132;
   }
   const int64_t target = static_cast<int64_t>(sms) * 32;  // warps: half of a full machine
   int split = 1;

@@ -404,15 +404,7 @@ size_t state_smem(int P, int N) {
   return sizeof(T) * kQ * ((P + kPad) + 2 * (N + kPad)) + 3 * sizeof(float) * kQ;
 }
 
-int max_smem_optin() {
-  int device = 0, bytes = 0;
-  if (cudaGetDevice(&device) != cudaSuccess ||
-      cudaDeviceGetAttribute(&bytes, cudaDevAttrMaxSharedMemoryPerBlockOptin, device) != cudaSuccess) {
-    cudaGetLastError();
-    return 48 << 10;
-  }
-  return bytes;
-}
+int max_smem_optin() { return device_attribute(cudaDevAttrMaxSharedMemoryPerBlockOptin, 48 << 10); }
 
 template <typename T, typename S>
 cudaError_t launch_typed(const SsdArgs& a, cudaStream_t stream) {

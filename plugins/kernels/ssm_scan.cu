@@ -320,12 +320,7 @@ int64_t rows_per_block(int64_t dstate) { return dstate <= 16 ? 32 : dstate <= 12
 int64_t plan_chunks(const md_ssm_params* p) {
   constexpr int64_t kMinChunk = 64, kMaxWorkspace = int64_t(256) << 20;
   if (p->seqlen < 3 * kMinChunk || p->batch == 0) return 1;
-  int device = 0, sms = 132;
-  if (cudaGetDevice(&device) != cudaSuccess ||
-      cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device) != cudaSuccess) {
-    cudaGetLastError();  // a query failure only means: assume an H100-sized GPU
-    sms = 132;
-  }
+  const int sms = device_attribute(cudaDevAttrMultiProcessorCount, 132);  // unreadable: an H100-sized GPU
   const int64_t rows_per_group = (p->nheads / p->ngroups) * p->headdim, bpr = rows_per_block(p->dstate);
   const int64_t blocks = (rows_per_group + bpr - 1) / bpr * p->ngroups * p->batch;
   int64_t n = (4 * sms + blocks - 1) / blocks;
