@@ -426,7 +426,7 @@ SAMPLER_ROWS = {"temperature": torch.float32, "top_p": torch.float32, "min_p": t
 
 def sample_cuda(logits: torch.Tensor, slots: torch.Tensor, vocab_limit: int, weight_bits: int,
                 rows: dict[str, torch.Tensor], scratch: torch.Tensor, *, out: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """The whole sampler of runtime/sampler.py for one token per logits row, one block per row
+    """The whole sampler of runtime/sampler.py for one token per logits row, a cluster of blocks per row
     (plugins/kernels/sampling.h); its reference is `SamplerState.sample_torch`.
 
     logits: (n, V) float32/float16/bfloat16, unit stride along V; slots: (n,) int64, distinct rows of the

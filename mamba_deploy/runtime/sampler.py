@@ -7,7 +7,7 @@ Philox kernel on CUDA): no host synchronisation and no data-dependent shapes, so
 samples can be captured in a CUDA graph; greedy and sampled rows mix in one call. On the CPU, where nothing
 is captured, steps 3-8 sort only each row's top candidates when that provably gives the same token
 (`pick_tokens_host`). On CUDA (from KERNEL_MIN_ROWS rows) the whole of it is one kernel
-(`ops.cuda.sample_cuda`, a block per row) that never sorts: it finds each position below by radix
+(`ops.cuda.sample_cuda`, a cluster of blocks per row) that never sorts: it finds each position below by radix
 selection on (value, token id), with the same tokens as the torch form (`SamplerState.sample_torch`).
 
 Per row, in this order (float32 unless said; `sampler_reference.sample_reference` is the same, written
@@ -47,10 +47,10 @@ from ..ops.philox import philox_uniform
 from .sampling import SamplingParams, apply_repetition_penalty, mask_padding
 
 
-# The kernel runs a row on one SM, so below a few rows the torch form (whose sort spreads one row over the GPU)
-# is faster: H200, 50k vocabulary, T=0.7 top-p 0.9 (benchmarks/sampler_gpu.py): 1 row 191 us torch / 215 us
-# kernel; 16 rows 350 / 225; 64 rows 707 / 226. Both give the same tokens.
-KERNEL_MIN_ROWS = 4
+# The kernel spreads a row over a cluster of up to 8 blocks (compute capability 9.0+), so it is the faster form
+# at every batch size: H200, 50k vocabulary, T=0.7 top-p 0.9 (benchmarks/sampler_gpu.py): 1 row 191 us torch /
+# 57 us kernel; 16 rows 350 / 70; 64 rows 707 / 103. Both give the same tokens.
+KERNEL_MIN_ROWS = 1
 
 
 def weight_bits(vocab: int) -> int:

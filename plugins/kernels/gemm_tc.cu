@@ -20,6 +20,7 @@
 // same inputs give the same bits.
 #include <cstdint>
 
+#include "cluster.cuh"
 #include "common.cuh"
 #include "gemm_tc.cuh"
 #include "gemv_epilogue.cuh"
@@ -66,27 +67,6 @@ template <typename T> struct Mma;
 MD_MMA_16816(__half, "f16")
 MD_MMA_16816(__nv_bfloat16, "bf16")
 #undef MD_MMA_16816
-
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-__device__ __forceinline__ void cluster_sync() {
-  asm volatile("barrier.cluster.arrive.release.aligned;\n\tbarrier.cluster.wait.acquire.aligned;" ::: "memory");
-}
-__device__ __forceinline__ uint32_t cluster_rank() {
-  uint32_t r;
-  asm volatile("mov.u32 %0, %%cluster_ctarank;" : "=r"(r));
-  return r;
-}
-// The 4 floats at the same shared-memory offset as `local` (16-byte aligned) in block `rank` of the cluster.
-// volatile, no memory clobber: kept after the cluster barrier, yet several can be in flight.
-__device__ __forceinline__ float4 ld_cluster4(const float* local, uint32_t rank) {
-  const uint32_t a = static_cast<uint32_t>(__cvta_generic_to_shared(local));
-  uint32_t remote;
-  float4 v;
-  asm volatile("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(remote) : "r"(a), "r"(rank));
-  asm volatile("ld.shared::cluster.v4.f32 {%0, %1, %2, %3}, [%4];" : "=f"(v.x), "=f"(v.y), "=f"(v.z), "=f"(v.w) : "r"(remote));
-  return v;
-}
-#endif
 
 // The 16-byte units of a stage that this thread copies, worked out once: a stage's copies are then an add
 // and a predicate each. Unit u = threadIdx.x % 8 of weight rows threadIdx.x / 8 + 32 j and of x rows likewise.

@@ -3,6 +3,7 @@
 #include <climits>
 #include <cstdint>
 
+#include "cluster.cuh"
 #include "common.cuh"
 #include "sampling.h"
 
@@ -47,33 +48,22 @@ __global__ void philox_uniform_kernel(const md_philox_params p) {
 
 // ---- one token per row (md_launch_sample) ---------------------------------------------------------------
 // The sorted order of runtime/sampler.py (value descending, equal values by lower id) is never built: every
-// quantity the sampler needs is a position where a running sum along that order reaches a target, and a
-// block finds it by radix selection on the value's bits, with histograms of the weights, then among equal
-// values by id. The row's scaled values live in the caller's scratch (L1/L2-resident between passes).
+// quantity the sampler needs is a position where a running sum along that order reaches a target, and the
+// row's blocks find it by radix selection on the value's bits, with histograms of the weights, then among
+// equal values by id. A row is a cluster of blocks (compute capability 9.0+), each holding its slice of the
+// row's scaled values in shared memory (or, for vocabularies too large for that, in the caller's scratch);
+// the blocks add their histograms and sums through distributed shared memory.
 constexpr int kSampleThreads = 1024;
 constexpr int kSampleWarps = kSampleThreads / 32;
 constexpr int kDigitBits = 8;
 constexpr int kBuckets = 1 << kDigitBits;
-constexpr int kUnroll = 8;  // loads in flight per thread: each pass over the row is latency-bound otherwise
-
-// Calls f(i, v) with v = row[i] for i = threadIdx.x + k * kSampleThreads, k = 0, 1, ... in order, kUnroll loads
-// ahead; every thread of the block makes the same calls (v = 0 for i >= vocab), so f may hold warp collectives.
-template <typename F>
-__device__ __forceinline__ void row_loop(const float* __restrict__ row, int vocab, F f) {
-  for (int base = 0; base < vocab; base += kUnroll * kSampleThreads) {
-    float v[kUnroll];
-#pragma unroll
-    for (int u = 0; u < kUnroll; ++u) {
-      const int i = base + u * kSampleThreads + static_cast<int>(threadIdx.x);
-      v[u] = i < vocab ? row[i] : 0.0f;
-    }
-#pragma unroll
-    for (int u = 0; u < kUnroll; ++u) f(base + u * kSampleThreads + static_cast<int>(threadIdx.x), v[u]);
-  }
-}
+constexpr int kTopShift = 32 - kDigitBits;
+constexpr int kUnroll = 8;  // loads in flight per thread: a pass over a slice in the scratch is latency-bound
+constexpr int kMaxCluster = 8;
 
 struct SampleShared {
   unsigned long long hist[kSampleWarps][kBuckets];  // a histogram per warp: no contention between warps
+  int64_t exchange[2][kBuckets];  // what the row's other blocks read from this one (see ClusterRow)
   int64_t warp_sums[kSampleWarps];
   float warp_value[kSampleWarps];
   int warp_index[kSampleWarps];
@@ -81,6 +71,76 @@ struct SampleShared {
   int64_t digit_above;
   int found;
 };
+constexpr size_t kSampleSharedBytes = (sizeof(SampleShared) + 15) / 16 * 16;  // the slice's values follow
+
+// The blocks of one row. An exchange publishes up to kBuckets values per block, passes one cluster barrier,
+// then reads any block's; exchanges alternate between two buffers, so a buffer is rewritten only after the
+// next exchange's barrier, which every block passes after its reads of this one. All threads of all the
+// row's blocks make the same exchanges in the same order.
+struct ClusterRow {
+  uint32_t rank, blocks;
+  int round = 0;
+
+  __device__ int64_t* publish(SampleShared& sh) { return sh.exchange[round++ & 1]; }
+
+  // Thread t < n: the sum over the blocks of their buf[t], where buf = publish(sh) was filled before the call.
+  __device__ int64_t sum_published(const int64_t* buf, int n) {
+    cluster_sync();
+    int64_t sum = 0;
+    if (static_cast<int>(threadIdx.x) < n) {
+#pragma unroll
+      for (uint32_t r = 0; r < kMaxCluster; ++r) {
+        if (r < blocks) sum += ld_cluster_s64(buf + threadIdx.x, r);
+      }
+    }
+    return sum;
+  }
+
+  // Every thread: the blocks' values (each block's `mine`, the same in all its threads) folded by `combine`
+  // in rank order from `init`; *before gets the fold of the blocks ranked below this one.
+  template <typename F>
+  __device__ int64_t fold(int64_t mine, int64_t init, F combine, SampleShared& sh, int64_t* before = nullptr) {
+    int64_t* buf = publish(sh);
+    if (threadIdx.x == 0) buf[0] = mine;
+    cluster_sync();
+    int64_t values[kMaxCluster];
+#pragma unroll
+    for (uint32_t r = 0; r < kMaxCluster; ++r) values[r] = r < blocks ? ld_cluster_s64(buf, r) : 0;
+    int64_t acc = init;
+#pragma unroll
+    for (uint32_t r = 0; r < kMaxCluster; ++r) {
+      if (r >= blocks) break;
+      if (before && r == rank) *before = acc;
+      acc = combine(acc, values[r]);
+    }
+    return acc;
+  }
+};
+
+__device__ __forceinline__ int64_t add_i64(int64_t a, int64_t b) { return a + b; }
+
+// This block's part of a row: ids [begin, end), their values at values[i - begin].
+struct SampleSlice {
+  float* values;
+  int begin, end;
+};
+
+// Calls f(i, v) with v = values[i - begin] for i = begin + threadIdx.x + k * kSampleThreads, k = 0, 1, ... in
+// order, kUnroll loads ahead; every thread of the block makes the same calls (v = 0 for i >= end), so f may
+// hold warp collectives.
+template <typename F>
+__device__ __forceinline__ void slice_loop(const SampleSlice& s, F f) {
+  for (int base = s.begin; base < s.end; base += kUnroll * kSampleThreads) {
+    float v[kUnroll];
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) {
+      const int i = base + u * kSampleThreads + static_cast<int>(threadIdx.x);
+      v[u] = i < s.end ? s.values[i - s.begin] : 0.0f;
+    }
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) f(base + u * kSampleThreads + static_cast<int>(threadIdx.x), v[u]);
+  }
+}
 
 // Larger value -> larger key (scaled values are never -0.0: the sampler adds +0.0).
 __device__ __forceinline__ uint32_t order_key(float v) {
@@ -119,15 +179,19 @@ __device__ __forceinline__ int64_t block_exclusive_sum(int64_t value, SampleShar
   return before;
 }
 
-// The block's largest `value`, and the lowest `index` holding it, in every thread.
-__device__ __forceinline__ void block_argmax(float& value, int& index, SampleShared& sh) {
+__device__ __forceinline__ bool beats(float v, int i, float value, int index) {
+  return v > value || (v == value && i < index);
+}
+
+// The row's largest `value`, and the lowest `index` holding it, in every thread.
+__device__ __forceinline__ void row_argmax(float& value, int& index, ClusterRow& cl, SampleShared& sh) {
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   for (int round = 0; round < 2; ++round) {
 #pragma unroll
     for (int d = 16; d > 0; d >>= 1) {
       const float v = __shfl_xor_sync(0xffffffffu, value, d);
       const int i = __shfl_xor_sync(0xffffffffu, index, d);
-      if (v > value || (v == value && i < index)) {
+      if (beats(v, i, value, index)) {
         value = v;
         index = i;
       }
@@ -142,12 +206,24 @@ __device__ __forceinline__ void block_argmax(float& value, int& index, SampleSha
     index = sh.warp_index[lane];
     __syncthreads();
   }
+  const auto pack = [](float v, int i) {
+    return static_cast<int64_t>((static_cast<uint64_t>(__float_as_uint(v)) << 32) | static_cast<uint32_t>(i));
+  };
+  const int64_t best = cl.fold(pack(value, index), pack(value, index), [&](int64_t a, int64_t b) {
+    const float bv = __uint_as_float(static_cast<uint32_t>(static_cast<uint64_t>(b) >> 32));
+    const int bi = static_cast<int>(static_cast<uint32_t>(b));
+    const float av = __uint_as_float(static_cast<uint32_t>(static_cast<uint64_t>(a) >> 32));
+    return beats(bv, bi, av, static_cast<int>(static_cast<uint32_t>(a))) ? b : a;
+  }, sh);
+  value = __uint_as_float(static_cast<uint32_t>(static_cast<uint64_t>(best) >> 32));
+  index = static_cast<int>(static_cast<uint32_t>(best));
 }
 
-// One row after its first pass: scaled values, top value, 2^S, and its top-k boundary (kept iff the key is
-// above kth_key, or equal with an id <= kth_id; everything is kept when top-k is off).
+// One row after its first pass: this block's slice of the scaled values, the row's vocabulary and top value,
+// 2^S, and its top-k boundary (kept iff the key is above kth_key, or equal with an id <= kth_id; everything
+// is kept when top-k is off).
 struct SampleRow {
-  const float* scaled;
+  SampleSlice slice;
   int vocab;
   float top;
   float scale;
@@ -179,39 +255,66 @@ __device__ __forceinline__ void histogram_add(unsigned long long* hist, uint32_t
   if ((threadIdx.x & 31) == __ffs(peers) - 1) hist[digit] += __popc(peers);
 }
 
-// With unit weights (kCount: every token) or the row's weights (tokens in the top-k): the key of the token at
-// which the running sum along the sorted order first reaches `target` (1 <= target <= the sum of all);
+__device__ __forceinline__ void clear_histograms(SampleShared& sh) {
+  for (int b = threadIdx.x; b < kSampleWarps * kBuckets; b += kSampleThreads) (&sh.hist[0][0])[b] = 0;
+  __syncthreads();
+}
+
+// After the warps' histogram_add calls: the row's total of digit kBuckets - 1 - threadIdx.x (0 in threads
+// >= kBuckets), summed over the warps and the row's blocks. Each digit's warps are summed by 4 threads.
+__device__ __forceinline__ int64_t row_buckets(ClusterRow& cl, SampleShared& sh) {
+  static_assert(kSampleThreads == 4 * kBuckets && kSampleWarps % 4 == 0, "4 threads a digit");
+  constexpr int kWarpsPerPart = kSampleWarps / 4;
+  __syncthreads();
+  const int slot = static_cast<int>(threadIdx.x) >> 2, part = threadIdx.x & 3;
+  int64_t bucket = 0;
+#pragma unroll
+  for (int w = part * kWarpsPerPart; w < (part + 1) * kWarpsPerPart; ++w) {
+    bucket += static_cast<int64_t>(sh.hist[w][kBuckets - 1 - slot]);
+  }
+  bucket += __shfl_xor_sync(0xffffffffu, bucket, 1);
+  bucket += __shfl_xor_sync(0xffffffffu, bucket, 2);
+  int64_t* buf = cl.publish(sh);
+  if (part == 0) buf[slot] = bucket;
+  return cl.sum_published(buf, kBuckets);
+}
+
+// With unit weights (kCount: every token) or the row's weights (tokens in the top-k): the row's histogram of
+// the digit at `shift` over the keys whose bits above it are `prefix`, as row_buckets gives it.
+template <bool kCount>
+__device__ int64_t digit_histogram(const SampleRow& row, uint32_t prefix, int shift, ClusterRow& cl,
+                                   SampleShared& sh) {
+  clear_histograms(sh);
+  const uint32_t fixed = shift + kDigitBits >= 32 ? 0u : ~0u << (shift + kDigitBits);
+  slice_loop(row.slice, [&](int i, float v) {
+    uint64_t w = 0;
+    uint32_t digit = 0;
+    const uint32_t key = order_key(v);
+    if (i < row.slice.end && (key & fixed) == prefix) {
+      w = kCount ? 1 : (row.in_top_k(key, i) ? row.weight_of(row.prob(v)) : 0);
+      digit = (key >> shift) & (kBuckets - 1);
+    }
+    histogram_add<kCount>(sh.hist[threadIdx.x >> 5], digit, w);
+  });
+  return row_buckets(cl, sh);
+}
+
+// The key of the token at which the running sum along the sorted order first reaches `target` (1 <= target
+// <= the sum of all), from the row's histogram of the top digit (`top_digit`, as row_buckets gives it);
 // *above = the sum over the keys greater than it.
 template <bool kCount>
-__device__ uint32_t radix_select(const SampleRow& row, int64_t target, SampleShared& sh, int64_t* above) {
+__device__ uint32_t radix_select(const SampleRow& row, int64_t target, int64_t top_digit, ClusterRow& cl,
+                                 SampleShared& sh, int64_t* above) {
   uint32_t prefix = 0;
   int64_t acc = 0;
-  for (int shift = 32 - kDigitBits; shift >= 0; shift -= kDigitBits) {
-    for (int b = threadIdx.x; b < kSampleWarps * kBuckets; b += kSampleThreads) (&sh.hist[0][0])[b] = 0;
-    __syncthreads();
-    const uint32_t fixed = shift + kDigitBits >= 32 ? 0u : ~0u << (shift + kDigitBits);
-    row_loop(row.scaled, row.vocab, [&](int i, float v) {
-      uint64_t w = 0;
-      uint32_t digit = 0;
-      const uint32_t key = order_key(v);
-      if (i < row.vocab && (key & fixed) == prefix) {
-        w = kCount ? 1 : (row.in_top_k(key, i) ? row.weight_of(row.prob(v)) : 0);
-        digit = (key >> shift) & (kBuckets - 1);
-      }
-      histogram_add<kCount>(sh.hist[threadIdx.x >> 5], digit, w);
-    });
-    __syncthreads();
+  for (int shift = kTopShift; shift >= 0; shift -= kDigitBits) {
+    const int64_t bucket = shift == kTopShift ? top_digit : digit_histogram<kCount>(row, prefix, shift, cl, sh);
     // Buckets from the highest digit down: the one where the running sum reaches target - acc.
     const int64_t need = target - acc;
-    const int digit = kBuckets - 1 - static_cast<int>(threadIdx.x);
-    int64_t bucket = 0;
-    if (digit >= 0) {
-      for (int w = 0; w < kSampleWarps; ++w) bucket += static_cast<int64_t>(sh.hist[w][digit]);
-    }
     int64_t total;
     const int64_t before = block_exclusive_sum(bucket, sh, &total);
     if (bucket > 0 && before < need && need <= before + bucket) {
-      sh.digit = static_cast<uint32_t>(digit);
+      sh.digit = static_cast<uint32_t>(kBuckets - 1 - static_cast<int>(threadIdx.x));
       sh.digit_above = before;
     }
     __syncthreads();
@@ -222,15 +325,16 @@ __device__ uint32_t radix_select(const SampleRow& row, int64_t target, SampleSha
   return prefix;
 }
 
-// The id of the j-th (from 0, in id order) token whose key is `key`; j must be below their count.
-__device__ int nth_with_key(const SampleRow& row, uint32_t key, int64_t j, SampleShared& sh) {
+// The id of the j-th (from 0, in id order) token of this block's slice whose key is `key`; j must be below
+// their count. Every thread of the block calls.
+__device__ int nth_in_slice(const SampleSlice& s, uint32_t key, int64_t j, SampleShared& sh) {
   int64_t passed = 0;
-  for (int base = 0; base < row.vocab; base += kUnroll * kSampleThreads) {
+  for (int base = s.begin; base < s.end; base += kUnroll * kSampleThreads) {
     uint32_t keys[kUnroll];
 #pragma unroll
     for (int u = 0; u < kUnroll; ++u) {
       const int i = base + u * kSampleThreads + static_cast<int>(threadIdx.x);
-      keys[u] = i < row.vocab ? order_key(row.scaled[i]) : ~key;
+      keys[u] = i < s.end ? order_key(s.values[i - s.begin]) : ~key;
     }
 #pragma unroll
     for (int u = 0; u < kUnroll; ++u) {
@@ -246,48 +350,76 @@ __device__ int nth_with_key(const SampleRow& row, uint32_t key, int64_t j, Sampl
       passed += count;
     }
   }
-  return row.vocab - 1;
+  return -1;
+}
+
+// The id of the j-th (from 0, in id order) token of the row whose key is `key`; j must be below their count.
+__device__ int nth_with_key(const SampleRow& row, uint32_t key, int64_t j, ClusterRow& cl, SampleShared& sh) {
+  int64_t own = 0;
+  slice_loop(row.slice, [&](int i, float v) { own += i < row.slice.end && order_key(v) == key; });
+  int64_t count;
+  block_exclusive_sum(own, sh, &count);
+  int64_t before = 0;
+  cl.fold(count, 0, add_i64, sh, &before);  // the same slices in rank order: ids ascending
+  const int found = before <= j && j < before + count ? nth_in_slice(row.slice, key, j - before, sh) : -1;
+  const int64_t id = cl.fold(found, -1, [](int64_t a, int64_t b) { return a > b ? a : b; }, sh);
+  return id >= 0 ? static_cast<int>(id) : row.vocab - 1;
 }
 
 // Steps 4-8 of the sampler's docstring on a row whose first pass is done: the drawn token.
-__device__ int draw(SampleRow& row, int64_t top_k, float top_p, float min_p, float uniform, SampleShared& sh) {
+__device__ int draw(SampleRow& row, int64_t top_k, float top_p, float min_p, float uniform, ClusterRow& cl,
+                    SampleShared& sh) {
   if (top_k > 0 && top_k < row.vocab) {  // the token at position k - 1 bounds the top-k
     int64_t above;
-    const uint32_t key = radix_select<true>(row, top_k, sh, &above);
-    const int id = nth_with_key(row, key, top_k - 1 - above, sh);
+    const int64_t counts = digit_histogram<true>(row, 0, kTopShift, cl, sh);
+    const uint32_t key = radix_select<true>(row, top_k, counts, cl, sh, &above);
+    const int id = nth_with_key(row, key, top_k - 1 - above, cl, sh);
     row.kth_key = key;
     row.kth_id = id;
   }
-  int64_t own_total = 0, own_min_p = 0;
-  row_loop(row.scaled, row.vocab, [&](int i, float v) {
-    if (i >= row.vocab || !row.in_top_k(order_key(v), i)) return;
-    const float p = row.prob(v);
-    const int64_t w = row.weight_of(p);
-    own_total += w;
-    own_min_p += p >= min_p ? w : 0;
+  // One pass for the kept weights' total, the min-p prefix's and the top digit's histogram (the first step of
+  // both selections below).
+  clear_histograms(sh);
+  int64_t own_min_p = 0;
+  slice_loop(row.slice, [&](int i, float v) {
+    const uint32_t key = order_key(v);
+    int64_t w = 0;
+    if (i < row.slice.end && row.in_top_k(key, i)) {
+      const float p = row.prob(v);
+      w = row.weight_of(p);
+      own_min_p += p >= min_p ? w : 0;
+    }
+    histogram_add<false>(sh.hist[threadIdx.x >> 5], key >> kTopShift, static_cast<uint64_t>(w));
   });
-  int64_t total, kept;
-  block_exclusive_sum(own_total, sh, &total);
-  block_exclusive_sum(own_min_p, sh, &kept);  // min-p keeps a prefix: its running sum at its end
+  int64_t block_min_p;
+  block_exclusive_sum(own_min_p, sh, &block_min_p);
+  const int64_t top_digit = row_buckets(cl, sh);
+  int64_t total;
+  block_exclusive_sum(top_digit, sh, &total);
+  int64_t kept = cl.fold(block_min_p, 0, add_i64, sh);  // min-p keeps a prefix: its running sum at its end
   if (top_p < 1.0f) {  // top-p ends at the first position whose running sum reaches top_p * total
     const int64_t target = static_cast<int64_t>(ceil(static_cast<double>(top_p) * static_cast<double>(total)));
     int64_t above;
-    const uint32_t key = radix_select<false>(row, target, sh, &above);
+    const uint32_t key = radix_select<false>(row, target, top_digit, cl, sh, &above);
     const int64_t w = row.weight_of(row.prob(key_value(key)));  // every kept token of that value weighs w
     kept = min(kept, above + ((target - above - 1) / w + 1) * w);
   }
   const int64_t target = static_cast<int64_t>(floor(static_cast<double>(uniform) * static_cast<double>(kept))) + 1;
   int64_t above;
-  const uint32_t key = radix_select<false>(row, target, sh, &above);
+  const uint32_t key = radix_select<false>(row, target, top_digit, cl, sh, &above);
   const int64_t w = row.weight_of(row.prob(key_value(key)));
-  return nth_with_key(row, key, (target - above - 1) / w, sh);
+  return nth_with_key(row, key, (target - above - 1) / w, cl, sh);
 }
 
+// Grid: rows x blocks_per_row blocks, clusters of blocks_per_row; block r of a row holds ids [r * slice,
+// (r + 1) * slice) in shared memory after SampleShared (values_in_smem) or in the scratch row.
 template <typename T>
-__global__ void __launch_bounds__(kSampleThreads) sample_kernel(const md_sample_params p) {
+__global__ void __launch_bounds__(kSampleThreads) sample_kernel(const md_sample_params p, int slice,
+                                                                 int values_in_smem) {
   extern __shared__ __align__(16) unsigned char sample_smem[];
   SampleShared& sh = *reinterpret_cast<SampleShared*>(sample_smem);
-  const int64_t r = blockIdx.x;
+  ClusterRow cl{cluster_rank(), cluster_blocks()};
+  const int64_t r = blockIdx.x / cl.blocks;
   const int64_t slot = static_cast<const int64_t*>(p.slots)[r];
   const int vocab = static_cast<int>(p.vocab), limit = static_cast<int>(p.vocab_limit);
   const float temperature = static_cast<const float*>(p.temperature)[slot];
@@ -296,24 +428,27 @@ __global__ void __launch_bounds__(kSampleThreads) sample_kernel(const md_sample_
   const float divisor = greedy ? 1.0f : temperature;
   const T* __restrict__ logits = static_cast<const T*>(p.logits) + r * p.logits_row_stride;
   uint8_t* seen = static_cast<uint8_t*>(p.seen) + slot * p.seen_row_stride;
-  float* scaled = static_cast<float*>(p.scratch) + r * p.scratch_row_stride;
+  const int begin = static_cast<int>(min(static_cast<int64_t>(cl.rank) * slice, static_cast<int64_t>(vocab)));
+  const int end = static_cast<int>(min(static_cast<int64_t>(begin) + slice, static_cast<int64_t>(vocab)));
+  float* values = values_in_smem ? reinterpret_cast<float*>(sample_smem + kSampleSharedBytes)
+                                 : static_cast<float*>(p.scratch) + r * p.scratch_row_stride + begin;
 
   // Steps 1-3: mask, penalty, the greedy argmax (first of equal maxima), temperature; the top value.
   float best = -INFINITY, top = -INFINITY;
   int best_index = INT_MAX, unused = 0;
-  for (int base = 0; base < vocab; base += kUnroll * kSampleThreads) {
+  for (int base = begin; base < end; base += kUnroll * kSampleThreads) {
     float xs[kUnroll];
     bool penalised[kUnroll];
 #pragma unroll
     for (int u = 0; u < kUnroll; ++u) {
       const int i = base + u * kSampleThreads + static_cast<int>(threadIdx.x);
-      xs[u] = i < limit ? to_f(logits[i]) : -INFINITY;
-      penalised[u] = i < vocab && seen[i];
+      xs[u] = i < min(limit, end) ? to_f(logits[i]) : -INFINITY;
+      penalised[u] = i < end && seen[i];
     }
 #pragma unroll
     for (int u = 0; u < kUnroll; ++u) {
       const int i = base + u * kSampleThreads + static_cast<int>(threadIdx.x);
-      if (i >= vocab) break;
+      if (i >= end) break;
       float x = xs[u];
       if (penalised[u]) x = x > 0.0f ? x / penalty : x * penalty;
       if (x > best || best_index == INT_MAX) {
@@ -321,27 +456,81 @@ __global__ void __launch_bounds__(kSampleThreads) sample_kernel(const md_sample_
         best_index = i;
       }
       const float v = x / divisor + 0.0f;  // + 0.0: -0.0 -> +0.0
-      scaled[i] = v;
+      values[i - begin] = v;
       top = fmaxf(top, v);
     }
   }
-  block_argmax(best, best_index, sh);
-  block_argmax(top, unused, sh);
+  row_argmax(best, best_index, cl, sh);
+  row_argmax(top, unused, cl, sh);
   int token = best_index;
   if (!greedy) {
-    SampleRow row{scaled, vocab, top, ldexpf(1.0f, static_cast<int>(p.weight_bits))};
+    __syncthreads();  // the slice's values, written above, are read by other threads from here
+    SampleRow row{SampleSlice{values, begin, end}, vocab, top, ldexpf(1.0f, static_cast<int>(p.weight_bits))};
     const uint64_t seed = static_cast<uint64_t>(static_cast<const int64_t*>(p.seed)[slot]);
     const uint64_t step = static_cast<uint64_t>(static_cast<int64_t*>(p.step)[slot]);
     const float uniform = (static_cast<float>(philox_first_word(seed, step) >> 9) + 0.5f) * 0x1p-23f;
     token = draw(row, static_cast<const int64_t*>(p.top_k)[slot], static_cast<const float*>(p.top_p)[slot],
-                 static_cast<const float*>(p.min_p)[slot], uniform, sh);
+                 static_cast<const float*>(p.min_p)[slot], uniform, cl, sh);
   }
-  if (threadIdx.x == 0) {
+  cluster_sync();  // every block has read its step and seen row, and no block leaves while others read it
+  if (cl.rank == 0 && threadIdx.x == 0) {
     static_cast<int64_t*>(p.out)[r] = token;
     static_cast<int64_t*>(p.step)[slot] += 1;
     static_cast<int64_t*>(p.last_token)[slot] = token;
     seen[token] = 1;
   }
+}
+
+// Blocks per row: enough rows x blocks to cover the multiprocessors with at least two values a thread, more
+// where a row's slice would not fit in shared memory; 1 below compute capability 9.0 (no clusters).
+struct SampleLaunch {
+  int blocks_per_row = 1;
+  int64_t slice = 0;
+  bool values_in_smem = false;
+  size_t smem = kSampleSharedBytes;
+};
+
+SampleLaunch plan_sample(const md_sample_params& p) {
+  SampleLaunch plan;
+  const int64_t sms = device_attribute(cudaDevAttrMultiProcessorCount, 132);
+  const int64_t smem_optin = device_attribute(cudaDevAttrMaxSharedMemoryPerBlockOptin, 48 * 1024);
+  const auto slice_of = [&](int n) { return (p.vocab + n - 1) / n; };
+  const auto fits = [&](int n) { return kSampleSharedBytes + slice_of(n) * sizeof(float) <= static_cast<size_t>(smem_optin); };
+  if (device_attribute(cudaDevAttrComputeCapabilityMajor, 0) >= 9) {
+    int& n = plan.blocks_per_row;
+    // Up to half the multiprocessors: measured on the H200, 16 rows in clusters of 8 (128 blocks) took twice
+    // as long as 8 rows (clusters of 8 blocks are not all resident at once when they cover nearly every SM).
+    while (n < kMaxCluster && p.rows * n * 2 <= sms / 2 && p.vocab >= int64_t{n} * 2 * kSampleThreads * 2) n *= 2;
+    while (n < kMaxCluster && !fits(n) && p.rows * n * 2 <= INT_MAX) n *= 2;
+  }
+  plan.slice = slice_of(plan.blocks_per_row);
+  plan.values_in_smem = fits(plan.blocks_per_row);
+  if (plan.values_in_smem) plan.smem += plan.slice * sizeof(float);
+  return plan;
+}
+
+template <typename T>
+cudaError_t launch_sample(const md_sample_params& p, cudaStream_t stream) {
+  const SampleLaunch plan = plan_sample(p);
+  const auto kernel = sample_kernel<T>;
+  const cudaError_t set = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                               static_cast<int>(plan.smem));
+  if (set != cudaSuccess) return set;
+  cudaLaunchConfig_t config{};
+  config.gridDim = dim3(static_cast<unsigned>(p.rows * plan.blocks_per_row));
+  config.blockDim = dim3(kSampleThreads);
+  config.dynamicSmemBytes = plan.smem;
+  config.stream = stream;
+  cudaLaunchAttribute cluster[1];
+  if (plan.blocks_per_row > 1) {
+    cluster[0].id = cudaLaunchAttributeClusterDimension;
+    cluster[0].val.clusterDim.x = static_cast<unsigned>(plan.blocks_per_row);
+    cluster[0].val.clusterDim.y = 1;
+    cluster[0].val.clusterDim.z = 1;
+    config.attrs = cluster;
+    config.numAttrs = 1;
+  }
+  return cudaLaunchKernelEx(&config, kernel, p, static_cast<int>(plan.slice), plan.values_in_smem ? 1 : 0);
 }
 
 }  // namespace
@@ -371,11 +560,5 @@ extern "C" cudaError_t md_launch_sample(const md_sample_params* p, cudaStream_t 
            "sample: missing pointer");
   MD_CHECK(p->logits_row_stride >= p->vocab && p->seen_row_stride >= p->vocab && p->scratch_row_stride >= p->vocab,
            "sample: row strides must be >= vocab");
-  return MD_DISPATCH_DTYPE(p->logits_dtype, T, [&] {
-    constexpr int smem = sizeof(md::SampleShared);
-    const cudaError_t set = cudaFuncSetAttribute(md::sample_kernel<T>, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
-    if (set != cudaSuccess) return set;
-    md::sample_kernel<T><<<static_cast<unsigned>(p->rows), md::kSampleThreads, smem, stream>>>(*p);
-    return cudaGetLastError();
-  });
+  return MD_DISPATCH_DTYPE(p->logits_dtype, T, [&] { return md::launch_sample<T>(*p, stream); });
 }

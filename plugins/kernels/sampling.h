@@ -36,14 +36,16 @@ cudaError_t md_launch_philox_uniform(const md_philox_params* p, cudaStream_t str
  * SamplerState.sample_torch, is the reference): padded columns masked, the repetition penalty on the slot's
  * seen tokens, greedy argmax at temperature 0, else the temperature, top-k, top-p and min-p on integer
  * weights, and the inverse CDF at the uniform of the slot's (seed, step) (the Philox of
- * md_launch_philox_uniform). No sort: one block per row finds the kept set's total and the drawn token by
- * radix selection on (value, token id) with weighted histograms. Then, per row: step[slot] += 1,
+ * md_launch_philox_uniform). No sort: each row's blocks (a cluster of up to 8 on compute capability 9.0+,
+ * each holding a slice of the row in shared memory) find the kept set's total and the drawn token by radix
+ * selection on (value, token id) with weighted histograms. Then, per row: step[slot] += 1,
  * seen[slot][token] = 1, last_token[slot] = token, out[row] = token.
  *   logits            (rows, vocab) logits_dtype, unit stride along vocab
  *   slots             (rows,) int64, distinct: the sampler row of each logits row
  *   temperature, top_p, min_p, repetition_penalty  (slots,) float32; top_k, seed, step, last_token (slots,) int64
  *   seen              (slots, vocab) uint8 (bool), unit stride along vocab
- *   scratch           (rows, vocab) float32, unit stride along vocab: the caller's, overwritten
+ *   scratch           (rows, vocab) float32, unit stride along vocab: the caller's, overwritten (used only
+ *                     where a row's slices do not fit in shared memory)
  *   out               (rows,) int64
  * vocab_limit: columns >= it are never drawn; weight_bits: S of the docstring (vocab * 2^S <= 2^53). */
 typedef struct md_sample_params {

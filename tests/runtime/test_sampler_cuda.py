@@ -119,11 +119,14 @@ def hard_logits(gen, n, vocab, dtype):
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32], ids=str)
 @pytest.mark.parametrize("rows,vocab,limit", [(1, 1, 1), (3, 7, 5), (77, 129, 129), (64, 1000, 997), (9, 1024, 1000),
-                                              (8, 1025, 1025), (5, VOCAB, LIMIT), (2, 151_936, 151_665)])
+                                              (8, 1025, 1025), (5, VOCAB, LIMIT), (2, 151_936, 151_665),
+                                              (70, VOCAB, LIMIT), (1, 400_000, 399_999)])
 def test_sample_kernel_takes_the_tokens_of_the_torch_sampler(rows, vocab, limit, dtype, monkeypatch):
-    """SamplerState.sample on CUDA (the one-block-per-row kernel, no sort) == sample_torch (the torch ops,
+    """SamplerState.sample on CUDA (the kernel: a cluster of blocks per row, no sort) == sample_torch (the torch ops,
     stable sort) on the same device, token for token and in every state tensor, over several steps: every
-    option alone and mixed, the penalty on seen tokens, padded columns, vocabularies below and above the block."""
+    option alone and mixed, the penalty on seen tokens, padded columns, vocabularies below and above the block.
+    On the H200 these take clusters of 1 to 8 blocks per row, values in shared memory (70 rows: pairs, as a whole
+    row does not fit) and in the scratch (400k: a slice of an 8-block cluster does not fit either)."""
     from mamba_deploy.runtime import sampler
 
     monkeypatch.setattr(sampler, "KERNEL_MIN_ROWS", 1)  # the kernel for every batch size here

@@ -1,0 +1,54 @@
+// cluster.cuh -- thread-block clusters (compute capability 9.0+): the barrier, the block's rank, and loads
+// from another block's shared memory (distributed shared memory). Below 9.0 every launch is a cluster of one
+// block: the barrier is the block's and a "remote" load reads this block's own shared memory.
+#pragma once
+
+#include <cstdint>
+
+namespace md {
+
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+// Every thread of every block of the cluster; also orders shared-memory writes before it against reads after.
+__device__ __forceinline__ void cluster_sync() {
+  asm volatile("barrier.cluster.arrive.release.aligned;\n\tbarrier.cluster.wait.acquire.aligned;" ::: "memory");
+}
+__device__ __forceinline__ uint32_t cluster_rank() {
+  uint32_t r;
+  asm volatile("mov.u32 %0, %%cluster_ctarank;" : "=r"(r));
+  return r;
+}
+__device__ __forceinline__ uint32_t cluster_blocks() {
+  uint32_t n;
+  asm volatile("mov.u32 %0, %%cluster_nctarank;" : "=r"(n));
+  return n;
+}
+__device__ __forceinline__ uint32_t cluster_address(const void* local, uint32_t rank) {
+  const uint32_t a = static_cast<uint32_t>(__cvta_generic_to_shared(local));
+  uint32_t remote;
+  asm volatile("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(remote) : "r"(a), "r"(rank));
+  return remote;
+}
+// The 4 floats at the same shared-memory offset as `local` (16-byte aligned) in block `rank` of the cluster.
+// volatile, no memory clobber: kept after the cluster barrier, yet several can be in flight.
+__device__ __forceinline__ float4 ld_cluster4(const float* local, uint32_t rank) {
+  float4 v;
+  asm volatile("ld.shared::cluster.v4.f32 {%0, %1, %2, %3}, [%4];"
+               : "=f"(v.x), "=f"(v.y), "=f"(v.z), "=f"(v.w) : "r"(cluster_address(local, rank)));
+  return v;
+}
+__device__ __forceinline__ int64_t ld_cluster_s64(const int64_t* local, uint32_t rank) {
+  int64_t v;
+  asm volatile("ld.shared::cluster.s64 %0, [%1];" : "=l"(v) : "r"(cluster_address(local, rank)));
+  return v;
+}
+#else
+__device__ __forceinline__ void cluster_sync() { __syncthreads(); }
+__device__ __forceinline__ uint32_t cluster_rank() { return 0; }
+__device__ __forceinline__ uint32_t cluster_blocks() { return 1; }
+__device__ __forceinline__ float4 ld_cluster4(const float* local, uint32_t) {
+  return *reinterpret_cast<const float4*>(local);
+}
+__device__ __forceinline__ int64_t ld_cluster_s64(const int64_t* local, uint32_t) { return *local; }
+#endif
+
+}  // namespace md
