@@ -42,13 +42,6 @@ struct Tile {
   __device__ static __forceinline__ int skew(int t) { return t + t / kItems; }
 };
 
-// 2^x in one MUFU instruction (max error 2 ulp; results below 2^-126 flush to zero: a decayed state).
-__device__ __forceinline__ float fast_exp2(float x) {
-  float y;
-  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
-  return y;
-}
-
 template <int kItems>
 struct Smem {
   static constexpr int kSkewed = Tile<kItems>::kSkewed;

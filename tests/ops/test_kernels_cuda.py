@@ -162,9 +162,21 @@ def test_selective_scan(cuda, dtype, batch, seqlen, dstate):
 @pytest.mark.parametrize("seqlen", [100, 700])  # chunks of 128 steps (8 a thread), of 256 (16 a thread)
 def test_selective_scan_channel_last_odd_sizes(cuda, dtype, gate, seqlen):
     """The native engine's layouts (channel-last views of (batch, seqlen, dim) buffers) through mamba1_scan.cu's
-    kernel (more than 1024 tokens in all, else the state-parallel walk takes them): 37 channels (a partial block
-    of 16), dstate 5, a partial last chunk, no D / gate or both."""
-    batch, dim, dstate = 11, 37, 5
+    kernel (more than 1024 tokens in all, else the state-parallel walk takes them; too few channels for
+    mamba1_walk.cu): 37 channels (a partial block of 16), dstate 5, a partial last chunk, no D / gate or both."""
+    _channel_last_scan(cuda, 11, 37, seqlen, 5, dtype, gate)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("gate", [True, False])
+def test_selective_scan_two_pass_walk_odd_sizes(cuda, dtype, gate):
+    """mamba1_walk.cu's two passes (3 x 4097 channels: too few to fill the GPU in one pass, enough in 14 chunks on
+    an H200) in the native engine's layouts: a partial block of channels, dstate 5, 50-step chunks (partial
+    tiles), no D / gate or both."""
+    _channel_last_scan(cuda, 3, 4097, 700, 5, dtype, gate)
+
+
+def _channel_last_scan(cuda, batch, dim, seqlen, dstate, dtype, gate):
     kw = mamba1_inputs(batch, dim, seqlen, dstate, dtype)
     for key in ("u", "delta", "z", "B", "C"):
         kw[key] = kw[key].transpose(1, 2).contiguous().transpose(1, 2)  # same values, unit channel / state stride
@@ -175,6 +187,26 @@ def test_selective_scan_channel_last_odd_sizes(cuda, dtype, gate, seqlen):
                                 state_out=nan_like(kw["ssm_state"].shape, torch.float32))
     check("y", y, y_ref, dtype)
     check("state", st, s_ref, dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_selective_scan_one_pass_walk(cuda, dtype):
+    """Batch x channels that fill the GPU (98k threads: over a wave of resident ones on an H200) walk in one pass,
+    no workspace: the native engine's batched prefill of many prompts. Channel-last, a partial tile of steps."""
+    from mamba_deploy.ops import _lib
+
+    batch, dim, seqlen = 48, 2048, 75
+    kw = mamba1_inputs(batch, dim, seqlen, 16, dtype)
+    for key in ("u", "delta", "z", "B", "C"):
+        kw[key] = kw[key].transpose(1, 2).contiguous().transpose(1, 2)
+    y_ref, s_ref = selective_scan_ref(**{k: v.float() for k, v in kw.items()})
+    y, st = cuda.selective_scan(**kw, out=nan_like((batch, seqlen, dim), dtype).transpose(1, 2),
+                                state_out=nan_like(kw["ssm_state"].shape, torch.float32))
+    check("y", y, y_ref, dtype)
+    check("state", st, s_ref, dtype)
+    cfg = _lib.SsmParams()  # the launcher asks for no workspace at this size
+    cfg.batch, cfg.seqlen, cfg.nheads, cfg.headdim, cfg.dstate, cfg.ngroups = batch, seqlen, dim, 1, 16, 1
+    assert _lib.scan_workspace_bytes(cfg) == 0
 
 
 def test_selective_scan_state_carry_half_state(cuda):
@@ -340,14 +372,16 @@ def test_bad_inputs_raise(cuda):
         cuda.chunk_scan(**kw)
 
 
-@pytest.mark.parametrize("arch", ["mamba1", "mamba2"])
+@pytest.mark.parametrize("arch", ["mamba1", "mamba1_walk", "mamba2"])
 def test_time_parallel_scan_equals_single_walk(cuda, arch, monkeypatch):
-    """Long prompt at batch 1: the chunked (time-parallel) launch equals the single walk, in place too."""
+    """Long prompt at batch 1: the chunked (time-parallel) launch equals the launch without a workspace, in place
+    too. Mamba1 with dstate 32: the state-parallel walk of ssm_scan.cu in chunks / whole; with dstate 16: the
+    two-pass walk of mamba1_walk.cu / mamba1_scan.cu's kernel."""
     from mamba_deploy.ops import _lib
 
-    # Mamba1 with dstate 32: dstate <= 16 takes mamba1_scan.cu's kernel, which needs no workspace
-    fn, kw, state_key = ((cuda.selective_scan, mamba1_inputs(1, 256, 1500, 32, torch.float32), "ssm_state")
-                         if arch == "mamba1" else
+    dstate, dim = (16, 4096) if arch == "mamba1_walk" else (32, 256)  # 4096 channels: enough threads in 42 chunks
+    fn, kw, state_key = ((cuda.selective_scan, mamba1_inputs(1, dim, 1500, dstate, torch.float32), "ssm_state")
+                         if arch.startswith("mamba1") else
                          (cuda.chunk_scan, mamba2_inputs(1, 1500, 8, 64, 1, 128, torch.float32), "initial_state"))
     run = lambda **o: fn(**kw, **o)  # noqa: E731
     p_bytes = []

@@ -1,0 +1,310 @@
+// mamba1_walk.cu -- Mamba1's selective scan (md_ssm_params in the Mamba1 layout: headdim 1, ngroups 1,
+// dstate <= 16) as a walk over time with one thread per (batch row, channel, chunk of steps), all the
+// channel's states in registers. Reference: mamba_deploy/ops/selective_scan.py.
+//
+// A step costs a thread one exp2, two multiplies and two FMAs per state: no shuffles, no composition of steps.
+// B and C of a step are the same for every channel of a batch row: the block stages them in shared memory, a
+// tile of kTile steps at a time. The per-step scalars of a channel (discretised dt, dt x, D x, silu(z)) are
+// worked out a tile ahead into the thread's own shared-memory columns; both are double-buffered, so the next
+// tile's global loads are in flight during this tile's steps.
+// When batch x channels leave the GPU idle (a few long prompts), the sequence is cut into chunks walked in
+// parallel, in two passes over a float32 workspace:
+//   local   each chunk from a zero state (the first from the initial state): its end state and the sum of its
+//           discretised dt (the chunk's decay of state n is exp2(A2[n] * that sum));
+//   carry   per (row, channel, state), the true end state of each chunk, in chunk order;
+//   output  each chunk again from the true state entering it, writing y (and the final state).
+// The chunk's decay as one exp2 of the summed dt, and the carry's reassociation, change the order of float32
+// operations against the step-by-step recurrence, not the math. Too few channels even in chunks (short prompts
+// at small batch): mamba1_walk_chunks says 0 and md_launch_ssm_scan_ws takes its other kernels.
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+
+#include "common.cuh"
+#include "mamba1_scan.cuh"
+
+namespace md {
+namespace {
+
+constexpr int kThreads = 128;  // channels per block
+constexpr int kBlocksPerSM = 5;  // 96 registers a thread: the 16 states, their decay rates, the loads in flight
+constexpr int kState = 16;     // states a thread holds (dstate <= kState; the rest stay 0)
+constexpr int kTile = 8;       // steps staged at a time
+constexpr int kMinChunk = 32;  // shortest chunk of the two-pass form
+constexpr int kMaxChunks = 256;
+constexpr int64_t kMaxWorkspace = int64_t(256) << 20;
+constexpr float kLog2e = 1.4426950408889634f;
+
+enum Pass { kWhole = 0, kLocal = 1, kOutput = 2 };
+
+struct WalkArgs {
+  md_ssm_params p;
+  int64_t nchunks, chunk_len;
+  // (nchunks, batch, nheads, kState): slot c < nchunks - 1 the end state of chunk c (local pass: from its own
+  // start; after the carry: the true one); slot nchunks - 1 the initial state, copied by the local pass so
+  // that the output pass never reads state_in (state_out may alias it).
+  float* ws_h;
+  float* ws_dt;  // (nchunks, batch, nheads): the sum of each chunk's discretised dt
+  int clamp_dt;
+};
+
+__device__ __forceinline__ float discretise(const WalkArgs& a, float dt, float bias) {
+  float d = dt + bias;
+  if (a.p.dt_softplus) d = softplus(d);
+  if (a.clamp_dt) d = fminf(fmaxf(d, static_cast<float>(a.p.dt_min)), static_cast<float>(a.p.dt_max));
+  return d;
+}
+
+// B and C of steps [t0, t0 + kTile) of batch row b (0 past t_end or dstate) into the thread's registers: element
+// i = threadIdx.x + k * kThreads of the tile's kTile x kState values.
+template <typename T, bool kNeedC>
+struct TileLoader {
+  static constexpr int kPer = kTile * kState / kThreads;
+  float B[kPer], C[kPer];
+
+  __device__ void load(const md_ssm_params& p, int64_t b, int64_t t0, int64_t t_end) {
+    const T* Bp = static_cast<const T*>(p.B) + b * p.B_batch_stride;
+    const T* Cp = static_cast<const T*>(p.C) + b * p.C_batch_stride;
+#pragma unroll
+    for (int k = 0; k < kPer; ++k) {
+      const int i = threadIdx.x + k * kThreads, s = i / kState, n = i % kState;
+      const bool ok = t0 + s < t_end && n < p.dstate;
+      B[k] = ok ? to_f(Bp[(t0 + s) * p.B_seq_stride + n * p.B_state_stride]) : 0.f;
+      C[k] = ok && kNeedC ? to_f(Cp[(t0 + s) * p.C_seq_stride + n * p.C_state_stride]) : 0.f;
+    }
+  }
+  __device__ void store(float (*Bs)[kState], float (*Cs)[kState]) const {
+#pragma unroll
+    for (int k = 0; k < kPer; ++k) {
+      const int i = threadIdx.x + k * kThreads;
+      Bs[i / kState][i % kState] = B[k];
+      if (kNeedC) Cs[i / kState][i % kState] = C[k];
+    }
+  }
+};
+
+struct WalkShared {
+  __align__(16) float B[2][kTile][kState];  // B and C of a tile's steps, double-buffered
+  __align__(16) float C[2][kTile][kState];
+  float delta[2][kTile][kThreads];  // per step and channel: discretised dt, dt * x, D * x, silu(z)
+  float dx[2][kTile][kThreads];
+  float skip[2][kTile][kThreads];
+  float gate[2][kTile][kThreads];
+};
+
+// Grid: (ceil(nheads / kThreads), nchunks, batch). kWhole: nchunks == 1, no workspace.
+template <typename T, typename S, int kPass>
+__global__ void __launch_bounds__(kThreads, kBlocksPerSM) mamba1_walk_kernel(const WalkArgs a) {
+  constexpr bool kNeedC = kPass != kLocal;
+  __shared__ WalkShared sh;
+  const md_ssm_params& p = a.p;
+  const int64_t d = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x, c = blockIdx.y, b = blockIdx.z;
+  const bool active = d < p.nheads;
+  const int64_t t_begin = c * a.chunk_len, t_end = t_begin + a.chunk_len < p.seqlen ? t_begin + a.chunk_len : p.seqlen;
+  const int64_t state_b = state_row(p.state_rows, b);
+  const int64_t ws_row = b * p.nheads + d;  // of one workspace slot
+  const int64_t ws_slot = p.batch * p.nheads;
+
+  float A2[kState], h[kState];
+  float bias = 0.f, Dv = 0.f;
+  if (active) {
+    if (p.dt_bias) bias = load_any(p.dt_bias, p.param_dtype, d * p.dt_bias_head_stride);
+    if (p.D) Dv = load_any(p.D, p.param_dtype, d * p.D_head_stride);
+  }
+#pragma unroll
+  for (int n = 0; n < kState; ++n) {
+    const bool ok = active && n < p.dstate;
+    A2[n] = ok ? load_any(p.A, p.param_dtype, d * p.A_head_stride + n * p.A_state_stride) * kLog2e : 0.f;
+    float h0 = 0.f;
+    if (ok && kPass == kOutput) {
+      const int64_t slot = c == 0 ? a.nchunks - 1 : c - 1;
+      h0 = a.ws_h[(slot * ws_slot + ws_row) * kState + n];
+    } else if (ok && c == 0 && p.state_in) {
+      h0 = to_f(static_cast<const S*>(p.state_in)[state_b * p.state_in_batch_stride + d * p.state_in_head_stride +
+                                                  n * p.state_in_state_stride]);
+    }
+    h[n] = h0;
+    if (kPass == kLocal && c == 0 && a.nchunks > 1 && active) a.ws_h[((a.nchunks - 1) * ws_slot + ws_row) * kState + n] = h0;
+  }
+
+  const T* x = static_cast<const T*>(p.x) + b * p.x_batch_stride + d * p.x_head_stride;
+  const T* dt = static_cast<const T*>(p.dt) + b * p.dt_batch_stride + d * p.dt_head_stride;
+  const T* z = p.z ? static_cast<const T*>(p.z) + b * p.z_batch_stride + d * p.z_head_stride : nullptr;
+  T* y = static_cast<T*>(p.y) + b * p.y_batch_stride + d * p.y_head_stride;
+  float dt_sum = 0.f;
+
+  const int tid = threadIdx.x;
+  // The per-step scalars of step s of a tile (discretised dt, dt * x, D * x, silu(z)) go to this thread's own
+  // columns of a double buffer (no barrier): those of the next tile are loaded during this tile's steps, one
+  // step ahead of their use, so their global loads and softplus / silu chains overlap the walk.
+  const auto scalars = [&](int to, int s, float xv, float dtv, float zv) {
+    const float delta = discretise(a, dtv, bias);
+    sh.delta[to][s][tid] = delta;
+    sh.dx[to][s][tid] = delta * xv;
+    if (kNeedC) {
+      sh.skip[to][s][tid] = Dv * xv;
+      sh.gate[to][s][tid] = z ? silu(zv) : 1.f;
+    }
+  };
+  const auto load_step = [&](int64_t t, float& xv, float& dtv, float& zv) {
+    xv = to_f(x[t * p.x_seq_stride]);
+    dtv = to_f(dt[t * p.dt_seq_stride]);
+    zv = kNeedC && z ? to_f(z[t * p.z_seq_stride]) : 0.f;
+  };
+  TileLoader<T, kNeedC> next;
+  next.load(p, b, t_begin, t_end);
+  next.store(sh.B[0], sh.C[0]);
+  const int first = static_cast<int>(t_end - t_begin < kTile ? t_end - t_begin : kTile);
+  for (int s = 0; active && s < first; ++s) {
+    float xv, dtv, zv;
+    load_step(t_begin + s, xv, dtv, zv);
+    scalars(0, s, xv, dtv, zv);
+  }
+  __syncthreads();
+  int buf = 0;
+  for (int64_t t0 = t_begin; t0 < t_end; t0 += kTile, buf ^= 1) {
+    const bool more = t0 + kTile < t_end;
+    if (more) next.load(p, b, t0 + kTile, t_end);  // in flight during this tile's steps
+    const int tn = static_cast<int>(t_end - t0 < kTile ? t_end - t0 : kTile);  // kTile whenever `more`
+    const int next_tn = more ? static_cast<int>(t_end - t0 - kTile < kTile ? t_end - t0 - kTile : kTile) : 0;
+#pragma unroll 1
+    for (int s = 0; active && s < tn; ++s) {
+      float xv = 0.f, dtv = 0.f, zv = 0.f;
+      if (s < next_tn) load_step(t0 + kTile + s, xv, dtv, zv);
+      const float delta = sh.delta[buf][s][tid], dx = sh.dx[buf][s][tid];
+      dt_sum += delta;
+      const float4* Bq = reinterpret_cast<const float4*>(sh.B[buf][s]);
+      const float4* Cq = reinterpret_cast<const float4*>(sh.C[buf][s]);
+      float acc[4] = {0.f, 0.f, 0.f, 0.f};  // four partial sums: a short dependency chain
+#pragma unroll
+      for (int q = 0; q < kState / 4; ++q) {
+        const float4 Bv = Bq[q];
+        const float Bn[4] = {Bv.x, Bv.y, Bv.z, Bv.w};
+        float Cn[4] = {0.f, 0.f, 0.f, 0.f};
+        if (kNeedC) {
+          const float4 Cv = Cq[q];
+          Cn[0] = Cv.x; Cn[1] = Cv.y; Cn[2] = Cv.z; Cn[3] = Cv.w;
+        }
+#pragma unroll
+        for (int k = 0; k < 4; ++k) {
+          const int n = 4 * q + k;
+          h[n] = fmaf(fast_exp2(delta * A2[n]), h[n], dx * Bn[k]);
+          if (kNeedC) acc[k] = fmaf(Cn[k], h[n], acc[k]);
+        }
+      }
+      if (kNeedC) {
+        const float out = ((acc[0] + acc[1]) + (acc[2] + acc[3]) + sh.skip[buf][s][tid]) * sh.gate[buf][s][tid];
+        y[(t0 + s) * p.y_seq_stride] = from_f<T>(out);
+      }
+      if (s < next_tn) scalars(buf ^ 1, s, xv, dtv, zv);
+    }
+    if (more) next.store(sh.B[buf ^ 1], sh.C[buf ^ 1]);  // the other buffers: last read a tile ago
+    __syncthreads();
+  }
+  if (!active) return;
+  if (kPass == kLocal) {
+    if (c + 1 < a.nchunks) {
+#pragma unroll
+      for (int n = 0; n < kState; ++n) a.ws_h[(c * ws_slot + ws_row) * kState + n] = h[n];
+      a.ws_dt[c * ws_slot + ws_row] = dt_sum;
+    }
+    return;
+  }
+  if (p.state_out == nullptr || c + 1 < a.nchunks) return;
+  for (int n = 0; n < p.dstate; ++n) {
+    static_cast<S*>(p.state_out)[state_b * p.state_out_batch_stride + d * p.state_out_head_stride +
+                                 n * p.state_out_state_stride] = from_f<S>(h[n]);
+  }
+}
+
+// Per (batch row, channel, state): the true end state of chunks 1 .. nchunks - 2 from the local ones (chunk 0's
+// local end is already true: it started from the initial state).
+__global__ void mamba1_carry_kernel(const WalkArgs a) {
+  const md_ssm_params& p = a.p;
+  const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  const int64_t ws_slot = p.batch * p.nheads;
+  if (i >= ws_slot * kState) return;
+  const int64_t row = i / kState, d = row % p.nheads;
+  const int n = static_cast<int>(i % kState);
+  if (n >= p.dstate) return;
+  const float A2 = load_any(p.A, p.param_dtype, d * p.A_head_stride + n * p.A_state_stride) * kLog2e;
+  float h = a.ws_h[row * kState + n];
+  for (int64_t c = 1; c + 1 < a.nchunks; ++c) {
+    float* slot = a.ws_h + (c * ws_slot + row) * kState + n;
+    h = fmaf(fast_exp2(A2 * a.ws_dt[c * ws_slot + row]), h, *slot);
+    *slot = h;
+  }
+}
+
+// The local pass skips the last chunk: its end state is not needed.
+template <typename T, typename S, int kPass>
+cudaError_t launch_pass(const WalkArgs& a, cudaStream_t stream) {
+  const int64_t chunks = kPass == kLocal ? a.nchunks - 1 : a.nchunks;
+  const dim3 grid(static_cast<unsigned>((a.p.nheads + kThreads - 1) / kThreads), static_cast<unsigned>(chunks),
+                  static_cast<unsigned>(a.p.batch));
+  mamba1_walk_kernel<T, S, kPass><<<grid, kThreads, 0, stream>>>(a);
+  return cudaGetLastError();
+}
+
+template <typename T, typename S>
+cudaError_t launch_typed(const WalkArgs& a, cudaStream_t stream) {
+  if (a.nchunks == 1) return launch_pass<T, S, kWhole>(a, stream);
+  cudaError_t err = launch_pass<T, S, kLocal>(a, stream);
+  if (err != cudaSuccess) return err;
+  if (a.nchunks > 2) {
+    const int64_t n = a.p.batch * a.p.nheads * kState;
+    mamba1_carry_kernel<<<static_cast<unsigned>((n + 255) / 256), 256, 0, stream>>>(a);
+    if ((err = cudaGetLastError()) != cudaSuccess) return err;
+  }
+  return launch_pass<T, S, kOutput>(a, stream);
+}
+
+int64_t chunk_len_of(const md_ssm_params& p, int64_t nchunks) { return (p.seqlen + nchunks - 1) / nchunks; }
+
+}  // namespace
+
+bool mamba1_walk_eligible(const md_ssm_params& p) {
+  return p.headdim == 1 && p.ngroups == 1 && p.dstate <= kState && p.seqlen >= 1 &&
+         p.nheads <= (int64_t{1} << 31) - kThreads;
+}
+
+// Chunks enough for two waves of resident threads when batch x channels are fewer, each at least kMinChunk
+// steps; 1 (the one-pass walk, no workspace) when batch x channels already fill one wave or the sequence is too
+// short to cut in 3; 0 (not this kernel) when even the chunks leave most of a wave idle. Measured on the H200
+// (benchmarks/mamba1_scan.py, dim 4096): 1 x 100 took 142 us here in 3 chunks (12k threads) against 64 in the
+// state-parallel walk of ssm_scan.cu.
+int64_t mamba1_walk_chunks(const md_ssm_params& p) {
+  const int64_t sms = device_attribute(cudaDevAttrMultiProcessorCount, 132);
+  const int64_t threads = p.batch * p.nheads, wave = sms * kBlocksPerSM * kThreads, target = 2 * wave;
+  int64_t n = 1;
+  if (threads * 2 < target && p.seqlen >= 3 * kMinChunk) {
+    n = std::min<int64_t>({(target + threads - 1) / threads, p.seqlen / kMinChunk, kMaxChunks});
+    const int64_t per_chunk = threads * (kState + 1) * int64_t(sizeof(float));
+    n = std::min(n, kMaxWorkspace / per_chunk);
+    n = (p.seqlen + chunk_len_of(p, n) - 1) / chunk_len_of(p, n);  // no empty chunk
+    if (n < 3) n = 1;
+  }
+  return threads * n >= wave ? n : 0;
+}
+
+size_t mamba1_walk_workspace_bytes(const md_ssm_params& p, int64_t nchunks) {
+  return nchunks <= 1 ? 0 : static_cast<size_t>(nchunks * p.batch * p.nheads * (kState + 1)) * sizeof(float);
+}
+
+cudaError_t launch_mamba1_walk(const md_ssm_params& p, int64_t nchunks, void* workspace, cudaStream_t stream) {
+  WalkArgs a{};
+  a.p = p;
+  a.nchunks = nchunks;
+  a.chunk_len = chunk_len_of(p, nchunks);
+  a.clamp_dt = (p.dt_min > 0.0 || std::isfinite(p.dt_max)) ? 1 : 0;
+  if (nchunks > 1) {
+    a.ws_h = static_cast<float*>(workspace);
+    a.ws_dt = a.ws_h + nchunks * p.batch * p.nheads * kState;
+  }
+  return MD_DISPATCH_DTYPE(p.x_dtype, T, [&] {
+    if (p.state_dtype == MD_FLOAT32) return launch_typed<T, float>(a, stream);
+    return launch_typed<T, T>(a, stream);
+  });
+}
+
+}  // namespace md
