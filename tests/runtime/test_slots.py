@@ -60,7 +60,9 @@ def test_slot_api_equals_batch_api_and_leaves_other_slots_alone(backend):
     for row, slot in enumerate(slots):
         for name, tensor in pool.buffers:
             mine = batch_buffers[name][row]
-            assert torch.allclose(tensor[slot], mine, rtol=1e-5, atol=1e-6), name
+            # The batch runs 3-row matmuls, the slots 1-row ones: on some CPUs their float32 rounding differs by a
+            # few ulps, which deeper layers' states carry (seen: 2.5e-6 on values up to 2.9 in a hybrid's conv.2).
+            assert torch.allclose(tensor[slot], mine, rtol=1e-5, atol=1e-5), name
     assert all(torch.equal(t, pool.save(1).tensors[n]) for n, t in idle.tensors.items())
 
 
