@@ -1,7 +1,7 @@
 """Microseconds per sampling step (T=0.7, top-p 0.9 unless given), captured in a CUDA graph: the torch form
 (`SamplerState.sample_torch`: a stable sort, then passes over int64 and float64 copies of the rows) against
-the kernel (a cluster of blocks per row) (`SamplerState.sample` on CUDA), beside the stable sort alone; bytes counted as
-the float16 logits read once.
+the kernel (`SamplerState.sample` on CUDA: a cluster of blocks per row), beside the stable sort alone; bytes
+counted as the float16 logits read once.
 
     MAMBA_DEPLOY_KERNEL_LIB=build/libmamba_deploy_kernels.so PYTHONPATH=. python3 benchmarks/sampler_gpu.py
 """

@@ -124,7 +124,9 @@ __global__ void __launch_bounds__(kThreads, kBlocksPerSM) mamba1_walk_kernel(con
                                                   n * p.state_in_state_stride]);
     }
     h[n] = h0;
-    if (kPass == kLocal && c == 0 && a.nchunks > 1 && active) a.ws_h[((a.nchunks - 1) * ws_slot + ws_row) * kState + n] = h0;
+    if (kPass == kLocal && c == 0 && a.nchunks > 1 && active) {
+      a.ws_h[((a.nchunks - 1) * ws_slot + ws_row) * kState + n] = h0;
+    }
   }
 
   const T* x = static_cast<const T*>(p.x) + b * p.x_batch_stride + d * p.x_head_stride;

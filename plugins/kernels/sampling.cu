@@ -459,7 +459,9 @@ SampleLaunch plan_sample(const md_sample_params& p) {
   const int64_t sms = device_attribute(cudaDevAttrMultiProcessorCount, 132);
   const int64_t smem_optin = device_attribute(cudaDevAttrMaxSharedMemoryPerBlockOptin, 48 * 1024);
   const auto slice_of = [&](int n) { return (p.vocab + n - 1) / n; };
-  const auto fits = [&](int n) { return kSampleSharedBytes + slice_of(n) * sizeof(float) <= static_cast<size_t>(smem_optin); };
+  const auto fits = [&](int n) {
+    return kSampleSharedBytes + slice_of(n) * sizeof(float) <= static_cast<size_t>(smem_optin);
+  };
   if (device_attribute(cudaDevAttrComputeCapabilityMajor, 0) >= 9) {
     int& n = plan.blocks_per_row;
     // Up to half the multiprocessors: measured on the H200, 16 rows in clusters of 8 (128 blocks) took twice
