@@ -4,6 +4,7 @@
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
+#include <cmath>
 #include <cstdint>
 #include <utility>
 
@@ -40,6 +41,8 @@ __device__ __forceinline__ int64_t state_row(const int64_t* state_rows, int64_t 
   return state_rows != nullptr ? __ldg(state_rows + b) : b;
 }
 
+constexpr float kLog2e = 1.4426950408889634f;  // exp(x) = 2^(x log2(e)): the scans' decays in exp2
+
 // 2^x in one MUFU instruction (max error 2 ulp; results below 2^-126 flush to zero: a decayed state).
 __device__ __forceinline__ float fast_exp2(float x) {
   float y;
@@ -48,6 +51,16 @@ __device__ __forceinline__ float fast_exp2(float x) {
 }
 __device__ __forceinline__ float softplus(float v) { return v <= 20.f ? log1pf(__expf(v)) : v; }
 __device__ __forceinline__ float silu(float v) { return v / (1.f + __expf(-v)); }
+
+// Whether a scan clamps its discretised dt (md_ssm_params: dt_min 0 and dt_max infinity mean no clamp).
+inline int clamps_dt(const md_ssm_params& p) { return (p.dt_min > 0.0 || std::isfinite(p.dt_max)) ? 1 : 0; }
+// A step's discretised dt from dt + bias: softplus where the params ask, then the clamp where `clamp`
+// (clamps_dt, worked out once on the host).
+__device__ __forceinline__ float discretise_dt(const md_ssm_params& p, int clamp, float dt) {
+  if (p.dt_softplus) dt = softplus(dt);
+  if (clamp) dt = fminf(fmaxf(dt, static_cast<float>(p.dt_min)), static_cast<float>(p.dt_max));
+  return dt;
+}
 
 // Sum over the `width` consecutive lanes of each aligned lane group (width: power of two <= 32).
 template <int WIDTH> __device__ __forceinline__ float group_sum(float v) {

@@ -30,7 +30,6 @@ constexpr int kMinSeqlen = 64;  // shorter sequences: the state-parallel walk of
 // 1 x 2048 490 / 308. Under 192 steps the walk is one pass with no scratch, as in the TensorRT plugins, which
 // give no workspace (longer walks there would be the slow single walk; 1 x 300 was 105 / 161 with scratch).
 constexpr int64_t kMaxWalkTokens = 1024, kMaxWalkSeqlen = 192;
-constexpr float kLog2e = 1.4426950408889634f;
 // kItems, the consecutive steps per thread, is a template parameter: 16 (chunks of 256 steps) for long
 // sequences; 8 (chunks of 128, about 7% slower per step at L = 2048 on the H200) when that pads less, as for
 // the batched prefill of short prompts (100 steps: 128 computed instead of 256).
@@ -85,9 +84,8 @@ __device__ void stage_chunk(const Args& a, Smem<kItems>& sm, int64_t b, int64_t 
     const int64_t row = row0 + rt.x;
     float d = 0.f;  // padding steps: a = 1, b = 0 leave the state as it is
     if (rt.y < tc && row < p.nheads) {
-      d = v.y + (p.dt_bias ? load_any(p.dt_bias, p.param_dtype, row * p.dt_bias_head_stride) : 0.f);
-      if (p.dt_softplus) d = softplus(d);
-      if (a.clamp_dt) d = fminf(fmaxf(d, static_cast<float>(p.dt_min)), static_cast<float>(p.dt_max));
+      d = discretise_dt(p, a.clamp_dt,
+                        v.y + (p.dt_bias ? load_any(p.dt_bias, p.param_dtype, row * p.dt_bias_head_stride) : 0.f));
     }
     const int t = Tl::skew(rt.y);
     sm.dt[rt.x][t] = d;
@@ -260,7 +258,7 @@ cudaError_t launch_mamba1_scan(const md_ssm_params& p, cudaStream_t stream) {
   a.p = p;
   a.rows_fastest = p.x_head_stride == 1 ? 1 : 0;
   a.states_fastest = p.B_state_stride == 1 ? 1 : 0;
-  a.clamp_dt = (p.dt_min > 0.0 || std::isfinite(p.dt_max)) ? 1 : 0;
+  a.clamp_dt = clamps_dt(p);
   return MD_DISPATCH_DTYPE(p.x_dtype, T, [&] {
     if (p.state_dtype == MD_FLOAT32) return launch_items<T, float>(a, stream);
     return launch_items<T, T>(a, stream);

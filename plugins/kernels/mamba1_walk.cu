@@ -33,7 +33,6 @@ constexpr int kTile = 8;       // steps staged at a time
 constexpr int kMinChunk = 32;  // shortest chunk of the two-pass form
 constexpr int kMaxChunks = 256;
 constexpr int64_t kMaxWorkspace = int64_t(256) << 20;
-constexpr float kLog2e = 1.4426950408889634f;
 
 enum Pass { kWhole = 0, kLocal = 1, kOutput = 2 };
 
@@ -47,13 +46,6 @@ struct WalkArgs {
   float* ws_dt;  // (nchunks, batch, nheads): the sum of each chunk's discretised dt
   int clamp_dt;
 };
-
-__device__ __forceinline__ float discretise(const WalkArgs& a, float dt, float bias) {
-  float d = dt + bias;
-  if (a.p.dt_softplus) d = softplus(d);
-  if (a.clamp_dt) d = fminf(fmaxf(d, static_cast<float>(a.p.dt_min)), static_cast<float>(a.p.dt_max));
-  return d;
-}
 
 // B and C of steps [t0, t0 + kTile) of batch row b (0 past t_end or dstate) into the thread's registers: element
 // i = threadIdx.x + k * kThreads of the tile's kTile x kState values.
@@ -140,7 +132,7 @@ __global__ void __launch_bounds__(kThreads, kBlocksPerSM) mamba1_walk_kernel(con
   // columns of a double buffer (no barrier): those of the next tile are loaded during this tile's steps, one
   // step ahead of their use, so their global loads and softplus / silu chains overlap the walk.
   const auto scalars = [&](int to, int s, float xv, float dtv, float zv) {
-    const float delta = discretise(a, dtv, bias);
+    const float delta = discretise_dt(p, a.clamp_dt, dtv + bias);
     sh.delta[to][s][tid] = delta;
     sh.dx[to][s][tid] = delta * xv;
     if (kNeedC) {
@@ -298,7 +290,7 @@ cudaError_t launch_mamba1_walk(const md_ssm_params& p, int64_t nchunks, void* wo
   a.p = p;
   a.nchunks = nchunks;
   a.chunk_len = chunk_len_of(p, nchunks);
-  a.clamp_dt = (p.dt_min > 0.0 || std::isfinite(p.dt_max)) ? 1 : 0;
+  a.clamp_dt = clamps_dt(p);
   if (nchunks > 1) {
     a.ws_h = static_cast<float*>(workspace);
     a.ws_dt = a.ws_h + nchunks * p.batch * p.nheads * kState;

@@ -70,8 +70,7 @@ __device__ void chunk_dt(const SsdArgs& a, int64_t b, int64_t h, int64_t t0, int
     if (t < tc) {
       dt = load_any(p.dt, p.x_dtype, b * p.dt_batch_stride + (t0 + t) * p.dt_seq_stride + h * p.dt_head_stride);
       if (p.dt_bias) dt += load_any(p.dt_bias, p.param_dtype, h * p.dt_bias_head_stride);
-      if (p.dt_softplus) dt = softplus(dt);
-      if (a.clamp_dt) dt = fminf(fmaxf(dt, static_cast<float>(p.dt_min)), static_cast<float>(p.dt_max));
+      dt = discretise_dt(p, a.clamp_dt, dt);
     }
     dt_s[t] = dt;
     float v = dt * load_any(p.A, p.param_dtype, h * p.A_head_stride);
@@ -454,7 +453,7 @@ cudaError_t launch_ssd(const md_ssm_params& p, void* workspace, cudaStream_t str
   SsdArgs a{};
   a.p = p;
   a.nchunks = nchunks_of(p);
-  a.clamp_dt = (p.dt_min > 0.0 || std::isfinite(p.dt_max)) ? 1 : 0;
+  a.clamp_dt = clamps_dt(p);
   a.states = static_cast<float*>(workspace);
   a.decays = a.states + a.nchunks * p.batch * p.nheads * p.headdim * p.dstate;
   if (p.x_dtype == MD_FLOAT16) {

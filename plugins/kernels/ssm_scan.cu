@@ -20,7 +20,6 @@ namespace md {
 namespace {
 
 constexpr int kThreads = 128;
-constexpr float kLog2e = 1.4426950408889634f;
 #ifndef MD_SCAN_T_UNROLL
 #define MD_SCAN_T_UNROLL 4
 #endif
@@ -113,9 +112,7 @@ __device__ void stage_chunk(const ScanArgs& a, ScanSmem<NPT, TPN>& sm, int64_t b
         SCALAR_A ? load_any(p.A, p.param_dtype, head * p.A_head_stride) : 0.f);
   }, [&](int i, float4 v) {
     const int2 rt = row_step<Tl::kRows>(a, i, tc);
-    float dt = v.y + v.z;
-    if (p.dt_softplus) dt = softplus(dt);
-    if (a.clamp_dt) dt = fminf(fmaxf(dt, static_cast<float>(p.dt_min)), static_cast<float>(p.dt_max));
+    const float dt = discretise_dt(p, a.clamp_dt, v.y + v.z);
     const bool ok = row0 + rt.x < a.rows_per_group;
     sm.decay[rt.x][rt.y] = !ok ? 0.f : SCALAR_A ? exp2f(dt * v.w * kLog2e) : dt;
     sm.dtx[rt.x][rt.y] = ok ? dt * v.x : 0.f;
@@ -339,9 +336,8 @@ size_t workspace_bytes(const md_ssm_params* p, int64_t nchunks) {
 
 extern "C" size_t md_ssm_scan_workspace_size(const md_ssm_params* p) {
   if (p == nullptr) return 0;
-  if (md::mamba1_walk_eligible(*p) && md::mamba1_walk_chunks(*p) > 0) {
-    return md::mamba1_walk_workspace_bytes(*p, md::mamba1_walk_chunks(*p));
-  }
+  const int64_t walk_chunks = md::mamba1_walk_eligible(*p) ? md::mamba1_walk_chunks(*p) : 0;
+  if (walk_chunks > 0) return md::mamba1_walk_workspace_bytes(*p, walk_chunks);
   if (md::mamba1_scan_eligible(*p)) return 0;
   return md::ssd_eligible(*p) ? md::ssd_workspace_bytes(*p) : md::workspace_bytes(p, md::plan_chunks(p));
 }
@@ -377,7 +373,7 @@ extern "C" cudaError_t md_launch_ssm_scan_ws(const md_ssm_params* p, void* works
   md::ScanArgs a{};
   a.p = *p;
   a.rows_per_group = (p->nheads / p->ngroups) * p->headdim;
-  a.clamp_dt = (p->dt_min > 0.0 || std::isfinite(p->dt_max)) ? 1 : 0;
+  a.clamp_dt = md::clamps_dt(*p);
   a.rows_fastest = (p->x_dim_stride == 1 || (p->headdim == 1 && p->x_head_stride == 1)) ? 1 : 0;
   a.b_state_fastest = p->B_state_stride == 1 ? 1 : 0;
   a.nchunks = 1;
