@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import fcntl
+import glob
 import os
 import re
 import shutil
@@ -93,6 +94,8 @@ class ExportTarget:
             remove_stale_temps(self.output)
             self.tmp = _make_temp(self.output)
         except BaseException:
+            # A signal can land after mkdtemp made the folder but before self.tmp holds it.
+            _remove_own_temps(self.output)
             self._release()
             raise
         return self
@@ -157,6 +160,13 @@ def remove_stale_temps(output: Path) -> list[Path]:
             shutil.rmtree(entry, ignore_errors=True)
             removed.append(entry)
     return removed
+
+
+def _remove_own_temps(output: Path) -> None:
+    """Remove this process's `.NAME.tmp-PID-*` folders beside `output` (it holds the lock, so they are ours)."""
+    for entry in output.parent.glob(f".{glob.escape(output.name)}.tmp-{os.getpid()}-*"):
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry, ignore_errors=True)
 
 
 def _pid_alive(pid: int) -> bool:

@@ -10,6 +10,7 @@ from test_cli import assert_one_line_error, invoke
 
 from mamba_deploy.errors import MambaDeployError
 from mamba_deploy.export.artifact import is_export_folder
+from mamba_deploy.export import target as target_module
 from mamba_deploy.export.target import ExportTarget, absolute_output, remove_stale_temps
 from mamba_deploy.export.testing import tiny_checkpoint
 
@@ -114,3 +115,19 @@ def test_one_export_per_output_at_a_time(tmp_path):
         (second.tmp / "config.json").write_text("{}")
         second.commit()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+def test_a_signal_while_the_temp_folder_is_made_leaves_nothing(tmp_path, monkeypatch):
+    """KeyboardInterrupt after mkdtemp made the folder but before the target holds it (the window a real
+    SIGINT hit in CI): the folder and the lock still go."""
+    out = absolute_output(tmp_path / "out")
+    made_temp = target_module._make_temp
+
+    def interrupted(output):
+        made_temp(output)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(target_module, "_make_temp", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        ExportTarget(out, False, []).__enter__()
+    assert list(tmp_path.iterdir()) == []
