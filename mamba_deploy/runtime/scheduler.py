@@ -42,15 +42,21 @@ from .sampler import SamplerState
 from .sampling import SamplingParams
 
 _OPEN: "weakref.WeakSet[Scheduler]" = weakref.WeakSet()
+_LOOP_THREADS: "weakref.WeakSet[threading.Thread]" = weakref.WeakSet()
 
 
 @atexit.register
 def _close_all_at_exit() -> None:
-    """Close every scheduler before the interpreter finalizes: a daemon loop thread still running then
-    is ended by a forced unwind that aborts the process in C++ frames ("terminate called without an
-    active exception", seen with ONNX Runtime)."""
+    """Close every scheduler and wait for every loop thread before the interpreter finalizes: a daemon
+    thread still running then is ended by a forced unwind that aborts the process in C++ frames ("terminate
+    called without an active exception"). The threads are joined too because a loop thread that has just
+    ended can hold the last reference to its scheduler: that scheduler then leaves _OPEN as its teardown
+    starts on the thread, which frees tensors with the GIL released (seen in a core dump of `run`)."""
     for scheduler in list(_OPEN):
         scheduler.close()
+    for thread in list(_LOOP_THREADS):
+        if thread is not threading.current_thread():
+            thread.join()
 
 
 def sampling_vocab_limit(config, tokenizer) -> int:
@@ -235,6 +241,7 @@ class Scheduler:
             self._thread.join()
         self._looping = True
         self._thread = threading.Thread(target=self._loop, name="mamba-deploy-scheduler", daemon=True)
+        _LOOP_THREADS.add(self._thread)
         self._thread.start()
 
     def _loop(self) -> None:

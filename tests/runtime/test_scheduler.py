@@ -332,3 +332,34 @@ def test_interpreter_exit_with_a_live_loop_thread(export_dir):
     result = subprocess.run([sys.executable, "-c", script, str(export_dir)], env=env, capture_output=True, text=True,
                             timeout=300)
     assert result.returncode == 0, result.stderr
+
+
+def test_interpreter_exit_waits_for_a_loop_thread_holding_the_last_reference(export_dir, tmp_path):
+    """A loop thread that ends after the caller let go of its scheduler tears the scheduler down itself; the
+    interpreter must not finalize under it (that teardown frees tensors with the GIL released: in `run` the
+    process then aborted in C++ frames). The probe's teardown is made slow; its marker shows it finished."""
+    marker = tmp_path / "teardown-finished"
+    script = ("import sys, threading, time\nfrom pathlib import Path\nfrom mamba_deploy.runtime import Engine\n"
+              "from mamba_deploy.runtime.scheduler import Scheduler\n"
+              "dropped, started = threading.Event(), threading.Event()\n"
+              "class SlowTeardown:\n"
+              "    def __del__(self):\n"
+              "        started.set()\n"
+              "        time.sleep(0.5)\n"
+              "        Path(sys.argv[2]).write_text('done')\n"
+              "class LastReference(Scheduler):\n"
+              "    def _loop(self):\n"
+              "        super()._loop()\n"
+              "        dropped.wait(60)\n"
+              "engine = Engine.load(sys.argv[1], backend='torch')\n"
+              "scheduler = LastReference(engine.backend, engine.tokenizer, max_batch=1)\n"
+              "scheduler.probe = SlowTeardown()\n"
+              "print(scheduler.submit([5, 6], max_new_tokens=2).result())\n"
+              "del scheduler\n"
+              "dropped.set()\n"
+              "assert started.wait(60)\n")
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    result = subprocess.run([sys.executable, "-c", script, str(export_dir), str(marker)], env=env,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert marker.read_text() == "done"
