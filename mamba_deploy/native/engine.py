@@ -35,6 +35,8 @@ starts while the previous one drains, its weights already on the way to L2. Stat
 updated in place; logits are a reused buffer. Every kernel that touches the recurrent state takes the
 state rows of its batch rows from the index buffer `slot_ids` (state_rows in plugins/kernels), so one
 graph per batch size serves any set of slots: decode_slots writes the slot ids there and replays.
+Prefill is eager; with prefill_graph_tokens > 0, chunks that short into consecutive slots of the pool replay
+captured power-of-two pieces instead (prefill_graphs.py: a short eager prefill is bound by the host).
 """
 from __future__ import annotations
 
@@ -49,6 +51,7 @@ from ..models.lm import check_room
 from ..models.state import InferenceState
 from ..ops import _lib, cuda as K
 from . import gemv as G, hybrid as Hy, prefill as P
+from .prefill_graphs import PrefillGraphs
 from .weights import Layer, device_weights
 
 
@@ -63,7 +66,8 @@ class NativeEngine:
     def __init__(self, cfg: ModelConfig, weights: dict[str, torch.Tensor], dtype: torch.dtype = torch.float16,
                  state_dtype: torch.dtype = torch.float32, device: torch.device | str = "cuda", max_batch: int = 64,
                  chunk_len: int = 2048, gemv_max_batch: int = 2, use_graphs: bool = True, dt_gemm_min_batch: int = 8,
-                 programmatic_launch: bool = True, max_seq_len: Optional[int] = None, tc_max_batch: int = 16):
+                 programmatic_launch: bool = True, max_seq_len: Optional[int] = None, tc_max_batch: int = 16,
+                 prefill_graph_tokens: int = 0, prefill_graph_batch: int = 8):
         self.config, self.dtype, self.state_dtype = cfg, dtype, state_dtype
         self.device = torch.device(device)
         if self.device.type != "cuda":
@@ -108,6 +112,8 @@ class NativeEngine:
         # One memory pool for every graph (they replay one at a time on one stream), kept alive by the first
         # graph captured: a pool whose graphs were all freed cannot be captured into again.
         self._pool_keeper: Optional[torch.cuda.CUDAGraph] = None
+        # chunks of <= prefill_graph_tokens tokens and <= prefill_graph_batch rows replay captured pieces
+        self.prefill_graphs = PrefillGraphs(self, prefill_graph_tokens, prefill_graph_batch)
 
     # ---- weights ------------------------------------------------------------------------------
     def _load(self, weights: dict[str, torch.Tensor]) -> None:
@@ -443,11 +449,20 @@ class NativeEngine:
         not grow with L; returns logits (b, 1, V) of the last position, or (b, L, V) with all_logits."""
         ids = input_ids.to(self.device, torch.int64, non_blocking=True)
         check_room(state, ids.shape[1])
-        outs = [self._prefill_chunk(ids[:, s:s + self.chunk_len], state, all_logits)
-                for s in range(0, ids.shape[1], self.chunk_len)]
+        graphs = self.prefill_graphs
+        first = self._first_slot(state) if graphs.max_tokens else None
+        outs = []
+        for s in range(0, ids.shape[1], self.chunk_len):
+            chunk = ids[:, s:s + self.chunk_len]
+            if first is not None and graphs.applies(*chunk.shape, all_logits):
+                outs.append(graphs.run(chunk, first))
+            else:
+                outs.append(self._prefill_chunk(chunk, state, all_logits))
         return outs[-1] if not all_logits else torch.cat(outs, dim=1)
 
-    def _prefill_chunk(self, ids: torch.Tensor, state: InferenceState, all_logits: bool) -> torch.Tensor:
+    def _prefill_chunk(self, ids: torch.Tensor, state: InferenceState, all_logits: bool,
+                       rows: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """ids (b, n) -> logits (b, 1 or n, vocab_padded); `state` (or, given rows, its rows rows[r]) in place."""
         c = self.config
         b, n = ids.shape
         hidden, residual = self.emb[ids], None
@@ -461,7 +476,7 @@ class NativeEngine:
             elif L.kind == "mlp":
                 hidden = Hy.mlp_prefill(L, normed)
             else:
-                hidden = P.mamba_prefill(c, L, normed, state, self.unit)
+                hidden = P.mamba_prefill(c, L, normed, state, self.unit, rows)
             if c.d_intermediate:
                 normed, residual = K.add_norm(hidden, residual, L.norm2_w, L.norm2_b, c.norm_eps, c.rms_norm,
                                               c.residual_in_fp32, out_dtype=self.dtype, residual_out=residual)

@@ -36,8 +36,10 @@ def d_ssm_mlp(cfg: ModelConfig, xz: torch.Tensor, out: torch.Tensor) -> None:
 
 
 def mamba_prefill(cfg: ModelConfig, L: Layer, normed: torch.Tensor, state: InferenceState,
-                  unit: Optional[torch.Tensor]) -> torch.Tensor:
-    """A Mamba layer over a chunk: normed (b, n, d_model) -> (b, n, d_model); its conv and ssm state in place."""
+                  unit: Optional[torch.Tensor], rows: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """A Mamba layer over a chunk: normed (b, n, d_model) -> (b, n, d_model); its conv and ssm state in place.
+    rows: None (batch row r is row r of `state`) or (b,) int64 on the device: batch row r is row rows[r] of
+    `state`, a pool (what a captured prefill graph replays on, whatever the slots)."""
     c = cfg
     b, n, _ = normed.shape
     conv_state, ssm_state = state.conv[L.index], state.ssm[L.index]
@@ -45,13 +47,14 @@ def mamba_prefill(cfg: ModelConfig, L: Layer, normed: torch.Tensor, state: Infer
     lo = c.conv_lo
     xc = torch.empty(b, n, c.conv_dim, dtype=normed.dtype, device=normed.device)
     K.causal_conv1d(xz[..., lo:lo + c.conv_dim].transpose(1, 2), L.conv_w, L.conv_b, conv_state, "silu",
-                    out=xc.transpose(1, 2), state_out=conv_state)
-    y = _mamba2_scan(c, L, xz, xc, ssm_state) if c.arch == MAMBA2 else _mamba1_scan(c, L, xz, xc, ssm_state, unit)
+                    out=xc.transpose(1, 2), state_out=conv_state, state_rows=rows)
+    y = _mamba2_scan(c, L, xz, xc, ssm_state, rows) if c.arch == MAMBA2 else \
+        _mamba1_scan(c, L, xz, xc, ssm_state, unit, rows)
     return F.linear(y, L.out_w, L.out_b)
 
 
 def _mamba1_scan(c: ModelConfig, L: Layer, xz: torch.Tensor, xc: torch.Tensor, ssm_state: torch.Tensor,
-                 unit: Optional[torch.Tensor]) -> torch.Tensor:
+                 unit: Optional[torch.Tensor], rows: Optional[torch.Tensor]) -> torch.Tensor:
     """xz (b, n, 2 d_inner), xc = conv output (b, n, d_inner) -> y (b, n, d_inner)."""
     R, N = c.dt_rank, c.d_state
     xdbl = F.linear(xc, L.x_w)  # (b, n, R + 2N)
@@ -60,12 +63,12 @@ def _mamba1_scan(c: ModelConfig, L: Layer, xz: torch.Tensor, xc: torch.Tensor, s
     y = torch.empty_like(xc)
     K.selective_scan(xc.transpose(1, 2), dt.transpose(1, 2), L.A, xdbl[..., R:R + N].transpose(1, 2),
                      xdbl[..., R + N:].transpose(1, 2), L.D, xz[..., c.d_inner:].transpose(1, 2), L.dt_b,
-                     ssm_state, True, out=y.transpose(1, 2), state_out=ssm_state)
+                     ssm_state, True, out=y.transpose(1, 2), state_out=ssm_state, state_rows=rows)
     return y
 
 
-def _mamba2_scan(c: ModelConfig, L: Layer, xz: torch.Tensor, xc: torch.Tensor, ssm_state: torch.Tensor
-                 ) -> torch.Tensor:
+def _mamba2_scan(c: ModelConfig, L: Layer, xz: torch.Tensor, xc: torch.Tensor, ssm_state: torch.Tensor,
+                 rows: Optional[torch.Tensor]) -> torch.Tensor:
     """xz (b, n, in_proj_dim), xc = conv output (b, n, conv_dim) -> out_proj's input (b, n, mixer_out_dim): the
     gated-normed y, after silu(z0) * x0 where mamba-ssm's d_ssm < d_inner leaves a gated MLP beside the SSM."""
     d, gn, m, lo = c.d_inner, c.ngroups * c.d_state, c.mamba2_mlp_dim, c.conv_lo
@@ -76,7 +79,7 @@ def _mamba2_scan(c: ModelConfig, L: Layer, xz: torch.Tensor, xc: torch.Tensor, s
     dt = xz[..., lo + c.conv_dim:]
     y = torch.empty(b, n, c.nheads, c.headdim, dtype=xc.dtype, device=xc.device)
     K.chunk_scan(x, dt, L.A, B, C, c.chunk_size, L.D, None, L.dt_b, ssm_state, True, c.dt_limit, out=y,
-                 state_out=ssm_state)
+                 state_out=ssm_state, state_rows=rows)
     out = torch.empty(b, n, m + d, dtype=xc.dtype, device=xc.device)
     K.gated_rms_norm(y.flatten(-2), xz[..., lo - d:lo], L.gnorm_w, c.norm_eps, d // c.ngroups, out=out[..., m:])
     d_ssm_mlp(c, xz, out[..., :m])

@@ -142,3 +142,71 @@ def test_attention_and_mlp_prefill_equal_the_reference_mixers(name):
         x = torch.randn(2, 3, cfg.d_model, generator=gen)
         with torch.no_grad():
             torch.testing.assert_close(hybrid.mlp_prefill(mlp, x), block(x), rtol=1e-6, atol=1e-6)
+
+
+def _kernel_on_rows(ref, state_arg):
+    """A prefill kernel's semantics through its reference (`state_arg`: the position of its state argument):
+    y into `out`, the final state into `state_out`; with state_rows, batch row r reads and writes row
+    state_rows[r] of the state pool."""
+    def run(*args, out=None, state_out=None, state_rows=None):
+        args = list(args)
+        if state_rows is not None:
+            args[state_arg] = args[state_arg][state_rows]
+        y, new_state = ref(*args)
+        out.copy_(y)
+        if state_rows is None:
+            state_out.copy_(new_state)
+        else:
+            state_out[state_rows] = new_state
+        return out, state_out
+    return run
+
+
+PREFILL = {"mamba1": {"d_model": 32, "n_layer": 1, "vocab_size": 50, "ssm_cfg": {"d_state": 8}},
+           "mamba2": {"d_model": 32, "n_layer": 1, "vocab_size": 50,
+                      "ssm_cfg": {"layer": "Mamba2", "d_state": 8, "headdim": 16, "ngroups": 2, "chunk_size": 4}}}
+
+
+@pytest.mark.parametrize("arch", list(PREFILL))
+def test_mamba_prefill_on_pool_rows_equals_it_on_the_gathered_rows(monkeypatch, arch):
+    """native.prefill.mamba_prefill with `rows` (what a prefill graph replays on: the state pool through a row
+    index) == the same layer on a copy of those rows; the other rows of the pool are not touched."""
+    from mamba_deploy.export.weights import export_name_and_tensor
+    from mamba_deploy.models import MambaLM
+    from mamba_deploy.models.state import InferenceState
+    from mamba_deploy.ops import causal_conv1d_ref, chunk_scan_ref, selective_scan_ref
+    from mamba_deploy.random_init import init_weights_
+
+    monkeypatch.setattr(K, "causal_conv1d", _kernel_on_rows(causal_conv1d_ref, 3))
+    monkeypatch.setattr(K, "selective_scan", _kernel_on_rows(selective_scan_ref, 8))
+    monkeypatch.setattr(K, "chunk_scan", _kernel_on_rows(chunk_scan_ref, 9))
+    monkeypatch.setattr(K, "gated_rms_norm", _kernel_reference)
+    cfg = parse_config(PREFILL[arch])
+    model = MambaLM(cfg, torch.float32)
+    init_weights_(model, seed=3)
+    weights = dict(export_name_and_tensor(k, p, torch.float32) for k, p in model.named_parameters())
+    _, _, _, layers = native_weights.device_weights(cfg, weights, torch.float32, torch.device("cpu"))
+    gen = torch.Generator().manual_seed(4)
+    pool = InferenceState.zeros(cfg, 5, torch.float32)
+    for t in pool.tensors():
+        t.copy_(torch.randn(t.shape, generator=gen))
+    before, rows = pool.clone(), torch.tensor([3, 0])
+    gathered = pool.with_tensors([t[rows].clone() for t in pool.tensors()])
+    normed = torch.randn(2, 7, cfg.d_model, generator=gen)
+    got = native_prefill.mamba_prefill(cfg, layers[0], normed, pool, None, rows)
+    want = native_prefill.mamba_prefill(cfg, layers[0], normed, gathered, None)
+    assert torch.equal(got, want)
+    others = torch.tensor([1, 2, 4])
+    for now, old, new in zip(pool.tensors(), before.tensors(), gathered.tensors()):
+        assert torch.equal(now[rows], new) and torch.equal(now[others], old[others])
+    assert not torch.equal(pool.ssm[0][rows], before.ssm[0][rows]), "the state did not change: the test shows nothing"
+
+
+@pytest.mark.parametrize("n,want", [(1, [1]), (2, [2]), (3, [2, 1]), (100, [64, 32, 4]),
+                                    (255, [128, 64, 32, 16, 8, 4, 2, 1]), (256, [256])])
+def test_prefill_graph_pieces(n, want):
+    from mamba_deploy.native.prefill_graphs import pieces
+
+    assert pieces(n) == want and sum(want) == n
+    with pytest.raises(ValueError, match="at least one token"):
+        pieces(0)

@@ -1,0 +1,70 @@
+"""Short prefill chunks as CUDA-graph replays.
+
+The eager prefill launches about ten kernels a layer through Python wrappers, so a short prompt costs far
+more host time than GPU time (a 100-token prompt on mamba-1.4b: ~500 launches). Here a chunk of n <=
+max_tokens tokens is cut into pieces that are powers of two, largest first (100 -> 64, 32, 4), and each
+piece replays the graph captured once for (batch, piece length). The graphs run on the engine's state pool
+through a rows index (batch row r on slot rows[r]), so one graph serves every set of slots. The pieces of
+a chunk depend only on its length, never on the batch it runs in.
+
+Pure Mamba models only (no attention or MLP layers) and last-position logits only; anything else stays eager.
+"""
+from __future__ import annotations
+
+import torch
+
+
+def pieces(n: int) -> list[int]:
+    """n >= 1 tokens as distinct powers of two, largest first: 100 -> [64, 32, 4]."""
+    if n < 1:
+        raise ValueError(f"a prefill chunk has at least one token, got {n}")
+    return [1 << k for k in range(n.bit_length() - 1, -1, -1) if n >> k & 1]
+
+
+class PrefillGraphs:
+    """The prefill graphs of one NativeEngine (`engine`): chunks of at most `max_tokens` tokens (0: none) and
+    at most `max_batch` rows. Static inputs: ids (max_batch, largest piece), rows (max_batch,); output: logits
+    (max_batch, vocab_padded), copied out by `run`."""
+
+    def __init__(self, engine, max_tokens: int, max_batch: int):
+        c = engine.config
+        graphable = engine.use_graphs and not c.other_layers and max_tokens > 0
+        self.engine = engine
+        self.max_tokens = max_tokens if graphable else 0
+        self.max_batch = min(max_batch, engine.max_batch) if graphable else 0
+        largest = pieces(self.max_tokens)[0] if self.max_tokens else 1
+        rows = max(self.max_batch, 1)
+        f = dict(device=engine.device)
+        self.ids = torch.zeros(rows, largest, dtype=torch.int64, **f)
+        self.rows = torch.zeros(rows, dtype=torch.int64, **f)
+        self.logits = torch.zeros(rows, c.vocab_size_padded, dtype=engine.dtype, **f)
+        self.graphs: dict[tuple[int, int], torch.cuda.CUDAGraph] = {}
+
+    def applies(self, batch: int, n: int, all_logits: bool) -> bool:
+        """Whether a chunk of (batch, n) tokens goes through the graphs."""
+        return not all_logits and 1 <= batch <= self.max_batch and 1 <= n <= self.max_tokens
+
+    def run(self, ids: torch.Tensor, first: int) -> torch.Tensor:
+        """ids (b, n) on the engine's device, prefilled into slots first .. first + b - 1 (their state updated
+        in place) -> logits (b, 1, vocab_padded) of the last position (a new tensor: the next run reuses the
+        static one)."""
+        b, n = ids.shape
+        self.rows[:b].copy_(self.engine._slot_iota[first:first + b])
+        start = 0
+        for length in pieces(n):
+            self.ids[:b, :length].copy_(ids[:, start:start + length])
+            self._graph(b, length).replay()
+            start += length
+        return self.logits[:b].unsqueeze(1).clone()
+
+    def _graph(self, b: int, length: int) -> torch.cuda.CUDAGraph:
+        key = (b, length)
+        if key not in self.graphs:
+            eng = self.engine
+
+            def piece() -> None:
+                out = eng._prefill_chunk(self.ids[:b, :length], eng.static, False, rows=self.rows[:b])
+                self.logits[:b].copy_(out[:, -1])
+
+            self.graphs[key] = eng._capture(piece, [self.logits])
+        return self.graphs[key]

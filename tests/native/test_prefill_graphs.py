@@ -1,0 +1,78 @@
+"""Prefill graphs (NativeEngine(prefill_graph_tokens=...)): short chunks replayed as captured pieces on the state
+pool == the eager prefill of the same pieces, bit for bit, on any slots; other slots untouched; on the GPU."""
+import pytest
+import torch
+
+from mamba_deploy.native.prefill_graphs import pieces
+
+pytestmark = pytest.mark.gpu
+
+ARCHS = ["mamba1", "mamba2", "falcon_mamba", "mamba2_d_ssm", "mamba1_mlp"]  # conftest.CONFIGS without hybrids
+
+
+def ids(batch, length, seed):
+    return torch.randint(1, 1000, (batch, length), generator=torch.Generator().manual_seed(seed))
+
+
+def fill_pool(eng, seed):
+    g = torch.Generator(device=eng.device).manual_seed(seed)
+    for t in eng.static.tensors():
+        t.copy_(torch.randn(t.shape, generator=g, device=eng.device) * 0.5)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("batch,length", [(1, 100), (3, 37), (2, 1), (4, 255)])
+def test_graph_pieces_equal_eager_pieces_bitwise(native, checkpoints, arch, dtype, batch, length):
+    graphed = native.load_engine(checkpoints[arch], dtype=dtype, max_batch=8, prefill_graph_tokens=255)
+    eager = native.load_engine(checkpoints[arch], dtype=dtype, max_batch=8)
+    assert graphed.prefill_graphs.applies(batch, length, False) and not eager.prefill_graphs.applies(batch, length,
+                                                                                                     False)
+    for first, seed in ((2, 1), (8 - batch, 2)):  # the same graphs on another set of slots
+        fill_pool(graphed, seed)
+        fill_pool(eager, seed)
+        before = graphed.static.clone()
+        prompt = ids(batch, length, seed)
+        got = graphed.prefill(prompt, graphed.slot_state(first, batch))
+        start = 0
+        for n in pieces(length):
+            want = eager.prefill(prompt[:, start:start + n], eager.slot_state(first, batch))
+            start += n
+        assert torch.equal(got, want)
+        assert got.shape == (batch, 1, graphed.config.vocab_size_padded)
+        for mine, theirs, old in zip(graphed.static.tensors(), eager.static.tensors(), before.tensors()):
+            assert torch.equal(mine, theirs)
+            assert torch.equal(mine[:first], old[:first]) and torch.equal(mine[first + batch:], old[first + batch:])
+        assert not torch.equal(graphed.static.ssm[0], before.ssm[0]), "the state did not change"
+    assert set(graphed.prefill_graphs.graphs) == {(batch, n) for n in pieces(length)}
+
+
+def test_graphs_leave_what_they_do_not_take_to_the_eager_path(rel_err, native, checkpoints):
+    """Longer chunks, larger batches, all_logits and states that are not slots of the pool stay eager; a
+    hybrid gets no prefill graphs; logits returned by one run are not overwritten by the next."""
+    eng = native.load_engine(checkpoints["mamba1"], dtype=torch.float32, max_batch=8, prefill_graph_tokens=64,
+                             prefill_graph_batch=2)
+    assert not eng.prefill_graphs.applies(1, 65, False) and not eng.prefill_graphs.applies(3, 8, False)
+    assert not eng.prefill_graphs.applies(1, 8, True)
+    held = eng.new_state(2)  # slots 0-1 of the pool
+    first = eng.prefill(ids(2, 20, 5), held)
+    kept = first.clone()
+    eng.prefill(ids(2, 20, 6), held)
+    assert torch.equal(first, kept)
+    own = eng.new_state(2)  # another state is alive: fresh tensors, not the pool's
+    eng.prefill(ids(2, 20, 7), own)
+    assert set(eng.prefill_graphs.graphs) == {(2, 16), (2, 4)}
+    hybrid = native.load_engine(checkpoints["hybrid"], dtype=torch.float32, max_batch=2, prefill_graph_tokens=64)
+    assert hybrid.prefill_graphs.max_tokens == 0
+
+
+def test_generate_with_prefill_graphs_equals_without(native, checkpoints):
+    """Ragged prompts through the scheduler: the same greedy tokens with prefill graphs as without."""
+    from mamba_deploy.bench import engine_api
+
+    prompts = [ids(1, n, n)[0].tolist() for n in (5, 37, 100)]
+    outs = []
+    for tokens in (0, 128):
+        eng = native.load_engine(checkpoints["mamba1"], dtype=torch.float32, max_batch=4, prefill_graph_tokens=tokens)
+        outs.append(engine_api(eng).generate(prompts, max_new_tokens=12, temperature=0))
+    assert outs[0] == outs[1]
