@@ -94,23 +94,27 @@ def write_checkpoint(model: torch.nn.Module, folder: str | os.PathLike, fmt: str
     fmt "mamba_ssm": config.json (d_model, ssm_cfg ...) + pytorch_model.bin;
     fmt "hf": Hugging Face config.json + model.safetensors with HF key names.
     """
+    if fmt not in ("mamba_ssm", "hf"):
+        raise ValueError(f"fmt must be 'mamba_ssm' or 'hf', got {fmt!r}")
     cfg: ModelConfig = model.config
     folder = Path(folder)
-    tmp = Path(tempfile.mkdtemp(prefix=folder.name + ".", dir=folder.parent if folder.parent.exists() else None))
     state = {k: v for k, v in model.state_dict().items() if not (cfg.tie_embeddings and k == "lm_head.weight")}
-    if fmt == "mamba_ssm":
-        (tmp / "config.json").write_text(json.dumps(ssm_config or to_mamba_ssm_config(cfg), indent=2))
-        torch.save(state, tmp / "pytorch_model.bin")
-    elif fmt == "hf":
-        from safetensors.torch import save_file
-        (tmp / "config.json").write_text(json.dumps(to_hf_config(cfg), indent=2))
-        hf_state = {k.replace("backbone.embedding.", "backbone.embeddings."): v.contiguous() for k, v in state.items()}
-        save_file(hf_state, str(tmp / "model.safetensors"), metadata={"format": "pt"})
-    else:
-        raise ValueError(f"fmt must be 'mamba_ssm' or 'hf', got {fmt!r}")
-    if folder.exists():
-        shutil.rmtree(folder)
-    os.replace(tmp, folder)
+    tmp = Path(tempfile.mkdtemp(prefix=folder.name + ".", dir=folder.parent if folder.parent.exists() else None))
+    try:
+        if fmt == "mamba_ssm":
+            (tmp / "config.json").write_text(json.dumps(ssm_config or to_mamba_ssm_config(cfg), indent=2))
+            torch.save(state, tmp / "pytorch_model.bin")
+        else:
+            from safetensors.torch import save_file
+            (tmp / "config.json").write_text(json.dumps(to_hf_config(cfg), indent=2))
+            hf_state = {k.replace("backbone.embedding.", "backbone.embeddings."): v.contiguous() for k, v in state.items()}
+            save_file(hf_state, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        if folder.exists():
+            shutil.rmtree(folder)
+        os.replace(tmp, folder)
+    except BaseException:  # an error or an interrupt mid-write leaves no temp folder behind
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     return folder
 
 

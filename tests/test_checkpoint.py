@@ -205,3 +205,26 @@ def test_hub_cache_links_into_blobs_are_inside(ckpts, tmp_path):
         (snap / file.name).symlink_to(f"../../blobs/{file.name}")
     assert len(weight_files(snap)) == 2
     assert torch.equal(_logits(snap), _logits(ckpts["hf2"]))
+
+
+@pytest.mark.parametrize("fmt", ["mamba_ssm", "hf"])
+def test_write_checkpoint_leaves_nothing_when_it_fails(tmp_path, monkeypatch, fmt):
+    """An error (or an interrupt) while the weights are written: no temp folder, no output; a bad fmt: nothing made."""
+    import mamba_deploy.random_init as random_init
+    import safetensors.torch
+
+    from mamba_deploy.config import parse_config
+    from mamba_deploy.models import MambaLM
+
+    model = MambaLM(parse_config({"d_model": 16, "n_layer": 1, "vocab_size": 50}), torch.float32)
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(random_init.torch, "save", interrupted)
+    monkeypatch.setattr(safetensors.torch, "save_file", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        random_init.write_checkpoint(model, tmp_path / "ckpt", fmt)
+    with pytest.raises(ValueError, match="fmt must be"):
+        random_init.write_checkpoint(model, tmp_path / "ckpt", "gguf")
+    assert list(tmp_path.iterdir()) == []
