@@ -107,7 +107,8 @@ def write_checkpoint(model: torch.nn.Module, folder: str | os.PathLike, fmt: str
         else:
             from safetensors.torch import save_file
             (tmp / "config.json").write_text(json.dumps(to_hf_config(cfg), indent=2))
-            hf_state = {k.replace("backbone.embedding.", "backbone.embeddings."): v.contiguous() for k, v in state.items()}
+            hf_state = {k.replace("backbone.embedding.", "backbone.embeddings."): v.contiguous()
+                        for k, v in state.items()}
             save_file(hf_state, str(tmp / "model.safetensors"), metadata={"format": "pt"})
         if folder.exists():
             shutil.rmtree(folder)
