@@ -1,5 +1,6 @@
 """One Mamba1 layer's prefill selective scan in the native engine's layouts (channel-last views of the
-(batch, seqlen, dim) projection outputs): time per call and achieved GB/s.
+(batch, seqlen, dim) projection outputs): time per call and achieved GB/s, replayed from a CUDA graph (the
+kernels alone) and as eager calls (host included: small inputs are bound by the host there).
 
     PYTHONPATH=. MAMBA_DEPLOY_KERNEL_LIB=build/libmamba_deploy_kernels.so python3 benchmarks/mamba1_scan.py \\
         --seqlen 2048 --dim 4096            # mamba-1.4b's layer; --dim 5120 for mamba-2.8b
@@ -37,16 +38,21 @@ def main() -> None:
 
     for _ in range(3):
         run()
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    for _ in range(a.repeats):
-        run()
-    end.record()
-    torch.cuda.synchronize()
-    us = start.elapsed_time(end) / a.repeats * 1e3
+    graph = torch.cuda.CUDAGraph()  # the calls replayed from a graph: the kernels' time without the host's
+    with torch.cuda.graph(graph):
+        for _ in range(a.repeats):
+            run()
     moved = Bt * (2 * L * (4 * d + 2 * N) + 2 * 4 * d * N) + 4 * (3 * d + d * N)  # x dt z y, B C; state in + out; A D bias
-    print(f"selective_scan batch={Bt} L={L} dim={d} dstate={N}: {us:.1f} us per call, {moved / 1e6:.1f} MB, "
-          f"{moved / us / 1e3:.0f} GB/s")
+    for how, calls in (("graph replay", graph.replay), ("eager calls", lambda: [run() for _ in range(a.repeats)])):
+        calls()
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        calls()
+        end.record()
+        torch.cuda.synchronize()
+        us = start.elapsed_time(end) / a.repeats * 1e3
+        print(f"selective_scan batch={Bt} L={L} dim={d} dstate={N}, {how}: {us:.1f} us per call, {moved / 1e6:.1f} MB, "
+              f"{moved / us / 1e3:.0f} GB/s")
 
 
 if __name__ == "__main__":
