@@ -2,6 +2,7 @@
 pool == the eager prefill of the same pieces, bit for bit, on any slots; other slots untouched; on the GPU."""
 import pytest
 import torch
+from test_native_slots import fill_pool
 
 from mamba_deploy.native.prefill_graphs import pieces
 
@@ -14,12 +15,6 @@ def ids(batch, length, seed):
     return torch.randint(1, 1000, (batch, length), generator=torch.Generator().manual_seed(seed))
 
 
-def fill_pool(eng, seed):
-    g = torch.Generator(device=eng.device).manual_seed(seed)
-    for t in eng.static.tensors():
-        t.copy_(torch.randn(t.shape, generator=g, device=eng.device) * 0.5)
-
-
 @pytest.mark.parametrize("arch", ARCHS)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
 @pytest.mark.parametrize("batch,length", [(1, 100), (3, 37), (2, 1), (4, 255)])
@@ -29,9 +24,8 @@ def test_graph_pieces_equal_eager_pieces_bitwise(native, checkpoints, arch, dtyp
     assert graphed.prefill_graphs.applies(batch, length, False) and not eager.prefill_graphs.applies(batch, length,
                                                                                                      False)
     for first, seed in ((2, 1), (8 - batch, 2)):  # the same graphs on another set of slots
-        fill_pool(graphed, seed)
+        before = fill_pool(graphed, seed)
         fill_pool(eager, seed)
-        before = graphed.static.clone()
         prompt = ids(batch, length, seed)
         got = graphed.prefill(prompt, graphed.slot_state(first, batch))
         start = 0
