@@ -61,7 +61,7 @@ def _signal_mid_export(ckpt, out, signum, attempts=5):
     """An export that gets `signum` while it is provably still writing: frozen by SIGSTOP with its temp folder
     there and no output yet, then signalled and continued. On a loaded machine the export can finish between
     this test seeing its temp folder and signalling it (it then exited -2: SIGINT during shutdown); such a run is
-    not what this test is about, so it is waited for, removed and tried again."""
+    not what this test is about, so it is waited for, removed and tried again. -> (the process, its temp folder)."""
     for _ in range(attempts):
         proc = _start_export(ckpt, out)
         temp = _wait_for_temp(proc, out)
@@ -71,7 +71,7 @@ def _signal_mid_export(ckpt, out, signum, attempts=5):
             if temp.is_dir() and not out.exists():
                 proc.send_signal(signum)
                 proc.send_signal(signal.SIGCONT)
-                return proc
+                return proc, temp
             proc.send_signal(signal.SIGCONT)
         proc.communicate(timeout=60)
         shutil.rmtree(out, ignore_errors=True)
@@ -82,7 +82,7 @@ def _signal_mid_export(ckpt, out, signum, attempts=5):
                                                  (signal.SIGTERM, 143, "terminated")])
 def test_signal_removes_the_temp_folder(deep_ckpt, tmp_path, signum, code, message):
     out = tmp_path / "out"
-    proc = _signal_mid_export(deep_ckpt, out, signum)
+    proc, _ = _signal_mid_export(deep_ckpt, out, signum)
     _, stderr = proc.communicate(timeout=60)
     # `code` (128 + signal), or killed by the signal, which a shell reports as the same 128 + signal: in about 1
     # run in 40 here an interrupted export printed its message, removed its temp folder and still ended by SIGINT
@@ -94,11 +94,9 @@ def test_signal_removes_the_temp_folder(deep_ckpt, tmp_path, signum, code, messa
 
 def test_next_export_removes_what_a_killed_one_left(deep_ckpt, tmp_path):
     out = tmp_path / "out"
-    proc = _start_export(deep_ckpt, out)
-    leftover = _wait_for_temp(proc, out)
-    proc.kill()
+    proc, leftover = _signal_mid_export(deep_ckpt, out, signal.SIGKILL)
     proc.wait(timeout=60)
-    assert leftover.is_dir()
+    assert proc.returncode == -signal.SIGKILL and leftover.is_dir()
     result = invoke("export", deep_ckpt, "-o", out, "-q")
     assert result.exit_code == 0, result.output
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"] and is_export_folder(out)
