@@ -468,9 +468,7 @@ class NativeEngine:
         hidden, residual = self.emb[ids], None
         attention = Hy.chunk_positions(state, n) if c.attn_layer_idx else ()
         for L in self.layers:
-            normed, residual = K.add_norm(hidden, residual, L.norm_w, L.norm_b, c.norm_eps, c.rms_norm,
-                                          c.residual_in_fp32, out_dtype=self.dtype,
-                                          residual_out=residual)
+            normed, residual = self._prefill_norm(hidden, residual, L.norm_w, L.norm_b)
             if L.kind == "attention":
                 hidden = Hy.attention_prefill(c, L, normed, state, *attention)
             elif L.kind == "mlp":
@@ -478,14 +476,29 @@ class NativeEngine:
             else:
                 hidden = P.mamba_prefill(c, L, normed, state, self.unit, rows)
             if c.d_intermediate:
-                normed, residual = K.add_norm(hidden, residual, L.norm2_w, L.norm2_b, c.norm_eps, c.rms_norm,
-                                              c.residual_in_fp32, out_dtype=self.dtype, residual_out=residual)
+                normed, residual = self._prefill_norm(hidden, residual, L.norm2_w, L.norm2_b)
                 y, gate = torch.nn.functional.linear(normed, L.fc1_w).chunk(2, dim=-1)
                 hidden = torch.nn.functional.linear(y * torch.nn.functional.silu(gate), L.fc2_w)
         if state.length is not None:
             state.length += n
         if not all_logits:
             hidden, residual = hidden[:, -1:].contiguous(), residual[:, -1:].contiguous()
-        normed, _ = K.add_norm(hidden, residual, self.norm_f[0], self.norm_f[1], c.norm_eps, c.rms_norm,
-                               c.residual_in_fp32, out_dtype=self.dtype)
+        normed, _ = self._prefill_norm(hidden, residual, *self.norm_f)
         return torch.nn.functional.linear(normed, self.head)
+
+    def _prefill_norm(self, hidden: torch.Tensor, residual: Optional[torch.Tensor], weight, bias):
+        """hidden, residual (b, n, d) -> (normed, residual + hidden): row_norm's 16-byte rows where it applies
+        (RMSNorm without bias; it is also the decode step's norm), else the library's add_norm."""
+        c = self.config
+        res_dtype = torch.float32 if c.residual_in_fp32 else self.dtype
+        if c.rms_norm and bias is None and hidden.dtype == weight.dtype == self.dtype and hidden.is_contiguous():
+            normed = torch.empty_like(hidden)
+            res_out = residual if residual is not None else torch.empty(hidden.shape, dtype=res_dtype,
+                                                                        device=hidden.device)
+            x2, r2, n2 = (t.view(-1, c.d_model) for t in (hidden, res_out, normed))
+            if res_out.dtype == res_dtype and res_out.is_contiguous() and G.row_norm_ok(c.d_model, c.d_model,
+                                                                                       x2, r2, n2):
+                G.row_norm(x2, None if residual is None else r2, weight, c.norm_eps, out=n2, residual_out=r2)
+                return normed, res_out
+        return K.add_norm(hidden, residual, weight, bias, c.norm_eps, c.rms_norm, c.residual_in_fp32,
+                          out_dtype=self.dtype, residual_out=residual)

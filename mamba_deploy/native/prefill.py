@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from ..config import MAMBA2, ModelConfig
 from ..models.state import InferenceState
 from ..ops import cuda as K
+from . import gemv as G
 from .weights import Layer
 
 
@@ -81,6 +82,10 @@ def _mamba2_scan(c: ModelConfig, L: Layer, xz: torch.Tensor, xc: torch.Tensor, s
     K.chunk_scan(x, dt, L.A, B, C, c.chunk_size, L.D, None, L.dt_b, ssm_state, True, c.dt_limit, out=y,
                  state_out=ssm_state, state_rows=rows)
     out = torch.empty(b, n, m + d, dtype=xc.dtype, device=xc.device)
-    K.gated_rms_norm(y.flatten(-2), xz[..., lo - d:lo], L.gnorm_w, c.norm_eps, d // c.ngroups, out=out[..., m:])
+    y2, z2, out2 = y.view(b * n, d), xz.view(b * n, -1)[:, lo - d:lo], out.view(b * n, -1)[:, m:]
+    if L.gnorm_w.dtype == y.dtype and G.row_norm_ok(d, d // c.ngroups, y2, z2, out2):  # 16-byte rows
+        G.row_norm(y2, z2, L.gnorm_w, c.norm_eps, out=out2, gate=True, group_size=d // c.ngroups)
+    else:
+        K.gated_rms_norm(y2, z2, L.gnorm_w, c.norm_eps, d // c.ngroups, out=out2)
     d_ssm_mlp(c, xz, out[..., :m])
     return out

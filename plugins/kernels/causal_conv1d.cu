@@ -15,6 +15,7 @@ namespace {
 constexpr int kTPT = 8;  // outputs per thread
 constexpr int kW = MD_MAX_CONV_WIDTH;
 constexpr int kThreads = 256;
+constexpr int kVecThreads = 128;  // the vec kernel holds ~150 registers a thread: 3 blocks of 128 fit, 1 of 256
 
 // full[q] for q in [0, width - 1 + seqlen): the state columns, then x; as x's dtype (like the ref).
 template <typename T>
@@ -88,9 +89,10 @@ __global__ void __launch_bounds__(kThreads) causal_conv1d_kernel(const md_causal
 
 // Channel-last prefill (x and y with a unit channel stride, as from a (batch, seqlen, dim) GEMM output), width
 // 4, dim % 8 == 0, 16-byte aligned rows: a thread computes kTPT steps of 8 consecutive channels with 16-byte
-// loads and stores, streaming a window of 4 rows through registers; a warp covers 256 consecutive channels
-// of a row (the generic kernel's warp reads 64 bytes a row and re-reads each input twice). Same arithmetic,
-// in the same order, as causal_conv1d_kernel.
+// loads and stores; a warp covers 256 consecutive channels of a row (the generic kernel's warp reads 64 bytes a
+// row and re-reads each input twice). All of a thread's input rows and weights are loaded before the first
+// product, so their loads are in flight together: loaded one row a step, a short prompt's conv took ~25 us a
+// layer of DRAM round trips. Same arithmetic, in the same order, as causal_conv1d_kernel.
 template <typename T>
 __device__ __forceinline__ void full_row8(const md_causal_conv1d_params& p, int64_t b, int64_t c0, int64_t q, float* f) {
   constexpr int W = 4;
@@ -102,23 +104,72 @@ __device__ __forceinline__ void full_row8(const md_causal_conv1d_params& p, int6
   for (int v = 0; v < 8; ++v) f[v] = full_at<T>(p, b, c0 + v, q);
 }
 
-template <typename T>
-__global__ void __launch_bounds__(kThreads) causal_conv1d_vec_kernel(const md_causal_conv1d_params p) {
+// The W - 1 state columns of 8 channels, as x's dtype (like full_at), state dtype S: the 24 loads are issued
+// before any conversion (through load_any, each waited for its load: ~16 us of round trips in chunk 0).
+template <typename T, typename S>
+__device__ __forceinline__ void state_cols8(const md_causal_conv1d_params& p, int64_t b, int64_t c0, float (*win)[8]) {
   constexpr int W = 4;
+  const S* st = static_cast<const S*>(p.state_in) + state_row(p.state_rows, b) * p.state_in_batch_stride;
+  S raw[W - 1][8];
+#pragma unroll
+  for (int j = 0; j < W - 1; ++j) {
+#pragma unroll
+    for (int v = 0; v < 8; ++v) raw[j][v] = st[(c0 + v) * p.state_in_dim_stride + j * p.state_in_width_stride];
+  }
+#pragma unroll
+  for (int j = 0; j < W - 1; ++j) {
+#pragma unroll
+    for (int v = 0; v < 8; ++v) win[j][v] = to_f(from_f<T>(to_f(raw[j][v])));
+  }
+}
+
+template <typename T>
+__global__ void __launch_bounds__(kVecThreads) causal_conv1d_vec_kernel(const md_causal_conv1d_params p) {
+  constexpr int W = 4, kRows = W - 1 + kTPT;
   const int64_t groups = p.dim / 8, nchunks = (p.seqlen + kTPT - 1) / kTPT;
-  const int64_t idx = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x;
+  const int64_t idx = static_cast<int64_t>(blockIdx.x) * kVecThreads + threadIdx.x;
   if (idx >= p.batch * nchunks * groups) return;
   const int64_t c0 = (idx % groups) * 8, k = (idx / groups) % nchunks, b = idx / (groups * nchunks);
   const int64_t t0 = k * kTPT;
-  float w[W][8], bias[8], win[W][8];
+  // raw[j]: x at time t0 + j - (W - 1), zero outside [0, seqlen) (the state columns are read below)
+  uint4 raw[kRows];
+  const T* xb = static_cast<const T*>(p.x) + b * p.x_batch_stride + c0;
 #pragma unroll
-  for (int v = 0; v < 8; ++v) {
-#pragma unroll
-    for (int i = 0; i < W; ++i) w[i][v] = load_any(p.weight, p.weight_dtype, (c0 + v) * p.weight_dim_stride + i * p.weight_width_stride);
-    bias[v] = p.bias ? load_any(p.bias, p.weight_dtype, (c0 + v) * p.bias_stride) : 0.f;
+  for (int j = 0; j < kRows; ++j) {
+    const int64_t pos = t0 + j - (W - 1);
+    raw[j] = pos >= 0 && pos < p.seqlen ? __ldg(reinterpret_cast<const uint4*>(xb + pos * p.x_seq_stride))
+                                        : make_uint4(0, 0, 0, 0);
   }
+  // the 8 channels' (dim, 4) weights: 64 contiguous bytes. As 2-byte loads (a warp's lanes 64 bytes apart) they
+  // cost more L1 wavefronts than the rows: the kernel ran at ~0.7 TB/s.
+  float w[W][8], bias[8];
 #pragma unroll
-  for (int j = 0; j < W - 1; ++j) full_row8<T>(p, b, c0, t0 + j, win[j]);
+  for (int q = 0; q < W * 8 / 8; ++q) {
+    float f[8];  // channels c0 + 2q, c0 + 2q + 1, 4 taps each
+    load8(static_cast<const T*>(p.weight) + (c0 + 2 * q) * W, f);
+#pragma unroll
+    for (int i = 0; i < W; ++i) {
+      w[i][2 * q] = f[i];
+      w[i][2 * q + 1] = f[W + i];
+    }
+  }
+  if (p.bias) load8(static_cast<const T*>(p.bias) + c0, bias);
+  else {
+#pragma unroll
+    for (int v = 0; v < 8; ++v) bias[v] = 0.f;
+  }
+  float win[W][8];
+  if (k != 0) {
+#pragma unroll
+    for (int j = 0; j < W - 1; ++j) unpack(raw[j], win[j], T());
+  } else if (p.state_in != nullptr && p.state_dtype == MD_FLOAT32) {
+    state_cols8<T, float>(p, b, c0, win);
+  } else if (p.state_in != nullptr && p.state_dtype == p.x_dtype) {
+    state_cols8<T, T>(p, b, c0, win);
+  } else {
+#pragma unroll
+    for (int j = 0; j < W - 1; ++j) full_row8<T>(p, b, c0, j, win[j]);  // zeros, or another state dtype
+  }
   float new_state[W - 1][8];
   if (k == 0 && p.state_out != nullptr) {  // read everything state_out needs before writing it
 #pragma unroll
@@ -127,8 +178,7 @@ __global__ void __launch_bounds__(kThreads) causal_conv1d_vec_kernel(const md_ca
   T* y = static_cast<T*>(p.y) + b * p.y_batch_stride + c0;
 #pragma unroll
   for (int s = 0; s < kTPT; ++s) {
-    if (t0 + s >= p.seqlen) break;
-    full_row8<T>(p, b, c0, t0 + s + W - 1, win[W - 1]);
+    unpack(raw[s + W - 1], win[W - 1], T());
     float out[8];
 #pragma unroll
     for (int v = 0; v < 8; ++v) {
@@ -137,7 +187,7 @@ __global__ void __launch_bounds__(kThreads) causal_conv1d_vec_kernel(const md_ca
       for (int i = 0; i < W; ++i) acc += w[i][v] * win[i][v];
       out[v] = p.silu ? silu(acc) : acc;
     }
-    store8(y + (t0 + s) * p.y_seq_stride, out);
+    if (t0 + s < p.seqlen) store8(y + (t0 + s) * p.y_seq_stride, out);
 #pragma unroll
     for (int i = 0; i < W - 1; ++i) {
 #pragma unroll
@@ -163,7 +213,9 @@ __global__ void __launch_bounds__(kThreads) causal_conv1d_vec_kernel(const md_ca
 bool vec_ok(const md_causal_conv1d_params& p) {
   const int64_t elems = 8;  // 16-bit elements in 16 bytes
   const auto aligned = [&](const void* ptr) { return (reinterpret_cast<uintptr_t>(ptr) & 15) == 0; };
-  return p.x_dtype != MD_FLOAT32 && p.width == 4 && p.x_dim_stride == 1 && p.y_dim_stride == 1 && p.dim % 8 == 0 && p.weight_dtype == p.x_dtype &&
+  return p.x_dtype != MD_FLOAT32 && p.width == 4 && p.x_dim_stride == 1 && p.y_dim_stride == 1 && p.dim % 8 == 0 &&
+         p.weight_dtype == p.x_dtype && p.weight_dim_stride == 4 && p.weight_width_stride == 1 &&
+         aligned(p.weight) && (p.bias == nullptr || (p.bias_stride == 1 && aligned(p.bias))) &&
          p.x_batch_stride % elems == 0 && p.x_seq_stride % elems == 0 && p.y_batch_stride % elems == 0 &&
          p.y_seq_stride % elems == 0 && aligned(p.x) && aligned(p.y);
 }
@@ -218,10 +270,10 @@ extern "C" cudaError_t md_launch_causal_conv1d(const md_causal_conv1d_params* p,
   }
   const int64_t nchunks = (p->seqlen + md::kTPT - 1) / md::kTPT;
   if (md::vec_ok(*p)) {
-    const int64_t vblocks = (p->batch * nchunks * (p->dim / 8) + md::kThreads - 1) / md::kThreads;
+    const int64_t vblocks = (p->batch * nchunks * (p->dim / 8) + md::kVecThreads - 1) / md::kVecThreads;
     MD_CHECK(vblocks < (int64_t{1} << 31), "causal_conv1d: too large");
     return MD_DISPATCH_DTYPE(p->x_dtype, T, [&] {
-      md::causal_conv1d_vec_kernel<T><<<static_cast<unsigned>(vblocks), md::kThreads, 0, stream>>>(*p);
+      md::causal_conv1d_vec_kernel<T><<<static_cast<unsigned>(vblocks), md::kVecThreads, 0, stream>>>(*p);
       return cudaGetLastError();
     });
   }

@@ -27,7 +27,7 @@ namespace md {
 namespace {
 
 constexpr int kThreads = 128;  // channels per block
-constexpr int kBlocksPerSM = 5;  // 96 registers a thread: the 16 states, their decay rates, the loads in flight
+constexpr int kBlocksPerSM = 6;  // <= 80 registers a thread: the 16 states, their decay rates, the loads in flight
 constexpr int kState = 16;     // states a thread holds (dstate <= kState; the rest stay 0)
 constexpr int kTile = 8;       // steps staged at a time
 constexpr int kMinChunk = 32;  // shortest chunk of the two-pass form
@@ -97,28 +97,40 @@ __global__ void __launch_bounds__(kThreads, kBlocksPerSM) mamba1_walk_kernel(con
   const int64_t ws_row = b * p.nheads + d;  // of one workspace slot
   const int64_t ws_slot = p.batch * p.nheads;
 
+  // The thread's loads are all issued before any use: a use right behind each load (load_any's conversion, the
+  // scaling by log2(e), the copy into the workspace) would serialise 16-32 round trips at the start of a block.
   float A2[kState], h[kState];
   float bias = 0.f, Dv = 0.f;
   if (active) {
     if (p.dt_bias) bias = load_any(p.dt_bias, p.param_dtype, d * p.dt_bias_head_stride);
     if (p.D) Dv = load_any(p.D, p.param_dtype, d * p.D_head_stride);
   }
+  if (p.param_dtype == MD_FLOAT32) {
+    const float* A = static_cast<const float*>(p.A) + d * p.A_head_stride;
+#pragma unroll
+    for (int n = 0; n < kState; ++n) A2[n] = active && n < p.dstate ? A[n * p.A_state_stride] : 0.f;
+  } else {
+#pragma unroll
+    for (int n = 0; n < kState; ++n) {
+      A2[n] = active && n < p.dstate ? load_any(p.A, p.param_dtype, d * p.A_head_stride + n * p.A_state_stride) : 0.f;
+    }
+  }
+  const int64_t h0_slot = c == 0 ? a.nchunks - 1 : c - 1;
+  const S* state_in = c == 0 && p.state_in ? static_cast<const S*>(p.state_in) + state_b * p.state_in_batch_stride +
+                                                 d * p.state_in_head_stride : nullptr;
 #pragma unroll
   for (int n = 0; n < kState; ++n) {
     const bool ok = active && n < p.dstate;
-    A2[n] = ok ? load_any(p.A, p.param_dtype, d * p.A_head_stride + n * p.A_state_stride) * kLog2e : 0.f;
     float h0 = 0.f;
-    if (ok && kPass == kOutput) {
-      const int64_t slot = c == 0 ? a.nchunks - 1 : c - 1;
-      h0 = a.ws_h[(slot * ws_slot + ws_row) * kState + n];
-    } else if (ok && c == 0 && p.state_in) {
-      h0 = to_f(static_cast<const S*>(p.state_in)[state_b * p.state_in_batch_stride + d * p.state_in_head_stride +
-                                                  n * p.state_in_state_stride]);
-    }
+    if (ok && kPass == kOutput) h0 = a.ws_h[(h0_slot * ws_slot + ws_row) * kState + n];
+    else if (ok && state_in) h0 = to_f(state_in[n * p.state_in_state_stride]);
     h[n] = h0;
-    if (kPass == kLocal && c == 0 && a.nchunks > 1 && active) {
-      a.ws_h[((a.nchunks - 1) * ws_slot + ws_row) * kState + n] = h0;
-    }
+  }
+#pragma unroll
+  for (int n = 0; n < kState; ++n) A2[n] *= kLog2e;
+  if (kPass == kLocal && c == 0 && a.nchunks > 1 && active) {
+#pragma unroll
+    for (int n = 0; n < kState; ++n) a.ws_h[((a.nchunks - 1) * ws_slot + ws_row) * kState + n] = h[n];
   }
 
   const T* x = static_cast<const T*>(p.x) + b * p.x_batch_stride + d * p.x_head_stride;
@@ -137,13 +149,24 @@ __global__ void __launch_bounds__(kThreads, kBlocksPerSM) mamba1_walk_kernel(con
     sh.dx[to][s][tid] = delta * xv;
     if (kNeedC) {
       sh.skip[to][s][tid] = Dv * xv;
-      sh.gate[to][s][tid] = z ? silu(zv) : 1.f;
+      sh.gate[to][s][tid] = z ? __fdividef(zv, 1.f + __expf(-zv)) : 1.f;  // silu; 0 past 2^126 (-88): its limit
     }
   };
-  const auto load_step = [&](int64_t t, float& xv, float& dtv, float& zv) {
-    xv = to_f(x[t * p.x_seq_stride]);
-    dtv = to_f(dt[t * p.dt_seq_stride]);
-    zv = kNeedC && z ? to_f(z[t * p.z_seq_stride]) : 0.f;
+  // The steps are loaded, and y stored, in time order: through running pointers, with no 64-bit index products
+  // in the step loop.
+  const T *xn = x + t_begin * p.x_seq_stride, *dtn = dt + t_begin * p.dt_seq_stride;
+  const T* zn = kNeedC && z ? z + t_begin * p.z_seq_stride : nullptr;
+  T* yn = y + t_begin * p.y_seq_stride;
+  const auto load_step = [&](float& xv, float& dtv, float& zv) {
+    xv = to_f(*xn);
+    dtv = to_f(*dtn);
+    xn += p.x_seq_stride;
+    dtn += p.dt_seq_stride;
+    zv = 0.f;
+    if (zn) {
+      zv = to_f(*zn);
+      zn += p.z_seq_stride;
+    }
   };
   TileLoader<T, kNeedC> next;
   next.load(p, b, t_begin, t_end);
@@ -151,7 +174,7 @@ __global__ void __launch_bounds__(kThreads, kBlocksPerSM) mamba1_walk_kernel(con
   const int first = static_cast<int>(t_end - t_begin < kTile ? t_end - t_begin : kTile);
   for (int s = 0; active && s < first; ++s) {
     float xv, dtv, zv;
-    load_step(t_begin + s, xv, dtv, zv);
+    load_step(xv, dtv, zv);
     scalars(0, s, xv, dtv, zv);
   }
   __syncthreads();
@@ -164,7 +187,7 @@ __global__ void __launch_bounds__(kThreads, kBlocksPerSM) mamba1_walk_kernel(con
 #pragma unroll 1
     for (int s = 0; active && s < tn; ++s) {
       float xv = 0.f, dtv = 0.f, zv = 0.f;
-      if (s < next_tn) load_step(t0 + kTile + s, xv, dtv, zv);
+      if (s < next_tn) load_step(xv, dtv, zv);
       const float delta = sh.delta[buf][s][tid], dx = sh.dx[buf][s][tid];
       dt_sum += delta;
       const float4* Bq = reinterpret_cast<const float4*>(sh.B[buf][s]);
@@ -188,7 +211,8 @@ __global__ void __launch_bounds__(kThreads, kBlocksPerSM) mamba1_walk_kernel(con
       }
       if (kNeedC) {
         const float out = ((acc[0] + acc[1]) + (acc[2] + acc[3]) + sh.skip[buf][s][tid]) * sh.gate[buf][s][tid];
-        y[(t0 + s) * p.y_seq_stride] = from_f<T>(out);
+        *yn = from_f<T>(out);
+        yn += p.y_seq_stride;
       }
       if (s < next_tn) scalars(buf ^ 1, s, xv, dtv, zv);
     }
@@ -236,6 +260,11 @@ cudaError_t launch_pass(const WalkArgs& a, cudaStream_t stream) {
   const int64_t chunks = kPass == kLocal ? a.nchunks - 1 : a.nchunks;
   const dim3 grid(static_cast<unsigned>((a.p.nheads + kThreads - 1) / kThreads), static_cast<unsigned>(chunks),
                   static_cast<unsigned>(a.p.batch));
+  // kBlocksPerSM blocks of ~35 KB shared memory: more than the default carveout holds (ncu: 5 a multiprocessor)
+  const cudaError_t err = cudaFuncSetAttribute(mamba1_walk_kernel<T, S, kPass>,
+                                               cudaFuncAttributePreferredSharedMemoryCarveout,
+                                               cudaSharedmemCarveoutMaxShared);
+  if (err != cudaSuccess) return err;
   mamba1_walk_kernel<T, S, kPass><<<grid, kThreads, 0, stream>>>(a);
   return cudaGetLastError();
 }
@@ -262,17 +291,23 @@ bool mamba1_walk_eligible(const md_ssm_params& p) {
          p.nheads <= (int64_t{1} << 31) - kThreads;
 }
 
-// Chunks enough for two waves of resident threads when batch x channels are fewer, each at least kMinChunk
+// Chunks enough for two waves of resident blocks when batch x channels are fewer, each at least kMinChunk
 // steps; 1 (the one-pass walk, no workspace) when batch x channels already fill one wave or the sequence is too
-// short to cut in 3; 0 (not this kernel) when even the chunks leave most of a wave idle. Measured on the H200
-// (benchmarks/mamba1_scan.py, dim 4096): 1 x 100 took 142 us here in 3 chunks (12k threads) against 64 in the
-// state-parallel walk of ssm_scan.cu.
+// short to cut in 3; 0 (not this kernel) when even the chunks leave most of a wave idle. Every block walks the
+// same number of steps, so the count is rounded down to whole waves where that still gives 3 chunks: 1 x 2,048
+// had taken 42 chunks of 32 blocks, 2.04 waves of 660 (5 blocks a multiprocessor then), so the output pass ran
+// a third wave for 24 blocks.
+// Measured on the H200 (benchmarks/mamba1_scan.py, dim 4096): 1 x 100 took 142 us here in 3 chunks (12k
+// threads) against 64 in the state-parallel walk of ssm_scan.cu.
 int64_t mamba1_walk_chunks(const md_ssm_params& p) {
   const int64_t sms = device_attribute(cudaDevAttrMultiProcessorCount, 132);
   const int64_t threads = p.batch * p.nheads, wave = sms * kBlocksPerSM * kThreads, target = 2 * wave;
   int64_t n = 1;
   if (threads * 2 < target && p.seqlen >= 3 * kMinChunk) {
-    n = std::min<int64_t>({(target + threads - 1) / threads, p.seqlen / kMinChunk, kMaxChunks});
+    const int64_t chunk_blocks = p.batch * ((p.nheads + kThreads - 1) / kThreads);
+    const int64_t whole_waves = 2 * sms * kBlocksPerSM / chunk_blocks;
+    n = whole_waves >= 3 ? whole_waves : (target + threads - 1) / threads;
+    n = std::min<int64_t>({n, p.seqlen / kMinChunk, kMaxChunks});
     const int64_t per_chunk = threads * (kState + 1) * int64_t(sizeof(float));
     n = std::min(n, kMaxWorkspace / per_chunk);
     n = (p.seqlen + chunk_len_of(p, n) - 1) / chunk_len_of(p, n);  // no empty chunk
