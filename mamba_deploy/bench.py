@@ -246,6 +246,7 @@ def bench(path=None, backend: str = "native", batches: Sequence[int] = (1, 16, 6
         rows.append(dict(model=name, batch=b, decode_ms=ms, tok_s=b * 1000.0 / ms, gbps=moved / ms / 1e6,
                          floor_ms=moved / COPY_BW * 1e3, prefill_ms=prefill_ms, prefill_len=prefill_len,
                          weight_gb=wbytes / 1e9, mamba_ssm_ms=ssm_ms))
+    profile_lines = _profile_lines(eng, batches, prefill_len) if profile else []  # before generate: see there
     if generate:
         api = engine_api(eng)
         for r in rows:
@@ -255,19 +256,26 @@ def bench(path=None, backend: str = "native", batches: Sequence[int] = (1, 16, 6
     for r in rows:
         r["peak_gib"] = peak
     print_fn(format_table(rows, torch.cuda.get_device_name(), dtype, state_dtype))
-    if profile:
-        for b in batches:
-            state = eng.new_state(b)
-            run = eng.greedy_replay(state, torch.ones(b, dtype=torch.int64, device=eng.device))
-            print_fn(f"\nkernels of one decode step, batch {b} (us/step, calls/step):")
-            for k, us, n in profile_kernels(lambda: run(1)):
-                print_fn(f"  {us:9.1f}  {n:4d}  {k}")
-            del state
-        ids, state = _prompt(1, prefill_len, eng.config.vocab_size, eng.device), eng.new_state(1)
-        print_fn(f"\nkernels of one prefill of {prefill_len} tokens (us, calls):")
-        for k, us, n in profile_kernels(lambda: eng.prefill(ids, state.zero_()), runs=2):  # a hybrid's KV fills
-            print_fn(f"  {us:9.1f}  {n:4d}  {k}")
+    for line in profile_lines:
+        print_fn(line)
     return rows
+
+
+def _profile_lines(eng, batches: Sequence[int], prefill_len: int) -> list[str]:
+    """Kernels of one decode step per batch and of one prefill, as lines. Runs before Engine.generate: its
+    Engine keeps a state of the pool alive, and greedy_replay needs the pool's first slots."""
+    lines = []
+    for b in batches:
+        state = eng.new_state(b)
+        run = eng.greedy_replay(state, torch.ones(b, dtype=torch.int64, device=eng.device))
+        lines.append(f"\nkernels of one decode step, batch {b} (us/step, calls/step):")
+        lines += [f"  {us:9.1f}  {n:4d}  {k}" for k, us, n in profile_kernels(lambda: run(1), top=14)]
+        del state
+    ids, state = _prompt(1, prefill_len, eng.config.vocab_size, eng.device), eng.new_state(1)
+    lines.append(f"\nkernels of one prefill of {prefill_len} tokens (us, calls):")
+    lines += [f"  {us:9.1f}  {n:4d}  {k}"  # a hybrid's KV fills: state.zero_() each run
+              for k, us, n in profile_kernels(lambda: eng.prefill(ids, state.zero_()), runs=2)]
+    return lines
 
 
 def format_table(rows: list[dict], device: str, dtype: str, state_dtype: str) -> str:

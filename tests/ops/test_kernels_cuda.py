@@ -84,16 +84,17 @@ def test_causal_conv1d_channel_last_no_state_no_act(cuda, dtype, width):
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("seqlen", [2, 7, 8, 9, 37, 300])
-@pytest.mark.parametrize("with_state", [False, True])
+@pytest.mark.parametrize("with_state", [False, True, "float32"])
 def test_causal_conv1d_channel_last_vectorised(cuda, dtype, seqlen, with_state):
     """x and y channel-last (GEMM-output layout), width 4, dim % 8 == 0: the 16-byte kernel (16-bit dtypes;
     float32 takes the generic kernel). Bit for bit the generic kernel's result (y written with another layout),
-    and within tolerance of the reference; the state on a pool of rows, in place."""
+    and within tolerance of the reference; the state (x's dtype, or float32 as the engine keeps it) on a pool of
+    rows, in place."""
     batch, dim, width, pool_size = 3, 264, 4, 7
     xbl = rnd(batch, seqlen, dim + 16, dtype=dtype)
     x = xbl[:, :, 8:8 + dim].transpose(1, 2)  # channel stride 1, 16-byte aligned rows
     w, b = rnd(dim, width, dtype=dtype), rnd(dim, dtype=dtype)
-    pool = rnd(pool_size, dim, width - 1, dtype=dtype)
+    pool = rnd(pool_size, dim, width - 1, dtype=torch.float32 if with_state == "float32" else dtype)
     rows = torch.tensor([5, 0, 3], device="cuda")
     state = pool[rows] if with_state else None
     y_ref, s_ref = causal_conv1d_ref(*f32(x, w, b, state))
