@@ -444,61 +444,51 @@ class NativeEngine:
 
     # ---- prefill ---------------------------------------------------------------------------------
     @torch.no_grad()
-    def prefill(self, input_ids: torch.Tensor, state: InferenceState, all_logits: bool = False) -> torch.Tensor:
+    def prefill(self, input_ids: torch.Tensor, state: InferenceState, all_logits: bool = False,
+                lengths: Optional[list[int]] = None) -> torch.Tensor:
         """input_ids (b, L) from `state` (updated in place), in chunks of chunk_len tokens, so memory does
-        not grow with L; returns logits (b, 1, V) of the last position, or (b, L, V) with all_logits."""
+        not grow with L; returns logits (b, 1, V) of the last position, or (b, L, V) with all_logits.
+        lengths: None, or each row's prompt length (1..L): prompts of different lengths in one call, each
+        right-aligned in its row (left padding, any ids); those rows must start from a zero state (fresh
+        sequences), and the logits at pad positions mean nothing. Pure Mamba (and MLP) layers only."""
         ids = input_ids.to(self.device, torch.int64, non_blocking=True)
         check_room(state, ids.shape[1])
+        pad, padded_to = P.left_padding(self.config, ids.shape, lengths, self.device)
         graphs = self.prefill_graphs
-        first = self._first_slot(state) if graphs.max_tokens else None
+        first = self._first_slot(state) if graphs.max_tokens and pad is None else None
         outs = []
         for s in range(0, ids.shape[1], self.chunk_len):
             chunk = ids[:, s:s + self.chunk_len]
             if first is not None and graphs.applies(*chunk.shape, all_logits):
                 outs.append(graphs.run(chunk, first))
             else:
-                outs.append(self._prefill_chunk(chunk, state, all_logits))
+                chunk_pad = pad[:, s:s + self.chunk_len] if s < padded_to else None
+                outs.append(self._prefill_chunk(chunk, state, all_logits, pad=chunk_pad))
         return outs[-1] if not all_logits else torch.cat(outs, dim=1)
 
     def _prefill_chunk(self, ids: torch.Tensor, state: InferenceState, all_logits: bool,
-                       rows: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """ids (b, n) -> logits (b, 1 or n, vocab_padded); `state` (or, given rows, its rows rows[r]) in place."""
+                       rows: Optional[torch.Tensor] = None, pad: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """ids (b, n) -> logits (b, 1 or n, vocab_padded); `state` (or, given rows, its rows rows[r]) in place.
+        pad: None or (b, n) bool, True at left padding (native.prefill.mamba_prefill)."""
         c = self.config
         b, n = ids.shape
         hidden, residual = self.emb[ids], None
         attention = Hy.chunk_positions(state, n) if c.attn_layer_idx else ()
         for L in self.layers:
-            normed, residual = self._prefill_norm(hidden, residual, L.norm_w, L.norm_b)
+            normed, residual = P.prefill_norm(c, self.dtype, hidden, residual, L.norm_w, L.norm_b)
             if L.kind == "attention":
                 hidden = Hy.attention_prefill(c, L, normed, state, *attention)
             elif L.kind == "mlp":
                 hidden = Hy.mlp_prefill(L, normed)
             else:
-                hidden = P.mamba_prefill(c, L, normed, state, self.unit, rows)
+                hidden = P.mamba_prefill(c, L, normed, state, self.unit, rows, pad)
             if c.d_intermediate:
-                normed, residual = self._prefill_norm(hidden, residual, L.norm2_w, L.norm2_b)
+                normed, residual = P.prefill_norm(c, self.dtype, hidden, residual, L.norm2_w, L.norm2_b)
                 y, gate = torch.nn.functional.linear(normed, L.fc1_w).chunk(2, dim=-1)
                 hidden = torch.nn.functional.linear(y * torch.nn.functional.silu(gate), L.fc2_w)
         if state.length is not None:
             state.length += n
         if not all_logits:
             hidden, residual = hidden[:, -1:].contiguous(), residual[:, -1:].contiguous()
-        normed, _ = self._prefill_norm(hidden, residual, *self.norm_f)
+        normed, _ = P.prefill_norm(c, self.dtype, hidden, residual, *self.norm_f)
         return torch.nn.functional.linear(normed, self.head)
-
-    def _prefill_norm(self, hidden: torch.Tensor, residual: Optional[torch.Tensor], weight, bias):
-        """hidden, residual (b, n, d) -> (normed, residual + hidden): row_norm's 16-byte rows where it applies
-        (RMSNorm without bias; it is also the decode step's norm), else the library's add_norm."""
-        c = self.config
-        res_dtype = torch.float32 if c.residual_in_fp32 else self.dtype
-        if c.rms_norm and bias is None and hidden.dtype == weight.dtype == self.dtype and hidden.is_contiguous():
-            normed = torch.empty_like(hidden)
-            res_out = residual if residual is not None else torch.empty(hidden.shape, dtype=res_dtype,
-                                                                        device=hidden.device)
-            x2, r2, n2 = (t.view(-1, c.d_model) for t in (hidden, res_out, normed))
-            if res_out.dtype == res_dtype and res_out.is_contiguous() and G.row_norm_ok(c.d_model, c.d_model,
-                                                                                       x2, r2, n2):
-                G.row_norm(x2, None if residual is None else r2, weight, c.norm_eps, out=n2, residual_out=r2)
-                return normed, res_out
-        return K.add_norm(hidden, residual, weight, bias, c.norm_eps, c.rms_norm, c.residual_in_fp32,
-                          out_dtype=self.dtype, residual_out=residual)

@@ -4,12 +4,13 @@ all writing the layer's conv and SSM state in place. Falcon-Mamba's dt / B / C n
 models' gated MLP part (d_ssm_mlp) serve decode too."""
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, Sequence
 
 import torch
 import torch.nn.functional as F
 
 from ..config import MAMBA2, ModelConfig
+from ..errors import ParameterError, is_integer
 from ..models.state import InferenceState
 from ..ops import cuda as K
 from . import gemv as G
@@ -37,30 +38,52 @@ def d_ssm_mlp(cfg: ModelConfig, xz: torch.Tensor, out: torch.Tensor) -> None:
 
 
 def mamba_prefill(cfg: ModelConfig, L: Layer, normed: torch.Tensor, state: InferenceState,
-                  unit: Optional[torch.Tensor], rows: Optional[torch.Tensor] = None) -> torch.Tensor:
+                  unit: Optional[torch.Tensor], rows: Optional[torch.Tensor] = None,
+                  pad: Optional[torch.Tensor] = None) -> torch.Tensor:
     """A Mamba layer over a chunk: normed (b, n, d_model) -> (b, n, d_model); its conv and ssm state in place.
     rows: None (batch row r is row r of `state`) or (b,) int64 on the device: batch row r is row rows[r] of
-    `state`, a pool (what a captured prefill graph replays on, whatever the slots)."""
+    `state`, a pool (what a captured prefill graph replays on, whatever the slots).
+    pad: None or (b, n) bool on the device, True at a row's left padding (its prompt is right-aligned); a row
+    with padding must enter from a zero state, which its pad positions then leave as it was (outputs there are
+    not meaningful). See mask_padding."""
     c = cfg
     b, n, _ = normed.shape
     conv_state, ssm_state = state.conv[L.index], state.ssm[L.index]
     xz = F.linear(normed, L.in_w, L.in_b)  # (b, n, in_proj_dim)
     lo = c.conv_lo
+    if pad is not None:
+        mask_padding(c, xz, pad)
     xc = torch.empty(b, n, c.conv_dim, dtype=normed.dtype, device=normed.device)
     K.causal_conv1d(xz[..., lo:lo + c.conv_dim].transpose(1, 2), L.conv_w, L.conv_b, conv_state, "silu",
                     out=xc.transpose(1, 2), state_out=conv_state, state_rows=rows)
     y = _mamba2_scan(c, L, xz, xc, ssm_state, rows) if c.arch == MAMBA2 else \
-        _mamba1_scan(c, L, xz, xc, ssm_state, unit, rows)
+        _mamba1_scan(c, L, xz, xc, ssm_state, unit, rows, pad)
     return F.linear(y, L.out_w, L.out_b)
 
 
+def mask_padding(cfg: ModelConfig, xz: torch.Tensor, pad: torch.Tensor) -> None:
+    """Left padding that leaves a zero state as it was, on in_proj's output xz (b, n, in_proj_dim), in place:
+    the conv's input channels are zeroed at pad positions (so the conv of a row's first tokens sees zeros, as
+    from a zero conv state, and its final state holds only real inputs), and dt there is set to its dtype's
+    lowest value, so the scans' softplus(dt + bias) is 0: a decay of 1 and no input, the SSM state unchanged
+    (Mamba1's dt comes out of dt_proj: _mamba1_scan masks it there). Mamba2's dt_limit must start at 0."""
+    c = cfg
+    at_pad = pad.unsqueeze(-1)
+    xz[..., c.conv_lo:c.conv_lo + c.conv_dim].masked_fill_(at_pad, 0)
+    if c.arch == MAMBA2:
+        xz[..., c.conv_lo + c.conv_dim:].masked_fill_(at_pad, torch.finfo(xz.dtype).min)
+
+
 def _mamba1_scan(c: ModelConfig, L: Layer, xz: torch.Tensor, xc: torch.Tensor, ssm_state: torch.Tensor,
-                 unit: Optional[torch.Tensor], rows: Optional[torch.Tensor]) -> torch.Tensor:
-    """xz (b, n, 2 d_inner), xc = conv output (b, n, d_inner) -> y (b, n, d_inner)."""
+                 unit: Optional[torch.Tensor], rows: Optional[torch.Tensor],
+                 pad: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """xz (b, n, 2 d_inner), xc = conv output (b, n, d_inner) -> y (b, n, d_inner); pad as in mamba_prefill."""
     R, N = c.dt_rank, c.d_state
     xdbl = F.linear(xc, L.x_w)  # (b, n, R + 2N)
     dt_bc_norm(c, unit, xdbl)
     dt = F.linear(xdbl[..., :R], L.dt_w)  # (b, n, d_inner), bias in the scan
+    if pad is not None:
+        dt.masked_fill_(pad.unsqueeze(-1), torch.finfo(dt.dtype).min)  # see mask_padding
     y = torch.empty_like(xc)
     K.selective_scan(xc.transpose(1, 2), dt.transpose(1, 2), L.A, xdbl[..., R:R + N].transpose(1, 2),
                      xdbl[..., R + N:].transpose(1, 2), L.D, xz[..., c.d_inner:].transpose(1, 2), L.dt_b,
@@ -89,3 +112,40 @@ def _mamba2_scan(c: ModelConfig, L: Layer, xz: torch.Tensor, xc: torch.Tensor, s
         K.gated_rms_norm(y2, z2, L.gnorm_w, c.norm_eps, d // c.ngroups, out=out2)
     d_ssm_mlp(c, xz, out[..., :m])
     return out
+
+
+def prefill_norm(cfg: ModelConfig, dtype: torch.dtype, hidden: torch.Tensor, residual: Optional[torch.Tensor],
+                 weight: torch.Tensor, bias: Optional[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """hidden, residual (b, n, d_model) -> (normed, residual + hidden) for a model in `dtype`: row_norm's 16-byte
+    rows where it applies (RMSNorm without bias; it is also the decode step's norm), else the library's add_norm."""
+    c = cfg
+    res_dtype = torch.float32 if c.residual_in_fp32 else dtype
+    if c.rms_norm and bias is None and hidden.dtype == weight.dtype == dtype and hidden.is_contiguous():
+        normed = torch.empty_like(hidden)
+        res_out = residual if residual is not None else torch.empty(hidden.shape, dtype=res_dtype, device=hidden.device)
+        x2, r2, n2 = (t.view(-1, c.d_model) for t in (hidden, res_out, normed))
+        if res_out.dtype == res_dtype and res_out.is_contiguous() and G.row_norm_ok(c.d_model, c.d_model, x2, r2, n2):
+            G.row_norm(x2, None if residual is None else r2, weight, c.norm_eps, out=n2, residual_out=r2)
+            return normed, res_out
+    return K.add_norm(hidden, residual, weight, bias, c.norm_eps, c.rms_norm, c.residual_in_fp32, out_dtype=dtype,
+                      residual_out=residual)
+
+
+def left_padding(cfg: ModelConfig, shape: tuple[int, int], lengths: Optional[Sequence[int]],
+                 device: torch.device) -> tuple[Optional[torch.Tensor], int]:
+    """For NativeEngine.prefill's `lengths` (each row's prompt length, right-aligned in a (b, L) batch): (pad
+    (b, L) bool on `device`, True at left padding; the first position no row pads), or (None, 0) without
+    lengths. Raises ParameterError for lengths that cannot be padded."""
+    if lengths is None:
+        return None, 0
+    b, n = shape
+    c = cfg
+    if len(lengths) != b or not all(is_integer(k) and 1 <= k <= n for k in lengths):
+        raise ParameterError("lengths", f"must be {b} prompt lengths in 1..{n}, got {list(lengths)}")
+    if c.attn_layer_idx:
+        raise ParameterError("lengths", "needs a model without attention layers (left padding)")
+    if c.arch == MAMBA2 and c.dt_limit[0] > 0:
+        raise ParameterError("lengths", "needs dt_limit to start at 0 (left padding sets dt to 0)")
+    starts = torch.tensor([n - k for k in lengths], dtype=torch.int64)
+    pad = torch.arange(n).unsqueeze(0) < starts.unsqueeze(1)
+    return pad.to(device, non_blocking=True), int(starts.max())

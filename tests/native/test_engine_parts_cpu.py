@@ -167,13 +167,10 @@ PREFILL = {"mamba1": {"d_model": 32, "n_layer": 1, "vocab_size": 50, "ssm_cfg": 
                       "ssm_cfg": {"layer": "Mamba2", "d_state": 8, "headdim": 16, "ngroups": 2, "chunk_size": 4}}}
 
 
-@pytest.mark.parametrize("arch", list(PREFILL))
-def test_mamba_prefill_on_pool_rows_equals_it_on_the_gathered_rows(monkeypatch, arch):
-    """native.prefill.mamba_prefill with `rows` (what a prefill graph replays on: the state pool through a row
-    index) == the same layer on a copy of those rows; the other rows of the pool are not touched."""
+def _prefill_layer(arch, monkeypatch):
+    """(cfg, its one Mamba layer's weights): random float32 weights, the layer's kernels as their references."""
     from mamba_deploy.export.weights import export_name_and_tensor
     from mamba_deploy.models import MambaLM
-    from mamba_deploy.models.state import InferenceState
     from mamba_deploy.ops import causal_conv1d_ref, chunk_scan_ref, selective_scan_ref
     from mamba_deploy.random_init import init_weights_
 
@@ -186,6 +183,16 @@ def test_mamba_prefill_on_pool_rows_equals_it_on_the_gathered_rows(monkeypatch, 
     init_weights_(model, seed=3)
     weights = dict(export_name_and_tensor(k, p, torch.float32) for k, p in model.named_parameters())
     _, _, _, layers = native_weights.device_weights(cfg, weights, torch.float32, torch.device("cpu"))
+    return cfg, layers[0]
+
+
+@pytest.mark.parametrize("arch", list(PREFILL))
+def test_mamba_prefill_on_pool_rows_equals_it_on_the_gathered_rows(monkeypatch, arch):
+    """native.prefill.mamba_prefill with `rows` (what a prefill graph replays on: the state pool through a row
+    index) == the same layer on a copy of those rows; the other rows of the pool are not touched."""
+    from mamba_deploy.models.state import InferenceState
+
+    cfg, layer = _prefill_layer(arch, monkeypatch)
     gen = torch.Generator().manual_seed(4)
     pool = InferenceState.zeros(cfg, 5, torch.float32)
     for t in pool.tensors():
@@ -193,13 +200,64 @@ def test_mamba_prefill_on_pool_rows_equals_it_on_the_gathered_rows(monkeypatch, 
     before, rows = pool.clone(), torch.tensor([3, 0])
     gathered = pool.with_tensors([t[rows].clone() for t in pool.tensors()])
     normed = torch.randn(2, 7, cfg.d_model, generator=gen)
-    got = native_prefill.mamba_prefill(cfg, layers[0], normed, pool, None, rows)
-    want = native_prefill.mamba_prefill(cfg, layers[0], normed, gathered, None)
+    got = native_prefill.mamba_prefill(cfg, layer, normed, pool, None, rows)
+    want = native_prefill.mamba_prefill(cfg, layer, normed, gathered, None)
     assert torch.equal(got, want)
     others = torch.tensor([1, 2, 4])
     for now, old, new in zip(pool.tensors(), before.tensors(), gathered.tensors()):
         assert torch.equal(now[rows], new) and torch.equal(now[others], old[others])
     assert not torch.equal(pool.ssm[0][rows], before.ssm[0][rows]), "the state did not change: the test shows nothing"
+
+
+@pytest.mark.parametrize("arch", list(PREFILL))
+def test_left_padded_prefill_equals_each_prompt_alone(monkeypatch, arch):
+    """mamba_prefill of prompts of lengths 9, 4 and 1 right-aligned in one (3, 9) batch (pad: left padding)
+    gives each row the state and outputs of its prompt prefilled alone from a zero state: the pad positions
+    leave the zero state as it was (conv input 0, dt at its floor). Unmasked, the padding would change them."""
+    from mamba_deploy.models.state import InferenceState
+
+    cfg, layer = _prefill_layer(arch, monkeypatch)
+    gen = torch.Generator().manual_seed(5)
+    lengths, n = [9, 4, 1], 9
+    normed = torch.randn(3, n, cfg.d_model, generator=gen)
+    pad, padded_to = native_prefill.left_padding(cfg, (3, n), lengths, torch.device("cpu"))
+    assert padded_to == 8 and pad.sum().item() == 5 + 8
+    state = InferenceState.zeros(cfg, 3, torch.float32)
+    got = native_prefill.mamba_prefill(cfg, layer, normed, state, None, pad=pad)
+    unmasked = InferenceState.zeros(cfg, 3, torch.float32)
+    native_prefill.mamba_prefill(cfg, layer, normed, unmasked, None)
+    for r, k in enumerate(lengths):
+        alone = InferenceState.zeros(cfg, 1, torch.float32)
+        want = native_prefill.mamba_prefill(cfg, layer, normed[r:r + 1, n - k:], alone, None)
+        torch.testing.assert_close(got[r:r + 1, n - k:], want, rtol=1e-5, atol=1e-6)
+        for padded, single in zip(state.tensors(), alone.tensors()):
+            torch.testing.assert_close(padded[r:r + 1], single, rtol=1e-5, atol=1e-6)
+    assert not torch.allclose(unmasked.ssm[0][1], state.ssm[0][1]), "padding unmasked changes nothing: no test"
+
+
+@pytest.mark.parametrize("lengths,problem", [([3], "must be 2 prompt lengths in 1..5"),
+                                             ([0, 5], "must be 2 prompt lengths in 1..5"),
+                                             ([6, 5], "must be 2 prompt lengths in 1..5"),
+                                             ([2.0, 5], "must be 2 prompt lengths in 1..5")])
+def test_left_padding_refuses_bad_lengths(lengths, problem):
+    from mamba_deploy.errors import ParameterError
+
+    cfg = parse_config(PREFILL["mamba1"])
+    with pytest.raises(ParameterError, match=problem):
+        native_prefill.left_padding(cfg, (2, 5), lengths, torch.device("cpu"))
+    assert native_prefill.left_padding(cfg, (2, 5), None, torch.device("cpu")) == (None, 0)
+
+
+def test_left_padding_refuses_attention_and_a_dt_floor():
+    from mamba_deploy.errors import ParameterError
+
+    hybrid = parse_config({**PREFILL["mamba1"], "n_layer": 2, "attn_layer_idx": [1],
+                           "attn_cfg": {"num_heads": 4, "causal": True}})
+    with pytest.raises(ParameterError, match="without attention layers"):
+        native_prefill.left_padding(hybrid, (1, 3), [2], torch.device("cpu"))
+    floor = parse_config({**PREFILL["mamba2"], "ssm_cfg": {**PREFILL["mamba2"]["ssm_cfg"], "dt_limit": [0.001, 0.1]}})
+    with pytest.raises(ParameterError, match="dt_limit to start at 0"):
+        native_prefill.left_padding(floor, (1, 3), [2], torch.device("cpu"))
 
 
 @pytest.mark.parametrize("n,want", [(1, [1]), (2, [2]), (3, [2, 1]), (100, [64, 32, 4]),
