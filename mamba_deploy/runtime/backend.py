@@ -118,17 +118,29 @@ class Backend(abc.ABC):
         pool.scatter(index, rows)
         return logits
 
-    def prefill_slots(self, input_ids: torch.Tensor, pool: StatePool, slots: Sequence[int]) -> torch.Tensor:
+    @property
+    def pads_prompts(self) -> bool:
+        """Whether prefill_slots takes `lengths`: prompts of different lengths right-aligned in one call, each
+        into a fresh (reset) slot (prefill_padded). False unless a backend says otherwise."""
+        return False
+
+    def prefill_padded(self, input_ids: torch.Tensor, state: InferenceState, lengths: list[int]) -> torch.Tensor:
+        """input_ids (n, L), row r's prompt its last lengths[r] ids, each row from a zero `state` row ->
+        logits (n, 1|L, V) (those at padding mean nothing); `state` updated. Backends with pads_prompts."""
+        raise NotImplementedError(f"{type(self).__name__} does not prefill padded prompts")
+
+    def prefill_slots(self, input_ids: torch.Tensor, pool: StatePool, slots: Sequence[int],
+                      lengths: Optional[list[int]] = None) -> torch.Tensor:
         """input_ids (n, L): row r continues pool slot slots[r] (n distinct slots) -> logits (n, 1|L, V), in one
-        batched prefill; the slots are updated."""
-        if len(slots) == 1:
+        batched prefill; the slots are updated. lengths: as in prefill_padded (fresh slots; pads_prompts)."""
+        if len(slots) == 1 and lengths is None:
             return self.prefill_slot(input_ids, pool, int(slots[0]))
         index = torch.tensor(list(slots), dtype=torch.int64)
         if pool.device.type == "cuda":  # pinned + non_blocking: a pageable copy would wait for the queued steps
             index = index.pin_memory()
         index = index.to(pool.device, non_blocking=True)
         rows = pool.gather(index)
-        logits = self.prefill(input_ids, rows)
+        logits = self.prefill(input_ids, rows) if lengths is None else self.prefill_padded(input_ids, rows, lengths)
         pool.scatter(index, rows)
         return logits
 

@@ -11,7 +11,8 @@ there is nothing to do or by `close()`) owns the backend's StatePool and runs, p
   2. prefill admitted prompts in chunks of `prefill_chunk` tokens (cut at the same places whatever
      else runs), at most `token_budget` prompt tokens per iteration in all, so running requests wait
      at most that much prefill between steps; chunks of equal length go in one batched
-     `Backend.prefill_slots` call, and the prompts that are now all in sample their first token;
+     `Backend.prefill_slots` call (on a backend that pads prompts, whole fresh prompts of different
+     lengths too, left-padded), and the prompts that are now all in sample their first token;
   3. one `Backend.decode_sample_slots` for every request with a token to feed: decode and sampling on
      the device, each slot's token fed from the sampler's `last_token` (on the native backend one
      CUDA-graph replay);
@@ -41,6 +42,7 @@ from .requests import RequestHandle
 from .sampler import SamplerState
 from .sampling import SamplingParams
 
+PAD_OVERHEAD = 1.25  # a left-padded prefill call holds at most this many times its prompts' tokens
 _OPEN: "weakref.WeakSet[Scheduler]" = weakref.WeakSet()
 _LOOP_THREADS: "weakref.WeakSet[threading.Thread]" = weakref.WeakSet()
 
@@ -374,9 +376,11 @@ class Scheduler:
             if 0 < n <= budget:
                 groups[n].append(request)
                 budget -= n
+        calls = self._padded_calls(groups) if self.backend.pads_prompts else \
+            [(n, group, None) for n, group in groups.items()]
         done, tokens = [], []
-        for n, group in groups.items():
-            finished, logits = self._prefill_group(n, group)
+        for n, group, lengths in calls:
+            finished, logits = self._prefill_group(n, group, lengths)
             if not finished:
                 continue
             rows, requests = [i for i, _ in finished], [r for _, r in finished]
@@ -393,20 +397,53 @@ class Scheduler:
             done += requests
         return done, tokens
 
-    def _prefill_group(self, n: int, group: list[_Request]) -> tuple[list[tuple[int, _Request]], Any]:
-        """The next n prompt tokens of each request of `group` in one call; -> ((row, request) of those whose
-        prompt is now all in, the logits (len(group), 1|n, V))."""
-        ids = torch.tensor([r.prompt[r.prefilled:r.prefilled + n] for r in group], dtype=torch.int64)
+    @staticmethod
+    def _padded_calls(groups: dict[int, list[_Request]]) -> list[tuple[int, list[_Request], Optional[list[int]]]]:
+        """(n, group, lengths) prefill calls for a backend that pads prompts: the whole prompts of fresh
+        requests (none of it prefilled, all of it in this iteration), longest first, merged into left-padded
+        calls while a call's padding stays within PAD_OVERHEAD of its tokens; other chunks by length, as
+        without padding. lengths: None when a call's rows are all n long."""
+        calls, whole = [], []
+        for n, group in groups.items():
+            fresh = [r for r in group if r.prefilled == 0 and len(r.prompt) == n]
+            rest = [r for r in group if r not in fresh]
+            whole += fresh
+            if rest:
+                calls.append((n, rest, None))
+        whole.sort(key=lambda r: -len(r.prompt))
+        merged: list[list[_Request]] = []
+        for request in whole:
+            batch = merged[-1] if merged else None
+            if batch and (len(batch) + 1) * len(batch[0].prompt) <= \
+                    PAD_OVERHEAD * (sum(len(r.prompt) for r in batch) + len(request.prompt)):
+                batch.append(request)
+            else:
+                merged.append([request])
+        for batch in merged:
+            lengths = [len(r.prompt) for r in batch]
+            calls.append((lengths[0], batch, lengths if lengths[-1] != lengths[0] else None))
+        return calls
+
+    def _prefill_group(self, n: int, group: list[_Request],
+                       lengths: Optional[list[int]] = None) -> tuple[list[tuple[int, _Request]], Any]:
+        """The next n prompt tokens of each request of `group` in one call (with `lengths`: request r's next
+        lengths[r], right-aligned: _padded_calls); -> ((row, request) of those whose prompt is now all in,
+        the logits (len(group), 1|n, V))."""
+        counts = lengths or [n] * len(group)
+        ids = torch.tensor([[0] * (n - k) + r.prompt[r.prefilled:r.prefilled + k] for r, k in zip(group, counts)],
+                           dtype=torch.int64)
         if self._pipelined:
             ids = ids.pin_memory()
         try:
-            logits = self.backend.prefill_slots(ids, self.pool, [r.slot for r in group])
+            slots = [r.slot for r in group]
+            logits = self.backend.prefill_slots(ids, self.pool, slots) if lengths is None else \
+                self.backend.prefill_slots(ids, self.pool, slots, lengths=lengths)
         except Exception as exc:  # noqa: BLE001
             for request in group:
                 self._retire(request, "error", exc)
             return [], None
-        for request in group:
-            request.prefilled += n
+        for request, k in zip(group, counts):
+            request.prefilled += k
         return [(i, r) for i, r in enumerate(group) if r.prefilled == len(r.prompt)], logits
 
     def _deliver(self, request: _Request, token: int) -> None:

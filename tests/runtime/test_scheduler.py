@@ -7,9 +7,11 @@ import subprocess
 import sys
 import threading
 import tracemalloc
+import types
 from pathlib import Path
 
 import pytest
+import torch
 
 from mamba_deploy.errors import MambaDeployError, ParameterError
 from mamba_deploy.runtime import Engine, SamplingParams
@@ -37,16 +39,28 @@ def _loop_threads():
 class Recording(Backend):
     """Delegates to `inner`; records (loop iteration, prompt tokens) per prefill_slot; may fail decodes."""
 
-    def __init__(self, inner: Backend, max_slots=None):
+    def __init__(self, inner: Backend, max_slots=None, pads=False):
         super().__init__(inner.info)
         self.inner, self.scheduler, self.prefills, self.decodes, self.fail_decodes = inner, None, [], [], 0
         self.prefill_shapes, self.gate, self.in_decode = [], threading.Event(), threading.Event()
         self.gate.set()
-        self._max_slots = max_slots
+        self._max_slots, self.pads, self.padded = max_slots, pads, []
 
     @property
     def max_slots(self):
         return self._max_slots
+
+    @property
+    def pads_prompts(self):
+        return self.pads
+
+    def prefill_padded(self, input_ids, state, lengths):
+        """Records (shape, lengths); each row's right-aligned prompt prefilled alone on its row of `state`."""
+        self.padded.append((tuple(input_ids.shape), list(lengths)))
+        n = input_ids.shape[1]
+        logits = [self.inner.prefill(input_ids[r:r + 1, n - k:], state.with_tensors([t[r:r + 1] for t in state.tensors()]))
+                  for r, k in enumerate(lengths)]
+        return torch.cat([lo[:, -1:] for lo in logits])
 
     @property
     def device(self):
@@ -181,15 +195,20 @@ def test_equal_length_chunks_prefill_in_one_batched_call(engine, sampling):
     assert sum(rows * n for rows, n in recording.prefill_shapes) == 3 + 4 * 12
 
 
+def _many_get_solo_tokens(engine, recording, prompts, sampling, max_new_tokens=5):
+    """submit_many of `prompts` on `recording` (4 slots): each gets the tokens it gets alone."""
+    want = [_solo(engine, p, max_new_tokens=max_new_tokens, output="ids", **sampling) for p in prompts]
+    with Scheduler(recording, max_batch=4) as sched:
+        recording.scheduler = sched
+        handles = sched.submit_many(prompts, max_new_tokens=max_new_tokens, output="ids", **sampling)
+        assert [h.result(timeout=60) for h in handles] == want
+
+
 @pytest.mark.parametrize("sampling", [GREEDY, SEEDED], ids=["greedy", "seeded"])
 def test_submit_many_admits_together_and_gets_solo_tokens(engine, sampling):
     recording = Recording(engine.backend)
-    prompts = [[(3 * k + j) % 90 + 1 for j in range(n)] for k, n in enumerate([9, 4, 9, 9])]
-    want = [_solo(engine, p, max_new_tokens=5, output="ids", **sampling) for p in prompts]
-    with Scheduler(recording, max_batch=4) as sched:
-        recording.scheduler = sched
-        handles = sched.submit_many(prompts, max_new_tokens=5, output="ids", **sampling)
-        assert [h.result(timeout=60) for h in handles] == want
+    _many_get_solo_tokens(engine, recording, [[(3 * k + j) % 90 + 1 for j in range(n)]
+                                              for k, n in enumerate([9, 4, 9, 9])], sampling)
     assert sorted(recording.prefill_shapes) == [(1, 4), (3, 9)]  # all four prefilled in the first iteration
     assert {iteration for iteration, _ in recording.prefills} == {1}
     with Scheduler(engine.backend, max_batch=2) as sched:
@@ -198,6 +217,30 @@ def test_submit_many_admits_together_and_gets_solo_tokens(engine, sampling):
         assert sched.active_count == 0  # the good prompt was not queued either
         done = sched.submit_many([[1], [2]], max_new_tokens=0, output="ids")
         assert [h.result() for h in done] == [[], []] and all(h.finish_reason == "length" for h in done)
+
+
+@pytest.mark.parametrize("sampling", [GREEDY, SEEDED], ids=["greedy", "seeded"])
+def test_fresh_prompts_of_different_lengths_prefill_in_one_padded_call(engine, sampling):
+    """On a backend that pads prompts, whole fresh prompts of 12, 11 and 10 tokens go in one left-padded call
+    (36 rows for 33 tokens: within PAD_OVERHEAD); the 3-token one would pad too much and goes alone. Each
+    request still gets its solo tokens (this backend prefills each padded row alone: the scheduler's part)."""
+    recording = Recording(engine.backend, pads=True)
+    _many_get_solo_tokens(engine, recording, [[(7 * k + j) % 90 + 1 for j in range(n)]
+                                              for k, n in enumerate([10, 3, 12, 11])], sampling)
+    assert recording.padded == [((3, 12), [12, 11, 10])]
+    assert recording.prefill_shapes == [(1, 3)]  # the 3-token prompt alone, unpadded
+
+
+def test_padded_calls_take_only_whole_fresh_prompts():
+    """A prompt cut into chunks, or one already partly prefilled, keeps the calls by length."""
+    def request(length, prefilled=0):
+        return types.SimpleNamespace(prompt=[1] * length, prefilled=prefilled)
+
+    whole, chunked, resumed = request(5), request(40), request(30, prefilled=24)
+    short, same = request(4), request(5)
+    calls = Scheduler._padded_calls({5: [whole, same], 8: [chunked], 6: [resumed], 4: [short]})
+    assert (8, [chunked], None) in calls and (6, [resumed], None) in calls
+    assert (5, [whole, same, short], [5, 5, 4]) in calls and len(calls) == 3
 
 
 def test_backend_failure_ends_the_requests_with_error(engine):

@@ -108,11 +108,12 @@ class OnnxRuntimeBackend(Backend):
             raise MambaDeployError(f"slot {slot} lies outside the pool's {pool.max_slots} slots")
         return self.prefill(input_ids, _rows(pool, slot, 1))
 
-    def prefill_slots(self, input_ids: torch.Tensor, pool: StatePool, slots) -> torch.Tensor:
+    def prefill_slots(self, input_ids: torch.Tensor, pool: StatePool, slots, lengths=None) -> torch.Tensor:
         """Consecutive slots run on the pool's rows themselves; others gather and scatter."""
         first, n = consecutive_start(slots), len(slots)
-        if pool.device.type != "cpu" or n < 2 or first is None or first < 0 or first + n > pool.max_slots:
-            return super().prefill_slots(input_ids, pool, slots)
+        if pool.device.type != "cpu" or n < 2 or first is None or first < 0 or first + n > pool.max_slots or \
+                lengths is not None:
+            return super().prefill_slots(input_ids, pool, slots, lengths)
         return self.prefill(input_ids, _rows(pool, first, n))
 
     def decode_slots(self, input_ids: torch.Tensor, pool: StatePool, slots: torch.Tensor) -> torch.Tensor:
