@@ -36,7 +36,8 @@ updated in place; logits are a reused buffer. Every kernel that touches the recu
 state rows of its batch rows from the index buffer `slot_ids` (state_rows in plugins/kernels), so one
 graph per batch size serves any set of slots: decode_slots writes the slot ids there and replays.
 Prefill is eager; with prefill_graph_tokens > 0, chunks that short into consecutive slots of the pool replay
-captured power-of-two pieces instead (prefill_graphs.py: a short eager prefill is bound by the host).
+captured power-of-two pieces instead, or, for fresh prompts (`lengths`: left padding), one padded graph
+(prefill_graphs.py: a short eager prefill is bound by the host).
 """
 from __future__ import annotations
 
@@ -455,7 +456,11 @@ class NativeEngine:
         check_room(state, ids.shape[1])
         pad, padded_to = P.left_padding(self.config, ids.shape, lengths, self.device)
         graphs = self.prefill_graphs
-        first = self._first_slot(state) if graphs.max_tokens and pad is None else None
+        first = self._first_slot(state) if graphs.max_tokens else None
+        if lengths is not None:  # fresh prompts: one padded graph, or eager chunks with the padding masked
+            if first is not None and ids.shape[1] <= self.chunk_len and graphs.applies_padded(*ids.shape, all_logits):
+                return graphs.run_padded(ids, list(lengths), first)
+            first = None
         outs = []
         for s in range(0, ids.shape[1], self.chunk_len):
             chunk = ids[:, s:s + self.chunk_len]

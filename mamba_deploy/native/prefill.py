@@ -148,4 +148,6 @@ def left_padding(cfg: ModelConfig, shape: tuple[int, int], lengths: Optional[Seq
         raise ParameterError("lengths", "needs dt_limit to start at 0 (left padding sets dt to 0)")
     starts = torch.tensor([n - k for k in lengths], dtype=torch.int64)
     pad = torch.arange(n).unsqueeze(0) < starts.unsqueeze(1)
+    if device.type == "cuda":  # pinned + non_blocking: a pageable copy would wait for the queued steps
+        pad = pad.pin_memory()
     return pad.to(device, non_blocking=True), int(starts.max())

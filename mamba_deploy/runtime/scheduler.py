@@ -401,8 +401,9 @@ class Scheduler:
     def _padded_calls(groups: dict[int, list[_Request]]) -> list[tuple[int, list[_Request], Optional[list[int]]]]:
         """(n, group, lengths) prefill calls for a backend that pads prompts: the whole prompts of fresh
         requests (none of it prefilled, all of it in this iteration), longest first, merged into left-padded
-        calls while a call's padding stays within PAD_OVERHEAD of its tokens; other chunks by length, as
-        without padding. lengths: None when a call's rows are all n long."""
+        calls while a call's padding stays within PAD_OVERHEAD of its tokens (with lengths even when all are
+        equal: the backend then knows the slots are fresh, e.g. for a padded prefill graph); other chunks by
+        length, as without padding (lengths None)."""
         calls, whole = [], []
         for n, group in groups.items():
             fresh = [r for r in group if r.prefilled == 0 and len(r.prompt) == n]
@@ -421,7 +422,7 @@ class Scheduler:
                 merged.append([request])
         for batch in merged:
             lengths = [len(r.prompt) for r in batch]
-            calls.append((lengths[0], batch, lengths if lengths[-1] != lengths[0] else None))
+            calls.append((lengths[0], batch, lengths))
         return calls
 
     def _prefill_group(self, n: int, group: list[_Request],

@@ -38,7 +38,7 @@ def test_graph_pieces_equal_eager_pieces_bitwise(native, checkpoints, arch, dtyp
             assert torch.equal(mine, theirs)
             assert torch.equal(mine[:first], old[:first]) and torch.equal(mine[first + batch:], old[first + batch:])
         assert not torch.equal(graphed.static.ssm[0], before.ssm[0]), "the state did not change"
-    assert set(graphed.prefill_graphs.graphs) == {(batch, n) for n in pieces(length)}
+    assert set(graphed.prefill_graphs.graphs) == {(batch, n, False) for n in pieces(length)}
 
 
 def test_graphs_leave_what_they_do_not_take_to_the_eager_path(rel_err, native, checkpoints):
@@ -55,7 +55,7 @@ def test_graphs_leave_what_they_do_not_take_to_the_eager_path(rel_err, native, c
     assert torch.equal(first, kept)
     own = eng.new_state(2)  # another state is alive: fresh tensors, not the pool's
     eng.prefill(ids(2, 20, 7), own)
-    assert set(eng.prefill_graphs.graphs) == {(2, 16), (2, 4)}
+    assert set(eng.prefill_graphs.graphs) == {(2, 16, False), (2, 4, False)}
     hybrid = native.load_engine(checkpoints["hybrid"], dtype=torch.float32, max_batch=2, prefill_graph_tokens=64)
     assert hybrid.prefill_graphs.max_tokens == 0
 

@@ -58,8 +58,8 @@ class Recording(Backend):
         """Records (shape, lengths); each row's right-aligned prompt prefilled alone on its row of `state`."""
         self.padded.append((tuple(input_ids.shape), list(lengths)))
         n = input_ids.shape[1]
-        logits = [self.inner.prefill(input_ids[r:r + 1, n - k:], state.with_tensors([t[r:r + 1] for t in state.tensors()]))
-                  for r, k in enumerate(lengths)]
+        row_states = [state.with_tensors([t[r:r + 1] for t in state.tensors()]) for r in range(len(lengths))]
+        logits = [self.inner.prefill(input_ids[r:r + 1, n - k:], row_states[r]) for r, k in enumerate(lengths)]
         return torch.cat([lo[:, -1:] for lo in logits])
 
     @property
@@ -222,13 +222,13 @@ def test_submit_many_admits_together_and_gets_solo_tokens(engine, sampling):
 @pytest.mark.parametrize("sampling", [GREEDY, SEEDED], ids=["greedy", "seeded"])
 def test_fresh_prompts_of_different_lengths_prefill_in_one_padded_call(engine, sampling):
     """On a backend that pads prompts, whole fresh prompts of 12, 11 and 10 tokens go in one left-padded call
-    (36 rows for 33 tokens: within PAD_OVERHEAD); the 3-token one would pad too much and goes alone. Each
+    (36 rows for 33 tokens: within PAD_OVERHEAD); the 3-token one would pad too much and goes in its own. Each
     request still gets its solo tokens (this backend prefills each padded row alone: the scheduler's part)."""
     recording = Recording(engine.backend, pads=True)
     _many_get_solo_tokens(engine, recording, [[(7 * k + j) % 90 + 1 for j in range(n)]
                                               for k, n in enumerate([10, 3, 12, 11])], sampling)
-    assert recording.padded == [((3, 12), [12, 11, 10])]
-    assert recording.prefill_shapes == [(1, 3)]  # the 3-token prompt alone, unpadded
+    assert recording.padded == [((3, 12), [12, 11, 10]), ((1, 3), [3])]  # fresh prompts: always with lengths
+    assert recording.prefill_shapes == []
 
 
 def test_padded_calls_take_only_whole_fresh_prompts():
