@@ -454,13 +454,14 @@ class NativeEngine:
         sequences), and the logits at pad positions mean nothing. Pure Mamba (and MLP) layers only."""
         ids = input_ids.to(self.device, torch.int64, non_blocking=True)
         check_room(state, ids.shape[1])
-        pad, padded_to = P.left_padding(self.config, ids.shape, lengths, self.device)
         graphs = self.prefill_graphs
         first = self._first_slot(state) if graphs.max_tokens else None
         if lengths is not None:  # fresh prompts: one padded graph, or eager chunks with the padding masked
             if first is not None and ids.shape[1] <= self.chunk_len and graphs.applies_padded(*ids.shape, all_logits):
+                P.check_lengths(self.config, ids.shape, lengths)
                 return graphs.run_padded(ids, list(lengths), first)
             first = None
+        pad, padded_to = P.left_padding(self.config, ids.shape, lengths, self.device)
         outs = []
         for s in range(0, ids.shape[1], self.chunk_len):
             chunk = ids[:, s:s + self.chunk_len]

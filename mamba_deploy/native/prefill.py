@@ -13,6 +13,7 @@ from ..config import MAMBA2, ModelConfig
 from ..errors import ParameterError, is_integer
 from ..models.state import InferenceState
 from ..ops import cuda as K
+from ..ops._tensors import to_device_async
 from . import gemv as G
 from .weights import Layer
 
@@ -131,13 +132,9 @@ def prefill_norm(cfg: ModelConfig, dtype: torch.dtype, hidden: torch.Tensor, res
                       residual_out=residual)
 
 
-def left_padding(cfg: ModelConfig, shape: tuple[int, int], lengths: Optional[Sequence[int]],
-                 device: torch.device) -> tuple[Optional[torch.Tensor], int]:
-    """For NativeEngine.prefill's `lengths` (each row's prompt length, right-aligned in a (b, L) batch): (pad
-    (b, L) bool on `device`, True at left padding; the first position no row pads), or (None, 0) without
-    lengths. Raises ParameterError for lengths that cannot be padded."""
-    if lengths is None:
-        return None, 0
+def check_lengths(cfg: ModelConfig, shape: tuple[int, int], lengths: Sequence[int]) -> None:
+    """Raises ParameterError for NativeEngine.prefill's `lengths` (each row's prompt length, right-aligned in a
+    (b, L) batch) that cannot be left-padded."""
     b, n = shape
     c = cfg
     if len(lengths) != b or not all(is_integer(k) and 1 <= k <= n for k in lengths):
@@ -146,8 +143,19 @@ def left_padding(cfg: ModelConfig, shape: tuple[int, int], lengths: Optional[Seq
         raise ParameterError("lengths", "needs a model without attention layers (left padding)")
     if c.arch == MAMBA2 and c.dt_limit[0] > 0:
         raise ParameterError("lengths", "needs dt_limit to start at 0 (left padding sets dt to 0)")
-    starts = torch.tensor([n - k for k in lengths], dtype=torch.int64)
-    pad = torch.arange(n).unsqueeze(0) < starts.unsqueeze(1)
-    if device.type == "cuda":  # pinned + non_blocking: a pageable copy would wait for the queued steps
-        pad = pad.pin_memory()
-    return pad.to(device, non_blocking=True), int(starts.max())
+
+
+def pad_mask(lengths: Sequence[int], width: int, device: torch.device) -> torch.Tensor:
+    """(len(lengths), width) bool on `device`: True left of each row's last lengths[r] positions."""
+    starts = torch.tensor([width - k for k in lengths], dtype=torch.int64)
+    return to_device_async(torch.arange(width).unsqueeze(0) < starts.unsqueeze(1), device)
+
+
+def left_padding(cfg: ModelConfig, shape: tuple[int, int], lengths: Optional[Sequence[int]],
+                 device: torch.device) -> tuple[Optional[torch.Tensor], int]:
+    """(pad (b, L) bool on `device`, True at left padding; the first position no row pads) for checked
+    `lengths` (check_lengths), or (None, 0) without lengths."""
+    if lengths is None:
+        return None, 0
+    check_lengths(cfg, shape, lengths)
+    return pad_mask(lengths, shape[1], device), shape[1] - min(lengths)

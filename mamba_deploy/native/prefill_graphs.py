@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import torch
 
+from .prefill import pad_mask
+
 
 def pieces(n: int) -> list[int]:
     """n >= 1 tokens as distinct powers of two, largest first: 100 -> [64, 32, 4]."""
@@ -60,10 +62,8 @@ class PrefillGraphs:
         replay of the graph of the smallest power of two >= n, the prompts right-aligned in it."""
         b, n = ids.shape
         length = 1 << (n - 1).bit_length()
-        starts = torch.tensor([length - k for k in lengths], dtype=torch.int64)
-        pad = torch.arange(length).unsqueeze(0) < starts.unsqueeze(1)
         self.rows[:b].copy_(self.engine._slot_iota[first:first + b])
-        self.pad[:b, :length].copy_(pad.pin_memory(), non_blocking=True)  # pageable: would wait for queued steps
+        self.pad[:b, :length].copy_(pad_mask(lengths, length, self.pad.device))
         self.ids[:b, :length - n].zero_()
         self.ids[:b, length - n:length].copy_(ids)
         self._graph(b, length, padded=True).replay()

@@ -57,6 +57,7 @@ from ..errors import MambaDeployError
 from ..export.artifact import ExportInfo
 from ..models.lm import check_room
 from ..models.state import InferenceState
+from ..ops._tensors import to_device_async
 from .names import BACKEND_MODULES, backend_names
 from .slots import StatePool
 
@@ -135,10 +136,7 @@ class Backend(abc.ABC):
         batched prefill; the slots are updated. lengths: as in prefill_padded (fresh slots; pads_prompts)."""
         if len(slots) == 1 and lengths is None:
             return self.prefill_slot(input_ids, pool, int(slots[0]))
-        index = torch.tensor(list(slots), dtype=torch.int64)
-        if pool.device.type == "cuda":  # pinned + non_blocking: a pageable copy would wait for the queued steps
-            index = index.pin_memory()
-        index = index.to(pool.device, non_blocking=True)
+        index = to_device_async(torch.tensor(list(slots), dtype=torch.int64), pool.device)
         rows = pool.gather(index)
         logits = self.prefill(input_ids, rows) if lengths is None else self.prefill_padded(input_ids, rows, lengths)
         pool.scatter(index, rows)

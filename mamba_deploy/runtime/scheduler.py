@@ -35,6 +35,7 @@ from typing import Any, Optional, Sequence
 import torch
 
 from ..errors import MambaDeployError, ParameterError, is_integer
+from ..ops._tensors import to_device_async
 from .backend import Backend
 from .checks import check_count, check_length, check_output, check_prompt_ids, check_seed
 from .generate import TextStream
@@ -335,8 +336,7 @@ class Scheduler:
     def _to_device(self, values: list) -> torch.Tensor:
         """A small int64 tensor on the sampler's device without waiting for the queued steps (pinned memory
         from torch's caching host allocator, which keeps it until the copy is done)."""
-        host = torch.tensor(values, dtype=torch.int64)
-        return host.pin_memory().to(self.sampler.device, non_blocking=True) if self._pipelined else host
+        return to_device_async(torch.tensor(values, dtype=torch.int64), self.sampler.device)
 
     def _release_sampler_rows(self) -> None:
         """The retired slots' sampler rows back to the defaults, all in one call (after their last steps in the
