@@ -9,7 +9,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..config import MAMBA2, ModelConfig
-from ..errors import ParameterError
+from ..errors import ParameterError, is_integer
 from ..ops import add_norm_ref
 from .attention import AttentionMixer
 from .mixers import Mamba1Mixer, Mamba2Mixer
@@ -26,6 +26,13 @@ def check_room(state: InferenceState, new_tokens: int) -> None:
         if longest > state.max_seq_len:
             raise ParameterError("max_seq_len", f"exceeded: a sequence would reach {longest} tokens, the KV cache "
                                                 f"holds {state.max_seq_len} (export with a larger --max-seq-len)")
+
+
+def check_prompt_lengths(lengths, batch: int, width: int) -> None:
+    """ParameterError unless `lengths` are `batch` prompt lengths in 1..width (prompts right-aligned in a
+    (batch, width) batch of ids: left padding)."""
+    if len(lengths) != batch or not all(is_integer(k) and 1 <= k <= width for k in lengths):
+        raise ParameterError("lengths", f"must be {batch} prompt lengths in 1..{width}, got {list(lengths)}")
 
 
 class Norm(nn.Module):

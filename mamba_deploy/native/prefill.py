@@ -10,7 +10,8 @@ import torch
 import torch.nn.functional as F
 
 from ..config import MAMBA2, ModelConfig
-from ..errors import ParameterError, is_integer
+from ..errors import ParameterError
+from ..models.lm import check_prompt_lengths
 from ..models.state import InferenceState
 from ..ops import cuda as K
 from ..ops._tensors import to_device_async
@@ -135,10 +136,8 @@ def prefill_norm(cfg: ModelConfig, dtype: torch.dtype, hidden: torch.Tensor, res
 def check_lengths(cfg: ModelConfig, shape: tuple[int, int], lengths: Sequence[int]) -> None:
     """Raises ParameterError for NativeEngine.prefill's `lengths` (each row's prompt length, right-aligned in a
     (b, L) batch) that cannot be left-padded."""
-    b, n = shape
     c = cfg
-    if len(lengths) != b or not all(is_integer(k) and 1 <= k <= n for k in lengths):
-        raise ParameterError("lengths", f"must be {b} prompt lengths in 1..{n}, got {list(lengths)}")
+    check_prompt_lengths(lengths, *shape)
     if c.attn_layer_idx:
         raise ParameterError("lengths", "needs a model without attention layers (left padding)")
     if c.arch == MAMBA2 and c.dt_limit[0] > 0:

@@ -55,7 +55,7 @@ import torch
 from ..config import ModelConfig
 from ..errors import MambaDeployError
 from ..export.artifact import ExportInfo
-from ..models.lm import check_room
+from ..models.lm import check_prompt_lengths, check_room
 from ..models.state import InferenceState
 from ..ops._tensors import to_device_async
 from .names import BACKEND_MODULES, backend_names
@@ -63,6 +63,20 @@ from .slots import StatePool
 
 if TYPE_CHECKING:
     from .sampler import SamplerState
+
+
+def prefill_rows_alone(prefill: Callable[[torch.Tensor, InferenceState], torch.Tensor], input_ids: torch.Tensor,
+                       state: InferenceState, lengths: Sequence[int], all_logits: bool) -> torch.Tensor:
+    """Backend.prefill_padded's semantics through `prefill` (ids (1, k), a one-row state view): row r's prompt,
+    the last lengths[r] of input_ids (n, L), prefilled alone on row r of `state` -> logits (n, 1, V), or
+    (n, L, V) with all_logits (zeros at the padding)."""
+    n, width = input_ids.shape
+    check_prompt_lengths(lengths, n, width)
+    out = []
+    for r, k in enumerate(lengths):
+        logits = prefill(input_ids[r:r + 1, width - k:], state.with_tensors([t[r:r + 1] for t in state.tensors()]))
+        out.append(torch.nn.functional.pad(logits, (0, 0, width - k, 0)) if all_logits else logits)
+    return torch.cat(out)
 
 
 class Backend(abc.ABC):
@@ -127,8 +141,9 @@ class Backend(abc.ABC):
 
     def prefill_padded(self, input_ids: torch.Tensor, state: InferenceState, lengths: list[int]) -> torch.Tensor:
         """input_ids (n, L), row r's prompt its last lengths[r] ids, each row from a zero `state` row ->
-        logits (n, 1|L, V) (those at padding mean nothing); `state` updated. Backends with pads_prompts."""
-        raise NotImplementedError(f"{type(self).__name__} does not prefill padded prompts")
+        logits (n, 1|L, V) (those at padding mean nothing); `state` updated. Here each prompt is prefilled
+        alone on its row (no saving: why pads_prompts is False); a backend that pads in one call overrides it."""
+        return prefill_rows_alone(self.prefill, input_ids, state, lengths, self.all_logits)
 
     def prefill_slots(self, input_ids: torch.Tensor, pool: StatePool, slots: Sequence[int],
                       lengths: Optional[list[int]] = None) -> torch.Tensor:

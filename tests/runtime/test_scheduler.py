@@ -15,7 +15,7 @@ import torch
 
 from mamba_deploy.errors import MambaDeployError, ParameterError
 from mamba_deploy.runtime import Engine, SamplingParams
-from mamba_deploy.runtime.backend import Backend
+from mamba_deploy.runtime.backend import Backend, prefill_rows_alone
 from mamba_deploy.runtime.scheduler import Scheduler
 
 GREEDY = dict(params=SamplingParams(temperature=0))
@@ -57,10 +57,7 @@ class Recording(Backend):
     def prefill_padded(self, input_ids, state, lengths):
         """Records (shape, lengths); each row's right-aligned prompt prefilled alone on its row of `state`."""
         self.padded.append((tuple(input_ids.shape), list(lengths)))
-        n = input_ids.shape[1]
-        row_states = [state.with_tensors([t[r:r + 1] for t in state.tensors()]) for r in range(len(lengths))]
-        logits = [self.inner.prefill(input_ids[r:r + 1, n - k:], row_states[r]) for r, k in enumerate(lengths)]
-        return torch.cat([lo[:, -1:] for lo in logits])
+        return prefill_rows_alone(self.inner.prefill, input_ids, state, lengths, self.inner.all_logits)
 
     @property
     def device(self):
@@ -229,6 +226,24 @@ def test_fresh_prompts_of_different_lengths_prefill_in_one_padded_call(engine, s
                                               for k, n in enumerate([10, 3, 12, 11])], sampling)
     assert recording.padded == [((3, 12), [12, 11, 10]), ((1, 3), [3])]  # fresh prompts: always with lengths
     assert recording.prefill_shapes == []
+
+
+def test_lengths_on_a_backend_that_does_not_pad_prefill_each_row_alone(engine):
+    """Backend.prefill_slots(..., lengths=) on a backend without pads_prompts: each right-aligned prompt
+    prefilled alone on its slot (the same logits and slot state as prefill_slot of that prompt); lengths that
+    do not fit the ids are a ParameterError."""
+    backend = engine.backend
+    assert not backend.pads_prompts
+    ids = torch.tensor([[5, 6, 7, 8], [0, 0, 9, 10]])
+    pool, alone = backend.new_pool(3), backend.new_pool(3)
+    got = backend.prefill_slots(ids, pool, [2, 0], lengths=[4, 2])
+    for row, (slot, k) in enumerate([(2, 4), (0, 2)]):
+        want = backend.prefill_slot(ids[row:row + 1, 4 - k:], alone, slot)
+        assert torch.equal(got[row:row + 1, -1], want[:, -1])
+        assert all(torch.equal(a[slot], b[slot]) for a, b in zip(pool.state.tensors(), alone.state.tensors()))
+    for bad in ([4], [0, 2], [5, 2]):
+        with pytest.raises(ParameterError, match="lengths must be 2 prompt lengths in 1..4"):
+            backend.prefill_slots(ids, pool, [2, 0], lengths=bad)
 
 
 def test_padded_calls_take_only_whole_fresh_prompts():
