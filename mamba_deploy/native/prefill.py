@@ -136,12 +136,19 @@ def prefill_norm(cfg: ModelConfig, dtype: torch.dtype, hidden: torch.Tensor, res
 def check_lengths(cfg: ModelConfig, shape: tuple[int, int], lengths: Sequence[int]) -> None:
     """Raises ParameterError for NativeEngine.prefill's `lengths` (each row's prompt length, right-aligned in a
     (b, L) batch) that cannot be left-padded."""
-    c = cfg
     check_prompt_lengths(lengths, *shape)
-    if c.attn_layer_idx:
-        raise ParameterError("lengths", "needs a model without attention layers (left padding)")
-    if c.arch == MAMBA2 and c.dt_limit[0] > 0:
-        raise ParameterError("lengths", "needs dt_limit to start at 0 (left padding sets dt to 0)")
+    why = padding_unsupported(cfg)
+    if why:
+        raise ParameterError("lengths", why)
+
+
+def padding_unsupported(cfg: ModelConfig) -> str:
+    """Why this model's prompts cannot be left-padded in one batch, or "" when they can."""
+    if cfg.attn_layer_idx:
+        return "needs a model without attention layers (left padding)"
+    if cfg.arch == MAMBA2 and cfg.dt_limit[0] > 0:
+        return "needs dt_limit to start at 0 (left padding sets dt to 0)"
+    return ""
 
 
 def pad_mask(lengths: Sequence[int], width: int, device: torch.device) -> torch.Tensor:

@@ -55,3 +55,23 @@ def test_batched_prefill_of_equal_prompts_equals_each_alone(export_dir, sampling
     finally:
         for slot in held[1::2]:
             sched.pool.release(slot)
+
+
+NEAR = [[5, 6, 7, 8, 9, 10, 11, 12, 13, 14], [30, 31, 32, 33, 34, 35, 36, 37, 38], [3, 4, 5, 6, 7, 8, 9, 10],
+        [50, 51, 52, 53, 54, 55, 56, 57, 58, 59]]  # 37 tokens in 4 x 10: within the scheduler's PAD_OVERHEAD
+
+
+@pytest.mark.parametrize("prefill_graph_tokens", [0, 64])
+def test_ragged_prompts_merge_into_one_padded_prefill_and_equal_each_alone(export_dir, prefill_graph_tokens):
+    sampling = dict(max_new_tokens=10, temperature=0.7, top_p=0.9, seed=4)
+    eng = Engine.load(export_dir, backend="native", max_batch=8, prefill_graph_tokens=prefill_graph_tokens)
+    assert eng.backend.pads_prompts
+    alone = [eng.generate([p], **sampling)[0] for p in NEAR]
+    calls, prefill = [], eng.backend.engine.prefill
+
+    def spy(ids, state, all_logits=False, lengths=None):
+        calls.append((tuple(ids.shape), lengths))
+        return prefill(ids, state, all_logits=all_logits, lengths=lengths)
+    eng.backend.engine.prefill = spy
+    assert eng.generate(NEAR, **sampling) == alone
+    assert calls == [((4, 10), [10, 10, 9, 8])]  # longest first

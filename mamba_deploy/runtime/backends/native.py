@@ -74,9 +74,10 @@ class NativeBackend(Backend):
 
     @property
     def pads_prompts(self) -> bool:
-        """Not yet: NativeEngine.prefill's `lengths` has passed its CPU test with the kernels' references, but
-        its GPU test (tests/native/test_padded_prefill.py) has not run yet."""
-        return False
+        """Models without attention layers (and, for Mamba2, with dt_limit from 0) left-pad fresh prompts of
+        different lengths into one NativeEngine.prefill (lengths=)."""
+        from ...native.prefill import padding_unsupported
+        return not padding_unsupported(self.engine.config)
 
     def prefill_padded(self, input_ids: torch.Tensor, state: InferenceState, lengths: list[int]) -> torch.Tensor:
         self.check_inputs(input_ids, state, decode=False)
