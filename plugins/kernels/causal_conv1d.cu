@@ -251,6 +251,52 @@ __global__ void __launch_bounds__(kThreads) causal_conv1d_update_kernel(const md
   }
 }
 
+// The decode update of width 4 in the engine's layout (unit channel strides for x and y, weight (dim, 4) and
+// bias of x's dtype, state (rows, dim, 3) contiguous per channel, state_out == state_in): the same arithmetic
+// as causal_conv1d_update_kernel with no run-time dtype, width or 64-bit division. Grid (ceil(dim / kThreads),
+// batch): a thread per channel; a warp's state accesses are 32 * 3 consecutive elements.
+template <typename T, typename S>
+__global__ void __launch_bounds__(kThreads) causal_conv1d_update4_kernel(const md_causal_conv1d_params p) {
+  pdl_release();
+  const int c = blockIdx.x * kThreads + threadIdx.x;
+  const int64_t b = blockIdx.y;
+  if (c >= p.dim) return;
+  const T* wc = static_cast<const T*>(p.weight) + 4 * c;
+  float w[4];
+#pragma unroll
+  for (int i = 0; i < 4; ++i) w[i] = to_f(wc[i]);
+  float acc = p.bias ? to_f(static_cast<const T*>(p.bias)[c]) : 0.f;
+  pdl_wait();  // the weights are no kernel's output: loaded before the wait
+  S* st = static_cast<S*>(p.state_out) + state_row(p.state_rows, b) * p.state_out_batch_stride + 3 * c;
+  float win[4];
+#pragma unroll
+  for (int i = 0; i < 3; ++i) win[i] = to_f(from_f<T>(to_f(st[i])));
+  win[3] = to_f(static_cast<const T*>(p.x)[b * p.x_batch_stride + c]);
+#pragma unroll
+  for (int i = 0; i < 4; ++i) acc += w[i] * win[i];
+  if (p.silu) acc = silu(acc);
+  static_cast<T*>(p.y)[b * p.y_batch_stride + c] = from_f<T>(acc);
+#pragma unroll
+  for (int i = 0; i < 3; ++i) st[i] = from_f<S>(win[i + 1]);
+}
+
+bool update4_ok(const md_causal_conv1d_params& p) {
+  const bool state_t = p.state_dtype == MD_FLOAT32 || p.state_dtype == p.x_dtype;
+  return p.seqlen == 1 && p.width == 4 && p.x_dtype != MD_FLOAT32 && p.weight_dtype == p.x_dtype && state_t &&
+         p.x_dim_stride == 1 && p.y_dim_stride == 1 && p.weight_dim_stride == 4 && p.weight_width_stride == 1 &&
+         (p.bias == nullptr || p.bias_stride == 1) && p.state_in != nullptr && p.state_in == p.state_out &&
+         p.state_in_dim_stride == 3 && p.state_in_width_stride == 1 && p.state_out_dim_stride == 3 &&
+         p.state_out_width_stride == 1 && p.state_in_batch_stride == p.state_out_batch_stride &&
+         p.dim < (int64_t{1} << 30) && p.batch <= 65535;
+}
+
+template <typename T>
+cudaError_t launch_update4(const md_causal_conv1d_params& p, cudaStream_t stream) {
+  const dim3 grid(static_cast<unsigned>((p.dim + kThreads - 1) / kThreads), static_cast<unsigned>(p.batch));
+  return p.state_dtype == MD_FLOAT32 ? launch_pdl(causal_conv1d_update4_kernel<T, float>, grid, kThreads, 0, stream, p)
+                                     : launch_pdl(causal_conv1d_update4_kernel<T, T>, grid, kThreads, 0, stream, p);
+}
+
 }  // namespace
 }  // namespace md
 
@@ -260,6 +306,10 @@ extern "C" cudaError_t md_launch_causal_conv1d(const md_causal_conv1d_params* p,
   MD_CHECK(p->width >= 1 && p->width <= MD_MAX_CONV_WIDTH, "causal_conv1d: width must be in 1..8");
   MD_CHECK(p->x && p->y && p->weight, "causal_conv1d: x, y and weight are required");
   MD_CHECK(md::valid_dtype(p->weight_dtype) && md::valid_dtype(p->state_dtype), "causal_conv1d: bad dtype code");
+  if (md::update4_ok(*p) && p->batch * p->dim > 0) {
+    return p->x_dtype == MD_FLOAT16 ? md::launch_update4<__half>(*p, stream)
+                                    : md::launch_update4<__nv_bfloat16>(*p, stream);
+  }
   if (p->seqlen == 1 && p->batch * p->dim > 0) {
     const int64_t blocks = (p->batch * p->dim + md::kThreads - 1) / md::kThreads;
     MD_CHECK(blocks < (int64_t{1} << 31), "causal_conv1d: too large");

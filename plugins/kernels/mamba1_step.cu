@@ -109,9 +109,9 @@ __global__ void __launch_bounds__(kStepThreads) mamba1_step_kernel(const md_mamb
 
 // Mamba1 with dt given (dt = dt_proj(x_proj(x)[:, :dt_rank]) computed beforehand by a GEMM, for batches
 // where that reads dt_proj once for all rows): a thread per (batch row, channel) streams the channel's
-// dstate states (16-byte accesses when VEC: dstate 16, aligned), with B and C of its row from shared
-// memory. Grid: (ceil(dim / kStepThreads), batch).
-template <typename T, typename S, bool VEC>
+// dstate states, with B and C of its row from shared memory (dstate 16 with aligned rows: the faster
+// mamba1_step_dt4_kernel below). Grid: (ceil(dim / kStepThreads), batch).
+template <typename T, typename S>
 __global__ void __launch_bounds__(kStepThreads) mamba1_step_dt_kernel(const md_mamba1_step_params p) {
   pdl_release();
   pdl_wait();
@@ -123,17 +123,10 @@ __global__ void __launch_bounds__(kStepThreads) mamba1_step_dt_kernel(const md_m
   // Every global load of the thread is issued before the barrier, so their latencies overlap.
   S* st = static_cast<S*>(p.state) + state_row(p.state_rows, b) * p.state_batch_stride + d * p.state_dim_stride;
   float h[kMaxState], A[kMaxState];
-  if constexpr (VEC) {
-    load8(st, h);
-    load8(st + 8, h + 8);
-    load8(p.A + d * kMaxState, A);
-    load8(p.A + d * kMaxState + 8, A + 8);
-  } else {
 #pragma unroll
-    for (int n = 0; n < kMaxState; ++n) {
-      h[n] = n < N ? to_f(st[n]) : 0.f;
-      A[n] = n < N ? p.A[d * N + n] : 0.f;
-    }
+  for (int n = 0; n < kMaxState; ++n) {
+    h[n] = n < N ? to_f(st[n]) : 0.f;
+    A[n] = n < N ? p.A[d * N + n] : 0.f;
   }
   float v = to_f(static_cast<const T*>(p.dt)[b * p.dt_row_stride + d]) + p.dt_bias[d];
   const float x = to_f(static_cast<const T*>(p.x)[b * p.x_row_stride + d]);
@@ -156,13 +149,76 @@ __global__ void __launch_bounds__(kStepThreads) mamba1_step_dt_kernel(const md_m
       y = fmaf(h[n], s_C[n], y);
     }
   }
-  if constexpr (VEC) {
-    store8(st, h);
-    store8(st + 8, h + 8);
-  } else {
 #pragma unroll
-    for (int n = 0; n < kMaxState; ++n) if (n < N) st[n] = from_f<S>(h[n]);
+  for (int n = 0; n < kMaxState; ++n) if (n < N) st[n] = from_f<S>(h[n]);
+  y = fmaf(Dd, x, y) * (z / (1.f + expf(-z)));
+  static_cast<T*>(p.y)[b * p.y_row_stride + d] = from_f<T>(y);
+}
+
+// 4 consecutive state elements <-> floats (16 bytes of float32, 8 of a 16-bit type; aligned).
+template <typename S> __device__ __forceinline__ void load4(const S* ptr, float* f) {
+  if constexpr (sizeof(S) == 4) {
+    const float4 v = *reinterpret_cast<const float4*>(ptr);
+    f[0] = v.x; f[1] = v.y; f[2] = v.z; f[3] = v.w;
+  } else {
+    const uint2 v = *reinterpret_cast<const uint2*>(ptr);
+    const S* h = reinterpret_cast<const S*>(&v);
+#pragma unroll
+    for (int j = 0; j < 4; ++j) f[j] = to_f(h[j]);
   }
+}
+template <typename S> __device__ __forceinline__ void store4(S* ptr, const float* f) {
+  if constexpr (sizeof(S) == 4) {
+    *reinterpret_cast<float4*>(ptr) = make_float4(f[0], f[1], f[2], f[3]);
+  } else {
+    __align__(8) S h[4];
+#pragma unroll
+    for (int j = 0; j < 4; ++j) h[j] = from_f<S>(f[j]);
+    *reinterpret_cast<uint2*>(ptr) = *reinterpret_cast<const uint2*>(h);
+  }
+}
+
+// mamba1_step_dt_kernel for dstate 16 with aligned state rows: 4 lanes a (batch row, channel), lane q holding
+// states 4q .. 4q + 3, so a warp's state loads and stores are 8 channels' rows back to back (512 contiguous
+// bytes of float32 state; the one-thread-a-channel form's 16-byte accesses were 64 bytes apart). y is the
+// sum of the 4 lanes' partial sums (two shuffles). Grid: (ceil(dim / 32), batch).
+template <typename T, typename S>
+__global__ void __launch_bounds__(kStepThreads) mamba1_step_dt4_kernel(const md_mamba1_step_params p) {
+  pdl_release();
+  const int q = threadIdx.x & 3;
+  const int64_t b = blockIdx.y, d0 = static_cast<int64_t>(blockIdx.x) * (kStepThreads / 4) + (threadIdx.x >> 2);
+  const bool ok = d0 < p.dim;
+  const int64_t d = ok ? d0 : 0;  // out-of-range lanes compute on channel 0 and store nothing (shuffles below)
+  float A[4];
+  load4(p.A + d * kMaxState + 4 * q, A);
+  const float bias = p.dt_bias[d], Dd = p.D[d];
+  pdl_wait();
+  __shared__ float s_B[kMaxState], s_C[kMaxState];
+  S* st = static_cast<S*>(p.state) + state_row(p.state_rows, b) * p.state_batch_stride + d * p.state_dim_stride +
+          4 * q;
+  float h[4];
+  load4(st, h);
+  float v = to_f(static_cast<const T*>(p.dt)[b * p.dt_row_stride + d]) + bias;
+  const float x = to_f(static_cast<const T*>(p.x)[b * p.x_row_stride + d]);
+  const float z = to_f(static_cast<const T*>(p.z)[b * p.z_row_stride + d]);
+  if (threadIdx.x < kMaxState) {
+    const T* xd = static_cast<const T*>(p.xdbl) + b * p.xdbl_row_stride + p.dt_rank;
+    s_B[threadIdx.x] = to_f(xd[threadIdx.x]);
+    s_C[threadIdx.x] = to_f(xd[kMaxState + threadIdx.x]);
+  }
+  __syncthreads();
+  v = v <= 20.f ? log1pf(expf(v)) : v;
+  const float vx = v * x;
+  float y = 0.f;
+#pragma unroll
+  for (int j = 0; j < 4; ++j) {
+    h[j] = fmaf(h[j], expf(v * A[j]), vx * s_B[4 * q + j]);
+    y = fmaf(h[j], s_C[4 * q + j], y);
+  }
+  if (ok) store4(st, h);
+  y += __shfl_xor_sync(0xffffffffu, y, 1);
+  y += __shfl_xor_sync(0xffffffffu, y, 2);
+  if (!ok || q != 0) return;
   y = fmaf(Dd, x, y) * (z / (1.f + expf(-z)));
   static_cast<T*>(p.y)[b * p.y_row_stride + d] = from_f<T>(y);
 }
@@ -189,8 +245,12 @@ cudaError_t launch_step_dt(const md_mamba1_step_params& p, cudaStream_t s) {
   const dim3 grid(static_cast<unsigned>((p.dim + kStepThreads - 1) / kStepThreads), static_cast<unsigned>(p.batch));
   const bool vec = p.dstate == kMaxState && p.state_dim_stride % 8 == 0 && p.state_batch_stride % 8 == 0 &&
                    (reinterpret_cast<uintptr_t>(p.state) & 15) == 0 && (reinterpret_cast<uintptr_t>(p.A) & 15) == 0;
-  return vec ? launch_pdl(mamba1_step_dt_kernel<T, S, true>, grid, kStepThreads, 0, s, p)
-             : launch_pdl(mamba1_step_dt_kernel<T, S, false>, grid, kStepThreads, 0, s, p);
+  if (vec) {
+    const dim3 grid4(static_cast<unsigned>((p.dim + kStepThreads / 4 - 1) / (kStepThreads / 4)),
+                     static_cast<unsigned>(p.batch));
+    return launch_pdl(mamba1_step_dt4_kernel<T, S>, grid4, kStepThreads, 0, s, p);
+  }
+  return launch_pdl(mamba1_step_dt_kernel<T, S>, grid, kStepThreads, 0, s, p);
 }
 
 template <typename T>

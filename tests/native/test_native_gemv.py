@@ -184,19 +184,21 @@ def test_gemv_conv_epilogue_state_rows(G, dtype, batch):
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("state_dtype", ["float32", "model"])
 @pytest.mark.parametrize("batch", [1, 5, 9, 64])
-def test_mamba1_step_state_rows(G, dtype, state_dtype, batch):
+@pytest.mark.parametrize("dt_given", [False, True], ids=["fused-dt", "dt-given"])
+def test_mamba1_step_state_rows(G, dtype, state_dtype, batch, dt_given):
     dim, rank, dstate, pool_size = 200, 24, 16, batch + 7
     sdt = torch.float32 if state_dtype == "float32" else dtype
     xz, xdbl = rnd(batch, 2 * dim, dtype=dtype), rnd(batch, rank + 2 * dstate, dtype=dtype)
-    wdt = G.pack_dt_proj(rnd(dim, rank, dtype=dtype, scale=rank ** -0.5))
+    w = rnd(dim, rank, dtype=dtype, scale=rank ** -0.5)
+    wdt, dt = (None, F.linear(xdbl[:, :rank], w)) if dt_given else (G.pack_dt_proj(w), None)
     dt_bias, D, A = rnd(dim, scale=0.5) - 4.0, rnd(dim), -torch.exp(rnd(dim, dstate, scale=0.5))
     pool = rnd(pool_size, dim, dstate).to(sdt)
     before, rows = pool.clone(), pool_rows(pool_size, batch, seed=batch)
     gathered = pool[rows]
     ref = torch.full((batch, dim), float("nan"), dtype=dtype, device="cuda")
-    G.mamba1_step(xz[:, :dim], xz[:, dim:], xdbl, wdt, dt_bias, A, D, gathered, out=ref)
+    G.mamba1_step(xz[:, :dim], xz[:, dim:], xdbl, wdt, dt_bias, A, D, gathered, out=ref, dt=dt)
     y = torch.full((batch, dim), float("nan"), dtype=dtype, device="cuda")
-    G.mamba1_step(xz[:, :dim], xz[:, dim:], xdbl, wdt, dt_bias, A, D, pool, out=y, state_rows=rows)
+    G.mamba1_step(xz[:, :dim], xz[:, dim:], xdbl, wdt, dt_bias, A, D, pool, out=y, state_rows=rows, dt=dt)
     assert torch.isfinite(ref.float()).all() and torch.equal(y, ref)
     assert_pool_update(pool, before, rows, gathered)
 

@@ -113,16 +113,38 @@ def test_causal_conv1d_channel_last_vectorised(cuda, dtype, seqlen, with_state):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("batch", [1, 7])
-def test_causal_conv1d_update_in_place(cuda, dtype, batch):
+@pytest.mark.parametrize("state_dtype", ["float32", "model"])
+@pytest.mark.parametrize("batch", [1, 7, 64])
+def test_causal_conv1d_update_in_place(cuda, dtype, state_dtype, batch):
+    """Width 4, in place, 16-bit x: the decode form (causal_conv1d_update4_kernel), else the generic one."""
     dim, width = 130, 4
+    sdt = torch.float32 if state_dtype == "float32" else dtype
     x, w, b = rnd(batch, dim, dtype=dtype), rnd(dim, width, dtype=dtype), rnd(dim, dtype=dtype)
-    state = rnd(batch, dim, width - 1, dtype=torch.float32)
+    state = rnd(batch, dim, width - 1, dtype=torch.float32).to(sdt)
     y_ref, s_ref = causal_conv1d_update_ref(*f32(x, w, b, state))
     y, st = cuda.causal_conv1d_update(x, w, b, state, out=nan_like(x.shape, dtype), state_out=state)
     assert st.data_ptr() == state.data_ptr()
     check("y", y, y_ref, dtype)
     check("state", state, s_ref, torch.float32 if dtype == torch.float32 else dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("state_dtype", ["float32", "model"])
+def test_causal_conv1d_update_pool_rows(cuda, dtype, state_dtype):
+    """The decode form on rows of a pool (state_rows): each row as on its gathered state; other rows untouched."""
+    batch, dim, pool_size = 20, 264, 31
+    sdt = torch.float32 if state_dtype == "float32" else dtype
+    x, w, b = rnd(batch, dim, dtype=dtype), rnd(dim, 4, dtype=dtype), rnd(dim, dtype=dtype)
+    pool = rnd(pool_size, dim, 3, dtype=torch.float32).to(sdt)
+    rows = torch.randperm(pool_size, device="cuda")[:batch]
+    before = pool.clone()
+    gathered = pool[rows]
+    y_ref, _ = cuda.causal_conv1d_update(x, w, b, gathered, out=nan_like(x.shape, dtype), state_out=gathered)
+    y, _ = cuda.causal_conv1d_update(x, w, b, pool, out=nan_like(x.shape, dtype), state_out=pool, state_rows=rows)
+    assert torch.equal(y, y_ref) and torch.equal(pool[rows], gathered)
+    others = torch.ones(pool_size, dtype=torch.bool, device="cuda")
+    others[rows] = False
+    assert torch.equal(pool[others], before[others])
 
 
 def test_causal_conv1d_state_carry(cuda):
