@@ -1,5 +1,6 @@
 """The decode projections at batch 1..64: gemv's CUDA-core form, its tensor-core form and cuBLAS (torch.mm), on
-the shapes of mamba-1.4b and mamba2-1.3b: microseconds per call and achieved GB/s.
+the shapes of mamba-1.4b and mamba2-1.3b: microseconds per call and achieved GB/s. "tensor cores" is what the
+engine runs (wgmma from batch 17 on an sm_90a build), "mma.sync" the tensor-core form without wgmma.
 
     PYTHONPATH=. MAMBA_DEPLOY_KERNEL_LIB=build/libmamba_deploy_kernels.so python3 benchmarks/gemv_tc.py \\
         --batches 1 2 4 8 16 32 64
@@ -45,7 +46,8 @@ def bench_shape(n: int, k: int, batch: int, a) -> dict[str, float]:
         return ws[it["i"]]
 
     forms = {"cublas": lambda: torch.mm(x, next_w().t(), out=out),
-             "tensor_cores": lambda: G.gemv(x, next_w(), out=out, algo="tensor_cores")}
+             "tensor_cores": lambda: G.gemv(x, next_w(), out=out, algo="tensor_cores"),
+             "mma_sync": lambda: G.gemv(x, next_w(), out=out, algo="mma_sync")}
     if batch <= G.MAX_BATCH:
         forms["cuda_cores"] = lambda: G.gemv(x, next_w(), out=out, algo="cuda_cores")
     return {name: time_us(fn, a.calls, a.repeats) for name, fn in forms.items()}
@@ -58,16 +60,17 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=15)
     a = ap.parse_args()
     torch.manual_seed(0)
-    print("| model | matrix | n x k | batch | cuBLAS us | CUDA cores us | tensor cores us | tensor cores GB/s "
-          "| vs cuBLAS |")
-    print("| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |")
+    print("| model | matrix | n x k | batch | cuBLAS us | CUDA cores us | mma.sync us | tensor cores us "
+          "| tensor cores GB/s | vs cuBLAS |")
+    print("| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for model, name, n, k in SHAPES:
         for batch in a.batches:
             r = bench_shape(n, k, batch, a)
             moved = 2 * (n * k + batch * (n + k))
             cc = f"{r['cuda_cores']:.1f}" if "cuda_cores" in r else "-"
             tc = r["tensor_cores"]
-            print(f"| {model} | {name} | {n} x {k} | {batch} | {r['cublas']:.1f} | {cc} | {tc:.1f} | "
+            print(f"| {model} | {name} | {n} x {k} | {batch} | {r['cublas']:.1f} | {cc} | {r['mma_sync']:.1f} | "
+                  f"{tc:.1f} | "
                   f"{moved / tc / 1e3:.0f} | {r['cublas'] / tc:.2f}x |", flush=True)
 
 

@@ -213,11 +213,13 @@ def bench_mamba_ssm(eng, batch: int, prompt_len: int, gen_len: int) -> Optional[
 def bench(path=None, backend: str = "native", batches: Sequence[int] = (1, 16, 64), prompt_len: int = 100,
           gen_len: int = 200, prefill_len: int = 2048, random_init: Optional[str] = None, dtype: str = "float16",
           state_dtype: str = "float32", profile: bool = False, print_fn: Callable[[str], None] = print,
-          generate: bool = False, prefill_graph_tokens: int = 0) -> list[dict]:
+          generate: bool = False, prefill_graph_tokens: int = 0, tc_max_batch: Optional[int] = None) -> list[dict]:
     """Benchmark one model (a folder, or `random_init`: a preset name) on the native engine; returns rows
     {batch, decode_ms, tok_s, gbps, floor_ms, prefill_ms, peak_gb, mamba_ssm_ms} and prints a table.
     generate: also Engine.generate end to end (T=0.7, top-p 0.9) per batch: rows get generate_tok_s.
-    prefill_graph_tokens: the engine's option (short prefill chunks as graph replays; 0: eager)."""
+    prefill_graph_tokens: the engine's option (short prefill chunks as graph replays; 0: eager).
+    tc_max_batch: the engine's option (decode projections on our tensor-core kernels up to this batch; None:
+    the engine's default)."""
     from .export.artifact import DTYPES
     from .native import load_engine, random_engine
     from .native.hybrid import kv_bytes
@@ -230,6 +232,7 @@ def bench(path=None, backend: str = "native", batches: Sequence[int] = (1, 16, 6
     # a hybrid's KV caches hold the prefill bench's prompt and every timed decode step (bench_decode)
     kw = dict(max_batch=max(batches), chunk_len=max(2048, min(prefill_len, 8192)),
               prefill_graph_tokens=prefill_graph_tokens,
+              **({} if tc_max_batch is None else dict(tc_max_batch=tc_max_batch)),
               max_seq_len=max(prefill_len, prompt_len + DECODE_WARMUP + (DECODE_REPEATS + 1) * gen_len))
     sdt = DTYPES[dtype] if state_dtype == "model" else DTYPES[state_dtype]
     eng = (random_engine(random_init, DTYPES[dtype], sdt, **kw) if random_init
@@ -316,12 +319,14 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     ap.add_argument("--gemv-sweep", action="store_true", help="time the GEMV kernel alone and exit")
     ap.add_argument("--prefill-graph-tokens", type=int, default=0,
                     help="prefill chunks of at most this many tokens as CUDA-graph replays (default 0: eager)")
+    ap.add_argument("--tc-max-batch", type=int, default=None,
+                    help="decode projections on our tensor-core kernels up to this batch (default: the engine's)")
     a = ap.parse_args(argv)
     if a.gemv_sweep:
         sweep_gemv()
         return
     bench(a.path, "native", a.batches, a.prompt_len, a.gen_len, a.prefill_len, a.random_init, a.dtype, a.state_dtype,
-          a.profile, generate=a.generate, prefill_graph_tokens=a.prefill_graph_tokens)
+          a.profile, generate=a.generate, prefill_graph_tokens=a.prefill_graph_tokens, tc_max_batch=a.tc_max_batch)
 
 
 if __name__ == "__main__":

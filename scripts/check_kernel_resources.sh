@@ -8,9 +8,11 @@ nvcc="${NVCC:-nvcc}"
 tmp="$(mktemp -d)"
 trap 'rm -rf "$tmp"' EXIT
 status=0
+# sm_90 is built as sm_90a (CMakeLists.txt): the wgmma form of gemm_tc.cu is only there
+if [ "$arch" = 90 ]; then arch_flags=(-gencode=arch=compute_90a,code=sm_90a -DMD_WGMMA_BUILT); else arch_flags=(-arch="sm_$arch"); fi
 for src in "$root"/plugins/kernels/*.cu; do
   log="$tmp/$(basename "$src").log"
-  "$nvcc" -std=c++17 -O3 -arch="sm_$arch" -Xptxas -v -c "$src" -o "$tmp/out.o" >"$log" 2>&1 || { cat "$log"; exit 1; }
+  "$nvcc" -std=c++17 -O3 "${arch_flags[@]}" -Xptxas -v -c "$src" -o "$tmp/out.o" >"$log" 2>&1 || { cat "$log"; exit 1; }
   # ptxas prints "Compiling entry function 'NAME'", then stack/spill and register lines for it
   awk -v src="$(basename "$src")" '
     /Compiling entry function/ { match($0, /\x27[^\x27]+\x27/); fn = substr($0, RSTART + 1, RLENGTH - 2) }

@@ -16,7 +16,7 @@ from ..ops.cuda import state_rows_arg
 
 MAX_BATCH = 16  # MD_GEMV_MAX_BATCH: the CUDA-core form, any dtype
 TC_MAX_BATCH = 64  # MD_GEMV_TC_MAX_BATCH: the tensor-core form (fp16 / bf16, compute capability 9.0+)
-ALGOS = {"auto": 0, "cuda_cores": 1, "tensor_cores": 2}
+ALGOS = {"auto": 0, "cuda_cores": 1, "tensor_cores": 2, "mma_sync": 3}  # mma_sync: tensor cores without wgmma
 _TC_CAPABLE: dict[int, bool] = {}  # device index -> compute capability >= 9.0
 
 
@@ -47,7 +47,8 @@ def gemv(x: torch.Tensor, w: torch.Tensor, bias: Optional[torch.Tensor] = None, 
     """out = x @ w.T (+ bias) for x (batch, k), w (n, k), all one dtype; returns out (batch, n).
 
     algo: "cuda_cores" (batch <= 16, any dtype), "tensor_cores" (batch <= 64 where tc_ok: the weights read
-    once for all rows), "auto" (tensor cores from batch 3 on where they apply). split_k: the CUDA-core
+    once for all rows; batch 17..64 through wgmma on an sm_90a build), "mma_sync" (the tensor-core form without
+    wgmma), "auto" (tensor cores from batch 3 on where they apply). split_k: the CUDA-core
     form's warps per output (0 = chosen by the library).
 
     conv: optional causal-conv epilogue over rows [lo, lo + weight.shape[0]) of the output, a dict with

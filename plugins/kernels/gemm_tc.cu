@@ -18,12 +18,17 @@
 // the tile, reading the S partial tiles through distributed shared memory (no workspace, no second kernel).
 // Epilogue: bias, the conv epilogue (gemv_epilogue.cuh), the store. Sums are float32 in a fixed order: the
 // same inputs give the same bits.
+// The wgmma form (batch 17..64, where built for sm_90a; wgmma.cuh): the same stages and epilogue, the stage
+// rows in the 128-byte swizzle wgmma's descriptors read, and each warpgroup's k32 step of a stage as
+// m64n32k16 / m64n64k16 products read straight from shared memory (no fragment loads: at batch 64 the
+// mma.sync form was bound by issuing its loads and products, 0.43 warps a scheduler issuing).
 #include <cstdint>
 
 #include "cluster.cuh"
 #include "common.cuh"
 #include "gemm_tc.cuh"
 #include "gemv_epilogue.cuh"
+#include "wgmma.cuh"
 
 namespace md {
 namespace {
@@ -38,12 +43,16 @@ constexpr int kMaxSplit = 8;
 
 // A stage: kCols weight rows, then nb * 8 x rows, of kKStage elements (8 units of 16 bytes) each.
 template <int NB> __host__ __device__ constexpr int stage_units() { return (kCols + NB * 8) * kKStage / 8; }
-template <int NB> __host__ __device__ constexpr size_t smem_bytes() {
+// WG (the wgmma form): 1 KB more, to align the stages to the 1024-byte swizzle atoms.
+template <int NB, bool WG> __host__ __device__ constexpr size_t smem_bytes() {
   constexpr size_t pipe = size_t(kStages) * stage_units<NB>() * 16, part = size_t(NB) * 8 * kPartStride * 4;
-  return pipe > part ? pipe : part;
+  return (pipe > part ? pipe : part) + (WG ? 1024 : 0);
 }
-// Unit u of row r of a stage: odd rows swap their two halves.
-__device__ __forceinline__ int swizzle(int r, int u) { return r * 8 + (u ^ ((r & 1) << 2)); }
+// Unit u of row r of a stage. mma.sync form: odd rows swap their two halves. wgmma form: the 128-byte swizzle
+// its descriptors name (unit u ^ (r % 8); a stage is whole 8-row atoms).
+template <bool WG> __device__ __forceinline__ int swizzle(int r, int u) {
+  return WG ? r * 8 + (u ^ (r & 7)) : r * 8 + (u ^ ((r & 1) << 2));
+}
 
 // 16 bytes global -> shared (a shared-window address), zero-filled when !valid (src is then not read).
 __device__ __forceinline__ void cp_async16(uint32_t dst, const void* src, bool valid) {
@@ -70,7 +79,7 @@ MD_MMA_16816(__nv_bfloat16, "bf16")
 
 // The 16-byte units of a stage that this thread copies, worked out once: a stage's copies are then an add
 // and a predicate each. Unit u = threadIdx.x % 8 of weight rows threadIdx.x / 8 + 32 j and of x rows likewise.
-template <typename T, int NB>
+template <typename T, int NB, bool WG>
 struct StageCopies {
   static constexpr int kW = kCols * 8 / kThreads, kX = (NB * 64 + kThreads - 1) / kThreads;
   const T* w_src[kW];
@@ -89,14 +98,14 @@ struct StageCopies {
       const int64_t n = static_cast<int64_t>(blockIdx.x) * kCols + r;
       w_ok[j] = n < p.n;
       w_src[j] = w0 + (w_ok[j] ? n : 0) * p.w_row_stride + u8;
-      w_dst[j] = swizzle(r, u) * 16;
+      w_dst[j] = swizzle<WG>(r, u) * 16;
     }
 #pragma unroll
     for (int j = 0; j < kX; ++j) {
       const int m = (threadIdx.x >> 3) + j * (kThreads / 8);
       x_ok[j] = m < p.batch && m < NB * 8;
       x_src[j] = x0 + (x_ok[j] ? m : 0) * p.x_row_stride + u8;
-      x_dst[j] = swizzle(kCols + (m < NB * 8 ? m : 0), u) * 16;
+      x_dst[j] = swizzle<WG>(kCols + (m < NB * 8 ? m : 0), u) * 16;
     }
   }
   // Weights of the stage at shared address `stage`, k from k0 (zeros from k_end on).
@@ -116,13 +125,62 @@ struct StageCopies {
   }
 };
 
-// Grid: (ceil(n / kCols), S), clusters of (1, S, 1); krange: the k of one split (multiple of 64).
+// This warp's products of one stage, mma.sync form: warp (wn, kw) takes columns wn * 32 .. + 31 (kMt m16
+// tiles) and the stage's k32 step kw, for every batch tile (fragments read from shared memory).
 template <typename T, int NB>
+__device__ __forceinline__ void stage_products_mma(float (&acc)[kMt][NB][4], const uint4* buf, int wn, int kw,
+                                                   int g, int t) {
+  const int u = 4 * kw + t;  // this warp's k32 step of the stage: units 4 kw .. 4 kw + 3
+  uint4 wv[kMt][2];
+#pragma unroll
+  for (int mt = 0; mt < kMt; ++mt)
+#pragma unroll
+    for (int h = 0; h < 2; ++h) wv[mt][h] = buf[swizzle<false>(wn * (kMt * 16) + mt * 16 + h * 8 + g, u)];
+  uint4 xv[NB];
+#pragma unroll
+  for (int nb = 0; nb < NB; ++nb) xv[nb] = buf[swizzle<false>(kCols + nb * 8 + g, u)];
+  // All first k16 halves, then all second ones: no product waits on the one just issued.
+#pragma unroll
+  for (int nb = 0; nb < NB; ++nb)
+#pragma unroll
+    for (int mt = 0; mt < kMt; ++mt)
+      Mma<T>::run(acc[mt][nb], wv[mt][0].x, wv[mt][1].x, wv[mt][0].y, wv[mt][1].y, xv[nb].x, xv[nb].y);
+#pragma unroll
+  for (int nb = 0; nb < NB; ++nb)
+#pragma unroll
+    for (int mt = 0; mt < kMt; ++mt)
+      Mma<T>::run(acc[mt][nb], wv[mt][0].z, wv[mt][1].z, wv[mt][0].w, wv[mt][1].w, xv[nb].z, xv[nb].w);
+}
+
+#if MD_WGMMA_DEVICE
+// wgmma form: warpgroup kw takes the stage's k32 step kw for all kCols columns (two m64 tiles) and all
+// NB * 8 batch rows; acc[mt] is the m64n(NB * 8) fragment (warp wn of the group: columns mt * 64 + wn * 16 ..).
+template <typename T, int NB>
+__device__ __forceinline__ void stage_products_wg(float (&acc)[kMt][NB][4], uint32_t stage, int kw) {
+  wg_fence();
+#pragma unroll
+  for (int ks = 0; ks < 2; ++ks) {
+    const uint32_t k_bytes = (kw * 2 + ks) * 32;  // k16 step kw * 2 + ks of the stage's 128-byte rows
+#pragma unroll
+    for (int mt = 0; mt < kMt; ++mt)
+      WgMma<T, NB * 8>::run(&acc[mt][0][0], wg_desc_sw128(stage + mt * 64 * 128 + k_bytes),
+                            wg_desc_sw128(stage + kCols * 128 + k_bytes));
+  }
+  wg_commit();  // waited for at the next stage's barrier (then its buffer can be refilled)
+}
+#endif
+
+// Grid: (ceil(n / kCols), S), clusters of (1, S, 1); krange: the k of one split (multiple of 64).
+// WG: the wgmma form (built for sm_90a only; NB 4 or 8), else mma.sync.
+template <typename T, int NB, bool WG>
 __global__ void __launch_bounds__(kThreads, 2) gemv_tc_kernel(const md_gemv_params p, int64_t krange) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  if (WG && !MD_WGMMA_DEVICE) __trap();  // the wgmma form in code not built for sm_90a: wgmma_form said no
   extern __shared__ __align__(16) unsigned char smem[];
-  uint4* stages = reinterpret_cast<uint4*>(smem);
-  float* part = reinterpret_cast<float*>(smem);  // after the products, over the stages
+  const uint32_t smem_addr = static_cast<uint32_t>(__cvta_generic_to_shared(smem));
+  unsigned char* aligned = smem + (WG ? (1024 - (smem_addr & 1023)) & 1023 : 0);
+  uint4* stages = reinterpret_cast<uint4*>(aligned);
+  float* part = reinterpret_cast<float*>(aligned);  // after the products, over the stages
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
   const int wn = warp % kWarpsN, kw = warp / kWarpsN;
   const int64_t k_lo = static_cast<int64_t>(blockIdx.y) * krange, k_hi = min(p.k, k_lo + krange);
@@ -135,7 +193,7 @@ __global__ void __launch_bounds__(kThreads, 2) gemv_tc_kernel(const md_gemv_para
     const int r = s + rot;
     return k_lo + (r < nst ? r : r - nst) * kKStage;
   };
-  const StageCopies<T, NB> copies(p);
+  const StageCopies<T, NB, WG> copies(p);
 
   float acc[kMt][NB][4];
 #pragma unroll
@@ -158,36 +216,28 @@ __global__ void __launch_bounds__(kThreads, 2) gemv_tc_kernel(const md_gemv_para
   }
   for (int it = 0; it < nst; ++it) {
     cp_async_wait<kStages - 2>();  // stage it has landed (for this thread's copies) ...
-    __syncthreads();               // ... for every thread's; and stage it - 1 is read by all
+#if MD_WGMMA_DEVICE
+    if constexpr (WG) {
+      fence_proxy_async();
+      wg_wait_all();  // this warpgroup's products of stage it - 1 are done
+    }
+#endif
+    __syncthreads();          // ... for every thread's; and stage it - 1 is read by all
     const int next = it + kStages - 1;
     if (next < nst) {
       copies.weights(stage_addr(next), k_of(next), k_hi);
       copies.x(stage_addr(next), k_of(next), k_hi);
     }
     cp_async_commit();
-    const uint4* buf = stage(it);
-    const int u = 4 * kw + t;  // this warp's k32 step of the stage: units 4 kw .. 4 kw + 3
-    uint4 wv[kMt][2];
-#pragma unroll
-    for (int mt = 0; mt < kMt; ++mt)
-#pragma unroll
-      for (int h = 0; h < 2; ++h) wv[mt][h] = buf[swizzle(wn * (kMt * 16) + mt * 16 + h * 8 + g, u)];
-    uint4 xv[NB];
-#pragma unroll
-    for (int nb = 0; nb < NB; ++nb) xv[nb] = buf[swizzle(kCols + nb * 8 + g, u)];
-    // All first k16 halves, then all second ones: no product waits on the one just issued.
-#pragma unroll
-    for (int nb = 0; nb < NB; ++nb)
-#pragma unroll
-      for (int mt = 0; mt < kMt; ++mt)
-        Mma<T>::run(acc[mt][nb], wv[mt][0].x, wv[mt][1].x, wv[mt][0].y, wv[mt][1].y, xv[nb].x, xv[nb].y);
-#pragma unroll
-    for (int nb = 0; nb < NB; ++nb)
-#pragma unroll
-      for (int mt = 0; mt < kMt; ++mt)
-        Mma<T>::run(acc[mt][nb], wv[mt][0].z, wv[mt][1].z, wv[mt][0].w, wv[mt][1].w, xv[nb].z, xv[nb].w);
+#if MD_WGMMA_DEVICE
+    if constexpr (WG) stage_products_wg<T, NB>(acc, stage_addr(it), kw);
+#endif
+    if constexpr (!WG) stage_products_mma<T, NB>(acc, stage(it), wn, kw, g, t);
   }
   cp_async_wait<0>();
+#if MD_WGMMA_DEVICE
+  if constexpr (WG) wg_wait_all();
+#endif
 
   // Partial sums -> part[m][column]: the k groups one after the other (a fixed order).
   __syncthreads();
@@ -198,7 +248,8 @@ __global__ void __launch_bounds__(kThreads, 2) gemv_tc_kernel(const md_gemv_para
       for (int mt = 0; mt < kMt; ++mt)
 #pragma unroll
         for (int nb = 0; nb < NB; ++nb) {
-          float* pp = part + (nb * 8 + 2 * t) * kPartStride + wn * (kMt * 16) + mt * 16 + g;
+          const int col0 = WG ? mt * 64 + wn * 16 : wn * (kMt * 16) + mt * 16;  // the fragment's first column
+          float* pp = part + (nb * 8 + 2 * t) * kPartStride + col0 + g;
           const float* c = acc[mt][nb];
           if (q == 0) {
             pp[0] = c[0]; pp[kPartStride] = c[1]; pp[8] = c[2]; pp[kPartStride + 8] = c[3];
@@ -246,10 +297,10 @@ __global__ void __launch_bounds__(kThreads, 2) gemv_tc_kernel(const md_gemv_para
 #endif
 }
 
-template <typename T, int NB>
+template <typename T, int NB, bool WG = false>
 cudaError_t launch_nb(const md_gemv_params& p, cudaStream_t stream) {
-  constexpr size_t smem = smem_bytes<NB>();
-  const auto kernel = gemv_tc_kernel<T, NB>;
+  constexpr size_t smem = smem_bytes<NB, WG>();
+  const auto kernel = gemv_tc_kernel<T, NB, WG>;
   cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
   if (err != cudaSuccess) return err;
   const int64_t sms = device_attribute(cudaDevAttrMultiProcessorCount, 132);
@@ -286,6 +337,7 @@ cudaError_t launch_nb(const md_gemv_params& p, cudaStream_t stream) {
 
 template <typename T>
 cudaError_t launch_typed(const md_gemv_params& p, cudaStream_t s) {
+  if (p.batch > 16 && wgmma_form(p)) return p.batch > 32 ? launch_nb<T, 8, true>(p, s) : launch_nb<T, 4, true>(p, s);
   switch ((p.batch + 7) / 8) {
     case 1: return launch_nb<T, 1>(p, s);
     case 2: return launch_nb<T, 2>(p, s);
@@ -299,6 +351,15 @@ cudaError_t launch_typed(const md_gemv_params& p, cudaStream_t s) {
 }
 
 }  // namespace
+
+bool wgmma_form(const md_gemv_params& p) {
+#if defined(MD_WGMMA_BUILT)
+  return p.algo != MD_GEMV_ALGO_MMA_SYNC && device_attribute(cudaDevAttrComputeCapabilityMajor, 0) == 9 &&
+         device_attribute(cudaDevAttrComputeCapabilityMinor, 0) == 0;
+#else
+  return false;
+#endif
+}
 
 bool gemv_tc_ok(const md_gemv_params& p) {
   auto aligned = [](const void* ptr) { return (reinterpret_cast<uintptr_t>(ptr) & 15) == 0; };

@@ -237,7 +237,7 @@ cudaError_t launch_m2(const md_mamba2_step_params& p, cudaStream_t s) {
 
 extern "C" cudaError_t md_launch_gemv(const md_gemv_params* p, cudaStream_t stream) {
   MD_CHECK(p != nullptr, "gemv: params is NULL");
-  MD_CHECK(p->algo >= 0 && p->algo <= 2, "gemv: algo must be 0, 1 or 2");
+  MD_CHECK(p->algo >= 0 && p->algo <= 3, "gemv: algo must be 0, 1, 2 or 3");
   MD_CHECK(p->batch >= 0 && p->batch <= MD_GEMV_TC_MAX_BATCH, "gemv: batch must be in 0..64");
   MD_CHECK(p->n >= 0 && p->k >= 0, "gemv: negative size");
   MD_CHECK(p->x && p->w && p->out, "gemv: x, w and out are required");
@@ -251,9 +251,9 @@ extern "C" cudaError_t md_launch_gemv(const md_gemv_params* p, cudaStream_t stre
   }
   if (p->batch == 0 || p->n == 0) return cudaSuccess;
   const bool tc_ok = md::gemv_tc_ok(*p);
-  MD_CHECK(p->algo != 2 || tc_ok, "gemv: the tensor-core form needs fp16 / bf16, k % 8 == 0, 16-byte aligned x and w "
+  MD_CHECK(p->algo < 2 || tc_ok, "gemv: the tensor-core form needs fp16 / bf16, k % 8 == 0, 16-byte aligned x and w "
                                   "rows and compute capability 9.0+");
-  if (p->algo == 2 || (p->algo == 0 && tc_ok && p->batch >= MD_GEMV_TC_MIN_BATCH)) return md::launch_gemv_tc(*p, stream);
+  if (p->algo >= 2 || (p->algo == 0 && tc_ok && p->batch >= MD_GEMV_TC_MIN_BATCH)) return md::launch_gemv_tc(*p, stream);
   MD_CHECK(p->batch <= MD_GEMV_MAX_BATCH, "gemv: batch > 16 needs the tensor-core form (fp16 / bf16 on 9.0+)");
   const int split = p->split_k ? static_cast<int>(p->split_k) : md::auto_split(*p);
   switch (p->dtype) {
