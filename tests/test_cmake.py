@@ -1,5 +1,6 @@
 """CMakeLists.txt configures as the README says: on a build machine without a GPU, and without an
-architecture option, the kernels are compiled for sm_90 alone (every architecture is a full compile)."""
+architecture option, the kernels are compiled for sm_90 alone (every architecture is a full compile), as sm_90a
+machine code (wgmma) plus compute_90 PTX for later GPUs."""
 import os
 import shutil
 import subprocess
@@ -22,5 +23,5 @@ def test_no_gpu_and_no_arch_option_compiles_for_sm90_alone(tmp_path):
     result = subprocess.run(["cmake", "-S", str(ROOT), "-B", str(tmp_path / "build"), *generator], env=env,
                             capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "mamba-deploy: CUDA architectures 90\n" in result.stdout
+    assert "mamba-deploy: CUDA architectures 90a-real;90-virtual\n" in result.stdout
     assert "sm_90 only" in result.stdout and "MAMBA_DEPLOY_CUDA_ARCHS" in result.stdout  # says how to override

@@ -18,11 +18,15 @@
 // the tile, reading the S partial tiles through distributed shared memory (no workspace, no second kernel).
 // Epilogue: bias, the conv epilogue (gemv_epilogue.cuh), the store. Sums are float32 in a fixed order: the
 // same inputs give the same bits.
-// The wgmma form (batch 17..64, where built for sm_90a; wgmma.cuh): the same stages and epilogue, the stage
-// rows in the 128-byte swizzle wgmma's descriptors read, and each warpgroup's k32 step of a stage as
-// m64n32k16 / m64n64k16 products read straight from shared memory (no fragment loads: at batch 64 the
-// mma.sync form was bound by issuing its loads and products, 0.43 warps a scheduler issuing).
+// The wgmma form (batch 17..64, where built for sm_90a; wgmma.cuh): the same stages, splits and epilogue; one
+// thread fills a stage with two bulk tensor copies (TMA: weights and x tiles in the 128-byte swizzle, zeros
+// outside, completing the stage's mbarrier) and each warpgroup's k32 step of a stage is m64n32k16 / m64n64k16
+// products read straight from shared memory. At batch 64 the mma.sync form was bound by issuing its fragment
+// loads and products (0.43 warps a scheduler issuing); wgmma fed by per-thread cp.async gained 15-20% and was
+// then bound by the copies; TMA took in_proj from 16.4 to 14.3 us (cuBLAS: 11.6).
 #include <cstdint>
+
+#include <cuda.h>  // CUtensorMap; cuTensorMapEncodeTiled is looked up through the runtime (no libcuda link)
 
 #include "cluster.cuh"
 #include "common.cuh"
@@ -48,11 +52,9 @@ template <int NB, bool WG> __host__ __device__ constexpr size_t smem_bytes() {
   constexpr size_t pipe = size_t(kStages) * stage_units<NB>() * 16, part = size_t(NB) * 8 * kPartStride * 4;
   return (pipe > part ? pipe : part) + (WG ? 1024 : 0);
 }
-// Unit u of row r of a stage. mma.sync form: odd rows swap their two halves. wgmma form: the 128-byte swizzle
-// its descriptors name (unit u ^ (r % 8); a stage is whole 8-row atoms).
-template <bool WG> __device__ __forceinline__ int swizzle(int r, int u) {
-  return WG ? r * 8 + (u ^ (r & 7)) : r * 8 + (u ^ ((r & 1) << 2));
-}
+// Unit u of row r of a stage (mma.sync form): odd rows swap their two halves. (The wgmma form's stages are in
+// the 128-byte swizzle, unit u ^ (r % 8), which its tensor maps and descriptors name.)
+__device__ __forceinline__ int swizzle(int r, int u) { return r * 8 + (u ^ ((r & 1) << 2)); }
 
 // 16 bytes global -> shared (a shared-window address), zero-filled when !valid (src is then not read).
 __device__ __forceinline__ void cp_async16(uint32_t dst, const void* src, bool valid) {
@@ -79,7 +81,7 @@ MD_MMA_16816(__nv_bfloat16, "bf16")
 
 // The 16-byte units of a stage that this thread copies, worked out once: a stage's copies are then an add
 // and a predicate each. Unit u = threadIdx.x % 8 of weight rows threadIdx.x / 8 + 32 j and of x rows likewise.
-template <typename T, int NB, bool WG>
+template <typename T, int NB>
 struct StageCopies {
   static constexpr int kW = kCols * 8 / kThreads, kX = (NB * 64 + kThreads - 1) / kThreads;
   const T* w_src[kW];
@@ -98,14 +100,14 @@ struct StageCopies {
       const int64_t n = static_cast<int64_t>(blockIdx.x) * kCols + r;
       w_ok[j] = n < p.n;
       w_src[j] = w0 + (w_ok[j] ? n : 0) * p.w_row_stride + u8;
-      w_dst[j] = swizzle<WG>(r, u) * 16;
+      w_dst[j] = swizzle(r, u) * 16;
     }
 #pragma unroll
     for (int j = 0; j < kX; ++j) {
       const int m = (threadIdx.x >> 3) + j * (kThreads / 8);
       x_ok[j] = m < p.batch && m < NB * 8;
       x_src[j] = x0 + (x_ok[j] ? m : 0) * p.x_row_stride + u8;
-      x_dst[j] = swizzle<WG>(kCols + (m < NB * 8 ? m : 0), u) * 16;
+      x_dst[j] = swizzle(kCols + (m < NB * 8 ? m : 0), u) * 16;
     }
   }
   // Weights of the stage at shared address `stage`, k from k0 (zeros from k_end on).
@@ -135,10 +137,10 @@ __device__ __forceinline__ void stage_products_mma(float (&acc)[kMt][NB][4], con
 #pragma unroll
   for (int mt = 0; mt < kMt; ++mt)
 #pragma unroll
-    for (int h = 0; h < 2; ++h) wv[mt][h] = buf[swizzle<false>(wn * (kMt * 16) + mt * 16 + h * 8 + g, u)];
+    for (int h = 0; h < 2; ++h) wv[mt][h] = buf[swizzle(wn * (kMt * 16) + mt * 16 + h * 8 + g, u)];
   uint4 xv[NB];
 #pragma unroll
-  for (int nb = 0; nb < NB; ++nb) xv[nb] = buf[swizzle<false>(kCols + nb * 8 + g, u)];
+  for (int nb = 0; nb < NB; ++nb) xv[nb] = buf[swizzle(kCols + nb * 8 + g, u)];
   // All first k16 halves, then all second ones: no product waits on the one just issued.
 #pragma unroll
   for (int nb = 0; nb < NB; ++nb)
@@ -170,10 +172,112 @@ __device__ __forceinline__ void stage_products_wg(float (&acc)[kMt][NB][4], uint
 }
 #endif
 
+// The wgmma form's tensor maps of w (box 64 k x kCols rows) and x (64 k x NB * 8 rows), 128-byte swizzle;
+// unused by the mma.sync form.
+struct TmaMaps {
+  CUtensorMap w, x;
+};
+
+// The block's k stages: stage s (< nst) covers k_of(s) .. + kKStage - 1 in buffer s % kStages (shared address
+// addr(s)). Each block starts at its own stage and wraps around: every block reads the same x, and blocks in
+// step would all ask the same few L2 lines for it at once.
+template <int NB>
+struct Plan {
+  uint32_t stage0;
+  int nst, rot;
+  int64_t k_lo, k_hi;
+  __device__ int64_t k_of(int s) const {
+    const int r = s + rot;
+    return k_lo + (r < nst ? r : r - nst) * kKStage;
+  }
+  __device__ uint32_t addr(int s) const { return stage0 + (s % kStages) * (stage_units<NB>() * 16); }
+};
+
+// mma.sync form: every thread copies its 16-byte units of each stage with cp.async, kStages - 1 stages ahead.
+template <typename T, int NB>
+__device__ __forceinline__ void mainloop_mma(float (&acc)[kMt][NB][4], const md_gemv_params& p, const Plan<NB>& pl,
+                                             const uint4* stages, int wn, int kw, int g, int t) {
+  const StageCopies<T, NB> copies(p);
+  // The first stages' weights go out before the wait: no kernel writes them.
+#pragma unroll
+  for (int s = 0; s < kStages - 1; ++s)
+    if (s < pl.nst) copies.weights(pl.addr(s), pl.k_of(s), pl.k_hi);
+  pdl_wait();
+#pragma unroll
+  for (int s = 0; s < kStages - 1; ++s) {
+    if (s < pl.nst) copies.x(pl.addr(s), pl.k_of(s), pl.k_hi);
+    cp_async_commit();  // group s (group 0 also holds every early weight copy)
+  }
+  for (int it = 0; it < pl.nst; ++it) {
+    cp_async_wait<kStages - 2>();  // stage it has landed (for this thread's copies) ...
+    __syncthreads();               // ... for every thread's; and stage it - 1 is read by all
+    const int next = it + kStages - 1;
+    if (next < pl.nst) {
+      copies.weights(pl.addr(next), pl.k_of(next), pl.k_hi);
+      copies.x(pl.addr(next), pl.k_of(next), pl.k_hi);
+    }
+    cp_async_commit();
+    stage_products_mma<T, NB>(acc, stages + (it % kStages) * stage_units<NB>(), wn, kw, g, t);
+  }
+  cp_async_wait<0>();
+}
+
+#if MD_WGMMA_DEVICE
+// wgmma form: thread 0 fills each stage with two bulk tensor copies (the weights' and x's tiles, zero-filled
+// past n, the batch and k) completing the stage's mbarrier, kStages - 1 stages ahead; the products read the
+// tiles where they land (the async proxy both ways: no proxy fence).
+template <typename T, int NB>
+__device__ __forceinline__ void mainloop_wg(float (&acc)[kMt][NB][4], const Plan<NB>& pl, const TmaMaps& maps,
+                                            uint32_t bar0, int kw) {
+  constexpr uint32_t kBytes = stage_units<NB>() * 16;
+  const bool leader = threadIdx.x == 0;
+  const int32_t row0 = static_cast<int32_t>(blockIdx.x) * kCols;
+  auto bar = [&](int s) { return bar0 + (s % kStages) * 8; };
+  auto fill = [&](int s, bool weights, bool x) {
+    const int32_t k = static_cast<int32_t>(pl.k_of(s));
+    if (weights) tma_load_2d(pl.addr(s), &maps.w, k, row0, bar(s));
+    if (x) tma_load_2d(pl.addr(s) + kCols * 128, &maps.x, k, 0, bar(s));
+  };
+  if (leader) {
+#pragma unroll
+    for (int s = 0; s < kStages; ++s) mbar_init(bar0 + s * 8, 1);
+    fence_mbar_init();
+  }
+  __syncthreads();
+  if (leader) {  // the first stages' weights before the wait: no kernel writes them
+#pragma unroll
+    for (int s = 0; s < kStages - 1; ++s)
+      if (s < pl.nst) {
+        mbar_expect_tx(bar(s), kBytes);
+        fill(s, true, false);
+      }
+  }
+  pdl_wait();
+  if (leader) {
+#pragma unroll
+    for (int s = 0; s < kStages - 1; ++s)
+      if (s < pl.nst) fill(s, false, true);
+  }
+  for (int it = 0; it < pl.nst; ++it) {
+    mbar_wait(bar(it), (it / kStages) & 1);  // stage it has landed
+    wg_wait_all();                            // this warpgroup's products of stage it - 1 are done ...
+    __syncthreads();                          // ... and every warpgroup's: buffer it - 1 can be refilled
+    const int next = it + kStages - 1;
+    if (leader && next < pl.nst) {
+      mbar_expect_tx(bar(next), kBytes);
+      fill(next, true, true);
+    }
+    stage_products_wg<T, NB>(acc, pl.addr(it), kw);
+  }
+  wg_wait_all();
+}
+#endif
+
 // Grid: (ceil(n / kCols), S), clusters of (1, S, 1); krange: the k of one split (multiple of 64).
-// WG: the wgmma form (built for sm_90a only; NB 4 or 8), else mma.sync.
+// WG: the wgmma form (built for sm_90a only; NB 4 or 8; `maps` set), else mma.sync.
 template <typename T, int NB, bool WG>
-__global__ void __launch_bounds__(kThreads, 2) gemv_tc_kernel(const md_gemv_params p, int64_t krange) {
+__global__ void __launch_bounds__(kThreads, 2)
+    gemv_tc_kernel(const md_gemv_params p, int64_t krange, const __grid_constant__ TmaMaps maps) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   if (WG && !MD_WGMMA_DEVICE) __trap();  // the wgmma form in code not built for sm_90a: wgmma_form said no
   extern __shared__ __align__(16) unsigned char smem[];
@@ -183,17 +287,12 @@ __global__ void __launch_bounds__(kThreads, 2) gemv_tc_kernel(const md_gemv_para
   float* part = reinterpret_cast<float*>(aligned);  // after the products, over the stages
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
   const int wn = warp % kWarpsN, kw = warp / kWarpsN;
-  const int64_t k_lo = static_cast<int64_t>(blockIdx.y) * krange, k_hi = min(p.k, k_lo + krange);
-  const int nst = k_hi > k_lo ? static_cast<int>((k_hi - k_lo + kKStage - 1) / kKStage) : 0;
-  const int rot = nst > 0 ? static_cast<int>(blockIdx.x % nst) : 0;
-  auto stage = [&](int s) { return stages + (s % kStages) * stage_units<NB>(); };
-  const uint32_t stage0 = static_cast<uint32_t>(__cvta_generic_to_shared(stages));
-  auto stage_addr = [&](int s) { return stage0 + (s % kStages) * (stage_units<NB>() * 16); };
-  auto k_of = [&](int s) {  // k of the block's s-th stage (s < nst)
-    const int r = s + rot;
-    return k_lo + (r < nst ? r : r - nst) * kKStage;
-  };
-  const StageCopies<T, NB, WG> copies(p);
+  Plan<NB> pl;
+  pl.stage0 = static_cast<uint32_t>(__cvta_generic_to_shared(stages));
+  pl.k_lo = static_cast<int64_t>(blockIdx.y) * krange;
+  pl.k_hi = min(p.k, pl.k_lo + krange);
+  pl.nst = pl.k_hi > pl.k_lo ? static_cast<int>((pl.k_hi - pl.k_lo + kKStage - 1) / kKStage) : 0;
+  pl.rot = pl.nst > 0 ? static_cast<int>(blockIdx.x % pl.nst) : 0;
 
   float acc[kMt][NB][4];
 #pragma unroll
@@ -204,40 +303,13 @@ __global__ void __launch_bounds__(kThreads, 2) gemv_tc_kernel(const md_gemv_para
       for (int j = 0; j < 4; ++j) acc[mt][nb][j] = 0.f;
 
   pdl_release();
-  // The first stages' weights go out before the wait: no kernel writes them.
-#pragma unroll
-  for (int s = 0; s < kStages - 1; ++s)
-    if (s < nst) copies.weights(stage_addr(s), k_of(s), k_hi);
-  pdl_wait();
-#pragma unroll
-  for (int s = 0; s < kStages - 1; ++s) {
-    if (s < nst) copies.x(stage_addr(s), k_of(s), k_hi);
-    cp_async_commit();  // group s (group 0 also holds every early weight copy)
+#if MD_WGMMA_DEVICE
+  if constexpr (WG) {
+    __shared__ __align__(8) uint64_t bars[kStages];  // the stages' mbarriers
+    mainloop_wg<T, NB>(acc, pl, maps, static_cast<uint32_t>(__cvta_generic_to_shared(bars)), kw);
   }
-  for (int it = 0; it < nst; ++it) {
-    cp_async_wait<kStages - 2>();  // stage it has landed (for this thread's copies) ...
-#if MD_WGMMA_DEVICE
-    if constexpr (WG) {
-      fence_proxy_async();
-      wg_wait_all();  // this warpgroup's products of stage it - 1 are done
-    }
 #endif
-    __syncthreads();          // ... for every thread's; and stage it - 1 is read by all
-    const int next = it + kStages - 1;
-    if (next < nst) {
-      copies.weights(stage_addr(next), k_of(next), k_hi);
-      copies.x(stage_addr(next), k_of(next), k_hi);
-    }
-    cp_async_commit();
-#if MD_WGMMA_DEVICE
-    if constexpr (WG) stage_products_wg<T, NB>(acc, stage_addr(it), kw);
-#endif
-    if constexpr (!WG) stage_products_mma<T, NB>(acc, stage(it), wn, kw, g, t);
-  }
-  cp_async_wait<0>();
-#if MD_WGMMA_DEVICE
-  if constexpr (WG) wg_wait_all();
-#endif
+  if constexpr (!WG) mainloop_mma<T, NB>(acc, p, pl, stages, wn, kw, g, t);
 
   // Partial sums -> part[m][column]: the k groups one after the other (a fixed order).
   __syncthreads();
@@ -297,10 +369,47 @@ __global__ void __launch_bounds__(kThreads, 2) gemv_tc_kernel(const md_gemv_para
 #endif
 }
 
+// cuTensorMapEncodeTiled from the driver the runtime loaded (nullptr where it has none).
+using EncodeTiled = CUresult (*)(CUtensorMap*, CUtensorMapDataType, cuuint32_t, void*, const cuuint64_t*,
+                                 const cuuint64_t*, const cuuint32_t*, const cuuint32_t*, CUtensorMapInterleave,
+                                 CUtensorMapSwizzle, CUtensorMapL2promotion, CUtensorMapFloatOOBfill);
+EncodeTiled encode_tiled() {
+  static const EncodeTiled fn = [] {
+    void* f = nullptr;
+    cudaDriverEntryPointQueryResult found{};
+    if (cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &f, 12000, cudaEnableDefault, &found) !=
+            cudaSuccess || found != cudaDriverEntryPointSuccess) {
+      cudaGetLastError();
+      return static_cast<EncodeTiled>(nullptr);
+    }
+    return reinterpret_cast<EncodeTiled>(f);
+  }();
+  return fn;
+}
+
+// A (rows, k) 16-bit row-strided matrix as tiles of 64 k x box_rows rows in the 128-byte swizzle (zeros outside).
+bool encode_tile_map(CUtensorMap* map, const void* base, int64_t dtype, int64_t k, int64_t rows, int64_t row_stride,
+                     uint32_t box_rows) {
+  const EncodeTiled fn = encode_tiled();
+  if (fn == nullptr) return false;
+  const cuuint64_t dims[2] = {static_cast<cuuint64_t>(k), static_cast<cuuint64_t>(rows)};
+  const cuuint64_t strides[1] = {static_cast<cuuint64_t>(row_stride) * 2};
+  const cuuint32_t box[2] = {kKStage, box_rows}, elem_strides[2] = {1, 1};
+  const CUtensorMapDataType type =
+      dtype == MD_FLOAT16 ? CU_TENSOR_MAP_DATA_TYPE_FLOAT16 : CU_TENSOR_MAP_DATA_TYPE_BFLOAT16;
+  return fn(map, type, 2, const_cast<void*>(base), dims, strides, box, elem_strides, CU_TENSOR_MAP_INTERLEAVE_NONE,
+            CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) ==
+         CUDA_SUCCESS;
+}
+
 template <typename T, int NB, bool WG = false>
 cudaError_t launch_nb(const md_gemv_params& p, cudaStream_t stream) {
   constexpr size_t smem = smem_bytes<NB, WG>();
   const auto kernel = gemv_tc_kernel<T, NB, WG>;
+  TmaMaps maps{};
+  if (WG && !(encode_tile_map(&maps.w, p.w, p.dtype, p.k, p.n, p.w_row_stride, kCols) &&
+              encode_tile_map(&maps.x, p.x, p.dtype, p.k, p.batch, p.x_row_stride, NB * 8)))
+    return cudaErrorInvalidValue;
   cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
   if (err != cudaSuccess) return err;
   const int64_t sms = device_attribute(cudaDevAttrMultiProcessorCount, 132);
@@ -332,7 +441,7 @@ cudaError_t launch_nb(const md_gemv_params& p, cudaStream_t stream) {
   }
   config.attrs = attrs;
   config.numAttrs = n_attrs;
-  return cudaLaunchKernelEx(&config, kernel, p, krange);
+  return cudaLaunchKernelEx(&config, kernel, p, krange, maps);
 }
 
 template <typename T>
@@ -355,7 +464,7 @@ cudaError_t launch_typed(const md_gemv_params& p, cudaStream_t s) {
 bool wgmma_form(const md_gemv_params& p) {
 #if defined(MD_WGMMA_BUILT)
   return p.algo != MD_GEMV_ALGO_MMA_SYNC && device_attribute(cudaDevAttrComputeCapabilityMajor, 0) == 9 &&
-         device_attribute(cudaDevAttrComputeCapabilityMinor, 0) == 0;
+         device_attribute(cudaDevAttrComputeCapabilityMinor, 0) == 0 && encode_tiled() != nullptr;
 #else
   return false;
 #endif
