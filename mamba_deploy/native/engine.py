@@ -27,9 +27,10 @@ greedy loop is just replays). Per layer, kernels:
 (add_norm is row_norm: 16-byte accesses, one block per row; the kernels are plugins/kernels/gemv.cu.)
 From batch 3 to tc_max_batch (16: at 64 cuBLAS is faster, measured on the H200) in fp16 / bf16 on compute
 capability 9.0+ the projections are the same gemv launches in their tensor-core form (gemm_tc.cu: the weights
-read once for all rows, the conv epilogue kept); otherwise, for batch > gemv_max_batch (2: measured crossover
-against cuBLAS on H100) they are cuBLAS GEMMs (torch.mm into the same buffers) and the conv update is the
-library's kernel. On compute capability
+read once for all rows, the conv epilogue kept; Mamba1's small x_proj up to batch 64 on a 9.0 GPU, where the
+wgmma form beats cuBLAS's split-K GEMM and its reduce kernel); otherwise, for batch > gemv_max_batch (2:
+measured crossover against cuBLAS on H100) they are cuBLAS GEMMs (torch.mm into the same buffers) and the conv
+update is the library's kernel. On compute capability
 9.0+ the library's decode kernels use programmatic dependent launch (ops._lib.set_programmatic_launch): each
 starts while the previous one drains, its weights already on the way to L2. States are
 updated in place; logits are a reused buffer. Every kernel that touches the recurrent state takes the
@@ -79,6 +80,10 @@ class NativeEngine:
         self.gemv_max_batch = min(gemv_max_batch, G.MAX_BATCH)
         self.tc_max_batch = min(tc_max_batch, G.TC_MAX_BATCH)  # 0: cuBLAS for every batch > gemv_max_batch
         self.dt_gemm_min_batch = dt_gemm_min_batch  # Mamba1: from this batch on, dt_proj is one projection (_proj)
+        # Mamba1's x_proj (n = dt_rank + 2 d_state): on a 9.0 GPU the tensor-core GEMV's wgmma form beats cuBLAS's
+        # split-K GEMM + reduce kernel up to batch 64 (b64 step 2.69 -> 2.62 ms, docs/performance.md session 9)
+        hopper = torch.cuda.get_device_capability(self.device) == (9, 0)
+        self.x_proj_tc_max_batch = G.TC_MAX_BATCH if hopper and self.tc_max_batch else self.tc_max_batch
         Hy.check_supported(cfg)
         if programmatic_launch and torch.cuda.get_device_capability(self.device) >= (9, 0):
             _lib.set_programmatic_launch(True)
@@ -316,11 +321,12 @@ class NativeEngine:
             K.add_norm(x, None if first else res, weight, bias, c.norm_eps, c.rms_norm, c.residual_in_fp32, out=out,
                        residual_out=res)
 
-    def _proj(self, x, w, bias, out, conv: Optional[dict] = None) -> None:
+    def _proj(self, x, w, bias, out, conv: Optional[dict] = None, tc_max_batch: Optional[int] = None) -> None:
         """out = x @ w.T (+ bias), then the conv epilogue on conv rows: the library's gemv (CUDA cores for small
-        batch, tensor cores up to tc_max_batch), else cuBLAS."""
+        batch, tensor cores up to tc_max_batch: the engine's unless given), else cuBLAS."""
         b = x.shape[0]
-        if b <= self.gemv_max_batch or (b <= self.tc_max_batch and G.tc_ok(x, w)):
+        tc_max = self.tc_max_batch if tc_max_batch is None else tc_max_batch
+        if b <= self.gemv_max_batch or (b <= tc_max and G.tc_ok(x, w)):
             G.gemv(x, w, bias, out=out, conv=conv)
             return
         _linear(x, w, bias, out)
@@ -333,7 +339,7 @@ class NativeEngine:
     def _mamba1_mixer(self, b: int, L: Layer, ssm_pool: torch.Tensor, rows: torch.Tensor) -> None:
         d = self.config.d_inner
         x, z = self.xz[:b, :d], self.xz[:b, d:]
-        self._proj(x, L.x_w, None, self.xdbl[:b])
+        self._proj(x, L.x_w, None, self.xdbl[:b], tc_max_batch=self.x_proj_tc_max_batch)
         P.dt_bc_norm(self.config, self.unit, self.xdbl[:b])
         if b < self.dt_gemm_min_batch:  # the step kernel reads dt_proj once per 8 rows
             G.mamba1_step(x, z, self.xdbl[:b], L.dt_packed, L.dt_b, L.A, L.D, ssm_pool, out=self.y[:b], state_rows=rows)
