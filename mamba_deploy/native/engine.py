@@ -82,10 +82,10 @@ class NativeEngine:
         self.dt_gemm_min_batch = dt_gemm_min_batch  # Mamba1: from this batch on, dt_proj is one projection (_proj)
         # Mamba1's x_proj (n = dt_rank + 2 d_state): on a 9.0 GPU the tensor-core GEMV's wgmma form beats cuBLAS's
         # split-K GEMM + reduce kernel up to batch 64 (b64 step 2.69 -> 2.62 ms, docs/performance.md session 9)
-        hopper = torch.cuda.get_device_capability(self.device) == (9, 0)
-        self.x_proj_tc_max_batch = G.TC_MAX_BATCH if hopper and self.tc_max_batch else self.tc_max_batch
+        capability = torch.cuda.get_device_capability(self.device)
+        self.x_proj_tc_max_batch = G.TC_MAX_BATCH if capability == (9, 0) and self.tc_max_batch else self.tc_max_batch
         Hy.check_supported(cfg)
-        if programmatic_launch and torch.cuda.get_device_capability(self.device) >= (9, 0):
+        if programmatic_launch and capability >= (9, 0):
             _lib.set_programmatic_launch(True)
         self._load(weights)
         c, B, f = cfg, max_batch, dict(device=self.device)

@@ -155,29 +155,6 @@ __global__ void __launch_bounds__(kStepThreads) mamba1_step_dt_kernel(const md_m
   static_cast<T*>(p.y)[b * p.y_row_stride + d] = from_f<T>(y);
 }
 
-// 4 consecutive state elements <-> floats (16 bytes of float32, 8 of a 16-bit type; aligned).
-template <typename S> __device__ __forceinline__ void load4(const S* ptr, float* f) {
-  if constexpr (sizeof(S) == 4) {
-    const float4 v = *reinterpret_cast<const float4*>(ptr);
-    f[0] = v.x; f[1] = v.y; f[2] = v.z; f[3] = v.w;
-  } else {
-    const uint2 v = *reinterpret_cast<const uint2*>(ptr);
-    const S* h = reinterpret_cast<const S*>(&v);
-#pragma unroll
-    for (int j = 0; j < 4; ++j) f[j] = to_f(h[j]);
-  }
-}
-template <typename S> __device__ __forceinline__ void store4(S* ptr, const float* f) {
-  if constexpr (sizeof(S) == 4) {
-    *reinterpret_cast<float4*>(ptr) = make_float4(f[0], f[1], f[2], f[3]);
-  } else {
-    __align__(8) S h[4];
-#pragma unroll
-    for (int j = 0; j < 4; ++j) h[j] = from_f<S>(f[j]);
-    *reinterpret_cast<uint2*>(ptr) = *reinterpret_cast<const uint2*>(h);
-  }
-}
-
 // mamba1_step_dt_kernel for dstate 16 with aligned state rows: 4 lanes a (batch row, channel), lane q holding
 // states 4q .. 4q + 3, so a warp's state loads and stores are 8 channels' rows back to back (512 contiguous
 // bytes of float32 state; the one-thread-a-channel form's 16-byte accesses were 64 bytes apart). y is the

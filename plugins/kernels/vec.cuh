@@ -1,4 +1,4 @@
-// vec.cuh -- 16-byte vector loads of 8 elements as floats (decode kernels: gemv.cu, mamba1_step.cu).
+// vec.cuh -- vector loads and stores of 8 (or 4) elements as floats (decode kernels: gemv.cu, mamba1_step.cu).
 #pragma once
 
 #include "common.cuh"
@@ -55,6 +55,29 @@ __device__ __forceinline__ void store8_any(void* ptr, int64_t dtype, int64_t i, 
   if (dtype == MD_FLOAT32) store8(static_cast<float*>(ptr) + i, f);
   else if (dtype == MD_FLOAT16) store8(static_cast<__half*>(ptr) + i, f);
   else store8(static_cast<__nv_bfloat16*>(ptr) + i, f);
+}
+
+// 4 consecutive elements <-> floats (16 bytes of float32, 8 of a 16-bit type; aligned: mamba1_step.cu).
+template <typename S> __device__ __forceinline__ void load4(const S* ptr, float* f) {
+  if constexpr (sizeof(S) == 4) {
+    const float4 v = *reinterpret_cast<const float4*>(ptr);
+    f[0] = v.x; f[1] = v.y; f[2] = v.z; f[3] = v.w;
+  } else {
+    const uint2 v = *reinterpret_cast<const uint2*>(ptr);
+    const S* h = reinterpret_cast<const S*>(&v);
+#pragma unroll
+    for (int j = 0; j < 4; ++j) f[j] = to_f(h[j]);
+  }
+}
+template <typename S> __device__ __forceinline__ void store4(S* ptr, const float* f) {
+  if constexpr (sizeof(S) == 4) {
+    *reinterpret_cast<float4*>(ptr) = make_float4(f[0], f[1], f[2], f[3]);
+  } else {
+    __align__(8) S h[4];
+#pragma unroll
+    for (int j = 0; j < 4; ++j) h[j] = from_f<S>(f[j]);
+    *reinterpret_cast<uint2*>(ptr) = *reinterpret_cast<const uint2*>(h);
+  }
 }
 
 }  // namespace md
