@@ -32,6 +32,7 @@
 #include "common.cuh"
 #include "gemm_tc.cuh"
 #include "gemv_epilogue.cuh"
+#include "vec.cuh"
 #include "wgmma.cuh"
 
 namespace md {
@@ -55,13 +56,6 @@ template <int NB, bool WG> __host__ __device__ constexpr size_t smem_bytes() {
 // Unit u of row r of a stage (mma.sync form): odd rows swap their two halves. (The wgmma form's stages are in
 // the 128-byte swizzle, unit u ^ (r % 8), which its tensor maps and descriptors name.)
 __device__ __forceinline__ int swizzle(int r, int u) { return r * 8 + (u ^ ((r & 1) << 2)); }
-
-// 16 bytes global -> shared (a shared-window address), zero-filled when !valid (src is then not read).
-__device__ __forceinline__ void cp_async16(uint32_t dst, const void* src, bool valid) {
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(dst), "l"(src), "r"(valid ? 16 : 0) : "memory");
-}
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;" ::: "memory"); }
-template <int N> __device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;" ::"n"(N) : "memory"); }
 
 // c += a (16 x 16, rows) b (16 x 8, columns), float32 accumulators, T = __half or __nv_bfloat16.
 template <typename T> struct Mma;

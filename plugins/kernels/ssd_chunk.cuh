@@ -11,13 +11,14 @@
 namespace md {
 
 // 16-bit x / B / C, scalar A per head (Mamba2), headdim and dstate multiples of 16 (<= 128 / 256), seqlen
-// >= 256, and the scratch below at most 512 MiB.
+// >= 256, and one batch row's scratch (below) at most 512 MiB.
 bool ssd_eligible(const md_ssm_params& p);
 
-// Scratch of launch_ssd: (batch, nchunks, nheads, headdim, dstate) + (batch, nchunks, nheads) float32.
+// Scratch of launch_ssd: per batch row, the float32 state entering each 64-step chunk and each chunk's dt and
+// running sum of dt * A; at most 512 MiB (a larger batch runs in slices of rows through it).
 size_t ssd_workspace_bytes(const md_ssm_params& p);
 
-// Runs the three kernels on `stream`; `workspace` holds ssd_workspace_bytes(p). state_out may alias state_in.
+// Runs the kernels on `stream`; `workspace` holds ssd_workspace_bytes(p). state_out may alias state_in.
 cudaError_t launch_ssd(const md_ssm_params& p, void* workspace, cudaStream_t stream);
 
 }  // namespace md

@@ -1,4 +1,5 @@
-// vec.cuh -- vector loads and stores of 8 (or 4) elements as floats (decode kernels: gemv.cu, mamba1_step.cu).
+// vec.cuh -- vector loads and stores of 8 (or 4) elements as floats (gemv.cu, mamba1_step.cu, ssd_chunk.cu), and
+// the 16-byte asynchronous copy into shared memory (gemm_tc.cu, ssd_chunk.cu).
 #pragma once
 
 #include "common.cuh"
@@ -78,6 +79,15 @@ template <typename S> __device__ __forceinline__ void store4(S* ptr, const float
     for (int j = 0; j < 4; ++j) h[j] = from_f<S>(f[j]);
     *reinterpret_cast<uint2*>(ptr) = *reinterpret_cast<const uint2*>(h);
   }
+}
+
+// cp.async: 16 bytes global -> shared (a shared-window address), zero-filled when !valid (src is then not read).
+__device__ __forceinline__ void cp_async16(uint32_t dst, const void* src, bool valid) {
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(dst), "l"(src), "r"(valid ? 16 : 0) : "memory");
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;" ::: "memory"); }
+template <int N> __device__ __forceinline__ void cp_async_wait() {
+  asm volatile("cp.async.wait_group %0;" ::"n"(N) : "memory");
 }
 
 }  // namespace md

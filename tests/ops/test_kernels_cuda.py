@@ -1,57 +1,16 @@
 """The CUDA kernels against their torch references (float32 on the GPU), over dtypes and odd sizes.
 
-Outputs are poisoned with NaN before every launch; errors are ||out - ref|| / ||ref||.
+Outputs are poisoned with NaN before every launch; errors are ||out - ref|| / ||ref||. Mamba2's chunk scan:
+test_chunk_scan_cuda.py.
 """
-import math
-
 import pytest
 import torch
+from cuda_checks import DTYPES, SEQS, check, dt_inputs, f32, mamba2_inputs, nan_like, rnd
 
-from mamba_deploy.ops import (add_norm_ref, causal_conv1d_ref, causal_conv1d_update_ref, chunk_scan_ref,
-                              gated_rms_norm_ref, selective_scan_ref, selective_state_update_ref)
+from mamba_deploy.ops import (add_norm_ref, causal_conv1d_ref, causal_conv1d_update_ref, gated_rms_norm_ref,
+                              selective_scan_ref, selective_state_update_ref)
 
 pytestmark = pytest.mark.gpu
-
-DTYPES = [torch.float32, torch.float16, torch.bfloat16]
-TOL = {torch.float32: 1e-4, torch.float16: 1e-2, torch.bfloat16: 1e-2}
-SEQS = [1, 2, 129, 1000]
-
-
-@pytest.fixture(scope="module")
-def cuda():
-    from mamba_deploy.ops import cuda as mod
-
-    if not mod.is_available():
-        pytest.fail(f"kernel library unavailable: {mod.unavailable_reason()}")
-    return mod
-
-
-def rnd(*shape, dtype=torch.float32, scale=1.0):
-    return (torch.randn(*shape, device="cuda") * scale).to(dtype)
-
-
-def nan_like(shape, dtype):
-    return torch.full(shape, float("nan"), dtype=dtype, device="cuda")
-
-
-def f32(*ts):
-    return [None if t is None else t.float() for t in ts]
-
-
-def check(name, out, ref, dtype):
-    assert out.shape == ref.shape, (name, out.shape, ref.shape)
-    assert torch.isfinite(out).all(), f"{name}: non-finite values (unwritten output?)"
-    diff = (out.float() - ref.float()).abs()
-    rel = (diff.norm() / ref.float().norm().clamp_min(1e-30)).item()
-    print(f"{name}: rel {rel:.2e} max {diff.max().item():.2e} mean {diff.mean().item():.2e}")
-    assert rel <= TOL[dtype], f"{name}: relative error {rel:.2e} > {TOL[dtype]:.0e}"
-
-
-def dt_inputs(shape, nparams, dtype):
-    """dt raw values and a bias so that softplus(dt + bias) lies around 0.001 .. 0.1."""
-    target = torch.empty(nparams, device="cuda").uniform_(math.log(1e-3), math.log(1e-1)).exp()
-    bias = target + torch.log(-torch.expm1(-target))  # softplus^-1
-    return rnd(*shape, dtype=dtype, scale=0.1), bias
 
 
 # ---- causal conv1d ---------------------------------------------------------------------------------
@@ -262,15 +221,6 @@ def test_state_update_mamba1_in_place(cuda, dtype, batch, dstate):
     check("state", state, s_ref, dtype)
 
 
-def mamba2_inputs(batch, seqlen, nheads, headdim, ngroups, dstate, dtype):
-    x, z = rnd(batch, seqlen, nheads, headdim, dtype=dtype), rnd(batch, seqlen, nheads, headdim, dtype=dtype)
-    dt, bias = dt_inputs((batch, seqlen, nheads), nheads, dtype)
-    B, C = rnd(batch, seqlen, ngroups, dstate, dtype=dtype), rnd(batch, seqlen, ngroups, dstate, dtype=dtype)
-    A = -torch.empty(nheads, device="cuda").uniform_(1, 16)
-    return dict(x=x, dt=dt, A=A, B=B, C=C, D=rnd(nheads), z=z, dt_bias=bias,
-                initial_state=rnd(batch, nheads, headdim, dstate, scale=0.5), dt_limit=(0.0, 0.08))
-
-
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("batch", [1, 7])
 @pytest.mark.parametrize("headdim", [32, 64, 128])
@@ -284,73 +234,6 @@ def test_state_update_mamba2_in_place(cuda, dtype, batch, headdim, ngroups, dsta
     y, st = cuda.selective_state_update(state, **args, out=nan_like(args["x"].shape, dtype), state_out=state)
     check("y", y, y_ref, dtype)
     check("state", state, s_ref, dtype)
-
-
-# ---- Mamba2 chunk scan ---------------------------------------------------------------------------------
-
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("seqlen", SEQS)
-@pytest.mark.parametrize("batch,headdim,ngroups,dstate", [(1, 64, 1, 128), (7, 32, 2, 16), (1, 128, 2, 128),
-                                                          (7, 64, 1, 64)])
-def test_chunk_scan(cuda, dtype, seqlen, batch, headdim, ngroups, dstate):
-    kw = mamba2_inputs(batch, seqlen, 4, headdim, ngroups, dstate, dtype)
-    y_ref, s_ref = chunk_scan_ref(**{k: (v.float() if torch.is_tensor(v) else v) for k, v in kw.items()})
-    y, st = cuda.chunk_scan(**kw, out=nan_like(kw["x"].shape, dtype),
-                            state_out=nan_like(kw["initial_state"].shape, torch.float32))
-    check("y", y, y_ref, dtype)
-    check("state", st, s_ref, dtype)
-
-
-def test_chunk_scan_state_carry_and_views(cuda):
-    batch, seqlen, nheads, headdim, dstate = 2, 300, 4, 64, 128
-    kw = mamba2_inputs(batch, seqlen, nheads, headdim, 1, dstate, torch.float32)
-    # x, B, C as slices of one packed (batch, seqlen, ...) buffer, like an in_proj output split
-    packed = torch.cat([kw["x"].flatten(2), kw["B"].flatten(2), kw["C"].flatten(2)], -1)
-    d = nheads * headdim
-    kw["x"] = packed[..., :d].unflatten(-1, (nheads, headdim))
-    kw["B"] = packed[..., d:d + dstate].unflatten(-1, (1, dstate))
-    kw["C"] = packed[..., d + dstate:].unflatten(-1, (1, dstate))
-    y_all, s_all = cuda.chunk_scan(**kw)
-    seq_keys = ("x", "dt", "B", "C", "z")
-    y1, s1 = cuda.chunk_scan(**{k: (v[:, :123] if k in seq_keys else v) for k, v in kw.items()})
-    rest = {k: (v[:, 123:] if k in seq_keys else v) for k, v in kw.items()}
-    rest["initial_state"] = s1
-    y2, s2 = cuda.chunk_scan(**rest)
-    y_ref, s_ref = chunk_scan_ref(**kw)
-    check("y one call", y_all, y_ref, torch.float32)
-    check("y", torch.cat([y1, y2], 1), y_all, torch.float32)
-    check("state", s2, s_all, torch.float32)
-
-
-@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-@pytest.mark.parametrize("state_dtype", ["float32", "model"])
-def test_chunk_scan_tensor_core_form_carries_state(cuda, dtype, state_dtype):
-    """16-bit inputs of >= 256 steps take the SSD form (ssd_chunk.cu): packed views of one buffer, a sequence
-    cut in two calls (the state carried between them, at 64-step chunk boundaries and not), against one call
-    and the float32 reference; the state in place."""
-    batch, nheads, headdim, ngroups, dstate = 2, 8, 64, 2, 128
-    kw = mamba2_inputs(batch, 1000, nheads, headdim, ngroups, dstate, dtype)
-    packed = torch.cat([kw["x"].flatten(2), kw["B"].flatten(2), kw["C"].flatten(2)], -1)
-    d, gn = nheads * headdim, ngroups * dstate
-    kw["x"] = packed[..., :d].unflatten(-1, (nheads, headdim))
-    kw["B"] = packed[..., d:d + gn].unflatten(-1, (ngroups, dstate))
-    kw["C"] = packed[..., d + gn:].unflatten(-1, (ngroups, dstate))
-    if state_dtype == "model":
-        kw["initial_state"] = kw["initial_state"].to(dtype)
-    y_ref, s_ref = chunk_scan_ref(**{k: (v.float() if torch.is_tensor(v) else v) for k, v in kw.items()})
-    y_all, s_all = cuda.chunk_scan(**kw)
-    check("y one call", y_all, y_ref, dtype)
-    check("state one call", s_all, s_ref, dtype)
-    seq_keys = ("x", "dt", "B", "C", "z")
-    for cut in (320, 300):
-        state = kw["initial_state"].clone()
-        ys = []
-        for part in (slice(0, cut), slice(cut, None)):
-            args = {k: (v[:, part] if k in seq_keys else v) for k, v in kw.items()}
-            args["initial_state"] = state
-            ys.append(cuda.chunk_scan(**args, state_out=state)[0])
-        check(f"y cut at {cut}", torch.cat(ys, 1), y_ref, dtype)
-        check(f"state cut at {cut}", state, s_ref, dtype)
 
 
 # ---- norms -----------------------------------------------------------------------------------------------

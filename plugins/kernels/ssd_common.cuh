@@ -1,0 +1,148 @@
+// ssd_common.cuh -- what the kernels of Mamba2's SSD chunk scan share (ssd_carry.cu, ssd_chunk.cu): the chunk
+// size, the launch arguments, WMMA fragment types, the hi + lo split of float32 operands and the tile copies.
+#pragma once
+
+#include <mma.h>
+
+#include <cstdint>
+
+#include "common.cuh"
+#include "vec.cuh"
+
+namespace md {
+namespace ssd {
+
+using namespace nvcuda;
+
+constexpr int kQ = 64;         // steps per chunk
+constexpr int kPad = 8;        // 16-bit row padding (16 bytes): rows stay 32-byte aligned per 16-row tile
+
+struct SsdArgs {
+  md_ssm_params p;
+  int64_t nchunks;
+  int clamp_dt;
+  float* states;  // (batch, nchunks, nheads, headdim, dstate): the state entering chunk c
+  float* dts;     // (batch, nchunks, nheads, 2, kQ): dt_s and cum_s of chunk c (ssd_dt_kernel)
+};
+
+template <typename T>
+using FragA = wmma::fragment<wmma::matrix_a, 16, 16, 16, T, wmma::row_major>;
+template <typename T>
+using FragAc = wmma::fragment<wmma::matrix_a, 16, 16, 16, T, wmma::col_major>;
+template <typename T>
+using FragB = wmma::fragment<wmma::matrix_b, 16, 16, 16, T, wmma::row_major>;
+template <typename T>
+using FragBc = wmma::fragment<wmma::matrix_b, 16, 16, 16, T, wmma::col_major>;
+using FragAcc = wmma::fragment<wmma::accumulator, 16, 16, 16, float>;
+
+template <typename T>
+__device__ __forceinline__ void split(float v, T* hi, T* lo) {
+  const T h = from_f<T>(v);
+  *hi = h;
+  *lo = from_f<T>(v - to_f(h));
+}
+
+// dt_s[t] (discretised; 0 past the sequence) and cum_s[t] = sum of dt * A over steps 0..t of the chunk.
+// Every thread of the block calls it; threads 0..kQ-1 do the work.
+__device__ inline void chunk_dt(const SsdArgs& a, int64_t b, int64_t h, int64_t t0, int tc, float* dt_s, float* cum_s) {
+  const md_ssm_params& p = a.p;
+  const int t = threadIdx.x;
+  if (t < kQ) {
+    float dt = 0.f;
+    if (t < tc) {
+      dt = load_any(p.dt, p.x_dtype, b * p.dt_batch_stride + (t0 + t) * p.dt_seq_stride + h * p.dt_head_stride);
+      if (p.dt_bias) dt += load_any(p.dt_bias, p.param_dtype, h * p.dt_bias_head_stride);
+      dt = discretise_dt(p, a.clamp_dt, dt);
+    }
+    dt_s[t] = dt;
+    float v = dt * load_any(p.A, p.param_dtype, h * p.A_head_stride);
+#pragma unroll
+    for (int o = 1; o < 32; o <<= 1) {
+      const float u = __shfl_up_sync(0xffffffffu, v, o);
+      if ((t & 31) >= o) v += u;
+    }
+    cum_s[t] = v;
+  }
+  __syncthreads();
+  const float first_warp = cum_s[31];
+  __syncthreads();
+  if (t >= 32 && t < kQ) cum_s[t] += first_warp;
+  __syncthreads();
+}
+
+// Whether 8-element pieces of rows starting at `base`, `row_stride` apart, can move as 16-byte vectors.
+template <typename T>
+__device__ __forceinline__ bool vectorisable(const T* base, int64_t row_stride, int64_t col_stride) {
+  return col_stride == 1 && reinterpret_cast<uintptr_t>(base) % 16 == 0 && (row_stride * sizeof(T)) % 16 == 0;
+}
+
+// 8 elements of a row, col_stride apart, as floats.
+template <typename T>
+__device__ __forceinline__ void row8(const T* src, int64_t col_stride, bool vec, float* f) {
+  if (vec) {
+    load8(src, f);
+    return;
+  }
+#pragma unroll
+  for (int k = 0; k < 8; ++k) f[k] = to_f(src[k * col_stride]);
+}
+
+// 8 floats -> hi and lo halves (16-byte stores into shared memory).
+template <typename T>
+__device__ __forceinline__ void split8(const float* f, T* hi, T* lo) {
+  __align__(16) T h[8], l[8];
+#pragma unroll
+  for (int k = 0; k < 8; ++k) split(f[k], &h[k], &l[k]);
+  *reinterpret_cast<uint4*>(hi) = *reinterpret_cast<const uint4*>(h);
+  *reinterpret_cast<uint4*>(lo) = *reinterpret_cast<const uint4*>(l);
+}
+
+// A thread's share of copying a tile of `cols` 16-bit columns (a multiple of 8), 8 elements at a time: columns
+// c .. c + 7 of rows r0, r0 + rstep, ..; rstep 0: none (cols / 8 not dividing the block). Worked out once per
+// kernel: the copies then cost an add each, not a division.
+struct TileShare {
+  int r0 = 0, c = 0, rstep = 0;
+  __device__ TileShare(int cols, int nthreads) {
+    const int per_row = cols / 8, used = nthreads / per_row * per_row;
+    if (static_cast<int>(threadIdx.x) >= used) return;
+    r0 = threadIdx.x / per_row;
+    c = (threadIdx.x % per_row) * 8;
+    rstep = nthreads / per_row;
+  }
+};
+
+// kQ rows of a tile at src into dst (row-major, ld; 16-byte aligned rows), zero rows past `valid_rows`: by
+// cp.async (the caller commits and waits) where the source rows are 16-byte vectors, else by plain loads.
+template <typename T>
+__device__ inline void copy_tile(T* dst, int ld, const T* src, int64_t row_stride, int64_t col_stride, int valid_rows,
+                          const TileShare& share) {
+  if (share.rstep == 0) return;
+  if (vectorisable(src, row_stride, col_stride)) {
+    uint32_t to = static_cast<uint32_t>(__cvta_generic_to_shared(dst + share.r0 * ld + share.c));
+    const T* from = src + share.r0 * row_stride + share.c;
+    const uint32_t to_step = share.rstep * ld * sizeof(T);
+    const int64_t from_step = share.rstep * row_stride;
+    for (int r = share.r0; r < kQ; r += share.rstep, to += to_step, from += from_step) {
+      cp_async16(to, r < valid_rows ? from : src, r < valid_rows);
+    }
+    return;
+  }
+  for (int r = share.r0; r < kQ; r += share.rstep) {
+    __align__(16) T e[8];
+#pragma unroll
+    for (int k = 0; k < 8; ++k) {
+      e[k] = r < valid_rows ? src[r * row_stride + (share.c + k) * col_stride] : from_f<T>(0.f);
+    }
+    *reinterpret_cast<uint4*>(dst + r * ld + share.c) = *reinterpret_cast<const uint4*>(e);
+  }
+}
+
+// The chunk states of (batch, nchunks, nheads) into a.states, and each chunk's dt_s / cum_s into a.dts
+// (ssd_carry.cu: ssd_dt_kernel, then ssd_carry_kernel); T the 16-bit input type, S the state type.
+template <typename T, typename S>
+cudaError_t launch_states(const SsdArgs& a, cudaStream_t stream);
+// Shared memory of ssd_carry_kernel (16-bit inputs) at this dstate.
+size_t states_smem_bytes(int dstate);
+
+}  // namespace ssd
+}  // namespace md
