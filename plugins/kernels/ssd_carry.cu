@@ -20,14 +20,14 @@ __global__ void __launch_bounds__(kQ) ssd_dt_kernel(const SsdArgs a) {
 }
 
 // ---- the chunk states: one walk over the chunks per (batch row, head, 16 rows of headdim) ----
-// State S (16 x N of headdim x dstate) lives in the warps' accumulator tiles (warp w: column tiles w, w + 4, ..);
+// State S (16 x N of headdim x dstate) lives in the warps' accumulator tiles (warp w: column tiles w, w + 8);
 // per chunk it is written out as the state entering the chunk, then S = decay * S + (w X)^T B. Scaling X by
 // w_s instead of B keeps B exact and splits only the 64 x 16 product w X into hi + lo. A chunk's B, X, dt and
 // cum arrive by cp.async kStages - 1 chunks ahead: the walk waits on the products, not on memory.
 constexpr int kRows = 16;           // headdim rows per block
-constexpr int kCarryThreads = 128;  // 4 warps
+constexpr int kCarryThreads = 256;  // 8 warps: a chunk's instructions spread thin (the walk is bound by their latency)
 constexpr int kCarryWarps = kCarryThreads / 32;
-constexpr int kMaxTiles = 4;        // column tiles a warp holds: dstate <= 16 x 4 x 4 = 256
+constexpr int kMaxTiles = 2;        // column tiles a warp holds: dstate <= 16 x 8 x 2 = 256
 constexpr int kStages = 4;  // >= 3: chunk c + 1 is split while chunk c is multiplied
 static_assert(kStages >= 3, "the walk splits chunk c + 1 while chunk c's stage is in use");
 constexpr int kLdx = kRows + kPad;
@@ -81,7 +81,7 @@ __device__ void issue_chunk(const SsdArgs& a, int64_t b, int64_t h, int64_t g, i
 
 // Grid (headdim / 16, nheads, batch), kCarryThreads threads.
 template <typename T, typename S>
-__global__ void __launch_bounds__(kCarryThreads) ssd_carry_kernel(const SsdArgs a) {
+__global__ void __launch_bounds__(kCarryThreads, 2) ssd_carry_kernel(const SsdArgs a) {
   extern __shared__ __align__(128) unsigned char smem[];
   const md_ssm_params& p = a.p;
   const int64_t h = blockIdx.y, b = blockIdx.z, p0 = int64_t(blockIdx.x) * kRows;
@@ -110,12 +110,14 @@ __global__ void __launch_bounds__(kCarryThreads) ssd_carry_kernel(const SsdArgs 
     if (col(j) < N) wmma::load_matrix_sync(acc[j], sS + col(j), o.lds, wmma::mem_row_major);
   }
 
-  // w_s X of chunk c's stage (8 elements of step threadIdx.x / 2) -> X hi, lo buffer c % 2; returns the chunk's decay
+  // w_s X of chunk c's stage (8 elements of step threadIdx.x / 2, threads 0 .. 2 kQ - 1) -> X hi, lo buffer
+  // c % 2; returns the chunk's decay
   const auto split_x = [&](int64_t c) {
     const unsigned char* stage = smem + (c % kStages) * o.stage;
     const float* dt_s = reinterpret_cast<const float*>(stage + o.dts);
     const float* cum_s = dt_s + kQ;
     const float last = cum_s[kQ - 1];
+    if (threadIdx.x >= 2 * kQ) return expf(last);
     const int s = threadIdx.x / 2, d = (threadIdx.x % 2) * 8;
     const float w = dt_s[s] * expf(last - cum_s[s]);
     float f[8];
