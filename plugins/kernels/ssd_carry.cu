@@ -7,6 +7,34 @@ namespace md {
 namespace ssd {
 namespace {
 
+// dt_s[t] (discretised; 0 past the sequence) and cum_s[t] = sum of dt * A over steps 0..t of the chunk.
+// Every thread of the block calls it; threads 0..kQ-1 do the work.
+__device__ void chunk_dt(const SsdArgs& a, int64_t b, int64_t h, int64_t t0, int tc, float* dt_s, float* cum_s) {
+  const md_ssm_params& p = a.p;
+  const int t = threadIdx.x;
+  if (t < kQ) {
+    float dt = 0.f;
+    if (t < tc) {
+      dt = load_any(p.dt, p.x_dtype, b * p.dt_batch_stride + (t0 + t) * p.dt_seq_stride + h * p.dt_head_stride);
+      if (p.dt_bias) dt += load_any(p.dt_bias, p.param_dtype, h * p.dt_bias_head_stride);
+      dt = discretise_dt(p, a.clamp_dt, dt);
+    }
+    dt_s[t] = dt;
+    float v = dt * load_any(p.A, p.param_dtype, h * p.A_head_stride);
+#pragma unroll
+    for (int o = 1; o < 32; o <<= 1) {
+      const float u = __shfl_up_sync(0xffffffffu, v, o);
+      if ((t & 31) >= o) v += u;
+    }
+    cum_s[t] = v;
+  }
+  __syncthreads();
+  const float first_warp = cum_s[31];
+  __syncthreads();
+  if (t >= 32 && t < kQ) cum_s[t] += first_warp;
+  __syncthreads();
+}
+
 // ---- per chunk: the discretised dt and the running sum of dt * A (read by the other two kernels) ----
 // Grid (nchunks, nheads, batch), kQ threads.
 __global__ void __launch_bounds__(kQ) ssd_dt_kernel(const SsdArgs a) {

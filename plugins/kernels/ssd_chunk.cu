@@ -31,6 +31,22 @@ constexpr int kZ = kQ * 128 / 8 / kOutThreads;  // 8-element groups of y a threa
 constexpr int64_t kMinSeqlen = 256;                       // shorter sequences: the recurrence
 constexpr int64_t kMaxWorkspace = int64_t(512) << 20;     // scratch of a launch: larger batches go in slices of rows
 
+// acc += a b_j^T summed over the NB tiles b_j, over k < K: a 16 rows of K (row-major, ld), each b_j 16 rows of K
+// (row-major, ld, read as the column-major K x 16 operand); the products of a k step in b's order.
+template <typename T, int NB>
+__device__ __forceinline__ void mma_rows_by_cols(FragAcc& acc, const T* a, const T* const (&b)[NB], int ld, int K) {
+  for (int k = 0; k < K; k += 16) {
+    FragA<T> af;
+    wmma::load_matrix_sync(af, a + k, ld);
+#pragma unroll
+    for (int j = 0; j < NB; ++j) {
+      FragBc<T> bf;
+      wmma::load_matrix_sync(bf, b[j] + k, ld);
+      wmma::mma_sync(acc, af, bf, acc);
+    }
+  }
+}
+
 struct OutLayout {  // shared-memory offsets (bytes) of ssd_output_kernel
   int ldx, ldb, ldf, ldm;
   size_t C, B, X, Shi, Slo, F, M, dt, cum, ecum, total;
@@ -133,13 +149,8 @@ __global__ void __launch_bounds__(kOutThreads) ssd_output_kernel(const SsdArgs a
     const int ts = tile - tt * (tt + 1) / 2;
     FragAcc acc;
     wmma::fill_fragment(acc, 0.f);
-    for (int k = 0; k < N; k += 16) {
-      FragA<T> cf;
-      wmma::load_matrix_sync(cf, sC + tt * 16 * o.ldb + k, o.ldb);
-      FragBc<T> bf;  // B^T (N x Q): element (n, s) at sB[s * ldb + n]
-      wmma::load_matrix_sync(bf, sB + ts * 16 * o.ldb + k, o.ldb);
-      wmma::mma_sync(acc, cf, bf, acc);
-    }
+    const T* b_rows[1] = {sB + ts * 16 * o.ldb};  // B^T (N x Q): element (n, s) at sB[s * ldb + n]
+    mma_rows_by_cols(acc, sC + tt * 16 * o.ldb, b_rows, o.ldb, N);
     wmma::store_matrix_sync(sF + tt * 16 * o.ldf + ts * 16, acc, o.ldf, wmma::mem_row_major);
   }
   __syncthreads();
@@ -165,15 +176,8 @@ __global__ void __launch_bounds__(kOutThreads) ssd_output_kernel(const SsdArgs a
     float* tile_f = sF + tt * 16 * o.ldf + tp * 16;
     FragAcc acc;
     wmma::fill_fragment(acc, 0.f);
-    for (int k = 0; k < N; k += 16) {
-      FragA<T> cf;
-      wmma::load_matrix_sync(cf, sC + tt * 16 * o.ldb + k, o.ldb);
-      FragBc<T> sf;  // S_in^T (N x P): element (n, d) at sS[d * ldb + n]
-      wmma::load_matrix_sync(sf, sShi + tp * 16 * o.ldb + k, o.ldb);
-      wmma::mma_sync(acc, cf, sf, acc);
-      wmma::load_matrix_sync(sf, sSlo + tp * 16 * o.ldb + k, o.ldb);
-      wmma::mma_sync(acc, cf, sf, acc);
-    }
+    const T* s_rows[2] = {sShi + tp * 16 * o.ldb, sSlo + tp * 16 * o.ldb};  // S_in^T (N x P): (n, d) at sS[d * ldb + n]
+    mma_rows_by_cols(acc, sC + tt * 16 * o.ldb, s_rows, o.ldb, N);
     wmma::store_matrix_sync(tile_f, acc, o.ldf, wmma::mem_row_major);
     __syncwarp();
     for (int e = lane; e < 16 * 16; e += 32) tile_f[(e / 16) * o.ldf + e % 16] *= ecum_s[tt * 16 + e / 16];
@@ -207,8 +211,12 @@ __global__ void __launch_bounds__(kOutThreads) ssd_output_kernel(const SsdArgs a
     for (int e = 0; e < 8; ++e) y[e] = sF[t * o.ldf + d + e] + Dh * x[e];
     if (p.z) {
       float z[8];
-      if (z_vec) unpack(z_raw[k], z, T());
-      else row8(zp + t * p.z_seq_stride + d * p.z_dim_stride, p.z_dim_stride, false, z);
+      if (z_vec) {
+        unpack(z_raw[k], z, T());
+      } else {
+#pragma unroll
+        for (int e = 0; e < 8; ++e) z[e] = to_f(zp[t * p.z_seq_stride + (d + e) * p.z_dim_stride]);
+      }
 #pragma unroll
       for (int e = 0; e < 8; ++e) y[e] *= silu(z[e]);
     }

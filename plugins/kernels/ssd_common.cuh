@@ -42,49 +42,10 @@ __device__ __forceinline__ void split(float v, T* hi, T* lo) {
   *lo = from_f<T>(v - to_f(h));
 }
 
-// dt_s[t] (discretised; 0 past the sequence) and cum_s[t] = sum of dt * A over steps 0..t of the chunk.
-// Every thread of the block calls it; threads 0..kQ-1 do the work.
-__device__ inline void chunk_dt(const SsdArgs& a, int64_t b, int64_t h, int64_t t0, int tc, float* dt_s, float* cum_s) {
-  const md_ssm_params& p = a.p;
-  const int t = threadIdx.x;
-  if (t < kQ) {
-    float dt = 0.f;
-    if (t < tc) {
-      dt = load_any(p.dt, p.x_dtype, b * p.dt_batch_stride + (t0 + t) * p.dt_seq_stride + h * p.dt_head_stride);
-      if (p.dt_bias) dt += load_any(p.dt_bias, p.param_dtype, h * p.dt_bias_head_stride);
-      dt = discretise_dt(p, a.clamp_dt, dt);
-    }
-    dt_s[t] = dt;
-    float v = dt * load_any(p.A, p.param_dtype, h * p.A_head_stride);
-#pragma unroll
-    for (int o = 1; o < 32; o <<= 1) {
-      const float u = __shfl_up_sync(0xffffffffu, v, o);
-      if ((t & 31) >= o) v += u;
-    }
-    cum_s[t] = v;
-  }
-  __syncthreads();
-  const float first_warp = cum_s[31];
-  __syncthreads();
-  if (t >= 32 && t < kQ) cum_s[t] += first_warp;
-  __syncthreads();
-}
-
 // Whether 8-element pieces of rows starting at `base`, `row_stride` apart, can move as 16-byte vectors.
 template <typename T>
 __device__ __forceinline__ bool vectorisable(const T* base, int64_t row_stride, int64_t col_stride) {
   return col_stride == 1 && reinterpret_cast<uintptr_t>(base) % 16 == 0 && (row_stride * sizeof(T)) % 16 == 0;
-}
-
-// 8 elements of a row, col_stride apart, as floats.
-template <typename T>
-__device__ __forceinline__ void row8(const T* src, int64_t col_stride, bool vec, float* f) {
-  if (vec) {
-    load8(src, f);
-    return;
-  }
-#pragma unroll
-  for (int k = 0; k < 8; ++k) f[k] = to_f(src[k * col_stride]);
 }
 
 // 8 floats -> hi and lo halves (16-byte stores into shared memory).
