@@ -35,17 +35,6 @@ def test_philox_uniform_words_range_and_int64_bits():
         philox_uniform(np.array([1.5]), np.array([0], dtype=np.uint64))
 
 
-@pytest.fixture(scope="module")
-def cuda():
-    if not torch.cuda.is_available():
-        pytest.skip("needs a CUDA GPU")
-    from mamba_deploy.ops import cuda as mod
-
-    if not mod.is_available():
-        pytest.fail(f"kernel library unavailable: {mod.unavailable_reason()}")
-    return mod
-
-
 @pytest.mark.gpu
 def test_kernel_equals_numpy_bit_for_bit(cuda):
     rng = np.random.default_rng(0)
