@@ -69,7 +69,8 @@ class NativeEngine:
                  state_dtype: torch.dtype = torch.float32, device: torch.device | str = "cuda", max_batch: int = 64,
                  chunk_len: int = 2048, gemv_max_batch: int = 2, use_graphs: bool = True, dt_gemm_min_batch: int = 8,
                  programmatic_launch: bool = True, max_seq_len: Optional[int] = None, tc_max_batch: int = 16,
-                 prefill_graph_tokens: int = 0, prefill_graph_batch: int = 8):
+                 prefill_graph_tokens: int = 0, prefill_graph_batch: int = 8,
+                 norm_in_gemv: Optional[tuple[str, ...]] = None):
         self.config, self.dtype, self.state_dtype = cfg, dtype, state_dtype
         self.device = torch.device(device)
         if self.device.type != "cuda":
@@ -80,6 +81,12 @@ class NativeEngine:
         self.gemv_max_batch = min(gemv_max_batch, G.MAX_BATCH)
         self.tc_max_batch = min(tc_max_batch, G.TC_MAX_BATCH)  # 0: cuBLAS for every batch > gemv_max_batch
         self.dt_gemm_min_batch = dt_gemm_min_batch  # Mamba1: from this batch on, dt_proj is one projection (_proj)
+        # projections ("in_proj", Mamba2's gated "out_proj", the LM "head") whose norm runs inside the GEMV at
+        # batch 1: one launch less each. Default: Mamba1's in_proj, the one that gained (H200: mamba-1.4b b1 1.41
+        # -> 1.38 ms; mamba2-1.3b's in_proj 1.443 -> 1.447, its out_proj 1.44 -> 1.77, the head and batch 2 lost:
+        # docs/performance.md, session 11)
+        default = () if cfg.arch == MAMBA2 else ("in_proj",)
+        self.norm_in_gemv = frozenset(default if norm_in_gemv is None else norm_in_gemv)
         # Mamba1's x_proj (n = dt_rank + 2 d_state): on a 9.0 GPU the tensor-core GEMV's wgmma form beats cuBLAS's
         # split-K GEMM + reduce kernel up to batch 64 (b64 step 2.69 -> 2.62 ms, docs/performance.md session 9)
         capability = torch.cuda.get_device_capability(self.device)
@@ -92,7 +99,9 @@ class NativeEngine:
         res_dtype = torch.float32 if c.residual_in_fp32 else dtype
         self.ids = torch.zeros(B, dtype=torch.int64, **f)
         self.hidden = torch.zeros(B, c.d_model, dtype=dtype, **f)
-        self.residual = torch.zeros(B, c.d_model, dtype=res_dtype, **f)
+        # two residual buffers: a GEMV's norm prologue reads one and writes the other (_normed_proj)
+        self._residuals = tuple(torch.zeros(B, c.d_model, dtype=res_dtype, **f) for _ in range(2))
+        self.residual = self._residuals[0]
         self.normed = torch.zeros(B, c.d_model, dtype=dtype, **f)
         self.xz = torch.zeros(B, c.in_proj_dim, dtype=dtype, **f)
         self.y = torch.zeros(B, c.d_inner, dtype=dtype, **f)
@@ -291,23 +300,23 @@ class NativeEngine:
         rows = self.slot_ids[:b]  # the state rows (slots) of the b batch rows
         torch.index_select(self.emb, 0, self.ids[:b], out=self.hidden[:b])
         for i, L in enumerate(self.layers):
-            self._add_norm(b, L.norm_w, L.norm_b, first=i == 0)
             if L.kind == "attention":
+                self._add_norm(b, L.norm_w, L.norm_b, first=i == 0)
                 Hy.attention_step(c, self.hybrid, self._proj, b, L, self.normed[:b], self.static, rows,
                                   self.hidden[:b])
             elif L.kind == "mlp":
+                self._add_norm(b, L.norm_w, L.norm_b, first=i == 0)
                 Hy.mlp_step(self.hybrid, self._proj, b, L, self.normed[:b], self.hidden[:b])
             else:
                 conv = dict(lo=c.conv_lo, weight=L.conv_w, bias=L.conv_b, state=self.static.conv[L.index],
                             state_rows=rows)
-                self._proj(self.normed[:b], L.in_w, L.in_b, self.xz[:b], conv)
+                self._normed_proj(b, "in_proj", L.norm_w, L.norm_b, i == 0, L.in_w, L.in_b, self.xz[:b], conv)
                 (self._mamba2_mixer if c.arch == MAMBA2 else self._mamba1_mixer)(b, L, self.static.ssm[L.index], rows)
             if c.d_intermediate:
                 self._mlp_step(b, L)
         if c.attn_layer_idx:
             Hy.advance_length(self.static, self.hybrid, rows)
-        self._add_norm(b, *self.norm_f, first=False)
-        self._proj(self.normed[:b], self.head, None, self.logits[:b])
+        self._normed_proj(b, "head", *self.norm_f, False, self.head, None, self.logits[:b])
         if greedy:
             torch.argmax(self.logits[:b, :c.vocab_size], dim=-1, out=self.ids[:b])
 
@@ -320,6 +329,22 @@ class NativeEngine:
         else:
             K.add_norm(x, None if first else res, weight, bias, c.norm_eps, c.rms_norm, c.residual_in_fp32, out=out,
                        residual_out=res)
+
+    def _normed_proj(self, b: int, name: str, weight, bias, first: bool, w, w_bias, out, conv=None) -> None:
+        """out <- proj(norm(residual <- hidden + residual)) (_add_norm, then _proj), the norm inside the GEMV
+        at batch 1 where norm_in_gemv names the projection and gemv's prologue applies; it then writes the other
+        residual buffer."""
+        c, x = self.config, self.hidden[:b]
+        if name in self.norm_in_gemv and b == 1 and b <= self.gemv_max_batch and c.rms_norm and bias is None:
+            spare = self._residuals[1] if self.residual is self._residuals[0] else self._residuals[0]
+            norm = dict(weight=weight, eps=c.norm_eps, residual=None if first else self.residual[:b],
+                        residual_out=spare[:b])
+            if G.norm_ok(x, norm):
+                G.gemv(x, w, w_bias, out=out, conv=conv, norm=norm)
+                self.residual = spare
+                return
+        self._add_norm(b, weight, bias, first)
+        self._proj(self.normed[:b], w, w_bias, out, conv)
 
     def _proj(self, x, w, bias, out, conv: Optional[dict] = None, tc_max_batch: Optional[int] = None) -> None:
         """out = x @ w.T (+ bias), then the conv epilogue on conv rows: the library's gemv (CUDA cores for small
@@ -363,6 +388,11 @@ class NativeEngine:
                                      xbc[:, d + gn:].unflatten(1, (c.ngroups, c.d_state)), L.D, None, L.dt_b, True,
                                      c.dt_limit, out=y.unflatten(1, (H, c.headdim)), state_out=ssm_pool,
                                      state_rows=rows)
+        norm = dict(weight=L.gnorm_w, eps=c.norm_eps, gate=z)
+        fused = "out_proj" in self.norm_in_gemv and b == 1 <= self.gemv_max_batch and m == 0 and gs == d
+        if fused and G.norm_ok(y, norm):
+            G.gemv(y, L.out_w, L.out_b, out=self.hidden[:b], norm=norm)  # the gated norm inside out_proj
+            return
         if G.row_norm_ok(d, gs, y, z, ynorm):
             G.row_norm(y, z, L.gnorm_w, c.norm_eps, out=ynorm, gate=True, group_size=gs)
         else:
@@ -391,7 +421,7 @@ class NativeEngine:
         slot's length and beyond, which no step reads before writing it again; its lengths are restored."""
         st = self.static
         kept = st.conv + st.ssm + st.attn_conv + ([st.length] if st.length is not None else []) + \
-            [self.ids, self.residual] + kept
+            [self.ids, *self._residuals] + kept
         saved = [t.clone() for t in kept]
         side = torch.cuda.Stream(self.device)
         side.wait_stream(torch.cuda.current_stream(self.device))

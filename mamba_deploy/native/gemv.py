@@ -16,6 +16,7 @@ from ..ops.cuda import state_rows_arg
 
 MAX_BATCH = 16  # MD_GEMV_MAX_BATCH: the CUDA-core form, any dtype
 TC_MAX_BATCH = 64  # MD_GEMV_TC_MAX_BATCH: the tensor-core form (fp16 / bf16, compute capability 9.0+)
+NORM_MAX_BATCH, NORM_MAX_K = 2, 8192  # MD_GEMV_NORM_MAX_BATCH, MD_GEMV_NORM_MAX_K: gemv's norm prologue
 ALGOS = {"auto": 0, "cuda_cores": 1, "tensor_cores": 2, "mma_sync": 3}  # mma_sync: tensor cores without wgmma
 _TC_CAPABLE: dict[int, bool] = {}  # device index -> compute capability >= 9.0
 
@@ -43,7 +44,8 @@ def tc_ok(x: torch.Tensor, w: torch.Tensor) -> bool:
 
 
 def gemv(x: torch.Tensor, w: torch.Tensor, bias: Optional[torch.Tensor] = None, *, out: Optional[torch.Tensor] = None,
-         split_k: int = 0, conv: Optional[dict] = None, algo: str = "auto") -> torch.Tensor:
+         split_k: int = 0, conv: Optional[dict] = None, algo: str = "auto",
+         norm: Optional[dict] = None) -> torch.Tensor:
     """out = x @ w.T (+ bias) for x (batch, k), w (n, k), all one dtype; returns out (batch, n).
 
     algo: "cuda_cores" (batch <= 16, any dtype), "tensor_cores" (batch <= 64 where tc_ok: the weights read
@@ -55,6 +57,11 @@ def gemv(x: torch.Tensor, w: torch.Tensor, bias: Optional[torch.Tensor] = None, 
     `lo`, `weight` (conv_dim, width) contiguous, `bias` (conv_dim,) or None, `state` (batch, conv_dim,
     width - 1) updated in place, `silu` (default True), `state_rows` (optional (batch,) int64 CUDA tensor:
     batch row b updates state[state_rows[b]], state then a pool of any number of rows).
+
+    norm: optional row norm done inside the GEMV (batch <= NORM_MAX_BATCH, the CUDA-core form; norm_ok says
+    where), x then being its input: a dict with `weight` (k,), `eps`, and either `residual_out` (batch, k) and
+    optional `residual` (row_norm's add form: residual_out <- x + residual, apart from residual) or `gate`
+    (batch, k) (the gated form, one group). The products use the norm's output rounded to x's dtype.
     """
     if not (x.is_cuda and w.device == x.device) or x.dtype != w.dtype or x.dtype not in DTYPE_CODES:
         raise ValueError("gemv: x and w must be CUDA tensors of one float dtype")
@@ -87,8 +94,49 @@ def gemv(x: torch.Tensor, w: torch.Tensor, bias: Optional[torch.Tensor] = None, 
         p.conv_silu, p.conv_state_dtype = int(conv.get("silu", True)), DTYPE_CODES[st.dtype]
         p.conv_w, p.conv_b, p.conv_state, p.state_rows = data_ptr(cw), data_ptr(cb), data_ptr(st), rows
         p.conv_state_batch_stride, p.conv_state_dim_stride, p.conv_state_width_stride = st.stride()
+    if norm is not None:
+        _set_norm(p, x, norm)
     _lib.launch(_lib.GEMV, p, current_stream(x.device))
     return out
+
+
+def norm_ok(x: torch.Tensor, norm: dict) -> bool:
+    """Whether gemv's norm prologue takes x (batch, k) with these norm operands (else row_norm, then gemv)."""
+    batch, k = x.shape
+    rows = [norm.get(name) for name in ("residual", "residual_out", "gate")]
+    return (1 <= batch <= NORM_MAX_BATCH and k % 8 == 0 and k <= NORM_MAX_K and norm["weight"].data_ptr() % 16 == 0
+            and batch * k * x.element_size() <= 32 * 1024 and row_norm_ok(k, k, x, *rows))
+
+
+def _set_norm(p, x: torch.Tensor, norm: dict) -> None:
+    weight, residual, residual_out, gate = (norm["weight"], norm.get("residual"), norm.get("residual_out"),
+                                            norm.get("gate"))
+    batch, k = x.shape
+    if not norm_ok(x, norm) or weight.shape != (k,) or weight.dtype != x.dtype:
+        raise ValueError(f"gemv: no norm prologue for x {tuple(x.shape)} (batch <= {NORM_MAX_BATCH}, k a multiple "
+                         f"of 256 up to {NORM_MAX_K}, 16-byte aligned rows, batch * k * element size <= 32 KB; "
+                         f"weight ({k},) in x's dtype)")
+    if (gate is None) == (residual_out is None):
+        raise ValueError("gemv: norm takes either residual_out (the add form) or gate")
+    for name, t in (("residual", residual), ("residual_out", residual_out), ("gate", gate)):
+        if t is not None and (t.shape != (batch, k) or t.device != x.device):
+            raise ValueError(f"gemv: norm {name} must be ({batch}, {k}) on x's device")
+    if gate is not None and gate.dtype != x.dtype:
+        raise ValueError("gemv: norm gate must be in x's dtype")
+    res = residual_out if residual_out is not None else x
+    if residual is not None:
+        if residual.dtype != res.dtype:
+            raise ValueError("gemv: norm residual and residual_out must share a dtype")
+        span = lambda t: (t.data_ptr(), t.data_ptr() + t.stride(0) * t.element_size() * batch)  # noqa: E731
+        (a0, a1), (b0, b1) = span(residual), span(residual_out)
+        if a0 < b1 and b0 < a1:
+            raise ValueError("gemv: norm residual_out must not overlap residual (other blocks read it meanwhile)")
+    p.norm_w, p.norm_eps = data_ptr(weight), float(norm["eps"])
+    p.norm_residual, p.norm_residual_out, p.norm_gate = data_ptr(residual), data_ptr(residual_out), data_ptr(gate)
+    p.norm_residual_dtype = DTYPE_CODES[res.dtype]
+    p.norm_residual_row_stride = 0 if residual is None else _row_stride(residual, "residual")
+    p.norm_residual_out_row_stride = 0 if residual_out is None else _row_stride(residual_out, "residual_out")
+    p.norm_gate_row_stride = 0 if gate is None else _row_stride(gate, "gate")
 
 
 def pack_dt_proj(weight: torch.Tensor) -> torch.Tensor:

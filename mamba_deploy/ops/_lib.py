@@ -18,7 +18,7 @@ from typing import Optional
 
 LIB_NAME = "libmamba_deploy_kernels.so"
 ENV_VAR = "MAMBA_DEPLOY_KERNEL_LIB"
-EXPECTED_VERSION = 9  # MD_KERNELS_VERSION
+EXPECTED_VERSION = 10  # MD_KERNELS_VERSION
 
 _I, _P, _D = ctypes.c_int64, ctypes.c_void_p, ctypes.c_double
 
@@ -75,7 +75,9 @@ class GemvParams(ctypes.Structure):
     _fields_ = _fields(
         "i: batch n k dtype split_k; p: x; i: x_row_stride; p: w; i: w_row_stride; p: bias out; i: out_row_stride;"
         "i: conv_lo conv_dim conv_width conv_silu conv_state_dtype; p: conv_w conv_b conv_state;"
-        "i: conv_state_batch_stride conv_state_dim_stride conv_state_width_stride; p: state_rows; i: algo")
+        "i: conv_state_batch_stride conv_state_dim_stride conv_state_width_stride; p: state_rows; i: algo;"
+        "p: norm_w norm_residual norm_residual_out norm_gate;"
+        "i: norm_residual_dtype norm_residual_row_stride norm_residual_out_row_stride norm_gate_row_stride; d: norm_eps")
 
 
 class Mamba1StepParams(ctypes.Structure):

@@ -8,7 +8,9 @@
 // through the read-only cache (re-read by every row). Accumulation in float32 registers, one per
 // batch row (batch <= 16 is a template bound); warp shuffles, then shared memory across the split.
 // Lane b of the row's first warp finishes batch row b (bias, conv epilogue, store).
-// All the decode kernels here start with pdl_release(); pdl_wait() (common.cuh: programmatic dependent launch).
+// All the decode kernels here start with pdl_release() and load their weights (which no kernel writes) before
+// pdl_wait() (common.cuh: programmatic dependent launch), everything else after it.
+// Norm prologue (gemv.h): at batch 1-2 the GEMV can do the row norm of its x itself, one launch less.
 #include <cstdint>
 
 #include "common.cuh"
@@ -30,55 +32,136 @@ __device__ __forceinline__ uint4 ld_stream(const uint4* p) {
   return r;
 }
 
+// Vectors v0, v0 + step, ... (kUnroll of them) of a weight row of kv vectors; zeros past its end.
+__device__ __forceinline__ void load_weights(uint4 (&wv)[kUnroll], const uint4* w4, int64_t v0, int64_t step,
+                                             int64_t kv) {
+#pragma unroll
+  for (int u = 0; u < kUnroll; ++u) {
+    const int64_t vi = v0 + u * step;
+    wv[u] = vi < kv ? ld_stream(w4 + vi) : make_uint4(0, 0, 0, 0);
+  }
+}
 
-// Grid: ceil(n / (kWarps / split)) blocks of kWarps warps.
-template <typename T, int NB, bool VEC>
+
+constexpr int kNormChunks = MD_GEMV_NORM_MAX_K / (kWarps * 32 * 8);  // 8-element chunks per thread
+
+// v of the norm prologue (gemv.h) for the 8 elements from e of row b (x and the gate in T, the residual in
+// float32 or T).
+template <typename T>
+__device__ __forceinline__ void norm_input(const md_gemv_params& p, int b, int e, float (&v)[8]) {
+  load8(static_cast<const T*>(p.x) + b * p.x_row_stride + e, v);
+  float o[8];
+  if (p.norm_gate) {
+    load8(static_cast<const T*>(p.norm_gate) + b * p.norm_gate_row_stride + e, o);
+#pragma unroll
+    for (int j = 0; j < 8; ++j) v[j] *= silu(o[j]);
+  } else if (p.norm_residual) {
+    const int64_t i = b * p.norm_residual_row_stride + e;
+    if (p.norm_residual_dtype == MD_FLOAT32) load8(static_cast<const float*>(p.norm_residual) + i, o);
+    else load8(static_cast<const T*>(p.norm_residual) + i, o);
+#pragma unroll
+    for (int j = 0; j < 8; ++j) v[j] += o[j];
+  }
+}
+
+// The norm prologue (gemv.h): x <- row_norm(v) of the NB rows into s_x (rows of k, dtype), with the row norm
+// kernel's arithmetic; block 0 writes v to norm_residual_out. Every thread of the block, after the wait.
+// v is loaded again (from L1) for the second pass instead of held: held, it took the kernel to 80 registers.
+template <typename T, int NB>
+__device__ __forceinline__ void norm_prologue(const md_gemv_params& p, T* s_x) {
+  __shared__ float scratch[33];
+  const int k = static_cast<int>(p.k);
+  for (int b = 0; b < NB && b < p.batch; ++b) {
+    float ss = 0.f;
+#pragma unroll 1
+    for (int c = 0; c < kNormChunks; ++c) {
+      const int e = (threadIdx.x + c * kWarps * 32) * 8;
+      if (e >= k) continue;
+      float v[8];
+      norm_input<T>(p, b, e, v);
+      if (!p.norm_gate && blockIdx.x == 0)
+        store8_any(p.norm_residual_out, p.norm_residual_dtype, b * p.norm_residual_out_row_stride + e, v);
+#pragma unroll
+      for (int j = 0; j < 8; ++j) ss = fmaf(v[j], v[j], ss);
+    }
+    const float inv = rsqrtf(block_sum(ss, scratch) / static_cast<float>(k) + static_cast<float>(p.norm_eps));
+#pragma unroll 1
+    for (int c = 0; c < kNormChunks; ++c) {
+      const int e = (threadIdx.x + c * kWarps * 32) * 8;
+      if (e >= k) continue;
+      float v[8], w[8];
+      norm_input<T>(p, b, e, v);
+      load8(static_cast<const T*>(p.norm_w) + e, w);
+#pragma unroll
+      for (int j = 0; j < 8; ++j) v[j] *= inv * w[j];
+      store8(s_x + b * k + e, v);
+    }
+  }
+  __syncthreads();
+}
+
+// Grid: ceil(n / (kWarps / split)) blocks of kWarps warps. NORM: the norm prologue (VEC only), its x rows in
+// dynamic shared memory.
+template <typename T, int NB, bool VEC, bool NORM = false>
 __global__ void __launch_bounds__(kWarps * 32) gemv_kernel(const md_gemv_params p, int split) {
   constexpr int EPV = Pack<T>::N;
   __shared__ float red[kWarps][NB];
+  extern __shared__ __align__(16) unsigned char gemv_smem[];  // NORM: x rows (NB, k)
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const int64_t row = static_cast<int64_t>(blockIdx.x) * (kWarps / split) + warp / split;
   const int slice = warp % split;
   const bool row_ok = row < p.n;
   const int batch = static_cast<int>(p.batch);
   pdl_release();
-  pdl_wait();
   float acc[NB];
 #pragma unroll
   for (int b = 0; b < NB; ++b) acc[b] = 0.f;
-
-  if (row_ok) {
-    const T* wrow = static_cast<const T*>(p.w) + row * p.w_row_stride;
-    const T* x = static_cast<const T*>(p.x);
-    if (VEC) {
-      const int64_t kv = p.k / EPV, step = 32 * split;
-      const uint4* w4 = reinterpret_cast<const uint4*>(wrow);
-      for (int64_t v0 = slice * 32 + lane; v0 < kv; v0 += kUnroll * step) {
-        uint4 wv[kUnroll];
+  const T* wrow = static_cast<const T*>(p.w) + (row_ok ? row : 0) * p.w_row_stride;
+  const T* x = static_cast<const T*>(p.x);
+  if (VEC) {
+    // The first kUnroll vectors of each lane are loaded before the wait (no kernel writes the weights), so they
+    // stream while the kernel before drains. (Keeping the next kUnroll in flight while using the current ones
+    // took 56 registers instead of 40: fewer blocks a multiprocessor, b1 1.41 -> 1.47 ms.)
+    const int64_t kv = row_ok ? p.k / EPV : 0, step = 32 * split, stride = kUnroll * step;
+    const uint4* w4 = reinterpret_cast<const uint4*>(wrow);
+    int64_t v0 = slice * 32 + lane;
+    uint4 wv[kUnroll];
+    // (Batch 1-2 only: at 4 and up this loop form made ptxas spill, and those batches take the tensor-core
+    // form on 9.0, which loads its weights early too.)
+    constexpr bool kEarly = NB <= 2;
+    if (kEarly) load_weights(wv, w4, v0, step, kv);
+    pdl_wait();
+    T* s_x = reinterpret_cast<T*>(gemv_smem);
+    if (NORM) {
+      norm_prologue<T, NB>(p, s_x);
+      x = s_x;
+    }
+    const int64_t x_stride = NORM ? p.k : p.x_row_stride;
+    for (; v0 < kv; v0 += stride) {
+      if (!kEarly) load_weights(wv, w4, v0, step, kv);
 #pragma unroll
-        for (int u = 0; u < kUnroll; ++u) {
-          const int64_t vi = v0 + u * step;
-          wv[u] = vi < kv ? ld_stream(w4 + vi) : make_uint4(0, 0, 0, 0);
-        }
+      for (int u = 0; u < kUnroll; ++u) {
+        const int64_t vi = v0 + u * step;
+        if (vi >= kv) continue;  // not `break`: keeps the loop fully unrolled (wv stays in registers)
+        float wf[EPV];
+        unpack(wv[u], wf, T());
 #pragma unroll
-        for (int u = 0; u < kUnroll; ++u) {
-          const int64_t vi = v0 + u * step;
-          if (vi >= kv) continue;  // not `break`: keeps the loop fully unrolled (wv stays in registers)
-          float wf[EPV];
-          unpack(wv[u], wf, T());
+        for (int b = 0; b < NB; ++b) {
+          if (b < batch) {
+            const uint4* xrow = reinterpret_cast<const uint4*>(x + b * x_stride);
+            const uint4 xv = NORM ? xrow[vi] : __ldg(xrow + vi);
+            float xf[EPV];
+            unpack(xv, xf, T());
 #pragma unroll
-          for (int b = 0; b < NB; ++b) {
-            if (b < batch) {
-              const uint4 xv = __ldg(reinterpret_cast<const uint4*>(x + b * p.x_row_stride) + vi);
-              float xf[EPV];
-              unpack(xv, xf, T());
-#pragma unroll
-              for (int j = 0; j < EPV; ++j) acc[b] = fmaf(wf[j], xf[j], acc[b]);
-            }
+            for (int j = 0; j < EPV; ++j) acc[b] = fmaf(wf[j], xf[j], acc[b]);
           }
         }
       }
-    } else {
+      if (kEarly) load_weights(wv, w4, v0 + stride, step, kv);
+    }
+  } else {
+    pdl_wait();
+    if (row_ok) {
       for (int64_t kk = slice * 32 + lane; kk < p.k; kk += 32 * split) {
         const float wf = to_f(wrow[kk]);
 #pragma unroll
@@ -121,16 +204,42 @@ cudaError_t launch_gemv_nb(const md_gemv_params& p, int split, bool vec, cudaStr
   const int64_t rows_per_block = kWarps / split;
   const unsigned blocks = static_cast<unsigned>((p.n + rows_per_block - 1) / rows_per_block);
   // No L2 prefetch of the weights before pdl_wait(): measured 6% slower at mamba-1.4b batch 1 than without.
+  if constexpr (NB <= MD_GEMV_NORM_MAX_BATCH) {
+    if (p.norm_w) {  // md_launch_gemv checked vec
+      const size_t smem = static_cast<size_t>(NB) * p.k * sizeof(T);
+      return launch_pdl(gemv_kernel<T, NB, true, true>, blocks, kWarps * 32, smem, s, p, split);
+    }
+  }
   return vec ? launch_pdl(gemv_kernel<T, NB, true>, blocks, kWarps * 32, 0, s, p, split)
              : launch_pdl(gemv_kernel<T, NB, false>, blocks, kWarps * 32, 0, s, p, split);
 }
 
+bool aligned16(const void* ptr) { return (reinterpret_cast<uintptr_t>(ptr) & 15) == 0; }
+
+template <typename T>
+bool vec_ok(const md_gemv_params& p) {
+  constexpr int EPV = Pack<T>::N;
+  return p.k % EPV == 0 && p.w_row_stride % EPV == 0 && p.x_row_stride % EPV == 0 && aligned16(p.w) && aligned16(p.x);
+}
+
+// The norm prologue's conditions (gemv.h) beyond vec_ok: 16-byte rows of 8 elements of every norm operand.
+bool norm_rows_ok(const md_gemv_params& p) {
+  const int64_t res_size = p.norm_residual_dtype == MD_FLOAT32 ? 4 : 2;
+  auto rows_ok = [&](const void* ptr, int64_t stride, int64_t elem) {
+    return ptr == nullptr || (aligned16(ptr) && (p.batch == 1 || (stride * elem) % 16 == 0));
+  };
+  return p.k % 8 == 0 && p.k <= MD_GEMV_NORM_MAX_K && aligned16(p.norm_w) &&
+         rows_ok(p.norm_residual, p.norm_residual_row_stride, res_size) &&
+         rows_ok(p.norm_residual_out, p.norm_residual_out_row_stride, res_size) &&
+         rows_ok(p.norm_gate, p.norm_gate_row_stride, p.dtype == MD_FLOAT32 ? 4 : 2);
+}
+
 template <typename T>
 cudaError_t launch_gemv_typed(const md_gemv_params& p, int split, cudaStream_t s) {
-  constexpr int EPV = Pack<T>::N;
-  auto aligned = [](const void* ptr) { return (reinterpret_cast<uintptr_t>(ptr) & 15) == 0; };
-  const bool vec = p.k % EPV == 0 && p.w_row_stride % EPV == 0 && p.x_row_stride % EPV == 0 && aligned(p.w) &&
-                   aligned(p.x);
+  const bool vec = vec_ok<T>(p);
+  MD_CHECK(!p.norm_w || (vec && norm_rows_ok(p) && p.batch * p.k * sizeof(T) <= 32 * 1024),
+           "gemv: the norm prologue needs k a multiple of 8 and <= 8192, 16-byte aligned rows and batch * k * "
+           "element size <= 32 KB");
   if (p.batch <= 1) return launch_gemv_nb<T, 1>(p, split, vec, s);
   if (p.batch <= 2) return launch_gemv_nb<T, 2>(p, split, vec, s);
   if (p.batch <= 4) return launch_gemv_nb<T, 4>(p, split, vec, s);
@@ -159,11 +268,14 @@ int auto_split(const md_gemv_params& p) {
 template <typename T, typename S, int NPL>
 __global__ void __launch_bounds__(128) mamba2_step_kernel(const md_mamba2_step_params p) {
   pdl_release();
-  pdl_wait();
   const int lane = threadIdx.x & 31;
   const int64_t b = blockIdx.y, row = static_cast<int64_t>(blockIdx.x) * 4 + (threadIdx.x >> 5);
-  if (row >= p.nheads * p.headdim) return;
-  const int64_t h = row / p.headdim, pp = row % p.headdim, g = h / (p.nheads / p.ngroups);
+  const bool row_ok = row < p.nheads * p.headdim;
+  const int64_t h = row_ok ? row / p.headdim : 0, pp = row % p.headdim, g = h / (p.nheads / p.ngroups);
+  // The weights before the wait (no kernel writes them)
+  const float A = p.A[h], Dh = p.D ? p.D[h] : 0.f, dt_bias = p.dt_bias ? p.dt_bias[h] : 0.f;
+  pdl_wait();
+  if (!row_ok) return;
   const T* Bp = static_cast<const T*>(p.B) + b * p.B_row_stride + g * p.dstate + lane * NPL;
   const T* Cp = static_cast<const T*>(p.C) + b * p.C_row_stride + g * p.dstate + lane * NPL;
   S* st = static_cast<S*>(p.state) + state_row(p.state_rows, b) * p.state_batch_stride + h * p.state_head_stride +
@@ -172,10 +284,10 @@ __global__ void __launch_bounds__(128) mamba2_step_kernel(const md_mamba2_step_p
 #pragma unroll
   for (int j = 0; j < NPL; ++j) { hs[j] = to_f(st[j]); Bv[j] = to_f(Bp[j]); Cv[j] = to_f(Cp[j]); }
   const float x = to_f(static_cast<const T*>(p.x)[b * p.x_row_stride + row]);
-  float dt = to_f(static_cast<const T*>(p.dt)[b * p.dt_row_stride + h]) + (p.dt_bias ? p.dt_bias[h] : 0.f);
+  float dt = to_f(static_cast<const T*>(p.dt)[b * p.dt_row_stride + h]) + dt_bias;
   dt = dt <= 20.f ? log1pf(expf(dt)) : dt;
   dt = fminf(fmaxf(dt, static_cast<float>(p.dt_min)), static_cast<float>(p.dt_max));
-  const float dA = expf(dt * p.A[h]), dtx = dt * x;
+  const float dA = expf(dt * A), dtx = dt * x;
   float y = 0.f;
 #pragma unroll
   for (int j = 0; j < NPL; ++j) {
@@ -185,7 +297,7 @@ __global__ void __launch_bounds__(128) mamba2_step_kernel(const md_mamba2_step_p
   }
   y = group_sum<32>(y);
   if (lane == 0) {
-    if (p.D) y = fmaf(p.D[h], x, y);
+    if (p.D) y = fmaf(Dh, x, y);
     static_cast<T*>(p.y)[b * p.y_row_stride + row] = from_f<T>(y);
   }
 }
@@ -193,12 +305,12 @@ __global__ void __launch_bounds__(128) mamba2_step_kernel(const md_mamba2_step_p
 // Row norm. Grid: (rows, hidden / group_size); group_size / 8 threads, 8 elements each.
 __global__ void __launch_bounds__(1024) row_norm_kernel(const md_row_norm_params p) {
   pdl_release();
-  pdl_wait();
   __shared__ float scratch[33];
   const int64_t r = blockIdx.x, e = static_cast<int64_t>(blockIdx.y) * p.group_size + threadIdx.x * 8;
   float v[8], w[8];
+  load8_any(p.weight, p.dtype, e, w);  // before the wait: no kernel writes the weights
+  pdl_wait();
   load8_any(p.x, p.dtype, r * p.x_row_stride + e, v);
-  load8_any(p.weight, p.dtype, e, w);
   if (p.residual) {
     float o[8];
     load8_any(p.residual, p.gate ? p.dtype : p.residual_dtype, r * p.residual_row_stride + e, o);
@@ -248,6 +360,13 @@ extern "C" cudaError_t md_launch_gemv(const md_gemv_params* p, cudaStream_t stre
     MD_CHECK(p->conv_w && p->conv_state, "gemv: conv epilogue needs conv_w and conv_state");
     MD_CHECK(p->conv_lo >= 0 && p->conv_lo + p->conv_dim <= p->n, "gemv: conv rows out of range");
     MD_CHECK(md::valid_dtype(p->conv_state_dtype), "gemv: bad conv state dtype");
+  }
+  if (p->norm_w) {
+    MD_CHECK(p->batch <= MD_GEMV_NORM_MAX_BATCH && p->algo != 2 && p->algo != MD_GEMV_ALGO_MMA_SYNC,
+             "gemv: the norm prologue is the CUDA-core form's, batch <= 2");
+    MD_CHECK(md::valid_dtype(p->norm_residual_dtype), "gemv: bad norm residual dtype");
+    MD_CHECK(p->norm_gate || (p->norm_residual_out && p->norm_residual_out != p->norm_residual),
+             "gemv: the add norm needs norm_residual_out, apart from norm_residual");
   }
   if (p->batch == 0 || p->n == 0) return cudaSuccess;
   const bool tc_ok = md::gemv_tc_ok(*p);

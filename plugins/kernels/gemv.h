@@ -20,6 +20,8 @@ extern "C" {
 #define MD_GEMV_TC_MAX_BATCH 64 /* tensor-core form: fp16 / bf16 on compute capability 9.0+ (gemm_tc.cu) */
 #define MD_GEMV_TC_MIN_BATCH 3  /* algo 0 takes the tensor-core form from this batch on, where it can */
 #define MD_GEMV_ALGO_MMA_SYNC 3 /* the tensor-core form without wgmma (what non-sm_90a builds run) */
+#define MD_GEMV_NORM_MAX_BATCH 2  /* the norm prologue: rows, and k below */
+#define MD_GEMV_NORM_MAX_K 8192
 
 /* out[b, n] = sum_k x[b, k] * w[n, k] (+ bias[n]), float32 accumulation.
  * algo: 1 = CUDA cores (batch <= 16, any dtype); 2 = tensor cores (batch <= 64; fp16 / bf16, k a multiple of
@@ -38,7 +40,14 @@ extern "C" {
  * conv1d step (causal_conv1d_update_ref, SiLU if conv_silu):
  *   out[b, n] = silu(sum_i conv_w[c, i] * win[i] + conv_b[c]),  win = (state[b, c, :], v)
  *   state[b, c, :] <- win[1:]          state (batch, conv_dim, width - 1), conv_state_dtype
- * conv_w (conv_dim, width) contiguous, conv_b (conv_dim,) or NULL, both dtype; width <= 8. */
+ * conv_w (conv_dim, width) contiguous, conv_b (conv_dim,) or NULL, both dtype; width <= 8.
+ * Optional norm prologue (norm_w not NULL; the CUDA-core form, batch <= MD_GEMV_NORM_MAX_BATCH, k a multiple
+ * of 8 and <= MD_GEMV_NORM_MAX_K, batch * k * element size <= 32 KB, 16-byte aligned rows): the row norm
+ * (md_row_norm_params, one group of k) is done by every block before its products, and x is its output:
+ *   v = x + norm_residual (x alone if NULL)   or, with norm_gate,   v = x * silu(norm_gate)
+ *   x <- (v * rsqrt(mean(v^2) + norm_eps) * norm_w) rounded to dtype;    norm_w (k,) dtype
+ * The add form (no gate) writes v to norm_residual_out (batch, k) in norm_residual_dtype, which must not
+ * overlap norm_residual (other blocks read it meanwhile). norm_gate (batch, k) dtype. */
 typedef struct md_gemv_params {
   int64_t batch, n, k;
   int64_t dtype;
@@ -57,6 +66,12 @@ typedef struct md_gemv_params {
   int64_t conv_state_batch_stride, conv_state_dim_stride, conv_state_width_stride;
   const int64_t* state_rows; /* NULL or (batch,): conv_state rows (mamba_kernels.h) */
   int64_t algo;
+  const void* norm_w;
+  const void* norm_residual;
+  void* norm_residual_out;
+  const void* norm_gate;
+  int64_t norm_residual_dtype, norm_residual_row_stride, norm_residual_out_row_stride, norm_gate_row_stride;
+  double norm_eps;
 } md_gemv_params;
 
 /* Fused Mamba1 decode step after x_proj: dt_proj + softplus + selective state update + D + gate.

@@ -23,11 +23,10 @@ constexpr int kMaxState = 16;
 // batch rows: each 16-byte chunk of the channel's dt_proj row is loaded once and serves the RB rows' dot
 // products, so dt_proj is read ceil(batch / RB) times per step instead of batch times. Each row's arithmetic
 // is that of one row alone (same order), so results do not depend on RB or on the other rows. The RB rows'
-// states are loaded together with the dt_proj chunk, so their latencies overlap.
+// states are loaded right after the wait, so their latency overlaps the gathering of the shared inputs.
 template <typename T, typename S, int RB>
 __global__ void __launch_bounds__(kStepThreads) mamba1_step_kernel(const md_mamba1_step_params p) {
   pdl_release();
-  pdl_wait();
   extern __shared__ __align__(16) float smem[];  // dt inputs [RB][R8 * 8]; B, C [RB][kMaxState]; x, z [RB][8]
   const int n = threadIdx.x & 15;
   const int64_t d = static_cast<int64_t>(blockIdx.x) * (kStepThreads / 16) + (threadIdx.x >> 4);
@@ -42,6 +41,22 @@ __global__ void __launch_bounds__(kStepThreads) mamba1_step_kernel(const md_mamb
   float* s_C = s_B + RB * kMaxState;
   float* s_x = s_C + RB * kMaxState;
   float* s_z = s_x + RB * 8;
+  // The weights (no kernel writes them) are loaded before the wait: dt_proj's first chunk, A, dt_bias, D.
+  const T* wrow = static_cast<const T*>(p.wdt) + dd * RP;
+  float w_first[8] = {};
+  if (n < R8) load8(wrow + n * 8, w_first);
+  const float bias = p.dt_bias[dd], A = n < N ? p.A[dd * N + n] : 0.f, Dd = p.D[dd];
+  pdl_wait();
+  // The states first: their loads are in flight while the shared inputs below are gathered.
+  S* state = static_cast<S*>(p.state) + dd * p.state_dim_stride + n;  // + row * state_batch_stride
+  int srow[RB];  // state rows (a pool of < 2^31 rows)
+  float h0[RB];
+#pragma unroll
+  for (int r = 0; r < RB; ++r) {
+    if (r >= rows) continue;
+    srow[r] = static_cast<int>(state_row(p.state_rows, b0 + r));
+    h0[r] = n < N ? to_f(state[srow[r] * p.state_batch_stride]) : 0.f;
+  }
   if (threadIdx.x < RB * 8) {
     const int r = threadIdx.x / 8, k = threadIdx.x % 8;
     const int64_t ch = static_cast<int64_t>(blockIdx.x) * 8 + k;
@@ -60,22 +75,11 @@ __global__ void __launch_bounds__(kStepThreads) mamba1_step_kernel(const md_mamb
     s_C[i] = r < rows && k < N ? to_f(xd[N + k]) : 0.f;
   }
   __syncthreads();
-  S* state = static_cast<S*>(p.state) + dd * p.state_dim_stride + n;  // + row * state_batch_stride
-  int srow[RB];  // state rows (a pool of < 2^31 rows)
-  float h0[RB];
-#pragma unroll
-  for (int r = 0; r < RB; ++r) {
-    if (r >= rows) continue;
-    srow[r] = static_cast<int>(state_row(p.state_rows, b0 + r));
-    h0[r] = n < N ? to_f(state[srow[r] * p.state_batch_stride]) : 0.f;
-  }
-  const T* wrow = static_cast<const T*>(p.wdt) + dd * RP;
   float dt[RB];
 #pragma unroll
   for (int r = 0; r < RB; ++r) dt[r] = 0.f;
-  for (int r8 = n; r8 < R8; r8 += 16) {
-    float wf[8];
-    load8(wrow + r8 * 8, wf);
+  // dt_proj chunk r8 (8 floats of this channel's row) times the RB rows' dt inputs.
+  auto dot_chunk = [&](const float (&wf)[8], int r8) {
 #pragma unroll
     for (int r = 0; r < RB; ++r) {
       const float4 lo = *reinterpret_cast<const float4*>(s_dt + r * RP + r8 * 8);
@@ -84,8 +88,13 @@ __global__ void __launch_bounds__(kStepThreads) mamba1_step_kernel(const md_mamb
 #pragma unroll
       for (int j = 0; j < 8; ++j) dt[r] = fmaf(wf[j], in[j], dt[r]);
     }
+  };
+  if (n < R8) dot_chunk(w_first, n);
+  for (int r8 = n + 16; r8 < R8; r8 += 16) {
+    float wf[8];
+    load8(wrow + r8 * 8, wf);
+    dot_chunk(wf, r8);
   }
-  const float bias = p.dt_bias[dd], A = n < N ? p.A[dd * N + n] : 0.f;
   float y_mine = 0.f;  // lane r < rows: C . state of row r (every lane of the half-warp gets the same sum)
 #pragma unroll
   for (int r = 0; r < RB; ++r) {
@@ -103,7 +112,7 @@ __global__ void __launch_bounds__(kStepThreads) mamba1_step_kernel(const md_mamb
   }
   if (!ok || n >= rows) return;  // lane n finishes row n: one gate division per lane, none in the row loop
   const float x = s_x[n * 8 + c], z = s_z[n * 8 + c];
-  const float y = fmaf(p.D[dd], x, y_mine) * (z / (1.f + expf(-z)));
+  const float y = fmaf(Dd, x, y_mine) * (z / (1.f + expf(-z)));
   static_cast<T*>(p.y)[(b0 + n) * p.y_row_stride + dd] = from_f<T>(y);
 }
 
