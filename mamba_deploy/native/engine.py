@@ -7,33 +7,11 @@
     eng.reset_slot(7); eng.prefill_slot(ids, 7)   # state slots: the static state is a pool of max_batch slots
     logits = eng.decode_slots(next_ids, slots)    # (n, 1) on any n distinct slots, no state copies
 
-Decode of one token for batch b, all on buffers allocated once for `max_batch` (rows [:b] used),
-captured as ONE graph: embedding -> per layer [add+norm, in_proj (+ causal conv update epilogue),
-mixer, out_proj] -> final add+norm -> LM head -> greedy argmax written back into the id buffer (so a
-greedy loop is just replays). Per layer, kernels:
-  Mamba1: row_norm (add) | gemv in_proj + conv epilogue | gemv x_proj | mamba1_step (dt_proj + softplus +
-          state update + D + gate, fused) | gemv out_proj                              (5 launches)
-          (from batch dt_gemm_min_batch on, dt_proj is one projection (_proj) before a streaming mamba1_step)
-          Falcon-Mamba adds, after x_proj, its weightless RMS norms on dt and on B, C in place
-          (the gated-norm kernel, no gate, unit weight)                                (+2 launches)
-  MLP (d_intermediate > 0, after either mixer): row_norm (add, norm2) | gemv fc1 | silu * mul | gemv fc2
-                                                                                       (+5 launches)
-  Mamba2: row_norm (add) | gemv in_proj + conv epilogue on xBC | mamba2_step (warp per (head, p)) |
-          row_norm (gated) | gemv out_proj                                             (5 launches)
-  Hybrids (native/hybrid.py): attention layers (mamba-ssm's MHA, NemotronH's attention) run row_norm (add) |
-          gemv q k v (+ MHA's conv epilogue) | attention_decode (rotary, the new k and v into the slot's KV
-          cache, attention over its positions) | [MHA's gated MLP part] | gemv out_proj; NemotronH's MLP
-          blocks row_norm (add) | gemv up | relu^2 | gemv down; each slot's length advances once per step.
-(add_norm is row_norm: 16-byte accesses, one block per row; the kernels are plugins/kernels/gemv.cu.)
-From batch 3 to tc_max_batch (16: at 64 cuBLAS is faster, measured on the H200) in fp16 / bf16 on compute
-capability 9.0+ the projections are the same gemv launches in their tensor-core form (gemm_tc.cu: the weights
-read once for all rows, the conv epilogue kept; Mamba1's small x_proj up to batch 64 on a 9.0 GPU, where the
-wgmma form beats cuBLAS's split-K GEMM and its reduce kernel); otherwise, for batch > gemv_max_batch (2:
-measured crossover against cuBLAS on H100) they are cuBLAS GEMMs (torch.mm into the same buffers) and the conv
-update is the library's kernel. On compute capability
-9.0+ the library's decode kernels use programmatic dependent launch (ops._lib.set_programmatic_launch): each
-starts while the previous one drains, its weights already on the way to L2. States are
-updated in place; logits are a reused buffer. Every kernel that touches the recurrent state takes the
+Decode of one token for batch b, all on buffers allocated once for `max_batch` (rows [:b] used), is captured as
+ONE graph: the launches of decode.py (its docstring lists them per layer). On compute capability 9.0+ the
+library's decode kernels use programmatic dependent launch (ops._lib.set_programmatic_launch): each starts while
+the previous one drains, its weights already on the way to L2. States are updated in place; logits are a reused
+buffer. Every kernel that touches the recurrent state takes the
 state rows of its batch rows from the index buffer `slot_ids` (state_rows in plugins/kernels), so one
 graph per batch size serves any set of slots: decode_slots writes the slot ids there and replays.
 Prefill is eager; with prefill_graph_tokens > 0, chunks that short into consecutive slots of the pool replay
@@ -51,17 +29,10 @@ from ..config import MAMBA2, ModelConfig
 from ..errors import ParameterError, is_integer
 from ..models.lm import check_room
 from ..models.state import InferenceState
-from ..ops import _lib, cuda as K
-from . import gemv as G, hybrid as Hy, prefill as P
+from ..ops import _lib
+from . import decode as D, gemv as G, hybrid as Hy, prefill as P
 from .prefill_graphs import PrefillGraphs
-from .weights import Layer, device_weights
-
-
-def _linear(x: torch.Tensor, w: torch.Tensor, b: Optional[torch.Tensor], out: torch.Tensor) -> torch.Tensor:
-    """out = x @ w.T + b through cuBLAS, into `out` (no allocation)."""
-    if b is None:
-        return torch.mm(x, w.t(), out=out)
-    return torch.addmm(b, x, w.t(), out=out)
+from .weights import device_weights
 
 
 class NativeEngine:
@@ -71,6 +42,9 @@ class NativeEngine:
                  programmatic_launch: bool = True, max_seq_len: Optional[int] = None, tc_max_batch: int = 16,
                  prefill_graph_tokens: int = 0, prefill_graph_batch: int = 8,
                  norm_in_gemv: Optional[tuple[str, ...]] = None):
+        if norm_in_gemv is not None and not set(norm_in_gemv) <= D.NORMED_PROJECTIONS:
+            raise ParameterError("norm_in_gemv", f"must name projections of {sorted(D.NORMED_PROJECTIONS)}, got "
+                                                 f"{sorted(norm_in_gemv)}")
         self.config, self.dtype, self.state_dtype = cfg, dtype, state_dtype
         self.device = torch.device(device)
         if self.device.type != "cuda":
@@ -80,7 +54,7 @@ class NativeEngine:
         self.max_batch, self.chunk_len, self.use_graphs = max_batch, chunk_len, use_graphs
         self.gemv_max_batch = min(gemv_max_batch, G.MAX_BATCH)
         self.tc_max_batch = min(tc_max_batch, G.TC_MAX_BATCH)  # 0: cuBLAS for every batch > gemv_max_batch
-        self.dt_gemm_min_batch = dt_gemm_min_batch  # Mamba1: from this batch on, dt_proj is one projection (_proj)
+        self.dt_gemm_min_batch = dt_gemm_min_batch  # Mamba1: from this batch on, dt_proj is a projection of its own
         # projections ("in_proj", Mamba2's gated "out_proj", the LM "head") whose norm runs inside the GEMV at
         # batch 1: one launch less each. Default: Mamba1's in_proj, the one that gained (H200: mamba-1.4b b1 1.41
         # -> 1.38 ms; mamba2-1.3b's in_proj 1.443 -> 1.447, its out_proj 1.44 -> 1.77, the head and batch 2 lost:
@@ -99,9 +73,9 @@ class NativeEngine:
         res_dtype = torch.float32 if c.residual_in_fp32 else dtype
         self.ids = torch.zeros(B, dtype=torch.int64, **f)
         self.hidden = torch.zeros(B, c.d_model, dtype=dtype, **f)
-        # two residual buffers: a GEMV's norm prologue reads one and writes the other (_normed_proj)
-        self._residuals = tuple(torch.zeros(B, c.d_model, dtype=res_dtype, **f) for _ in range(2))
-        self.residual = self._residuals[0]
+        # two residual buffers: a GEMV's norm prologue reads one and writes the other (decode.normed_proj)
+        self.residuals = tuple(torch.zeros(B, c.d_model, dtype=res_dtype, **f) for _ in range(2))
+        self.residual = self.residuals[0]
         self.normed = torch.zeros(B, c.d_model, dtype=dtype, **f)
         self.xz = torch.zeros(B, c.in_proj_dim, dtype=dtype, **f)
         self.y = torch.zeros(B, c.d_inner, dtype=dtype, **f)
@@ -282,7 +256,7 @@ class NativeEngine:
 
     def _sample_step(self, b: int, sampler, vocab_limit: int, all_greedy: bool) -> None:
         torch.index_select(sampler.last_token, 0, self.slot_ids[:b], out=self.ids[:b])
-        self._step(b, greedy=False)
+        D.step(self, b, greedy=False)
         self.tokens[:b].copy_(sampler.sample(self.logits[:b], self.slot_ids[:b], vocab_limit, all_greedy))
 
     def _use_slot_range(self, first: int, n: int) -> None:
@@ -292,127 +266,10 @@ class NativeEngine:
             self.slot_ids[:n].copy_(self._slot_iota[first:first + n])
             self._slot_range = (first, n)
 
-    # ---- decode ----------------------------------------------------------------------------------
-    def _step(self, b: int, greedy: bool = True) -> None:
-        """One token for rows [:b] of the static buffers: ids -> logits, the state of slots slot_ids[:b] in
-        place, and with `greedy` argmax -> ids."""
-        c = self.config
-        rows = self.slot_ids[:b]  # the state rows (slots) of the b batch rows
-        torch.index_select(self.emb, 0, self.ids[:b], out=self.hidden[:b])
-        for i, L in enumerate(self.layers):
-            if L.kind == "attention":
-                self._add_norm(b, L.norm_w, L.norm_b, first=i == 0)
-                Hy.attention_step(c, self.hybrid, self._proj, b, L, self.normed[:b], self.static, rows,
-                                  self.hidden[:b])
-            elif L.kind == "mlp":
-                self._add_norm(b, L.norm_w, L.norm_b, first=i == 0)
-                Hy.mlp_step(self.hybrid, self._proj, b, L, self.normed[:b], self.hidden[:b])
-            else:
-                conv = dict(lo=c.conv_lo, weight=L.conv_w, bias=L.conv_b, state=self.static.conv[L.index],
-                            state_rows=rows)
-                self._normed_proj(b, "in_proj", L.norm_w, L.norm_b, i == 0, L.in_w, L.in_b, self.xz[:b], conv)
-                (self._mamba2_mixer if c.arch == MAMBA2 else self._mamba1_mixer)(b, L, self.static.ssm[L.index], rows)
-            if c.d_intermediate:
-                self._mlp_step(b, L)
-        if c.attn_layer_idx:
-            Hy.advance_length(self.static, self.hybrid, rows)
-        self._normed_proj(b, "head", *self.norm_f, False, self.head, None, self.logits[:b])
-        if greedy:
-            torch.argmax(self.logits[:b, :c.vocab_size], dim=-1, out=self.ids[:b])
-
-    def _add_norm(self, b: int, weight, bias, first: bool) -> None:
-        """residual <- hidden + residual (hidden alone for the first layer); normed <- norm(residual)."""
-        c = self.config
-        x, res, out = self.hidden[:b], self.residual[:b], self.normed[:b]
-        if c.rms_norm and bias is None and G.row_norm_ok(c.d_model, c.d_model, x, res, out):
-            G.row_norm(x, None if first else res, weight, c.norm_eps, out=out, residual_out=res)
-        else:
-            K.add_norm(x, None if first else res, weight, bias, c.norm_eps, c.rms_norm, c.residual_in_fp32, out=out,
-                       residual_out=res)
-
-    def _normed_proj(self, b: int, name: str, weight, bias, first: bool, w, w_bias, out, conv=None) -> None:
-        """out <- proj(norm(residual <- hidden + residual)) (_add_norm, then _proj), the norm inside the GEMV
-        at batch 1 where norm_in_gemv names the projection and gemv's prologue applies; it then writes the other
-        residual buffer."""
-        c, x = self.config, self.hidden[:b]
-        if name in self.norm_in_gemv and b == 1 and b <= self.gemv_max_batch and c.rms_norm and bias is None:
-            spare = self._residuals[1] if self.residual is self._residuals[0] else self._residuals[0]
-            norm = dict(weight=weight, eps=c.norm_eps, residual=None if first else self.residual[:b],
-                        residual_out=spare[:b])
-            if G.norm_ok(x, norm):
-                G.gemv(x, w, w_bias, out=out, conv=conv, norm=norm)
-                self.residual = spare
-                return
-        self._add_norm(b, weight, bias, first)
-        self._proj(self.normed[:b], w, w_bias, out, conv)
-
-    def _proj(self, x, w, bias, out, conv: Optional[dict] = None, tc_max_batch: Optional[int] = None) -> None:
-        """out = x @ w.T (+ bias), then the conv epilogue on conv rows: the library's gemv (CUDA cores for small
-        batch, tensor cores up to tc_max_batch: the engine's unless given), else cuBLAS."""
-        b = x.shape[0]
-        tc_max = self.tc_max_batch if tc_max_batch is None else tc_max_batch
-        if b <= self.gemv_max_batch or (b <= tc_max and G.tc_ok(x, w)):
-            G.gemv(x, w, bias, out=out, conv=conv)
-            return
-        _linear(x, w, bias, out)
-        if conv is not None:
-            xc = out[:, conv["lo"]:conv["lo"] + conv["weight"].shape[0]]
-            K.causal_conv1d_update(xc, conv["weight"], conv["bias"], conv["state"],
-                                   "silu" if conv.get("silu", True) else None, out=xc,
-                                   state_out=conv["state"], state_rows=conv.get("state_rows"))
-
-    def _mamba1_mixer(self, b: int, L: Layer, ssm_pool: torch.Tensor, rows: torch.Tensor) -> None:
-        d = self.config.d_inner
-        x, z = self.xz[:b, :d], self.xz[:b, d:]
-        self._proj(x, L.x_w, None, self.xdbl[:b], tc_max_batch=self.x_proj_tc_max_batch)
-        P.dt_bc_norm(self.config, self.unit, self.xdbl[:b])
-        if b < self.dt_gemm_min_batch:  # the step kernel reads dt_proj once per 8 rows
-            G.mamba1_step(x, z, self.xdbl[:b], L.dt_packed, L.dt_b, L.A, L.D, ssm_pool, out=self.y[:b], state_rows=rows)
-        else:
-            self._proj(self.xdbl[:b, :self.config.dt_rank], L.dt_w, None, self.dt[:b])
-            G.mamba1_step(x, z, self.xdbl[:b], None, L.dt_b, L.A, L.D, ssm_pool, out=self.y[:b], state_rows=rows,
-                          dt=self.dt[:b])
-        self._proj(self.y[:b], L.out_w, L.out_b, self.hidden[:b])
-
-    def _mamba2_mixer(self, b: int, L: Layer, ssm_pool: torch.Tensor, rows: torch.Tensor) -> None:
-        c = self.config
-        d, gn, H, gs, m = c.d_inner, c.ngroups * c.d_state, c.nheads, c.d_inner // c.ngroups, c.mamba2_mlp_dim
-        lo, y, ynorm = c.conv_lo, self.y[:b], self.ynorm[:b, m:]
-        xbc, dt, z = self.xz[:b, lo:lo + c.conv_dim], self.xz[:b, lo + c.conv_dim:], self.xz[:b, lo - d:lo]
-        if c.d_state in (32, 64, 128, 256):
-            G.mamba2_step(ssm_pool, xbc[:, :d], dt, L.A, xbc[:, d:d + gn], xbc[:, d + gn:], L.D, L.dt_b, c.dt_limit,
-                          out=y, state_rows=rows)
-        else:
-            K.selective_state_update(ssm_pool, xbc[:, :d].unflatten(1, (H, c.headdim)), dt, L.A,
-                                     xbc[:, d:d + gn].unflatten(1, (c.ngroups, c.d_state)),
-                                     xbc[:, d + gn:].unflatten(1, (c.ngroups, c.d_state)), L.D, None, L.dt_b, True,
-                                     c.dt_limit, out=y.unflatten(1, (H, c.headdim)), state_out=ssm_pool,
-                                     state_rows=rows)
-        norm = dict(weight=L.gnorm_w, eps=c.norm_eps, gate=z)
-        fused = "out_proj" in self.norm_in_gemv and b == 1 <= self.gemv_max_batch and m == 0 and gs == d
-        if fused and G.norm_ok(y, norm):
-            G.gemv(y, L.out_w, L.out_b, out=self.hidden[:b], norm=norm)  # the gated norm inside out_proj
-            return
-        if G.row_norm_ok(d, gs, y, z, ynorm):
-            G.row_norm(y, z, L.gnorm_w, c.norm_eps, out=ynorm, gate=True, group_size=gs)
-        else:
-            K.gated_rms_norm(y, z, L.gnorm_w, c.norm_eps, gs, out=ynorm)
-        P.d_ssm_mlp(c, self.xz[:b], self.ynorm[:b, :m])
-        self._proj(self.ynorm[:b], L.out_w, L.out_b, self.hidden[:b])
-
-    def _mlp_step(self, b: int, L: Layer) -> None:
-        """The gated MLP after a mixer, rows [:b]: residual += hidden; hidden <- fc2(y * silu(gate)), y, gate =
-        halves of fc1(norm2(residual)) (models.lm.GatedMLP). The temporaries come from the graph's pool."""
-        self._add_norm(b, L.norm2_w, L.norm2_b, first=False)
-        h, width = self.mlp_h[:b], self.config.d_intermediate
-        self._proj(self.normed[:b], L.fc1_w, None, h)
-        torch.mul(h[:, :width], torch.nn.functional.silu(h[:, width:]), out=self.mlp_y[:b])
-        self._proj(self.mlp_y[:b], L.fc2_w, None, self.hidden[:b])
-
     def _graph(self, b: int) -> torch.cuda.CUDAGraph:
         """The greedy decode graph of batch b, captured once."""
         if b not in self.graphs:
-            self.graphs[b] = self._capture(lambda: self._step(b), [])
+            self.graphs[b] = self._capture(lambda: D.step(self, b), [])
         return self.graphs[b]
 
     def _capture(self, step: Callable[[], None], kept: list[torch.Tensor]) -> torch.cuda.CUDAGraph:
@@ -421,7 +278,7 @@ class NativeEngine:
         slot's length and beyond, which no step reads before writing it again; its lengths are restored."""
         st = self.static
         kept = st.conv + st.ssm + st.attn_conv + ([st.length] if st.length is not None else []) + \
-            [self.ids, *self._residuals] + kept
+            [self.ids, *self.residuals] + kept
         saved = [t.clone() for t in kept]
         side = torch.cuda.Stream(self.device)
         side.wait_stream(torch.cuda.current_stream(self.device))
@@ -443,7 +300,7 @@ class NativeEngine:
         if self.use_graphs:
             self._graph(b).replay()
         else:
-            self._step(b)
+            D.step(self, b)
 
     def greedy_replay(self, state: InferenceState, next_ids: torch.Tensor) -> Callable[[int], None]:
         """The bare decode step, for benchmarks and profiles: returns run(n), which decodes n greedy steps of

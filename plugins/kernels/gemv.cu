@@ -53,19 +53,17 @@ __device__ __forceinline__ void norm_input(const md_gemv_params& p, int b, int e
   float o[8];
   if (p.norm_gate) {
     load8(static_cast<const T*>(p.norm_gate) + b * p.norm_gate_row_stride + e, o);
-#pragma unroll
-    for (int j = 0; j < 8; ++j) v[j] *= silu(o[j]);
+    norm_combine8(v, o, true);
   } else if (p.norm_residual) {
     const int64_t i = b * p.norm_residual_row_stride + e;
     if (p.norm_residual_dtype == MD_FLOAT32) load8(static_cast<const float*>(p.norm_residual) + i, o);
     else load8(static_cast<const T*>(p.norm_residual) + i, o);
-#pragma unroll
-    for (int j = 0; j < 8; ++j) v[j] += o[j];
+    norm_combine8(v, o, false);
   }
 }
 
 // The norm prologue (gemv.h): x <- row_norm(v) of the NB rows into s_x (rows of k, dtype), with the row norm
-// kernel's arithmetic; block 0 writes v to norm_residual_out. Every thread of the block, after the wait.
+// kernel's arithmetic (vec.cuh); block 0 writes v to norm_residual_out. Every thread of the block, after the wait.
 // v is loaded again (from L1) for the second pass instead of held: held, it took the kernel to 80 registers.
 template <typename T, int NB>
 __device__ __forceinline__ void norm_prologue(const md_gemv_params& p, T* s_x) {
@@ -81,10 +79,9 @@ __device__ __forceinline__ void norm_prologue(const md_gemv_params& p, T* s_x) {
       norm_input<T>(p, b, e, v);
       if (!p.norm_gate && blockIdx.x == 0)
         store8_any(p.norm_residual_out, p.norm_residual_dtype, b * p.norm_residual_out_row_stride + e, v);
-#pragma unroll
-      for (int j = 0; j < 8; ++j) ss = fmaf(v[j], v[j], ss);
+      ss = sum_squares8(v, ss);
     }
-    const float inv = rsqrtf(block_sum(ss, scratch) / static_cast<float>(k) + static_cast<float>(p.norm_eps));
+    const float inv = rms_inverse(block_sum(ss, scratch), k, p.norm_eps);
 #pragma unroll 1
     for (int c = 0; c < kNormChunks; ++c) {
       const int e = (threadIdx.x + c * kWarps * 32) * 8;
@@ -92,8 +89,7 @@ __device__ __forceinline__ void norm_prologue(const md_gemv_params& p, T* s_x) {
       float v[8], w[8];
       norm_input<T>(p, b, e, v);
       load8(static_cast<const T*>(p.norm_w) + e, w);
-#pragma unroll
-      for (int j = 0; j < 8; ++j) v[j] *= inv * w[j];
+      norm_scale8(v, inv, w);
       store8(s_x + b * k + e, v);
     }
   }
@@ -195,7 +191,8 @@ __global__ void __launch_bounds__(kWarps * 32) gemv_kernel(const md_gemv_params 
     if (lane == b) v = acc[b];
   }
   if (p.bias) v += to_f(static_cast<const T*>(p.bias)[row]);
-  if (p.conv_dim > 0 && row >= p.conv_lo && row < p.conv_lo + p.conv_dim) v = conv_epilogue<T>(p, lane, row - p.conv_lo, v);
+  if (p.conv_dim > 0 && row >= p.conv_lo && row < p.conv_lo + p.conv_dim)
+    v = conv_epilogue<T>(p, lane, row - p.conv_lo, v);
   static_cast<T*>(p.out)[lane * p.out_row_stride + row] = from_f<T>(v);
 }
 
@@ -314,16 +311,11 @@ __global__ void __launch_bounds__(1024) row_norm_kernel(const md_row_norm_params
   if (p.residual) {
     float o[8];
     load8_any(p.residual, p.gate ? p.dtype : p.residual_dtype, r * p.residual_row_stride + e, o);
-#pragma unroll
-    for (int j = 0; j < 8; ++j) v[j] = p.gate ? v[j] * silu(o[j]) : v[j] + o[j];
+    norm_combine8(v, o, p.gate != 0);
   }
   if (!p.gate && p.residual_out) store8_any(p.residual_out, p.residual_dtype, r * p.residual_out_row_stride + e, v);
-  float ss = 0.f;
-#pragma unroll
-  for (int j = 0; j < 8; ++j) ss = fmaf(v[j], v[j], ss);
-  const float inv = rsqrtf(block_sum(ss, scratch) / static_cast<float>(p.group_size) + static_cast<float>(p.eps));
-#pragma unroll
-  for (int j = 0; j < 8; ++j) v[j] *= inv * w[j];
+  const float inv = rms_inverse(block_sum(sum_squares8(v, 0.f), scratch), p.group_size, p.eps);
+  norm_scale8(v, inv, w);
   store8_any(p.out, p.dtype, r * p.out_row_stride + e, v);
 }
 
@@ -372,7 +364,8 @@ extern "C" cudaError_t md_launch_gemv(const md_gemv_params* p, cudaStream_t stre
   const bool tc_ok = md::gemv_tc_ok(*p);
   MD_CHECK(p->algo < 2 || tc_ok, "gemv: the tensor-core form needs fp16 / bf16, k % 8 == 0, 16-byte aligned x and w "
                                   "rows and compute capability 9.0+");
-  if (p->algo >= 2 || (p->algo == 0 && tc_ok && p->batch >= MD_GEMV_TC_MIN_BATCH)) return md::launch_gemv_tc(*p, stream);
+  if (p->algo >= 2 || (p->algo == 0 && tc_ok && p->batch >= MD_GEMV_TC_MIN_BATCH))
+    return md::launch_gemv_tc(*p, stream);
   MD_CHECK(p->batch <= MD_GEMV_MAX_BATCH, "gemv: batch > 16 needs the tensor-core form (fp16 / bf16 on 9.0+)");
   const int split = p->split_k ? static_cast<int>(p->split_k) : md::auto_split(*p);
   switch (p->dtype) {

@@ -58,6 +58,26 @@ __device__ __forceinline__ void store8_any(void* ptr, int64_t dtype, int64_t i, 
   else store8(static_cast<__nv_bfloat16*>(ptr) + i, f);
 }
 
+// The row norm of 8 elements a thread (gemv.cu's row_norm_kernel and the GEMV's norm prologue share it, so the two
+// agree bit for bit): v <- v * silu(o) (gated) or v + o (residual); the thread's sum of squares; v <- v * (inv * w).
+__device__ __forceinline__ void norm_combine8(float (&v)[8], const float (&o)[8], bool gate) {
+#pragma unroll
+  for (int j = 0; j < 8; ++j) v[j] = gate ? v[j] * silu(o[j]) : v[j] + o[j];
+}
+__device__ __forceinline__ float sum_squares8(const float (&v)[8], float ss) {
+#pragma unroll
+  for (int j = 0; j < 8; ++j) ss = fmaf(v[j], v[j], ss);
+  return ss;
+}
+// 1 / rms of a row of n from the block's sum of squares.
+__device__ __forceinline__ float rms_inverse(float block_ss, int64_t n, double eps) {
+  return rsqrtf(block_ss / static_cast<float>(n) + static_cast<float>(eps));
+}
+__device__ __forceinline__ void norm_scale8(float (&v)[8], float inv, const float (&w)[8]) {
+#pragma unroll
+  for (int j = 0; j < 8; ++j) v[j] *= inv * w[j];
+}
+
 // 4 consecutive elements <-> floats (16 bytes of float32, 8 of a 16-bit type; aligned: mamba1_step.cu).
 template <typename S> __device__ __forceinline__ void load4(const S* ptr, float* f) {
   if constexpr (sizeof(S) == 4) {

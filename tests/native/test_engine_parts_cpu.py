@@ -1,13 +1,13 @@
 """Parts of the native engine's decode step on the CPU, the kernels they launch replaced by those kernels'
 references: Falcon-Mamba's norm step (`native.prefill.dt_bc_norm`: the slices it normalises, in place, are exactly
-dt, B and C) and the gated MLP step (`NativeEngine._mlp_step` == the reference Block's norm2 + GatedMLP)."""
+dt, B and C) and the gated MLP step (`native.decode.mlp_step` == the reference Block's norm2 + GatedMLP)."""
 import types
 
 import pytest
 import torch
 
 from mamba_deploy.config import parse_config
-from mamba_deploy.native import engine as native_engine
+from mamba_deploy.native import decode as native_decode
 from mamba_deploy.native import prefill as native_prefill
 from mamba_deploy.native import weights as native_weights
 from mamba_deploy.ops import cuda as K
@@ -68,7 +68,7 @@ def test_mlp_step_equals_reference_block(monkeypatch, rms_norm, residual_in_fp32
     cfg = parse_config({"d_model": 40, "n_layer": 1, "vocab_size": 50, "d_intermediate": 130, "rms_norm": rms_norm,
                         "residual_in_fp32": residual_in_fp32, "ssm_cfg": {"d_state": 8}})
     monkeypatch.setattr(K, "add_norm", _add_norm_reference)
-    monkeypatch.setattr(native_engine.G, "row_norm_ok", lambda *a: False)
+    monkeypatch.setattr(native_decode.G, "row_norm_ok", lambda *a: False)
     block = Block(cfg, torch.float32)
     gen = torch.Generator().manual_seed(0)
     with torch.no_grad():
@@ -79,14 +79,12 @@ def test_mlp_step_equals_reference_block(monkeypatch, rms_norm, residual_in_fp32
         config=cfg, gemv_max_batch=0, tc_max_batch=0, hidden=torch.randn(rows, 40, generator=gen),
         residual=torch.randn(rows, 40, generator=gen), normed=torch.zeros(rows, 40),
         mlp_h=torch.zeros(rows, 2 * cfg.d_intermediate), mlp_y=torch.zeros(rows, cfg.d_intermediate))
-    eng._add_norm = types.MethodType(native_engine.NativeEngine._add_norm, eng)
-    eng._proj = types.MethodType(native_engine.NativeEngine._proj, eng)
     layer = native_weights.Layer(*[None] * 11, norm2_w=block.norm2.weight.detach(),
                                  norm2_b=None if rms_norm else block.norm2.bias.detach(),
                                  fc1_w=block.mlp.fc1.weight.detach(), fc2_w=block.mlp.fc2.weight.detach())
     hidden, residual = eng.hidden[:b].clone(), eng.residual[:b].clone()
     untouched = eng.hidden[b:].clone()
-    native_engine.NativeEngine._mlp_step(eng, b, layer)
+    native_decode.mlp_step(eng, b, layer)
     with torch.no_grad():
         normed, want_residual = block.norm2.add_forward(hidden, residual, residual_in_fp32)
         want = block.mlp(normed)
@@ -268,3 +266,12 @@ def test_prefill_graph_pieces(n, want):
     assert pieces(n) == want and sum(want) == n
     with pytest.raises(ValueError, match="at least one token"):
         pieces(0)
+
+
+def test_norm_in_gemv_rejects_unknown_projections():
+    from mamba_deploy.errors import ParameterError
+    from mamba_deploy.native.engine import NativeEngine
+
+    cfg = parse_config({"d_model": 64, "n_layer": 1, "vocab_size": 50})
+    with pytest.raises(ParameterError, match="norm_in_gemv must name projections of"):
+        NativeEngine(cfg, {}, device="cpu", norm_in_gemv=("in_proj", "x_proj"))

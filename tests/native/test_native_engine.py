@@ -39,6 +39,24 @@ def test_logits_match_reference(rel_err, native, checkpoints, arch, dtype, batch
     assert rel_err(es.ssm[-1], rs.ssm[-1]) <= 10 * TOL[dtype]
 
 
+@pytest.mark.parametrize("arch", ["mamba1", "mamba2", "falcon_mamba", "mamba2_d_ssm", "mamba1_mlp", "hybrid"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("norm_in_gemv", [None, ("in_proj", "out_proj", "head")])
+def test_batch1_matches_reference(rel_err, native, checkpoints, arch, dtype, norm_in_gemv):
+    """Batch 1, where the row norms can run inside the GEMVs (the default placement, and all three)."""
+    ref = load_reference(checkpoints[arch], torch.float32, "cuda")
+    eng = native.load_engine(checkpoints[arch], dtype=dtype, max_batch=1, norm_in_gemv=norm_in_gemv)
+    prompt = ids(1, 23, seed=4)
+    rs, es = ref.new_state(1), eng.new_state(1)
+    r, e = ref.prefill(prompt.cuda(), rs), eng.prefill(prompt, es)
+    worst = rel_err(e, r)
+    for _ in range(32):
+        tok = r[:, -1, :1000].argmax(-1, keepdim=True)
+        r, e = ref.decode(tok, rs), eng.decode(tok, es)
+        worst = max(worst, rel_err(e, r))
+    assert worst <= TOL[dtype], f"max relative logits error over prefill + 32 steps: {worst:.3g}"
+
+
 def _reference_error(ref, checkpoint, dtype, prompt, rel_err) -> float:
     """Worst relative logits error of the reference model run in `dtype` against `ref` (float32)."""
     low = load_reference(checkpoint, dtype, "cuda")

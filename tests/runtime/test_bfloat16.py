@@ -11,13 +11,18 @@ from mamba_deploy import load_reference
 from mamba_deploy.cli import cli
 from mamba_deploy.export.artifact import load_export
 from mamba_deploy.runtime import Engine
+from mamba_deploy.runtime import backend as backend_module
 from mamba_deploy.runtime.backends.torch import load_reference_from_export
 from numerics import rel_err
 
 DEMO = Path(__file__).resolve().parents[2] / "examples" / "models" / "mamba-tiny-pydoc"
 
 
-def test_auto_runs_bfloat16_exports_on_torch(exports):
+def test_auto_runs_bfloat16_exports_on_torch(exports, monkeypatch):
+    """Where no GPU backend is available: a CPU host, or a GPU host with them switched off here."""
+    probe = backend_module._probe
+    monkeypatch.setattr(backend_module, "_probe", lambda name, info: name not in ("tensorrt", "native") and
+                        probe(name, info))
     engine = Engine.load(exports("mamba2", dtype="bfloat16"))
     assert engine.backend.name == "torch"
     assert len(engine.generate([5, 6, 7], max_new_tokens=3, temperature=0)) == 3

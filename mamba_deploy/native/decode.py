@@ -1,0 +1,174 @@
+"""One decode step of the native engine (engine.py) on its static buffers, rows [:b]: what its CUDA graphs capture.
+
+embedding -> per layer [add+norm, in_proj (+ causal conv update epilogue), mixer, out_proj] -> final add+norm ->
+LM head -> greedy argmax written back into the id buffer (so a greedy loop is just replays). Per layer, kernels:
+  Mamba1: row_norm (add) | gemv in_proj + conv epilogue | gemv x_proj | mamba1_step (dt_proj + softplus +
+          state update + D + gate, fused) | gemv out_proj                              (5 launches)
+          (from batch dt_gemm_min_batch on, dt_proj is one projection (proj) before a streaming mamba1_step)
+          Falcon-Mamba adds, after x_proj, its weightless RMS norms on dt and on B, C in place
+          (the gated-norm kernel, no gate, unit weight)                                (+2 launches)
+  MLP (d_intermediate > 0, after either mixer): row_norm (add, norm2) | gemv fc1 | silu * mul | gemv fc2
+                                                                                       (+5 launches)
+  Mamba2: row_norm (add) | gemv in_proj + conv epilogue on xBC | mamba2_step (warp per (head, p)) |
+          row_norm (gated) | gemv out_proj                                             (5 launches)
+  Hybrids (hybrid.py): attention layers (mamba-ssm's MHA, NemotronH's attention) run row_norm (add) |
+          gemv q k v (+ MHA's conv epilogue) | attention_decode (rotary, the new k and v into the slot's KV
+          cache, attention over its positions) | [MHA's gated MLP part] | gemv out_proj; NemotronH's MLP
+          blocks row_norm (add) | gemv up | relu^2 | gemv down; each slot's length advances once per step.
+(add_norm is row_norm: 16-byte accesses, one block per row; the kernels are plugins/kernels/gemv.cu.) At batch 1
+the projections named in the engine's norm_in_gemv do their row norm inside the GEMV (its prologue): one launch
+less each.
+From batch 3 to tc_max_batch (16: at 64 cuBLAS is faster, measured on the H200) in fp16 / bf16 on compute
+capability 9.0+ the projections are the same gemv launches in their tensor-core form (gemm_tc.cu: the weights
+read once for all rows, the conv epilogue kept; Mamba1's small x_proj up to batch 64 on a 9.0 GPU, where the
+wgmma form beats cuBLAS's split-K GEMM and its reduce kernel); otherwise, for batch > gemv_max_batch (2:
+measured crossover against cuBLAS on H100) they are cuBLAS GEMMs (torch.mm into the same buffers) and the conv
+update is the library's kernel.
+
+Every function takes the engine (`eng`: its buffers, weights and placement settings) and launches into its
+buffers; none allocates but the gated MLP's temporaries (from the graph's pool).
+"""
+from __future__ import annotations
+
+from functools import partial
+from typing import Optional
+
+import torch
+
+from ..config import MAMBA2
+from ..ops import cuda as K
+from . import gemv as G, hybrid as Hy, prefill as P
+from .weights import Layer
+
+NORMED_PROJECTIONS = frozenset({"in_proj", "out_proj", "head"})  # the names NativeEngine(norm_in_gemv=) takes
+
+
+def linear(x: torch.Tensor, w: torch.Tensor, b: Optional[torch.Tensor], out: torch.Tensor) -> torch.Tensor:
+    """out = x @ w.T + b through cuBLAS, into `out` (no allocation)."""
+    if b is None:
+        return torch.mm(x, w.t(), out=out)
+    return torch.addmm(b, x, w.t(), out=out)
+
+
+def step(eng, b: int, greedy: bool = True) -> None:
+    """One token for rows [:b] of the static buffers: ids -> logits, the state of slots slot_ids[:b] in place, and
+    with `greedy` argmax -> ids."""
+    c = eng.config
+    rows = eng.slot_ids[:b]  # the state rows (slots) of the b batch rows
+    torch.index_select(eng.emb, 0, eng.ids[:b], out=eng.hidden[:b])
+    proj_of_eng = partial(proj, eng)  # hybrid.Proj
+    for i, L in enumerate(eng.layers):
+        if L.kind == "attention":
+            add_norm(eng, b, L.norm_w, L.norm_b, first=i == 0)
+            Hy.attention_step(c, eng.hybrid, proj_of_eng, b, L, eng.normed[:b], eng.static, rows, eng.hidden[:b])
+        elif L.kind == "mlp":
+            add_norm(eng, b, L.norm_w, L.norm_b, first=i == 0)
+            Hy.mlp_step(eng.hybrid, proj_of_eng, b, L, eng.normed[:b], eng.hidden[:b])
+        else:
+            conv = dict(lo=c.conv_lo, weight=L.conv_w, bias=L.conv_b, state=eng.static.conv[L.index],
+                        state_rows=rows)
+            normed_proj(eng, b, "in_proj", L.norm_w, L.norm_b, i == 0, L.in_w, L.in_b, eng.xz[:b], conv)
+            (mamba2_mixer if c.arch == MAMBA2 else mamba1_mixer)(eng, b, L, eng.static.ssm[L.index], rows)
+        if c.d_intermediate:
+            mlp_step(eng, b, L)
+    if c.attn_layer_idx:
+        Hy.advance_length(eng.static, eng.hybrid, rows)
+    normed_proj(eng, b, "head", *eng.norm_f, False, eng.head, None, eng.logits[:b])
+    if greedy:
+        torch.argmax(eng.logits[:b, :c.vocab_size], dim=-1, out=eng.ids[:b])
+
+
+def add_norm(eng, b: int, weight, bias, first: bool) -> None:
+    """residual <- hidden + residual (hidden alone for the first layer); normed <- norm(residual)."""
+    c = eng.config
+    x, res, out = eng.hidden[:b], eng.residual[:b], eng.normed[:b]
+    if c.rms_norm and bias is None and G.row_norm_ok(c.d_model, c.d_model, x, res, out):
+        G.row_norm(x, None if first else res, weight, c.norm_eps, out=out, residual_out=res)
+    else:
+        K.add_norm(x, None if first else res, weight, bias, c.norm_eps, c.rms_norm, c.residual_in_fp32, out=out,
+                   residual_out=res)
+
+
+def normed_proj(eng, b: int, name: str, weight, bias, first: bool, w, w_bias, out, conv=None) -> None:
+    """out <- proj(norm(residual <- hidden + residual)) (add_norm, then proj), the norm inside the GEMV at batch 1
+    where norm_in_gemv names the projection and gemv's prologue applies; it then writes the other residual
+    buffer (eng.residuals) and points eng.residual at it."""
+    c, x = eng.config, eng.hidden[:b]
+    if name in eng.norm_in_gemv and b == 1 and b <= eng.gemv_max_batch and c.rms_norm and bias is None:
+        spare = eng.residuals[1] if eng.residual is eng.residuals[0] else eng.residuals[0]
+        norm = dict(weight=weight, eps=c.norm_eps, residual=None if first else eng.residual[:b],
+                    residual_out=spare[:b])
+        if G.norm_ok(x, norm):
+            G.gemv(x, w, w_bias, out=out, conv=conv, norm=norm)
+            eng.residual = spare
+            return
+    add_norm(eng, b, weight, bias, first)
+    proj(eng, eng.normed[:b], w, w_bias, out, conv)
+
+
+def proj(eng, x, w, bias, out, conv: Optional[dict] = None, tc_max_batch: Optional[int] = None) -> None:
+    """out = x @ w.T (+ bias), then the conv epilogue on conv rows: the library's gemv (CUDA cores for small batch,
+    tensor cores up to tc_max_batch: the engine's unless given), else cuBLAS."""
+    b = x.shape[0]
+    tc_max = eng.tc_max_batch if tc_max_batch is None else tc_max_batch
+    if b <= eng.gemv_max_batch or (b <= tc_max and G.tc_ok(x, w)):
+        G.gemv(x, w, bias, out=out, conv=conv)
+        return
+    linear(x, w, bias, out)
+    if conv is not None:
+        xc = out[:, conv["lo"]:conv["lo"] + conv["weight"].shape[0]]
+        K.causal_conv1d_update(xc, conv["weight"], conv["bias"], conv["state"],
+                               "silu" if conv.get("silu", True) else None, out=xc,
+                               state_out=conv["state"], state_rows=conv.get("state_rows"))
+
+
+def mamba1_mixer(eng, b: int, L: Layer, ssm_pool: torch.Tensor, rows: torch.Tensor) -> None:
+    """xz[:b] (in_proj's output, x after the conv) -> hidden[:b]; the SSM state of slots `rows` in place."""
+    d = eng.config.d_inner
+    x, z, xdbl, y = eng.xz[:b, :d], eng.xz[:b, d:], eng.xdbl[:b], eng.y[:b]
+    proj(eng, x, L.x_w, None, xdbl, tc_max_batch=eng.x_proj_tc_max_batch)
+    P.dt_bc_norm(eng.config, eng.unit, xdbl)
+    if b < eng.dt_gemm_min_batch:  # the step kernel reads dt_proj once per 8 rows
+        G.mamba1_step(x, z, xdbl, L.dt_packed, L.dt_b, L.A, L.D, ssm_pool, out=y, state_rows=rows)
+    else:
+        proj(eng, xdbl[:, :eng.config.dt_rank], L.dt_w, None, eng.dt[:b])
+        G.mamba1_step(x, z, xdbl, None, L.dt_b, L.A, L.D, ssm_pool, out=y, state_rows=rows, dt=eng.dt[:b])
+    proj(eng, y, L.out_w, L.out_b, eng.hidden[:b])
+
+
+def mamba2_mixer(eng, b: int, L: Layer, ssm_pool: torch.Tensor, rows: torch.Tensor) -> None:
+    """xz[:b] (in_proj's output, xBC after the conv) -> hidden[:b]; the SSM state of slots `rows` in place."""
+    c = eng.config
+    d, gn, H, gs, m = c.d_inner, c.ngroups * c.d_state, c.nheads, c.d_inner // c.ngroups, c.mamba2_mlp_dim
+    lo, y, ynorm = c.conv_lo, eng.y[:b], eng.ynorm[:b, m:]
+    xbc, dt, z = eng.xz[:b, lo:lo + c.conv_dim], eng.xz[:b, lo + c.conv_dim:], eng.xz[:b, lo - d:lo]
+    if c.d_state in (32, 64, 128, 256):
+        G.mamba2_step(ssm_pool, xbc[:, :d], dt, L.A, xbc[:, d:d + gn], xbc[:, d + gn:], L.D, L.dt_b, c.dt_limit,
+                      out=y, state_rows=rows)
+    else:
+        K.selective_state_update(ssm_pool, xbc[:, :d].unflatten(1, (H, c.headdim)), dt, L.A,
+                                 xbc[:, d:d + gn].unflatten(1, (c.ngroups, c.d_state)),
+                                 xbc[:, d + gn:].unflatten(1, (c.ngroups, c.d_state)), L.D, None, L.dt_b, True,
+                                 c.dt_limit, out=y.unflatten(1, (H, c.headdim)), state_out=ssm_pool,
+                                 state_rows=rows)
+    norm = dict(weight=L.gnorm_w, eps=c.norm_eps, gate=z)
+    fused = "out_proj" in eng.norm_in_gemv and b == 1 <= eng.gemv_max_batch and m == 0 and gs == d
+    if fused and G.norm_ok(y, norm):
+        G.gemv(y, L.out_w, L.out_b, out=eng.hidden[:b], norm=norm)  # the gated norm inside out_proj
+        return
+    if G.row_norm_ok(d, gs, y, z, ynorm):
+        G.row_norm(y, z, L.gnorm_w, c.norm_eps, out=ynorm, gate=True, group_size=gs)
+    else:
+        K.gated_rms_norm(y, z, L.gnorm_w, c.norm_eps, gs, out=ynorm)
+    P.d_ssm_mlp(c, eng.xz[:b], eng.ynorm[:b, :m])
+    proj(eng, eng.ynorm[:b], L.out_w, L.out_b, eng.hidden[:b])
+
+
+def mlp_step(eng, b: int, L: Layer) -> None:
+    """The gated MLP after a mixer, rows [:b]: residual += hidden; hidden <- fc2(y * silu(gate)), y, gate = halves
+    of fc1(norm2(residual)) (models.lm.GatedMLP). The temporaries come from the graph's pool."""
+    add_norm(eng, b, L.norm2_w, L.norm2_b, first=False)
+    h, width = eng.mlp_h[:b], eng.config.d_intermediate
+    proj(eng, eng.normed[:b], L.fc1_w, None, h)
+    torch.mul(h[:, :width], torch.nn.functional.silu(h[:, width:]), out=eng.mlp_y[:b])
+    proj(eng, eng.mlp_y[:b], L.fc2_w, None, eng.hidden[:b])
