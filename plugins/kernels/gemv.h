@@ -108,7 +108,8 @@ typedef struct md_mamba1_step_params {
 } md_mamba1_step_params;
 
 /* Mamba2 decode state update (selective_state_update_ref, rank-4 state, no gate): one warp per
- * (batch, head, p), each lane dstate / 32 consecutive states.
+ * (batch, head) and 1 p row (batch < 4) or 4, each lane dstate / 32 consecutive states of each row, moved 16
+ * bytes an access (8 for a 16-bit state) where dstate >= 128 and the rows of state, B and C are aligned for it.
  *   x, y (batch, nheads * headdim); B, C (batch, ngroups * dstate); dt (batch, nheads): row strides,
  *   unit inner stride, dtype;  A, D, dt_bias (nheads,) float32;
  *   state (batch, nheads, headdim, dstate), unit dstate stride, float32 or dtype, in place.

@@ -107,7 +107,11 @@ def test_mamba1_step_rows_do_not_depend_on_the_batch(G, dtype, state_dtype):
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("state_dtype", ["float32", "model"])
-@pytest.mark.parametrize("batch,nheads,headdim,dstate,ngroups", [(1, 64, 64, 128, 1), (5, 6, 16, 32, 3), (2, 4, 8, 256, 2)])
+# the kernel's forms: 4 rows a warp (batch >= 4, headdim % 4 == 0) or 1; 16-byte state accesses (dstate >= 128,
+# aligned) or not; a last block half out of range (5 x 12 rows)
+@pytest.mark.parametrize("batch,nheads,headdim,dstate,ngroups", [
+    (1, 64, 64, 128, 1), (5, 6, 16, 32, 3), (2, 4, 8, 256, 2), (6, 5, 12, 128, 1), (4, 3, 6, 128, 3),
+    (4, 2, 8, 256, 1)])
 def test_mamba2_step(rel_err, G, dtype, state_dtype, batch, nheads, headdim, dstate, ngroups):
     sdt = torch.float32 if state_dtype == "float32" else dtype
     d, gn = nheads * headdim, ngroups * dstate
@@ -123,6 +127,28 @@ def test_mamba2_step(rel_err, G, dtype, state_dtype, batch, nheads, headdim, dst
     G.mamba2_step(state, x, dt, A, B, C, D, dt_bias, (0.001, 0.1), out=y)
     assert rel_err(y, y_ref.flatten(1)) <= 3 * TOL[dtype]
     assert rel_err(state, s_ref) <= 3 * TOL[sdt]
+
+
+@pytest.mark.parametrize("state_dtype", ["float32", "model"])
+@pytest.mark.parametrize("batch", [3, 5])  # 1 and 4 rows a warp
+def test_mamba2_step_forms_agree_bitwise(G, state_dtype, batch):
+    """B and C one element off 16-byte alignment take the element-wise form: the same bits as the vector form."""
+    dtype, nheads, headdim, dstate = torch.float16, 8, 16, 128
+    sdt = torch.float32 if state_dtype == "float32" else dtype
+    d, gn = nheads * headdim, dstate
+    x, dt = rnd(batch, d, dtype=dtype), rnd(batch, nheads, dtype=dtype)
+    aligned_bc = rnd(batch, 2 * gn, dtype=dtype)
+    shifted_bc = torch.empty(batch, 2 * gn + 8, dtype=dtype, device="cuda")[:, 1:1 + 2 * gn]
+    shifted_bc.copy_(aligned_bc)
+    A, D, dt_bias = -torch.exp(rnd(nheads, scale=0.5)), rnd(nheads), rnd(nheads, scale=0.5) - 3.0
+    state0 = rnd(batch, nheads, headdim, dstate).to(sdt)
+    outs = []
+    for bc in (aligned_bc, shifted_bc):
+        state, y = state0.clone(), torch.empty(batch, d, dtype=dtype, device="cuda")
+        G.mamba2_step(state, x, dt, A, bc[:, :gn], bc[:, gn:], D, dt_bias, (0.001, 0.1), out=y)
+        outs.append((y, state))
+    assert bc.data_ptr() % 16 != 0
+    assert torch.equal(outs[0][0], outs[1][0]) and torch.equal(outs[0][1], outs[1][1])
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
