@@ -94,7 +94,7 @@ def normed_proj(eng, b: int, name: str, weight, bias, first: bool, w, w_bias, ou
     where norm_in_gemv names the projection and gemv's prologue applies; it then writes the other residual
     buffer (eng.residuals) and points eng.residual at it."""
     c, x = eng.config, eng.hidden[:b]
-    if name in eng.norm_in_gemv and b == 1 and b <= eng.gemv_max_batch and c.rms_norm and bias is None:
+    if _norm_in_gemv(eng, name, b) and c.rms_norm and bias is None:
         spare = eng.residuals[1] if eng.residual is eng.residuals[0] else eng.residuals[0]
         norm = dict(weight=weight, eps=c.norm_eps, residual=None if first else eng.residual[:b],
                     residual_out=spare[:b])
@@ -104,6 +104,12 @@ def normed_proj(eng, b: int, name: str, weight, bias, first: bool, w, w_bias, ou
             return
     add_norm(eng, b, weight, bias, first)
     proj(eng, eng.normed[:b], w, w_bias, out, conv)
+
+
+def _norm_in_gemv(eng, name: str, b: int) -> bool:
+    """Whether the norm before projection `name` may run inside its GEMV at batch b: norm_in_gemv names it, and
+    batch 1 takes the CUDA-core GEMV."""
+    return name in eng.norm_in_gemv and b == 1 <= eng.gemv_max_batch
 
 
 def proj(eng, x, w, bias, out, conv: Optional[dict] = None, tc_max_batch: Optional[int] = None) -> None:
@@ -152,8 +158,7 @@ def mamba2_mixer(eng, b: int, L: Layer, ssm_pool: torch.Tensor, rows: torch.Tens
                                  c.dt_limit, out=y.unflatten(1, (H, c.headdim)), state_out=ssm_pool,
                                  state_rows=rows)
     norm = dict(weight=L.gnorm_w, eps=c.norm_eps, gate=z)
-    fused = "out_proj" in eng.norm_in_gemv and b == 1 <= eng.gemv_max_batch and m == 0 and gs == d
-    if fused and G.norm_ok(y, norm):
+    if _norm_in_gemv(eng, "out_proj", b) and m == 0 and gs == d and G.norm_ok(y, norm):
         G.gemv(y, L.out_w, L.out_b, out=eng.hidden[:b], norm=norm)  # the gated norm inside out_proj
         return
     if G.row_norm_ok(d, gs, y, z, ynorm):

@@ -212,12 +212,11 @@ __global__ void __launch_bounds__(kVecThreads) causal_conv1d_vec_kernel(const md
 // float32 prefill is not where the time goes.
 bool vec_ok(const md_causal_conv1d_params& p) {
   const int64_t elems = 8;  // 16-bit elements in 16 bytes
-  const auto aligned = [&](const void* ptr) { return (reinterpret_cast<uintptr_t>(ptr) & 15) == 0; };
   return p.x_dtype != MD_FLOAT32 && p.width == 4 && p.x_dim_stride == 1 && p.y_dim_stride == 1 && p.dim % 8 == 0 &&
          p.weight_dtype == p.x_dtype && p.weight_dim_stride == 4 && p.weight_width_stride == 1 &&
-         aligned(p.weight) && (p.bias == nullptr || (p.bias_stride == 1 && aligned(p.bias))) &&
+         is_aligned(p.weight) && (p.bias == nullptr || (p.bias_stride == 1 && is_aligned(p.bias))) &&
          p.x_batch_stride % elems == 0 && p.x_seq_stride % elems == 0 && p.y_batch_stride % elems == 0 &&
-         p.y_seq_stride % elems == 0 && aligned(p.x) && aligned(p.y);
+         p.y_seq_stride % elems == 0 && is_aligned(p.x) && is_aligned(p.y);
 }
 
 // seqlen 1 (the decode update): a thread per (batch, channel), channel fastest. The chunked kernel above

@@ -146,6 +146,10 @@ inline int device_attribute(cudaDeviceAttr attr, int fallback) {
 
 void set_check_message(const char* msg);
 inline bool valid_dtype(int64_t d) { return d == MD_FLOAT32 || d == MD_FLOAT16 || d == MD_BFLOAT16; }
+// Whether ptr is a multiple of `bytes`: an access of that many bytes may start there.
+__host__ __device__ __forceinline__ bool is_aligned(const void* ptr, size_t bytes = 16) {
+  return reinterpret_cast<uintptr_t>(ptr) % bytes == 0;
+}
 
 }  // namespace md
 

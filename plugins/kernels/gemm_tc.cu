@@ -465,10 +465,9 @@ bool wgmma_form(const md_gemv_params& p) {
 }
 
 bool gemv_tc_ok(const md_gemv_params& p) {
-  auto aligned = [](const void* ptr) { return (reinterpret_cast<uintptr_t>(ptr) & 15) == 0; };
   return (p.dtype == MD_FLOAT16 || p.dtype == MD_BFLOAT16) && p.batch >= 1 && p.batch <= MD_GEMV_TC_MAX_BATCH &&
-         p.k % 8 == 0 && p.w_row_stride % 8 == 0 && (p.batch == 1 || p.x_row_stride % 8 == 0) && aligned(p.w) &&
-         aligned(p.x) && device_attribute(cudaDevAttrComputeCapabilityMajor, 0) >= 9;
+         p.k % 8 == 0 && p.w_row_stride % 8 == 0 && (p.batch == 1 || p.x_row_stride % 8 == 0) && is_aligned(p.w) &&
+         is_aligned(p.x) && device_attribute(cudaDevAttrComputeCapabilityMajor, 0) >= 9;
 }
 
 cudaError_t launch_gemv_tc(const md_gemv_params& p, cudaStream_t stream) {

@@ -211,21 +211,19 @@ cudaError_t launch_gemv_nb(const md_gemv_params& p, int split, bool vec, cudaStr
              : launch_pdl(gemv_kernel<T, NB, false>, blocks, kWarps * 32, 0, s, p, split);
 }
 
-bool aligned16(const void* ptr) { return (reinterpret_cast<uintptr_t>(ptr) & 15) == 0; }
-
 template <typename T>
 bool vec_ok(const md_gemv_params& p) {
   constexpr int EPV = Pack<T>::N;
-  return p.k % EPV == 0 && p.w_row_stride % EPV == 0 && p.x_row_stride % EPV == 0 && aligned16(p.w) && aligned16(p.x);
+  return p.k % EPV == 0 && p.w_row_stride % EPV == 0 && p.x_row_stride % EPV == 0 && is_aligned(p.w) && is_aligned(p.x);
 }
 
 // The norm prologue's conditions (gemv.h) beyond vec_ok: 16-byte rows of 8 elements of every norm operand.
 bool norm_rows_ok(const md_gemv_params& p) {
   const int64_t res_size = p.norm_residual_dtype == MD_FLOAT32 ? 4 : 2;
   auto rows_ok = [&](const void* ptr, int64_t stride, int64_t elem) {
-    return ptr == nullptr || (aligned16(ptr) && (p.batch == 1 || (stride * elem) % 16 == 0));
+    return ptr == nullptr || (is_aligned(ptr) && (p.batch == 1 || (stride * elem) % 16 == 0));
   };
-  return p.k % 8 == 0 && p.k <= MD_GEMV_NORM_MAX_K && aligned16(p.norm_w) &&
+  return p.k % 8 == 0 && p.k <= MD_GEMV_NORM_MAX_K && is_aligned(p.norm_w) &&
          rows_ok(p.norm_residual, p.norm_residual_row_stride, res_size) &&
          rows_ok(p.norm_residual_out, p.norm_residual_out_row_stride, res_size) &&
          rows_ok(p.norm_gate, p.norm_gate_row_stride, p.dtype == MD_FLOAT32 ? 4 : 2);
@@ -354,9 +352,8 @@ __global__ void __launch_bounds__(1024) row_norm_kernel(const md_row_norm_params
 // Whether the state rows and B, C allow mamba2_step_kernel's VEC form (4 elements an aligned access).
 template <typename T, typename S>
 bool m2_vec_ok(const md_mamba2_step_params& p) {
-  const auto aligned = [](const void* ptr, size_t bytes) { return reinterpret_cast<uintptr_t>(ptr) % bytes == 0; };
-  return p.dstate % 128 == 0 && aligned(p.state, 4 * sizeof(S)) && aligned(p.B, 4 * sizeof(T)) &&
-         aligned(p.C, 4 * sizeof(T)) && p.state_batch_stride % 4 == 0 && p.state_head_stride % 4 == 0 &&
+  return p.dstate % 128 == 0 && is_aligned(p.state, 4 * sizeof(S)) && is_aligned(p.B, 4 * sizeof(T)) &&
+         is_aligned(p.C, 4 * sizeof(T)) && p.state_batch_stride % 4 == 0 && p.state_head_stride % 4 == 0 &&
          p.state_dim_stride % 4 == 0 && p.B_row_stride % 4 == 0 && p.C_row_stride % 4 == 0;
 }
 

@@ -230,7 +230,7 @@ template <typename T, typename S>
 cudaError_t launch_step_dt(const md_mamba1_step_params& p, cudaStream_t s) {
   const dim3 grid(static_cast<unsigned>((p.dim + kStepThreads - 1) / kStepThreads), static_cast<unsigned>(p.batch));
   const bool vec = p.dstate == kMaxState && p.state_dim_stride % 8 == 0 && p.state_batch_stride % 8 == 0 &&
-                   (reinterpret_cast<uintptr_t>(p.state) & 15) == 0 && (reinterpret_cast<uintptr_t>(p.A) & 15) == 0;
+                   is_aligned(p.state) && is_aligned(p.A);
   if (vec) {
     const dim3 grid4(static_cast<unsigned>((p.dim + kStepThreads / 4 - 1) / (kStepThreads / 4)),
                      static_cast<unsigned>(p.batch));
@@ -255,7 +255,7 @@ extern "C" cudaError_t md_launch_mamba1_step(const md_mamba1_step_params* p, cud
   MD_CHECK(p->batch >= 0 && p->batch <= 65535 && p->dim >= 0, "mamba1_step: bad batch or dim");
   MD_CHECK(p->x && p->z && p->xdbl && (p->wdt || p->dt) && p->dt_bias && p->A && p->D && p->state && p->y,
            "mamba1_step: every pointer is required (wdt or dt)");
-  MD_CHECK(p->dt || (reinterpret_cast<uintptr_t>(p->wdt) & 15) == 0, "mamba1_step: wdt must be 16-byte aligned");
+  MD_CHECK(p->dt || md::is_aligned(p->wdt), "mamba1_step: wdt must be 16-byte aligned");
   MD_CHECK(p->state_dtype == MD_FLOAT32 || p->state_dtype == p->dtype, "mamba1_step: state dtype");
   if (p->batch == 0 || p->dim == 0) return cudaSuccess;
   switch (p->dtype) {

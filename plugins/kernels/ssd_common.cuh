@@ -45,7 +45,7 @@ __device__ __forceinline__ void split(float v, T* hi, T* lo) {
 // Whether 8-element pieces of rows starting at `base`, `row_stride` apart, can move as 16-byte vectors.
 template <typename T>
 __device__ __forceinline__ bool vectorisable(const T* base, int64_t row_stride, int64_t col_stride) {
-  return col_stride == 1 && reinterpret_cast<uintptr_t>(base) % 16 == 0 && (row_stride * sizeof(T)) % 16 == 0;
+  return col_stride == 1 && is_aligned(base) && (row_stride * sizeof(T)) % 16 == 0;
 }
 
 // 8 floats -> hi and lo halves (16-byte stores into shared memory).
