@@ -53,14 +53,16 @@ def main() -> None:
 
 def timeline(api, prompts, kwargs) -> None:
     """One generate call: per backend method, its calls' GPU time (events around each call on the stream)."""
-    backend, spans, ordered = api.backend, collections.defaultdict(list), []
+    backend, spans, ordered, host = api.backend, collections.defaultdict(list), [], []
 
     def timed(name, fn):
         def run(*args, **kw):
             start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            entered = time.perf_counter()
             start.record()
             out = fn(*args, **kw)
             end.record()
+            host.append((entered, time.perf_counter()))
             spans[name].append((start, end))
             ordered.append((start, end))
             return out
@@ -72,7 +74,8 @@ def timeline(api, prompts, kwargs) -> None:
     wall = time.perf_counter()
     api.generate(prompts, **kwargs)
     torch.cuda.synchronize()
-    wall_ms = (time.perf_counter() - wall) * 1e3
+    done = time.perf_counter()
+    wall_ms = (done - wall) * 1e3
     print(f"generate of {len(prompts)} prompts x {kwargs['max_new_tokens']} tokens: {wall_ms:.1f} ms wall")
     busy = 0.0
     for name, calls in spans.items():
@@ -84,6 +87,8 @@ def timeline(api, prompts, kwargs) -> None:
     print(f"  first call start -> last call end: {ordered[0][0].elapsed_time(ordered[-1][1]):.1f} ms; "
           f"GPU gaps between calls {sum(gaps):.1f} ms (largest {max(gaps, default=0):.2f}); outside the calls "
           f"{wall_ms - busy:.1f} ms of the wall")
+    print(f"  host: generate() -> first call {(host[0][0] - wall) * 1e3:.1f} ms; last call returned -> generate() "
+          f"returned {(done - host[-1][1]) * 1e3:.1f} ms")
 
 
 if __name__ == "__main__":

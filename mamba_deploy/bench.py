@@ -213,11 +213,13 @@ def bench_mamba_ssm(eng, batch: int, prompt_len: int, gen_len: int) -> Optional[
 def bench(path=None, backend: str = "native", batches: Sequence[int] = (1, 16, 64), prompt_len: int = 100,
           gen_len: int = 200, prefill_len: int = 2048, random_init: Optional[str] = None, dtype: str = "float16",
           state_dtype: str = "float32", profile: bool = False, print_fn: Callable[[str], None] = print,
-          generate: bool = False, prefill_graph_tokens: int = 0, tc_max_batch: Optional[int] = None) -> list[dict]:
+          generate: bool = False, prefill_graph_tokens: Optional[int] = None,
+          tc_max_batch: Optional[int] = None) -> list[dict]:
     """Benchmark one model (a folder, or `random_init`: a preset name) on the native engine; returns rows
     {batch, decode_ms, tok_s, gbps, floor_ms, prefill_ms, peak_gb, mamba_ssm_ms} and prints a table.
     generate: also Engine.generate end to end (T=0.7, top-p 0.9) per batch: rows get generate_tok_s.
-    prefill_graph_tokens: the engine's option (short prefill chunks as graph replays; 0: eager).
+    prefill_graph_tokens: the engine's option (short prefill chunks as graph replays; 0: eager; None: the
+    engine's default).
     tc_max_batch: the engine's option (decode projections on our tensor-core kernels up to this batch; None:
     the engine's default)."""
     from .export.artifact import DTYPES
@@ -231,7 +233,7 @@ def bench(path=None, backend: str = "native", batches: Sequence[int] = (1, 16, 6
     torch.cuda.reset_peak_memory_stats()
     # a hybrid's KV caches hold the prefill bench's prompt and every timed decode step (bench_decode)
     kw = dict(max_batch=max(batches), chunk_len=max(2048, min(prefill_len, 8192)),
-              prefill_graph_tokens=prefill_graph_tokens,
+              **({} if prefill_graph_tokens is None else dict(prefill_graph_tokens=prefill_graph_tokens)),
               **({} if tc_max_batch is None else dict(tc_max_batch=tc_max_batch)),
               max_seq_len=max(prefill_len, prompt_len + DECODE_WARMUP + (DECODE_REPEATS + 1) * gen_len))
     sdt = DTYPES[dtype] if state_dtype == "model" else DTYPES[state_dtype]
@@ -317,8 +319,9 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     ap.add_argument("--profile", action="store_true")
     ap.add_argument("--generate", action="store_true", help="also time Engine.generate end to end")
     ap.add_argument("--gemv-sweep", action="store_true", help="time the GEMV kernel alone and exit")
-    ap.add_argument("--prefill-graph-tokens", type=int, default=0,
-                    help="prefill chunks of at most this many tokens as CUDA-graph replays (default 0: eager)")
+    ap.add_argument("--prefill-graph-tokens", type=int, default=None,
+                    help="prefill chunks of at most this many tokens as CUDA-graph replays (0: eager; default: the "
+                         "engine's)")
     ap.add_argument("--tc-max-batch", type=int, default=None,
                     help="decode projections on our tensor-core kernels up to this batch (default: the engine's)")
     a = ap.parse_args(argv)

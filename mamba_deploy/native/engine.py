@@ -14,9 +14,10 @@ the previous one drains, its weights already on the way to L2. States are update
 buffer. Every kernel that touches the recurrent state takes the
 state rows of its batch rows from the index buffer `slot_ids` (state_rows in plugins/kernels), so one
 graph per batch size serves any set of slots: decode_slots writes the slot ids there and replays.
-Prefill is eager; with prefill_graph_tokens > 0, chunks that short into consecutive slots of the pool replay
-captured power-of-two pieces instead, or, for fresh prompts (`lengths`: left padding), one padded graph
-(prefill_graphs.py: a short eager prefill is bound by the host).
+Prefill is eager, except chunks of at most prefill_graph_tokens (256) tokens and prefill_graph_batch (16) rows
+into consecutive slots of the pool: those replay captured power-of-two pieces instead (at most three), or, for
+fresh prompts (`lengths`: left padding), one padded graph (prefill_graphs.py: a short eager prefill is bound by
+the host). prefill_graph_tokens=0 keeps every prefill eager.
 """
 from __future__ import annotations
 
@@ -40,7 +41,7 @@ class NativeEngine:
                  state_dtype: torch.dtype = torch.float32, device: torch.device | str = "cuda", max_batch: int = 64,
                  chunk_len: int = 2048, gemv_max_batch: int = 2, use_graphs: bool = True, dt_gemm_min_batch: int = 8,
                  programmatic_launch: bool = True, max_seq_len: Optional[int] = None, tc_max_batch: int = 16,
-                 prefill_graph_tokens: int = 0, prefill_graph_batch: int = 8,
+                 prefill_graph_tokens: int = 256, prefill_graph_batch: int = 16,
                  norm_in_gemv: Optional[tuple[str, ...]] = None):
         if norm_in_gemv is not None and not set(norm_in_gemv) <= D.NORMED_PROJECTIONS:
             raise ParameterError("norm_in_gemv", f"must name projections of {sorted(D.NORMED_PROJECTIONS)}, got "
@@ -101,7 +102,10 @@ class NativeEngine:
         # One memory pool for every graph (they replay one at a time on one stream), kept alive by the first
         # graph captured: a pool whose graphs were all freed cannot be captured into again.
         self._pool_keeper: Optional[torch.cuda.CUDAGraph] = None
-        # chunks of <= prefill_graph_tokens tokens and <= prefill_graph_batch rows replay captured pieces
+        # chunks of <= prefill_graph_tokens tokens and <= prefill_graph_batch rows replay captured pieces (0: all
+        # eager). On by default: an eager 100-token prefill is bound by the host, ~500 launches (H200, mamba-1.4b
+        # batch 1 in Engine.generate: 12-55 ms eager against 7 ms as one padded replay; docs/performance.md,
+        # session 13)
         self.prefill_graphs = PrefillGraphs(self, prefill_graph_tokens, prefill_graph_batch)
 
     # ---- weights ------------------------------------------------------------------------------

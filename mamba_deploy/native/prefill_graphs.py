@@ -10,7 +10,7 @@ a chunk depend only on its length, never on the batch it runs in.
 Fresh prompts (zero state, NativeEngine.prefill's `lengths`) need no pieces: a chunk of n tokens is
 right-aligned in the graph of the smallest power of two >= n, the rest left padding (prefill.mask_padding),
 so one replay serves any length up to it. (Measured on the H200, mamba-1.4b, batch 1: one piece 3.6-4.6 ms
-against 12-15 ms eager, while three pieces were even with eager.)
+against 12-15 ms eager, while three pieces were even with eager: a chunk of more pieces stays eager.)
 
 Pure Mamba models only (no attention or MLP layers) and last-position logits only; anything else stays eager.
 """
@@ -19,6 +19,9 @@ from __future__ import annotations
 import torch
 
 from .prefill import pad_mask
+
+
+MAX_PIECES = 3  # more pieces are slower than the eager prefill (three were even with it on the H200)
 
 
 def pieces(n: int) -> list[int]:
@@ -48,13 +51,16 @@ class PrefillGraphs:
         self.logits = torch.zeros(rows, c.vocab_size_padded, dtype=engine.dtype, **f)
         self.graphs: dict[tuple[int, int, bool], torch.cuda.CUDAGraph] = {}  # (batch, length, padded)
 
-    def applies(self, batch: int, n: int, all_logits: bool) -> bool:
-        """Whether a chunk of (batch, n) tokens goes through the graphs."""
+    def _fits(self, batch: int, n: int, all_logits: bool) -> bool:
         return not all_logits and 1 <= batch <= self.max_batch and 1 <= n <= self.max_tokens
+
+    def applies(self, batch: int, n: int, all_logits: bool) -> bool:
+        """Whether a chunk of (batch, n) tokens goes through the graphs (in at most MAX_PIECES pieces)."""
+        return self._fits(batch, n, all_logits) and len(pieces(n)) <= MAX_PIECES
 
     def applies_padded(self, batch: int, n: int, all_logits: bool) -> bool:
         """Whether fresh prompts of up to n tokens in `batch` rows go through one padded graph."""
-        return self.applies(batch, n, all_logits) and n <= self.ids.shape[1]
+        return self._fits(batch, n, all_logits) and n <= self.ids.shape[1]
 
     def run_padded(self, ids: torch.Tensor, lengths: list[int], first: int) -> torch.Tensor:
         """ids (b, n) on the engine's device, row r's prompt its last lengths[r] ids, each prefilled into slot

@@ -22,6 +22,8 @@ def check_prompt_ids(ids: Sequence[Any], limit: int, where: str = "") -> list[in
     """A non-empty list of token ids in [0, limit) as ints; `where` (e.g. " (prompt 2)") ends the message."""
     if len(ids) == 0:
         raise ParameterError("prompt", f"needs at least one token{where}")
+    if all(type(t) is int for t in ids) and 0 <= min(ids) and max(ids) < limit:
+        return list(ids)  # plain ints (the common case) without the numbers.Integral check per token
     bad = next((t for t in ids if not (is_integer(t) and 0 <= t < limit)), None)
     if bad is not None:
         raise ParameterError("prompt", f"token ids must be integers in [0, {limit}), got {bad!r}{where}")

@@ -111,16 +111,18 @@ class SamplerState:
             raise ValueError("assign_many: slots must be distinct, with one params, seed and prompt each")
         if not slots:
             return
-        params, seeds = [p.validate() for p in params], [seed_bits(s) for s in seeds]
-        ids = [torch.as_tensor(list(p), dtype=torch.int64) for p in prompts]
-        every_id = torch.cat(ids)
+        for distinct in {id(p): p for p in params}.values():  # a batch's rows usually share one params object
+            distinct.validate()
+        seeds = [seed_bits(s) for s in seeds]
+        lengths = [len(p) for p in prompts]
+        every_id = torch.tensor([t for p in prompts for t in p], dtype=torch.int64)  # one conversion, not one a row
         if every_id.numel() and (int(every_id.min()) < 0 or int(every_id.max()) >= self.vocab_size):
             raise MambaDeployError(f"prompt token ids must be in [0, {self.vocab_size}), got "
                                    f"{int(every_id.min())}..{int(every_id.max())}")
         n = len(slots)
         floats = torch.tensor([[p.temperature, p.top_p, p.min_p, p.repetition_penalty] for p in params],
                               dtype=torch.float32)
-        seen_rows = torch.repeat_interleave(torch.tensor(slots), torch.tensor([len(t) for t in ids]))
+        seen_rows = torch.repeat_interleave(torch.tensor(slots), torch.tensor(lengths))
         # one int64 transfer: slots, then per slot (top_k, seed, step 0, last_token 0), then the seen (row, id)s
         ints = torch.cat([torch.tensor(slots), torch.tensor([[p.top_k, s, 0, 0] for p, s in zip(params, seeds)],
                                                             dtype=torch.int64).reshape(-1), seen_rows, every_id])

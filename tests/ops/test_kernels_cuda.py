@@ -376,10 +376,12 @@ def test_state_update_state_rows(cuda, dtype, batch, arch):
     check_pool(pool, before, rows, gathered)
 
 
-@pytest.mark.parametrize("arch", ["mamba1", "mamba2"])
-# 1500 at batch 1: the time-parallel form; 9 x 129 (over 1024 tokens): Mamba1 with dstate 16 in mamba1_scan.cu
-@pytest.mark.parametrize("batch,seqlen", [(9, 129), (1, 1500)])
-def test_scan_state_rows(cuda, arch, batch, seqlen, monkeypatch):
+# Mamba1: 1500 at batch 1 the time-parallel form (scratch); 9 x 129 (over 1024 tokens) with dstate 16 mamba1_scan.cu
+# (none). Mamba2: from 32 steps the SSD form (scratch); 9 x 20 the recurrence (none).
+@pytest.mark.parametrize("arch,batch,seqlen,scratch", [("mamba1", 9, 129, False), ("mamba1", 1, 1500, True),
+                                                       ("mamba2", 9, 129, True), ("mamba2", 1, 1500, True),
+                                                       ("mamba2", 9, 20, False)])
+def test_scan_state_rows(cuda, arch, batch, seqlen, scratch, monkeypatch):
     from mamba_deploy.ops import _lib
 
     pool_size = batch + 4
@@ -398,7 +400,7 @@ def test_scan_state_rows(cuda, arch, batch, seqlen, monkeypatch):
     ref, _ = fn(**kw, out=nan_like(kw["u" if arch == "mamba1" else "x"].shape, torch.float16), state_out=gathered)
     kw[key] = pool
     y, st = fn(**kw, out=nan_like(ref.shape, torch.float16), state_out=pool, state_rows=rows)
-    assert (sizes[0] > 0) == (seqlen == 1500) and sizes[0] == sizes[1]
+    assert (sizes[0] > 0) == scratch and sizes[0] == sizes[1]
     assert st.data_ptr() == pool.data_ptr()
     check_equal("y", y, ref)
     check_pool(pool, before, rows, gathered)

@@ -94,8 +94,10 @@ class NativeBackend(Backend):
 
     @property
     def prefill_budget(self) -> tuple[int, int]:
-        """A GPU prefill of a few thousand tokens takes milliseconds: chunks of the engine's chunk_len."""
-        return self.engine.chunk_len, max(4096, self.engine.chunk_len)
+        """A GPU prefill of a few thousand tokens takes milliseconds: chunks of the engine's chunk_len, up to
+        8,192 tokens an iteration (TensorRT-LLM's default max_num_tokens): 64 prompts of 100 tokens in one call
+        (two calls of 40 and 24 rows took twice the GPU time of one: docs/performance.md, session 13)."""
+        return self.engine.chunk_len, max(8192, self.engine.chunk_len)
 
     def decode_slots(self, input_ids: torch.Tensor, pool: StatePool, slots: torch.Tensor) -> torch.Tensor:
         if not self._owns(pool):
