@@ -91,3 +91,18 @@ def test_state_of_the_wrong_state_dtype(engine):
     state.ssm[1] = state.ssm[1].half()
     with raises_param(r"state\.ssm\[1\]", "is torch.float16"):
         engine.prefill(torch.tensor([[1, 2]]), state)
+
+
+def test_prompt_ids_of_any_integer_type_check_alike():
+    """check_prompt_ids: plain ints take a one-pass path, numpy integers the token-by-token one; both give plain
+    ints, and a bad id is named in the message either way."""
+    import numpy as np
+
+    from mamba_deploy.runtime.checks import check_prompt_ids
+
+    for ids in ([0, 5, 9], np.array([0, 5, 9]), [np.int64(0), 5, 9], torch.tensor([0, 5, 9]).tolist()):
+        checked = check_prompt_ids(ids, 10)
+        assert checked == [0, 5, 9] and all(type(t) is int for t in checked)
+    for bad in ([0, 10], np.array([0, 10]), [np.int64(0), 10]):
+        with raises_param("prompt", r"token ids must be integers in \[0, 10\), got (np\.int64\()?10\)? \(prompt 3\)$"):
+            check_prompt_ids(bad, 10, " (prompt 3)")
