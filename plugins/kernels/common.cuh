@@ -50,6 +50,9 @@ __device__ __forceinline__ float fast_exp2(float x) {
   return y;
 }
 __device__ __forceinline__ float softplus(float v) { return v <= 20.f ? log1pf(__expf(v)) : v; }
+// softplus with a correctly rounded exp: the decode steps' (gemv.cu's Mamba2 step, mamba1_step.cu), whose results
+// the tests pin bit for bit across their forms.
+__device__ __forceinline__ float softplus_exact(float v) { return v <= 20.f ? log1pf(expf(v)) : v; }
 __device__ __forceinline__ float silu(float v) { return v / (1.f + __expf(-v)); }
 
 // Whether a scan clamps its discretised dt (md_ssm_params: dt_min 0 and dt_max infinity mean no clamp).

@@ -307,7 +307,7 @@ __global__ void __launch_bounds__(128) mamba2_step_kernel(const md_mamba2_step_p
 #pragma unroll
   for (int r = 0; r < RPW; ++r) xs[r] = to_f(static_cast<const T*>(p.x)[b * p.x_row_stride + row0 + r]);
   float dt = to_f(static_cast<const T*>(p.dt)[b * p.dt_row_stride + h]) + dt_bias;
-  dt = dt <= 20.f ? log1pf(expf(dt)) : dt;
+  dt = softplus_exact(dt);
   dt = fminf(fmaxf(dt, static_cast<float>(p.dt_min)), static_cast<float>(p.dt_max));
   const float dA = expf(dt * A);
 #pragma unroll

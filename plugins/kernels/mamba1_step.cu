@@ -100,7 +100,7 @@ __global__ void __launch_bounds__(kStepThreads) mamba1_step_kernel(const md_mamb
   for (int r = 0; r < RB; ++r) {
     if (r >= rows) continue;
     float v = group_sum<16>(dt[r]) + bias;
-    v = v <= 20.f ? log1pf(expf(v)) : v;
+    v = softplus_exact(v);
     float y = 0.f;
     if (n < N) {
       const float h = fmaf(h0[r], expf(v * A), v * s_x[r * 8 + c] * s_B[r * kMaxState + n]);
@@ -148,7 +148,7 @@ __global__ void __launch_bounds__(kStepThreads) mamba1_step_dt_kernel(const md_m
   }
   __syncthreads();
   if (!ok) return;
-  v = v <= 20.f ? log1pf(expf(v)) : v;
+  v = softplus_exact(v);
   const float vx = v * x;
   float y = 0.f;
 #pragma unroll
@@ -193,7 +193,7 @@ __global__ void __launch_bounds__(kStepThreads) mamba1_step_dt4_kernel(const md_
     s_C[threadIdx.x] = to_f(xd[kMaxState + threadIdx.x]);
   }
   __syncthreads();
-  v = v <= 20.f ? log1pf(expf(v)) : v;
+  v = softplus_exact(v);
   const float vx = v * x;
   float y = 0.f;
 #pragma unroll
