@@ -232,9 +232,9 @@ def bench(path=None, backend: str = "native", batches: Sequence[int] = (1, 16, 6
         raise ValueError("give either a folder or random_init")
     torch.cuda.reset_peak_memory_stats()
     # a hybrid's KV caches hold the prefill bench's prompt and every timed decode step (bench_decode)
+    chosen = dict(prefill_graph_tokens=prefill_graph_tokens, tc_max_batch=tc_max_batch)  # None: the engine's
     kw = dict(max_batch=max(batches), chunk_len=max(2048, min(prefill_len, 8192)),
-              **({} if prefill_graph_tokens is None else dict(prefill_graph_tokens=prefill_graph_tokens)),
-              **({} if tc_max_batch is None else dict(tc_max_batch=tc_max_batch)),
+              **{name: value for name, value in chosen.items() if value is not None},
               max_seq_len=max(prefill_len, prompt_len + DECODE_WARMUP + (DECODE_REPEATS + 1) * gen_len))
     sdt = DTYPES[dtype] if state_dtype == "model" else DTYPES[state_dtype]
     eng = (random_engine(random_init, DTYPES[dtype], sdt, **kw) if random_init
