@@ -38,8 +38,10 @@ position in the batch, so a prompt gets the tokens it gets alone in any batch.
 """
 from __future__ import annotations
 
+import itertools
 from typing import Optional, Sequence, Union
 
+import numpy as np
 import torch
 
 from ..errors import MambaDeployError, ParameterError, is_integer
@@ -65,6 +67,12 @@ def seed_bits(seed: int) -> int:
     return int(seed) - 2**64 if seed >= 2**63 else int(seed)
 
 
+# A free row's values (SamplingParams() with seed 0, step 0, last token 0; nothing seen): (value, dtype) per tensor.
+ROW_DEFAULTS = {"temperature": (1.0, torch.float32), "top_p": (1.0, torch.float32), "min_p": (0.0, torch.float32),
+                "repetition_penalty": (1.0, torch.float32), "top_k": (0, torch.int64), "seed": (0, torch.int64),
+                "step": (0, torch.int64), "last_token": (0, torch.int64)}
+
+
 class SamplerState:
     """Sampling parameters, Philox seed and step, and seen tokens of `max_slots` rows on `device`.
 
@@ -82,13 +90,8 @@ class SamplerState:
         self.seen = torch.zeros(self.max_slots, self.vocab_size, dtype=torch.bool, device=device)
         self.device = self.seen.device  # with its index ("cuda" -> "cuda:0"), as logits.device has
 
-        def row(value, dtype):
-            return torch.full((self.max_slots,), value, dtype=dtype, device=self.device)
-
-        self.temperature, self.top_p = row(1.0, torch.float32), row(1.0, torch.float32)
-        self.min_p, self.repetition_penalty = row(0.0, torch.float32), row(1.0, torch.float32)
-        self.top_k, self.seed, self.step = row(0, torch.int64), row(0, torch.int64), row(0, torch.int64)
-        self.last_token = row(0, torch.int64)
+        for name, (value, dtype) in ROW_DEFAULTS.items():
+            setattr(self, name, torch.full((self.max_slots,), value, dtype=dtype, device=self.device))
         self._scratch: Optional[torch.Tensor] = None  # the CUDA kernel's (max_slots, vocab) float32 rows
         self._true = torch.ones((), dtype=torch.bool, device=self.device)
 
@@ -115,17 +118,19 @@ class SamplerState:
             distinct.validate()
         seeds = [seed_bits(s) for s in seeds]
         lengths = [len(p) for p in prompts]
-        every_id = torch.tensor([t for p in prompts for t in p], dtype=torch.int64)  # one conversion, not one a row
-        if every_id.numel() and (int(every_id.min()) < 0 or int(every_id.max()) >= self.vocab_size):
+        # numpy, not torch.tensor, turns the lists into arrays: 6x faster for 64 prompts of 100 ids (0.3 against
+        # 1.7 ms on a CI core), and repeat_interleave on a CPU tensor cost 1.4 ms on the H200's host
+        every_id = np.array(list(itertools.chain.from_iterable(prompts)), dtype=np.int64)
+        if every_id.size and (int(every_id.min()) < 0 or int(every_id.max()) >= self.vocab_size):
             raise MambaDeployError(f"prompt token ids must be in [0, {self.vocab_size}), got "
                                    f"{int(every_id.min())}..{int(every_id.max())}")
         n = len(slots)
-        floats = torch.tensor([[p.temperature, p.top_p, p.min_p, p.repetition_penalty] for p in params],
-                              dtype=torch.float32)
-        seen_rows = torch.repeat_interleave(torch.tensor(slots), torch.tensor(lengths))
+        floats = torch.from_numpy(np.array([[p.temperature, p.top_p, p.min_p, p.repetition_penalty] for p in params],
+                                           dtype=np.float32))
         # one int64 transfer: slots, then per slot (top_k, seed, step 0, last_token 0), then the seen (row, id)s
-        ints = torch.cat([torch.tensor(slots), torch.tensor([[p.top_k, s, 0, 0] for p, s in zip(params, seeds)],
-                                                            dtype=torch.int64).reshape(-1), seen_rows, every_id])
+        fields = np.array([[p.top_k, s, 0, 0] for p, s in zip(params, seeds)], dtype=np.int64).reshape(-1)
+        ints = torch.from_numpy(np.concatenate([np.array(slots, dtype=np.int64), fields,
+                                                np.repeat(np.array(slots, dtype=np.int64), lengths), every_id]))
         if self.device.type == "cuda":  # pinned + non_blocking: a pageable copy would wait for the queued steps
             floats, ints = floats.pin_memory(), ints.pin_memory()
         floats, ints = floats.to(self.device, non_blocking=True), ints.to(self.device, non_blocking=True)
@@ -135,7 +140,7 @@ class SamplerState:
         for k, name in enumerate(("top_k", "seed", "step", "last_token")):
             getattr(self, name).index_copy_(0, rows, per_slot[:, k])
         self.seen.index_fill_(0, rows, False)
-        m = every_id.numel()
+        m = every_id.size
         self.seen.index_put_((ints[5 * n:5 * n + m], ints[5 * n + m:]), self._true)
 
     def release(self, slot: int) -> None:
@@ -143,8 +148,19 @@ class SamplerState:
         self.release_many([slot])
 
     def release_many(self, slots: Sequence[int]) -> None:
-        """`release` for several distinct slots at once (a fixed number of launches)."""
-        self.assign_many(slots, [SamplingParams()] * len(slots), [0] * len(slots), [()] * len(slots))
+        """`release` for several distinct slots at once: one fill per tensor (assign_many's host work, 3 ms for 64
+        rows on the H200's host while a new generate call was starting, is not needed to write constants)."""
+        slots = [self._check_slot(s) for s in slots]
+        if len(set(slots)) != len(slots):
+            raise ValueError("release_many: slots must be distinct")
+        if not slots:
+            return
+        rows = torch.tensor(slots, dtype=torch.int64)
+        if self.device.type == "cuda":
+            rows = rows.pin_memory().to(self.device, non_blocking=True)
+        for name, (value, _) in ROW_DEFAULTS.items():
+            getattr(self, name).index_fill_(0, rows, value)
+        self.seen.index_fill_(0, rows, False)
 
     def sample(self, logits: torch.Tensor, slots: torch.Tensor, vocab_limit: int, all_greedy: bool = False) -> torch.Tensor:
         """logits (n, vocab_size_padded), any float dtype; slots (n,) int64 distinct, on the logits'

@@ -214,6 +214,15 @@ def test_assign_many_and_release_many_equal_one_slot_at_a_time():
         one.release(slot)
     many.release_many([3, 1])
     assert all(torch.equal(getattr(one, n), getattr(many, n)) for n in names)
+    fresh = SamplerState(5, 10, "cpu")  # released rows hold a new state's values; slot 4 is still assigned
+    assert all(torch.equal(getattr(many, n)[[1, 3]], getattr(fresh, n)[[1, 3]]) for n in names)
+    assert many.temperature[4].item() == pytest.approx(0.9) and many.seen[4].nonzero().flatten().tolist() == [1, 3]
+    defaults = P()
+    assert [fresh.temperature[0].item(), fresh.top_k[0].item(), fresh.top_p[0].item(), fresh.min_p[0].item(),
+            fresh.repetition_penalty[0].item()] == [defaults.temperature, defaults.top_k, defaults.top_p,
+                                                    defaults.min_p, defaults.repetition_penalty]
+    with pytest.raises(ValueError, match="distinct"):
+        many.release_many([1, 1])
     with pytest.raises(ValueError, match="distinct"):
         many.assign_many([2, 2], params[:2], seeds[:2], prompts[:2])
     with pytest.raises(MambaDeployError, match="prompt token ids"):
