@@ -45,6 +45,7 @@ import numpy as np
 import torch
 
 from ..errors import MambaDeployError, ParameterError, is_integer
+from ..ops._tensors import to_device_async
 from ..ops.philox import philox_uniform
 from .sampling import SamplingParams, apply_repetition_penalty, mask_padding
 
@@ -131,9 +132,7 @@ class SamplerState:
         fields = np.array([[p.top_k, s, 0, 0] for p, s in zip(params, seeds)], dtype=np.int64).reshape(-1)
         ints = torch.from_numpy(np.concatenate([np.array(slots, dtype=np.int64), fields,
                                                 np.repeat(np.array(slots, dtype=np.int64), lengths), every_id]))
-        if self.device.type == "cuda":  # pinned + non_blocking: a pageable copy would wait for the queued steps
-            floats, ints = floats.pin_memory(), ints.pin_memory()
-        floats, ints = floats.to(self.device, non_blocking=True), ints.to(self.device, non_blocking=True)
+        floats, ints = to_device_async(floats, self.device), to_device_async(ints, self.device)
         rows, per_slot = ints[:n], ints[n:5 * n].view(n, 4)
         for k, name in enumerate(("temperature", "top_p", "min_p", "repetition_penalty")):
             getattr(self, name).index_copy_(0, rows, floats[:, k])
@@ -155,9 +154,7 @@ class SamplerState:
             raise ValueError("release_many: slots must be distinct")
         if not slots:
             return
-        rows = torch.tensor(slots, dtype=torch.int64)
-        if self.device.type == "cuda":
-            rows = rows.pin_memory().to(self.device, non_blocking=True)
+        rows = to_device_async(torch.tensor(slots, dtype=torch.int64), self.device)
         for name, (value, _) in ROW_DEFAULTS.items():
             getattr(self, name).index_fill_(0, rows, value)
         self.seen.index_fill_(0, rows, False)
