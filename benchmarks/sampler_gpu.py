@@ -39,9 +39,10 @@ def main() -> None:
     ap.add_argument("--vocab", type=int, default=50280)
     ap.add_argument("--top-p", type=float, default=0.9)
     ap.add_argument("--top-k", type=int, default=0)
+    ap.add_argument("--temperature", type=float, default=0.7, help="0: greedy (the kernel's first pass alone)")
     a = ap.parse_args()
     sampler.KERNEL_MIN_ROWS = 1  # time the kernel at every batch size
-    params = SamplingParams(temperature=0.7, top_p=a.top_p, top_k=a.top_k)
+    params = SamplingParams(temperature=a.temperature, top_p=a.top_p, top_k=a.top_k)
     print("| batch | sort alone us | torch sampler us | kernel us | speed-up | kernel GB/s |")
     print("| ---: | ---: | ---: | ---: | ---: | ---: |")
     for n in a.batches:

@@ -5,6 +5,8 @@
 #include "cluster.cuh"
 #include "common.cuh"
 #include "philox.cuh"
+#include "sample_buckets.cuh"
+#include "sample_row.cuh"
 #include "sampling.h"
 
 namespace md {
@@ -17,135 +19,6 @@ namespace {
 // equal values by id. A row is a cluster of blocks (compute capability 9.0+), each holding its slice of the
 // row's scaled values in shared memory (or, for vocabularies too large for that, in the caller's scratch);
 // the blocks add their histograms and sums through distributed shared memory.
-constexpr int kSampleThreads = 1024;
-constexpr int kSampleWarps = kSampleThreads / 32;
-constexpr int kDigitBits = 8;
-constexpr int kBuckets = 1 << kDigitBits;
-constexpr int kTopShift = 32 - kDigitBits;
-constexpr int kUnroll = 8;  // loads in flight per thread: a pass over a slice in the scratch is latency-bound
-constexpr int kMaxCluster = 8;
-
-struct SampleShared {
-  unsigned long long hist[kSampleWarps][kBuckets];  // a histogram per warp: no contention between warps
-  int64_t exchange[2][kBuckets];  // what the row's other blocks read from this one (see ClusterRow)
-  int64_t warp_sums[kSampleWarps];
-  float warp_value[kSampleWarps];
-  int warp_index[kSampleWarps];
-  uint32_t digit;
-  int64_t digit_above;
-  int found;
-};
-constexpr size_t kSampleSharedBytes = (sizeof(SampleShared) + 15) / 16 * 16;  // the slice's values follow
-
-// The blocks of one row. An exchange publishes up to kBuckets values per block, passes one cluster barrier,
-// then reads any block's; exchanges alternate between two buffers, so a buffer is rewritten only after the
-// next exchange's barrier, which every block passes after its reads of this one. All threads of all the
-// row's blocks make the same exchanges in the same order.
-struct ClusterRow {
-  uint32_t rank, blocks;
-  int round = 0;
-
-  __device__ int64_t* publish(SampleShared& sh) { return sh.exchange[round++ & 1]; }
-
-  // Thread t < n: the sum over the blocks of their buf[t], where buf = publish(sh) was filled before the call.
-  __device__ int64_t sum_published(const int64_t* buf, int n) {
-    cluster_sync();
-    int64_t sum = 0;
-    if (static_cast<int>(threadIdx.x) < n) {
-#pragma unroll
-      for (uint32_t r = 0; r < kMaxCluster; ++r) {
-        if (r < blocks) sum += ld_cluster_s64(buf + threadIdx.x, r);
-      }
-    }
-    return sum;
-  }
-
-  // Every thread: the blocks' values (each block's `mine`, the same in all its threads) folded by `combine`
-  // in rank order from `init`; *before gets the fold of the blocks ranked below this one.
-  template <typename F>
-  __device__ int64_t fold(int64_t mine, int64_t init, F combine, SampleShared& sh, int64_t* before = nullptr) {
-    int64_t* buf = publish(sh);
-    if (threadIdx.x == 0) buf[0] = mine;
-    cluster_sync();
-    int64_t values[kMaxCluster];
-#pragma unroll
-    for (uint32_t r = 0; r < kMaxCluster; ++r) values[r] = r < blocks ? ld_cluster_s64(buf, r) : 0;
-    int64_t acc = init;
-#pragma unroll
-    for (uint32_t r = 0; r < kMaxCluster; ++r) {
-      if (r >= blocks) break;
-      if (before && r == rank) *before = acc;
-      acc = combine(acc, values[r]);
-    }
-    return acc;
-  }
-};
-
-__device__ __forceinline__ int64_t add_i64(int64_t a, int64_t b) { return a + b; }
-
-// This block's part of a row: ids [begin, end), their values at values[i - begin].
-struct SampleSlice {
-  float* values;
-  int begin, end;
-};
-
-// Calls f(i, v) with v = values[i - begin] for i = begin + threadIdx.x + k * kSampleThreads, k = 0, 1, ... in
-// order, kUnroll loads ahead; every thread of the block makes the same calls (v = 0 for i >= end), so f may
-// hold warp collectives.
-template <typename F>
-__device__ __forceinline__ void slice_loop(const SampleSlice& s, F f) {
-  for (int base = s.begin; base < s.end; base += kUnroll * kSampleThreads) {
-    float v[kUnroll];
-#pragma unroll
-    for (int u = 0; u < kUnroll; ++u) {
-      const int i = base + u * kSampleThreads + static_cast<int>(threadIdx.x);
-      v[u] = i < s.end ? s.values[i - s.begin] : 0.0f;
-    }
-#pragma unroll
-    for (int u = 0; u < kUnroll; ++u) f(base + u * kSampleThreads + static_cast<int>(threadIdx.x), v[u]);
-  }
-}
-
-// Larger value -> larger key (scaled values are never -0.0: the sampler adds +0.0).
-__device__ __forceinline__ uint32_t order_key(float v) {
-  const uint32_t bits = __float_as_uint(v);
-  return (bits & 0x80000000u) ? ~bits : (bits | 0x80000000u);
-}
-__device__ __forceinline__ float key_value(uint32_t key) {
-  return __uint_as_float((key & 0x80000000u) ? (key & 0x7fffffffu) : ~key);
-}
-
-// Exclusive prefix sum of `value` over the block's threads (in thread order); *total gets the block's sum.
-__device__ __forceinline__ int64_t block_exclusive_sum(int64_t value, SampleShared& sh, int64_t* total) {
-  static_assert(kSampleWarps == 32, "the warp sums are scanned by one warp");
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  int64_t inclusive = value;
-#pragma unroll
-  for (int d = 1; d < 32; d <<= 1) {
-    const int64_t up = __shfl_up_sync(0xffffffffu, inclusive, d);
-    if (lane >= d) inclusive += up;
-  }
-  if (lane == 31) sh.warp_sums[warp] = inclusive;
-  __syncthreads();
-  if (warp == 0) {
-    int64_t sums = sh.warp_sums[lane];
-#pragma unroll
-    for (int d = 1; d < 32; d <<= 1) {
-      const int64_t up = __shfl_up_sync(0xffffffffu, sums, d);
-      if (lane >= d) sums += up;
-    }
-    sh.warp_sums[lane] = sums;
-  }
-  __syncthreads();
-  const int64_t before = (warp > 0 ? sh.warp_sums[warp - 1] : 0) + inclusive - value;
-  *total = sh.warp_sums[kSampleWarps - 1];
-  __syncthreads();  // the slots are reused by the next call
-  return before;
-}
-
-__device__ __forceinline__ bool beats(float v, int i, float value, int index) {
-  return v > value || (v == value && i < index);
-}
 
 // The row's largest `value`, and the lowest `index` holding it, in every thread.
 __device__ __forceinline__ void row_argmax(float& value, int& index, ClusterRow& cl, SampleShared& sh) {
@@ -183,24 +56,6 @@ __device__ __forceinline__ void row_argmax(float& value, int& index, ClusterRow&
   index = static_cast<int>(static_cast<uint32_t>(best));
 }
 
-// One row after its first pass: this block's slice of the scaled values, the row's vocabulary and top value,
-// 2^S, and its top-k boundary (kept iff the key is above kth_key, or equal with an id <= kth_id; everything
-// is kept when top-k is off).
-struct SampleRow {
-  SampleSlice slice;
-  int vocab;
-  float top;
-  float scale;
-  uint32_t kth_key = 0;
-  int kth_id = INT_MAX;
-
-  __device__ __forceinline__ bool in_top_k(uint32_t key, int id) const {
-    return key > kth_key || (key == kth_key && id <= kth_id);
-  }
-  __device__ __forceinline__ float prob(float v) const { return expf(v - top); }
-  // p * 2^S is exact; the cast truncates, as the reference's .to(int64)
-  __device__ __forceinline__ int64_t weight_of(float p) const { return static_cast<int64_t>(p * scale); }
-};
 
 // Adds each lane's w (0: none) to its warp's hist[digit] (only this warp writes it). Unit weights: the lanes
 // of one digit are counted and the lowest of them adds the count; weights: each lane adds its own (measured on
@@ -330,6 +185,18 @@ __device__ int nth_with_key(const SampleRow& row, uint32_t key, int64_t j, Clust
   return id >= 0 ? static_cast<int>(id) : row.vocab - 1;
 }
 
+// bucket_pick by radix selection (its bucket holds too many tokens): *inclusive, and the id when `want_id`.
+__device__ int radix_pick(const SampleRow& row, int64_t target, bool want_id, ClusterRow& cl, SampleShared& sh,
+                          int64_t* inclusive) {
+  const int64_t top_digit = digit_histogram<false>(row, 0, kTopShift, cl, sh);
+  int64_t above;
+  const uint32_t key = radix_select<false>(row, target, top_digit, cl, sh, &above);
+  const int64_t w = row.weight_of(row.prob(key_value(key)));  // every kept token of that value weighs w
+  const int64_t j = (target - above - 1) / w;  // the pick is the j-th token of that value, in id order
+  *inclusive = above + (j + 1) * w;
+  return want_id ? nth_with_key(row, key, j, cl, sh) : -1;
+}
+
 // Steps 4-8 of the sampler's docstring on a row whose first pass is done: the drawn token.
 __device__ int draw(SampleRow& row, int64_t top_k, float top_p, float min_p, float uniform, ClusterRow& cl,
                     SampleShared& sh) {
@@ -341,38 +208,21 @@ __device__ int draw(SampleRow& row, int64_t top_k, float top_p, float min_p, flo
     row.kth_key = key;
     row.kth_id = id;
   }
-  // One pass for the kept weights' total, the min-p prefix's and the top digit's histogram (the first step of
-  // both selections below).
-  clear_histograms(sh);
-  int64_t own_min_p = 0;
-  slice_loop(row.slice, [&](int i, float v) {
-    const uint32_t key = order_key(v);
-    int64_t w = 0;
-    if (i < row.slice.end && row.in_top_k(key, i)) {
-      const float p = row.prob(v);
-      w = row.weight_of(p);
-      own_min_p += p >= min_p ? w : 0;
-    }
-    histogram_add<false>(sh.hist[threadIdx.x >> 5], key >> kTopShift, static_cast<uint64_t>(w));
-  });
-  int64_t block_min_p;
-  block_exclusive_sum(own_min_p, sh, &block_min_p);
-  const int64_t top_digit = row_buckets(cl, sh);
-  int64_t total;
-  block_exclusive_sum(top_digit, sh, &total);
-  int64_t kept = cl.fold(block_min_p, 0, add_i64, sh);  // min-p keeps a prefix: its running sum at its end
+  BucketRow buckets;
+  int64_t kept = bucket_weights(row, min_p, cl, sh, buckets);
+  int id;
+  int64_t inclusive;
   if (top_p < 1.0f) {  // top-p ends at the first position whose running sum reaches top_p * total
-    const int64_t target = static_cast<int64_t>(ceil(static_cast<double>(top_p) * static_cast<double>(total)));
-    int64_t above;
-    const uint32_t key = radix_select<false>(row, target, top_digit, cl, sh, &above);
-    const int64_t w = row.weight_of(row.prob(key_value(key)));  // every kept token of that value weighs w
-    kept = min(kept, above + ((target - above - 1) / w + 1) * w);
+    const int64_t target = static_cast<int64_t>(ceil(static_cast<double>(top_p) * static_cast<double>(buckets.total)));
+    if (!bucket_pick(row, buckets, target, cl, sh, &id, &inclusive)) {
+      radix_pick(row, target, false, cl, sh, &inclusive);  // it clears the buckets' sums: the draw's radix too
+      buckets.total = -1;
+    }
+    kept = min(kept, inclusive);
   }
   const int64_t target = static_cast<int64_t>(floor(static_cast<double>(uniform) * static_cast<double>(kept))) + 1;
-  int64_t above;
-  const uint32_t key = radix_select<false>(row, target, top_digit, cl, sh, &above);
-  const int64_t w = row.weight_of(row.prob(key_value(key)));
-  return nth_with_key(row, key, (target - above - 1) / w, cl, sh);
+  if (buckets.total >= 0 && bucket_pick(row, buckets, target, cl, sh, &id, &inclusive)) return id;
+  return radix_pick(row, target, true, cl, sh, &inclusive);
 }
 
 // Grid: rows x blocks_per_row blocks, clusters of blocks_per_row; block r of a row holds ids [r * slice,
@@ -385,6 +235,7 @@ __global__ void __launch_bounds__(kSampleThreads) sample_kernel(const md_sample_
   ClusterRow cl{cluster_rank(), cluster_blocks()};
   const int64_t r = blockIdx.x / cl.blocks;
   const int64_t slot = static_cast<const int64_t*>(p.slots)[r];
+  if (threadIdx.x == 0) sh.slot = slot;  // for the last step, rather than a register held through the draw
   const int vocab = static_cast<int>(p.vocab), limit = static_cast<int>(p.vocab_limit);
   const float temperature = static_cast<const float*>(p.temperature)[slot];
   const float penalty = static_cast<const float*>(p.repetition_penalty)[slot];
@@ -438,10 +289,11 @@ __global__ void __launch_bounds__(kSampleThreads) sample_kernel(const md_sample_
   }
   cluster_sync();  // every block has read its step and seen row, and no block leaves while others read it
   if (cl.rank == 0 && threadIdx.x == 0) {
-    static_cast<int64_t*>(p.out)[r] = token;
-    static_cast<int64_t*>(p.step)[slot] += 1;
-    static_cast<int64_t*>(p.last_token)[slot] = token;
-    seen[token] = 1;
+    const int64_t row_slot = sh.slot;
+    static_cast<int64_t*>(p.out)[blockIdx.x / cl.blocks] = token;
+    static_cast<int64_t*>(p.step)[row_slot] += 1;
+    static_cast<int64_t*>(p.last_token)[row_slot] = token;
+    static_cast<uint8_t*>(p.seen)[row_slot * p.seen_row_stride + token] = 1;
   }
 }
 

@@ -144,6 +144,26 @@ def test_sample_kernel_takes_the_tokens_of_the_torch_sampler(rows, vocab, limit,
         assert torch.equal(kernel.last_token, torch_ops.last_token)
 
 
+@pytest.mark.parametrize("tied", [1023, 1024, 1025, 3000])
+def test_sample_kernel_at_its_bucket_limit(tied, monkeypatch):
+    """`tied` tokens share the top value, the rest lie far below: the top bucket holds `tied` tokens, ranked
+    among themselves up to 1,024 (sample_buckets.cuh) and by the radix selection above; the same tokens."""
+    from mamba_deploy.runtime import sampler
+
+    monkeypatch.setattr(sampler, "KERNEL_MIN_ROWS", 1)
+    gen = torch.Generator().manual_seed(tied)
+    params = [P(1.0), P(1.0, top_p=0.9), P(0.7, top_p=0.5, repetition_penalty=1.3), P(1.0, min_p=0.5)]
+    kernel, torch_ops = make_state("cuda", params), make_state("cuda", params)
+    slots = torch.arange(len(params), device="cuda")
+    for step in range(4):
+        logits = torch.randn(len(params), VOCAB, generator=gen) * 0.3
+        for row in range(len(params)):
+            logits[row, torch.randperm(LIMIT, generator=gen)[:tied]] = 6.0  # most of the mass: draws land there
+        got = kernel.sample(logits.cuda(), slots, LIMIT)
+        assert torch.equal(got, torch_ops.sample_torch(logits.cuda(), slots, LIMIT)), step
+        assert_same_rows(kernel, torch_ops)
+
+
 def test_sample_kernel_refuses_bad_arguments():
     from mamba_deploy.ops.cuda import SAMPLER_ROWS, sample_cuda
 
