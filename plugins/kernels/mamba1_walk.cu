@@ -75,6 +75,24 @@ struct TileLoader {
   }
 };
 
+// The per-step x, dt and z rows of the block's channels for steps [t0, t0 + kTile) into the L2, a tile before
+// their loads (which run one step ahead of use: too little to hide a DRAM miss, ncu's largest stall). Rows of
+// channels contiguous in memory only (head strides 1): 128-byte lines, lane l of the first warps one line.
+template <typename T>
+__device__ __forceinline__ void prefetch_tile(const md_ssm_params& p, int64_t b, int64_t d0, int64_t t0,
+                                              int64_t t_end, bool with_z) {
+  constexpr int kLinesPerStep = (kThreads * sizeof(T) + 127) / 128;
+  constexpr int kLinesPerTensor = kTile * kLinesPerStep;
+  const int i = threadIdx.x % kLinesPerTensor, tensor = threadIdx.x / kLinesPerTensor;
+  const int64_t t = t0 + i / kLinesPerStep, d = d0 + (i % kLinesPerStep) * (128 / sizeof(T));
+  if (tensor > (with_z ? 2 : 1) || t >= t_end || d >= p.nheads) return;
+  const void* base = tensor == 0 ? p.x : tensor == 1 ? p.dt : p.z;
+  const int64_t batch_stride = tensor == 0 ? p.x_batch_stride : tensor == 1 ? p.dt_batch_stride : p.z_batch_stride;
+  const int64_t seq_stride = tensor == 0 ? p.x_seq_stride : tensor == 1 ? p.dt_seq_stride : p.z_seq_stride;
+  const T* line = static_cast<const T*>(base) + b * batch_stride + t * seq_stride + d;
+  asm volatile("prefetch.global.L2 [%0];" ::"l"(line));
+}
+
 struct WalkShared {
   __align__(16) float B[2][kTile][kState];  // B and C of a tile's steps, double-buffered
   __align__(16) float C[2][kTile][kState];
@@ -179,8 +197,12 @@ __global__ void __launch_bounds__(kThreads, kBlocksPerSM) mamba1_walk_kernel(con
   }
   __syncthreads();
   int buf = 0;
+  const bool prefetch = p.x_head_stride == 1 && p.dt_head_stride == 1 && (zn == nullptr || p.z_head_stride == 1);
+  const int64_t d0 = static_cast<int64_t>(blockIdx.x) * kThreads;
+  if (prefetch) prefetch_tile<T>(p, b, d0, t_begin + kTile, t_end, zn != nullptr);
   for (int64_t t0 = t_begin; t0 < t_end; t0 += kTile, buf ^= 1) {
     const bool more = t0 + kTile < t_end;
+    if (prefetch) prefetch_tile<T>(p, b, d0, t0 + 2 * kTile, t_end, zn != nullptr);
     if (more) next.load(p, b, t0 + kTile, t_end);  // in flight during this tile's steps
     const int tn = static_cast<int>(t_end - t0 < kTile ? t_end - t0 : kTile);  // kTile whenever `more`
     const int next_tn = more ? static_cast<int>(t_end - t0 - kTile < kTile ? t_end - t0 - kTile : kTile) : 0;
