@@ -1,12 +1,13 @@
 // mamba1_walk.cu -- Mamba1's selective scan (md_ssm_params in the Mamba1 layout: headdim 1, ngroups 1,
 // dstate <= 16) as a walk over time with one thread per (batch row, channel, chunk of steps), all the
-// channel's states in registers. Reference: mamba_deploy/ops/selective_scan.py.
+// channel's states in registers (their decay rates in shared memory). Reference: mamba_deploy/ops/selective_scan.py.
 //
 // A step costs a thread one exp2, two multiplies and two FMAs per state: no shuffles, no composition of steps.
 // B and C of a step are the same for every channel of a batch row: the block stages them in shared memory, a
 // tile of kTile steps at a time. The per-step scalars of a channel (discretised dt, dt x, D x, silu(z)) are
-// worked out a tile ahead into the thread's own shared-memory columns; both are double-buffered, so the next
-// tile's global loads are in flight during this tile's steps.
+// worked out one tile ahead into the thread's own shared-memory columns (B and C double-buffered), so the
+// next tile's global loads are in flight during this tile's steps; those rows are prefetched into the L2 a
+// tile earlier still.
 // When batch x channels leave the GPU idle (a few long prompts), the sequence is cut into chunks walked in
 // parallel, in two passes over a float32 workspace:
 //   local   each chunk from a zero state (the first from the initial state): its end state and the sum of its
@@ -27,7 +28,9 @@ namespace md {
 namespace {
 
 constexpr int kThreads = 128;  // channels per block
-constexpr int kBlocksPerSM = 6;  // <= 80 registers a thread: the 16 states, their decay rates, the loads in flight
+// <= 72 registers a thread: the 16 states, the loads in flight. Measured on the H200 (64 x 100, mamba-1.4b's
+// layer): 8 blocks (64 registers: ptxas spills) 309.5 us, 7 blocks 299.4.
+constexpr int kBlocksPerSM = 7;
 constexpr int kState = 16;     // states a thread holds (dstate <= kState; the rest stay 0)
 constexpr int kTile = 8;       // steps staged at a time
 constexpr int kMinChunk = 32;  // shortest chunk of the two-pass form
@@ -96,10 +99,15 @@ __device__ __forceinline__ void prefetch_tile(const md_ssm_params& p, int64_t b,
 struct WalkShared {
   __align__(16) float B[2][kTile][kState];  // B and C of a tile's steps, double-buffered
   __align__(16) float C[2][kTile][kState];
-  float delta[2][kTile][kThreads];  // per step and channel: discretised dt, dt * x, D * x, silu(z)
-  float dx[2][kTile][kThreads];
-  float skip[2][kTile][kThreads];
-  float gate[2][kTile][kThreads];
+  // Per step and channel: discretised dt, dt * x, D * x, silu(z). One buffer: a thread writes step s of the
+  // next tile into its own column once step s of this tile is done with it.
+  float delta[kTile][kThreads];
+  float dx[kTile][kThreads];
+  float skip[kTile][kThreads];
+  float gate[kTile][kThreads];
+  // Each thread's decay rates A[n] log2(e), states 4q..4q+3 at [q][thread] (a warp's loads: consecutive 16-byte
+  // words), here rather than in 16 registers: 7 blocks a multiprocessor instead of 6.
+  float4 A2[kState / 4][kThreads];
 };
 
 // Grid: (ceil(nheads / kThreads), nchunks, batch). kWhole: nchunks == 1, no workspace.
@@ -145,7 +153,10 @@ __global__ void __launch_bounds__(kThreads, kBlocksPerSM) mamba1_walk_kernel(con
     h[n] = h0;
   }
 #pragma unroll
-  for (int n = 0; n < kState; ++n) A2[n] *= kLog2e;
+  for (int q = 0; q < kState / 4; ++q) {
+    sh.A2[q][threadIdx.x] = make_float4(A2[4 * q] * kLog2e, A2[4 * q + 1] * kLog2e, A2[4 * q + 2] * kLog2e,
+                                        A2[4 * q + 3] * kLog2e);
+  }
   if (kPass == kLocal && c == 0 && a.nchunks > 1 && active) {
 #pragma unroll
     for (int n = 0; n < kState; ++n) a.ws_h[((a.nchunks - 1) * ws_slot + ws_row) * kState + n] = h[n];
@@ -159,15 +170,15 @@ __global__ void __launch_bounds__(kThreads, kBlocksPerSM) mamba1_walk_kernel(con
 
   const int tid = threadIdx.x;
   // The per-step scalars of step s of a tile (discretised dt, dt * x, D * x, silu(z)) go to this thread's own
-  // columns of a double buffer (no barrier): those of the next tile are loaded during this tile's steps, one
-  // step ahead of their use, so their global loads and softplus / silu chains overlap the walk.
-  const auto scalars = [&](int to, int s, float xv, float dtv, float zv) {
+  // columns (no barrier): those of the next tile are loaded during this tile's steps, one step ahead of their
+  // use, so their global loads and softplus / silu chains overlap the walk.
+  const auto scalars = [&](int s, float xv, float dtv, float zv) {
     const float delta = discretise_dt(p, a.clamp_dt, dtv + bias);
-    sh.delta[to][s][tid] = delta;
-    sh.dx[to][s][tid] = delta * xv;
+    sh.delta[s][tid] = delta;
+    sh.dx[s][tid] = delta * xv;
     if (kNeedC) {
-      sh.skip[to][s][tid] = Dv * xv;
-      sh.gate[to][s][tid] = z ? __fdividef(zv, 1.f + __expf(-zv)) : 1.f;  // silu; 0 past 2^126 (-88): its limit
+      sh.skip[s][tid] = Dv * xv;
+      sh.gate[s][tid] = z ? __fdividef(zv, 1.f + __expf(-zv)) : 1.f;  // silu; 0 past 2^126 (-88): its limit
     }
   };
   // The steps are loaded, and y stored, in time order: through running pointers, with no 64-bit index products
@@ -193,7 +204,7 @@ __global__ void __launch_bounds__(kThreads, kBlocksPerSM) mamba1_walk_kernel(con
   for (int s = 0; active && s < first; ++s) {
     float xv, dtv, zv;
     load_step(xv, dtv, zv);
-    scalars(0, s, xv, dtv, zv);
+    scalars(s, xv, dtv, zv);
   }
   __syncthreads();
   int buf = 0;
@@ -210,15 +221,15 @@ __global__ void __launch_bounds__(kThreads, kBlocksPerSM) mamba1_walk_kernel(con
     for (int s = 0; active && s < tn; ++s) {
       float xv = 0.f, dtv = 0.f, zv = 0.f;
       if (s < next_tn) load_step(xv, dtv, zv);
-      const float delta = sh.delta[buf][s][tid], dx = sh.dx[buf][s][tid];
+      const float delta = sh.delta[s][tid], dx = sh.dx[s][tid];
       dt_sum += delta;
       const float4* Bq = reinterpret_cast<const float4*>(sh.B[buf][s]);
       const float4* Cq = reinterpret_cast<const float4*>(sh.C[buf][s]);
       float acc[4] = {0.f, 0.f, 0.f, 0.f};  // four partial sums: a short dependency chain
 #pragma unroll
       for (int q = 0; q < kState / 4; ++q) {
-        const float4 Bv = Bq[q];
-        const float Bn[4] = {Bv.x, Bv.y, Bv.z, Bv.w};
+        const float4 Bv = Bq[q], Av = sh.A2[q][tid];
+        const float Bn[4] = {Bv.x, Bv.y, Bv.z, Bv.w}, An[4] = {Av.x, Av.y, Av.z, Av.w};
         float Cn[4] = {0.f, 0.f, 0.f, 0.f};
         if (kNeedC) {
           const float4 Cv = Cq[q];
@@ -227,16 +238,16 @@ __global__ void __launch_bounds__(kThreads, kBlocksPerSM) mamba1_walk_kernel(con
 #pragma unroll
         for (int k = 0; k < 4; ++k) {
           const int n = 4 * q + k;
-          h[n] = fmaf(fast_exp2(delta * A2[n]), h[n], dx * Bn[k]);
+          h[n] = fmaf(fast_exp2(delta * An[k]), h[n], dx * Bn[k]);
           if (kNeedC) acc[k] = fmaf(Cn[k], h[n], acc[k]);
         }
       }
       if (kNeedC) {
-        const float out = ((acc[0] + acc[1]) + (acc[2] + acc[3]) + sh.skip[buf][s][tid]) * sh.gate[buf][s][tid];
+        const float out = ((acc[0] + acc[1]) + (acc[2] + acc[3]) + sh.skip[s][tid]) * sh.gate[s][tid];
         *yn = from_f<T>(out);
         yn += p.y_seq_stride;
       }
-      if (s < next_tn) scalars(buf ^ 1, s, xv, dtv, zv);
+      if (s < next_tn) scalars(s, xv, dtv, zv);
     }
     if (more) next.store(sh.B[buf ^ 1], sh.C[buf ^ 1]);  // the other buffers: last read a tile ago
     __syncthreads();
@@ -282,7 +293,7 @@ cudaError_t launch_pass(const WalkArgs& a, cudaStream_t stream) {
   const int64_t chunks = kPass == kLocal ? a.nchunks - 1 : a.nchunks;
   const dim3 grid(static_cast<unsigned>((a.p.nheads + kThreads - 1) / kThreads), static_cast<unsigned>(chunks),
                   static_cast<unsigned>(a.p.batch));
-  // kBlocksPerSM blocks of ~35 KB shared memory: more than the default carveout holds (ncu: 5 a multiprocessor)
+  // kBlocksPerSM blocks of ~27 KB shared memory: more than the default carveout holds
   const cudaError_t err = cudaFuncSetAttribute(mamba1_walk_kernel<T, S, kPass>,
                                                cudaFuncAttributePreferredSharedMemoryCarveout,
                                                cudaSharedmemCarveoutMaxShared);
