@@ -79,16 +79,25 @@ __device__ __forceinline__ int64_t candidate_weight(const float4& c) {
 
 // One pass over the slice: the block's kept weights (in the top-k) by bucket and the row's by coarse bucket (see
 // BucketRow); returns the row's sum of the weights of probability >= min_p (min-p keeps a prefix of the sorted
-// order: its running sum at its end).
-__device__ int64_t bucket_weights(const SampleRow& row, float min_p, ClusterRow& cl, SampleShared& sh,
-                                  BucketRow& out) {
+// order: its running sum at its end). kCount: every token weighs 1 (top-k's counts; the last bucket takes all
+// below the range), min_p unused, and the return is the row's count of NaN values (which sort first, as no
+// bucket can say: the caller takes the radix selection).
+template <bool kCount>
+__device__ int64_t bucket_histogram(const SampleRow& row, float min_p, ClusterRow& cl, SampleShared& sh,
+                                    BucketRow& out) {
   uint32_t* words = bucket_words(sh);
   for (int b = threadIdx.x; b < 4 * kLinearBuckets; b += kSampleThreads) words[b] = 0;
   __syncthreads();
   uint32_t* mine = words + ((threadIdx.x >> 5) & 1) * 2 * kLinearBuckets;
   int64_t own_min_p = 0;
   slice_loop(row.slice, [&](int i, float v) {
-    if (i >= row.slice.end || !row.in_top_k(order_key(v), i)) return;
+    if (i >= row.slice.end) return;
+    if (kCount) {
+      add_weight(mine, bucket_of(v, row.top), 1);
+      own_min_p += v != v;
+      return;
+    }
+    if (!row.in_top_k(order_key(v), i)) return;
     const float p = row.prob(v);
     const int64_t w = row.weight_of(p);
     own_min_p += p >= min_p ? w : 0;
@@ -114,7 +123,7 @@ __device__ int64_t bucket_weights(const SampleRow& row, float min_p, ClusterRow&
   for (int d = 1; d < kThreadsPerCoarse; d <<= 1) coarse += __shfl_xor_sync(0xffffffffu, coarse, d);
   int64_t block_min_p;
   block_exclusive_sum(own_min_p, sh, &block_min_p);
-  int64_t* buf = cl.publish(sh);  // the coarse buckets, then the min-p sum
+  int64_t* buf = cl.publish(sh);  // the coarse buckets, then the min-p sum (kCount: the NaN count)
   if (threadIdx.x % kThreadsPerCoarse == 0) buf[threadIdx.x / kThreadsPerCoarse] = coarse;
   if (threadIdx.x == 0) buf[kCoarseBuckets] = block_min_p;
   const int64_t row_sum = cl.sum_published(buf, kCoarseBuckets + 1);
@@ -125,12 +134,13 @@ __device__ int64_t bucket_weights(const SampleRow& row, float min_p, ClusterRow&
   return sh.min_p_kept;
 }
 
-// The token at which the running sum of the kept weights along the sorted order first reaches `target`
-// (1 <= target <= br.total): *id, and *inclusive = the running sum through it. false when its bucket holds
-// more than kMaxCandidates tokens of the row (the same in all the row's blocks); every thread calls, with the
-// sums of bucket_weights still in place (no radix selection since).
+// The token at which the running sum of the kept weights (kCount: of ones) along the sorted order first reaches
+// `target` (1 <= target <= br.total): *id, its value *value, and *inclusive = the running sum through it. false
+// when its bucket holds more than kMaxCandidates tokens of the row (the same in all the row's blocks); every
+// thread calls, with the sums of bucket_histogram<kCount> still in place (no radix selection since).
+template <bool kCount>
 __device__ bool bucket_pick(const SampleRow& row, const BucketRow& br, int64_t target, ClusterRow& cl,
-                            SampleShared& sh, int* id, int64_t* inclusive) {
+                            SampleShared& sh, int* id, int64_t* inclusive, float* value) {
   __syncthreads();  // the last pick's results are read
   if (threadIdx.x == 0) {
     sh.pick_coarse = -1;
@@ -172,7 +182,10 @@ __device__ bool bucket_pick(const SampleRow& row, const BucketRow& br, int64_t t
   __syncthreads();
   const int bucket = sh.pick_bucket;
   const int64_t need = target - sh.pick_before;  // within the bucket, 1 <= need <= its weights
-  if (bucket < 0) return false;
+  if (bucket < 0) {  // (as above) after the reads of the blocks' sums, which a radix selection overwrites
+    cluster_sync();
+    return false;
+  }
   float4* own = own_candidates(sh);
   // Not slice_loop: with its eight values in flight the kernel needs more than the 64 registers a thread of a
   // 1,024-thread block has (ptxas spills).
@@ -180,9 +193,13 @@ __device__ bool bucket_pick(const SampleRow& row, const BucketRow& br, int64_t t
 #pragma unroll 4
   for (int i = slice.begin + static_cast<int>(threadIdx.x); i < slice.end; i += kSampleThreads) {
     const float v = slice.values[i - slice.begin];
-    if (bucket_of(v, row.top) != bucket || !row.in_top_k(order_key(v), i)) continue;
-    const int64_t w = row.weight_of(row.prob(v));
-    if (w == 0) continue;
+    if (bucket_of(v, row.top) != bucket) continue;
+    int64_t w = 1;
+    if (!kCount) {
+      if (!row.in_top_k(order_key(v), i)) continue;
+      w = row.weight_of(row.prob(v));
+      if (w == 0) continue;
+    }
     const uint32_t n = atomicAdd(reinterpret_cast<uint32_t*>(&sh.candidates), 1u);  // its low word: 0 above
     if (n < kMaxCandidates) own[n] = pack_candidate(v, i, w);
   }
@@ -216,10 +233,12 @@ __device__ bool bucket_pick(const SampleRow& row, const BucketRow& br, int64_t t
   const int64_t w = candidate_weight(mine);
   if (c < n && part == 0 && ahead < need && need <= ahead + w) {
     sh.pick_id = i;
+    sh.pick_value = mine.x;
     sh.pick_inclusive = sh.pick_before + ahead + w;
   }
   __syncthreads();
   *id = sh.pick_id;
+  *value = sh.pick_value;
   *inclusive = sh.pick_inclusive;
   return *id >= 0;
 }

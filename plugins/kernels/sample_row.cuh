@@ -34,6 +34,7 @@ struct SampleShared {
   int pick_coarse;
   int pick_bucket;
   int pick_id;
+  float pick_value;
   int64_t pick_before;
   int64_t pick_inclusive;
 };

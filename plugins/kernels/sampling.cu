@@ -200,28 +200,34 @@ __device__ int radix_pick(const SampleRow& row, int64_t target, bool want_id, Cl
 // Steps 4-8 of the sampler's docstring on a row whose first pass is done: the drawn token.
 __device__ int draw(SampleRow& row, int64_t top_k, float top_p, float min_p, float uniform, ClusterRow& cl,
                     SampleShared& sh) {
-  if (top_k > 0 && top_k < row.vocab) {  // the token at position k - 1 bounds the top-k
-    int64_t above;
-    const int64_t counts = digit_histogram<true>(row, 0, kTopShift, cl, sh);
-    const uint32_t key = radix_select<true>(row, top_k, counts, cl, sh, &above);
-    const int id = nth_with_key(row, key, top_k - 1 - above, cl, sh);
-    row.kth_key = key;
-    row.kth_id = id;
-  }
-  BucketRow buckets;
-  int64_t kept = bucket_weights(row, min_p, cl, sh, buckets);
   int id;
   int64_t inclusive;
+  float value;
+  BucketRow buckets;
+  if (top_k > 0 && top_k < row.vocab) {  // the token at position k - 1 bounds the top-k
+    const int64_t nans = bucket_histogram<true>(row, 0.0f, cl, sh, buckets);
+    if (nans == 0 && bucket_pick<true>(row, buckets, top_k, cl, sh, &id, &inclusive, &value)) {
+      row.kth_key = order_key(value);
+      row.kth_id = id;
+    } else {
+      int64_t above;
+      const int64_t counts = digit_histogram<true>(row, 0, kTopShift, cl, sh);
+      const uint32_t key = radix_select<true>(row, top_k, counts, cl, sh, &above);
+      row.kth_id = nth_with_key(row, key, top_k - 1 - above, cl, sh);
+      row.kth_key = key;
+    }
+  }
+  int64_t kept = bucket_histogram<false>(row, min_p, cl, sh, buckets);
   if (top_p < 1.0f) {  // top-p ends at the first position whose running sum reaches top_p * total
     const int64_t target = static_cast<int64_t>(ceil(static_cast<double>(top_p) * static_cast<double>(buckets.total)));
-    if (!bucket_pick(row, buckets, target, cl, sh, &id, &inclusive)) {
+    if (!bucket_pick<false>(row, buckets, target, cl, sh, &id, &inclusive, &value)) {
       radix_pick(row, target, false, cl, sh, &inclusive);  // it clears the buckets' sums: the draw's radix too
       buckets.total = -1;
     }
     kept = min(kept, inclusive);
   }
   const int64_t target = static_cast<int64_t>(floor(static_cast<double>(uniform) * static_cast<double>(kept))) + 1;
-  if (buckets.total >= 0 && bucket_pick(row, buckets, target, cl, sh, &id, &inclusive)) return id;
+  if (buckets.total >= 0 && bucket_pick<false>(row, buckets, target, cl, sh, &id, &inclusive, &value)) return id;
   return radix_pick(row, target, true, cl, sh, &inclusive);
 }
 

@@ -147,12 +147,14 @@ def test_sample_kernel_takes_the_tokens_of_the_torch_sampler(rows, vocab, limit,
 @pytest.mark.parametrize("tied", [1023, 1024, 1025, 3000])
 def test_sample_kernel_at_its_bucket_limit(tied, monkeypatch):
     """`tied` tokens share the top value, the rest lie far below: the top bucket holds `tied` tokens, ranked
-    among themselves up to 1,024 (sample_buckets.cuh) and by the radix selection above; the same tokens."""
+    among themselves up to 1,024 (sample_buckets.cuh) and by the radix selection above, for the drawn token,
+    top-p's end and top-k's k-th token; the same tokens."""
     from mamba_deploy.runtime import sampler
 
     monkeypatch.setattr(sampler, "KERNEL_MIN_ROWS", 1)
     gen = torch.Generator().manual_seed(tied)
-    params = [P(1.0), P(1.0, top_p=0.9), P(0.7, top_p=0.5, repetition_penalty=1.3), P(1.0, min_p=0.5)]
+    params = [P(1.0), P(1.0, top_p=0.9), P(0.7, top_p=0.5, repetition_penalty=1.3), P(1.0, min_p=0.5),
+              P(1.0, top_k=1000), P(0.7, top_k=1500, top_p=0.9), P(1.0, top_k=5)]
     kernel, torch_ops = make_state("cuda", params), make_state("cuda", params)
     slots = torch.arange(len(params), device="cuda")
     for step in range(4):
