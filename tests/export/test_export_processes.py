@@ -29,10 +29,17 @@ def deep_ckpt(tmp_path_factory):
     return make_random_checkpoint(DEEP, tmp_path_factory.mktemp("deep") / "ckpt", dtype=torch.float32)
 
 
+def _default_sigint():
+    # A runner started in the background by a non-interactive shell ignores SIGINT, and an ignored signal stays
+    # ignored across exec (Python then installs no handler): such an export never sees the test's SIGINT.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _start_export(ckpt, out):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
     return subprocess.Popen([sys.executable, "-m", "mamba_deploy.cli", "export", str(ckpt), "-o", str(out), "-q"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                            preexec_fn=_default_sigint)
 
 
 def _wait_for_temp(proc, out, timeout=60.0):
