@@ -130,8 +130,8 @@ class SamplerState:
                                            dtype=np.float32))
         # one int64 transfer: slots, then per slot (top_k, seed, step 0, last_token 0), then the seen (row, id)s
         fields = np.array([[p.top_k, s, 0, 0] for p, s in zip(params, seeds)], dtype=np.int64).reshape(-1)
-        ints = torch.from_numpy(np.concatenate([np.array(slots, dtype=np.int64), fields,
-                                                np.repeat(np.array(slots, dtype=np.int64), lengths), every_id]))
+        slot_ids = np.array(slots, dtype=np.int64)
+        ints = torch.from_numpy(np.concatenate([slot_ids, fields, np.repeat(slot_ids, lengths), every_id]))
         floats, ints = to_device_async(floats, self.device), to_device_async(ints, self.device)
         rows, per_slot = ints[:n], ints[n:5 * n].view(n, 4)
         for k, name in enumerate(("temperature", "top_p", "min_p", "repetition_penalty")):

@@ -1,5 +1,5 @@
-// sample_buckets.cuh -- the sampler's weighted selections in two passes instead of four radix digits
-// (sampling.cu): the position where the running sum of the kept weights along the sorted order first reaches
+// sample_buckets.cuh -- the sampler's selections (sampling.cu) in two passes instead of four radix digits: the
+// position where the running sum of the kept weights (for top-k: of ones) along the sorted order first reaches
 // a target.
 //
 // A token's weight is positive only within S ln 2 of the row's top value, so `bucket_of` cuts that range into
@@ -36,12 +36,6 @@ static_assert(kCoarseBuckets == kBuckets && kFineBuckets % kBucketsPerThread == 
 static_assert(4 * kLinearBuckets <= 2 * kSampleWarps * kBuckets && 4 * kMaxCandidates <= kLinearBuckets,
               "the bucket histograms and candidate lists fit in SampleShared::hist");
 
-// The row's kept weights by coarse bucket are SampleShared::coarse (running sums), the block's own by bucket
-// bucket_sums(sh).
-struct BucketRow {
-  int64_t total;  // the row's kept weights
-};
-
 // Buckets a unit of value: kLinearBuckets over the widest range of positive weights, S ln 2 at S = 52
 // (sampling.h's largest weight_bits), and one more unit.
 constexpr float kBucketsPerUnit = kLinearBuckets / (52 * 0.6931472f + 1.0f);
@@ -77,14 +71,14 @@ __device__ __forceinline__ int64_t candidate_weight(const float4& c) {
                               static_cast<uint32_t>(__float_as_int(c.z)));
 }
 
-// One pass over the slice: the block's kept weights (in the top-k) by bucket and the row's by coarse bucket (see
-// BucketRow); returns the row's sum of the weights of probability >= min_p (min-p keeps a prefix of the sorted
-// order: its running sum at its end). kCount: every token weighs 1 (top-k's counts; the last bucket takes all
-// below the range), min_p unused, and the return is the row's count of NaN values (which sort first, as no
-// bucket can say: the caller takes the radix selection).
+// One pass over the slice: the block's kept weights (in the top-k) by bucket (bucket_sums(sh)), the row's by
+// coarse bucket (running sums in SampleShared::coarse) and in all (*total); returns the row's sum of the weights
+// of probability >= min_p (min-p keeps a prefix of the sorted order: its running sum at its end). kCount: every
+// token weighs 1 (top-k's counts; the last bucket takes all below the range), min_p unused, and the return is
+// the row's count of NaN values (which sort first, as no bucket can say: the caller takes the radix selection).
 template <bool kCount>
 __device__ int64_t bucket_histogram(const SampleRow& row, float min_p, ClusterRow& cl, SampleShared& sh,
-                                    BucketRow& out) {
+                                    int64_t* total) {
   uint32_t* words = bucket_words(sh);
   for (int b = threadIdx.x; b < 4 * kLinearBuckets; b += kSampleThreads) words[b] = 0;
   __syncthreads();
@@ -129,18 +123,19 @@ __device__ int64_t bucket_histogram(const SampleRow& row, float min_p, ClusterRo
   const int64_t row_sum = cl.sum_published(buf, kCoarseBuckets + 1);
   if (threadIdx.x == kCoarseBuckets) sh.min_p_kept = row_sum;
   const int64_t row_coarse = threadIdx.x < kCoarseBuckets ? row_sum : 0;  // thread t: coarse bucket t
-  const int64_t before = block_exclusive_sum(row_coarse, sh, &out.total);  // its barriers publish min_p_kept
+  const int64_t before = block_exclusive_sum(row_coarse, sh, total);  // its barriers publish min_p_kept
   if (threadIdx.x < kCoarseBuckets) sh.coarse[threadIdx.x] = before + row_coarse;
   return sh.min_p_kept;
 }
 
 // The token at which the running sum of the kept weights (kCount: of ones) along the sorted order first reaches
-// `target` (1 <= target <= br.total): *id, its value *value, and *inclusive = the running sum through it. false
-// when its bucket holds more than kMaxCandidates tokens of the row (the same in all the row's blocks); every
-// thread calls, with the sums of bucket_histogram<kCount> still in place (no radix selection since).
+// `target` (1 <= target <= bucket_histogram's *total): *id, its value *value, and *inclusive = the running sum
+// through it. false when its bucket holds more than kMaxCandidates tokens of the row (the same in all the row's
+// blocks); every thread calls, with the sums of bucket_histogram<kCount> still in place (no radix selection
+// since).
 template <bool kCount>
-__device__ bool bucket_pick(const SampleRow& row, const BucketRow& br, int64_t target, ClusterRow& cl,
-                            SampleShared& sh, int* id, int64_t* inclusive, float* value) {
+__device__ bool bucket_pick(const SampleRow& row, int64_t target, ClusterRow& cl, SampleShared& sh, int* id,
+                            int64_t* inclusive, float* value) {
   __syncthreads();  // the last pick's results are read
   if (threadIdx.x == 0) {
     sh.pick_coarse = -1;
@@ -160,13 +155,7 @@ __device__ bool bucket_pick(const SampleRow& row, const BucketRow& br, int64_t t
   if (sh.pick_coarse < 0) return false;  // no bucket reaches the target (non-finite values): the radix decides
   if (threadIdx.x < 32) {  // the coarse bucket's buckets, summed over the row's blocks, in the first warp
     const int lane = threadIdx.x, b = sh.pick_coarse * kFineBuckets + lane;
-    int64_t sum = 0;
-    if (lane < kFineBuckets) {
-#pragma unroll
-      for (uint32_t r = 0; r < kMaxCluster; ++r) {
-        if (r < cl.blocks) sum += ld_cluster_s64(bucket_sums(sh) + b, r);
-      }
-    }
+    const int64_t sum = lane < kFineBuckets ? cl.sum_over_blocks(bucket_sums(sh) + b) : 0;
     int64_t running = sum;
 #pragma unroll
     for (int d = 1; d < kFineBuckets; d <<= 1) {

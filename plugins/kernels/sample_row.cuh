@@ -50,17 +50,20 @@ struct ClusterRow {
 
   __device__ int64_t* publish(SampleShared& sh) { return sh.exchange[round++ & 1]; }
 
+  // The sum over the blocks of the int64 at `local`'s offset in their shared memory (written before a barrier).
+  __device__ int64_t sum_over_blocks(const int64_t* local) const {
+    int64_t sum = 0;
+#pragma unroll
+    for (uint32_t r = 0; r < kMaxCluster; ++r) {
+      if (r < blocks) sum += ld_cluster_s64(local, r);
+    }
+    return sum;
+  }
+
   // Thread t < n: the sum over the blocks of their buf[t], where buf = publish(sh) was filled before the call.
   __device__ int64_t sum_published(const int64_t* buf, int n) {
     cluster_sync();
-    int64_t sum = 0;
-    if (static_cast<int>(threadIdx.x) < n) {
-#pragma unroll
-      for (uint32_t r = 0; r < kMaxCluster; ++r) {
-        if (r < blocks) sum += ld_cluster_s64(buf + threadIdx.x, r);
-      }
-    }
-    return sum;
+    return static_cast<int>(threadIdx.x) < n ? sum_over_blocks(buf + threadIdx.x) : 0;
   }
 
   // Every thread: the blocks' values (each block's `mine`, the same in all its threads) folded by `combine`

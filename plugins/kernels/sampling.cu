@@ -15,8 +15,9 @@ namespace {
 // ---- one token per row (md_launch_sample) ---------------------------------------------------------------
 // The sorted order of runtime/sampler.py (value descending, equal values by lower id) is never built: every
 // quantity the sampler needs is a position where a running sum along that order reaches a target, and the
-// row's blocks find it by radix selection on the value's bits, with histograms of the weights, then among
-// equal values by id. A row is a cluster of blocks (compute capability 9.0+), each holding its slice of the
+// row's blocks find it from linear buckets of value (sample_buckets.cuh) or, where a bucket holds too many
+// tokens, by radix selection on the value's bits (below), with histograms of the weights (or counts), then
+// among equal values by id. A row is a cluster of blocks (compute capability 9.0+), each holding its slice of the
 // row's scaled values in shared memory (or, for vocabularies too large for that, in the caller's scratch);
 // the blocks add their histograms and sums through distributed shared memory.
 
@@ -55,7 +56,6 @@ __device__ __forceinline__ void row_argmax(float& value, int& index, ClusterRow&
   value = __uint_as_float(static_cast<uint32_t>(static_cast<uint64_t>(best) >> 32));
   index = static_cast<int>(static_cast<uint32_t>(best));
 }
-
 
 // Adds each lane's w (0: none) to its warp's hist[digit] (only this warp writes it). Unit weights: the lanes
 // of one digit are counted and the lowest of them adds the count; weights: each lane adds its own (measured on
@@ -201,12 +201,11 @@ __device__ int radix_pick(const SampleRow& row, int64_t target, bool want_id, Cl
 __device__ int draw(SampleRow& row, int64_t top_k, float top_p, float min_p, float uniform, ClusterRow& cl,
                     SampleShared& sh) {
   int id;
-  int64_t inclusive;
+  int64_t inclusive, total;
   float value;
-  BucketRow buckets;
   if (top_k > 0 && top_k < row.vocab) {  // the token at position k - 1 bounds the top-k
-    const int64_t nans = bucket_histogram<true>(row, 0.0f, cl, sh, buckets);
-    if (nans == 0 && bucket_pick<true>(row, buckets, top_k, cl, sh, &id, &inclusive, &value)) {
+    const int64_t nans = bucket_histogram<true>(row, 0.0f, cl, sh, &total);
+    if (nans == 0 && bucket_pick<true>(row, top_k, cl, sh, &id, &inclusive, &value)) {
       row.kth_key = order_key(value);
       row.kth_id = id;
     } else {
@@ -217,17 +216,17 @@ __device__ int draw(SampleRow& row, int64_t top_k, float top_p, float min_p, flo
       row.kth_key = key;
     }
   }
-  int64_t kept = bucket_histogram<false>(row, min_p, cl, sh, buckets);
+  int64_t kept = bucket_histogram<false>(row, min_p, cl, sh, &total);
   if (top_p < 1.0f) {  // top-p ends at the first position whose running sum reaches top_p * total
-    const int64_t target = static_cast<int64_t>(ceil(static_cast<double>(top_p) * static_cast<double>(buckets.total)));
-    if (!bucket_pick<false>(row, buckets, target, cl, sh, &id, &inclusive, &value)) {
-      radix_pick(row, target, false, cl, sh, &inclusive);  // it clears the buckets' sums: the draw's radix too
-      buckets.total = -1;
+    const int64_t target = static_cast<int64_t>(ceil(static_cast<double>(top_p) * static_cast<double>(total)));
+    if (!bucket_pick<false>(row, target, cl, sh, &id, &inclusive, &value)) {
+      radix_pick(row, target, false, cl, sh, &inclusive);
+      total = -1;  // the radix selection cleared the buckets' sums: the draw takes it too
     }
     kept = min(kept, inclusive);
   }
   const int64_t target = static_cast<int64_t>(floor(static_cast<double>(uniform) * static_cast<double>(kept))) + 1;
-  if (buckets.total >= 0 && bucket_pick<false>(row, buckets, target, cl, sh, &id, &inclusive, &value)) return id;
+  if (total >= 0 && bucket_pick<false>(row, target, cl, sh, &id, &inclusive, &value)) return id;
   return radix_pick(row, target, true, cl, sh, &inclusive);
 }
 
