@@ -102,6 +102,12 @@ class NativeEngine:
         # One memory pool for every graph (they replay one at a time on one stream), kept alive by the first
         # graph captured: a pool whose graphs were all freed cannot be captured into again.
         self._pool_keeper: Optional[torch.cuda.CUDAGraph] = None
+        # Every capture (and its warm-up runs) on ONE side stream of the engine, not a new one each time: with
+        # the decode kernels' programmatic dependent launch, a process that had run kernels on more streams
+        # replayed the same batch-64 decode graph 3.5% slower (2.661 against 2.567 ms a step, mamba-1.4b on the
+        # H200: CUDA_DEVICE_MAX_CONNECTIONS=32 avoided it too, so the streams share hardware queues;
+        # docs/performance.md, session 16).
+        self._capture_stream: Optional[torch.cuda.Stream] = None
         # chunks of <= prefill_graph_tokens tokens and <= prefill_graph_batch rows replay captured pieces (0: all
         # eager). On by default: an eager 100-token prefill is bound by the host, ~500 launches (H200, mamba-1.4b
         # batch 1 in Engine.generate: 12-55 ms eager against 7 ms as one padded replay; docs/performance.md,
@@ -284,14 +290,16 @@ class NativeEngine:
         kept = st.conv + st.ssm + st.attn_conv + ([st.length] if st.length is not None else []) + \
             [self.ids, *self.residuals] + kept
         saved = [t.clone() for t in kept]
-        side = torch.cuda.Stream(self.device)
+        if self._capture_stream is None:
+            self._capture_stream = torch.cuda.Stream(self.device)
+        side = self._capture_stream
         side.wait_stream(torch.cuda.current_stream(self.device))
         with torch.cuda.stream(side):
             for _ in range(2):
                 step()
         torch.cuda.current_stream(self.device).wait_stream(side)
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=None if self._pool_keeper is None else self._pool_keeper.pool()):
+        with torch.cuda.graph(graph, pool=None if self._pool_keeper is None else self._pool_keeper.pool(), stream=side):
             step()
         self._pool_keeper = self._pool_keeper or graph
         torch._foreach_copy_(kept, saved)
