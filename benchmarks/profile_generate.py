@@ -97,9 +97,9 @@ def timeline(api, prompts, kwargs) -> None:
           f"returned {(done - host[-1][1]) * 1e3:.1f} ms")
 
 
-HOST_CALLS = {"scheduler": ("submit_many", "_start_loop", "_release_sampler_rows", "_admit", "_prefill",
+HOST_CALLS = {"scheduler": ("submit_many", "_start_loop", "_admit", "_prefill",
                             "_prefill_group", "_device_slots", "_send_home", "_deliver_launch"),
-              "backend": ("prefill_slots", "decode_sample_slots"), "sampler": ("assign_many", "sample", "release_many"),
+              "backend": ("prefill_slots", "decode_sample_slots"), "sampler": ("assign_many", "sample"),
               "pool": ("reset_many",)}
 
 

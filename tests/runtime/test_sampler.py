@@ -199,6 +199,19 @@ def test_assign_and_release_reset_the_row():
     assert not state.seen[1].any() and state.seed[1].item() == 0
 
 
+def test_assigning_a_used_row_equals_assigning_a_fresh_one():
+    """The scheduler does not reset a retired request's row: the next assign_many must overwrite every field."""
+    used, fresh = SamplerState(3, 10, "cpu"), SamplerState(3, 10, "cpu")
+    used.assign_many([1, 2], [P(0.5, top_k=3, top_p=0.7, min_p=0.1, repetition_penalty=1.5), P(1.1)], [2**64 - 1, 4],
+                     [[2, 9], [5]])
+    for _ in range(3):
+        used.sample(torch.randn(2, 10), torch.tensor([1, 2]), 10)
+    for state in (used, fresh):
+        state.assign_many([2, 1], [P(0.8), P(0.0, top_k=1)], [6, 9], [[4], []])
+    names = ("temperature", "top_k", "top_p", "min_p", "repetition_penalty", "seed", "step", "last_token", "seen")
+    assert all(torch.equal(getattr(used, n), getattr(fresh, n)) for n in names)
+
+
 def test_assign_many_and_release_many_equal_one_slot_at_a_time():
     params = [P(0.5, top_k=3, top_p=0.7), P(0.0), P(1.2, min_p=0.2, repetition_penalty=1.3)]
     seeds, prompts, slots = [5, 2**64 - 1, 0], [[2, 9, 2], [], [7]], [3, 0, 1]

@@ -329,8 +329,6 @@ def test_thousand_requests_leave_no_slot_and_flat_memory(export_dir):
         sched.pool.check_no_leaks()
         assert sched.pool.free_count == 8 and sched.active_count == 0
         rss_grown = _rss_bytes() - rss_before
-    # every sampler row released: the loop resets retired rows in one batch before it admits or ends (close joins it)
-    assert not sched.sampler.seen.any() and not sched.sampler.step.any()
     assert grown < 256 * 1024, f"python memory grew by {grown} bytes over 800 requests"
     assert rss_grown < 16 * 2**20, f"resident memory grew by {rss_grown} bytes over 800 requests"
 
