@@ -29,7 +29,7 @@ import torch
 
 from ..config import ModelConfig
 from ..errors import MambaDeployError
-from ..models.state import InferenceState, io_name
+from ..models.state import InferenceState, io_name, layers_view
 
 _MAGIC = b"MDSLOT1\n"
 _DTYPES = {str(d).removeprefix("torch."): d for d in (torch.float32, torch.float16, torch.bfloat16, torch.int64,
@@ -115,6 +115,13 @@ class StatePool:
             (io_name(kind, layer).replace("_state", ""), t)
             for kind, layer, t in sorted(state.named(config), key=lambda e: order.index(e[0]))]
         self.fingerprint = config_fingerprint(config)
+        # reset_many zeroes these: per kind, every layer's tensor as one (layers, slots, ...) view where the state
+        # is a layer_block (one launch for a range of slots), else each tensor as a view of one layer
+        self._zero_views = []
+        for kind in (state.conv, state.ssm, state.key, state.value, state.attn_conv,
+                     [state.length] if state.length is not None else []):
+            block = layers_view(kind)
+            self._zero_views += [block] if block is not None else [t.unsqueeze(0) for t in kind]
         # a heap: the lowest free slot is handed out first, so running sequences tend to hold consecutive slots,
         # which backends run as one view of the pool (no gather / scatter)
         self._free = list(range(self.max_slots))
@@ -162,13 +169,13 @@ class StatePool:
         self.reset_many([slot])
 
     def reset_many(self, slots: Sequence[int]) -> None:
-        """Zero every buffer of each of `slots`: one foreach call (a few launches), not one per slot and buffer;
-        consecutive slots as one range of rows."""
+        """Zero every buffer of each of `slots`: one foreach call over the per-kind views of all layers (a launch
+        per kind, not per layer, slot and buffer); consecutive slots as one range of rows."""
         first = consecutive_start(slots)
         if first is not None:
-            torch._foreach_zero_([tensor[first:first + len(slots)] for _, tensor in self.buffers])
+            torch._foreach_zero_([view[:, first:first + len(slots)] for view in self._zero_views])
         elif slots:
-            torch._foreach_zero_([tensor[int(slot)] for slot in slots for _, tensor in self.buffers])
+            torch._foreach_zero_([view[:, int(slot)] for slot in slots for view in self._zero_views])
 
     def save(self, slot: int) -> SlotSnapshot:
         """`slot`'s buffers copied to host tensors."""

@@ -4,6 +4,7 @@ import torch
 
 from mamba_deploy.errors import MambaDeployError
 from mamba_deploy.export.artifact import load_export
+from mamba_deploy.models.state import layers_view
 from mamba_deploy.runtime.backend import load_backend
 from mamba_deploy.runtime.slots import SlotSnapshot, StatePool
 
@@ -99,6 +100,18 @@ def test_reset_many_zeroes_those_slots_only(backend, slots):
     pool.reset_many(slots)
     for slot in range(4):
         assert all(bool((t[slot] == 0).all()) == (slot in slots) for _, t in pool.buffers)
+
+
+def test_each_kind_of_state_is_one_block_of_layers(backend):
+    """reset_many zeroes a kind's rows of every layer in one launch only while the layers share one allocation."""
+    state = backend.new_state(3)
+    for kind in (state.conv, state.ssm, state.key, state.value, state.attn_conv):
+        if kind:
+            block = layers_view(kind)
+            assert block is not None and block.shape == (len(kind), *kind[0].shape)
+            assert all(torch.equal(block[j], t) and (t.data_ptr() - kind[0].data_ptr()) % 256 == 0
+                       for j, t in enumerate(kind))
+    assert layers_view([t.clone() for t in state.ssm]) is None or len(state.ssm) == 1
 
 
 def test_acquire_release_reset_and_leak_check(backend):
