@@ -116,7 +116,7 @@ class StatePool:
             for kind, layer, t in sorted(state.named(config), key=lambda e: order.index(e[0]))]
         self.fingerprint = config_fingerprint(config)
         # reset_many zeroes these: per kind, every layer's tensor as one (layers, slots, ...) view where the state
-        # is a layer_block (one launch for a range of slots), else each tensor as a view of one layer
+        # is a layer_block (one strided view for a range of slots), else each tensor as a view of one layer
         self._zero_views = []
         for kind in (state.conv, state.ssm, state.key, state.value, state.attn_conv,
                      [state.length] if state.length is not None else []):
@@ -169,7 +169,7 @@ class StatePool:
         self.reset_many([slot])
 
     def reset_many(self, slots: Sequence[int]) -> None:
-        """Zero every buffer of each of `slots`: one foreach call over the per-kind views of all layers (a launch
+        """Zero every buffer of each of `slots`: one foreach call over the per-kind views of all layers (a view
         per kind, not per layer, slot and buffer); consecutive slots as one range of rows."""
         first = consecutive_start(slots)
         if first is not None:
