@@ -105,7 +105,7 @@ class NativeEngine:
         # Every capture (and its warm-up runs) on ONE side stream of the engine, not a new one each time: with
         # the decode kernels' programmatic dependent launch, a process that had run kernels on more streams
         # replayed the same batch-64 decode graph 3.5% slower (2.661 against 2.567 ms a step, mamba-1.4b on the
-        # H200: CUDA_DEVICE_MAX_CONNECTIONS=32 avoided it too, so the streams share hardware queues;
+        # H200; CUDA_DEVICE_MAX_CONNECTIONS=32 avoided it too, so likely the streams share hardware queues;
         # docs/performance.md, session 16).
         self._capture_stream: Optional[torch.cuda.Stream] = None
         # chunks of <= prefill_graph_tokens tokens and <= prefill_graph_batch rows replay captured pieces (0: all

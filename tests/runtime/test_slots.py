@@ -103,7 +103,7 @@ def test_reset_many_zeroes_those_slots_only(backend, slots):
 
 
 def test_each_kind_of_state_is_one_block_of_layers(backend):
-    """reset_many zeroes a kind's rows of every layer in one launch only while the layers share one allocation."""
+    """reset_many zeroes a kind's rows of every layer as one view only while the layers share one allocation."""
     state = backend.new_state(3)
     for kind in (state.conv, state.ssm, state.key, state.value, state.attn_conv):
         if kind:
