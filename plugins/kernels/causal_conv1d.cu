@@ -6,6 +6,8 @@
 // the channel axis is contiguous (x from a (batch, seqlen, dim) GEMM output), else time-fastest,
 // so that a warp's loads are coalesced in both layouts. The thread of chunk 0 is the only one that
 // reads state_in and the only one that writes state_out, so the two may alias.
+#include <type_traits>
+
 #include "common.cuh"
 #include "vec.cuh"
 
@@ -15,7 +17,14 @@ namespace {
 constexpr int kTPT = 8;  // outputs per thread
 constexpr int kW = MD_MAX_CONV_WIDTH;
 constexpr int kThreads = 256;
-constexpr int kVecThreads = 128;  // the vec kernel holds ~150 registers a thread: 3 blocks of 128 fit, 1 of 256
+// The vec kernel's thread: kVecSteps steps of kVecChans channels (8-byte loads), 77 registers, 6 blocks of 128 a
+// multiprocessor. Measured on the H200 (benchmarks/conv_scan.py, mamba-1.4b's layer, us): 8 channels x 8 steps
+// (149 registers, 3 blocks) 74.6 at 64 x 100 and 22.9 at 1 x 2,048; 8 x 8 with the state_out rows read at the
+// end (128 registers) 62.4 / 17.5; 4 x 8 50.9 / 15.8; 4 x 4 53.9 / 17.3; 4 x 16 56.6 / 16.8; 4 x 8 in blocks of
+// 256 55.0 / 16.6.
+constexpr int kVecChans = 4;
+constexpr int kVecSteps = 8;
+constexpr int kVecThreads = 128;
 
 // full[q] for q in [0, width - 1 + seqlen): the state columns, then x; as x's dtype (like the ref).
 template <typename T>
@@ -88,63 +97,90 @@ __global__ void __launch_bounds__(kThreads) causal_conv1d_kernel(const md_causal
 }
 
 // Channel-last prefill (x and y with a unit channel stride, as from a (batch, seqlen, dim) GEMM output), width
-// 4, dim % 8 == 0, 16-byte aligned rows: a thread computes kTPT steps of 8 consecutive channels with 16-byte
-// loads and stores; a warp covers 256 consecutive channels of a row (the generic kernel's warp reads 64 bytes a
-// row and re-reads each input twice). All of a thread's input rows and weights are loaded before the first
-// product, so their loads are in flight together: loaded one row a step, a short prompt's conv took ~25 us a
-// layer of DRAM round trips. Same arithmetic, in the same order, as causal_conv1d_kernel.
+// 4, dim % 8 == 0, 16-byte aligned rows: a thread computes kVecSteps steps of kVecChans consecutive channels with
+// vector loads and stores; a warp covers 32 x kVecChans consecutive channels of a row (the generic kernel's warp
+// reads 64 bytes a row and re-reads each input twice). All of a thread's input rows and weights are loaded before
+// the first product, so their loads are in flight together: loaded one row a step, a short prompt's conv took
+// ~25 us a layer of DRAM round trips. Same arithmetic, in the same order, as causal_conv1d_kernel.
+
+// kVecChans (4) 16-bit elements: 8 bytes.
+using VecRaw = uint2;
+static_assert(kVecChans == 4, "VecRaw holds 4 elements");
+
+template <typename T>  // __half or __nv_bfloat16
+__device__ __forceinline__ void unpack_vec(const uint2& v, float* f) {
+  using T2 = typename std::conditional<std::is_same<T, __half>::value, __half2, __nv_bfloat162>::type;
+  const T2* h = reinterpret_cast<const T2*>(&v);
+#pragma unroll
+  for (int i = 0; i < 2; ++i) {
+    f[2 * i] = to_f(h[i].x);
+    f[2 * i + 1] = to_f(h[i].y);
+  }
+}
 template <typename T>
-__device__ __forceinline__ void full_row8(const md_causal_conv1d_params& p, int64_t b, int64_t c0, int64_t q, float* f) {
+__device__ __forceinline__ VecRaw load_vec(const T* ptr) { return __ldg(reinterpret_cast<const VecRaw*>(ptr)); }
+template <typename T>
+__device__ __forceinline__ void store_vec(T* ptr, const float* f) {
+  __align__(16) T v[kVecChans];
+#pragma unroll
+  for (int j = 0; j < kVecChans; ++j) v[j] = from_f<T>(f[j]);
+  *reinterpret_cast<VecRaw*>(ptr) = *reinterpret_cast<const VecRaw*>(v);
+}
+
+template <typename T>
+__device__ __forceinline__ void full_row_vec(const md_causal_conv1d_params& p, int64_t b, int64_t c0, int64_t q,
+                                             float* f) {
   constexpr int W = 4;
   if (q >= W - 1) {
-    load8(static_cast<const T*>(p.x) + b * p.x_batch_stride + (q - (W - 1)) * p.x_seq_stride + c0, f);
+    unpack_vec<T>(load_vec<T>(static_cast<const T*>(p.x) + b * p.x_batch_stride + (q - (W - 1)) * p.x_seq_stride + c0),
+                  f);
     return;
   }
 #pragma unroll
-  for (int v = 0; v < 8; ++v) f[v] = full_at<T>(p, b, c0 + v, q);
+  for (int v = 0; v < kVecChans; ++v) f[v] = full_at<T>(p, b, c0 + v, q);
 }
 
-// The W - 1 state columns of 8 channels, as x's dtype (like full_at), state dtype S: the 24 loads are issued
-// before any conversion (through load_any, each waited for its load: ~16 us of round trips in chunk 0).
+// The W - 1 state columns of the thread's channels, as x's dtype (like full_at), state dtype S: the loads are
+// issued before any conversion (through load_any, each waited for its load: ~16 us of round trips in chunk 0).
 template <typename T, typename S>
-__device__ __forceinline__ void state_cols8(const md_causal_conv1d_params& p, int64_t b, int64_t c0, float (*win)[8]) {
+__device__ __forceinline__ void state_cols_vec(const md_causal_conv1d_params& p, int64_t b, int64_t c0,
+                                               float (*win)[kVecChans]) {
   constexpr int W = 4;
   const S* st = static_cast<const S*>(p.state_in) + state_row(p.state_rows, b) * p.state_in_batch_stride;
-  S raw[W - 1][8];
+  S raw[W - 1][kVecChans];
 #pragma unroll
   for (int j = 0; j < W - 1; ++j) {
 #pragma unroll
-    for (int v = 0; v < 8; ++v) raw[j][v] = st[(c0 + v) * p.state_in_dim_stride + j * p.state_in_width_stride];
+    for (int v = 0; v < kVecChans; ++v) raw[j][v] = st[(c0 + v) * p.state_in_dim_stride + j * p.state_in_width_stride];
   }
 #pragma unroll
   for (int j = 0; j < W - 1; ++j) {
 #pragma unroll
-    for (int v = 0; v < 8; ++v) win[j][v] = to_f(from_f<T>(to_f(raw[j][v])));
+    for (int v = 0; v < kVecChans; ++v) win[j][v] = to_f(from_f<T>(to_f(raw[j][v])));
   }
 }
 
 template <typename T>
 __global__ void __launch_bounds__(kVecThreads) causal_conv1d_vec_kernel(const md_causal_conv1d_params p) {
-  constexpr int W = 4, kRows = W - 1 + kTPT;
-  const int64_t groups = p.dim / 8, nchunks = (p.seqlen + kTPT - 1) / kTPT;
+  constexpr int W = 4, V = kVecChans, kRows = W - 1 + kVecSteps;
+  const int64_t groups = p.dim / V, nchunks = (p.seqlen + kVecSteps - 1) / kVecSteps;
   const int64_t idx = static_cast<int64_t>(blockIdx.x) * kVecThreads + threadIdx.x;
   if (idx >= p.batch * nchunks * groups) return;
-  const int64_t c0 = (idx % groups) * 8, k = (idx / groups) % nchunks, b = idx / (groups * nchunks);
-  const int64_t t0 = k * kTPT;
+  const int64_t c0 = (idx % groups) * V, k = (idx / groups) % nchunks, b = idx / (groups * nchunks);
+  const int64_t t0 = k * kVecSteps;
   // raw[j]: x at time t0 + j - (W - 1), zero outside [0, seqlen) (the state columns are read below)
-  uint4 raw[kRows];
+  VecRaw raw[kRows];
   const T* xb = static_cast<const T*>(p.x) + b * p.x_batch_stride + c0;
 #pragma unroll
   for (int j = 0; j < kRows; ++j) {
     const int64_t pos = t0 + j - (W - 1);
-    raw[j] = pos >= 0 && pos < p.seqlen ? __ldg(reinterpret_cast<const uint4*>(xb + pos * p.x_seq_stride))
-                                        : make_uint4(0, 0, 0, 0);
+    raw[j] = pos >= 0 && pos < p.seqlen ? load_vec<T>(xb + pos * p.x_seq_stride) : VecRaw{};
   }
-  // the 8 channels' (dim, 4) weights: 64 contiguous bytes. As 2-byte loads (a warp's lanes 64 bytes apart) they
+  // the V channels' (dim, 4) weights: 8 V contiguous bytes. As 2-byte loads (a warp's lanes 64 bytes apart) they
   // cost more L1 wavefronts than the rows: the kernel ran at ~0.7 TB/s.
-  float w[W][8], bias[8];
+  float w[W][V], bias[V];
 #pragma unroll
-  for (int q = 0; q < W * 8 / 8; ++q) {
+  for (int q = 0; q < V / 2; ++q) {
     float f[8];  // channels c0 + 2q, c0 + 2q + 1, 4 taps each
     load8(static_cast<const T*>(p.weight) + (c0 + 2 * q) * W, f);
 #pragma unroll
@@ -153,53 +189,53 @@ __global__ void __launch_bounds__(kVecThreads) causal_conv1d_vec_kernel(const md
       w[i][2 * q + 1] = f[W + i];
     }
   }
-  if (p.bias) load8(static_cast<const T*>(p.bias) + c0, bias);
+  if (p.bias) unpack_vec<T>(load_vec<T>(static_cast<const T*>(p.bias) + c0), bias);
   else {
 #pragma unroll
-    for (int v = 0; v < 8; ++v) bias[v] = 0.f;
+    for (int v = 0; v < V; ++v) bias[v] = 0.f;
   }
-  float win[W][8];
+  float win[W][V];
   if (k != 0) {
 #pragma unroll
-    for (int j = 0; j < W - 1; ++j) unpack(raw[j], win[j], T());
+    for (int j = 0; j < W - 1; ++j) unpack_vec<T>(raw[j], win[j]);
   } else if (p.state_in != nullptr && p.state_dtype == MD_FLOAT32) {
-    state_cols8<T, float>(p, b, c0, win);
+    state_cols_vec<T, float>(p, b, c0, win);
   } else if (p.state_in != nullptr && p.state_dtype == p.x_dtype) {
-    state_cols8<T, T>(p, b, c0, win);
+    state_cols_vec<T, T>(p, b, c0, win);
   } else {
 #pragma unroll
-    for (int j = 0; j < W - 1; ++j) full_row8<T>(p, b, c0, j, win[j]);  // zeros, or another state dtype
-  }
-  float new_state[W - 1][8];
-  if (k == 0 && p.state_out != nullptr) {  // read everything state_out needs before writing it
-#pragma unroll
-    for (int j = 0; j < W - 1; ++j) full_row8<T>(p, b, c0, p.seqlen + j, new_state[j]);
+    for (int j = 0; j < W - 1; ++j) full_row_vec<T>(p, b, c0, j, win[j]);  // zeros, or another state dtype
   }
   T* y = static_cast<T*>(p.y) + b * p.y_batch_stride + c0;
 #pragma unroll
-  for (int s = 0; s < kTPT; ++s) {
-    unpack(raw[s + W - 1], win[W - 1], T());
-    float out[8];
+  for (int s = 0; s < kVecSteps; ++s) {
+    unpack_vec<T>(raw[s + W - 1], win[W - 1]);
+    float out[V];
 #pragma unroll
-    for (int v = 0; v < 8; ++v) {
+    for (int v = 0; v < V; ++v) {
       float acc = bias[v];
 #pragma unroll
       for (int i = 0; i < W; ++i) acc += w[i][v] * win[i][v];
       out[v] = p.silu ? silu(acc) : acc;
     }
-    if (t0 + s < p.seqlen) store8(y + (t0 + s) * p.y_seq_stride, out);
+    if (t0 + s < p.seqlen) store_vec(y + (t0 + s) * p.y_seq_stride, out);
 #pragma unroll
     for (int i = 0; i < W - 1; ++i) {
 #pragma unroll
-      for (int v = 0; v < 8; ++v) win[i][v] = win[i + 1][v];
+      for (int v = 0; v < V; ++v) win[i][v] = win[i + 1][v];
     }
   }
   if (k == 0 && p.state_out != nullptr) {
+    // Read here, not with the rows: kept live through the steps, they cost the kernel a block a multiprocessor.
+    // Every read of state_in (which state_out may alias) is this thread's, and done above.
+    float new_state[W - 1][V];
+#pragma unroll
+    for (int j = 0; j < W - 1; ++j) full_row_vec<T>(p, b, c0, p.seqlen + j, new_state[j]);
     const int64_t so = state_row(p.state_rows, b) * p.state_out_batch_stride;
 #pragma unroll
     for (int j = 0; j < W - 1; ++j) {
 #pragma unroll
-      for (int v = 0; v < 8; ++v) {
+      for (int v = 0; v < V; ++v) {
         store_any(p.state_out, p.state_dtype, so + (c0 + v) * p.state_out_dim_stride + j * p.state_out_width_stride,
                   new_state[j][v]);
       }
@@ -317,15 +353,16 @@ extern "C" cudaError_t md_launch_causal_conv1d(const md_causal_conv1d_params* p,
                             *p);
     });
   }
-  const int64_t nchunks = (p->seqlen + md::kTPT - 1) / md::kTPT;
   if (md::vec_ok(*p)) {
-    const int64_t vblocks = (p->batch * nchunks * (p->dim / 8) + md::kVecThreads - 1) / md::kVecThreads;
+    const int64_t vchunks = (p->seqlen + md::kVecSteps - 1) / md::kVecSteps;
+    const int64_t vblocks = (p->batch * vchunks * (p->dim / md::kVecChans) + md::kVecThreads - 1) / md::kVecThreads;
     MD_CHECK(vblocks < (int64_t{1} << 31), "causal_conv1d: too large");
-    return MD_DISPATCH_DTYPE(p->x_dtype, T, [&] {
-      md::causal_conv1d_vec_kernel<T><<<static_cast<unsigned>(vblocks), md::kVecThreads, 0, stream>>>(*p);
-      return cudaGetLastError();
-    });
+    const unsigned grid = static_cast<unsigned>(vblocks);
+    if (p->x_dtype == MD_FLOAT16) md::causal_conv1d_vec_kernel<__half><<<grid, md::kVecThreads, 0, stream>>>(*p);
+    else md::causal_conv1d_vec_kernel<__nv_bfloat16><<<grid, md::kVecThreads, 0, stream>>>(*p);  // vec_ok: 16-bit
+    return cudaGetLastError();
   }
+  const int64_t nchunks = (p->seqlen + md::kTPT - 1) / md::kTPT;
   const int64_t total = p->batch * p->dim * nchunks;
   if (total == 0) return cudaSuccess;
   const int64_t blocks = (total + md::kThreads - 1) / md::kThreads;
