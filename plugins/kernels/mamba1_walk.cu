@@ -48,6 +48,7 @@ struct WalkArgs {
   float* ws_h;
   float* ws_dt;  // (nchunks, batch, nheads): the sum of each chunk's discretised dt
   int clamp_dt;
+  float dt_lo, dt_hi;  // the clamp's bounds as floats: converted once here, not in every step
 };
 
 // B and C of steps [t0, t0 + kTile) of batch row b (0 past t_end or dstate) into the thread's registers: element
@@ -99,12 +100,11 @@ __device__ __forceinline__ void prefetch_tile(const md_ssm_params& p, int64_t b,
 struct WalkShared {
   __align__(16) float B[2][kTile][kState];  // B and C of a tile's steps, double-buffered
   __align__(16) float C[2][kTile][kState];
-  // Per step and channel: discretised dt, dt * x, D * x, silu(z). One buffer: a thread writes step s of the
-  // next tile into its own column once step s of this tile is done with it.
-  float delta[kTile][kThreads];
-  float dx[kTile][kThreads];
-  float skip[kTile][kThreads];
-  float gate[kTile][kThreads];
+  // Per step and channel, as pairs (one 8-byte load or store each): (discretised dt, dt * x), (D * x, silu(z)).
+  // One buffer: a thread writes step s of the next tile into its own column once step s of this tile is done
+  // with it.
+  float2 step_dt[kTile][kThreads];
+  float2 step_out[kTile][kThreads];
   // Each thread's decay rates A[n] log2(e), states 4q..4q+3 at [q][thread] (a warp's loads: consecutive 16-byte
   // words), here rather than in 16 registers: 7 blocks a multiprocessor instead of 6.
   float4 A2[kState / 4][kThreads];
@@ -165,6 +165,7 @@ __global__ void __launch_bounds__(kThreads, kBlocksPerSM) mamba1_walk_kernel(con
   const T* x = static_cast<const T*>(p.x) + b * p.x_batch_stride + d * p.x_head_stride;
   const T* dt = static_cast<const T*>(p.dt) + b * p.dt_batch_stride + d * p.dt_head_stride;
   const T* z = p.z ? static_cast<const T*>(p.z) + b * p.z_batch_stride + d * p.z_head_stride : nullptr;
+  const bool has_z = kNeedC && z != nullptr;
   T* y = static_cast<T*>(p.y) + b * p.y_batch_stride + d * p.y_head_stride;
   float dt_sum = 0.f;
 
@@ -173,18 +174,23 @@ __global__ void __launch_bounds__(kThreads, kBlocksPerSM) mamba1_walk_kernel(con
   // columns (no barrier): those of the next tile are loaded during this tile's steps, one step ahead of their
   // use, so their global loads and softplus / silu chains overlap the walk.
   const auto scalars = [&](int s, float xv, float dtv, float zv) {
-    const float delta = discretise_dt(p, a.clamp_dt, dtv + bias);
-    sh.delta[s][tid] = delta;
-    sh.dx[s][tid] = delta * xv;
+    float delta = dtv + bias;
+    if (p.dt_softplus) delta = delta <= 20.f ? log1pf(fast_exp2(delta * kLog2e)) : delta;  // softplus
+    if (a.clamp_dt) delta = fminf(fmaxf(delta, a.dt_lo), a.dt_hi);
+    sh.step_dt[s][tid] = make_float2(delta, delta * xv);
     if (kNeedC) {
-      sh.skip[s][tid] = Dv * xv;
-      sh.gate[s][tid] = z ? __fdividef(zv, 1.f + __expf(-zv)) : 1.f;  // silu; 0 past 2^126 (-88): its limit
+      const float skip = Dv * xv;
+      // silu; 0 past 2^126 (-88): its limit. The exps flush results below 2^-126 to zero (__expf's range checks
+      // cost 6 instructions a step).
+      sh.step_out[s][tid] = make_float2(skip, has_z ? __fdividef(zv, 1.f + fast_exp2(-zv * kLog2e)) : 1.f);
     }
   };
   // The steps are loaded, and y stored, in time order: through running pointers, with no 64-bit index products
   // in the step loop.
   const T *xn = x + t_begin * p.x_seq_stride, *dtn = dt + t_begin * p.dt_seq_stride;
-  const T* zn = kNeedC && z ? z + t_begin * p.z_seq_stride : nullptr;
+  // Without z, zn re-reads x's first step (stride 0): no branch in the step loop.
+  const T* zn = has_z ? z + t_begin * p.z_seq_stride : xn;
+  const int64_t z_step = has_z ? p.z_seq_stride : 0;
   T* yn = y + t_begin * p.y_seq_stride;
   const auto load_step = [&](float& xv, float& dtv, float& zv) {
     xv = to_f(*xn);
@@ -192,9 +198,9 @@ __global__ void __launch_bounds__(kThreads, kBlocksPerSM) mamba1_walk_kernel(con
     xn += p.x_seq_stride;
     dtn += p.dt_seq_stride;
     zv = 0.f;
-    if (zn) {
+    if (kNeedC) {
       zv = to_f(*zn);
-      zn += p.z_seq_stride;
+      zn += z_step;
     }
   };
   TileLoader<T, kNeedC> next;
@@ -208,12 +214,12 @@ __global__ void __launch_bounds__(kThreads, kBlocksPerSM) mamba1_walk_kernel(con
   }
   __syncthreads();
   int buf = 0;
-  const bool prefetch = p.x_head_stride == 1 && p.dt_head_stride == 1 && (zn == nullptr || p.z_head_stride == 1);
+  const bool prefetch = p.x_head_stride == 1 && p.dt_head_stride == 1 && (!has_z || p.z_head_stride == 1);
   const int64_t d0 = static_cast<int64_t>(blockIdx.x) * kThreads;
-  if (prefetch) prefetch_tile<T>(p, b, d0, t_begin + kTile, t_end, zn != nullptr);
+  if (prefetch) prefetch_tile<T>(p, b, d0, t_begin + kTile, t_end, has_z);
   for (int64_t t0 = t_begin; t0 < t_end; t0 += kTile, buf ^= 1) {
     const bool more = t0 + kTile < t_end;
-    if (prefetch) prefetch_tile<T>(p, b, d0, t0 + 2 * kTile, t_end, zn != nullptr);
+    if (prefetch) prefetch_tile<T>(p, b, d0, t0 + 2 * kTile, t_end, has_z);
     if (more) next.load(p, b, t0 + kTile, t_end);  // in flight during this tile's steps
     const int tn = static_cast<int>(t_end - t0 < kTile ? t_end - t0 : kTile);  // kTile whenever `more`
     const int next_tn = more ? static_cast<int>(t_end - t0 - kTile < kTile ? t_end - t0 - kTile : kTile) : 0;
@@ -221,7 +227,8 @@ __global__ void __launch_bounds__(kThreads, kBlocksPerSM) mamba1_walk_kernel(con
     for (int s = 0; active && s < tn; ++s) {
       float xv = 0.f, dtv = 0.f, zv = 0.f;
       if (s < next_tn) load_step(xv, dtv, zv);
-      const float delta = sh.delta[s][tid], dx = sh.dx[s][tid];
+      const float2 step_dt = sh.step_dt[s][tid];
+      const float delta = step_dt.x, dx = step_dt.y;
       dt_sum += delta;
       const float4* Bq = reinterpret_cast<const float4*>(sh.B[buf][s]);
       const float4* Cq = reinterpret_cast<const float4*>(sh.C[buf][s]);
@@ -243,7 +250,8 @@ __global__ void __launch_bounds__(kThreads, kBlocksPerSM) mamba1_walk_kernel(con
         }
       }
       if (kNeedC) {
-        const float out = ((acc[0] + acc[1]) + (acc[2] + acc[3]) + sh.skip[s][tid]) * sh.gate[s][tid];
+        const float2 step_out = sh.step_out[s][tid];
+        const float out = ((acc[0] + acc[1]) + (acc[2] + acc[3]) + step_out.x) * step_out.y;
         *yn = from_f<T>(out);
         yn += p.y_seq_stride;
       }
@@ -280,10 +288,25 @@ __global__ void mamba1_carry_kernel(const WalkArgs a) {
   if (n >= p.dstate) return;
   const float A2 = load_any(p.A, p.param_dtype, d * p.A_head_stride + n * p.A_state_stride) * kLog2e;
   float h = a.ws_h[row * kState + n];
-  for (int64_t c = 1; c + 1 < a.nchunks; ++c) {
-    float* slot = a.ws_h + (c * ws_slot + row) * kState + n;
-    h = fmaf(fast_exp2(A2 * a.ws_dt[c * ws_slot + row]), h, *slot);
-    *slot = h;
+  // kBatch chunks' loads are issued before their chain: one load round trip a chunk made the carry of
+  // 1 x 2,048 (55 chunks) ~15 us a layer.
+  constexpr int kBatch = 8;
+  for (int64_t c0 = 1; c0 + 1 < a.nchunks; c0 += kBatch) {
+    float dt_sum[kBatch], local[kBatch];
+#pragma unroll
+    for (int j = 0; j < kBatch; ++j) {
+      const int64_t c = c0 + j;
+      const bool ok = c + 1 < a.nchunks;
+      dt_sum[j] = ok ? a.ws_dt[c * ws_slot + row] : 0.f;
+      local[j] = ok ? a.ws_h[(c * ws_slot + row) * kState + n] : 0.f;
+    }
+#pragma unroll
+    for (int j = 0; j < kBatch; ++j) {
+      const int64_t c = c0 + j;
+      if (c + 1 >= a.nchunks) break;
+      h = fmaf(fast_exp2(A2 * dt_sum[j]), h, local[j]);
+      a.ws_h[(c * ws_slot + row) * kState + n] = h;
+    }
   }
 }
 
@@ -359,6 +382,8 @@ cudaError_t launch_mamba1_walk(const md_ssm_params& p, int64_t nchunks, void* wo
   a.nchunks = nchunks;
   a.chunk_len = chunk_len_of(p, nchunks);
   a.clamp_dt = clamps_dt(p);
+  a.dt_lo = static_cast<float>(p.dt_min);
+  a.dt_hi = static_cast<float>(p.dt_max);
   if (nchunks > 1) {
     a.ws_h = static_cast<float*>(workspace);
     a.ws_dt = a.ws_h + nchunks * p.batch * p.nheads * kState;
