@@ -181,6 +181,15 @@ class Scheduler:
         """`submit` for several prompts with the same options, queued together (all checked first: a bad
         prompt queues none), so the loop admits them in one iteration and prefills them in as few batched
         calls as the token budget allows. seed None: one random seed for all."""
+        checked = [check_prompt_ids(list(p), self.backend.config.vocab_size_padded,
+                                    f" (prompt {i})" if len(prompts) > 1 else "") for i, p in enumerate(prompts)]
+        return self._submit_checked(checked, params, seed, max_new_tokens, stop_ids, stop_strings, output)
+
+    def _submit_checked(self, prompts: list[list[int]], params: SamplingParams, seed: Optional[int],
+                        max_new_tokens: int, stop_ids: Sequence[int], stop_strings: Sequence[str],
+                        output: Optional[str]) -> list[RequestHandle]:
+        """submit_many for prompts that check_prompt_ids has already returned (Engine.generate checks its rows
+        once: no second pass over the ids at the start of its call)."""
         params.validate()
         check_count("max_new_tokens", max_new_tokens)
         check_seed(seed)
@@ -190,12 +199,10 @@ class Scheduler:
         if stop_strings and not text:
             raise ParameterError("stop", "strings need text output (a tokenizer); use token ids")
         seed = random_seed() if seed is None else int(seed)
-        checked = [check_prompt_ids(list(p), self.backend.config.vocab_size_padded,
-                                    f" (prompt {i})" if len(prompts) > 1 else "") for i, p in enumerate(prompts)]
-        for prompt in checked:
+        for prompt in prompts:
             check_length(len(prompt), max_new_tokens, self.backend.max_seq_len)
         handles, queued = [], []
-        for prompt in checked:
+        for prompt in prompts:
             handle = RequestHandle(self, len(prompt), text)
             handles.append(handle)
             if max_new_tokens == 0:
