@@ -20,7 +20,7 @@ def main() -> None:
     for length in a.lengths:
         ids = torch.randint(1, 1000, (1, length))
         state = eng.new_state(1)
-        eng.prefill(ids[:, :128], state)  # warm-up: cuBLAS heuristics, allocator
+        eng.prefill(ids[:, :eng.chunk_len], state)  # warm-up: cuBLAS heuristics, allocator, a chunk's prefill graph
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
         before = torch.cuda.memory_allocated()

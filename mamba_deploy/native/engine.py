@@ -14,10 +14,11 @@ the previous one drains, its weights already on the way to L2. States are update
 buffer. Every kernel that touches the recurrent state takes the
 state rows of its batch rows from the index buffer `slot_ids` (state_rows in plugins/kernels), so one
 graph per batch size serves any set of slots: decode_slots writes the slot ids there and replays.
-Prefill is eager, except chunks of at most prefill_graph_tokens (256) tokens and prefill_graph_batch (16) rows
-into consecutive slots of the pool: those replay captured power-of-two pieces instead (at most three), or, for
-fresh prompts (`lengths`: left padding), one padded graph (prefill_graphs.py: a short eager prefill is bound by
-the host). prefill_graph_tokens=0 keeps every prefill eager.
+Prefill is eager, except chunks of at most prefill_graph_tokens (2,048) tokens and prefill_graph_batch (16) rows,
+4,096 tokens in all (prefill_graphs.MAX_GRAPH_TOKENS), into consecutive slots of the pool: those replay captured
+power-of-two pieces instead (at most three), or, for fresh prompts (`lengths`: left padding), one padded graph
+(prefill_graphs.py: an eager prefill of that size is bound by the host). prefill_graph_tokens=0 keeps every
+prefill eager.
 """
 from __future__ import annotations
 
@@ -41,7 +42,7 @@ class NativeEngine:
                  state_dtype: torch.dtype = torch.float32, device: torch.device | str = "cuda", max_batch: int = 64,
                  chunk_len: int = 2048, gemv_max_batch: int = 2, use_graphs: bool = True, dt_gemm_min_batch: int = 8,
                  programmatic_launch: bool = True, max_seq_len: Optional[int] = None, tc_max_batch: int = 16,
-                 prefill_graph_tokens: int = 256, prefill_graph_batch: int = 16,
+                 prefill_graph_tokens: int = 2048, prefill_graph_batch: int = 16,
                  norm_in_gemv: Optional[tuple[str, ...]] = None):
         if norm_in_gemv is not None and not set(norm_in_gemv) <= D.NORMED_PROJECTIONS:
             raise ParameterError("norm_in_gemv", f"must name projections of {sorted(D.NORMED_PROJECTIONS)}, got "
@@ -108,10 +109,10 @@ class NativeEngine:
         # H200; CUDA_DEVICE_MAX_CONNECTIONS=32 avoided it too, so likely the streams share hardware queues;
         # docs/performance.md, session 16).
         self._capture_stream: Optional[torch.cuda.Stream] = None
-        # chunks of <= prefill_graph_tokens tokens and <= prefill_graph_batch rows replay captured pieces (0: all
-        # eager). On by default: an eager 100-token prefill is bound by the host, ~500 launches (H200, mamba-1.4b
-        # batch 1 in Engine.generate: 12-55 ms eager against 7 ms as one padded replay; docs/performance.md,
-        # session 13)
+        # chunks of <= prefill_graph_tokens tokens and <= prefill_graph_batch rows (<= 4,096 tokens in all) replay
+        # captured pieces (0: all eager). On by default: an eager 100-token prefill is bound by the host, ~500
+        # launches (H200, mamba-1.4b batch 1 in Engine.generate: 12-55 ms eager against 7 ms as one padded replay;
+        # docs/performance.md, session 13), and so was a 2,048-token one (26.0 ms wall, 17.9 ms of kernels)
         self.prefill_graphs = PrefillGraphs(self, prefill_graph_tokens, prefill_graph_batch)
 
     # ---- weights ------------------------------------------------------------------------------

@@ -17,9 +17,9 @@ def ids(batch, length, seed):
 
 @pytest.mark.parametrize("arch", ARCHS)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
-@pytest.mark.parametrize("batch,length", [(1, 100), (3, 37), (2, 1), (4, 224)])
+@pytest.mark.parametrize("batch,length", [(1, 100), (3, 37), (2, 1), (4, 224), (1, 1280)])
 def test_graph_pieces_equal_eager_pieces_bitwise(native, checkpoints, arch, dtype, batch, length):
-    graphed = native.load_engine(checkpoints[arch], dtype=dtype, max_batch=8, prefill_graph_tokens=255)
+    graphed = native.load_engine(checkpoints[arch], dtype=dtype, max_batch=8, prefill_graph_tokens=2047)
     eager = native.load_engine(checkpoints[arch], dtype=dtype, max_batch=8, prefill_graph_tokens=0)
     assert graphed.prefill_graphs.applies(batch, length, False) and not eager.prefill_graphs.applies(batch, length,
                                                                                                      False)
@@ -59,6 +59,19 @@ def test_graphs_leave_what_they_do_not_take_to_the_eager_path(rel_err, native, c
     assert set(eng.prefill_graphs.graphs) == {(2, 16, False), (2, 4, False)}
     hybrid = native.load_engine(checkpoints["hybrid"], dtype=torch.float32, max_batch=2, prefill_graph_tokens=64)
     assert hybrid.prefill_graphs.max_tokens == 0
+
+
+def test_graphs_hold_at_most_max_graph_tokens(native, checkpoints):
+    """The defaults: up to 2,048 tokens a row and 16 rows, rows x the next power of two <= 4,096 tokens."""
+    from mamba_deploy.native.prefill_graphs import MAX_GRAPH_TOKENS
+
+    eng = native.load_engine(checkpoints["mamba1"], dtype=torch.float32, max_batch=16)
+    graphs = eng.prefill_graphs
+    assert MAX_GRAPH_TOKENS == 4096
+    assert graphs.applies(1, 2048, False) and graphs.applies(2, 2048, False) and not graphs.applies(3, 2048, False)
+    assert graphs.applies(16, 256, False) and not graphs.applies(16, 257, False)
+    assert graphs.applies_padded(2, 2000, False) and not graphs.applies_padded(3, 1025, False)
+    assert not graphs.applies(1, 2049, False)
 
 
 def test_generate_with_prefill_graphs_equals_without(native, checkpoints):
