@@ -37,8 +37,9 @@ def pieces(n: int) -> list[int]:
 
 class PrefillGraphs:
     """The prefill graphs of one NativeEngine (`engine`): chunks of at most `max_tokens` tokens (0: none) and
-    at most `max_batch` rows, rows x the chunk's next power of two at most MAX_GRAPH_TOKENS. Static inputs: ids (max_batch, largest piece), rows (max_batch,); output: logits
-    (max_batch, vocab_padded), copied out by `run`."""
+    at most `max_batch` rows, rows x the chunk's next power of two at most MAX_GRAPH_TOKENS. Static inputs: ids
+    (max_batch, largest piece), rows (max_batch,); output: logits (max_batch, vocab_padded), copied out by
+    `run`."""
 
     def __init__(self, engine, max_tokens: int, max_batch: int):
         c = engine.config
