@@ -6,8 +6,6 @@
 // the channel axis is contiguous (x from a (batch, seqlen, dim) GEMM output), else time-fastest,
 // so that a warp's loads are coalesced in both layouts. The thread of chunk 0 is the only one that
 // reads state_in and the only one that writes state_out, so the two may alias.
-#include <type_traits>
-
 #include "common.cuh"
 #include "vec.cuh"
 
@@ -103,37 +101,20 @@ __global__ void __launch_bounds__(kThreads) causal_conv1d_kernel(const md_causal
 // the first product, so their loads are in flight together: loaded one row a step, a short prompt's conv took
 // ~25 us a layer of DRAM round trips. Same arithmetic, in the same order, as causal_conv1d_kernel.
 
-// kVecChans (4) 16-bit elements: 8 bytes.
+// kVecChans (4) 16-bit elements: 8 bytes, held packed until used (vec.cuh's unpack4 / store4).
 using VecRaw = uint2;
 static_assert(kVecChans == 4, "VecRaw holds 4 elements");
 
-template <typename T>  // __half or __nv_bfloat16
-__device__ __forceinline__ void unpack_vec(const uint2& v, float* f) {
-  using T2 = typename std::conditional<std::is_same<T, __half>::value, __half2, __nv_bfloat162>::type;
-  const T2* h = reinterpret_cast<const T2*>(&v);
-#pragma unroll
-  for (int i = 0; i < 2; ++i) {
-    f[2 * i] = to_f(h[i].x);
-    f[2 * i + 1] = to_f(h[i].y);
-  }
-}
 template <typename T>
 __device__ __forceinline__ VecRaw load_vec(const T* ptr) { return __ldg(reinterpret_cast<const VecRaw*>(ptr)); }
-template <typename T>
-__device__ __forceinline__ void store_vec(T* ptr, const float* f) {
-  __align__(16) T v[kVecChans];
-#pragma unroll
-  for (int j = 0; j < kVecChans; ++j) v[j] = from_f<T>(f[j]);
-  *reinterpret_cast<VecRaw*>(ptr) = *reinterpret_cast<const VecRaw*>(v);
-}
 
 template <typename T>
 __device__ __forceinline__ void full_row_vec(const md_causal_conv1d_params& p, int64_t b, int64_t c0, int64_t q,
                                              float* f) {
   constexpr int W = 4;
   if (q >= W - 1) {
-    unpack_vec<T>(load_vec<T>(static_cast<const T*>(p.x) + b * p.x_batch_stride + (q - (W - 1)) * p.x_seq_stride + c0),
-                  f);
+    unpack4<T>(load_vec<T>(static_cast<const T*>(p.x) + b * p.x_batch_stride + (q - (W - 1)) * p.x_seq_stride + c0),
+               f);
     return;
   }
 #pragma unroll
@@ -189,7 +170,7 @@ __global__ void __launch_bounds__(kVecThreads) causal_conv1d_vec_kernel(const md
       w[i][2 * q + 1] = f[W + i];
     }
   }
-  if (p.bias) unpack_vec<T>(load_vec<T>(static_cast<const T*>(p.bias) + c0), bias);
+  if (p.bias) unpack4<T>(load_vec<T>(static_cast<const T*>(p.bias) + c0), bias);
   else {
 #pragma unroll
     for (int v = 0; v < V; ++v) bias[v] = 0.f;
@@ -197,7 +178,7 @@ __global__ void __launch_bounds__(kVecThreads) causal_conv1d_vec_kernel(const md
   float win[W][V];
   if (k != 0) {
 #pragma unroll
-    for (int j = 0; j < W - 1; ++j) unpack_vec<T>(raw[j], win[j]);
+    for (int j = 0; j < W - 1; ++j) unpack4<T>(raw[j], win[j]);
   } else if (p.state_in != nullptr && p.state_dtype == MD_FLOAT32) {
     state_cols_vec<T, float>(p, b, c0, win);
   } else if (p.state_in != nullptr && p.state_dtype == p.x_dtype) {
@@ -209,7 +190,7 @@ __global__ void __launch_bounds__(kVecThreads) causal_conv1d_vec_kernel(const md
   T* y = static_cast<T*>(p.y) + b * p.y_batch_stride + c0;
 #pragma unroll
   for (int s = 0; s < kVecSteps; ++s) {
-    unpack_vec<T>(raw[s + W - 1], win[W - 1]);
+    unpack4<T>(raw[s + W - 1], win[W - 1]);
     float out[V];
 #pragma unroll
     for (int v = 0; v < V; ++v) {
@@ -218,7 +199,7 @@ __global__ void __launch_bounds__(kVecThreads) causal_conv1d_vec_kernel(const md
       for (int i = 0; i < W; ++i) acc += w[i][v] * win[i][v];
       out[v] = p.silu ? silu(acc) : acc;
     }
-    if (t0 + s < p.seqlen) store_vec(y + (t0 + s) * p.y_seq_stride, out);
+    if (t0 + s < p.seqlen) store4(y + (t0 + s) * p.y_seq_stride, out);
 #pragma unroll
     for (int i = 0; i < W - 1; ++i) {
 #pragma unroll

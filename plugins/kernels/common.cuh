@@ -54,6 +54,10 @@ __device__ __forceinline__ float softplus(float v) { return v <= 20.f ? log1pf(_
 // the tests pin bit for bit across their forms.
 __device__ __forceinline__ float softplus_exact(float v) { return v <= 20.f ? log1pf(expf(v)) : v; }
 __device__ __forceinline__ float silu(float v) { return v / (1.f + __expf(-v)); }
+// softplus and silu through fast_exp2 (results below 2^-126 flush to zero): the Mamba1 walk's step loop, where
+// __expf's range checks cost 6 instructions a step. silu_ftz is 0 past 2^126 (v < -88): its limit.
+__device__ __forceinline__ float softplus_ftz(float v) { return v <= 20.f ? log1pf(fast_exp2(v * kLog2e)) : v; }
+__device__ __forceinline__ float silu_ftz(float v) { return __fdividef(v, 1.f + fast_exp2(-v * kLog2e)); }
 
 // Whether a scan clamps its discretised dt (md_ssm_params: dt_min 0 and dt_max infinity mean no clamp).
 inline int clamps_dt(const md_ssm_params& p) { return (p.dt_min > 0.0 || std::isfinite(p.dt_max)) ? 1 : 0; }

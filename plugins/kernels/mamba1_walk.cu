@@ -175,14 +175,11 @@ __global__ void __launch_bounds__(kThreads, kBlocksPerSM) mamba1_walk_kernel(con
   // use, so their global loads and softplus / silu chains overlap the walk.
   const auto scalars = [&](int s, float xv, float dtv, float zv) {
     float delta = dtv + bias;
-    if (p.dt_softplus) delta = delta <= 20.f ? log1pf(fast_exp2(delta * kLog2e)) : delta;  // softplus
+    if (p.dt_softplus) delta = softplus_ftz(delta);
     if (a.clamp_dt) delta = fminf(fmaxf(delta, a.dt_lo), a.dt_hi);
     sh.step_dt[s][tid] = make_float2(delta, delta * xv);
     if (kNeedC) {
-      const float skip = Dv * xv;
-      // silu; 0 past 2^126 (-88): its limit. The exps flush results below 2^-126 to zero (__expf's range checks
-      // cost 6 instructions a step).
-      sh.step_out[s][tid] = make_float2(skip, has_z ? __fdividef(zv, 1.f + fast_exp2(-zv * kLog2e)) : 1.f);
+      sh.step_out[s][tid] = make_float2(Dv * xv, has_z ? silu_ftz(zv) : 1.f);
     }
   };
   // The steps are loaded, and y stored, in time order: through running pointers, with no 64-bit index products

@@ -1,5 +1,5 @@
-// vec.cuh -- vector loads and stores of 8 (or 4) elements as floats (gemv.cu, mamba1_step.cu, ssd_chunk.cu), and
-// the 16-byte asynchronous copy into shared memory (gemm_tc.cu, ssd_chunk.cu).
+// vec.cuh -- vector loads and stores of 8 (or 4) elements as floats (gemv.cu, mamba1_step.cu, ssd_chunk.cu,
+// causal_conv1d.cu), and the 16-byte asynchronous copy into shared memory (gemm_tc.cu, ssd_chunk.cu).
 #pragma once
 
 #include "common.cuh"
@@ -78,6 +78,12 @@ __device__ __forceinline__ void norm_scale8(float (&v)[8], float inv, const floa
   for (int j = 0; j < 8; ++j) v[j] *= inv * w[j];
 }
 
+// 8 bytes of a 16-bit type S -> 4 floats.
+template <typename S> __device__ __forceinline__ void unpack4(const uint2& v, float* f) {
+  const S* h = reinterpret_cast<const S*>(&v);
+#pragma unroll
+  for (int j = 0; j < 4; ++j) f[j] = to_f(h[j]);
+}
 // 4 consecutive elements <-> floats (16 bytes of float32, 8 of a 16-bit type; aligned: mamba1_step.cu).
 template <typename S> __device__ __forceinline__ void load4(const S* ptr, float* f) {
   if constexpr (sizeof(S) == 4) {
@@ -85,9 +91,7 @@ template <typename S> __device__ __forceinline__ void load4(const S* ptr, float*
     f[0] = v.x; f[1] = v.y; f[2] = v.z; f[3] = v.w;
   } else {
     const uint2 v = *reinterpret_cast<const uint2*>(ptr);
-    const S* h = reinterpret_cast<const S*>(&v);
-#pragma unroll
-    for (int j = 0; j < 4; ++j) f[j] = to_f(h[j]);
+    unpack4<S>(v, f);
   }
 }
 template <typename S> __device__ __forceinline__ void store4(S* ptr, const float* f) {
