@@ -1,6 +1,7 @@
 """The decode projections at batch 1..64: gemv's CUDA-core form, its tensor-core form and cuBLAS (torch.mm), on
 the shapes of mamba-1.4b and mamba2-1.3b: microseconds per call and achieved GB/s. "tensor cores" is what the
-engine runs (wgmma from batch 17 on an sm_90a build), "mma.sync" the tensor-core form without wgmma.
+engine runs (wgmma from batch 17 on an sm_90a build; for n <= 256 the skinny form, whose cluster sizes
+`--clusters` also times), "mma.sync" the tensor-core form without wgmma.
 
     PYTHONPATH=. MAMBA_DEPLOY_KERNEL_LIB=build/libmamba_deploy_kernels.so python3 benchmarks/gemv_tc.py \\
         --batches 1 2 4 8 16 32 64
@@ -10,6 +11,7 @@ every call reads its weights from memory, as in a decode step), median of `--rep
 the calls. GB/s counts the weights, x and out once.
 """
 import argparse
+from functools import partial
 
 import torch
 
@@ -19,7 +21,8 @@ from mamba_deploy.native import gemv as G
 # (model, name, n, k)
 SHAPES = [("mamba-1.4b", "in_proj", 8192, 2048), ("mamba-1.4b", "x_proj", 160, 4096),
           ("mamba-1.4b", "dt_proj", 4096, 128), ("mamba-1.4b", "out_proj", 2048, 4096),
-          ("mamba-1.4b", "lm_head", 50280, 2048), ("mamba2-1.3b", "in_proj", 8512, 2048)]
+          ("mamba-1.4b", "lm_head", 50280, 2048), ("mamba2-1.3b", "in_proj", 8512, 2048),
+          ("mamba-2.8b", "x_proj", 192, 5120), ("mamba-2.8b", "dt_proj", 5120, 160)]
 
 
 def time_us(fn, calls: int, repeats: int) -> float:
@@ -50,6 +53,10 @@ def bench_shape(n: int, k: int, batch: int, a) -> dict[str, float]:
              "mma_sync": lambda: G.gemv(x, next_w(), out=out, algo="mma_sync")}
     if batch <= G.MAX_BATCH:
         forms["cuda_cores"] = lambda: G.gemv(x, next_w(), out=out, algo="cuda_cores")
+    if n <= G.SKINNY_MAX_N:  # the skinny form's cluster sizes
+        for split in a.clusters:
+            forms[f"cluster {split}"] = partial(lambda s: G.gemv(x, next_w(), out=out, algo="tensor_cores", split_k=s),
+                                                split)
     return {name: time_us(fn, a.calls, a.repeats) for name, fn in forms.items()}
 
 
@@ -58,12 +65,17 @@ def main() -> None:
     ap.add_argument("--batches", type=int, nargs="+", default=[1, 2, 4, 8, 16, 32, 64])
     ap.add_argument("--calls", type=int, default=48)
     ap.add_argument("--repeats", type=int, default=15)
+    ap.add_argument("--clusters", type=int, nargs="*", default=[4, 8, 16],
+                    help="the skinny form's blocks per k cluster to time beside its default (n <= 256)")
+    ap.add_argument("--shapes", nargs="*", help="only these matrices (e.g. x_proj)")
     a = ap.parse_args()
     torch.manual_seed(0)
     print("| model | matrix | n x k | batch | cuBLAS us | CUDA cores us | mma.sync us | tensor cores us "
           "| tensor cores GB/s | vs cuBLAS |")
     print("| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for model, name, n, k in SHAPES:
+        if a.shapes and name not in a.shapes:
+            continue
         for batch in a.batches:
             r = bench_shape(n, k, batch, a)
             moved = 2 * (n * k + batch * (n + k))
@@ -72,6 +84,9 @@ def main() -> None:
             print(f"| {model} | {name} | {n} x {k} | {batch} | {r['cublas']:.1f} | {cc} | {r['mma_sync']:.1f} | "
                   f"{tc:.1f} | "
                   f"{moved / tc / 1e3:.0f} | {r['cublas'] / tc:.2f}x |", flush=True)
+            clusters = [f"{key} {us:.1f} us" for key, us in r.items() if key.startswith("cluster")]
+            if clusters:
+                print(f"|  | {name}, skinny form's clusters: {', '.join(clusters)} | | | | | | | | |")
 
 
 if __name__ == "__main__":

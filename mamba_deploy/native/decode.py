@@ -21,9 +21,9 @@ less each.
 From batch 3 to tc_max_batch (16: at 64 cuBLAS is faster, measured on the H200) in fp16 / bf16 on compute
 capability 9.0+ the projections are the same gemv launches in their tensor-core form (gemm_tc.cu: the weights
 read once for all rows, the conv epilogue kept; Mamba1's small x_proj up to batch 64 on a 9.0 GPU, where the
-wgmma form beats cuBLAS's split-K GEMM and its reduce kernel); otherwise, for batch > gemv_max_batch (2:
-measured crossover against cuBLAS on H100) they are cuBLAS GEMMs (torch.mm into the same buffers) and the conv
-update is the library's kernel.
+skinny form, gemv_skinny.cu, beats cuBLAS's split-K GEMM and its reduce kernel); otherwise, for batch >
+gemv_max_batch (2: measured crossover against cuBLAS on H100) they are cuBLAS GEMMs (torch.mm into the same
+buffers) and the conv update is the library's kernel.
 
 Every function takes the engine (`eng`: its buffers, weights and placement settings) and launches into its
 buffers; none allocates but the gated MLP's temporaries (from the graph's pool).

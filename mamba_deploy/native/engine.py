@@ -63,8 +63,8 @@ class NativeEngine:
         # docs/performance.md, session 11)
         default = () if cfg.arch == MAMBA2 else ("in_proj",)
         self.norm_in_gemv = frozenset(default if norm_in_gemv is None else norm_in_gemv)
-        # Mamba1's x_proj (n = dt_rank + 2 d_state): on a 9.0 GPU the tensor-core GEMV's wgmma form beats cuBLAS's
-        # split-K GEMM + reduce kernel up to batch 64 (b64 step 2.69 -> 2.62 ms, docs/performance.md session 9)
+        # Mamba1's x_proj (n = dt_rank + 2 d_state): on a 9.0 GPU the tensor-core GEMV (its skinny form since session
+        # 18) beats cuBLAS's split-K GEMM + reduce kernel up to batch 64 (docs/performance.md, sessions 9 and 18)
         capability = torch.cuda.get_device_capability(self.device)
         self.x_proj_tc_max_batch = G.TC_MAX_BATCH if capability == (9, 0) and self.tc_max_batch else self.tc_max_batch
         Hy.check_supported(cfg)

@@ -16,6 +16,7 @@ from ..ops.cuda import state_rows_arg
 
 MAX_BATCH = 16  # MD_GEMV_MAX_BATCH: the CUDA-core form, any dtype
 TC_MAX_BATCH = 64  # MD_GEMV_TC_MAX_BATCH: the tensor-core form (fp16 / bf16, compute capability 9.0+)
+SKINNY_MAX_N = 256  # kSkinnyMaxN: the tensor-core form's skinny kernel (16-column blocks) up to this n
 NORM_MAX_BATCH, NORM_MAX_K = 2, 8192  # MD_GEMV_NORM_MAX_BATCH, MD_GEMV_NORM_MAX_K: gemv's norm prologue
 ALGOS = {"auto": 0, "cuda_cores": 1, "tensor_cores": 2, "mma_sync": 3}  # mma_sync: tensor cores without wgmma
 _TC_CAPABLE: dict[int, bool] = {}  # device index -> compute capability >= 9.0
@@ -51,7 +52,8 @@ def gemv(x: torch.Tensor, w: torch.Tensor, bias: Optional[torch.Tensor] = None, 
     algo: "cuda_cores" (batch <= 16, any dtype), "tensor_cores" (batch <= 64 where tc_ok: the weights read
     once for all rows; batch 17..64 through wgmma on an sm_90a build), "mma_sync" (the tensor-core form without
     wgmma), "auto" (tensor cores from batch 3 on where they apply). split_k: the CUDA-core
-    form's warps per output (0 = chosen by the library).
+    form's warps per output (1, 2, 4, 8), or the skinny tensor-core form's blocks per k cluster (1..16, n <= 256 without
+    conv); 0 = chosen by the library.
 
     conv: optional causal-conv epilogue over rows [lo, lo + weight.shape[0]) of the output, a dict with
     `lo`, `weight` (conv_dim, width) contiguous, `bias` (conv_dim,) or None, `state` (batch, conv_dim,

@@ -2,9 +2,8 @@
 //
 // out (batch, n) = x (batch, k) @ w (n, k)^T. The weights are the m16 side of mma.sync m16n8k16 (16 output
 // columns a tile) and the batch rows the n8 side, so b rows cost ceil(b / 8) tiles and every weight is read
-// once for all rows. A thread loads 16 bytes (8 consecutive k) of a weight row and of an x row; a dot product
-// does not depend on the order of its k, so each 16-byte pair feeds two k16 products (k = 8t + 0..3, then
-// 8t + 4..7, standing for the fragments' k = 2t, 2t+1, 2t+8, 2t+9) with no shuffle and no ldmatrix.
+// once for all rows; the fragments are 16-byte units of weight and x rows (mma_sync.cuh). Few output columns
+// over a long k (n <= 256: Mamba1's x_proj) take gemv_skinny.cu instead, whose blocks are 16 columns wide.
 //
 // Block: 8 warps = 4 along n (32 columns each: two m16 tiles) x 2 along k (one 32-wide k step each per stage),
 // 128 columns. Each stage of 64 k holds the block's 128 weight rows and the nb * 8 x rows in shared memory,
@@ -32,6 +31,7 @@
 #include "common.cuh"
 #include "gemm_tc.cuh"
 #include "gemv_epilogue.cuh"
+#include "mma_sync.cuh"
 #include "vec.cuh"
 #include "wgmma.cuh"
 
@@ -56,22 +56,6 @@ template <int NB, bool WG> __host__ __device__ constexpr size_t smem_bytes() {
 // Unit u of row r of a stage (mma.sync form): odd rows swap their two halves. (The wgmma form's stages are in
 // the 128-byte swizzle, unit u ^ (r % 8), which its tensor maps and descriptors name.)
 __device__ __forceinline__ int swizzle(int r, int u) { return r * 8 + (u ^ ((r & 1) << 2)); }
-
-// c += a (16 x 16, rows) b (16 x 8, columns), float32 accumulators, T = __half or __nv_bfloat16.
-template <typename T> struct Mma;
-#define MD_MMA_16816(T, PTX_TYPE)                                                                                \
-  template <> struct Mma<T> {                                                                                    \
-    static __device__ __forceinline__ void run(float* c, uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3,     \
-                                               uint32_t b0, uint32_t b1) {                                       \
-      asm("mma.sync.aligned.m16n8k16.row.col.f32." PTX_TYPE "." PTX_TYPE ".f32 {%0, %1, %2, %3}, "              \
-          "{%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};"                                                        \
-          : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])                                                       \
-          : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));                                               \
-    }                                                                                                            \
-  };
-MD_MMA_16816(__half, "f16")
-MD_MMA_16816(__nv_bfloat16, "bf16")
-#undef MD_MMA_16816
 
 // The 16-byte units of a stage that this thread copies, worked out once: a stage's copies are then an add
 // and a predicate each. Unit u = threadIdx.x % 8 of weight rows threadIdx.x / 8 + 32 j and of x rows likewise.
@@ -137,15 +121,11 @@ __device__ __forceinline__ void stage_products_mma(float (&acc)[kMt][NB][4], con
   for (int nb = 0; nb < NB; ++nb) xv[nb] = buf[swizzle(kCols + nb * 8 + g, u)];
   // All first k16 halves, then all second ones: no product waits on the one just issued.
 #pragma unroll
-  for (int nb = 0; nb < NB; ++nb)
+  for (int half = 0; half < 2; ++half)
 #pragma unroll
-    for (int mt = 0; mt < kMt; ++mt)
-      Mma<T>::run(acc[mt][nb], wv[mt][0].x, wv[mt][1].x, wv[mt][0].y, wv[mt][1].y, xv[nb].x, xv[nb].y);
+    for (int nb = 0; nb < NB; ++nb)
 #pragma unroll
-  for (int nb = 0; nb < NB; ++nb)
-#pragma unroll
-    for (int mt = 0; mt < kMt; ++mt)
-      Mma<T>::run(acc[mt][nb], wv[mt][0].z, wv[mt][1].z, wv[mt][0].w, wv[mt][1].w, xv[nb].z, xv[nb].w);
+      for (int mt = 0; mt < kMt; ++mt) mma_units<T>(acc[mt][nb], wv[mt][0], wv[mt][1], xv[nb], half);
 }
 
 #if MD_WGMMA_DEVICE
@@ -414,43 +394,14 @@ cudaError_t launch_nb(const md_gemv_params& p, cudaStream_t stream) {
   while (split < kMaxSplit && col_blocks * split * 2 <= sms + sms / 8 && p.k >= 1024 * split) split *= 2;
   const int64_t krange = ((p.k + split - 1) / split + 63) / 64 * 64;
 
-  cudaLaunchConfig_t config{};
-  config.gridDim = dim3(static_cast<unsigned>(col_blocks), static_cast<unsigned>(split));
-  config.blockDim = dim3(kThreads);
-  config.dynamicSmemBytes = smem;
-  config.stream = stream;
-  cudaLaunchAttribute attrs[2];
-  unsigned n_attrs = 0;
-  if (split > 1) {
-    attrs[n_attrs].id = cudaLaunchAttributeClusterDimension;
-    attrs[n_attrs].val.clusterDim.x = 1;
-    attrs[n_attrs].val.clusterDim.y = static_cast<unsigned>(split);
-    attrs[n_attrs].val.clusterDim.z = 1;
-    ++n_attrs;
-  }
-  if (md_kernels_programmatic_launch()) {
-    attrs[n_attrs].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-    attrs[n_attrs].val.programmaticStreamSerializationAllowed = 1;
-    ++n_attrs;
-  }
-  config.attrs = attrs;
-  config.numAttrs = n_attrs;
-  return cudaLaunchKernelEx(&config, kernel, p, krange, maps);
+  const dim3 grid(static_cast<unsigned>(col_blocks), static_cast<unsigned>(split));
+  return launch_pdl_cluster(kernel, grid, kThreads, smem, stream, static_cast<unsigned>(split), p, krange, maps);
 }
 
 template <typename T>
 cudaError_t launch_typed(const md_gemv_params& p, cudaStream_t s) {
   if (p.batch > 16 && wgmma_form(p)) return p.batch > 32 ? launch_nb<T, 8, true>(p, s) : launch_nb<T, 4, true>(p, s);
-  switch ((p.batch + 7) / 8) {
-    case 1: return launch_nb<T, 1>(p, s);
-    case 2: return launch_nb<T, 2>(p, s);
-    case 3: return launch_nb<T, 3>(p, s);
-    case 4: return launch_nb<T, 4>(p, s);
-    case 5: return launch_nb<T, 5>(p, s);
-    case 6: return launch_nb<T, 6>(p, s);
-    case 7: return launch_nb<T, 7>(p, s);
-    default: return launch_nb<T, 8>(p, s);
-  }
+  return with_batch_tiles(p.batch, [&](auto nb) { return launch_nb<T, decltype(nb)::value>(p, s); });
 }
 
 }  // namespace
@@ -471,6 +422,7 @@ bool gemv_tc_ok(const md_gemv_params& p) {
 }
 
 cudaError_t launch_gemv_tc(const md_gemv_params& p, cudaStream_t stream) {
+  if (skinny_form(p)) return launch_gemv_skinny(p, stream);
   return p.dtype == MD_FLOAT16 ? launch_typed<__half>(p, stream) : launch_typed<__nv_bfloat16>(p, stream);
 }
 

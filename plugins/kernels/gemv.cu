@@ -395,8 +395,7 @@ extern "C" cudaError_t md_launch_gemv(const md_gemv_params* p, cudaStream_t stre
   MD_CHECK(p->batch >= 0 && p->batch <= MD_GEMV_TC_MAX_BATCH, "gemv: batch must be in 0..64");
   MD_CHECK(p->n >= 0 && p->k >= 0, "gemv: negative size");
   MD_CHECK(p->x && p->w && p->out, "gemv: x, w and out are required");
-  MD_CHECK(p->split_k == 0 || p->split_k == 1 || p->split_k == 2 || p->split_k == 4 || p->split_k == 8,
-           "gemv: split_k must be 0, 1, 2, 4 or 8");
+  MD_CHECK(p->split_k >= 0 && p->split_k <= 16, "gemv: split_k must be in 0..16");
   if (p->conv_dim > 0) {
     MD_CHECK(p->conv_width >= 2 && p->conv_width <= MD_MAX_CONV_WIDTH, "gemv: conv width must be in 2..8");
     MD_CHECK(p->conv_w && p->conv_state, "gemv: conv epilogue needs conv_w and conv_state");
@@ -417,6 +416,8 @@ extern "C" cudaError_t md_launch_gemv(const md_gemv_params* p, cudaStream_t stre
   if (p->algo >= 2 || (p->algo == 0 && tc_ok && p->batch >= MD_GEMV_TC_MIN_BATCH))
     return md::launch_gemv_tc(*p, stream);
   MD_CHECK(p->batch <= MD_GEMV_MAX_BATCH, "gemv: batch > 16 needs the tensor-core form (fp16 / bf16 on 9.0+)");
+  MD_CHECK(p->split_k == 0 || p->split_k == 1 || p->split_k == 2 || p->split_k == 4 || p->split_k == 8,
+           "gemv: the CUDA-core form's split_k must be 0, 1, 2, 4 or 8");
   const int split = p->split_k ? static_cast<int>(p->split_k) : md::auto_split(*p);
   switch (p->dtype) {
     case MD_FLOAT32: return md::launch_gemv_typed<float>(*p, split, stream);

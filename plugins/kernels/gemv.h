@@ -34,7 +34,9 @@ extern "C" {
  *   bias (n,) or NULL                                            dtype
  *   out  (batch, n)  row stride out_row_stride, unit n stride   dtype
  * 16-byte weight loads when k, the row strides and the pointers allow (else a scalar path).
- * split_k: CUDA-core form: warps sharing one row (1, 2, 4 or 8; 0 = chosen from n and k).
+ * split_k: CUDA-core form: warps sharing one row (1, 2, 4 or 8; 0 = chosen from n and k). Tensor-core form for
+ * n <= 256 without the conv epilogue (the skinny form: blocks of 16 columns): blocks of the cluster that splits k
+ * (1..16; 0 = chosen). Ignored by the other tensor-core forms.
  * Optional causal-conv epilogue (conv_dim > 0): for rows n in [conv_lo, conv_lo + conv_dim), with
  * c = n - conv_lo, the GEMV value v (rounded to dtype) is the new input of a depthwise causal
  * conv1d step (causal_conv1d_update_ref, SiLU if conv_silu):

@@ -1,6 +1,7 @@
 """plugins/kernels/gemm_tc.cu (gemv's tensor-core form, batch 1..64, fp16 / bf16) against float64 products and
 against the CUDA-core form: odd batches and sizes, every cluster split, strided rows, bias, the conv epilogue
-over state rows. Outputs are poisoned with NaN before every launch."""
+over state rows; the skinny form (gemv_skinny.cu, n <= 256) at every cluster size. Outputs are poisoned with NaN
+before every launch."""
 import pytest
 import torch
 
@@ -84,6 +85,35 @@ def test_tc_conv_epilogue_state_rows(rel_err, G, dtype, batch, width):
     others = torch.ones(pool_size, dtype=torch.bool, device="cuda")
     others[rows] = False
     assert torch.equal(pool[others], before[others])
+
+
+# n <= 256 without conv: the skinny form (16-column blocks, k split over a cluster of `split_k` blocks).
+SKINNY = [(160, 4096), (192, 5120), (1, 8), (17, 40), (250, 5000), (256, 264)]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("batch", [1, 5, 16, 33, 64])
+@pytest.mark.parametrize("n,k", SKINNY)
+@pytest.mark.parametrize("split", [0, 1, 3, 8, 16])
+def test_skinny_vs_float64(rel_err, G, dtype, batch, n, k, split):
+    x, w, b = rnd(batch, k, dtype=dtype), rnd(n, k, dtype=dtype, scale=k ** -0.5), rnd(n, dtype=dtype)
+    ref = x.double() @ w.double().T + b.double()
+    big = torch.full((batch, n + 24), float("nan"), dtype=dtype, device="cuda")
+    out = big[:, 8:8 + n]  # a column slice: nothing else of the row may be written
+    G.gemv(x, w, b, out=out, algo="tensor_cores", split_k=split)
+    assert torch.isfinite(out.float()).all() and big[:, :8].isnan().all() and big[:, 8 + n:].isnan().all()
+    assert rel_err(out, ref) <= TOL[dtype]
+    again = torch.full_like(out, float("nan"))
+    G.gemv(x, w, b, out=again, algo="tensor_cores", split_k=split)
+    assert torch.equal(out, again), "the same inputs must give the same bits"
+
+
+def test_skinny_split_refused(G):
+    x, w = rnd(4, 64, dtype=torch.float16), rnd(80, 64, dtype=torch.float16)
+    with pytest.raises(RuntimeError, match="split_k"):
+        G.gemv(x, w, out=torch.empty(4, 80, dtype=torch.float16, device="cuda"), algo="tensor_cores", split_k=17)
+    with pytest.raises(RuntimeError, match="split_k"):  # the CUDA-core form takes 1, 2, 4 or 8
+        G.gemv(x, w, out=torch.empty(4, 80, dtype=torch.float16, device="cuda"), algo="cuda_cores", split_k=3)
 
 
 def test_tc_refusals(G):

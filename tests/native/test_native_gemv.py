@@ -85,22 +85,24 @@ def test_mamba1_step(rel_err, G, dtype, state_dtype, batch, dim, rank, dstate, d
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("state_dtype", ["float32", "model"])
-def test_mamba1_step_rows_do_not_depend_on_the_batch(G, dtype, state_dtype):
+@pytest.mark.parametrize("dt_given", [False, True], ids=["fused-dt", "dt-given"])
+def test_mamba1_step_rows_do_not_depend_on_the_batch(G, dtype, state_dtype, dt_given):
     """A block handles up to 8 rows (dt_proj read once for them): each row of a batch of 19 (8 + 8 + 3) equals
-    the same row stepped alone, bit for bit."""
+    the same row stepped alone, bit for bit; with dt given, the streaming form likewise."""
     batch, dim, rank, dstate = 19, 300, 160, 16
     sdt = torch.float32 if state_dtype == "float32" else dtype
     xz, xdbl = rnd(batch, 2 * dim, dtype=dtype), rnd(batch, rank + 2 * dstate, dtype=dtype)
-    wdt = G.pack_dt_proj(rnd(dim, rank, dtype=dtype, scale=rank ** -0.5))
+    w = rnd(dim, rank, dtype=dtype, scale=rank ** -0.5)
+    wdt, dt = (None, F.linear(xdbl[:, :rank], w)) if dt_given else (G.pack_dt_proj(w), None)
     dt_bias, D, A = rnd(dim, scale=0.5) - 4.0, rnd(dim), -torch.exp(rnd(dim, dstate, scale=0.5))
     state = rnd(batch, dim, dstate).to(sdt)
     alone_state = state.clone()
     y = torch.full((batch, dim), float("nan"), dtype=dtype, device="cuda")
-    G.mamba1_step(xz[:, :dim], xz[:, dim:], xdbl, wdt, dt_bias, A, D, state, out=y)
+    G.mamba1_step(xz[:, :dim], xz[:, dim:], xdbl, wdt, dt_bias, A, D, state, out=y, dt=dt)
     alone = torch.full((batch, dim), float("nan"), dtype=dtype, device="cuda")
     for b in range(batch):
         G.mamba1_step(xz[b:b + 1, :dim], xz[b:b + 1, dim:], xdbl[b:b + 1], wdt, dt_bias, A, D, alone_state[b:b + 1],
-                      out=alone[b:b + 1])
+                      out=alone[b:b + 1], dt=None if dt is None else dt[b:b + 1])
     assert torch.isfinite(alone.float()).all() and torch.equal(y, alone)
     assert torch.equal(state, alone_state)
 
