@@ -270,30 +270,61 @@ __global__ void __launch_bounds__(kThreads) causal_conv1d_update_kernel(const md
 // The decode update of width 4 in the engine's layout (unit channel strides for x and y, weight (dim, 4) and
 // bias of x's dtype, state (rows, dim, 3) contiguous per channel, state_out == state_in): the same arithmetic
 // as causal_conv1d_update_kernel with no run-time dtype, width or 64-bit division. Grid (ceil(dim / kThreads),
-// batch): a thread per channel; a warp's state accesses are 32 * 3 consecutive elements.
-template <typename T, typename S>
-__global__ void __launch_bounds__(kThreads) causal_conv1d_update4_kernel(const md_causal_conv1d_params p) {
+// batch), blocks of kThreads / CH: a thread takes CH consecutive channels; with CH = 4 (update4_vec_ok) its
+// state is 3 aligned 4-element accesses, x, y and bias 1 and the weights 4, instead of one element each.
+template <typename T, typename S, int CH>
+__global__ void __launch_bounds__(kThreads / CH) causal_conv1d_update4_kernel(const md_causal_conv1d_params p) {
   pdl_release();
-  const int c = blockIdx.x * kThreads + threadIdx.x;
+  const int c0 = blockIdx.x * kThreads + threadIdx.x * CH;
   const int64_t b = blockIdx.y;
-  if (c >= p.dim) return;
-  const T* wc = static_cast<const T*>(p.weight) + 4 * c;
-  float w[4];
+  if (c0 >= p.dim) return;
+  const T* wc = static_cast<const T*>(p.weight) + 4 * c0;
+  float w[CH * 4], acc[CH], win[CH * 4];
+  if constexpr (CH == 4) {
 #pragma unroll
-  for (int i = 0; i < 4; ++i) w[i] = to_f(wc[i]);
-  float acc = p.bias ? to_f(static_cast<const T*>(p.bias)[c]) : 0.f;
+    for (int j = 0; j < 4; ++j) load4(wc + 4 * j, w + 4 * j);
+    if (p.bias) load4(static_cast<const T*>(p.bias) + c0, acc);
+    else acc[0] = acc[1] = acc[2] = acc[3] = 0.f;
+  } else {
+#pragma unroll
+    for (int i = 0; i < 4; ++i) w[i] = to_f(wc[i]);
+    acc[0] = p.bias ? to_f(static_cast<const T*>(p.bias)[c0]) : 0.f;
+  }
   pdl_wait();  // the weights are no kernel's output: loaded before the wait
-  S* st = static_cast<S*>(p.state_out) + state_row(p.state_rows, b) * p.state_out_batch_stride + 3 * c;
-  float win[4];
+  S* st = static_cast<S*>(p.state_out) + state_row(p.state_rows, b) * p.state_out_batch_stride + 3 * c0;
+  const T* x = static_cast<const T*>(p.x) + b * p.x_batch_stride + c0;
+  float old[CH * 3], xs[CH];
+  if constexpr (CH == 4) {
 #pragma unroll
-  for (int i = 0; i < 3; ++i) win[i] = to_f(from_f<T>(to_f(st[i])));
-  win[3] = to_f(static_cast<const T*>(p.x)[b * p.x_batch_stride + c]);
+    for (int j = 0; j < 3; ++j) load4(st + 4 * j, old + 4 * j);
+    load4(x, xs);
+  } else {
 #pragma unroll
-  for (int i = 0; i < 4; ++i) acc += w[i] * win[i];
-  if (p.silu) acc = silu(acc);
-  static_cast<T*>(p.y)[b * p.y_batch_stride + c] = from_f<T>(acc);
+    for (int i = 0; i < 3; ++i) old[i] = to_f(st[i]);
+    xs[0] = to_f(x[0]);
+  }
+  float y[CH], fresh[CH * 3];
 #pragma unroll
-  for (int i = 0; i < 3; ++i) st[i] = from_f<S>(win[i + 1]);
+  for (int j = 0; j < CH; ++j) {
+#pragma unroll
+    for (int i = 0; i < 3; ++i) win[4 * j + i] = to_f(from_f<T>(old[3 * j + i]));
+    win[4 * j + 3] = xs[j];
+#pragma unroll
+    for (int i = 0; i < 4; ++i) acc[j] += w[4 * j + i] * win[4 * j + i];
+    y[j] = p.silu ? silu(acc[j]) : acc[j];
+#pragma unroll
+    for (int i = 0; i < 3; ++i) fresh[3 * j + i] = win[4 * j + i + 1];
+  }
+  T* yp = static_cast<T*>(p.y) + b * p.y_batch_stride + c0;
+  if constexpr (CH == 4) {
+    store4(yp, y);
+#pragma unroll
+    for (int j = 0; j < 3; ++j) store4(st + 4 * j, fresh + 4 * j);
+  } else {
+    yp[0] = from_f<T>(y[0]);
+#pragma unroll
+    for (int i = 0; i < 3; ++i) st[i] = from_f<S>(fresh[i]);
+  }
 }
 
 bool update4_ok(const md_causal_conv1d_params& p) {
@@ -306,11 +337,25 @@ bool update4_ok(const md_causal_conv1d_params& p) {
          p.dim < (int64_t{1} << 30) && p.batch <= 65535;
 }
 
+// update4_ok with 4 channels a thread: dim a multiple of 4, every 4-channel group's accesses aligned.
+bool update4_vec_ok(const md_causal_conv1d_params& p) {
+  const int64_t s_size = p.state_dtype == MD_FLOAT32 ? 4 : 2;
+  return p.dim % 4 == 0 && p.x_batch_stride % 4 == 0 && p.y_batch_stride % 4 == 0 &&
+         p.state_out_batch_stride % 4 == 0 && is_aligned(p.x, 8) && is_aligned(p.y, 8) && is_aligned(p.weight, 8) &&
+         (p.bias == nullptr || is_aligned(p.bias, 8)) && is_aligned(p.state_out, static_cast<size_t>(4 * s_size));
+}
+
+template <typename T, int CH>
+cudaError_t launch_update4_ch(const md_causal_conv1d_params& p, cudaStream_t stream) {
+  const dim3 grid(static_cast<unsigned>((p.dim + kThreads - 1) / kThreads), static_cast<unsigned>(p.batch));
+  return p.state_dtype == MD_FLOAT32
+             ? launch_pdl(causal_conv1d_update4_kernel<T, float, CH>, grid, kThreads / CH, 0, stream, p)
+             : launch_pdl(causal_conv1d_update4_kernel<T, T, CH>, grid, kThreads / CH, 0, stream, p);
+}
+
 template <typename T>
 cudaError_t launch_update4(const md_causal_conv1d_params& p, cudaStream_t stream) {
-  const dim3 grid(static_cast<unsigned>((p.dim + kThreads - 1) / kThreads), static_cast<unsigned>(p.batch));
-  return p.state_dtype == MD_FLOAT32 ? launch_pdl(causal_conv1d_update4_kernel<T, float>, grid, kThreads, 0, stream, p)
-                                     : launch_pdl(causal_conv1d_update4_kernel<T, T>, grid, kThreads, 0, stream, p);
+  return update4_vec_ok(p) ? launch_update4_ch<T, 4>(p, stream) : launch_update4_ch<T, 1>(p, stream);
 }
 
 }  // namespace

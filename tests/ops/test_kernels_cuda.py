@@ -89,6 +89,27 @@ def test_causal_conv1d_update_in_place(cuda, dtype, state_dtype, batch):
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("state_dtype", ["float32", "model"])
+@pytest.mark.parametrize("batch", [1, 64])
+def test_causal_conv1d_update_forms_agree(cuda, dtype, state_dtype, batch):
+    """The decode form's 4 channels a thread (dim % 4 == 0, aligned rows) equals its one channel a thread (x an
+    odd column slice) bit for bit, and both match the reference."""
+    dim = 264
+    sdt = torch.float32 if state_dtype == "float32" else dtype
+    w, b = rnd(dim, 4, dtype=dtype), rnd(dim, dtype=dtype)
+    wide = rnd(batch, dim + 1, dtype=dtype)
+    x_odd, x = wide[:, 1:], wide[:, 1:].clone()  # x_odd: rows 2 bytes off alignment
+    state = rnd(batch, dim, 3, dtype=torch.float32).to(sdt)
+    state_odd = state.clone()
+    y_ref, s_ref = causal_conv1d_update_ref(*f32(x, w, b, state))
+    y, _ = cuda.causal_conv1d_update(x, w, b, state, out=nan_like(x.shape, dtype), state_out=state)
+    y_odd, _ = cuda.causal_conv1d_update(x_odd, w, b, state_odd, out=nan_like(x.shape, dtype), state_out=state_odd)
+    assert torch.equal(y, y_odd) and torch.equal(state, state_odd)
+    check("y", y, y_ref, dtype)
+    check("state", state, s_ref, dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("state_dtype", ["float32", "model"])
 def test_causal_conv1d_update_pool_rows(cuda, dtype, state_dtype):
     """The decode form on rows of a pool (state_rows): each row as on its gathered state; other rows untouched."""
     batch, dim, pool_size = 20, 264, 31
