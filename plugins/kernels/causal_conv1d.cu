@@ -272,37 +272,44 @@ __global__ void __launch_bounds__(kThreads) causal_conv1d_update_kernel(const md
 // as causal_conv1d_update_kernel with no run-time dtype, width or 64-bit division. Grid (ceil(dim / kThreads),
 // batch), blocks of kThreads / CH: a thread takes CH consecutive channels; with CH = 4 (update4_vec_ok) its
 // state is 3 aligned 4-element accesses, x, y and bias 1 and the weights 4, instead of one element each.
+// N consecutive elements <-> floats: as 4-element vector accesses (vec.cuh) when VEC (aligned), else one by one.
+template <bool VEC, int N, typename E>
+__device__ __forceinline__ void load_n(const E* ptr, float* f) {
+#pragma unroll
+  for (int j = 0; j < (VEC ? N / 4 : N); ++j) {
+    if constexpr (VEC) load4(ptr + 4 * j, f + 4 * j);
+    else f[j] = to_f(ptr[j]);
+  }
+}
+template <bool VEC, int N, typename E>
+__device__ __forceinline__ void store_n(E* ptr, const float* f) {
+#pragma unroll
+  for (int j = 0; j < (VEC ? N / 4 : N); ++j) {
+    if constexpr (VEC) store4(ptr + 4 * j, f + 4 * j);
+    else ptr[j] = from_f<E>(f[j]);
+  }
+}
+
 template <typename T, typename S, int CH>
 __global__ void __launch_bounds__(kThreads / CH) causal_conv1d_update4_kernel(const md_causal_conv1d_params p) {
+  constexpr bool kVec = CH == 4;
   pdl_release();
   const int c0 = blockIdx.x * kThreads + threadIdx.x * CH;
   const int64_t b = blockIdx.y;
   if (c0 >= p.dim) return;
-  const T* wc = static_cast<const T*>(p.weight) + 4 * c0;
   float w[CH * 4], acc[CH], win[CH * 4];
-  if constexpr (CH == 4) {
-#pragma unroll
-    for (int j = 0; j < 4; ++j) load4(wc + 4 * j, w + 4 * j);
-    if (p.bias) load4(static_cast<const T*>(p.bias) + c0, acc);
-    else acc[0] = acc[1] = acc[2] = acc[3] = 0.f;
+  load_n<kVec, CH * 4>(static_cast<const T*>(p.weight) + 4 * c0, w);
+  if (p.bias) {
+    load_n<kVec, CH>(static_cast<const T*>(p.bias) + c0, acc);
   } else {
 #pragma unroll
-    for (int i = 0; i < 4; ++i) w[i] = to_f(wc[i]);
-    acc[0] = p.bias ? to_f(static_cast<const T*>(p.bias)[c0]) : 0.f;
+    for (int j = 0; j < CH; ++j) acc[j] = 0.f;
   }
   pdl_wait();  // the weights are no kernel's output: loaded before the wait
   S* st = static_cast<S*>(p.state_out) + state_row(p.state_rows, b) * p.state_out_batch_stride + 3 * c0;
-  const T* x = static_cast<const T*>(p.x) + b * p.x_batch_stride + c0;
   float old[CH * 3], xs[CH];
-  if constexpr (CH == 4) {
-#pragma unroll
-    for (int j = 0; j < 3; ++j) load4(st + 4 * j, old + 4 * j);
-    load4(x, xs);
-  } else {
-#pragma unroll
-    for (int i = 0; i < 3; ++i) old[i] = to_f(st[i]);
-    xs[0] = to_f(x[0]);
-  }
+  load_n<kVec, CH * 3>(st, old);
+  load_n<kVec, CH>(static_cast<const T*>(p.x) + b * p.x_batch_stride + c0, xs);
   float y[CH], fresh[CH * 3];
 #pragma unroll
   for (int j = 0; j < CH; ++j) {
@@ -315,16 +322,8 @@ __global__ void __launch_bounds__(kThreads / CH) causal_conv1d_update4_kernel(co
 #pragma unroll
     for (int i = 0; i < 3; ++i) fresh[3 * j + i] = win[4 * j + i + 1];
   }
-  T* yp = static_cast<T*>(p.y) + b * p.y_batch_stride + c0;
-  if constexpr (CH == 4) {
-    store4(yp, y);
-#pragma unroll
-    for (int j = 0; j < 3; ++j) store4(st + 4 * j, fresh + 4 * j);
-  } else {
-    yp[0] = from_f<T>(y[0]);
-#pragma unroll
-    for (int i = 0; i < 3; ++i) st[i] = from_f<S>(fresh[i]);
-  }
+  store_n<kVec, CH>(static_cast<T*>(p.y) + b * p.y_batch_stride + c0, y);
+  store_n<kVec, CH * 3>(st, fresh);
 }
 
 bool update4_ok(const md_causal_conv1d_params& p) {
