@@ -18,7 +18,7 @@ from typing import Optional
 
 LIB_NAME = "libmamba_deploy_kernels.so"
 ENV_VAR = "MAMBA_DEPLOY_KERNEL_LIB"
-EXPECTED_VERSION = 10  # MD_KERNELS_VERSION
+EXPECTED_VERSION = 11  # MD_KERNELS_VERSION
 
 _I, _P, _D = ctypes.c_int64, ctypes.c_void_p, ctypes.c_double
 
@@ -158,6 +158,7 @@ _OP_KERNELS: dict[str, Kernel] = {}
 SIGNATURES: dict[str, tuple[type, list[type]]] = {
     "md_version": (ctypes.c_int, []), "md_get_last_error_string": (ctypes.c_char_p, []),
     "md_params_size": (_I, [_I]), "md_ssm_scan_workspace_bytes": (_I, [ctypes.POINTER(SsmParams)]),
+    "md_selective_scan_split_lanes": (ctypes.c_int, [ctypes.POINTER(SsmParams)]),
     "md_set_programmatic_launch": (ctypes.c_int, [_I]),
     **{k.symbol: k.signature() for k in KERNELS.values()}}
 
@@ -247,6 +248,11 @@ def unavailable_reason() -> Optional[str]:
 def scan_workspace_bytes(params: ctypes.Structure) -> int:
     """Scratch bytes a prefill scan with these params wants (0: none)."""
     return int(load().md_ssm_scan_workspace_bytes(ctypes.byref(params)))
+
+
+def scan_split_lanes(params: ctypes.Structure) -> int:
+    """Threads a channel of the Mamba1 scan that splits states over lanes, for these params (0: another kernel)."""
+    return int(load().md_selective_scan_split_lanes(ctypes.byref(params)))
 
 
 def set_programmatic_launch(enable: bool) -> bool:

@@ -78,6 +78,9 @@ MD_API int64_t md_ssm_scan_workspace_bytes(const md_ssm_params* p) {
   return static_cast<int64_t>(md_ssm_scan_workspace_size(p));
 }
 
+// Which form the Mamba1 scan takes for `p` (md_ssm_scan_split_lanes): tests and benchmarks ask.
+MD_API int md_selective_scan_split_lanes(const md_ssm_params* p) { return md_ssm_scan_split_lanes(p); }
+
 MD_API int md_selective_scan_fwd(const md_ssm_params* p, void* workspace, int64_t workspace_bytes, void* stream) {
   if (p && p->headdim != 1) return invalid("md_selective_scan_fwd: Mamba1 layout has headdim 1");
   return finish(md_launch_ssm_scan_ws(p, workspace, static_cast<size_t>(workspace_bytes),

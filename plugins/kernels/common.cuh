@@ -69,6 +69,13 @@ __device__ __forceinline__ float discretise_dt(const md_ssm_params& p, int clamp
   return dt;
 }
 
+// discretise_dt for the Mamba1 walks' loops: softplus_ftz, and the clamp's bounds already floats.
+__device__ __forceinline__ float discretise_dt_ftz(int64_t softplus, int clamp, float lo, float hi, float dt) {
+  if (softplus) dt = softplus_ftz(dt);
+  if (clamp) dt = fminf(fmaxf(dt, lo), hi);
+  return dt;
+}
+
 // Sum over the `width` consecutive lanes of each aligned lane group (width: power of two <= 32).
 template <int WIDTH> __device__ __forceinline__ float group_sum(float v) {
 #pragma unroll

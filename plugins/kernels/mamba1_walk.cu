@@ -8,15 +8,15 @@
 // worked out one tile ahead into the thread's own shared-memory columns (B and C double-buffered), so the
 // next tile's global loads are in flight during this tile's steps; those rows are prefetched into the L2 a
 // tile earlier still.
-// When batch x channels leave the GPU idle (a few long prompts), the sequence is cut into chunks walked in
-// parallel, in two passes over a float32 workspace:
+// When batch x channels leave the GPU idle (a few long prompts; mamba1_walk_chunks), the sequence is cut into
+// chunks walked in parallel, in two passes over a float32 workspace:
 //   local   each chunk from a zero state (the first from the initial state): its end state and the sum of its
 //           discretised dt (the chunk's decay of state n is exp2(A2[n] * that sum));
 //   carry   per (row, channel, state), the true end state of each chunk, in chunk order;
 //   output  each chunk again from the true state entering it, writing y (and the final state).
 // The chunk's decay as one exp2 of the summed dt, and the carry's reassociation, change the order of float32
-// operations against the step-by-step recurrence, not the math. Too few channels even in chunks (short prompts
-// at small batch): mamba1_walk_chunks says 0 and md_launch_ssm_scan_ws takes its other kernels.
+// operations against the step-by-step recurrence, not the math. Other shapes short of a wave (moderate batches,
+// short prompts, no workspace): mamba1_walk_chunks says 0, and mamba1_split.cu's walk takes them.
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -34,6 +34,10 @@ constexpr int kBlocksPerSM = 7;
 constexpr int kState = 16;     // states a thread holds (dstate <= kState; the rest stay 0)
 constexpr int kTile = 8;       // steps staged at a time
 constexpr int kMinChunk = 32;  // shortest chunk of the two-pass form
+// Measured on the H200 (mamba-1.4b's layer: 4,096 channels, batch 1), us, this walk in two passes / mamba1_split.cu's
+// walk at 16 lanes a channel: 2,048 steps 187.0 / 178.5, 4,096 299.6 / 343.2, 32,768 1,928 / 2,830 (at 8 lanes,
+// 2,048 steps: 159.3). Two batch rows split: 8,192 steps 1,012 / 933 (two passes / split).
+constexpr int64_t kMinTwoPassSteps = 4096;
 constexpr int kMaxChunks = 256;
 constexpr int64_t kMaxWorkspace = int64_t(256) << 20;
 
@@ -174,9 +178,7 @@ __global__ void __launch_bounds__(kThreads, kBlocksPerSM) mamba1_walk_kernel(con
   // columns (no barrier): those of the next tile are loaded during this tile's steps, one step ahead of their
   // use, so their global loads and softplus / silu chains overlap the walk.
   const auto scalars = [&](int s, float xv, float dtv, float zv) {
-    float delta = dtv + bias;
-    if (p.dt_softplus) delta = softplus_ftz(delta);
-    if (a.clamp_dt) delta = fminf(fmaxf(delta, a.dt_lo), a.dt_hi);
+    const float delta = discretise_dt_ftz(p.dt_softplus, a.clamp_dt, a.dt_lo, a.dt_hi, dtv + bias);
     sh.step_dt[s][tid] = make_float2(delta, delta * xv);
     if (kNeedC) {
       sh.step_out[s][tid] = make_float2(Dv * xv, has_z ? silu_ftz(zv) : 1.f);
@@ -344,29 +346,25 @@ bool mamba1_walk_eligible(const md_ssm_params& p) {
          p.nheads <= (int64_t{1} << 31) - kThreads;
 }
 
-// Chunks enough for two waves of resident blocks when batch x channels are fewer, each at least kMinChunk
-// steps; 1 (the one-pass walk, no workspace) when batch x channels already fill one wave or the sequence is too
-// short to cut in 3; 0 (not this kernel) when even the chunks leave most of a wave idle. Every block walks the
-// same number of steps, so the count is rounded down to whole waves where that still gives 3 chunks: 1 x 2,048
-// had taken 42 chunks of 32 blocks, 2.04 waves of 660 (5 blocks a multiprocessor then), so the output pass ran
-// a third wave for 24 blocks.
-// Measured on the H200 (benchmarks/mamba1_scan.py, dim 4096): 1 x 100 took 142 us here in 3 chunks (12k
-// threads) against 64 in the state-parallel walk of ssm_scan.cu.
+// 1 (the one-pass walk, no workspace) when batch x channels fill a wave of resident blocks. Fewer: 0 (the walk of
+// mamba1_split.cu, states split over lanes) unless even that would leave the GPU short of threads over
+// kMinTwoPassSteps steps or more, where two passes of this walk in chunks are faster (one long prompt); then
+// chunks enough for two waves, each at least kMinChunk steps. Every block walks the same number of steps, so the
+// count is rounded down to whole waves where that still gives 3 chunks: 1 x 2,048 had taken 42 chunks of 32
+// blocks, 2.04 waves of 660 (5 blocks a multiprocessor then), so the output pass ran a third wave for 24 blocks.
 int64_t mamba1_walk_chunks(const md_ssm_params& p) {
   const int64_t sms = device_attribute(cudaDevAttrMultiProcessorCount, 132);
   const int64_t threads = p.batch * p.nheads, wave = sms * kBlocksPerSM * kThreads, target = 2 * wave;
-  int64_t n = 1;
-  if (threads * 2 < target && p.seqlen >= 3 * kMinChunk) {
-    const int64_t chunk_blocks = p.batch * ((p.nheads + kThreads - 1) / kThreads);
-    const int64_t whole_waves = 2 * sms * kBlocksPerSM / chunk_blocks;
-    n = whole_waves >= 3 ? whole_waves : (target + threads - 1) / threads;
-    n = std::min<int64_t>({n, p.seqlen / kMinChunk, kMaxChunks});
-    const int64_t per_chunk = threads * (kState + 1) * int64_t(sizeof(float));
-    n = std::min(n, kMaxWorkspace / per_chunk);
-    n = (p.seqlen + chunk_len_of(p, n) - 1) / chunk_len_of(p, n);  // no empty chunk
-    if (n < 3) n = 1;
-  }
-  return threads * n >= wave ? n : 0;
+  if (threads >= wave) return 1;
+  if (mamba1_split_fills_gpu(p) || p.seqlen < kMinTwoPassSteps) return 0;
+  const int64_t chunk_blocks = p.batch * ((p.nheads + kThreads - 1) / kThreads);
+  const int64_t whole_waves = 2 * sms * kBlocksPerSM / chunk_blocks;
+  int64_t n = whole_waves >= 3 ? whole_waves : (target + threads - 1) / threads;
+  n = std::min<int64_t>({n, p.seqlen / kMinChunk, kMaxChunks});
+  const int64_t per_chunk = threads * (kState + 1) * int64_t(sizeof(float));
+  n = std::min(n, kMaxWorkspace / per_chunk);
+  n = (p.seqlen + chunk_len_of(p, n) - 1) / chunk_len_of(p, n);  // no empty chunk
+  return n >= 3 && threads * n >= wave ? n : 0;
 }
 
 size_t mamba1_walk_workspace_bytes(const md_ssm_params& p, int64_t nchunks) {

@@ -27,14 +27,15 @@
 extern "C" {
 #endif
 
-#define MD_KERNELS_VERSION 10 /* 2: the prefill scans take a workspace; 3: GEMV / decode entry points;
+#define MD_KERNELS_VERSION 11 /* 2: the prefill scans take a workspace; 3: GEMV / decode entry points;
                                4: Philox uniforms (sampling.h) and state_rows (decode over state slots);
                                5: mamba1_step takes a precomputed dt (large batches);
                                6: programmatic dependent launch of the decode kernels;
                                7: decode attention over per-slot KV caches (gemv.h);
                                8: the whole sampler as one kernel (sampling.h);
                                9: md_gemv_params.algo, the tensor-core GEMV for batch <= 64;
-                               10: the GEMV's norm prologue (md_gemv_params.norm_*) */
+                               10: the GEMV's norm prologue (md_gemv_params.norm_*);
+                               11: md_ssm_scan_split_lanes (the Mamba1 scan with states split over lanes) */
 #define MD_MAX_CONV_WIDTH 8 /* causal conv width (d_conv) supported: 1..8 */
 #define MD_MAX_DSTATE 256   /* SSM state size supported: 1..256 */
 #define MD_MAX_NORM_HIDDEN 16384 /* norm row / group length supported */
@@ -176,6 +177,11 @@ cudaError_t md_launch_ssm_scan_ws(const md_ssm_params* p, void* workspace, size_
 
 /* Scratch md_launch_ssm_scan_ws wants for `p` on the current device (0: none, the single walk). */
 size_t md_ssm_scan_workspace_size(const md_ssm_params* p);
+
+/* How many threads split each channel's states when md_launch_ssm_scan_ws, given the workspace
+ * md_ssm_scan_workspace_size asks for, takes the Mamba1 walk of mamba1_split.cu for `p` on the current device
+ * (2, 4 or 8); 0 when another kernel takes it. */
+int md_ssm_scan_split_lanes(const md_ssm_params* p);
 
 /* Why a launcher on this host thread last returned cudaErrorInvalidValue ("" if none did). */
 const char* md_kernels_check_message(void);

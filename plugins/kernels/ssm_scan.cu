@@ -336,10 +336,13 @@ size_t workspace_bytes(const md_ssm_params* p, int64_t nchunks) {
 
 extern "C" size_t md_ssm_scan_workspace_size(const md_ssm_params* p) {
   if (p == nullptr) return 0;
-  const int64_t walk_chunks = md::mamba1_walk_eligible(*p) ? md::mamba1_walk_chunks(*p) : 0;
-  if (walk_chunks > 0) return md::mamba1_walk_workspace_bytes(*p, walk_chunks);
-  if (md::mamba1_scan_eligible(*p)) return 0;
+  if (md::mamba1_walk_eligible(*p)) return md::mamba1_walk_workspace_bytes(*p, md::mamba1_walk_chunks(*p));
   return md::ssd_eligible(*p) ? md::ssd_workspace_bytes(*p) : md::workspace_bytes(p, md::plan_chunks(p));
+}
+
+extern "C" int md_ssm_scan_split_lanes(const md_ssm_params* p) {
+  if (p == nullptr || !md::mamba1_walk_eligible(*p) || md::mamba1_walk_chunks(*p) != 0) return 0;
+  return md::mamba1_split_lanes(*p);
 }
 
 extern "C" cudaError_t md_launch_ssm_scan(const md_ssm_params* p, cudaStream_t stream) {
@@ -359,14 +362,14 @@ extern "C" cudaError_t md_launch_ssm_scan_ws(const md_ssm_params* p, void* works
            "ssm_scan: state dtype must be float32 or the dtype of x");
   MD_CHECK(p->batch <= 65535, "ssm_scan: batch must be <= 65535");
   if (p->batch == 0) return cudaSuccess;
-  if (md::mamba1_walk_eligible(*p)) {  // one pass, or two where the workspace allows; 0 chunks: neither
+  if (md::mamba1_walk_eligible(*p)) {  // a thread a channel where that fills the GPU, else states split over lanes
     const int64_t nchunks = md::mamba1_walk_chunks(*p);
     if (nchunks == 1) return md::launch_mamba1_walk(*p, 1, nullptr, stream);
     if (nchunks > 1 && workspace != nullptr && workspace_size >= md::mamba1_walk_workspace_bytes(*p, nchunks)) {
       return md::launch_mamba1_walk(*p, nchunks, workspace, stream);
     }
+    return md::launch_mamba1_split(*p, md::mamba1_split_lanes(*p), stream);
   }
-  if (md::mamba1_scan_eligible(*p)) return md::launch_mamba1_scan(*p, stream);
   if (workspace != nullptr && md::ssd_eligible(*p) && workspace_size >= md::ssd_workspace_bytes(*p)) {
     return md::launch_ssd(*p, workspace, stream);
   }

@@ -164,19 +164,33 @@ def test_selective_scan(cuda, dtype, batch, seqlen, dstate):
 @pytest.mark.parametrize("gate", [True, False])
 @pytest.mark.parametrize("seqlen", [100, 700])  # chunks of 128 steps (8 a thread), of 256 (16 a thread)
 def test_selective_scan_channel_last_odd_sizes(cuda, dtype, gate, seqlen):
-    """The native engine's layouts (channel-last views of (batch, seqlen, dim) buffers) through mamba1_scan.cu's
-    kernel (more than 1024 tokens in all, else the state-parallel walk takes them; too few channels for
-    mamba1_walk.cu): 37 channels (a partial block of 16), dstate 5, a partial last chunk, no D / gate or both."""
+    """The native engine's layouts (channel-last views of (batch, seqlen, dim) buffers) through mamba1_split.cu's
+    walk (too few channels for mamba1_walk.cu): 37 channels (a partial block), dstate 5, a partial last tile, no D
+    / gate or both."""
     _channel_last_scan(cuda, 11, 37, seqlen, 5, dtype, gate)
+
+
+def _split_lanes(batch, dim, seqlen, dstate=16):
+    from mamba_deploy.ops import _lib
+
+    cfg = _lib.SsmParams()
+    cfg.batch, cfg.seqlen, cfg.nheads, cfg.headdim, cfg.dstate, cfg.ngroups = batch, seqlen, dim, 1, dstate, 1
+    return _lib.scan_split_lanes(cfg)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("gate", [True, False])
-def test_selective_scan_two_pass_walk_odd_sizes(cuda, dtype, gate):
-    """mamba1_walk.cu's two passes (3 x 4097 channels: too few to fill the GPU in one pass, enough in 14 chunks on
-    an H200) in the native engine's layouts: a partial block of channels, dstate 5, 50-step chunks (partial
-    tiles), no D / gate or both."""
-    _channel_last_scan(cuda, 3, 4097, 700, 5, dtype, gate)
+def test_selective_scan_split_walk_every_lane_count(cuda, dtype, gate):
+    """mamba1_split.cu at each of its forms (2, 4, 8 threads a channel: batch x channels pick it, for this
+    GPU's multiprocessor count) in the native engine's layouts: a partial block of channels, dstate 5, a partial
+    last tile of steps, no D / gate or both."""
+    seen = {}
+    for batch, dim in [(1, 37)] + [(b, 4097) for b in range(1, 29)]:
+        lanes = _split_lanes(batch, dim, 203, 5)
+        if lanes and lanes not in seen:
+            seen[lanes] = (batch, dim)
+            _channel_last_scan(cuda, batch, dim, 203, 5, dtype, gate)
+    assert set(seen) == {2, 4, 8}, seen
 
 
 def _channel_last_scan(cuda, batch, dim, seqlen, dstate, dtype, gate):
@@ -302,12 +316,12 @@ def test_bad_inputs_raise(cuda):
 @pytest.mark.parametrize("arch", ["mamba1", "mamba1_walk", "mamba2"])
 def test_time_parallel_scan_equals_single_walk(cuda, arch, monkeypatch):
     """Long prompt at batch 1: the chunked (time-parallel) launch equals the launch without a workspace, in place
-    too. Mamba1 with dstate 32: the state-parallel walk of ssm_scan.cu in chunks / whole; with dstate 16: the
-    two-pass walk of mamba1_walk.cu / mamba1_scan.cu's kernel."""
+    too. Mamba1 with dstate 32: the state-parallel walk of ssm_scan.cu in chunks / whole; with dstate 16 (8,192
+    steps: the two passes take them from 4,096): the two-pass walk of mamba1_walk.cu / mamba1_split.cu's walk."""
     from mamba_deploy.ops import _lib
 
-    dstate, dim = (16, 4096) if arch == "mamba1_walk" else (32, 256)  # 4096 channels: enough threads in 42 chunks
-    fn, kw, state_key = ((cuda.selective_scan, mamba1_inputs(1, dim, 1500, dstate, torch.float32), "ssm_state")
+    dstate, dim, seqlen = (16, 4096, 8192) if arch == "mamba1_walk" else (32, 256, 1500)
+    fn, kw, state_key = ((cuda.selective_scan, mamba1_inputs(1, dim, seqlen, dstate, torch.float32), "ssm_state")
                          if arch.startswith("mamba1") else
                          (cuda.chunk_scan, mamba2_inputs(1, 1500, 8, 64, 1, 128, torch.float32), "initial_state"))
     run = lambda **o: fn(**kw, **o)  # noqa: E731
@@ -397,8 +411,8 @@ def test_state_update_state_rows(cuda, dtype, batch, arch):
     check_pool(pool, before, rows, gathered)
 
 
-# Mamba1: 1500 at batch 1 the time-parallel form (scratch); 9 x 129 (over 1024 tokens) with dstate 16 mamba1_scan.cu
-# (none). Mamba2: from 32 steps the SSD form (scratch); 9 x 20 the recurrence (none).
+# Mamba1: 1500 at batch 1 the time-parallel form (scratch); 9 x 129 with dstate 16 mamba1_split.cu's walk (none).
+# Mamba2: from 32 steps the SSD form (scratch); 9 x 20 the recurrence (none).
 @pytest.mark.parametrize("arch,batch,seqlen,scratch", [("mamba1", 9, 129, False), ("mamba1", 1, 1500, True),
                                                        ("mamba2", 9, 129, True), ("mamba2", 1, 1500, True),
                                                        ("mamba2", 9, 20, False)])
@@ -406,7 +420,7 @@ def test_scan_state_rows(cuda, arch, batch, seqlen, scratch, monkeypatch):
     from mamba_deploy.ops import _lib
 
     pool_size = batch + 4
-    if arch == "mamba1":  # dstate 16: mamba1_scan.cu's kernel; 32: the state-parallel walk, time-parallel at 1500
+    if arch == "mamba1":  # dstate 16: mamba1_split.cu's walk; 32: the state-parallel walk, time-parallel at 1500
         dstate = 16 if seqlen == 129 else 32
         fn, kw, key = cuda.selective_scan, mamba1_inputs(batch, 256, seqlen, dstate, torch.float16), "ssm_state"
     else:
