@@ -69,12 +69,20 @@ __device__ __forceinline__ float discretise_dt(const md_ssm_params& p, int clamp
   return dt;
 }
 
-// discretise_dt for the Mamba1 walks' loops: softplus_ftz, and the clamp's bounds already floats.
-__device__ __forceinline__ float discretise_dt_ftz(int64_t softplus, int clamp, float lo, float hi, float dt) {
-  if (softplus) dt = softplus_ftz(dt);
-  if (clamp) dt = fminf(fmaxf(dt, lo), hi);
-  return dt;
-}
+// discretise_dt for the Mamba1 walks' loops (mamba1_walk.cu, mamba1_split.cu): softplus_ftz, and the clamp's bounds
+// converted to floats once, on the host, not in every step.
+struct DtFtz {
+  int softplus, clamp;
+  float lo, hi;
+  static DtFtz of(const md_ssm_params& p) {
+    return {p.dt_softplus ? 1 : 0, clamps_dt(p), static_cast<float>(p.dt_min), static_cast<float>(p.dt_max)};
+  }
+  __device__ __forceinline__ float operator()(float dt) const {
+    if (softplus) dt = softplus_ftz(dt);
+    if (clamp) dt = fminf(fmaxf(dt, lo), hi);
+    return dt;
+  }
+};
 
 // Sum over the `width` consecutive lanes of each aligned lane group (width: power of two <= 32).
 template <int WIDTH> __device__ __forceinline__ float group_sum(float v) {

@@ -36,8 +36,7 @@ constexpr int kMinBlocks = kLanes > 2 ? 5 : sizeof(T) == 4 ? 3 : 4;
 
 struct SplitArgs {
   md_ssm_params p;
-  int clamp_dt;
-  float dt_lo, dt_hi;  // the clamp's bounds as floats, converted once here
+  DtFtz discretise;
   int prefetch;        // x, dt, z rows channel-contiguous and B, C state-contiguous (the engine's layout)
 };
 
@@ -125,7 +124,7 @@ struct Stager {
     for (int k = 0; k < Sp::kOwn; ++k) {
       const int i = threadIdx.x + k * kThreads, s = i / Sp::kChannels, c = i % Sp::kChannels;
       float delta = 0.f;  // a padding step: decay 1, input 0
-      if (valid & (1u << k)) delta = discretise_dt_ftz(a.p.dt_softplus, a.clamp_dt, a.dt_lo, a.dt_hi, dt[k] + bias);
+      if (valid & (1u << k)) delta = a.discretise(dt[k] + bias);
       sh.step_dt[buf][s][c] = make_float2(delta, delta * x[k]);
       sh.step_out[buf][s][c] = make_float2(Dv * x[k], zp ? silu_ftz(z[k]) : 1.f);
     }
@@ -298,9 +297,7 @@ bool mamba1_split_fills_gpu(const md_ssm_params& p) { return p.batch * p.nheads 
 cudaError_t launch_mamba1_split(const md_ssm_params& p, int lanes, cudaStream_t stream) {
   SplitArgs a{};
   a.p = p;
-  a.clamp_dt = clamps_dt(p);
-  a.dt_lo = static_cast<float>(p.dt_min);
-  a.dt_hi = static_cast<float>(p.dt_max);
+  a.discretise = DtFtz::of(p);
   a.prefetch = p.x_head_stride == 1 && p.dt_head_stride == 1 && (p.z == nullptr || p.z_head_stride == 1) &&
                p.B_state_stride == 1 && p.C_state_stride == 1;
   return MD_DISPATCH_DTYPE(p.x_dtype, T, [&] {

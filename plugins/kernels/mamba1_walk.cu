@@ -51,8 +51,7 @@ struct WalkArgs {
   // that the output pass never reads state_in (state_out may alias it).
   float* ws_h;
   float* ws_dt;  // (nchunks, batch, nheads): the sum of each chunk's discretised dt
-  int clamp_dt;
-  float dt_lo, dt_hi;  // the clamp's bounds as floats: converted once here, not in every step
+  DtFtz discretise;
 };
 
 // B and C of steps [t0, t0 + kTile) of batch row b (0 past t_end or dstate) into the thread's registers: element
@@ -178,7 +177,7 @@ __global__ void __launch_bounds__(kThreads, kBlocksPerSM) mamba1_walk_kernel(con
   // columns (no barrier): those of the next tile are loaded during this tile's steps, one step ahead of their
   // use, so their global loads and softplus / silu chains overlap the walk.
   const auto scalars = [&](int s, float xv, float dtv, float zv) {
-    const float delta = discretise_dt_ftz(p.dt_softplus, a.clamp_dt, a.dt_lo, a.dt_hi, dtv + bias);
+    const float delta = a.discretise(dtv + bias);
     sh.step_dt[s][tid] = make_float2(delta, delta * xv);
     if (kNeedC) {
       sh.step_out[s][tid] = make_float2(Dv * xv, has_z ? silu_ftz(zv) : 1.f);
@@ -376,9 +375,7 @@ cudaError_t launch_mamba1_walk(const md_ssm_params& p, int64_t nchunks, void* wo
   a.p = p;
   a.nchunks = nchunks;
   a.chunk_len = chunk_len_of(p, nchunks);
-  a.clamp_dt = clamps_dt(p);
-  a.dt_lo = static_cast<float>(p.dt_min);
-  a.dt_hi = static_cast<float>(p.dt_max);
+  a.discretise = DtFtz::of(p);
   if (nchunks > 1) {
     a.ws_h = static_cast<float*>(workspace);
     a.ws_dt = a.ws_h + nchunks * p.batch * p.nheads * kState;

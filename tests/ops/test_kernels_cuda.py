@@ -162,7 +162,7 @@ def test_selective_scan(cuda, dtype, batch, seqlen, dstate):
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("gate", [True, False])
-@pytest.mark.parametrize("seqlen", [100, 700])  # chunks of 128 steps (8 a thread), of 256 (16 a thread)
+@pytest.mark.parametrize("seqlen", [100, 700])
 def test_selective_scan_channel_last_odd_sizes(cuda, dtype, gate, seqlen):
     """The native engine's layouts (channel-last views of (batch, seqlen, dim) buffers) through mamba1_split.cu's
     walk (too few channels for mamba1_walk.cu): 37 channels (a partial block), dstate 5, a partial last tile, no D
@@ -170,12 +170,13 @@ def test_selective_scan_channel_last_odd_sizes(cuda, dtype, gate, seqlen):
     _channel_last_scan(cuda, 11, 37, seqlen, 5, dtype, gate)
 
 
-def _split_lanes(batch, dim, seqlen, dstate=16):
+def _mamba1_params(batch, dim, seqlen, dstate):
+    """The shape fields of a Mamba1 scan's params: enough for the launcher's workspace and form queries."""
     from mamba_deploy.ops import _lib
 
     cfg = _lib.SsmParams()
     cfg.batch, cfg.seqlen, cfg.nheads, cfg.headdim, cfg.dstate, cfg.ngroups = batch, seqlen, dim, 1, dstate, 1
-    return _lib.scan_split_lanes(cfg)
+    return cfg
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -184,9 +185,11 @@ def test_selective_scan_split_walk_every_lane_count(cuda, dtype, gate):
     """mamba1_split.cu at each of its forms (2, 4, 8 threads a channel: batch x channels pick it, for this
     GPU's multiprocessor count) in the native engine's layouts: a partial block of channels, dstate 5, a partial
     last tile of steps, no D / gate or both."""
+    from mamba_deploy.ops import _lib
+
     seen = {}
     for batch, dim in [(1, 37)] + [(b, 4097) for b in range(1, 29)]:
-        lanes = _split_lanes(batch, dim, 203, 5)
+        lanes = _lib.scan_split_lanes(_mamba1_params(batch, dim, 203, 5))
         if lanes and lanes not in seen:
             seen[lanes] = (batch, dim)
             _channel_last_scan(cuda, batch, dim, 203, 5, dtype, gate)
@@ -221,9 +224,7 @@ def test_selective_scan_one_pass_walk(cuda, dtype):
                                 state_out=nan_like(kw["ssm_state"].shape, torch.float32))
     check("y", y, y_ref, dtype)
     check("state", st, s_ref, dtype)
-    cfg = _lib.SsmParams()  # the launcher asks for no workspace at this size
-    cfg.batch, cfg.seqlen, cfg.nheads, cfg.headdim, cfg.dstate, cfg.ngroups = batch, seqlen, dim, 1, 16, 1
-    assert _lib.scan_workspace_bytes(cfg) == 0
+    assert _lib.scan_workspace_bytes(_mamba1_params(batch, dim, seqlen, 16)) == 0  # the launcher asks for none
 
 
 def test_selective_scan_state_carry_half_state(cuda):
