@@ -1,7 +1,8 @@
 """The decode projections at batch 1..64: gemv's CUDA-core form, its tensor-core form and cuBLAS (torch.mm), on
 the shapes of mamba-1.4b and mamba2-1.3b: microseconds per call and achieved GB/s. "tensor cores" is what the
 engine runs (wgmma from batch 17 on an sm_90a build; for n <= 256 the skinny form, whose cluster sizes
-`--clusters` also times), "mma.sync" the tensor-core form without wgmma.
+`--clusters` also times), "mma.sync" the tensor-core form without wgmma, "staged" (batch 1-2) the form whose
+weights are copied into shared memory before it waits for the kernel before it.
 
     PYTHONPATH=. MAMBA_DEPLOY_KERNEL_LIB=build/libmamba_deploy_kernels.so python3 benchmarks/gemv_tc.py \\
         --batches 1 2 4 8 16 32 64
@@ -53,6 +54,8 @@ def bench_shape(n: int, k: int, batch: int, a) -> dict[str, float]:
              "mma_sync": lambda: G.gemv(x, next_w(), out=out, algo="mma_sync")}
     if batch <= G.MAX_BATCH:
         forms["cuda_cores"] = lambda: G.gemv(x, next_w(), out=out, algo="cuda_cores")
+    if batch <= 2:  # back to back, each staged call's copies wait for the one before to leave shared memory
+        forms["staged"] = lambda: G.gemv(x, next_w(), out=out, algo="staged")
     if n <= G.SKINNY_MAX_N:  # the skinny form's cluster sizes
         for split in a.clusters:
             forms[f"cluster {split}"] = partial(lambda s: G.gemv(x, next_w(), out=out, algo="tensor_cores", split_k=s),
@@ -84,6 +87,9 @@ def main() -> None:
             print(f"| {model} | {name} | {n} x {k} | {batch} | {r['cublas']:.1f} | {cc} | {r['mma_sync']:.1f} | "
                   f"{tc:.1f} | "
                   f"{moved / tc / 1e3:.0f} | {r['cublas'] / tc:.2f}x |", flush=True)
+            if "staged" in r:  # alone (no kernel before it to overlap): what its shared-memory pipeline costs
+                print(f"|  | {name}, staged form: {r['staged']:.1f} us, {moved / r['staged'] / 1e3:.0f} GB/s "
+                      f"| | | | | | | | |")
             clusters = [f"{key} {us:.1f} us" for key, us in r.items() if key.startswith("cluster")]
             if clusters:
                 print(f"|  | {name}, skinny form's clusters: {', '.join(clusters)} | | | | | | | | |")

@@ -17,7 +17,8 @@ LM head -> greedy argmax written back into the id buffer (so a greedy loop is ju
           blocks row_norm (add) | gemv up | relu^2 | gemv down; each slot's length advances once per step.
 (add_norm is row_norm: 16-byte accesses, one block per row; the kernels are plugins/kernels/gemv.cu.) At batch 1
 the projections named in the engine's norm_in_gemv do their row norm inside the GEMV (its prologue): one launch
-less each.
+less each. At batch 1-2 those named in its staged_gemv (out_proj by default) take gemv's staged form where it
+applies: their weights are copied into shared memory while the kernels before them run.
 From batch 3 to tc_max_batch (16: at 64 cuBLAS is faster, measured on the H200) in fp16 / bf16 on compute
 capability 9.0+ the projections are the same gemv launches in their tensor-core form (gemm_tc.cu: the weights
 read once for all rows, the conv epilogue kept; Mamba1's small x_proj up to batch 64 on a 9.0 GPU, where the
@@ -41,6 +42,7 @@ from . import gemv as G, hybrid as Hy, prefill as P
 from .weights import Layer
 
 NORMED_PROJECTIONS = frozenset({"in_proj", "out_proj", "head"})  # the names NativeEngine(norm_in_gemv=) takes
+STAGED_PROJECTIONS = frozenset({"in_proj", "x_proj", "out_proj"})  # and NativeEngine(staged_gemv=)
 
 
 def linear(x: torch.Tensor, w: torch.Tensor, b: Optional[torch.Tensor], out: torch.Tensor) -> torch.Tensor:
@@ -103,7 +105,7 @@ def normed_proj(eng, b: int, name: str, weight, bias, first: bool, w, w_bias, ou
             eng.residual = spare
             return
     add_norm(eng, b, weight, bias, first)
-    proj(eng, eng.normed[:b], w, w_bias, out, conv)
+    proj(eng, eng.normed[:b], w, w_bias, out, conv, name=name)
 
 
 def _norm_in_gemv(eng, name: str, b: int) -> bool:
@@ -112,10 +114,15 @@ def _norm_in_gemv(eng, name: str, b: int) -> bool:
     return name in eng.norm_in_gemv and b == 1 <= eng.gemv_max_batch
 
 
-def proj(eng, x, w, bias, out, conv: Optional[dict] = None, tc_max_batch: Optional[int] = None) -> None:
+def proj(eng, x, w, bias, out, conv: Optional[dict] = None, tc_max_batch: Optional[int] = None,
+         name: Optional[str] = None) -> None:
     """out = x @ w.T (+ bias), then the conv epilogue on conv rows: the library's gemv (CUDA cores for small batch,
-    tensor cores up to tc_max_batch: the engine's unless given), else cuBLAS."""
+    its staged form where the engine's staged_gemv names the projection `name`, tensor cores up to tc_max_batch:
+    the engine's unless given), else cuBLAS."""
     b = x.shape[0]
+    if name in eng.staged_gemv and b <= eng.gemv_max_batch and G.staged_ok(x, w):
+        G.gemv(x, w, bias, out=out, conv=conv, algo="staged")
+        return
     tc_max = eng.tc_max_batch if tc_max_batch is None else tc_max_batch
     if b <= eng.gemv_max_batch or (b <= tc_max and G.tc_ok(x, w)):
         G.gemv(x, w, bias, out=out, conv=conv)
@@ -132,14 +139,14 @@ def mamba1_mixer(eng, b: int, L: Layer, ssm_pool: torch.Tensor, rows: torch.Tens
     """xz[:b] (in_proj's output, x after the conv) -> hidden[:b]; the SSM state of slots `rows` in place."""
     d = eng.config.d_inner
     x, z, xdbl, y = eng.xz[:b, :d], eng.xz[:b, d:], eng.xdbl[:b], eng.y[:b]
-    proj(eng, x, L.x_w, None, xdbl, tc_max_batch=eng.x_proj_tc_max_batch)
+    proj(eng, x, L.x_w, None, xdbl, tc_max_batch=eng.x_proj_tc_max_batch, name="x_proj")
     P.dt_bc_norm(eng.config, eng.unit, xdbl)
     if b < eng.dt_gemm_min_batch:  # the step kernel reads dt_proj once per 8 rows
         G.mamba1_step(x, z, xdbl, L.dt_packed, L.dt_b, L.A, L.D, ssm_pool, out=y, state_rows=rows)
     else:
         proj(eng, xdbl[:, :eng.config.dt_rank], L.dt_w, None, eng.dt[:b])
         G.mamba1_step(x, z, xdbl, None, L.dt_b, L.A, L.D, ssm_pool, out=y, state_rows=rows, dt=eng.dt[:b])
-    proj(eng, y, L.out_w, L.out_b, eng.hidden[:b])
+    proj(eng, y, L.out_w, L.out_b, eng.hidden[:b], name="out_proj")
 
 
 def mamba2_mixer(eng, b: int, L: Layer, ssm_pool: torch.Tensor, rows: torch.Tensor) -> None:
@@ -166,7 +173,7 @@ def mamba2_mixer(eng, b: int, L: Layer, ssm_pool: torch.Tensor, rows: torch.Tens
     else:
         K.gated_rms_norm(y, z, L.gnorm_w, c.norm_eps, gs, out=ynorm)
     P.d_ssm_mlp(c, eng.xz[:b], eng.ynorm[:b, :m])
-    proj(eng, eng.ynorm[:b], L.out_w, L.out_b, eng.hidden[:b])
+    proj(eng, eng.ynorm[:b], L.out_w, L.out_b, eng.hidden[:b], name="out_proj")
 
 
 def mlp_step(eng, b: int, L: Layer) -> None:

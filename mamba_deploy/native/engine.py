@@ -43,10 +43,11 @@ class NativeEngine:
                  chunk_len: int = 2048, gemv_max_batch: int = 2, use_graphs: bool = True, dt_gemm_min_batch: int = 8,
                  programmatic_launch: bool = True, max_seq_len: Optional[int] = None, tc_max_batch: int = 16,
                  prefill_graph_tokens: int = 2048, prefill_graph_batch: int = 16,
-                 norm_in_gemv: Optional[tuple[str, ...]] = None):
-        if norm_in_gemv is not None and not set(norm_in_gemv) <= D.NORMED_PROJECTIONS:
-            raise ParameterError("norm_in_gemv", f"must name projections of {sorted(D.NORMED_PROJECTIONS)}, got "
-                                                 f"{sorted(norm_in_gemv)}")
+                 norm_in_gemv: tuple[str, ...] = (), staged_gemv: tuple[str, ...] = ("out_proj",)):
+        for option, names, allowed in (("norm_in_gemv", norm_in_gemv, D.NORMED_PROJECTIONS),
+                                       ("staged_gemv", staged_gemv, D.STAGED_PROJECTIONS)):
+            if not set(names) <= allowed:
+                raise ParameterError(option, f"must name projections of {sorted(allowed)}, got {sorted(names)}")
         self.config, self.dtype, self.state_dtype = cfg, dtype, state_dtype
         self.device = torch.device(device)
         if self.device.type != "cuda":
@@ -58,11 +59,15 @@ class NativeEngine:
         self.tc_max_batch = min(tc_max_batch, G.TC_MAX_BATCH)  # 0: cuBLAS for every batch > gemv_max_batch
         self.dt_gemm_min_batch = dt_gemm_min_batch  # Mamba1: from this batch on, dt_proj is a projection of its own
         # projections ("in_proj", Mamba2's gated "out_proj", the LM "head") whose norm runs inside the GEMV at
-        # batch 1: one launch less each. Default: Mamba1's in_proj, the one that gained (H200: mamba-1.4b b1 1.41
-        # -> 1.38 ms; mamba2-1.3b's in_proj 1.443 -> 1.447, its out_proj 1.44 -> 1.77, the head and batch 2 lost:
-        # docs/performance.md, session 11)
-        default = () if cfg.arch == MAMBA2 else ("in_proj",)
-        self.norm_in_gemv = frozenset(default if norm_in_gemv is None else norm_in_gemv)
+        # batch 1: one launch less each. None by default: Mamba1's in_proj gained when it came (H200, mamba-1.4b b1
+        # 1.41 -> 1.38 ms, session 11) but lost by session 20 (1.328 without, 1.390 with, beside the staged
+        # out_proj; mamba-2.8b 2.368 against 2.569; docs/performance.md)
+        self.norm_in_gemv = frozenset(norm_in_gemv)
+        # Mamba mixer projections ("in_proj", "x_proj", "out_proj") that take gemv's staged form at batch 1-2 where
+        # it applies (gemv.staged_ok): their weights stream into shared memory while the latency-bound kernels
+        # before them run. Default out_proj, the one that gained (session 20: mamba-1.4b b1 1.417 -> 1.328 ms,
+        # b2 1.846 -> 1.650; mamba2-1.3b 1.425 -> 1.279; in_proj and x_proj lost)
+        self.staged_gemv = frozenset(staged_gemv)
         # Mamba1's x_proj (n = dt_rank + 2 d_state): on a 9.0 GPU the tensor-core GEMV (its skinny form since session
         # 18) beats cuBLAS's split-K GEMM + reduce kernel up to batch 64 (docs/performance.md, sessions 9 and 18)
         capability = torch.cuda.get_device_capability(self.device)

@@ -18,8 +18,14 @@ MAX_BATCH = 16  # MD_GEMV_MAX_BATCH: the CUDA-core form, any dtype
 TC_MAX_BATCH = 64  # MD_GEMV_TC_MAX_BATCH: the tensor-core form (fp16 / bf16, compute capability 9.0+)
 SKINNY_MAX_N = 256  # kSkinnyMaxN: the tensor-core form's skinny kernel (16-column blocks) up to this n
 NORM_MAX_BATCH, NORM_MAX_K = 2, 8192  # MD_GEMV_NORM_MAX_BATCH, MD_GEMV_NORM_MAX_K: gemv's norm prologue
-ALGOS = {"auto": 0, "cuda_cores": 1, "tensor_cores": 2, "mma_sync": 3}  # mma_sync: tensor cores without wgmma
+STAGED_MAX_BATCH, STAGED_MAX_ROW_BYTES = 2, 16 * 1024  # kStagedMaxBatch; x held in registers (kMaxVecs vectors)
+# The engine stages a projection where a block's rows take at most this much shared memory: at 128 KB a block
+# (2048 x 4096, fp16) the staged out_proj gained, at 205 KB (2560 x 5120) it did not (H200, session 20).
+STAGED_MAX_BLOCK_BYTES = 128 * 1024
+ALGOS = {"auto": 0, "cuda_cores": 1, "tensor_cores": 2, "mma_sync": 3,  # mma_sync: tensor cores without wgmma
+         "staged": 4}  # MD_GEMV_ALGO_STAGED: weights copied into shared memory before the wait (batch <= 2)
 _TC_CAPABLE: dict[int, bool] = {}  # device index -> compute capability >= 9.0
+_SM_COUNT: dict[int, int] = {}  # device index -> multiprocessors
 
 
 def _row_stride(t: torch.Tensor, name: str) -> int:
@@ -33,15 +39,38 @@ def _aligned_rows(t: torch.Tensor) -> bool:
     return t.data_ptr() % 16 == 0 and (t.shape[0] == 1 or (t.stride(0) * t.element_size()) % 16 == 0)
 
 
+def _device_index(x: torch.Tensor) -> int:
+    return x.device.index if x.device.index is not None else torch.cuda.current_device()
+
+
+def _capable(index: int) -> bool:
+    if index not in _TC_CAPABLE:
+        _TC_CAPABLE[index] = torch.cuda.get_device_capability(index) >= (9, 0)
+    return _TC_CAPABLE[index]
+
+
 def tc_ok(x: torch.Tensor, w: torch.Tensor) -> bool:
     """Whether gemv's tensor-core form takes x (batch, k) and w (n, k) (gemm_tc.cuh: gemv_tc_ok)."""
     if x.dtype not in (torch.float16, torch.bfloat16) or not x.is_cuda or not 1 <= x.shape[0] <= TC_MAX_BATCH:
         return False
-    index = x.device.index if x.device.index is not None else torch.cuda.current_device()
-    if index not in _TC_CAPABLE:
-        _TC_CAPABLE[index] = torch.cuda.get_device_capability(index) >= (9, 0)
-    return (_TC_CAPABLE[index] and x.shape[1] % 8 == 0 and x.stride(1) == 1 and w.stride(1) == 1 and
+    return (_capable(_device_index(x)) and x.shape[1] % 8 == 0 and x.stride(1) == 1 and w.stride(1) == 1 and
             _aligned_rows(x) and _aligned_rows(w))
+
+
+def staged_ok(x: torch.Tensor, w: torch.Tensor) -> bool:
+    """Whether the engine stages x (batch, k) @ w (n, k).T (gemv's staged form, gemm_tc.cuh: gemv_staged_ok): batch
+    <= 2, 16-byte vectors of x and w rows, k <= 16 KB of x a row, compute capability 9.0+, and a block's rows (n
+    over the multiprocessors) within STAGED_MAX_BLOCK_BYTES."""
+    if not (x.is_cuda and 1 <= x.shape[0] <= STAGED_MAX_BATCH and x.dtype == w.dtype and x.dtype in DTYPE_CODES):
+        return False
+    index = _device_index(x)
+    if index not in _SM_COUNT:
+        _SM_COUNT[index] = torch.cuda.get_device_properties(index).multi_processor_count
+    n, k = w.shape
+    row_bytes = k * w.element_size()
+    rows = -(-n // _SM_COUNT[index])
+    return (_capable(index) and row_bytes % 16 == 0 and row_bytes <= STAGED_MAX_ROW_BYTES and x.stride(1) == 1 and
+            w.stride(1) == 1 and _aligned_rows(x) and _aligned_rows(w) and rows * row_bytes <= STAGED_MAX_BLOCK_BYTES)
 
 
 def gemv(x: torch.Tensor, w: torch.Tensor, bias: Optional[torch.Tensor] = None, *, out: Optional[torch.Tensor] = None,
@@ -51,7 +80,9 @@ def gemv(x: torch.Tensor, w: torch.Tensor, bias: Optional[torch.Tensor] = None, 
 
     algo: "cuda_cores" (batch <= 16, any dtype), "tensor_cores" (batch <= 64 where tc_ok: the weights read
     once for all rows; batch 17..64 through wgmma on an sm_90a build), "mma_sync" (the tensor-core form without
-    wgmma), "auto" (tensor cores from batch 3 on where they apply). split_k: the CUDA-core
+    wgmma), "staged" (batch <= 2, compute capability 9.0+, no norm: each block copies its rows of w into shared
+    memory before it waits for the kernel before it, so the weights stream in while that kernel runs), "auto"
+    (tensor cores from batch 3 on where they apply). split_k: the CUDA-core
     form's warps per output (1, 2, 4, 8), or the skinny tensor-core form's blocks per k cluster (1..16, n <= 256 without
     conv); 0 = chosen by the library.
 

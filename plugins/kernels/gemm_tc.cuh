@@ -1,4 +1,5 @@
-// gemm_tc.cuh -- the tensor-core forms of md_launch_gemv (gemm_tc.cu, gemv_skinny.cu), batch 1..64, fp16 / bf16.
+// gemm_tc.cuh -- the forms of md_launch_gemv beside the CUDA-core one (gemv.cu): the tensor-core forms (gemm_tc.cu,
+// gemv_skinny.cu), batch 1..64, fp16 / bf16, and the staged form (gemv_staged.cu).
 #pragma once
 
 #include <cstdint>
@@ -42,5 +43,11 @@ cudaError_t launch_gemv_tc(const md_gemv_params& p, cudaStream_t stream);
 constexpr int64_t kSkinnyMaxN = 256;
 bool skinny_form(const md_gemv_params& p);
 cudaError_t launch_gemv_skinny(const md_gemv_params& p, cudaStream_t stream);
+
+// The staged form (gemv_staged.cu, algo MD_GEMV_ALGO_STAGED): batch 1..2, any dtype, no norm prologue, 16-byte
+// vectors of x and w rows, k <= 1,024 vectors, compute capability 9.0+.
+constexpr int64_t kStagedMaxBatch = 2;
+bool gemv_staged_ok(const md_gemv_params& p);
+cudaError_t launch_gemv_staged(const md_gemv_params& p, cudaStream_t stream);
 
 }  // namespace md

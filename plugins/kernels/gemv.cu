@@ -391,7 +391,7 @@ cudaError_t launch_m2(const md_mamba2_step_params& p, cudaStream_t s) {
 
 extern "C" cudaError_t md_launch_gemv(const md_gemv_params* p, cudaStream_t stream) {
   MD_CHECK(p != nullptr, "gemv: params is NULL");
-  MD_CHECK(p->algo >= 0 && p->algo <= 3, "gemv: algo must be 0, 1, 2 or 3");
+  MD_CHECK(p->algo >= 0 && p->algo <= MD_GEMV_ALGO_STAGED, "gemv: algo must be 0..4");
   MD_CHECK(p->batch >= 0 && p->batch <= MD_GEMV_TC_MAX_BATCH, "gemv: batch must be in 0..64");
   MD_CHECK(p->n >= 0 && p->k >= 0, "gemv: negative size");
   MD_CHECK(p->x && p->w && p->out, "gemv: x, w and out are required");
@@ -410,6 +410,11 @@ extern "C" cudaError_t md_launch_gemv(const md_gemv_params* p, cudaStream_t stre
              "gemv: the add norm needs norm_residual_out, apart from norm_residual");
   }
   if (p->batch == 0 || p->n == 0) return cudaSuccess;
+  if (p->algo == MD_GEMV_ALGO_STAGED) {
+    MD_CHECK(md::gemv_staged_ok(*p), "gemv: the staged form needs batch <= 2, no norm prologue, 16-byte vectors of x "
+                                     "and w rows, k <= 1,024 vectors and compute capability 9.0+");
+    return md::launch_gemv_staged(*p, stream);
+  }
   const bool tc_ok = md::gemv_tc_ok(*p);
   MD_CHECK(p->algo < 2 || tc_ok, "gemv: the tensor-core form needs fp16 / bf16, k % 8 == 0, 16-byte aligned x and w "
                                   "rows and compute capability 9.0+");

@@ -20,6 +20,7 @@ extern "C" {
 #define MD_GEMV_TC_MAX_BATCH 64 /* tensor-core form: fp16 / bf16 on compute capability 9.0+ (gemm_tc.cu) */
 #define MD_GEMV_TC_MIN_BATCH 3  /* algo 0 takes the tensor-core form from this batch on, where it can */
 #define MD_GEMV_ALGO_MMA_SYNC 3 /* the tensor-core form without wgmma (what non-sm_90a builds run) */
+#define MD_GEMV_ALGO_STAGED 4   /* weights staged in shared memory before the wait (gemv_staged.cu) */
 #define MD_GEMV_NORM_MAX_BATCH 2  /* the norm prologue: rows, and k below */
 #define MD_GEMV_NORM_MAX_K 8192
 
@@ -27,8 +28,10 @@ extern "C" {
  * algo: 1 = CUDA cores (batch <= 16, any dtype); 2 = tensor cores (batch <= 64; fp16 / bf16, k a multiple of
  * 8, x and w 16-byte aligned with row strides of whole 16-byte vectors, compute capability 9.0+: the weights
  * are read once for all rows; batch 17..64 through wgmma where the library was built for sm_90a and the
- * device is 9.0); 3 = tensor cores through mma.sync only; 0 = tensor cores from batch MD_GEMV_TC_MIN_BATCH on
- * where they apply, else CUDA cores.
+ * device is 9.0); 3 = tensor cores through mma.sync only; 4 = staged (batch <= 2, any dtype, 16-byte vectors,
+ * k <= 1,024 vectors, compute capability 9.0+, no norm prologue: each block copies its rows of w into shared
+ * memory by bulk copies issued before it waits for the kernel before it); 0 = tensor cores from batch
+ * MD_GEMV_TC_MIN_BATCH on where they apply, else CUDA cores.
  *   x    (batch, k)  row stride x_row_stride, unit k stride     dtype (fp32 / fp16 / bf16)
  *   w    (n, k)      row stride w_row_stride, unit k stride     dtype
  *   bias (n,) or NULL                                            dtype

@@ -1,6 +1,6 @@
 // wgmma.cuh -- Hopper's warpgroup matrix product (wgmma.mma_async, sm_90a) for gemm_tc.cu: shared-memory
 // descriptors of 128-byte-swizzled K-major tiles, the fence / commit / wait, m64nNk16 with float32
-// accumulators for N = 32 and 64, and the mbarrier + bulk tensor copy that fill the tiles. Only under
+// accumulators for N = 32 and 64 (the mbarriers and tensor copies that fill the tiles: bulk.cuh). Only under
 // __CUDA_ARCH_FEAT_SM90_ALL (code built for sm_90a): elsewhere
 // MD_WGMMA_DEVICE is 0 and a caller must not reach these.
 #pragma once
@@ -9,6 +9,8 @@
 
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
+
+#include "bulk.cuh"
 
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
 #define MD_WGMMA_DEVICE 1
@@ -29,31 +31,6 @@ __device__ __forceinline__ uint64_t wg_desc_sw128(uint32_t smem_addr) {
 __device__ __forceinline__ void wg_fence() { asm volatile("wgmma.fence.sync.aligned;" ::: "memory"); }
 __device__ __forceinline__ void wg_commit() { asm volatile("wgmma.commit_group.sync.aligned;" ::: "memory"); }
 __device__ __forceinline__ void wg_wait_all() { asm volatile("wgmma.wait_group.sync.aligned 0;" ::: "memory"); }
-// mbarrier initialisations made visible to the other threads and to the bulk copies.
-__device__ __forceinline__ void fence_mbar_init() { asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory"); }
-
-// mbarriers and the bulk tensor copy (TMA): a stage's tiles land in shared memory (in the swizzle the tensor map
-// names) and complete the transaction count of the stage's mbarrier.
-__device__ __forceinline__ void mbar_init(uint32_t bar, uint32_t count) {
-  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;" ::"r"(bar), "r"(count) : "memory");
-}
-// The thread's arrival, announcing `bytes` of copies that complete the phase.
-__device__ __forceinline__ void mbar_expect_tx(uint32_t bar, uint32_t bytes) {
-  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(bar), "r"(bytes) : "memory");
-}
-__device__ __forceinline__ void mbar_wait(uint32_t bar, uint32_t parity) {
-  asm volatile(
-      "{\n.reg .pred done;\nMD_MBAR_WAIT%=:\n"
-      "mbarrier.try_wait.parity.shared::cta.b64 done, [%0], %1;\n"
-      "@!done bra MD_MBAR_WAIT%=;\n}\n" ::"r"(bar), "r"(parity) : "memory");
-}
-// Box (inner k, row) of the 2-D tensor map at `map` (a __grid_constant__ kernel parameter) -> `dst`.
-__device__ __forceinline__ void tma_load_2d(uint32_t dst, const void* map, int32_t k, int32_t row, uint32_t bar) {
-  asm volatile(
-      "cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3}], [%4];"
-      ::"r"(dst), "l"(reinterpret_cast<uint64_t>(map)), "r"(k), "r"(row), "r"(bar) : "memory");
-}
-
 // d (64 x N, the m64nN float32 fragment: N / 2 per thread) += a (64 x 16) b (N x 16)^T, both K-major
 // descriptors (scale-d 1: accumulate). T = __half or __nv_bfloat16.
 template <typename T, int N> struct WgMma;

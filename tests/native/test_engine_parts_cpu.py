@@ -268,10 +268,11 @@ def test_prefill_graph_pieces(n, want):
         pieces(0)
 
 
-def test_norm_in_gemv_rejects_unknown_projections():
+@pytest.mark.parametrize("option,names", [("norm_in_gemv", ("in_proj", "x_proj")), ("staged_gemv", ("head",))])
+def test_projection_placements_reject_unknown_projections(option, names):
     from mamba_deploy.errors import ParameterError
     from mamba_deploy.native.engine import NativeEngine
 
     cfg = parse_config({"d_model": 64, "n_layer": 1, "vocab_size": 50})
-    with pytest.raises(ParameterError, match="norm_in_gemv must name projections of"):
-        NativeEngine(cfg, {}, device="cpu", norm_in_gemv=("in_proj", "x_proj"))
+    with pytest.raises(ParameterError, match=f"{option} must name projections of"):
+        NativeEngine(cfg, {}, device="cpu", **{option: names})

@@ -41,11 +41,14 @@ def test_logits_match_reference(rel_err, native, checkpoints, arch, dtype, batch
 
 @pytest.mark.parametrize("arch", ["mamba1", "mamba2", "falcon_mamba", "mamba2_d_ssm", "mamba1_mlp", "hybrid"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
-@pytest.mark.parametrize("norm_in_gemv", [None, ("in_proj", "out_proj", "head")])
-def test_batch1_matches_reference(rel_err, native, checkpoints, arch, dtype, norm_in_gemv):
-    """Batch 1, where the row norms can run inside the GEMVs (the default placement, and all three)."""
+@pytest.mark.parametrize("placement", [{}, {"norm_in_gemv": ("in_proj", "out_proj", "head"), "staged_gemv": ()},
+                                       {"staged_gemv": ("in_proj", "x_proj", "out_proj")}],
+                         ids=["default", "norms-in-gemv", "all-staged"])
+def test_batch1_matches_reference(rel_err, native, checkpoints, arch, dtype, placement):
+    """Batch 1, where the row norms can run inside the GEMVs and projections take the staged form (the default
+    placement: out_proj staged; every norm inside; every mixer projection staged)."""
     ref = load_reference(checkpoints[arch], torch.float32, "cuda")
-    eng = native.load_engine(checkpoints[arch], dtype=dtype, max_batch=1, norm_in_gemv=norm_in_gemv)
+    eng = native.load_engine(checkpoints[arch], dtype=dtype, max_batch=1, **placement)
     prompt = ids(1, 23, seed=4)
     rs, es = ref.new_state(1), eng.new_state(1)
     r, e = ref.prefill(prompt.cuda(), rs), eng.prefill(prompt, es)

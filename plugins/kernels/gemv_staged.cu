@@ -1,0 +1,228 @@
+// gemv_staged.cu -- the staged form of md_launch_gemv (gemv.h, algo MD_GEMV_ALGO_STAGED): batch 1-2 with the
+// weights copied into shared memory by bulk copies issued before pdl_wait(). At batch 1 the kernels between
+// two projections are bound by latency and leave HBM idle; a staged projection's weights stream in meanwhile,
+// so that after the wait only the products from shared memory remain.
+//
+// One block of 8 warps a multiprocessor, owning `rows` consecutive rows of w; its shared memory is a ring of
+// `slots` rows (all of its rows where they fit: then every copy is issued before the wait). Thread 0 issues the
+// copies (a row each, completing that slot's `full` mbarrier) and refills a slot once the 8 warps have arrived
+// on its `empty` mbarrier. The warps split k (thread t: the 16-byte vectors t + 256 j), x held in registers as
+// float32; each warp reduces its partial sums 8 rows at a time (shuffles) into shared memory, and once every row
+// is done thread (row, batch row) adds them in warp order, adds the bias, applies the conv epilogue and stores.
+#include <cstdint>
+
+#include "bulk.cuh"
+#include "common.cuh"
+#include "gemm_tc.cuh"
+#include "gemv.h"
+#include "gemv_epilogue.cuh"
+#include "vec.cuh"
+
+namespace md {
+namespace {
+
+constexpr int kWarps = 8;
+constexpr int kThreads = kWarps * 32;
+constexpr int kGroup = 8;    // rows reduced together
+constexpr int kMaxVecs = 4;  // 16-byte vectors of x a thread holds: k <= kMaxVecs * kThreads * (16 / element size)
+#ifndef MD_GEMV_STAGE_KB
+#define MD_GEMV_STAGE_KB 216
+#endif
+// The ring's bytes: the rest of a multiprocessor's shared memory is left to the small kernels that run beside it.
+constexpr int64_t kStageBytes = MD_GEMV_STAGE_KB * 1024;
+
+struct StagedPlan {
+  int rows, slots;
+  unsigned blocks;
+  size_t smem;
+};
+
+// Rows a block: n over the multiprocessors; slots: as many rows as fit in the ring beside the partial sums.
+StagedPlan staged_plan(const md_gemv_params& p) {
+  const int64_t sms = device_attribute(cudaDevAttrMultiProcessorCount, 132), nb = p.batch <= 1 ? 1 : 2;
+  const int64_t rows = (p.n + sms - 1) / sms, row_bytes = p.k * (p.dtype == MD_FLOAT32 ? 4 : 2) + 16;
+  const int64_t partials = rows * static_cast<int64_t>(sizeof(float)) * kWarps * nb;
+  const int64_t fit = partials < kStageBytes ? (kStageBytes - partials) / row_bytes : 0;
+  StagedPlan plan;
+  plan.rows = static_cast<int>(rows);
+  plan.slots = static_cast<int>(rows < fit ? rows : fit);
+  plan.blocks = static_cast<unsigned>((p.n + rows - 1) / rows);
+  plan.smem = static_cast<size_t>(plan.slots * row_bytes + partials);
+  return plan;
+}
+
+// x row b's vectors of thread t (t + kThreads j) as float32, zeros past k and past the batch.
+template <typename T, int NB>
+__device__ __forceinline__ void load_x(const md_gemv_params& p, int kv, float (&xf)[NB][kMaxVecs][Pack<T>::N]) {
+#pragma unroll
+  for (int b = 0; b < NB; ++b) {
+    const uint4* row = reinterpret_cast<const uint4*>(static_cast<const T*>(p.x) + b * p.x_row_stride);
+#pragma unroll
+    for (int j = 0; j < kMaxVecs; ++j) {
+      const int vi = threadIdx.x + j * kThreads;
+      const uint4 v = b < p.batch && vi < kv ? __ldg(row + vi) : make_uint4(0, 0, 0, 0);
+      unpack(v, xf[b][j], T());
+    }
+  }
+}
+
+// The warp's partial sums of rows [i0, i0 + kGroup) into red[warp][row][b] (shared memory).
+template <int NB>
+__device__ __forceinline__ void store_partials(float (&acc)[kGroup][NB], float* red, int rows, int i0) {
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+#pragma unroll
+  for (int g = 0; g < kGroup; ++g) {
+#pragma unroll
+    for (int b = 0; b < NB; ++b) {
+      const float v = group_sum<32>(acc[g][b]);
+      if (lane == 0 && i0 + g < rows) red[(warp * rows + i0 + g) * NB + b] = v;
+    }
+  }
+}
+
+// Every (row, batch row) of the block: the warps' partial sums added in warp order, the bias, the conv epilogue,
+// the store. All at once after the products, so that the epilogue's loads are one latency, not one a row group.
+template <typename T, int NB>
+__device__ __forceinline__ void finish_rows(const md_gemv_params& p, const float* red, int64_t row0, int rows) {
+  const int batch = static_cast<int>(p.batch);
+  for (int t = threadIdx.x; t < rows * NB; t += kThreads) {
+    const int i = t / NB, b = t % NB;
+    if (b >= batch) continue;
+    float v = 0.f;
+    for (int w = 0; w < kWarps; ++w) v += red[(w * rows + i) * NB + b];
+    const int64_t row = row0 + i;
+    if (p.bias) v += to_f(static_cast<const T*>(p.bias)[row]);
+    if (p.conv_dim > 0 && row >= p.conv_lo && row < p.conv_lo + p.conv_dim)
+      v = conv_epilogue<T>(p, b, row - p.conv_lo, v);
+    static_cast<T*>(p.out)[b * p.out_row_stride + row] = from_f<T>(v);
+  }
+}
+
+// Grid: plan.blocks blocks of kThreads; shared memory: the ring (slots x k), full[slots] and empty[slots]
+// mbarriers, then the warps' partial sums (kWarps x rows x NB floats).
+template <typename T, int NB>
+__global__ void __launch_bounds__(kThreads, 1) gemv_staged_kernel(const md_gemv_params p, int rows_per_block,
+                                                                  int slots) {
+#if MD_BULK_DEVICE
+  constexpr int EPV = Pack<T>::N;
+  extern __shared__ uint4 smem_vecs[];
+  unsigned char* smem = reinterpret_cast<unsigned char*>(smem_vecs);
+  const int64_t row0 = static_cast<int64_t>(blockIdx.x) * rows_per_block;
+  const int rows = static_cast<int>(p.n - row0 < rows_per_block ? p.n - row0 : rows_per_block);
+  const uint32_t row_bytes = static_cast<uint32_t>(p.k * sizeof(T));
+  const int kv = static_cast<int>(p.k / EPV);
+  const uint32_t ring = smem_address(smem), full0 = ring + slots * row_bytes, empty0 = full0 + 8 * slots;
+  float* red = reinterpret_cast<float*>(smem + static_cast<size_t>(slots) * (row_bytes + 16));
+  const T* w = static_cast<const T*>(p.w) + row0 * p.w_row_stride;
+  auto fill = [&](int i, int s) {  // row i into slot s
+    mbar_expect_tx(full0 + 8 * s, row_bytes);
+    bulk_load(ring + s * row_bytes, w + i * p.w_row_stride, row_bytes, full0 + 8 * s);
+  };
+  pdl_release();
+  if (threadIdx.x == 0) {  // the weights (no kernel writes them) before the wait
+    for (int s = 0; s < slots; ++s) {
+      mbar_init(full0 + 8 * s, 1);
+      mbar_init(empty0 + 8 * s, kWarps);
+    }
+    fence_mbar_init();
+    for (int s = 0; s < slots && s < rows; ++s) fill(s, s);
+  }
+  __syncthreads();  // the mbarriers initialised before any thread waits on them
+  pdl_wait();
+  float xf[NB][kMaxVecs][EPV];
+  load_x<T, NB>(p, kv, xf);
+  const uint4* ring4 = reinterpret_cast<const uint4*>(smem);
+  int slot = 0;        // the slot of the next row
+  uint32_t phase = 0;  // the parity of that slot's fill
+  for (int i0 = 0; i0 < rows; i0 += kGroup) {
+    // kGroup rows at a time, their loads all in flight before their products: the chains of fmaf are the
+    // rows' (a row at a time, the loop was bound by the latency of each load and chain: ~0.4 us a row).
+    int s[kGroup];
+    uint32_t parity[kGroup];
+#pragma unroll
+    for (int g = 0; g < kGroup; ++g) {
+      s[g] = slot;
+      parity[g] = phase;
+      if (++slot == slots) slot = 0, phase ^= 1;
+      if (i0 + g < rows) mbar_wait(full0 + 8 * s[g], parity[g]);
+    }
+    float acc[kGroup][NB] = {};
+#pragma unroll
+    for (int j = 0; j < kMaxVecs; ++j) {
+      if (j * kThreads >= kv) break;
+      const int vi = threadIdx.x + j * kThreads;
+      uint4 wv[kGroup];
+#pragma unroll
+      for (int g = 0; g < kGroup; ++g)
+        wv[g] = i0 + g < rows && vi < kv ? ring4[s[g] * kv + vi] : make_uint4(0, 0, 0, 0);
+#pragma unroll
+      for (int g = 0; g < kGroup; ++g) {
+        float wf[EPV];
+        unpack(wv[g], wf, T());
+#pragma unroll
+        for (int b = 0; b < NB; ++b) {
+#pragma unroll
+          for (int e = 0; e < EPV; ++e) acc[g][b] = fmaf(wf[e], xf[b][j][e], acc[g][b]);
+        }
+      }
+    }
+    store_partials<NB>(acc, red, rows, i0);
+    if (i0 + slots < rows) {  // refills: row i + slots into the slot of row i once every warp is done with it
+      __syncwarp();
+#pragma unroll
+      for (int g = 0; g < kGroup; ++g) {
+        const int i = i0 + g;
+        if (i + slots >= rows) break;
+        if ((threadIdx.x & 31) == 0) mbar_arrive(empty0 + 8 * s[g]);
+        if (threadIdx.x == 0) {
+          mbar_wait(empty0 + 8 * s[g], parity[g]);
+          fill(i + slots, s[g]);
+        }
+      }
+    }
+  }
+  __syncthreads();
+  finish_rows<T, NB>(p, red, row0, rows);
+#else
+  __trap();  // staged_ok said no: device code below 9.0
+#endif
+}
+
+template <typename T, int NB>
+cudaError_t launch_staged_nb(const md_gemv_params& p, cudaStream_t stream) {
+  const StagedPlan plan = staged_plan(p);
+  const auto kernel = gemv_staged_kernel<T, NB>;
+  cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(plan.smem));
+  if (err == cudaSuccess)
+    err = cudaFuncSetAttribute(kernel, cudaFuncAttributePreferredSharedMemoryCarveout, cudaSharedmemCarveoutMaxShared);
+  if (err != cudaSuccess) return err;
+  return launch_pdl(kernel, plan.blocks, kThreads, plan.smem, stream, p, plan.rows, plan.slots);
+}
+
+template <typename T>
+cudaError_t launch_staged_typed(const md_gemv_params& p, cudaStream_t stream) {
+  return p.batch <= 1 ? launch_staged_nb<T, 1>(p, stream) : launch_staged_nb<T, 2>(p, stream);
+}
+
+}  // namespace
+
+bool gemv_staged_ok(const md_gemv_params& p) {
+  if (!valid_dtype(p.dtype) || p.batch < 1 || p.batch > kStagedMaxBatch || p.norm_w) return false;
+  const int64_t size = p.dtype == MD_FLOAT32 ? 4 : 2, epv = 16 / size;
+  const bool vec = p.k > 0 && p.k % epv == 0 && (p.w_row_stride * size) % 16 == 0 &&
+                   (p.batch == 1 || (p.x_row_stride * size) % 16 == 0) && is_aligned(p.w) && is_aligned(p.x);
+  if (!vec || p.k > kMaxVecs * kThreads * epv || device_attribute(cudaDevAttrComputeCapabilityMajor, 0) < 9)
+    return false;
+  const StagedPlan plan = staged_plan(p);
+  return plan.slots >= (plan.rows < kGroup ? plan.rows : kGroup);  // a row group's rows in distinct slots
+}
+
+cudaError_t launch_gemv_staged(const md_gemv_params& p, cudaStream_t stream) {
+  switch (p.dtype) {
+    case MD_FLOAT32: return launch_staged_typed<float>(p, stream);
+    case MD_FLOAT16: return launch_staged_typed<__half>(p, stream);
+    default: return launch_staged_typed<__nv_bfloat16>(p, stream);
+  }
+}
+
+}  // namespace md
