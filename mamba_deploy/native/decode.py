@@ -120,7 +120,7 @@ def proj(eng, x, w, bias, out, conv: Optional[dict] = None, tc_max_batch: Option
     its staged form where the engine's staged_gemv names the projection `name`, tensor cores up to tc_max_batch:
     the engine's unless given), else cuBLAS."""
     b = x.shape[0]
-    if name in eng.staged_gemv and b <= eng.gemv_max_batch and G.staged_ok(x, w):
+    if name is not None and name in eng.staged_gemv and b <= eng.gemv_max_batch and G.staged_ok(x, w):
         G.gemv(x, w, bias, out=out, conv=conv, algo="staged")
         return
     tc_max = eng.tc_max_batch if tc_max_batch is None else tc_max_batch
