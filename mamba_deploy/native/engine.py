@@ -63,10 +63,10 @@ class NativeEngine:
         # 1.41 -> 1.38 ms, session 11) but lost by session 20 (1.328 without, 1.390 with, beside the staged
         # out_proj; mamba-2.8b 2.368 against 2.569; docs/performance.md)
         self.norm_in_gemv = frozenset(norm_in_gemv)
-        # Mamba mixer projections ("in_proj", "x_proj", "out_proj") that take gemv's staged form at batch 1-2 where
+        # Mamba mixer projections ("in_proj", "x_proj", "out_proj") that take gemv's staged form at batch 1 where
         # it applies (gemv.staged_ok): their weights stream into shared memory while the latency-bound kernels
         # before them run. Default out_proj, the one that gained (session 20: mamba-1.4b b1 1.417 -> 1.328 ms,
-        # b2 1.846 -> 1.650; mamba2-1.3b 1.425 -> 1.279; in_proj and x_proj lost)
+        # mamba2-1.3b 1.425 -> 1.279; in_proj and x_proj lost)
         self.staged_gemv = frozenset(staged_gemv)
         # Mamba1's x_proj (n = dt_rank + 2 d_state): on a 9.0 GPU the tensor-core GEMV (its skinny form since session
         # 18) beats cuBLAS's split-K GEMM + reduce kernel up to batch 64 (docs/performance.md, sessions 9 and 18)

@@ -411,7 +411,7 @@ extern "C" cudaError_t md_launch_gemv(const md_gemv_params* p, cudaStream_t stre
   }
   if (p->batch == 0 || p->n == 0) return cudaSuccess;
   if (p->algo == MD_GEMV_ALGO_STAGED) {
-    MD_CHECK(md::gemv_staged_ok(*p), "gemv: the staged form needs batch <= 2, no norm prologue, 16-byte vectors of x "
+    MD_CHECK(md::gemv_staged_ok(*p), "gemv: the staged form needs batch 1, no norm prologue, 16-byte vectors of x "
                                      "and w rows, k <= 1,024 vectors and compute capability 9.0+");
     return md::launch_gemv_staged(*p, stream);
   }

@@ -1,4 +1,4 @@
-// gemv_staged.cu -- the staged form of md_launch_gemv (gemv.h, algo MD_GEMV_ALGO_STAGED): batch 1-2 with the
+// gemv_staged.cu -- the staged form of md_launch_gemv (gemv.h, algo MD_GEMV_ALGO_STAGED): batch 1 with the
 // weights copied into shared memory by bulk copies issued before pdl_wait(). At batch 1 the kernels between
 // two projections are bound by latency and leave HBM idle; a staged projection's weights stream in meanwhile,
 // so that after the wait only the products from shared memory remain.
@@ -39,7 +39,7 @@ struct StagedPlan {
 
 // Rows a block: n over the multiprocessors; slots: as many rows as fit in the ring beside the partial sums.
 StagedPlan staged_plan(const md_gemv_params& p) {
-  const int64_t sms = device_attribute(cudaDevAttrMultiProcessorCount, 132), nb = p.batch <= 1 ? 1 : 2;
+  const int64_t sms = device_attribute(cudaDevAttrMultiProcessorCount, 132), nb = p.batch;
   const int64_t rows = (p.n + sms - 1) / sms, row_bytes = p.k * (p.dtype == MD_FLOAT32 ? 4 : 2) + 16;
   const int64_t partials = rows * static_cast<int64_t>(sizeof(float)) * kWarps * nb;
   const int64_t fit = partials < kStageBytes ? (kStageBytes - partials) / row_bytes : 0;
@@ -60,6 +60,9 @@ __device__ __forceinline__ void load_x(const md_gemv_params& p, int kv, float (&
 #pragma unroll
     for (int j = 0; j < kMaxVecs; ++j) {
       const int vi = threadIdx.x + j * kThreads;
+      // Through the non-coherent path, as the CUDA-core form reads x. Under programmatic launch the kernel that
+      // writes x runs during this one's lifetime, so x is not read-only for it: the batch-2 form read stale rows
+      // this way inside the engine's graphs, and agreed with coherent loads (gemm_tc.cuh; session 20).
       const uint4 v = b < p.batch && vi < kv ? __ldg(row + vi) : make_uint4(0, 0, 0, 0);
       unpack(v, xf[b][j], T());
     }
@@ -192,7 +195,9 @@ template <typename T, int NB>
 cudaError_t launch_staged_nb(const md_gemv_params& p, cudaStream_t stream) {
   const StagedPlan plan = staged_plan(p);
   const auto kernel = gemv_staged_kernel<T, NB>;
-  cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(plan.smem));
+  // The same bound on every call (a plan's bytes are within it): lowering it after a graph captured a larger
+  // launch would fail that graph's replays.
+  cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kStageBytes);
   if (err == cudaSuccess)
     err = cudaFuncSetAttribute(kernel, cudaFuncAttributePreferredSharedMemoryCarveout, cudaSharedmemCarveoutMaxShared);
   if (err != cudaSuccess) return err;
@@ -201,7 +206,7 @@ cudaError_t launch_staged_nb(const md_gemv_params& p, cudaStream_t stream) {
 
 template <typename T>
 cudaError_t launch_staged_typed(const md_gemv_params& p, cudaStream_t stream) {
-  return p.batch <= 1 ? launch_staged_nb<T, 1>(p, stream) : launch_staged_nb<T, 2>(p, stream);
+  return launch_staged_nb<T, 1>(p, stream);
 }
 
 }  // namespace
