@@ -124,7 +124,7 @@ class Engine:
                        stop_strings=stop_strings, output="text" if as_text else "ids")
         if stream:
             return (piece if single else (row, piece) for row, piece in self._events(rows, request))
-        handles = self.scheduler._submit_checked(rows, **request)
+        handles = self.scheduler.submit_checked(rows, **request)
         try:  # waiting on each result sleeps without the GIL: the loop thread runs free
             out = [handle.result() for handle in handles]
         finally:
@@ -134,7 +134,7 @@ class Engine:
 
     def _events(self, rows: list[list[int]], request: dict) -> Iterator[tuple[int, Any]]:
         """Submits each row when first iterated; (row, piece) as they come; cancels the rest if closed early."""
-        handles = self.scheduler._submit_checked(rows, **request)
+        handles = self.scheduler.submit_checked(rows, **request)
         try:
             yield from stream_together(handles)
         finally:

@@ -183,13 +183,14 @@ class Scheduler:
         calls as the token budget allows. seed None: one random seed for all."""
         checked = [check_prompt_ids(list(p), self.backend.config.vocab_size_padded,
                                     f" (prompt {i})" if len(prompts) > 1 else "") for i, p in enumerate(prompts)]
-        return self._submit_checked(checked, params, seed, max_new_tokens, stop_ids, stop_strings, output)
+        return self.submit_checked(checked, params, seed, max_new_tokens, stop_ids, stop_strings, output)
 
-    def _submit_checked(self, prompts: list[list[int]], params: SamplingParams, seed: Optional[int],
+    def submit_checked(self, prompts: list[list[int]], params: SamplingParams, seed: Optional[int],
                         max_new_tokens: int, stop_ids: Sequence[int], stop_strings: Sequence[str],
                         output: Optional[str]) -> list[RequestHandle]:
-        """submit_many for prompts that check_prompt_ids has already returned (Engine.generate checks its rows
-        once: no second pass over the ids at the start of its call)."""
+        """submit_many for prompts that check_prompt_ids has already returned, for a caller that checked them
+        itself (Engine.generate checks its rows once: no second pass over the ids at the start of its call).
+        The other options are checked here as in submit_many."""
         params.validate()
         check_count("max_new_tokens", max_new_tokens)
         check_seed(seed)
