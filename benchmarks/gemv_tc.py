@@ -1,7 +1,7 @@
 """The decode projections at batch 1..64: gemv's CUDA-core form, its tensor-core form and cuBLAS (torch.mm), on
 the shapes of mamba-1.4b and mamba2-1.3b: microseconds per call and achieved GB/s. "tensor cores" is what the
 engine runs (wgmma from batch 17 on an sm_90a build; for n <= 256 the skinny form, whose cluster sizes
-`--clusters` also times), "mma.sync" the tensor-core form without wgmma, "staged" (batch 1-2) the form whose
+`--clusters` also times), "mma.sync" the tensor-core form without wgmma, "staged" (batch 1) the form whose
 weights are copied into shared memory before it waits for the kernel before it.
 
     PYTHONPATH=. MAMBA_DEPLOY_KERNEL_LIB=build/libmamba_deploy_kernels.so python3 benchmarks/gemv_tc.py \\
@@ -54,7 +54,7 @@ def bench_shape(n: int, k: int, batch: int, a) -> dict[str, float]:
              "mma_sync": lambda: G.gemv(x, next_w(), out=out, algo="mma_sync")}
     if batch <= G.MAX_BATCH:
         forms["cuda_cores"] = lambda: G.gemv(x, next_w(), out=out, algo="cuda_cores")
-    if batch <= 2:  # back to back, each staged call's copies wait for the one before to leave shared memory
+    if batch <= G.STAGED_MAX_BATCH:  # back to back: each call's copies wait for the one before to leave its SM
         forms["staged"] = lambda: G.gemv(x, next_w(), out=out, algo="staged")
     if n <= G.SKINNY_MAX_N:  # the skinny form's cluster sizes
         for split in a.clusters:
