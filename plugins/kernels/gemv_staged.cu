@@ -25,11 +25,8 @@ constexpr int kWarps = 8;
 constexpr int kThreads = kWarps * 32;
 constexpr int kGroup = 8;    // rows reduced together
 constexpr int kMaxVecs = 4;  // 16-byte vectors of x a thread holds: k <= kMaxVecs * kThreads * (16 / element size)
-#ifndef MD_GEMV_STAGE_KB
-#define MD_GEMV_STAGE_KB 216
-#endif
 // The ring's bytes: the rest of a multiprocessor's shared memory is left to the small kernels that run beside it.
-constexpr int64_t kStageBytes = MD_GEMV_STAGE_KB * 1024;
+constexpr int64_t kStageBytes = 216 * 1024;
 
 struct StagedPlan {
   int rows, slots;
