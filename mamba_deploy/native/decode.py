@@ -17,7 +17,7 @@ LM head -> greedy argmax written back into the id buffer (so a greedy loop is ju
           blocks row_norm (add) | gemv up | relu^2 | gemv down; each slot's length advances once per step.
 (add_norm is row_norm: 16-byte accesses, one block per row; the kernels are plugins/kernels/gemv.cu.) At batch 1
 the projections named in the engine's norm_in_gemv do their row norm inside the GEMV (its prologue): one launch
-less each. At batch 1 those named in its staged_gemv (out_proj by default) take gemv's staged form where it
+less each. At batch 1-2 those named in its staged_gemv (out_proj by default) take gemv's staged form where it
 applies: their weights are copied into shared memory while the kernels before them run.
 From batch 3 to tc_max_batch (16: at 64 cuBLAS is faster, measured on the H200) in fp16 / bf16 on compute
 capability 9.0+ the projections are the same gemv launches in their tensor-core form (gemm_tc.cu: the weights

@@ -18,12 +18,12 @@ MAX_BATCH = 16  # MD_GEMV_MAX_BATCH: the CUDA-core form, any dtype
 TC_MAX_BATCH = 64  # MD_GEMV_TC_MAX_BATCH: the tensor-core form (fp16 / bf16, compute capability 9.0+)
 SKINNY_MAX_N = 256  # kSkinnyMaxN: the tensor-core form's skinny kernel (16-column blocks) up to this n
 NORM_MAX_BATCH, NORM_MAX_K = 2, 8192  # MD_GEMV_NORM_MAX_BATCH, MD_GEMV_NORM_MAX_K: gemv's norm prologue
-STAGED_MAX_BATCH, STAGED_MAX_ROW_BYTES = 1, 16 * 1024  # kStagedMaxBatch; x held in registers (kMaxVecs vectors)
+STAGED_MAX_BATCH, STAGED_MAX_ROW_BYTES = 2, 16 * 1024  # kStagedMaxBatch; x held in registers (kMaxVecs vectors)
 # The engine stages a projection where a block's rows take at most this much shared memory: at 128 KB a block
 # (2048 x 4096, fp16) the staged out_proj gained, at 205 KB (2560 x 5120) it did not (H200, session 20).
 STAGED_MAX_BLOCK_BYTES = 128 * 1024
 ALGOS = {"auto": 0, "cuda_cores": 1, "tensor_cores": 2, "mma_sync": 3,  # mma_sync: tensor cores without wgmma
-         "staged": 4}  # MD_GEMV_ALGO_STAGED: weights copied into shared memory before the wait (batch 1)
+         "staged": 4}  # MD_GEMV_ALGO_STAGED: weights copied into shared memory before the wait (batch 1-2)
 _TC_CAPABLE: dict[int, bool] = {}  # device index -> compute capability >= 9.0
 _SM_COUNT: dict[int, int] = {}  # device index -> multiprocessors
 
@@ -59,7 +59,7 @@ def tc_ok(x: torch.Tensor, w: torch.Tensor) -> bool:
 
 def staged_ok(x: torch.Tensor, w: torch.Tensor) -> bool:
     """Whether the engine stages x (batch, k) @ w (n, k).T (gemv's staged form, gemm_tc.cuh: gemv_staged_ok): batch
-    1, 16-byte vectors of x and w rows, k <= 16 KB of x a row, compute capability 9.0+, and a block's rows (n
+    1-2, 16-byte vectors of x and w rows, k <= 16 KB of x a row, compute capability 9.0+, and a block's rows (n
     over the multiprocessors) within STAGED_MAX_BLOCK_BYTES."""
     if not (x.is_cuda and 1 <= x.shape[0] <= STAGED_MAX_BATCH and x.dtype == w.dtype and x.dtype in DTYPE_CODES):
         return False
@@ -80,7 +80,7 @@ def gemv(x: torch.Tensor, w: torch.Tensor, bias: Optional[torch.Tensor] = None, 
 
     algo: "cuda_cores" (batch <= 16, any dtype), "tensor_cores" (batch <= 64 where tc_ok: the weights read
     once for all rows; batch 17..64 through wgmma on an sm_90a build), "mma_sync" (the tensor-core form without
-    wgmma), "staged" (batch 1, compute capability 9.0+, no norm: each block copies its rows of w into shared
+    wgmma), "staged" (batch 1-2, compute capability 9.0+, no norm: each block copies its rows of w into shared
     memory before it waits for the kernel before it, so the weights stream in while that kernel runs), "auto"
     (tensor cores from batch 3 on where they apply). split_k: the CUDA-core
     form's warps per output (1, 2, 4, 8), or the skinny tensor-core form's blocks per k cluster (1..16, n <= 256 without

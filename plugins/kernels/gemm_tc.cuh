@@ -44,11 +44,11 @@ constexpr int64_t kSkinnyMaxN = 256;
 bool skinny_form(const md_gemv_params& p);
 cudaError_t launch_gemv_skinny(const md_gemv_params& p, cudaStream_t stream);
 
-// The staged form (gemv_staged.cu, algo MD_GEMV_ALGO_STAGED): batch 1, any dtype, no norm prologue, 16-byte
-// vectors of x and w rows, k <= 1,024 vectors, compute capability 9.0+. (The kernel is written for 2 rows too, NB,
-// but only NB = 1 is built: at batch 2, x read through the non-coherent path gave stale rows inside the engine's
-// graphs; with coherent loads it agreed in one check, not yet run through the GPU tests. Session 20.)
-constexpr int64_t kStagedMaxBatch = 1;
+// The staged form (gemv_staged.cu, algo MD_GEMV_ALGO_STAGED): batch 1-2, any dtype, no norm prologue, 16-byte
+// vectors of x and w rows, k <= 1,024 vectors, compute capability 9.0+. x is read by coherent loads: under
+// programmatic launch the kernel writing it runs during this one's lifetime (through the non-coherent path batch
+// 2 read stale rows inside the engine's graphs, session 20).
+constexpr int64_t kStagedMaxBatch = 2;
 bool gemv_staged_ok(const md_gemv_params& p);
 cudaError_t launch_gemv_staged(const md_gemv_params& p, cudaStream_t stream);
 

@@ -145,7 +145,7 @@ __global__ void __launch_bounds__(kWarps * 32) gemv_kernel(const md_gemv_params 
         for (int b = 0; b < NB; ++b) {
           if (b < batch) {
             const uint4* xrow = reinterpret_cast<const uint4*>(x + b * x_stride);
-            const uint4 xv = NORM ? xrow[vi] : __ldg(xrow + vi);
+            const uint4 xv = xrow[vi];  // coherent: the kernel writing x may still run (programmatic launch)
             float xf[EPV];
             unpack(xv, xf, T());
 #pragma unroll

@@ -1,5 +1,5 @@
-// gemv_staged.cu -- the staged form of md_launch_gemv (gemv.h, algo MD_GEMV_ALGO_STAGED): batch 1 with the
-// weights copied into shared memory by bulk copies issued before pdl_wait(). At batch 1 the kernels between
+// gemv_staged.cu -- the staged form of md_launch_gemv (gemv.h, algo MD_GEMV_ALGO_STAGED): batch 1-2 with the
+// weights copied into shared memory by bulk copies issued before pdl_wait(). At batch 1-2 the kernels between
 // two projections are bound by latency and leave HBM idle; a staged projection's weights stream in meanwhile,
 // so that after the wait only the products from shared memory remain.
 //
@@ -57,10 +57,10 @@ __device__ __forceinline__ void load_x(const md_gemv_params& p, int kv, float (&
 #pragma unroll
     for (int j = 0; j < kMaxVecs; ++j) {
       const int vi = threadIdx.x + j * kThreads;
-      // Through the non-coherent path, as the CUDA-core form reads x. Under programmatic launch the kernel that
-      // writes x runs during this one's lifetime, so x is not read-only for it: the batch-2 form read stale rows
-      // this way inside the engine's graphs, and agreed with coherent loads (gemm_tc.cuh; session 20).
-      const uint4 v = b < p.batch && vi < kv ? __ldg(row + vi) : make_uint4(0, 0, 0, 0);
+      // A coherent load, not __ldg: under programmatic launch the kernel that writes x runs during this one's
+      // lifetime, so x is not read-only for it (through the non-coherent path the batch-2 form read stale rows
+      // inside the engine's graphs; session 20).
+      const uint4 v = b < p.batch && vi < kv ? row[vi] : make_uint4(0, 0, 0, 0);
       unpack(v, xf[b][j], T());
     }
   }
@@ -203,7 +203,7 @@ cudaError_t launch_staged_nb(const md_gemv_params& p, cudaStream_t stream) {
 
 template <typename T>
 cudaError_t launch_staged_typed(const md_gemv_params& p, cudaStream_t stream) {
-  return launch_staged_nb<T, 1>(p, stream);
+  return p.batch <= 1 ? launch_staged_nb<T, 1>(p, stream) : launch_staged_nb<T, 2>(p, stream);
 }
 
 }  // namespace

@@ -56,13 +56,14 @@ def test_gemv_conv_epilogue(rel_err, G, dtype, batch, width):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("batch", [1, 2])
 @pytest.mark.parametrize("n,k", [(2048, 4096), (8192, 2048), (2560, 5120), (7, 8), (1001, 264), (300, 8192)])
-def test_gemv_staged(rel_err, G, dtype, n, k):
+def test_gemv_staged(rel_err, G, dtype, batch, n, k):
     """The staged form: a block's rows whole in shared memory (2048 x 4096), a ring of rows refilled as the
     warps finish them (8192 x 2048 and 300 x 8192: more rows than fit), partial blocks and row groups, k not a
     multiple of the block's 256 vectors; float32 x holds at most 4,096 of k."""
-    x, w, b = rnd(1, k, dtype=dtype), rnd(n, k, dtype=dtype, scale=k ** -0.5), rnd(n, dtype=dtype)
-    out = torch.full((1, n), float("nan"), dtype=dtype, device="cuda")
+    x, w, b = rnd(batch, k, dtype=dtype), rnd(n, k, dtype=dtype, scale=k ** -0.5), rnd(n, dtype=dtype)
+    out = torch.full((batch, n), float("nan"), dtype=dtype, device="cuda")
     if k * x.element_size() > 16 * 1024:
         with pytest.raises(RuntimeError, match="staged form"):
             G.gemv(x, w, b, out=out, algo="staged")
@@ -95,8 +96,8 @@ def test_gemv_staged_conv_epilogue_and_strided_rows(rel_err, G, dtype):
 
 
 def test_gemv_staged_refuses_what_it_cannot_take(G):
-    """Batch 2, and the norm prologue, are not the staged form's: a clear error, nothing launched."""
-    x, w = rnd(2, 256, dtype=torch.float16), rnd(64, 256, dtype=torch.float16)
+    """Batch 3, and the norm prologue, are not the staged form's: a clear error, nothing launched."""
+    x, w = rnd(3, 256, dtype=torch.float16), rnd(64, 256, dtype=torch.float16)
     with pytest.raises(RuntimeError, match="staged form"):
         G.gemv(x, w, algo="staged")
     res = torch.zeros(1, 256, dtype=torch.float16, device="cuda")
