@@ -54,7 +54,7 @@ def bench_shape(n: int, k: int, batch: int, a) -> dict[str, float]:
              "mma_sync": lambda: G.gemv(x, next_w(), out=out, algo="mma_sync")}
     if batch <= G.MAX_BATCH:
         forms["cuda_cores"] = lambda: G.gemv(x, next_w(), out=out, algo="cuda_cores")
-    if batch <= G.STAGED_MAX_BATCH:  # back to back: each call's copies wait for the one before to leave its SM
+    if G.staged_ok(x, ws[0]):  # back to back: each call's copies wait for the one before to leave its SM
         forms["staged"] = lambda: G.gemv(x, next_w(), out=out, algo="staged")
     if n <= G.SKINNY_MAX_N:  # the skinny form's cluster sizes
         for split in a.clusters:

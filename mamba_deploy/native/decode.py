@@ -17,8 +17,9 @@ LM head -> greedy argmax written back into the id buffer (so a greedy loop is ju
           blocks row_norm (add) | gemv up | relu^2 | gemv down; each slot's length advances once per step.
 (add_norm is row_norm: 16-byte accesses, one block per row; the kernels are plugins/kernels/gemv.cu.) At batch 1
 the projections named in the engine's norm_in_gemv do their row norm inside the GEMV (its prologue): one launch
-less each. At batch 1-2 those named in its staged_gemv (out_proj by default) take gemv's staged form where it
-applies: their weights are copied into shared memory while the kernels before them run.
+less each. Up to its staged_max_batch (8 for Mamba1, 4 for Mamba2) those named in its staged_gemv (out_proj by
+default) take gemv's staged form where it applies (batch 3-16: on tensor cores, 16-bit): their weights are copied
+into shared memory while the kernels before them run.
 From batch 3 to tc_max_batch (16: at 64 cuBLAS is faster, measured on the H200) in fp16 / bf16 on compute
 capability 9.0+ the projections are the same gemv launches in their tensor-core form (gemm_tc.cu: the weights
 read once for all rows, the conv epilogue kept; Mamba1's small x_proj up to batch 64 on a 9.0 GPU, where the
@@ -120,7 +121,7 @@ def proj(eng, x, w, bias, out, conv: Optional[dict] = None, tc_max_batch: Option
     its staged form where the engine's staged_gemv names the projection `name`, tensor cores up to tc_max_batch:
     the engine's unless given), else cuBLAS."""
     b = x.shape[0]
-    if name is not None and name in eng.staged_gemv and b <= eng.gemv_max_batch and G.staged_ok(x, w):
+    if name is not None and name in eng.staged_gemv and b <= eng.staged_max_batch and G.staged_ok(x, w):
         G.gemv(x, w, bias, out=out, conv=conv, algo="staged")
         return
     tc_max = eng.tc_max_batch if tc_max_batch is None else tc_max_batch

@@ -43,7 +43,8 @@ class NativeEngine:
                  chunk_len: int = 2048, gemv_max_batch: int = 2, use_graphs: bool = True, dt_gemm_min_batch: int = 8,
                  programmatic_launch: bool = True, max_seq_len: Optional[int] = None, tc_max_batch: int = 16,
                  prefill_graph_tokens: int = 2048, prefill_graph_batch: int = 16,
-                 norm_in_gemv: tuple[str, ...] = (), staged_gemv: tuple[str, ...] = ("out_proj",)):
+                 norm_in_gemv: tuple[str, ...] = (), staged_gemv: tuple[str, ...] = ("out_proj",),
+                 staged_max_batch: Optional[int] = None):
         for option, names, allowed in (("norm_in_gemv", norm_in_gemv, D.NORMED_PROJECTIONS),
                                        ("staged_gemv", staged_gemv, D.STAGED_PROJECTIONS)):
             if not set(names) <= allowed:
@@ -68,6 +69,12 @@ class NativeEngine:
         # before them run. Default out_proj, the one that gained (session 20: mamba-1.4b b1 1.417 -> 1.328 ms,
         # mamba2-1.3b 1.425 -> 1.279; in_proj and x_proj lost)
         self.staged_gemv = frozenset(staged_gemv)
+        # ... up to this batch (3-16 on tensor cores, fp16 / bf16). None: 8 for Mamba1, 4 for Mamba2, where the
+        # staged out_proj gained (H200, session 21: Mamba1 b8 1.683 -> 1.541 ms; Mamba2 b3-4 1-2%, b8 1.911 ->
+        # 1.953 lost; both lost at 16; docs/performance.md)
+        if staged_max_batch is None:
+            staged_max_batch = 4 if cfg.arch == MAMBA2 else 8
+        self.staged_max_batch = min(staged_max_batch, G.STAGED_MAX_BATCH)
         # Mamba1's x_proj (n = dt_rank + 2 d_state): on a 9.0 GPU the tensor-core GEMV (its skinny form since session
         # 18) beats cuBLAS's split-K GEMM + reduce kernel up to batch 64 (docs/performance.md, sessions 9 and 18)
         capability = torch.cuda.get_device_capability(self.device)

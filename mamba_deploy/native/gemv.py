@@ -18,7 +18,8 @@ MAX_BATCH = 16  # MD_GEMV_MAX_BATCH: the CUDA-core form, any dtype
 TC_MAX_BATCH = 64  # MD_GEMV_TC_MAX_BATCH: the tensor-core form (fp16 / bf16, compute capability 9.0+)
 SKINNY_MAX_N = 256  # kSkinnyMaxN: the tensor-core form's skinny kernel (16-column blocks) up to this n
 NORM_MAX_BATCH, NORM_MAX_K = 2, 8192  # MD_GEMV_NORM_MAX_BATCH, MD_GEMV_NORM_MAX_K: gemv's norm prologue
-STAGED_MAX_BATCH, STAGED_MAX_ROW_BYTES = 2, 16 * 1024  # kStagedMaxBatch; x held in registers (kMaxVecs vectors)
+STAGED_MAX_BATCH = 16  # kStagedMaxBatch: batch 1-2 on CUDA cores (any dtype), 3-16 on tensor cores (fp16 / bf16)
+STAGED_CUDA_CORE_BATCH, STAGED_MAX_ROW_BYTES = 2, 16 * 1024  # kCudaCoreBatch; its x held in registers (kMaxVecs)
 # The engine stages a projection where a block's rows take at most this much shared memory: at 128 KB a block
 # (2048 x 4096, fp16) the staged out_proj gained, at 205 KB (2560 x 5120) it did not (H200, session 20).
 STAGED_MAX_BLOCK_BYTES = 128 * 1024
@@ -58,10 +59,12 @@ def tc_ok(x: torch.Tensor, w: torch.Tensor) -> bool:
 
 
 def staged_ok(x: torch.Tensor, w: torch.Tensor) -> bool:
-    """Whether the engine stages x (batch, k) @ w (n, k).T (gemv's staged form, gemm_tc.cuh: gemv_staged_ok): batch
-    1-2, 16-byte vectors of x and w rows, k <= 16 KB of x a row, compute capability 9.0+, and a block's rows (n
-    over the multiprocessors) within STAGED_MAX_BLOCK_BYTES."""
-    if not (x.is_cuda and 1 <= x.shape[0] <= STAGED_MAX_BATCH and x.dtype == w.dtype and x.dtype in DTYPE_CODES):
+    """Whether the engine stages x (batch, k) @ w (n, k).T (gemv's staged form, gemm_tc.cuh: gemv_staged_ok): 16-byte
+    vectors of x and w rows, compute capability 9.0+, a block's rows (n over the multiprocessors; tiles of 16 on
+    tensor cores) within STAGED_MAX_BLOCK_BYTES, and batch 1-2 with k <= 16 KB of x a row or batch 3-16 in fp16 /
+    bf16."""
+    batch = x.shape[0]
+    if not (x.is_cuda and 1 <= batch <= STAGED_MAX_BATCH and x.dtype == w.dtype and x.dtype in DTYPE_CODES):
         return False
     index = _device_index(x)
     if index not in _SM_COUNT:
@@ -69,8 +72,16 @@ def staged_ok(x: torch.Tensor, w: torch.Tensor) -> bool:
     n, k = w.shape
     row_bytes = k * w.element_size()
     rows = -(-n // _SM_COUNT[index])
-    return (_capable(index) and row_bytes % 16 == 0 and row_bytes <= STAGED_MAX_ROW_BYTES and x.stride(1) == 1 and
-            w.stride(1) == 1 and _aligned_rows(x) and _aligned_rows(w) and rows * row_bytes <= STAGED_MAX_BLOCK_BYTES)
+    if batch > STAGED_CUDA_CORE_BATCH:
+        if x.dtype == torch.float32:
+            return False
+        rows = -(-rows // 16) * 16  # gemv_staged.cu: staged_mma_plan, at most 2 tiles of 16 rows a block
+        if rows > 32:
+            return False
+    elif row_bytes > STAGED_MAX_ROW_BYTES:
+        return False
+    return (_capable(index) and k * w.element_size() % 16 == 0 and x.stride(1) == 1 and w.stride(1) == 1 and
+            _aligned_rows(x) and _aligned_rows(w) and rows * row_bytes <= STAGED_MAX_BLOCK_BYTES)
 
 
 def gemv(x: torch.Tensor, w: torch.Tensor, bias: Optional[torch.Tensor] = None, *, out: Optional[torch.Tensor] = None,
@@ -80,9 +91,9 @@ def gemv(x: torch.Tensor, w: torch.Tensor, bias: Optional[torch.Tensor] = None, 
 
     algo: "cuda_cores" (batch <= 16, any dtype), "tensor_cores" (batch <= 64 where tc_ok: the weights read
     once for all rows; batch 17..64 through wgmma on an sm_90a build), "mma_sync" (the tensor-core form without
-    wgmma), "staged" (batch 1-2, compute capability 9.0+, no norm: each block copies its rows of w into shared
-    memory before it waits for the kernel before it, so the weights stream in while that kernel runs), "auto"
-    (tensor cores from batch 3 on where they apply). split_k: the CUDA-core
+    wgmma), "staged" (batch 1-2, or 3-16 in fp16 / bf16 on tensor cores; compute capability 9.0+, no norm: each
+    block copies its rows of w into shared memory before it waits for the kernel before it, so the weights stream
+    in while that kernel runs), "auto" (tensor cores from batch 3 on where they apply). split_k: the CUDA-core
     form's warps per output (1, 2, 4, 8), or the skinny tensor-core form's blocks per k cluster (1..16, n <= 256 without
     conv); 0 = chosen by the library.
 

@@ -51,4 +51,20 @@ __device__ __forceinline__ float4 ld_cluster4(const float* local, uint32_t) {
 __device__ __forceinline__ int64_t ld_cluster_s64(const int64_t* local, uint32_t) { return *local; }
 #endif
 
+// The sum, in rank order, of the 4 floats at `local`'s offset in each of the cluster's S <= kMax blocks (after a
+// cluster barrier): the same inputs give the same bits. S == 1: this block's own.
+template <int kMax>
+__device__ __forceinline__ float4 cluster_sum4(const float* local, uint32_t S) {
+  if (S <= 1) return *reinterpret_cast<const float4*>(local);
+  float4 v[kMax];
+#pragma unroll
+  for (int q = 0; q < kMax; ++q)
+    if (q < static_cast<int>(S)) v[q] = ld_cluster4(local, q);  // all in flight before the sum
+  float4 sum = v[0];
+#pragma unroll
+  for (int q = 1; q < kMax; ++q)
+    if (q < static_cast<int>(S)) sum = make_float4(sum.x + v[q].x, sum.y + v[q].y, sum.z + v[q].z, sum.w + v[q].w);
+  return sum;
+}
+
 }  // namespace md

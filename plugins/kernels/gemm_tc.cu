@@ -315,17 +315,7 @@ __global__ void __launch_bounds__(kThreads, 2)
   for (int64_t e = rank * per + threadIdx.x; e < e_hi; e += kThreads) {
     const int64_t m = e / kQuads, col = e % kQuads * 4, n = static_cast<int64_t>(blockIdx.x) * kCols + col;
     const float* src = part + m * kPartStride + col;
-    float4 sum = *reinterpret_cast<const float4*>(src);
-    if (S > 1) {
-      float4 v[kMaxSplit];
-#pragma unroll
-      for (int q = 0; q < kMaxSplit; ++q)
-        if (q < static_cast<int>(S)) v[q] = ld_cluster4(src, q);  // all in flight before the sum
-      sum = v[0];
-#pragma unroll
-      for (int q = 1; q < kMaxSplit; ++q)
-        if (q < static_cast<int>(S)) sum = make_float4(sum.x + v[q].x, sum.y + v[q].y, sum.z + v[q].z, sum.w + v[q].w);
-    }
+    const float4 sum = cluster_sum4<kMaxSplit>(src, S);
     const float vals[4] = {sum.x, sum.y, sum.z, sum.w};
 #pragma unroll
     for (int j = 0; j < 4; ++j) {

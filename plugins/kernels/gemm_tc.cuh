@@ -44,11 +44,12 @@ constexpr int64_t kSkinnyMaxN = 256;
 bool skinny_form(const md_gemv_params& p);
 cudaError_t launch_gemv_skinny(const md_gemv_params& p, cudaStream_t stream);
 
-// The staged form (gemv_staged.cu, algo MD_GEMV_ALGO_STAGED): batch 1-2, any dtype, no norm prologue, 16-byte
-// vectors of x and w rows, k <= 1,024 vectors, compute capability 9.0+. x is read by coherent loads: under
+// The staged form (gemv_staged.cu, algo MD_GEMV_ALGO_STAGED): no norm prologue, 16-byte vectors of x and w rows,
+// compute capability 9.0+; batch 1-2 in any dtype with k <= 1,024 vectors (CUDA cores), batch 3-16 in fp16 / bf16
+// where a block's rows (tiles of 16) fit in shared memory whole (tensor cores). x is read by coherent loads: under
 // programmatic launch the kernel writing it runs during this one's lifetime (through the non-coherent path batch
 // 2 read stale rows inside the engine's graphs, session 20).
-constexpr int64_t kStagedMaxBatch = 2;
+constexpr int64_t kStagedMaxBatch = 16;
 bool gemv_staged_ok(const md_gemv_params& p);
 cudaError_t launch_gemv_staged(const md_gemv_params& p, cudaStream_t stream);
 

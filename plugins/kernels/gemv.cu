@@ -411,8 +411,9 @@ extern "C" cudaError_t md_launch_gemv(const md_gemv_params* p, cudaStream_t stre
   }
   if (p->batch == 0 || p->n == 0) return cudaSuccess;
   if (p->algo == MD_GEMV_ALGO_STAGED) {
-    MD_CHECK(md::gemv_staged_ok(*p), "gemv: the staged form needs batch 1, no norm prologue, 16-byte vectors of x "
-                                     "and w rows, k <= 1,024 vectors and compute capability 9.0+");
+    MD_CHECK(md::gemv_staged_ok(*p), "gemv: the staged form needs no norm prologue, 16-byte vectors of x and w rows, "
+                                     "compute capability 9.0+, and batch 1-2 with k <= 1,024 vectors or batch 3-16 "
+                                     "in fp16 / bf16 with a block's rows in shared memory");
     return md::launch_gemv_staged(*p, stream);
   }
   const bool tc_ok = md::gemv_tc_ok(*p);

@@ -28,9 +28,10 @@ extern "C" {
  * algo: 1 = CUDA cores (batch <= 16, any dtype); 2 = tensor cores (batch <= 64; fp16 / bf16, k a multiple of
  * 8, x and w 16-byte aligned with row strides of whole 16-byte vectors, compute capability 9.0+: the weights
  * are read once for all rows; batch 17..64 through wgmma where the library was built for sm_90a and the
- * device is 9.0); 3 = tensor cores through mma.sync only; 4 = staged (batch 1-2, any dtype, 16-byte vectors,
- * k <= 1,024 vectors, compute capability 9.0+, no norm prologue: each block copies its rows of w into shared
- * memory by bulk copies issued before it waits for the kernel before it); 0 = tensor cores from batch
+ * device is 9.0); 3 = tensor cores through mma.sync only; 4 = staged (16-byte vectors, compute capability
+ * 9.0+, no norm prologue; batch 1-2 in any dtype with k <= 1,024 vectors, batch 3-16 in fp16 / bf16 on tensor
+ * cores where a block's rows fit in shared memory: each block copies its rows of w into shared memory by bulk
+ * copies issued before it waits for the kernel before it); 0 = tensor cores from batch
  * MD_GEMV_TC_MIN_BATCH on where they apply, else CUDA cores.
  *   x    (batch, k)  row stride x_row_stride, unit k stride     dtype (fp32 / fp16 / bf16)
  *   w    (n, k)      row stride w_row_stride, unit k stride     dtype

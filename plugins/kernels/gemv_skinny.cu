@@ -134,17 +134,7 @@ __global__ void __launch_bounds__(kThreads) gemv_skinny_kernel(const md_gemv_par
   const int64_t total = p.batch * (kCols / 4), per = (total + S - 1) / S, e_hi = min(total, (rank + 1) * per);
   for (int64_t e = rank * per + threadIdx.x; e < e_hi; e += kThreads) {
     const int r = static_cast<int>(e / (kCols / 4)), c = static_cast<int>(e % (kCols / 4)) * 4;
-    float4 sum = *reinterpret_cast<const float4*>(&tile[r][c]);
-    if (S > 1) {
-      float4 v[kMaxCluster];
-#pragma unroll
-      for (int q = 0; q < kMaxCluster; ++q)
-        if (q < static_cast<int>(S)) v[q] = ld_cluster4(&tile[r][c], q);  // all in flight before the sum
-      sum = v[0];
-#pragma unroll
-      for (int q = 1; q < kMaxCluster; ++q)
-        if (q < static_cast<int>(S)) sum = make_float4(sum.x + v[q].x, sum.y + v[q].y, sum.z + v[q].z, sum.w + v[q].w);
-    }
+    const float4 sum = cluster_sum4<kMaxCluster>(&tile[r][c], S);
     const float vals[4] = {sum.x, sum.y, sum.z, sum.w};
     const int64_t n0 = static_cast<int64_t>(blockIdx.x) * kCols + c;
 #pragma unroll

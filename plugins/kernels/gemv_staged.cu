@@ -10,12 +10,14 @@
 // float32; each warp reduces its partial sums 8 rows at a time (shuffles) into shared memory, and once every row
 // is done thread (row, batch row) adds them in warp order, adds the bias, applies the conv epilogue and stores.
 #include <cstdint>
+#include <type_traits>
 
 #include "bulk.cuh"
 #include "common.cuh"
 #include "gemm_tc.cuh"
 #include "gemv.h"
 #include "gemv_epilogue.cuh"
+#include "mma_sync.cuh"
 #include "vec.cuh"
 
 namespace md {
@@ -27,6 +29,7 @@ constexpr int kGroup = 8;    // rows reduced together
 constexpr int kMaxVecs = 4;  // 16-byte vectors of x a thread holds: k <= kMaxVecs * kThreads * (16 / element size)
 // The ring's bytes: the rest of a multiprocessor's shared memory is left to the small kernels that run beside it.
 constexpr int64_t kStageBytes = 216 * 1024;
+constexpr int64_t kCudaCoreBatch = 2;  // batch rows of the CUDA-core products; above, tensor cores
 
 struct StagedPlan {
   int rows, slots;
@@ -188,6 +191,140 @@ __global__ void __launch_bounds__(kThreads, 1) gemv_staged_kernel(const md_gemv_
 #endif
 }
 
+// ---- batch 3-16, fp16 / bf16: the products on tensor cores (mma.sync m16n8k16, mma_sync.cuh's 16-byte units) ----
+// A block's rows are whole in shared memory (no ring), in tiles of 16; the warps split k in steps of 32 (warp w:
+// steps w, w + 8, ..), each lane's x units (batch rows g and g + 8) loaded kRound steps ahead of their products.
+// (k split over a cluster of blocks instead, so that a block reads 1/8 of x, not all of it, was slower: out_proj
+// of mamba-1.4b alone at batch 4 12.3 us against 7.7, every cluster resident at once; session 21.)
+constexpr int kMmaTiles = 2;   // 16-row tiles a block: rows <= 32
+constexpr int kMmaBatch = 16;  // two n8 tiles of batch rows
+constexpr int kRowPad = 64;    // bytes after each row: rows g and g + 1 fall in the two halves of the banks
+constexpr int kRound = 4;      // k32 steps of x a lane holds in registers ahead of their products
+
+struct MmaPlan {
+  int rows, stride;  // rows a block (a multiple of 16), bytes from one row to the next in shared memory
+  unsigned blocks;
+  size_t smem;       // the rows, an mbarrier each, the warps' partial sums
+};
+
+MmaPlan staged_mma_plan(const md_gemv_params& p) {
+  const int64_t sms = device_attribute(cudaDevAttrMultiProcessorCount, 132);
+  const int64_t rows = ((p.n + sms - 1) / sms + 15) / 16 * 16, stride = p.k * 2 + kRowPad;
+  MmaPlan plan;
+  plan.rows = static_cast<int>(rows);
+  plan.stride = static_cast<int>(stride);
+  plan.blocks = static_cast<unsigned>((p.n + rows - 1) / rows);
+  plan.smem = static_cast<size_t>(rows * (stride + 8) + rows * kWarps * kMmaBatch * sizeof(float));
+  return plan;
+}
+
+bool staged_mma_fits(const MmaPlan& plan) {
+  return plan.rows <= 16 * kMmaTiles && plan.smem <= static_cast<size_t>(kStageBytes);
+}
+
+// Grid: plan.blocks blocks of kThreads. NT: n8 tiles of batch rows (1: batch <= 8).
+template <typename T, int NT>
+__global__ void __launch_bounds__(kThreads, 1) gemv_staged_mma_kernel(const md_gemv_params p, int rows_per_block,
+                                                                      int stride) {
+#if MD_BULK_DEVICE
+  extern __shared__ uint4 smem_vecs[];
+  unsigned char* smem = reinterpret_cast<unsigned char*>(smem_vecs);
+  const int64_t row0 = static_cast<int64_t>(blockIdx.x) * rows_per_block;
+  const int rows = static_cast<int>(p.n - row0 < rows_per_block ? p.n - row0 : rows_per_block);
+  const uint32_t row_bytes = static_cast<uint32_t>(p.k * sizeof(T)), base = smem_address(smem);
+  const uint32_t full0 = base + rows_per_block * stride;
+  float* red = reinterpret_cast<float*>(smem + static_cast<size_t>(rows_per_block) * (stride + 8));
+  pdl_release();
+  if (threadIdx.x == 0) {  // the weights (no kernel writes them) before the wait
+    for (int i = 0; i < rows; ++i) mbar_init(full0 + 8 * i, 1);
+    fence_mbar_init();
+    const T* w = static_cast<const T*>(p.w) + row0 * p.w_row_stride;
+    for (int i = 0; i < rows; ++i) {
+      mbar_expect_tx(full0 + 8 * i, row_bytes);
+      bulk_load(base + i * stride, w + i * p.w_row_stride, row_bytes, full0 + 8 * i);
+    }
+  }
+  __syncthreads();
+  pdl_wait();
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+  const int kv = static_cast<int>(p.k / 8), steps = (kv + 3) / 4;
+  const int mine = steps > warp ? (steps - warp + kWarps - 1) / kWarps : 0;  // the warp's k32 steps
+  const auto load_round = [&](int r0, uint4 (&xv)[kRound][NT]) {  // coherent loads: x's writer may still run
+#pragma unroll
+    for (int j = 0; j < kRound; ++j) {
+      const int u = 4 * (warp + kWarps * (r0 + j)) + t;
+#pragma unroll
+      for (int nt = 0; nt < NT; ++nt) {
+        const int b = g + 8 * nt;
+        xv[j][nt] = r0 + j < mine && u < kv && b < p.batch
+                        ? reinterpret_cast<const uint4*>(static_cast<const T*>(p.x) + b * p.x_row_stride)[u]
+                        : make_uint4(0, 0, 0, 0);
+      }
+    }
+  };
+  uint4 xv[kRound][NT], next[kRound][NT];
+  load_round(0, xv);
+  for (int i = 0; i < rows; ++i) mbar_wait(full0 + 8 * i, 0);
+  const int tiles = rows_per_block / 16;
+  const uint4* wsm = reinterpret_cast<const uint4*>(smem);
+  const int row_vecs = stride / 16;
+  float acc[kMmaTiles][NT][4] = {};
+  for (int r0 = 0; r0 < mine; r0 += kRound) {
+    if (r0 + kRound < mine) load_round(r0 + kRound, next);
+#pragma unroll
+    for (int j = 0; j < kRound; ++j) {
+      const int u = 4 * (warp + kWarps * (r0 + j)) + t;
+      const bool in_k = r0 + j < mine && u < kv;  // past k, or rows past n: zeros, not whatever shared memory holds
+#pragma unroll
+      for (int mt = 0; mt < kMmaTiles; ++mt) {
+        if (mt >= tiles) break;
+        const int r = 16 * mt + g;
+        const uint4 lo = in_k && r < rows ? wsm[r * row_vecs + u] : make_uint4(0, 0, 0, 0);
+        const uint4 hi = in_k && r + 8 < rows ? wsm[(r + 8) * row_vecs + u] : make_uint4(0, 0, 0, 0);
+#pragma unroll
+        for (int nt = 0; nt < NT; ++nt) {
+          mma_units<T>(acc[mt][nt], lo, hi, xv[j][nt], 0);
+          mma_units<T>(acc[mt][nt], lo, hi, xv[j][nt], 1);
+        }
+      }
+    }
+    if (r0 + kRound >= mine) break;
+#pragma unroll
+    for (int j = 0; j < kRound; ++j) {
+#pragma unroll
+      for (int nt = 0; nt < NT; ++nt) xv[j][nt] = next[j][nt];
+    }
+  }
+  // accumulator (row 16 mt + g (+ 8), batch row 8 nt + 2 t (+ 1)) -> red[warp][row][batch row]
+#pragma unroll
+  for (int mt = 0; mt < kMmaTiles; ++mt) {
+#pragma unroll
+    for (int nt = 0; nt < NT; ++nt) {
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int r = 16 * mt + g + (e >= 2 ? 8 : 0), b = 8 * nt + 2 * t + (e & 1);
+        if (mt < tiles && r < rows) red[(warp * rows + r) * kMmaBatch + b] = acc[mt][nt][e];
+      }
+    }
+  }
+  __syncthreads();
+  finish_rows<T, kMmaBatch>(p, red, row0, rows);
+#else
+  __trap();  // staged_ok said no: device code below 9.0
+#endif
+}
+
+template <typename T, int NT>
+cudaError_t launch_staged_mma(const md_gemv_params& p, cudaStream_t stream) {
+  const MmaPlan plan = staged_mma_plan(p);
+  const auto kernel = gemv_staged_mma_kernel<T, NT>;
+  cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kStageBytes);
+  if (err == cudaSuccess)
+    err = cudaFuncSetAttribute(kernel, cudaFuncAttributePreferredSharedMemoryCarveout, cudaSharedmemCarveoutMaxShared);
+  if (err != cudaSuccess) return err;
+  return launch_pdl(kernel, plan.blocks, kThreads, plan.smem, stream, p, plan.rows, plan.stride);
+}
+
 template <typename T, int NB>
 cudaError_t launch_staged_nb(const md_gemv_params& p, cudaStream_t stream) {
   const StagedPlan plan = staged_plan(p);
@@ -203,6 +340,10 @@ cudaError_t launch_staged_nb(const md_gemv_params& p, cudaStream_t stream) {
 
 template <typename T>
 cudaError_t launch_staged_typed(const md_gemv_params& p, cudaStream_t stream) {
+  if constexpr (!std::is_same<T, float>::value) {  // staged_ok: batch 3-16 only in the 16-bit dtypes
+    if (p.batch > kCudaCoreBatch)
+      return p.batch <= 8 ? launch_staged_mma<T, 1>(p, stream) : launch_staged_mma<T, 2>(p, stream);
+  }
   return p.batch <= 1 ? launch_staged_nb<T, 1>(p, stream) : launch_staged_nb<T, 2>(p, stream);
 }
 
@@ -213,8 +354,9 @@ bool gemv_staged_ok(const md_gemv_params& p) {
   const int64_t size = p.dtype == MD_FLOAT32 ? 4 : 2, epv = 16 / size;
   const bool vec = p.k > 0 && p.k % epv == 0 && (p.w_row_stride * size) % 16 == 0 &&
                    (p.batch == 1 || (p.x_row_stride * size) % 16 == 0) && is_aligned(p.w) && is_aligned(p.x);
-  if (!vec || p.k > kMaxVecs * kThreads * epv || device_attribute(cudaDevAttrComputeCapabilityMajor, 0) < 9)
-    return false;
+  if (!vec || device_attribute(cudaDevAttrComputeCapabilityMajor, 0) < 9) return false;
+  if (p.batch > kCudaCoreBatch) return p.dtype != MD_FLOAT32 && staged_mma_fits(staged_mma_plan(p));
+  if (p.k > kMaxVecs * kThreads * epv) return false;
   const StagedPlan plan = staged_plan(p);
   return plan.slots >= (plan.rows < kGroup ? plan.rows : kGroup);  // a row group's rows in distinct slots
 }

@@ -73,33 +73,54 @@ def test_gemv_staged(rel_err, G, dtype, batch, n, k):
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-def test_gemv_staged_conv_epilogue_and_strided_rows(rel_err, G, dtype):
-    """x a column slice of a wider buffer (in_proj's output row), the conv epilogue on a row of a slot pool."""
+@pytest.mark.parametrize("batch", [3, 8, 9, 16])
+@pytest.mark.parametrize("n,k", [(2048, 4096), (3990, 1000), (7, 8), (1001, 264), (130, 6144)])
+def test_gemv_staged_tensor_cores(rel_err, G, dtype, batch, n, k):
+    """Batch 3-16 on tensor cores: a block's 16-row tiles whole in shared memory (one tile: 2048 x 4096; two,
+    the last block partial: 3990 x 1000; one partial tile: 7 x 8), k not a multiple of a 32-step (264, 1000),
+    12 KB rows (130 x 6144); one n8 tile of batch rows or two, rows of x strided."""
+    xs, w, b = rnd(batch, k + 24, dtype=dtype), rnd(n, k, dtype=dtype, scale=k ** -0.5), rnd(n, dtype=dtype)
+    x = xs[:, 8:8 + k]
+    out = torch.full((batch, n), float("nan"), dtype=dtype, device="cuda")
+    G.gemv(x, w, b, out=out, algo="staged")
+    assert rel_err(out, x.double() @ w.double().T + b.double()) <= TOL[dtype]
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("batch", [1, 5])
+def test_gemv_staged_conv_epilogue_and_strided_rows(rel_err, G, dtype, batch):
+    """x a column slice of a wider buffer (in_proj's output row), the conv epilogue on rows of a slot pool."""
     n, k, lo, dim, width = 900, 512, 100, 600, 4
-    xz, w = rnd(1, 3 * k, dtype=dtype), rnd(n, k, dtype=dtype, scale=k ** -0.5)
+    xz, w = rnd(batch, 3 * k, dtype=dtype), rnd(n, k, dtype=dtype, scale=k ** -0.5)
     x = xz[:, k:2 * k]
-    cw, cb, pool = rnd(dim, width, dtype=dtype), rnd(dim, dtype=dtype), rnd(5, dim, width - 1, dtype=dtype)
-    rows = torch.tensor([3], device="cuda")
+    cw, cb, pool = rnd(dim, width, dtype=dtype), rnd(dim, dtype=dtype), rnd(9, dim, width - 1, dtype=dtype)
+    rows = torch.tensor([3, 0, 7, 5, 1][:batch], device="cuda")
     proj = (x.float() @ w.float().T).to(dtype)
     y_ref, s_ref = causal_conv1d_update_ref(proj[:, lo:lo + dim].float(), cw.float(), cb.float(),
                                             pool[rows].float(), "silu")
     before = pool.clone()
-    big = torch.full((1, n + 40), float("nan"), dtype=dtype, device="cuda")
+    untouched = [i for i in range(9) if i not in rows.tolist()]
+    big = torch.full((batch, n + 40), float("nan"), dtype=dtype, device="cuda")
     out = big[:, 16:16 + n]
     G.gemv(x, w, out=out, conv=dict(lo=lo, weight=cw, bias=cb, state=pool, state_rows=rows), algo="staged")
     assert rel_err(out[:, lo:lo + dim], y_ref) <= 3 * TOL[dtype]
     assert rel_err(pool[rows], s_ref) <= 3 * TOL[dtype]
-    assert torch.equal(pool[[0, 1, 2, 4]], before[[0, 1, 2, 4]])
+    assert torch.equal(pool[untouched], before[untouched])
     assert rel_err(out[:, :lo], proj[:, :lo]) <= TOL[dtype]
     assert rel_err(out[:, lo + dim:], proj[:, lo + dim:]) <= TOL[dtype]
     assert big[:, :16].isnan().all() and big[:, 16 + n:].isnan().all()
 
 
 def test_gemv_staged_refuses_what_it_cannot_take(G):
-    """Batch 3, and the norm prologue, are not the staged form's: a clear error, nothing launched."""
-    x, w = rnd(3, 256, dtype=torch.float16), rnd(64, 256, dtype=torch.float16)
+    """Batch 17; float32 at batch 3; more rows a block than its two tiles at batch 3 (8192 x 2048: 63 rows over
+    132 multiprocessors); the norm prologue: a clear error, nothing launched."""
+    x, w = rnd(17, 256, dtype=torch.float16), rnd(64, 256, dtype=torch.float16)
     with pytest.raises(RuntimeError, match="staged form"):
         G.gemv(x, w, algo="staged")
+    with pytest.raises(RuntimeError, match="staged form"):
+        G.gemv(x[:3].float(), w.float(), algo="staged")
+    with pytest.raises(RuntimeError, match="staged form"):
+        G.gemv(rnd(3, 2048, dtype=torch.float16), rnd(8192, 2048, dtype=torch.float16), algo="staged")
     res = torch.zeros(1, 256, dtype=torch.float16, device="cuda")
     with pytest.raises(RuntimeError, match="staged form"):
         G.gemv(x[:1], w, algo="staged", norm=dict(weight=torch.ones(256, dtype=torch.float16, device="cuda"),
