@@ -314,37 +314,28 @@ __global__ void __launch_bounds__(kThreads, 1) gemv_staged_mma_kernel(const md_g
 #endif
 }
 
-template <typename T, int NT>
-cudaError_t launch_staged_mma(const md_gemv_params& p, cudaStream_t stream) {
-  const MmaPlan plan = staged_mma_plan(p);
-  const auto kernel = gemv_staged_mma_kernel<T, NT>;
+// kernel under programmatic launch, with the same shared-memory bound on every call (a plan's bytes are within it):
+// lowering it after a graph captured a larger launch would fail that graph's replays.
+template <typename... Params, typename... Args>
+cudaError_t launch_staged(void (*kernel)(Params...), unsigned blocks, size_t smem, cudaStream_t stream, Args... args) {
   cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kStageBytes);
   if (err == cudaSuccess)
     err = cudaFuncSetAttribute(kernel, cudaFuncAttributePreferredSharedMemoryCarveout, cudaSharedmemCarveoutMaxShared);
-  if (err != cudaSuccess) return err;
-  return launch_pdl(kernel, plan.blocks, kThreads, plan.smem, stream, p, plan.rows, plan.stride);
-}
-
-template <typename T, int NB>
-cudaError_t launch_staged_nb(const md_gemv_params& p, cudaStream_t stream) {
-  const StagedPlan plan = staged_plan(p);
-  const auto kernel = gemv_staged_kernel<T, NB>;
-  // The same bound on every call (a plan's bytes are within it): lowering it after a graph captured a larger
-  // launch would fail that graph's replays.
-  cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kStageBytes);
-  if (err == cudaSuccess)
-    err = cudaFuncSetAttribute(kernel, cudaFuncAttributePreferredSharedMemoryCarveout, cudaSharedmemCarveoutMaxShared);
-  if (err != cudaSuccess) return err;
-  return launch_pdl(kernel, plan.blocks, kThreads, plan.smem, stream, p, plan.rows, plan.slots);
+  return err != cudaSuccess ? err : launch_pdl(kernel, blocks, kThreads, smem, stream, args...);
 }
 
 template <typename T>
 cudaError_t launch_staged_typed(const md_gemv_params& p, cudaStream_t stream) {
   if constexpr (!std::is_same<T, float>::value) {  // staged_ok: batch 3-16 only in the 16-bit dtypes
-    if (p.batch > kCudaCoreBatch)
-      return p.batch <= 8 ? launch_staged_mma<T, 1>(p, stream) : launch_staged_mma<T, 2>(p, stream);
+    if (p.batch > kCudaCoreBatch) {
+      const MmaPlan plan = staged_mma_plan(p);
+      const auto kernel = p.batch <= 8 ? gemv_staged_mma_kernel<T, 1> : gemv_staged_mma_kernel<T, 2>;
+      return launch_staged(kernel, plan.blocks, plan.smem, stream, p, plan.rows, plan.stride);
+    }
   }
-  return p.batch <= 1 ? launch_staged_nb<T, 1>(p, stream) : launch_staged_nb<T, 2>(p, stream);
+  const StagedPlan plan = staged_plan(p);
+  const auto kernel = p.batch <= 1 ? gemv_staged_kernel<T, 1> : gemv_staged_kernel<T, 2>;
+  return launch_staged(kernel, plan.blocks, plan.smem, stream, p, plan.rows, plan.slots);
 }
 
 }  // namespace
