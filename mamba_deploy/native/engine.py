@@ -64,9 +64,9 @@ class NativeEngine:
         # 1.41 -> 1.38 ms, session 11) but lost by session 20 (1.328 without, 1.390 with, beside the staged
         # out_proj; mamba-2.8b 2.368 against 2.569; docs/performance.md)
         self.norm_in_gemv = frozenset(norm_in_gemv)
-        # Mamba mixer projections ("in_proj", "x_proj", "out_proj") that take gemv's staged form at batch 1-2 where
-        # it applies (gemv.staged_ok): their weights stream into shared memory while the latency-bound kernels
-        # before them run. Default out_proj, the one that gained (session 20: mamba-1.4b b1 1.417 -> 1.328 ms,
+        # Mamba mixer projections ("in_proj", "x_proj", "out_proj") that take gemv's staged form where it applies
+        # (gemv.staged_ok): their weights stream into shared memory while the latency-bound kernels before them
+        # run. Default out_proj, the one that gained (session 20: mamba-1.4b b1 1.417 -> 1.328 ms,
         # mamba2-1.3b 1.425 -> 1.279; in_proj and x_proj lost)
         self.staged_gemv = frozenset(staged_gemv)
         # ... up to this batch (3-16 on tensor cores, fp16 / bf16). None: 8 for Mamba1, 4 for Mamba2, where the

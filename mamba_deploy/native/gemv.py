@@ -24,7 +24,7 @@ STAGED_CUDA_CORE_BATCH, STAGED_MAX_ROW_BYTES = 2, 16 * 1024  # kCudaCoreBatch; i
 # (2048 x 4096, fp16) the staged out_proj gained, at 205 KB (2560 x 5120) it did not (H200, session 20).
 STAGED_MAX_BLOCK_BYTES = 128 * 1024
 ALGOS = {"auto": 0, "cuda_cores": 1, "tensor_cores": 2, "mma_sync": 3,  # mma_sync: tensor cores without wgmma
-         "staged": 4}  # MD_GEMV_ALGO_STAGED: weights copied into shared memory before the wait (batch 1-2)
+         "staged": 4}  # MD_GEMV_ALGO_STAGED: weights copied into shared memory before the wait (batch 1-16)
 _TC_CAPABLE: dict[int, bool] = {}  # device index -> compute capability >= 9.0
 _SM_COUNT: dict[int, int] = {}  # device index -> multiprocessors
 
@@ -80,7 +80,7 @@ def staged_ok(x: torch.Tensor, w: torch.Tensor) -> bool:
             return False
     elif row_bytes > STAGED_MAX_ROW_BYTES:
         return False
-    return (_capable(index) and k * w.element_size() % 16 == 0 and x.stride(1) == 1 and w.stride(1) == 1 and
+    return (_capable(index) and row_bytes % 16 == 0 and x.stride(1) == 1 and w.stride(1) == 1 and
             _aligned_rows(x) and _aligned_rows(w) and rows * row_bytes <= STAGED_MAX_BLOCK_BYTES)
 
 
