@@ -1,9 +1,10 @@
-// gemv_staged.cu -- the staged form of md_launch_gemv (gemv.h, algo MD_GEMV_ALGO_STAGED): batch 1-2 with the
-// weights copied into shared memory by bulk copies issued before pdl_wait(). At batch 1-2 the kernels between
+// gemv_staged.cu -- the staged form of md_launch_gemv (gemv.h, algo MD_GEMV_ALGO_STAGED): batch 1-16 with the
+// weights copied into shared memory by bulk copies issued before pdl_wait(). At small batch the kernels between
 // two projections are bound by latency and leave HBM idle; a staged projection's weights stream in meanwhile,
-// so that after the wait only the products from shared memory remain.
+// so that after the wait only the products from shared memory remain. Batch 1-2: the products on CUDA cores
+// (below); batch 3-16, fp16 / bf16: on tensor cores (gemv_staged_mma_kernel, further down).
 //
-// One block of 8 warps a multiprocessor, owning `rows` consecutive rows of w; its shared memory is a ring of
+// Batch 1-2: one block of 8 warps a multiprocessor, owning `rows` consecutive rows of w; its shared memory is a ring of
 // `slots` rows (all of its rows where they fit: then every copy is issued before the wait). Thread 0 issues the
 // copies (a row each, completing that slot's `full` mbarrier) and refills a slot once the 8 warps have arrived
 // on its `empty` mbarrier. The warps split k (thread t: the 16-byte vectors t + 256 j), x held in registers as
