@@ -10,7 +10,7 @@
 //        S_in(c + 1) = exp(cum_last) S_in(c) + (w * X)^T B,  w_s = dt_s * exp(cum_last - cum_s)   (P x Q) . (Q x N)
 //      and finally state_out. (It replaced a kernel per (chunk, head) for each chunk's own end state plus a
 //      pass over the chunks per state element: the float32 chunk states went to memory three times, not once.)
-//   3. ssd_output_kernel, per (chunk, head):
+//   3. ssd_output_kernel, per (chunk, head), warp w for steps 16 w .. 16 w + 15 (mma.sync, operands by ldmatrix):
 //        y = ((C B^T) * L * dt_s) X + exp(cum_t) (C S_in^T) + D x, gated by silu(z),
 //        L[t, s] = exp(cum_t - cum_s), s <= t.
 // Operands that are float32 products (w * X, the masked C B^T, S_in) enter the 16-bit
@@ -19,6 +19,7 @@
 #include <algorithm>
 #include <cmath>
 
+#include "mma_sync.cuh"
 #include "ssd_chunk.cuh"
 #include "ssd_common.cuh"
 
@@ -26,210 +27,322 @@ namespace md {
 namespace ssd {
 namespace {
 
-constexpr int kOutThreads = 256;
-constexpr int kZ = kQ * 128 / 8 / kOutThreads;  // 8-element groups of y a thread of ssd_output_kernel writes
 // Shorter sequences: the recurrence. Measured on the H200 (benchmarks/chunk_scan.py, mamba2-1.3b's layer), the
 // SSD form beats it from 32 steps at every batch: 1 x 32 19.5 us against 30.3 for 1 x 31 in the recurrence, 64 x
 // 32 602 against 987; at 100 steps 3-4x (1 x 100 22.5 / 81.6 us, 64 x 100 924 / 2,662). The bound was 256.
 constexpr int64_t kMinSeqlen = 32;
 constexpr int64_t kMaxWorkspace = int64_t(512) << 20;     // scratch of a launch: larger batches go in slices of rows
 
-// acc += a b_j^T summed over the NB tiles b_j, over k < K: a 16 rows of K (row-major, ld), each b_j 16 rows of K
-// (row-major, ld, read as the column-major K x 16 operand); the products of a k step in b's order.
-template <typename T, int NB>
-__device__ __forceinline__ void mma_rows_by_cols(FragAcc& acc, const T* a, const T* const (&b)[NB], int ld, int K) {
-  for (int k = 0; k < K; k += 16) {
-    FragA<T> af;
-    wmma::load_matrix_sync(af, a + k, ld);
+// ---- ssd_output_kernel: warp w owns steps 16 w .. 16 w + 15 of the chunk ----
+// Its products stay in registers (mma.sync): C B^T of its rows becomes the masked M, the A operand of M X (hi +
+// lo), with no trip through shared memory, and y is finished and stored from the accumulators. Each warp runs
+// code specialised to its row tile (its causal key tiles, the diagonal mask) and the tile widths are template
+// constants, so the shared-memory addresses are a few base registers plus immediates.
+constexpr int kOutWarps = kQ / 16;
+constexpr int kOutThreads = 32 * kOutWarps;
+
+// 16-byte units a shared row of `cols` 16-bit elements takes: 8, 16 or 32 (a swizzle below stays inside the
+// row, every row starts at bank 0). The kernel's kPT = row_units(headdim) (n8 tiles of headdim it computes: S_in
+// rows and X columns past headdim are zeros) and kUn = row_units(dstate).
+__host__ __device__ constexpr int row_units(int cols) { return cols <= 64 ? 8 : cols <= 128 ? 16 : 32; }
+// Where unit u of row `row` sits: every tile is read by ldmatrix (8 rows, one unit a matrix).
+__device__ __forceinline__ int swizzle(int row, int u) { return u ^ (row & 7); }
+
+// Shared memory of ssd_output_kernel (byte offsets): rows of un units -- C (kQ rows), B (kQ), S_in hi (8 up), S_in
+// lo (8 up) -- then X (kQ rows of up units), dt_s, and c2_s = cum_s log2(e).
+struct OutLayout {
+  int un, up;
+  size_t X, dt, c2, total;
+};
+constexpr int kHiRow = 2 * kQ;  // the first row of S_in hi
+
+__host__ __device__ inline OutLayout out_layout(int P, int N) {
+  OutLayout o{};
+  o.un = row_units(N);
+  o.up = row_units(P);
+  o.X = size_t(16) * o.un * (kHiRow + 16 * o.up);  // a multiple of 256: X's swizzle XORs offsets inside it
+  o.dt = o.X + size_t(16) * o.up * kQ;
+  o.c2 = o.dt + sizeof(float) * kQ;
+  o.total = o.c2 + sizeof(float) * kQ;
+  return o;
+}
+
+__device__ __forceinline__ uint32_t smem_u32(const void* ptr) {
+  return static_cast<uint32_t>(__cvta_generic_to_shared(ptr));
+}
+
+// `rows` rows at src (row_stride, col_stride) as 8-element pieces into shared rows of row_bytes, piece u of row r
+// at unit swizzle(r, u); rows from `valid` and pieces from `cols` zero. By cp.async (the caller commits and waits)
+// where the rows are 16-byte vectors, else by plain loads.
+template <typename T>
+__device__ void copy_rows(unsigned char* dst, int row_bytes, const T* src, int64_t row_stride, int64_t col_stride,
+                          int rows, int valid, int cols, const TileShare& share) {
+  if (share.rstep == 0) return;
+  const bool vec = vectorisable(src, row_stride, col_stride), in_cols = share.c < cols;
+  const T* from = src + share.r0 * row_stride + share.c * col_stride;
+  const int64_t from_step = share.rstep * row_stride;
+  for (int r = share.r0; r < rows; r += share.rstep, from += from_step) {
+    unsigned char* to = dst + r * row_bytes + swizzle(r, share.c / 8) * 16;
+    const bool load = in_cols && r < valid;
+    if (vec) {
+      cp_async16(smem_u32(to), load ? from : src, load);
+      continue;
+    }
+    __align__(16) T e[8];
 #pragma unroll
-    for (int j = 0; j < NB; ++j) {
-      FragBc<T> bf;
-      wmma::load_matrix_sync(bf, b[j] + k, ld);
-      wmma::mma_sync(acc, af, bf, acc);
+    for (int k = 0; k < 8; ++k) e[k] = load ? from[k * col_stride] : from_f<T>(0.f);
+    *reinterpret_cast<uint4*>(to) = *reinterpret_cast<const uint4*>(e);
+  }
+}
+
+// S_in (P x N float32) -> rows of its hi and lo tiles (rows P .. 8 up zero), kBatch rows of a thread at a time:
+// the first batch's loads go out before the block's copies are issued, so they wait on memory together.
+struct StateSplit {
+  static constexpr int kBatch = 8;
+  float f[kBatch][8];
+  const float* S_in;
+  int P, N;
+
+  __device__ void load(int r0, const TileShare& share) {
+#pragma unroll
+    for (int k = 0; k < kBatch; ++k) {
+      const int r = r0 + k * share.rstep;
+      if (r < P) load8(S_in + int64_t(r) * N + share.c, f[k]);
+    }
+  }
+  template <typename T>
+  __device__ void store(unsigned char* hi, unsigned char* lo, int row_bytes, int rows, int r0, const TileShare& share) {
+#pragma unroll
+    for (int k = 0; k < kBatch; ++k) {
+      const int r = r0 + k * share.rstep, at = r * row_bytes + swizzle(r, share.c / 8) * 16;
+      if (r >= rows) continue;
+      if (r >= P) {  // zeros: not a select on the loaded registers, which would wait for the loads here
+        *reinterpret_cast<uint4*>(hi + at) = *reinterpret_cast<uint4*>(lo + at) = make_uint4(0, 0, 0, 0);
+      } else {
+        split8(f[k], reinterpret_cast<T*>(hi + at), reinterpret_cast<T*>(lo + at));
+      }
+    }
+  }
+};
+
+// acc[n] += a (a 16 x 16 fragment of C's rows) times the n-th pair of n8 tiles (16 rows, k16) at `cols_at`: this
+// lane's ldmatrix row in the tiles' layout at their first row.
+template <typename T, int kUn, int kTiles>
+__device__ __forceinline__ void times_cols(float (&acc)[kTiles][2][4], const uint32_t (&a)[4], uint32_t cols_at) {
+#pragma unroll
+  for (int n = 0; n < kTiles; ++n) {
+    uint32_t bf[4];
+    ldmatrix_x4(bf, cols_at + 16 * n * kUn * 16);
+    Mma<T>::run(acc[n][0], a[0], a[1], a[2], a[3], bf[0], bf[1]);
+    Mma<T>::run(acc[n][1], a[0], a[1], a[2], a[3], bf[2], bf[3]);
+  }
+}
+
+struct OutWarp {  // what a warp of ssd_output_kernel reads after the block's copies
+  const unsigned char *rows, *X;  // rows: C, B, S_in hi, S_in lo
+  const float *dt_s, *c2_s;
+  int N, P, tc;
+  float Dh;
+  const void* z;  // at (b, t0, h); null: no gate
+  int64_t z_seq, z_dim;
+  void* y;
+  int64_t y_seq, y_dim;
+  bool z_pairs, y_pairs;  // 4-byte pairs of consecutive elements
+};
+
+// y += M X over warp W's key tiles, M = C B^T * exp(cum_t - cum_s) * dt_s on s <= t, as hi + lo A fragments built
+// from the C B^T accumulators (columns 2q, 2q + 1 of n8 half hh are the fragment's k).
+template <typename T, int kPT, int W>
+__device__ __forceinline__ void masked_times_x(float (&acc_y)[kPT][4], const float (&acc_g)[W + 1][2][4],
+                                               const OutWarp& w) {
+  constexpr int kXRow = kPT * 16;
+  const int lane = threadIdx.x % 32, q = lane % 4, r0 = 16 * W + lane / 4, r1 = r0 + 8;
+  const float c2r0 = w.c2_s[r0], c2r1 = w.c2_s[r1];
+  // ldmatrix: lane l gives row l % 8 of matrix l / 8 (steps + 8 for matrices 1, 3; unit + 1 for 2, 3)
+  const int xs = (lane & 7) + 8 * ((lane >> 3) & 1);
+  const uint32_t x_lane = xs * kXRow + (((lane >> 4) ^ (lane & 7)) << 4), x_base = smem_u32(w.X);
+#pragma unroll
+  for (int kt = 0; kt <= W; ++kt) {
+    uint32_t mh[4], ml[4];
+#pragma unroll
+    for (int hh = 0; hh < 2; ++hh) {
+      const int s = 16 * kt + 8 * hh + 2 * q;
+      const float2 cs = *reinterpret_cast<const float2*>(w.c2_s + s);
+      const float2 ds = *reinterpret_cast<const float2*>(w.dt_s + s);
+      const float* gacc = acc_g[kt][hh];
+      float m[4] = {gacc[0] * fast_exp2(c2r0 - cs.x) * ds.x, gacc[1] * fast_exp2(c2r0 - cs.y) * ds.y,
+                    gacc[2] * fast_exp2(c2r1 - cs.x) * ds.x, gacc[3] * fast_exp2(c2r1 - cs.y) * ds.y};
+      if (kt == W) {  // the diagonal tile: s <= t
+        m[0] = s <= r0 ? m[0] : 0.f;
+        m[1] = s + 1 <= r0 ? m[1] : 0.f;
+        m[2] = s <= r1 ? m[2] : 0.f;
+        m[3] = s + 1 <= r1 ? m[3] : 0.f;
+      }
+      split2<T>(m[0], m[1], &mh[2 * hh], &ml[2 * hh]);
+      split2<T>(m[2], m[3], &mh[2 * hh + 1], &ml[2 * hh + 1]);
+    }
+#pragma unroll
+    for (int jj = 0; jj < kPT / 2; ++jj) {
+      uint32_t xb[4];
+      ldmatrix_x4_trans(xb, x_base + ((x_lane ^ (32 * jj)) + 16 * kt * kXRow));
+      Mma<T>::run(acc_y[2 * jj], mh[0], mh[1], mh[2], mh[3], xb[0], xb[1]);
+      Mma<T>::run(acc_y[2 * jj], ml[0], ml[1], ml[2], ml[3], xb[0], xb[1]);
+      Mma<T>::run(acc_y[2 * jj + 1], mh[0], mh[1], mh[2], mh[3], xb[2], xb[3]);
+      Mma<T>::run(acc_y[2 * jj + 1], ml[0], ml[1], ml[2], ml[3], xb[2], xb[3]);
     }
   }
 }
 
-struct OutLayout {  // shared-memory offsets (bytes) of ssd_output_kernel
-  int ldx, ldb, ldf, ldm;
-  size_t C, B, X, Shi, Slo, F, M, dt, cum, ecum, total;
-};
-
-template <typename T>
-__host__ __device__ OutLayout out_layout(int P, int N) {
-  OutLayout o{};
-  o.ldx = P + kPad;
-  o.ldb = N + kPad;
-  o.ldf = (P > kQ ? P : kQ) + 4;  // float32 rows: C B^T (kQ wide), then y (P wide)
-  o.ldm = kQ + kPad;
-  size_t at = 0;
-  auto take = [&](size_t bytes) { const size_t here = at; at += (bytes + 127) / 128 * 128; return here; };
-  o.C = take(sizeof(T) * kQ * o.ldb);
-  o.B = take(sizeof(T) * kQ * o.ldb);
-  o.X = take(sizeof(T) * kQ * o.ldx);
-  o.Shi = take(sizeof(T) * P * o.ldb);
-  o.Slo = take(sizeof(T) * P * o.ldb);
-  o.F = take(sizeof(float) * kQ * o.ldf);
-  o.M = take(2 * sizeof(T) * kQ * o.ldm);  // hi, lo of the masked C B^T
-  o.dt = take(sizeof(float) * kQ);
-  o.cum = take(sizeof(float) * kQ);
-  o.ecum = take(sizeof(float) * kQ);
-  o.total = at;
-  return o;
+// y + D x, gated by silu(z), stored from the accumulators: columns 8 j + 2 q, + 1 of rows r0, r0 + 8. kPairs: z (if
+// any, from z_raw) and y as 4-byte pairs, the engine's layout; else element by element (its own loop, so the hot
+// one stays short).
+template <typename T, int kPT, int W, bool kPairs>
+__device__ __forceinline__ void store_y_rows(const float (&acc_y)[kPT][4], const uint32_t (&z_raw)[2][kPT],
+                                             const OutWarp& w) {
+  const int lane = threadIdx.x % 32, gq = lane / 4, q = lane % 4;
+#pragma unroll
+  for (int half = 0; half < 2; ++half) {
+    const int t = 16 * W + gq + 8 * half;
+    if (t >= w.tc) continue;
+    const unsigned char* x_row = w.X + t * (kPT * 16) + 4 * q;  // unit j of row t at j ^ (t & 7) = j ^ gq
+    const T* zt = static_cast<const T*>(w.z) + t * w.z_seq + 2 * q * w.z_dim;
+    T* yt = static_cast<T*>(w.y) + t * w.y_seq + 2 * q * w.y_dim;
+#pragma unroll
+    for (int j = 0; j < kPT; ++j) {
+      if (8 * j >= w.P) break;
+      const float2 xv = unpack2<T>(*reinterpret_cast<const uint32_t*>(x_row + ((j ^ gq) << 4)));
+      float y0 = acc_y[j][2 * half] + w.Dh * xv.x, y1 = acc_y[j][2 * half + 1] + w.Dh * xv.y;
+      if (w.z) {
+        const float2 zv = kPairs ? unpack2<T>(z_raw[half][j])
+                                 : make_float2(to_f(zt[8 * j * w.z_dim]), to_f(zt[(8 * j + 1) * w.z_dim]));
+        y0 *= silu_ftz(zv.x);
+        y1 *= silu_ftz(zv.y);
+      }
+      if (kPairs) {
+        *reinterpret_cast<uint32_t*>(yt + 8 * j) = pack2<T>(y0, y1);
+      } else {
+        yt[8 * j * w.y_dim] = from_f<T>(y0);
+        yt[(8 * j + 1) * w.y_dim] = from_f<T>(y1);
+      }
+    }
+  }
 }
 
-// Grid (nchunks, nheads, batch), kOutThreads threads.
-template <typename T>
+template <typename T, int kPT, int W>
+__device__ __forceinline__ void store_y(const float (&acc_y)[kPT][4], const uint32_t (&z_raw)[2][kPT],
+                                        const OutWarp& w) {
+  if (w.y_pairs && (w.z_pairs || !w.z)) {
+    store_y_rows<T, kPT, W, true>(acc_y, z_raw, w);
+  } else {
+    store_y_rows<T, kPT, W, false>(acc_y, z_raw, w);
+  }
+}
+
+// z of the warp's rows (4-byte pairs), in flight through the products.
+template <typename T, int kPT, int W>
+__device__ __forceinline__ void load_z(uint32_t (&z_raw)[2][kPT], const OutWarp& w) {
+  const int lane = threadIdx.x % 32, t0 = 16 * W + lane / 4;
+#pragma unroll
+  for (int half = 0; half < 2; ++half) {
+    const uint32_t* zt = reinterpret_cast<const uint32_t*>(static_cast<const T*>(w.z) + (t0 + 8 * half) * w.z_seq) +
+                         lane % 4;
+#pragma unroll
+    for (int j = 0; j < kPT; ++j) z_raw[half][j] = w.z_pairs && t0 + 8 * half < w.tc && 8 * j < w.P ? zt[4 * j] : 0u;
+  }
+}
+
+template <typename T, int kPT, int kUn, int W>
+__device__ __forceinline__ void out_warp(const OutWarp& w) {
+  constexpr int kRow = kUn * 16;
+  const int lane = threadIdx.x % 32, gq = lane / 4;
+  uint32_t z_raw[2][kPT];
+  load_z<T, kPT, W>(z_raw, w);
+  // ldmatrix rows: A (C's rows) lane l: row l % 8 + 8 (l / 8 % 2), unit 2 kk + l / 16; B layout: row l % 8 + 8 (l /
+  // 16), unit 2 kk + l / 8 % 2. Unit u of row r sits at u ^ (r % 8): a byte offset XOR (32 kk) ^ (16 v).
+  const int l7 = lane & 7, va = (lane >> 4) ^ l7, vb = ((lane >> 3) & 1) ^ l7;
+  const uint32_t rows = smem_u32(w.rows);
+  const uint32_t a_row = rows + (16 * W + l7 + 8 * ((lane >> 3) & 1)) * kRow;
+  const uint32_t b_row = rows + (l7 + 8 * (lane >> 4)) * kRow;
+  float acc_g[W + 1][2][4] = {}, acc_y[kPT / 2][2][4] = {};
+  for (int kk = 0; kk < w.N / 16; ++kk) {  // C B^T over the causal key tiles, C S_in^T (hi + lo)
+    const uint32_t cols_at = b_row + ((32 * kk) ^ (16 * vb));
+    uint32_t a[4];
+    ldmatrix_x4(a, a_row + ((32 * kk) ^ (16 * va)));
+    times_cols<T, kUn>(acc_g, a, cols_at + kQ * kRow);
+    times_cols<T, kUn>(acc_y, a, cols_at + kHiRow * kRow);
+    times_cols<T, kUn>(acc_y, a, cols_at + (kHiRow + 8 * kPT) * kRow);
+  }
+  float (&y)[kPT][4] = reinterpret_cast<float (&)[kPT][4]>(acc_y);
+  // the entering state's term decays by exp(cum_t): C enters its product exact and only S_in as hi + lo
+  const float e0 = fast_exp2(w.c2_s[16 * W + gq]), e1 = fast_exp2(w.c2_s[16 * W + gq + 8]);
+#pragma unroll
+  for (int j = 0; j < kPT; ++j) {
+    y[j][0] *= e0;
+    y[j][1] *= e0;
+    y[j][2] *= e1;
+    y[j][3] *= e1;
+  }
+  masked_times_x<T, kPT, W>(y, acc_g, w);
+  store_y<T, kPT, W>(y, z_raw, w);
+}
+
+// Grid (nchunks, nheads, batch), kOutThreads threads; kPT = row_units(headdim), kUn = row_units(dstate).
+template <typename T, int kPT, int kUn>
 __global__ void __launch_bounds__(kOutThreads) ssd_output_kernel(const SsdArgs a) {
   extern __shared__ __align__(128) unsigned char smem[];
   const md_ssm_params& p = a.p;
   const int64_t c = blockIdx.x, h = blockIdx.y, b = blockIdx.z, t0 = c * kQ;
   const int tc = static_cast<int>(p.seqlen - t0 < kQ ? p.seqlen - t0 : kQ);
   const int P = static_cast<int>(p.headdim), N = static_cast<int>(p.dstate);
-  const OutLayout o = out_layout<T>(P, N);
-  T* sC = reinterpret_cast<T*>(smem + o.C);
-  T* sB = reinterpret_cast<T*>(smem + o.B);
-  T* sX = reinterpret_cast<T*>(smem + o.X);
-  T* sShi = reinterpret_cast<T*>(smem + o.Shi);
-  T* sSlo = reinterpret_cast<T*>(smem + o.Slo);
-  float* sF = reinterpret_cast<float*>(smem + o.F);
-  T* sMhi = reinterpret_cast<T*>(smem + o.M);
-  T* sMlo = sMhi + kQ * o.ldm;
-  float* dt_s = reinterpret_cast<float*>(smem + o.dt);
-  float* cum_s = reinterpret_cast<float*>(smem + o.cum);
-  float* ecum_s = reinterpret_cast<float*>(smem + o.ecum);  // exp(cum_t): the decay of the entering state
-  const int64_t g = h / (p.nheads / p.ngroups);
-  const int warp = threadIdx.x / 32, nwarps = kOutThreads / 32;
+  const OutLayout o = out_layout(P, N);
+  constexpr int kRow = kUn * 16;
+  const int g = static_cast<int>(h) / static_cast<int>(p.nheads / p.ngroups);
+  const T* zp = p.z ? static_cast<const T*>(p.z) + b * p.z_batch_stride + t0 * p.z_seq_stride + h * p.z_head_stride
+                    : nullptr;
 
-  if (threadIdx.x < kQ) {
-    const float* dts = a.dts + ((b * a.nchunks + c) * p.nheads + h) * 2 * kQ;
-    dt_s[threadIdx.x] = dts[threadIdx.x];
-    cum_s[threadIdx.x] = dts[kQ + threadIdx.x];
-  }
-  const TileShare n_share(N, kOutThreads), p_share(P, kOutThreads);
-  copy_tile(sC, o.ldb, static_cast<const T*>(p.C) + b * p.C_batch_stride + t0 * p.C_seq_stride + g * p.C_group_stride,
-            p.C_seq_stride, p.C_state_stride, tc, n_share);
-  copy_tile(sB, o.ldb, static_cast<const T*>(p.B) + b * p.B_batch_stride + t0 * p.B_seq_stride + g * p.B_group_stride,
-            p.B_seq_stride, p.B_state_stride, tc, n_share);
-  copy_tile(sX, o.ldx, static_cast<const T*>(p.x) + b * p.x_batch_stride + t0 * p.x_seq_stride + h * p.x_head_stride,
-            p.x_seq_stride, p.x_dim_stride, tc, p_share);
+  const TileShare n_share(N, kOutThreads), p_share(8 * kPT, kOutThreads);
+  StateSplit state{{}, a.states + ((b * a.nchunks + c) * p.nheads + h) * int64_t(P) * N, P, N};
+  if (n_share.rstep) state.load(n_share.r0, n_share);
+  copy_rows(smem, kRow, static_cast<const T*>(p.C) + b * p.C_batch_stride + t0 * p.C_seq_stride +
+            g * p.C_group_stride, p.C_seq_stride, p.C_state_stride, kQ, tc, N, n_share);
+  copy_rows(smem + kQ * kRow, kRow, static_cast<const T*>(p.B) + b * p.B_batch_stride + t0 * p.B_seq_stride +
+            g * p.B_group_stride, p.B_seq_stride, p.B_state_stride, kQ, tc, N, n_share);
+  copy_rows(smem + o.X, kPT * 16, static_cast<const T*>(p.x) + b * p.x_batch_stride + t0 * p.x_seq_stride +
+            h * p.x_head_stride, p.x_seq_stride, p.x_dim_stride, kQ, tc, P, p_share);
   cp_async_commit();
-  // this thread's 8-element groups of z (group i = threadIdx.x + k kOutThreads: step i / (P / 8)), in flight
-  // through the products
-  const T* zp = static_cast<const T*>(p.z) + b * p.z_batch_stride + t0 * p.z_seq_stride + h * p.z_head_stride;
-  const bool z_vec = p.z && vectorisable(zp, p.z_seq_stride, p.z_dim_stride);
-  uint4 z_raw[kZ];
-#pragma unroll
-  for (int k = 0; k < kZ; ++k) {
-    const int i = threadIdx.x + k * kOutThreads, t = i / (P / 8), d = (i % (P / 8)) * 8;
-    z_raw[k] = make_uint4(0, 0, 0, 0);
-    if (z_vec && t < tc) z_raw[k] = __ldg(reinterpret_cast<const uint4*>(zp + t * p.z_seq_stride + d));
-  }
-  // S_in -> hi, lo: kBatch 8-element loads in flight a thread before their first use
-  const float* S_in = a.states + ((b * a.nchunks + c) * p.nheads + h) * int64_t(P) * N;
-  constexpr int kBatch = 4;
-  for (int i0 = threadIdx.x; i0 < P * (N / 8); i0 += kBatch * kOutThreads) {
-    float f[kBatch][8];
-#pragma unroll
-    for (int k = 0; k < kBatch; ++k) {
-      const int i = i0 + k * kOutThreads;
-      if (i < P * (N / 8)) load8(S_in + (i / (N / 8)) * N + (i % (N / 8)) * 8, f[k]);
-    }
-#pragma unroll
-    for (int k = 0; k < kBatch; ++k) {
-      const int i = i0 + k * kOutThreads, d = i / (N / 8), n = (i % (N / 8)) * 8;
-      if (i < P * (N / 8)) split8(f[k], &sShi[d * o.ldb + n], &sSlo[d * o.ldb + n]);
+  float* dt_s = reinterpret_cast<float*>(smem + o.dt);
+  float* c2_s = reinterpret_cast<float*>(smem + o.c2);
+  if (threadIdx.x < kQ) {
+    const int t = threadIdx.x;
+    const float* dts = a.dts + ((b * a.nchunks + c) * p.nheads + h) * 2 * kQ;
+    dt_s[t] = dts[t];
+    c2_s[t] = dts[kQ + t] * kLog2e;
+    if (zp && t < tc) {  // the epilogue's z rows: into the L2 now, read from it after the products
+      asm volatile("prefetch.global.L2 [%0];" ::"l"(zp + t * p.z_seq_stride));
+      asm volatile("prefetch.global.L2 [%0];" ::"l"(zp + t * p.z_seq_stride + (P - 1) * p.z_dim_stride));
     }
   }
-  if (threadIdx.x < kQ) ecum_s[threadIdx.x] = expf(cum_s[threadIdx.x]);
+  for (int r0 = n_share.r0; n_share.rstep;) {
+    state.store<T>(smem + kHiRow * kRow, smem + (kHiRow + 8 * kPT) * kRow, kRow, 8 * kPT, r0, n_share);
+    if ((r0 += StateSplit::kBatch * n_share.rstep) >= 8 * kPT) break;
+    state.load(r0, n_share);
+  }
   cp_async_wait<0>();
   __syncthreads();
 
-  // C B^T, lower block triangle (tiles ts <= tt) -> sF
-  for (int tile = warp; tile < 10; tile += nwarps) {
-    int tt = 0;
-    while ((tt + 1) * (tt + 2) / 2 <= tile) ++tt;
-    const int ts = tile - tt * (tt + 1) / 2;
-    FragAcc acc;
-    wmma::fill_fragment(acc, 0.f);
-    const T* b_rows[1] = {sB + ts * 16 * o.ldb};  // B^T (N x Q): element (n, s) at sB[s * ldb + n]
-    mma_rows_by_cols(acc, sC + tt * 16 * o.ldb, b_rows, o.ldb, N);
-    wmma::store_matrix_sync(sF + tt * 16 * o.ldf + ts * 16, acc, o.ldf, wmma::mem_row_major);
-  }
-  __syncthreads();
-
-  // M = C B^T * exp(cum_t - cum_s) * dt_s on s <= t (hi, lo)
-  for (int i = threadIdx.x; i < kQ * (kQ / 8); i += blockDim.x) {
-    const int t = i / (kQ / 8), s0 = (i % (kQ / 8)) * 8;
-    float m[8];
-#pragma unroll
-    for (int k = 0; k < 8; ++k) {
-      const int s = s0 + k;
-      m[k] = s <= t ? sF[t * o.ldf + s] * expf(cum_s[t] - cum_s[s]) * dt_s[s] : 0.f;
-    }
-    split8(m, &sMhi[t * o.ldm + s0], &sMlo[t * o.ldm + s0]);
-  }
-  __syncthreads();
-
-  // y tiles (kQ x P): exp(cum_t) (C S_in^T) + M X, into sF. The decay scales the rows of C S_in^T after the
-  // product, so C enters it exact and only S_in as hi + lo.
-  const int tiles_p = P / 16, lane = threadIdx.x % 32;
-  for (int tile = warp; tile < (kQ / 16) * tiles_p; tile += nwarps) {
-    const int tt = tile / tiles_p, tp = tile % tiles_p;
-    float* tile_f = sF + tt * 16 * o.ldf + tp * 16;
-    FragAcc acc;
-    wmma::fill_fragment(acc, 0.f);
-    const T* s_rows[2] = {sShi + tp * 16 * o.ldb, sSlo + tp * 16 * o.ldb};  // S_in^T (N x P): (n, d) at sS[d * ldb + n]
-    mma_rows_by_cols(acc, sC + tt * 16 * o.ldb, s_rows, o.ldb, N);
-    wmma::store_matrix_sync(tile_f, acc, o.ldf, wmma::mem_row_major);
-    __syncwarp();
-    for (int e = lane; e < 16 * 16; e += 32) tile_f[(e / 16) * o.ldf + e % 16] *= ecum_s[tt * 16 + e / 16];
-    __syncwarp();
-    wmma::load_matrix_sync(acc, tile_f, o.ldf, wmma::mem_row_major);
-    for (int k = 0; k <= tt * 16; k += 16) {  // causal: key tiles up to the diagonal
-      FragB<T> xf;
-      wmma::load_matrix_sync(xf, sX + k * o.ldx + tp * 16, o.ldx);
-      FragA<T> mf;
-      wmma::load_matrix_sync(mf, sMhi + tt * 16 * o.ldm + k, o.ldm);
-      wmma::mma_sync(acc, mf, xf, acc);
-      wmma::load_matrix_sync(mf, sMlo + tt * 16 * o.ldm + k, o.ldm);
-      wmma::mma_sync(acc, mf, xf, acc);
-    }
-    __syncwarp();
-    wmma::store_matrix_sync(tile_f, acc, o.ldf, wmma::mem_row_major);
-  }
-  __syncthreads();
-
-  // y + D x, gated by silu(z)
-  const float Dh = p.D ? load_any(p.D, p.param_dtype, h * p.D_head_stride) : 0.f;
   T* yp = static_cast<T*>(p.y) + b * p.y_batch_stride + t0 * p.y_seq_stride + h * p.y_head_stride;
-  const bool y_vec = vectorisable(yp, p.y_seq_stride, p.y_dim_stride);
-#pragma unroll
-  for (int k = 0; k < kZ; ++k) {
-    const int i = threadIdx.x + k * kOutThreads, t = i / (P / 8), d = (i % (P / 8)) * 8;
-    if (t >= tc) continue;
-    float y[8], x[8];
-    unpack(*reinterpret_cast<const uint4*>(&sX[t * o.ldx + d]), x, T());
-#pragma unroll
-    for (int e = 0; e < 8; ++e) y[e] = sF[t * o.ldf + d + e] + Dh * x[e];
-    if (p.z) {
-      float z[8];
-      if (z_vec) {
-        unpack(z_raw[k], z, T());
-      } else {
-#pragma unroll
-        for (int e = 0; e < 8; ++e) z[e] = to_f(zp[t * p.z_seq_stride + (d + e) * p.z_dim_stride]);
-      }
-#pragma unroll
-      for (int e = 0; e < 8; ++e) y[e] *= silu(z[e]);
-    }
-    T* out = yp + t * p.y_seq_stride + d * p.y_dim_stride;
-    if (y_vec) {
-      store8(out, y);
-    } else {
-#pragma unroll
-      for (int e = 0; e < 8; ++e) out[e * p.y_dim_stride] = from_f<T>(y[e]);
-    }
+  const auto pairs = [](const void* ptr, int64_t seq, int64_t dim) {
+    return dim == 1 && seq % 2 == 0 && reinterpret_cast<uintptr_t>(ptr) % 4 == 0;
+  };
+  const OutWarp w{smem, smem + o.X, dt_s, c2_s, N, P, tc,
+                  p.D ? load_any(p.D, p.param_dtype, h * p.D_head_stride) : 0.f,
+                  zp, p.z_seq_stride, p.z_dim_stride, yp, p.y_seq_stride, p.y_dim_stride,
+                  zp && pairs(zp, p.z_seq_stride, p.z_dim_stride), pairs(yp, p.y_seq_stride, p.y_dim_stride)};
+  switch (threadIdx.x / 32) {
+    case 0: out_warp<T, kPT, kUn, 0>(w); break;
+    case 1: out_warp<T, kPT, kUn, 1>(w); break;
+    case 2: out_warp<T, kPT, kUn, 2>(w); break;
+    default: out_warp<T, kPT, kUn, 3>(w); break;
   }
 }
 
@@ -262,21 +375,36 @@ md_ssm_params batch_rows(const md_ssm_params& p, int64_t b0, int64_t nb) {
   return q;
 }
 
+template <typename T, int kPT, int kUn>
+cudaError_t launch_output(const SsdArgs& a, cudaStream_t stream) {
+  const md_ssm_params& p = a.p;
+  const auto kernel = ssd_output_kernel<T, kPT, kUn>;
+  const size_t bytes = out_layout(static_cast<int>(p.headdim), static_cast<int>(p.dstate)).total;
+  cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes));
+  if (err != cudaSuccess) return err;
+  // the largest carveout: three blocks (72.5 KB each at headdim 64, dstate 128) a multiprocessor
+  err = cudaFuncSetAttribute(kernel, cudaFuncAttributePreferredSharedMemoryCarveout, cudaSharedmemCarveoutMaxShared);
+  if (err != cudaSuccess) return err;
+  const dim3 grid(static_cast<unsigned>(a.nchunks), static_cast<unsigned>(p.nheads), static_cast<unsigned>(p.batch));
+  kernel<<<grid, kOutThreads, bytes, stream>>>(a);
+  return cudaGetLastError();
+}
+
+template <typename T, int kPT>
+cudaError_t launch_output_n(const SsdArgs& a, cudaStream_t stream) {
+  switch (row_units(static_cast<int>(a.p.dstate))) {
+    case 8: return launch_output<T, kPT, 8>(a, stream);
+    case 16: return launch_output<T, kPT, 16>(a, stream);
+    default: return launch_output<T, kPT, 32>(a, stream);
+  }
+}
+
 template <typename T, typename S>
 cudaError_t launch_typed(const SsdArgs& a, cudaStream_t stream) {
-  const md_ssm_params& p = a.p;
-  const size_t out_bytes = out_layout<T>(static_cast<int>(p.headdim), static_cast<int>(p.dstate)).total;
-  cudaError_t err = cudaFuncSetAttribute(ssd_output_kernel<T>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                         static_cast<int>(out_bytes));
+  const cudaError_t err = launch_states<T, S>(a, stream);
   if (err != cudaSuccess) return err;
-  // the largest carveout: two output blocks (about 113 KB each at headdim 64, dstate 128) per multiprocessor
-  err = cudaFuncSetAttribute(ssd_output_kernel<T>, cudaFuncAttributePreferredSharedMemoryCarveout,
-                             cudaSharedmemCarveoutMaxShared);
-  if (err != cudaSuccess) return err;
-  if ((err = launch_states<T, S>(a, stream)) != cudaSuccess) return err;
-  const dim3 grid(static_cast<unsigned>(a.nchunks), static_cast<unsigned>(p.nheads), static_cast<unsigned>(p.batch));
-  ssd_output_kernel<T><<<grid, kOutThreads, out_bytes, stream>>>(a);
-  return cudaGetLastError();
+  return row_units(static_cast<int>(a.p.headdim)) == 8 ? launch_output_n<T, 8>(a, stream)
+                                                        : launch_output_n<T, 16>(a, stream);
 }
 
 // The batch in slices of rows whose scratch fits kMaxWorkspace, one after another in the same scratch.
@@ -312,7 +440,7 @@ bool ssd_eligible(const md_ssm_params& p) {
   if (p.headdim % 16 != 0 || p.headdim > 128 || p.dstate % 16 != 0 || p.dstate > 256) return false;
   if (p.batch > 65535 || p.nheads > 65535 || nchunks_of(p) > (int64_t(1) << 31) - 1) return false;
   const int P = static_cast<int>(p.headdim), N = static_cast<int>(p.dstate);
-  const size_t smem = std::max(ssd::out_layout<__half>(P, N).total, ssd::states_smem_bytes(N));
+  const size_t smem = std::max(ssd::out_layout(P, N).total, ssd::states_smem_bytes(N));
   return smem <= static_cast<size_t>(max_smem_optin()) && row_workspace_bytes(p) <= size_t(kMaxWorkspace);
 }
 
