@@ -6,6 +6,8 @@
 
 #include <cstdint>
 
+#include "vec.cuh"  // smem_address
+
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
 #define MD_BULK_DEVICE 1
 #else
@@ -15,9 +17,6 @@
 namespace md {
 
 #if MD_BULK_DEVICE
-__device__ __forceinline__ uint32_t smem_address(const void* p) {
-  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
-}
 // mbarrier initialisations made visible to the other threads and to the bulk copies.
 __device__ __forceinline__ void fence_mbar_init() { asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory"); }
 __device__ __forceinline__ void mbar_init(uint32_t bar, uint32_t count) {

@@ -48,27 +48,22 @@ __host__ __device__ constexpr int row_units(int cols) { return cols <= 64 ? 8 : 
 // Where unit u of row `row` sits: every tile is read by ldmatrix (8 rows, one unit a matrix).
 __device__ __forceinline__ int swizzle(int row, int u) { return u ^ (row & 7); }
 
-// Shared memory of ssd_output_kernel (byte offsets): rows of un units -- C (kQ rows), B (kQ), S_in hi (8 up), S_in
-// lo (8 up) -- then X (kQ rows of up units), dt_s, and c2_s = cum_s log2(e).
+// Shared memory of ssd_output_kernel (byte offsets), un = row_units(dstate), up = row_units(headdim): rows of un
+// units -- C (kQ rows), B (kQ), S_in hi (8 up), S_in lo (8 up) -- then X (kQ rows of up units), dt_s, and c2_s =
+// cum_s log2(e).
 struct OutLayout {
-  int un, up;
   size_t X, dt, c2, total;
 };
 constexpr int kHiRow = 2 * kQ;  // the first row of S_in hi
 
 __host__ __device__ inline OutLayout out_layout(int P, int N) {
+  const int un = row_units(N), up = row_units(P);
   OutLayout o{};
-  o.un = row_units(N);
-  o.up = row_units(P);
-  o.X = size_t(16) * o.un * (kHiRow + 16 * o.up);  // a multiple of 256: X's swizzle XORs offsets inside it
-  o.dt = o.X + size_t(16) * o.up * kQ;
+  o.X = size_t(16) * un * (kHiRow + 16 * up);  // a multiple of 256: X's swizzle XORs offsets inside it
+  o.dt = o.X + size_t(16) * up * kQ;
   o.c2 = o.dt + sizeof(float) * kQ;
   o.total = o.c2 + sizeof(float) * kQ;
   return o;
-}
-
-__device__ __forceinline__ uint32_t smem_u32(const void* ptr) {
-  return static_cast<uint32_t>(__cvta_generic_to_shared(ptr));
 }
 
 // `rows` rows at src (row_stride, col_stride) as 8-element pieces into shared rows of row_bytes, piece u of row r
@@ -85,7 +80,7 @@ __device__ void copy_rows(unsigned char* dst, int row_bytes, const T* src, int64
     unsigned char* to = dst + r * row_bytes + swizzle(r, share.c / 8) * 16;
     const bool load = in_cols && r < valid;
     if (vec) {
-      cp_async16(smem_u32(to), load ? from : src, load);
+      cp_async16(smem_address(to), load ? from : src, load);
       continue;
     }
     __align__(16) T e[8];
@@ -160,7 +155,7 @@ __device__ __forceinline__ void masked_times_x(float (&acc_y)[kPT][4], const flo
   const float c2r0 = w.c2_s[r0], c2r1 = w.c2_s[r1];
   // ldmatrix: lane l gives row l % 8 of matrix l / 8 (steps + 8 for matrices 1, 3; unit + 1 for 2, 3)
   const int xs = (lane & 7) + 8 * ((lane >> 3) & 1);
-  const uint32_t x_lane = xs * kXRow + (((lane >> 4) ^ (lane & 7)) << 4), x_base = smem_u32(w.X);
+  const uint32_t x_lane = xs * kXRow + (((lane >> 4) ^ (lane & 7)) << 4), x_base = smem_address(w.X);
 #pragma unroll
   for (int kt = 0; kt <= W; ++kt) {
     uint32_t mh[4], ml[4];
@@ -260,7 +255,7 @@ __device__ __forceinline__ void out_warp(const OutWarp& w) {
   // ldmatrix rows: A (C's rows) lane l: row l % 8 + 8 (l / 8 % 2), unit 2 kk + l / 16; B layout: row l % 8 + 8 (l /
   // 16), unit 2 kk + l / 8 % 2. Unit u of row r sits at u ^ (r % 8): a byte offset XOR (32 kk) ^ (16 v).
   const int l7 = lane & 7, va = (lane >> 4) ^ l7, vb = ((lane >> 3) & 1) ^ l7;
-  const uint32_t rows = smem_u32(w.rows);
+  const uint32_t rows = smem_address(w.rows);
   const uint32_t a_row = rows + (16 * W + l7 + 8 * ((lane >> 3) & 1)) * kRow;
   const uint32_t b_row = rows + (l7 + 8 * (lane >> 4)) * kRow;
   float acc_g[W + 1][2][4] = {}, acc_y[kPT / 2][2][4] = {};

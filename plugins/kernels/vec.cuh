@@ -105,6 +105,12 @@ template <typename S> __device__ __forceinline__ void store4(S* ptr, const float
   }
 }
 
+// The shared-window address of a generic pointer into shared memory: what cp.async, ldmatrix and the bulk copies
+// (bulk.cuh) take.
+__device__ __forceinline__ uint32_t smem_address(const void* p) {
+  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
+}
+
 // cp.async: 16 bytes global -> shared (a shared-window address), zero-filled when !valid (src is then not read).
 __device__ __forceinline__ void cp_async16(uint32_t dst, const void* src, bool valid) {
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(dst), "l"(src), "r"(valid ? 16 : 0) : "memory");
