@@ -5,7 +5,7 @@
 // The sequence is cut into chunks of kQ = 64 steps (the last one zero-padded: a padded step has dt = 0, so
 // it neither decays nor feeds the state). With a_t = dt_t * A and cum_t = a_0 + ... + a_t inside a chunk:
 //   1. ssd_dt_kernel, per (chunk, head): dt_s and cum_s into the scratch.
-//   2. ssd_carry_kernel, per (head, 16 rows of headdim): walks the chunks in order with the state in tensor-core
+//   2. ssd_carry_kernel, per (head, 32 rows of headdim): walks the chunks in order with the state in tensor-core
 //      accumulators, writing the state entering each chunk, S_in(c), and then
 //        S_in(c + 1) = exp(cum_last) S_in(c) + (w * X)^T B,  w_s = dt_s * exp(cum_last - cum_s)   (P x Q) . (Q x N)
 //      and finally state_out. (It replaced a kernel per (chunk, head) for each chunk's own end state plus a

@@ -1,8 +1,6 @@
 // ssd_common.cuh -- what the kernels of Mamba2's SSD chunk scan share (ssd_carry.cu, ssd_chunk.cu): the chunk
-// size, the launch arguments, WMMA fragment types, the hi + lo split of float32 operands and the tile copies.
+// size, the launch arguments, the hi + lo split of float32 operands and the tile copies.
 #pragma once
-
-#include <mma.h>
 
 #include <cstdint>
 
@@ -11,8 +9,6 @@
 
 namespace md {
 namespace ssd {
-
-using namespace nvcuda;
 
 constexpr int kQ = 64;         // steps per chunk
 constexpr int kPad = 8;        // 16-bit row padding (16 bytes): rows stay 32-byte aligned per 16-row tile
@@ -24,16 +20,6 @@ struct SsdArgs {
   float* states;  // (batch, nchunks, nheads, headdim, dstate): the state entering chunk c
   float* dts;     // (batch, nchunks, nheads, 2, kQ): dt_s and cum_s of chunk c (ssd_dt_kernel)
 };
-
-template <typename T>
-using FragA = wmma::fragment<wmma::matrix_a, 16, 16, 16, T, wmma::row_major>;
-template <typename T>
-using FragAc = wmma::fragment<wmma::matrix_a, 16, 16, 16, T, wmma::col_major>;
-template <typename T>
-using FragB = wmma::fragment<wmma::matrix_b, 16, 16, 16, T, wmma::row_major>;
-template <typename T>
-using FragBc = wmma::fragment<wmma::matrix_b, 16, 16, 16, T, wmma::col_major>;
-using FragAcc = wmma::fragment<wmma::accumulator, 16, 16, 16, float>;
 
 template <typename T>
 __device__ __forceinline__ void split(float v, T* hi, T* lo) {
@@ -97,6 +83,44 @@ __device__ inline void copy_tile(T* dst, int ld, const T* src, int64_t row_strid
     *reinterpret_cast<uint4*>(dst + r * ld + share.c) = *reinterpret_cast<const uint4*>(e);
   }
 }
+
+// A thread's share of copying kQ rows of `cols` 16-bit columns (a multiple of 8) by 16-byte cp.async pieces
+// (TileShare's columns and rows), from source rows `row_stride` elements apart into shared rows `ld` elements
+// apart. Offsets are worked out once: a piece then costs its cp.async and an add or two. The caller checked
+// vectorisable() and commits.
+template <typename T>
+struct RowPieces {
+  const T* src = nullptr;  // the thread's first piece of a tile at `base`
+  int64_t src_step = 0;    // between the thread's pieces (rstep rows), elements
+  uint32_t dst = 0, dst_step = 0;  // the first piece's byte offset in the shared tile; between pieces
+  int r0 = kQ, rstep = 0;  // r0 kQ: no piece
+  __device__ RowPieces(const T* base, int64_t row_stride, int cols, int ld, int nthreads) {
+    const TileShare share(cols, nthreads);
+    if (share.rstep == 0) return;
+    r0 = share.r0;
+    rstep = share.rstep;
+    src = base + share.r0 * row_stride + share.c;
+    src_step = share.rstep * row_stride;
+    dst = (share.r0 * ld + share.c) * sizeof(T);
+    dst_step = share.rstep * ld * sizeof(T);
+  }
+  // The tile `offset` elements past base into shared `tile`: rows valid_rows and on are zeros.
+  __device__ __forceinline__ void copy(uint32_t tile, int64_t offset, int valid_rows) const {
+    const T* from = src + offset;
+    uint32_t to = tile + dst;
+    for (int r = r0; r < kQ; r += rstep, from += src_step, to += dst_step) cp_async16(to, from, r < valid_rows);
+  }
+  // The same, unrolled, where kN pieces a thread cover the tile (rstep * kN >= kQ).
+  template <int kN>
+  __device__ __forceinline__ void copy_n(uint32_t tile, int64_t offset, int valid_rows) const {
+    const T* from = src + offset;
+#pragma unroll
+    for (int i = 0; i < kN; ++i) {
+      const int r = r0 + i * rstep;
+      if (r < kQ) cp_async16(tile + dst + i * dst_step, from + i * src_step, r < valid_rows);
+    }
+  }
+};
 
 // The chunk states of (batch, nchunks, nheads) into a.states, and each chunk's dt_s / cum_s into a.dts
 // (ssd_carry.cu: ssd_dt_kernel, then ssd_carry_kernel); T the 16-bit input type, S the state type.
