@@ -1,5 +1,6 @@
 // mma_sync.cuh -- mma.sync m16n8k16 with float32 accumulators for the 16-bit dtypes (gemm_tc.cu,
-// gemv_skinny.cu, ssd_chunk.cu), the 16-byte-unit fragment convention they use, and fragment helpers.
+// gemv_skinny.cu, gemv_staged.cu, ssd_chunk.cu, ssd_carry.cu), the 16-byte-unit fragment convention the GEMVs use,
+// and fragment helpers.
 //
 // A thread (g = lane / 4, t = lane % 4) loads 16 bytes (8 consecutive k, 8t .. 8t + 7 of a k32 step) of
 // weight rows g and g + 8 and of x row g; a dot product does not depend on the order of its k, so each

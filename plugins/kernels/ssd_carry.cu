@@ -94,27 +94,32 @@ struct ChunkSource {
   const float* dts;
   int64_t B_step, x_step, dts_step;
   int xcols;  // valid rows of headdim in the block: 16 or 32
-  bool vec;   // whether B's and X's rows are 16-byte vectors (else copy_tile's plain loads)
+  bool b_vec, x_vec;  // whether B's (X's) rows are 16-byte vectors: else load_tile's plain loads
   RowPieces<T> b_pieces, x_pieces;
 };
 
-// Chunk c's B rows, X rows and dt / cum into the stage at `stage` by the block's cp.async (zero rows past the
-// sequence). Commits one group. NT: B's pieces unrolled where dstate is 64 NT and they divide the block evenly.
+// Chunk c's B rows, X rows and dt / cum into the stage at `stage` by the block's cp.async, or by plain loads where
+// the rows are not 16-byte vectors (zero rows past the sequence). Commits one group. NT: B's pieces unrolled where
+// dstate is 64 NT and they divide the block evenly.
 template <typename T, int NT>
 __device__ void issue_chunk(const md_ssm_params& p, const ChunkSource<T>& src, int c, unsigned char* stage,
                             const CarryLayout& o) {
   const int64_t t0 = int64_t(c) * kQ;
   const int tc = static_cast<int>(p.seqlen - t0 < kQ ? p.seqlen - t0 : kQ);
   const int N = static_cast<int>(p.dstate);
-  if (src.vec) {
-    const uint32_t to = smem_address(stage);
-    if (NT != 3 && N == 64 * NT) src.b_pieces.template copy_n<2 * NT>(to + o.B, t0 * src.B_step, tc);
-    else src.b_pieces.copy(to + o.B, t0 * src.B_step, tc);
+  const uint32_t to = smem_address(stage);
+  if (!src.b_vec) {
+    load_tile(reinterpret_cast<T*>(stage + o.B), o.ldb, src.B + t0 * src.B_step, src.B_step, p.B_state_stride, tc,
+              TileShare(N, kCarryThreads));
+  } else if (NT != 3 && N == 64 * NT) {
+    src.b_pieces.template copy_n<2 * NT>(to + o.B, t0 * src.B_step, tc);
+  } else {
+    src.b_pieces.copy(to + o.B, t0 * src.B_step, tc);
+  }
+  if (src.x_vec) {
     src.x_pieces.template copy_n<1>(to + o.X, t0 * src.x_step, tc);
   } else {
-    copy_tile(reinterpret_cast<T*>(stage + o.B), o.ldb, src.B + t0 * src.B_step, src.B_step, p.B_state_stride, tc,
-              TileShare(N, kCarryThreads));
-    copy_tile(reinterpret_cast<T*>(stage + o.X), kRows, src.x + t0 * src.x_step, src.x_step, p.x_dim_stride, tc,
+    load_tile(reinterpret_cast<T*>(stage + o.X), kRows, src.x + t0 * src.x_step, src.x_step, p.x_dim_stride, tc,
               TileShare(src.xcols, kCarryThreads));
   }
   if (threadIdx.x < 2 * kQ / 4) {  // 2 kQ floats in 16-byte pieces
@@ -190,8 +195,8 @@ __global__ void __launch_bounds__(kCarryThreads, 2) ssd_carry_kernel(const SsdAr
                            p.x_seq_stride,
                            p.nheads * 2 * kQ,
                            xcols,
-                           vectorisable(B, p.B_seq_stride, p.B_state_stride) &&
-                               vectorisable(x, p.x_seq_stride, p.x_dim_stride),
+                           vectorisable(B, p.B_seq_stride, p.B_state_stride),
+                           vectorisable(x, p.x_seq_stride, p.x_dim_stride),
                            RowPieces<T>(B, p.B_seq_stride, N, o.ldb, kCarryThreads),
                            RowPieces<T>(x, p.x_seq_stride, xcols, kRows, kCarryThreads)};
   const auto stage = [&](int c) { return smem + (c & (kStages - 1)) * o.stage; };

@@ -58,22 +58,12 @@ struct TileShare {
   }
 };
 
-// kQ rows of a tile at src into dst (row-major, ld; 16-byte aligned rows), zero rows past `valid_rows`: by
-// cp.async (the caller commits and waits) where the source rows are 16-byte vectors, else by plain loads.
+// kQ rows of a tile at src into dst (row-major, ld; 16-byte aligned rows) by plain loads, zero rows past
+// `valid_rows`: the copy for rows that are not 16-byte vectors (RowPieces moves those that are).
 template <typename T>
-__device__ inline void copy_tile(T* dst, int ld, const T* src, int64_t row_stride, int64_t col_stride, int valid_rows,
-                          const TileShare& share) {
+__device__ inline void load_tile(T* dst, int ld, const T* src, int64_t row_stride, int64_t col_stride, int valid_rows,
+                                 const TileShare& share) {
   if (share.rstep == 0) return;
-  if (vectorisable(src, row_stride, col_stride)) {
-    uint32_t to = static_cast<uint32_t>(__cvta_generic_to_shared(dst + share.r0 * ld + share.c));
-    const T* from = src + share.r0 * row_stride + share.c;
-    const uint32_t to_step = share.rstep * ld * sizeof(T);
-    const int64_t from_step = share.rstep * row_stride;
-    for (int r = share.r0; r < kQ; r += share.rstep, to += to_step, from += from_step) {
-      cp_async16(to, r < valid_rows ? from : src, r < valid_rows);
-    }
-    return;
-  }
   for (int r = share.r0; r < kQ; r += share.rstep) {
     __align__(16) T e[8];
 #pragma unroll
