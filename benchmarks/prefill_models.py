@@ -1,0 +1,43 @@
+"""Batch-1 prefill time of several presets in one process (random weights, the engine's default prefill graphs):
+`bench`'s prefill measurement without its decode runs, for A/B of a kernel library across models.
+
+    MAMBA_DEPLOY_KERNEL_LIB=build/libmamba_deploy_kernels.so PYTHONPATH=. \\
+        python3 benchmarks/prefill_models.py --tokens 2048 mamba2-1.3b mamba2-2.7b mamba-1.4b mamba-2.8b
+
+Each model: `--rounds` medians of `--repeats` prefills from a zero state (ms), and TFLOP/s of the layers'
+projections (2 FLOP a weight a token; the LM head runs on the last token only, the scans' own work is not counted).
+"""
+from __future__ import annotations
+
+import argparse
+
+import torch
+
+from mamba_deploy.bench import bench_prefill
+from mamba_deploy.native import random_engine
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("models", nargs="+", help="random_init presets")
+    ap.add_argument("--tokens", type=int, default=2048)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--repeats", type=int, default=10)
+    ap.add_argument("--eager", action="store_true", help="no prefill graphs (e.g. under ncu)")
+    a = ap.parse_args()
+    print("| model | tokens | ms (each round's median) | weights GB | TFLOP/s (best round) |")
+    print("| --- | ---: | --- | ---: | ---: |")
+    for name in a.models:
+        eng = random_engine(name, max_batch=1, **({"prefill_graph_tokens": 0} if a.eager else {}))
+        ms = [bench_prefill(eng, a.tokens, repeats=a.repeats) for _ in range(a.rounds)]
+        weight_bytes = eng.weight_bytes()
+        layer_weights = weight_bytes // eng.head.element_size() - eng.head.numel()  # the head: last token only
+        tflops = 2 * layer_weights * a.tokens / (min(ms) * 1e-3) / 1e12
+        print(f"| {name} | {a.tokens} | {' / '.join(f'{m:.2f}' for m in ms)} | {weight_bytes / 1e9:.3f} | "
+              f"{tflops:.0f} |")
+        del eng
+        torch.cuda.empty_cache()
+
+
+if __name__ == "__main__":
+    main()
