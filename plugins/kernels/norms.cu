@@ -68,8 +68,9 @@ __global__ void __launch_bounds__(1024) add_norm_kernel(const md_add_norm_params
   }
 }
 
-// Grid: (rows, hidden / group_size).
-__global__ void __launch_bounds__(1024) gated_rms_norm_kernel(const md_gated_rms_norm_params p) {
+// Grid: (rows, hidden / group_size). The bound names its one block a multiprocessor: with __launch_bounds__(1024)
+// alone ptxas (CUDA 13) kept the kernel at 32 registers and spilled one once silu divided with __fdividef.
+__global__ void __launch_bounds__(1024, 1) gated_rms_norm_kernel(const md_gated_rms_norm_params p) {
   pdl_release();
   pdl_wait();
   __shared__ float scratch[33];
