@@ -13,6 +13,7 @@ import argparse
 
 import torch
 
+from mamba_deploy.bench import graph_us
 from mamba_deploy.native import gemv as G
 from mamba_deploy.ops import cuda as K
 
@@ -22,19 +23,7 @@ SETS, LAUNCHES = 4, 20
 
 def per_launch_us(launches, repeats: int) -> float:
     """us a launch of `launches` (LAUNCHES kernels) replayed from one CUDA graph."""
-    launches()
-    torch.cuda.synchronize()
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        launches()
-    graph.replay()
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    for _ in range(repeats):
-        graph.replay()
-    end.record()
-    end.synchronize()
-    return start.elapsed_time(end) * 1e3 / (repeats * LAUNCHES)
+    return graph_us(launches, repeats) / LAUNCHES
 
 
 def rand(*shape, dtype=torch.half):

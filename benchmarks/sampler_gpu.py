@@ -9,28 +9,9 @@ import argparse
 
 import torch
 
+from mamba_deploy.bench import graph_us
 from mamba_deploy.runtime import sampler
 from mamba_deploy.runtime.sampling import SamplingParams
-
-
-def graph_us(fn, replays: int = 50) -> float:
-    """Mean microseconds per replay of `fn` captured once (after a warm-up on a side stream)."""
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        fn()
-    torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        fn()
-    graph.replay()
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    for _ in range(replays):
-        graph.replay()
-    end.record()
-    end.synchronize()
-    return start.elapsed_time(end) * 1e3 / replays
 
 
 def main() -> None:

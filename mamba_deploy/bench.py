@@ -38,6 +38,26 @@ DECODE_REPEATS = 5  # timed runs of bench_decode, each gen_len steps, after DECO
 DECODE_WARMUP = 10
 
 
+def graph_us(fn, replays: int = 50) -> float:
+    """Mean microseconds per replay of `fn` captured once (after a warm-up on a side stream)."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        fn()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        fn()
+    graph.replay()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(replays):
+        graph.replay()
+    end.record()
+    end.synchronize()
+    return start.elapsed_time(end) * 1e3 / replays
+
+
 def _prompt(batch: int, length: int, vocab: int, device, seed: int = 1) -> torch.Tensor:
     gen = torch.Generator(device="cpu").manual_seed(seed)
     return torch.randint(1, vocab, (batch, length), generator=gen).to(device)
