@@ -11,6 +11,7 @@ namespace md {
 namespace ssd {
 
 constexpr int kQ = 64;         // steps per chunk
+constexpr int kCarryRows = 32;  // headdim rows a block of ssd_carry_kernel walks
 constexpr int kPad = 8;        // 16-bit row padding (16 bytes): rows stay 32-byte aligned per 16-row tile
 
 struct SsdArgs {
@@ -19,7 +20,26 @@ struct SsdArgs {
   int clamp_dt;
   float* states;  // (batch, nchunks, nheads, headdim, dstate): the state entering chunk c
   float* dts;     // (batch, nchunks, nheads, 2, kQ): dt_s and cum_s of chunk c (ssd_dt_kernel)
+  int* posted;    // (batch, nchunks, nheads): carry blocks that have written S_in(c) (zeroed by ssd_dt_kernel)
+  bool overlap;   // ssd_output_kernel runs beside ssd_carry_kernel (programmatic launch), waiting on `posted`
 };
+
+// ---- the hand-over from the carry walk to the output kernel, which runs beside it (programmatic launch): a
+// block of ssd_output_kernel reads S_in(c) once every carry block of its head has posted chunk c ----
+// By one thread, after a barrier that follows the block's stores of S_in(c): they become visible at gpu scope
+// before the count (the release fence is cumulative over what the barrier ordered before it).
+__device__ __forceinline__ void post_chunk(int* posted) {
+  asm volatile("fence.acq_rel.gpu;\n\tred.relaxed.gpu.global.add.s32 [%0], 1;" ::"l"(posted) : "memory");
+}
+// Until `blocks` carry blocks have posted: the calling thread's loads after it see their stores.
+__device__ __forceinline__ void wait_chunk(const int* posted, int blocks) {
+  for (;;) {
+    int v;
+    asm volatile("ld.acquire.gpu.global.s32 %0, [%1];" : "=r"(v) : "l"(posted) : "memory");
+    if (v >= blocks) return;
+    __nanosleep(256);
+  }
+}
 
 template <typename T>
 __device__ __forceinline__ void split(float v, T* hi, T* lo) {

@@ -33,6 +33,11 @@ __device__ __forceinline__ void load8(const T* ptr, float* f) {
     unpack(__ldg(v + 1), f + 4, T());
   }
 }
+// 8 floats (16-byte aligned) through the L2 alone: coherent with a kernel that may still be writing them.
+__device__ __forceinline__ void load8_cg(const float* ptr, float* f) {
+  const float4 a = __ldcg(reinterpret_cast<const float4*>(ptr)), b = __ldcg(reinterpret_cast<const float4*>(ptr) + 1);
+  f[0] = a.x; f[1] = a.y; f[2] = a.z; f[3] = a.w; f[4] = b.x; f[5] = b.y; f[6] = b.z; f[7] = b.w;
+}
 __device__ __forceinline__ void load8_any(const void* ptr, int64_t dtype, int64_t i, float* f) {
   if (dtype == MD_FLOAT32) load8(static_cast<const float*>(ptr) + i, f);
   else if (dtype == MD_FLOAT16) load8(static_cast<const __half*>(ptr) + i, f);

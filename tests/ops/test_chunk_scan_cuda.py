@@ -124,3 +124,46 @@ def test_chunk_scan_tensor_core_form_in_row_slices(cuda, pool, monkeypatch):
         assert 0 < sizes[0] <= 512 << 20 < batch * sizes[-1], f"not in slices: scratch {sizes[0]}, a row {sizes[-1]}"
         assert torch.equal(y[b:b + 1], y_b), f"row {b}: y differs from the row alone"
         assert torch.equal(pooled[r:r + 1], s_b), f"row {b}: state differs from the row alone"
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("batch,seqlen,nheads,headdim,ngroups,dstate", [
+    (1, 2048, 64, 64, 1, 128),  # mamba2-1.3b's layer: 128 walking blocks, 2,048 output blocks beside them
+    (3, 1000, 80, 64, 1, 128),  # more walking blocks than multiprocessors; a short last chunk
+    (2, 4097, 4, 128, 2, 256),  # 4 walking blocks a head, the largest state, 65 chunks
+    (1, 40, 2, 32, 1, 16),      # one chunk
+])
+def test_chunk_scan_overlap_is_bit_exact(cuda, monkeypatch, dtype, batch, seqlen, nheads, headdim, ngroups, dstate):
+    """MAMBA_DEPLOY_SSD_OVERLAP=1 under programmatic launch: the output kernel runs beside the carry walk and each
+    block waits for its chunk's S_in to be posted. The products are the same, in the same order, so y and the
+    state equal those of the kernels one after the other, bit for bit: eager, and replayed from a CUDA graph
+    twice (the posted counts start from zero each replay)."""
+    from mamba_deploy.ops import _lib
+
+    kw = mamba2_inputs(batch, seqlen, nheads, headdim, ngroups, dstate, dtype)
+
+    def scan(state):  # the state in place, as the engine runs it
+        return cuda.chunk_scan(**{**kw, "initial_state": state}, state_out=state)[0]
+
+    state_seq = kw["initial_state"].clone()
+    y_seq = scan(state_seq)
+    state_two = state_seq.clone()
+    y_two = scan(state_two)  # the second call of a sequence, from state_seq
+    monkeypatch.setenv("MAMBA_DEPLOY_SSD_OVERLAP", "1")
+    previous = _lib.set_programmatic_launch(True)
+    try:
+        state = kw["initial_state"].clone()
+        assert torch.equal(scan(state), y_seq), "eager: y differs"
+        assert torch.equal(state, state_seq), "eager: state differs"
+        state.copy_(kw["initial_state"])
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            y_graph = scan(state)
+        state.copy_(kw["initial_state"])
+        for want_y, want_state, which in ((y_seq, state_seq, "first"), (y_two, state_two, "second")):
+            graph.replay()
+            torch.cuda.synchronize()
+            assert torch.equal(y_graph, want_y), f"{which} replay: y differs"
+            assert torch.equal(state, want_state), f"{which} replay: state differs"
+    finally:
+        _lib.set_programmatic_launch(previous)
