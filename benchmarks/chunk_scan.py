@@ -5,6 +5,8 @@ of each kernel (torch.profiler).
     PYTHONPATH=. MAMBA_DEPLOY_KERNEL_LIB=build/libmamba_deploy_kernels.so python3 benchmarks/chunk_scan.py \\
         --seqlen 2048                       # mamba2-1.3b's layer: 64 heads of 64, one group, dstate 128
         --batch 8 --seqlen 2048 --nheads 80  # mamba2-2.7b's
+    MAMBA_DEPLOY_SSD_OVERLAP=1 ... --seqlen 2048   # the output kernel beside the carry walk (programmatic launch,
+                                                   # on by default here as in the native engine; --no-programmatic)
 
 Bytes: x, z, y, B, C, dt once each, the state in and out, and the float32 state entering each 64-step chunk
 written once and read once (the SSD form's scratch). FLOPs: the SSD products counted once (hi + lo pairs not
@@ -16,6 +18,7 @@ import argparse
 import torch
 
 from mamba_deploy.bench import profile_kernels
+from mamba_deploy.ops import _lib
 from mamba_deploy.ops import cuda as K
 
 CHUNK = 64  # ssd_chunk.cu's kQ
@@ -31,7 +34,10 @@ def main() -> None:
     ap.add_argument("--dstate", type=int, default=128)
     ap.add_argument("--dtype", choices=["float16", "bfloat16"], default="float16")
     ap.add_argument("--repeats", type=int, default=20)
+    ap.add_argument("--programmatic", action=argparse.BooleanOptionalAction, default=True,
+                    help="programmatic dependent launch, as the native engine runs it (default on)")
     a = ap.parse_args()
+    _lib.set_programmatic_launch(a.programmatic)
     Bt, L, H, P, G, N = a.batch, a.seqlen, a.nheads, a.headdim, a.ngroups, a.dstate
     dt16 = getattr(torch, a.dtype)
     torch.manual_seed(0)
@@ -66,7 +72,8 @@ def main() -> None:
     moved = Bt * (2 * L * (3 * d + 2 * G * N + H) + 2 * 4 * H * P * N + 2 * 4 * nchunks * H * P * N)
     flops = 2 * Bt * H * (L * CHUNK // 2 * (N + P) + 2 * L * P * N)
     print(f"chunk_scan {a.dtype} batch={Bt} L={L} heads={H}x{P} groups={G} dstate={N}: {us:.1f} us per call, "
-          f"{moved / 1e6:.1f} MB at {moved / us / 1e3:.0f} GB/s, {flops / 1e9:.2f} GFLOP at {flops / us / 1e6:.1f} TFLOP/s")
+          f"{moved / 1e6:.1f} MB at {moved / us / 1e3:.0f} GB/s, "
+          f"{flops / 1e9:.2f} GFLOP at {flops / us / 1e6:.1f} TFLOP/s")
     for name, kus, calls in profile_kernels(run, runs=5, top=6):
         print(f"{kus:9.1f} us {calls:3d}x  {name}")
 
