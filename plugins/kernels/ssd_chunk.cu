@@ -328,9 +328,10 @@ __global__ void __launch_bounds__(kOutThreads) ssd_output_kernel(const SsdArgs a
       asm volatile("prefetch.global.L2 [%0];" ::"l"(zp + t * p.z_seq_stride + (P - 1) * p.z_dim_stride));
     }
   }
-  if (kOverlap && n_share.rstep) {
-    wait_chunk(a.posted + (b * a.nchunks + c) * p.nheads + h, (P + kCarryRows - 1) / kCarryRows);
-    state.load<true>(n_share.r0, n_share);
+  if (kOverlap) {  // one thread acquires (its L1 invalidated once a block, not once a thread), the barrier orders
+    if (threadIdx.x == 0) wait_chunk(a.posted + (b * a.nchunks + c) * p.nheads + h, (P + kCarryRows - 1) / kCarryRows);
+    __syncthreads();
+    if (n_share.rstep) state.load<true>(n_share.r0, n_share);
   }
   for (int r0 = n_share.r0; n_share.rstep;) {
     state.store<T>(smem + kHiRow * kRow, smem + (kHiRow + 8 * kPT) * kRow, kRow, 8 * kPT, r0, n_share);

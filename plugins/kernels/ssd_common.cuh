@@ -31,7 +31,8 @@ struct SsdArgs {
 __device__ __forceinline__ void post_chunk(int* posted) {
   asm volatile("fence.acq_rel.gpu;\n\tred.relaxed.gpu.global.add.s32 [%0], 1;" ::"l"(posted) : "memory");
 }
-// Until `blocks` carry blocks have posted: the calling thread's loads after it see their stores.
+// Until `blocks` carry blocks have posted: the calling thread's loads after it (and, after a barrier, its block's)
+// see their stores.
 __device__ __forceinline__ void wait_chunk(const int* posted, int blocks) {
   for (;;) {
     int v;
