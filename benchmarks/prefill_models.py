@@ -6,10 +6,14 @@
 
 Each model: `--rounds` medians of `--repeats` prefills from a zero state (ms), and TFLOP/s of the layers'
 projections (2 FLOP a weight a token; the LM head runs on the last token only, the scans' own work is not counted).
+`--ab-env NAME=VALUE` (e.g. MAMBA_DEPLOY_SSD_OVERLAP=1): each round runs without it, then with it set, the prefill
+graphs recaptured for each: a row per variant, same engine and weights.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 
 import torch
 
@@ -24,19 +28,45 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--repeats", type=int, default=10)
     ap.add_argument("--eager", action="store_true", help="no prefill graphs (e.g. under ncu)")
+    ap.add_argument("--ab-env", metavar="NAME=VALUE", help="A/B: each round without, then with this variable set")
     a = ap.parse_args()
-    print("| model | tokens | ms (each round's median) | weights GB | TFLOP/s (best round) |")
-    print("| --- | ---: | --- | ---: | ---: |")
+    variants = [None] + ([tuple(a.ab_env.split("=", 1))] if a.ab_env else [])
+    print("| model | variant | tokens | ms (each round's median) | weights GB | TFLOP/s (best round) |")
+    print("| --- | --- | ---: | --- | ---: | ---: |")
     for name in a.models:
         eng = random_engine(name, max_batch=1, **({"prefill_graph_tokens": 0} if a.eager else {}))
-        ms = [bench_prefill(eng, a.tokens, repeats=a.repeats) for _ in range(a.rounds)]
+        ms: dict = {v: [] for v in variants}
+        for _ in range(a.rounds):
+            for v in variants:
+                with env_set(v):
+                    eng.prefill_graphs.graphs.clear()  # recaptured under this variant
+                    ms[v].append(bench_prefill(eng, a.tokens, repeats=a.repeats))
         weight_bytes = eng.weight_bytes()
         layer_weights = weight_bytes // eng.head.element_size() - eng.head.numel()  # the head: last token only
-        tflops = 2 * layer_weights * a.tokens / (min(ms) * 1e-3) / 1e12
-        print(f"| {name} | {a.tokens} | {' / '.join(f'{m:.2f}' for m in ms)} | {weight_bytes / 1e9:.3f} | "
-              f"{tflops:.0f} |")
+        for v in variants:
+            tflops = 2 * layer_weights * a.tokens / (min(ms[v]) * 1e-3) / 1e12
+            print(f"| {name} | {'='.join(v) if v else 'default'} | {a.tokens} | "
+                  f"{' / '.join(f'{m:.2f}' for m in ms[v])} | {weight_bytes / 1e9:.3f} | {tflops:.0f} |")
         del eng
         torch.cuda.empty_cache()
+
+
+@contextlib.contextmanager
+def env_set(variable):
+    """`variable` (name, value) set in the environment inside the block (None: nothing), then restored."""
+    if variable is None:
+        yield
+        return
+    name, value = variable
+    before = os.environ.get(name)
+    os.environ[name] = value
+    try:
+        yield
+    finally:
+        if before is None:
+            del os.environ[name]
+        else:
+            os.environ[name] = before
 
 
 if __name__ == "__main__":
