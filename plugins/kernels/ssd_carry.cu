@@ -76,7 +76,7 @@ __host__ __device__ CarryLayout carry_layout(int N) {
   size_t at = 0;
   auto take = [&](size_t bytes) { const size_t here = at; at += (bytes + 127) / 128 * 128; return here; };
   o.B = take(sizeof(T) * kQ * o.ldb);
-  o.X = take(sizeof(T) * kQ * kCarryRows);    // raw, 64-byte rows
+  o.X = take(sizeof(T) * kQ * kCarryRows);  // raw, 64-byte rows
   o.dts = take(sizeof(float) * 2 * kQ);  // dt_s, cum_s (ssd_dt_kernel)
   o.stage = at;
   at *= kStages;

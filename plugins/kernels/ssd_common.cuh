@@ -1,5 +1,6 @@
 // ssd_common.cuh -- what the kernels of Mamba2's SSD chunk scan share (ssd_carry.cu, ssd_chunk.cu): the chunk
-// size, the launch arguments, the hi + lo split of float32 operands and the tile copies.
+// size, the launch arguments, the hand-over of each chunk's state where the two run side by side, the hi + lo
+// split of float32 operands and the tile copies.
 #pragma once
 
 #include <cstdint>
@@ -10,9 +11,9 @@
 namespace md {
 namespace ssd {
 
-constexpr int kQ = 64;         // steps per chunk
+constexpr int kQ = 64;          // steps per chunk
 constexpr int kCarryRows = 32;  // headdim rows a block of ssd_carry_kernel walks
-constexpr int kPad = 8;        // 16-bit row padding (16 bytes): rows stay 32-byte aligned per 16-row tile
+constexpr int kPad = 8;         // 16-bit row padding (16 bytes): rows stay 32-byte aligned per 16-row tile
 
 struct SsdArgs {
   md_ssm_params p;
