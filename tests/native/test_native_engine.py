@@ -90,6 +90,26 @@ def test_gate_in_scan_matches_reference(rel_err, native, checkpoints, monkeypatc
     assert worst <= bar, f"max relative logits error over prefill + 16 steps: {worst:.3g} (bar {bar:.3g})"
 
 
+@pytest.mark.parametrize("arch", ["mamba2", "codestral", "mamba2_d_ssm"])
+def test_ssd_overlap_prefill_is_bit_exact(native, checkpoints, monkeypatch, arch):
+    """MAMBA_DEPLOY_SSD_OVERLAP=1 (an experiment): the prefill graphs with the SSD output kernel beside the carry
+    walk give the default's logits and state bit for bit (fp16: the SSD form; 100 steps, 3 rows), replayed twice."""
+    eng = native.load_engine(checkpoints[arch], dtype=torch.float16, max_batch=3)
+    prompt, runs = ids(3, 100, seed=6), []
+    for overlap in (False, True):
+        if overlap:
+            monkeypatch.setenv("MAMBA_DEPLOY_SSD_OVERLAP", "1")
+        eng.prefill_graphs.graphs.clear()  # recaptured under the setting
+        for _ in range(2):
+            state = eng.new_state(3)
+            runs.append((eng.prefill(prompt, state), state))
+    assert eng.prefill_graphs.graphs, "the prefill did not replay a graph"
+    (want, want_state) = runs[0]
+    for logits, state in runs[1:]:
+        assert torch.equal(logits, want)
+        assert all(torch.equal(a, b) for a, b in zip(state.tensors(), want_state.tensors()))
+
+
 def _reference_error(ref, checkpoint, dtype, prompt, rel_err) -> float:
     """Worst relative logits error of the reference model run in `dtype` against `ref` (float32)."""
     low = load_reference(checkpoint, dtype, "cuda")
