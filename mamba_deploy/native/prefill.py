@@ -112,12 +112,12 @@ def _mamba2_scan(c: ModelConfig, L: Layer, xz: torch.Tensor, xc: torch.Tensor, s
     dt = xz[..., lo + c.conv_dim:]
     y = torch.empty(b, n, c.nheads, c.headdim, dtype=xc.dtype, device=xc.device)
     out = torch.empty(b, n, m + d, dtype=xc.dtype, device=xc.device)
-    y2, z2, out2 = y.view(b * n, d), xz.view(b * n, -1)[:, lo - d:lo], out.view(b * n, -1)[:, m:]
+    z = xz[..., lo - d:lo]
+    y2, z2, out2 = y.view(b * n, d), z.flatten(0, 1), out.view(b * n, -1)[:, m:]
     fast_norm = L.gnorm_w.dtype == y.dtype and G.row_norm_ok(d, d // c.ngroups, y2, z2, out2)  # 16-byte rows
     gate_in_scan = fast_norm and c.ngroups == 1 and os.environ.get(GATE_IN_SCAN) == "1"
-    z = xz[..., lo - d:lo].unflatten(-1, (c.nheads, c.headdim)) if gate_in_scan else None
-    K.chunk_scan(x, dt, L.A, B, C, c.chunk_size, L.D, z, L.dt_b, ssm_state, True, c.dt_limit, out=y,
-                 state_out=ssm_state, state_rows=rows)
+    K.chunk_scan(x, dt, L.A, B, C, c.chunk_size, L.D, z.unflatten(-1, (c.nheads, c.headdim)) if gate_in_scan else None,
+                 L.dt_b, ssm_state, True, c.dt_limit, out=y, state_out=ssm_state, state_rows=rows)
     if gate_in_scan:  # y is y * silu(z) already: the norm reads one tensor, not two
         G.row_norm(y2, None, L.gnorm_w, c.norm_eps, out=out2)
     elif fast_norm:
