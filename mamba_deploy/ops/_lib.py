@@ -18,7 +18,7 @@ from typing import Optional
 
 LIB_NAME = "libmamba_deploy_kernels.so"
 ENV_VAR = "MAMBA_DEPLOY_KERNEL_LIB"
-EXPECTED_VERSION = 12  # MD_KERNELS_VERSION
+EXPECTED_VERSION = 13  # MD_KERNELS_VERSION
 
 _I, _P, _D = ctypes.c_int64, ctypes.c_void_p, ctypes.c_double
 
@@ -108,6 +108,21 @@ class AttentionDecodeParams(ctypes.Structure):
         "i: cache_slot_stride cache_head_stride cache_pos_stride; p: length out; i: out_row_stride; p: state_rows")
 
 
+# md_mamba1_layer: one row of the persistent decode's layer table (native/persistent.py builds it on the device).
+MAMBA1_LAYER_FIELDS = ("norm_w in_w in_b conv_w conv_b conv_state x_w wdt dt_bias A D ssm_state out_w "
+                       "out_b").split()
+
+
+class Mamba1Layer(ctypes.Structure):
+    _fields_ = _fields("p: " + " ".join(MAMBA1_LAYER_FIELDS))
+
+
+class Mamba1DecodeParams(ctypes.Structure):
+    _fields_ = _fields(
+        "i: n_layer d_model d_inner dt_rank dstate conv_width dtype state_dtype conv_state_dtype; d: norm_eps;"
+        "p: layers; i: conv_state_slot_stride ssm_state_slot_stride; p: state_rows hidden residual xz xdbl y sync trace")
+
+
 # The sampler's kernels (plugins/kernels/sampling.h).
 class PhiloxParams(ctypes.Structure):
     _fields_ = _fields("i: n; p: seeds steps rows out")
@@ -124,7 +139,10 @@ PARAMS = {"causal_conv1d": (0, CausalConv1dParams), "ssm": (1, SsmParams),
           "add_norm": (2, AddNormParams), "gated_rms_norm": (3, GatedRmsNormParams),
           "gemv": (4, GemvParams), "mamba1_step": (5, Mamba1StepParams),
           "mamba2_step": (6, Mamba2StepParams), "row_norm": (7, RowNormParams), "philox": (8, PhiloxParams),
-          "attention_decode": (9, AttentionDecodeParams), "sample": (10, SampleParams)}
+          "attention_decode": (9, AttentionDecodeParams), "sample": (10, SampleParams),
+          "mamba1_decode": (11, Mamba1DecodeParams)}
+# name -> (kind of md_params_size, structure) of the records a params struct points to (C: md_<name>)
+RECORDS = {"mamba1_layer": (12, Mamba1Layer)}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -148,10 +166,11 @@ MAMBA1_STEP = Kernel("md_mamba1_step_fwd", Mamba1StepParams)
 MAMBA2_STEP = Kernel("md_mamba2_step_fwd", Mamba2StepParams)
 ROW_NORM = Kernel("md_row_norm_fwd", RowNormParams)
 ATTENTION_DECODE = Kernel("md_attention_decode_fwd", AttentionDecodeParams)
+MAMBA1_DECODE = Kernel("md_mamba1_decode_fwd", Mamba1DecodeParams)  # native/persistent.py
 PHILOX_UNIFORM = Kernel("md_philox_uniform_fwd", PhiloxParams)  # the sampler's uniforms (runtime/sampler.py)
 SAMPLE = Kernel("md_sample_fwd", SampleParams)  # the whole sampler on the GPU (runtime/sampler.py)
 KERNELS: dict[str, Kernel] = {k.symbol: k for k in (ADD_NORM, GATED_RMS_NORM, GEMV, MAMBA1_STEP, MAMBA2_STEP, ROW_NORM,
-                                                    ATTENTION_DECODE, PHILOX_UNIFORM, SAMPLE)}
+                                                    ATTENTION_DECODE, MAMBA1_DECODE, PHILOX_UNIFORM, SAMPLE)}
 _OP_KERNELS: dict[str, Kernel] = {}
 
 # Every entry point of the C ABI: name -> (restype, argtypes); kernels are added as they are declared.
@@ -208,7 +227,7 @@ def _open() -> ctypes.CDLL:
     for sym, (restype, argtypes) in SIGNATURES.items():
         fn = getattr(lib, sym)
         fn.restype, fn.argtypes = restype, argtypes
-    for name, (kind, struct) in PARAMS.items():
+    for name, (kind, struct) in {**PARAMS, **RECORDS}.items():
         if lib.md_params_size(kind) != ctypes.sizeof(struct):
             raise OSError(f"{path}: {name} params are {lib.md_params_size(kind)} bytes in C, "
                           f"{ctypes.sizeof(struct)} in Python: library and package do not match")

@@ -46,7 +46,8 @@ MD_API int md_set_programmatic_launch(int64_t enable) {
 }
 
 // sizeof the params struct of `kind`: 0 causal conv1d, 1 ssm, 2 add_norm, 3 gated_rms_norm, 4 gemv,
-// 5 mamba1 step, 6 mamba2 step, 7 row norm, 8 philox, 9 attention decode, 10 sample; -1 unknown.
+// 5 mamba1 step, 6 mamba2 step, 7 row norm, 8 philox, 9 attention decode, 10 sample, 11 mamba1 decode,
+// 12 mamba1 decode's layer record; -1 unknown.
 MD_API int64_t md_params_size(int64_t kind) {
   switch (kind) {
     case 0: return sizeof(md_causal_conv1d_params);
@@ -60,6 +61,8 @@ MD_API int64_t md_params_size(int64_t kind) {
     case 8: return sizeof(md_philox_params);
     case 9: return sizeof(md_attention_decode_params);
     case 10: return sizeof(md_sample_params);
+    case 11: return sizeof(md_mamba1_decode_params);
+    case 12: return sizeof(md_mamba1_layer);
     default: return -1;
   }
 }
@@ -126,6 +129,10 @@ MD_API int md_row_norm_fwd(const md_row_norm_params* p, void* stream) {
 
 MD_API int md_attention_decode_fwd(const md_attention_decode_params* p, void* stream) {
   return finish(md_launch_attention_decode(p, static_cast<cudaStream_t>(stream)), "md_attention_decode_fwd");
+}
+
+MD_API int md_mamba1_decode_fwd(const md_mamba1_decode_params* p, void* stream) {
+  return finish(md_launch_mamba1_decode(p, static_cast<cudaStream_t>(stream)), "md_mamba1_decode_fwd");
 }
 
 // ---- the sampler's uniforms (sampling.h) ---------------------------------------------------------

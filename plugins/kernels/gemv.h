@@ -196,11 +196,67 @@ typedef struct md_attention_decode_params {
   const int64_t* state_rows; /* NULL or (batch,): state rows (mamba_kernels.h) of key, value and length */
 } md_attention_decode_params;
 
+/* The persistent batch-1 decode of a Mamba1 model's layer stack (decode_persistent.cu): every layer of one
+ * token (add + RMS norm, in_proj + causal conv update, x_proj, dt_proj + softplus + state update + D + gate,
+ * out_proj) in ONE cooperative launch of one block a multiprocessor. A producer warp a block streams the
+ * block's rows of every weight matrix, layer after layer, into a ring of shared memory by bulk copies, while
+ * the block's 8 consumer warps compute; the blocks meet at 4 grid barriers a layer (a counter in `sync`).
+ * The arithmetic of each phase is that of the separate kernels: the norm is row_norm_kernel's (bit for bit
+ * where d_model <= 2,048), each projection gemv's staged form at batch 1, the step mamba1_step_kernel's.
+ * Batch row 0 only; residual in float32 (residual_in_fp32); compute capability 9.0+.
+ *   layers      (n_layer,) md_mamba1_layer in DEVICE memory (each pointer 16-byte aligned)
+ *   hidden      (d_model,) dtype: in: the token's embedding; out: the last layer's out_proj output
+ *   residual    (d_model,) float32: out: the residual stream entering the final norm
+ *   xz (2 d_inner,), xdbl (dt_rank + 2 dstate,), y (d_inner,) dtype: scratch (phase outputs, readable after)
+ *   state_rows  NULL or (1,) device int64: the state slot of the row (else slot 0)
+ *   conv / ssm state pools: (slots, d_inner, conv_width - 1) conv_state_dtype and (slots, d_inner, dstate)
+ *     state_dtype (float32 or dtype), contiguous past the slot stride (elements)
+ *   sync        16 bytes of device memory: word 0 the barrier count (zeroed by the launcher), word 1 set to 1
+ *               when a barrier gave up waiting (2 s; the outputs are then garbage; never cleared here)
+ *   trace       NULL, or (blocks, 8 n_layer + 3) int64 of %globaltimer ns, for measurements: per block and layer
+ *               the ends of norm, in_proj, barrier 1, x_proj, barrier 2, step, barrier 3, out_proj; then the
+ *               consumers' start, the producer's total wait for free slots, the producer's last copy issued
+ * d_model <= 4,096; d_model and d_inner multiples of 8 with rows of at most 16 KB (d_inner <= 8,192 in fp16 /
+ * bf16, 4,096 in fp32); dstate <= 16; dt_rank <= 1,024; conv_width 2..8. */
+typedef struct md_mamba1_layer {
+  const void* norm_w;   /* (d_model,) */
+  const void* in_w;     /* (2 d_inner, d_model) contiguous */
+  const void* in_b;     /* (2 d_inner,) or NULL */
+  const void* conv_w;   /* (d_inner, conv_width) contiguous */
+  const void* conv_b;   /* (d_inner,) */
+  void* conv_state;
+  const void* x_w;      /* (dt_rank + 2 dstate, d_inner) contiguous */
+  const void* wdt;      /* (d_inner, 8 ceil(dt_rank / 8)): dt_proj.weight zero padded (md_mamba1_step_params) */
+  const float* dt_bias; /* (d_inner,) float32, as A (d_inner, dstate) and D (d_inner,) */
+  const float* A;
+  const float* D;
+  void* ssm_state;
+  const void* out_w;    /* (d_model, d_inner) contiguous */
+  const void* out_b;    /* (d_model,) or NULL */
+} md_mamba1_layer;
+
+typedef struct md_mamba1_decode_params {
+  int64_t n_layer, d_model, d_inner, dt_rank, dstate, conv_width;
+  int64_t dtype, state_dtype, conv_state_dtype;
+  double norm_eps;
+  const md_mamba1_layer* layers;
+  int64_t conv_state_slot_stride, ssm_state_slot_stride;
+  const int64_t* state_rows;
+  void* hidden;
+  void* residual;
+  void* xz;
+  void* xdbl;
+  void* y;
+  void* sync;
+  int64_t* trace;
+} md_mamba1_decode_params;
+
 cudaError_t md_launch_gemv(const md_gemv_params* p, cudaStream_t stream);
 cudaError_t md_launch_mamba1_step(const md_mamba1_step_params* p, cudaStream_t stream);
 cudaError_t md_launch_mamba2_step(const md_mamba2_step_params* p, cudaStream_t stream);
 cudaError_t md_launch_row_norm(const md_row_norm_params* p, cudaStream_t stream);
 cudaError_t md_launch_attention_decode(const md_attention_decode_params* p, cudaStream_t stream);
+cudaError_t md_launch_mamba1_decode(const md_mamba1_decode_params* p, cudaStream_t stream);
 
 #ifdef __cplusplus
 } /* extern "C" */

@@ -27,7 +27,7 @@
 extern "C" {
 #endif
 
-#define MD_KERNELS_VERSION 12 /* 2: the prefill scans take a workspace; 3: GEMV / decode entry points;
+#define MD_KERNELS_VERSION 13 /* 2: the prefill scans take a workspace; 3: GEMV / decode entry points;
                                4: Philox uniforms (sampling.h) and state_rows (decode over state slots);
                                5: mamba1_step takes a precomputed dt (large batches);
                                6: programmatic dependent launch of the decode kernels;
@@ -36,7 +36,8 @@ extern "C" {
                                9: md_gemv_params.algo, the tensor-core GEMV for batch <= 64;
                                10: the GEMV's norm prologue (md_gemv_params.norm_*);
                                11: md_ssm_scan_split_lanes (the Mamba1 scan with states split over lanes);
-                               12: the GEMV's staged form (algo MD_GEMV_ALGO_STAGED) */
+                               12: the GEMV's staged form (algo MD_GEMV_ALGO_STAGED);
+                               13: the persistent Mamba1 decode (md_launch_mamba1_decode, gemv.h) */
 #define MD_MAX_CONV_WIDTH 8 /* causal conv width (d_conv) supported: 1..8 */
 #define MD_MAX_DSTATE 256   /* SSM state size supported: 1..256 */
 #define MD_MAX_NORM_HIDDEN 16384 /* norm row / group length supported */

@@ -60,11 +60,12 @@ def test_the_package_names_only_bound_symbols():
 
 def test_params_kinds_and_layouts_match_the_c_structs():
     kinds = dict(re.findall(r"case (\d+): return sizeof\((md_\w+)\);", CAPI.read_text()))
-    assert {int(k): v for k, v in kinds.items()} == {kind: f"md_{name}_params"
-                                                     for name, (kind, _) in _lib.PARAMS.items()}
+    c_names = {**{name: f"md_{name}_params" for name in _lib.PARAMS}, **{name: f"md_{name}" for name in _lib.RECORDS}}
+    structs = {**_lib.PARAMS, **_lib.RECORDS}
+    assert {int(k): v for k, v in kinds.items()} == {kind: c_names[name] for name, (kind, _) in structs.items()}
     headers = "".join((KERNELS / h).read_text() for h in ("mamba_kernels.h", "gemv.h", "sampling.h"))
-    for name, (_, struct) in _lib.PARAMS.items():
-        assert [(f, t) for f, t in struct._fields_] == c_struct_fields(headers, f"md_{name}_params"), name
+    for name, (_, struct) in structs.items():
+        assert [(f, t) for f, t in struct._fields_] == c_struct_fields(headers, c_names[name]), name
 
 
 def test_abi_version_is_the_kernels_version():
@@ -105,6 +106,15 @@ def test_built_library_exports_exactly_the_bound_symbols():
     assert exported == set(_lib.SIGNATURES)
 
 
+# Shapes the persistent decode takes, with (unread) 16-byte aligned pointers: one field changed is the error.
+_DECODE_SHAPES = dict(n_layer=2, d_model=256, d_inner=512, dt_rank=16, dstate=16, conv_width=4, dtype=1, state_dtype=0,
+                      conv_state_dtype=1, layers=16, hidden=16, residual=16, xz=16, xdbl=16, y=16, sync=16)
+
+
+def _decode_params(**changes) -> _lib.Mamba1DecodeParams:
+    return _lib.Mamba1DecodeParams(**{**_DECODE_SHAPES, **changes})
+
+
 @needs_built_library
 @pytest.mark.parametrize("symbol,params,why", [
     ("md_gemv_fwd", _lib.GemvParams(batch=65), "md_gemv_fwd: gemv: batch must be in 0..64"),
@@ -115,6 +125,13 @@ def test_built_library_exports_exactly_the_bound_symbols():
     ("md_add_norm_fwd", _lib.AddNormParams(rows=1, hidden=0), "md_add_norm_fwd: add_norm: hidden must be"),
     ("md_philox_uniform_fwd", _lib.PhiloxParams(n=-1), "md_philox_uniform_fwd: philox_uniform: n must be"),
     ("md_philox_uniform_fwd", _lib.PhiloxParams(n=3), "md_philox_uniform_fwd: philox_uniform: missing pointer"),
+    ("md_mamba1_decode_fwd", _lib.Mamba1DecodeParams(n_layer=1), "md_mamba1_decode_fwd: mamba1_decode: missing pointer"),
+    ("md_mamba1_decode_fwd", _decode_params(d_model=100),
+     "md_mamba1_decode_fwd: mamba1_decode: d_model must be a multiple of 8"),
+    ("md_mamba1_decode_fwd", _decode_params(dstate=17),
+     "md_mamba1_decode_fwd: mamba1_decode: dstate must be 1..16"),
+    ("md_mamba1_decode_fwd", _decode_params(state_dtype=2),
+     "md_mamba1_decode_fwd: mamba1_decode: bad dtype"),
 ])
 def test_bad_params_are_reported_through_the_one_error_path(symbol, params, why):
     """The launchers check params on the host before any CUDA call: this runs without a GPU (the library
