@@ -237,14 +237,14 @@ def bench(path=None, backend: str = "native", batches: Sequence[int] = (1, 16, 6
           gen_len: int = 200, prefill_len: int = 2048, random_init: Optional[str] = None, dtype: str = "float16",
           state_dtype: str = "float32", profile: bool = False, print_fn: Callable[[str], None] = print,
           generate: bool = False, prefill_graph_tokens: Optional[int] = None,
-          tc_max_batch: Optional[int] = None) -> list[dict]:
+          tc_max_batch: Optional[int] = None, persistent_decode: bool = False) -> list[dict]:
     """Benchmark one model (a folder, or `random_init`: a preset name) on the native engine; returns rows
     {batch, decode_ms, tok_s, gbps, floor_ms, prefill_ms, peak_gb, mamba_ssm_ms} and prints a table.
     generate: also Engine.generate end to end (T=0.7, top-p 0.9) per batch: rows get generate_tok_s.
     prefill_graph_tokens: the engine's option (short prefill chunks as graph replays; 0: eager; None: the
     engine's default).
     tc_max_batch: the engine's option (decode projections on our tensor-core kernels up to this batch; None:
-    the engine's default)."""
+    the engine's default). persistent_decode: the engine's option (batch 1 as one launch for all layers)."""
     from .export.artifact import DTYPES
     from .native import load_engine, random_engine
     from .native.hybrid import kv_bytes
@@ -255,7 +255,8 @@ def bench(path=None, backend: str = "native", batches: Sequence[int] = (1, 16, 6
         raise ValueError("give either a folder or random_init")
     torch.cuda.reset_peak_memory_stats()
     # a hybrid's KV caches hold the prefill bench's prompt and every timed decode step (bench_decode)
-    chosen = dict(prefill_graph_tokens=prefill_graph_tokens, tc_max_batch=tc_max_batch)  # None: the engine's
+    chosen = dict(prefill_graph_tokens=prefill_graph_tokens, tc_max_batch=tc_max_batch,  # None: the engine's
+                  persistent_decode=persistent_decode or None)
     kw = dict(max_batch=max(batches), chunk_len=max(2048, min(prefill_len, 8192)),
               **{name: value for name, value in chosen.items() if value is not None},
               max_seq_len=max(prefill_len, prompt_len + DECODE_WARMUP + (DECODE_REPEATS + 1) * gen_len))
@@ -347,12 +348,15 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
                          "engine's)")
     ap.add_argument("--tc-max-batch", type=int, default=None,
                     help="decode projections on our tensor-core kernels up to this batch (default: the engine's)")
+    ap.add_argument("--persistent-decode", action="store_true",
+                    help="batch-1 decode steps as one launch for all layers (Mamba1; the engine's option)")
     a = ap.parse_args(argv)
     if a.gemv_sweep:
         sweep_gemv()
         return
     bench(a.path, "native", a.batches, a.prompt_len, a.gen_len, a.prefill_len, a.random_init, a.dtype, a.state_dtype,
-          a.profile, generate=a.generate, prefill_graph_tokens=a.prefill_graph_tokens, tc_max_batch=a.tc_max_batch)
+          a.profile, generate=a.generate, prefill_graph_tokens=a.prefill_graph_tokens, tc_max_batch=a.tc_max_batch,
+          persistent_decode=a.persistent_decode)
 
 
 if __name__ == "__main__":

@@ -27,6 +27,9 @@ skinny form, gemv_skinny.cu, beats cuBLAS's split-K GEMM and its reduce kernel);
 gemv_max_batch (2: measured crossover against cuBLAS on H100) they are cuBLAS GEMMs (torch.mm into the same
 buffers) and the conv update is the library's kernel.
 
+At batch 1 an engine built with persistent_decode (Mamba1) runs the whole layer loop as one cooperative launch
+(persistent.py) instead; the embedding, the final norm, the LM head and the argmax stay as here.
+
 Every function takes the engine (`eng`: its buffers, weights and placement settings) and launches into its
 buffers; none allocates but the gated MLP's temporaries (from the graph's pool).
 """
@@ -59,6 +62,20 @@ def step(eng, b: int, greedy: bool = True) -> None:
     c = eng.config
     rows = eng.slot_ids[:b]  # the state rows (slots) of the b batch rows
     torch.index_select(eng.emb, 0, eng.ids[:b], out=eng.hidden[:b])
+    if b == 1 and eng.persistent is not None:
+        eng.persistent.layers(eng)  # every layer in one launch (native/persistent.py)
+    else:
+        layers(eng, b, rows)
+    if c.attn_layer_idx:
+        Hy.advance_length(eng.static, eng.hybrid, rows)
+    normed_proj(eng, b, "head", *eng.norm_f, False, eng.head, None, eng.logits[:b])
+    if greedy:
+        torch.argmax(eng.logits[:b, :c.vocab_size], dim=-1, out=eng.ids[:b])
+
+
+def layers(eng, b: int, rows: torch.Tensor) -> None:
+    """hidden[:b] (the embeddings) through every layer, a few launches a layer; rows: the batch rows' state slots."""
+    c = eng.config
     proj_of_eng = partial(proj, eng)  # hybrid.Proj
     for i, L in enumerate(eng.layers):
         if L.kind == "attention":
@@ -74,11 +91,6 @@ def step(eng, b: int, greedy: bool = True) -> None:
             (mamba2_mixer if c.arch == MAMBA2 else mamba1_mixer)(eng, b, L, eng.static.ssm[L.index], rows)
         if c.d_intermediate:
             mlp_step(eng, b, L)
-    if c.attn_layer_idx:
-        Hy.advance_length(eng.static, eng.hybrid, rows)
-    normed_proj(eng, b, "head", *eng.norm_f, False, eng.head, None, eng.logits[:b])
-    if greedy:
-        torch.argmax(eng.logits[:b, :c.vocab_size], dim=-1, out=eng.ids[:b])
 
 
 def add_norm(eng, b: int, weight, bias, first: bool) -> None:

@@ -14,6 +14,8 @@ the previous one drains, its weights already on the way to L2. States are update
 buffer. Every kernel that touches the recurrent state takes the
 state rows of its batch rows from the index buffer `slot_ids` (state_rows in plugins/kernels), so one
 graph per batch size serves any set of slots: decode_slots writes the slot ids there and replays.
+With persistent_decode (Mamba1 models, compute capability 9.0+; off by default) the batch-1 graph holds one
+cooperative launch for all layers instead (persistent.py).
 Prefill is eager, except chunks of at most prefill_graph_tokens (2,048) tokens and prefill_graph_batch (16) rows,
 4,096 tokens in all (prefill_graphs.MAX_GRAPH_TOKENS), into consecutive slots of the pool: those replay captured
 power-of-two pieces instead (at most three), or, for fresh prompts (`lengths`: left padding), one padded graph
@@ -33,6 +35,7 @@ from ..models.lm import check_room
 from ..models.state import InferenceState
 from ..ops import _lib
 from . import decode as D, gemv as G, hybrid as Hy, prefill as P
+from .persistent import PersistentDecode
 from .prefill_graphs import PrefillGraphs
 from .weights import device_weights
 
@@ -44,7 +47,7 @@ class NativeEngine:
                  programmatic_launch: bool = True, max_seq_len: Optional[int] = None, tc_max_batch: int = 16,
                  prefill_graph_tokens: int = 2048, prefill_graph_batch: int = 16,
                  norm_in_gemv: tuple[str, ...] = (), staged_gemv: tuple[str, ...] = ("out_proj",),
-                 staged_max_batch: Optional[int] = None):
+                 staged_max_batch: Optional[int] = None, persistent_decode: bool = False):
         for option, names, allowed in (("norm_in_gemv", norm_in_gemv, D.NORMED_PROJECTIONS),
                                        ("staged_gemv", staged_gemv, D.STAGED_PROJECTIONS)):
             if not set(names) <= allowed:
@@ -126,6 +129,14 @@ class NativeEngine:
         # launches (H200, mamba-1.4b batch 1 in Engine.generate: 12-55 ms eager against 7 ms as one padded replay;
         # docs/performance.md, session 13), and so was a 2,048-token one (26.0 ms wall, 17.9 ms of kernels)
         self.prefill_graphs = PrefillGraphs(self, prefill_graph_tokens, prefill_graph_batch)
+        # batch-1 decode steps as one cooperative launch for all layers (native/persistent.py; Mamba1 only). Off by
+        # default until measured on a GPU (written in a session without one)
+        self.persistent = None
+        if persistent_decode:
+            try:
+                self.persistent = PersistentDecode(self)
+            except ValueError as e:
+                raise ParameterError("persistent_decode", f"cannot be used: {e}") from None
 
     # ---- weights ------------------------------------------------------------------------------
     def _load(self, weights: dict[str, torch.Tensor]) -> None:

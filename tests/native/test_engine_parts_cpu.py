@@ -276,3 +276,29 @@ def test_projection_placements_reject_unknown_projections(option, names):
     cfg = parse_config({"d_model": 64, "n_layer": 1, "vocab_size": 50})
     with pytest.raises(ParameterError, match=f"{option} must name projections of"):
         NativeEngine(cfg, {}, device="cpu", **{option: names})
+
+
+@pytest.mark.parametrize("preset,dtype,why", [
+    ("mamba-1.4b", torch.float16, None), ("mamba-2.8b", torch.bfloat16, None), ("mamba-130m", torch.float32, None),
+    ("mamba-2.8b", torch.float32, "d_inner 5120"), ("mamba2-1.3b", torch.float16, "Mamba2 models")])
+def test_persistent_decode_names_what_it_cannot_run(preset, dtype, why):
+    """native.persistent.unsupported: None for the Mamba1 presets it runs, else the first reason."""
+    from mamba_deploy.native.persistent import unsupported
+    from mamba_deploy.random_init import preset_config
+
+    got = unsupported(parse_config(preset_config(preset)), dtype)
+    assert got == why if why is None else got.startswith(why)
+
+
+def test_persistent_decode_refuses_falcon_hybrids_and_layer_norm():
+    from mamba_deploy.native.persistent import unsupported
+
+    base = {"d_model": 256, "n_layer": 2, "vocab_size": 100, "ssm_cfg": {"d_state": 16}}
+    cases = {"Falcon-Mamba": {"model_type": "falcon_mamba", "hidden_size": 256, "num_hidden_layers": 2,
+                              "vocab_size": 100, "mixer_rms_eps": 1e-6},
+             "hybrid": {**base, "attn_layer_idx": [1], "attn_cfg": {"num_heads": 4, "causal": True}},
+             "LayerNorm": {**base, "rms_norm": False}, "a gated MLP": {**base, "d_intermediate": 64},
+             "a residual": {**base, "residual_in_fp32": False}, "d_model 4104": {**base, "d_model": 4104}}
+    for words, raw in cases.items():
+        why = unsupported(parse_config(raw), torch.float16)
+        assert why is not None and words.lower() in why.lower(), (words, why)
