@@ -117,6 +117,21 @@ class Mamba1Layer(ctypes.Structure):
     _fields_ = _fields("p: " + " ".join(MAMBA1_LAYER_FIELDS))
 
 
+# md_mamba2_layer: the same for Mamba2.
+MAMBA2_LAYER_FIELDS = "norm_w in_w in_b conv_w conv_b conv_state dt_bias A D ssm_state gnorm_w out_w out_b".split()
+
+
+class Mamba2Layer(ctypes.Structure):
+    _fields_ = _fields("p: " + " ".join(MAMBA2_LAYER_FIELDS))
+
+
+class Mamba2DecodeParams(ctypes.Structure):
+    _fields_ = _fields(
+        "i: n_layer d_model d_inner nheads headdim dstate ngroups norm_group conv_width dtype state_dtype "
+        "conv_state_dtype; d: norm_eps dt_min dt_max; p: layers; i: conv_state_slot_stride ssm_state_slot_stride;"
+        "p: state_rows hidden residual xz y sync trace")
+
+
 class Mamba1DecodeParams(ctypes.Structure):
     _fields_ = _fields(
         "i: n_layer d_model d_inner dt_rank dstate conv_width dtype state_dtype conv_state_dtype; d: norm_eps;"
@@ -140,9 +155,9 @@ PARAMS = {"causal_conv1d": (0, CausalConv1dParams), "ssm": (1, SsmParams),
           "gemv": (4, GemvParams), "mamba1_step": (5, Mamba1StepParams),
           "mamba2_step": (6, Mamba2StepParams), "row_norm": (7, RowNormParams), "philox": (8, PhiloxParams),
           "attention_decode": (9, AttentionDecodeParams), "sample": (10, SampleParams),
-          "mamba1_decode": (11, Mamba1DecodeParams)}
+          "mamba1_decode": (11, Mamba1DecodeParams), "mamba2_decode": (13, Mamba2DecodeParams)}
 # name -> (kind of md_params_size, structure) of the records a params struct points to (C: md_<name>)
-RECORDS = {"mamba1_layer": (12, Mamba1Layer)}
+RECORDS = {"mamba1_layer": (12, Mamba1Layer), "mamba2_layer": (14, Mamba2Layer)}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -167,10 +182,12 @@ MAMBA2_STEP = Kernel("md_mamba2_step_fwd", Mamba2StepParams)
 ROW_NORM = Kernel("md_row_norm_fwd", RowNormParams)
 ATTENTION_DECODE = Kernel("md_attention_decode_fwd", AttentionDecodeParams)
 MAMBA1_DECODE = Kernel("md_mamba1_decode_fwd", Mamba1DecodeParams)  # native/persistent.py
+MAMBA2_DECODE = Kernel("md_mamba2_decode_fwd", Mamba2DecodeParams)
 PHILOX_UNIFORM = Kernel("md_philox_uniform_fwd", PhiloxParams)  # the sampler's uniforms (runtime/sampler.py)
 SAMPLE = Kernel("md_sample_fwd", SampleParams)  # the whole sampler on the GPU (runtime/sampler.py)
 KERNELS: dict[str, Kernel] = {k.symbol: k for k in (ADD_NORM, GATED_RMS_NORM, GEMV, MAMBA1_STEP, MAMBA2_STEP, ROW_NORM,
-                                                    ATTENTION_DECODE, MAMBA1_DECODE, PHILOX_UNIFORM, SAMPLE)}
+                                                    ATTENTION_DECODE, MAMBA1_DECODE, MAMBA2_DECODE, PHILOX_UNIFORM,
+                                                    SAMPLE)}
 _OP_KERNELS: dict[str, Kernel] = {}
 
 # Every entry point of the C ABI: name -> (restype, argtypes); kernels are added as they are declared.

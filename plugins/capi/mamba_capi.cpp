@@ -47,7 +47,7 @@ MD_API int md_set_programmatic_launch(int64_t enable) {
 
 // sizeof the params struct of `kind`: 0 causal conv1d, 1 ssm, 2 add_norm, 3 gated_rms_norm, 4 gemv,
 // 5 mamba1 step, 6 mamba2 step, 7 row norm, 8 philox, 9 attention decode, 10 sample, 11 mamba1 decode,
-// 12 mamba1 decode's layer record; -1 unknown.
+// 12 mamba1 decode's layer record, 13 mamba2 decode, 14 mamba2 decode's layer record; -1 unknown.
 MD_API int64_t md_params_size(int64_t kind) {
   switch (kind) {
     case 0: return sizeof(md_causal_conv1d_params);
@@ -63,6 +63,8 @@ MD_API int64_t md_params_size(int64_t kind) {
     case 10: return sizeof(md_sample_params);
     case 11: return sizeof(md_mamba1_decode_params);
     case 12: return sizeof(md_mamba1_layer);
+    case 13: return sizeof(md_mamba2_decode_params);
+    case 14: return sizeof(md_mamba2_layer);
     default: return -1;
   }
 }
@@ -133,6 +135,10 @@ MD_API int md_attention_decode_fwd(const md_attention_decode_params* p, void* st
 
 MD_API int md_mamba1_decode_fwd(const md_mamba1_decode_params* p, void* stream) {
   return finish(md_launch_mamba1_decode(p, static_cast<cudaStream_t>(stream)), "md_mamba1_decode_fwd");
+}
+
+MD_API int md_mamba2_decode_fwd(const md_mamba2_decode_params* p, void* stream) {
+  return finish(md_launch_mamba2_decode(p, static_cast<cudaStream_t>(stream)), "md_mamba2_decode_fwd");
 }
 
 // ---- the sampler's uniforms (sampling.h) ---------------------------------------------------------

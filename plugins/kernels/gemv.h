@@ -196,9 +196,9 @@ typedef struct md_attention_decode_params {
   const int64_t* state_rows; /* NULL or (batch,): state rows (mamba_kernels.h) of key, value and length */
 } md_attention_decode_params;
 
-/* The persistent batch-1 decode of a Mamba1 model's layer stack (decode_persistent.cu): every layer of one
- * token (add + RMS norm, in_proj + causal conv update, x_proj, dt_proj + softplus + state update + D + gate,
- * out_proj) in ONE cooperative launch of one block a multiprocessor. A producer warp a block streams the
+/* The persistent batch-1 decode of a Mamba1 model's layer stack (decode_mamba1.cu, decode_persistent.cuh): every
+ * layer of one token (add + RMS norm, in_proj + causal conv update, x_proj, dt_proj + softplus + state update + D +
+ * gate, out_proj) in ONE cooperative launch of one block a multiprocessor. A producer warp a block streams the
  * block's rows of every weight matrix, layer after layer, into a ring of shared memory by bulk copies, while
  * the block's 8 consumer warps compute; the blocks meet at 4 grid barriers a layer (a counter in `sync`).
  * The arithmetic of each phase is that of the separate kernels: the norm is row_norm_kernel's (bit for bit
@@ -251,12 +251,51 @@ typedef struct md_mamba1_decode_params {
   int64_t* trace;
 } md_mamba1_decode_params;
 
+/* The persistent batch-1 decode of a Mamba2 model's layer stack (decode_mamba2.cu; as md_launch_mamba1_decode, whose
+ * notes on layers, hidden, residual, state pools, sync and trace hold here): add + RMS norm, in_proj + causal conv
+ * update of xBC, the state update (mamba2_step_kernel's), the gated RMS norm (every block for itself), out_proj;
+ * three grid barriers a layer. in_proj's output xz (2 d_inner + 2 ngroups dstate + nheads,) is [z | x B C | dt];
+ * y (d_inner,): the step's output. norm_group: the gated norm's group (d_inner, or 256, 512, 1,024 or 2,048).
+ * dstate 32, 64 or 128; nheads * headdim == d_inner; at most 48 rows (head, p) of the state a multiprocessor. */
+typedef struct md_mamba2_layer {
+  const void* norm_w;   /* (d_model,) */
+  const void* in_w;     /* (2 d_inner + 2 ngroups dstate + nheads, d_model) contiguous */
+  const void* in_b;     /* or NULL */
+  const void* conv_w;   /* (d_inner + 2 ngroups dstate, conv_width) contiguous */
+  const void* conv_b;
+  void* conv_state;
+  const float* dt_bias; /* (nheads,) float32, as A and D */
+  const float* A;
+  const float* D;
+  void* ssm_state;      /* pool (slots, nheads, headdim, dstate) */
+  const void* gnorm_w;  /* (d_inner,) the gated norm's weight */
+  const void* out_w;    /* (d_model, d_inner) contiguous */
+  const void* out_b;    /* (d_model,) or NULL */
+} md_mamba2_layer;
+
+typedef struct md_mamba2_decode_params {
+  int64_t n_layer, d_model, d_inner, nheads, headdim, dstate, ngroups, norm_group, conv_width;
+  int64_t dtype, state_dtype, conv_state_dtype;
+  double norm_eps, dt_min, dt_max;
+  const md_mamba2_layer* layers;
+  int64_t conv_state_slot_stride, ssm_state_slot_stride;
+  const int64_t* state_rows;
+  void* hidden;
+  void* residual;
+  void* xz;
+  void* y;
+  void* sync;
+  int64_t* trace; /* NULL, or as md_mamba1_decode_params.trace with stamps 0-7: the ends of norm, in_proj, barrier 1,
+                     the step, barrier 2, the gated norm, out_proj, barrier 3 */
+} md_mamba2_decode_params;
+
 cudaError_t md_launch_gemv(const md_gemv_params* p, cudaStream_t stream);
 cudaError_t md_launch_mamba1_step(const md_mamba1_step_params* p, cudaStream_t stream);
 cudaError_t md_launch_mamba2_step(const md_mamba2_step_params* p, cudaStream_t stream);
 cudaError_t md_launch_row_norm(const md_row_norm_params* p, cudaStream_t stream);
 cudaError_t md_launch_attention_decode(const md_attention_decode_params* p, cudaStream_t stream);
 cudaError_t md_launch_mamba1_decode(const md_mamba1_decode_params* p, cudaStream_t stream);
+cudaError_t md_launch_mamba2_decode(const md_mamba2_decode_params* p, cudaStream_t stream);
 
 #ifdef __cplusplus
 } /* extern "C" */

@@ -37,7 +37,7 @@ extern "C" {
                                10: the GEMV's norm prologue (md_gemv_params.norm_*);
                                11: md_ssm_scan_split_lanes (the Mamba1 scan with states split over lanes);
                                12: the GEMV's staged form (algo MD_GEMV_ALGO_STAGED);
-                               13: the persistent Mamba1 decode (md_launch_mamba1_decode, gemv.h) */
+                               13: the persistent decodes (md_launch_mamba1_decode, md_launch_mamba2_decode, gemv.h) */
 #define MD_MAX_CONV_WIDTH 8 /* causal conv width (d_conv) supported: 1..8 */
 #define MD_MAX_DSTATE 256   /* SSM state size supported: 1..256 */
 #define MD_MAX_NORM_HIDDEN 16384 /* norm row / group length supported */
