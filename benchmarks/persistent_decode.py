@@ -1,8 +1,8 @@
-"""Batch-1 decode of Mamba1 models: the persistent decode (NativeEngine(persistent_decode=True): every layer in one
-cooperative launch) against the engine's launch-per-kernel step, in one process on the same weights, and where
-the persistent kernel's time goes (its %globaltimer stamps: gemv.h, md_mamba1_decode_params.trace).
+"""Batch-1 decode: the persistent decode (NativeEngine(persistent_decode=True): every layer in one cooperative launch)
+against the engine's launch-per-kernel step, in one process on the same weights, and where the persistent kernel's
+time goes (its %globaltimer stamps: gemv.h, md_mamba1_decode_params.trace, md_mamba2_decode_params.trace).
 
-    python3 benchmarks/persistent_decode.py mamba-1.4b mamba-2.8b --rounds 2
+    python3 benchmarks/persistent_decode.py mamba-1.4b mamba-2.8b mamba2-1.3b mamba2-2.7b --rounds 2
 
 Per model: ms per greedy graph step (bench_decode: prompt 32, 100 steps) per round, each variant with its batch-1
 graph captured afresh, GB/s of the weights and state a step reads and writes; then one eagerly launched traced
@@ -18,7 +18,9 @@ import torch
 from mamba_deploy.bench import bench_decode
 from mamba_deploy.native import decode, random_engine
 
-PHASES = ["barrier 4 + norm", "in_proj", "barrier 1", "x_proj", "barrier 2", "step", "barrier 3", "out_proj"]
+PHASES = {"mamba1": ["barrier 4 + norm", "in_proj", "barrier 1", "x_proj", "barrier 2", "step", "barrier 3",
+                     "out_proj"],
+          "mamba2": ["norm", "in_proj", "barrier 1", "step", "barrier 2", "gated norm", "out_proj", "barrier 3"]}
 
 
 def timed(eng, persistent, rounds: int) -> list[float]:
@@ -49,7 +51,7 @@ def traced_spans(eng) -> tuple[list[float], float, float]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("models", nargs="+", help="Mamba1 presets of random_init.PRESETS")
+    ap.add_argument("models", nargs="+", help="Mamba1 / Mamba2 presets of random_init.PRESETS")
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--dtype", default="float16", choices=["float16", "bfloat16"])
     a = ap.parse_args()
@@ -68,7 +70,7 @@ def main() -> None:
         spans, total, waited = traced_spans(eng)
         print(f"traced eager step: kernel {total:.1f} us ({moved / total / 1e3:,.0f} GB/s), producer waited "
               f"{waited:.1f} us for free slots; per layer (median us of the slowest block):")
-        print(" | ".join(f"{p} {us:.2f}" for p, us in zip(PHASES, spans)))
+        print(" | ".join(f"{p} {us:.2f}" for p, us in zip(PHASES[eng.config.arch], spans)))
         if persistent.failed():
             raise SystemExit(f"{name}: a grid barrier of the persistent decode gave up waiting (outputs garbage)")
         del eng, persistent

@@ -349,7 +349,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     ap.add_argument("--tc-max-batch", type=int, default=None,
                     help="decode projections on our tensor-core kernels up to this batch (default: the engine's)")
     ap.add_argument("--persistent-decode", action="store_true",
-                    help="batch-1 decode steps as one launch for all layers (Mamba1; the engine's option)")
+                    help="batch-1 decode steps as one launch for all layers (the engine's option)")
     a = ap.parse_args(argv)
     if a.gemv_sweep:
         sweep_gemv()

@@ -27,7 +27,7 @@ skinny form, gemv_skinny.cu, beats cuBLAS's split-K GEMM and its reduce kernel);
 gemv_max_batch (2: measured crossover against cuBLAS on H100) they are cuBLAS GEMMs (torch.mm into the same
 buffers) and the conv update is the library's kernel.
 
-At batch 1 an engine built with persistent_decode (Mamba1) runs the whole layer loop as one cooperative launch
+At batch 1 an engine built with persistent_decode runs the whole layer loop as one cooperative launch
 (persistent.py) instead; the embedding, the final norm, the LM head and the argmax stay as here.
 
 Every function takes the engine (`eng`: its buffers, weights and placement settings) and launches into its

@@ -14,8 +14,8 @@ the previous one drains, its weights already on the way to L2. States are update
 buffer. Every kernel that touches the recurrent state takes the
 state rows of its batch rows from the index buffer `slot_ids` (state_rows in plugins/kernels), so one
 graph per batch size serves any set of slots: decode_slots writes the slot ids there and replays.
-With persistent_decode (Mamba1 models, compute capability 9.0+; off by default) the batch-1 graph holds one
-cooperative launch for all layers instead (persistent.py).
+With persistent_decode (Mamba1 and Mamba2 models, compute capability 9.0+; off by default) the batch-1 graph holds
+one cooperative launch for all layers instead (persistent.py).
 Prefill is eager, except chunks of at most prefill_graph_tokens (2,048) tokens and prefill_graph_batch (16) rows,
 4,096 tokens in all (prefill_graphs.MAX_GRAPH_TOKENS), into consecutive slots of the pool: those replay captured
 power-of-two pieces instead (at most three), or, for fresh prompts (`lengths`: left padding), one padded graph
@@ -129,8 +129,8 @@ class NativeEngine:
         # launches (H200, mamba-1.4b batch 1 in Engine.generate: 12-55 ms eager against 7 ms as one padded replay;
         # docs/performance.md, session 13), and so was a 2,048-token one (26.0 ms wall, 17.9 ms of kernels)
         self.prefill_graphs = PrefillGraphs(self, prefill_graph_tokens, prefill_graph_batch)
-        # batch-1 decode steps as one cooperative launch for all layers (native/persistent.py; Mamba1 only). Off by
-        # default until measured on a GPU (written in a session without one)
+        # batch-1 decode steps as one cooperative launch for all layers (native/persistent.py). Off by default until
+        # measured on a GPU (written in sessions without one)
         self.persistent = None
         if persistent_decode:
             try:

@@ -280,9 +280,10 @@ def test_projection_placements_reject_unknown_projections(option, names):
 
 @pytest.mark.parametrize("preset,dtype,why", [
     ("mamba-1.4b", torch.float16, None), ("mamba-2.8b", torch.bfloat16, None), ("mamba-130m", torch.float32, None),
-    ("mamba-2.8b", torch.float32, "d_inner 5120"), ("mamba2-1.3b", torch.float16, "Mamba2 models")])
+    ("mamba-2.8b", torch.float32, "d_inner 5120"), ("mamba2-1.3b", torch.float16, None),
+    ("mamba2-2.7b", torch.bfloat16, None)])
 def test_persistent_decode_names_what_it_cannot_run(preset, dtype, why):
-    """native.persistent.unsupported: None for the Mamba1 presets it runs, else the first reason."""
+    """native.persistent.unsupported: None for the presets it runs, else the first reason."""
     from mamba_deploy.native.persistent import unsupported
     from mamba_deploy.random_init import preset_config
 
@@ -290,7 +291,7 @@ def test_persistent_decode_names_what_it_cannot_run(preset, dtype, why):
     assert got == why if why is None else got.startswith(why)
 
 
-def test_persistent_decode_refuses_falcon_hybrids_and_layer_norm():
+def test_persistent_decode_refuses_what_it_does_not_run():
     from mamba_deploy.native.persistent import unsupported
 
     base = {"d_model": 256, "n_layer": 2, "vocab_size": 100, "ssm_cfg": {"d_state": 16}}
@@ -298,7 +299,10 @@ def test_persistent_decode_refuses_falcon_hybrids_and_layer_norm():
                               "vocab_size": 100, "mixer_rms_eps": 1e-6},
              "hybrid": {**base, "attn_layer_idx": [1], "attn_cfg": {"num_heads": 4, "causal": True}},
              "LayerNorm": {**base, "rms_norm": False}, "a gated MLP": {**base, "d_intermediate": 64},
-             "a residual": {**base, "residual_in_fp32": False}, "d_model 4104": {**base, "d_model": 4104}}
+             "a residual": {**base, "residual_in_fp32": False}, "d_model 4104": {**base, "d_model": 4104},
+             "gated-norm groups of 64": {**base, "ssm_cfg": {"layer": "Mamba2", "d_state": 32, "ngroups": 8}},
+             "Mamba2's MLP part": {**base, "ssm_cfg": {"layer": "Mamba2", "d_state": 32, "d_ssm": 256}},
+             "d_state 16": {**base, "ssm_cfg": {"layer": "Mamba2", "d_state": 16}}}
     for words, raw in cases.items():
         why = unsupported(parse_config(raw), torch.float16)
         assert why is not None and words.lower() in why.lower(), (words, why)
