@@ -1,5 +1,6 @@
 // decode_mamba2.cu -- md_launch_mamba2_decode (gemv.h): a Mamba2 model's layers for one token at batch 1 in one
-// cooperative launch (decode_persistent.cuh: the ring, the producer, the shared consumer steps and barriers).
+// cooperative launch (decode_persistent.cuh: the ring, the producer, the shared consumer steps and barriers;
+// decode_launch.cuh: the checks and the launch).
 //
 // The streamed matrices of a block, in order: its rows of in_proj, its rows of out_proj. A layer's phases, each
 // but the last layer's out_proj ended by a grid barrier:
@@ -12,6 +13,7 @@
 #include <cstdint>
 
 #include "common.cuh"
+#include "decode_launch.cuh"
 #include "decode_persistent.cuh"
 #include "gemv.h"
 
