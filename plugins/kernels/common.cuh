@@ -118,16 +118,37 @@ template <int WIDTH> __device__ __forceinline__ float group_sum(float v) {
   return v;
 }
 
-// Block-wide sum; every thread gets the result. `scratch`: >= 33 floats of shared memory.
-__device__ __forceinline__ float block_sum(float v, float* scratch) {
+// The sum over warps first .. first + nwarps - 1 of the warps' own sums (each warp's lanes added by group_sum
+// first, then the warps' sums by one more); every thread gets the sum of its group. `sync()` is the barrier of the
+// threads that take part; `scratch`: a float a warp of shared memory.
+template <typename Sync>
+__device__ __forceinline__ float warp_group_sum(float v, float* scratch, int first, int nwarps, Sync sync) {
   v = group_sum<32>(v);
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nwarps = (blockDim.x + 31) >> 5;
-  __syncthreads();  // scratch may still be read by a previous call
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  sync();  // scratch may still be read by a previous call
   if (lane == 0) scratch[warp] = v;
-  __syncthreads();
-  float s = lane < nwarps ? scratch[lane] : 0.f;
+  sync();
+  float s = lane < nwarps ? scratch[first + lane] : 0.f;
   s = group_sum<32>(s);
   return s;
+}
+
+// Block-wide sum; every thread gets the result. `scratch`: >= 33 floats of shared memory.
+__device__ __forceinline__ float block_sum(float v, float* scratch) {
+  return warp_group_sum(v, scratch, 0, (blockDim.x + 31) >> 5, [] { __syncthreads(); });
+}
+
+// ---- counts in global memory that one grid's blocks publish to others running at the same time ----------------
+// release_add: by one thread, after a barrier that follows the stores it publishes (the release fence is
+// cumulative over what the barrier ordered before it). acquire_load: what the count's publishers stored before
+// it is visible to the calling thread's later loads (and, after a barrier, its block's).
+__device__ __forceinline__ void release_add(int* count) {
+  asm volatile("fence.acq_rel.gpu;\n\tred.relaxed.gpu.global.add.s32 [%0], 1;" ::"l"(count) : "memory");
+}
+__device__ __forceinline__ int acquire_load(const int* count) {
+  int v;
+  asm volatile("ld.acquire.gpu.global.s32 %0, [%1];" : "=r"(v) : "l"(count) : "memory");
+  return v;
 }
 
 // Runs load(i) for kUnroll indices i = threadIdx.x + u * kBlock before any store(i, v) (kBlock: the block's

@@ -32,7 +32,7 @@ cudaError_t launch(void (*kernel)(P, int), const P& p, int blocks, int slots, si
   err = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kThreads, smem);
   if (err != cudaSuccess) return err;
   MD_CHECK(per_sm >= 1, "persistent decode: a block does not fit on a multiprocessor");
-  err = cudaMemsetAsync(p.sync, 0, sizeof(unsigned), stream);  // the barrier count; not the failure word
+  err = cudaMemsetAsync(p.sync, 0, sizeof(int), stream);  // the barrier count; not the failure word
   if (err != cudaSuccess) return err;
   cudaLaunchConfig_t config{};
   config.gridDim = dim3(static_cast<unsigned>(blocks));

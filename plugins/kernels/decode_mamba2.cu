@@ -130,18 +130,6 @@ struct Consumer : Stack<T, md_mamba2_decode_params> {
     }
   }
 
-  // Group sums of the gated norm where a group is at most 2,048 elements (whole warps of one level): block_sum's
-  // tree over the group's warps, as row_norm_kernel's block of group / 8 threads.
-  __device__ __forceinline__ float group_total(float v, int warps_per_group) {
-    float* scratch = reinterpret_cast<float*>(smem + lay.scratch);
-    v = group_sum<32>(v);
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, first = warp / warps_per_group * warps_per_group;
-    consumers_sync();
-    if (lane == 0) scratch[warp] = v;
-    consumers_sync();
-    return group_sum<32>(lane < warps_per_group ? scratch[first + lane] : 0.f);
-  }
-
   // x <- rmsnorm(y * silu(z)) * w over each norm group, rounded to T (row_norm_kernel with gate). v = y * silu(z)
   // waits in xs for the sums (in registers it would spill).
   __device__ __forceinline__ void gated_norm(const T* weight) {
@@ -156,21 +144,23 @@ struct Consumer : Stack<T, md_mamba2_decode_params> {
       ss[g] = 0.f;
       if (e >= p.d_inner) continue;
       float v[8], o[8];
-      load8_coherent(y + e, v);
-      load8_coherent(z + e, o);
+      load8_cg(y + e, v);
+      load8_cg(z + e, o);
       norm_combine8(v, o, true);
       ss[g] = sum_squares8(v, 0.f);
       total += ss[g];
 #pragma unroll
       for (int j = 0; j < 8; ++j) xs[e + j] = v[j];
     }
-    const float whole_inv = whole ? rms_inverse(consumers_sum(total, reinterpret_cast<float*>(smem + lay.scratch)),
-                                                p.d_inner, p.norm_eps) : 0.f;
+    float* scratch = reinterpret_cast<float*>(smem + lay.scratch);
+    const float whole_inv = whole ? rms_inverse(consumers_sum(total, scratch), p.d_inner, p.norm_eps) : 0.f;
 #pragma unroll
     for (int g = 0; g < kGatedGroups; ++g) {
       if (static_cast<int64_t>(kConsumers) * g * 8 >= p.d_inner) break;  // uniform: every thread or none
-      const float inv = whole ? whole_inv : rms_inverse(group_total(ss[g], static_cast<int>(p.norm_group / 256)),
-                                                        p.norm_group, p.norm_eps);
+      // a group of at most 2,048 elements: norm_group / 256 whole warps of this level (row_norm_kernel's block)
+      const int warps = static_cast<int>(p.norm_group / 256), first = (threadIdx.x >> 5) / warps * warps;
+      const float inv = whole ? whole_inv : rms_inverse(consumers_sum(ss[g], scratch, first, warps), p.norm_group,
+                                                        p.norm_eps);
       const int64_t e = (threadIdx.x + static_cast<int64_t>(kConsumers) * g) * 8;
       if (e >= p.d_inner) continue;
       float v[8], w[8];

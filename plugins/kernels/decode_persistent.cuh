@@ -142,33 +142,24 @@ __device__ __forceinline__ void produce(const P& p, uint32_t ring, uint32_t full
 
 __device__ __forceinline__ void consumers_sync() { asm volatile("bar.sync 1, %0;" ::"n"(kConsumers) : "memory"); }
 
-// block_sum (common.cuh) over the consumer warps: the same tree, so the same sum where row_norm_kernel's block
-// has at most kConsumerWarps warps (its other warps add exact zeros here).
-__device__ __forceinline__ float consumers_sum(float v, float* scratch) {
-  v = group_sum<32>(v);
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  consumers_sync();  // scratch may still be read by a previous call
-  if (lane == 0) scratch[warp] = v;
-  consumers_sync();
-  return group_sum<32>(lane < kConsumerWarps ? scratch[lane] : 0.f);
+// The sum over warps first .. first + nwarps - 1 of the consumers (common.cuh: warp_group_sum): block_sum's tree,
+// so the same sum as row_norm_kernel's block of those warps (over all 8 where its block has fewer: the others
+// add exact zeros).
+__device__ __forceinline__ float consumers_sum(float v, float* scratch, int first = 0, int nwarps = kConsumerWarps) {
+  return warp_group_sum(v, scratch, first, nwarps, [] { consumers_sync(); });
 }
 
 // Every consumer thread, after its stores: returns once every block's consumers have arrived `target` times in
 // all (or once a barrier of this launch or an earlier one gave up: sync[1], the outputs are then garbage). One
 // thread a block arrives and acquires; the bar.sync around it orders the others' stores and loads.
-__device__ __forceinline__ void grid_barrier(unsigned* sync, unsigned target) {
+__device__ __forceinline__ void grid_barrier(int* sync, int target) {
   consumers_sync();
   if (threadIdx.x == 0) {
-    asm volatile("fence.acq_rel.gpu;\n\tred.relaxed.gpu.global.add.u32 [%0], 1;" ::"l"(sync) : "memory");
+    release_add(sync);
     const unsigned long long start = global_ns();
-    for (;;) {
-      unsigned seen, failed;
-      asm volatile("ld.acquire.gpu.global.u32 %0, [%1];" : "=r"(seen) : "l"(sync) : "memory");
-      if (seen >= target) break;
-      asm volatile("ld.relaxed.gpu.global.u32 %0, [%1];" : "=r"(failed) : "l"(sync + 1) : "memory");
-      if (failed) break;
+    while (acquire_load(sync) < target && !acquire_load(sync + 1)) {
       if (global_ns() - start > kBarrierTimeoutNs) {
-        atomicExch(sync + 1, 1u);
+        atomicExch(sync + 1, 1);
         break;
       }
       __nanosleep(32);
@@ -177,13 +168,7 @@ __device__ __forceinline__ void grid_barrier(unsigned* sync, unsigned target) {
   consumers_sync();
 }
 
-// 8 elements (16-byte aligned) as floats: coherent loads of what another block wrote in this launch, or shared.
-template <typename T>
-__device__ __forceinline__ void load8_coherent(const T* ptr, float* f) {
-  const uint4* v = reinterpret_cast<const uint4*>(ptr);
-  unpack(__ldcg(v), f, T());
-  if constexpr (sizeof(T) == 4) unpack(__ldcg(v + 1), f + 4, T());
-}
+// 8 elements (16-byte aligned) of shared memory as floats.
 template <typename T>
 __device__ __forceinline__ void load8_shared(const T* ptr, float* f) {
   const uint4* v = reinterpret_cast<const uint4*>(ptr);
@@ -214,7 +199,7 @@ struct Stack {
   uint32_t full0, empty0;
   int slots;
   Cursor cur;
-  unsigned barriers = 0;
+  int barriers = 0;
   float res[kNormGroups][8];  // the residual stream, groups of 8 elements t + kConsumers g
   float xf[kMaxVecs][EPV];    // a projection's x: the 16-byte vectors t + kConsumers j, zeros past k
 
@@ -222,7 +207,9 @@ struct Stack {
                    int ring_slots)
       : p(params), lay(layout), smem(shared), full0(full), empty0(empty), slots(ring_slots) {}
 
-  __device__ __forceinline__ void barrier() { grid_barrier(static_cast<unsigned*>(p.sync), ++barriers * gridDim.x); }
+  __device__ __forceinline__ void barrier() {
+    grid_barrier(static_cast<int*>(p.sync), ++barriers * static_cast<int>(gridDim.x));
+  }
   // Measurements (p.trace): stamp k of layer l (k = 8 n_layer + 0: the start).
   __device__ __forceinline__ void stamp(int64_t l, int k) {
     if (p.trace && threadIdx.x == 0) p.trace[blockIdx.x * (8 * p.n_layer + 3) + 8 * l + k] = global_ns();
@@ -238,7 +225,7 @@ struct Stack {
       const int64_t e = (threadIdx.x + static_cast<int64_t>(kConsumers) * g) * 8;
       if (e >= p.d_model) break;
       float v[8];
-      load8_coherent(static_cast<const T*>(p.hidden) + e, v);
+      load8_cg(static_cast<const T*>(p.hidden) + e, v);
       if (!first) norm_combine8(v, res[g], false);
 #pragma unroll
       for (int j = 0; j < 8; ++j) res[g][j] = v[j];

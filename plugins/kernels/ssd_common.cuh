@@ -27,20 +27,12 @@ struct SsdArgs {
 
 // ---- the hand-over from the carry walk to the output kernel, which runs beside it (programmatic launch): a
 // block of ssd_output_kernel reads S_in(c) once every carry block of its head has posted chunk c ----
-// By one thread, after a barrier that follows the block's stores of S_in(c): they become visible at gpu scope
-// before the count (the release fence is cumulative over what the barrier ordered before it).
-__device__ __forceinline__ void post_chunk(int* posted) {
-  asm volatile("fence.acq_rel.gpu;\n\tred.relaxed.gpu.global.add.s32 [%0], 1;" ::"l"(posted) : "memory");
-}
+// By one thread, after a barrier that follows the block's stores of S_in(c) (common.cuh: release_add).
+__device__ __forceinline__ void post_chunk(int* posted) { release_add(posted); }
 // Until `blocks` carry blocks have posted: the calling thread's loads after it (and, after a barrier, its block's)
 // see their stores.
 __device__ __forceinline__ void wait_chunk(const int* posted, int blocks) {
-  for (;;) {
-    int v;
-    asm volatile("ld.acquire.gpu.global.s32 %0, [%1];" : "=r"(v) : "l"(posted) : "memory");
-    if (v >= blocks) return;
-    __nanosleep(256);
-  }
+  while (acquire_load(posted) < blocks) __nanosleep(256);
 }
 
 template <typename T>

@@ -33,10 +33,12 @@ __device__ __forceinline__ void load8(const T* ptr, float* f) {
     unpack(__ldg(v + 1), f + 4, T());
   }
 }
-// 8 floats (16-byte aligned) through the L2 alone: coherent with a kernel that may still be writing them.
-__device__ __forceinline__ void load8_cg(const float* ptr, float* f) {
-  const float4 a = __ldcg(reinterpret_cast<const float4*>(ptr)), b = __ldcg(reinterpret_cast<const float4*>(ptr) + 1);
-  f[0] = a.x; f[1] = a.y; f[2] = a.z; f[3] = a.w; f[4] = b.x; f[5] = b.y; f[6] = b.z; f[7] = b.w;
+// As load8, through the L2 alone: coherent with another block or kernel that may still be writing them.
+template <typename T>
+__device__ __forceinline__ void load8_cg(const T* ptr, float* f) {
+  const uint4* v = reinterpret_cast<const uint4*>(ptr);
+  unpack(__ldcg(v), f, T());
+  if constexpr (sizeof(T) == 4) unpack(__ldcg(v + 1), f + 4, T());
 }
 __device__ __forceinline__ void load8_any(const void* ptr, int64_t dtype, int64_t i, float* f) {
   if (dtype == MD_FLOAT32) load8(static_cast<const float*>(ptr) + i, f);
