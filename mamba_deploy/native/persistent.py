@@ -6,8 +6,9 @@ Mamba1 layer, three a Mamba2 layer). It replaces the layer loop of decode.step a
 and the final norm, LM head and argmax after it are decode.step's.
 
 Each phase's arithmetic is the separate kernels' (row_norm, gemv's staged form at batch 1, mamba1_step /
-mamba2_step), so with d_model and d_inner <= 2,048 the step equals, bit for bit, decode.step with every mixer
-projection staged (NativeEngine(staged_gemv=("in_proj", "x_proj", "out_proj"))).
+mamba2_step), so the step equals, bit for bit, decode.step with every mixer projection staged
+(NativeEngine(staged_gemv=("in_proj", "x_proj", "out_proj"))) wherever that step runs row_norm (d_model a multiple
+of 256) and stages every projection (gemv.staged_ok).
 """
 from __future__ import annotations
 
@@ -74,11 +75,13 @@ class PersistentDecode:
         conv, ssm = eng.static.conv, eng.static.ssm
         if not all(pool[0].is_contiguous() for pool in (*conv, *ssm)):
             raise ValueError("the persistent decode needs contiguous state slots")
-        records = [[data_ptr(t) for t in self._record(eng, L)] for L in eng.layers]
+        records = [[data_ptr(t) or 0 for t in self._record(eng, L)] for L in eng.layers]  # 0: no bias
         if any(p % 16 for r in records for p in r):
             raise ValueError("the persistent decode needs 16-byte aligned weights and states")
         self.table = torch.tensor(records, dtype=torch.int64).to(eng.device)  # (n_layer, fields): the records
-        self.sync = torch.zeros(4, dtype=torch.int32, device=eng.device)  # barrier count, failure word
+        # the barrier count, the launch's failure word, whether any launch failed (gemv.h: md_mamba1_decode_params)
+        self.sync = torch.zeros(4, dtype=torch.int32, device=eng.device)
+        self.blocks = props.multi_processor_count  # the launcher's grid: a block a multiprocessor
         self.kernel = _lib.MAMBA2_DECODE if c.arch == MAMBA2 else _lib.MAMBA1_DECODE
         common = dict(n_layer=c.n_layer, d_model=c.d_model, d_inner=c.d_inner, dstate=c.d_state, conv_width=c.d_conv,
                       dtype=DTYPE_CODES[eng.dtype], state_dtype=DTYPE_CODES[ssm[0].dtype],
@@ -119,11 +122,10 @@ class PersistentDecode:
         if not enable:
             self._trace, self.params.trace = None, 0
             return None
-        sms = torch.cuda.get_device_properties(self.table.device).multi_processor_count
-        self._trace = torch.zeros(sms, 8 * self.params.n_layer + 3, dtype=torch.int64, device=self.table.device)
+        self._trace = torch.zeros(self.blocks, 8 * self.params.n_layer + 3, dtype=torch.int64, device=self.table.device)
         self.params.trace = data_ptr(self._trace)
         return self._trace
 
     def failed(self) -> bool:
         """Whether a grid barrier of any launch so far gave up waiting (its outputs were then garbage). Syncs."""
-        return bool(self.sync[1].item())
+        return bool(self.sync[2].item())

@@ -21,18 +21,21 @@ inline int ring_slots(size_t rest, int smem_optin) {
 }
 
 // The launch: one block of kThreads a multiprocessor, `smem` bytes each, all resident at once (a cooperative
-// launch), after the barrier count (sync word 0) is zeroed. MD_PERSISTENT_PLAIN_LAUNCH=1 (a measurement switch):
-// a plain launch, one block a multiprocessor all the same while nothing else runs (a barrier that then waits in
-// vain gives up after 2 s: sync word 1).
+// launch), after the barrier count and this launch's failure word (sync words 0 and 1) are zeroed.
+// MD_PERSISTENT_PLAIN_LAUNCH=1 (a measurement switch): a plain launch, one block a multiprocessor all the same while
+// nothing else runs (a barrier that then waits in vain gives up after 2 s: sync words 1 and 2).
+// The kernel's shared-memory limit is the device's opt-in maximum, never a launch's own size: engines of other
+// shapes share the kernel, and lowering the limit after a graph captured a larger launch fails its replays.
 template <typename P>
-cudaError_t launch(void (*kernel)(P, int), const P& p, int blocks, int slots, size_t smem, cudaStream_t stream) {
-  cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
+cudaError_t launch(void (*kernel)(P, int), const P& p, int blocks, int slots, size_t smem, int smem_optin,
+                   cudaStream_t stream) {
+  cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem_optin);
   if (err != cudaSuccess) return err;
   int per_sm = 0;
   err = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kThreads, smem);
   if (err != cudaSuccess) return err;
   MD_CHECK(per_sm >= 1, "persistent decode: a block does not fit on a multiprocessor");
-  err = cudaMemsetAsync(p.sync, 0, sizeof(int), stream);  // the barrier count; not the failure word
+  err = cudaMemsetAsync(p.sync, 0, 2 * sizeof(int), stream);  // not word 2: failures of earlier launches
   if (err != cudaSuccess) return err;
   cudaLaunchConfig_t config{};
   config.gridDim = dim3(static_cast<unsigned>(blocks));
@@ -56,7 +59,7 @@ const char* common_problem(const P& p) {
       (p.state_dtype != MD_FLOAT32 && p.state_dtype != p.dtype))
     return "bad dtype";
   const int64_t e = elem_bytes(p.dtype);
-  if (p.n_layer < 1 || p.n_layer >= (int64_t{1} << 24)) return "bad n_layer";
+  if (p.n_layer < 1 || p.n_layer > 65536) return "bad n_layer";  // barrier counts: 4 n_layer x blocks < 2^31
   if (p.d_model < 8 || p.d_model % 8 || p.d_model > kMaxModel || p.d_model * e > kSlotBytes)
     return "d_model must be a multiple of 8, <= 4096, rows <= 16 KB";
   if (p.d_inner < 8 || p.d_inner % 8 || p.d_inner * e > kSlotBytes || p.d_inner > kMaxK)
@@ -101,8 +104,9 @@ cudaError_t check_and_launch(const typename Model::Params* p, const char* who, c
   if (const char* problem = Model::device_problem(*p, blocks, slots)) return fail(problem);
   const size_t smem = Model::layout(*p, slots, blocks).total;
   return MD_DISPATCH_DTYPE(p->dtype, T, [&] {
-    if (p->state_dtype == MD_FLOAT32) return launch(decode_kernel<Model, T, float>, *p, blocks, slots, smem, stream);
-    return launch(decode_kernel<Model, T, T>, *p, blocks, slots, smem, stream);
+    if (p->state_dtype == MD_FLOAT32)
+      return launch(decode_kernel<Model, T, float>, *p, blocks, slots, smem, optin, stream);
+    return launch(decode_kernel<Model, T, T>, *p, blocks, slots, smem, optin, stream);
   });
 }
 

@@ -198,12 +198,12 @@ struct Mamba1 : Model<md_mamba1_decode_params, md::Phases> {
     if (p.dt_rank < 1 || p.dt_rank > kMaxRank) return "dt_rank must be 1..1024";
     return nullptr;
   }
-  // The step waits on all of its slots before it releases any (they must fit in the ring at once), and holds the
-  // inputs of kStepIters channels a half-warp.
+  // The step holds the inputs of kStepIters channels a half-warp, and waits on all of its slots before it releases
+  // any (they must fit in the ring at once).
   static const char* device_problem(const Params& p, int blocks, int slots) {
     const Share step = Phases::share(p, kDt, blocks, 0);
-    if (step.slots > slots || step.rows > 16 * kStepIters)
-      return "more than 64 channels a multiprocessor (d_inner too large for this GPU)";
+    if (step.rows > 16 * kStepIters) return "more than 64 channels a multiprocessor (d_inner too large for this GPU)";
+    if (step.slots > slots) return "a multiprocessor's dt_proj rows do not fit in the ring (dt_rank too large)";
     return nullptr;
   }
 };

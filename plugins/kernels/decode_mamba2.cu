@@ -137,7 +137,7 @@ struct Consumer : Stack<T, md_mamba2_decode_params> {
     const T* y = static_cast<const T*>(p.y);
     const T* z = static_cast<const T*>(p.xz);
     const bool whole = p.norm_group == p.d_inner;
-    float ss[kGatedGroups], total = 0.f;
+    float ss[kGatedGroups];
 #pragma unroll
     for (int g = 0; g < kGatedGroups; ++g) {
       const int64_t e = (threadIdx.x + static_cast<int64_t>(kConsumers) * g) * 8;
@@ -148,12 +148,11 @@ struct Consumer : Stack<T, md_mamba2_decode_params> {
       load8_cg(z + e, o);
       norm_combine8(v, o, true);
       ss[g] = sum_squares8(v, 0.f);
-      total += ss[g];
 #pragma unroll
       for (int j = 0; j < 8; ++j) xs[e + j] = v[j];
     }
     float* scratch = reinterpret_cast<float*>(smem + lay.scratch);
-    const float whole_inv = whole ? rms_inverse(consumers_sum(total, scratch), p.d_inner, p.norm_eps) : 0.f;
+    const float whole_inv = whole ? rms_inverse(consumers_levels_sum(ss, scratch), p.d_inner, p.norm_eps) : 0.f;
 #pragma unroll
     for (int g = 0; g < kGatedGroups; ++g) {
       if (static_cast<int64_t>(kConsumers) * g * 8 >= p.d_inner) break;  // uniform: every thread or none
@@ -223,7 +222,8 @@ struct Mamba2 : Model<md_mamba2_decode_params, md::Phases> {
     if (p.nheads < 1 || p.headdim < 1 || p.nheads * p.headdim != p.d_inner || p.ngroups < 1 ||
         p.nheads % p.ngroups != 0)
       return "nheads x headdim must be d_inner, ngroups divide nheads";
-    if (p.norm_group != p.d_inner && (p.norm_group % 256 || 2048 % p.norm_group || p.d_inner % p.norm_group))
+    if (p.norm_group != p.d_inner &&
+        (p.norm_group < 256 || p.norm_group % 256 || 2048 % p.norm_group || p.d_inner % p.norm_group))
       return "norm_group must be d_inner, or 256, 512, 1024 or 2048 dividing it";
     return nullptr;
   }

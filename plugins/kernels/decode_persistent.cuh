@@ -62,7 +62,7 @@ __host__ __device__ inline int64_t elem_bytes(int64_t dtype) { return dtype == M
 
 // Shared memory: the ring, its full and empty mbarriers, the normed x (xs_floats: the longest norm row), the warps'
 // partial sums (kConsumerWarps x red_rows: the most rows a block has in a projection), the model's own bytes, the
-// block sums' scratch.
+// block sums' scratch (a float for each of up to 32 warps of row_norm_kernel's block).
 struct Layout {
   size_t full, empty, xs, red, extra, scratch, total;
   int red_rows;
@@ -77,7 +77,7 @@ __host__ __device__ inline Layout layout_of(int slots, int64_t xs_floats, int re
   l.red = l.xs + 4 * xs_floats;
   l.extra = l.red + 4 * static_cast<size_t>(kConsumerWarps) * red_rows;
   l.scratch = l.extra + extra_bytes;
-  l.total = l.scratch + 4 * kConsumerWarps;
+  l.total = l.scratch + 4 * 32;
   return l;
 }
 
@@ -149,9 +149,30 @@ __device__ __forceinline__ float consumers_sum(float v, float* scratch, int firs
   return warp_group_sum(v, scratch, first, nwarps, [] { consumers_sync(); });
 }
 
+// The sum over the consumers of v[g], thread t's value for the 8-element group t + kConsumers g of a row, exactly as
+// row_norm_kernel's block (a thread a group) sums the row (block_sum): that block's warp 8 g + t / 32 holds what
+// this warp holds at level g, so each level's warp sums go to scratch[8 g + warp] and the last tree runs over all
+// 8 G of them (the reference's warps past the row and these past it alike add exact zeros).
+template <int G>
+__device__ __forceinline__ float consumers_levels_sum(const float (&v)[G], float* scratch) {
+  static_assert(kConsumerWarps * G <= 32, "one warp's tree over the warp sums");
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  float sums[G];
+#pragma unroll
+  for (int g = 0; g < G; ++g) sums[g] = group_sum<32>(v[g]);
+  consumers_sync();  // scratch may still be read by a previous sum
+  if (lane == 0) {
+#pragma unroll
+    for (int g = 0; g < G; ++g) scratch[kConsumerWarps * g + warp] = sums[g];
+  }
+  consumers_sync();
+  return group_sum<32>(lane < kConsumerWarps * G ? scratch[lane] : 0.f);
+}
+
 // Every consumer thread, after its stores: returns once every block's consumers have arrived `target` times in
-// all (or once a barrier of this launch or an earlier one gave up: sync[1], the outputs are then garbage). One
-// thread a block arrives and acquires; the bar.sync around it orders the others' stores and loads.
+// all (or once a barrier of this launch gave up: sync[1], the outputs are then garbage; sync[2] keeps that it
+// happened for the caller, past later launches). One thread a block arrives and acquires; the bar.sync around it
+// orders the others' stores and loads.
 __device__ __forceinline__ void grid_barrier(int* sync, int target) {
   consumers_sync();
   if (threadIdx.x == 0) {
@@ -160,6 +181,7 @@ __device__ __forceinline__ void grid_barrier(int* sync, int target) {
     while (acquire_load(sync) < target && !acquire_load(sync + 1)) {
       if (global_ns() - start > kBarrierTimeoutNs) {
         atomicExch(sync + 1, 1);
+        atomicExch(sync + 2, 1);
         break;
       }
       __nanosleep(32);
@@ -219,7 +241,7 @@ struct Stack {
   // it, into xs and then x (the input of in_proj).
   __device__ __forceinline__ void norm(const T* weight, bool first) {
     float* xs = reinterpret_cast<float*>(smem + lay.xs);
-    float ss = 0.f;
+    float ss[kNormGroups] = {};
 #pragma unroll
     for (int g = 0; g < kNormGroups; ++g) {
       const int64_t e = (threadIdx.x + static_cast<int64_t>(kConsumers) * g) * 8;
@@ -229,10 +251,10 @@ struct Stack {
       if (!first) norm_combine8(v, res[g], false);
 #pragma unroll
       for (int j = 0; j < 8; ++j) res[g][j] = v[j];
-      ss = sum_squares8(v, ss);
+      ss[g] = sum_squares8(v, 0.f);
     }
-    const float inv = rms_inverse(consumers_sum(ss, reinterpret_cast<float*>(smem + lay.scratch)), p.d_model,
-                                  p.norm_eps);
+    const float inv = rms_inverse(consumers_levels_sum(ss, reinterpret_cast<float*>(smem + lay.scratch)),
+                                  p.d_model, p.norm_eps);
 #pragma unroll
     for (int g = 0; g < kNormGroups; ++g) {
       const int64_t e = (threadIdx.x + static_cast<int64_t>(kConsumers) * g) * 8;

@@ -201,8 +201,9 @@ typedef struct md_attention_decode_params {
  * gate, out_proj) in ONE cooperative launch of one block a multiprocessor. A producer warp a block streams the
  * block's rows of every weight matrix, layer after layer, into a ring of shared memory by bulk copies, while
  * the block's 8 consumer warps compute; the blocks meet at 4 grid barriers a layer (a counter in `sync`).
- * The arithmetic of each phase is that of the separate kernels: the norm is row_norm_kernel's (bit for bit
- * where d_model <= 2,048), each projection gemv's staged form at batch 1, the step mamba1_step_kernel's.
+ * The arithmetic of each phase is that of the separate kernels: the norm is row_norm_kernel's (its sums
+ * grouped as that kernel's block groups them), each projection gemv's staged form at batch 1, the step
+ * mamba1_step_kernel's.
  * Batch row 0 only; residual in float32 (residual_in_fp32); compute capability 9.0+.
  *   layers      (n_layer,) md_mamba1_layer in DEVICE memory (each pointer 16-byte aligned)
  *   hidden      (d_model,) dtype: in: the token's embedding; out: the last layer's out_proj output
@@ -211,8 +212,9 @@ typedef struct md_attention_decode_params {
  *   state_rows  NULL or (1,) device int64: the state slot of the row (else slot 0)
  *   conv / ssm state pools: (slots, d_inner, conv_width - 1) conv_state_dtype and (slots, d_inner, dstate)
  *     state_dtype (float32 or dtype), contiguous past the slot stride (elements)
- *   sync        16 bytes of device memory: word 0 the barrier count (zeroed by the launcher), word 1 set to 1
- *               when a barrier gave up waiting (2 s; the outputs are then garbage; never cleared here)
+ *   sync        16 bytes of device memory: word 0 the barrier count and word 1 the launch's failure word (both
+ *               zeroed by the launcher); a barrier that gave up waiting (2 s; the outputs are then garbage) sets
+ *               words 1 and 2 to 1 (word 2 never cleared here: whether any launch failed)
  *   trace       NULL, or (blocks, 8 n_layer + 3) int64 of %globaltimer ns, for measurements: per block and layer
  *               the ends of norm, in_proj, barrier 1, x_proj, barrier 2, step, barrier 3, out_proj; then the
  *               consumers' start, the producer's total wait for free slots, the producer's last copy issued
@@ -256,7 +258,7 @@ typedef struct md_mamba1_decode_params {
  * update of xBC, the state update (mamba2_step_kernel's), the gated RMS norm (every block for itself), out_proj;
  * three grid barriers a layer. in_proj's output xz (2 d_inner + 2 ngroups dstate + nheads,) is [z | x B C | dt];
  * y (d_inner,): the step's output. norm_group: the gated norm's group (d_inner, or 256, 512, 1,024 or 2,048).
- * dstate 32, 64 or 128; nheads * headdim == d_inner; at most 48 rows (head, p) of the state a multiprocessor. */
+ * dstate 32, 64 or 128; nheads * headdim == d_inner; ngroups divides nheads. */
 typedef struct md_mamba2_layer {
   const void* norm_w;   /* (d_model,) */
   const void* in_w;     /* (2 d_inner + 2 ngroups dstate + nheads, d_model) contiguous */

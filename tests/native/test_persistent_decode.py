@@ -18,6 +18,14 @@ ODD = {"mamba1": {"d_model": 200, "n_layer": 3, "vocab_size": 500, "pad_vocab_si
                   "ssm_cfg": {"layer": "Mamba2", "d_state": 64, "headdim": 32, "ngroups": 1, "chunk_size": 16},
                   "tie_embeddings": False}}
 FAMILIES = ["mamba1", "mamba2"]  # conftest.CONFIGS with d_model 256: the bit-for-bit cases
+# The 2.7b / 2.8b models' widths in two layers: d_model 2,560 (the residual norm: 10 warps of row_norm's block, two
+# levels of the consumers' groups), d_inner 5,120 (Mamba2's gated norm: 20 warps, three levels; Mamba1: 39-40
+# channels a multiprocessor), in_proj rows of 5 KB (three a ring slot)
+WIDE = {"mamba1": {"d_model": 2560, "n_layer": 2, "vocab_size": 500, "pad_vocab_size_multiple": 8,
+                   "tie_embeddings": False},
+        "mamba2": {"d_model": 2560, "n_layer": 2, "vocab_size": 500, "pad_vocab_size_multiple": 16,
+                   "ssm_cfg": {"layer": "Mamba2", "d_state": 128, "headdim": 64, "ngroups": 1},
+                   "tie_embeddings": False}}
 
 
 def ids(batch, length, seed=0, vocab=500):
@@ -59,6 +67,25 @@ def test_equals_the_staged_step_bit_for_bit(native, checkpoints, arch, dtype, st
         assert torch.equal(g, w), f"step {i}: max |diff| {(g.float() - w.float()).abs().max().item():.3g}"
     for g, w in zip(got_state, want_state):
         assert torch.equal(g, w)
+
+
+@pytest.mark.parametrize("arch", FAMILIES)
+def test_wide_models_equal_the_staged_step_bit_for_bit(native, tmp_path, monkeypatch, arch):
+    """At real models' widths too, where the per-kernel step stages every projection (here forced: the engine
+    stages a block's rows only up to 128 KB, gemv.STAGED_MAX_BLOCK_BYTES) the steps agree exactly."""
+    from mamba_deploy.native import gemv
+
+    monkeypatch.setattr(gemv, "STAGED_MAX_BLOCK_BYTES", 1 << 30)
+    ckpt = make_random_checkpoint(WIDE[arch], tmp_path / arch, dtype=torch.float16, seed=5)
+    base = native.load_engine(ckpt, dtype=torch.float16, max_batch=1, **ALL_STAGED)
+    mega = native.load_engine(ckpt, dtype=torch.float16, max_batch=1, persistent_decode=True)
+    prompt = ids(1, 5, seed=9)
+    want, want_state = _steps(base, prompt, 4)
+    got, got_state = _steps(mega, prompt, 4)
+    assert not mega.persistent.failed()
+    for i, (g, w) in enumerate(zip(got, want)):
+        assert torch.equal(g, w), f"step {i}: max |diff| {(g.float() - w.float()).abs().max().item():.3g}"
+    assert all(torch.equal(g, w) for g, w in zip(got_state, want_state))
 
 
 @pytest.mark.parametrize("arch", FAMILIES)

@@ -115,6 +115,12 @@ def _decode_params(**changes) -> _lib.Mamba1DecodeParams:
     return _lib.Mamba1DecodeParams(**{**_DECODE_SHAPES, **changes})
 
 
+def _mamba2_decode_params(**changes) -> _lib.Mamba2DecodeParams:
+    shapes = {k: v for k, v in _DECODE_SHAPES.items() if k not in ("dt_rank", "xdbl")}
+    shapes.update(dstate=64, nheads=8, headdim=64, ngroups=1, norm_group=512)
+    return _lib.Mamba2DecodeParams(**{**shapes, **changes})
+
+
 @needs_built_library
 @pytest.mark.parametrize("symbol,params,why", [
     ("md_gemv_fwd", _lib.GemvParams(batch=65), "md_gemv_fwd: gemv: batch must be in 0..64"),
@@ -132,6 +138,11 @@ def _decode_params(**changes) -> _lib.Mamba1DecodeParams:
      "md_mamba1_decode_fwd: mamba1_decode: dstate must be 1..16"),
     ("md_mamba1_decode_fwd", _decode_params(state_dtype=2),
      "md_mamba1_decode_fwd: mamba1_decode: bad dtype"),
+    ("md_mamba1_decode_fwd", _decode_params(n_layer=65537), "md_mamba1_decode_fwd: mamba1_decode: bad n_layer"),
+    ("md_mamba2_decode_fwd", _mamba2_decode_params(norm_group=0),
+     "md_mamba2_decode_fwd: mamba2_decode: norm_group must be d_inner"),
+    ("md_mamba2_decode_fwd", _mamba2_decode_params(nheads=7),
+     "md_mamba2_decode_fwd: mamba2_decode: nheads x headdim must be d_inner"),
 ])
 def test_bad_params_are_reported_through_the_one_error_path(symbol, params, why):
     """The launchers check params on the host before any CUDA call: this runs without a GPU (the library
