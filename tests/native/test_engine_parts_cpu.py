@@ -306,3 +306,50 @@ def test_persistent_decode_refuses_what_it_does_not_run():
     for words, raw in cases.items():
         why = unsupported(parse_config(raw), torch.float16)
         assert why is not None and words.lower() in why.lower(), (words, why)
+
+
+@pytest.mark.parametrize("arch", ["mamba1", "mamba2"])
+@pytest.mark.parametrize("bias", [False, True])
+def test_persistent_decode_layer_table_holds_each_layers_pointers(monkeypatch, arch, bias):
+    """PersistentDecode's device table (md_mamba1_layer / md_mamba2_layer records): row l holds layer l's weight and
+    state-pool addresses in the record's field order, 0 for an absent bias; its params the engine's shapes and
+    buffers. Built on the CPU: a stand-in engine and a 9.0 GPU's properties (no launch)."""
+    from mamba_deploy.export.weights import export_name_and_tensor
+    from mamba_deploy.models import MambaLM
+    from mamba_deploy.models.state import InferenceState
+    from mamba_deploy.native import persistent as P
+    from mamba_deploy.ops import _lib
+    from mamba_deploy.random_init import init_weights_
+
+    raw = {"d_model": 256, "n_layer": 3, "vocab_size": 64, "ssm_cfg": {"d_state": 16, "bias": bias}}
+    if arch == "mamba2":
+        raw["ssm_cfg"] = {"layer": "Mamba2", "d_state": 32, "headdim": 64, "ngroups": 2, "bias": bias}
+    cfg, dtype = parse_config(raw), torch.float16
+    monkeypatch.setattr(torch.cuda, "get_device_properties",
+                        lambda device: types.SimpleNamespace(major=9, minor=0, multi_processor_count=132))
+    model = MambaLM(cfg, torch.float32)
+    init_weights_(model, seed=1)
+    weights = dict(export_name_and_tensor(k, p, torch.float32) for k, p in model.named_parameters())
+    *_, layers = native_weights.device_weights(cfg, weights, dtype, torch.device("cpu"))
+    buffers = {name: torch.zeros(1, width, dtype=dtype) for name, width in
+               (("xz", cfg.in_proj_dim), ("y", cfg.d_inner), ("hidden", cfg.d_model), ("xdbl", 64))}
+    eng = types.SimpleNamespace(config=cfg, dtype=dtype, device=torch.device("cpu"), layers=layers,
+                                static=InferenceState.zeros(cfg, 2, dtype), **buffers)
+    decode = P.PersistentDecode(eng)
+
+    names = (["norm_w", "in_w", "in_b", "conv_w", "conv_b", "conv", "dt_b", "A", "D", "ssm", "gnorm_w", "out_w",
+              "out_b"] if arch == "mamba2" else
+             ["norm_w", "in_w", "in_b", "conv_w", "conv_b", "conv", "x_w", "dt_packed", "dt_b", "A", "D", "ssm",
+              "out_w", "out_b"])
+    assert decode.table.shape == (cfg.n_layer, len(names))
+    for L, row in zip(layers, decode.table.tolist()):
+        pools = {"conv": eng.static.conv[L.index], "ssm": eng.static.ssm[L.index]}
+        want = [(pools[n] if n in pools else getattr(L, n)) for n in names]
+        assert row == [0 if t is None else t.data_ptr() for t in want]
+        assert (row[names.index("in_b")] != 0) == bias and (row[names.index("out_b")] != 0) == bias
+    p = decode.params
+    assert (p.n_layer, p.d_model, p.d_inner, p.dstate) == (cfg.n_layer, cfg.d_model, cfg.d_inner, cfg.d_state)
+    assert (p.xz, p.y, p.hidden, p.layers) == (eng.xz.data_ptr(), eng.y.data_ptr(), eng.hidden.data_ptr(),
+                                               decode.table.data_ptr())
+    assert isinstance(p, _lib.Mamba2DecodeParams if arch == "mamba2" else _lib.Mamba1DecodeParams)
+    assert not decode.failed()
