@@ -150,6 +150,13 @@ __device__ __forceinline__ int acquire_load(const int* count) {
   asm volatile("ld.acquire.gpu.global.s32 %0, [%1];" : "=r"(v) : "l"(count) : "memory");
   return v;
 }
+// A poll of a count, without acquire_load's invalidation of the multiprocessor's L1 (CCTL.IVALL) each time; once
+// it shows the count reached, one acquire_load gives the ordering.
+__device__ __forceinline__ int relaxed_load(const int* count) {
+  int v;
+  asm volatile("ld.relaxed.gpu.global.s32 %0, [%1];" : "=r"(v) : "l"(count) : "memory");
+  return v;
+}
 
 // Runs load(i) for kUnroll indices i = threadIdx.x + u * kBlock before any store(i, v) (kBlock: the block's
 // threads), so that a group's global loads are in flight together: one memory latency per group, not per element.

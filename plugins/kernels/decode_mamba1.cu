@@ -148,9 +148,11 @@ struct Consumer : Stack<T, md_mamba1_decode_params> {
     for (int ph = 0; ph < Phases::kCount; ++ph) share[ph] = Phases::share(p, ph, gridDim.x, blockIdx.x);
     md_gemv_params conv = this->conv_view(0, p.d_inner);
     const auto same = [](int64_t, float v) { return v; };
+    this->prefetch_l2(p.layers, 0, p.n_layer * static_cast<int64_t>(sizeof(md_mamba1_layer)));
     this->stamp(p.n_layer, 0);
     for (int64_t l = 0; l < p.n_layer; ++l) {
       const md_mamba1_layer L = p.layers[l];
+      this->prefetch_layer(share[kIn], share[kOut], L, conv);
       this->norm(static_cast<const T*>(L.norm_w), l == 0);
       this->stamp(l, 0);
       this->products(share[kIn], p.d_model);

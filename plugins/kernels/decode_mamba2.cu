@@ -178,14 +178,17 @@ struct Consumer : Stack<T, md_mamba2_decode_params> {
     const Share in = Phases::share(p, kIn, gridDim.x, blockIdx.x), out = Phases::share(p, kOut, gridDim.x, blockIdx.x);
     const Share state = state_share(p, gridDim.x, blockIdx.x);
     md_gemv_params conv = this->conv_view(p.d_inner, p.d_inner + 2 * p.ngroups * p.dstate);  // xBC's rows
+    this->prefetch_l2(p.layers, 0, p.n_layer * static_cast<int64_t>(sizeof(md_mamba2_layer)));
     this->stamp(p.n_layer, 0);
     for (int64_t l = 0; l < p.n_layer; ++l) {
       const md_mamba2_layer L = p.layers[l];
+      if constexpr (sizeof(T) == 2) this->prefetch_layer(in, out, L, conv);  // float32 weights: it spills
       this->norm(static_cast<const T*>(L.norm_w), l == 0);
       this->stamp(l, 0);
       this->products(in, p.d_model);
       this->in_proj_finish(in, L, conv);
       step_prefetch(L, state);
+      this->prefetch_l2(L.gnorm_w, 0, p.d_inner * elem_bytes(p.dtype));  // every block's gated norm reads it all
       this->stamp(l, 1);
       this->barrier();
       this->stamp(l, 2);

@@ -63,20 +63,22 @@ __host__ __device__ inline int64_t elem_bytes(int64_t dtype) { return dtype == M
 // Shared memory: the ring, its full and empty mbarriers, the normed x (xs_floats: the longest norm row), the warps'
 // partial sums (kConsumerWarps x red_rows: the most rows a block has in a projection), the model's own bytes, the
 // block sums' scratch (a float for each of up to 32 warps of row_norm_kernel's block).
+// Byte offsets in 32 bits: the kernel holds them in registers, at the edge of its 168 (a launch checks the total
+// against the device's shared memory, far below 2^32).
 struct Layout {
-  size_t full, empty, xs, red, extra, scratch, total;
+  uint32_t full, empty, xs, red, extra, scratch, total;
   int red_rows;
 };
 
 __host__ __device__ inline Layout layout_of(int slots, int64_t xs_floats, int red_rows, int64_t extra_bytes) {
   Layout l;
   l.red_rows = red_rows;
-  l.full = static_cast<size_t>(slots) * kSlotBytes;
+  l.full = static_cast<uint32_t>(slots) * kSlotBytes;
   l.empty = l.full + 8 * slots;
   l.xs = l.empty + 8 * slots;
-  l.red = l.xs + 4 * xs_floats;
-  l.extra = l.red + 4 * static_cast<size_t>(kConsumerWarps) * red_rows;
-  l.scratch = l.extra + extra_bytes;
+  l.red = l.xs + static_cast<uint32_t>(4 * xs_floats);
+  l.extra = l.red + 4 * static_cast<uint32_t>(kConsumerWarps) * red_rows;
+  l.scratch = l.extra + static_cast<uint32_t>(extra_bytes);
   l.total = l.scratch + 4 * 32;
   return l;
 }
@@ -178,7 +180,7 @@ __device__ __forceinline__ void grid_barrier(int* sync, int target) {
   if (threadIdx.x == 0) {
     release_add(sync);
     const unsigned long long start = global_ns();
-    while (acquire_load(sync) < target && !acquire_load(sync + 1)) {
+    while (relaxed_load(sync) < target && !relaxed_load(sync + 1)) {
       if (global_ns() - start > kBarrierTimeoutNs) {
         atomicExch(sync + 1, 1);
         atomicExch(sync + 2, 1);
@@ -186,6 +188,7 @@ __device__ __forceinline__ void grid_barrier(int* sync, int target) {
       }
       __nanosleep(32);
     }
+    acquire_load(sync);
   }
   consumers_sync();
 }
@@ -235,6 +238,37 @@ struct Stack {
   // Measurements (p.trace): stamp k of layer l (k = 8 n_layer + 0: the start).
   __device__ __forceinline__ void stamp(int64_t l, int k) {
     if (p.trace && threadIdx.x == 0) p.trace[blockIdx.x * (8 * p.n_layer + 3) + 8 * l + k] = global_ns();
+  }
+
+  // The bytes [begin, end) of `base` into the L2, a 128-byte line a thread (nothing for a null base).
+  __device__ __forceinline__ static void prefetch_l2(const void* base, int64_t begin, int64_t end) {
+    if (base == nullptr) return;
+    const char* bytes = static_cast<const char*>(base);
+    const int64_t first = (begin & ~int64_t{127}) + 128 * static_cast<int64_t>(threadIdx.x);
+#pragma unroll 1
+    for (int64_t at = first; at < end; at += 128 * kConsumers)
+      asm volatile("prefetch.global.L2 [%0];" ::"l"(bytes + at));
+  }
+
+  // At a layer's start, what it reads from DRAM besides the ring into the L2, each a DRAM round trip on the path
+  // of the phase that loads it otherwise: the norm's weight (loaded after the sum: held from the start it spills),
+  // the conv state, weights and bias of the block's conv rows (conv: conv_view's rows), the bias of its in_proj
+  // rows (s) and of its out_proj rows (out).
+  template <typename Layer>
+  __device__ __forceinline__ void prefetch_layer(const Share& s, const Share& out, const Layer& L,
+                                                 const md_gemv_params& conv) const {
+    const int64_t e = elem_bytes(p.dtype), w = p.conv_width, lo = conv.conv_lo, hi = lo + conv.conv_dim;
+    prefetch_l2(L.norm_w, 0, p.d_model * e);
+    const int64_t c0 = (s.row0 > lo ? s.row0 : lo) - lo, c1 = (s.row0 + s.rows < hi ? s.row0 + s.rows : hi) - lo;
+    if (c0 < c1) {
+      const int64_t state0 = state_row(p.state_rows, 0) * p.conv_state_slot_stride;
+      const int64_t es = elem_bytes(p.conv_state_dtype);
+      prefetch_l2(L.conv_state, (state0 + c0 * (w - 1)) * es, (state0 + c1 * (w - 1)) * es);
+      prefetch_l2(L.conv_w, c0 * w * e, c1 * w * e);
+      prefetch_l2(L.conv_b, c0 * e, c1 * e);
+    }
+    prefetch_l2(L.in_b, s.row0 * e, (s.row0 + s.rows) * e);
+    prefetch_l2(L.out_b, out.row0 * e, (out.row0 + out.rows) * e);
   }
 
   // residual += hidden (hidden alone in the first layer); the row norm, rounded to T as row_norm_kernel stores

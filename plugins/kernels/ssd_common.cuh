@@ -32,7 +32,8 @@ __device__ __forceinline__ void post_chunk(int* posted) { release_add(posted); }
 // Until `blocks` carry blocks have posted: the calling thread's loads after it (and, after a barrier, its block's)
 // see their stores.
 __device__ __forceinline__ void wait_chunk(const int* posted, int blocks) {
-  while (acquire_load(posted) < blocks) __nanosleep(256);
+  while (relaxed_load(posted) < blocks) __nanosleep(256);
+  acquire_load(posted);
 }
 
 template <typename T>
