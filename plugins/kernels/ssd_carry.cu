@@ -293,7 +293,7 @@ cudaError_t launch_carry(const SsdArgs& a, cudaStream_t stream) {
   const cudaError_t err =
       cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes));
   if (err != cudaSuccess) return err;
-  const dim3 grid(static_cast<unsigned>((p.headdim + kCarryRows - 1) / kCarryRows), static_cast<unsigned>(p.nheads),
+  const dim3 grid(static_cast<unsigned>(carry_blocks(p.headdim)), static_cast<unsigned>(p.nheads),
                   static_cast<unsigned>(p.batch));
   kernel<<<grid, kCarryThreads, bytes, stream>>>(a);
   return cudaGetLastError();

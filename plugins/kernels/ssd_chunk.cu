@@ -329,7 +329,7 @@ __global__ void __launch_bounds__(kOutThreads) ssd_output_kernel(const SsdArgs a
     }
   }
   if (kOverlap) {  // one thread acquires (its L1 invalidated once a block, not once a thread), the barrier orders
-    if (threadIdx.x == 0) wait_chunk(a.posted + (b * a.nchunks + c) * p.nheads + h, (P + kCarryRows - 1) / kCarryRows);
+    if (threadIdx.x == 0) wait_chunk(a.posted + (b * a.nchunks + c) * p.nheads + h, carry_blocks(P));
     __syncthreads();
     if (n_share.rstep) state.load<true>(n_share.r0, n_share);
   }

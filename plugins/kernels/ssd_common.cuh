@@ -27,6 +27,10 @@ struct SsdArgs {
 
 // ---- the hand-over from the carry walk to the output kernel, which runs beside it (programmatic launch): a
 // block of ssd_output_kernel reads S_in(c) once every carry block of its head has posted chunk c ----
+// The carry blocks of a head (its grid's x): each posts every chunk once, so a chunk is ready at this count.
+__host__ __device__ inline int carry_blocks(int64_t headdim) {
+  return static_cast<int>((headdim + kCarryRows - 1) / kCarryRows);
+}
 // By one thread, after a barrier that follows the block's stores of S_in(c) (common.cuh: release_add).
 __device__ __forceinline__ void post_chunk(int* posted) { release_add(posted); }
 // Until `blocks` carry blocks have posted: the calling thread's loads after it (and, after a barrier, its block's)

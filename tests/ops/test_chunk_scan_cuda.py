@@ -132,12 +132,16 @@ def test_chunk_scan_tensor_core_form_in_row_slices(cuda, pool, monkeypatch):
     (3, 1000, 80, 64, 1, 128),  # more walking blocks than multiprocessors; a short last chunk
     (2, 4097, 4, 128, 2, 256),  # 4 walking blocks a head, the largest state, 65 chunks
     (1, 40, 2, 32, 1, 16),      # one chunk
+    (2, 300, 6, 48, 3, 48),     # 2 walking blocks a head, the second half full (the count rounds up); dstate 48
+    (1, 257, 4, 16, 1, 16),     # one walking block of 16 rows; a 1-step last chunk
 ])
 def test_chunk_scan_overlap_is_bit_exact(cuda, monkeypatch, dtype, batch, seqlen, nheads, headdim, ngroups, dstate):
     """MAMBA_DEPLOY_SSD_OVERLAP=1 under programmatic launch: the output kernel runs beside the carry walk and each
     block waits for its chunk's S_in to be posted. The products are the same, in the same order, so y and the
     state equal those of the kernels one after the other, bit for bit: eager, and replayed from a CUDA graph
-    twice (the posted counts start from zero each replay)."""
+    twice (the posted counts start from zero each replay). The profiler shows the overlap form ran."""
+    from torch.profiler import ProfilerActivity, profile
+
     from mamba_deploy.ops import _lib
 
     kw = mamba2_inputs(batch, seqlen, nheads, headdim, ngroups, dstate, dtype)
@@ -153,7 +157,12 @@ def test_chunk_scan_overlap_is_bit_exact(cuda, monkeypatch, dtype, batch, seqlen
     previous = _lib.set_programmatic_launch(True)
     try:
         state = kw["initial_state"].clone()
-        assert torch.equal(scan(state), y_seq), "eager: y differs"
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            y_eager = scan(state)
+            torch.cuda.synchronize()
+        names = [e.name for e in prof.events() if "ssd_output_kernel" in e.name]
+        assert names and all("true>" in name for name in names), f"not the overlap form: {names[:2]}"
+        assert torch.equal(y_eager, y_seq), "eager: y differs"
         assert torch.equal(state, state_seq), "eager: state differs"
         state.copy_(kw["initial_state"])
         graph = torch.cuda.CUDAGraph()
