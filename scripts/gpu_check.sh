@@ -10,7 +10,8 @@
 #   profile      the kernels of one decode step at batch 8, 16 and 64 (mamba-1.4b, mamba2-1.3b)
 #   experiments  the prefill switches that are off by default: their tests, then A/B in one process
 #                (MAMBA_DEPLOY_SSD_OVERLAP, MAMBA_DEPLOY_GATE_IN_SCAN) and, with POLY_LIB set to a library built
-#                with -DMD_SOFTPLUS_POLY, the Mamba1 prefill with each library in turn
+#                with -DMAMBA_DEPLOY_SOFTPLUS_POLY=ON, its Mamba1 scan tests, then the Mamba1 prefill with each
+#                library in turn
 # Output goes to stdout and, when $OUT is set, to $OUT/gpu_check.log.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -46,7 +47,9 @@ for step in "${steps[@]}"; do
       for env in MAMBA_DEPLOY_SSD_OVERLAP=1 MAMBA_DEPLOY_GATE_IN_SCAN=1; do
         run 200 12 python3 benchmarks/prefill_models.py --rounds 2 --ab-env "$env" mamba2-1.3b mamba2-2.7b
       done
-      if [ -n "${POLY_LIB:-}" ]; then
+      if [ -n "${POLY_LIB:-}" ]; then  # built with -DMAMBA_DEPLOY_SOFTPLUS_POLY=ON: its Mamba1 scans' tests first
+        MAMBA_DEPLOY_KERNEL_LIB="$POLY_LIB" run 200 6 python3 -m pytest -q -m gpu -p no:cacheprovider \
+          tests/ops/test_kernels_cuda.py tests/native/test_native_engine.py -k "selective_scan or mamba1 or scan"
         for lib in "$MAMBA_DEPLOY_KERNEL_LIB" "$POLY_LIB" "$MAMBA_DEPLOY_KERNEL_LIB" "$POLY_LIB"; do
           MAMBA_DEPLOY_KERNEL_LIB="$lib" run 150 6 python3 benchmarks/prefill_models.py --rounds 1 mamba-1.4b mamba-2.8b
         done

@@ -22,7 +22,9 @@ from .weights import Layer
 
 # An experiment for issue 14 (not yet run on a GPU), read at each prefill (a captured graph keeps what it saw):
 # "1" gates Mamba2's y by silu(z) inside the chunk scan (y * silu(z) rounded once to the model dtype, where y was)
-# and leaves the norm after it a plain RMS norm of one tensor; ngroups 1, the row norm's shapes.
+# and leaves the norm after it a plain RMS norm of one tensor; ngroups 1, the row norm's shapes. Before it is a
+# default for float16: the product is stored in the model dtype, so past 65,504 it is inf where the default
+# (the product formed in float32 inside the norm) is finite; bfloat16 and float32 cannot overflow there.
 GATE_IN_SCAN = "MAMBA_DEPLOY_GATE_IN_SCAN"
 
 

@@ -69,6 +69,7 @@ def test_gate_in_scan_matches_reference(rel_err, native, checkpoints, monkeypatc
     from mamba_deploy.native import prefill
 
     arch = "mamba2_d_ssm"  # one group, d_ssm 256: the row norm's shapes
+    monkeypatch.delenv(prefill.GATE_IN_SCAN, raising=False)  # the default first, whatever the environment holds
     ref = load_reference(checkpoints[arch], torch.float32, "cuda")
     eng = native.load_engine(checkpoints[arch], dtype=dtype, max_batch=2, prefill_graph_tokens=0)
     prompt = ids(2, 37, seed=5)
