@@ -240,14 +240,14 @@ struct Stack {
     if (p.trace && threadIdx.x == 0) p.trace[blockIdx.x * (8 * p.n_layer + 3) + 8 * l + k] = global_ns();
   }
 
-  // The bytes [begin, end) of `base` into the L2, a 128-byte line a thread (nothing for a null base).
+  // The bytes [begin, end) of `base` into the L2: each 128-byte line they touch, a line a thread, every address
+  // inside the range (nothing for a null base).
   __device__ __forceinline__ static void prefetch_l2(const void* base, int64_t begin, int64_t end) {
-    if (base == nullptr) return;
-    const char* bytes = static_cast<const char*>(base);
-    const int64_t first = (begin & ~int64_t{127}) + 128 * static_cast<int64_t>(threadIdx.x);
+    if (base == nullptr || begin >= end) return;
+    const uintptr_t lo = reinterpret_cast<uintptr_t>(base) + begin, hi = reinterpret_cast<uintptr_t>(base) + end;
 #pragma unroll 1
-    for (int64_t at = first; at < end; at += 128 * kConsumers)
-      asm volatile("prefetch.global.L2 [%0];" ::"l"(bytes + at));
+    for (uintptr_t line = (lo & ~uintptr_t{127}) + 128 * threadIdx.x; line < hi; line += 128 * kConsumers)
+      asm volatile("prefetch.global.L2 [%0];" ::"l"(line < lo ? lo : line));
   }
 
   // At a layer's start, what it reads from DRAM besides the ring into the L2, each a DRAM round trip on the path
