@@ -58,6 +58,23 @@ def unsupported(cfg: ModelConfig, dtype: torch.dtype) -> Optional[str]:
     return next((why for bad, why in reasons if bad), None)
 
 
+def decode_params(c: ModelConfig, dtype: torch.dtype, state_dtype: torch.dtype, conv_state_dtype: torch.dtype,
+                  ssm_slot_stride: int, conv_slot_stride: int, pointers: dict):
+    """The launch's params (_lib.Mamba1DecodeParams / Mamba2DecodeParams) for model `c`: its shapes and dtypes,
+    the state pools' slot strides (elements) and `pointers` (layers, xz, y, hidden, sync; Mamba1's xdbl); residual,
+    state_rows and trace are set per launch."""
+    common = dict(n_layer=c.n_layer, d_model=c.d_model, d_inner=c.d_inner, dstate=c.d_state, conv_width=c.d_conv,
+                  dtype=DTYPE_CODES[dtype], state_dtype=DTYPE_CODES[state_dtype],
+                  conv_state_dtype=DTYPE_CODES[conv_state_dtype], norm_eps=float(c.norm_eps),
+                  conv_state_slot_stride=conv_slot_stride, ssm_state_slot_stride=ssm_slot_stride,
+                  **{k: pointers[k] for k in ("layers", "xz", "y", "hidden", "sync")})
+    if c.arch == MAMBA2:
+        lo, hi = c.dt_limit
+        return _lib.Mamba2DecodeParams(nheads=c.nheads, headdim=c.headdim, ngroups=c.ngroups,
+                                       norm_group=c.d_inner // c.ngroups, dt_min=float(lo), dt_max=float(hi), **common)
+    return _lib.Mamba1DecodeParams(dt_rank=c.dt_rank, xdbl=pointers["xdbl"], **common)
+
+
 class PersistentDecode:
     """The layer table (md_mamba1_layer / md_mamba2_layer records in device memory) and barrier words of one engine,
     and the launch. The table holds the engine's weight and state-pool pointers: both live as long as the engine."""
@@ -83,19 +100,10 @@ class PersistentDecode:
         self.sync = torch.zeros(4, dtype=torch.int32, device=eng.device)
         self.blocks = props.multi_processor_count  # the launcher's grid: a block a multiprocessor
         self.kernel = _lib.MAMBA2_DECODE if c.arch == MAMBA2 else _lib.MAMBA1_DECODE
-        common = dict(n_layer=c.n_layer, d_model=c.d_model, d_inner=c.d_inner, dstate=c.d_state, conv_width=c.d_conv,
-                      dtype=DTYPE_CODES[eng.dtype], state_dtype=DTYPE_CODES[ssm[0].dtype],
-                      conv_state_dtype=DTYPE_CODES[conv[0].dtype], norm_eps=float(c.norm_eps),
-                      layers=data_ptr(self.table), conv_state_slot_stride=conv[0].stride(0),
-                      ssm_state_slot_stride=ssm[0].stride(0), xz=data_ptr(eng.xz), y=data_ptr(eng.y),
-                      hidden=data_ptr(eng.hidden), sync=data_ptr(self.sync))
-        if c.arch == MAMBA2:
-            lo, hi = c.dt_limit
-            self.params = _lib.Mamba2DecodeParams(nheads=c.nheads, headdim=c.headdim, ngroups=c.ngroups,
-                                                  norm_group=c.d_inner // c.ngroups, dt_min=float(lo),
-                                                  dt_max=float(hi), **common)
-        else:
-            self.params = _lib.Mamba1DecodeParams(dt_rank=c.dt_rank, xdbl=data_ptr(eng.xdbl), **common)
+        self.params = decode_params(c, eng.dtype, ssm[0].dtype, conv[0].dtype, ssm[0].stride(0), conv[0].stride(0),
+                                    dict(layers=data_ptr(self.table), xz=data_ptr(eng.xz), y=data_ptr(eng.y),
+                                         hidden=data_ptr(eng.hidden), sync=data_ptr(self.sync),
+                                         xdbl=data_ptr(eng.xdbl)))
         self._trace: Optional[torch.Tensor] = None
 
     @staticmethod

@@ -10,6 +10,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+import torch
 
 from mamba_deploy.ops import _lib
 
@@ -149,4 +150,30 @@ def test_bad_params_are_reported_through_the_one_error_path(symbol, params, why)
     loads, and its ABI version and struct sizes are checked, with cudart linked statically)."""
     _lib.load()
     with pytest.raises(RuntimeError, match=f"{symbol} failed \\(cudaError 1\\): {re.escape(why)}"):
+        _lib.launch(_lib.KERNELS[symbol], params, 0)
+
+
+@needs_built_library
+@pytest.mark.skipif(torch.cuda.is_available(), reason="with a GPU the launch would run on stand-in pointers")
+@pytest.mark.parametrize("preset,dtype", [("mamba-130m", "float32"), ("mamba-1.4b", "float16"),
+                                          ("mamba-2.8b", "bfloat16"), ("mamba2-1.3b", "float16"),
+                                          ("mamba2-2.7b", "float16")])
+def test_persistent_decode_host_checks_pass_the_published_models(preset, dtype):
+    """native.persistent.decode_params of a published model's shapes (state pools of its own shapes, aligned stand-in
+    pointers) clears every shape check of md_mamba*_decode_fwd; here, without a GPU, the launch then stops at the
+    device check that follows them (a shape refused would name itself instead)."""
+    import math
+
+    from mamba_deploy.config import parse_config
+    from mamba_deploy.native.persistent import decode_params
+    from mamba_deploy.random_init import preset_config
+
+    cfg, t = parse_config(preset_config(preset)), getattr(torch, dtype)
+    pointers = {name: 4096 * (i + 1) for i, name in enumerate(("layers", "xz", "y", "hidden", "sync", "xdbl"))}
+    params = decode_params(cfg, t, torch.float32, t, math.prod(cfg.ssm_state_shape(1)),
+                           math.prod(cfg.conv_state_shape(1)), pointers)
+    params.residual = 4096 * 7  # set per launch (PersistentDecode.layers), as state_rows (NULL: slot 0)
+    symbol = "md_mamba2_decode_fwd" if cfg.arch == "mamba2" else "md_mamba1_decode_fwd"
+    _lib.load()
+    with pytest.raises(RuntimeError, match="needs compute capability 9.0\\+ and cooperative launch"):
         _lib.launch(_lib.KERNELS[symbol], params, 0)
