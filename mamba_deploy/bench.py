@@ -281,6 +281,8 @@ def bench(path=None, backend: str = "native", batches: Sequence[int] = (1, 16, 6
         for r in rows:
             r["sampled_tok_s"] = r["batch"] * 1000.0 / bench_sampled_step(eng, r["batch"], prompt_len, gen_len)
             r["generate_tok_s"] = bench_generate(api, r["batch"], prompt_len, gen_len)
+    if eng.persistent is not None and eng.persistent.failed():
+        raise RuntimeError("a grid barrier of the persistent decode gave up waiting: its batch-1 figures are void")
     peak = torch.cuda.max_memory_allocated() / 2**30
     for r in rows:
         r["peak_gib"] = peak
