@@ -187,12 +187,10 @@ struct Mamba1 : Model<md_mamba1_decode_params, md::Phases> {
   template <typename T, typename S>
   using Consumer = md::Consumer<T, S>;
 #endif
-  // Shared memory beyond decode_persistent.cuh's: the step's dt_low, B, C (floats).
+  // Shared memory beyond decode_persistent.cuh's: the step's dt_low, B, C (floats). (The partial sums' rows count
+  // the dt phase's too, which has none: its d_inner rows are never more than in_proj's 2 d_inner.)
   __host__ __device__ static Layout layout(const Params& p, int slots, int blocks) {
-    const int in = Phases::share(p, kIn, blocks, 0).rows, x = Phases::share(p, kX, blocks, 0).rows,
-              out = Phases::share(p, kOut, blocks, 0).rows;  // block 0 has the most
-    return layout_of(slots, p.d_model, in > x ? (in > out ? in : out) : (x > out ? x : out),
-                     4 * (padded_rank(p) + 2 * kState));
+    return layout_of(slots, p.d_model, most_rows<Phases>(p, blocks), 4 * (padded_rank(p) + 2 * kState));
   }
   static const char* problem(const Params& p) {
     if (p.xdbl == nullptr) return "missing pointer";

@@ -68,9 +68,9 @@ struct Consumer : Stack<T, md_mamba2_decode_params> {
     for (int r = warp; r < s.rows; r += kConsumerWarps) {
       const int64_t row = s.row0 + r, h = row / p.headdim;
       const S* st = static_cast<const S*>(L.ssm_state) + srow * p.ssm_state_slot_stride + row * p.dstate;
-      if (lane < lines) asm volatile("prefetch.global.L2 [%0];" ::"l"(st + lane * (128 / sizeof(S))));
+      if (lane < lines) prefetch_line(st + lane * (128 / sizeof(S)));
       const float* scalar = lane == lines ? L.A + h : lane == lines + 1 ? L.D + h : L.dt_bias + h;
-      if (lane >= lines && lane < lines + 3) asm volatile("prefetch.global.L2 [%0];" ::"l"(scalar));
+      if (lane >= lines && lane < lines + 3) prefetch_line(scalar);
     }
   }
 
@@ -216,8 +216,7 @@ struct Mamba2 : Model<md_mamba2_decode_params, md::Phases> {
 #endif
   // The normed x is in_proj's (d_model) or out_proj's (d_inner) input; the model's own bytes: the step's B and C.
   __host__ __device__ static Layout layout(const Params& p, int slots, int blocks) {
-    const int in = Phases::share(p, kIn, blocks, 0).rows, out = Phases::share(p, kOut, blocks, 0).rows;
-    return layout_of(slots, p.d_model > p.d_inner ? p.d_model : p.d_inner, in > out ? in : out,
+    return layout_of(slots, p.d_model > p.d_inner ? p.d_model : p.d_inner, most_rows<Phases>(p, blocks),
                      4 * 2 * p.ngroups * p.dstate);
   }
   static const char* problem(const Params& p) {

@@ -45,6 +45,9 @@ constexpr unsigned long long kBarrierTimeoutNs = 2000000000ull;
 // A block's rows of one streamed matrix, the same in every layer: [row0, row0 + rows), `per_slot` whole rows a slot.
 struct Share {
   int row0, rows, row_bytes, per_slot, slots;
+  __host__ __device__ int slot_rows(int k) const {  // rows in slot k of the share (per_slot but the last)
+    return rows - k * per_slot < per_slot ? rows - k * per_slot : per_slot;
+  }
 };
 
 __host__ __device__ inline Share share_of(int64_t n, int64_t row_bytes, int blocks, int b) {
@@ -59,6 +62,18 @@ __host__ __device__ inline Share share_of(int64_t n, int64_t row_bytes, int bloc
 }
 
 __host__ __device__ inline int64_t elem_bytes(int64_t dtype) { return dtype == MD_FLOAT32 ? 4 : 2; }
+
+// The most rows a block has of any streamed matrix (block 0's: shares differ by at most a row, the first ones
+// larger): the rows of the warps' partial sums (Layout).
+template <typename Phases, typename P>
+__host__ __device__ inline int most_rows(const P& p, int blocks) {
+  int most = 0;
+  for (int ph = 0; ph < Phases::kCount; ++ph) {
+    const int rows = Phases::share(p, ph, blocks, 0).rows;
+    most = rows > most ? rows : most;
+  }
+  return most;
+}
 
 // Shared memory: the ring, its full and empty mbarriers, the normed x (xs_floats: the longest norm row), the warps'
 // partial sums (kConsumerWarps x red_rows: the most rows a block has in a projection), the model's own bytes, the
@@ -120,8 +135,7 @@ __device__ __forceinline__ void produce(const P& p, uint32_t ring, uint32_t full
       const Share& s = share[ph];
       const char* src = static_cast<const char*>(Phases::base(L, ph)) + static_cast<int64_t>(s.row0) * s.row_bytes;
       for (int k = 0; k < s.slots; ++k) {
-        const int rows = s.rows - k * s.per_slot < s.per_slot ? s.rows - k * s.per_slot : s.per_slot;
-        const uint32_t bytes = static_cast<uint32_t>(rows * s.row_bytes);
+        const uint32_t bytes = static_cast<uint32_t>(s.slot_rows(k) * s.row_bytes);
         if (wrapped) {
           const unsigned long long t0 = p.trace ? global_ns() : 0;
           mbar_wait(empty0 + 8 * cur.slot, cur.parity ^ 1);
@@ -193,13 +207,6 @@ __device__ __forceinline__ void grid_barrier(int* sync, int target) {
   consumers_sync();
 }
 
-// 8 elements (16-byte aligned) of shared memory as floats.
-template <typename T>
-__device__ __forceinline__ void load8_shared(const T* ptr, float* f) {
-  const uint4* v = reinterpret_cast<const uint4*>(ptr);
-  unpack(v[0], f, T());
-  if constexpr (sizeof(T) == 4) unpack(v[1], f + 4, T());
-}
 template <typename T>
 __device__ __forceinline__ float load_coherent(const T* ptr) {
   if constexpr (sizeof(T) == 4) {
@@ -247,7 +254,7 @@ struct Stack {
     const uintptr_t lo = reinterpret_cast<uintptr_t>(base) + begin, hi = reinterpret_cast<uintptr_t>(base) + end;
 #pragma unroll 1
     for (uintptr_t line = (lo & ~uintptr_t{127}) + 128 * threadIdx.x; line < hi; line += 128 * kConsumers)
-      asm volatile("prefetch.global.L2 [%0];" ::"l"(line < lo ? lo : line));
+      prefetch_line(reinterpret_cast<const void*>(line < lo ? lo : line));
   }
 
   // At a layer's start, what it reads from DRAM besides the ring into the L2, each a DRAM round trip on the path
@@ -335,7 +342,7 @@ struct Stack {
     const uint4* ring4 = reinterpret_cast<const uint4*>(smem);
     int row = 0;
     for (int n = 0; n < s.slots; ++n) {
-      const int nr = s.rows - row < s.per_slot ? s.rows - row : s.per_slot;
+      const int nr = s.slot_rows(n);
       mbar_wait(full0 + 8 * cur.slot, cur.parity);
       const uint4* w4 = ring4 + cur.slot * (kSlotBytes / 16);
       for (int r0 = 0; r0 < nr; r0 += kRows) {

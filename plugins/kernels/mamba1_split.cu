@@ -160,8 +160,8 @@ struct Prefetcher {
   // The next tile's row (nothing past the sequence).
   __device__ __forceinline__ void issue(int64_t seqlen) {
     if (row != nullptr && t < seqlen) {
-      asm volatile("prefetch.global.L2 [%0];" ::"l"(row));
-      if (kLines > 1 && lines > 1) asm volatile("prefetch.global.L2 [%0];" ::"l"(row + 128 / sizeof(T)));
+      prefetch_line(row);
+      if (kLines > 1 && lines > 1) prefetch_line(row + 128 / sizeof(T));
     }
     row += tile_step;
     t += kTile;

@@ -97,7 +97,7 @@ __device__ __forceinline__ void prefetch_tile(const md_ssm_params& p, int64_t b,
   const int64_t batch_stride = tensor == 0 ? p.x_batch_stride : tensor == 1 ? p.dt_batch_stride : p.z_batch_stride;
   const int64_t seq_stride = tensor == 0 ? p.x_seq_stride : tensor == 1 ? p.dt_seq_stride : p.z_seq_stride;
   const T* line = static_cast<const T*>(base) + b * batch_stride + t * seq_stride + d;
-  asm volatile("prefetch.global.L2 [%0];" ::"l"(line));
+  prefetch_line(line);
 }
 
 struct WalkShared {

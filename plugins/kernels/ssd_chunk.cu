@@ -324,8 +324,8 @@ __global__ void __launch_bounds__(kOutThreads) ssd_output_kernel(const SsdArgs a
     dt_s[t] = dts[t];
     c2_s[t] = dts[kQ + t] * kLog2e;
     if (zp && t < tc) {  // the epilogue's z rows: into the L2 now, read from it after the products
-      asm volatile("prefetch.global.L2 [%0];" ::"l"(zp + t * p.z_seq_stride));
-      asm volatile("prefetch.global.L2 [%0];" ::"l"(zp + t * p.z_seq_stride + (P - 1) * p.z_dim_stride));
+      prefetch_line(zp + t * p.z_seq_stride);
+      prefetch_line(zp + t * p.z_seq_stride + (P - 1) * p.z_dim_stride);
     }
   }
   if (kOverlap) {  // one thread acquires (its L1 invalidated once a block, not once a thread), the barrier orders

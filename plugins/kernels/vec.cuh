@@ -22,23 +22,27 @@ __device__ __forceinline__ void unpack(const uint4& v, float* f, __nv_bfloat16) 
   for (int i = 0; i < 4; ++i) { const float2 t = __bfloat1622float2(h[i]); f[2 * i] = t.x; f[2 * i + 1] = t.y; }
 }
 
-// 8 consecutive elements (16-byte aligned) -> floats.
+// 8 consecutive elements (16-byte aligned) -> floats, their 16-byte vectors read by load(const uint4*).
+template <typename T, typename Load>
+__device__ __forceinline__ void load8_by(const T* ptr, float* f, Load load) {
+  const uint4* v = reinterpret_cast<const uint4*>(ptr);
+  unpack(load(v), f, T());
+  if constexpr (sizeof(T) == 4) unpack(load(v + 1), f + 4, T());
+}
+// Through the non-coherent path: what no kernel writes while this one runs.
 template <typename T>
 __device__ __forceinline__ void load8(const T* ptr, float* f) {
-  const uint4* v = reinterpret_cast<const uint4*>(ptr);
-  if constexpr (sizeof(T) == 2) {
-    unpack(__ldg(v), f, T());
-  } else {
-    unpack(__ldg(v), f, T());
-    unpack(__ldg(v + 1), f + 4, T());
-  }
+  load8_by(ptr, f, [](const uint4* v) { return __ldg(v); });
 }
-// As load8, through the L2 alone: coherent with another block or kernel that may still be writing them.
+// Through the L2 alone: coherent with another block or kernel that may still be writing them.
 template <typename T>
 __device__ __forceinline__ void load8_cg(const T* ptr, float* f) {
-  const uint4* v = reinterpret_cast<const uint4*>(ptr);
-  unpack(__ldcg(v), f, T());
-  if constexpr (sizeof(T) == 4) unpack(__ldcg(v + 1), f + 4, T());
+  load8_by(ptr, f, [](const uint4* v) { return __ldcg(v); });
+}
+// From shared memory.
+template <typename T>
+__device__ __forceinline__ void load8_shared(const T* ptr, float* f) {
+  load8_by(ptr, f, [](const uint4* v) { return *v; });
 }
 __device__ __forceinline__ void load8_any(const void* ptr, int64_t dtype, int64_t i, float* f) {
   if (dtype == MD_FLOAT32) load8(static_cast<const float*>(ptr) + i, f);
