@@ -75,6 +75,9 @@ def decode_params(c: ModelConfig, dtype: torch.dtype, state_dtype: torch.dtype, 
     return _lib.Mamba1DecodeParams(dt_rank=c.dt_rank, xdbl=pointers["xdbl"], **common)
 
 
+_LAYER_ATTRS = {"wdt": "dt_packed", "dt_bias": "dt_b"}  # record fields named otherwise in weights.Layer
+
+
 class PersistentDecode:
     """The layer table (md_mamba1_layer / md_mamba2_layer records in device memory) and barrier words of one engine,
     and the launch. The table holds the engine's weight and state-pool pointers: both live as long as the engine."""
@@ -108,13 +111,10 @@ class PersistentDecode:
 
     @staticmethod
     def _record(eng, L) -> list:
-        """The pointers of one layer's md_mamba1_layer / md_mamba2_layer record, in its field order."""
-        conv, ssm = eng.static.conv[L.index], eng.static.ssm[L.index]
-        if eng.config.arch == MAMBA2:
-            return [L.norm_w, L.in_w, L.in_b, L.conv_w, L.conv_b, conv, L.dt_b, L.A, L.D, ssm, L.gnorm_w, L.out_w,
-                    L.out_b]
-        return [L.norm_w, L.in_w, L.in_b, L.conv_w, L.conv_b, conv, L.x_w, L.dt_packed, L.dt_b, L.A, L.D, ssm,
-                L.out_w, L.out_b]
+        """The tensors of one layer's md_mamba1_layer / md_mamba2_layer record, in its field order (_lib's)."""
+        pools = {"conv_state": eng.static.conv[L.index], "ssm_state": eng.static.ssm[L.index]}
+        fields = _lib.MAMBA2_LAYER_FIELDS if eng.config.arch == MAMBA2 else _lib.MAMBA1_LAYER_FIELDS
+        return [pools[f] if f in pools else getattr(L, _LAYER_ATTRS.get(f, f)) for f in fields]
 
     def layers(self, eng) -> None:
         """hidden[0] (the token's embedding) -> every layer -> hidden[0], and the residual entering the final norm

@@ -337,16 +337,15 @@ def test_persistent_decode_layer_table_holds_each_layers_pointers(monkeypatch, a
                                 static=InferenceState.zeros(cfg, 2, dtype), **buffers)
     decode = P.PersistentDecode(eng)
 
-    names = (["norm_w", "in_w", "in_b", "conv_w", "conv_b", "conv", "dt_b", "A", "D", "ssm", "gnorm_w", "out_w",
-              "out_b"] if arch == "mamba2" else
-             ["norm_w", "in_w", "in_b", "conv_w", "conv_b", "conv", "x_w", "dt_packed", "dt_b", "A", "D", "ssm",
-              "out_w", "out_b"])
-    assert decode.table.shape == (cfg.n_layer, len(names))
+    fields = _lib.MAMBA2_LAYER_FIELDS if arch == "mamba2" else _lib.MAMBA1_LAYER_FIELDS  # gemv.h's (test_lib_abi)
+    assert decode.table.shape == (cfg.n_layer, len(fields))
     for L, row in zip(layers, decode.table.tolist()):
-        pools = {"conv": eng.static.conv[L.index], "ssm": eng.static.ssm[L.index]}
-        want = [(pools[n] if n in pools else getattr(L, n)) for n in names]
-        assert row == [0 if t is None else t.data_ptr() for t in want]
-        assert (row[names.index("in_b")] != 0) == bias and (row[names.index("out_b")] != 0) == bias
+        meaning = {"norm_w": L.norm_w, "in_w": L.in_w, "in_b": L.in_b, "conv_w": L.conv_w, "conv_b": L.conv_b,
+                   "conv_state": eng.static.conv[L.index], "x_w": L.x_w, "wdt": L.dt_packed, "dt_bias": L.dt_b,
+                   "A": L.A, "D": L.D, "ssm_state": eng.static.ssm[L.index], "gnorm_w": L.gnorm_w, "out_w": L.out_w,
+                   "out_b": L.out_b}
+        assert row == [0 if meaning[f] is None else meaning[f].data_ptr() for f in fields]
+        assert (row[fields.index("in_b")] != 0) == bias and (row[fields.index("out_b")] != 0) == bias
     p = decode.params
     assert (p.n_layer, p.d_model, p.d_inner, p.dstate) == (cfg.n_layer, cfg.d_model, cfg.d_inner, cfg.d_state)
     assert (p.xz, p.y, p.hidden, p.layers) == (eng.xz.data_ptr(), eng.y.data_ptr(), eng.hidden.data_ptr(),
