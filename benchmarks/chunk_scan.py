@@ -5,8 +5,6 @@ of each kernel (torch.profiler).
     PYTHONPATH=. MAMBA_DEPLOY_KERNEL_LIB=build/libmamba_deploy_kernels.so python3 benchmarks/chunk_scan.py \\
         --seqlen 2048                       # mamba2-1.3b's layer: 64 heads of 64, one group, dstate 128
         --batch 8 --seqlen 2048 --nheads 80  # mamba2-2.7b's
-    MAMBA_DEPLOY_SSD_OVERLAP=1 ... --seqlen 2048   # the output kernel beside the carry walk (programmatic launch,
-                                                   # on by default here as in the native engine; --no-programmatic)
 
 Bytes: x, z, y, B, C, dt once each, the state in and out, and the float32 state entering each 64-step chunk
 written once and read once (the SSD form's scratch). FLOPs: the SSD products counted once (hi + lo pairs not
@@ -18,7 +16,6 @@ import argparse
 import torch
 
 from mamba_deploy.bench import profile_kernels
-from mamba_deploy.ops import _lib
 from mamba_deploy.ops import cuda as K
 
 CHUNK = 64  # ssd_chunk.cu's kQ
@@ -34,10 +31,7 @@ def main() -> None:
     ap.add_argument("--dstate", type=int, default=128)
     ap.add_argument("--dtype", choices=["float16", "bfloat16"], default="float16")
     ap.add_argument("--repeats", type=int, default=20)
-    ap.add_argument("--programmatic", action=argparse.BooleanOptionalAction, default=True,
-                    help="programmatic dependent launch, as the native engine runs it (default on)")
     a = ap.parse_args()
-    _lib.set_programmatic_launch(a.programmatic)
     Bt, L, H, P, G, N = a.batch, a.seqlen, a.nheads, a.headdim, a.ngroups, a.dstate
     dt16 = getattr(torch, a.dtype)
     torch.manual_seed(0)

@@ -6,8 +6,8 @@
 
 Each model: `--rounds` medians of `--repeats` prefills from a zero state (ms), and TFLOP/s of the layers'
 projections (2 FLOP a weight a token; the LM head runs on the last token only, the scans' own work is not counted).
-`--ab-env NAME=VALUE` (e.g. MAMBA_DEPLOY_SSD_OVERLAP=1): each round runs without it, then with it set, the prefill
-graphs recaptured for each: a row per variant, same engine and weights.
+`--ab-env NAME=VALUE` (an environment switch read at each launch or prefill): each round runs without it, then
+with it set, the prefill graphs recaptured for each: a row per variant, same engine and weights.
 """
 from __future__ import annotations
 

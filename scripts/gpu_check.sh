@@ -8,10 +8,6 @@
 #   generate     bench --generate, mamba-1.4b
 #   persistent   the persistent batch-1 decode's tests (first), then benchmarks/persistent_decode.py on four models
 #   profile      the kernels of one decode step at batch 8, 16 and 64 (mamba-1.4b, mamba2-1.3b)
-#   experiments  the prefill switches that are off by default: their tests, then A/B in one process
-#                (MAMBA_DEPLOY_SSD_OVERLAP, MAMBA_DEPLOY_GATE_IN_SCAN) and, with POLY_LIB set to a library built
-#                with -DMAMBA_DEPLOY_SOFTPLUS_POLY=ON, its Mamba1 scan tests, then the Mamba1 prefill with each
-#                library in turn
 # Output goes to stdout and, when $OUT is set, to $OUT/gpu_check.log.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -39,22 +35,7 @@ for step in "${steps[@]}"; do
     profile) for m in mamba-1.4b mamba2-1.3b; do
                run 200 60 python3 benchmarks/profile_step.py --random-init "$m" --batches 8 16 64
              done ;;
-    experiments)
-      run 150 10 python3 -m pytest -q -m gpu -p no:cacheprovider \
-        tests/ops/test_chunk_scan_cuda.py::test_chunk_scan_overlap_is_bit_exact \
-        tests/native/test_native_engine.py::test_gate_in_scan_matches_reference \
-        tests/native/test_native_engine.py::test_ssd_overlap_prefill_is_bit_exact
-      for env in MAMBA_DEPLOY_SSD_OVERLAP=1 MAMBA_DEPLOY_GATE_IN_SCAN=1; do
-        run 200 12 python3 benchmarks/prefill_models.py --rounds 2 --ab-env "$env" mamba2-1.3b mamba2-2.7b
-      done
-      if [ -n "${POLY_LIB:-}" ]; then  # built with -DMAMBA_DEPLOY_SOFTPLUS_POLY=ON: its Mamba1 scans' tests first
-        MAMBA_DEPLOY_KERNEL_LIB="$POLY_LIB" run 200 6 python3 -m pytest -q -m gpu -p no:cacheprovider \
-          tests/ops/test_kernels_cuda.py tests/native/test_native_engine.py -k "selective_scan or mamba1 or scan"
-        for lib in "$MAMBA_DEPLOY_KERNEL_LIB" "$POLY_LIB" "$MAMBA_DEPLOY_KERNEL_LIB" "$POLY_LIB"; do
-          MAMBA_DEPLOY_KERNEL_LIB="$lib" run 150 6 python3 benchmarks/prefill_models.py --rounds 1 mamba-1.4b mamba-2.8b
-        done
-      fi ;;
-    *) echo "unknown step $step (tests, bench, generate, persistent, profile, experiments)"; exit 2 ;;
+    *) echo "unknown step $step (tests, bench, generate, persistent, profile)"; exit 2 ;;
   esac
 done
 exit $status

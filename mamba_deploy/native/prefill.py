@@ -4,7 +4,6 @@ all writing the layer's conv and SSM state in place. Falcon-Mamba's dt / B / C n
 models' gated MLP part (d_ssm_mlp) serve decode too."""
 from __future__ import annotations
 
-import os
 from typing import Optional, Sequence
 
 import torch
@@ -18,14 +17,6 @@ from ..ops import cuda as K
 from ..ops._tensors import to_device_async
 from . import gemv as G
 from .weights import Layer
-
-
-# An experiment for issue 14 (not yet run on a GPU), read at each prefill (a captured graph keeps what it saw):
-# "1" gates Mamba2's y by silu(z) inside the chunk scan (y * silu(z) rounded once to the model dtype, where y was)
-# and leaves the norm after it a plain RMS norm of one tensor; ngroups 1, the row norm's shapes. Before it is a
-# default for float16: the product is stored in the model dtype, so past 65,504 it is inf where the default
-# (the product formed in float32 inside the norm) is finite; bfloat16 and float32 cannot overflow there.
-GATE_IN_SCAN = "MAMBA_DEPLOY_GATE_IN_SCAN"
 
 
 def dt_bc_norm(cfg: ModelConfig, unit: Optional[torch.Tensor], xdbl: torch.Tensor) -> None:
@@ -113,16 +104,11 @@ def _mamba2_scan(c: ModelConfig, L: Layer, xz: torch.Tensor, xc: torch.Tensor, s
     C = xc[..., d + gn:].unflatten(-1, (c.ngroups, c.d_state))
     dt = xz[..., lo + c.conv_dim:]
     y = torch.empty(b, n, c.nheads, c.headdim, dtype=xc.dtype, device=xc.device)
+    K.chunk_scan(x, dt, L.A, B, C, c.chunk_size, L.D, None, L.dt_b, ssm_state, True, c.dt_limit, out=y,
+                 state_out=ssm_state, state_rows=rows)
     out = torch.empty(b, n, m + d, dtype=xc.dtype, device=xc.device)
-    z = xz[..., lo - d:lo]
-    y2, z2, out2 = y.view(b * n, d), z.flatten(0, 1), out.view(b * n, -1)[:, m:]
-    fast_norm = L.gnorm_w.dtype == y.dtype and G.row_norm_ok(d, d // c.ngroups, y2, z2, out2)  # 16-byte rows
-    gate_in_scan = fast_norm and c.ngroups == 1 and os.environ.get(GATE_IN_SCAN) == "1"
-    K.chunk_scan(x, dt, L.A, B, C, c.chunk_size, L.D, z.unflatten(-1, (c.nheads, c.headdim)) if gate_in_scan else None,
-                 L.dt_b, ssm_state, True, c.dt_limit, out=y, state_out=ssm_state, state_rows=rows)
-    if gate_in_scan:  # y is y * silu(z) already: the norm reads one tensor, not two
-        G.row_norm(y2, None, L.gnorm_w, c.norm_eps, out=out2)
-    elif fast_norm:
+    y2, z2, out2 = y.view(b * n, d), xz.view(b * n, -1)[:, lo - d:lo], out.view(b * n, -1)[:, m:]
+    if L.gnorm_w.dtype == y.dtype and G.row_norm_ok(d, d // c.ngroups, y2, z2, out2):  # 16-byte rows
         G.row_norm(y2, z2, L.gnorm_w, c.norm_eps, out=out2, gate=True, group_size=d // c.ngroups)
     else:
         K.gated_rms_norm(y2, z2, L.gnorm_w, c.norm_eps, d // c.ngroups, out=out2)

@@ -59,31 +59,7 @@ __device__ __forceinline__ float softplus_exact(float v) { return v <= 20.f ? lo
 __device__ __forceinline__ float silu(float v) { return __fdividef(v, 1.f + __expf(-v)); }
 // softplus and silu through fast_exp2 (results below 2^-126 flush to zero): the Mamba1 walk's step loop, where
 // __expf's range checks cost 6 instructions a step. silu_ftz is 0 past 2^126 (v < -88): its limit.
-#ifdef MD_SOFTPLUS_POLY
-// An experiment for issue 14, built only with -DMD_SOFTPLUS_POLY (not yet run on a GPU): the Mamba1 walks' softplus
-// without log1pf, whose range reduction and branches are ~36 instructions a (step, channel). log1p(u) on [0, 1]
-// as u (1 + u r(u)), r of degree 7 fit to the relative error: at most 1.7e-7 in float32 (log1pf rounds to within
-// 1.9e-7; tests/ops/test_softplus_poly.py checks these coefficients), in 9 FMAs.
-__device__ __forceinline__ float log1p_unit(float u) {
-  // SOFTPLUS_POLY: r's coefficients, highest degree first
-  float r = 5.364777055e-03f;
-  r = fmaf(r, u, -3.006560355e-02f);
-  r = fmaf(r, u, 7.920423150e-02f);
-  r = fmaf(r, u, -1.375377625e-01f);
-  r = fmaf(r, u, 1.915364265e-01f);
-  r = fmaf(r, u, -2.485716045e-01f);
-  r = fmaf(r, u, 3.332132101e-01f);
-  r = fmaf(r, u, -4.999964833e-01f);  // SOFTPLUS_POLY end
-  return u * fmaf(r, u, 1.f);
-}
-// max(v, 0) + log1p(exp(-|v|)): the argument stays in (0, 1]; past v = 17 the second term is under half an ulp
-// of v, so large v come out as v with no branch (NaN stays NaN; -inf gives 0).
-__device__ __forceinline__ float softplus_ftz(float v) {
-  return fmaxf(v, 0.f) + log1p_unit(fast_exp2(-fabsf(v) * kLog2e));
-}
-#else
 __device__ __forceinline__ float softplus_ftz(float v) { return v <= 20.f ? log1pf(fast_exp2(v * kLog2e)) : v; }
-#endif
 __device__ __forceinline__ float silu_ftz(float v) { return __fdividef(v, 1.f + fast_exp2(-v * kLog2e)); }
 
 // Whether a scan clamps its discretised dt (md_ssm_params: dt_min 0 and dt_max infinity mean no clamp).

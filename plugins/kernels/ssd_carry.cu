@@ -37,14 +37,11 @@ __device__ void chunk_dt(const SsdArgs& a, int64_t b, int64_t h, int64_t t0, int
 }
 
 // ---- per chunk: the discretised dt and the running sum of dt * A (read by the other two kernels) ----
-// Grid (nchunks, nheads, batch), kQ threads. kOverlap: also zeroes the chunk's count of posted carry blocks
-// (ssd_carry_kernel, launched plainly after this kernel, sees the zero before it posts).
-template <bool kOverlap>
+// Grid (nchunks, nheads, batch), kQ threads.
 __global__ void __launch_bounds__(kQ) ssd_dt_kernel(const SsdArgs a) {
   __shared__ float dt_s[kQ], cum_s[kQ];
   const int64_t c = blockIdx.x, h = blockIdx.y, b = blockIdx.z, t0 = c * kQ;
   const int tc = static_cast<int>(a.p.seqlen - t0 < kQ ? a.p.seqlen - t0 : kQ);
-  if (kOverlap && threadIdx.x == 0) a.posted[(b * a.nchunks + c) * a.p.nheads + h] = 0;
   chunk_dt(a, b, h, t0, tc, dt_s, cum_s);
   float* out = a.dts + ((b * a.nchunks + c) * a.p.nheads + h) * 2 * kQ;
   out[threadIdx.x] = dt_s[threadIdx.x];
@@ -57,11 +54,12 @@ __global__ void __launch_bounds__(kQ) ssd_dt_kernel(const SsdArgs a) {
 // entering the chunk, then S = decay * S + (w X)^T B. Scaling X by w_s instead of B keeps B exact and splits only
 // the 64 x 32 product w X into hi + lo (shared by the block's warps). A chunk's B rows, X rows and dt / cum
 // arrive by cp.async kStages - 1 chunks ahead: the walk waits on the products, not on memory.
+constexpr int kRows = 32;           // headdim rows per block
 constexpr int kCarryThreads = 256;  // 8 warps: 2 row tiles x 4 column groups
 constexpr int kColGroups = kCarryThreads / 32 / 2;
 constexpr int kStages = 4;  // >= 3: chunk c + 1 is split while chunk c is multiplied
 static_assert(kStages >= 3 && (kStages & (kStages - 1)) == 0, "the walk splits chunk c + 1 while c is in use");
-constexpr int kLdx = kCarryRows + kPad;  // w X rows: 80 bytes, so 8 rows' 16-byte units meet 8 bank groups
+constexpr int kLdx = kRows + kPad;  // w X rows: 80 bytes, so 8 rows' 16-byte units meet 8 bank groups
 
 struct CarryLayout {  // shared-memory offsets (bytes) of ssd_carry_kernel: kStages stages, then the rest
   int ldb;
@@ -76,7 +74,7 @@ __host__ __device__ CarryLayout carry_layout(int N) {
   size_t at = 0;
   auto take = [&](size_t bytes) { const size_t here = at; at += (bytes + 127) / 128 * 128; return here; };
   o.B = take(sizeof(T) * kQ * o.ldb);
-  o.X = take(sizeof(T) * kQ * kCarryRows);  // raw, 64-byte rows
+  o.X = take(sizeof(T) * kQ * kRows);    // raw, 64-byte rows
   o.dts = take(sizeof(float) * 2 * kQ);  // dt_s, cum_s (ssd_dt_kernel)
   o.stage = at;
   at *= kStages;
@@ -121,7 +119,7 @@ __device__ void issue_chunk(const md_ssm_params& p, const ChunkSource<T>& src, i
   if (src.x_vec) {
     src.x_pieces.template copy_n<1>(to + o.X, t0 * src.x_step, tc);
   } else {
-    load_tile(reinterpret_cast<T*>(stage + o.X), kCarryRows, src.x + t0 * src.x_step, src.x_step, p.x_dim_stride, tc,
+    load_tile(reinterpret_cast<T*>(stage + o.X), kRows, src.x + t0 * src.x_step, src.x_step, p.x_dim_stride, tc,
               TileShare(src.xcols, kCarryThreads));
   }
   if (threadIdx.x < 2 * kQ / 4) {  // 2 kQ floats in 16-byte pieces
@@ -138,7 +136,7 @@ __device__ __forceinline__ void split_x(const unsigned char* stage, const CarryL
   const int s = threadIdx.x / 4, col = (threadIdx.x % 4) * 8;
   if (col >= xcols) return;
   const float w = dt_s[s] * expf(cum_s[kQ - 1] - cum_s[s]);
-  const uint4 raw = *reinterpret_cast<const uint4*>(reinterpret_cast<const T*>(stage + o.X) + s * kCarryRows + col);
+  const uint4 raw = *reinterpret_cast<const uint4*>(reinterpret_cast<const T*>(stage + o.X) + s * kRows + col);
   const uint32_t* in = reinterpret_cast<const uint32_t*>(&raw);
   uint4 hi, lo;
   uint32_t* h = reinterpret_cast<uint32_t*>(&hi);
@@ -177,19 +175,17 @@ __device__ __forceinline__ void carry_products(float (&acc)[NT][2][4], uint32_t 
   }
 }
 
-// Grid (ceil(headdim / 32), nheads, batch), kCarryThreads threads; dstate <= 64 NT. kOverlap: the output kernel
-// starts beside the walk (programmatic launch) and each chunk's S_in is posted (ssd_common.cuh) once it is out.
-template <typename T, typename S, int NT, bool kOverlap>
+// Grid (ceil(headdim / 32), nheads, batch), kCarryThreads threads; dstate <= 64 NT.
+template <typename T, typename S, int NT>
 __global__ void __launch_bounds__(kCarryThreads, 2) ssd_carry_kernel(const SsdArgs a) {
   extern __shared__ __align__(128) unsigned char smem[];
-  if (kOverlap) pdl_release();
   const md_ssm_params& p = a.p;
-  const int64_t h = blockIdx.y, b = blockIdx.z, p0 = int64_t(blockIdx.x) * kCarryRows;
+  const int64_t h = blockIdx.y, b = blockIdx.z, p0 = int64_t(blockIdx.x) * kRows;
   const int N = static_cast<int>(p.dstate), nchunks = static_cast<int>(a.nchunks);
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, rg = warp % 2, q = warp / 2;
   const int64_t g = h / (p.nheads / p.ngroups), sb = state_row(p.state_rows, b);
   const CarryLayout o = carry_layout<T>(N);
-  const int xcols = static_cast<int>(p.headdim - p0 < kCarryRows ? p.headdim - p0 : kCarryRows);
+  const int xcols = static_cast<int>(p.headdim - p0 < kRows ? p.headdim - p0 : kRows);
   const T* B = static_cast<const T*>(p.B) + b * p.B_batch_stride + g * p.B_group_stride;
   const T* x = static_cast<const T*>(p.x) + b * p.x_batch_stride + h * p.x_head_stride + p0 * p.x_dim_stride;
   const ChunkSource<T> src{B,
@@ -202,7 +198,7 @@ __global__ void __launch_bounds__(kCarryThreads, 2) ssd_carry_kernel(const SsdAr
                            vectorisable(B, p.B_seq_stride, p.B_state_stride),
                            vectorisable(x, p.x_seq_stride, p.x_dim_stride),
                            RowPieces<T>(B, p.B_seq_stride, N, o.ldb, kCarryThreads),
-                           RowPieces<T>(x, p.x_seq_stride, xcols, kCarryRows, kCarryThreads)};
+                           RowPieces<T>(x, p.x_seq_stride, xcols, kRows, kCarryThreads)};
   const auto stage = [&](int c) { return smem + (c & (kStages - 1)) * o.stage; };
   const auto issue = [&](int c) {
     if (c < nchunks) issue_chunk<T, NT>(p, src, c, stage(c), o);
@@ -240,12 +236,9 @@ __global__ void __launch_bounds__(kCarryThreads, 2) ssd_carry_kernel(const SsdAr
   // One barrier a chunk: chunk c + 1's w X is split while chunk c's products run (other buffers).
   const int64_t chunk_stride = p.nheads * p.headdim * p.dstate;
   float* out = a.states + (b * a.nchunks * p.nheads + h) * p.headdim * p.dstate + (p0 + row) * N + col;
-  int* posted = a.posted + b * a.nchunks * p.nheads + h;  // chunk c's count at c nheads
   for (int c = 0; c < nchunks; ++c, out += chunk_stride) {
     cp_async_wait<kStages - 3>();
     __syncthreads();  // chunk c + 1's stage has landed, chunk c's X hi / lo are split; chunk c - 1 is done with
-    // S_in(c - 1), stored an iteration ago, is posted now: the fence has little left to wait for
-    if (kOverlap && threadIdx.x == 0 && c > 0) post_chunk(posted + (c - 1) * p.nheads);
     issue(c + kStages - 1);
     if (c + 1 < nchunks) split_x<T>(stage(c + 1), o, xcols, xbuf(o.Xhi, c + 1), xbuf(o.Xlo, c + 1));
     const float decay = expf(reinterpret_cast<const float*>(stage(c) + o.dts)[2 * kQ - 1]);
@@ -268,10 +261,6 @@ __global__ void __launch_bounds__(kCarryThreads, 2) ssd_carry_kernel(const SsdAr
                           smem_address(stage(c) + o.B), a_lane, b_lane, b_k16);
   }
   cp_async_wait<0>();
-  if (kOverlap) {
-    __syncthreads();
-    if (threadIdx.x == 0) post_chunk(posted + (nchunks - 1) * p.nheads);
-  }
   if (p.state_out == nullptr || !live) return;
   S* st_out = static_cast<S*>(p.state_out) + sb * p.state_out_batch_stride + h * p.state_out_head_stride +
               p0 * p.state_out_dim_stride;
@@ -289,11 +278,11 @@ template <typename T, typename S, int NT>
 cudaError_t launch_carry(const SsdArgs& a, cudaStream_t stream) {
   const md_ssm_params& p = a.p;
   const size_t bytes = carry_layout<T>(static_cast<int>(p.dstate)).total;
-  const auto kernel = a.overlap ? ssd_carry_kernel<T, S, NT, true> : ssd_carry_kernel<T, S, NT, false>;
+  const auto kernel = ssd_carry_kernel<T, S, NT>;
   const cudaError_t err =
       cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes));
   if (err != cudaSuccess) return err;
-  const dim3 grid(static_cast<unsigned>(carry_blocks(p.headdim)), static_cast<unsigned>(p.nheads),
+  const dim3 grid(static_cast<unsigned>((p.headdim + kRows - 1) / kRows), static_cast<unsigned>(p.nheads),
                   static_cast<unsigned>(p.batch));
   kernel<<<grid, kCarryThreads, bytes, stream>>>(a);
   return cudaGetLastError();
@@ -305,7 +294,7 @@ template <typename T, typename S>
 cudaError_t launch_states(const SsdArgs& a, cudaStream_t stream) {
   const md_ssm_params& p = a.p;
   const dim3 grid(static_cast<unsigned>(a.nchunks), static_cast<unsigned>(p.nheads), static_cast<unsigned>(p.batch));
-  (a.overlap ? ssd_dt_kernel<true> : ssd_dt_kernel<false>)<<<grid, kQ, 0, stream>>>(a);
+  ssd_dt_kernel<<<grid, kQ, 0, stream>>>(a);
   const cudaError_t err = cudaGetLastError();
   if (err != cudaSuccess) return err;
   switch ((p.dstate + 63) / 64) {  // dstate <= 256 (ssd_eligible)

@@ -13,15 +13,11 @@
 //   3. ssd_output_kernel, per (chunk, head), warp w for steps 16 w .. 16 w + 15 (mma.sync, operands by ldmatrix):
 //        y = ((C B^T) * L * dt_s) X + exp(cum_t) (C S_in^T) + D x, gated by silu(z),
 //        L[t, s] = exp(cum_t - cum_s), s <= t.
-//      With MAMBA_DEPLOY_SSD_OVERLAP=1 and programmatic launch it runs beside the walk (overlap_wanted): the walk
-//      posts each chunk's S_in (ssd_common.cuh), a block waits for its own chunk's after issuing its copies.
 // Operands that are float32 products (w * X, the masked C B^T, S_in) enter the 16-bit
 // matrix products as hi + lo pairs (hi = round(v), lo = round(v - hi)), so the result keeps about 16
 // mantissa bits instead of the 8 (bf16) or 11 (fp16) of one rounding; accumulation is float32.
 #include <algorithm>
 #include <cmath>
-#include <cstdlib>
-#include <cstring>
 
 #include "mma_sync.cuh"
 #include "ssd_chunk.cuh"
@@ -102,14 +98,11 @@ struct StateSplit {
   const float* S_in;
   int P, N;
 
-  template <bool kCoherent>  // kCoherent: the carry kernel may still be running (it wrote these rows)
   __device__ void load(int r0, const TileShare& share) {
 #pragma unroll
     for (int k = 0; k < kBatch; ++k) {
       const int r = r0 + k * share.rstep;
-      if (r >= P) continue;
-      if (kCoherent) load8_cg(S_in + int64_t(r) * N + share.c, f[k]);
-      else load8(S_in + int64_t(r) * N + share.c, f[k]);
+      if (r < P) load8(S_in + int64_t(r) * N + share.c, f[k]);
     }
   }
   template <typename T>
@@ -288,16 +281,12 @@ __device__ __forceinline__ void out_warp(const OutWarp& w) {
   store_y<T, kPT, W>(y, z_raw, w);
 }
 
-// kOutThreads threads; kPT = row_units(headdim), kUn = row_units(dstate). Grid (nchunks, nheads, batch); kOverlap:
-// nchunks x batch x nheads blocks in one dimension, chunk-major (the carry walk's order), launched to run beside
-// the walk: a block issues its copies, then waits until its chunk's S_in is posted.
-template <typename T, int kPT, int kUn, bool kOverlap>
+// Grid (nchunks, nheads, batch), kOutThreads threads; kPT = row_units(headdim), kUn = row_units(dstate).
+template <typename T, int kPT, int kUn>
 __global__ void __launch_bounds__(kOutThreads) ssd_output_kernel(const SsdArgs a) {
   extern __shared__ __align__(128) unsigned char smem[];
   const md_ssm_params& p = a.p;
-  const int64_t c = kOverlap ? blockIdx.x / p.nheads / p.batch : blockIdx.x,
-                h = kOverlap ? blockIdx.x % p.nheads : blockIdx.y,
-                b = kOverlap ? blockIdx.x / p.nheads % p.batch : blockIdx.z, t0 = c * kQ;
+  const int64_t c = blockIdx.x, h = blockIdx.y, b = blockIdx.z, t0 = c * kQ;
   const int tc = static_cast<int>(p.seqlen - t0 < kQ ? p.seqlen - t0 : kQ);
   const int P = static_cast<int>(p.headdim), N = static_cast<int>(p.dstate);
   const OutLayout o = out_layout(P, N);
@@ -308,7 +297,7 @@ __global__ void __launch_bounds__(kOutThreads) ssd_output_kernel(const SsdArgs a
 
   const TileShare n_share(N, kOutThreads), p_share(8 * kPT, kOutThreads);
   StateSplit state{{}, a.states + ((b * a.nchunks + c) * p.nheads + h) * int64_t(P) * N, P, N};
-  if (!kOverlap && n_share.rstep) state.load<false>(n_share.r0, n_share);
+  if (n_share.rstep) state.load(n_share.r0, n_share);
   copy_rows(smem, kRow, static_cast<const T*>(p.C) + b * p.C_batch_stride + t0 * p.C_seq_stride +
             g * p.C_group_stride, p.C_seq_stride, p.C_state_stride, kQ, tc, N, n_share);
   copy_rows(smem + kQ * kRow, kRow, static_cast<const T*>(p.B) + b * p.B_batch_stride + t0 * p.B_seq_stride +
@@ -328,15 +317,10 @@ __global__ void __launch_bounds__(kOutThreads) ssd_output_kernel(const SsdArgs a
       prefetch_line(zp + t * p.z_seq_stride + (P - 1) * p.z_dim_stride);
     }
   }
-  if (kOverlap) {  // one thread acquires (its L1 invalidated once a block, not once a thread), the barrier orders
-    if (threadIdx.x == 0) wait_chunk(a.posted + (b * a.nchunks + c) * p.nheads + h, carry_blocks(P));
-    __syncthreads();
-    if (n_share.rstep) state.load<true>(n_share.r0, n_share);
-  }
   for (int r0 = n_share.r0; n_share.rstep;) {
     state.store<T>(smem + kHiRow * kRow, smem + (kHiRow + 8 * kPT) * kRow, kRow, 8 * kPT, r0, n_share);
     if ((r0 += StateSplit::kBatch * n_share.rstep) >= 8 * kPT) break;
-    state.load<kOverlap>(r0, n_share);
+    state.load(r0, n_share);
   }
   cp_async_wait<0>();
   __syncthreads();
@@ -355,19 +339,13 @@ __global__ void __launch_bounds__(kOutThreads) ssd_output_kernel(const SsdArgs a
     case 2: out_warp<T, kPT, kUn, 2>(w); break;
     default: out_warp<T, kPT, kUn, 3>(w); break;
   }
-  // The last chunk's blocks wait for the walk to end (state_out): a kernel after this one, which waits for this
-  // one alone, then sees all of the walk's output.
-  if (kOverlap && c == a.nchunks - 1) pdl_wait();
 }
 
 int64_t nchunks_of(const md_ssm_params& p) { return (p.seqlen + kQ - 1) / kQ; }
 
-// Scratch of one batch row: the float32 state entering each chunk, each chunk's dt_s and cum_s, and its count of
-// posted carry blocks (used where the output kernel overlaps the walk; reserved always, so the size does not
-// depend on the setting).
+// Scratch of one batch row: the float32 state entering each chunk, and each chunk's dt_s and cum_s.
 size_t row_workspace_bytes(const md_ssm_params& p) {
-  return size_t(nchunks_of(p) * p.nheads * (p.headdim * p.dstate + 2 * kQ)) * sizeof(float) +
-         size_t(nchunks_of(p) * p.nheads) * sizeof(int);
+  return size_t(nchunks_of(p) * p.nheads * (p.headdim * p.dstate + 2 * kQ)) * sizeof(float);
 }
 
 int max_smem_optin() { return device_attribute(cudaDevAttrMaxSharedMemoryPerBlockOptin, 48 << 10); }
@@ -395,17 +373,13 @@ md_ssm_params batch_rows(const md_ssm_params& p, int64_t b0, int64_t nb) {
 template <typename T, int kPT, int kUn>
 cudaError_t launch_output(const SsdArgs& a, cudaStream_t stream) {
   const md_ssm_params& p = a.p;
-  const auto kernel = a.overlap ? ssd_output_kernel<T, kPT, kUn, true> : ssd_output_kernel<T, kPT, kUn, false>;
+  const auto kernel = ssd_output_kernel<T, kPT, kUn>;
   const size_t bytes = out_layout(static_cast<int>(p.headdim), static_cast<int>(p.dstate)).total;
   cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes));
   if (err != cudaSuccess) return err;
   // the largest carveout: three blocks (72.5 KB each at headdim 64, dstate 128) a multiprocessor
   err = cudaFuncSetAttribute(kernel, cudaFuncAttributePreferredSharedMemoryCarveout, cudaSharedmemCarveoutMaxShared);
   if (err != cudaSuccess) return err;
-  if (a.overlap) {
-    return launch_pdl(kernel, dim3(static_cast<unsigned>(a.nchunks * p.batch * p.nheads)), dim3(kOutThreads), bytes,
-                      stream, a);
-  }
   const dim3 grid(static_cast<unsigned>(a.nchunks), static_cast<unsigned>(p.nheads), static_cast<unsigned>(p.batch));
   kernel<<<grid, kOutThreads, bytes, stream>>>(a);
   return cudaGetLastError();
@@ -428,19 +402,10 @@ cudaError_t launch_typed(const SsdArgs& a, cudaStream_t stream) {
                                                         : launch_output_n<T, 16>(a, stream);
 }
 
-// Whether the output kernel runs beside the carry walk: asked for by MAMBA_DEPLOY_SSD_OVERLAP=1 (off by default
-// until measured on a GPU), with programmatic launch on, and `blocks` in range of its one-dimensional grid.
-bool overlap_wanted(int64_t blocks) {
-  const char* v = std::getenv("MAMBA_DEPLOY_SSD_OVERLAP");
-  return v != nullptr && std::strcmp(v, "1") == 0 && md_kernels_programmatic_launch() &&
-         blocks <= (int64_t(1) << 31) - 1;
-}
-
 // The batch in slices of rows whose scratch fits kMaxWorkspace, one after another in the same scratch.
 template <typename T, typename S>
 cudaError_t launch_slices(const md_ssm_params& p, int64_t nchunks, void* workspace, cudaStream_t stream) {
   const int64_t rows = static_cast<int64_t>(ssd_workspace_bytes(p) / row_workspace_bytes(p));
-  const bool overlap = overlap_wanted(nchunks * std::min(rows, p.batch) * p.nheads);
   for (int64_t b0 = 0; b0 < p.batch; b0 += rows) {
     SsdArgs a{};
     a.p = batch_rows<T, S>(p, b0, std::min(rows, p.batch - b0));
@@ -448,8 +413,6 @@ cudaError_t launch_slices(const md_ssm_params& p, int64_t nchunks, void* workspa
     a.clamp_dt = clamps_dt(p);
     a.states = static_cast<float*>(workspace);
     a.dts = a.states + rows * nchunks * p.nheads * p.headdim * p.dstate;
-    a.posted = reinterpret_cast<int*>(a.dts + rows * nchunks * p.nheads * 2 * kQ);
-    a.overlap = overlap;
     const cudaError_t err = launch_typed<T, S>(a, stream);
     if (err != cudaSuccess) return err;
   }

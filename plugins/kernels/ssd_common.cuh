@@ -1,6 +1,5 @@
 // ssd_common.cuh -- what the kernels of Mamba2's SSD chunk scan share (ssd_carry.cu, ssd_chunk.cu): the chunk
-// size, the launch arguments, the hand-over of each chunk's state where the two run side by side, the hi + lo
-// split of float32 operands and the tile copies.
+// size, the launch arguments, the hi + lo split of float32 operands and the tile copies.
 #pragma once
 
 #include <cstdint>
@@ -11,9 +10,8 @@
 namespace md {
 namespace ssd {
 
-constexpr int kQ = 64;          // steps per chunk
-constexpr int kCarryRows = 32;  // headdim rows a block of ssd_carry_kernel walks
-constexpr int kPad = 8;         // 16-bit row padding (16 bytes): rows stay 32-byte aligned per 16-row tile
+constexpr int kQ = 64;         // steps per chunk
+constexpr int kPad = 8;        // 16-bit row padding (16 bytes): rows stay 32-byte aligned per 16-row tile
 
 struct SsdArgs {
   md_ssm_params p;
@@ -21,24 +19,7 @@ struct SsdArgs {
   int clamp_dt;
   float* states;  // (batch, nchunks, nheads, headdim, dstate): the state entering chunk c
   float* dts;     // (batch, nchunks, nheads, 2, kQ): dt_s and cum_s of chunk c (ssd_dt_kernel)
-  int* posted;    // (batch, nchunks, nheads): carry blocks that have written S_in(c) (zeroed by ssd_dt_kernel)
-  bool overlap;   // ssd_output_kernel runs beside ssd_carry_kernel (programmatic launch), waiting on `posted`
 };
-
-// ---- the hand-over from the carry walk to the output kernel, which runs beside it (programmatic launch): a
-// block of ssd_output_kernel reads S_in(c) once every carry block of its head has posted chunk c ----
-// The carry blocks of a head (its grid's x): each posts every chunk once, so a chunk is ready at this count.
-__host__ __device__ inline int carry_blocks(int64_t headdim) {
-  return static_cast<int>((headdim + kCarryRows - 1) / kCarryRows);
-}
-// By one thread, after a barrier that follows the block's stores of S_in(c) (common.cuh: release_add).
-__device__ __forceinline__ void post_chunk(int* posted) { release_add(posted); }
-// Until `blocks` carry blocks have posted: the calling thread's loads after it (and, after a barrier, its block's)
-// see their stores.
-__device__ __forceinline__ void wait_chunk(const int* posted, int blocks) {
-  while (relaxed_load(posted) < blocks) __nanosleep(256);
-  acquire_load(posted);
-}
 
 template <typename T>
 __device__ __forceinline__ void split(float v, T* hi, T* lo) {

@@ -61,56 +61,6 @@ def test_batch1_matches_reference(rel_err, native, checkpoints, arch, dtype, pla
     assert worst <= TOL[dtype], f"max relative logits error over prefill + 32 steps: {worst:.3g}"
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
-def test_gate_in_scan_matches_reference(rel_err, native, checkpoints, monkeypatch, dtype):
-    """MAMBA_DEPLOY_GATE_IN_SCAN=1 (an experiment): Mamba2's y gated by silu(z) inside the chunk scan (the SSD
-    form in 16 bits: 37 steps), a plain row norm after it. Prefill and 16 steps against the float32 reference,
-    and the prefill against the default engine's; the gated scan is checked to have run."""
-    from mamba_deploy.native import prefill
-
-    arch = "mamba2_d_ssm"  # one group, d_ssm 256: the row norm's shapes
-    monkeypatch.delenv(prefill.GATE_IN_SCAN, raising=False)  # the default first, whatever the environment holds
-    ref = load_reference(checkpoints[arch], torch.float32, "cuda")
-    eng = native.load_engine(checkpoints[arch], dtype=dtype, max_batch=2, prefill_graph_tokens=0)
-    prompt = ids(2, 37, seed=5)
-    plain = eng.prefill(prompt, eng.new_state(2))
-    gated, scan = [], prefill.K.chunk_scan
-    monkeypatch.setattr(prefill.K, "chunk_scan", lambda *a, **k: gated.append(a[7] is not None) or scan(*a, **k))
-    monkeypatch.setenv(prefill.GATE_IN_SCAN, "1")
-    rs, es = ref.new_state(2), eng.new_state(2)
-    r, e = ref.prefill(prompt.cuda(), rs), eng.prefill(prompt, es)
-    assert gated and all(gated), "the chunk scan did not gate"
-    bar = max(TOL[dtype], 1.25 * _reference_error(ref, checkpoints[arch], dtype, prompt, rel_err)
-              if dtype == torch.bfloat16 else 0)  # as in test_logits_match_reference
-    assert rel_err(e, plain) <= bar, "prefill differs from the default's"
-    worst = rel_err(e, r)
-    for _ in range(16):
-        tok = r[:, -1, :1000].argmax(-1, keepdim=True)
-        r, e = ref.decode(tok, rs), eng.decode(tok, es)
-        worst = max(worst, rel_err(e, r))
-    assert worst <= bar, f"max relative logits error over prefill + 16 steps: {worst:.3g} (bar {bar:.3g})"
-
-
-@pytest.mark.parametrize("arch", ["mamba2", "codestral", "mamba2_d_ssm"])
-def test_ssd_overlap_prefill_is_bit_exact(native, checkpoints, monkeypatch, arch):
-    """MAMBA_DEPLOY_SSD_OVERLAP=1 (an experiment): the prefill graphs with the SSD output kernel beside the carry
-    walk give the default's logits and state bit for bit (fp16: the SSD form; 100 steps, 3 rows), replayed twice."""
-    eng = native.load_engine(checkpoints[arch], dtype=torch.float16, max_batch=3)
-    prompt, runs = ids(3, 100, seed=6), []
-    for overlap in (False, True):
-        if overlap:
-            monkeypatch.setenv("MAMBA_DEPLOY_SSD_OVERLAP", "1")
-        eng.prefill_graphs.graphs.clear()  # recaptured under the setting
-        for _ in range(2):
-            state = eng.new_state(3)
-            runs.append((eng.prefill(prompt, state), state))
-    assert eng.prefill_graphs.graphs, "the prefill did not replay a graph"
-    (want, want_state) = runs[0]
-    for logits, state in runs[1:]:
-        assert torch.equal(logits, want)
-        assert all(torch.equal(a, b) for a, b in zip(state.tensors(), want_state.tensors()))
-
-
 def _reference_error(ref, checkpoint, dtype, prompt, rel_err) -> float:
     """Worst relative logits error of the reference model run in `dtype` against `ref` (float32)."""
     low = load_reference(checkpoint, dtype, "cuda")
