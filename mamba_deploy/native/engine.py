@@ -129,8 +129,9 @@ class NativeEngine:
         # launches (H200, mamba-1.4b batch 1 in Engine.generate: 12-55 ms eager against 7 ms as one padded replay;
         # docs/performance.md, session 13), and so was a 2,048-token one (26.0 ms wall, 17.9 ms of kernels)
         self.prefill_graphs = PrefillGraphs(self, prefill_graph_tokens, prefill_graph_batch)
-        # batch-1 decode steps as one cooperative launch for all layers (native/persistent.py). Off by default until
-        # measured on a GPU (written in sessions without one)
+        # batch-1 decode steps as one cooperative launch for all layers (native/persistent.py). Off by default: on
+        # the H200 only mamba-1.4b gains (1.346 -> 1.285 ms), the other published shapes lose 14-27%
+        # (docs/performance.md, session 28)
         self.persistent = None
         if persistent_decode:
             try:
