@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 from typing import Callable, Optional, Sequence
 
 import torch
@@ -331,7 +332,9 @@ def format_table(rows: list[dict], device: str, dtype: str, state_dtype: str) ->
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
+    from .errors import MambaDeployError
     from .export.artifact import DTYPES
+    from .native.loading import require_native
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("path", nargs="?")
@@ -353,12 +356,16 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     ap.add_argument("--persistent-decode", action="store_true",
                     help="batch-1 decode steps as one launch for all layers (the engine's option)")
     a = ap.parse_args(argv)
-    if a.gemv_sweep:
-        sweep_gemv()
-        return
-    bench(a.path, "native", a.batches, a.prompt_len, a.gen_len, a.prefill_len, a.random_init, a.dtype, a.state_dtype,
-          a.profile, generate=a.generate, prefill_graph_tokens=a.prefill_graph_tokens, tc_max_batch=a.tc_max_batch,
-          persistent_decode=a.persistent_decode)
+    try:  # a user's mistake (no GPU, a bad folder or option) is one line and exit 1, as in `mamba-deploy bench`
+        require_native()
+        if a.gemv_sweep:
+            sweep_gemv()
+            return
+        bench(a.path, "native", a.batches, a.prompt_len, a.gen_len, a.prefill_len, a.random_init, a.dtype,
+              a.state_dtype, a.profile, generate=a.generate, prefill_graph_tokens=a.prefill_graph_tokens,
+              tc_max_batch=a.tc_max_batch, persistent_decode=a.persistent_decode)
+    except (MambaDeployError, ValueError) as exc:
+        sys.exit(f"error: {exc}")
 
 
 if __name__ == "__main__":

@@ -149,6 +149,22 @@ def test_build_and_bench_errors_without_gpu(exported, args, message):
     assert message in result.output
 
 
+def test_developer_bench_errors_are_one_line(monkeypatch):
+    """`python3 -m mamba_deploy.bench` (the developer benchmark): no native engine here, or neither a folder nor
+    --random-init, exits 1 with one line on stderr (sys.exit(message)), as `mamba-deploy bench` does."""
+    from mamba_deploy import bench
+    from mamba_deploy.native import loading
+
+    monkeypatch.setattr(loading, "unavailable_reason", lambda: "no CUDA GPU visible to torch")
+    with pytest.raises(SystemExit) as exc:
+        bench.main(["--random-init", "mamba-1.4b"])
+    assert exc.value.code == "error: native backend unavailable: no CUDA GPU visible to torch"
+    monkeypatch.setattr(loading, "unavailable_reason", lambda: None)
+    with pytest.raises(SystemExit) as exc:
+        bench.main([])
+    assert exc.value.code == "error: give either a folder or random_init"
+
+
 @pytest.fixture(scope="module")
 def with_tokenizer(exported, tmp_path_factory):
     folder = tmp_path_factory.mktemp("tok") / "export"

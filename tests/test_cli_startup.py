@@ -34,4 +34,6 @@ def test_public_names_still_import_on_use():
     assert {"Engine", "ModelConfig", "load_config", "load_reference"} <= set(dir(mamba_deploy))
     with pytest.raises(AttributeError):
         mamba_deploy.no_such_name  # noqa: B018
-    from mamba_deploy.runtime import Engine, SamplingParams, backend_names  # noqa: F401
+    from mamba_deploy.runtime import Engine, SamplingParams, backend_names
+
+    assert Engine is mamba_deploy.Engine and callable(SamplingParams) and callable(backend_names)
