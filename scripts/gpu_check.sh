@@ -6,8 +6,11 @@
 #   tests        every gpu-marked test
 #   bench        bench at batch 1 / 16 / 64, mamba-1.4b and mamba2-1.3b
 #   generate     bench --generate, mamba-1.4b
-#   persistent   the persistent batch-1 decode's tests (first), then benchmarks/persistent_decode.py on four models
-#   profile      the kernels of one decode step at batch 8, 16 and 64 (mamba-1.4b, mamba2-1.3b)
+#   persistent   the persistent batch-1 decode's tests (first), then benchmarks/persistent_decode.py on four models;
+#                with CANDIDATE_LIB set (pack_libs.sh --candidate), the tests against that library first, then the
+#                benchmark alternately with it and with MAMBA_DEPLOY_KERNEL_LIB, one process each, two rounds
+#   profile      the kernels of one decode step at batch 8, 16 and 64 (mamba-1.4b, mamba2-1.3b), launched plainly
+#                (profile_step.py --plain-launch: each kernel's time its own, not its wait for the one before)
 # Output goes to stdout and, when $OUT is set, to $OUT/gpu_check.log.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -30,10 +33,23 @@ for step in "${steps[@]}"; do
            done ;;
     generate) run 300 8 python3 -m mamba_deploy.bench --random-init mamba-1.4b --batches 1 16 64 --generate ;;
     persistent)
-      run 150 25 python3 -m pytest -q -m gpu tests/native/test_persistent_decode.py -p no:cacheprovider
-      run 240 40 python3 benchmarks/persistent_decode.py mamba-1.4b mamba2-1.3b mamba-2.8b mamba2-2.7b --rounds 2 ;;
+      if [ -n "${CANDIDATE_LIB:-}" ]; then
+        libs=("$MAMBA_DEPLOY_KERNEL_LIB" "$CANDIDATE_LIB")
+        MAMBA_DEPLOY_KERNEL_LIB="$CANDIDATE_LIB" run 150 25 \
+          python3 -m pytest -q -m gpu tests/native/test_persistent_decode.py -p no:cacheprovider
+        for round in 1 2; do
+          for lib in "${libs[@]}"; do
+            echo "+ round $round, $lib" | tee -a "$log"
+            MAMBA_DEPLOY_KERNEL_LIB="$lib" run 150 30 \
+              python3 benchmarks/persistent_decode.py mamba-1.4b mamba2-1.3b mamba-2.8b mamba2-2.7b --rounds 1
+          done
+        done
+      else
+        run 150 25 python3 -m pytest -q -m gpu tests/native/test_persistent_decode.py -p no:cacheprovider
+        run 240 40 python3 benchmarks/persistent_decode.py mamba-1.4b mamba2-1.3b mamba-2.8b mamba2-2.7b --rounds 2
+      fi ;;
     profile) for m in mamba-1.4b mamba2-1.3b; do
-               run 200 60 python3 benchmarks/profile_step.py --random-init "$m" --batches 8 16 64
+               run 200 60 python3 benchmarks/profile_step.py --random-init "$m" --batches 8 16 64 --plain-launch
              done ;;
     *) echo "unknown step $step (tests, bench, generate, persistent, profile)"; exit 2 ;;
   esac

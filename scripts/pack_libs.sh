@@ -1,20 +1,39 @@
 #!/usr/bin/env bash
 # Here (no GPU needed): build the kernel library for sm_90 and pack it for the GPU machine (scratch/ travels
 # with `run`'s carry):
-#   bash scripts/pack_libs.sh            # -> scratch/libs.tar.xz: libs/prod/libmamba_deploy_kernels.so
+#   bash scripts/pack_libs.sh                # -> scratch/libs.tar.xz: libs/prod/libmamba_deploy_kernels.so
+#   bash scripts/pack_libs.sh --candidate REF
+#       and libs/candidate/libmamba_deploy_kernels.so, built from commit REF's sources (a git worktree in
+#       build-candidate/src): a kernel change to A/B against this tree's, with this tree's Python (REF must keep
+#       the kernel ABI: the library's version and params sizes are checked when it loads)
 # There:
 #   mkdir -p /tmp/l && tar xJf scratch/libs.tar.xz -C /tmp/l && export MAMBA_DEPLOY_BUILD_KERNELS=0 \
 #     MAMBA_DEPLOY_KERNEL_LIB=/tmp/l/libs/prod/libmamba_deploy_kernels.so
+#   [export CANDIDATE_LIB=/tmp/l/libs/candidate/libmamba_deploy_kernels.so]
 #   OUT=$OUT bash scripts/gpu_check.sh [STEP ...]
 set -euo pipefail
 cd "$(dirname "$0")/.."
+candidate=""
+case "${1:-}" in
+  "") ;;
+  --candidate) candidate="${2:?--candidate needs a commit}" ;;
+  *) echo "usage: bash scripts/pack_libs.sh [--candidate REF]" >&2; exit 2 ;;
+esac
 pack="$(mktemp -d)"
 trap 'rm -rf "$pack"' EXIT
-dir=build-prod
-cmake -S . -B "$dir" -DCMAKE_CUDA_ARCHITECTURES=90 -G Ninja -DCMAKE_BUILD_TYPE=Release > /dev/null
-cmake --build "$dir" --target mamba_deploy_kernels > /dev/null
-mkdir -p "$pack/libs/prod"
-cp "$dir/libmamba_deploy_kernels.so" "$pack/libs/prod/"
+build() {  # build SOURCE_DIR BUILD_DIR NAME: the library, copied to libs/NAME of the pack
+  cmake -S "$1" -B "$2" -DCMAKE_CUDA_ARCHITECTURES=90 -G Ninja -DCMAKE_BUILD_TYPE=Release > /dev/null
+  cmake --build "$2" --target mamba_deploy_kernels > /dev/null
+  mkdir -p "$pack/libs/$3"
+  cp "$2/libmamba_deploy_kernels.so" "$pack/libs/$3/"
+}
+build . build-prod prod
+if [ -n "$candidate" ]; then
+  src=build-candidate/src
+  [ -d "$src" ] || git worktree add --detach "$src" "$candidate" > /dev/null
+  git -C "$src" checkout --quiet --detach "$candidate"
+  build "$src" build-candidate/build candidate
+fi
 mkdir -p scratch
 (cd "$pack" && tar cf - libs) | xz -9 -T2 > scratch/libs.tar.xz.tmp
 mv scratch/libs.tar.xz.tmp scratch/libs.tar.xz
