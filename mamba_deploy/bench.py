@@ -19,7 +19,7 @@ from typing import Callable, Optional, Sequence
 
 import torch
 
-COPY_BW = 4.3e12  # bytes/s: device-to-device copy, read + write, measured on the H200
+from .roofline import COPY_BW
 
 
 def _events_ms(fn: Callable[[], None], repeats: int) -> float:

@@ -12,7 +12,7 @@ LAYERS = [
     ["runtime"],
     ["native", "tensorrt"],
     ["export"],
-    ["checkpoint", "random_init"],
+    ["checkpoint", "random_init", "roofline"],
     ["models"],
     ["config", "config_hf", "config_hybrid", "config_nemotron"],
     ["ops"],
