@@ -51,7 +51,8 @@ def main() -> None:
     ap.add_argument("--random-init", default="mamba-1.4b")
     ap.add_argument("--batches", type=int, nargs="+", default=[1, 64])
     ap.add_argument("--crossover", type=int, nargs="*", default=[])
-    ap.add_argument("--plain-launch", action="store_true", help="launch every kernel plainly: its profiled time is its own (the step is slower)")
+    ap.add_argument("--plain-launch", action="store_true",
+                    help="launch every kernel plainly: its profiled time is its own (the step is slower)")
     a = ap.parse_args()
     eng = random_engine(a.random_init, max_batch=max(a.batches + a.crossover), programmatic_launch=not a.plain_launch)
     print(f"{a.random_init}: kernels launched {'plainly' if a.plain_launch else 'programmatically'}")
