@@ -4,7 +4,8 @@
 #   MAMBA_DEPLOY_KERNEL_LIB=build/libmamba_deploy_kernels.so bash scripts/gpu_check.sh [STEP ...]
 # Steps (default: tests bench generate):
 #   tests        every gpu-marked test
-#   bench        bench at batch 1 / 16 / 64, mamba-1.4b and mamba2-1.3b
+#   bench        bench at batch 1 / 16 / 64, mamba-1.4b and mamba2-1.3b; with CANDIDATE_LIB set, alternately with
+#                MAMBA_DEPLOY_KERNEL_LIB and with it, one process each, two rounds
 #   generate     bench --generate, mamba-1.4b
 #   persistent   the persistent batch-1 decode's tests (first), then benchmarks/persistent_decode.py on four models;
 #                with CANDIDATE_LIB set (pack_libs.sh --candidate), the tests against that library first, then the
@@ -29,16 +30,25 @@ for step in "${steps[@]}"; do
   case "$step" in
     tests) run 480 15 python3 -m pytest -q -m gpu tests -p no:cacheprovider ;;
     bench) for m in mamba-1.4b mamba2-1.3b; do
-             run 240 6 python3 -m mamba_deploy.bench --random-init "$m" --batches 1 16 64
+             if [ -z "${CANDIDATE_LIB:-}" ]; then
+               run 240 6 python3 -m mamba_deploy.bench --random-init "$m" --batches 1 16 64
+               continue
+             fi
+             for round in 1 2; do
+               for lib in "$MAMBA_DEPLOY_KERNEL_LIB" "$CANDIDATE_LIB"; do
+                 echo "+ round $round, $lib" | tee -a "$log"
+                 MAMBA_DEPLOY_KERNEL_LIB="$lib" run 240 6 \
+                   python3 -m mamba_deploy.bench --random-init "$m" --batches 1 16 64
+               done
+             done
            done ;;
     generate) run 300 8 python3 -m mamba_deploy.bench --random-init mamba-1.4b --batches 1 16 64 --generate ;;
     persistent)
       if [ -n "${CANDIDATE_LIB:-}" ]; then
-        libs=("$MAMBA_DEPLOY_KERNEL_LIB" "$CANDIDATE_LIB")
         MAMBA_DEPLOY_KERNEL_LIB="$CANDIDATE_LIB" run 150 25 \
           python3 -m pytest -q -m gpu tests/native/test_persistent_decode.py -p no:cacheprovider
         for round in 1 2; do
-          for lib in "${libs[@]}"; do
+          for lib in "$MAMBA_DEPLOY_KERNEL_LIB" "$CANDIDATE_LIB"; do
             echo "+ round $round, $lib" | tee -a "$log"
             MAMBA_DEPLOY_KERNEL_LIB="$lib" run 150 30 \
               python3 benchmarks/persistent_decode.py mamba-1.4b mamba2-1.3b mamba-2.8b mamba2-2.7b --rounds 1
