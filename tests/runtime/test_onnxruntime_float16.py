@@ -91,3 +91,13 @@ def test_constants_and_cast_targets_become_float32():
     (y,) = sess.run(None, {"x": x})
     assert y.dtype == np.float16
     np.testing.assert_allclose(y, (x * np.array([1.5, -2.0]) + [0.25, 4.0]).astype(np.float16), rtol=1e-3)
+
+
+def test_opening_a_float16_export_prints_nothing(exports, capfd):
+    """Both sessions load from memory with the weights' folder in one options object: set twice, ONNX Runtime
+    printed a warning to the user's terminal (`mamba-deploy run` / `bench`)."""
+    info = load_export(exports("mamba2", dtype="float16"))
+    capfd.readouterr()
+    load_backend("onnxruntime", info, threads=1)
+    captured = capfd.readouterr()
+    assert captured.out == "" and captured.err == ""

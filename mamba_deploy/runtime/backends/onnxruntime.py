@@ -73,6 +73,8 @@ class OnnxRuntimeBackend(Backend):
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = threads or min(8, os.cpu_count() or 1)
         opts.log_severity_level = 3
+        if info.dtype == torch.float16:  # its graphs load from memory (_session): where their weights.data lies
+            opts.add_session_config_entry("session.model_external_initializers_file_folder_path", str(info.folder))
         try:
             self.sessions = {kind: _session(ort, info, kind, opts) for kind in ("prefill", "decode")}
         except Exception as exc:  # ORT raises its own types for corrupt/missing graphs or weights
@@ -202,13 +204,14 @@ def _bind(bind, name: str, tensor: torch.Tensor) -> None:
 
 
 def _session(ort, info: ExportInfo, kind: str, opts):
-    """A CPU session of graph `kind`; a float16 export's graph computes in float32 (ort_float32: no Cast storm)."""
+    """A CPU session of graph `kind`; a float16 export's graph computes in float32 (ort_float32: no Cast storm),
+    loaded from memory, its external weights found through opts (set once for both sessions: a second setting
+    makes ONNX Runtime print a warning)."""
     if info.dtype != torch.float16:
         return ort.InferenceSession(str(info.graph(kind)), opts, providers=["CPUExecutionProvider"])
     from .ort_float32 import float32_compute
 
     model = float32_compute(info.load_graph(kind))
-    opts.add_session_config_entry("session.model_external_initializers_file_folder_path", str(info.folder))
     return ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
 
 
