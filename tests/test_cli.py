@@ -123,6 +123,16 @@ def test_force_overwrites(exported, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["copy"]
 
 
+def test_export_draws_no_progress_bar_off_a_terminal(exported, tmp_path):
+    """Without -q the progress bar is drawn on a terminal only: piped or logged, the output is the one result line
+    (tqdm's carriage-return frames filled logs before)."""
+    out = tmp_path / "piped"
+    result = invoke("export", exported.parent / "ckpt", "-o", out)
+    assert result.exit_code == 0, result.output
+    assert result.stdout.splitlines() == [f"exported {exported.parent / 'ckpt'} to {out}"]
+    assert "\r" not in result.stderr and "export:" not in result.stderr  # (a warning line may be there)
+
+
 def test_console_script_subprocess(tmp_path):
     """The installed `mamba-deploy` script when there is one, else the same entry point through python -c."""
     script = shutil.which("mamba-deploy")

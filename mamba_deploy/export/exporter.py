@@ -62,7 +62,8 @@ class ExportOptions:
 
 def export_model(source: str | os.PathLike, output: str | os.PathLike, options: ExportOptions = ExportOptions(),
                  progress: bool = True) -> Path:
-    """Export a Mamba1/Mamba2 checkpoint to `output`; returns the output folder (as given, `~` expanded)."""
+    """Export a Mamba1/Mamba2 checkpoint to `output`; returns the output folder (as given, `~` expanded).
+    progress: a progress bar on stderr when it is a terminal."""
     options.validate()
     given = Path(output).expanduser()
     output = absolute_output(given)
@@ -80,8 +81,9 @@ def export_model(source: str | os.PathLike, output: str | os.PathLike, options: 
     state_dtype = torch.float32 if options.state_dtype == "float32" else dtype
     graph_opts = GraphOptions(TORCH_TO_ONNX[dtype], TORCH_TO_ONNX[state_dtype], options.ops == "plugin",
                               options.logits == "all", options.opset, max_seq_len, check_quantize(options.quantize))
-    with ExportTarget(output, options.force, [folder, *files]) as target, \
-            tqdm(total=5, desc="export", unit="step", disable=not progress, leave=False) as steps:
+    # disable=None: tqdm draws only on a terminal (piped or logged output gets no carriage-return lines)
+    bar = dict(total=5, desc="export", unit="step", disable=None if progress else True, leave=False)
+    with ExportTarget(output, options.force, [folder, *files]) as target, tqdm(**bar) as steps:
         tmp = target.tmp
         assert tmp is not None
         steps.set_postfix_str("weights")

@@ -36,7 +36,7 @@ def link_or_copy(source: Path, target: Path, progress: bool = True, copy: bool =
         print(f"[mamba-deploy] copying {source} into the repository ({reason}): {size / 2**30:.2f} GiB",
               file=sys.stderr)
     with open(source, "rb") as src, open(target, "xb") as dst, \
-            tqdm(total=size, unit="B", unit_scale=True, desc=f"copy {source.name}", disable=not progress,
+            tqdm(total=size, unit="B", unit_scale=True, desc=f"copy {source.name}", disable=None if progress else True,
                  leave=False) as bar:
         for block in iter(lambda: src.read(_CHUNK), b""):
             dst.write(block)
