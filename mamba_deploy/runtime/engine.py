@@ -42,6 +42,12 @@ class Engine:
         info = load_export(path)
         return cls(load_backend(backend, info, **options), load_tokenizer(info))
 
+    def __repr__(self) -> str:
+        c, b = self.config, self.backend
+        return (f"Engine({str(self.info.folder)!r}, backend={b.name!r}, {c.arch}, d_model={c.d_model}, "
+                f"layers={c.n_layer}, dtype={str(b.dtype).removeprefix('torch.')}, "
+                f"state={str(b.state_dtype).removeprefix('torch.')}, max_batch={self.max_batch})")
+
     @property
     def info(self) -> ExportInfo:
         return self.backend.info

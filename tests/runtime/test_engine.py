@@ -18,6 +18,12 @@ def test_auto_picks_onnxruntime_on_cpu(export_dir):
     assert {"auto", "onnxruntime", "torch", "native", "tensorrt"} <= set(backend_names())
 
 
+def test_repr_names_the_folder_backend_and_shape(engine, export_dir):
+    c = engine.config
+    assert repr(engine) == (f"Engine({str(export_dir)!r}, backend={engine.backend.name!r}, {c.arch}, "
+                            f"d_model={c.d_model}, layers={c.n_layer}, dtype=float32, state=float32, max_batch=16)")
+
+
 def test_prefill_decode_update_state_in_place(engine):
     state = engine.new_state(2)
     conv0 = state.conv[0]
