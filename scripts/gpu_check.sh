@@ -12,6 +12,8 @@
 #                benchmark alternately with it and with MAMBA_DEPLOY_KERNEL_LIB, one process each, two rounds
 #   profile      the kernels of one decode step at batch 8, 16 and 64 (mamba-1.4b, mamba2-1.3b), launched plainly
 #                (profile_step.py --plain-launch: each kernel's time its own, not its wait for the one before)
+#   options      decode ms at batch 4-32 over the engine's placement options (benchmarks/decode_options.py: staged
+#                forms, the Mamba1 dt_proj crossover), mamba-1.4b and mamba2-1.3b
 # Output goes to stdout and, when $OUT is set, to $OUT/gpu_check.log.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -61,7 +63,12 @@ for step in "${steps[@]}"; do
     profile) for m in mamba-1.4b mamba2-1.3b; do
                run 200 60 python3 benchmarks/profile_step.py --random-init "$m" --batches 8 16 64 --plain-launch
              done ;;
-    *) echo "unknown step $step (tests, bench, generate, persistent, profile)"; exit 2 ;;
+    options)
+      run 300 20 python3 benchmarks/decode_options.py --random-init mamba-1.4b --batches 4 8 16 32 \
+        --set staged_max_batch=8,16 --set dt_gemm_min_batch=8,32 --set staged_gemv=out_proj,in_proj+out_proj
+      run 300 20 python3 benchmarks/decode_options.py --random-init mamba2-1.3b --batches 4 8 16 32 \
+        --set staged_max_batch=4,8,16 --set staged_gemv=out_proj,in_proj+out_proj ;;
+    *) echo "unknown step $step (tests, bench, generate, persistent, profile, options)"; exit 2 ;;
   esac
 done
 exit $status
