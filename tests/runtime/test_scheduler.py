@@ -78,17 +78,36 @@ class Recording(Backend):
         return self.inner.decode(input_ids, state)
 
 
+class PausingAt(Recording):
+    """A Recording whose loop waits in its decode number `n` (0-based) until the test sets `gate`."""
+
+    def __init__(self, inner: Backend, n: int):
+        super().__init__(inner)
+        self.n, self.reached = n, threading.Event()
+
+    def decode(self, input_ids, state):
+        if len(self.decodes) == self.n:
+            self.gate.clear()
+            self.reached.set()
+        return super().decode(input_ids, state)
+
+
 @pytest.mark.parametrize("sampling", [GREEDY, SEEDED], ids=["greedy", "seeded"])
 def test_request_joining_mid_stream_gets_its_solo_tokens(engine, sampling):
     first, late = [5, 6, 7, 8], [40, 41]
     want_first = _solo(engine, first, max_new_tokens=30, output="ids", **sampling)
     want_late = _solo(engine, late, max_new_tokens=12, output="ids", **sampling)
-    with Scheduler(engine.backend, engine.tokenizer, max_batch=4) as sched:
+    pausing = PausingAt(engine.backend, 4)  # the prefill's token and 4 decodes', then the loop waits
+    with Scheduler(pausing, engine.tokenizer, max_batch=4) as sched:
         running = sched.submit(first, max_new_tokens=30, output="ids", **sampling)
         stream = iter(running)
         head = [next(stream) for _ in range(5)]
+        # the loop waits in its next decode: unpaused, on a loaded machine it could finish all 30 tokens before
+        # this thread submits the late request (seen once with CI's install running beside the tests)
+        assert pausing.reached.wait(60)
         joined = sched.submit(late, max_new_tokens=12, output="ids", **sampling)
         assert not running.done  # it is still decoding when the late request joins
+        pausing.gate.set()
         assert head + list(stream) == want_first
         assert joined.result() == want_late
         assert running.finish_reason == joined.finish_reason == "length"
