@@ -16,7 +16,8 @@ cd "$(dirname "$0")/.."
 candidate=""
 case "${1:-}" in
   "") ;;
-  --candidate) candidate="${2:?--candidate needs a commit}" ;;
+  --candidate)  # resolved here, in this checkout: a relative REF (HEAD~1) inside the worktree names another commit
+    candidate="$(git rev-parse --verify "${2:?--candidate needs a commit}^{commit}")" ;;
   *) echo "usage: bash scripts/pack_libs.sh [--candidate REF]" >&2; exit 2 ;;
 esac
 pack="$(mktemp -d)"
@@ -30,7 +31,10 @@ build() {  # build SOURCE_DIR BUILD_DIR NAME: the library, copied to libs/NAME o
 build . build-prod prod
 if [ -n "$candidate" ]; then
   src=build-candidate/src
+  git worktree prune  # a worktree whose folder was deleted is still registered: add would refuse its path
   [ -d "$src" ] || git worktree add --detach "$src" "$candidate" > /dev/null
+  # git -C in a plain folder would find this repository above it and move ITS checkout: only in our worktree
+  [ -e "$src/.git" ] || { echo "error: $src exists and is not a git worktree; remove it" >&2; exit 1; }
   git -C "$src" checkout --quiet --detach "$candidate"
   build "$src" build-candidate/build candidate
 fi
