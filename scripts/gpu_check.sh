@@ -28,34 +28,28 @@ run() {  # run LIMIT_S TAIL_LINES CMD...: the command under a time limit, its ou
   timeout "$limit" "$@" 2>&1 | tee -a "$log" | tail -n "$lines"
   [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
 }
+ab() {  # ab LIMIT_S TAIL_LINES CMD...: run's, two rounds, alternately with MAMBA_DEPLOY_KERNEL_LIB and CANDIDATE_LIB
+  local round lib
+  for round in 1 2; do
+    for lib in "$MAMBA_DEPLOY_KERNEL_LIB" "$CANDIDATE_LIB"; do
+      echo "+ round $round, $lib" | tee -a "$log"
+      MAMBA_DEPLOY_KERNEL_LIB="$lib" run "$@"
+    done
+  done
+}
 for step in "${steps[@]}"; do
   case "$step" in
     tests) run 480 15 python3 -m pytest -q -m gpu tests -p no:cacheprovider ;;
     bench) for m in mamba-1.4b mamba2-1.3b; do
-             if [ -z "${CANDIDATE_LIB:-}" ]; then
-               run 240 6 python3 -m mamba_deploy.bench --random-init "$m" --batches 1 16 64
-               continue
-             fi
-             for round in 1 2; do
-               for lib in "$MAMBA_DEPLOY_KERNEL_LIB" "$CANDIDATE_LIB"; do
-                 echo "+ round $round, $lib" | tee -a "$log"
-                 MAMBA_DEPLOY_KERNEL_LIB="$lib" run 240 6 \
-                   python3 -m mamba_deploy.bench --random-init "$m" --batches 1 16 64
-               done
-             done
+             cmd=(python3 -m mamba_deploy.bench --random-init "$m" --batches 1 16 64)
+             if [ -n "${CANDIDATE_LIB:-}" ]; then ab 240 6 "${cmd[@]}"; else run 240 6 "${cmd[@]}"; fi
            done ;;
     generate) run 300 8 python3 -m mamba_deploy.bench --random-init mamba-1.4b --batches 1 16 64 --generate ;;
     persistent)
       if [ -n "${CANDIDATE_LIB:-}" ]; then
         MAMBA_DEPLOY_KERNEL_LIB="$CANDIDATE_LIB" run 150 25 \
           python3 -m pytest -q -m gpu tests/native/test_persistent_decode.py -p no:cacheprovider
-        for round in 1 2; do
-          for lib in "$MAMBA_DEPLOY_KERNEL_LIB" "$CANDIDATE_LIB"; do
-            echo "+ round $round, $lib" | tee -a "$log"
-            MAMBA_DEPLOY_KERNEL_LIB="$lib" run 150 30 \
-              python3 benchmarks/persistent_decode.py mamba-1.4b mamba2-1.3b mamba-2.8b mamba2-2.7b --rounds 1
-          done
-        done
+        ab 150 30 python3 benchmarks/persistent_decode.py mamba-1.4b mamba2-1.3b mamba-2.8b mamba2-2.7b --rounds 1
       else
         run 150 25 python3 -m pytest -q -m gpu tests/native/test_persistent_decode.py -p no:cacheprovider
         run 240 40 python3 benchmarks/persistent_decode.py mamba-1.4b mamba2-1.3b mamba-2.8b mamba2-2.7b --rounds 2
