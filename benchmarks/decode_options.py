@@ -70,8 +70,8 @@ def main() -> None:
         sys.exit(f"error: {exc}")
     eng = random_engine(a.random_init, max_batch=max(a.batches))
     defaults = {option: getattr(eng, option) for option in sets}
-    variants = [defaults] + [dict(zip(sets, combo)) for combo in itertools.product(*sets.values())
-                             if dict(zip(sets, combo)) != defaults]
+    combos = [dict(zip(sets, combo)) for combo in itertools.product(*sets.values())]
+    variants = [defaults] + [v for v in combos if v != defaults]
     print(f"{a.random_init} on {torch.cuda.get_device_name()}: ms per greedy graph step (rounds: "
           f"{a.rounds}); the first row is the engine's defaults")
     print("| " + " | ".join([*sets, *(f"b{b}" for b in a.batches)]) + " |")
