@@ -15,8 +15,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--random-init", default="mamba2-1.3b")
     ap.add_argument("--lengths", type=int, nargs="+", default=[2048, 32768])
+    ap.add_argument("--prefill-split", type=int, default=1, help="the engine's option (1: off)")
     a = ap.parse_args()
-    eng = random_engine(a.random_init, max_batch=1)
+    eng = random_engine(a.random_init, max_batch=1, prefill_split=a.prefill_split)
     for length in a.lengths:
         ids = torch.randint(1, 1000, (1, length))
         state = eng.new_state(1)
@@ -31,7 +32,8 @@ def main() -> None:
         end.record()
         torch.cuda.synchronize()
         extra = (torch.cuda.max_memory_allocated() - before) / 2 ** 30
-        print(f"{a.random_init} prefill {length}: {start.elapsed_time(end):.1f} ms (one run), extra memory {extra:.3f} GiB")
+        print(f"{a.random_init} prefill {length} (split {a.prefill_split}): {start.elapsed_time(end):.1f} ms "
+              f"(one run), extra memory {extra:.3f} GiB")
 
 
 if __name__ == "__main__":

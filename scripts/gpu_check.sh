@@ -13,7 +13,11 @@
 #   profile      the kernels of one decode step at batch 8, 16 and 64 (mamba-1.4b, mamba2-1.3b), launched plainly
 #                (profile_step.py --plain-launch: each kernel's time its own, not its wait for the one before)
 #   options      decode ms at batch 4-32 over the engine's placement options (benchmarks/decode_options.py: staged
-#                forms, the Mamba1 dt_proj crossover), mamba-1.4b and mamba2-1.3b
+#                forms, the Mamba1 dt_proj crossover), and at 32 / 64 our tensor-core projections against cuBLAS,
+#                mamba-1.4b and mamba2-1.3b
+#   split        the split prefill (NativeEngine(prefill_split=k)): its tests, then 2,048-token prefills of four models
+#                with k = 1 / 2 / 4 alternately in one process, 32,768 tokens (time and memory) with k = 1 and 2, and
+#                decode after split prefills (bench --prefill-split 2: streams used beside the decode graphs)
 # Output goes to stdout and, when $OUT is set, to $OUT/gpu_check.log.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -61,8 +65,21 @@ for step in "${steps[@]}"; do
       run 300 20 python3 benchmarks/decode_options.py --random-init mamba-1.4b --batches 4 8 16 32 \
         --set staged_max_batch=8,16 --set dt_gemm_min_batch=8,32 --set staged_gemv=out_proj,in_proj+out_proj
       run 300 20 python3 benchmarks/decode_options.py --random-init mamba2-1.3b --batches 4 8 16 32 \
-        --set staged_max_batch=4,8,16 --set staged_gemv=out_proj,in_proj+out_proj ;;
-    *) echo "unknown step $step (tests, bench, generate, persistent, profile, options)"; exit 2 ;;
+        --set staged_max_batch=4,8,16 --set staged_gemv=out_proj,in_proj+out_proj
+      for m in mamba-1.4b mamba2-1.3b; do
+        run 200 8 python3 benchmarks/decode_options.py --random-init "$m" --batches 32 64 --set tc_max_batch=16,64
+      done ;;
+    split)
+      run 300 15 python3 -m pytest -q -m gpu tests/native/test_prefill_split.py -p no:cacheprovider
+      run 400 20 python3 benchmarks/prefill_models.py mamba-1.4b mamba2-1.3b mamba-2.8b mamba2-2.7b --tokens 2048 \
+        --rounds 2 --ab-split 2 4
+      for m in mamba-1.4b mamba2-1.3b; do
+        for k in 1 2; do
+          run 200 4 python3 benchmarks/prefill_memory.py --random-init "$m" --lengths 32768 32768 --prefill-split "$k"
+        done
+      done
+      run 240 6 python3 -m mamba_deploy.bench --random-init mamba-1.4b --batches 1 16 64 --prefill-split 2 ;;
+    *) echo "unknown step $step (tests, bench, generate, persistent, profile, options, split)"; exit 2 ;;
   esac
 done
 exit $status

@@ -20,7 +20,8 @@ Prefill is eager, except chunks of at most prefill_graph_tokens (2,048) tokens a
 4,096 tokens in all (prefill_graphs.MAX_GRAPH_TOKENS), into consecutive slots of the pool: those replay captured
 power-of-two pieces instead (at most three), or, for fresh prompts (`lengths`: left padding), one padded graph
 (prefill_graphs.py: an eager prefill of that size is bound by the host). prefill_graph_tokens=0 keeps every
-prefill eager.
+prefill eager. With prefill_split=k (off by default) a chunk of pure Mamba layers runs as up to k parts along
+time, a wavefront on k streams (prefill_split.py), in a graph or eager.
 """
 from __future__ import annotations
 
@@ -34,7 +35,7 @@ from ..errors import ParameterError, is_integer
 from ..models.lm import check_room
 from ..models.state import InferenceState
 from ..ops import _lib
-from . import decode as D, gemv as G, hybrid as Hy, prefill as P
+from . import decode as D, gemv as G, hybrid as Hy, prefill as P, prefill_split as S
 from .persistent import PersistentDecode
 from .prefill_graphs import PrefillGraphs
 from .weights import device_weights
@@ -47,11 +48,13 @@ class NativeEngine:
                  programmatic_launch: bool = True, max_seq_len: Optional[int] = None, tc_max_batch: int = 16,
                  prefill_graph_tokens: int = 2048, prefill_graph_batch: int = 16,
                  norm_in_gemv: tuple[str, ...] = (), staged_gemv: tuple[str, ...] = ("out_proj",),
-                 staged_max_batch: Optional[int] = None, persistent_decode: bool = False):
+                 staged_max_batch: Optional[int] = None, persistent_decode: bool = False, prefill_split: int = 1):
         for option, names, allowed in (("norm_in_gemv", norm_in_gemv, D.NORMED_PROJECTIONS),
                                        ("staged_gemv", staged_gemv, D.STAGED_PROJECTIONS)):
             if not set(names) <= allowed:
                 raise ParameterError(option, f"must name projections of {sorted(allowed)}, got {sorted(names)}")
+        if not is_integer(prefill_split) or prefill_split < 1:
+            raise ParameterError("prefill_split", f"must be an integer >= 1, got {prefill_split!r}")
         self.config, self.dtype, self.state_dtype = cfg, dtype, state_dtype
         self.device = torch.device(device)
         if self.device.type != "cuda":
@@ -129,6 +132,10 @@ class NativeEngine:
         # launches (H200, mamba-1.4b batch 1 in Engine.generate: 12-55 ms eager against 7 ms as one padded replay;
         # docs/performance.md, session 13), and so was a 2,048-token one (26.0 ms wall, 17.9 ms of kernels)
         self.prefill_graphs = PrefillGraphs(self, prefill_graph_tokens, prefill_graph_batch)
+        # prefill chunks cut along time into up to this many parts, run as a wavefront on as many streams
+        # (native/prefill_split.py; 1: off, the default until measured); a graph captures the parts' streams too
+        self.prefill_split = prefill_split
+        self._wavefront = S.Wavefront(self.device)
         # batch-1 decode steps as one cooperative launch for all layers (native/persistent.py). Off by default: on
         # the H200 only mamba-1.4b gains (1.346 -> 1.285 ms), the other published shapes lose 14-27%
         # (docs/performance.md, session 28)
@@ -407,24 +414,12 @@ class NativeEngine:
         """ids (b, n) -> logits (b, 1 or n, vocab_padded); `state` (or, given rows, its rows rows[r]) in place.
         pad: None or (b, n) bool, True at left padding (native.prefill.mamba_prefill)."""
         c = self.config
-        b, n = ids.shape
+        if S.applies(self, ids.shape[1]):
+            return S.run(self, self._wavefront, ids, state, all_logits, rows, pad)
         hidden, residual = self.emb[ids], None
-        attention = Hy.chunk_positions(state, n) if c.attn_layer_idx else ()
+        attention = Hy.chunk_positions(state, ids.shape[1]) if c.attn_layer_idx else ()
         for L in self.layers:
-            normed, residual = P.prefill_norm(c, self.dtype, hidden, residual, L.norm_w, L.norm_b)
-            if L.kind == "attention":
-                hidden = Hy.attention_prefill(c, L, normed, state, *attention)
-            elif L.kind == "mlp":
-                hidden = Hy.mlp_prefill(L, normed)
-            else:
-                hidden = P.mamba_prefill(c, L, normed, state, self.unit, rows, pad)
-            if c.d_intermediate:
-                normed, residual = P.prefill_norm(c, self.dtype, hidden, residual, L.norm2_w, L.norm2_b)
-                y, gate = torch.nn.functional.linear(normed, L.fc1_w).chunk(2, dim=-1)
-                hidden = torch.nn.functional.linear(y * torch.nn.functional.silu(gate), L.fc2_w)
+            hidden, residual = P.layer(self, L, hidden, residual, state, rows, pad, attention)
         if state.length is not None:
-            state.length += n
-        if not all_logits:
-            hidden, residual = hidden[:, -1:].contiguous(), residual[:, -1:].contiguous()
-        normed, _ = P.prefill_norm(c, self.dtype, hidden, residual, *self.norm_f)
-        return torch.nn.functional.linear(normed, self.head)
+            state.length += ids.shape[1]
+        return P.head_logits(self, hidden, residual, all_logits)

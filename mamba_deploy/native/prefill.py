@@ -1,7 +1,11 @@
-"""The native engine's Mamba layers over a chunk of tokens (prefill, eager): cuBLAS projections, the library's
-causal conv and its prefill scans (Mamba1 selective scan; Mamba2 chunk scan, on tensor cores where it applies),
-all writing the layer's conv and SSM state in place. Falcon-Mamba's dt / B / C norms (dt_bc_norm) and the d_ssm
-models' gated MLP part (d_ssm_mlp) serve decode too."""
+"""The native engine's layers over a chunk of tokens (prefill, eager): cuBLAS projections, the library's causal
+conv and its prefill scans (Mamba1 selective scan; Mamba2 chunk scan, on tensor cores where it applies), all
+writing the layer's conv and SSM state in place; `layer` is one whole layer (norm, mixer, MLP), `head_logits` the
+final norm and LM head. Falcon-Mamba's dt / B / C norms (dt_bc_norm) and the d_ssm models' gated MLP part
+(d_ssm_mlp) serve decode too.
+
+A `handoff` (prefill_split.PartOrder) orders a layer's state updates after another stream's: its wait(kind) runs
+just before the conv ("conv") or the scan ("scan") and its done(kind) just after, on the current stream."""
 from __future__ import annotations
 
 from typing import Optional, Sequence
@@ -15,8 +19,50 @@ from ..models.lm import check_prompt_lengths
 from ..models.state import InferenceState
 from ..ops import cuda as K
 from ..ops._tensors import to_device_async
-from . import gemv as G
+from . import gemv as G, hybrid as Hy
 from .weights import Layer
+
+
+class _NoHandoff:
+    """No other stream to follow or to lead: a chunk's layers in its own stream's order."""
+    def wait(self, kind: str) -> None:
+        pass
+
+    def done(self, kind: str) -> None:
+        pass
+
+
+NO_HANDOFF = _NoHandoff()
+
+
+def layer(eng, L: Layer, hidden: torch.Tensor, residual: Optional[torch.Tensor], state: InferenceState,
+          rows: Optional[torch.Tensor] = None, pad: Optional[torch.Tensor] = None, attention: tuple = (),
+          handoff=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Layer L of NativeEngine `eng` over a chunk: (hidden, residual) (b, n, d_model) (residual None before the
+    first layer) -> the next layer's; its state in `state` (rows, pad as in mamba_prefill; attention: the chunk's
+    positions, hybrid.chunk_positions, for an attention layer)."""
+    c = eng.config
+    normed, residual = prefill_norm(c, eng.dtype, hidden, residual, L.norm_w, L.norm_b)
+    if L.kind == "attention":
+        hidden = Hy.attention_prefill(c, L, normed, state, *attention)
+    elif L.kind == "mlp":
+        hidden = Hy.mlp_prefill(L, normed)
+    else:
+        hidden = mamba_prefill(c, L, normed, state, eng.unit, rows, pad, handoff)
+    if c.d_intermediate:
+        normed, residual = prefill_norm(c, eng.dtype, hidden, residual, L.norm2_w, L.norm2_b)
+        y, gate = F.linear(normed, L.fc1_w).chunk(2, dim=-1)
+        hidden = F.linear(y * F.silu(gate), L.fc2_w)
+    return hidden, residual
+
+
+def head_logits(eng, hidden: torch.Tensor, residual: torch.Tensor, all_logits: bool) -> torch.Tensor:
+    """The last layer's (hidden, residual) (b, n, d_model) -> logits (b, n or, without all_logits, 1,
+    vocab_padded): the final norm and the LM head."""
+    if not all_logits:
+        hidden, residual = hidden[:, -1:].contiguous(), residual[:, -1:].contiguous()
+    normed, _ = prefill_norm(eng.config, eng.dtype, hidden, residual, *eng.norm_f)
+    return F.linear(normed, eng.head)
 
 
 def dt_bc_norm(cfg: ModelConfig, unit: Optional[torch.Tensor], xdbl: torch.Tensor) -> None:
@@ -41,14 +87,15 @@ def d_ssm_mlp(cfg: ModelConfig, xz: torch.Tensor, out: torch.Tensor) -> None:
 
 def mamba_prefill(cfg: ModelConfig, L: Layer, normed: torch.Tensor, state: InferenceState,
                   unit: Optional[torch.Tensor], rows: Optional[torch.Tensor] = None,
-                  pad: Optional[torch.Tensor] = None) -> torch.Tensor:
+                  pad: Optional[torch.Tensor] = None, handoff=None) -> torch.Tensor:
     """A Mamba layer over a chunk: normed (b, n, d_model) -> (b, n, d_model); its conv and ssm state in place.
     rows: None (batch row r is row r of `state`) or (b,) int64 on the device: batch row r is row rows[r] of
     `state`, a pool (what a captured prefill graph replays on, whatever the slots).
     pad: None or (b, n) bool on the device, True at a row's left padding (its prompt is right-aligned); a row
     with padding must enter from a zero state, which its pad positions then leave as it was (outputs there are
-    not meaningful). See mask_padding."""
+    not meaningful). See mask_padding. handoff: None or a PartOrder (the module's docstring)."""
     c = cfg
+    handoff = handoff or NO_HANDOFF
     b, n, _ = normed.shape
     conv_state, ssm_state = state.conv[L.index], state.ssm[L.index]
     xz = F.linear(normed, L.in_w, L.in_b)  # (b, n, in_proj_dim)
@@ -56,10 +103,12 @@ def mamba_prefill(cfg: ModelConfig, L: Layer, normed: torch.Tensor, state: Infer
     if pad is not None:
         mask_padding(c, xz, pad)
     xc = torch.empty(b, n, c.conv_dim, dtype=normed.dtype, device=normed.device)
+    handoff.wait("conv")
     K.causal_conv1d(xz[..., lo:lo + c.conv_dim].transpose(1, 2), L.conv_w, L.conv_b, conv_state, "silu",
                     out=xc.transpose(1, 2), state_out=conv_state, state_rows=rows)
-    y = _mamba2_scan(c, L, xz, xc, ssm_state, rows) if c.arch == MAMBA2 else \
-        _mamba1_scan(c, L, xz, xc, ssm_state, unit, rows, pad)
+    handoff.done("conv")
+    y = _mamba2_scan(c, L, xz, xc, ssm_state, rows, handoff) if c.arch == MAMBA2 else \
+        _mamba1_scan(c, L, xz, xc, ssm_state, unit, rows, pad, handoff)
     return F.linear(y, L.out_w, L.out_b)
 
 
@@ -78,7 +127,7 @@ def mask_padding(cfg: ModelConfig, xz: torch.Tensor, pad: torch.Tensor) -> None:
 
 def _mamba1_scan(c: ModelConfig, L: Layer, xz: torch.Tensor, xc: torch.Tensor, ssm_state: torch.Tensor,
                  unit: Optional[torch.Tensor], rows: Optional[torch.Tensor],
-                 pad: Optional[torch.Tensor] = None) -> torch.Tensor:
+                 pad: Optional[torch.Tensor], handoff) -> torch.Tensor:
     """xz (b, n, 2 d_inner), xc = conv output (b, n, d_inner) -> y (b, n, d_inner); pad as in mamba_prefill."""
     R, N = c.dt_rank, c.d_state
     xdbl = F.linear(xc, L.x_w)  # (b, n, R + 2N)
@@ -87,14 +136,16 @@ def _mamba1_scan(c: ModelConfig, L: Layer, xz: torch.Tensor, xc: torch.Tensor, s
     if pad is not None:
         dt.masked_fill_(pad.unsqueeze(-1), torch.finfo(dt.dtype).min)  # see mask_padding
     y = torch.empty_like(xc)
+    handoff.wait("scan")
     K.selective_scan(xc.transpose(1, 2), dt.transpose(1, 2), L.A, xdbl[..., R:R + N].transpose(1, 2),
                      xdbl[..., R + N:].transpose(1, 2), L.D, xz[..., c.d_inner:].transpose(1, 2), L.dt_b,
                      ssm_state, True, out=y.transpose(1, 2), state_out=ssm_state, state_rows=rows)
+    handoff.done("scan")
     return y
 
 
 def _mamba2_scan(c: ModelConfig, L: Layer, xz: torch.Tensor, xc: torch.Tensor, ssm_state: torch.Tensor,
-                 rows: Optional[torch.Tensor]) -> torch.Tensor:
+                 rows: Optional[torch.Tensor], handoff) -> torch.Tensor:
     """xz (b, n, in_proj_dim), xc = conv output (b, n, conv_dim) -> out_proj's input (b, n, mixer_out_dim): the
     gated-normed y, after silu(z0) * x0 where mamba-ssm's d_ssm < d_inner leaves a gated MLP beside the SSM."""
     d, gn, m, lo = c.d_inner, c.ngroups * c.d_state, c.mamba2_mlp_dim, c.conv_lo
@@ -104,8 +155,10 @@ def _mamba2_scan(c: ModelConfig, L: Layer, xz: torch.Tensor, xc: torch.Tensor, s
     C = xc[..., d + gn:].unflatten(-1, (c.ngroups, c.d_state))
     dt = xz[..., lo + c.conv_dim:]
     y = torch.empty(b, n, c.nheads, c.headdim, dtype=xc.dtype, device=xc.device)
+    handoff.wait("scan")
     K.chunk_scan(x, dt, L.A, B, C, c.chunk_size, L.D, None, L.dt_b, ssm_state, True, c.dt_limit, out=y,
                  state_out=ssm_state, state_rows=rows)
+    handoff.done("scan")
     out = torch.empty(b, n, m + d, dtype=xc.dtype, device=xc.device)
     y2, z2, out2 = y.view(b * n, d), xz.view(b * n, -1)[:, lo - d:lo], out.view(b * n, -1)[:, m:]
     if L.gnorm_w.dtype == y.dtype and G.row_norm_ok(d, d // c.ngroups, y2, z2, out2):  # 16-byte rows

@@ -11,16 +11,8 @@ from mamba_deploy.native import decode as native_decode
 from mamba_deploy.native import prefill as native_prefill
 from mamba_deploy.native import weights as native_weights
 from mamba_deploy.ops import cuda as K
-from mamba_deploy.ops import add_norm_ref, gated_rms_norm_ref, rms_norm_ref
-
-
-def _kernel_reference(x, z, weight, eps=1e-5, group_size=None, *, out=None):
-    """K.gated_rms_norm's checks of its views (shared code, CPU-safe) and its reference math, into `out`."""
-    d = x.shape[-1]
-    assert weight.shape == (d,) and out is not None and out.shape == x.shape
-    K._rows(x, "x", d), K._rows(out, "out", d)  # the kernel's row view of strided slices must exist
-    out.copy_(gated_rms_norm_ref(x, z, weight, eps, group_size))
-    return out
+from mamba_deploy.ops import rms_norm_ref
+from prefill_refs import PREFILL, add_norm_reference, kernel_reference, patch_prefill_kernels, prefill_weights
 
 
 @pytest.mark.parametrize("dt_rank,d_state", [(20, 16), (5, 8), (256, 16)])
@@ -29,7 +21,7 @@ def _kernel_reference(x, z, weight, eps=1e-5, group_size=None, *, out=None):
 def test_dt_bc_norm_equals_reference(monkeypatch, dt_rank, d_state, shape, dtype):
     cfg = parse_config({"model_type": "falcon_mamba", "hidden_size": 64, "num_hidden_layers": 1, "vocab_size": 50,
                         "state_size": d_state, "time_step_rank": dt_rank, "mixer_rms_eps": 1e-3})
-    monkeypatch.setattr(K, "gated_rms_norm", _kernel_reference)
+    monkeypatch.setattr(K, "gated_rms_norm", kernel_reference)
     unit = torch.ones(dt_rank + 2 * d_state, dtype=dtype)
     width = dt_rank + 2 * d_state
     if len(shape) == 1:  # decode: rows [:b] of the static (max_batch, width) buffer
@@ -52,14 +44,6 @@ def test_dt_bc_norm_does_nothing_for_plain_mamba(monkeypatch):
     assert torch.equal(xdbl, before)
 
 
-def _add_norm_reference(x, residual, weight, bias=None, eps=1e-5, is_rms=True, residual_in_fp32=True, out_dtype=None,
-                        *, out=None, residual_out=None):
-    """K.add_norm's semantics (its reference) into `out` / `residual_out`."""
-    o, r = add_norm_ref(x, residual, weight, bias, eps, is_rms, residual_in_fp32, out_dtype)
-    out.copy_(o), residual_out.copy_(r)
-    return out, residual_out
-
-
 @pytest.mark.parametrize("rms_norm", [True, False])
 @pytest.mark.parametrize("residual_in_fp32", [True, False])
 def test_mlp_step_equals_reference_block(monkeypatch, rms_norm, residual_in_fp32):
@@ -67,7 +51,7 @@ def test_mlp_step_equals_reference_block(monkeypatch, rms_norm, residual_in_fp32
 
     cfg = parse_config({"d_model": 40, "n_layer": 1, "vocab_size": 50, "d_intermediate": 130, "rms_norm": rms_norm,
                         "residual_in_fp32": residual_in_fp32, "ssm_cfg": {"d_state": 8}})
-    monkeypatch.setattr(K, "add_norm", _add_norm_reference)
+    monkeypatch.setattr(K, "add_norm", add_norm_reference)
     monkeypatch.setattr(native_decode.G, "row_norm_ok", lambda *a: False)
     block = Block(cfg, torch.float32)
     gen = torch.Generator().manual_seed(0)
@@ -142,45 +126,10 @@ def test_attention_and_mlp_prefill_equal_the_reference_mixers(name):
             torch.testing.assert_close(hybrid.mlp_prefill(mlp, x), block(x), rtol=1e-6, atol=1e-6)
 
 
-def _kernel_on_rows(ref, state_arg):
-    """A prefill kernel's semantics through its reference (`state_arg`: the position of its state argument):
-    y into `out`, the final state into `state_out`; with state_rows, batch row r reads and writes row
-    state_rows[r] of the state pool."""
-    def run(*args, out=None, state_out=None, state_rows=None):
-        args = list(args)
-        if state_rows is not None:
-            args[state_arg] = args[state_arg][state_rows]
-        y, new_state = ref(*args)
-        out.copy_(y)
-        if state_rows is None:
-            state_out.copy_(new_state)
-        else:
-            state_out[state_rows] = new_state
-        return out, state_out
-    return run
-
-
-PREFILL = {"mamba1": {"d_model": 32, "n_layer": 1, "vocab_size": 50, "ssm_cfg": {"d_state": 8}},
-           "mamba2": {"d_model": 32, "n_layer": 1, "vocab_size": 50,
-                      "ssm_cfg": {"layer": "Mamba2", "d_state": 8, "headdim": 16, "ngroups": 2, "chunk_size": 4}}}
-
-
 def _prefill_layer(arch, monkeypatch):
     """(cfg, its one Mamba layer's weights): random float32 weights, the layer's kernels as their references."""
-    from mamba_deploy.export.weights import export_name_and_tensor
-    from mamba_deploy.models import MambaLM
-    from mamba_deploy.ops import causal_conv1d_ref, chunk_scan_ref, selective_scan_ref
-    from mamba_deploy.random_init import init_weights_
-
-    monkeypatch.setattr(K, "causal_conv1d", _kernel_on_rows(causal_conv1d_ref, 3))
-    monkeypatch.setattr(K, "selective_scan", _kernel_on_rows(selective_scan_ref, 8))
-    monkeypatch.setattr(K, "chunk_scan", _kernel_on_rows(chunk_scan_ref, 9))
-    monkeypatch.setattr(K, "gated_rms_norm", _kernel_reference)
-    cfg = parse_config(PREFILL[arch])
-    model = MambaLM(cfg, torch.float32)
-    init_weights_(model, seed=3)
-    weights = dict(export_name_and_tensor(k, p, torch.float32) for k, p in model.named_parameters())
-    _, _, _, layers = native_weights.device_weights(cfg, weights, torch.float32, torch.device("cpu"))
+    patch_prefill_kernels(monkeypatch)
+    cfg, (*_, layers) = prefill_weights(PREFILL[arch])
     return cfg, layers[0]
 
 

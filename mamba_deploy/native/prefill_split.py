@@ -1,0 +1,143 @@
+"""A prefill chunk cut along time into parts that run as a wavefront, each part on its own CUDA stream
+(NativeEngine(prefill_split=k)).
+
+Part j of a chunk needs part j-1 only through the state each layer leaves: a layer's conv of part j starts from
+the conv state that part j-1's conv of the layer wrote, its scan from the SSM state part j-1's scan wrote. So each
+part runs all its layers on its own stream, and only its conv and its scan of a layer wait (an event) for part
+j-1's of the same layer; its norms, projections and MLP may run beside the other parts' work. Why: at batch 1 a
+layer's scan gives the GPU few threads (mamba-1.4b's Mamba1 scan at 2,048 tokens: about two warps a scheduler,
+bound by latency, 158 us a layer, 43% of the prefill; Mamba2's carry walk likewise), and the layers run one
+after another, so what one kernel leaves idle nothing else can use. Off by default: not yet measured.
+
+Each part's kernels are those of a sequential prefill in chunks of the parts' lengths, on the same data in the same
+order, so the results are the same bits (tests/native/test_prefill_split.py). Inner boundaries fall on multiples of
+the Mamba2 chunk size (Mamba1: the scan's 16-step tile), every part at least MIN_PART_TOKENS long. Pure Mamba (and
+MLP) models only: an attention layer's positions are per chunk.
+The last part runs on the caller's stream, the others on side streams the engine keeps (Wavefront); they start
+after the work already on the caller's stream, which waits for them at the end: a CUDA-graph capture takes the
+whole wavefront in (fork and join).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+
+from ..config import MAMBA2, ModelConfig
+from . import prefill as P
+
+MIN_PART_TOKENS = 256
+KINDS = ("conv", "scan")  # the state updates a part hands to the next (prefill.py's handoff points)
+
+
+def align(cfg: ModelConfig) -> int:
+    """Where part boundaries may fall: multiples of the Mamba2 chunk (its scan's chunks stay whole), else of the
+    Mamba1 scan's 16-step tile."""
+    return cfg.chunk_size if cfg.arch == MAMBA2 else 16
+
+
+def part_bounds(n: int, parts: int, step: int, min_tokens: Optional[int] = None) -> list[tuple[int, int]]:
+    """[start, end) of the parts of an n-token chunk: at most `parts`, as even as inner boundaries on multiples of
+    `step` allow, each at least `min_tokens` (default MIN_PART_TOKENS) long; [(0, n)] where two do not fit."""
+    min_tokens = max(1, MIN_PART_TOKENS if min_tokens is None else min_tokens)
+    count = max(1, min(parts, n // min_tokens))
+    edges = [0]
+    for j in range(1, count):
+        cut = round(j * n / count / step) * step
+        if cut - edges[-1] >= min_tokens and n - cut >= min_tokens:
+            edges.append(cut)
+    edges.append(n)
+    return list(zip(edges[:-1], edges[1:]))
+
+
+def applies(eng, n: int) -> bool:
+    """Whether NativeEngine `eng` prefills an n-token chunk as a wavefront of parts."""
+    c = eng.config
+    return eng.prefill_split > 1 and not c.attn_layer_idx and len(part_bounds(n, eng.prefill_split, align(c))) > 1
+
+
+class Wavefront:
+    """An engine's side streams and events for split prefills, made on first use and kept: a stream for each part
+    but the last, two events (conv, scan) for each boundary between parts, reused layer after layer (a wait takes
+    the event's latest record, which the host made for the layer the waiting part is at)."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.streams: list[torch.cuda.Stream] = []
+        self.events: list[dict[str, torch.cuda.Event]] = []
+
+    def current(self) -> torch.cuda.Stream:
+        return torch.cuda.current_stream(self.device)
+
+    def side(self, count: int) -> tuple[list[torch.cuda.Stream], list[dict[str, torch.cuda.Event]]]:
+        """`count` side streams and `count` boundaries' events."""
+        while len(self.streams) < count:
+            self.streams.append(torch.cuda.Stream(self.device))
+            self.events.append({kind: torch.cuda.Event() for kind in KINDS})
+        return self.streams[:count], self.events[:count]
+
+    def use(self, stream: torch.cuda.Stream):
+        return torch.cuda.stream(stream)
+
+    def keep(self, tensor: torch.Tensor, stream: torch.cuda.Stream) -> None:
+        """`tensor`, made on another stream, is used on `stream`: its memory waits for that use too."""
+        tensor.record_stream(stream)
+
+
+class PartOrder:
+    """Part j's place in the wavefront (prefill.py's handoff): before its conv or scan of a layer, the current stream
+    waits for part j-1's (`after`: the events part j-1 records; None for the first part); after them it records its
+    own (`record`: None for the last part)."""
+
+    def __init__(self, wavefront, after: Optional[dict], record: Optional[dict]):
+        self.wavefront, self.after, self.record = wavefront, after, record
+
+    def wait(self, kind: str) -> None:
+        if self.after is not None:
+            self.wavefront.current().wait_event(self.after[kind])
+
+    def done(self, kind: str) -> None:
+        if self.record is not None:
+            self.record[kind].record(self.wavefront.current())
+
+
+@dataclass
+class _Part:
+    stream: object
+    order: PartOrder
+    ids: torch.Tensor                   # (b, part length)
+    pad: Optional[torch.Tensor]         # (b, part length) bool, or None
+    hidden: Optional[torch.Tensor] = None
+    residual: Optional[torch.Tensor] = None
+
+
+def run(eng, wavefront, ids: torch.Tensor, state, all_logits: bool, rows: Optional[torch.Tensor] = None,
+        pad: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """NativeEngine._prefill_chunk of ids (b, n) as a wavefront of parts (applies(eng, n)): logits (b, 1 or n,
+    vocab_padded); `state` (or, given rows, its rows rows[r]) in place; pad as there."""
+    bounds = part_bounds(ids.shape[1], eng.prefill_split, align(eng.config))
+    caller = wavefront.current()
+    side, events = wavefront.side(len(bounds) - 1)
+    for stream in side:
+        stream.wait_stream(caller)
+    parts = [_Part(stream, PartOrder(wavefront, events[j - 1] if j else None, events[j] if j < len(side) else None),
+                   ids[:, lo:hi], None if pad is None else pad[:, lo:hi])
+             for j, (stream, (lo, hi)) in enumerate(zip([*side, caller], bounds))]
+    for part in parts:
+        with wavefront.use(part.stream):
+            part.hidden = eng.emb[part.ids]
+    for L in eng.layers:  # layer by layer, part by part: each wait is enqueued after the record it waits for
+        for part in parts:
+            with wavefront.use(part.stream):
+                part.hidden, part.residual = P.layer(eng, L, part.hidden, part.residual, state, rows, part.pad,
+                                                     handoff=part.order)
+    logits = []
+    for part in parts if all_logits else parts[-1:]:
+        with wavefront.use(part.stream):
+            logits.append(P.head_logits(eng, part.hidden, part.residual, all_logits))
+        if part.stream is not caller:
+            wavefront.keep(logits[-1], caller)
+    for stream in side:
+        caller.wait_stream(stream)
+    return torch.cat(logits, dim=1) if all_logits else logits[0]
