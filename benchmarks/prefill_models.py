@@ -6,9 +6,9 @@
 
 Each model: `--rounds` medians of `--repeats` prefills from a zero state (ms), and TFLOP/s of the layers'
 projections (2 FLOP a weight a token; the LM head runs on the last token only, the scans' own work is not counted).
-`--ab-env NAME=VALUE` (an environment switch read at each launch or prefill) or `--ab-split K ...` (the engine's
-prefill_split): each round runs without it, then with it (each K), the prefill graphs recaptured for each: a row
-per variant, same engine and weights.
+`--ab-env NAME=VALUE` (an environment switch read at each launch or prefill) or `--ab-option NAME=VALUE` (an
+engine attribute read at each prefill, e.g. prefill_split=2 or fold_gated_norm=1; repeatable): each round runs
+the default, then each variant, the prefill graphs recaptured for each: a row per variant, same engine and weights.
 """
 from __future__ import annotations
 
@@ -30,11 +30,14 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=10)
     ap.add_argument("--eager", action="store_true", help="no prefill graphs (e.g. under ncu)")
     ap.add_argument("--ab-env", metavar="NAME=VALUE", help="A/B: each round without, then with this variable set")
-    ap.add_argument("--ab-split", type=int, nargs="+", default=[], metavar="K",
-                    help="A/B: each round with prefill_split 1, then each K")
+    ap.add_argument("--ab-option", action="append", default=[], metavar="NAME=VALUE",
+                    help="A/B: each round also with this engine attribute (an integer) set; repeatable")
     a = ap.parse_args()
+    options = [option.split("=", 1) for option in a.ab_option]
+    if any(len(o) != 2 or not o[1].isdigit() for o in options):
+        raise SystemExit("error: --ab-option takes NAME=INTEGER")
     variants = [None] + ([tuple(a.ab_env.split("=", 1))] if a.ab_env else []) + \
-        [("prefill_split", k) for k in a.ab_split]
+        [("option", name, int(value)) for name, value in options]
     print("| model | variant | tokens | ms (each round's median) | weights GB | TFLOP/s (best round) |")
     print("| --- | --- | ---: | --- | ---: | ---: |")
     for name in a.models:
@@ -49,7 +52,7 @@ def main() -> None:
         layer_weights = weight_bytes // eng.head.element_size() - eng.head.numel()  # the head: last token only
         for v in variants:
             tflops = 2 * layer_weights * a.tokens / (min(ms[v]) * 1e-3) / 1e12
-            print(f"| {name} | {'='.join(map(str, v)) if v else 'default'} | {a.tokens} | "
+            print(f"| {name} | {'='.join(map(str, v[-2:])) if v else 'default'} | {a.tokens} | "
                   f"{' / '.join(f'{m:.2f}' for m in ms[v])} | {weight_bytes / 1e9:.3f} | {tflops:.0f} |")
         del eng
         torch.cuda.empty_cache()
@@ -57,18 +60,21 @@ def main() -> None:
 
 @contextlib.contextmanager
 def variant_set(eng, variant):
-    """A variant of main's A/B (None, (NAME, VALUE) of the environment, or ("prefill_split", K)) in force inside
-    the block, then undone."""
-    if variant is None or variant[0] != "prefill_split":
+    """A variant of main's A/B (None, (NAME, VALUE) of the environment, or ("option", NAME, VALUE): an engine
+    attribute) in force inside the block, then undone."""
+    if variant is None or variant[0] != "option":
         with env_set(variant):
             yield
         return
-    before = eng.prefill_split
-    eng.prefill_split = variant[1]
+    _, name, value = variant
+    if not hasattr(eng, name):
+        raise SystemExit(f"error: the engine has no option {name!r}")
+    before = getattr(eng, name)
+    setattr(eng, name, type(before)(value))
     try:
         yield
     finally:
-        eng.prefill_split = before
+        setattr(eng, name, before)
 
 
 @contextlib.contextmanager

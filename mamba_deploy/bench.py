@@ -239,7 +239,7 @@ def bench(path=None, backend: str = "native", batches: Sequence[int] = (1, 16, 6
           state_dtype: str = "float32", profile: bool = False, print_fn: Callable[[str], None] = print,
           generate: bool = False, prefill_graph_tokens: Optional[int] = None,
           tc_max_batch: Optional[int] = None, persistent_decode: bool = False,
-          prefill_split: Optional[int] = None) -> list[dict]:
+          prefill_split: Optional[int] = None, fold_gated_norm: bool = False) -> list[dict]:
     """Benchmark one model (a folder, or `random_init`: a preset name) on the native engine; returns rows
     {batch, decode_ms, tok_s, gbps, floor_ms, prefill_ms, peak_gb, mamba_ssm_ms} and prints a table.
     generate: also Engine.generate end to end (T=0.7, top-p 0.9) per batch: rows get generate_tok_s.
@@ -248,7 +248,7 @@ def bench(path=None, backend: str = "native", batches: Sequence[int] = (1, 16, 6
     tc_max_batch: the engine's option (decode projections on our tensor-core kernels up to this batch; None:
     the engine's default). persistent_decode: the engine's option (batch 1 as one launch for all layers).
     prefill_split: the engine's option (prefill chunks as a wavefront of up to this many parts; None: the
-    engine's default)."""
+    engine's default). fold_gated_norm: the engine's option (Mamba2 prefill: the gated norm folded into the scan)."""
     from .export.artifact import DTYPES
     from .native import load_engine, random_engine
     from .native.hybrid import kv_bytes
@@ -260,7 +260,8 @@ def bench(path=None, backend: str = "native", batches: Sequence[int] = (1, 16, 6
     torch.cuda.reset_peak_memory_stats()
     # a hybrid's KV caches hold the prefill bench's prompt and every timed decode step (bench_decode)
     chosen = dict(prefill_graph_tokens=prefill_graph_tokens, tc_max_batch=tc_max_batch,  # None: the engine's
-                  persistent_decode=persistent_decode or None, prefill_split=prefill_split)
+                  persistent_decode=persistent_decode or None, prefill_split=prefill_split,
+                  fold_gated_norm=fold_gated_norm or None)
     kw = dict(max_batch=max(batches), chunk_len=max(2048, min(prefill_len, 8192)),
               **{name: value for name, value in chosen.items() if value is not None},
               max_seq_len=max(prefill_len, prompt_len + DECODE_WARMUP + (DECODE_REPEATS + 1) * gen_len))
@@ -361,6 +362,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     ap.add_argument("--prefill-split", type=int, default=None,
                     help="prefill chunks as a wavefront of up to this many parts on as many streams (the engine's "
                          "option; default: the engine's)")
+    ap.add_argument("--fold-gated-norm", action="store_true",
+                    help="Mamba2 prefill: the gated norm folded into the chunk scan (the engine's option)")
     a = ap.parse_args(argv)
     try:  # a user's mistake (no GPU, a bad folder or option) is one line and exit 1, as in `mamba-deploy bench`
         require_native()
@@ -369,7 +372,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
             return
         bench(a.path, "native", a.batches, a.prompt_len, a.gen_len, a.prefill_len, a.random_init, a.dtype,
               a.state_dtype, a.profile, generate=a.generate, prefill_graph_tokens=a.prefill_graph_tokens,
-              tc_max_batch=a.tc_max_batch, persistent_decode=a.persistent_decode, prefill_split=a.prefill_split)
+              tc_max_batch=a.tc_max_batch, persistent_decode=a.persistent_decode, prefill_split=a.prefill_split,
+              fold_gated_norm=a.fold_gated_norm)
     except (MambaDeployError, ValueError) as exc:
         sys.exit(f"error: {exc}")
 

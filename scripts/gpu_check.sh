@@ -15,9 +15,10 @@
 #   options      decode ms at batch 4-32 over the engine's placement options (benchmarks/decode_options.py: staged
 #                forms, the Mamba1 dt_proj crossover), and at 32 / 64 our tensor-core projections against cuBLAS,
 #                mamba-1.4b and mamba2-1.3b
-#   split        the split prefill (NativeEngine(prefill_split=k)): its tests, then 2,048-token prefills of four models
-#                with k = 1 / 2 / 4 alternately in one process, 32,768 tokens (time and memory) with k = 1 and 2, and
-#                decode after split prefills (bench --prefill-split 2: streams used beside the decode graphs)
+#   split        the split prefill (NativeEngine(prefill_split=k)) and the folded gated norm (fold_gated_norm): their
+#                tests, then 2,048-token prefills of four models with each variant in turn in one process, 32,768
+#                tokens (time and memory) with k = 1 and 2, and decode after split prefills (bench --prefill-split 2:
+#                streams used beside the decode graphs)
 # Output goes to stdout and, when $OUT is set, to $OUT/gpu_check.log.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -70,9 +71,10 @@ for step in "${steps[@]}"; do
         run 200 8 python3 benchmarks/decode_options.py --random-init "$m" --batches 32 64 --set tc_max_batch=16,64
       done ;;
     split)
-      run 300 15 python3 -m pytest -q -m gpu tests/native/test_prefill_split.py -p no:cacheprovider
-      run 400 20 python3 benchmarks/prefill_models.py mamba-1.4b mamba2-1.3b mamba-2.8b mamba2-2.7b --tokens 2048 \
-        --rounds 2 --ab-split 2 4
+      run 300 15 python3 -m pytest -q -m gpu tests/native/test_prefill_split.py tests/native/test_fold_gated_norm.py \
+        tests/ops/test_fold_gated_norm_cuda.py tests/ops/test_chunk_scan_cuda.py -p no:cacheprovider
+      run 400 24 python3 benchmarks/prefill_models.py mamba-1.4b mamba2-1.3b mamba-2.8b mamba2-2.7b --tokens 2048 \
+        --rounds 2 --ab-option prefill_split=2 --ab-option prefill_split=4 --ab-option fold_gated_norm=1
       for m in mamba-1.4b mamba2-1.3b; do
         for k in 1 2; do
           run 200 4 python3 benchmarks/prefill_memory.py --random-init "$m" --lengths 32768 32768 --prefill-split "$k"

@@ -46,11 +46,21 @@ def kernel_on_rows(ref, state_arg):
     return run
 
 
+def chunk_scan_folding(*args, out=None, state_out=None, state_rows=None, norm_weight=None, norm_sumsq=None):
+    """K.chunk_scan's semantics through its reference, the folded gated norm included (ops.cuda.chunk_scan): the
+    gated y times norm_weight into `out`, each head's sum of its square into norm_sumsq."""
+    kernel_on_rows(chunk_scan_ref, 9)(*args, out=out, state_out=state_out, state_rows=state_rows)
+    if norm_weight is not None:
+        norm_sumsq.copy_(out.float().square().sum(-1))
+        out.mul_(norm_weight.view(out.shape[-2:]))
+    return out, state_out
+
+
 def patch_prefill_kernels(monkeypatch) -> None:
     """The prefill's library kernels (conv, both scans, the gated and the residual norms) as their references."""
     monkeypatch.setattr(K, "causal_conv1d", kernel_on_rows(causal_conv1d_ref, 3))
     monkeypatch.setattr(K, "selective_scan", kernel_on_rows(selective_scan_ref, 8))
-    monkeypatch.setattr(K, "chunk_scan", kernel_on_rows(chunk_scan_ref, 9))
+    monkeypatch.setattr(K, "chunk_scan", chunk_scan_folding)
     monkeypatch.setattr(K, "gated_rms_norm", kernel_reference)
     monkeypatch.setattr(K, "add_norm", add_norm_reference)
 

@@ -21,7 +21,8 @@ Prefill is eager, except chunks of at most prefill_graph_tokens (2,048) tokens a
 power-of-two pieces instead (at most three), or, for fresh prompts (`lengths`: left padding), one padded graph
 (prefill_graphs.py: an eager prefill of that size is bound by the host). prefill_graph_tokens=0 keeps every
 prefill eager. With prefill_split=k (off by default) a chunk of pure Mamba layers runs as up to k parts along
-time, a wavefront on k streams (prefill_split.py), in a graph or eager.
+time, a wavefront on k streams (prefill_split.py), in a graph or eager. With fold_gated_norm (off by default) the
+prefill of Mamba2 layers with one norm group folds the gated norm into the chunk scan (prefill.py).
 """
 from __future__ import annotations
 
@@ -48,7 +49,8 @@ class NativeEngine:
                  programmatic_launch: bool = True, max_seq_len: Optional[int] = None, tc_max_batch: int = 16,
                  prefill_graph_tokens: int = 2048, prefill_graph_batch: int = 16,
                  norm_in_gemv: tuple[str, ...] = (), staged_gemv: tuple[str, ...] = ("out_proj",),
-                 staged_max_batch: Optional[int] = None, persistent_decode: bool = False, prefill_split: int = 1):
+                 staged_max_batch: Optional[int] = None, persistent_decode: bool = False, prefill_split: int = 1,
+                 fold_gated_norm: bool = False):
         for option, names, allowed in (("norm_in_gemv", norm_in_gemv, D.NORMED_PROJECTIONS),
                                        ("staged_gemv", staged_gemv, D.STAGED_PROJECTIONS)):
             if not set(names) <= allowed:
@@ -136,6 +138,9 @@ class NativeEngine:
         # (native/prefill_split.py; 1: off, the default until measured); a graph captures the parts' streams too
         self.prefill_split = prefill_split
         self._wavefront = S.Wavefront(self.device)
+        # prefill of Mamba2 layers with one norm group: the gated norm folded into the chunk scan, its per-token factor
+        # applied by the next norm (prefill.py; off by default until measured)
+        self.fold_gated_norm = bool(fold_gated_norm)
         # batch-1 decode steps as one cooperative launch for all layers (native/persistent.py). Off by default: on
         # the H200 only mamba-1.4b gains (1.346 -> 1.285 ms), the other published shapes lose 14-27%
         # (docs/performance.md, session 28)
@@ -416,10 +421,10 @@ class NativeEngine:
         c = self.config
         if S.applies(self, ids.shape[1]):
             return S.run(self, self._wavefront, ids, state, all_logits, rows, pad)
-        hidden, residual = self.emb[ids], None
+        hidden, residual, factor = self.emb[ids], None, None
         attention = Hy.chunk_positions(state, ids.shape[1]) if c.attn_layer_idx else ()
         for L in self.layers:
-            hidden, residual = P.layer(self, L, hidden, residual, state, rows, pad, attention)
+            hidden, residual, factor = P.layer(self, L, hidden, residual, state, rows, pad, attention, factor=factor)
         if state.length is not None:
             state.length += ids.shape[1]
-        return P.head_logits(self, hidden, residual, all_logits)
+        return P.head_logits(self, hidden, residual, all_logits, factor)

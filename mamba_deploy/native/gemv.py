@@ -264,10 +264,17 @@ def row_norm_ok(hidden: int, group_size: int, *tensors: torch.Tensor) -> bool:
                 for t in tensors))
 
 
-def row_norm(x, other, weight, eps, *, out, gate: bool = False, group_size: int = 0, residual_out=None) -> torch.Tensor:
-    """gate=False: residual_out <- x + other (other: residual or None); out <- rmsnorm(residual_out) * weight.
+def row_norm(x, other, weight, eps, *, out, gate: bool = False, group_size: int = 0, residual_out=None,
+             x_sumsq=None, sumsq_dim: int = 0, sumsq_eps: float = 0.0) -> torch.Tensor:
+    """gate=False: residual_out <- x * f + other (other: residual or None); out <- rmsnorm(residual_out) * weight,
+    f = 1, or with x_sumsq (rows, count) float32 (row-strided, unit last stride: the folded gated norm's sums,
+    ops.cuda.chunk_scan's norm_sumsq) rsqrt(x_sumsq.sum(-1) / sumsq_dim + sumsq_eps) a row.
     gate=True: out <- groupwise rmsnorm(x * silu(other)) * weight. x, out (rows, hidden) row-strided."""
     rows, hidden = x.shape
+    if x_sumsq is not None and (gate or x_sumsq.dtype != torch.float32 or x_sumsq.dim() != 2 or
+                                x_sumsq.shape[0] != rows or x_sumsq.stride(1) != 1 or sumsq_dim < 1):
+        raise ValueError("row_norm: x_sumsq must be (rows, count) float32 with a unit last stride, gate off, "
+                         "sumsq_dim >= 1")
     group_size = group_size or hidden
     res_dtype = (residual_out if residual_out is not None else other if other is not None else x).dtype
     res_out_stride = 0 if residual_out is None else _row_stride(residual_out, "residual_out")
@@ -277,6 +284,9 @@ def row_norm(x, other, weight, eps, *, out, gate: bool = False, group_size: int 
                            residual_row_stride=0 if other is None else _row_stride(other, "other"),
                            weight=data_ptr(weight), out=data_ptr(out), out_row_stride=_row_stride(out, "out"),
                            residual_out=data_ptr(residual_out), residual_out_row_stride=res_out_stride)
+    if x_sumsq is not None:
+        p.x_sumsq, p.x_sumsq_row_stride, p.x_sumsq_count = data_ptr(x_sumsq), x_sumsq.stride(0), x_sumsq.shape[1]
+        p.x_sumsq_dim, p.x_sumsq_eps = sumsq_dim, float(sumsq_eps)
     _lib.launch(_lib.ROW_NORM, p, current_stream(x.device))
     return out
 

@@ -5,10 +5,16 @@ final norm and LM head. Falcon-Mamba's dt / B / C norms (dt_bc_norm) and the d_s
 (d_ssm_mlp) serve decode too.
 
 A `handoff` (prefill_split.PartOrder) orders a layer's state updates after another stream's: its wait(kind) runs
-just before the conv ("conv") or the scan ("scan") and its done(kind) just after, on the current stream."""
+just before the conv ("conv") or the scan ("scan") and its done(kind) just after, on the current stream.
+
+With NativeEngine(fold_gated_norm=True), a Mamba2 layer with one norm group (fold_applies) folds its gated RMSNorm
+into the chunk scan: the scan writes g * w (g = y * silu(z)) and each head's sum of g^2 (ops.cuda.chunk_scan's
+norm_weight / norm_sumsq), out_proj runs on that, and the norm after the layer scales its input by the per-token
+factor rsqrt(mean(g^2) + eps) it still owes (a NormFactor; row_norm's x_sumsq): out_proj is linear and has no
+bias, so W (f g w) = f (W (g w)). One pass over y, z and the norm's output less a layer."""
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from typing import NamedTuple, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -35,33 +41,63 @@ class _NoHandoff:
 NO_HANDOFF = _NoHandoff()
 
 
+class NormFactor(NamedTuple):
+    """The folded gated norm's factor a mixer's output still owes (module docstring): rsqrt(sumsq.sum(-1) / dim +
+    eps) a token; sumsq (b, n, nheads) float32."""
+    sumsq: torch.Tensor
+    dim: int
+    eps: float
+
+    def last(self) -> NormFactor:
+        """The factor of each row's last token alone."""
+        return self._replace(sumsq=self.sumsq[:, -1:].contiguous())
+
+    def applied(self, hidden: torch.Tensor) -> torch.Tensor:
+        """hidden (b, n, d) times the factor, in hidden's dtype (where no row norm takes it)."""
+        rstd = torch.rsqrt(self.sumsq.sum(-1, keepdim=True) / self.dim + self.eps)
+        return (hidden.float() * rstd).to(hidden.dtype)
+
+
+def fold_applies(cfg: ModelConfig, L: Layer, dtype: torch.dtype) -> bool:
+    """Whether layer L's gated norm folds into its scan (module docstring): a Mamba2 layer with one norm group, no
+    MLP part beside the SSM, no out_proj bias, its norm weight in the model dtype."""
+    return (cfg.arch == MAMBA2 and L.kind == "mamba" and cfg.ngroups == 1 and cfg.mamba2_mlp_dim == 0 and
+            L.out_b is None and L.gnorm_w is not None and L.gnorm_w.dtype == dtype)
+
+
 def layer(eng, L: Layer, hidden: torch.Tensor, residual: Optional[torch.Tensor], state: InferenceState,
           rows: Optional[torch.Tensor] = None, pad: Optional[torch.Tensor] = None, attention: tuple = (),
-          handoff=None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Layer L of NativeEngine `eng` over a chunk: (hidden, residual) (b, n, d_model) (residual None before the
-    first layer) -> the next layer's; its state in `state` (rows, pad as in mamba_prefill; attention: the chunk's
-    positions, hybrid.chunk_positions, for an attention layer)."""
+          handoff=None, factor: Optional[NormFactor] = None
+          ) -> tuple[torch.Tensor, torch.Tensor, Optional[NormFactor]]:
+    """Layer L of NativeEngine `eng` over a chunk: (hidden, residual, factor) (b, n, d_model) (residual None before
+    the first layer; factor: what the layer before still owes its output, or None) -> the next layer's; its state in
+    `state` (rows, pad as in mamba_prefill; attention: the chunk's positions, hybrid.chunk_positions, for an
+    attention layer)."""
     c = eng.config
-    normed, residual = prefill_norm(c, eng.dtype, hidden, residual, L.norm_w, L.norm_b)
+    normed, residual = prefill_norm(c, eng.dtype, hidden, residual, L.norm_w, L.norm_b, factor)
+    factor = None
     if L.kind == "attention":
         hidden = Hy.attention_prefill(c, L, normed, state, *attention)
     elif L.kind == "mlp":
         hidden = Hy.mlp_prefill(L, normed)
     else:
-        hidden = mamba_prefill(c, L, normed, state, eng.unit, rows, pad, handoff)
+        fold = eng.fold_gated_norm and fold_applies(c, L, eng.dtype)
+        hidden, factor = mamba_mixer(c, L, normed, state, eng.unit, rows, pad, handoff, fold)
     if c.d_intermediate:
-        normed, residual = prefill_norm(c, eng.dtype, hidden, residual, L.norm2_w, L.norm2_b)
+        normed, residual = prefill_norm(c, eng.dtype, hidden, residual, L.norm2_w, L.norm2_b, factor)
         y, gate = F.linear(normed, L.fc1_w).chunk(2, dim=-1)
-        hidden = F.linear(y * F.silu(gate), L.fc2_w)
-    return hidden, residual
+        hidden, factor = F.linear(y * F.silu(gate), L.fc2_w), None
+    return hidden, residual, factor
 
 
-def head_logits(eng, hidden: torch.Tensor, residual: torch.Tensor, all_logits: bool) -> torch.Tensor:
-    """The last layer's (hidden, residual) (b, n, d_model) -> logits (b, n or, without all_logits, 1,
+def head_logits(eng, hidden: torch.Tensor, residual: torch.Tensor, all_logits: bool,
+                factor: Optional[NormFactor] = None) -> torch.Tensor:
+    """The last layer's (hidden, residual, factor) (b, n, d_model) -> logits (b, n or, without all_logits, 1,
     vocab_padded): the final norm and the LM head."""
     if not all_logits:
         hidden, residual = hidden[:, -1:].contiguous(), residual[:, -1:].contiguous()
-    normed, _ = prefill_norm(eng.config, eng.dtype, hidden, residual, *eng.norm_f)
+        factor = None if factor is None else factor.last()
+    normed, _ = prefill_norm(eng.config, eng.dtype, hidden, residual, *eng.norm_f, factor)
     return F.linear(normed, eng.head)
 
 
@@ -88,12 +124,21 @@ def d_ssm_mlp(cfg: ModelConfig, xz: torch.Tensor, out: torch.Tensor) -> None:
 def mamba_prefill(cfg: ModelConfig, L: Layer, normed: torch.Tensor, state: InferenceState,
                   unit: Optional[torch.Tensor], rows: Optional[torch.Tensor] = None,
                   pad: Optional[torch.Tensor] = None, handoff=None) -> torch.Tensor:
-    """A Mamba layer over a chunk: normed (b, n, d_model) -> (b, n, d_model); its conv and ssm state in place.
-    rows: None (batch row r is row r of `state`) or (b,) int64 on the device: batch row r is row rows[r] of
+    """mamba_mixer without the fold: the layer's output alone."""
+    return mamba_mixer(cfg, L, normed, state, unit, rows, pad, handoff)[0]
+
+
+def mamba_mixer(cfg: ModelConfig, L: Layer, normed: torch.Tensor, state: InferenceState,
+                unit: Optional[torch.Tensor], rows: Optional[torch.Tensor] = None,
+                pad: Optional[torch.Tensor] = None, handoff=None, fold: bool = False
+                ) -> tuple[torch.Tensor, Optional[NormFactor]]:
+    """A Mamba layer over a chunk: normed (b, n, d_model) -> ((b, n, d_model), None); its conv and ssm state in
+    place. rows: None (batch row r is row r of `state`) or (b,) int64 on the device: batch row r is row rows[r] of
     `state`, a pool (what a captured prefill graph replays on, whatever the slots).
     pad: None or (b, n) bool on the device, True at a row's left padding (its prompt is right-aligned); a row
     with padding must enter from a zero state, which its pad positions then leave as it was (outputs there are
-    not meaningful). See mask_padding. handoff: None or a PartOrder (the module's docstring)."""
+    not meaningful). See mask_padding. handoff: None or a PartOrder (the module's docstring). fold (where
+    fold_applies): the gated norm folded, the output before the NormFactor returned beside it."""
     c = cfg
     handoff = handoff or NO_HANDOFF
     b, n, _ = normed.shape
@@ -107,9 +152,11 @@ def mamba_prefill(cfg: ModelConfig, L: Layer, normed: torch.Tensor, state: Infer
     K.causal_conv1d(xz[..., lo:lo + c.conv_dim].transpose(1, 2), L.conv_w, L.conv_b, conv_state, "silu",
                     out=xc.transpose(1, 2), state_out=conv_state, state_rows=rows)
     handoff.done("conv")
-    y = _mamba2_scan(c, L, xz, xc, ssm_state, rows, handoff) if c.arch == MAMBA2 else \
-        _mamba1_scan(c, L, xz, xc, ssm_state, unit, rows, pad, handoff)
-    return F.linear(y, L.out_w, L.out_b)
+    if c.arch == MAMBA2:
+        y, factor = _mamba2_scan(c, L, xz, xc, ssm_state, rows, handoff, fold)
+    else:
+        y, factor = _mamba1_scan(c, L, xz, xc, ssm_state, unit, rows, pad, handoff), None
+    return F.linear(y, L.out_w, L.out_b), factor
 
 
 def mask_padding(cfg: ModelConfig, xz: torch.Tensor, pad: torch.Tensor) -> None:
@@ -145,9 +192,10 @@ def _mamba1_scan(c: ModelConfig, L: Layer, xz: torch.Tensor, xc: torch.Tensor, s
 
 
 def _mamba2_scan(c: ModelConfig, L: Layer, xz: torch.Tensor, xc: torch.Tensor, ssm_state: torch.Tensor,
-                 rows: Optional[torch.Tensor], handoff) -> torch.Tensor:
-    """xz (b, n, in_proj_dim), xc = conv output (b, n, conv_dim) -> out_proj's input (b, n, mixer_out_dim): the
-    gated-normed y, after silu(z0) * x0 where mamba-ssm's d_ssm < d_inner leaves a gated MLP beside the SSM."""
+                 rows: Optional[torch.Tensor], handoff, fold: bool) -> tuple[torch.Tensor, Optional[NormFactor]]:
+    """xz (b, n, in_proj_dim), xc = conv output (b, n, conv_dim) -> (out_proj's input (b, n, mixer_out_dim), None):
+    the gated-normed y, after silu(z0) * x0 where mamba-ssm's d_ssm < d_inner leaves a gated MLP beside the SSM;
+    with fold, y gated times the norm weight and the NormFactor it still owes."""
     d, gn, m, lo = c.d_inner, c.ngroups * c.d_state, c.mamba2_mlp_dim, c.conv_lo
     b, n = xz.shape[:2]
     x = xc[..., :d].unflatten(-1, (c.nheads, c.headdim))
@@ -155,10 +203,14 @@ def _mamba2_scan(c: ModelConfig, L: Layer, xz: torch.Tensor, xc: torch.Tensor, s
     C = xc[..., d + gn:].unflatten(-1, (c.ngroups, c.d_state))
     dt = xz[..., lo + c.conv_dim:]
     y = torch.empty(b, n, c.nheads, c.headdim, dtype=xc.dtype, device=xc.device)
+    folded = dict(z=xz[..., lo - d:lo].unflatten(-1, (c.nheads, c.headdim)), norm_weight=L.gnorm_w,
+                  norm_sumsq=torch.empty(b, n, c.nheads, dtype=torch.float32, device=xc.device)) if fold else {}
     handoff.wait("scan")
-    K.chunk_scan(x, dt, L.A, B, C, c.chunk_size, L.D, None, L.dt_b, ssm_state, True, c.dt_limit, out=y,
-                 state_out=ssm_state, state_rows=rows)
+    K.chunk_scan(x, dt, L.A, B, C, c.chunk_size, L.D, folded.pop("z", None), L.dt_b, ssm_state, True, c.dt_limit,
+                 out=y, state_out=ssm_state, state_rows=rows, **folded)
     handoff.done("scan")
+    if fold:
+        return y.view(b, n, d), NormFactor(folded["norm_sumsq"], d, c.norm_eps)
     out = torch.empty(b, n, m + d, dtype=xc.dtype, device=xc.device)
     y2, z2, out2 = y.view(b * n, d), xz.view(b * n, -1)[:, lo - d:lo], out.view(b * n, -1)[:, m:]
     if L.gnorm_w.dtype == y.dtype and G.row_norm_ok(d, d // c.ngroups, y2, z2, out2):  # 16-byte rows
@@ -166,13 +218,15 @@ def _mamba2_scan(c: ModelConfig, L: Layer, xz: torch.Tensor, xc: torch.Tensor, s
     else:
         K.gated_rms_norm(y2, z2, L.gnorm_w, c.norm_eps, d // c.ngroups, out=out2)
     d_ssm_mlp(c, xz, out[..., :m])
-    return out
+    return out, None
 
 
 def prefill_norm(cfg: ModelConfig, dtype: torch.dtype, hidden: torch.Tensor, residual: Optional[torch.Tensor],
-                 weight: torch.Tensor, bias: Optional[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+                 weight: torch.Tensor, bias: Optional[torch.Tensor], factor: Optional[NormFactor] = None
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
     """hidden, residual (b, n, d_model) -> (normed, residual + hidden) for a model in `dtype`: row_norm's 16-byte
-    rows where it applies (RMSNorm without bias; it is also the decode step's norm), else the library's add_norm."""
+    rows where it applies (RMSNorm without bias; it is also the decode step's norm), else the library's add_norm.
+    factor: what hidden still owes (a folded gated norm's NormFactor), applied first."""
     c = cfg
     res_dtype = torch.float32 if c.residual_in_fp32 else dtype
     if c.rms_norm and bias is None and hidden.dtype == weight.dtype == dtype and hidden.is_contiguous():
@@ -180,8 +234,12 @@ def prefill_norm(cfg: ModelConfig, dtype: torch.dtype, hidden: torch.Tensor, res
         res_out = residual if residual is not None else torch.empty(hidden.shape, dtype=res_dtype, device=hidden.device)
         x2, r2, n2 = (t.view(-1, c.d_model) for t in (hidden, res_out, normed))
         if res_out.dtype == res_dtype and res_out.is_contiguous() and G.row_norm_ok(c.d_model, c.d_model, x2, r2, n2):
-            G.row_norm(x2, None if residual is None else r2, weight, c.norm_eps, out=n2, residual_out=r2)
+            owed = {} if factor is None else dict(x_sumsq=factor.sumsq.view(x2.shape[0], -1), sumsq_dim=factor.dim,
+                                                  sumsq_eps=factor.eps)
+            G.row_norm(x2, None if residual is None else r2, weight, c.norm_eps, out=n2, residual_out=r2, **owed)
             return normed, res_out
+    if factor is not None:
+        hidden = factor.applied(hidden)
     return K.add_norm(hidden, residual, weight, bias, c.norm_eps, c.rms_norm, c.residual_in_fp32, out_dtype=dtype,
                       residual_out=residual)
 

@@ -110,6 +110,7 @@ class _Part:
     pad: Optional[torch.Tensor]         # (b, part length) bool, or None
     hidden: Optional[torch.Tensor] = None
     residual: Optional[torch.Tensor] = None
+    factor: Optional[P.NormFactor] = None  # what hidden still owes a folded gated norm
 
 
 def run(eng, wavefront, ids: torch.Tensor, state, all_logits: bool, rows: Optional[torch.Tensor] = None,
@@ -130,12 +131,12 @@ def run(eng, wavefront, ids: torch.Tensor, state, all_logits: bool, rows: Option
     for L in eng.layers:  # layer by layer, part by part: each wait is enqueued after the record it waits for
         for part in parts:
             with wavefront.use(part.stream):
-                part.hidden, part.residual = P.layer(eng, L, part.hidden, part.residual, state, rows, part.pad,
-                                                     handoff=part.order)
+                part.hidden, part.residual, part.factor = P.layer(
+                    eng, L, part.hidden, part.residual, state, rows, part.pad, handoff=part.order, factor=part.factor)
     logits = []
     for part in parts if all_logits else parts[-1:]:
         with wavefront.use(part.stream):
-            logits.append(P.head_logits(eng, part.hidden, part.residual, all_logits))
+            logits.append(P.head_logits(eng, part.hidden, part.residual, all_logits, part.factor))
         if part.stream is not caller:
             wavefront.keep(logits[-1], caller)
     for stream in side:

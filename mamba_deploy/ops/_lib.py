@@ -18,7 +18,7 @@ from typing import Optional
 
 LIB_NAME = "libmamba_deploy_kernels.so"
 ENV_VAR = "MAMBA_DEPLOY_KERNEL_LIB"
-EXPECTED_VERSION = 13  # MD_KERNELS_VERSION
+EXPECTED_VERSION = 14  # MD_KERNELS_VERSION
 
 _I, _P, _D = ctypes.c_int64, ctypes.c_void_p, ctypes.c_double
 
@@ -54,7 +54,8 @@ class SsmParams(ctypes.Structure):
         "p: state_in; i: state_in_batch_stride state_in_head_stride state_in_dim_stride state_in_state_stride;"
         "p: state_out;"
         "i: state_out_batch_stride state_out_head_stride state_out_dim_stride state_out_state_stride;"
-        "p: y; i: y_batch_stride y_seq_stride y_head_stride y_dim_stride; p: state_rows")
+        "p: y; i: y_batch_stride y_seq_stride y_head_stride y_dim_stride; p: state_rows;"
+        "p: norm_weight norm_sumsq; i: norm_sumsq_batch_stride norm_sumsq_seq_stride")
 
 
 class AddNormParams(ctypes.Structure):
@@ -98,7 +99,8 @@ class RowNormParams(ctypes.Structure):
     _fields_ = _fields(
         "i: rows hidden group_size gate; d: eps; i: dtype residual_dtype; p: x; i: x_row_stride;"
         "p: residual; i: residual_row_stride; p: weight out; i: out_row_stride;"
-        "p: residual_out; i: residual_out_row_stride")
+        "p: residual_out; i: residual_out_row_stride; p: x_sumsq;"
+        "i: x_sumsq_row_stride x_sumsq_count x_sumsq_dim; d: x_sumsq_eps")
 
 
 class AttentionDecodeParams(ctypes.Structure):

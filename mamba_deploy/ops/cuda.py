@@ -221,11 +221,16 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, ssm_state
 
 
 def chunk_scan(x, dt, A, B, C, chunk_size=256, D=None, z=None, dt_bias=None, initial_state=None, dt_softplus=True,
-               dt_limit=(0.0, math.inf), *, out=None, state_out=None, state_rows=None):
+               dt_limit=(0.0, math.inf), *, out=None, state_out=None, state_rows=None, norm_weight=None,
+               norm_sumsq=None):
     """`chunk_scan_ref` on the GPU (chunk_size only shapes the reference's arithmetic, not the result).
 
     x, z: (batch, seqlen, nheads, headdim); dt: (batch, seqlen, nheads); B, C: (batch, seqlen, ngroups, dstate).
     state_rows: as in selective_scan (initial_state and state_out then pools of any number of rows).
+    norm_weight (nheads * headdim,) in x's dtype and norm_sumsq (batch, seqlen, nheads) float32 (unit last
+    stride), with z: the gated RMSNorm of one group folded in (md_ssm_params.norm_*): out <- g * norm_weight for
+    the gated output g, norm_sumsq <- the sum of g^2 over each head; rmsnorm(g) * w is then out * rsqrt(
+    norm_sumsq.sum(-1) / (nheads * headdim) + eps), one factor a token.
     """
     dev = _cuda_device(x, "x")
     if x.dim() != 4 or B.dim() != 4:
@@ -249,8 +254,25 @@ def chunk_scan(x, dt, A, B, C, chunk_size=256, D=None, z=None, dt_bias=None, ini
                     dict(x=seq4, dt=(0, 1, 2, None), z=seq4, y=seq4, B=seq4, C=seq4, A=(0, None), D=(0,),
                          dt_bias=(0,), state_in=st4, state_out=st4))
     p.state_rows = rows
+    _fold_norm_args(p, norm_weight, norm_sumsq, z, x)
     _call_scan("Mamba2ChunkScan", p, dev)
     return y, st
+
+
+def _fold_norm_args(p, norm_weight, norm_sumsq, z, x) -> None:
+    """chunk_scan's folded gated norm into its params `p` (nothing without it), checked."""
+    if norm_weight is None and norm_sumsq is None:
+        return
+    if norm_weight is None or norm_sumsq is None or z is None:
+        raise ValueError("the folded gated norm takes norm_weight and norm_sumsq together, and z")
+    batch, seqlen, nheads, headdim = x.shape
+    _check(norm_weight, "norm_weight", (nheads * headdim,), x.device)
+    _check(norm_sumsq, "norm_sumsq", (batch, seqlen, nheads), x.device)
+    _same_dtype(x, norm_weight=norm_weight)
+    if not norm_weight.is_contiguous() or norm_sumsq.dtype != torch.float32 or norm_sumsq.stride(2) != 1:
+        raise ValueError("norm_weight must be contiguous, norm_sumsq float32 with a unit last stride")
+    p.norm_weight, p.norm_sumsq = norm_weight.data_ptr(), norm_sumsq.data_ptr()
+    p.norm_sumsq_batch_stride, p.norm_sumsq_seq_stride = norm_sumsq.stride(0), norm_sumsq.stride(1)
 
 
 def _call_scan(op: str, params, dev: torch.device) -> None:

@@ -328,6 +328,15 @@ __global__ void __launch_bounds__(128) mamba2_step_kernel(const md_mamba2_step_p
   }
 }
 
+// The folded gated norm's factor of row r (md_row_norm_params.x_sumsq): every warp adds the row's partial sums in
+// the same order (lane strides, then group_sum's tree), so every thread of the block holds the same value.
+__device__ __forceinline__ float folded_norm_factor(const md_row_norm_params& p, int64_t r) {
+  const float* sums = static_cast<const float*>(p.x_sumsq) + r * p.x_sumsq_row_stride;
+  float s = 0.f;
+  for (int64_t i = threadIdx.x % 32; i < p.x_sumsq_count; i += 32) s += sums[i];
+  return rms_inverse(group_sum<32>(s), p.x_sumsq_dim, p.x_sumsq_eps);
+}
+
 // Row norm. Grid: (rows, hidden / group_size); group_size / 8 threads, 8 elements each.
 __global__ void __launch_bounds__(1024) row_norm_kernel(const md_row_norm_params p) {
   pdl_release();
@@ -337,6 +346,11 @@ __global__ void __launch_bounds__(1024) row_norm_kernel(const md_row_norm_params
   load8_any(p.weight, p.dtype, e, w);  // before the wait: no kernel writes the weights
   pdl_wait();
   load8_any(p.x, p.dtype, r * p.x_row_stride + e, v);
+  if (p.x_sumsq) {
+    const float f = folded_norm_factor(p, r);
+#pragma unroll
+    for (int j = 0; j < 8; ++j) v[j] *= f;
+  }
   if (p.residual) {
     float o[8];
     load8_any(p.residual, p.gate ? p.dtype : p.residual_dtype, r * p.residual_row_stride + e, o);
@@ -460,6 +474,8 @@ extern "C" cudaError_t md_launch_row_norm(const md_row_norm_params* p, cudaStrea
   MD_CHECK(p->x && p->weight && p->out && (!p->gate || p->residual), "row_norm: missing pointer");
   MD_CHECK(md::valid_dtype(p->dtype) && md::valid_dtype(p->residual_dtype), "row_norm: bad dtype");
   MD_CHECK(p->rows >= 0 && p->rows < (int64_t{1} << 31), "row_norm: bad rows");
+  MD_CHECK(!p->x_sumsq || (!p->gate && p->x_sumsq_count > 0 && p->x_sumsq_dim > 0 && p->x_sumsq_row_stride >= 0),
+           "row_norm: x_sumsq needs gate 0, a positive count and dim");
   if (p->rows == 0) return cudaSuccess;
   const dim3 grid(static_cast<unsigned>(p->rows), static_cast<unsigned>(p->hidden / p->group_size));
   return md::launch_pdl(md::row_norm_kernel, grid, static_cast<unsigned>(p->group_size / 8), 0, stream, *p);

@@ -143,7 +143,8 @@ typedef struct md_mamba2_step_params {
 } md_mamba2_step_params;
 
 /* Row RMSNorm for decode, 8 elements per thread through 16-byte accesses, one block per (row, group):
- *   gate == 0: v = x + residual (residual NULL: x); residual_out <- v (residual_dtype); group = hidden
+ *   gate == 0: v = x * f + residual (residual NULL: x * f); residual_out <- v (residual_dtype); group = hidden;
+ *              f = 1, or the folded gated norm's factor of the row (x_sumsq below)
  *   gate == 1: v = x * silu(z) (Mamba2's gated norm), per group of group_size
  *   out = v * rsqrt(mean_group(v^2) + eps) * weight
  * x, z, out: dtype; weight (hidden,) dtype; residual / residual_out: residual_dtype (fp32 or dtype),
@@ -161,6 +162,11 @@ typedef struct md_row_norm_params {
   int64_t out_row_stride;
   void* residual_out;
   int64_t residual_out_row_stride;
+  /* NULL: off. Else (gate == 0) x is first scaled, row by row, by rsqrt(s / x_sumsq_dim + x_sumsq_eps), s the sum
+   * of the row's x_sumsq_count floats at x_sumsq (the folded gated norm's factor: md_ssm_params.norm_sumsq). */
+  const void* x_sumsq;
+  int64_t x_sumsq_row_stride, x_sumsq_count, x_sumsq_dim;
+  double x_sumsq_eps;
 } md_row_norm_params;
 
 /* Decode attention of one new token per row over a KV cache of fixed length per state slot: rotary_ref, then

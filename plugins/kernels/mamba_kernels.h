@@ -27,7 +27,7 @@
 extern "C" {
 #endif
 
-#define MD_KERNELS_VERSION 13 /* 2: the prefill scans take a workspace; 3: GEMV / decode entry points;
+#define MD_KERNELS_VERSION 14 /* 2: the prefill scans take a workspace; 3: GEMV / decode entry points;
                                4: Philox uniforms (sampling.h) and state_rows (decode over state slots);
                                5: mamba1_step takes a precomputed dt (large batches);
                                6: programmatic dependent launch of the decode kernels;
@@ -37,7 +37,9 @@ extern "C" {
                                10: the GEMV's norm prologue (md_gemv_params.norm_*);
                                11: md_ssm_scan_split_lanes (the Mamba1 scan with states split over lanes);
                                12: the GEMV's staged form (algo MD_GEMV_ALGO_STAGED);
-                               13: the persistent decodes (md_launch_mamba1_decode, md_launch_mamba2_decode, gemv.h) */
+                               13: the persistent decodes (md_launch_mamba1_decode, md_launch_mamba2_decode, gemv.h);
+                               14: the gated norm folded into the Mamba2 scan (md_ssm_params.norm_*) and its
+                                   factor applied by the row norm (md_row_norm_params.x_sumsq*) */
 #define MD_MAX_CONV_WIDTH 8 /* causal conv width (d_conv) supported: 1..8 */
 #define MD_MAX_DSTATE 256   /* SSM state size supported: 1..256 */
 #define MD_MAX_NORM_HIDDEN 16384 /* norm row / group length supported */
@@ -119,6 +121,15 @@ typedef struct md_ssm_params {
   void* y;
   int64_t y_batch_stride, y_seq_stride, y_head_stride, y_dim_stride;
   const int64_t* state_rows; /* NULL or (batch,): state_in / state_out rows */
+  /* The gated RMSNorm of one norm group over all nheads * headdim channels, folded (NULL norm_weight: off; the
+   * Mamba2 layout with z only): y <- g * norm_weight[h * headdim + p] (x_dtype) with g = y * silu(z), and
+   * norm_sumsq[b, t, h] <- sum over p of g^2 (float32, rows of nheads floats, unit head stride). Then
+   * rmsnorm(g) * w = y * rsqrt(sum_h norm_sumsq / (nheads * headdim) + eps): one factor a token, which the caller
+   * applies after the projection that follows (md_row_norm_params.x_sumsq). g is float32 in the SSD form, y
+   * rounded to x_dtype and gated elsewhere. */
+  const void* norm_weight;
+  void* norm_sumsq;
+  int64_t norm_sumsq_batch_stride, norm_sumsq_seq_stride;
 } md_ssm_params;
 
 /* Fused residual add + RMSNorm / LayerNorm (add_norm_ref), over rows of `hidden` contiguous

@@ -143,6 +143,9 @@ struct OutWarp {  // what a warp of ssd_output_kernel reads after the block's co
   void* y;
   int64_t y_seq, y_dim;
   bool z_pairs, y_pairs;  // 4-byte pairs of consecutive elements
+  const void* norm_w;     // the head's norm weights (the folded gated norm, md_ssm_params.norm_*); null: off
+  float* sumsq;           // at (b, t0, h)
+  int64_t sumsq_seq;
 };
 
 // y += M X over warp W's key tiles, M = C B^T * exp(cum_t - cum_s) * dt_s on s <= t, as hi + lo A fragments built
@@ -190,11 +193,13 @@ __device__ __forceinline__ void masked_times_x(float (&acc_y)[kPT][4], const flo
 
 // y + D x, gated by silu(z), stored from the accumulators: columns 8 j + 2 q, + 1 of rows r0, r0 + 8. kPairs: z (if
 // any, from z_raw) and y as 4-byte pairs, the engine's layout; else element by element (its own loop, so the hot
-// one stays short).
-template <typename T, int kPT, int W, bool kPairs>
+// one stays short). kFold (the folded gated norm): g = the gated y, stored times its channel's norm weight, and each
+// row's sum of g^2 over the head (a lane's columns, then the quad's four lanes) into w.sumsq.
+template <typename T, int kPT, int W, bool kPairs, bool kFold>
 __device__ __forceinline__ void store_y_rows(const float (&acc_y)[kPT][4], const uint32_t (&z_raw)[2][kPT],
                                              const OutWarp& w) {
   const int lane = threadIdx.x % 32, gq = lane / 4, q = lane % 4;
+  float ss[2] = {0.f, 0.f};
 #pragma unroll
   for (int half = 0; half < 2; ++half) {
     const int t = 16 * W + gq + 8 * half;
@@ -213,6 +218,12 @@ __device__ __forceinline__ void store_y_rows(const float (&acc_y)[kPT][4], const
         y0 *= silu_ftz(zv.x);
         y1 *= silu_ftz(zv.y);
       }
+      if (kFold) {
+        const T* nw = static_cast<const T*>(w.norm_w) + 8 * j + 2 * q;
+        ss[half] = fmaf(y1, y1, fmaf(y0, y0, ss[half]));
+        y0 *= to_f(nw[0]);
+        y1 *= to_f(nw[1]);
+      }
       if (kPairs) {
         *reinterpret_cast<uint32_t*>(yt + 8 * j) = pack2<T>(y0, y1);
       } else {
@@ -221,15 +232,23 @@ __device__ __forceinline__ void store_y_rows(const float (&acc_y)[kPT][4], const
       }
     }
   }
+  if (kFold) {  // every lane shuffles (rows past tc included: a quad shares its row), lane q 0 stores
+#pragma unroll
+    for (int half = 0; half < 2; ++half) {
+      const float row_ss = group_sum<4>(ss[half]);
+      const int t = 16 * W + gq + 8 * half;
+      if (q == 0 && t < w.tc) w.sumsq[t * w.sumsq_seq] = row_ss;
+    }
+  }
 }
 
-template <typename T, int kPT, int W>
+template <typename T, int kPT, int W, bool kFold>
 __device__ __forceinline__ void store_y(const float (&acc_y)[kPT][4], const uint32_t (&z_raw)[2][kPT],
                                         const OutWarp& w) {
   if (w.y_pairs && (w.z_pairs || !w.z)) {
-    store_y_rows<T, kPT, W, true>(acc_y, z_raw, w);
+    store_y_rows<T, kPT, W, true, kFold>(acc_y, z_raw, w);
   } else {
-    store_y_rows<T, kPT, W, false>(acc_y, z_raw, w);
+    store_y_rows<T, kPT, W, false, kFold>(acc_y, z_raw, w);
   }
 }
 
@@ -246,7 +265,7 @@ __device__ __forceinline__ void load_z(uint32_t (&z_raw)[2][kPT], const OutWarp&
   }
 }
 
-template <typename T, int kPT, int kUn, int W>
+template <typename T, int kPT, int kUn, int W, bool kFold>
 __device__ __forceinline__ void out_warp(const OutWarp& w) {
   constexpr int kRow = kUn * 16;
   const int lane = threadIdx.x % 32, gq = lane / 4;
@@ -278,11 +297,13 @@ __device__ __forceinline__ void out_warp(const OutWarp& w) {
     y[j][3] *= e1;
   }
   masked_times_x<T, kPT, W>(y, acc_g, w);
-  store_y<T, kPT, W>(y, z_raw, w);
+  store_y<T, kPT, W, kFold>(y, z_raw, w);
 }
 
-// Grid (nchunks, nheads, batch), kOutThreads threads; kPT = row_units(headdim), kUn = row_units(dstate).
-template <typename T, int kPT, int kUn>
+// Grid (nchunks, nheads, batch), kOutThreads threads; kPT = row_units(headdim), kUn = row_units(dstate); kFold:
+// the folded gated norm (md_ssm_params.norm_weight set), an instance of its own so that the plain one's registers
+// stay as they were.
+template <typename T, int kPT, int kUn, bool kFold>
 __global__ void __launch_bounds__(kOutThreads) ssd_output_kernel(const SsdArgs a) {
   extern __shared__ __align__(128) unsigned char smem[];
   const md_ssm_params& p = a.p;
@@ -332,12 +353,16 @@ __global__ void __launch_bounds__(kOutThreads) ssd_output_kernel(const SsdArgs a
   const OutWarp w{smem, smem + o.X, dt_s, c2_s, N, P, tc,
                   p.D ? load_any(p.D, p.param_dtype, h * p.D_head_stride) : 0.f,
                   zp, p.z_seq_stride, p.z_dim_stride, yp, p.y_seq_stride, p.y_dim_stride,
-                  zp && pairs(zp, p.z_seq_stride, p.z_dim_stride), pairs(yp, p.y_seq_stride, p.y_dim_stride)};
+                  zp && pairs(zp, p.z_seq_stride, p.z_dim_stride), pairs(yp, p.y_seq_stride, p.y_dim_stride),
+                  kFold ? static_cast<const T*>(p.norm_weight) + h * P : nullptr,
+                  kFold ? static_cast<float*>(p.norm_sumsq) + b * p.norm_sumsq_batch_stride +
+                              t0 * p.norm_sumsq_seq_stride + h : nullptr,
+                  p.norm_sumsq_seq_stride};
   switch (threadIdx.x / 32) {
-    case 0: out_warp<T, kPT, kUn, 0>(w); break;
-    case 1: out_warp<T, kPT, kUn, 1>(w); break;
-    case 2: out_warp<T, kPT, kUn, 2>(w); break;
-    default: out_warp<T, kPT, kUn, 3>(w); break;
+    case 0: out_warp<T, kPT, kUn, 0, kFold>(w); break;
+    case 1: out_warp<T, kPT, kUn, 1, kFold>(w); break;
+    case 2: out_warp<T, kPT, kUn, 2, kFold>(w); break;
+    default: out_warp<T, kPT, kUn, 3, kFold>(w); break;
   }
 }
 
@@ -361,6 +386,7 @@ md_ssm_params batch_rows(const md_ssm_params& p, int64_t b0, int64_t nb) {
   q.C = static_cast<const T*>(p.C) + b0 * p.C_batch_stride;
   if (p.z) q.z = static_cast<const T*>(p.z) + b0 * p.z_batch_stride;
   q.y = static_cast<T*>(p.y) + b0 * p.y_batch_stride;
+  if (p.norm_sumsq) q.norm_sumsq = static_cast<float*>(p.norm_sumsq) + b0 * p.norm_sumsq_batch_stride;
   if (p.state_rows) {
     q.state_rows = p.state_rows + b0;
   } else {
@@ -373,7 +399,7 @@ md_ssm_params batch_rows(const md_ssm_params& p, int64_t b0, int64_t nb) {
 template <typename T, int kPT, int kUn>
 cudaError_t launch_output(const SsdArgs& a, cudaStream_t stream) {
   const md_ssm_params& p = a.p;
-  const auto kernel = ssd_output_kernel<T, kPT, kUn>;
+  const auto kernel = p.norm_weight ? ssd_output_kernel<T, kPT, kUn, true> : ssd_output_kernel<T, kPT, kUn, false>;
   const size_t bytes = out_layout(static_cast<int>(p.headdim), static_cast<int>(p.dstate)).total;
   cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes));
   if (err != cudaSuccess) return err;

@@ -331,6 +331,68 @@ size_t workspace_bytes(const md_ssm_params* p, int64_t nchunks) {
   return nchunks <= 1 ? 0 : size_t(2 * nchunks * p->batch * p->nheads * p->headdim * p->dstate) * sizeof(float);
 }
 
+// The folded gated norm (md_ssm_params.norm_*) after a form that does not fold it itself, on the gated y as
+// stored: y <- y * norm_weight, norm_sumsq <- sum over the head of y^2. Grid (seqlen, ceil(nheads / 4), batch); a
+// warp a (b, t, h), its lanes striding over headdim.
+template <typename T>
+__global__ void __launch_bounds__(128) fold_norm_kernel(const md_ssm_params p) {
+  const int64_t t = blockIdx.x, h = blockIdx.y * 4 + threadIdx.x / 32, b = blockIdx.z;
+  if (h >= p.nheads) return;  // whole warps: the shuffles below see all 32 lanes
+  T* y = static_cast<T*>(p.y) + b * p.y_batch_stride + t * p.y_seq_stride + h * p.y_head_stride;
+  const T* w = static_cast<const T*>(p.norm_weight) + h * p.headdim;
+  float ss = 0.f;
+  for (int64_t i = threadIdx.x % 32; i < p.headdim; i += 32) {
+    const float g = to_f(y[i * p.y_dim_stride]);
+    ss = fmaf(g, g, ss);
+    y[i * p.y_dim_stride] = from_f<T>(g * to_f(w[i]));
+  }
+  ss = group_sum<32>(ss);
+  if (threadIdx.x % 32 == 0) {
+    static_cast<float*>(p.norm_sumsq)[b * p.norm_sumsq_batch_stride + t * p.norm_sumsq_seq_stride + h] = ss;
+  }
+}
+
+cudaError_t launch_fold_norm(const md_ssm_params& p, cudaStream_t stream) {
+  if (p.seqlen == 0) return cudaSuccess;
+  const dim3 grid(static_cast<unsigned>(p.seqlen), static_cast<unsigned>((p.nheads + 3) / 4),
+                  static_cast<unsigned>(p.batch));
+  return MD_DISPATCH_DTYPE(p.x_dtype, T, [&] {
+    fold_norm_kernel<T><<<grid, 128, 0, stream>>>(p);
+    return cudaGetLastError();
+  });
+}
+
+// Every form but the SSD one (md_launch_ssm_scan_ws): Mamba1's walks, else the recurrence (time-parallel where the
+// workspace allows).
+cudaError_t launch_scan_form(const md_ssm_params* p, void* workspace, size_t workspace_size, cudaStream_t stream) {
+  if (mamba1_walk_eligible(*p)) {  // a thread a channel where that fills the GPU, else states split over lanes
+    const int64_t nchunks = mamba1_walk_chunks(*p);
+    if (nchunks == 1) return launch_mamba1_walk(*p, 1, nullptr, stream);
+    if (nchunks > 1 && workspace != nullptr && workspace_size >= mamba1_walk_workspace_bytes(*p, nchunks)) {
+      return launch_mamba1_walk(*p, nchunks, workspace, stream);
+    }
+    return launch_mamba1_split(*p, mamba1_split_lanes(*p), stream);
+  }
+  ScanArgs a{};
+  a.p = *p;
+  a.rows_per_group = (p->nheads / p->ngroups) * p->headdim;
+  a.clamp_dt = clamps_dt(*p);
+  a.rows_fastest = (p->x_dim_stride == 1 || (p->headdim == 1 && p->x_head_stride == 1)) ? 1 : 0;
+  a.b_state_fastest = p->B_state_stride == 1 ? 1 : 0;
+  a.nchunks = 1;
+  const int64_t nchunks = plan_chunks(p);
+  if (workspace != nullptr && nchunks > 1 && workspace_size >= workspace_bytes(p, nchunks)) {
+    a.nchunks = nchunks;
+    a.chunk_len = (p->seqlen + nchunks - 1) / nchunks;
+    a.ws_h = static_cast<float*>(workspace);
+    a.ws_P = a.ws_h + workspace_bytes(p, nchunks) / (2 * sizeof(float));
+  }
+  return MD_DISPATCH_DTYPE(p->x_dtype, T, [&] {
+    if (p->state_dtype == MD_FLOAT32) return launch_typed<T, float>(a, stream);
+    return launch_typed<T, T>(a, stream);
+  });
+}
+
 }  // namespace
 }  // namespace md
 
@@ -361,34 +423,12 @@ extern "C" cudaError_t md_launch_ssm_scan_ws(const md_ssm_params* p, void* works
   MD_CHECK(p->state_dtype == MD_FLOAT32 || p->state_dtype == p->x_dtype,
            "ssm_scan: state dtype must be float32 or the dtype of x");
   MD_CHECK(p->batch <= 65535, "ssm_scan: batch must be <= 65535");
+  MD_CHECK(!p->norm_weight || (p->norm_sumsq && p->z && p->seqlen < (int64_t{1} << 31)),
+           "ssm_scan: norm_weight (the folded gated norm) needs norm_sumsq and z");
   if (p->batch == 0) return cudaSuccess;
-  if (md::mamba1_walk_eligible(*p)) {  // a thread a channel where that fills the GPU, else states split over lanes
-    const int64_t nchunks = md::mamba1_walk_chunks(*p);
-    if (nchunks == 1) return md::launch_mamba1_walk(*p, 1, nullptr, stream);
-    if (nchunks > 1 && workspace != nullptr && workspace_size >= md::mamba1_walk_workspace_bytes(*p, nchunks)) {
-      return md::launch_mamba1_walk(*p, nchunks, workspace, stream);
-    }
-    return md::launch_mamba1_split(*p, md::mamba1_split_lanes(*p), stream);
-  }
   if (workspace != nullptr && md::ssd_eligible(*p) && workspace_size >= md::ssd_workspace_bytes(*p)) {
-    return md::launch_ssd(*p, workspace, stream);
+    return md::launch_ssd(*p, workspace, stream);  // folds the gated norm itself
   }
-  md::ScanArgs a{};
-  a.p = *p;
-  a.rows_per_group = (p->nheads / p->ngroups) * p->headdim;
-  a.clamp_dt = md::clamps_dt(*p);
-  a.rows_fastest = (p->x_dim_stride == 1 || (p->headdim == 1 && p->x_head_stride == 1)) ? 1 : 0;
-  a.b_state_fastest = p->B_state_stride == 1 ? 1 : 0;
-  a.nchunks = 1;
-  const int64_t nchunks = md::plan_chunks(p);
-  if (workspace != nullptr && nchunks > 1 && workspace_size >= md::workspace_bytes(p, nchunks)) {
-    a.nchunks = nchunks;
-    a.chunk_len = (p->seqlen + nchunks - 1) / nchunks;
-    a.ws_h = static_cast<float*>(workspace);
-    a.ws_P = a.ws_h + md::workspace_bytes(p, nchunks) / (2 * sizeof(float));
-  }
-  return MD_DISPATCH_DTYPE(p->x_dtype, T, [&] {
-    if (p->state_dtype == MD_FLOAT32) return md::launch_typed<T, float>(a, stream);
-    return md::launch_typed<T, T>(a, stream);
-  });
+  const cudaError_t err = md::launch_scan_form(p, workspace, workspace_size, stream);
+  return err != cudaSuccess || p->norm_weight == nullptr ? err : md::launch_fold_norm(*p, stream);
 }

@@ -106,15 +106,15 @@ def _engine(arch, monkeypatch, parts):
         monkeypatch.setattr(K, scan, wavefront.logged(getattr(K, scan), "scan"))
     cfg, (emb, head, norm_f, layers) = prefill_weights({**PREFILL[arch], "n_layer": 3})
     eng = types.SimpleNamespace(config=cfg, dtype=torch.float32, unit=None, layers=layers, emb=emb, head=head,
-                                norm_f=norm_f, prefill_split=parts)
+                                norm_f=norm_f, prefill_split=parts, fold_gated_norm=False)
     return eng, wavefront
 
 
 def _one_go(eng, ids, state, all_logits, pad):
-    hidden, residual = eng.emb[ids], None
+    hidden, residual, factor = eng.emb[ids], None, None
     for L in eng.layers:
-        hidden, residual = P.layer(eng, L, hidden, residual, state, pad=pad)
-    return P.head_logits(eng, hidden, residual, all_logits)
+        hidden, residual, factor = P.layer(eng, L, hidden, residual, state, pad=pad, factor=factor)
+    return P.head_logits(eng, hidden, residual, all_logits, factor)
 
 
 def _check_order(log, streams, layers):

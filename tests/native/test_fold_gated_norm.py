@@ -1,0 +1,88 @@
+"""The folded gated norm on the GPU (NativeEngine(fold_gated_norm=True): Mamba2 prefill with one norm group): the
+row norm's factor (x_sumsq) against torch; a folded prefill against the unfolded one (eager and as prefill graphs,
+with the split prefill too), no gated norm launched, and the greedy tokens after it unchanged."""
+import pytest
+import torch
+
+from mamba_deploy.native import prefill as P
+
+pytestmark = pytest.mark.gpu
+
+TOL = {torch.float32: 1e-4, torch.float16: 1e-2, torch.bfloat16: 1e-2}
+ONE_GROUP = {"d_model": 256, "n_layer": 4, "vocab_size": 1000, "pad_vocab_size_multiple": 16,
+             "ssm_cfg": {"layer": "Mamba2", "d_state": 64, "headdim": 32, "ngroups": 1, "chunk_size": 16},
+             "tie_embeddings": False}
+
+
+@pytest.fixture(scope="module")
+def one_group(tmp_path_factory):
+    from mamba_deploy.random_init import make_random_checkpoint
+
+    return make_random_checkpoint(ONE_GROUP, tmp_path_factory.mktemp("one_group"), dtype=torch.float32, seed=5)
+
+
+def ids(batch, length, seed):
+    return torch.randint(1, 1000, (batch, length), generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_row_norm_applies_the_folded_factor(G, rel_err, dtype):
+    rows, hidden, heads, dim, eps = 37, 512, 8, 4096, 1e-5
+    x = torch.randn(rows, hidden, device="cuda").to(dtype)
+    residual = torch.randn(rows, hidden, device="cuda")
+    weight = (torch.randn(hidden, device="cuda") * 0.5 + 1).to(dtype)
+    sumsq = torch.rand(rows, 2 * heads, device="cuda")[:, ::2] * 50 + 1  # row-strided, unit last stride
+    sumsq = sumsq.contiguous()
+    out = torch.full_like(x, float("nan"))
+    residual_out = torch.full_like(residual, float("nan"))
+    G.row_norm(x, residual, weight, eps, out=out, residual_out=residual_out, x_sumsq=sumsq, sumsq_dim=dim,
+               sumsq_eps=eps)
+    v = x.float() * torch.rsqrt(sumsq.sum(-1, keepdim=True) / dim + eps) + residual
+    want = v * torch.rsqrt(v.square().mean(-1, keepdim=True) + eps) * weight.float()
+    assert rel_err(residual_out, v) <= 1e-6
+    assert rel_err(out, want) <= TOL[dtype]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("graphs", [False, True])
+def test_folded_prefill_equals_the_unfolded_one(native, G, rel_err, one_group, monkeypatch, dtype, graphs):
+    options = dict(dtype=dtype, max_batch=4, **({} if graphs else {"prefill_graph_tokens": 0}))
+    folded = native.load_engine(one_group, fold_gated_norm=True, **options)
+    plain = native.load_engine(one_group, **options)
+    assert all(P.fold_applies(folded.config, L, dtype) for L in folded.layers)
+    gated = []
+    launch = G.row_norm
+    monkeypatch.setattr(G, "row_norm", lambda *a, **k: gated.append(k.get("gate", False)) or launch(*a, **k))
+    prompt = ids(2, 300, 1)
+    got_state, want_state = folded.new_state(2), plain.new_state(2)
+    got = folded.prefill(prompt, got_state)
+    assert not graphs or folded.prefill_graphs.graphs, "no prefill graph was captured"
+    assert True not in gated, "a gated norm ran although folded"
+    want = plain.prefill(prompt, want_state)
+    assert rel_err(got, want) <= TOL[dtype]
+    for mine, theirs in zip(got_state.tensors(), want_state.tensors()):
+        assert rel_err(mine, theirs) <= TOL[dtype]
+    if dtype == torch.float32:  # greedy tokens after the prefill: the decode step is the same in both engines
+        nxt_f, nxt_p = got.argmax(-1), want.argmax(-1)
+        assert torch.equal(nxt_f, nxt_p)
+        for _ in range(8):
+            nxt_f = folded.decode(nxt_f, got_state).argmax(-1)
+            nxt_p = plain.decode(nxt_p, want_state).argmax(-1)
+            assert torch.equal(nxt_f, nxt_p)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_folded_split_prefill_equals_folded_chunks_bitwise(native, one_group, dtype):
+    from mamba_deploy.native.prefill_split import MIN_PART_TOKENS as PART
+
+    split = native.load_engine(one_group, dtype=dtype, max_batch=2, prefill_graph_tokens=0, prefill_split=2,
+                               fold_gated_norm=True)
+    chunks = native.load_engine(one_group, dtype=dtype, max_batch=2, prefill_graph_tokens=0, chunk_len=PART,
+                                fold_gated_norm=True)
+    prompt = ids(2, 2 * PART, 2)
+    mine, theirs = split.new_state(2), chunks.new_state(2)
+    for all_logits in (False, True):
+        assert torch.equal(split.prefill(prompt, mine, all_logits=all_logits),
+                           chunks.prefill(prompt, theirs, all_logits=all_logits))
+        for a, b in zip(mine.tensors(), theirs.tensors()):
+            assert torch.equal(a, b)
