@@ -32,8 +32,9 @@ def main() -> None:
         end.record()
         torch.cuda.synchronize()
         extra = (torch.cuda.max_memory_allocated() - before) / 2 ** 30
+        reserved = torch.cuda.max_memory_reserved() / 2 ** 30  # the graphs' pools and per-stream caches included
         print(f"{a.random_init} prefill {length} (split {a.prefill_split}): {start.elapsed_time(end):.1f} ms "
-              f"(one run), extra memory {extra:.3f} GiB")
+              f"(one run), extra memory {extra:.3f} GiB, {reserved:.3f} GiB reserved by the process")
 
 
 if __name__ == "__main__":

@@ -55,8 +55,7 @@ class NativeEngine:
                                        ("staged_gemv", staged_gemv, D.STAGED_PROJECTIONS)):
             if not set(names) <= allowed:
                 raise ParameterError(option, f"must name projections of {sorted(allowed)}, got {sorted(names)}")
-        if not is_integer(prefill_split) or prefill_split < 1:
-            raise ParameterError("prefill_split", f"must be an integer >= 1, got {prefill_split!r}")
+        _check_prefill_split(prefill_split)
         self.config, self.dtype, self.state_dtype = cfg, dtype, state_dtype
         self.device = torch.device(device)
         if self.device.type != "cuda":
@@ -136,11 +135,11 @@ class NativeEngine:
         self.prefill_graphs = PrefillGraphs(self, prefill_graph_tokens, prefill_graph_batch)
         # prefill chunks cut along time into up to this many parts, run as a wavefront on as many streams
         # (native/prefill_split.py; 1: off, the default until measured); a graph captures the parts' streams too
-        self.prefill_split = prefill_split
-        self._wavefront = S.Wavefront(self.device)
+        # (both are properties: setting one drops the prefill graphs captured under the other value)
+        self._prefill_split, self._wavefront = prefill_split, S.Wavefront(self.device)
         # prefill of Mamba2 layers with one norm group: the gated norm folded into the chunk scan, its per-token factor
         # applied by the next norm (prefill.py; off by default until measured)
-        self.fold_gated_norm = bool(fold_gated_norm)
+        self._fold_gated_norm = bool(fold_gated_norm)
         # batch-1 decode steps as one cooperative launch for all layers (native/persistent.py). Off by default: on
         # the H200 only mamba-1.4b gains (1.346 -> 1.285 ms), the other published shapes lose 14-27%
         # (docs/performance.md, session 28)
@@ -150,6 +149,27 @@ class NativeEngine:
                 self.persistent = PersistentDecode(self)
             except ValueError as e:
                 raise ParameterError("persistent_decode", f"cannot be used: {e}") from None
+
+    @property
+    def prefill_split(self) -> int:
+        return self._prefill_split
+
+    @prefill_split.setter
+    def prefill_split(self, parts: int) -> None:
+        _check_prefill_split(parts)
+        if parts != self._prefill_split:
+            self.prefill_graphs.graphs.clear()  # captured with the other split
+        self._prefill_split = parts
+
+    @property
+    def fold_gated_norm(self) -> bool:
+        return self._fold_gated_norm
+
+    @fold_gated_norm.setter
+    def fold_gated_norm(self, fold: bool) -> None:
+        if bool(fold) != self._fold_gated_norm:
+            self.prefill_graphs.graphs.clear()
+        self._fold_gated_norm = bool(fold)
 
     # ---- weights ------------------------------------------------------------------------------
     def _load(self, weights: dict[str, torch.Tensor]) -> None:
@@ -428,3 +448,8 @@ class NativeEngine:
         if state.length is not None:
             state.length += ids.shape[1]
         return P.head_logits(self, hidden, residual, all_logits, factor)
+
+
+def _check_prefill_split(parts) -> None:
+    if not is_integer(parts) or parts < 1:
+        raise ParameterError("prefill_split", f"must be an integer >= 1, got {parts!r}")

@@ -9,10 +9,11 @@ layer's scan gives the GPU few threads (mamba-1.4b's Mamba1 scan at 2,048 tokens
 bound by latency, 158 us a layer, 43% of the prefill; Mamba2's carry walk likewise), and the layers run one
 after another, so what one kernel leaves idle nothing else can use. Off by default: not yet measured.
 
-Each part's kernels are those of a sequential prefill in chunks of the parts' lengths, on the same data in the same
-order, so the results are the same bits (tests/native/test_prefill_split.py). Inner boundaries fall on multiples of
-the Mamba2 chunk size (Mamba1: the scan's 16-step tile), every part at least MIN_PART_TOKENS long. Pure Mamba (and
-MLP) models only: an attention layer's positions are per chunk.
+Each part runs the kernels of a sequential prefill in chunks of the parts' lengths, on the same data, and each layer's
+state passes from part to part in the same order, so the results are the same bits
+(tests/native/test_prefill_split.py); they may differ in the last bits from one chunk of the whole length. Inner
+boundaries fall on multiples of the Mamba2 chunk size (Mamba1: the scan's 16-step tile), every part at least
+MIN_PART_TOKENS long. Pure Mamba (and MLP) models only: an attention layer's positions are per chunk.
 The last part runs on the caller's stream, the others on side streams the engine keeps (Wavefront); they start
 after the work already on the caller's stream, which waits for them at the end: a CUDA-graph capture takes the
 whole wavefront in (fork and join).
@@ -62,6 +63,8 @@ class Wavefront:
     but the last, two events (conv, scan) for each boundary between parts, reused layer after layer (a wait takes
     the event's latest record, which the host made for the layer the waiting part is at)."""
 
+    MAX_DRAWS = 64  # torch hands out streams round-robin from a pool of 32 a priority
+
     def __init__(self, device: torch.device):
         self.device = device
         self.streams: list[torch.cuda.Stream] = []
@@ -70,41 +73,55 @@ class Wavefront:
     def current(self) -> torch.cuda.Stream:
         return torch.cuda.current_stream(self.device)
 
-    def side(self, count: int) -> tuple[list[torch.cuda.Stream], list[dict[str, torch.cuda.Event]]]:
-        """`count` side streams and `count` boundaries' events."""
-        while len(self.streams) < count:
-            self.streams.append(torch.cuda.Stream(self.device))
+    def side(self, count: int, caller: torch.cuda.Stream
+             ) -> tuple[list[torch.cuda.Stream], list[dict[str, torch.cuda.Event]]]:
+        """`count` side streams, each a CUDA stream apart from `caller` and from the others, and `count` boundaries'
+        events. torch's streams come from a pool shared by the process: one that is the caller's stream (the
+        engine's capture stream, say) would run its part in series, correct but no wavefront, so it is redrawn."""
+        while len(self.events) < count:
             self.events.append({kind: torch.cuda.Event() for kind in KINDS})
+        for j in range(count):
+            taken = {caller.cuda_stream, *(s.cuda_stream for s in self.streams[:j])}
+            for _ in range(self.MAX_DRAWS):
+                if j < len(self.streams) and self.streams[j].cuda_stream not in taken:
+                    break
+                drawn = torch.cuda.Stream(self.device)
+                self.streams[j:j + 1] = [drawn]
+            else:
+                raise RuntimeError(f"split prefill: no CUDA stream apart from {len(taken)} others in "
+                                   f"{self.MAX_DRAWS} draws")
         return self.streams[:count], self.events[:count]
 
     def use(self, stream: torch.cuda.Stream):
         return torch.cuda.stream(stream)
 
     def keep(self, tensor: torch.Tensor, stream: torch.cuda.Stream) -> None:
-        """`tensor`, made on another stream, is used on `stream`: its memory waits for that use too."""
+        """`tensor`, made on another stream, is used on `stream`: its memory is not handed out again on its own
+        stream before that use is done (the next run's fork orders the side stream after it too; this does not
+        depend on that)."""
         tensor.record_stream(stream)
 
 
 class PartOrder:
     """Part j's place in the wavefront (prefill.py's handoff): before its conv or scan of a layer, the current stream
-    waits for part j-1's (`after`: the events part j-1 records; None for the first part); after them it records its
-    own (`record`: None for the last part)."""
+    waits for part j-1's (`after`: the events part j-1 signals; None for the first part); after them it records its
+    own (`signals`: None for the last part)."""
 
-    def __init__(self, wavefront, after: Optional[dict], record: Optional[dict]):
-        self.wavefront, self.after, self.record = wavefront, after, record
+    def __init__(self, wavefront, after: Optional[dict], signals: Optional[dict]):
+        self.wavefront, self.after, self.signals = wavefront, after, signals
 
     def wait(self, kind: str) -> None:
         if self.after is not None:
             self.wavefront.current().wait_event(self.after[kind])
 
     def done(self, kind: str) -> None:
-        if self.record is not None:
-            self.record[kind].record(self.wavefront.current())
+        if self.signals is not None:
+            self.signals[kind].record(self.wavefront.current())
 
 
 @dataclass
 class _Part:
-    stream: object
+    stream: torch.cuda.Stream
     order: PartOrder
     ids: torch.Tensor                   # (b, part length)
     pad: Optional[torch.Tensor]         # (b, part length) bool, or None
@@ -119,9 +136,20 @@ def run(eng, wavefront, ids: torch.Tensor, state, all_logits: bool, rows: Option
     vocab_padded); `state` (or, given rows, its rows rows[r]) in place; pad as there."""
     bounds = part_bounds(ids.shape[1], eng.prefill_split, align(eng.config))
     caller = wavefront.current()
-    side, events = wavefront.side(len(bounds) - 1)
+    side, events = wavefront.side(len(bounds) - 1, caller)
     for stream in side:
         stream.wait_stream(caller)
+    try:
+        logits = _run_parts(eng, wavefront, caller, side, events, bounds, ids, state, all_logits, rows, pad)
+    finally:  # joined even when a launch raised: later work on the caller's stream is ordered after the parts'
+        for stream in side:
+            caller.wait_stream(stream)
+    return torch.cat(logits, dim=1) if all_logits else logits[0]
+
+
+def _run_parts(eng, wavefront, caller, side, events, bounds, ids, state, all_logits, rows, pad
+               ) -> list[torch.Tensor]:
+    """run's parts, forked and not yet joined: the logits of each part (all_logits) or of the last."""
     parts = [_Part(stream, PartOrder(wavefront, events[j - 1] if j else None, events[j] if j < len(side) else None),
                    ids[:, lo:hi], None if pad is None else pad[:, lo:hi])
              for j, (stream, (lo, hi)) in enumerate(zip([*side, caller], bounds))]
@@ -139,6 +167,4 @@ def run(eng, wavefront, ids: torch.Tensor, state, all_logits: bool, rows: Option
             logits.append(P.head_logits(eng, part.hidden, part.residual, all_logits, part.factor))
         if part.stream is not caller:
             wavefront.keep(logits[-1], caller)
-    for stream in side:
-        caller.wait_stream(stream)
-    return torch.cat(logits, dim=1) if all_logits else logits[0]
+    return logits

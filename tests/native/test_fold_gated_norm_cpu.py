@@ -41,7 +41,7 @@ class HostWavefront:
     def current(self):
         return types.SimpleNamespace(wait_event=lambda event: None, wait_stream=lambda stream: None)
 
-    def side(self, count):
+    def side(self, count, caller):
         events = {kind: types.SimpleNamespace(record=lambda stream: None) for kind in S.KINDS}
         return [self.current() for _ in range(count)], [events] * count
 

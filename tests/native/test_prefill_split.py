@@ -80,3 +80,17 @@ def test_split_leaves_hybrids_and_short_chunks_whole(native, checkpoints):
     assert not S.applies(hybrid, 4 * PART)
     plain = native.load_engine(checkpoints["mamba1"], dtype=torch.float32, max_batch=2, prefill_split=2)
     assert S.applies(plain, 2 * PART) and not S.applies(plain, 2 * PART - 1)
+
+
+def test_changing_the_split_or_the_fold_drops_the_captured_prefill_graphs(native, checkpoints):
+    eng = native.load_engine(checkpoints["mamba2"], dtype=torch.float16, max_batch=2)
+    eng.prefill(ids(1, 2 * PART, 9), eng.new_state(1))
+    assert eng.prefill_graphs.graphs, "no prefill graph was captured"
+    eng.prefill_split = 1  # unchanged: the graphs stay
+    assert eng.prefill_graphs.graphs
+    eng.prefill_split = 2
+    assert not eng.prefill_graphs.graphs
+    eng.prefill(ids(1, 2 * PART, 9), eng.new_state(1))
+    eng.fold_gated_norm = True
+    assert not eng.prefill_graphs.graphs
+

@@ -71,7 +71,7 @@ class FakeWavefront:
     def current(self):
         return self.now
 
-    def side(self, count):
+    def side(self, count, caller):
         while len(self.streams) < count:
             self.streams.append(FakeStream(f"side{len(self.streams)}", self.log))
             self.events.append({kind: FakeEvent(kind, self) for kind in S.KINDS})
@@ -172,6 +172,36 @@ def test_applies_only_to_split_engines_of_mamba_layers_and_long_chunks(monkeypat
     eng.prefill_split, eng.config = 2, parse_config({**PREFILL["mamba1"], "n_layer": 2, "attn_layer_idx": [1],
                                                      "attn_cfg": {"num_heads": 4, "causal": True}})
     assert not S.applies(eng, 4096)
+
+
+def test_side_streams_join_the_caller_when_a_launch_raises(monkeypatch):
+    eng, wavefront = _engine("mamba2", monkeypatch, 2)
+    calls = []
+
+    def failing(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise ValueError("a launch failed")
+    monkeypatch.setattr(K, "chunk_scan", failing)
+    state = InferenceState.zeros(eng.config, 1, torch.float32)
+    with pytest.raises(ValueError, match="a launch failed"):
+        S.run(eng, wavefront, torch.zeros(1, 40, dtype=torch.long), state, False)
+    assert wavefront.log[-1] == ("join", "caller", "side0")
+
+
+def test_side_streams_are_redrawn_apart_from_the_caller_and_each_other(monkeypatch):
+    """torch's streams come round-robin from a pool: a side stream that is the caller's stream (or another side
+    stream) would serialise its part; Wavefront.side draws again until each is apart."""
+    handles = iter([5, 7, 7, 9, 3])
+    monkeypatch.setattr(torch.cuda, "Stream", lambda device: types.SimpleNamespace(cuda_stream=next(handles)))
+    monkeypatch.setattr(torch.cuda, "Event", lambda: object())
+    wavefront = S.Wavefront(torch.device("cuda", 0))
+    streams, events = wavefront.side(2, types.SimpleNamespace(cuda_stream=5))
+    assert [s.cuda_stream for s in streams] == [7, 9] and len(events) == 2
+    assert [s.cuda_stream for s in wavefront.side(2, types.SimpleNamespace(cuda_stream=7))[0]] == [3, 9]
+    monkeypatch.setattr(torch.cuda, "Stream", lambda device: types.SimpleNamespace(cuda_stream=5))
+    with pytest.raises(RuntimeError, match="no CUDA stream apart"):
+        S.Wavefront(torch.device("cuda", 0)).side(1, types.SimpleNamespace(cuda_stream=5))
 
 
 @pytest.mark.parametrize("bad", [0, -1, 1.5, "2"])
