@@ -132,13 +132,13 @@ def mamba_mixer(cfg: ModelConfig, L: Layer, normed: torch.Tensor, state: Inferen
                 unit: Optional[torch.Tensor], rows: Optional[torch.Tensor] = None,
                 pad: Optional[torch.Tensor] = None, handoff=None, fold: bool = False
                 ) -> tuple[torch.Tensor, Optional[NormFactor]]:
-    """A Mamba layer over a chunk: normed (b, n, d_model) -> ((b, n, d_model), None); its conv and ssm state in
-    place. rows: None (batch row r is row r of `state`) or (b,) int64 on the device: batch row r is row rows[r] of
+    """A Mamba layer over a chunk: normed (b, n, d_model) -> ((b, n, d_model), None), or with fold its output before
+    the gated norm's factor and that NormFactor; its conv and ssm state in place. rows: None (batch row r is row r of `state`) or (b,) int64 on the device: batch row r is row rows[r] of
     `state`, a pool (what a captured prefill graph replays on, whatever the slots).
     pad: None or (b, n) bool on the device, True at a row's left padding (its prompt is right-aligned); a row
     with padding must enter from a zero state, which its pad positions then leave as it was (outputs there are
-    not meaningful). See mask_padding. handoff: None or a PartOrder (the module's docstring). fold (where
-    fold_applies): the gated norm folded, the output before the NormFactor returned beside it."""
+    not meaningful). See mask_padding. handoff: None or a PartOrder (the module's docstring). fold: only where
+    fold_applies."""
     c = cfg
     handoff = handoff or NO_HANDOFF
     b, n, _ = normed.shape
@@ -194,8 +194,8 @@ def _mamba1_scan(c: ModelConfig, L: Layer, xz: torch.Tensor, xc: torch.Tensor, s
 def _mamba2_scan(c: ModelConfig, L: Layer, xz: torch.Tensor, xc: torch.Tensor, ssm_state: torch.Tensor,
                  rows: Optional[torch.Tensor], handoff, fold: bool) -> tuple[torch.Tensor, Optional[NormFactor]]:
     """xz (b, n, in_proj_dim), xc = conv output (b, n, conv_dim) -> (out_proj's input (b, n, mixer_out_dim), None):
-    the gated-normed y, after silu(z0) * x0 where mamba-ssm's d_ssm < d_inner leaves a gated MLP beside the SSM;
-    with fold, y gated times the norm weight and the NormFactor it still owes."""
+    the gated-normed y, after silu(z0) * x0 where mamba-ssm's d_ssm < d_inner leaves a gated MLP beside the SSM.
+    With fold: (y gated times the norm weight (b, n, d_inner), the NormFactor it still owes)."""
     d, gn, m, lo = c.d_inner, c.ngroups * c.d_state, c.mamba2_mlp_dim, c.conv_lo
     b, n = xz.shape[:2]
     x = xc[..., :d].unflatten(-1, (c.nheads, c.headdim))
@@ -203,14 +203,14 @@ def _mamba2_scan(c: ModelConfig, L: Layer, xz: torch.Tensor, xc: torch.Tensor, s
     C = xc[..., d + gn:].unflatten(-1, (c.ngroups, c.d_state))
     dt = xz[..., lo + c.conv_dim:]
     y = torch.empty(b, n, c.nheads, c.headdim, dtype=xc.dtype, device=xc.device)
-    folded = dict(z=xz[..., lo - d:lo].unflatten(-1, (c.nheads, c.headdim)), norm_weight=L.gnorm_w,
-                  norm_sumsq=torch.empty(b, n, c.nheads, dtype=torch.float32, device=xc.device)) if fold else {}
+    z = xz[..., lo - d:lo].unflatten(-1, (c.nheads, c.headdim)) if fold else None  # gated in the scan
+    sumsq = torch.empty(b, n, c.nheads, dtype=torch.float32, device=xc.device) if fold else None
     handoff.wait("scan")
-    K.chunk_scan(x, dt, L.A, B, C, c.chunk_size, L.D, folded.pop("z", None), L.dt_b, ssm_state, True, c.dt_limit,
-                 out=y, state_out=ssm_state, state_rows=rows, **folded)
+    K.chunk_scan(x, dt, L.A, B, C, c.chunk_size, L.D, z, L.dt_b, ssm_state, True, c.dt_limit, out=y,
+                 state_out=ssm_state, state_rows=rows, norm_weight=L.gnorm_w if fold else None, norm_sumsq=sumsq)
     handoff.done("scan")
     if fold:
-        return y.view(b, n, d), NormFactor(folded["norm_sumsq"], d, c.norm_eps)
+        return y.view(b, n, d), NormFactor(sumsq, d, c.norm_eps)
     out = torch.empty(b, n, m + d, dtype=xc.dtype, device=xc.device)
     y2, z2, out2 = y.view(b * n, d), xz.view(b * n, -1)[:, lo - d:lo], out.view(b * n, -1)[:, m:]
     if L.gnorm_w.dtype == y.dtype and G.row_norm_ok(d, d // c.ngroups, y2, z2, out2):  # 16-byte rows

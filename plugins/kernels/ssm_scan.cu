@@ -423,8 +423,8 @@ extern "C" cudaError_t md_launch_ssm_scan_ws(const md_ssm_params* p, void* works
   MD_CHECK(p->state_dtype == MD_FLOAT32 || p->state_dtype == p->x_dtype,
            "ssm_scan: state dtype must be float32 or the dtype of x");
   MD_CHECK(p->batch <= 65535, "ssm_scan: batch must be <= 65535");
-  MD_CHECK(!p->norm_weight || (p->norm_sumsq && p->z && p->seqlen < (int64_t{1} << 31)),
-           "ssm_scan: norm_weight (the folded gated norm) needs norm_sumsq and z");
+  MD_CHECK(!p->norm_weight || (p->norm_sumsq && p->z && p->headdim > 1 && p->seqlen < (int64_t{1} << 31)),
+           "ssm_scan: norm_weight (the folded gated norm) needs norm_sumsq, z and the Mamba2 layout");
   if (p->batch == 0) return cudaSuccess;
   if (workspace != nullptr && md::ssd_eligible(*p) && workspace_size >= md::ssd_workspace_bytes(*p)) {
     return md::launch_ssd(*p, workspace, stream);  // folds the gated norm itself

@@ -52,10 +52,14 @@ class HostWavefront:
         pass
 
 
+VARIANTS = {"plain": {}, "mlp": {"d_intermediate": 48}, "layer_norm": {"rms_norm": False}}  # the norm after: norm2
+
+
 @pytest.mark.parametrize("parts", [1, 2])
 @pytest.mark.parametrize("all_logits", [False, True])
 @pytest.mark.parametrize("padded", [False, True])
-def test_folded_prefill_equals_the_unfolded_one(monkeypatch, parts, all_logits, padded):
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_folded_prefill_equals_the_unfolded_one(monkeypatch, parts, all_logits, padded, variant):
     patch_prefill_kernels(monkeypatch)
     monkeypatch.setattr(S, "MIN_PART_TOKENS", 8)
     gated_calls = []
@@ -64,7 +68,8 @@ def test_folded_prefill_equals_the_unfolded_one(monkeypatch, parts, all_logits, 
     n = 40
     ids = torch.randint(0, 50, (2, n), generator=torch.Generator().manual_seed(3))
     pad = P.left_padding(parse_config(ONE_GROUP), (2, n), [n, 23], torch.device("cpu"))[0] if padded else None
-    folded, plain = _engine(ONE_GROUP, True, parts), _engine(ONE_GROUP, False, parts)
+    raw = {**ONE_GROUP, **VARIANTS[variant]}
+    folded, plain = _engine(raw, True, parts), _engine(raw, False, parts)
     assert all(P.fold_applies(folded.config, L, torch.float32) for L in folded.layers)
     got, got_state = _prefill(folded, ids, pad, all_logits)
     assert gated_calls == [], "the gated norm ran although folded"

@@ -98,11 +98,12 @@ def test_chunk_scan_tensor_core_form_shapes(cuda, dtype, seqlen, nheads, headdim
     check("state", st, s_ref, dtype)
 
 
-@pytest.mark.parametrize("pool", [False, True])
-def test_chunk_scan_tensor_core_form_in_row_slices(cuda, pool, monkeypatch):
+@pytest.mark.parametrize("pool,fold", [(False, False), (True, False), (True, True)])
+def test_chunk_scan_tensor_core_form_in_row_slices(cuda, pool, fold, monkeypatch):
     """A batch whose SSD scratch passes 512 MiB (9 rows of 2,048 steps x 64 heads x 64 x 128 float32 states) runs
     in slices of rows through a smaller scratch: each row's y and state equal those of the row alone, bit for bit
-    (on a state pool too: the slices then index their rows through state_rows)."""
+    (on a state pool too: the slices then index their rows through state_rows; with the folded gated norm, each
+    slice's norm_sumsq rows too)."""
     from mamba_deploy.ops import _lib
 
     batch, seqlen, nheads, headdim, dstate = 9, 2048, 64, 64, 128
@@ -114,13 +115,20 @@ def test_chunk_scan_tensor_core_form_in_row_slices(cuda, pool, monkeypatch):
     real = _lib.scan_workspace_bytes
     monkeypatch.setattr(_lib, "scan_workspace_bytes", lambda p: sizes.append(real(p)) or sizes[-1])
     pooled = states.clone()
-    y, _ = cuda.chunk_scan(**{**kw, "initial_state": pooled}, state_out=pooled, state_rows=rows)
+    weight = (torch.randn(nheads * headdim, device="cuda") + 1).half()
+
+    def folded(sumsq):
+        return dict(norm_weight=weight, norm_sumsq=sumsq) if fold else {}
+    sumsq = torch.full((batch, seqlen, nheads), float("nan"), device="cuda")
+    y, _ = cuda.chunk_scan(**{**kw, "initial_state": pooled}, state_out=pooled, state_rows=rows, **folded(sumsq))
     seq_keys = ("x", "dt", "B", "C", "z")
     for b in range(batch):
         r = int(rows[b]) if pool else b
         alone = {k: (v[b:b + 1] if k in seq_keys else v) for k, v in kw.items()}
         alone["initial_state"] = states[r:r + 1].clone()
-        y_b, s_b = cuda.chunk_scan(**alone)
+        sumsq_b = torch.empty(1, seqlen, nheads, device="cuda")
+        y_b, s_b = cuda.chunk_scan(**alone, **folded(sumsq_b))
         assert 0 < sizes[0] <= 512 << 20 < batch * sizes[-1], f"not in slices: scratch {sizes[0]}, a row {sizes[-1]}"
         assert torch.equal(y[b:b + 1], y_b), f"row {b}: y differs from the row alone"
+        assert not fold or torch.equal(sumsq[b:b + 1], sumsq_b), f"row {b}: norm_sumsq differs from the row alone"
         assert torch.equal(pooled[r:r + 1], s_b), f"row {b}: state differs from the row alone"
