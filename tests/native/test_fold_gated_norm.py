@@ -3,6 +3,7 @@ row norm's factor (x_sumsq) against torch; a folded prefill against the unfolded
 with the split prefill too), no gated norm launched, and the greedy tokens after it unchanged."""
 import pytest
 import torch
+from prompts import ids
 
 from mamba_deploy.native import prefill as P
 
@@ -19,10 +20,6 @@ def one_group(tmp_path_factory):
     from mamba_deploy.random_init import make_random_checkpoint
 
     return make_random_checkpoint(ONE_GROUP, tmp_path_factory.mktemp("one_group"), dtype=torch.float32, seed=5)
-
-
-def ids(batch, length, seed):
-    return torch.randint(1, 1000, (batch, length), generator=torch.Generator().manual_seed(seed))
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])

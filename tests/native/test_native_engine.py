@@ -1,6 +1,7 @@
 """The native engine against the float32 reference model, and its invariants (all on the GPU)."""
 import pytest
 import torch
+from prompts import ids
 
 from mamba_deploy.checkpoint import load_reference
 
@@ -9,10 +10,6 @@ pytestmark = pytest.mark.gpu
 FAMILIES = ["mamba1", "mamba2", "falcon_mamba", "codestral", "mamba2_d_ssm", "mamba1_mlp", "mamba2_mlp", "hybrid",
             "hybrid1", "nemotron_h"]  # conftest.CONFIGS
 TOL = {torch.float32: 1e-4, torch.float16: 1e-2, torch.bfloat16: 1e-2}
-
-
-def ids(batch, length, seed=0, vocab=1000):
-    return torch.randint(1, vocab, (batch, length), generator=torch.Generator().manual_seed(seed))
 
 
 @pytest.mark.parametrize("arch", FAMILIES)

@@ -4,6 +4,7 @@ import json
 
 import pytest
 import torch
+from prompts import ids
 
 from mamba_deploy.errors import ParameterError
 from mamba_deploy.models.state import InferenceState
@@ -22,10 +23,6 @@ def slot_checkpoints(checkpoints, tmp_path_factory):
     config["ssm_cfg"]["d_state"] = 16
     folder = tmp_path_factory.mktemp("slots_ckpt") / "ds16"
     return {**checkpoints, "mamba2_ds16": make_random_checkpoint(config, folder, dtype=torch.float32, seed=5)}
-
-
-def ids(batch, length, seed):
-    return torch.randint(1, 1000, (batch, length), generator=torch.Generator().manual_seed(seed))
 
 
 def random_slots(n, seed):

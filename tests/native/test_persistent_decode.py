@@ -1,7 +1,10 @@
 """The persistent batch-1 decode (NativeEngine(persistent_decode=True): every layer of a Mamba1 or Mamba2 step in one
 cooperative launch) against the engine's launch-per-kernel step and the float32 reference (all on the GPU)."""
+from functools import partial
+
 import pytest
 import torch
+from prompts import ids as prompt_ids
 
 from mamba_deploy.checkpoint import load_reference
 from mamba_deploy.random_init import make_random_checkpoint
@@ -28,8 +31,7 @@ WIDE = {"mamba1": {"d_model": 2560, "n_layer": 2, "vocab_size": 500, "pad_vocab_
                    "tie_embeddings": False}}
 
 
-def ids(batch, length, seed=0, vocab=500):
-    return torch.randint(1, vocab, (batch, length), generator=torch.Generator().manual_seed(seed))
+ids = partial(prompt_ids, vocab=500)  # the tiny models' vocabulary
 
 
 @pytest.fixture(scope="module")

@@ -2,6 +2,7 @@
 pool == the eager prefill of the same pieces, bit for bit, on any slots; other slots untouched; on the GPU."""
 import pytest
 import torch
+from prompts import ids
 from test_native_slots import fill_pool
 
 from mamba_deploy.native.prefill_graphs import pieces
@@ -9,10 +10,6 @@ from mamba_deploy.native.prefill_graphs import pieces
 pytestmark = pytest.mark.gpu
 
 ARCHS = ["mamba1", "mamba2", "falcon_mamba", "mamba2_d_ssm", "mamba1_mlp"]  # conftest.CONFIGS without hybrids
-
-
-def ids(batch, length, seed):
-    return torch.randint(1, 1000, (batch, length), generator=torch.Generator().manual_seed(seed))
 
 
 @pytest.mark.parametrize("arch", ARCHS)

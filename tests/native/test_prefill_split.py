@@ -3,6 +3,7 @@ the sequential prefill in chunks of its parts, bit for bit: eager, all logits or
 slots of the pool (other slots untouched); left-padded fresh prompts in one padded graph; on the GPU."""
 import pytest
 import torch
+from prompts import ids
 from test_native_slots import fill_pool
 
 from mamba_deploy.native import prefill_split as S
@@ -11,10 +12,6 @@ pytestmark = pytest.mark.gpu
 
 ARCHS = ["mamba1", "mamba2", "falcon_mamba", "codestral", "mamba2_d_ssm", "mamba1_mlp", "mamba2_mlp"]
 PART = S.MIN_PART_TOKENS  # every part of these prompts is this long: a multiple of each model's align
-
-
-def ids(batch, length, seed):
-    return torch.randint(1, 1000, (batch, length), generator=torch.Generator().manual_seed(seed))
 
 
 def _assert_same_state(a, b):
