@@ -16,8 +16,10 @@ def main() -> None:
     ap.add_argument("--random-init", default="mamba2-1.3b")
     ap.add_argument("--lengths", type=int, nargs="+", default=[2048, 32768])
     ap.add_argument("--prefill-split", type=int, default=1, help="the engine's option (1: off)")
+    ap.add_argument("--chunk-len", type=int, default=2048,
+                    help="the engine's option (chunks above prefill_graph_tokens, 2,048, run eagerly)")
     a = ap.parse_args()
-    eng = random_engine(a.random_init, max_batch=1, prefill_split=a.prefill_split)
+    eng = random_engine(a.random_init, max_batch=1, prefill_split=a.prefill_split, chunk_len=a.chunk_len)
     for length in a.lengths:
         ids = torch.randint(1, 1000, (1, length))
         state = eng.new_state(1)
@@ -33,7 +35,8 @@ def main() -> None:
         torch.cuda.synchronize()
         extra = (torch.cuda.max_memory_allocated() - before) / 2 ** 30
         reserved = torch.cuda.max_memory_reserved() / 2 ** 30  # the graphs' pools and per-stream caches included
-        print(f"{a.random_init} prefill {length} (split {a.prefill_split}): {start.elapsed_time(end):.1f} ms "
+        print(f"{a.random_init} prefill {length} (chunks of {a.chunk_len}, split {a.prefill_split}): "
+              f"{start.elapsed_time(end):.1f} ms "
               f"(one run), extra memory {extra:.3f} GiB, {reserved:.3f} GiB reserved by the process")
 
 

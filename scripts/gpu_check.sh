@@ -17,8 +17,8 @@
 #                mamba-1.4b and mamba2-1.3b
 #   split        the split prefill (NativeEngine(prefill_split=k)) and the folded gated norm (fold_gated_norm): their
 #                tests, then 2,048-token prefills of four models with each variant in turn in one process, 32,768
-#                tokens (time and memory) with k = 1 and 2, and decode after split prefills (bench --prefill-split 2:
-#                streams used beside the decode graphs)
+#                tokens (time and memory) with k = 1 and 2 (2,048-token graphs) and k = 4 (8,192-token eager chunks),
+#                and decode after split prefills (bench --prefill-split 2: streams used beside the decode graphs)
 # Output goes to stdout and, when $OUT is set, to $OUT/gpu_check.log.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -79,6 +79,8 @@ for step in "${steps[@]}"; do
         for k in 1 2; do
           run 200 4 python3 benchmarks/prefill_memory.py --random-init "$m" --lengths 32768 32768 --prefill-split "$k"
         done
+        run 200 4 python3 benchmarks/prefill_memory.py --random-init "$m" --lengths 32768 32768 --prefill-split 4 \
+          --chunk-len 8192
       done
       run 240 6 python3 -m mamba_deploy.bench --random-init mamba-1.4b --batches 1 16 64 --prefill-split 2 ;;
     *) echo "unknown step $step (tests, bench, generate, persistent, profile, options, split)"; exit 2 ;;
