@@ -13,8 +13,8 @@
 #   profile      the kernels of one decode step at batch 8, 16 and 64 (mamba-1.4b, mamba2-1.3b), launched plainly
 #                (profile_step.py --plain-launch: each kernel's time its own, not its wait for the one before)
 #   options      decode ms at batch 4-32 over the engine's placement options (benchmarks/decode_options.py: staged
-#                forms, the Mamba1 dt_proj crossover), and at 32 / 64 our tensor-core projections against cuBLAS,
-#                mamba-1.4b and mamba2-1.3b
+#                forms, the Mamba1 dt_proj crossover), and at 32 / 64 our tensor-core projections against cuBLAS
+#                (all of them, or out_proj alone), mamba-1.4b and mamba2-1.3b
 #   split        the split prefill (NativeEngine(prefill_split=k)) and the folded gated norm (fold_gated_norm): their
 #                tests, then 2,048-token prefills of four models with each variant in turn in one process, 32,768
 #                tokens (time and memory) with k = 1 and 2 (2,048-token graphs) and k = 4 (8,192-token eager chunks),
@@ -68,7 +68,8 @@ for step in "${steps[@]}"; do
       run 300 20 python3 benchmarks/decode_options.py --random-init mamba2-1.3b --batches 4 8 16 32 \
         --set staged_max_batch=4,8,16 --set staged_gemv=out_proj,in_proj+out_proj
       for m in mamba-1.4b mamba2-1.3b; do
-        run 200 8 python3 benchmarks/decode_options.py --random-init "$m" --batches 32 64 --set tc_max_batch=16,64
+        run 200 8 python3 benchmarks/decode_options.py --random-init "$m" --batches 32 64 --set tc_max_batch=16,64 \
+          --set out_proj_tc_max_batch=16,64
       done ;;
     split)
       run 300 15 python3 -m pytest -q -m gpu tests/native/test_prefill_split.py tests/native/test_fold_gated_norm.py \

@@ -159,7 +159,7 @@ def mamba1_mixer(eng, b: int, L: Layer, ssm_pool: torch.Tensor, rows: torch.Tens
     else:
         proj(eng, xdbl[:, :eng.config.dt_rank], L.dt_w, None, eng.dt[:b])
         G.mamba1_step(x, z, xdbl, None, L.dt_b, L.A, L.D, ssm_pool, out=y, state_rows=rows, dt=eng.dt[:b])
-    proj(eng, y, L.out_w, L.out_b, eng.hidden[:b], name="out_proj")
+    proj(eng, y, L.out_w, L.out_b, eng.hidden[:b], tc_max_batch=eng.out_proj_tc_max_batch, name="out_proj")
 
 
 def mamba2_mixer(eng, b: int, L: Layer, ssm_pool: torch.Tensor, rows: torch.Tensor) -> None:
@@ -186,7 +186,8 @@ def mamba2_mixer(eng, b: int, L: Layer, ssm_pool: torch.Tensor, rows: torch.Tens
     else:
         K.gated_rms_norm(y, z, L.gnorm_w, c.norm_eps, gs, out=ynorm)
     P.d_ssm_mlp(c, eng.xz[:b], eng.ynorm[:b, :m])
-    proj(eng, eng.ynorm[:b], L.out_w, L.out_b, eng.hidden[:b], name="out_proj")
+    proj(eng, eng.ynorm[:b], L.out_w, L.out_b, eng.hidden[:b], tc_max_batch=eng.out_proj_tc_max_batch,
+         name="out_proj")
 
 
 def mlp_step(eng, b: int, L: Layer) -> None:

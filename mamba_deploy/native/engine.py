@@ -86,6 +86,10 @@ class NativeEngine:
         # 18) beats cuBLAS's split-K GEMM + reduce kernel up to batch 64 (docs/performance.md, sessions 9 and 18)
         capability = torch.cuda.get_device_capability(self.device)
         self.x_proj_tc_max_batch = G.TC_MAX_BATCH if capability == (9, 0) and self.tc_max_batch else self.tc_max_batch
+        # the Mamba mixers' out_proj on the tensor-core GEMV up to this batch (None: tc_max_batch). At batch 64 cuBLAS
+        # runs it as a split-K GEMM and a reduce kernel (10 us a mamba-1.4b layer, 1.7 TB/s; session 28's profile);
+        # whether our wgmma form beats that there is for benchmarks/decode_options.py to say
+        self.out_proj_tc_max_batch: Optional[int] = None
         Hy.check_supported(cfg)
         if programmatic_launch and capability >= (9, 0):
             _lib.set_programmatic_launch(True)
