@@ -27,11 +27,12 @@ export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 log="${OUT:-/tmp}/gpu_check.log"
 steps=("$@"); [ ${#steps[@]} -eq 0 ] && steps=(tests bench generate)
 status=0
-run() {  # run LIMIT_S TAIL_LINES CMD...: the command under a time limit, its output logged, its tail shown
-  local limit=$1 lines=$2; shift 2
+run() {  # run LIMIT_S TAIL_LINES CMD...: the command under a time limit, its output logged, its tail shown, its time
+  local limit=$1 lines=$2 start=$SECONDS; shift 2
   echo "+ $*" | tee -a "$log"
   timeout "$limit" "$@" 2>&1 | tee -a "$log" | tail -n "$lines"
   [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
+  echo "  ($((SECONDS - start)) s)" | tee -a "$log"
 }
 ab() {  # ab LIMIT_S TAIL_LINES CMD...: run's, two rounds, alternately with MAMBA_DEPLOY_KERNEL_LIB and CANDIDATE_LIB
   local round lib
