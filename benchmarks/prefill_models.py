@@ -1,5 +1,5 @@
-"""Batch-1 prefill time of several presets in one process (random weights, the engine's default prefill graphs):
-`bench`'s prefill measurement without its decode runs, for A/B of a kernel library across models.
+"""Prefill time (batch 1 unless --batch) of several presets in one process (random weights, the engine's default
+prefill graphs): `bench`'s prefill measurement without its decode runs, for A/B of a kernel library across models.
 
     MAMBA_DEPLOY_KERNEL_LIB=build/libmamba_deploy_kernels.so PYTHONPATH=. \\
         python3 benchmarks/prefill_models.py --tokens 2048 mamba2-1.3b mamba2-2.7b mamba-1.4b mamba-2.8b
@@ -26,6 +26,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("models", nargs="+", help="random_init presets")
     ap.add_argument("--tokens", type=int, default=2048)
+    ap.add_argument("--batch", type=int, default=1)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--repeats", type=int, default=10)
     ap.add_argument("--eager", action="store_true", help="no prefill graphs (e.g. under ncu)")
@@ -38,20 +39,21 @@ def main() -> None:
         raise SystemExit("error: --ab-option takes NAME=INTEGER")
     variants = [None] + ([tuple(a.ab_env.split("=", 1))] if a.ab_env else []) + \
         [("option", name, int(value)) for name, value in options]
+    print(f"batch {a.batch}")
     print("| model | variant | tokens | ms (each round's median) | weights GB | TFLOP/s (best round) |")
     print("| --- | --- | ---: | --- | ---: | ---: |")
     for name in a.models:
-        eng = random_engine(name, max_batch=1, **({"prefill_graph_tokens": 0} if a.eager else {}))
+        eng = random_engine(name, max_batch=a.batch, **({"prefill_graph_tokens": 0} if a.eager else {}))
         ms: dict = {v: [] for v in variants}
         for _ in range(a.rounds):
             for v in variants:
                 with variant_set(eng, v):
                     eng.prefill_graphs.graphs.clear()  # recaptured under this variant
-                    ms[v].append(bench_prefill(eng, a.tokens, repeats=a.repeats))
+                    ms[v].append(bench_prefill(eng, a.tokens, repeats=a.repeats, batch=a.batch))
         weight_bytes = eng.weight_bytes()
         layer_weights = weight_bytes // eng.head.element_size() - eng.head.numel()  # the head: last token only
         for v in variants:
-            tflops = 2 * layer_weights * a.tokens / (min(ms[v]) * 1e-3) / 1e12
+            tflops = 2 * layer_weights * a.batch * a.tokens / (min(ms[v]) * 1e-3) / 1e12
             print(f"| {name} | {'='.join(map(str, v[-2:])) if v else 'default'} | {a.tokens} | "
                   f"{' / '.join(f'{m:.2f}' for m in ms[v])} | {weight_bytes / 1e9:.3f} | {tflops:.0f} |")
         del eng

@@ -98,10 +98,10 @@ def bench_sampled_step(eng, batch: int, prompt_len: int, gen_len: int, repeats: 
     return ms
 
 
-def bench_prefill(eng, length: int, repeats: int = 5) -> float:
-    """ms to prefill `length` tokens of batch 1 from a zero state."""
-    ids = _prompt(1, length, eng.config.vocab_size, eng.device, seed=2)
-    state = eng.new_state(1)
+def bench_prefill(eng, length: int, repeats: int = 5, batch: int = 1) -> float:
+    """ms to prefill `length` tokens of `batch` rows from a zero state."""
+    ids = _prompt(batch, length, eng.config.vocab_size, eng.device, seed=2)
+    state = eng.new_state(batch)
     eng.prefill(ids, state)  # warm-up (cuBLAS heuristics, allocator)
 
     def run():

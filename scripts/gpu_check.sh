@@ -16,9 +16,10 @@
 #                forms, the Mamba1 dt_proj crossover), and at 32 / 64 our tensor-core projections against cuBLAS
 #                (all of them, or out_proj alone), mamba-1.4b and mamba2-1.3b
 #   split        the split prefill (NativeEngine(prefill_split=k)) and the folded gated norm (fold_gated_norm): their
-#                tests, then 2,048-token prefills of four models with each variant in turn in one process, 32,768
-#                tokens (time and memory) with k = 1 and 2 (2,048-token graphs) and k = 4 (8,192-token eager chunks),
-#                and decode after split prefills (bench --prefill-split 2: streams used beside the decode graphs)
+#                tests, then 2,048-token prefills of four models (and 8 x 2,048 of two) with each variant in turn,
+#                32,768 tokens (time and memory) with k = 1 and 2 (2,048-token graphs) and k = 4 (8,192-token
+#                eager chunks), and decode after split prefills (bench --prefill-split 2: streams used beside the
+#                decode graphs)
 # Output goes to stdout and, when $OUT is set, to $OUT/gpu_check.log.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -77,6 +78,8 @@ for step in "${steps[@]}"; do
         tests/ops/test_fold_gated_norm_cuda.py tests/ops/test_chunk_scan_cuda.py -p no:cacheprovider
       run 400 24 python3 benchmarks/prefill_models.py mamba-1.4b mamba2-1.3b mamba-2.8b mamba2-2.7b --tokens 2048 \
         --rounds 2 --ab-option prefill_split=2 --ab-option prefill_split=4 --ab-option fold_gated_norm=1
+      run 300 12 python3 benchmarks/prefill_models.py mamba-1.4b mamba2-1.3b --tokens 2048 --batch 8 --rounds 1 \
+        --repeats 5 --ab-option prefill_split=2 --ab-option fold_gated_norm=1  # issue 14's batch 8 <= 6x batch 1
       for m in mamba-1.4b mamba2-1.3b; do
         for k in 1 2; do
           run 200 4 python3 benchmarks/prefill_memory.py --random-init "$m" --lengths 32768 32768 --prefill-split "$k"
