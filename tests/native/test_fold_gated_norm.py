@@ -9,7 +9,8 @@ from mamba_deploy.native import prefill as P
 
 pytestmark = pytest.mark.gpu
 
-TOL = {torch.float32: 1e-4, torch.float16: 1e-2, torch.bfloat16: 1e-2}
+# folded against unfolded: two roundings apart, each about as far from the reference as the engine tests allow
+TOL = {torch.float32: 1e-4, torch.float16: 1e-2, torch.bfloat16: 2e-2}
 ONE_GROUP = {"d_model": 256, "n_layer": 4, "vocab_size": 1000, "pad_vocab_size_multiple": 16,
              "ssm_cfg": {"layer": "Mamba2", "d_state": 64, "headdim": 32, "ngroups": 1, "chunk_size": 16},
              "tie_embeddings": False}
@@ -49,7 +50,7 @@ def test_folded_prefill_equals_the_unfolded_one(native, G, rel_err, one_group, m
     gated = []
     launch = G.row_norm
     monkeypatch.setattr(G, "row_norm", lambda *a, **k: gated.append(k.get("gate", False)) or launch(*a, **k))
-    prompt = ids(2, 300, 1)
+    prompt = ids(2, 320, 1)  # graphs: two pieces (256, 64), both in the SSD form; more than 3 pieces stay eager
     got_state, want_state = folded.new_state(2), plain.new_state(2)
     got = folded.prefill(prompt, got_state)
     assert not graphs or folded.prefill_graphs.graphs, "no prefill graph was captured"
