@@ -1,7 +1,8 @@
 """Where a native prefill call's time goes: its wall clock, the span of the GPU work (CUDA events around the
 call: idle gaps included, so it tracks the wall when the host is the bound) and the GPU's busy time (the sum of
 its kernels), then the Python functions that take the host time (cProfile, by own time) and the top kernels,
-for prompts of batch x length on random weights of a published shape.
+for prompts of batch x length on random weights of a published shape (--prefill-split / --fold-gated-norm: the
+engine's prefill options; with a split the busy time is the kernels' sum, more than the span where parts overlap).
 
     MAMBA_DEPLOY_KERNEL_LIB=build/libmamba_deploy_kernels.so PYTHONPATH=. \\
         python3 benchmarks/profile_prefill.py --random-init mamba-1.4b --shapes 1x100 64x100 1x2048
@@ -43,10 +44,13 @@ def main() -> None:
     ap.add_argument("--shapes", nargs="+", default=["1x100", "64x100", "1x2048"], help="BATCHxLENGTH")
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--prefill-graph-tokens", type=int, default=0)
+    ap.add_argument("--prefill-split", type=int, default=1, help="the engine's option (1: off)")
+    ap.add_argument("--fold-gated-norm", action="store_true", help="the engine's option")
     a = ap.parse_args()
     shapes = [tuple(int(v) for v in s.split("x")) for s in a.shapes]
     eng = random_engine(a.random_init, max_batch=max(b for b, _ in shapes),
-                        prefill_graph_tokens=a.prefill_graph_tokens)
+                        prefill_graph_tokens=a.prefill_graph_tokens, prefill_split=a.prefill_split,
+                        fold_gated_norm=a.fold_gated_norm)
     print("| batch x tokens | wall ms | GPU span ms | GPU busy ms (kernels) | kernels |")
     print("| --- | ---: | ---: | ---: | ---: |")
     prompts = {}
