@@ -441,7 +441,7 @@ class NativeEngine:
     def _prefill_chunk(self, ids: torch.Tensor, state: InferenceState, all_logits: bool,
                        rows: Optional[torch.Tensor] = None, pad: Optional[torch.Tensor] = None) -> torch.Tensor:
         """ids (b, n) -> logits (b, 1 or n, vocab_padded); `state` (or, given rows, its rows rows[r]) in place.
-        pad: None or (b, n) bool, True at left padding (native.prefill.mamba_prefill)."""
+        pad: None or (b, n) bool, True at left padding (native.prefill.mamba_mixer)."""
         c = self.config
         if S.applies(self, ids.shape[1]):
             return S.run(self, self._wavefront, ids, state, all_logits, rows, pad)

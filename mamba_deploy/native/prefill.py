@@ -71,7 +71,7 @@ def layer(eng, L: Layer, hidden: torch.Tensor, residual: Optional[torch.Tensor],
           ) -> tuple[torch.Tensor, torch.Tensor, Optional[NormFactor]]:
     """Layer L of NativeEngine `eng` over a chunk: (hidden, residual, factor) (b, n, d_model) (residual None before
     the first layer; factor: what the layer before still owes its output, or None) -> the next layer's; its state in
-    `state` (rows, pad as in mamba_prefill; attention: the chunk's positions, hybrid.chunk_positions, for an
+    `state` (rows, pad as in mamba_mixer; attention: the chunk's positions, hybrid.chunk_positions, for an
     attention layer)."""
     c = eng.config
     normed, residual = prefill_norm(c, eng.dtype, hidden, residual, L.norm_w, L.norm_b, factor)
@@ -121,19 +121,13 @@ def d_ssm_mlp(cfg: ModelConfig, xz: torch.Tensor, out: torch.Tensor) -> None:
         torch.mul(F.silu(xz[..., :m]), xz[..., m:2 * m], out=out)
 
 
-def mamba_prefill(cfg: ModelConfig, L: Layer, normed: torch.Tensor, state: InferenceState,
-                  unit: Optional[torch.Tensor], rows: Optional[torch.Tensor] = None,
-                  pad: Optional[torch.Tensor] = None, handoff=None) -> torch.Tensor:
-    """mamba_mixer without the fold: the layer's output alone."""
-    return mamba_mixer(cfg, L, normed, state, unit, rows, pad, handoff)[0]
-
-
 def mamba_mixer(cfg: ModelConfig, L: Layer, normed: torch.Tensor, state: InferenceState,
                 unit: Optional[torch.Tensor], rows: Optional[torch.Tensor] = None,
                 pad: Optional[torch.Tensor] = None, handoff=None, fold: bool = False
                 ) -> tuple[torch.Tensor, Optional[NormFactor]]:
     """A Mamba layer over a chunk: normed (b, n, d_model) -> ((b, n, d_model), None), or with fold its output before
-    the gated norm's factor and that NormFactor; its conv and ssm state in place. rows: None (batch row r is row r of `state`) or (b,) int64 on the device: batch row r is row rows[r] of
+    the gated norm's factor and that NormFactor; its conv and ssm state in place.
+    rows: None (batch row r is row r of `state`) or (b,) int64 on the device: batch row r is row rows[r] of
     `state`, a pool (what a captured prefill graph replays on, whatever the slots).
     pad: None or (b, n) bool on the device, True at a row's left padding (its prompt is right-aligned); a row
     with padding must enter from a zero state, which its pad positions then leave as it was (outputs there are
@@ -175,7 +169,7 @@ def mask_padding(cfg: ModelConfig, xz: torch.Tensor, pad: torch.Tensor) -> None:
 def _mamba1_scan(c: ModelConfig, L: Layer, xz: torch.Tensor, xc: torch.Tensor, ssm_state: torch.Tensor,
                  unit: Optional[torch.Tensor], rows: Optional[torch.Tensor],
                  pad: Optional[torch.Tensor], handoff) -> torch.Tensor:
-    """xz (b, n, 2 d_inner), xc = conv output (b, n, d_inner) -> y (b, n, d_inner); pad as in mamba_prefill."""
+    """xz (b, n, 2 d_inner), xc = conv output (b, n, d_inner) -> y (b, n, d_inner); pad as in mamba_mixer."""
     R, N = c.dt_rank, c.d_state
     xdbl = F.linear(xc, L.x_w)  # (b, n, R + 2N)
     dt_bc_norm(c, unit, xdbl)

@@ -134,8 +134,8 @@ def _prefill_layer(arch, monkeypatch):
 
 
 @pytest.mark.parametrize("arch", list(PREFILL))
-def test_mamba_prefill_on_pool_rows_equals_it_on_the_gathered_rows(monkeypatch, arch):
-    """native.prefill.mamba_prefill with `rows` (what a prefill graph replays on: the state pool through a row
+def test_mamba_mixer_on_pool_rows_equals_it_on_the_gathered_rows(monkeypatch, arch):
+    """native.prefill.mamba_mixer with `rows` (what a prefill graph replays on: the state pool through a row
     index) == the same layer on a copy of those rows; the other rows of the pool are not touched."""
     from mamba_deploy.models.state import InferenceState
 
@@ -147,8 +147,8 @@ def test_mamba_prefill_on_pool_rows_equals_it_on_the_gathered_rows(monkeypatch, 
     before, rows = pool.clone(), torch.tensor([3, 0])
     gathered = pool.with_tensors([t[rows].clone() for t in pool.tensors()])
     normed = torch.randn(2, 7, cfg.d_model, generator=gen)
-    got = native_prefill.mamba_prefill(cfg, layer, normed, pool, None, rows)
-    want = native_prefill.mamba_prefill(cfg, layer, normed, gathered, None)
+    got = native_prefill.mamba_mixer(cfg, layer, normed, pool, None, rows)[0]
+    want = native_prefill.mamba_mixer(cfg, layer, normed, gathered, None)[0]
     assert torch.equal(got, want)
     others = torch.tensor([1, 2, 4])
     for now, old, new in zip(pool.tensors(), before.tensors(), gathered.tensors()):
@@ -158,7 +158,7 @@ def test_mamba_prefill_on_pool_rows_equals_it_on_the_gathered_rows(monkeypatch, 
 
 @pytest.mark.parametrize("arch", list(PREFILL))
 def test_left_padded_prefill_equals_each_prompt_alone(monkeypatch, arch):
-    """mamba_prefill of prompts of lengths 9, 4 and 1 right-aligned in one (3, 9) batch (pad: left padding)
+    """mamba_mixer of prompts of lengths 9, 4 and 1 right-aligned in one (3, 9) batch (pad: left padding)
     gives each row the state and outputs of its prompt prefilled alone from a zero state: the pad positions
     leave the zero state as it was (conv input 0, dt at its floor). Unmasked, the padding would change them."""
     from mamba_deploy.models.state import InferenceState
@@ -170,12 +170,12 @@ def test_left_padded_prefill_equals_each_prompt_alone(monkeypatch, arch):
     pad, padded_to = native_prefill.left_padding(cfg, (3, n), lengths, torch.device("cpu"))
     assert padded_to == 8 and pad.sum().item() == 5 + 8
     state = InferenceState.zeros(cfg, 3, torch.float32)
-    got = native_prefill.mamba_prefill(cfg, layer, normed, state, None, pad=pad)
+    got = native_prefill.mamba_mixer(cfg, layer, normed, state, None, pad=pad)[0]
     unmasked = InferenceState.zeros(cfg, 3, torch.float32)
-    native_prefill.mamba_prefill(cfg, layer, normed, unmasked, None)
+    native_prefill.mamba_mixer(cfg, layer, normed, unmasked, None)
     for r, k in enumerate(lengths):
         alone = InferenceState.zeros(cfg, 1, torch.float32)
-        want = native_prefill.mamba_prefill(cfg, layer, normed[r:r + 1, n - k:], alone, None)
+        want = native_prefill.mamba_mixer(cfg, layer, normed[r:r + 1, n - k:], alone, None)[0]
         torch.testing.assert_close(got[r:r + 1, n - k:], want, rtol=1e-5, atol=1e-6)
         for padded, single in zip(state.tensors(), alone.tensors()):
             torch.testing.assert_close(padded[r:r + 1], single, rtol=1e-5, atol=1e-6)
