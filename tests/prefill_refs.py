@@ -1,9 +1,13 @@
-"""The native engine's prefill on the CPU: the library kernels it launches replaced by their references (CPU tests
-of native/prefill.py and native/prefill_split.py)."""
+"""The native engine's prefill on the CPU: the library kernels it launches replaced by their references, and
+stand-in CUDA streams for the split prefill (CPU tests of native/prefill.py and native/prefill_split.py)."""
+import contextlib
+from collections import Counter
+
 import torch
 
 from mamba_deploy.config import parse_config
 from mamba_deploy.ops import add_norm_ref, causal_conv1d_ref, chunk_scan_ref, gated_rms_norm_ref, selective_scan_ref
+from mamba_deploy.native import prefill_split as S
 from mamba_deploy.ops import cuda as K
 
 # one-layer models small enough for the references' loops over time
@@ -77,3 +81,58 @@ def prefill_weights(raw: dict, seed: int = 3):
     init_weights_(model, seed=seed)
     weights = dict(export_name_and_tensor(k, p, torch.float32) for k, p in model.named_parameters())
     return cfg, native_weights.device_weights(cfg, weights, torch.float32, torch.device("cpu"))
+
+
+class FakeStream:
+    def __init__(self, name, log):
+        self.name, self.log = name, log
+
+    def wait_event(self, event):
+        self.log.append(("wait", self.name, event.kind, event.tag))
+
+    def wait_stream(self, other):
+        self.log.append(("join", self.name, other.name))
+
+
+class FakeEvent:
+    def __init__(self, kind, wavefront):
+        self.kind, self.wavefront, self.tag = kind, wavefront, None
+
+    def record(self, stream):  # the tag: which launch of its kind, on which stream, it follows
+        self.tag = (stream.name, self.kind, self.wavefront.launches[stream.name, self.kind] - 1)
+
+
+class FakeWavefront:
+    """S.Wavefront's interface on the host alone: every kernel launch, wait, fork and join into `log`."""
+
+    def __init__(self):
+        self.log, self.launches = [], Counter()
+        self.now = self.caller = FakeStream("caller", self.log)
+        self.streams, self.events = [], []
+
+    def current(self):
+        return self.now
+
+    def side(self, count, caller):
+        while len(self.streams) < count:
+            self.streams.append(FakeStream(f"side{len(self.streams)}", self.log))
+            self.events.append({kind: FakeEvent(kind, self) for kind in S.KINDS})
+        return self.streams[:count], self.events[:count]
+
+    @contextlib.contextmanager
+    def use(self, stream):
+        before, self.now = self.now, stream
+        try:
+            yield
+        finally:
+            self.now = before
+
+    def keep(self, tensor, stream):
+        self.log.append(("keep", stream.name))
+
+    def logged(self, kernel, kind):
+        def launch(*args, **kwargs):
+            self.log.append(("launch", self.now.name, kind))
+            self.launches[self.now.name, kind] += 1
+            return kernel(*args, **kwargs)
+        return launch

@@ -1,7 +1,6 @@
 """The folded gated norm's wiring (NativeEngine(fold_gated_norm=True), native/prefill.py) on the CPU, the kernels as
 their references: a prefill with it gives the logits and state of one without (float32, up to rounding), the gated
 norm kernel never launched; where it applies (fold_applies)."""
-import contextlib
 import types
 
 import pytest
@@ -11,7 +10,7 @@ from mamba_deploy.config import parse_config
 from mamba_deploy.models.state import InferenceState
 from mamba_deploy.native import prefill as P, prefill_split as S
 from mamba_deploy.ops import cuda as K
-from prefill_refs import patch_prefill_kernels, prefill_weights
+from prefill_refs import FakeWavefront, patch_prefill_kernels, prefill_weights
 
 ONE_GROUP = {"d_model": 32, "n_layer": 3, "vocab_size": 50,
              "ssm_cfg": {"layer": "Mamba2", "d_state": 8, "headdim": 16, "ngroups": 1, "chunk_size": 4}}
@@ -26,30 +25,13 @@ def _engine(raw, fold, parts=1):
 def _prefill(eng, ids, pad, all_logits):
     state = InferenceState.zeros(eng.config, ids.shape[0], torch.float32)
     if S.applies(eng, ids.shape[1]):
-        logits = S.run(eng, HostWavefront(), ids, state, all_logits, pad=pad)
+        logits = S.run(eng, FakeWavefront(), ids, state, all_logits, pad=pad)
     else:
         hidden, residual, factor = eng.emb[ids], None, None
         for L in eng.layers:
             hidden, residual, factor = P.layer(eng, L, hidden, residual, state, pad=pad, factor=factor)
         logits = P.head_logits(eng, hidden, residual, all_logits, factor)
     return logits, state
-
-
-class HostWavefront:
-    """S.Wavefront's interface with every stream the host's order (the CPU has none): the split path's wiring."""
-
-    def current(self):
-        return types.SimpleNamespace(wait_event=lambda event: None, wait_stream=lambda stream: None)
-
-    def side(self, count, caller):
-        events = {kind: types.SimpleNamespace(record=lambda stream: None) for kind in S.KINDS}
-        return [self.current() for _ in range(count)], [events] * count
-
-    def use(self, stream):
-        return contextlib.nullcontext()
-
-    def keep(self, tensor, stream):
-        pass
 
 
 VARIANTS = {"plain": {}, "mlp": {"d_intermediate": 48}, "layer_norm": {"rms_norm": False}}  # the norm after: norm2

@@ -2,7 +2,6 @@
 streams and events with the kernels as their references: the logits and state of the chunk prefilled in one go,
 every part's conv and scan of a layer enqueued after a wait for the previous part's record of that same layer,
 the side streams forked from the caller's stream and joined back into it."""
-import contextlib
 import types
 from collections import Counter
 
@@ -14,7 +13,7 @@ from mamba_deploy.errors import ParameterError
 from mamba_deploy.models.state import InferenceState
 from mamba_deploy.native import prefill as P, prefill_split as S
 from mamba_deploy.ops import cuda as K
-from prefill_refs import PREFILL, patch_prefill_kernels, prefill_weights
+from prefill_refs import PREFILL, FakeWavefront, patch_prefill_kernels, prefill_weights
 
 
 @pytest.mark.parametrize("n,parts,step,want", [
@@ -39,61 +38,6 @@ def test_part_bounds_cover_the_chunk_on_aligned_cuts():
                 assert all(hi % step == 0 for _, hi in bounds[:-1])
                 assert len(bounds) == 1 or all(hi - lo >= S.MIN_PART_TOKENS for lo, hi in bounds)
     assert len(S.part_bounds(4096, 4, 256)) == 4 and len(S.part_bounds(1024, 2, 256)) == 2
-
-
-class FakeStream:
-    def __init__(self, name, log):
-        self.name, self.log = name, log
-
-    def wait_event(self, event):
-        self.log.append(("wait", self.name, event.kind, event.tag))
-
-    def wait_stream(self, other):
-        self.log.append(("join", self.name, other.name))
-
-
-class FakeEvent:
-    def __init__(self, kind, wavefront):
-        self.kind, self.wavefront, self.tag = kind, wavefront, None
-
-    def record(self, stream):  # the tag: which launch of its kind, on which stream, it follows
-        self.tag = (stream.name, self.kind, self.wavefront.launches[stream.name, self.kind] - 1)
-
-
-class FakeWavefront:
-    """S.Wavefront's interface on the host alone: every kernel launch, wait, fork and join into `log`."""
-
-    def __init__(self):
-        self.log, self.launches = [], Counter()
-        self.now = self.caller = FakeStream("caller", self.log)
-        self.streams, self.events = [], []
-
-    def current(self):
-        return self.now
-
-    def side(self, count, caller):
-        while len(self.streams) < count:
-            self.streams.append(FakeStream(f"side{len(self.streams)}", self.log))
-            self.events.append({kind: FakeEvent(kind, self) for kind in S.KINDS})
-        return self.streams[:count], self.events[:count]
-
-    @contextlib.contextmanager
-    def use(self, stream):
-        before, self.now = self.now, stream
-        try:
-            yield
-        finally:
-            self.now = before
-
-    def keep(self, tensor, stream):
-        self.log.append(("keep", stream.name))
-
-    def logged(self, kernel, kind):
-        def launch(*args, **kwargs):
-            self.log.append(("launch", self.now.name, kind))
-            self.launches[self.now.name, kind] += 1
-            return kernel(*args, **kwargs)
-        return launch
 
 
 def _engine(arch, monkeypatch, parts):
