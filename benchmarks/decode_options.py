@@ -7,9 +7,9 @@ the same weights, the graphs recaptured for each combination, the engine's defau
 
 --set OPTION=V1,V2,...: the values to try for one option (every combination of all --set options runs). Integer
 options: staged_max_batch, tc_max_batch, x_proj_tc_max_batch, out_proj_tc_max_batch, dt_gemm_min_batch,
-gemv_max_batch (each capped as NativeEngine caps it). Projection sets, names joined by '+', 'none' for the empty set: staged_gemv (of in_proj,
-x_proj, out_proj), norm_in_gemv (of in_proj, out_proj, head). They decide which kernel form each projection takes
-per batch (native/decode.py); the kernels are the library's, unchanged.
+gemv_max_batch (each capped as NativeEngine caps it). Projection sets, names joined by '+', 'none' for the empty
+set: staged_gemv (of in_proj, x_proj, out_proj), norm_in_gemv (of in_proj, out_proj, head). They decide which
+kernel form each projection takes per batch (native/decode.py); the kernels are the library's, unchanged.
 """
 from __future__ import annotations
 
