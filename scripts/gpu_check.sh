@@ -14,12 +14,14 @@
 #                (profile_step.py --plain-launch: each kernel's time its own, not its wait for the one before)
 #   options      decode ms at batch 4-32 over the engine's placement options (benchmarks/decode_options.py: staged
 #                forms, the Mamba1 dt_proj crossover), and at 32 / 64 our tensor-core projections against cuBLAS
-#                (all of them, or out_proj alone), mamba-1.4b and mamba2-1.3b
+#                (all of them, or out_proj alone), mamba-1.4b and mamba2-1.3b (the last part: step tc)
+#   tc           options' comparison at batch 32 / 64 alone
 #   split        the split prefill (NativeEngine(prefill_split=k)) and the folded gated norm (fold_gated_norm): their
 #                tests, then 2,048-token prefills of four models (and 8 x 2,048 of two) with each variant in turn,
 #                32,768 tokens (time and memory) with k = 1 and 2 (2,048-token graphs) and k = 4 (8,192-token
 #                eager chunks), and decode after split prefills (bench --prefill-split 2: streams used beside the
 #                decode graphs)
+#   split-bench  split's benchmarks without its tests (for a run after `tests`, which includes them)
 # Output goes to stdout and, when $OUT is set, to $OUT/gpu_check.log.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -42,6 +44,12 @@ ab() {  # ab LIMIT_S TAIL_LINES CMD...: run's, two rounds, alternately with MAMB
       echo "+ round $round, $lib" | tee -a "$log"
       MAMBA_DEPLOY_KERNEL_LIB="$lib" run "$@"
     done
+  done
+}
+tc() {  # our tensor-core projections against cuBLAS at batch 32 / 64
+  for m in mamba-1.4b mamba2-1.3b; do
+    run 200 8 python3 benchmarks/decode_options.py --random-init "$m" --batches 32 64 --set tc_max_batch=16,64 \
+      --set out_proj_tc_max_batch=16,64
   done
 }
 for step in "${steps[@]}"; do
@@ -69,13 +77,12 @@ for step in "${steps[@]}"; do
         --set staged_max_batch=8,16 --set dt_gemm_min_batch=8,32 --set staged_gemv=out_proj,in_proj+out_proj
       run 300 20 python3 benchmarks/decode_options.py --random-init mamba2-1.3b --batches 4 8 16 32 \
         --set staged_max_batch=4,8,16 --set staged_gemv=out_proj,in_proj+out_proj
-      for m in mamba-1.4b mamba2-1.3b; do
-        run 200 8 python3 benchmarks/decode_options.py --random-init "$m" --batches 32 64 --set tc_max_batch=16,64 \
-          --set out_proj_tc_max_batch=16,64
-      done ;;
-    split)
-      run 300 15 python3 -m pytest -q -m gpu tests/native/test_prefill_split.py tests/native/test_fold_gated_norm.py \
-        tests/ops/test_fold_gated_norm_cuda.py tests/ops/test_chunk_scan_cuda.py -p no:cacheprovider
+      tc ;;
+    tc) tc ;;
+    split|split-bench)
+      [ "$step" = split ] && run 300 15 python3 -m pytest -q -m gpu tests/native/test_prefill_split.py \
+        tests/native/test_fold_gated_norm.py tests/ops/test_fold_gated_norm_cuda.py tests/ops/test_chunk_scan_cuda.py \
+        -p no:cacheprovider
       run 400 24 python3 benchmarks/prefill_models.py mamba-1.4b mamba2-1.3b mamba-2.8b mamba2-2.7b --tokens 2048 \
         --rounds 2 --ab-option prefill_split=2 --ab-option prefill_split=4 --ab-option fold_gated_norm=1
       run 300 12 python3 benchmarks/prefill_models.py mamba-1.4b mamba2-1.3b --tokens 2048 --batch 8 --rounds 1 \
@@ -88,7 +95,7 @@ for step in "${steps[@]}"; do
           --chunk-len 8192
       done
       run 240 6 python3 -m mamba_deploy.bench --random-init mamba-1.4b --batches 1 16 64 --prefill-split 2 ;;
-    *) echo "unknown step $step (tests, bench, generate, persistent, profile, options, split)"; exit 2 ;;
+    *) echo "unknown step $step (tests, bench, generate, persistent, profile, options, tc, split, split-bench)"; exit 2 ;;
   esac
 done
 exit $status
