@@ -12,6 +12,7 @@ that `--help` and `--version` answer at once: commands import what they need whe
 from __future__ import annotations
 
 import json
+import re
 import signal
 import sys
 import threading
@@ -147,6 +148,17 @@ def _parse_ids(text: str) -> list[int]:
     return ids
 
 
+_ESCAPES = {"n": "\n", "t": "\t", "r": "\r", "\\": "\\"}
+
+
+def parse_stop(text: str):
+    """--stop's value: a token id if all digits, else the text with \\n, \\t, \\r and \\\\ unescaped (a shell
+    passes `--stop "\\n"` as a backslash and an n; other backslashes stay as given)."""
+    if text.isdigit():
+        return int(text)
+    return re.sub(r"\\(.)", lambda m: _ESCAPES.get(m.group(1), m.group(0)), text)
+
+
 @cli.command()
 @click.argument("path", type=click.Path())
 @click.option("--prompt", default=None, help="Text prompt.")
@@ -154,7 +166,8 @@ def _parse_ids(text: str) -> list[int]:
 @click.option("--print-ids", is_flag=True, help="Print token ids instead of text (always so without a tokenizer).")
 @click.option("--max-new-tokens", type=int, default=64, show_default=True, help="Tokens to generate at most.")
 @_sampling_options
-@click.option("--stop", multiple=True, help="Stop string or token id (repeatable).")
+@click.option("--stop", multiple=True,
+              help=r"Stop string (\n, \t, \r, \\ read as escapes) or token id (digits only; repeatable).")
 @click.option("--seed", type=int, default=None, help="Sampling seed, 0 <= seed < 2**64 (default: random).")
 @click.option("--backend", type=click.Choice(backend_names()), default="auto", show_default=True, help=BACKEND_HELP)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object at the end instead of streaming.")
@@ -170,7 +183,7 @@ def run(path, prompt, ids, print_ids, max_new_tokens, temperature, top_k, top_p,
     if engine.tokenizer is None and prompt is not None:
         raise MambaDeployError(f"{path} has no tokenizer: give token ids with --ids instead of --prompt")
     output = "ids" if print_ids or engine.tokenizer is None else "text"
-    stops = [int(s) if s.isdigit() else s for s in stop]
+    stops = [parse_stop(s) for s in stop]
     kwargs = dict(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
                   repetition_penalty=repetition_penalty, stop=stops or None, seed=seed, output=output)
     try:

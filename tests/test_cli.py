@@ -243,3 +243,27 @@ def test_every_option_has_help():
     missing = [f"{name} {p.opts[0]}" for name, command in cli.commands.items() for p in command.params
                if isinstance(p, click.Option) and not p.help]
     assert missing == []
+
+
+@pytest.mark.parametrize("given,meant", [("\\n", "\n"), ("a\\tb\\r", "a\tb\r"), ("\\\\n", "\\n"), ("\\x", "\\x"),
+                                         ("END", "END"), ("42", 42), ("-1", "-1")])
+def test_stop_reads_escapes_and_token_ids(given, meant):
+    from mamba_deploy.cli import parse_stop
+
+    assert parse_stop(given) == meant
+
+
+def test_run_passes_escaped_stops_to_generate(exported, monkeypatch):
+    """`--stop "\\n"` on the command line is a backslash and an n; generate gets the newline it means."""
+    from mamba_deploy.runtime import Engine
+
+    seen = {}
+
+    def generate(self, source, stream=False, **kwargs):
+        seen.update(kwargs)
+        return iter([1])
+
+    monkeypatch.setattr(Engine, "generate", generate)
+    result = invoke("run", exported, "--ids", "1", "--stop", "\\n", "--stop", "7", "--json")
+    assert result.exit_code == 0, result.output
+    assert seen["stop"] == ["\n", 7]
