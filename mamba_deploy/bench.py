@@ -248,7 +248,8 @@ def bench(path=None, backend: str = "native", batches: Sequence[int] = (1, 16, 6
     tc_max_batch: the engine's option (decode projections on our tensor-core kernels up to this batch; None:
     the engine's default). persistent_decode: the engine's option (batch 1 as one launch for all layers).
     prefill_split: the engine's option (prefill chunks as a wavefront of up to this many parts; None: the
-    engine's default). fold_gated_norm: the engine's option (Mamba2 prefill: the gated norm folded into the scan)."""
+    engine's default). fold_gated_norm: the engine's option (Mamba2: the gated norm folded into the scan and the
+    step)."""
     from .export.artifact import DTYPES
     from .native import load_engine, random_engine
     from .native.hybrid import kv_bytes
@@ -363,7 +364,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
                     help="prefill chunks as a wavefront of up to this many parts on as many streams (the engine's "
                          "option; default: the engine's)")
     ap.add_argument("--fold-gated-norm", action="store_true",
-                    help="Mamba2 prefill: the gated norm folded into the chunk scan (the engine's option)")
+                    help="Mamba2: the gated norm folded into the chunk scan and the decode step (the engine's option)")
     a = ap.parse_args(argv)
     try:  # a user's mistake (no GPU, a bad folder or option) is one line and exit 1, as in `mamba-deploy bench`
         require_native()

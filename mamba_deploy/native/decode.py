@@ -11,6 +11,8 @@ LM head -> greedy argmax written back into the id buffer (so a greedy loop is ju
                                                                                        (+5 launches)
   Mamba2: row_norm (add) | gemv in_proj + conv epilogue on xBC | mamba2_step (warp per (head, p)) |
           row_norm (gated) | gemv out_proj                                             (5 launches)
+          (with fold_gated_norm, one norm group: mamba2_step writes y * silu(z) * w and partial sums of its
+          squares, out_proj runs on it, the next row_norm scales by the factor owed)   (4 launches)
   Hybrids (hybrid.py): attention layers (mamba-ssm's MHA, NemotronH's attention) run row_norm (add) |
           gemv q k v (+ MHA's conv epilogue) | attention_decode (rotary, the new k and v into the slot's KV
           cache, attention over its positions) | [MHA's gated MLP part] | gemv out_proj; NemotronH's MLP
@@ -62,54 +64,65 @@ def step(eng, b: int, greedy: bool = True) -> None:
     c = eng.config
     rows = eng.slot_ids[:b]  # the state rows (slots) of the b batch rows
     torch.index_select(eng.emb, 0, eng.ids[:b], out=eng.hidden[:b])
+    owed = None
     if b == 1 and eng.persistent is not None:
         eng.persistent.layers(eng)  # every layer in one launch (native/persistent.py)
     else:
-        layers(eng, b, rows)
+        owed = layers(eng, b, rows)
     if c.attn_layer_idx:
         Hy.advance_length(eng.static, eng.hybrid, rows)
-    normed_proj(eng, b, "head", *eng.norm_f, False, eng.head, None, eng.logits[:b])
+    normed_proj(eng, b, "head", *eng.norm_f, False, eng.head, None, eng.logits[:b], factor=owed)
     if greedy:
         torch.argmax(eng.logits[:b, :c.vocab_size], dim=-1, out=eng.ids[:b])
 
 
-def layers(eng, b: int, rows: torch.Tensor) -> None:
-    """hidden[:b] (the embeddings) through every layer, a few launches a layer; rows: the batch rows' state slots."""
+def layers(eng, b: int, rows: torch.Tensor) -> Optional[P.NormFactor]:
+    """hidden[:b] (the embeddings) through every layer, a few launches a layer; rows: the batch rows' state slots.
+    Returns what the last layer's output still owes a folded gated norm (mamba2_mixer), or None."""
     c = eng.config
     proj_of_eng = partial(proj, eng)  # hybrid.Proj
+    owed = None
     for i, L in enumerate(eng.layers):
         if L.kind == "attention":
-            add_norm(eng, b, L.norm_w, L.norm_b, first=i == 0)
+            add_norm(eng, b, L.norm_w, L.norm_b, first=i == 0, factor=owed)
             Hy.attention_step(c, eng.hybrid, proj_of_eng, b, L, eng.normed[:b], eng.static, rows, eng.hidden[:b])
+            owed = None
         elif L.kind == "mlp":
-            add_norm(eng, b, L.norm_w, L.norm_b, first=i == 0)
+            add_norm(eng, b, L.norm_w, L.norm_b, first=i == 0, factor=owed)
             Hy.mlp_step(eng.hybrid, proj_of_eng, b, L, eng.normed[:b], eng.hidden[:b])
+            owed = None
         else:
             conv = dict(lo=c.conv_lo, weight=L.conv_w, bias=L.conv_b, state=eng.static.conv[L.index],
                         state_rows=rows)
-            normed_proj(eng, b, "in_proj", L.norm_w, L.norm_b, i == 0, L.in_w, L.in_b, eng.xz[:b], conv)
-            (mamba2_mixer if c.arch == MAMBA2 else mamba1_mixer)(eng, b, L, eng.static.ssm[L.index], rows)
+            normed_proj(eng, b, "in_proj", L.norm_w, L.norm_b, i == 0, L.in_w, L.in_b, eng.xz[:b], conv, factor=owed)
+            owed = (mamba2_mixer if c.arch == MAMBA2 else mamba1_mixer)(eng, b, L, eng.static.ssm[L.index], rows)
         if c.d_intermediate:
-            mlp_step(eng, b, L)
+            mlp_step(eng, b, L, owed)
+            owed = None
+    return owed
 
 
-def add_norm(eng, b: int, weight, bias, first: bool) -> None:
-    """residual <- hidden + residual (hidden alone for the first layer); normed <- norm(residual)."""
+def add_norm(eng, b: int, weight, bias, first: bool, factor: Optional[P.NormFactor] = None) -> None:
+    """residual <- hidden * f + residual (hidden * f alone for the first layer); normed <- norm(residual).
+    f = 1, or the factor a folded gated norm left owing (mamba2_mixer)."""
     c = eng.config
     x, res, out = eng.hidden[:b], eng.residual[:b], eng.normed[:b]
     if c.rms_norm and bias is None and G.row_norm_ok(c.d_model, c.d_model, x, res, out):
-        G.row_norm(x, None if first else res, weight, c.norm_eps, out=out, residual_out=res)
+        owed = {} if factor is None else dict(x_sumsq=factor.sumsq, sumsq_dim=factor.dim, sumsq_eps=factor.eps)
+        G.row_norm(x, None if first else res, weight, c.norm_eps, out=out, residual_out=res, **owed)
     else:
+        x = x if factor is None else factor.applied(x)
         K.add_norm(x, None if first else res, weight, bias, c.norm_eps, c.rms_norm, c.residual_in_fp32, out=out,
                    residual_out=res)
 
 
-def normed_proj(eng, b: int, name: str, weight, bias, first: bool, w, w_bias, out, conv=None) -> None:
-    """out <- proj(norm(residual <- hidden + residual)) (add_norm, then proj), the norm inside the GEMV at batch 1
-    where norm_in_gemv names the projection and gemv's prologue applies; it then writes the other residual
-    buffer (eng.residuals) and points eng.residual at it."""
+def normed_proj(eng, b: int, name: str, weight, bias, first: bool, w, w_bias, out, conv=None,
+                factor: Optional[P.NormFactor] = None) -> None:
+    """out <- proj(norm(residual <- hidden * f + residual)) (add_norm, then proj), the norm inside the GEMV at
+    batch 1 where norm_in_gemv names the projection and gemv's prologue applies (f = 1 only); it then writes the
+    other residual buffer (eng.residuals) and points eng.residual at it. factor: as add_norm's."""
     c, x = eng.config, eng.hidden[:b]
-    if _norm_in_gemv(eng, name, b) and c.rms_norm and bias is None:
+    if factor is None and _norm_in_gemv(eng, name, b) and c.rms_norm and bias is None:
         spare = eng.residuals[1] if eng.residual is eng.residuals[0] else eng.residuals[0]
         norm = dict(weight=weight, eps=c.norm_eps, residual=None if first else eng.residual[:b],
                     residual_out=spare[:b])
@@ -117,7 +130,7 @@ def normed_proj(eng, b: int, name: str, weight, bias, first: bool, w, w_bias, ou
             G.gemv(x, w, w_bias, out=out, conv=conv, norm=norm)
             eng.residual = spare
             return
-    add_norm(eng, b, weight, bias, first)
+    add_norm(eng, b, weight, bias, first, factor)
     proj(eng, eng.normed[:b], w, w_bias, out, conv, name=name)
 
 
@@ -149,7 +162,8 @@ def proj(eng, x, w, bias, out, conv: Optional[dict] = None, tc_max_batch: Option
 
 
 def mamba1_mixer(eng, b: int, L: Layer, ssm_pool: torch.Tensor, rows: torch.Tensor) -> None:
-    """xz[:b] (in_proj's output, x after the conv) -> hidden[:b]; the SSM state of slots `rows` in place."""
+    """xz[:b] (in_proj's output, x after the conv) -> hidden[:b]; the SSM state of slots `rows` in place. Returns
+    None (nothing owed: mamba2_mixer's contract)."""
     d = eng.config.d_inner
     x, z, xdbl, y = eng.xz[:b, :d], eng.xz[:b, d:], eng.xdbl[:b], eng.y[:b]
     proj(eng, x, L.x_w, None, xdbl, tc_max_batch=eng.x_proj_tc_max_batch, name="x_proj")
@@ -162,15 +176,22 @@ def mamba1_mixer(eng, b: int, L: Layer, ssm_pool: torch.Tensor, rows: torch.Tens
     proj(eng, y, L.out_w, L.out_b, eng.hidden[:b], tc_max_batch=eng.out_proj_tc_max_batch, name="out_proj")
 
 
-def mamba2_mixer(eng, b: int, L: Layer, ssm_pool: torch.Tensor, rows: torch.Tensor) -> None:
-    """xz[:b] (in_proj's output, xBC after the conv) -> hidden[:b]; the SSM state of slots `rows` in place."""
+def mamba2_mixer(eng, b: int, L: Layer, ssm_pool: torch.Tensor, rows: torch.Tensor) -> Optional[P.NormFactor]:
+    """xz[:b] (in_proj's output, xBC after the conv) -> hidden[:b]; the SSM state of slots `rows` in place.
+    Where the gated norm folds into the step (fold_decode): hidden[:b] before the norm's factor, returned as the
+    NormFactor the next norm applies; else None."""
     c = eng.config
     d, gn, H, gs, m = c.d_inner, c.ngroups * c.d_state, c.nheads, c.d_inner // c.ngroups, c.mamba2_mlp_dim
     lo, y, ynorm = c.conv_lo, eng.y[:b], eng.ynorm[:b, m:]
     xbc, dt, z = eng.xz[:b, lo:lo + c.conv_dim], eng.xz[:b, lo + c.conv_dim:], eng.xz[:b, lo - d:lo]
+    fold = fold_decode(eng, b, L)
     if c.d_state in (32, 64, 128, 256):
         G.mamba2_step(ssm_pool, xbc[:, :d], dt, L.A, xbc[:, d:d + gn], xbc[:, d + gn:], L.D, L.dt_b, c.dt_limit,
-                      out=y, state_rows=rows)
+                      out=ynorm if fold else y, state_rows=rows,
+                      fold=dict(z=z, weight=L.gnorm_w, sumsq=eng.fold_sumsq) if fold else None)
+        if fold:  # ynorm is the gated y times the norm weight; the next norm applies the rest
+            proj(eng, ynorm, L.out_w, None, eng.hidden[:b], tc_max_batch=eng.out_proj_tc_max_batch, name="out_proj")
+            return P.NormFactor(eng.fold_sumsq[:b], d, c.norm_eps)
     else:
         K.selective_state_update(ssm_pool, xbc[:, :d].unflatten(1, (H, c.headdim)), dt, L.A,
                                  xbc[:, d:d + gn].unflatten(1, (c.ngroups, c.d_state)),
@@ -188,12 +209,23 @@ def mamba2_mixer(eng, b: int, L: Layer, ssm_pool: torch.Tensor, rows: torch.Tens
     P.d_ssm_mlp(c, eng.xz[:b], eng.ynorm[:b, :m])
     proj(eng, eng.ynorm[:b], L.out_w, L.out_b, eng.hidden[:b], tc_max_batch=eng.out_proj_tc_max_batch,
          name="out_proj")
+    return None
 
 
-def mlp_step(eng, b: int, L: Layer) -> None:
-    """The gated MLP after a mixer, rows [:b]: residual += hidden; hidden <- fc2(y * silu(gate)), y, gate = halves
-    of fc1(norm2(residual)) (models.lm.GatedMLP). The temporaries come from the graph's pool."""
-    add_norm(eng, b, L.norm2_w, L.norm2_b, first=False)
+def fold_decode(eng, b: int, L: Layer) -> bool:
+    """Whether layer L's gated norm folds into mamba2_step at batch b: the engine's fold_gated_norm, a layer the
+    prefill fold takes (prefill.fold_applies), a state size and head layout the step kernel folds, and not the
+    batch-1 norm inside out_proj (norm_in_gemv), which saves the launch already."""
+    c = eng.config
+    return (eng.fold_gated_norm and P.fold_applies(c, L, eng.dtype) and c.d_state in (32, 64, 128, 256) and
+            G.fold_ok(c.nheads, c.headdim) and not _norm_in_gemv(eng, "out_proj", b))
+
+
+def mlp_step(eng, b: int, L: Layer, factor: Optional[P.NormFactor] = None) -> None:
+    """The gated MLP after a mixer, rows [:b]: residual += hidden * f; hidden <- fc2(y * silu(gate)), y, gate =
+    halves of fc1(norm2(residual)) (models.lm.GatedMLP); f as add_norm's. The temporaries come from the graph's
+    pool."""
+    add_norm(eng, b, L.norm2_w, L.norm2_b, first=False, factor=factor)
     h, width = eng.mlp_h[:b], eng.config.d_intermediate
     proj(eng, eng.normed[:b], L.fc1_w, None, h)
     torch.mul(h[:, :width], torch.nn.functional.silu(h[:, width:]), out=eng.mlp_y[:b])

@@ -22,7 +22,8 @@ power-of-two pieces instead (at most three), or, for fresh prompts (`lengths`: l
 (prefill_graphs.py: an eager prefill of that size is bound by the host). prefill_graph_tokens=0 keeps every
 prefill eager. With prefill_split=k (off by default) a chunk of pure Mamba layers runs as up to k parts along
 time, a wavefront on k streams (prefill_split.py), in a graph or eager. With fold_gated_norm (off by default) the
-prefill of Mamba2 layers with one norm group folds the gated norm into the chunk scan (prefill.py).
+prefill and decode of Mamba2 layers with one norm group fold the gated norm into the chunk scan (prefill.py) and
+into the decode step (decode.py).
 """
 from __future__ import annotations
 
@@ -111,6 +112,9 @@ class NativeEngine:
         self.mlp_y = torch.zeros(B, c.d_intermediate, dtype=dtype, **f) if c.d_intermediate else None
         # out_proj's input: [silu(z0) * x0, gated-normed y] (mamba-ssm's d_ssm < d_inner), else y alone
         self.ynorm = torch.zeros(B, c.mixer_out_dim, dtype=dtype, **f) if c.arch == MAMBA2 else None
+        # a decode step's folded gated norm: each row's partial sums of squares (decode.mamba2_mixer)
+        self.fold_sumsq = torch.zeros(B, G.fold_sumsq_count(c.d_inner), dtype=torch.float32, **f) \
+            if c.arch == MAMBA2 else None
         self.logits = torch.zeros(B, c.vocab_size_padded, dtype=dtype, **f)
         self.tokens = torch.zeros(B, dtype=torch.int64, **f)  # decode_sample's output
         # the pool of max_batch slots; a hybrid's holds a KV cache of max_seq_len positions per slot and layer
@@ -141,8 +145,9 @@ class NativeEngine:
         # (native/prefill_split.py; 1: off, the default until measured); a graph captures the parts' streams too
         # (both are properties: setting one drops the prefill graphs captured under the other value)
         self._prefill_split, self._wavefront = prefill_split, S.Wavefront(self.device)
-        # prefill of Mamba2 layers with one norm group: the gated norm folded into the chunk scan, its per-token factor
-        # applied by the next norm (prefill.py; off by default until measured)
+        # Mamba2 layers with one norm group: the gated norm folded into the chunk scan (prefill) and into the step
+        # kernel (decode, batch > 1 or without norm_in_gemv), its factor applied by the next norm (prefill.py,
+        # decode.py; off by default until measured)
         self._fold_gated_norm = bool(fold_gated_norm)
         # batch-1 decode steps as one cooperative launch for all layers (native/persistent.py). Off by default: on
         # the H200 only mamba-1.4b gains (1.346 -> 1.285 ms), the other published shapes lose 14-27%
@@ -171,8 +176,10 @@ class NativeEngine:
 
     @fold_gated_norm.setter
     def fold_gated_norm(self, fold: bool) -> None:
-        if bool(fold) != self._fold_gated_norm:
+        if bool(fold) != self._fold_gated_norm:  # every graph captured with the other value
             self.prefill_graphs.graphs.clear()
+            self.graphs.clear()
+            self.sample_graphs = {}
         self._fold_gated_norm = bool(fold)
 
     # ---- weights ------------------------------------------------------------------------------

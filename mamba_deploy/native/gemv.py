@@ -228,11 +228,14 @@ def mamba1_step(x, z, xdbl, wdt_packed, dt_bias, A, D, state, *, out: torch.Tens
 
 
 def mamba2_step(state, x, dt, A, B, C, D, dt_bias, dt_limit, *, out: torch.Tensor,
-                state_rows: Optional[torch.Tensor] = None) -> torch.Tensor:
+                state_rows: Optional[torch.Tensor] = None, fold: Optional[dict] = None) -> torch.Tensor:
     """Mamba2 decode state update (selective_state_update_ref, rank-4 state, no gate), state in place.
     x, out (batch, nheads * headdim); dt (batch, nheads); B, C (batch, ngroups * dstate): row-strided views;
     A, D, dt_bias (nheads,) float32; state (batch, nheads, headdim, dstate) float32 or x's dtype.
-    state_rows: optional (batch,) int64 CUDA tensor: batch row b updates state[state_rows[b]] (a pool)."""
+    state_rows: optional (batch,) int64 CUDA tensor: batch row b updates state[state_rows[b]] (a pool).
+    fold: the gated norm folded (gemv.h): dict(z=(batch, nheads * headdim) row-strided, weight=(nheads * headdim,)
+    x's dtype, sumsq=(batch, fold_sumsq_count) float32, unit last stride); out <- y * silu(z) * weight, sumsq <-
+    partial sums of (y * silu(z))^2 for row_norm's x_sumsq."""
     pool, nheads, headdim, dstate = state.shape
     batch = x.shape[0] if state_rows is not None else pool
     rows = state_rows_arg(state_rows, batch, x.device, "mamba2_step")
@@ -253,8 +256,31 @@ def mamba2_step(state, x, dt, A, B, C, D, dt_bias, dt_limit, *, out: torch.Tenso
                               state_batch_stride=state.stride(0), state_head_stride=state.stride(1),
                               state_dim_stride=state.stride(2), y=data_ptr(out), y_row_stride=_row_stride(out, "out"),
                               state_rows=rows)
+    if fold is not None:
+        _fold_args(p, fold, batch, nheads * headdim, x.dtype)
     _lib.launch(_lib.MAMBA2_STEP, p, current_stream(x.device))
     return out
+
+
+def fold_sumsq_count(channels: int) -> int:
+    """Partial sums a row of mamba2_step's folded norm writes: one per 16 channels (gemv.h)."""
+    return channels // 16
+
+
+def fold_ok(nheads: int, headdim: int) -> bool:
+    """Whether mamba2_step folds the gated norm of this head layout (one norm group)."""
+    return headdim % 4 == 0 and (nheads * headdim) % 16 == 0
+
+
+def _fold_args(p, fold: dict, batch: int, channels: int, dtype: torch.dtype) -> None:
+    z, weight, sumsq = fold["z"], fold["weight"], fold["sumsq"]
+    if z.shape != (batch, channels) or z.dtype != dtype or weight.shape != (channels,) or weight.dtype != dtype or \
+            not weight.is_contiguous() or sumsq.dtype != torch.float32 or sumsq.dim() != 2 or \
+            sumsq.shape[0] < batch or sumsq.shape[1] != fold_sumsq_count(channels) or sumsq.stride(1) != 1:
+        raise ValueError("mamba2_step: fold needs z (batch, channels) and weight (channels,) in x's dtype, sumsq "
+                         "(batch, channels / 16) float32")
+    p.z, p.z_row_stride = data_ptr(z), _row_stride(z, "z")
+    p.norm_weight, p.norm_sumsq, p.norm_sumsq_row_stride = data_ptr(weight), data_ptr(sumsq), sumsq.stride(0)
 
 
 def row_norm_ok(hidden: int, group_size: int, *tensors: torch.Tensor) -> bool:

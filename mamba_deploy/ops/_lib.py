@@ -18,7 +18,7 @@ from typing import Optional
 
 LIB_NAME = "libmamba_deploy_kernels.so"
 ENV_VAR = "MAMBA_DEPLOY_KERNEL_LIB"
-EXPECTED_VERSION = 14  # MD_KERNELS_VERSION
+EXPECTED_VERSION = 15  # MD_KERNELS_VERSION
 
 _I, _P, _D = ctypes.c_int64, ctypes.c_void_p, ctypes.c_double
 
@@ -92,7 +92,8 @@ class Mamba2StepParams(ctypes.Structure):
     _fields_ = _fields(
         "i: batch nheads headdim dstate ngroups dtype state_dtype; d: dt_min dt_max; p: x; i: x_row_stride;"
         "p: B; i: B_row_stride; p: C; i: C_row_stride; p: dt; i: dt_row_stride; p: A D dt_bias state;"
-        "i: state_batch_stride state_head_stride state_dim_stride; p: y; i: y_row_stride; p: state_rows")
+        "i: state_batch_stride state_head_stride state_dim_stride; p: y; i: y_row_stride; p: state_rows z;"
+        "i: z_row_stride; p: norm_weight norm_sumsq; i: norm_sumsq_row_stride")
 
 
 class RowNormParams(ctypes.Structure):

@@ -285,16 +285,19 @@ __device__ __forceinline__ void store_n(E* ptr, const float (&f)[N]) {
 // Mamba2. Grid: (ceil(nheads * headdim / (4 * RPW)), batch); a warp steps RPW consecutive p rows of one head
 // (headdim % RPW == 0), NPL states per lane of each, all the rows' state loads issued before any arithmetic so
 // that a lane has RPW of them in flight. VEC (m2_vec_ok: NPL a multiple of 4, aligned rows): the states and B, C
-// move 4 elements an access. Each row's arithmetic is the same whatever RPW and VEC.
+// move 4 elements an access. Each row's arithmetic is the same whatever RPW and VEC. The folded gated norm
+// (norm_weight) runs with RPW 4: a block's 16 rows are one entry of norm_sumsq.
 template <typename T, typename S, int NPL, int RPW, bool VEC>
 __global__ void __launch_bounds__(128) mamba2_step_kernel(const md_mamba2_step_params p) {
   pdl_release();
-  const int lane = threadIdx.x & 31;
-  const int64_t b = blockIdx.y, row0 = (static_cast<int64_t>(blockIdx.x) * 4 + (threadIdx.x >> 5)) * RPW;
-  const bool row_ok = row0 < p.nheads * p.headdim;
+  __shared__ float warp_ss[4];
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int64_t b = blockIdx.y, row0 = (static_cast<int64_t>(blockIdx.x) * 4 + warp) * RPW;
+  const bool row_ok = row0 < p.nheads * p.headdim;  // always, where folded (launch_m2_typed)
   const int64_t h = row_ok ? row0 / p.headdim : 0, pp = row0 % p.headdim, g = h / (p.nheads / p.ngroups);
   // The weights before the wait (no kernel writes them)
   const float A = p.A[h], Dh = p.D ? p.D[h] : 0.f, dt_bias = p.dt_bias ? p.dt_bias[h] : 0.f;
+  const T* norm_w = static_cast<const T*>(p.norm_weight);
   pdl_wait();
   if (!row_ok) return;
   S* st = static_cast<S*>(p.state) + state_row(p.state_rows, b) * p.state_batch_stride + h * p.state_head_stride +
@@ -310,6 +313,7 @@ __global__ void __launch_bounds__(128) mamba2_step_kernel(const md_mamba2_step_p
   dt = softplus_exact(dt);
   dt = fminf(fmaxf(dt, static_cast<float>(p.dt_min)), static_cast<float>(p.dt_max));
   const float dA = expf(dt * A);
+  float ss = 0.f;
 #pragma unroll
   for (int r = 0; r < RPW; ++r) {
     const float dtx = dt * xs[r];
@@ -321,9 +325,20 @@ __global__ void __launch_bounds__(128) mamba2_step_kernel(const md_mamba2_step_p
     }
     store_n<VEC>(st + r * p.state_dim_stride, hs[r]);
     y = group_sum<32>(y);
-    if (lane == 0) {
-      if (p.D) y = fmaf(Dh, xs[r], y);
-      static_cast<T*>(p.y)[b * p.y_row_stride + row0 + r] = from_f<T>(y);
+    if (p.D) y = fmaf(Dh, xs[r], y);
+    if (norm_w) {  // every lane (no branch in the unrolled loop); lane 0's values are the ones kept
+      y *= silu(to_f(static_cast<const T*>(p.z)[b * p.z_row_stride + row0 + r]));
+      ss = fmaf(y, y, ss);
+      y *= to_f(norm_w[row0 + r]);
+    }
+    if (lane == 0) static_cast<T*>(p.y)[b * p.y_row_stride + row0 + r] = from_f<T>(y);
+  }
+  if (norm_w) {  // every warp of the block is here: its rows are all in range
+    if (lane == 0) warp_ss[warp] = ss;
+    __syncthreads();
+    if (threadIdx.x == 0) {
+      static_cast<float*>(p.norm_sumsq)[b * p.norm_sumsq_row_stride + blockIdx.x] =
+          ((warp_ss[0] + warp_ss[1]) + warp_ss[2]) + warp_ss[3];
     }
   }
 }
@@ -390,7 +405,7 @@ cudaError_t launch_m2_form(const md_mamba2_step_params& p, cudaStream_t s) {
 template <typename T, typename S>
 cudaError_t launch_m2_typed(const md_mamba2_step_params& p, cudaStream_t s) {
   const bool vec = m2_vec_ok<T, S>(p);
-  if (p.batch >= 4 && p.headdim % 4 == 0)
+  if ((p.batch >= 4 || p.norm_weight) && p.headdim % 4 == 0)
     return vec ? launch_m2_form<T, S, 4, true>(p, s) : launch_m2_form<T, S, 4, false>(p, s);
   return vec ? launch_m2_form<T, S, 1, true>(p, s) : launch_m2_form<T, S, 1, false>(p, s);
 }
@@ -457,6 +472,9 @@ extern "C" cudaError_t md_launch_mamba2_step(const md_mamba2_step_params* p, cud
   MD_CHECK(p->batch >= 0 && p->batch <= 65535, "mamba2_step: bad batch");
   MD_CHECK(p->x && p->B && p->C && p->dt && p->A && p->state && p->y, "mamba2_step: missing pointer");
   MD_CHECK(p->state_dtype == MD_FLOAT32 || p->state_dtype == p->dtype, "mamba2_step: state dtype");
+  MD_CHECK(!p->norm_weight || (p->z && p->norm_sumsq && p->headdim % 4 == 0 && p->nheads * p->headdim % 16 == 0 &&
+                               p->z_row_stride >= 0 && p->norm_sumsq_row_stride >= 0),
+           "mamba2_step: the folded norm needs z and norm_sumsq, headdim a multiple of 4, nheads * headdim of 16");
   if (p->batch == 0) return cudaSuccess;
   switch (p->dtype) {
     case MD_FLOAT32: return md::launch_m2<float>(*p, stream);

@@ -140,6 +140,17 @@ typedef struct md_mamba2_step_params {
   void* y;
   int64_t y_row_stride;
   const int64_t* state_rows; /* NULL or (batch,): state rows (mamba_kernels.h) */
+  /* The gated norm of one group over all nheads * headdim channels, folded (NULL norm_weight: off; headdim a
+   * multiple of 4, nheads * headdim of 16): y <- g * norm_weight[c] (dtype) with g = (C . h + D x) * silu(z[b, c])
+   * in float32, and norm_sumsq[b * norm_sumsq_row_stride + k] <- the sum of g^2 over channels 16 k .. 16 k + 15
+   * (float32; nheads * headdim / 16 of them a row, added in channel order within a warp's 4, then warp order).
+   * rmsnorm(g) * w = y * rsqrt(sum_k norm_sumsq / (nheads * headdim) + eps): the factor md_row_norm_params.x_sumsq
+   * applies after the projection that follows. */
+  const void* z;
+  int64_t z_row_stride;
+  const void* norm_weight;
+  void* norm_sumsq;
+  int64_t norm_sumsq_row_stride;
 } md_mamba2_step_params;
 
 /* Row RMSNorm for decode, 8 elements per thread through 16-byte accesses, one block per (row, group):

@@ -1,6 +1,7 @@
-"""The folded gated norm on the GPU (NativeEngine(fold_gated_norm=True): Mamba2 prefill with one norm group): the
-row norm's factor (x_sumsq) against torch; a folded prefill against the unfolded one (eager and as prefill graphs,
-with the split prefill too), no gated norm launched, and the greedy tokens after it unchanged."""
+"""The folded gated norm on the GPU (NativeEngine(fold_gated_norm=True): Mamba2 prefill and decode with one norm
+group): the row norm's factor (x_sumsq) and the decode step's fold against torch; a folded prefill against the
+unfolded one (eager and as prefill graphs, with the split prefill too), no gated norm launched, and the greedy
+tokens after it unchanged; folded decode steps against unfolded ones, graph == eager bit for bit."""
 import pytest
 import torch
 from prompts import ids
@@ -59,7 +60,7 @@ def test_folded_prefill_equals_the_unfolded_one(native, G, rel_err, one_group, m
     assert rel_err(got, want) <= TOL[dtype]
     for mine, theirs in zip(got_state.tensors(), want_state.tensors()):
         assert rel_err(mine, theirs) <= TOL[dtype]
-    if dtype == torch.float32:  # greedy tokens after the prefill: the decode step is the same in both engines
+    if dtype == torch.float32:  # greedy tokens after the prefill (and the folded engine's decode folds too)
         nxt_f, nxt_p = got.argmax(-1), want.argmax(-1)
         assert torch.equal(nxt_f, nxt_p)
         for _ in range(8):
@@ -83,3 +84,58 @@ def test_folded_split_prefill_equals_folded_chunks_bitwise(native, one_group, dt
                            chunks.prefill(prompt, theirs, all_logits=all_logits))
         for a, b in zip(mine.tensors(), theirs.tensors()):
             assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("state_dtype", ["float32", "model"])
+# batch 1 (unfolded: a row a warp; folded: 4), 16-byte state accesses or not, a batch of 64
+@pytest.mark.parametrize("batch,nheads,headdim,dstate", [(1, 64, 64, 128), (5, 6, 16, 32), (64, 4, 32, 256)])
+def test_mamba2_step_folds_the_gated_norm(G, rel_err, dtype, state_dtype, batch, nheads, headdim, dstate):
+    gen = torch.Generator(device="cuda").manual_seed(batch)
+    rnd = lambda *shape, scale=1.0: torch.randn(*shape, device="cuda", generator=gen) * scale  # noqa: E731
+    sdt, d = torch.float32 if state_dtype == "float32" else dtype, nheads * headdim
+    buf = rnd(batch, 2 * d + 2 * dstate + nheads).to(dtype)  # z | x | B | C | dt: slices of one in_proj row
+    z, x, B, C, dt = buf.split([d, d, dstate, dstate, nheads], dim=1)
+    A, D, dt_bias = -torch.exp(rnd(nheads, scale=0.5)), rnd(nheads), rnd(nheads, scale=0.5) - 3.0
+    weight = (1 + rnd(d, scale=0.1)).to(dtype)
+    plain_state = rnd(batch, nheads, headdim, dstate).to(sdt)
+    folded_state = plain_state.clone()
+    y = torch.full((batch, d), float("nan"), dtype=dtype, device="cuda")
+    G.mamba2_step(plain_state, x, dt, A, B, C, D, dt_bias, (0.001, 0.1), out=y)
+    count = G.fold_sumsq_count(d)
+    sumsq = torch.full((batch, 2 * count), float("nan"), device="cuda")[:, :count]  # a row stride past its count
+    out = torch.full_like(y, float("nan"))
+    G.mamba2_step(folded_state, x, dt, A, B, C, D, dt_bias, (0.001, 0.1), out=out,
+                  fold=dict(z=z, weight=weight, sumsq=sumsq))
+    assert torch.equal(folded_state, plain_state), "the fold changed the state update"
+    gated = y.float() * torch.nn.functional.silu(z.float())
+    assert rel_err(out, gated * weight.float()) <= TOL[dtype]
+    assert rel_err(sumsq, gated.square().unflatten(1, (count, 16)).sum(-1)) <= TOL[dtype]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("batch", [1, 3])
+def test_folded_decode_equals_the_unfolded_one(native, G, rel_err, one_group, monkeypatch, dtype, batch):
+    from mamba_deploy.native import decode as D
+
+    plain = native.load_engine(one_group, dtype=dtype, max_batch=4)
+    prompt = ids(batch, 40, 3)
+    state = plain.new_state(batch)
+    tokens, want = [plain.prefill(prompt, state).argmax(-1)], []
+    for _ in range(6):
+        want.append(plain.decode(tokens[-1], state))
+        tokens.append(want[-1].argmax(-1))
+    gated = []
+    launch = G.row_norm
+    monkeypatch.setattr(G, "row_norm", lambda *a, **k: gated.append(k.get("gate", False)) or launch(*a, **k))
+    graphed = native.load_engine(one_group, dtype=dtype, max_batch=4, fold_gated_norm=True)
+    eager = native.load_engine(one_group, dtype=dtype, max_batch=4, fold_gated_norm=True, use_graphs=False)
+    assert all(D.fold_decode(graphed, batch, L) for L in graphed.layers)
+    states = [graphed.new_state(batch), eager.new_state(batch)]
+    for eng, s in zip((graphed, eager), states):
+        eng.prefill(prompt, s)
+    for step, token in enumerate(tokens[:-1]):
+        got = graphed.decode(token, states[0])
+        assert torch.equal(got, eager.decode(token, states[1])), "graph != eager"
+        assert rel_err(got, want[step]) <= TOL[dtype]
+    assert gated and True not in gated, "a gated norm ran although folded"
