@@ -33,7 +33,7 @@ def add_norm_reference(x, residual, weight, bias=None, eps=1e-5, is_rms=True, re
 
 
 def kernel_on_rows(ref, state_arg):
-    """A prefill kernel's semantics through its reference (`state_arg`: the position of its state argument):
+    """A kernel's semantics through its reference (`state_arg`: the position of its state argument):
     y into `out`, the final state into `state_out`; with state_rows, batch row r reads and writes row
     state_rows[r] of the state pool."""
     def run(*args, out=None, state_out=None, state_rows=None):

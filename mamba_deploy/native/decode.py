@@ -49,6 +49,7 @@ from .weights import Layer
 
 NORMED_PROJECTIONS = frozenset({"in_proj", "out_proj", "head"})  # the names NativeEngine(norm_in_gemv=) takes
 STAGED_PROJECTIONS = frozenset({"in_proj", "x_proj", "out_proj"})  # and NativeEngine(staged_gemv=)
+STEP_DSTATES = (32, 64, 128, 256)  # the state sizes mamba2_step takes (else the library's selective_state_update)
 
 
 def linear(x: torch.Tensor, w: torch.Tensor, b: Optional[torch.Tensor], out: torch.Tensor) -> torch.Tensor:
@@ -108,7 +109,7 @@ def add_norm(eng, b: int, weight, bias, first: bool, factor: Optional[P.NormFact
     c = eng.config
     x, res, out = eng.hidden[:b], eng.residual[:b], eng.normed[:b]
     if c.rms_norm and bias is None and G.row_norm_ok(c.d_model, c.d_model, x, res, out):
-        owed = {} if factor is None else dict(x_sumsq=factor.sumsq, sumsq_dim=factor.dim, sumsq_eps=factor.eps)
+        owed = {} if factor is None else factor.row_norm_args(b)
         G.row_norm(x, None if first else res, weight, c.norm_eps, out=out, residual_out=res, **owed)
     else:
         x = x if factor is None else factor.applied(x)
@@ -185,7 +186,7 @@ def mamba2_mixer(eng, b: int, L: Layer, ssm_pool: torch.Tensor, rows: torch.Tens
     lo, y, ynorm = c.conv_lo, eng.y[:b], eng.ynorm[:b, m:]
     xbc, dt, z = eng.xz[:b, lo:lo + c.conv_dim], eng.xz[:b, lo + c.conv_dim:], eng.xz[:b, lo - d:lo]
     fold = fold_decode(eng, b, L)
-    if c.d_state in (32, 64, 128, 256):
+    if c.d_state in STEP_DSTATES:
         G.mamba2_step(ssm_pool, xbc[:, :d], dt, L.A, xbc[:, d:d + gn], xbc[:, d + gn:], L.D, L.dt_b, c.dt_limit,
                       out=ynorm if fold else y, state_rows=rows,
                       fold=dict(z=z, weight=L.gnorm_w, sumsq=eng.fold_sumsq) if fold else None)
@@ -217,7 +218,7 @@ def fold_decode(eng, b: int, L: Layer) -> bool:
     prefill fold takes (prefill.fold_applies), a state size and head layout the step kernel folds, and not the
     batch-1 norm inside out_proj (norm_in_gemv), which saves the launch already."""
     c = eng.config
-    return (eng.fold_gated_norm and P.fold_applies(c, L, eng.dtype) and c.d_state in (32, 64, 128, 256) and
+    return (eng.fold_gated_norm and P.fold_applies(c, L, eng.dtype) and c.d_state in STEP_DSTATES and
             G.fold_ok(c.nheads, c.headdim) and not _norm_in_gemv(eng, "out_proj", b))
 
 

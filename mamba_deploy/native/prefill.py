@@ -52,6 +52,10 @@ class NormFactor(NamedTuple):
         """The factor of each row's last token alone."""
         return self._replace(sumsq=self.sumsq[:, -1:].contiguous())
 
+    def row_norm_args(self, rows: int) -> dict:
+        """gemv.row_norm's arguments that apply the factor to `rows` rows (x_sumsq (rows, count))."""
+        return dict(x_sumsq=self.sumsq.view(rows, -1), sumsq_dim=self.dim, sumsq_eps=self.eps)
+
     def applied(self, hidden: torch.Tensor) -> torch.Tensor:
         """hidden (b, n, d) times the factor, in hidden's dtype (where no row norm takes it)."""
         rstd = torch.rsqrt(self.sumsq.sum(-1, keepdim=True) / self.dim + self.eps)
@@ -228,8 +232,7 @@ def prefill_norm(cfg: ModelConfig, dtype: torch.dtype, hidden: torch.Tensor, res
         res_out = residual if residual is not None else torch.empty(hidden.shape, dtype=res_dtype, device=hidden.device)
         x2, r2, n2 = (t.view(-1, c.d_model) for t in (hidden, res_out, normed))
         if res_out.dtype == res_dtype and res_out.is_contiguous() and G.row_norm_ok(c.d_model, c.d_model, x2, r2, n2):
-            owed = {} if factor is None else dict(x_sumsq=factor.sumsq.view(x2.shape[0], -1), sumsq_dim=factor.dim,
-                                                  sumsq_eps=factor.eps)
+            owed = {} if factor is None else factor.row_norm_args(x2.shape[0])
             G.row_norm(x2, None if residual is None else r2, weight, c.norm_eps, out=n2, residual_out=r2, **owed)
             return normed, res_out
     if factor is not None:

@@ -10,7 +10,7 @@ from mamba_deploy.models.state import InferenceState
 from mamba_deploy.native import decode as D, gemv as G
 from mamba_deploy.ops import causal_conv1d_update_ref, gated_rms_norm_ref, selective_state_update_ref
 from mamba_deploy.ops import cuda as K
-from prefill_refs import prefill_weights
+from prefill_refs import kernel_on_rows, prefill_weights
 
 # d_state 32: mamba2_step's sizes; d_inner 64 = 4 heads of 16: a head layout it folds
 ONE_GROUP = {"d_model": 32, "n_layer": 3, "vocab_size": 50,
@@ -50,13 +50,6 @@ def _row_norm_reference(x, other, weight, eps, *, out, gate=False, group_size=0,
     return out.copy_(v * torch.rsqrt(v.square().mean(-1, keepdim=True) + eps) * weight.float())
 
 
-def _conv_update_reference(x, weight, bias, conv_state, activation, *, out, state_out, state_rows=None):
-    rows = torch.arange(x.shape[0]) if state_rows is None else state_rows
-    y, new = causal_conv1d_update_ref(x, weight, bias, conv_state[rows], activation)
-    state_out[rows] = new
-    return out.copy_(y)
-
-
 def _patch_decode_kernels(monkeypatch, gated_calls):
     monkeypatch.setattr(G, "mamba2_step", _step_reference)
     monkeypatch.setattr(G, "row_norm_ok", lambda *a: True)
@@ -65,7 +58,7 @@ def _patch_decode_kernels(monkeypatch, gated_calls):
         gated_calls.extend([1] if gate else [])
         return _row_norm_reference(*args, gate=gate, **kwargs)
     monkeypatch.setattr(G, "row_norm", row_norm)
-    monkeypatch.setattr(K, "causal_conv1d_update", _conv_update_reference)
+    monkeypatch.setattr(K, "causal_conv1d_update", kernel_on_rows(causal_conv1d_update_ref, 3))
 
 
 def _engine(raw, fold, batch, **settings):
