@@ -19,6 +19,7 @@ import os
 import torch
 
 from mamba_deploy.bench import bench_prefill
+from mamba_deploy.export.artifact import DTYPES
 from mamba_deploy.native import random_engine
 
 
@@ -27,6 +28,8 @@ def main() -> None:
     ap.add_argument("models", nargs="+", help="random_init presets")
     ap.add_argument("--tokens", type=int, default=2048)
     ap.add_argument("--batch", type=int, default=1)
+    ap.add_argument("--dtype", default="float16", choices=list(DTYPES), help="the weights' (e.g. float32 with "
+                    "--ab-option tf32=1)")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--repeats", type=int, default=10)
     ap.add_argument("--eager", action="store_true", help="no prefill graphs (e.g. under ncu)")
@@ -39,11 +42,12 @@ def main() -> None:
         raise SystemExit("error: --ab-option takes NAME=INTEGER")
     variants = [None] + ([tuple(a.ab_env.split("=", 1))] if a.ab_env else []) + \
         [("option", name, int(value)) for name, value in options]
-    print(f"batch {a.batch}")
+    print(f"batch {a.batch}, {a.dtype} weights")
     print("| model | variant | tokens | ms (each round's median) | weights GB | TFLOP/s (best round) |")
     print("| --- | --- | ---: | --- | ---: | ---: |")
     for name in a.models:
-        eng = random_engine(name, max_batch=a.batch, **({"prefill_graph_tokens": 0} if a.eager else {}))
+        eng = random_engine(name, DTYPES[a.dtype], max_batch=a.batch,
+                            **({"prefill_graph_tokens": 0} if a.eager else {}))
         ms: dict = {v: [] for v in variants}
         for _ in range(a.rounds):
             for v in variants:

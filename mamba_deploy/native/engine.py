@@ -23,7 +23,8 @@ power-of-two pieces instead (at most three), or, for fresh prompts (`lengths`: l
 prefill eager. With prefill_split=k (off by default) a chunk of pure Mamba layers runs as up to k parts along
 time, a wavefront on k streams (prefill_split.py), in a graph or eager. With fold_gated_norm (off by default) the
 prefill and decode of Mamba2 layers with one norm group fold the gated norm into the chunk scan (prefill.py) and
-into the decode step (decode.py).
+into the decode step (decode.py). A float32 engine's cuBLAS products are IEEE float32 whatever the process's torch
+setting, or TF32 with tf32=True (precision.py).
 """
 from __future__ import annotations
 
@@ -39,6 +40,7 @@ from ..models.state import InferenceState
 from ..ops import _lib
 from . import decode as D, gemv as G, hybrid as Hy, prefill as P, prefill_split as S
 from .persistent import PersistentDecode
+from .precision import engine_matmuls
 from .prefill_graphs import PrefillGraphs
 from .weights import device_weights
 
@@ -51,7 +53,7 @@ class NativeEngine:
                  prefill_graph_tokens: int = 2048, prefill_graph_batch: int = 16,
                  norm_in_gemv: tuple[str, ...] = (), staged_gemv: tuple[str, ...] = ("out_proj",),
                  staged_max_batch: Optional[int] = None, persistent_decode: bool = False, prefill_split: int = 1,
-                 fold_gated_norm: bool = False):
+                 fold_gated_norm: bool = False, tf32: bool = False):
         for option, names, allowed in (("norm_in_gemv", norm_in_gemv, D.NORMED_PROJECTIONS),
                                        ("staged_gemv", staged_gemv, D.STAGED_PROJECTIONS)):
             if not set(names) <= allowed:
@@ -149,6 +151,9 @@ class NativeEngine:
         # kernel (decode, batch > 1 or without norm_in_gemv), its factor applied by the next norm (prefill.py,
         # decode.py; off by default until measured)
         self._fold_gated_norm = bool(fold_gated_norm)
+        # float32 engines: their cuBLAS products in TF32 (faster, ~1e-3 off) only when asked, whatever the
+        # process's torch setting says (native/precision.py)
+        self._tf32 = bool(tf32)
         # batch-1 decode steps as one cooperative launch for all layers (native/persistent.py). Off by default: on
         # the H200 only mamba-1.4b gains (1.346 -> 1.285 ms), the other published shapes lose 14-27%
         # (docs/performance.md, session 28)
@@ -176,11 +181,25 @@ class NativeEngine:
 
     @fold_gated_norm.setter
     def fold_gated_norm(self, fold: bool) -> None:
-        if bool(fold) != self._fold_gated_norm:  # every graph captured with the other value
-            self.prefill_graphs.graphs.clear()
-            self.graphs.clear()
-            self.sample_graphs = {}
+        if bool(fold) != self._fold_gated_norm:
+            self._drop_graphs()
         self._fold_gated_norm = bool(fold)
+
+    @property
+    def tf32(self) -> bool:
+        return self._tf32
+
+    @tf32.setter
+    def tf32(self, tf32: bool) -> None:
+        if bool(tf32) != self._tf32 and self.dtype == torch.float32:
+            self._drop_graphs()
+        self._tf32 = bool(tf32)
+
+    def _drop_graphs(self) -> None:
+        """Forget every graph: they were captured under an option's other value."""
+        self.prefill_graphs.graphs.clear()
+        self.graphs.clear()
+        self.sample_graphs = {}
 
     # ---- weights ------------------------------------------------------------------------------
     def _load(self, weights: dict[str, torch.Tensor]) -> None:
@@ -307,6 +326,7 @@ class NativeEngine:
         return self.logits[:n].unsqueeze(1)
 
     @torch.no_grad()
+    @engine_matmuls
     def decode_sample(self, slots: torch.Tensor, sampler, vocab_limit: int, all_greedy: bool = False) -> torch.Tensor:
         """One decode step and one sampled token for each of `slots` ((n,) distinct int64 on this device; not
         checked, as that would synchronise): row r feeds sampler.last_token[slots[r]], and the step and the
@@ -374,6 +394,7 @@ class NativeEngine:
         return graph
 
     @torch.no_grad()
+    @engine_matmuls
     def _replay(self, b: int) -> None:
         """Decode rows [:b] of the static buffers from self.ids, on slots slot_ids[:b] (graph replay, or eager
         without graphs)."""
@@ -418,6 +439,7 @@ class NativeEngine:
 
     # ---- prefill ---------------------------------------------------------------------------------
     @torch.no_grad()
+    @engine_matmuls
     def prefill(self, input_ids: torch.Tensor, state: InferenceState, all_logits: bool = False,
                 lengths: Optional[list[int]] = None) -> torch.Tensor:
         """input_ids (b, L) from `state` (updated in place), in chunks of chunk_len tokens, so memory does
