@@ -7,14 +7,17 @@ the same weights, the graphs recaptured for each combination, the engine's defau
 
 --set OPTION=V1,V2,...: the values to try for one option (every combination of all --set options runs). Integer
 options: staged_max_batch, tc_max_batch, x_proj_tc_max_batch, out_proj_tc_max_batch, dt_gemm_min_batch,
-gemv_max_batch (each capped as NativeEngine caps it), fold_gated_norm (0 or 1). Projection sets, names joined by '+', 'none' for the empty
-set: staged_gemv (of in_proj, x_proj, out_proj), norm_in_gemv (of in_proj, out_proj, head). They decide which
-kernel form each projection takes per batch (native/decode.py); the kernels are the library's, unchanged.
+gemv_max_batch (each capped as NativeEngine caps it), fold_gated_norm (0 or 1). Projection sets, names joined by
+'+', 'none' for the empty set: staged_gemv (of in_proj, x_proj, out_proj), norm_in_gemv (of in_proj, out_proj,
+head). They decide which kernel form each projection takes per batch (native/decode.py).
+--env NAME=V1,V2,...: an environment switch of a kernel library read at each launch (a scratch build's
+experiment), in the combinations like an option ('-' leaves it unset); the graphs are captured again under each.
 """
 from __future__ import annotations
 
 import argparse
 import itertools
+import os
 import sys
 
 import torch
@@ -54,6 +57,24 @@ def parse_sets(specs: list[str]) -> dict[str, list]:
     return out
 
 
+def parse_envs(specs: list[str]) -> dict[str, list[str]]:
+    """['NAME=v1,v2', ...] -> {NAME: [values]} ('-': unset)."""
+    out = {}
+    for spec in specs:
+        name, sep, values = spec.partition("=")
+        if not sep or not name or not values:
+            raise ValueError(f"--env {spec!r}: expected NAME=V1,V2,...")
+        out[name] = values.split(",")
+    return out
+
+
+def set_env(name: str, value: str) -> None:
+    if value == "-":
+        os.environ.pop(name, None)
+    else:
+        os.environ[name] = value
+
+
 def shown(value) -> str:
     return "+".join(sorted(value)) or "none" if isinstance(value, frozenset) else str(value)
 
@@ -63,23 +84,28 @@ def main() -> None:
     ap.add_argument("--random-init", default="mamba-1.4b")
     ap.add_argument("--batches", type=int, nargs="+", default=[4, 8, 16, 32])
     ap.add_argument("--set", dest="sets", action="append", default=[], metavar="OPTION=V1,V2")
+    ap.add_argument("--env", dest="envs", action="append", default=[], metavar="NAME=V1,V2")
     ap.add_argument("--rounds", type=int, default=2)
     a = ap.parse_args()
     try:
-        sets = parse_sets(a.sets)
+        sets, envs = parse_sets(a.sets), parse_envs(a.envs)
     except ValueError as exc:
         sys.exit(f"error: {exc}")
     eng = random_engine(a.random_init, max_batch=max(a.batches))
-    defaults = {option: getattr(eng, option) for option in sets}
-    combos = [dict(zip(sets, combo)) for combo in itertools.product(*sets.values())]
+    defaults = {**{option: getattr(eng, option) for option in sets},
+                **{name: os.environ.get(name, "-") for name in envs}}
+    combos = [dict(zip([*sets, *envs], combo)) for combo in itertools.product(*sets.values(), *envs.values())]
     variants = [defaults] + [v for v in combos if v != defaults]
     print(f"{a.random_init} on {torch.cuda.get_device_name()}: ms per greedy graph step (rounds: "
           f"{a.rounds}); the first row is the engine's defaults")
-    print("| " + " | ".join([*sets, *(f"b{b}" for b in a.batches)]) + " |")
-    print("| " + " | ".join(["---"] * (len(sets) + len(a.batches))) + " |")
+    print("| " + " | ".join([*sets, *envs, *(f"b{b}" for b in a.batches)]) + " |")
+    print("| " + " | ".join(["---"] * (len(sets) + len(envs) + len(a.batches))) + " |")
     for variant in variants:
         for option, value in variant.items():
-            setattr(eng, option, value)
+            if option in envs:
+                set_env(option, value)
+            else:
+                setattr(eng, option, value)
         eng.graphs, eng.sample_graphs = {}, {}
         times = [[bench_decode(eng, b, 32, 100, repeats=3) for _ in range(a.rounds)] for b in a.batches]
         cells = [" / ".join(f"{t:.3f}" for t in ts) for ts in times]

@@ -23,7 +23,9 @@ from mamba_deploy.native import gemv as G
 SHAPES = [("mamba-1.4b", "in_proj", 8192, 2048), ("mamba-1.4b", "x_proj", 160, 4096),
           ("mamba-1.4b", "dt_proj", 4096, 128), ("mamba-1.4b", "out_proj", 2048, 4096),
           ("mamba-1.4b", "lm_head", 50280, 2048), ("mamba2-1.3b", "in_proj", 8512, 2048),
-          ("mamba-2.8b", "x_proj", 192, 5120), ("mamba-2.8b", "dt_proj", 5120, 160)]
+          ("mamba-2.8b", "in_proj", 10240, 2560), ("mamba-2.8b", "x_proj", 192, 5120),
+          ("mamba-2.8b", "dt_proj", 5120, 160), ("mamba-2.8b", "out_proj", 2560, 5120),
+          ("mamba2-2.7b", "in_proj", 10576, 2560)]
 
 
 def time_us(fn, calls: int, repeats: int) -> float:
