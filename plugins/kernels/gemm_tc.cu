@@ -379,9 +379,13 @@ cudaError_t launch_nb(const md_gemv_params& p, cudaStream_t stream) {
   const int64_t sms = device_attribute(cudaDevAttrMultiProcessorCount, 132);
   const int64_t col_blocks = (p.n + kCols - 1) / kCols;
   // About one block a multiprocessor (two fit), each split at least 512 of k: measured on the H200, a
-  // mamba-1.4b in_proj (64 column blocks) took 13 us in 2 splits of 16 stages and 19 us in 4 of 8.
+  // mamba-1.4b in_proj (64 column blocks) took 13 us in 2 splits of 16 stages and 19 us in 4 of 8. Then one
+  // more split where the blocks would cover under 3/4 of the multiprocessors (some take two blocks): the
+  // 2.7b / 2.8b projections of 80 blocks left 52 of 132 idle; 160 made their batch-16 step 7-10% faster (H100,
+  // session 32), and the shapes of 128 blocks keep theirs.
   int split = 1;
   while (split < kMaxSplit && col_blocks * split * 2 <= sms + sms / 8 && p.k >= 1024 * split) split *= 2;
+  if (split < kMaxSplit && col_blocks * split * 4 < sms * 3 && p.k >= 1024 * split) split *= 2;
   const int64_t krange = ((p.k + split - 1) / split + 63) / 64 * 64;
 
   const dim3 grid(static_cast<unsigned>(col_blocks), static_cast<unsigned>(split));

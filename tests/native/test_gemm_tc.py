@@ -11,9 +11,11 @@ pytestmark = pytest.mark.gpu
 
 DTYPES = [torch.float16, torch.bfloat16]
 TOL = {torch.float16: 2e-3, torch.bfloat16: 1e-2}
-# (n, k): mamba-1.4b's x_proj, dt_proj, in_proj, out_proj; mamba2-1.3b's in_proj; odd ones (k % 8 == 0).
-# Cluster splits of k: 1 (k 72, 128), 2 (k 1032, n 8512), 4 (k 2056, partial last stage), 8 (k 4096).
-SHAPES = [(160, 4096), (4096, 128), (8192, 2048), (2048, 4096), (8512, 2048), (37, 72), (129, 1032), (1000, 2056)]
+# (n, k): mamba-1.4b's x_proj, dt_proj, in_proj, out_proj; mamba2-1.3b's in_proj; odd ones (k % 8 == 0);
+# mamba-2.8b's in_proj and out_proj (80 blocks: one split more than the rule for a block a multiprocessor gives).
+# Cluster splits of k: 1 (k 72, 128), 2 (k 1032, n 8512, n 10240), 4 (k 2056, partial last stage), 8 (k 4096, 5120).
+SHAPES = [(160, 4096), (4096, 128), (8192, 2048), (2048, 4096), (8512, 2048), (37, 72), (129, 1032), (1000, 2056),
+          (10240, 2560), (2560, 5120)]
 
 
 def rnd(*shape, dtype=torch.float32, scale=1.0):
