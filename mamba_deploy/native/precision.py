@@ -12,34 +12,23 @@ import torch
 
 _MATMUL = torch.backends.cuda.matmul
 _NEW_API = hasattr(_MATMUL, "fp32_precision")  # torch >= 2.9; allow_tf32 before
-
-
-def _get() -> bool:
-    return _MATMUL.fp32_precision == "tf32" if _NEW_API else bool(_MATMUL.allow_tf32)
-
-
-def _set(tf32: bool) -> None:
-    if _NEW_API:
-        _MATMUL.fp32_precision = "tf32" if tf32 else "ieee"
-    else:
-        _MATMUL.allow_tf32 = tf32
+_FLAG = "fp32_precision" if _NEW_API else "allow_tf32"
 
 
 @contextlib.contextmanager
 def float32_matmuls(tf32: bool) -> Iterator[None]:
-    """Inside: torch's float32 CUDA matrix products in TF32 when `tf32`, else IEEE float32; after: as before."""
-    saved = _MATMUL.fp32_precision if _NEW_API else _MATMUL.allow_tf32
-    if _get() == tf32:
+    """Inside: torch's float32 CUDA matrix products in TF32 when `tf32`, else IEEE float32, named explicitly
+    unless the flag already reads so (torch's default "none" is named "ieee"); after: as before."""
+    wanted = ("tf32" if tf32 else "ieee") if _NEW_API else tf32
+    saved = getattr(_MATMUL, _FLAG)
+    if saved == wanted:
         yield
         return
-    _set(tf32)
+    setattr(_MATMUL, _FLAG, wanted)
     try:
         yield
     finally:
-        if _NEW_API:
-            _MATMUL.fp32_precision = saved
-        else:
-            _MATMUL.allow_tf32 = saved
+        setattr(_MATMUL, _FLAG, saved)
 
 
 def engine_matmuls(method: Callable) -> Callable:

@@ -1,6 +1,8 @@
 """A float32 engine's matrix products follow its tf32 option, not the process's torch setting (native/precision.py),
 on the CPU: the setting inside the engine's GPU entry points (prefill, the decode replay, decode_sample), and the
 process's own setting back after them, also after an error."""
+import subprocess
+import sys
 import types
 
 import pytest
@@ -51,6 +53,30 @@ def test_legacy_flag_reads_the_same_after_the_block():
         assert MATMUL.allow_tf32 is True
     finally:
         MATMUL.fp32_precision = before
+
+
+FRESH_PROCESS = """
+import torch
+from mamba_deploy.native.precision import float32_matmuls
+m = torch.backends.cuda.matmul
+with float32_matmuls(False), float32_matmuls(True):  # an application that set nothing
+    pass
+assert m.allow_tf32 is False, "its legacy flag reads as before"
+torch.backends.fp32_precision = "tf32"  # the generic setting, which cuda.matmul's "none" inherits
+assert m.fp32_precision == "tf32"
+with float32_matmuls(False):
+    assert m.fp32_precision == "ieee", "inherited TF32 inside the engine"
+assert m.fp32_precision == "tf32"
+print("ok")
+"""
+
+
+def test_fresh_processes_keep_their_flags():
+    """In a process of its own (torch's flags are global, and the tests above set them): the legacy flag of an
+    application that set nothing still reads after an engine call, and TF32 inherited from the generic setting
+    does not reach the engine."""
+    done = subprocess.run([sys.executable, "-c", FRESH_PROCESS], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]
 
 
 def _stand_in(dtype, tf32):
