@@ -8,14 +8,15 @@ import argparse
 
 import torch
 
-from mamba_deploy.native import random_engine
+from mamba_deploy.native import prefill_split as S, random_engine
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--random-init", default="mamba2-1.3b")
     ap.add_argument("--lengths", type=int, nargs="+", default=[2048, 32768])
-    ap.add_argument("--prefill-split", type=int, default=1, help="the engine's option (1: off)")
+    ap.add_argument("--prefill-split", type=int, default=None,
+                    help="the engine's option (1: off; default: the engine's, 2 for Mamba1 at batch 1)")
     ap.add_argument("--chunk-len", type=int, default=2048,
                     help="the engine's option (chunks above prefill_graph_tokens, 2,048, run eagerly)")
     a = ap.parse_args()
@@ -35,7 +36,7 @@ def main() -> None:
         torch.cuda.synchronize()
         extra = (torch.cuda.max_memory_allocated() - before) / 2 ** 30
         reserved = torch.cuda.max_memory_reserved() / 2 ** 30  # the graphs' pools and per-stream caches included
-        print(f"{a.random_init} prefill {length} (chunks of {a.chunk_len}, split {a.prefill_split}): "
+        print(f"{a.random_init} prefill {length} (chunks of {a.chunk_len}, split {S.parts(eng, 1)}): "
               f"{start.elapsed_time(end):.1f} ms "
               f"(one run), extra memory {extra:.3f} GiB, {reserved:.3f} GiB reserved by the process")
 

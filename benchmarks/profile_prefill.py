@@ -44,7 +44,8 @@ def main() -> None:
     ap.add_argument("--shapes", nargs="+", default=["1x100", "64x100", "1x2048"], help="BATCHxLENGTH")
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--prefill-graph-tokens", type=int, default=0)
-    ap.add_argument("--prefill-split", type=int, default=1, help="the engine's option (1: off)")
+    ap.add_argument("--prefill-split", type=int, default=None,
+                    help="the engine's option (1: off; default: the engine's, 2 for Mamba1 at batch 1)")
     ap.add_argument("--fold-gated-norm", action="store_true", help="the engine's option")
     a = ap.parse_args()
     shapes = [tuple(int(v) for v in s.split("x")) for s in a.shapes]

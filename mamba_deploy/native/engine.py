@@ -20,11 +20,11 @@ Prefill is eager, except chunks of at most prefill_graph_tokens (2,048) tokens a
 4,096 tokens in all (prefill_graphs.MAX_GRAPH_TOKENS), into consecutive slots of the pool: those replay captured
 power-of-two pieces instead (at most three), or, for fresh prompts (`lengths`: left padding), one padded graph
 (prefill_graphs.py: an eager prefill of that size is bound by the host). prefill_graph_tokens=0 keeps every
-prefill eager. With prefill_split=k (off by default) a chunk of pure Mamba layers runs as up to k parts along
-time, a wavefront on k streams (prefill_split.py), in a graph or eager. With fold_gated_norm (off by default) the
-prefill and decode of Mamba2 layers with one norm group fold the gated norm into the chunk scan (prefill.py) and
-into the decode step (decode.py). A float32 engine's cuBLAS products are IEEE float32 whatever the process's torch
-setting, or TF32 with tf32=True (precision.py).
+prefill eager. With prefill_split=k a chunk of pure Mamba layers runs as up to k parts along time, a wavefront on k
+streams (prefill_split.py), in a graph or eager; by default (None) two for Mamba1 at batch 1, else one. With
+fold_gated_norm (off by default) the prefill and decode of Mamba2 layers with one norm group fold the gated norm
+into the chunk scan (prefill.py) and into the decode step (decode.py). A float32 engine's cuBLAS products are
+IEEE float32 whatever the process's torch setting, or TF32 with tf32=True (precision.py).
 """
 from __future__ import annotations
 
@@ -52,7 +52,8 @@ class NativeEngine:
                  programmatic_launch: bool = True, max_seq_len: Optional[int] = None, tc_max_batch: int = 16,
                  prefill_graph_tokens: int = 2048, prefill_graph_batch: int = 16,
                  norm_in_gemv: tuple[str, ...] = (), staged_gemv: tuple[str, ...] = ("out_proj",),
-                 staged_max_batch: Optional[int] = None, persistent_decode: bool = False, prefill_split: int = 1,
+                 staged_max_batch: Optional[int] = None, persistent_decode: bool = False,
+                 prefill_split: Optional[int] = None,
                  fold_gated_norm: bool = False, tf32: bool = False):
         for option, names, allowed in (("norm_in_gemv", norm_in_gemv, D.NORMED_PROJECTIONS),
                                        ("staged_gemv", staged_gemv, D.STAGED_PROJECTIONS)):
@@ -144,7 +145,8 @@ class NativeEngine:
         # docs/performance.md, session 13), and so was a 2,048-token one (26.0 ms wall, 17.9 ms of kernels)
         self.prefill_graphs = PrefillGraphs(self, prefill_graph_tokens, prefill_graph_batch)
         # prefill chunks cut along time into up to this many parts, run as a wavefront on as many streams
-        # (native/prefill_split.py; 1: off, the default until measured); a graph captures the parts' streams too
+        # (native/prefill_split.py; 1: off; None: prefill_split.parts decides, 2 for Mamba1 at batch 1, where it
+        # gained 5-9% on the H100); a graph captures the parts' streams too
         # (both are properties: setting one drops the prefill graphs captured under the other value)
         self._prefill_split, self._wavefront = prefill_split, S.Wavefront(self.device)
         # Mamba2 layers with one norm group: the gated norm folded into the chunk scan (prefill) and into the step
@@ -165,11 +167,11 @@ class NativeEngine:
                 raise ParameterError("persistent_decode", f"cannot be used: {e}") from None
 
     @property
-    def prefill_split(self) -> int:
+    def prefill_split(self) -> Optional[int]:
         return self._prefill_split
 
     @prefill_split.setter
-    def prefill_split(self, parts: int) -> None:
+    def prefill_split(self, parts: Optional[int]) -> None:
         _check_prefill_split(parts)
         if parts != self._prefill_split:
             self.prefill_graphs.graphs.clear()  # captured with the other split
@@ -472,7 +474,7 @@ class NativeEngine:
         """ids (b, n) -> logits (b, 1 or n, vocab_padded); `state` (or, given rows, its rows rows[r]) in place.
         pad: None or (b, n) bool, True at left padding (native.prefill.mamba_mixer)."""
         c = self.config
-        if S.applies(self, ids.shape[1]):
+        if S.applies(self, ids.shape[1], ids.shape[0]):
             return S.run(self, self._wavefront, ids, state, all_logits, rows, pad)
         hidden, residual, factor = self.emb[ids], None, None
         attention = Hy.chunk_positions(state, ids.shape[1]) if c.attn_layer_idx else ()
@@ -484,5 +486,5 @@ class NativeEngine:
 
 
 def _check_prefill_split(parts) -> None:
-    if not is_integer(parts) or parts < 1:
-        raise ParameterError("prefill_split", f"must be an integer >= 1, got {parts!r}")
+    if parts is not None and (not is_integer(parts) or parts < 1):
+        raise ParameterError("prefill_split", f"must be an integer >= 1 or None, got {parts!r}")
