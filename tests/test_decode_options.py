@@ -15,6 +15,7 @@ def test_options_and_switches_parse():
     sets = O.parse_sets(["tc_max_batch=16,999", "staged_gemv=none,in_proj+out_proj"])
     assert sets["tc_max_batch"] == [16, G.TC_MAX_BATCH]
     assert sets["staged_gemv"] == [frozenset(), frozenset({"in_proj", "out_proj"})]
+    assert O.parse_sets(["step_dt_tc=0,1,5"]) == {"step_dt_tc": [0, 1, 1]}  # a switch: capped at 1
     assert O.parse_envs(["MD_TC_STAGES=4,8", "MD_TC_SPLIT=-,1"]) == {"MD_TC_STAGES": ["4", "8"],
                                                                       "MD_TC_SPLIT": ["-", "1"]}
 

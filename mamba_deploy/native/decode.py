@@ -4,7 +4,8 @@ embedding -> per layer [add+norm, in_proj (+ causal conv update epilogue), mixer
 LM head -> greedy argmax written back into the id buffer (so a greedy loop is just replays). Per layer, kernels:
   Mamba1: row_norm (add) | gemv in_proj + conv epilogue | gemv x_proj | mamba1_step (dt_proj + softplus +
           state update + D + gate, fused) | gemv out_proj                              (5 launches)
-          (from batch dt_gemm_min_batch on, dt_proj is one projection (proj) before a streaming mamba1_step)
+          (from batch dt_gemm_min_batch on, dt_proj is one projection (proj) before a streaming mamba1_step, or
+          with the engine's step_dt_tc a product on tensor cores inside mamba1_step: one launch less)
           Falcon-Mamba adds, after x_proj, its weightless RMS norms on dt and on B, C in place
           (the gated-norm kernel, no gate, unit weight)                                (+2 launches)
   MLP (d_intermediate > 0, after either mixer): row_norm (add, norm2) | gemv fc1 | silu * mul | gemv fc2
@@ -171,6 +172,8 @@ def mamba1_mixer(eng, b: int, L: Layer, ssm_pool: torch.Tensor, rows: torch.Tens
     P.dt_bc_norm(eng.config, eng.unit, xdbl)
     if b < eng.dt_gemm_min_batch:  # the step kernel reads dt_proj once per 8 rows
         G.mamba1_step(x, z, xdbl, L.dt_packed, L.dt_b, L.A, L.D, ssm_pool, out=y, state_rows=rows)
+    elif eng.step_dt_tc and G.mamba1_step_tc_ok(xdbl, ssm_pool, eng.config.d_state):  # the same on tensor cores
+        G.mamba1_step(x, z, xdbl, L.dt_packed, L.dt_b, L.A, L.D, ssm_pool, out=y, state_rows=rows, tc=True)
     else:
         proj(eng, xdbl[:, :eng.config.dt_rank], L.dt_w, None, eng.dt[:b])
         G.mamba1_step(x, z, xdbl, None, L.dt_b, L.A, L.D, ssm_pool, out=y, state_rows=rows, dt=eng.dt[:b])

@@ -54,7 +54,7 @@ class NativeEngine:
                  norm_in_gemv: tuple[str, ...] = (), staged_gemv: tuple[str, ...] = ("out_proj",),
                  staged_max_batch: Optional[int] = None, persistent_decode: bool = False,
                  prefill_split: Optional[int] = None,
-                 fold_gated_norm: bool = False, tf32: bool = False):
+                 fold_gated_norm: bool = False, tf32: bool = False, step_dt_tc: bool = False):
         for option, names, allowed in (("norm_in_gemv", norm_in_gemv, D.NORMED_PROJECTIONS),
                                        ("staged_gemv", staged_gemv, D.STAGED_PROJECTIONS)):
             if not set(names) <= allowed:
@@ -70,6 +70,9 @@ class NativeEngine:
         self.gemv_max_batch = min(gemv_max_batch, G.MAX_BATCH)
         self.tc_max_batch = min(tc_max_batch, G.TC_MAX_BATCH)  # 0: cuBLAS for every batch > gemv_max_batch
         self.dt_gemm_min_batch = dt_gemm_min_batch  # Mamba1: from this batch on, dt_proj is a projection of its own
+        # ... or, with step_dt_tc (16-bit), runs on tensor cores inside the step kernel (one launch less a layer;
+        # off until measured: decode.mamba1_mixer)
+        self.step_dt_tc = bool(step_dt_tc)
         # projections ("in_proj", Mamba2's gated "out_proj", the LM "head") whose norm runs inside the GEMV at
         # batch 1: one launch less each. None by default: Mamba1's in_proj gained when it came (H200, mamba-1.4b b1
         # 1.41 -> 1.38 ms, session 11) but lost by session 20 (1.328 without, 1.390 with, beside the staged

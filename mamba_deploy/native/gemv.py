@@ -192,14 +192,27 @@ def pack_dt_proj(weight: torch.Tensor) -> torch.Tensor:
     return padded
 
 
+def mamba1_step_tc_ok(xdbl: torch.Tensor, state: torch.Tensor, dstate: int) -> bool:
+    """Whether mamba1_step(tc=True) takes these buffers (the C side's tc_form_ok, less the parts every caller
+    meets: wdt_packed and A contiguous): 16-bit xdbl with 16-byte rows, dt_rank % 8 == 0, dstate 16, state rows
+    of 16-byte units."""
+    rank = xdbl.shape[1] - 2 * dstate
+    return (xdbl.dtype in (torch.float16, torch.bfloat16) and dstate == 16 and rank % 8 == 0 and
+            xdbl.stride(1) == 1 and xdbl.stride(0) % 8 == 0 and xdbl.data_ptr() % 16 == 0 and
+            state.stride(-2) % 8 == 0 and state.stride(0) % 8 == 0 and state.data_ptr() % 16 == 0)
+
+
 def mamba1_step(x, z, xdbl, wdt_packed, dt_bias, A, D, state, *, out: torch.Tensor,
-                state_rows: Optional[torch.Tensor] = None, dt: Optional[torch.Tensor] = None) -> torch.Tensor:
+                state_rows: Optional[torch.Tensor] = None, dt: Optional[torch.Tensor] = None,
+                tc: bool = False) -> torch.Tensor:
     """Fused Mamba1 decode step after x_proj (see gemv.h). x, z, out: (batch, dim) row-strided;
     xdbl (batch, dt_rank + 2 dstate); wdt_packed from pack_dt_proj; dt_bias, D (dim,), A (dim, dstate)
     float32; state (batch, dim, dstate) float32 or x's dtype, updated in place. state_rows: optional
     (batch,) int64 CUDA tensor: batch row b updates state[state_rows[b]] (state then a pool of any rows).
     dt: optional (batch, dim) = xdbl[:, :dt_rank] @ dt_proj.T (before the bias), row-strided, x's dtype:
-    then wdt_packed is not read (may be None) and the step streams the state, a thread per (row, channel)."""
+    then wdt_packed is not read (may be None) and the step streams the state, a thread per (row, channel).
+    tc: dt_proj on tensor cores inside the step, 8 rows a block, dt in float32 (no dt given; where
+    mamba1_step_tc_ok)."""
     batch, dim = x.shape
     dstate = A.shape[1]
     rank = xdbl.shape[1] - 2 * dstate
@@ -215,6 +228,8 @@ def mamba1_step(x, z, xdbl, wdt_packed, dt_bias, A, D, state, *, out: torch.Tens
             raise ValueError(f"mamba1_step: dt must be ({batch}, {dim}) {x.dtype} on {x.device}")
     elif wdt_packed is None or wdt_packed.shape != (dim, -(-rank // 8) * 8) or not wdt_packed.is_contiguous():
         raise ValueError("mamba1_step: wdt_packed must come from pack_dt_proj")
+    if tc and (dt is not None or not mamba1_step_tc_ok(xdbl, state, dstate)):
+        raise ValueError("mamba1_step: tc needs no dt, a 16-bit dtype, dstate 16, dt_rank % 8 == 0 and 16-byte rows")
     p = _lib.Mamba1StepParams(batch=batch, dim=dim, dstate=dstate, dt_rank=rank, dtype=DTYPE_CODES[x.dtype],
                               state_dtype=DTYPE_CODES[state.dtype], x=data_ptr(x), x_row_stride=_row_stride(x, "x"),
                               z=data_ptr(z), z_row_stride=_row_stride(z, "z"), xdbl=data_ptr(xdbl),
@@ -222,7 +237,8 @@ def mamba1_step(x, z, xdbl, wdt_packed, dt_bias, A, D, state, *, out: torch.Tens
                               dt_bias=data_ptr(dt_bias), A=data_ptr(A), D=data_ptr(D), state=data_ptr(state),
                               state_batch_stride=state.stride(0), state_dim_stride=state.stride(1),
                               y=data_ptr(out), y_row_stride=_row_stride(out, "out"), state_rows=rows,
-                              dt=data_ptr(dt), dt_row_stride=0 if dt is None else _row_stride(dt, "dt"))
+                              dt=data_ptr(dt), dt_row_stride=0 if dt is None else _row_stride(dt, "dt"),
+                              dt_tc=int(tc))
     _lib.launch(_lib.MAMBA1_STEP, p, current_stream(x.device))
     return out
 

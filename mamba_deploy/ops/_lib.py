@@ -18,7 +18,7 @@ from typing import Optional
 
 LIB_NAME = "libmamba_deploy_kernels.so"
 ENV_VAR = "MAMBA_DEPLOY_KERNEL_LIB"
-EXPECTED_VERSION = 15  # MD_KERNELS_VERSION
+EXPECTED_VERSION = 16  # MD_KERNELS_VERSION
 
 _I, _P, _D = ctypes.c_int64, ctypes.c_void_p, ctypes.c_double
 
@@ -85,7 +85,7 @@ class Mamba1StepParams(ctypes.Structure):
     _fields_ = _fields(
         "i: batch dim dstate dt_rank dtype state_dtype; p: x; i: x_row_stride; p: z; i: z_row_stride;"
         "p: xdbl; i: xdbl_row_stride; p: wdt dt_bias A D state; i: state_batch_stride state_dim_stride;"
-        "p: y; i: y_row_stride; p: state_rows dt; i: dt_row_stride")
+        "p: y; i: y_row_stride; p: state_rows dt; i: dt_row_stride dt_tc")
 
 
 class Mamba2StepParams(ctypes.Structure):

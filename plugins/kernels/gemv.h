@@ -111,6 +111,8 @@ typedef struct md_mamba1_step_params {
   const int64_t* state_rows; /* NULL or (batch,): state rows (mamba_kernels.h) */
   const void* dt;            /* NULL, or (batch, dim) dt before bias, in dtype: then wdt and xdbl[:, :dt_rank] are */
   int64_t dt_row_stride;     /* not read, and a thread per (row, channel) streams the state (large batches) */
+  int64_t dt_tc;             /* 1 (dt NULL, 16-bit dtype, dstate 16, dt_rank % 8 == 0, 16-byte aligned rows): dt_proj on
+                                tensor cores for 8 rows a block, dt kept in float32, the state streamed as with dt */
 } md_mamba1_step_params;
 
 /* Mamba2 decode state update (selective_state_update_ref, rank-4 state, no gate): one warp per
