@@ -106,7 +106,7 @@ def main() -> None:
                 set_env(option, value)
             else:
                 setattr(eng, option, value)
-        eng.graphs, eng.sample_graphs = {}, {}
+        eng.drop_graphs()
         times = [[bench_decode(eng, b, 32, 100, repeats=3) for _ in range(a.rounds)] for b in a.batches]
         cells = [" / ".join(f"{t:.3f}" for t in ts) for ts in times]
         print("| " + " | ".join([*(shown(v) for v in variant.values()), *cells]) + " |", flush=True)

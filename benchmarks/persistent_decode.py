@@ -26,7 +26,7 @@ PHASES = {"mamba1": ["barrier 4 + norm", "in_proj", "barrier 1", "x_proj", "barr
 def timed(eng, persistent, rounds: int) -> list[float]:
     """ms a step per round, with eng.persistent set to `persistent` (None: the per-kernel step)."""
     eng.persistent = persistent
-    eng.graphs.clear()  # the batch-1 graph is captured again with this variant
+    eng.drop_graphs()  # the batch-1 graph is captured again with this variant
     return [bench_decode(eng, 1, 32, 100) for _ in range(rounds)]
 
 

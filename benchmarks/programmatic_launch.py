@@ -22,7 +22,7 @@ def main() -> None:
         eng = random_engine(name, max_batch=max(a.batches))
         for on in (False, True, False, True):
             _lib.set_programmatic_launch(on)
-            eng.graphs, eng.sample_graphs = {}, {}
+            eng.drop_graphs()
             ms = [bench_decode(eng, b, 32, 100, repeats=3) for b in a.batches]
             print(f"{name} programmatic={int(on)} ms/step at batch {'/'.join(map(str, a.batches))}: "
                   + " / ".join(f"{m:.3f}" for m in ms), flush=True)

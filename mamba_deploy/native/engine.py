@@ -45,6 +45,25 @@ from .prefill_graphs import PrefillGraphs
 from .weights import device_weights
 
 
+class _GraphSwitch:
+    """A boolean option of NativeEngine, held as `_<name>`, whose change drops the engine's graphs where
+    `changes_kernels(engine)`."""
+
+    def __init__(self, changes_kernels: Callable[["NativeEngine"], bool] = lambda eng: True):
+        self.changes_kernels = changes_kernels
+
+    def __set_name__(self, owner, name: str) -> None:
+        self.attr = "_" + name
+
+    def __get__(self, eng, owner=None):
+        return self if eng is None else getattr(eng, self.attr)
+
+    def __set__(self, eng, on) -> None:
+        if bool(on) != getattr(eng, self.attr) and self.changes_kernels(eng):
+            eng.drop_graphs()
+        setattr(eng, self.attr, bool(on))
+
+
 class NativeEngine:
     def __init__(self, cfg: ModelConfig, weights: dict[str, torch.Tensor], dtype: torch.dtype = torch.float16,
                  state_dtype: torch.dtype = torch.float32, device: torch.device | str = "cuda", max_batch: int = 64,
@@ -72,7 +91,7 @@ class NativeEngine:
         self.dt_gemm_min_batch = dt_gemm_min_batch  # Mamba1: from this batch on, dt_proj is a projection of its own
         # ... or, with step_dt_tc (16-bit), runs on tensor cores inside the step kernel (one launch less a layer;
         # off until measured: decode.mamba1_mixer)
-        self.step_dt_tc = bool(step_dt_tc)
+        self._step_dt_tc = bool(step_dt_tc)
         # projections ("in_proj", Mamba2's gated "out_proj", the LM "head") whose norm runs inside the GEMV at
         # batch 1: one launch less each. None by default: Mamba1's in_proj gained when it came (H200, mamba-1.4b b1
         # 1.41 -> 1.38 ms, session 11) but lost by session 20 (1.328 without, 1.390 with, beside the staged
@@ -180,28 +199,16 @@ class NativeEngine:
             self.prefill_graphs.graphs.clear()  # captured with the other split
         self._prefill_split = parts
 
-    @property
-    def fold_gated_norm(self) -> bool:
-        return self._fold_gated_norm
+    # switches whose change drops the captured graphs (they hold the kernels of the old value); tf32 only changes
+    # a float32 engine's kernels
+    fold_gated_norm = _GraphSwitch()
+    tf32 = _GraphSwitch(lambda eng: eng.dtype == torch.float32)
+    step_dt_tc = _GraphSwitch()
 
-    @fold_gated_norm.setter
-    def fold_gated_norm(self, fold: bool) -> None:
-        if bool(fold) != self._fold_gated_norm:
-            self._drop_graphs()
-        self._fold_gated_norm = bool(fold)
-
-    @property
-    def tf32(self) -> bool:
-        return self._tf32
-
-    @tf32.setter
-    def tf32(self, tf32: bool) -> None:
-        if bool(tf32) != self._tf32 and self.dtype == torch.float32:
-            self._drop_graphs()
-        self._tf32 = bool(tf32)
-
-    def _drop_graphs(self) -> None:
-        """Forget every graph: they were captured under an option's other value."""
+    def drop_graphs(self) -> None:
+        """Forget every graph (decode, sampled decode, prefill): they are captured again when next needed, under
+        the options as they are then (the setters of fold_gated_norm, tf32 and step_dt_tc call it; a benchmark that
+        sets a placement attribute between runs does)."""
         self.prefill_graphs.graphs.clear()
         self.graphs.clear()
         self.sample_graphs = {}

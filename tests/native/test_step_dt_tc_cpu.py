@@ -1,6 +1,7 @@
 """Which form decode.mamba1_mixer gives Mamba1's dt_proj (on the CPU, the kernels recorded, not run): inside the
 step on CUDA cores below dt_gemm_min_batch; from there a projection of its own before the streaming step, or with
-the engine's step_dt_tc, where the step's tensor-core form takes the buffers, a product inside the step."""
+the engine's step_dt_tc, where the step's tensor-core form takes the buffers, a product inside the step; and the
+engine's switches (step_dt_tc among them) dropping the graphs captured under their other value."""
 import types
 
 import pytest
@@ -51,3 +52,23 @@ def test_from_dt_gemm_min_batch_step_dt_tc_saves_the_projection(monkeypatch, bat
 def test_buffers_the_tensor_core_form_refuses_keep_the_projection(monkeypatch):
     calls, kwargs = _mixer_calls(monkeypatch, 16, True, tc_ok=False)
     assert calls == ["x_proj", "dt_proj", "step", "out_proj"] and not kwargs.get("tc")
+
+
+@pytest.mark.parametrize("switch", ["step_dt_tc", "fold_gated_norm", "tf32"])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.float32])
+def test_changing_a_switch_drops_the_graphs_that_hold_its_kernels(switch, dtype):
+    """NativeEngine's boolean switches (engine._GraphSwitch): setting the value it has keeps the graphs, another
+    drops decode, sampled-decode and prefill graphs alike; tf32 changes only a float32 engine's kernels."""
+    from mamba_deploy.native.engine import NativeEngine
+
+    eng = object.__new__(NativeEngine)  # no __init__: no GPU
+    eng.dtype, eng._step_dt_tc, eng._fold_gated_norm, eng._tf32 = dtype, False, False, False
+    eng.graphs, eng.sample_graphs = {1: "graph"}, {(1, 10, True): "graph"}
+    eng.prefill_graphs = types.SimpleNamespace(graphs={(1, 16): "graph"})
+    setattr(eng, switch, 0)
+    assert eng.graphs and eng.sample_graphs and eng.prefill_graphs.graphs
+    setattr(eng, switch, 1)
+    assert getattr(eng, switch) is True
+    dropped = switch != "tf32" or dtype == torch.float32
+    assert (not eng.graphs and not eng.sample_graphs and not eng.prefill_graphs.graphs) == dropped
+    assert bool(eng.graphs) != dropped
