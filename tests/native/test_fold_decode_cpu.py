@@ -8,7 +8,7 @@ import torch
 
 from mamba_deploy.models.state import InferenceState
 from mamba_deploy.native import decode as D, gemv as G
-from mamba_deploy.ops import causal_conv1d_update_ref, gated_rms_norm_ref, selective_state_update_ref
+from mamba_deploy.ops import add_norm_ref, causal_conv1d_update_ref, gated_rms_norm_ref, selective_state_update_ref
 from mamba_deploy.ops import cuda as K
 from prefill_refs import kernel_on_rows, prefill_weights
 
@@ -37,17 +37,16 @@ def _step_reference(state, x, dt, A, B, C, D_, dt_bias, dt_limit, *, out, state_
 
 def _row_norm_reference(x, other, weight, eps, *, out, gate=False, group_size=0, residual_out=None, x_sumsq=None,
                         sumsq_dim=0, sumsq_eps=0.0):
-    """G.row_norm's semantics (gemv.h), the folded norm's factor (x_sumsq) included."""
+    """G.row_norm's semantics (gemv.h): ops.add_norm_ref after the folded norm's factor (x_sumsq)."""
     if gate:
         return out.copy_(gated_rms_norm_ref(x, other, weight, eps, group_size or None))
     v = x.float()
     if x_sumsq is not None:
         v = v * torch.rsqrt(x_sumsq.sum(-1, keepdim=True) / sumsq_dim + sumsq_eps)
-    if other is not None:
-        v = v + other.float()
+    normed, residual = add_norm_ref(v, other, weight, None, eps)
     if residual_out is not None:
-        residual_out.copy_(v)
-    return out.copy_(v * torch.rsqrt(v.square().mean(-1, keepdim=True) + eps) * weight.float())
+        residual_out.copy_(residual)
+    return out.copy_(normed)
 
 
 def _patch_decode_kernels(monkeypatch, gated_calls):
