@@ -76,7 +76,8 @@ def variant_set(eng, variant):
     if not hasattr(eng, name):
         raise SystemExit(f"error: the engine has no option {name!r}")
     before = getattr(eng, name)
-    setattr(eng, name, type(before)(value))
+    kind = int if before is None else type(before)  # None: an option the engine decides (prefill_split)
+    setattr(eng, name, kind(value))
     try:
         yield
     finally:

@@ -216,77 +216,41 @@ __global__ void __launch_bounds__(kStepThreads) mamba1_step_dt4_kernel(const md_
 // xdbl, state and A rows: tc_form_ok): a block steps kTcChannels channels for kTcRows batch rows. dt of the tile
 // is one small product on mma.sync (the channels' dt_proj rows as A, the rows' x_dt as B, mma_sync.cuh's
 // 16-byte units), so each dt_proj row is read once for kTcRows rows, and dt stays in float32 (the GEMM form
-// rounds it to the dtype first). Warp (m, h) takes channels 16 m .. 16 m + 15 and the k32 steps s with
-// s % 2 == h; the two halves are added in that order, so a row's dt does not depend on the other rows. Then the
-// state as in mamba1_step_dt4_kernel (same arithmetic): 4 lanes a (row, channel), lane q holding states
-// 4q .. 4q + 3, a thread one channel for all the block's rows. Grid: (ceil(dim / kTcChannels), ceil(batch / kTcRows)).
-constexpr int kTcChannels = 32;  // 2 m16 tiles; kStepThreads / 4 threads of 4 lanes in the state phase
+// rounds it to the dtype first). Warp w < kTcSplit takes the k32 steps s with s % kTcSplit == w; the partial
+// products are added in warp order, so a row's dt does not depend on the other rows. Then the state as in
+// mamba1_step_dt4_kernel (same arithmetic, as many threads a row and channel): 4 lanes a (row, channel), lane q
+// holding states 4q .. 4q + 3, a warp 8 channels of one row. Grid: (ceil(dim / kTcChannels), ceil(batch / kTcRows)).
+constexpr int kTcChannels = 16;  // one m16 tile
 constexpr int kTcRows = 8;       // the mma's n
-constexpr int kTcPre = 3;        // k32 steps a warp loads before the wait: dt_rank <= 192 all before it
+constexpr int kTcThreads = 4 * kTcChannels * kTcRows;
+constexpr int kTcSplit = 4;      // warps on the product, each a quarter of the k32 steps
+constexpr int kTcPre = 2;        // k32 steps a warp loads before the wait: dt_rank <= 256 all before it
 
 template <typename T>
 __device__ __forceinline__ uint4 unit_or_zero(const T* row, bool in) {
   return in ? *reinterpret_cast<const uint4*>(row) : make_uint4(0u, 0u, 0u, 0u);
 }
 
-template <typename T, typename S>
-__global__ void __launch_bounds__(kStepThreads) mamba1_step_tc_kernel(const md_mamba1_step_params p) {
-  static_assert(kStepThreads == 4 * kTcChannels && kStepThreads == 4 * 32, "4 warps; 4 lanes a channel");
-  pdl_release();
-  __shared__ float s_dt[2][kTcRows][kTcChannels];  // the two k halves' dt (before the bias)
-  __shared__ float s_B[kTcRows][kMaxState], s_C[kTcRows][kMaxState];
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, t = lane & 3;
-  const int m = warp & 1, h = warp >> 1, q = threadIdx.x & 3, cl = threadIdx.x >> 2;
-  const int64_t c0 = static_cast<int64_t>(blockIdx.x) * kTcChannels, b0 = static_cast<int64_t>(blockIdx.y) * kTcRows;
-  const int rows = static_cast<int>(p.batch - b0 < kTcRows ? p.batch - b0 : kTcRows);  // uniform over the block
+// The dt_proj product of warp `w` (< kTcSplit): its k32 steps' partial dt of the tile's 16 channels x 8 rows into
+// s_part[w] (rows x channels). w_pre: its first kTcPre steps' units, loaded before the wait.
+template <typename T>
+__device__ __forceinline__ void tc_dt_part(const md_mamba1_step_params& p, const uint4 (&w_pre)[kTcPre][2], int64_t c0,
+                                           int64_t b0, int rows, int w, float (*s_part)[kTcChannels]) {
+  const int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
   const int R = static_cast<int>(p.dt_rank), steps = (R + 31) / 32;
-  // The weights (no kernel writes them) before the wait: this warp's dt_proj units of its first kTcPre steps
-  // (rows c0 + 16 m + g and + 8; zero past dim or dt_rank), the thread's channel's A, dt_bias, D.
-  const T* wdt = static_cast<const T*>(p.wdt);  // rows of R elements (R % 8 == 0: no padding)
-  const int64_t w_lo = c0 + 16 * m + g, w_hi = w_lo + 8;
-  uint4 w_pre[kTcPre][2];
-#pragma unroll
-  for (int i = 0; i < kTcPre; ++i) {
-    const int k = 32 * (h + 2 * i) + 8 * t;
-    w_pre[i][0] = unit_or_zero(wdt + w_lo * R + k, w_lo < p.dim && k < R);
-    w_pre[i][1] = unit_or_zero(wdt + w_hi * R + k, w_hi < p.dim && k < R);
-  }
-  const bool ok = c0 + cl < p.dim;
-  const int64_t d = ok ? c0 + cl : 0;  // out-of-range lanes compute on channel 0 and store nothing (shuffles)
-  float A[4];
-  load4(p.A + d * kMaxState + 4 * q, A);
-  const float bias = p.dt_bias[d], Dd = p.D[d];
-  pdl_wait();
-  const T* xdbl = static_cast<const T*>(p.xdbl);
-  for (int i = threadIdx.x; i < kTcRows * 2 * kMaxState; i += kStepThreads) {
-    const int r = i / (2 * kMaxState), k = i % (2 * kMaxState);
-    const float v = r < rows ? to_f(xdbl[(b0 + r) * p.xdbl_row_stride + R + k]) : 0.f;
-    if (k < kMaxState) s_B[r][k] = v; else s_C[r][k - kMaxState] = v;
-  }
-  // The rows' states, x and z: their loads in flight during the product below.
-  float hs[kTcRows][4], xv[kTcRows], zv[kTcRows];
-#pragma unroll
-  for (int r = 0; r < kTcRows; ++r) {
-    hs[r][0] = hs[r][1] = hs[r][2] = hs[r][3] = xv[r] = zv[r] = 0.f;
-    if (r >= rows) continue;
-    const S* st = static_cast<const S*>(p.state) + state_row(p.state_rows, b0 + r) * p.state_batch_stride +
-                  d * p.state_dim_stride + 4 * q;
-    load4(st, hs[r]);
-    xv[r] = to_f(static_cast<const T*>(p.x)[(b0 + r) * p.x_row_stride + d]);
-    zv[r] = to_f(static_cast<const T*>(p.z)[(b0 + r) * p.z_row_stride + d]);
-  }
-  // dt (16 channels x 8 rows of this warp's k half): x_dt row g of the tile as the B unit.
-  const T* x_dt = xdbl + (b0 + (g < rows ? g : 0)) * p.xdbl_row_stride;
+  const T* wdt = static_cast<const T*>(p.wdt);
+  const int64_t w_lo = c0 + g, w_hi = w_lo + 8;
+  const T* x_dt = static_cast<const T*>(p.xdbl) + (b0 + (g < rows ? g : 0)) * p.xdbl_row_stride;
   float acc[4] = {0.f, 0.f, 0.f, 0.f};
 #pragma unroll
   for (int i = 0; i < kTcPre; ++i) {
-    const int k = 32 * (h + 2 * i) + 8 * t;
-    if (h + 2 * i >= steps) break;
+    const int k = 32 * (w + kTcSplit * i) + 8 * t;
+    if (w + kTcSplit * i >= steps) break;
     const uint4 xu = unit_or_zero(x_dt + k, g < rows && k < R);
     mma_units<T>(acc, w_pre[i][0], w_pre[i][1], xu, 0);
     mma_units<T>(acc, w_pre[i][0], w_pre[i][1], xu, 1);
   }
-  for (int s = h + 2 * kTcPre; s < steps; s += 2) {
+  for (int s = w + kTcSplit * kTcPre; s < steps; s += kTcSplit) {
     const int k = 32 * s + 8 * t;
     const uint4 lo = unit_or_zero(wdt + w_lo * R + k, w_lo < p.dim && k < R);
     const uint4 hi = unit_or_zero(wdt + w_hi * R + k, w_hi < p.dim && k < R);
@@ -294,35 +258,71 @@ __global__ void __launch_bounds__(kStepThreads) mamba1_step_tc_kernel(const md_m
     mma_units<T>(acc, lo, hi, xu, 0);
     mma_units<T>(acc, lo, hi, xu, 1);
   }
-  // c[0], c[1]: channel 16 m + g, rows 2t, 2t + 1; c[2], c[3]: channel 16 m + g + 8
-  s_dt[h][2 * t][16 * m + g] = acc[0];
-  s_dt[h][2 * t + 1][16 * m + g] = acc[1];
-  s_dt[h][2 * t][16 * m + g + 8] = acc[2];
-  s_dt[h][2 * t + 1][16 * m + g + 8] = acc[3];
-  __syncthreads();
+  // c[0], c[1]: channel g, rows 2t, 2t + 1; c[2], c[3]: channel g + 8
+  s_part[2 * t][g] = acc[0];
+  s_part[2 * t + 1][g] = acc[1];
+  s_part[2 * t][g + 8] = acc[2];
+  s_part[2 * t + 1][g + 8] = acc[3];
+}
+
+template <typename T, typename S>
+__global__ void __launch_bounds__(kTcThreads, 2) mamba1_step_tc_kernel(const md_mamba1_step_params p) {
+  pdl_release();
+  __shared__ float s_part[kTcSplit][kTcRows][kTcChannels];
+  __shared__ float s_BC[kTcRows][2 * kMaxState];  // B, C of each row
+  const int warp = threadIdx.x >> 5, q = threadIdx.x & 3, cl = (threadIdx.x >> 2) % kTcChannels;
+  const int r = threadIdx.x / (4 * kTcChannels);  // this thread's row of the tile
+  const int64_t c0 = static_cast<int64_t>(blockIdx.x) * kTcChannels, b0 = static_cast<int64_t>(blockIdx.y) * kTcRows;
+  const int rows = static_cast<int>(p.batch - b0 < kTcRows ? p.batch - b0 : kTcRows);  // uniform over the block
+  const int R = static_cast<int>(p.dt_rank);  // % 8 == 0: wdt rows of R elements, no padding
+  // The weights (no kernel writes them) before the wait: a product warp's first dt_proj units; A, dt_bias, D.
+  uint4 w_pre[kTcPre][2];
+  if (warp < kTcSplit) {
+    const int g = (threadIdx.x & 31) >> 2, t = threadIdx.x & 3;
+    const T* wdt = static_cast<const T*>(p.wdt);
 #pragma unroll
-  for (int r = 0; r < kTcRows; ++r) {
-    if (r >= rows) break;
-    const float v = softplus_exact(s_dt[0][r][cl] + s_dt[1][r][cl] + bias);
-    const float vx = v * xv[r];
-    float y = 0.f;
-#pragma unroll
-    for (int j = 0; j < 4; ++j) {
-      hs[r][j] = fmaf(hs[r][j], expf(v * A[j]), vx * s_B[r][4 * q + j]);
-      y = fmaf(hs[r][j], s_C[r][4 * q + j], y);
-    }
-    if (ok) {
-      S* st = static_cast<S*>(p.state) + state_row(p.state_rows, b0 + r) * p.state_batch_stride +
-              d * p.state_dim_stride + 4 * q;
-      store4(st, hs[r]);
-    }
-    y += __shfl_xor_sync(0xffffffffu, y, 1);
-    y += __shfl_xor_sync(0xffffffffu, y, 2);
-    if (ok && q == 0) {
-      const float z = zv[r];
-      static_cast<T*>(p.y)[(b0 + r) * p.y_row_stride + d] = from_f<T>(fmaf(Dd, xv[r], y) * (z / (1.f + expf(-z))));
+    for (int i = 0; i < kTcPre; ++i) {
+      const int k = 32 * (warp + kTcSplit * i) + 8 * t;
+      w_pre[i][0] = unit_or_zero(wdt + (c0 + g) * R + k, c0 + g < p.dim && k < R);
+      w_pre[i][1] = unit_or_zero(wdt + (c0 + g + 8) * R + k, c0 + g + 8 < p.dim && k < R);
     }
   }
+  const bool ok = c0 + cl < p.dim && r < rows;
+  const int64_t d = c0 + cl < p.dim ? c0 + cl : 0;  // lanes out of range compute on channel 0 (shuffles below)
+  float A[4];
+  load4(p.A + d * kMaxState + 4 * q, A);
+  const float bias = p.dt_bias[d], Dd = p.D[d];
+  pdl_wait();
+  const int64_t b = b0 + (r < rows ? r : 0);
+  if (threadIdx.x < kTcRows * 2 * kMaxState) {
+    const int rr = threadIdx.x / (2 * kMaxState), k = threadIdx.x % (2 * kMaxState);
+    s_BC[rr][k] = rr < rows ? to_f(static_cast<const T*>(p.xdbl)[(b0 + rr) * p.xdbl_row_stride + R + k]) : 0.f;
+  }
+  // The thread's state, x and z: their loads in flight during the product.
+  S* st = static_cast<S*>(p.state) + state_row(p.state_rows, b) * p.state_batch_stride + d * p.state_dim_stride +
+          4 * q;
+  float h[4];
+  load4(st, h);
+  const float x = to_f(static_cast<const T*>(p.x)[b * p.x_row_stride + d]);
+  const float z = to_f(static_cast<const T*>(p.z)[b * p.z_row_stride + d]);
+  if (warp < kTcSplit) tc_dt_part<T>(p, w_pre, c0, b0, rows, warp, s_part[warp]);
+  __syncthreads();
+  float v = s_part[0][r][cl];
+#pragma unroll
+  for (int w = 1; w < kTcSplit; ++w) v += s_part[w][r][cl];
+  v = softplus_exact(v + bias);
+  const float vx = v * x;
+  float y = 0.f;
+#pragma unroll
+  for (int j = 0; j < 4; ++j) {
+    h[j] = fmaf(h[j], expf(v * A[j]), vx * s_BC[r][4 * q + j]);
+    y = fmaf(h[j], s_BC[r][kMaxState + 4 * q + j], y);
+  }
+  if (ok) store4(st, h);
+  y += __shfl_xor_sync(0xffffffffu, y, 1);
+  y += __shfl_xor_sync(0xffffffffu, y, 2);
+  if (!ok || q != 0) return;
+  static_cast<T*>(p.y)[b * p.y_row_stride + d] = from_f<T>(fmaf(Dd, x, y) * (z / (1.f + expf(-z))));
 }
 
 template <typename T, typename S, int RB>
@@ -367,8 +367,8 @@ template <typename T>
 cudaError_t launch_step_tc(const md_mamba1_step_params& p, cudaStream_t s) {
   const dim3 grid(static_cast<unsigned>((p.dim + kTcChannels - 1) / kTcChannels),
                   static_cast<unsigned>((p.batch + kTcRows - 1) / kTcRows));
-  if (p.state_dtype == MD_FLOAT32) return launch_pdl(mamba1_step_tc_kernel<T, float>, grid, kStepThreads, 0, s, p);
-  return launch_pdl(mamba1_step_tc_kernel<T, T>, grid, kStepThreads, 0, s, p);
+  if (p.state_dtype == MD_FLOAT32) return launch_pdl(mamba1_step_tc_kernel<T, float>, grid, kTcThreads, 0, s, p);
+  return launch_pdl(mamba1_step_tc_kernel<T, T>, grid, kTcThreads, 0, s, p);
 }
 
 template <typename T>
