@@ -239,7 +239,8 @@ def bench(path=None, backend: str = "native", batches: Sequence[int] = (1, 16, 6
           state_dtype: str = "float32", profile: bool = False, print_fn: Callable[[str], None] = print,
           generate: bool = False, prefill_graph_tokens: Optional[int] = None,
           tc_max_batch: Optional[int] = None, persistent_decode: bool = False,
-          prefill_split: Optional[int] = None, fold_gated_norm: bool = False, tf32: bool = False) -> list[dict]:
+          prefill_split: Optional[int] = None, fold_gated_norm: bool = False, tf32: bool = False,
+          step_dt_tc: bool = False) -> list[dict]:
     """Benchmark one model (a folder, or `random_init`: a preset name) on the native engine; returns rows
     {batch, decode_ms, tok_s, gbps, floor_ms, prefill_ms, peak_gb, mamba_ssm_ms} and prints a table.
     generate: also Engine.generate end to end (T=0.7, top-p 0.9) per batch: rows get generate_tok_s.
@@ -249,7 +250,8 @@ def bench(path=None, backend: str = "native", batches: Sequence[int] = (1, 16, 6
     the engine's default). persistent_decode: the engine's option (batch 1 as one launch for all layers).
     prefill_split: the engine's option (prefill chunks as a wavefront of up to this many parts; None: the
     engine's default). fold_gated_norm: the engine's option (Mamba2: the gated norm folded into the scan and the
-    step). tf32: the engine's option (a float32 engine's cuBLAS products in TF32)."""
+    step). tf32: the engine's option (a float32 engine's cuBLAS products in TF32). step_dt_tc: the engine's option
+    (Mamba1: dt_proj on tensor cores inside the decode step)."""
     from .export.artifact import DTYPES
     from .native import load_engine, random_engine
     from .native.hybrid import kv_bytes
@@ -262,7 +264,7 @@ def bench(path=None, backend: str = "native", batches: Sequence[int] = (1, 16, 6
     # a hybrid's KV caches hold the prefill bench's prompt and every timed decode step (bench_decode)
     chosen = dict(prefill_graph_tokens=prefill_graph_tokens, tc_max_batch=tc_max_batch,  # None: the engine's
                   persistent_decode=persistent_decode or None, prefill_split=prefill_split,
-                  fold_gated_norm=fold_gated_norm or None, tf32=tf32 or None)
+                  fold_gated_norm=fold_gated_norm or None, tf32=tf32 or None, step_dt_tc=step_dt_tc or None)
     kw = dict(max_batch=max(batches), chunk_len=max(2048, min(prefill_len, 8192)),
               **{name: value for name, value in chosen.items() if value is not None},
               max_seq_len=max(prefill_len, prompt_len + DECODE_WARMUP + (DECODE_REPEATS + 1) * gen_len))
@@ -367,6 +369,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
                     help="Mamba2: the gated norm folded into the chunk scan and the decode step (the engine's option)")
     ap.add_argument("--tf32", action="store_true",
                     help="--dtype float32: the cuBLAS products in TF32 (the engine's option)")
+    ap.add_argument("--step-dt-tc", action="store_true",
+                    help="Mamba1, 16-bit: dt_proj on tensor cores inside the decode step (the engine's option)")
     a = ap.parse_args(argv)
     try:  # a user's mistake (no GPU, a bad folder or option) is one line and exit 1, as in `mamba-deploy bench`
         require_native()
@@ -376,7 +380,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         bench(a.path, "native", a.batches, a.prompt_len, a.gen_len, a.prefill_len, a.random_init, a.dtype,
               a.state_dtype, a.profile, generate=a.generate, prefill_graph_tokens=a.prefill_graph_tokens,
               tc_max_batch=a.tc_max_batch, persistent_decode=a.persistent_decode, prefill_split=a.prefill_split,
-              fold_gated_norm=a.fold_gated_norm, tf32=a.tf32)
+              fold_gated_norm=a.fold_gated_norm, tf32=a.tf32, step_dt_tc=a.step_dt_tc)
     except (MambaDeployError, ValueError) as exc:
         sys.exit(f"error: {exc}")
 

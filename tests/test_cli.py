@@ -175,6 +175,19 @@ def test_developer_bench_errors_are_one_line(monkeypatch):
     assert exc.value.code == "error: give either a folder or random_init"
 
 
+def test_developer_bench_passes_the_engine_options(monkeypatch):
+    """Each engine switch of `python3 -m mamba_deploy.bench` reaches bench() (which hands the set ones to the
+    engine)."""
+    from mamba_deploy import bench
+    from mamba_deploy.native import loading
+
+    seen = {}
+    monkeypatch.setattr(loading, "unavailable_reason", lambda: None)
+    monkeypatch.setattr(bench, "bench", lambda *a, **k: seen.update(k))
+    bench.main(["--random-init", "mamba-1.4b", "--step-dt-tc", "--fold-gated-norm", "--prefill-split", "3"])
+    assert seen["step_dt_tc"] and seen["fold_gated_norm"] and seen["prefill_split"] == 3 and not seen["tf32"]
+
+
 @pytest.fixture(scope="module")
 def with_tokenizer(exported, tmp_path_factory):
     folder = tmp_path_factory.mktemp("tok") / "export"
