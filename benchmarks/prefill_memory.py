@@ -1,5 +1,5 @@
 """Prefill time and extra GPU memory (peak minus what was allocated before) of the native engine, batch 1,
-on random weights of a published shape.
+on random weights of a published shape; chunks of up to 2,048 tokens replay the prefill graph, unless --eager.
 
     MAMBA_DEPLOY_KERNEL_LIB=build/libmamba_deploy_kernels.so PYTHONPATH=. \\
         python3 benchmarks/prefill_memory.py --random-init mamba2-1.3b --lengths 2048 32768
@@ -19,11 +19,16 @@ def main() -> None:
                     help="the engine's option (1: off; default: the engine's, 2 for Mamba1 at batch 1)")
     ap.add_argument("--chunk-len", type=int, default=2048,
                     help="the engine's option (chunks above prefill_graph_tokens, 2,048, run eagerly)")
+    ap.add_argument("--eager", action="store_true",
+                    help="prefill a state apart from the engine's pool: every chunk eager, no prefill graph")
     a = ap.parse_args()
     eng = random_engine(a.random_init, max_batch=1, prefill_split=a.prefill_split, chunk_len=a.chunk_len)
+    # one state for every run: a second one, made while the first is alive, is not the engine's pool and its
+    # prefill runs eagerly (every other length took that path by accident before, session 33); --eager asks for it
+    pool_state = eng.new_state(1)
+    state = eng.new_state(1) if a.eager else pool_state
     for length in a.lengths:
         ids = torch.randint(1, 1000, (1, length))
-        state = eng.new_state(1)
         eng.prefill(ids[:, :eng.chunk_len], state)  # warm-up: cuBLAS heuristics, allocator, a chunk's prefill graph
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
@@ -36,7 +41,9 @@ def main() -> None:
         torch.cuda.synchronize()
         extra = (torch.cuda.max_memory_allocated() - before) / 2 ** 30
         reserved = torch.cuda.max_memory_reserved() / 2 ** 30  # the graphs' pools and per-stream caches included
-        print(f"{a.random_init} prefill {length} (chunks of {a.chunk_len}, split {S.parts(eng, 1)}): "
+        split = S.parts(eng, 1, graphed=eng.is_pool_view(state) and eng.chunk_len <= eng.prefill_graphs.max_tokens)
+        path = "eager chunks" if a.eager else "chunks"
+        print(f"{a.random_init} prefill {length} ({path} of {a.chunk_len}, split {split}): "
               f"{start.elapsed_time(end):.1f} ms "
               f"(one run), extra memory {extra:.3f} GiB, {reserved:.3f} GiB reserved by the process")
 

@@ -21,7 +21,7 @@ Prefill is eager, except chunks of at most prefill_graph_tokens (2,048) tokens a
 power-of-two pieces instead (at most three), or, for fresh prompts (`lengths`: left padding), one padded graph
 (prefill_graphs.py: an eager prefill of that size is bound by the host). prefill_graph_tokens=0 keeps every
 prefill eager. With prefill_split=k a chunk of pure Mamba layers runs as up to k parts along time, a wavefront on k
-streams (prefill_split.py), in a graph or eager; by default (None) two for Mamba1 at batch 1, else one. With
+streams (prefill_split.py), in a graph or eager; by default (None) two in a batch-1 Mamba1 graph, else one. With
 fold_gated_norm (off by default) the prefill and decode of Mamba2 layers with one norm group fold the gated norm
 into the chunk scan (prefill.py) and into the decode step (decode.py). A float32 engine's cuBLAS products are
 IEEE float32 whatever the process's torch setting, or TF32 with tf32=True (precision.py).
@@ -46,8 +46,7 @@ from .weights import device_weights
 
 
 class _GraphSwitch:
-    """A boolean option of NativeEngine, held as `_<name>`, whose change drops the engine's graphs where
-    `changes_kernels(engine)`."""
+    """A boolean option of NativeEngine, held as `_<name>`: a change drops the graphs where changes_kernels(eng)."""
 
     def __init__(self, changes_kernels: Callable[["NativeEngine"], bool] = lambda eng: True):
         self.changes_kernels = changes_kernels
@@ -167,8 +166,8 @@ class NativeEngine:
         # docs/performance.md, session 13), and so was a 2,048-token one (26.0 ms wall, 17.9 ms of kernels)
         self.prefill_graphs = PrefillGraphs(self, prefill_graph_tokens, prefill_graph_batch)
         # prefill chunks cut along time into up to this many parts, run as a wavefront on as many streams
-        # (native/prefill_split.py; 1: off; None: prefill_split.parts decides, 2 for Mamba1 at batch 1, where it
-        # gained 5-9% on the H100); a graph captures the parts' streams too
+        # (native/prefill_split.py; 1: off; None: prefill_split.parts decides, 2 for a batch-1 Mamba1 chunk in a
+        # prefill graph, where it gained 5-9% on the H100); a graph captures the parts' streams too
         # (both are properties: setting one drops the prefill graphs captured under the other value)
         self._prefill_split, self._wavefront = prefill_split, S.Wavefront(self.device)
         # Mamba2 layers with one norm group: the gated norm folded into the chunk scan (prefill) and into the step
@@ -480,12 +479,13 @@ class NativeEngine:
         return outs[-1] if not all_logits else torch.cat(outs, dim=1)
 
     def _prefill_chunk(self, ids: torch.Tensor, state: InferenceState, all_logits: bool,
-                       rows: Optional[torch.Tensor] = None, pad: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """ids (b, n) -> logits (b, 1 or n, vocab_padded); `state` (or, given rows, its rows rows[r]) in place.
-        pad: None or (b, n) bool, True at left padding (native.prefill.mamba_mixer)."""
+                       rows: Optional[torch.Tensor] = None, pad: Optional[torch.Tensor] = None,
+                       graphed: bool = False) -> torch.Tensor:
+        """ids (b, n) -> logits (b, 1 or n, vocab_padded); `state` (or its rows rows[r]) in place. pad: None or
+        (b, n) bool, True at left padding (prefill.mamba_mixer). graphed: a prefill graph's piece (prefill_split)."""
         c = self.config
-        if S.applies(self, ids.shape[1], ids.shape[0]):
-            return S.run(self, self._wavefront, ids, state, all_logits, rows, pad)
+        if S.applies(self, ids.shape[1], ids.shape[0], graphed):
+            return S.run(self, self._wavefront, ids, state, all_logits, rows, pad, graphed)
         hidden, residual, factor = self.emb[ids], None, None
         attention = Hy.chunk_positions(state, ids.shape[1]) if c.attn_layer_idx else ()
         for L in self.layers:

@@ -101,7 +101,8 @@ class PrefillGraphs:
             pad = self.pad[:b, :length] if padded else None
 
             def piece() -> None:
-                out = eng._prefill_chunk(self.ids[:b, :length], eng.static, False, rows=self.rows[:b], pad=pad)
+                out = eng._prefill_chunk(self.ids[:b, :length], eng.static, False, rows=self.rows[:b], pad=pad,
+                                         graphed=True)
                 self.logits[:b].copy_(out[:, -1])
 
             self.graphs[key] = eng._capture(piece, [self.logits])

@@ -8,7 +8,8 @@ j-1's of the same layer; its norms, projections and MLP may run beside the other
 layer's scan gives the GPU few threads (mamba-1.4b's Mamba1 scan at 2,048 tokens: about two warps a scheduler,
 bound by latency, 158 us a layer, 43% of the prefill; Mamba2's carry walk likewise), and the layers run one
 after another, so what one kernel leaves idle nothing else can use. The engine's default (prefill_split None):
-two parts for Mamba1 layers at batch 1, where it was measured to gain, one (off) otherwise (AUTO_PARTS).
+two parts for Mamba1 layers at batch 1 in a prefill graph, where it was measured to gain, one (off) otherwise
+(AUTO_PARTS; an eager split chunk is bound by the host's launches).
 
 Each part runs the kernels of a sequential prefill in chunks of the parts' lengths, on the same data, and each layer's
 state passes from part to part in the same order, so the results are the same bits
@@ -30,10 +31,12 @@ from ..config import MAMBA2, ModelConfig
 from . import prefill as P
 
 MIN_PART_TOKENS = 256
-# NativeEngine(prefill_split=None): parts for a batch-1 chunk of Mamba1 layers. Measured on the H100 (2,048 tokens,
-# fp16, sessions 32-33, docs/performance.md): mamba-1.4b 17.9 -> 16.4 and 18.1 -> 16.5 ms, mamba-2.8b 32.5 -> 31.0
-# and 32.3 -> 30.6; 4 parts no better than 1; Mamba2 unchanged (its chunk scan fills the GPU better), and no
-# larger batch measured, so those stay whole.
+# NativeEngine(prefill_split=None): parts for a batch-1 chunk of Mamba1 layers run as a prefill graph. Measured on
+# the H100 (fp16, sessions 32-33, docs/performance.md): 2,048 tokens mamba-1.4b 17.9 -> 16.4 and 18.1 -> 16.5 ms,
+# mamba-2.8b 32.5 -> 31.0 and 32.3 -> 30.6, 32,768 tokens (16 replays) 273-274 -> 251; 4 parts no better than 1;
+# Mamba2 unchanged (its chunk scan fills the GPU better) and no larger batch measured, so those stay whole; an eager
+# chunk stays whole too: split, its launches from the host took longer than the kernels (32,768 tokens eager:
+# 279-379 ms whole, 462-893 split).
 AUTO_PARTS = 2
 KINDS = ("conv", "scan")  # the state updates a part hands to the next (prefill.py's handoff points)
 
@@ -58,17 +61,19 @@ def part_bounds(n: int, parts: int, step: int, min_tokens: Optional[int] = None)
     return list(zip(edges[:-1], edges[1:]))
 
 
-def parts(eng, batch: int) -> int:
-    """How many parts NativeEngine `eng` cuts a chunk of `batch` rows into at most: its prefill_split, or where
-    that is None (the default) AUTO_PARTS for Mamba1 layers at batch 1 and 1 otherwise."""
+def parts(eng, batch: int, graphed: bool = False) -> int:
+    """How many parts NativeEngine `eng` cuts a chunk of `batch` rows into at most (`graphed`: the chunk is a prefill
+    graph's piece): its prefill_split, or where that is None (the default) AUTO_PARTS for a graphed batch-1 chunk of
+    Mamba1 layers and 1 otherwise."""
     if eng.prefill_split is not None:
         return eng.prefill_split
-    return AUTO_PARTS if eng.config.arch != MAMBA2 and batch == 1 else 1
+    return AUTO_PARTS if eng.config.arch != MAMBA2 and batch == 1 and graphed else 1
 
 
-def applies(eng, n: int, batch: int = 1) -> bool:
-    """Whether NativeEngine `eng` prefills an n-token chunk of `batch` rows as a wavefront of parts."""
-    c, k = eng.config, parts(eng, batch)
+def applies(eng, n: int, batch: int = 1, graphed: bool = False) -> bool:
+    """Whether NativeEngine `eng` prefills an n-token chunk of `batch` rows as a wavefront of parts (`graphed`:
+    as parts)."""
+    c, k = eng.config, parts(eng, batch, graphed)
     return k > 1 and not c.attn_layer_idx and len(part_bounds(n, k, align(c))) > 1
 
 
@@ -145,10 +150,10 @@ class _Part:
 
 
 def run(eng, wavefront, ids: torch.Tensor, state, all_logits: bool, rows: Optional[torch.Tensor] = None,
-        pad: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """NativeEngine._prefill_chunk of ids (b, n) as a wavefront of parts (applies(eng, n)): logits (b, 1 or n,
-    vocab_padded); `state` (or, given rows, its rows rows[r]) in place; pad as there."""
-    bounds = part_bounds(ids.shape[1], parts(eng, ids.shape[0]), align(eng.config))
+        pad: Optional[torch.Tensor] = None, graphed: bool = False) -> torch.Tensor:
+    """NativeEngine._prefill_chunk of ids (b, n) as a wavefront of parts (applies(eng, n, b, graphed)): logits (b, 1
+    or n, vocab_padded); `state` (or, given rows, its rows rows[r]) in place; pad as there."""
+    bounds = part_bounds(ids.shape[1], parts(eng, ids.shape[0], graphed), align(eng.config))
     caller = wavefront.current()
     side, events = wavefront.side(len(bounds) - 1, caller)
     for stream in side:

@@ -118,22 +118,24 @@ def test_applies_only_to_split_engines_of_mamba_layers_and_long_chunks(monkeypat
     assert not S.applies(eng, 4096)
 
 
-def test_the_default_splits_mamba1_chunks_of_one_row_only(monkeypatch):
-    """prefill_split None (the engine's default): AUTO_PARTS for Mamba1 at batch 1, whole chunks otherwise; a
-    number given is kept whatever the model and batch."""
+def test_the_default_splits_graphed_mamba1_chunks_of_one_row_only(monkeypatch):
+    """prefill_split None (the engine's default): AUTO_PARTS for a prefill graph's batch-1 Mamba1 piece, whole
+    chunks eager (an eager split is bound by the host), at batch > 1 and for Mamba2; a number given is kept
+    whatever the model, batch and path."""
     eng, _ = _engine("mamba1", monkeypatch, None)
-    assert S.parts(eng, 1) == S.AUTO_PARTS == 2 and S.applies(eng, 24, 1)
-    assert S.parts(eng, 2) == 1 and not S.applies(eng, 4096, 2)
+    assert S.parts(eng, 1, graphed=True) == S.AUTO_PARTS == 2 and S.applies(eng, 24, 1, graphed=True)
+    assert S.parts(eng, 1) == 1 and not S.applies(eng, 4096, 1)
+    assert S.parts(eng, 2, graphed=True) == 1 and not S.applies(eng, 4096, 2, graphed=True)
     eng2, _ = _engine("mamba2", monkeypatch, None)
-    assert S.parts(eng2, 1) == 1 and not S.applies(eng2, 4096, 1)
+    assert S.parts(eng2, 1, graphed=True) == 1 and not S.applies(eng2, 4096, 1, graphed=True)
     eng2.prefill_split = 3
     assert S.parts(eng2, 8) == 3 and S.applies(eng2, 4096, 8)
 
 
-def test_the_default_cuts_a_batch_1_mamba1_chunk_in_two(monkeypatch):
+def test_the_default_cuts_a_graphed_batch_1_mamba1_chunk_in_two(monkeypatch):
     eng, wavefront = _engine("mamba1", monkeypatch, None)
     state = InferenceState.zeros(eng.config, 1, torch.float32)
-    S.run(eng, wavefront, torch.zeros(1, 40, dtype=torch.long), state, False)
+    S.run(eng, wavefront, torch.zeros(1, 40, dtype=torch.long), state, False, graphed=True)
     assert ("join", "caller", "side0") in wavefront.log
     assert not any(e[1:] == ("caller", "side1") for e in wavefront.log if e[0] == "join")
 
