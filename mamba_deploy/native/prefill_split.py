@@ -34,7 +34,7 @@ MIN_PART_TOKENS = 256
 # NativeEngine(prefill_split=None): parts for a batch-1 chunk of Mamba1 layers run as a prefill graph. Measured on
 # the H100 (fp16, sessions 32-33, docs/performance.md): 2,048 tokens mamba-1.4b 17.9 -> 16.4 and 18.1 -> 16.5 ms,
 # mamba-2.8b 32.5 -> 31.0 and 32.3 -> 30.6, 32,768 tokens (16 replays) 273-274 -> 251; 4 parts no better than 1;
-# Mamba2 unchanged (its chunk scan fills the GPU better) and no larger batch measured, so those stay whole; an eager
+# Mamba2 unchanged (mamba2-1.3b) and no larger batch measured, so those stay whole; an eager
 # chunk stays whole too: split, its launches from the host took longer than the kernels (32,768 tokens eager:
 # 279-379 ms whole, 462-893 split).
 AUTO_PARTS = 2
@@ -72,7 +72,7 @@ def parts(eng, batch: int, graphed: bool = False) -> int:
 
 def applies(eng, n: int, batch: int = 1, graphed: bool = False) -> bool:
     """Whether NativeEngine `eng` prefills an n-token chunk of `batch` rows as a wavefront of parts (`graphed`:
-    as parts)."""
+    as parts() takes it)."""
     c, k = eng.config, parts(eng, batch, graphed)
     return k > 1 and not c.attn_layer_idx and len(part_bounds(n, k, align(c))) > 1
 
