@@ -92,18 +92,16 @@ class NativeEngine:
         # launch less a layer). Off: on an H100 level to 1.2% faster at batch 8-16, 9% slower at 64 (session 33)
         self._step_dt_tc = bool(step_dt_tc)
         # projections ("in_proj", Mamba2's gated "out_proj", the LM "head") whose norm runs inside the GEMV at
-        # batch 1: one launch less each. None by default: Mamba1's in_proj gained when it came (H200, mamba-1.4b b1
-        # 1.41 -> 1.38 ms, session 11) but lost by session 20 (1.328 without, 1.390 with, beside the staged
-        # out_proj; mamba-2.8b 2.368 against 2.569; docs/performance.md)
+        # batch 1: one launch less each. None by default: Mamba1's in_proj gained in session 11 but lost by session
+        # 20 (H200, mamba-1.4b b1 1.328 ms without, 1.390 with; mamba-2.8b 2.368 against 2.569; docs/performance.md)
         self.norm_in_gemv = frozenset(norm_in_gemv)
         # Mamba mixer projections ("in_proj", "x_proj", "out_proj") that take gemv's staged form where it applies
         # (gemv.staged_ok): their weights stream into shared memory while the latency-bound kernels before them
         # run. Default out_proj, the one that gained (session 20: mamba-1.4b b1 1.417 -> 1.328 ms,
         # mamba2-1.3b 1.425 -> 1.279; in_proj and x_proj lost)
         self.staged_gemv = frozenset(staged_gemv)
-        # ... up to this batch (3-16 on tensor cores, fp16 / bf16). None: 8 for Mamba1, 4 for Mamba2, where the
-        # staged out_proj gained (H200, session 21: Mamba1 b8 1.683 -> 1.541 ms; Mamba2 b3-4 1-2%, b8 1.911 ->
-        # 1.953 lost; both lost at 16; docs/performance.md)
+        # ... up to this batch (3-16 on tensor cores, fp16 / bf16). None: 8 for Mamba1, 4 for Mamba2, where the staged
+        # out_proj gained (H200, session 21: Mamba1 b8 1.683 -> 1.541 ms; Mamba2 b3-4 1-2%, b8 lost; both at 16)
         if staged_max_batch is None:
             staged_max_batch = 4 if cfg.arch == MAMBA2 else 8
         self.staged_max_batch = min(staged_max_batch, G.STAGED_MAX_BATCH)
@@ -111,9 +109,8 @@ class NativeEngine:
         # 18) beats cuBLAS's split-K GEMM + reduce kernel up to batch 64 (docs/performance.md, sessions 9 and 18)
         capability = torch.cuda.get_device_capability(self.device)
         self.x_proj_tc_max_batch = G.TC_MAX_BATCH if capability == (9, 0) and self.tc_max_batch else self.tc_max_batch
-        # the Mamba mixers' out_proj on the tensor-core GEMV up to this batch (None: tc_max_batch). At batch 64 cuBLAS
-        # runs it as a split-K GEMM and a reduce kernel (10 us a mamba-1.4b layer, 1.7 TB/s; session 28's profile);
-        # whether our wgmma form beats that there is for benchmarks/decode_options.py to say
+        # the Mamba mixers' out_proj on the tensor-core GEMV up to this batch (None: tc_max_batch); at 64 it lost to
+        # cuBLAS's split-K GEMM + reduce (H100, session 33: mamba-1.4b 2.701 -> 2.813 ms; docs/performance.md)
         self.out_proj_tc_max_batch: Optional[int] = None
         Hy.check_supported(cfg)
         if programmatic_launch and capability >= (9, 0):
@@ -243,7 +240,7 @@ class NativeEngine:
     def new_state(self, batch_size: int) -> InferenceState:
         """Zero state. While no other state holds them, its tensors are views of slots 0 .. batch_size-1 of the
         static pool the decode graphs run on (decode is then a bare replay); otherwise fresh tensors, which
-        decode copies in and out of those slots."""
+        decode copies in and out of those slots, putting back what they held."""
         if not 1 <= batch_size <= self.max_batch:
             raise ValueError(f"batch_size must be in 1..{self.max_batch} (the engine's max_batch)")
         if self._claim is None or self._claim() is None:
@@ -441,11 +438,14 @@ class NativeEngine:
         first = self._first_slot(state)
         static = first is not None
         self._use_slot_range(first or 0, b)
-        if not static:  # slots 0 .. b-1 lend their rows for the step
-            torch._foreach_copy_(self._rows_of_pool(0, b).tensors(), state.tensors())
+        if not static:  # slots 0 .. b-1 lend their rows, then get back what they held (the claimed state's)
+            lent = self._rows_of_pool(0, b).tensors()
+            held = [t.clone() for t in lent]
+            torch._foreach_copy_(lent, state.tensors())
         self._replay(b)
         if not static:
-            torch._foreach_copy_(state.tensors(), self._rows_of_pool(0, b).tensors())
+            torch._foreach_copy_(state.tensors(), lent)
+            torch._foreach_copy_(lent, held)
         return self.logits[:b].unsqueeze(1)
 
     # ---- prefill ---------------------------------------------------------------------------------
