@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from prompts import ids
-from test_native_engine import TOL as ENGINE_TOL, _reference_error
+from test_native_engine import follow_reference, logits_bar
 from test_native_gemv import assert_pool_update, pool_rows, rnd
 
 from mamba_deploy.checkpoint import load_reference
@@ -120,24 +120,16 @@ def test_engine_with_step_dt_tc_matches_the_reference(rel_err, native, G, monkey
     ref = load_reference(checkpoints[arch], torch.float32, "cuda")
     eng = native.load_engine(checkpoints[arch], dtype=dtype, max_batch=batch, step_dt_tc=True)
     prompt = ids(batch, 21, seed=6)
-    rs, es = ref.new_state(batch), eng.new_state(batch)
-    r, e = ref.prefill(prompt.cuda(), rs), eng.prefill(prompt, es)
-    worst, saved = rel_err(e, r), es.clone()
-    toks = []
-    for _ in range(32):
-        toks.append(r[:, -1, :1000].argmax(-1, keepdim=True))
-        r, e = ref.decode(toks[-1], rs), eng.decode(toks[-1], es)
-        worst = max(worst, rel_err(e, r))
-    bar = max(ENGINE_TOL[dtype], 1.25 * _reference_error(ref, checkpoints[arch], dtype, prompt, rel_err)
-              if dtype == torch.bfloat16 else 0)
-    assert worst <= bar, f"max relative logits error over prefill + 32 steps: {worst:.3g} (bar {bar:.3g})"
+    run = follow_reference(rel_err, ref, eng, prompt, 32)
+    bar = logits_bar(rel_err, ref, checkpoints[arch], dtype, prompt)
+    assert run.worst <= bar, f"max relative logits error over prefill + 32 steps: {run.worst:.3g} (bar {bar:.3g})"
     assert forms and set(forms) == {arch != "falcon_mamba"}, "the step took another form than expected"
     assert batch in eng.graphs
-    graphed, graphed_state = e.clone(), es.clone()  # decode returns the engine's reused logits buffer
+    graphed, graphed_state = run.logits.clone(), run.state.clone()  # decode returns the engine's reused logits
+    state = run.state.zero_()
+    eng.prefill(prompt, state)  # the same prefill graphs again: the state the graphed steps started from
     eng.use_graphs = False
-    for dst, src in zip(es.tensors(), saved.tensors()):
-        dst.copy_(src)
-    for tok in toks:
-        eager = eng.decode(tok, es)
+    for tok in run.tokens:
+        eager = eng.decode(tok, state)
     assert torch.equal(eager, graphed), "graph != eager"
-    assert all(torch.equal(a, b) for a, b in zip(es.tensors(), graphed_state.tensors()))
+    assert all(torch.equal(a, b) for a, b in zip(state.tensors(), graphed_state.tensors()))
