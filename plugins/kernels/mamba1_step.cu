@@ -231,6 +231,16 @@ __device__ __forceinline__ uint4 unit_or_zero(const T* row, bool in) {
   return in ? *reinterpret_cast<const uint4*>(row) : make_uint4(0u, 0u, 0u, 0u);
 }
 
+// The 16-byte units at k of dt_proj rows c0 + g and c0 + g + 8 (zeros past dim or dt_rank): an mma's A operand.
+template <typename T>
+__device__ __forceinline__ void dt_proj_units(const md_mamba1_step_params& p, int64_t c0, int g, int k,
+                                              uint4 (&u)[2]) {
+  const T* wdt = static_cast<const T*>(p.wdt);  // rows of dt_rank elements (% 8 == 0: no padding)
+  const int64_t R = p.dt_rank;
+  u[0] = unit_or_zero(wdt + (c0 + g) * R + k, c0 + g < p.dim && k < R);
+  u[1] = unit_or_zero(wdt + (c0 + g + 8) * R + k, c0 + g + 8 < p.dim && k < R);
+}
+
 // The dt_proj product of warp `w` (< kTcSplit): its k32 steps' partial dt of the tile's 16 channels x 8 rows into
 // s_part[w] (rows x channels). w_pre: its first kTcPre steps' units, loaded before the wait.
 template <typename T>
@@ -238,8 +248,6 @@ __device__ __forceinline__ void tc_dt_part(const md_mamba1_step_params& p, const
                                            int64_t b0, int rows, int w, float (*s_part)[kTcChannels]) {
   const int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
   const int R = static_cast<int>(p.dt_rank), steps = (R + 31) / 32;
-  const T* wdt = static_cast<const T*>(p.wdt);
-  const int64_t w_lo = c0 + g, w_hi = w_lo + 8;
   const T* x_dt = static_cast<const T*>(p.xdbl) + (b0 + (g < rows ? g : 0)) * p.xdbl_row_stride;
   float acc[4] = {0.f, 0.f, 0.f, 0.f};
 #pragma unroll
@@ -252,11 +260,11 @@ __device__ __forceinline__ void tc_dt_part(const md_mamba1_step_params& p, const
   }
   for (int s = w + kTcSplit * kTcPre; s < steps; s += kTcSplit) {
     const int k = 32 * s + 8 * t;
-    const uint4 lo = unit_or_zero(wdt + w_lo * R + k, w_lo < p.dim && k < R);
-    const uint4 hi = unit_or_zero(wdt + w_hi * R + k, w_hi < p.dim && k < R);
+    uint4 w[2];
+    dt_proj_units<T>(p, c0, g, k, w);
     const uint4 xu = unit_or_zero(x_dt + k, g < rows && k < R);
-    mma_units<T>(acc, lo, hi, xu, 0);
-    mma_units<T>(acc, lo, hi, xu, 1);
+    mma_units<T>(acc, w[0], w[1], xu, 0);
+    mma_units<T>(acc, w[0], w[1], xu, 1);
   }
   // c[0], c[1]: channel g, rows 2t, 2t + 1; c[2], c[3]: channel g + 8
   s_part[2 * t][g] = acc[0];
@@ -279,13 +287,8 @@ __global__ void __launch_bounds__(kTcThreads, 2) mamba1_step_tc_kernel(const md_
   uint4 w_pre[kTcPre][2];
   if (warp < kTcSplit) {
     const int g = (threadIdx.x & 31) >> 2, t = threadIdx.x & 3;
-    const T* wdt = static_cast<const T*>(p.wdt);
 #pragma unroll
-    for (int i = 0; i < kTcPre; ++i) {
-      const int k = 32 * (warp + kTcSplit * i) + 8 * t;
-      w_pre[i][0] = unit_or_zero(wdt + (c0 + g) * R + k, c0 + g < p.dim && k < R);
-      w_pre[i][1] = unit_or_zero(wdt + (c0 + g + 8) * R + k, c0 + g + 8 < p.dim && k < R);
-    }
+    for (int i = 0; i < kTcPre; ++i) dt_proj_units<T>(p, c0, g, 32 * (warp + kTcSplit * i) + 8 * t, w_pre[i]);
   }
   const bool ok = c0 + cl < p.dim && r < rows;
   const int64_t d = c0 + cl < p.dim ? c0 + cl : 0;  // lanes out of range compute on channel 0 (shuffles below)
