@@ -41,7 +41,8 @@ def main() -> None:
         torch.cuda.synchronize()
         extra = (torch.cuda.max_memory_allocated() - before) / 2 ** 30
         reserved = torch.cuda.max_memory_reserved() / 2 ** 30  # the graphs' pools and per-stream caches included
-        split = S.parts(eng, 1, graphed=eng.is_pool_view(state) and eng.chunk_len <= eng.prefill_graphs.max_tokens)
+        graphed = eng.is_pool_view(state) and eng.prefill_graphs.applies(1, min(length, eng.chunk_len), False)
+        split = S.parts(eng, 1, graphed)
         path = "eager chunks" if a.eager else "chunks"
         print(f"{a.random_init} prefill {length} ({path} of {a.chunk_len}, split {split}): "
               f"{start.elapsed_time(end):.1f} ms "
