@@ -5,6 +5,7 @@ import torch
 from prompts import ids
 from test_native_slots import fill_pool
 
+from mamba_deploy.native import prefill_split as S
 from mamba_deploy.native.prefill_graphs import pieces
 
 pytestmark = pytest.mark.gpu
@@ -27,7 +28,8 @@ def test_graph_pieces_equal_eager_pieces_bitwise(native, checkpoints, arch, dtyp
         got = graphed.prefill(prompt, graphed.slot_state(first, batch))
         start = 0
         for n in pieces(length):
-            want = eager.prefill(prompt[:, start:start + n], eager.slot_state(first, batch))
+            for a, b in graphed_parts(graphed, batch, n):
+                want = eager.prefill(prompt[:, start + a:start + b], eager.slot_state(first, batch))
             start += n
         assert torch.equal(got, want)
         assert got.shape == (batch, 1, graphed.config.vocab_size_padded)
@@ -36,6 +38,14 @@ def test_graph_pieces_equal_eager_pieces_bitwise(native, checkpoints, arch, dtyp
             assert torch.equal(mine[:first], old[:first]) and torch.equal(mine[first + batch:], old[first + batch:])
         assert not torch.equal(graphed.static.ssm[0], before.ssm[0]), "the state did not change"
     assert set(graphed.prefill_graphs.graphs) == {(batch, n, False) for n in pieces(length)}
+
+
+def graphed_parts(eng, batch: int, n: int) -> list[tuple[int, int]]:
+    """[start, end) of the parts a graphed n-token piece runs as (by default a batch-1 Mamba1 piece is split in
+    two, prefill_split.parts), which the split's tests show equal to eager chunks of those parts."""
+    if not S.applies(eng, n, batch, graphed=True):
+        return [(0, n)]
+    return S.part_bounds(n, S.parts(eng, batch, graphed=True), S.align(eng.config))
 
 
 def test_graphs_leave_what_they_do_not_take_to_the_eager_path(rel_err, native, checkpoints):

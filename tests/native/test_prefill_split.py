@@ -83,7 +83,7 @@ def test_changing_the_split_or_the_fold_drops_the_captured_prefill_graphs(native
     eng = native.load_engine(checkpoints["mamba2"], dtype=torch.float16, max_batch=2)
     eng.prefill(ids(1, 2 * PART, 9), eng.new_state(1))
     assert eng.prefill_graphs.graphs, "no prefill graph was captured"
-    eng.prefill_split = 1  # unchanged: the graphs stay
+    eng.prefill_split = None  # unchanged (the default): the graphs stay
     assert eng.prefill_graphs.graphs
     eng.prefill_split = 2
     assert not eng.prefill_graphs.graphs
