@@ -70,11 +70,16 @@ def parts(eng, batch: int, graphed: bool = False) -> int:
     return AUTO_PARTS if eng.config.arch != MAMBA2 and batch == 1 and graphed else 1
 
 
-def applies(eng, n: int, batch: int = 1, graphed: bool = False) -> bool:
-    """Whether NativeEngine `eng` prefills an n-token chunk of `batch` rows as a wavefront of parts (`graphed`:
-    as parts() takes it)."""
+def bounds(eng, n: int, batch: int = 1, graphed: bool = False) -> list[tuple[int, int]]:
+    """[start, end) of the parts NativeEngine `eng` prefills an n-token chunk of `batch` rows as (`graphed`: as
+    parts() takes it); [(0, n)] where it is not split."""
     c, k = eng.config, parts(eng, batch, graphed)
-    return k > 1 and not c.attn_layer_idx and len(part_bounds(n, k, align(c))) > 1
+    return [(0, n)] if k == 1 or c.attn_layer_idx else part_bounds(n, k, align(c))
+
+
+def applies(eng, n: int, batch: int = 1, graphed: bool = False) -> bool:
+    """Whether NativeEngine `eng` prefills an n-token chunk of `batch` rows as a wavefront of parts."""
+    return len(bounds(eng, n, batch, graphed)) > 1
 
 
 class Wavefront:
@@ -153,13 +158,13 @@ def run(eng, wavefront, ids: torch.Tensor, state, all_logits: bool, rows: Option
         pad: Optional[torch.Tensor] = None, graphed: bool = False) -> torch.Tensor:
     """NativeEngine._prefill_chunk of ids (b, n) as a wavefront of parts (applies(eng, n, b, graphed)): logits (b, 1
     or n, vocab_padded); `state` (or, given rows, its rows rows[r]) in place; pad as there."""
-    bounds = part_bounds(ids.shape[1], parts(eng, ids.shape[0], graphed), align(eng.config))
+    edges = bounds(eng, ids.shape[1], ids.shape[0], graphed)
     caller = wavefront.current()
-    side, events = wavefront.side(len(bounds) - 1, caller)
+    side, events = wavefront.side(len(edges) - 1, caller)
     for stream in side:
         stream.wait_stream(caller)
     try:
-        logits = _run_parts(eng, wavefront, caller, side, events, bounds, ids, state, all_logits, rows, pad)
+        logits = _run_parts(eng, wavefront, caller, side, events, edges, ids, state, all_logits, rows, pad)
     finally:  # joined even when a launch raised: later work on the caller's stream is ordered after the parts'
         for stream in side:
             caller.wait_stream(stream)

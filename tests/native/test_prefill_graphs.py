@@ -28,7 +28,7 @@ def test_graph_pieces_equal_eager_pieces_bitwise(native, checkpoints, arch, dtyp
         got = graphed.prefill(prompt, graphed.slot_state(first, batch))
         start = 0
         for n in pieces(length):
-            for a, b in graphed_parts(graphed, batch, n):
+            for a, b in S.bounds(graphed, n, batch, graphed=True):  # a batch-1 Mamba1 piece in two by default
                 want = eager.prefill(prompt[:, start + a:start + b], eager.slot_state(first, batch))
             start += n
         assert torch.equal(got, want)
@@ -38,14 +38,6 @@ def test_graph_pieces_equal_eager_pieces_bitwise(native, checkpoints, arch, dtyp
             assert torch.equal(mine[:first], old[:first]) and torch.equal(mine[first + batch:], old[first + batch:])
         assert not torch.equal(graphed.static.ssm[0], before.ssm[0]), "the state did not change"
     assert set(graphed.prefill_graphs.graphs) == {(batch, n, False) for n in pieces(length)}
-
-
-def graphed_parts(eng, batch: int, n: int) -> list[tuple[int, int]]:
-    """[start, end) of the parts a graphed n-token piece runs as (by default a batch-1 Mamba1 piece is split in
-    two, prefill_split.parts), which the split's tests show equal to eager chunks of those parts."""
-    if not S.applies(eng, n, batch, graphed=True):
-        return [(0, n)]
-    return S.part_bounds(n, S.parts(eng, batch, graphed=True), S.align(eng.config))
 
 
 def test_graphs_leave_what_they_do_not_take_to_the_eager_path(rel_err, native, checkpoints):

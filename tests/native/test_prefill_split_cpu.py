@@ -124,7 +124,8 @@ def test_the_default_splits_graphed_mamba1_chunks_of_one_row_only(monkeypatch):
     whatever the model, batch and path."""
     eng, _ = _engine("mamba1", monkeypatch, None)
     assert S.parts(eng, 1, graphed=True) == S.AUTO_PARTS == 2 and S.applies(eng, 24, 1, graphed=True)
-    assert S.parts(eng, 1) == 1 and not S.applies(eng, 4096, 1)
+    assert S.bounds(eng, 24, 1, graphed=True) == [(0, 16), (16, 24)]
+    assert S.parts(eng, 1) == 1 and not S.applies(eng, 4096, 1) and S.bounds(eng, 4096, 1) == [(0, 4096)]
     assert S.parts(eng, 2, graphed=True) == 1 and not S.applies(eng, 4096, 2, graphed=True)
     eng2, _ = _engine("mamba2", monkeypatch, None)
     assert S.parts(eng2, 1, graphed=True) == 1 and not S.applies(eng2, 4096, 1, graphed=True)
