@@ -237,21 +237,12 @@ def bench_mamba_ssm(eng, batch: int, prompt_len: int, gen_len: int) -> Optional[
 def bench(path=None, backend: str = "native", batches: Sequence[int] = (1, 16, 64), prompt_len: int = 100,
           gen_len: int = 200, prefill_len: int = 2048, random_init: Optional[str] = None, dtype: str = "float16",
           state_dtype: str = "float32", profile: bool = False, print_fn: Callable[[str], None] = print,
-          generate: bool = False, prefill_graph_tokens: Optional[int] = None,
-          tc_max_batch: Optional[int] = None, persistent_decode: bool = False,
-          prefill_split: Optional[int] = None, fold_gated_norm: bool = False, tf32: bool = False,
-          step_dt_tc: bool = False) -> list[dict]:
+          generate: bool = False, engine_options: Optional[dict] = None) -> list[dict]:
     """Benchmark one model (a folder, or `random_init`: a preset name) on the native engine; returns rows
     {batch, decode_ms, tok_s, gbps, floor_ms, prefill_ms, peak_gb, mamba_ssm_ms} and prints a table.
     generate: also Engine.generate end to end (T=0.7, top-p 0.9) per batch: rows get generate_tok_s.
-    prefill_graph_tokens: the engine's option (short prefill chunks as graph replays; 0: eager; None: the
-    engine's default).
-    tc_max_batch: the engine's option (decode projections on our tensor-core kernels up to this batch; None:
-    the engine's default). persistent_decode: the engine's option (batch 1 as one launch for all layers).
-    prefill_split: the engine's option (prefill chunks as a wavefront of up to this many parts; None: the
-    engine's default). fold_gated_norm: the engine's option (Mamba2: the gated norm folded into the scan and the
-    step). tf32: the engine's option (a float32 engine's cuBLAS products in TF32). step_dt_tc: the engine's option
-    (Mamba1: dt_proj on tensor cores inside the decode step)."""
+    engine_options: NativeEngine options to set (ENGINE_SWITCHES' names, e.g. {"prefill_split": 2}); the others
+    keep the engine's defaults."""
     from .export.artifact import DTYPES
     from .native import load_engine, random_engine
     from .native.hybrid import kv_bytes
@@ -262,11 +253,7 @@ def bench(path=None, backend: str = "native", batches: Sequence[int] = (1, 16, 6
         raise ValueError("give either a folder or random_init")
     torch.cuda.reset_peak_memory_stats()
     # a hybrid's KV caches hold the prefill bench's prompt and every timed decode step (bench_decode)
-    chosen = dict(prefill_graph_tokens=prefill_graph_tokens, tc_max_batch=tc_max_batch,  # None: the engine's
-                  persistent_decode=persistent_decode or None, prefill_split=prefill_split,
-                  fold_gated_norm=fold_gated_norm or None, tf32=tf32 or None, step_dt_tc=step_dt_tc or None)
-    kw = dict(max_batch=max(batches), chunk_len=max(2048, min(prefill_len, 8192)),
-              **{name: value for name, value in chosen.items() if value is not None},
+    kw = dict(max_batch=max(batches), chunk_len=max(2048, min(prefill_len, 8192)), **(engine_options or {}),
               max_seq_len=max(prefill_len, prompt_len + DECODE_WARMUP + (DECODE_REPEATS + 1) * gen_len))
     sdt = DTYPES[dtype] if state_dtype == "model" else DTYPES[state_dtype]
     eng = (random_engine(random_init, DTYPES[dtype], sdt, **kw) if random_init
@@ -338,6 +325,31 @@ def format_table(rows: list[dict], device: str, dtype: str, state_dtype: str) ->
     return "\n".join(lines)
 
 
+# the engine's options `python3 -m mamba_deploy.bench` sets: flag, argparse keywords (NativeEngine's name is the
+# flag's); one left out (None, or False for a switch) keeps the engine's default
+ENGINE_SWITCHES = (
+    ("--prefill-graph-tokens", dict(type=int, help="prefill chunks of at most this many tokens as CUDA-graph "
+                                                   "replays (0: eager; default: the engine's)")),
+    ("--tc-max-batch", dict(type=int, help="decode projections on our tensor-core kernels up to this batch "
+                                           "(default: the engine's)")),
+    ("--persistent-decode", dict(action="store_true", help="batch-1 decode steps as one launch for all layers (the "
+                                                           "engine's option)")),
+    ("--prefill-split", dict(type=int, help="prefill chunks as a wavefront of up to this many parts on as many "
+                                            "streams (the engine's option; default: the engine's)")),
+    ("--fold-gated-norm", dict(action="store_true", help="Mamba2: the gated norm folded into the chunk scan and the "
+                                                         "decode step (the engine's option)")),
+    ("--tf32", dict(action="store_true", help="--dtype float32: the cuBLAS products in TF32 (the engine's option)")),
+    ("--step-dt-tc", dict(action="store_true", help="Mamba1, 16-bit: dt_proj on tensor cores inside the decode "
+                                                    "step (the engine's option)")),
+)
+
+
+def _engine_options(args: argparse.Namespace) -> dict:
+    """The ENGINE_SWITCHES given on the command line, by NativeEngine's names."""
+    given = {name: getattr(args, name) for name in (flag[2:].replace("-", "_") for flag, _ in ENGINE_SWITCHES)}
+    return {name: value for name, value in given.items() if value is not None and value is not False}  # 0 is given
+
+
 def main(argv: Optional[Sequence[str]] = None) -> None:
     from .errors import MambaDeployError
     from .export.artifact import DTYPES
@@ -355,22 +367,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     ap.add_argument("--profile", action="store_true")
     ap.add_argument("--generate", action="store_true", help="also time Engine.generate end to end")
     ap.add_argument("--gemv-sweep", action="store_true", help="time the GEMV kernel alone and exit")
-    ap.add_argument("--prefill-graph-tokens", type=int, default=None,
-                    help="prefill chunks of at most this many tokens as CUDA-graph replays (0: eager; default: the "
-                         "engine's)")
-    ap.add_argument("--tc-max-batch", type=int, default=None,
-                    help="decode projections on our tensor-core kernels up to this batch (default: the engine's)")
-    ap.add_argument("--persistent-decode", action="store_true",
-                    help="batch-1 decode steps as one launch for all layers (the engine's option)")
-    ap.add_argument("--prefill-split", type=int, default=None,
-                    help="prefill chunks as a wavefront of up to this many parts on as many streams (the engine's "
-                         "option; default: the engine's)")
-    ap.add_argument("--fold-gated-norm", action="store_true",
-                    help="Mamba2: the gated norm folded into the chunk scan and the decode step (the engine's option)")
-    ap.add_argument("--tf32", action="store_true",
-                    help="--dtype float32: the cuBLAS products in TF32 (the engine's option)")
-    ap.add_argument("--step-dt-tc", action="store_true",
-                    help="Mamba1, 16-bit: dt_proj on tensor cores inside the decode step (the engine's option)")
+    for flag, kwargs in ENGINE_SWITCHES:
+        ap.add_argument(flag, **kwargs)
     a = ap.parse_args(argv)
     try:  # a user's mistake (no GPU, a bad folder or option) is one line and exit 1, as in `mamba-deploy bench`
         require_native()
@@ -378,9 +376,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
             sweep_gemv()
             return
         bench(a.path, "native", a.batches, a.prompt_len, a.gen_len, a.prefill_len, a.random_init, a.dtype,
-              a.state_dtype, a.profile, generate=a.generate, prefill_graph_tokens=a.prefill_graph_tokens,
-              tc_max_batch=a.tc_max_batch, persistent_decode=a.persistent_decode, prefill_split=a.prefill_split,
-              fold_gated_norm=a.fold_gated_norm, tf32=a.tf32, step_dt_tc=a.step_dt_tc)
+              a.state_dtype, a.profile, generate=a.generate, engine_options=_engine_options(a))
     except (MambaDeployError, ValueError) as exc:
         sys.exit(f"error: {exc}")
 
