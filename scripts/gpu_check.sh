@@ -19,8 +19,8 @@
 #   split        the split prefill (NativeEngine(prefill_split=k)) and the folded gated norm (fold_gated_norm): their
 #                tests, then 2,048-token prefills of four models (and 8 x 2,048 of two) with each variant in turn,
 #                32,768 tokens (time and memory) with k = 1 and 2 (2,048-token graphs) and k = 4 (8,192-token
-#                eager chunks), and decode after split prefills (bench --prefill-split 2: streams used beside the
-#                decode graphs)
+#                eager chunks), and decode after split prefills (bench by default, then with --prefill-split 1: the
+#                split's side stream beside the decode graphs; session 34 saw batch 64 about 7% slower after one)
 #   split-bench  split's benchmarks without its tests (for a run after `tests`, which includes them)
 # Output goes to stdout and, when $OUT is set, to $OUT/gpu_check.log.
 set -uo pipefail
@@ -84,7 +84,7 @@ for step in "${steps[@]}"; do
         tests/native/test_fold_gated_norm.py tests/ops/test_fold_gated_norm_cuda.py tests/ops/test_chunk_scan_cuda.py \
         -p no:cacheprovider
       run 400 24 python3 benchmarks/prefill_models.py mamba-1.4b mamba2-1.3b mamba-2.8b mamba2-2.7b --tokens 2048 \
-        --rounds 2 --ab-option prefill_split=2 --ab-option prefill_split=4 --ab-option fold_gated_norm=1
+        --rounds 2 --ab-option prefill_split=1 --ab-option prefill_split=4 --ab-option fold_gated_norm=1
       run 300 12 python3 benchmarks/prefill_models.py mamba-1.4b mamba2-1.3b --tokens 2048 --batch 8 --rounds 1 \
         --repeats 5 --ab-option prefill_split=2 --ab-option fold_gated_norm=1  # issue 14's batch 8 <= 6x batch 1
       for m in mamba-1.4b mamba2-1.3b; do
@@ -94,7 +94,10 @@ for step in "${steps[@]}"; do
         run 200 4 python3 benchmarks/prefill_memory.py --random-init "$m" --lengths 32768 32768 --prefill-split 4 \
           --chunk-len 8192
       done
-      run 240 6 python3 -m mamba_deploy.bench --random-init mamba-1.4b --batches 1 16 64 --prefill-split 2 ;;
+      for k in default 1; do
+        run 240 6 python3 -m mamba_deploy.bench --random-init mamba-1.4b --batches 1 16 64 \
+          $([ "$k" = default ] || echo --prefill-split "$k")
+      done ;;
     *) echo "unknown step $step (tests, bench, generate, persistent, profile, options, tc, split, split-bench)"; exit 2 ;;
   esac
 done
