@@ -41,9 +41,10 @@ def main() -> None:
         torch.cuda.synchronize()
         extra = (torch.cuda.max_memory_allocated() - before) / 2 ** 30
         reserved = torch.cuda.max_memory_reserved() / 2 ** 30  # the graphs' pools and per-stream caches included
-        graphed = eng.is_pool_view(state) and eng.prefill_graphs.applies(1, min(length, eng.chunk_len), False)
-        split = S.parts(eng, 1, graphed)
-        path = "eager chunks" if a.eager else "chunks"
+        chunk = min(length, eng.chunk_len)
+        graphed = eng.is_pool_view(state) and eng.prefill_graphs.applies(1, chunk, False)
+        split = len(S.bounds(eng, chunk, 1, graphed))  # the parts a full chunk runs as
+        path = "chunks" if graphed else "eager chunks"
         print(f"{a.random_init} prefill {length} ({path} of {a.chunk_len}, split {split}): "
               f"{start.elapsed_time(end):.1f} ms "
               f"(one run), extra memory {extra:.3f} GiB, {reserved:.3f} GiB reserved by the process")
