@@ -21,7 +21,8 @@ Prefill is eager, except chunks of at most prefill_graph_tokens (2,048) tokens a
 power-of-two pieces instead (at most three), or, for fresh prompts (`lengths`: left padding), one padded graph
 (prefill_graphs.py: an eager prefill of that size is bound by the host). prefill_graph_tokens=0 keeps every
 prefill eager. With prefill_split=k a chunk of pure Mamba layers runs as up to k parts along time, a wavefront on k
-streams (prefill_split.py), in a graph or eager; by default (None) two in a batch-1 Mamba1 graph, else one. With
+streams (prefill_split.py), in a graph or eager; by default (None) two in a batch-1 Mamba1 graph of an engine of
+max_batch <= 16 (a side stream slows later large-batch decode graphs), else one. With
 fold_gated_norm (off by default) the prefill and decode of Mamba2 layers with one norm group fold the gated norm
 into the chunk scan (prefill.py) and into the decode step (decode.py). A float32 engine's cuBLAS products are
 IEEE float32 whatever the process's torch setting, or TF32 with tf32=True (precision.py).
@@ -164,7 +165,8 @@ class NativeEngine:
         self.prefill_graphs = PrefillGraphs(self, prefill_graph_tokens, prefill_graph_batch)
         # prefill chunks cut along time into up to this many parts, run as a wavefront on as many streams
         # (native/prefill_split.py; 1: off; None: prefill_split.parts decides, 2 for a batch-1 Mamba1 chunk in a
-        # prefill graph, where it gained 5-9% on the H100); a graph captures the parts' streams too
+        # prefill graph of an engine of max_batch <= 16, where it gained 5-9% on the H100 and costs no decode
+        # speed); a graph captures the parts' streams too
         # (both are properties: setting one drops the prefill graphs captured under the other value)
         self._prefill_split, self._wavefront = prefill_split, S.Wavefront(self.device)
         # Mamba2 layers with one norm group: the gated norm folded into the chunk scan (prefill) and into the step

@@ -8,8 +8,9 @@ j-1's of the same layer; its norms, projections and MLP may run beside the other
 layer's scan gives the GPU few threads (mamba-1.4b's Mamba1 scan at 2,048 tokens: about two warps a scheduler,
 bound by latency, 158 us a layer, 43% of the prefill; Mamba2's carry walk likewise), and the layers run one
 after another, so what one kernel leaves idle nothing else can use. The engine's default (prefill_split None):
-two parts for Mamba1 layers at batch 1 in a prefill graph, where it was measured to gain, one (off) otherwise
-(AUTO_PARTS; an eager split chunk is bound by the host's launches).
+two parts for Mamba1 layers at batch 1 in a prefill graph, where it was measured to gain, in an engine that never
+decodes more than AUTO_MAX_DECODE_BATCH rows; one (off) otherwise (AUTO_PARTS; an eager split chunk is bound by the
+host's launches).
 
 Each part runs the kernels of a sequential prefill in chunks of the parts' lengths, on the same data, and each layer's
 state passes from part to part in the same order, so the results are the same bits
@@ -38,6 +39,11 @@ MIN_PART_TOKENS = 256
 # chunk stays whole too: split, its launches from the host took longer than the kernels (32,768 tokens eager:
 # 279-379 ms whole, 462-893 split).
 AUTO_PARTS = 2
+# ... but only in an engine of max_batch <= this. Once a side stream has run kernels in a process, decode graphs
+# captured after it lose part of programmatic launch's overlap at large batches for the rest of the process (H100,
+# session 35: mamba-1.4b batch-64 step 2.695 -> 2.855 ms, Engine.generate 21,500 -> 20,400 tokens/s; batch 1 and
+# 16 unchanged; docs/performance.md), which outweighs a 9% faster batch-1 prefill where decode runs 64 rows.
+AUTO_MAX_DECODE_BATCH = 16
 KINDS = ("conv", "scan")  # the state updates a part hands to the next (prefill.py's handoff points)
 
 
@@ -64,10 +70,11 @@ def part_bounds(n: int, parts: int, step: int, min_tokens: Optional[int] = None)
 def parts(eng, batch: int, graphed: bool = False) -> int:
     """How many parts NativeEngine `eng` cuts a chunk of `batch` rows into at most (`graphed`: the chunk is a prefill
     graph's piece): its prefill_split, or where that is None (the default) AUTO_PARTS for a graphed batch-1 chunk of
-    Mamba1 layers and 1 otherwise."""
+    Mamba1 layers in an engine of max_batch <= AUTO_MAX_DECODE_BATCH, and 1 otherwise."""
     if eng.prefill_split is not None:
         return eng.prefill_split
-    return AUTO_PARTS if eng.config.arch != MAMBA2 and batch == 1 and graphed else 1
+    auto = eng.config.arch != MAMBA2 and batch == 1 and graphed and eng.max_batch <= AUTO_MAX_DECODE_BATCH
+    return AUTO_PARTS if auto else 1
 
 
 def bounds(eng, n: int, batch: int = 1, graphed: bool = False) -> list[tuple[int, int]]:

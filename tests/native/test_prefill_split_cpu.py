@@ -50,7 +50,8 @@ def _engine(arch, monkeypatch, parts):
         monkeypatch.setattr(K, scan, wavefront.logged(getattr(K, scan), "scan"))
     cfg, (emb, head, norm_f, layers) = prefill_weights({**PREFILL[arch], "n_layer": 3})
     eng = types.SimpleNamespace(config=cfg, dtype=torch.float32, unit=None, layers=layers, emb=emb, head=head,
-                                norm_f=norm_f, prefill_split=parts, fold_gated_norm=False)
+                                norm_f=norm_f, prefill_split=parts, fold_gated_norm=False,
+                                max_batch=S.AUTO_MAX_DECODE_BATCH)
     return eng, wavefront
 
 
@@ -119,11 +120,17 @@ def test_applies_only_to_split_engines_of_mamba_layers_and_long_chunks(monkeypat
 
 
 def test_the_default_splits_graphed_mamba1_chunks_of_one_row_only(monkeypatch):
-    """prefill_split None (the engine's default): AUTO_PARTS for a prefill graph's batch-1 Mamba1 piece, whole
-    chunks eager (an eager split is bound by the host), at batch > 1 and for Mamba2; a number given is kept
-    whatever the model, batch and path."""
+    """prefill_split None (the engine's default): AUTO_PARTS for a prefill graph's batch-1 Mamba1 piece in an
+    engine of max_batch <= AUTO_MAX_DECODE_BATCH; whole chunks eager (an eager split is bound by the host), at
+    batch > 1, for Mamba2 and in an engine that decodes more rows; a number given is kept whatever the model,
+    batch, path and max_batch."""
     eng, _ = _engine("mamba1", monkeypatch, None)
     assert S.parts(eng, 1, graphed=True) == S.AUTO_PARTS == 2 and S.applies(eng, 24, 1, graphed=True)
+    eng.max_batch = S.AUTO_MAX_DECODE_BATCH + 1
+    assert S.parts(eng, 1, graphed=True) == 1 and not S.applies(eng, 4096, 1, graphed=True)
+    eng.prefill_split = 2
+    assert S.parts(eng, 1, graphed=True) == 2
+    eng.prefill_split, eng.max_batch = None, S.AUTO_MAX_DECODE_BATCH
     assert S.bounds(eng, 24, 1, graphed=True) == [(0, 16), (16, 24)]
     assert S.parts(eng, 1) == 1 and not S.applies(eng, 4096, 1) and S.bounds(eng, 4096, 1) == [(0, 4096)]
     assert S.parts(eng, 2, graphed=True) == 1 and not S.applies(eng, 4096, 2, graphed=True)
