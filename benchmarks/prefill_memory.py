@@ -41,9 +41,7 @@ def main() -> None:
         torch.cuda.synchronize()
         extra = (torch.cuda.max_memory_allocated() - before) / 2 ** 30
         reserved = torch.cuda.max_memory_reserved() / 2 ** 30  # the graphs' pools and per-stream caches included
-        chunk = min(length, eng.chunk_len)
-        graphed = eng.is_pool_view(state) and eng.prefill_graphs.applies(1, chunk, False)
-        split = len(S.bounds(eng, chunk, 1, graphed))  # the parts a full chunk runs as
+        graphed, split = S.prompt_plan(eng, length, 1, eng.is_pool_view(state))  # a full chunk's path and parts
         path = "chunks" if graphed else "eager chunks"
         print(f"{a.random_init} prefill {length} ({path} of {a.chunk_len}, split {split}): "
               f"{start.elapsed_time(end):.1f} ms "

@@ -244,7 +244,7 @@ def bench(path=None, backend: str = "native", batches: Sequence[int] = (1, 16, 6
     engine_options: NativeEngine options to set (ENGINE_SWITCHES' names, e.g. {"prefill_split": 2}); the others
     keep the engine's defaults."""
     from .export.artifact import DTYPES
-    from .native import load_engine, random_engine
+    from .native import load_engine, prefill_split, random_engine
     from .native.hybrid import kv_bytes
 
     if backend != "native":
@@ -261,6 +261,7 @@ def bench(path=None, backend: str = "native", batches: Sequence[int] = (1, 16, 6
     wbytes = eng.weight_bytes()
     name = random_init or str(path)
     prefill_ms = bench_prefill(eng, prefill_len)
+    prefill_parts = prefill_split.prompt_plan(eng, prefill_len)[1]  # bench_prefill's state is the pool
     rows = []
     for b in batches:
         ms = bench_decode(eng, b, prompt_len, gen_len)
@@ -269,6 +270,7 @@ def bench(path=None, backend: str = "native", batches: Sequence[int] = (1, 16, 6
         moved = wbytes + 2 * eng.state_bytes(b) + kv_bytes(eng.static, b, seen)
         rows.append(dict(model=name, batch=b, decode_ms=ms, tok_s=b * 1000.0 / ms, gbps=moved / ms / 1e6,
                          floor_ms=moved / COPY_BW * 1e3, prefill_ms=prefill_ms, prefill_len=prefill_len,
+                         prefill_parts=prefill_parts,
                          weight_gb=wbytes / 1e9, mamba_ssm_ms=ssm_ms))
     profile_lines = _profile_lines(eng, batches, prefill_len) if profile else []  # before generate: see there
     if generate:
@@ -306,8 +308,10 @@ def _profile_lines(eng, batches: Sequence[int], prefill_len: int) -> list[str]:
 
 def format_table(rows: list[dict], device: str, dtype: str, state_dtype: str) -> str:
     r0 = rows[0]
+    split = "" if r0.get("prefill_parts", 1) == 1 else f" (split in {r0['prefill_parts']} parts)"
     lines = [f"{r0['model']} on {device}, {dtype} weights, {state_dtype} state, weights {r0['weight_gb']:.3f} GB, "
-             f"prefill {r0['prefill_len']} tokens: {r0['prefill_ms']:.2f} ms, peak memory {r0['peak_gib']:.2f} GiB",
+             f"prefill {r0['prefill_len']} tokens{split}: {r0['prefill_ms']:.2f} ms, peak memory "
+             f"{r0['peak_gib']:.2f} GiB",
              "| batch | decode ms/token | tokens/s | GB/s achieved | floor ms (bytes / 4.3 TB/s) | mamba_ssm ms | ratio |",
              "| --- | --- | --- | --- | --- | --- | --- |"]
     for r in rows:

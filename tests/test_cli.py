@@ -192,6 +192,18 @@ def test_developer_bench_passes_the_engine_options(monkeypatch):
                                       "persistent_decode": True}
 
 
+def test_bench_table_says_whether_the_prefill_was_split():
+    """The table's head names the parts of a split prefill (the default depends on max_batch), nothing when whole."""
+    from mamba_deploy.bench import format_table
+
+    row = dict(model="m", batch=1, decode_ms=1.0, tok_s=1000.0, gbps=1.0, floor_ms=0.5, prefill_ms=16.2,
+               prefill_len=2048, weight_gb=2.75, mamba_ssm_ms=None, peak_gib=4.4)
+    assert "prefill 2048 tokens (split in 2 parts): 16.20 ms" in format_table([{**row, "prefill_parts": 2}], "G",
+                                                                              "float16", "float32")
+    whole = format_table([{**row, "prefill_parts": 1}], "G", "float16", "float32")
+    assert "prefill 2048 tokens: 16.20 ms" in whole and "split" not in whole
+
+
 @pytest.fixture(scope="module")
 def with_tokenizer(exported, tmp_path_factory):
     folder = tmp_path_factory.mktemp("tok") / "export"

@@ -84,6 +84,15 @@ def bounds(eng, n: int, batch: int = 1, graphed: bool = False) -> list[tuple[int
     return [(0, n)] if k == 1 or c.attn_layer_idx else part_bounds(n, k, align(c))
 
 
+def prompt_plan(eng, n: int, batch: int = 1, pooled: bool = True) -> tuple[bool, int]:
+    """How NativeEngine `eng` prefills the first chunk of an n-token prompt of `batch` rows from a fresh state:
+    (as a prefill graph's replay, in how many parts). pooled: the state is the engine's pool (new_state's first),
+    whose chunks may replay graphs; another state's run eagerly."""
+    chunk = min(n, eng.chunk_len)
+    graphed = pooled and eng.prefill_graphs.applies(batch, chunk, False)
+    return graphed, len(bounds(eng, chunk, batch, graphed))
+
+
 def applies(eng, n: int, batch: int = 1, graphed: bool = False) -> bool:
     """Whether NativeEngine `eng` prefills an n-token chunk of `batch` rows as a wavefront of parts."""
     return len(bounds(eng, n, batch, graphed)) > 1

@@ -140,6 +140,21 @@ def test_the_default_splits_graphed_mamba1_chunks_of_one_row_only(monkeypatch):
     assert S.parts(eng2, 8) == 3 and S.applies(eng2, 4096, 8)
 
 
+def test_prompt_plan_names_a_full_chunks_path_and_parts(monkeypatch):
+    """prompt_plan: the first chunk (at most chunk_len tokens) replays a prefill graph where the state is the pool
+    and the graphs take the chunk, and is cut as bounds() cuts it on that path."""
+    eng, _ = _engine("mamba1", monkeypatch, None)
+    eng.chunk_len = 2048
+    eng.prefill_graphs = types.SimpleNamespace(applies=lambda batch, n, all_logits: n <= 1024 and batch == 1)
+    assert S.prompt_plan(eng, 1024) == (True, 2)
+    assert S.prompt_plan(eng, 1024, pooled=False) == (False, 1)     # eager: whole by default
+    assert S.prompt_plan(eng, 32768) == (False, 1)                  # a 2,048-token chunk the graphs do not take
+    eng.prefill_split = 4
+    assert S.prompt_plan(eng, 32768) == (False, 4)                  # a number given splits eager chunks too
+    eng.prefill_split, eng.max_batch = None, S.AUTO_MAX_DECODE_BATCH + 1
+    assert S.prompt_plan(eng, 1024) == (True, 1)
+
+
 def test_the_default_cuts_a_graphed_batch_1_mamba1_chunk_in_two(monkeypatch):
     eng, wavefront = _engine("mamba1", monkeypatch, None)
     state = InferenceState.zeros(eng.config, 1, torch.float32)
