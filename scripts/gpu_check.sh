@@ -19,8 +19,9 @@
 #   split        the split prefill (NativeEngine(prefill_split=k)) and the folded gated norm (fold_gated_norm): their
 #                tests, then 2,048-token prefills of four models (and 8 x 2,048 of two) with each variant in turn,
 #                32,768 tokens (time and memory) with k = 1 and 2 (2,048-token graphs) and k = 4 (8,192-token
-#                eager chunks), and decode after split prefills (bench by default, then with --prefill-split 1: the
-#                split's side stream beside the decode graphs; session 34 saw batch 64 about 7% slower after one)
+#                eager chunks), and decode after split prefills (bench with --prefill-split 2, then 1: the split's
+#                side stream slows later batch-32/64 decode graphs, session 35, hence the default's max_batch <= 16;
+#                then benchmarks/side_stream_decode.py)
 #   split-bench  split's benchmarks without its tests (for a run after `tests`, which includes them)
 # Output goes to stdout and, when $OUT is set, to $OUT/gpu_check.log.
 set -uo pipefail
@@ -94,10 +95,10 @@ for step in "${steps[@]}"; do
         run 200 4 python3 benchmarks/prefill_memory.py --random-init "$m" --lengths 32768 32768 --prefill-split 4 \
           --chunk-len 8192
       done
-      for k in default 1; do
-        run 240 6 python3 -m mamba_deploy.bench --random-init mamba-1.4b --batches 1 16 64 \
-          $([ "$k" = default ] || echo --prefill-split "$k")
-      done ;;
+      for k in 2 1; do
+        run 240 6 python3 -m mamba_deploy.bench --random-init mamba-1.4b --batches 1 16 64 --prefill-split "$k"
+      done
+      run 120 5 python3 benchmarks/side_stream_decode.py --random-init mamba-1.4b --batch 64 ;;
     *) echo "unknown step $step (tests, bench, generate, persistent, profile, options, tc, split, split-bench)"; exit 2 ;;
   esac
 done
