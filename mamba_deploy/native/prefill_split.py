@@ -42,7 +42,7 @@ AUTO_PARTS = 2
 # ... but only in an engine of max_batch <= this. Once a side stream has run kernels in a process, decode graphs
 # captured after it lose part of programmatic launch's overlap at large batches for the rest of the process (H100,
 # session 35: mamba-1.4b batch-64 step 2.695 -> 2.855 ms, Engine.generate 21,500 -> 20,400 tokens/s; batch 1 and
-# 16 unchanged; docs/performance.md), which outweighs a 9% faster batch-1 prefill where decode runs 64 rows.
+# 16 unchanged; docs/performance.md), which outweighs a 9-12% faster batch-1 prefill where decode runs 64 rows.
 AUTO_MAX_DECODE_BATCH = 16
 KINDS = ("conv", "scan")  # the state updates a part hands to the next (prefill.py's handoff points)
 
