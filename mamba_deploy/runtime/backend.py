@@ -240,11 +240,16 @@ def _probe(name: str, info: ExportInfo) -> bool:
         return name == "onnxruntime"
 
 
-def load_backend(name: str, info: ExportInfo, **options) -> Backend:
-    """`name` is a registered backend or "auto" (tensorrt if built, else native on a GPU, else onnxruntime,
-    else torch: e.g. bfloat16 exports on CPU)."""
+def resolve_backend(name: str, info: ExportInfo) -> str:
+    """The registered backend that `name` means for this export: `name` itself, or for "auto" tensorrt if built,
+    else native on a GPU, else onnxruntime, else torch (e.g. bfloat16 exports on CPU)."""
     if name == "auto":
-        name = next(n for n in AUTO_ORDER if _probe(n, info))
-    elif not _import(name):
+        return next(n for n in AUTO_ORDER if _probe(n, info))
+    if not _import(name):
         raise MambaDeployError(f"unknown or unavailable backend {name!r} (known: {', '.join(backend_names())})")
-    return BACKENDS[name](info, **options)
+    return name
+
+
+def load_backend(name: str, info: ExportInfo, **options) -> Backend:
+    """`name` is a registered backend or "auto" (resolve_backend); `options` go to the backend."""
+    return BACKENDS[resolve_backend(name, info)](info, **options)
