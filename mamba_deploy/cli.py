@@ -179,7 +179,7 @@ def run(path, prompt, ids, print_ids, max_new_tokens, temperature, top_k, top_p,
     if (prompt is None) == (ids is None):
         raise click.UsageError("give exactly one of --prompt or --ids")
     source: Any = prompt if prompt is not None else _parse_ids(ids)
-    engine = Engine.load(path, backend=backend)
+    engine = Engine.load(path, backend=backend, slots=1)  # one prompt: the native engine's state pool of one slot
     if engine.tokenizer is None and prompt is not None:
         raise MambaDeployError(f"{path} has no tokenizer: give token ids with --ids instead of --prompt")
     output = "ids" if print_ids or engine.tokenizer is None else "text"

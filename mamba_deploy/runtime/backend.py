@@ -83,6 +83,7 @@ class Backend(abc.ABC):
     """Runs the prefill and decode graphs of one export; see the module docstring for the contract."""
 
     name: str = "?"
+    slots_option: Optional[str] = None  # the option that sizes a state pool fixed at load (Engine.load's slots)
 
     def __init__(self, info: ExportInfo):
         self.info = info

@@ -18,7 +18,7 @@ import torch
 from ..errors import MambaDeployError, ParameterError, is_integer
 from ..export.artifact import ExportInfo, load_export
 from ..models.state import InferenceState
-from .backend import Backend, load_backend
+from .backend import BACKENDS, Backend, load_backend, resolve_backend
 from .checks import check_count, check_output, check_prompt_ids, check_seed, check_state, split_stops
 from .sampling import SamplingParams
 from .requests import stream_together
@@ -37,10 +37,19 @@ class Engine:
         self._scheduler_lock = threading.Lock()
 
     @classmethod
-    def load(cls, path: str | os.PathLike, backend: str = "auto", **options: Any) -> "Engine":
-        """Open an export folder; `options` go to the backend (e.g. threads= for onnxruntime)."""
+    def load(cls, path: str | os.PathLike, backend: str = "auto", slots: Optional[int] = None,
+             **options: Any) -> "Engine":
+        """Open an export folder; `options` go to the backend (e.g. threads= for onnxruntime). slots: the most
+        requests decoded together (the Engine's max_batch); a backend with a state pool of fixed size (native) is
+        built with that many instead of its default."""
+        if slots is not None and not (is_integer(slots) and slots >= 1):
+            raise ParameterError("slots", f"must be an integer >= 1, got {slots!r}")
         info = load_export(path)
-        return cls(load_backend(backend, info, **options), load_tokenizer(info))
+        name = resolve_backend(backend, info)
+        pool_option = getattr(BACKENDS[name], "slots_option", None)
+        if slots is not None and pool_option is not None:
+            options.setdefault(pool_option, slots)
+        return cls(load_backend(name, info, **options), load_tokenizer(info), max_batch=slots)
 
     def __repr__(self) -> str:
         c, b = self.config, self.backend

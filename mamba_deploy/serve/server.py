@@ -54,21 +54,11 @@ def load_service(path: Optional[str], options: ServeOptions) -> Service:
     if options.random_init is not None:
         engine, name, chat = _random_engine(options), options.random_init, None
     else:
-        engine = _export_engine(path, options)
+        from ..runtime import Engine
+
+        engine = Engine.load(path, backend=options.backend, slots=options.max_batch)
         name, chat = Path(path).resolve().name, ChatTemplate.from_export(engine.info.folder)
     return Service(engine, options, options.model_name or name, chat)
-
-
-def _export_engine(path: str, options: ServeOptions):
-    """The Engine of an export folder on options.backend. The native backend's state pool (and the defaults that
-    depend on it, e.g. the split prefill's) is sized to the service's slots rather than its own default of 64."""
-    from ..export.artifact import load_export
-    from ..runtime import Engine
-    from ..runtime.backend import resolve_backend
-
-    backend = resolve_backend(options.backend, load_export(path))
-    sized = {"max_batch": options.max_batch} if backend == "native" else {}
-    return Engine.load(path, backend=backend, **sized)
 
 
 def _random_engine(options: ServeOptions):

@@ -26,6 +26,7 @@ from ..slots import StatePool, consecutive_start
 
 class NativeBackend(Backend):
     name = "native"
+    slots_option = "max_batch"  # the engine's static state: a pool of max_batch slots, allocated once
 
     def __init__(self, info: ExportInfo, engine=None, **options):
         """`engine`: an already-built NativeEngine for `info` (benchmarks on random weights); else built
