@@ -19,13 +19,12 @@ one cooperative launch for all layers instead (persistent.py).
 Prefill is eager, except chunks of at most prefill_graph_tokens (2,048) tokens and prefill_graph_batch (16) rows,
 4,096 tokens in all (prefill_graphs.MAX_GRAPH_TOKENS), into consecutive slots of the pool: those replay captured
 power-of-two pieces instead (at most three), or, for fresh prompts (`lengths`: left padding), one padded graph
-(prefill_graphs.py: an eager prefill of that size is bound by the host). prefill_graph_tokens=0 keeps every
-prefill eager. With prefill_split=k a chunk of pure Mamba layers runs as up to k parts along time, a wavefront on k
-streams (prefill_split.py), in a graph or eager; by default (None) two in a batch-1 Mamba1 graph of an engine of
-max_batch <= 16 (a side stream slows later large-batch decode graphs), else one. With
-fold_gated_norm (off by default) the prefill and decode of Mamba2 layers with one norm group fold the gated norm
-into the chunk scan (prefill.py) and into the decode step (decode.py). A float32 engine's cuBLAS products are
-IEEE float32 whatever the process's torch setting, or TF32 with tf32=True (precision.py).
+(prefill_graphs.py: an eager prefill of that size is bound by the host). prefill_graph_tokens=0 keeps every prefill
+eager. With prefill_split=k a chunk of pure Mamba layers runs as up to k parts along time, a wavefront on k streams
+(prefill_split.py), in a graph or eager; by default (None) two in a batch-1 Mamba1 graph of an engine of at most 16
+slots, else one (prefill_split.parts says why). With fold_gated_norm (off by default) Mamba2 layers with one norm group
+fold the gated norm into the chunk scan (prefill.py) and the decode step (decode.py). A float32 engine's cuBLAS
+products are IEEE float32 whatever torch's setting, or TF32 with tf32=True (precision.py).
 """
 from __future__ import annotations
 
@@ -164,9 +163,8 @@ class NativeEngine:
         # docs/performance.md, session 13), and so was a 2,048-token one (26.0 ms wall, 17.9 ms of kernels)
         self.prefill_graphs = PrefillGraphs(self, prefill_graph_tokens, prefill_graph_batch)
         # prefill chunks cut along time into up to this many parts, run as a wavefront on as many streams
-        # (native/prefill_split.py; 1: off; None: prefill_split.parts decides, 2 for a batch-1 Mamba1 chunk in a
-        # prefill graph of an engine of max_batch <= 16, where it gained 5-9% on the H100 and costs no decode
-        # speed); a graph captures the parts' streams too
+        # (native/prefill_split.py; 1: off; None: prefill_split.parts decides, where it was measured to gain and
+        # cost no decode speed); a graph captures the parts' streams too
         # (both are properties: setting one drops the prefill graphs captured under the other value)
         self._prefill_split, self._wavefront = prefill_split, S.Wavefront(self.device)
         # Mamba2 layers with one norm group: the gated norm folded into the chunk scan (prefill) and into the step
