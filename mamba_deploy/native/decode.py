@@ -25,8 +25,9 @@ default) take gemv's staged form where it applies (batch 3-16: on tensor cores, 
 into shared memory while the kernels before them run.
 From batch 3 to tc_max_batch (16: at 64 cuBLAS is faster, measured on the H200) in fp16 / bf16 on compute
 capability 9.0+ the projections are the same gemv launches in their tensor-core form (gemm_tc.cu: the weights
-read once for all rows, the conv epilogue kept; Mamba1's small x_proj up to batch 64 on a 9.0 GPU, where the
-skinny form, gemv_skinny.cu, beats cuBLAS's split-K GEMM and its reduce kernel); otherwise, for batch >
+read once for all rows, the conv epilogue up to CONV_EPILOGUE_MAX_BATCH rows; Mamba1's small x_proj up to batch
+64 on a 9.0 GPU, where the skinny form, gemv_skinny.cu, beats cuBLAS's split-K GEMM and its reduce kernel);
+otherwise, for batch >
 gemv_max_batch (2: measured crossover against cuBLAS on H100) they are cuBLAS GEMMs (torch.mm into the same
 buffers) and the conv update is the library's kernel.
 
@@ -50,6 +51,10 @@ from .weights import Layer
 
 NORMED_PROJECTIONS = frozenset({"in_proj", "out_proj", "head"})  # the names NativeEngine(norm_in_gemv=) takes
 STAGED_PROJECTIONS = frozenset({"in_proj", "x_proj", "out_proj"})  # and NativeEngine(staged_gemv=)
+# The conv update runs in the projection's epilogue up to this batch, above it as a kernel of its own: at 64 rows the
+# epilogue's few threads a tile, each output's 3 state values read and written one by one, cost a mamba-1.4b step
+# 2.69 -> 3.53 ms (H200, session 9)
+CONV_EPILOGUE_MAX_BATCH = 16
 STEP_DSTATES = (32, 64, 128, 256)  # the state sizes mamba2_step takes (else the library's selective_state_update)
 
 
@@ -153,9 +158,12 @@ def proj(eng, x, w, bias, out, conv: Optional[dict] = None, tc_max_batch: Option
         return
     tc_max = eng.tc_max_batch if tc_max_batch is None else tc_max_batch
     if b <= eng.gemv_max_batch or (b <= tc_max and G.tc_ok(x, w)):
-        G.gemv(x, w, bias, out=out, conv=conv)
-        return
-    linear(x, w, bias, out)
+        epilogue = conv if b <= CONV_EPILOGUE_MAX_BATCH else None
+        G.gemv(x, w, bias, out=out, conv=epilogue)
+        if epilogue is not None or conv is None:
+            return
+    else:
+        linear(x, w, bias, out)
     if conv is not None:
         xc = out[:, conv["lo"]:conv["lo"] + conv["weight"].shape[0]]
         K.causal_conv1d_update(xc, conv["weight"], conv["bias"], conv["state"],

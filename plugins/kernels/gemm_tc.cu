@@ -17,12 +17,15 @@
 // the tile, reading the S partial tiles through distributed shared memory (no workspace, no second kernel).
 // Epilogue: bias, the conv epilogue (gemv_epilogue.cuh), the store. Sums are float32 in a fixed order: the
 // same inputs give the same bits.
-// The wgmma form (batch 17..64, where built for sm_90a; wgmma.cuh): the same stages, splits and epilogue; one
-// thread fills a stage with two bulk tensor copies (TMA: weights and x tiles in the 128-byte swizzle, zeros
-// outside, completing the stage's mbarrier) and each warpgroup's k32 step of a stage is m64n32k16 / m64n64k16
-// products read straight from shared memory. At batch 64 the mma.sync form was bound by issuing its fragment
-// loads and products (0.43 warps a scheduler issuing); wgmma fed by per-thread cp.async gained 15-20% and was
-// then bound by the copies; TMA took in_proj from 16.4 to 14.3 us (cuBLAS: 11.6).
+// The wgmma form (batch 17..64, where built for sm_90a; wgmma.cuh): the same splits and epilogue; one thread
+// fills a stage with two bulk tensor copies (TMA: weights and x tiles in the 128-byte swizzle, zeros outside,
+// completing the stage's `full` mbarrier) once both warpgroups have released its buffer (its `empty` mbarrier),
+// and each warpgroup's k32 step of a stage is m64n32k16 / m64n64k16 products read straight from shared memory,
+// one group of them left in flight. 8 stages where the grid takes one block a multiprocessor, else 4 (two
+// blocks fit). (A ninth warp as the producer would need more than the 96 registers that two blocks of 288
+// threads allow.) At batch 64 the mma.sync form was bound by issuing its fragment loads and products (0.43 warps
+// a scheduler issuing); wgmma fed by per-thread cp.async gained 15-20% and was then bound by the copies; TMA with
+// the block synchronised at every stage took in_proj from 16.4 to 14.3 us (cuBLAS: 11.6).
 #include <cstdint>
 
 #include <cuda.h>  // CUtensorMap; cuTensorMapEncodeTiled is looked up through the runtime (no libcuda link)
@@ -42,15 +45,16 @@ constexpr int kWarpsN = 4, kWarpsK = 2, kThreads = 32 * kWarpsN * kWarpsK;
 constexpr int kMt = 2;                     // m16 tiles (16 output columns each) per warp
 constexpr int kCols = kWarpsN * kMt * 16;  // 128 output columns per block
 constexpr int kKStage = 64;                // k per pipeline stage: one k32 step for each k group of warps
-constexpr int kStages = 4;
+constexpr int kStages = 4;                 // the mma.sync form's; the wgmma form's: wg_stages
+constexpr int kMaxStagesWg = 8;
 constexpr int kPartStride = kCols + 4;     // floats per partial-sum row: fragment stores hit distinct banks
 constexpr int kMaxSplit = 8;
 
 // A stage: kCols weight rows, then nb * 8 x rows, of kKStage elements (8 units of 16 bytes) each.
 template <int NB> __host__ __device__ constexpr int stage_units() { return (kCols + NB * 8) * kKStage / 8; }
 // WG (the wgmma form): 1 KB more, to align the stages to the 1024-byte swizzle atoms.
-template <int NB, bool WG> __host__ __device__ constexpr size_t smem_bytes() {
-  constexpr size_t pipe = size_t(kStages) * stage_units<NB>() * 16, part = size_t(NB) * 8 * kPartStride * 4;
+template <int NB, bool WG> __host__ __device__ constexpr size_t smem_bytes(int stages) {
+  const size_t pipe = size_t(stages) * stage_units<NB>() * 16, part = size_t(NB) * 8 * kPartStride * 4;
   return (pipe > part ? pipe : part) + (WG ? 1024 : 0);
 }
 // Unit u of row r of a stage (mma.sync form): odd rows swap their two halves. (The wgmma form's stages are in
@@ -142,7 +146,7 @@ __device__ __forceinline__ void stage_products_wg(float (&acc)[kMt][NB][4], uint
       WgMma<T, NB * 8>::run(&acc[mt][0][0], wg_desc_sw128(stage + mt * 64 * 128 + k_bytes),
                             wg_desc_sw128(stage + kCols * 128 + k_bytes));
   }
-  wg_commit();  // waited for at the next stage's barrier (then its buffer can be refilled)
+  wg_commit();  // waited for after the next stage's products are issued (mainloop_wg)
 }
 #endif
 
@@ -152,19 +156,19 @@ struct TmaMaps {
   CUtensorMap w, x;
 };
 
-// The block's k stages: stage s (< nst) covers k_of(s) .. + kKStage - 1 in buffer s % kStages (shared address
+// The block's k stages: stage s (< nst) covers k_of(s) .. + kKStage - 1 in buffer s % stages (shared address
 // addr(s)). Each block starts at its own stage and wraps around: every block reads the same x, and blocks in
 // step would all ask the same few L2 lines for it at once.
 template <int NB>
 struct Plan {
   uint32_t stage0;
-  int nst, rot;
+  int nst, rot, stages;
   int64_t k_lo, k_hi;
   __device__ int64_t k_of(int s) const {
     const int r = s + rot;
     return k_lo + (r < nst ? r : r - nst) * kKStage;
   }
-  __device__ uint32_t addr(int s) const { return stage0 + (s % kStages) * (stage_units<NB>() * 16); }
+  __device__ uint32_t addr(int s) const { return stage0 + (s % stages) * (stage_units<NB>() * 16); }
 };
 
 // mma.sync form: every thread copies its 16-byte units of each stage with cp.async, kStages - 1 stages ahead.
@@ -197,72 +201,74 @@ __device__ __forceinline__ void mainloop_mma(float (&acc)[kMt][NB][4], const md_
 }
 
 #if MD_WGMMA_DEVICE
-// wgmma form: thread 0 fills each stage with two bulk tensor copies (the weights' and x's tiles, zero-filled
-// past n, the batch and k) completing the stage's mbarrier, kStages - 1 stages ahead; the products read the
-// tiles where they land (the async proxy both ways: no proxy fence).
+// wgmma form: thread 0 fills all stages' buffers first (the weights before the wait), then refills the buffer of
+// stage it - 1 with stage it - 1 + stages once both warpgroups released it (one `empty` arrival a warp, made
+// when its products of stage it are issued and those of stage it - 1 done). There is no barrier over the block:
+// only warpgroup 0 waits, for warpgroup 1 to have reached the stage it is at.
 template <typename T, int NB>
 __device__ __forceinline__ void mainloop_wg(float (&acc)[kMt][NB][4], const Plan<NB>& pl, const TmaMaps& maps,
-                                            uint32_t bar0, int kw) {
+                                            uint32_t full0, uint32_t empty0, int kw) {
   constexpr uint32_t kBytes = stage_units<NB>() * 16;
-  const bool leader = threadIdx.x == 0;
+  const int S = pl.stages;
+  const bool leader = threadIdx.x == 0, lane0 = (threadIdx.x & 31) == 0;
   const int32_t row0 = static_cast<int32_t>(blockIdx.x) * kCols;
-  auto bar = [&](int s) { return bar0 + (s % kStages) * 8; };
-  auto fill = [&](int s, bool weights, bool x) {
-    const int32_t k = static_cast<int32_t>(pl.k_of(s));
-    if (weights) tma_load_2d(pl.addr(s), &maps.w, k, row0, bar(s));
-    if (x) tma_load_2d(pl.addr(s) + kCols * 128, &maps.x, k, 0, bar(s));
+  auto full = [&](int s) { return full0 + (s % S) * 8; };
+  auto empty = [&](int s) { return empty0 + (s % S) * 8; };
+  auto load = [&](int s, const CUtensorMap* map, uint32_t offset, int32_t row) {
+    tma_load_2d(pl.addr(s) + offset, map, static_cast<int32_t>(pl.k_of(s)), row, full(s));
   };
+  const int early = min(S, pl.nst);
   if (leader) {
-#pragma unroll
-    for (int s = 0; s < kStages; ++s) mbar_init(bar0 + s * 8, 1);
+    for (int s = 0; s < S; ++s) {
+      mbar_init(full0 + s * 8, 1);
+      mbar_init(empty0 + s * 8, kThreads / 32);
+    }
     fence_mbar_init();
+    for (int s = 0; s < early; ++s) {  // the weights before the wait: no kernel writes them
+      mbar_expect_tx(full(s), kBytes);
+      load(s, &maps.w, 0, row0);
+    }
   }
   __syncthreads();
-  if (leader) {  // the first stages' weights before the wait: no kernel writes them
-#pragma unroll
-    for (int s = 0; s < kStages - 1; ++s)
-      if (s < pl.nst) {
-        mbar_expect_tx(bar(s), kBytes);
-        fill(s, true, false);
-      }
-  }
   pdl_wait();
-  if (leader) {
-#pragma unroll
-    for (int s = 0; s < kStages - 1; ++s)
-      if (s < pl.nst) fill(s, false, true);
-  }
+  if (leader)
+    for (int s = 0; s < early; ++s) load(s, &maps.x, kCols * 128, 0);
   for (int it = 0; it < pl.nst; ++it) {
-    mbar_wait(bar(it), (it / kStages) & 1);  // stage it has landed
-    wg_wait_all();                            // this warpgroup's products of stage it - 1 are done ...
-    __syncthreads();                          // ... and every warpgroup's: buffer it - 1 can be refilled
-    const int next = it + kStages - 1;
-    if (leader && next < pl.nst) {
-      mbar_expect_tx(bar(next), kBytes);
-      fill(next, true, true);
-    }
+    mbar_wait(full(it), (it / S) & 1);
     stage_products_wg<T, NB>(acc, pl.addr(it), kw);
+    wg_wait_one();  // this warp's products of stage it - 1 are done: its buffer may be refilled
+    if (it == 0) continue;
+    if (lane0) mbar_arrive(empty(it - 1));
+    const int next = it - 1 + S;
+    if (leader && next < pl.nst) {
+      mbar_wait(empty(it - 1), ((it - 1) / S) & 1);
+      mbar_expect_tx(full(next), kBytes);
+      load(next, &maps.w, 0, row0);
+      load(next, &maps.x, kCols * 128, 0);
+    }
   }
   wg_wait_all();
 }
 #endif
 
 // Grid: (ceil(n / kCols), S), clusters of (1, S, 1); krange: the k of one split (multiple of 64).
-// WG: the wgmma form (built for sm_90a only; NB 4 or 8; `maps` set), else mma.sync.
+// WG: the wgmma form (built for sm_90a only; NB 4 or 8; `maps` set; `stages` buffers, at most kMaxStagesWg),
+// else mma.sync (kStages).
 template <typename T, int NB, bool WG>
 __global__ void __launch_bounds__(kThreads, 2)
-    gemv_tc_kernel(const md_gemv_params p, int64_t krange, const __grid_constant__ TmaMaps maps) {
+    gemv_tc_kernel(const md_gemv_params p, int64_t krange, int stages, const __grid_constant__ TmaMaps maps) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   if (WG && !MD_WGMMA_DEVICE) __trap();  // the wgmma form in code not built for sm_90a: wgmma_form said no
   extern __shared__ __align__(16) unsigned char smem[];
   const uint32_t smem_addr = static_cast<uint32_t>(__cvta_generic_to_shared(smem));
   unsigned char* aligned = smem + (WG ? (1024 - (smem_addr & 1023)) & 1023 : 0);
-  uint4* stages = reinterpret_cast<uint4*>(aligned);
+  uint4* stage_buf = reinterpret_cast<uint4*>(aligned);
   float* part = reinterpret_cast<float*>(aligned);  // after the products, over the stages
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
   const int wn = warp % kWarpsN, kw = warp / kWarpsN;
   Plan<NB> pl;
-  pl.stage0 = static_cast<uint32_t>(__cvta_generic_to_shared(stages));
+  pl.stage0 = static_cast<uint32_t>(__cvta_generic_to_shared(stage_buf));
+  pl.stages = WG ? stages : kStages;
   pl.k_lo = static_cast<int64_t>(blockIdx.y) * krange;
   pl.k_hi = min(p.k, pl.k_lo + krange);
   pl.nst = pl.k_hi > pl.k_lo ? static_cast<int>((pl.k_hi - pl.k_lo + kKStage - 1) / kKStage) : 0;
@@ -279,11 +285,12 @@ __global__ void __launch_bounds__(kThreads, 2)
   pdl_release();
 #if MD_WGMMA_DEVICE
   if constexpr (WG) {
-    __shared__ __align__(8) uint64_t bars[kStages];  // the stages' mbarriers
-    mainloop_wg<T, NB>(acc, pl, maps, static_cast<uint32_t>(__cvta_generic_to_shared(bars)), kw);
+    __shared__ __align__(8) uint64_t bars[2 * kMaxStagesWg];  // the stages' full, then empty mbarriers
+    const uint32_t bar0 = static_cast<uint32_t>(__cvta_generic_to_shared(bars));
+    mainloop_wg<T, NB>(acc, pl, maps, bar0, bar0 + kMaxStagesWg * 8, kw);
   }
 #endif
-  if constexpr (!WG) mainloop_mma<T, NB>(acc, p, pl, stages, wn, kw, g, t);
+  if constexpr (!WG) mainloop_mma<T, NB>(acc, p, pl, stage_buf, wn, kw, g, t);
 
   // Partial sums -> part[m][column]: the k groups one after the other (a fixed order).
   __syncthreads();
@@ -368,14 +375,11 @@ bool encode_tile_map(CUtensorMap* map, const void* base, int64_t dtype, int64_t 
 
 template <typename T, int NB, bool WG = false>
 cudaError_t launch_nb(const md_gemv_params& p, cudaStream_t stream) {
-  constexpr size_t smem = smem_bytes<NB, WG>();
   const auto kernel = gemv_tc_kernel<T, NB, WG>;
   TmaMaps maps{};
   if (WG && !(encode_tile_map(&maps.w, p.w, p.dtype, p.k, p.n, p.w_row_stride, kCols) &&
               encode_tile_map(&maps.x, p.x, p.dtype, p.k, p.batch, p.x_row_stride, NB * 8)))
     return cudaErrorInvalidValue;
-  cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
-  if (err != cudaSuccess) return err;
   const int64_t sms = device_attribute(cudaDevAttrMultiProcessorCount, 132);
   const int64_t col_blocks = (p.n + kCols - 1) / kCols;
   // About one block a multiprocessor (two fit), each split at least 512 of k: measured on the H200, a
@@ -387,9 +391,15 @@ cudaError_t launch_nb(const md_gemv_params& p, cudaStream_t stream) {
   while (split < kMaxSplit && col_blocks * split * 2 <= sms + sms / 8 && p.k >= 1024 * split) split *= 2;
   if (split < kMaxSplit && col_blocks * split * 4 < sms * 3 && p.k >= 1024 * split) split *= 2;
   const int64_t krange = ((p.k + split - 1) / split + 63) / 64 * 64;
+  // The wgmma form: 8 stages in flight where every block has a multiprocessor of its own, 4 where two share one.
+  const int stages = !WG ? kStages : col_blocks * split <= sms ? kMaxStagesWg : 4;
+  const size_t smem = smem_bytes<NB, WG>(stages);
+  cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
+  if (err != cudaSuccess) return err;
 
   const dim3 grid(static_cast<unsigned>(col_blocks), static_cast<unsigned>(split));
-  return launch_pdl_cluster(kernel, grid, kThreads, smem, stream, static_cast<unsigned>(split), p, krange, maps);
+  return launch_pdl_cluster(kernel, grid, kThreads, smem, stream, static_cast<unsigned>(split), p, krange,
+                            stages, maps);
 }
 
 template <typename T>

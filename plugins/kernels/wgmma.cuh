@@ -31,6 +31,8 @@ __device__ __forceinline__ uint64_t wg_desc_sw128(uint32_t smem_addr) {
 __device__ __forceinline__ void wg_fence() { asm volatile("wgmma.fence.sync.aligned;" ::: "memory"); }
 __device__ __forceinline__ void wg_commit() { asm volatile("wgmma.commit_group.sync.aligned;" ::: "memory"); }
 __device__ __forceinline__ void wg_wait_all() { asm volatile("wgmma.wait_group.sync.aligned 0;" ::: "memory"); }
+// All but the most recent committed group done.
+__device__ __forceinline__ void wg_wait_one() { asm volatile("wgmma.wait_group.sync.aligned 1;" ::: "memory"); }
 // d (64 x N, the m64nN float32 fragment: N / 2 per thread) += a (64 x 16) b (N x 16)^T, both K-major
 // descriptors (scale-d 1: accumulate). T = __half or __nv_bfloat16.
 template <typename T, int N> struct WgMma;
