@@ -1,8 +1,8 @@
 """The decode projections at batch 1..64: gemv's CUDA-core form, its tensor-core form and cuBLAS (torch.mm), on
 the shapes of mamba-1.4b and mamba2-1.3b: microseconds per call and achieved GB/s. "tensor cores" is what the
 engine runs (wgmma from batch 17 on an sm_90a build; for n <= 256 the skinny form, whose cluster sizes
-`--clusters` also times), "mma.sync" the tensor-core form without wgmma, "staged" (batch 1) the form whose
-weights are copied into shared memory before it waits for the kernel before it.
+`--clusters` also times), "mma.sync" the tensor-core form without wgmma, "wgmma" (batch <= 16) its wgmma form,
+"staged" (batch 1) the form whose weights are copied into shared memory before it waits for the kernel before it.
 
     PYTHONPATH=. MAMBA_DEPLOY_KERNEL_LIB=build/libmamba_deploy_kernels.so python3 benchmarks/gemv_tc.py \\
         --batches 1 2 4 8 16 32 64
@@ -56,6 +56,7 @@ def bench_shape(n: int, k: int, batch: int, a) -> dict[str, float]:
              "mma_sync": lambda: G.gemv(x, next_w(), out=out, algo="mma_sync")}
     if batch <= G.MAX_BATCH:
         forms["cuda_cores"] = lambda: G.gemv(x, next_w(), out=out, algo="cuda_cores")
+        forms["wgmma"] = lambda: G.gemv(x, next_w(), out=out, algo="wgmma")  # above 16: tensor_cores itself
     if G.staged_ok(x, ws[0]):  # back to back: each call's copies wait for the one before to leave its SM
         forms["staged"] = lambda: G.gemv(x, next_w(), out=out, algo="staged")
     if n <= G.SKINNY_MAX_N:  # the skinny form's cluster sizes
@@ -75,26 +76,26 @@ def main() -> None:
     ap.add_argument("--shapes", nargs="*", help="only these matrices (e.g. x_proj)")
     a = ap.parse_args()
     torch.manual_seed(0)
-    print("| model | matrix | n x k | batch | cuBLAS us | CUDA cores us | mma.sync us | tensor cores us "
+    print("| model | matrix | n x k | batch | cuBLAS us | CUDA cores us | mma.sync us | wgmma us | tensor cores us "
           "| tensor cores GB/s | vs cuBLAS |")
-    print("| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    print("| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for model, name, n, k in SHAPES:
         if a.shapes and name not in a.shapes:
             continue
         for batch in a.batches:
             r = bench_shape(n, k, batch, a)
             moved = 2 * (n * k + batch * (n + k))
-            cc = f"{r['cuda_cores']:.1f}" if "cuda_cores" in r else "-"
+            cc, wg = (f"{r[form]:.1f}" if form in r else "-" for form in ("cuda_cores", "wgmma"))
             tc = r["tensor_cores"]
             print(f"| {model} | {name} | {n} x {k} | {batch} | {r['cublas']:.1f} | {cc} | {r['mma_sync']:.1f} | "
-                  f"{tc:.1f} | "
+                  f"{wg} | {tc:.1f} | "
                   f"{moved / tc / 1e3:.0f} | {r['cublas'] / tc:.2f}x |", flush=True)
             if "staged" in r:  # alone (no kernel before it to overlap): what its shared-memory pipeline costs
                 print(f"|  | {name}, staged form: {r['staged']:.1f} us, {moved / r['staged'] / 1e3:.0f} GB/s "
-                      f"| | | | | | | | |")
+                      f"| | | | | | | | | |")
             clusters = [f"{key} {us:.1f} us" for key, us in r.items() if key.startswith("cluster")]
             if clusters:
-                print(f"|  | {name}, skinny form's clusters: {', '.join(clusters)} | | | | | | | | |")
+                print(f"|  | {name}, skinny form's clusters: {', '.join(clusters)} | | | | | | | | | |")
 
 
 if __name__ == "__main__":

@@ -15,8 +15,9 @@
 #   options      decode ms at batch 4-32 over the engine's placement options (benchmarks/decode_options.py: staged
 #                forms, the Mamba1 dt_proj crossover), and at 32 / 64 our tensor-core projections against cuBLAS
 #                (all of them, or out_proj alone), mamba-1.4b and mamba2-1.3b (the last part: step tc)
-#   tc           options' comparison at batch 32 / 64 alone (and mamba-2.8b), after the tensor-core GEMV's tests and
-#                benchmarks/gemv_tc.py at batch 32 / 64 (with CANDIDATE_LIB set, alternately with it, two rounds)
+#   tc           options' comparison at batch 32 / 64 alone (and mamba-2.8b), the wgmma form at batch 4-16 against
+#                mma.sync (wgmma_min_batch), after the tensor-core GEMV's tests and benchmarks/gemv_tc.py at batch
+#                8-64 (with CANDIDATE_LIB set, alternately with it, two rounds)
 #   split        the split prefill (NativeEngine(prefill_split=k)) and the folded gated norm (fold_gated_norm): their
 #                tests, then 2,048-token prefills of four models (and 8 x 2,048 of two) with each variant in turn,
 #                32,768 tokens (time and memory) with k = 1 and 2 (2,048-token graphs) and k = 4 (8,192-token
@@ -48,15 +49,16 @@ ab() {  # ab LIMIT_S TAIL_LINES CMD...: run's, two rounds, alternately with MAMB
     done
   done
 }
-tc() {  # our tensor-core projections against cuBLAS at batch 32 / 64
+tc() {  # our tensor-core projections against cuBLAS at batch 32 / 64; their wgmma form at batch 4-16
   for m in mamba-1.4b mamba2-1.3b mamba-2.8b; do
     run 200 8 python3 benchmarks/decode_options.py --random-init "$m" --batches 32 64 --set tc_max_batch=16,64 \
       --set out_proj_tc_max_batch=16,64
+    run 150 5 python3 benchmarks/decode_options.py --random-init "$m" --batches 4 8 16 --set wgmma_min_batch=17,3
   done
 }
 tc_kernels() {  # gemm_tc.cu's tests, then its projections at batch 32 / 64 against cuBLAS (against CANDIDATE_LIB's too)
   run 200 3 python3 -m pytest -q -m gpu tests/native/test_gemm_tc.py -p no:cacheprovider
-  local cmd=(python3 benchmarks/gemv_tc.py --batches 32 64 --shapes in_proj dt_proj out_proj lm_head --clusters
+  local cmd=(python3 benchmarks/gemv_tc.py --batches 8 16 32 64 --shapes in_proj dt_proj out_proj lm_head --clusters
              --repeats 9)
   if [ -n "${CANDIDATE_LIB:-}" ]; then ab 120 40 "${cmd[@]}"; else run 120 40 "${cmd[@]}"; fi
 }

@@ -151,7 +151,7 @@ def proj(eng, x, w, bias, out, conv: Optional[dict] = None, tc_max_batch: Option
          name: Optional[str] = None) -> None:
     """out = x @ w.T (+ bias), then the conv epilogue on conv rows: the library's gemv (CUDA cores for small batch,
     its staged form where the engine's staged_gemv names the projection `name`, tensor cores up to tc_max_batch:
-    the engine's unless given), else cuBLAS."""
+    the engine's unless given; their wgmma form from the engine's wgmma_min_batch on), else cuBLAS."""
     b = x.shape[0]
     if name is not None and name in eng.staged_gemv and b <= eng.staged_max_batch and G.staged_ok(x, w):
         G.gemv(x, w, bias, out=out, conv=conv, algo="staged")
@@ -159,7 +159,8 @@ def proj(eng, x, w, bias, out, conv: Optional[dict] = None, tc_max_batch: Option
     tc_max = eng.tc_max_batch if tc_max_batch is None else tc_max_batch
     if b <= eng.gemv_max_batch or (b <= tc_max and G.tc_ok(x, w)):
         epilogue = conv if b <= CONV_EPILOGUE_MAX_BATCH else None
-        G.gemv(x, w, bias, out=out, conv=epilogue)
+        wgmma = eng.gemv_max_batch < b and b >= eng.wgmma_min_batch  # else the library's choice (auto)
+        G.gemv(x, w, bias, out=out, conv=epilogue, algo="wgmma" if wgmma else "auto")
         if epilogue is not None or conv is None:
             return
     else:

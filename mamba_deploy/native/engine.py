@@ -72,7 +72,8 @@ class NativeEngine:
                  norm_in_gemv: tuple[str, ...] = (), staged_gemv: tuple[str, ...] = ("out_proj",),
                  staged_max_batch: Optional[int] = None, persistent_decode: bool = False,
                  prefill_split: Optional[int] = None,
-                 fold_gated_norm: bool = False, tf32: bool = False, step_dt_tc: bool = False):
+                 fold_gated_norm: bool = False, tf32: bool = False, step_dt_tc: bool = False,
+                 wgmma_min_batch: int = 17):
         for option, names, allowed in (("norm_in_gemv", norm_in_gemv, D.NORMED_PROJECTIONS),
                                        ("staged_gemv", staged_gemv, D.STAGED_PROJECTIONS)):
             if not set(names) <= allowed:
@@ -87,6 +88,8 @@ class NativeEngine:
         self.max_batch, self.chunk_len, self.use_graphs = max_batch, chunk_len, use_graphs
         self.gemv_max_batch = min(gemv_max_batch, G.MAX_BATCH)
         self.tc_max_batch = min(tc_max_batch, G.TC_MAX_BATCH)  # 0: cuBLAS for every batch > gemv_max_batch
+        # ... in gemm_tc.cu's wgmma form from this batch on (17: where the library switches from mma.sync by itself)
+        self.wgmma_min_batch = wgmma_min_batch
         self.dt_gemm_min_batch = dt_gemm_min_batch  # Mamba1: from this batch on, dt_proj is a projection of its own
         # ... or, with step_dt_tc (16-bit), runs on tensor cores inside the step kernel (decode.mamba1_mixer; one
         # launch less a layer). Off: on an H100 level to 1.2% faster at batch 8-16, 9% slower at 64 (session 33)
@@ -96,9 +99,8 @@ class NativeEngine:
         # 20 (H200, mamba-1.4b b1 1.328 ms without, 1.390 with; mamba-2.8b 2.368 against 2.569; docs/performance.md)
         self.norm_in_gemv = frozenset(norm_in_gemv)
         # Mamba mixer projections ("in_proj", "x_proj", "out_proj") that take gemv's staged form where it applies
-        # (gemv.staged_ok): their weights stream into shared memory while the latency-bound kernels before them
-        # run. Default out_proj, the one that gained (session 20: mamba-1.4b b1 1.417 -> 1.328 ms,
-        # mamba2-1.3b 1.425 -> 1.279; in_proj and x_proj lost)
+        # (gemv.staged_ok): weights stream into shared memory while the kernels before them run. Default out_proj,
+        # the one that gained (session 20: mamba-1.4b b1 1.417 -> 1.328 ms, mamba2-1.3b 1.425 -> 1.279)
         self.staged_gemv = frozenset(staged_gemv)
         # ... up to this batch (3-16 on tensor cores, fp16 / bf16). None: 8 for Mamba1, 4 for Mamba2, where the staged
         # out_proj gained (H200, session 21: Mamba1 b8 1.683 -> 1.541 ms; Mamba2 b3-4 1-2%, b8 lost; both at 16)
@@ -151,11 +153,9 @@ class NativeEngine:
         # One memory pool for every graph (they replay one at a time on one stream), kept alive by the first
         # graph captured: a pool whose graphs were all freed cannot be captured into again.
         self._pool_keeper: Optional[torch.cuda.CUDAGraph] = None
-        # Every capture (and its warm-up runs) on ONE side stream of the engine, not a new one each time: with
-        # the decode kernels' programmatic dependent launch, a process that had run kernels on more streams
-        # replayed the same batch-64 decode graph 3.5% slower (2.661 against 2.567 ms a step, mamba-1.4b on the
-        # H200; CUDA_DEVICE_MAX_CONNECTIONS=32 avoided it too, so likely the streams share hardware queues;
-        # docs/performance.md, session 16).
+        # Every capture (and its warm-up runs) on ONE side stream of the engine, not a new one each time: decode
+        # graphs of a process that had run kernels on more streams lose part of programmatic launch's overlap
+        # (mamba-1.4b b64 2.567 -> 2.661 ms on the H200; docs/performance.md, sessions 16 and 35).
         self._capture_stream: Optional[torch.cuda.Stream] = None
         # chunks of <= prefill_graph_tokens tokens and <= prefill_graph_batch rows (<= 4,096 tokens in all) replay
         # captured pieces (0: all eager). On by default: an eager 100-token prefill is bound by the host, ~500

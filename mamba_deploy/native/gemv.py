@@ -24,7 +24,8 @@ STAGED_CUDA_CORE_BATCH, STAGED_MAX_ROW_BYTES = 2, 16 * 1024  # kCudaCoreBatch; i
 # (2048 x 4096, fp16) the staged out_proj gained, at 205 KB (2560 x 5120) it did not (H200, session 20).
 STAGED_MAX_BLOCK_BYTES = 128 * 1024
 ALGOS = {"auto": 0, "cuda_cores": 1, "tensor_cores": 2, "mma_sync": 3,  # mma_sync: tensor cores without wgmma
-         "staged": 4}  # MD_GEMV_ALGO_STAGED: weights copied into shared memory before the wait (batch 1-16)
+         "staged": 4,  # MD_GEMV_ALGO_STAGED: weights copied into shared memory before the wait (batch 1-16)
+         "wgmma": 5}  # MD_GEMV_ALGO_WGMMA: tensor_cores with batch 1-16 through wgmma too
 _TC_CAPABLE: dict[int, bool] = {}  # device index -> compute capability >= 9.0
 _SM_COUNT: dict[int, int] = {}  # device index -> multiprocessors
 
@@ -91,11 +92,11 @@ def gemv(x: torch.Tensor, w: torch.Tensor, bias: Optional[torch.Tensor] = None, 
 
     algo: "cuda_cores" (batch <= 16, any dtype), "tensor_cores" (batch <= 64 where tc_ok: the weights read
     once for all rows; batch 17..64 through wgmma on an sm_90a build), "mma_sync" (the tensor-core form without
-    wgmma), "staged" (batch 1-2, or 3-16 in fp16 / bf16 on tensor cores; compute capability 9.0+, no norm: each
-    block copies its rows of w into shared memory before it waits for the kernel before it, so the weights stream
-    in while that kernel runs), "auto" (tensor cores from batch 3 on where they apply). split_k: the CUDA-core
-    form's warps per output (1, 2, 4, 8), or the skinny tensor-core form's blocks per k cluster (1..16, n <= 256 without
-    conv); 0 = chosen by the library.
+    wgmma), "wgmma" (as "tensor_cores", batch 1-16 through wgmma too), "staged" (batch 1-2, or 3-16 in fp16 / bf16
+    on tensor cores; compute capability 9.0+, no norm: each block copies its rows of w into shared memory before it
+    waits for the kernel before it, so the weights stream in while that kernel runs), "auto" (tensor cores from
+    batch 3 on where they apply). split_k: the CUDA-core form's warps per output (1, 2, 4, 8), or the skinny
+    tensor-core form's blocks per k cluster (1..16, n <= 256 without conv); 0 = chosen by the library.
 
     conv: optional causal-conv epilogue over rows [lo, lo + weight.shape[0]) of the output, a dict with
     `lo`, `weight` (conv_dim, width) contiguous, `bias` (conv_dim,) or None, `state` (batch, conv_dim,

@@ -17,15 +17,16 @@
 // the tile, reading the S partial tiles through distributed shared memory (no workspace, no second kernel).
 // Epilogue: bias, the conv epilogue (gemv_epilogue.cuh), the store. Sums are float32 in a fixed order: the
 // same inputs give the same bits.
-// The wgmma form (batch 17..64, where built for sm_90a; wgmma.cuh): the same splits and epilogue; one thread
-// fills a stage with two bulk tensor copies (TMA: weights and x tiles in the 128-byte swizzle, zeros outside,
-// completing the stage's `full` mbarrier) once both warpgroups have released its buffer (its `empty` mbarrier),
-// and each warpgroup's k32 step of a stage is m64n32k16 / m64n64k16 products read straight from shared memory,
-// one group of them left in flight. 8 stages where the grid takes one block a multiprocessor, else 4 (two
-// blocks fit). (A ninth warp as the producer would need more than the 96 registers that two blocks of 288
-// threads allow.) At batch 64 the mma.sync form was bound by issuing its fragment loads and products (0.43 warps
-// a scheduler issuing); wgmma fed by per-thread cp.async gained 15-20% and was then bound by the copies; TMA with
-// the block synchronised at every stage took in_proj from 16.4 to 14.3 us (cuBLAS: 11.6).
+// The wgmma form (batch 17..64, or any with algo MD_GEMV_ALGO_WGMMA, where built for sm_90a; wgmma.cuh): the
+// same splits and epilogue; one thread fills a stage with two bulk tensor copies (TMA: weights and x tiles in the
+// 128-byte swizzle, zeros outside, completing the stage's `full` mbarrier) once both warpgroups have released its
+// buffer (its `empty` mbarrier), and each warpgroup's k32 step of a stage is m64nNk16 products (N = 8, 16, 32 or
+// 64 batch rows) read straight from shared memory, one group of them left in flight. 8 stages where the grid
+// takes one block a multiprocessor, else 4 (two blocks fit). (A ninth warp as the producer would need more than
+// the 96 registers that two blocks of 288 threads allow.) At batch 64 the mma.sync form was bound by issuing its
+// fragment loads and products (0.43 warps a scheduler issuing); wgmma fed by per-thread cp.async gained 15-20%
+// and was then bound by the copies; TMA with the block synchronised at every stage took in_proj from 16.4 to
+// 14.3 us (cuBLAS: 11.6).
 #include <cstdint>
 
 #include <cuda.h>  // CUtensorMap; cuTensorMapEncodeTiled is looked up through the runtime (no libcuda link)
@@ -252,7 +253,7 @@ __device__ __forceinline__ void mainloop_wg(float (&acc)[kMt][NB][4], const Plan
 #endif
 
 // Grid: (ceil(n / kCols), S), clusters of (1, S, 1); krange: the k of one split (multiple of 64).
-// WG: the wgmma form (built for sm_90a only; NB 4 or 8; `maps` set; `stages` buffers, at most kMaxStagesWg),
+// WG: the wgmma form (built for sm_90a only; NB 1, 2, 4 or 8; `maps` set; `stages` buffers, at most kMaxStagesWg),
 // else mma.sync (kStages).
 template <typename T, int NB, bool WG>
 __global__ void __launch_bounds__(kThreads, 2)
@@ -404,7 +405,11 @@ cudaError_t launch_nb(const md_gemv_params& p, cudaStream_t stream) {
 
 template <typename T>
 cudaError_t launch_typed(const md_gemv_params& p, cudaStream_t s) {
-  if (p.batch > 16 && wgmma_form(p)) return p.batch > 32 ? launch_nb<T, 8, true>(p, s) : launch_nb<T, 4, true>(p, s);
+  if ((p.batch > 16 || p.algo == MD_GEMV_ALGO_WGMMA) && wgmma_form(p)) {  // n = 8, 16, 32 or 64 batch rows a product
+    if (p.batch > 32) return launch_nb<T, 8, true>(p, s);
+    if (p.batch > 16) return launch_nb<T, 4, true>(p, s);
+    return p.batch > 8 ? launch_nb<T, 2, true>(p, s) : launch_nb<T, 1, true>(p, s);
+  }
   return with_batch_tiles(p.batch, [&](auto nb) { return launch_nb<T, decltype(nb)::value>(p, s); });
 }
 

@@ -30,8 +30,8 @@ cudaError_t with_batch_tiles(int64_t batch, F&& f) {
 // k a multiple of 8, x and w 16-byte aligned with row strides of whole 16-byte vectors, compute capability 9.0+.
 bool gemv_tc_ok(const md_gemv_params& p);
 
-// Whether batches 17..64 take the wgmma form: a library built for sm_90a (MD_WGMMA_BUILT) on a 9.0 device,
-// algo not MD_GEMV_ALGO_MMA_SYNC.
+// Whether batches 17..64 (every batch with algo MD_GEMV_ALGO_WGMMA) take the wgmma form: a library built for
+// sm_90a (MD_WGMMA_BUILT) on a 9.0 device, algo not MD_GEMV_ALGO_MMA_SYNC.
 bool wgmma_form(const md_gemv_params& p);
 
 // out = x @ w.T (+ bias) (+ the conv epilogue), as md_launch_gemv; the caller checked gemv_tc_ok. Takes the

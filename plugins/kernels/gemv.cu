@@ -420,7 +420,7 @@ cudaError_t launch_m2(const md_mamba2_step_params& p, cudaStream_t s) {
 
 extern "C" cudaError_t md_launch_gemv(const md_gemv_params* p, cudaStream_t stream) {
   MD_CHECK(p != nullptr, "gemv: params is NULL");
-  MD_CHECK(p->algo >= 0 && p->algo <= MD_GEMV_ALGO_STAGED, "gemv: algo must be 0..4");
+  MD_CHECK(p->algo >= 0 && p->algo <= MD_GEMV_ALGO_WGMMA, "gemv: algo must be 0..5");
   MD_CHECK(p->batch >= 0 && p->batch <= MD_GEMV_TC_MAX_BATCH, "gemv: batch must be in 0..64");
   MD_CHECK(p->n >= 0 && p->k >= 0, "gemv: negative size");
   MD_CHECK(p->x && p->w && p->out, "gemv: x, w and out are required");
@@ -432,7 +432,7 @@ extern "C" cudaError_t md_launch_gemv(const md_gemv_params* p, cudaStream_t stre
     MD_CHECK(md::valid_dtype(p->conv_state_dtype), "gemv: bad conv state dtype");
   }
   if (p->norm_w) {
-    MD_CHECK(p->batch <= MD_GEMV_NORM_MAX_BATCH && p->algo != 2 && p->algo != MD_GEMV_ALGO_MMA_SYNC,
+    MD_CHECK(p->batch <= MD_GEMV_NORM_MAX_BATCH && (p->algo == 0 || p->algo == 1 || p->algo == MD_GEMV_ALGO_STAGED),
              "gemv: the norm prologue is the CUDA-core form's, batch <= 2");
     MD_CHECK(md::valid_dtype(p->norm_residual_dtype), "gemv: bad norm residual dtype");
     MD_CHECK(p->norm_gate || (p->norm_residual_out && p->norm_residual_out != p->norm_residual),

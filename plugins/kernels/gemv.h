@@ -21,6 +21,7 @@ extern "C" {
 #define MD_GEMV_TC_MIN_BATCH 3  /* algo 0 takes the tensor-core form from this batch on, where it can */
 #define MD_GEMV_ALGO_MMA_SYNC 3 /* the tensor-core form without wgmma (what non-sm_90a builds run) */
 #define MD_GEMV_ALGO_STAGED 4   /* weights staged in shared memory before the wait (gemv_staged.cu) */
+#define MD_GEMV_ALGO_WGMMA 5    /* the tensor-core form through wgmma at every batch (else as algo 2) */
 #define MD_GEMV_NORM_MAX_BATCH 2  /* the norm prologue: rows, and k below */
 #define MD_GEMV_NORM_MAX_K 8192
 
@@ -31,8 +32,9 @@ extern "C" {
  * device is 9.0); 3 = tensor cores through mma.sync only; 4 = staged (16-byte vectors, compute capability
  * 9.0+, no norm prologue; batch 1-2 in any dtype with k <= 1,024 vectors, batch 3-16 in fp16 / bf16 on tensor
  * cores where a block's rows fit in shared memory: each block copies its rows of w into shared memory by bulk
- * copies issued before it waits for the kernel before it); 0 = tensor cores from batch
- * MD_GEMV_TC_MIN_BATCH on where they apply, else CUDA cores.
+ * copies issued before it waits for the kernel before it); 5 = algo 2 with batch 1..16 through wgmma too (where
+ * algo 2 takes wgmma at 17..64); 0 = tensor cores from batch MD_GEMV_TC_MIN_BATCH on where they apply, else CUDA
+ * cores.
  *   x    (batch, k)  row stride x_row_stride, unit k stride     dtype (fp32 / fp16 / bf16)
  *   w    (n, k)      row stride w_row_stride, unit k stride     dtype
  *   bias (n,) or NULL                                            dtype

@@ -1,6 +1,6 @@
 // wgmma.cuh -- Hopper's warpgroup matrix product (wgmma.mma_async, sm_90a) for gemm_tc.cu: shared-memory
 // descriptors of 128-byte-swizzled K-major tiles, the fence / commit / wait, m64nNk16 with float32
-// accumulators for N = 32 and 64 (the mbarriers and tensor copies that fill the tiles: bulk.cuh). Only under
+// accumulators for N = 8, 16, 32 and 64 (the mbarriers and tensor copies that fill the tiles: bulk.cuh). Only under
 // __CUDA_ARCH_FEAT_SM90_ALL (code built for sm_90a): elsewhere
 // MD_WGMMA_DEVICE is 0 and a caller must not reach these.
 #pragma once
@@ -37,6 +37,8 @@ __device__ __forceinline__ void wg_wait_one() { asm volatile("wgmma.wait_group.s
 // descriptors (scale-d 1: accumulate). T = __half or __nv_bfloat16.
 template <typename T, int N> struct WgMma;
 
+#define MD_WG_D4 "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+#define MD_WG_D8 MD_WG_D4, "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7])
 #define MD_WG_D16 "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),\
   "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15])
 #define MD_WG_D32                                                                                   \
@@ -52,8 +54,14 @@ template <typename T, int N> struct WgMma;
                    : "l"(a), "l"(b), "r"(1));                                                                \
     }                                                                                                        \
   };
+#define MD_WG_R4 "%0, %1, %2, %3"
+#define MD_WG_R8 MD_WG_R4 ", %4, %5, %6, %7"
 #define MD_WG_R16 "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15"
 #define MD_WG_R32 MD_WG_R16 ", %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31"
+MD_WGMMA_SPEC(__half, "f16", 8, MD_WG_R4, "%4, %5", "%6", MD_WG_D4)
+MD_WGMMA_SPEC(__nv_bfloat16, "bf16", 8, MD_WG_R4, "%4, %5", "%6", MD_WG_D4)
+MD_WGMMA_SPEC(__half, "f16", 16, MD_WG_R8, "%8, %9", "%10", MD_WG_D8)
+MD_WGMMA_SPEC(__nv_bfloat16, "bf16", 16, MD_WG_R8, "%8, %9", "%10", MD_WG_D8)
 MD_WGMMA_SPEC(__half, "f16", 32, MD_WG_R16, "%16, %17", "%18", MD_WG_D16)
 MD_WGMMA_SPEC(__nv_bfloat16, "bf16", 32, MD_WG_R16, "%16, %17", "%18", MD_WG_D16)
 MD_WGMMA_SPEC(__half, "f16", 64, MD_WG_R32, "%32, %33", "%34", MD_WG_D32)
@@ -61,8 +69,12 @@ MD_WGMMA_SPEC(__nv_bfloat16, "bf16", 64, MD_WG_R32, "%32, %33", "%34", MD_WG_D32
 #undef MD_WGMMA_SPEC
 #undef MD_WG_R32
 #undef MD_WG_R16
+#undef MD_WG_R8
+#undef MD_WG_R4
 #undef MD_WG_D32
 #undef MD_WG_D16
+#undef MD_WG_D8
+#undef MD_WG_D4
 #endif  // MD_WGMMA_DEVICE
 
 }  // namespace md

@@ -1,7 +1,7 @@
-"""plugins/kernels/gemm_tc.cu (gemv's tensor-core form, batch 1..64, fp16 / bf16) against float64 products and
-against the CUDA-core form: odd batches and sizes, every cluster split, strided rows, bias, the conv epilogue
-over state rows; the skinny form (gemv_skinny.cu, n <= 256) at every cluster size. Outputs are poisoned with NaN
-before every launch."""
+"""plugins/kernels/gemm_tc.cu (gemv's tensor-core form, batch 1..64, fp16 / bf16; its wgmma form from batch 17, or
+from 1 with algo "wgmma") against float64 products and against the CUDA-core form: odd batches and sizes, every
+cluster split, strided rows, bias, the conv epilogue over state rows; the skinny form (gemv_skinny.cu, n <= 256) at
+every cluster size. Outputs are poisoned with NaN before every launch."""
 import pytest
 import torch
 
@@ -28,9 +28,10 @@ def _hopper():
         pytest.skip("the tensor-core form needs compute capability 9.0+")
 
 
-@pytest.mark.parametrize("algo", ["tensor_cores", "mma_sync"])  # wgmma from batch 17 where built for sm_90a
+# tensor_cores: wgmma from batch 17 where built for sm_90a; wgmma: from batch 1 (n = 8 and 16 batch rows too)
+@pytest.mark.parametrize("algo", ["tensor_cores", "mma_sync", "wgmma"])
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("batch", [1, 3, 8, 9, 17, 31, 33, 64])
+@pytest.mark.parametrize("batch", [1, 3, 8, 9, 16, 17, 31, 33, 64])
 @pytest.mark.parametrize("n,k", SHAPES)
 def test_tc_vs_float64(rel_err, G, dtype, batch, n, k, algo):
     x, w, b = rnd(batch, k, dtype=dtype), rnd(n, k, dtype=dtype, scale=k ** -0.5), rnd(n, dtype=dtype)
@@ -65,10 +66,11 @@ def test_tc_strided_rows(rel_err, G):
     assert big[:, :40].isnan().all() and big[:, 88:].isnan().all()
 
 
+@pytest.mark.parametrize("algo", ["tensor_cores", "wgmma"])
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("batch", [3, 20, 40, 64])
+@pytest.mark.parametrize("batch", [3, 12, 20, 40, 64])
 @pytest.mark.parametrize("width", [2, 4])
-def test_tc_conv_epilogue_state_rows(rel_err, G, dtype, batch, width):
+def test_tc_conv_epilogue_state_rows(rel_err, G, dtype, batch, width, algo):
     n, k, lo, dim, pool_size = 700, 136, 200, 300, 2 * batch + 5
     x, w = rnd(batch, k, dtype=dtype), rnd(n, k, dtype=dtype, scale=k ** -0.5)
     cw, cb = rnd(dim, width, dtype=dtype), rnd(dim, dtype=dtype)
@@ -79,7 +81,7 @@ def test_tc_conv_epilogue_state_rows(rel_err, G, dtype, batch, width):
     y_ref, s_ref = causal_conv1d_update_ref(proj[:, lo:lo + dim].float(), cw.float(), cb.float(),
                                             before[rows].float(), "silu")
     out = torch.full((batch, n), float("nan"), dtype=dtype, device="cuda")
-    G.gemv(x, w, out=out, conv=dict(lo=lo, weight=cw, bias=cb, state=pool, state_rows=rows), algo="tensor_cores")
+    G.gemv(x, w, out=out, conv=dict(lo=lo, weight=cw, bias=cb, state=pool, state_rows=rows), algo=algo)
     assert rel_err(out[:, lo:lo + dim], y_ref) <= 3 * TOL[dtype]
     assert rel_err(pool[rows], s_ref) <= 3 * TOL[dtype]
     assert rel_err(out[:, :lo], proj[:, :lo]) <= TOL[dtype]
@@ -123,8 +125,9 @@ def test_tc_refusals(G):
     with pytest.raises(ValueError, match="batch <= 16"):  # float32 has only the CUDA-core form
         G.gemv(x32, w32, out=torch.empty(20, 80, device="cuda"))
     x, w = rnd(4, 60, dtype=torch.float16), rnd(80, 60, dtype=torch.float16)  # k % 8 != 0
-    with pytest.raises(RuntimeError, match="tensor-core form needs"):
-        G.gemv(x, w, out=torch.empty(4, 80, dtype=torch.float16, device="cuda"), algo="tensor_cores")
+    for algo in ("tensor_cores", "wgmma"):
+        with pytest.raises(RuntimeError, match="tensor-core form needs"):
+            G.gemv(x, w, out=torch.empty(4, 80, dtype=torch.float16, device="cuda"), algo=algo)
     with pytest.raises(ValueError, match="algo"):
         G.gemv(x, w, out=torch.empty(4, 80, dtype=torch.float16, device="cuda"), algo="fast")
     assert not G.tc_ok(x, w) and G.tc_ok(rnd(64, 64, dtype=torch.bfloat16), rnd(8, 64, dtype=torch.bfloat16))

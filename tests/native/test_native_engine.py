@@ -17,11 +17,14 @@ TOL = {torch.float32: 1e-4, torch.float16: 1e-2, torch.bfloat16: 1e-2}
 @pytest.mark.parametrize("arch", FAMILIES)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
 # the projections: 2 CUDA-core GEMV (out_proj staged); 6 tensor-core GEMV (16-bit; Mamba1's out_proj staged on
-# tensor cores); 9 tensor-core GEMV; 20 cuBLAS, or tensor cores with tc_max_batch 64
-@pytest.mark.parametrize("batch,tc_max_batch", [(2, 16), (6, 16), (9, 16), (20, 16), (20, 64)])
-def test_logits_match_reference(rel_err, native, checkpoints, arch, dtype, batch, tc_max_batch):
+# tensor cores); 9 tensor-core GEMV (mma.sync, or wgmma with wgmma_min_batch 1); 20 cuBLAS, or tensor cores
+# (wgmma) with tc_max_batch 64
+@pytest.mark.parametrize("batch,tc_max_batch,wgmma_min_batch", [(2, 16, 17), (6, 16, 17), (9, 16, 17), (9, 16, 1),
+                                                                (20, 16, 17), (20, 64, 17)])
+def test_logits_match_reference(rel_err, native, checkpoints, arch, dtype, batch, tc_max_batch, wgmma_min_batch):
     ref = load_reference(checkpoints[arch], torch.float32, "cuda")
-    eng = native.load_engine(checkpoints[arch], dtype=dtype, max_batch=batch, tc_max_batch=tc_max_batch)
+    eng = native.load_engine(checkpoints[arch], dtype=dtype, max_batch=batch, tc_max_batch=tc_max_batch,
+                             wgmma_min_batch=wgmma_min_batch)
     prompt = ids(batch, 37, seed=1)
     run = follow_reference(rel_err, ref, eng, prompt, 64)
     assert torch.isfinite(run.logits.float()).all()

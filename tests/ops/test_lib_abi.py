@@ -125,7 +125,7 @@ def _mamba2_decode_params(**changes) -> _lib.Mamba2DecodeParams:
 @needs_built_library
 @pytest.mark.parametrize("symbol,params,why", [
     ("md_gemv_fwd", _lib.GemvParams(batch=65), "md_gemv_fwd: gemv: batch must be in 0..64"),
-    ("md_gemv_fwd", _lib.GemvParams(batch=1, algo=5), "md_gemv_fwd: gemv: algo must be 0..4"),
+    ("md_gemv_fwd", _lib.GemvParams(batch=1, algo=6), "md_gemv_fwd: gemv: algo must be 0..5"),
     ("md_mamba1_step_fwd", _lib.Mamba1StepParams(dstate=17), "md_mamba1_step_fwd: mamba1_step: dstate must be"),
     ("md_mamba2_step_fwd", _lib.Mamba2StepParams(dstate=48), "md_mamba2_step_fwd: mamba2_step: dstate must be"),
     ("md_row_norm_fwd", _lib.RowNormParams(hidden=100, group_size=100), "md_row_norm_fwd: row_norm: group_size"),
