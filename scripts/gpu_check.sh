@@ -17,7 +17,8 @@
 #                (all of them, or out_proj alone), mamba-1.4b and mamba2-1.3b (the last part: step tc)
 #   tc           options' comparison at batch 32 / 64 alone (and mamba-2.8b), the wgmma form at batch 4-16 against
 #                mma.sync (wgmma_min_batch), after the tensor-core GEMV's tests and benchmarks/gemv_tc.py at batch
-#                8-64 (with CANDIDATE_LIB set, alternately with it, two rounds)
+#                8-64 (with CANDIDATE_LIB set, alternately with it, two rounds); about 500 s
+#   tc-kernels   tc's tests and gemv_tc.py alone; tc-options its decode_options runs alone (tc in two calls)
 #   split        the split prefill (NativeEngine(prefill_split=k)) and the folded gated norm (fold_gated_norm): their
 #                tests, then 2,048-token prefills of four models (and 8 x 2,048 of two) with each variant in turn,
 #                32,768 tokens (time and memory) with k = 1 and 2 (2,048-token graphs) and k = 4 (8,192-token
@@ -89,6 +90,8 @@ for step in "${steps[@]}"; do
         --set staged_max_batch=4,8,16 --set staged_gemv=out_proj,in_proj+out_proj
       tc ;;
     tc) tc_kernels; tc ;;
+    tc-kernels) tc_kernels ;;
+    tc-options) tc ;;
     split|split-bench)
       [ "$step" = split ] && run 300 15 python3 -m pytest -q -m gpu tests/native/test_prefill_split.py \
         tests/native/test_fold_gated_norm.py tests/ops/test_fold_gated_norm_cuda.py tests/ops/test_chunk_scan_cuda.py \
@@ -108,7 +111,8 @@ for step in "${steps[@]}"; do
         run 240 6 python3 -m mamba_deploy.bench --random-init mamba-1.4b --batches 1 16 64 --prefill-split "$k"
       done
       run 120 5 python3 benchmarks/side_stream_decode.py --random-init mamba-1.4b --batch 64 ;;
-    *) echo "unknown step $step (tests, bench, generate, persistent, profile, options, tc, split, split-bench)"; exit 2 ;;
+    *) echo "unknown step $step (tests, bench, generate, persistent, profile, options, tc, tc-kernels, tc-options," \
+         "split, split-bench)"; exit 2 ;;
   esac
 done
 exit $status
