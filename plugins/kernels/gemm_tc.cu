@@ -378,8 +378,10 @@ template <typename T, int NB, bool WG = false>
 cudaError_t launch_nb(const md_gemv_params& p, cudaStream_t stream) {
   const auto kernel = gemv_tc_kernel<T, NB, WG>;
   TmaMaps maps{};
+  // One x row (algo 5 at batch 1, where gemv_tc_ok asks nothing of its stride): any stride of whole 16-byte units.
+  const int64_t x_stride = p.batch == 1 ? (p.k + 7) / 8 * 8 : p.x_row_stride;
   if (WG && !(encode_tile_map(&maps.w, p.w, p.dtype, p.k, p.n, p.w_row_stride, kCols) &&
-              encode_tile_map(&maps.x, p.x, p.dtype, p.k, p.batch, p.x_row_stride, NB * 8)))
+              encode_tile_map(&maps.x, p.x, p.dtype, p.k, p.batch, x_stride, NB * 8)))
     return cudaErrorInvalidValue;
   const int64_t sms = device_attribute(cudaDevAttrMultiProcessorCount, 132);
   const int64_t col_blocks = (p.n + kCols - 1) / kCols;

@@ -45,6 +45,17 @@ def test_tc_vs_float64(rel_err, G, dtype, batch, n, k, algo):
     assert torch.equal(out, again), "the same inputs must give the same bits"
 
 
+@pytest.mark.parametrize("algo", ["tensor_cores", "wgmma"])
+def test_tc_one_row_of_any_stride(rel_err, G, algo):
+    """One x row whose row stride is not a whole number of 16-byte units (gemv_tc_ok asks nothing of it at batch 1;
+    the wgmma form's tensor map of x needs one)."""
+    x, w = rnd(1, 2048 + 5, dtype=torch.float16)[:, :2048], rnd(300, 2048, dtype=torch.float16, scale=2048 ** -0.5)
+    assert x.stride(0) % 8 != 0
+    out = torch.full((1, 300), float("nan"), dtype=torch.float16, device="cuda")
+    G.gemv(x, w, out=out, algo=algo)
+    assert rel_err(out, x.double() @ w.double().T) <= TOL[torch.float16]
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("batch", [2, 16])
 def test_tc_matches_cuda_cores(rel_err, G, dtype, batch):
