@@ -7,6 +7,8 @@
 #   bench        bench at batch 1 / 16 / 64, mamba-1.4b and mamba2-1.3b; with CANDIDATE_LIB set, alternately with
 #                MAMBA_DEPLOY_KERNEL_LIB and with it, one process each, two rounds
 #   generate     bench --generate, mamba-1.4b
+#   state16      bench at batch 1 / 16 / 64 of the four models with the state in the model dtype (--state-dtype
+#                model), as mamba-ssm keeps it: issue 13's like-for-like comparison
 #   persistent   the persistent batch-1 decode's tests (first), then benchmarks/persistent_decode.py on four models;
 #                with CANDIDATE_LIB set (pack_libs.sh --candidate), the tests against that library first, then the
 #                benchmark alternately with it and with MAMBA_DEPLOY_KERNEL_LIB, one process each, two rounds
@@ -71,6 +73,9 @@ for step in "${steps[@]}"; do
              if [ -n "${CANDIDATE_LIB:-}" ]; then ab 240 6 "${cmd[@]}"; else run 240 6 "${cmd[@]}"; fi
            done ;;
     generate) run 300 8 python3 -m mamba_deploy.bench --random-init mamba-1.4b --batches 1 16 64 --generate ;;
+    state16) for m in mamba-1.4b mamba2-1.3b mamba-2.8b mamba2-2.7b; do
+               run 240 6 python3 -m mamba_deploy.bench --random-init "$m" --batches 1 16 64 --state-dtype model
+             done ;;
     persistent)
       if [ -n "${CANDIDATE_LIB:-}" ]; then
         MAMBA_DEPLOY_KERNEL_LIB="$CANDIDATE_LIB" run 150 25 \
@@ -111,8 +116,8 @@ for step in "${steps[@]}"; do
         run 240 6 python3 -m mamba_deploy.bench --random-init mamba-1.4b --batches 1 16 64 --prefill-split "$k"
       done
       run 120 5 python3 benchmarks/side_stream_decode.py --random-init mamba-1.4b --batch 64 ;;
-    *) echo "unknown step $step (tests, bench, generate, persistent, profile, options, tc, tc-kernels, tc-options," \
-         "split, split-bench)"; exit 2 ;;
+    *) echo "unknown step $step (tests, bench, generate, state16, persistent, profile, options, tc, tc-kernels," \
+         "tc-options, split, split-bench)"; exit 2 ;;
   esac
 done
 exit $status
