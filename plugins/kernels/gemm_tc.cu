@@ -46,7 +46,7 @@ constexpr int kWarpsN = 4, kWarpsK = 2, kThreads = 32 * kWarpsN * kWarpsK;
 constexpr int kMt = 2;                     // m16 tiles (16 output columns each) per warp
 constexpr int kCols = kWarpsN * kMt * 16;  // 128 output columns per block
 constexpr int kKStage = 64;                // k per pipeline stage: one k32 step for each k group of warps
-constexpr int kStages = 4;                 // the mma.sync form's; the wgmma form's: wg_stages
+constexpr int kStages = 4;                 // the mma.sync form's (the wgmma form's: launch_nb's `stages`)
 constexpr int kMaxStagesWg = 8;
 constexpr int kPartStride = kCols + 4;     // floats per partial-sum row: fragment stores hit distinct banks
 constexpr int kMaxSplit = 8;
