@@ -336,6 +336,8 @@ ENGINE_SWITCHES = (
                                                    "replays (0: eager; default: the engine's)")),
     ("--tc-max-batch", dict(type=int, help="decode projections on our tensor-core kernels up to this batch "
                                            "(default: the engine's)")),
+    ("--wgmma-min-batch", dict(type=int, help="those tensor-core projections in their wgmma form from this batch on "
+                                              "(default: the engine's, 17)")),
     ("--persistent-decode", dict(action="store_true", help="batch-1 decode steps as one launch for all layers (the "
                                                            "engine's option)")),
     ("--prefill-split", dict(type=int, help="prefill chunks as a wavefront of up to this many parts on as many "

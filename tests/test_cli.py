@@ -184,8 +184,10 @@ def test_developer_bench_passes_the_engine_options(monkeypatch):
     seen = {}
     monkeypatch.setattr(loading, "unavailable_reason", lambda: None)
     monkeypatch.setattr(bench, "bench", lambda *a, **k: seen.update(k))
-    bench.main(["--random-init", "mamba-1.4b", "--step-dt-tc", "--fold-gated-norm", "--prefill-split", "3"])
-    assert seen["engine_options"] == {"step_dt_tc": True, "fold_gated_norm": True, "prefill_split": 3}
+    bench.main(["--random-init", "mamba-1.4b", "--step-dt-tc", "--fold-gated-norm", "--prefill-split", "3",
+                "--wgmma-min-batch", "3"])
+    assert seen["engine_options"] == {"step_dt_tc": True, "fold_gated_norm": True, "prefill_split": 3,
+                                      "wgmma_min_batch": 3}
     bench.main(["--random-init", "mamba-1.4b", "--prefill-graph-tokens", "0", "--tc-max-batch", "8", "--tf32",
                 "--persistent-decode"])
     assert seen["engine_options"] == {"prefill_graph_tokens": 0, "tc_max_batch": 8, "tf32": True,
