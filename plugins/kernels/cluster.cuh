@@ -12,6 +12,12 @@ namespace md {
 __device__ __forceinline__ void cluster_sync() {
   asm volatile("barrier.cluster.arrive.release.aligned;\n\tbarrier.cluster.wait.acquire.aligned;" ::: "memory");
 }
+// The kernel's last barrier: no block leaves while another may still read its shared memory. The arrive is
+// relaxed: those reads' values were consumed before it (in order), and a release would first wait for this
+// thread's global stores to be performed, keeping the multiprocessor held after its work is done.
+__device__ __forceinline__ void cluster_sync_exit() {
+  asm volatile("barrier.cluster.arrive.relaxed.aligned;\n\tbarrier.cluster.wait.aligned;" ::: "memory");
+}
 __device__ __forceinline__ uint32_t cluster_rank() {
   uint32_t r;
   asm volatile("mov.u32 %0, %%cluster_ctarank;" : "=r"(r));
@@ -43,6 +49,7 @@ __device__ __forceinline__ int64_t ld_cluster_s64(const int64_t* local, uint32_t
 }
 #else
 __device__ __forceinline__ void cluster_sync() { __syncthreads(); }
+__device__ __forceinline__ void cluster_sync_exit() { __syncthreads(); }
 __device__ __forceinline__ uint32_t cluster_rank() { return 0; }
 __device__ __forceinline__ uint32_t cluster_blocks() { return 1; }
 __device__ __forceinline__ float4 ld_cluster4(const float* local, uint32_t) {

@@ -324,18 +324,22 @@ __global__ void __launch_bounds__(kThreads, 2)
     const int64_t m = e / kQuads, col = e % kQuads * 4, n = static_cast<int64_t>(blockIdx.x) * kCols + col;
     const float* src = part + m * kPartStride + col;
     const float4 sum = cluster_sum4<kMaxSplit>(src, S);
-    const float vals[4] = {sum.x, sum.y, sum.z, sum.w};
+    float vals[4] = {sum.x, sum.y, sum.z, sum.w};
 #pragma unroll
     for (int j = 0; j < 4; ++j) {
       if (n + j >= p.n) break;
-      float v = vals[j];
-      if (p.bias) v += to_f(static_cast<const T*>(p.bias)[n + j]);
+      if (p.bias) vals[j] += to_f(static_cast<const T*>(p.bias)[n + j]);
       if (p.conv_dim > 0 && n + j >= p.conv_lo && n + j < p.conv_lo + p.conv_dim)
-        v = conv_epilogue<T>(p, m, n + j - p.conv_lo, v);
-      static_cast<T*>(p.out)[m * p.out_row_stride + n + j] = from_f<T>(v);
+        vals[j] = conv_epilogue<T>(p, m, n + j - p.conv_lo, vals[j]);
+    }
+    T* dst = static_cast<T*>(p.out) + m * p.out_row_stride + n;
+    if (n + 3 < p.n && (reinterpret_cast<uintptr_t>(dst) & 7) == 0) {  // the 4 columns as one 8-byte store
+      store4<T>(dst, vals);
+    } else {
+      for (int j = 0; j < 4 && n + j < p.n; ++j) dst[j] = from_f<T>(vals[j]);
     }
   }
-  if (S > 1) cluster_sync();  // no block leaves while another still reads its partial sums
+  if (S > 1) cluster_sync_exit();  // no block leaves while another still reads its partial sums
 #else
   __trap();  // launch_gemv_tc runs it on compute capability 9.0+ only
 #endif
@@ -394,8 +398,10 @@ cudaError_t launch_nb(const md_gemv_params& p, cudaStream_t stream) {
   while (split < kMaxSplit && col_blocks * split * 2 <= sms + sms / 8 && p.k >= 1024 * split) split *= 2;
   if (split < kMaxSplit && col_blocks * split * 4 < sms * 3 && p.k >= 1024 * split) split *= 2;
   const int64_t krange = ((p.k + split - 1) / split + 63) / 64 * 64;
-  // The wgmma form: 8 stages in flight where every block has a multiprocessor of its own, 4 where two share one.
-  const int stages = !WG ? kStages : col_blocks * split <= sms ? kMaxStagesWg : 4;
+  // The wgmma form: 8 stages in flight where every block has a multiprocessor of its own, 4 where two share one,
+  // or where clusters of 8 would each need 8 free multiprocessors of a GPC (an out_proj's 16 clusters of 8 then
+  // started in two waves, 10 us apart: H100, session 37).
+  const int stages = !WG ? kStages : col_blocks * split <= sms && split <= 4 ? kMaxStagesWg : 4;
   const size_t smem = smem_bytes<NB, WG>(stages);
   cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
   if (err != cudaSuccess) return err;

@@ -145,7 +145,7 @@ __global__ void __launch_bounds__(kThreads) gemv_skinny_kernel(const md_gemv_par
       static_cast<T*>(p.out)[r * p.out_row_stride + n0 + j] = from_f<T>(v);
     }
   }
-  if (S > 1) cluster_sync();  // no block leaves while another still reads its tile
+  if (S > 1) cluster_sync_exit();  // no block leaves while another still reads its tile
 #else
   __trap();  // launch_gemv_tc runs it on compute capability 9.0+ only
 #endif
