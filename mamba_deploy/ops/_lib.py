@@ -200,6 +200,10 @@ SIGNATURES: dict[str, tuple[type, list[type]]] = {
     "md_selective_scan_split_lanes": (ctypes.c_int, [ctypes.POINTER(SsmParams)]),
     "md_set_programmatic_launch": (ctypes.c_int, [_I]),
     **{k.symbol: k.signature() for k in KERNELS.values()}}
+# ... and those of diagnostic builds alone (CMake MAMBA_DEPLOY_KERNEL_TRACE: benchmarks/gemv_timeline.py), bound
+# where the library has them
+DIAGNOSTIC_SIGNATURES: dict[str, tuple[type, list[type]]] = {
+    "md_tc_trace_read": (ctypes.c_int, [ctypes.c_void_p, ctypes.POINTER(ctypes.c_uint32)])}
 
 
 def declare(kernel: Kernel, op: str) -> None:
@@ -247,6 +251,10 @@ def _open() -> ctypes.CDLL:
     for sym, (restype, argtypes) in SIGNATURES.items():
         fn = getattr(lib, sym)
         fn.restype, fn.argtypes = restype, argtypes
+    for sym, (restype, argtypes) in DIAGNOSTIC_SIGNATURES.items():
+        if hasattr(lib, sym):
+            fn = getattr(lib, sym)
+            fn.restype, fn.argtypes = restype, argtypes
     for name, (kind, struct) in {**PARAMS, **RECORDS}.items():
         if lib.md_params_size(kind) != ctypes.sizeof(struct):
             raise OSError(f"{path}: {name} params are {lib.md_params_size(kind)} bytes in C, "

@@ -45,6 +45,13 @@ MD_API int md_set_programmatic_launch(int64_t enable) {
   return previous;
 }
 
+#ifdef MD_KERNEL_TRACE
+// A diagnostic build's tensor-core GEMV timestamps (trace.cuh): kTraceCalls x kTraceBlocks x 8 values, and the calls.
+MD_API int md_tc_trace_read(uint64_t* rows, uint32_t* calls) {
+  return finish(md_gemv_tc_trace_read(rows, calls), "md_tc_trace_read");
+}
+#endif
+
 // sizeof the params struct of `kind`: 0 causal conv1d, 1 ssm, 2 add_norm, 3 gated_rms_norm, 4 gemv,
 // 5 mamba1 step, 6 mamba2 step, 7 row norm, 8 philox, 9 attention decode, 10 sample, 11 mamba1 decode,
 // 12 mamba1 decode's layer record, 13 mamba2 decode, 14 mamba2 decode's layer record; -1 unknown.

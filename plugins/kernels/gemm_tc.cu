@@ -37,6 +37,7 @@
 #include "gemv_epilogue.cuh"
 #include "mma_sync.cuh"
 #include "vec.cuh"
+#include "trace.cuh"
 #include "wgmma.cuh"
 
 namespace md {
@@ -283,6 +284,8 @@ __global__ void __launch_bounds__(kThreads, 2)
 #pragma unroll
       for (int j = 0; j < 4; ++j) acc[mt][nb][j] = 0.f;
 
+  TraceStamps trace;  // nothing unless built with MD_KERNEL_TRACE (trace.cuh)
+  trace.stamp(kTraceEntry);
   pdl_release();
 #if MD_WGMMA_DEVICE
   if constexpr (WG) {
@@ -295,6 +298,7 @@ __global__ void __launch_bounds__(kThreads, 2)
 
   // Partial sums -> part[m][column]: the k groups one after the other (a fixed order).
   __syncthreads();
+  trace.stamp(kTraceMainEnd);
 #pragma unroll
   for (int q = 0; q < kWarpsK; ++q) {
     if (kw == q) {
@@ -315,8 +319,10 @@ __global__ void __launch_bounds__(kThreads, 2)
     __syncthreads();
   }
 
+  trace.stamp(kTracePartials);
   const uint32_t S = gridDim.y, rank = S > 1 ? cluster_rank() : 0;
   if (S > 1) cluster_sync();
+  trace.stamp(kTraceSync1);
   constexpr int kQuads = kCols / 4;  // 4 columns a thread: one 16-byte load from each block of the cluster
   const int64_t total = p.batch * kQuads, per = (total + S - 1) / S;
   const int64_t e_hi = min(total, (rank + 1) * per);
@@ -339,7 +345,10 @@ __global__ void __launch_bounds__(kThreads, 2)
       for (int j = 0; j < 4 && n + j < p.n; ++j) dst[j] = from_f<T>(vals[j]);
     }
   }
+  trace.stamp(kTraceReduced);
   if (S > 1) cluster_sync_exit();  // no block leaves while another still reads its partial sums
+  trace.stamp(kTraceExit);
+  if (threadIdx.x == 0) trace.write();
 #else
   __trap();  // launch_gemv_tc runs it on compute capability 9.0+ only
 #endif
@@ -444,3 +453,7 @@ cudaError_t launch_gemv_tc(const md_gemv_params& p, cudaStream_t stream) {
 }
 
 }  // namespace md
+
+#ifdef MD_KERNEL_TRACE
+extern "C" cudaError_t md_gemv_tc_trace_read(uint64_t* rows, uint32_t* calls) { return md::trace_read(rows, calls); }
+#endif

@@ -319,6 +319,9 @@ cudaError_t md_launch_row_norm(const md_row_norm_params* p, cudaStream_t stream)
 cudaError_t md_launch_attention_decode(const md_attention_decode_params* p, cudaStream_t stream);
 cudaError_t md_launch_mamba1_decode(const md_mamba1_decode_params* p, cudaStream_t stream);
 cudaError_t md_launch_mamba2_decode(const md_mamba2_decode_params* p, cudaStream_t stream);
+/* Diagnostic builds only (CMake -DMAMBA_DEPLOY_KERNEL_TRACE=ON): the tensor-core GEMV's per-block timestamps of its
+   last calls and the number of calls (trace.cuh, benchmarks/gemv_timeline.py) */
+cudaError_t md_gemv_tc_trace_read(uint64_t* rows, uint32_t* calls);
 
 #ifdef __cplusplus
 } /* extern "C" */
