@@ -36,8 +36,8 @@
 #include "gemm_tc.cuh"
 #include "gemv_epilogue.cuh"
 #include "mma_sync.cuh"
-#include "vec.cuh"
 #include "trace.cuh"
+#include "vec.cuh"
 #include "wgmma.cuh"
 
 namespace md {

@@ -1,8 +1,8 @@
 // trace.cuh -- per-block timestamps of gemm_tc.cu's kernel in a diagnostic build (CMake
-// -DMAMBA_DEPLOY_KERNEL_TRACE=ON defines MD_KERNEL_TRACE; benchmarks/gemv_timeline.py reads them). Thread 0 of each
-// block reads %globaltimer (ns, one clock for the whole GPU) at each TracePoint and, on leaving, writes them and its
-// multiprocessor's id into row (call % kTraceCalls, block) of md_tc_trace; the last block of a call to leave
-// counts the call. md_gemv_tc_trace_read copies the rows out. In a normal build every stamp is nothing.
+// -DMAMBA_DEPLOY_KERNEL_TRACE=ON defines MD_KERNEL_TRACE; benchmarks/gemv_timeline.py reads them). Every thread
+// reads %globaltimer (ns, one clock for the whole GPU) at each TracePoint; thread 0, on leaving, writes its stamps
+// and its multiprocessor's id into row (call % kTraceCalls, block) of md_tc_trace, and the last block of a call
+// to leave counts the call. md_gemv_tc_trace_read copies the rows out. In a normal build every stamp is nothing.
 // Include it from gemm_tc.cu only: it defines the device arrays.
 #pragma once
 
