@@ -28,6 +28,8 @@
 #                side stream slows later batch-32/64 decode graphs, session 35, hence the default's max_batch <= 16;
 #                then benchmarks/side_stream_decode.py)
 #   split-bench  split's benchmarks without its tests (for a run after `tests`, which includes them)
+#   timeline     where a tensor-core GEMV call's time goes, block by block (benchmarks/gemv_timeline.py on TRACE_LIB,
+#                a library built by `pack_libs.sh --trace`), plainly launched and as the engine launches
 # Output goes to stdout and, when $OUT is set, to $OUT/gpu_check.log.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -97,6 +99,12 @@ for step in "${steps[@]}"; do
     tc) tc_kernels; tc ;;
     tc-kernels) tc_kernels ;;
     tc-options) tc ;;
+    timeline)
+      : "${TRACE_LIB:?set TRACE_LIB to a library built with MAMBA_DEPLOY_KERNEL_TRACE=ON (pack_libs.sh --trace)}"
+      for launch in "" --programmatic-launch; do
+        MAMBA_DEPLOY_KERNEL_LIB="$TRACE_LIB" run 120 20 python3 benchmarks/gemv_timeline.py --shapes in_proj out_proj \
+          lm_head --batches 8 16 64 --algos tensor_cores mma_sync $launch
+      done ;;
     split|split-bench)
       [ "$step" = split ] && run 300 15 python3 -m pytest -q -m gpu tests/native/test_prefill_split.py \
         tests/native/test_fold_gated_norm.py tests/ops/test_fold_gated_norm_cuda.py tests/ops/test_chunk_scan_cuda.py \
@@ -117,7 +125,7 @@ for step in "${steps[@]}"; do
       done
       run 120 5 python3 benchmarks/side_stream_decode.py --random-init mamba-1.4b --batch 64 ;;
     *) echo "unknown step $step (tests, bench, generate, state16, persistent, profile, options, tc, tc-kernels," \
-         "tc-options, split, split-bench)"; exit 2 ;;
+         "tc-options, timeline, split, split-bench)"; exit 2 ;;
   esac
 done
 exit $status
