@@ -28,6 +28,11 @@ SHAPES = [("mamba-1.4b", "in_proj", 8192, 2048), ("mamba-1.4b", "x_proj", 160, 4
           ("mamba2-2.7b", "in_proj", 10576, 2560)]
 
 
+def weight_copies(n: int, k: int) -> int:
+    """How many copies of an (n, k) fp16 matrix to cycle through: > 400 MB in all, several times the L2."""
+    return max(2, -(-400 * 2 ** 20 // (n * k * 2)))
+
+
 def time_us(fn, calls: int, repeats: int) -> float:
     fn()
     torch.cuda.synchronize()
@@ -41,7 +46,7 @@ def time_us(fn, calls: int, repeats: int) -> float:
 
 def bench_shape(n: int, k: int, batch: int, a) -> dict[str, float]:
     dtype = torch.float16
-    copies = max(2, -(-400 * 2 ** 20 // (n * k * 2)))  # > 400 MB of weights: several times the L2
+    copies = weight_copies(n, k)
     ws = [torch.randn(n, k, device="cuda", dtype=dtype) * k ** -0.5 for _ in range(copies)]
     x = torch.randn(batch, k, device="cuda", dtype=dtype)
     out = torch.empty(batch, n, device="cuda", dtype=dtype)

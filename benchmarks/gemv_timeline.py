@@ -20,7 +20,7 @@ import sys
 
 import torch
 
-from gemv_tc import SHAPES  # this script's folder is on the path when it runs
+from gemv_tc import SHAPES, weight_copies  # this script's folder is on the path when it runs
 from mamba_deploy.bench import _events_ms
 from mamba_deploy.native import gemv as G
 from mamba_deploy.ops import _lib
@@ -62,8 +62,8 @@ def spread(values_ns: torch.Tensor) -> str:
 
 def case(read, n: int, k: int, batch: int, algo: str, calls: int) -> tuple[float, torch.Tensor, torch.Tensor]:
     """Events time a call (us), and the rows of a replay's last call and of the one before it."""
-    copies = max(2, -(-400 * 2 ** 20 // (n * k * 2)))
-    ws = [torch.randn(n, k, device="cuda", dtype=torch.float16) * k ** -0.5 for _ in range(min(copies, calls))]
+    copies = min(weight_copies(n, k), calls)
+    ws = [torch.randn(n, k, device="cuda", dtype=torch.float16) * k ** -0.5 for _ in range(copies)]
     x = torch.randn(batch, k, device="cuda", dtype=torch.float16)
     out = torch.empty(batch, n, device="cuda", dtype=torch.float16)
 

@@ -18,7 +18,7 @@ import torch
 from ..errors import MambaDeployError, ParameterError, is_integer
 from ..export.artifact import ExportInfo, load_export
 from ..models.state import InferenceState
-from .backend import BACKENDS, Backend, load_backend, resolve_backend
+from .backend import BACKENDS, Backend, resolve_backend
 from .checks import check_count, check_output, check_prompt_ids, check_seed, check_state, split_stops
 from .sampling import SamplingParams
 from .requests import stream_together
@@ -45,11 +45,11 @@ class Engine:
         if slots is not None and not (is_integer(slots) and slots >= 1):
             raise ParameterError("slots", f"must be an integer >= 1, got {slots!r}")
         info = load_export(path)
-        name = resolve_backend(backend, info)
-        pool_option = getattr(BACKENDS[name], "slots_option", None)
+        loader = BACKENDS[resolve_backend(backend, info)]  # resolved once: load_backend would resolve it again
+        pool_option = getattr(loader, "slots_option", None)
         if slots is not None and pool_option is not None:
             options.setdefault(pool_option, slots)
-        return cls(load_backend(name, info, **options), load_tokenizer(info), max_batch=slots)
+        return cls(loader(info, **options), load_tokenizer(info), max_batch=slots)
 
     def __repr__(self) -> str:
         c, b = self.config, self.backend

@@ -22,11 +22,11 @@
 // 128-byte swizzle, zeros outside, completing the stage's `full` mbarrier) once both warpgroups have released its
 // buffer (its `empty` mbarrier), and each warpgroup's k32 step of a stage is m64nNk16 products (N = 8, 16, 32 or
 // 64 batch rows) read straight from shared memory, one group of them left in flight. 8 stages where the grid
-// takes one block a multiprocessor, else 4 (two blocks fit). (A ninth warp as the producer would need more than
-// the 96 registers that two blocks of 288 threads allow.) At batch 64 the mma.sync form was bound by issuing its
-// fragment loads and products (0.43 warps a scheduler issuing); wgmma fed by per-thread cp.async gained 15-20%
-// and was then bound by the copies; TMA with the block synchronised at every stage took in_proj from 16.4 to
-// 14.3 us (cuBLAS: 11.6).
+// takes one block a multiprocessor and clusters have at most 4 blocks, else 4 (two blocks fit). (A ninth warp as
+// the producer would need more than the 96 registers that two blocks of 288 threads allow.) At batch 64 the
+// mma.sync form was bound by issuing its fragment loads and products (0.43 warps a scheduler issuing); wgmma fed
+// by per-thread cp.async gained 15-20% and was then bound by the copies; TMA with the block synchronised at every
+// stage took in_proj from 16.4 to 14.3 us (cuBLAS: 11.6).
 #include <cstdint>
 
 #include <cuda.h>  // CUtensorMap; cuTensorMapEncodeTiled is looked up through the runtime (no libcuda link)
