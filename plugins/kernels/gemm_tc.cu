@@ -7,10 +7,12 @@
 //
 // Block: 8 warps = 4 along n (32 columns each: two m16 tiles) x 2 along k (one 32-wide k step each per stage),
 // 128 columns. Each stage of 64 k holds the block's 128 weight rows and the nb * 8 x rows in shared memory,
-// copied with cp.async kStages - 1 stages ahead of the products (48 KB of weights in flight per block, one or
-// two blocks a multiprocessor: about what the bandwidth asks for, 32 GB/s a multiprocessor times the memory
-// latency). Each block starts at its own stage of the k range and wraps around: every block reads the same x,
-// and blocks in step would all ask the same few L2 lines for it at once.
+// copied with cp.async 3 stages ahead of the products (48 KB of weights in flight per block, one or two blocks
+// a multiprocessor: about what the bandwidth asks for, 32 GB/s a multiprocessor times the memory latency).
+// At 9-16 batch rows, where that tile would split k (below), the narrow tile instead: one m16 tile a warp, 64
+// columns, 7 of its 8 KB stages ahead; twice the blocks over n, so half the splits (in_proj: whole k).
+// Each block starts at its own stage of the k range and wraps around: every block reads the same x, and blocks
+// in step would all ask the same few L2 lines for it at once.
 // The 16-byte units of odd rows are swizzled so that a quarter warp's reads of two rows hit distinct banks.
 // The k range is split over a cluster of S blocks (grid.y, S in {1, 2, 4, 8}: enough blocks to fill the
 // GPU): each block leaves its partial sums in shared memory, then each block of the cluster finishes 1/S of
@@ -44,19 +46,25 @@ namespace md {
 namespace {
 
 constexpr int kWarpsN = 4, kWarpsK = 2, kThreads = 32 * kWarpsN * kWarpsK;
-constexpr int kMt = 2;                     // m16 tiles (16 output columns each) per warp
-constexpr int kCols = kWarpsN * kMt * 16;  // 128 output columns per block
+constexpr int kMt = 2;                     // m16 tiles (16 output columns each) per warp: the wide tile's
+constexpr int kCols = kWarpsN * kMt * 16;  // 128 output columns per block (the wide tile)
 constexpr int kKStage = 64;                // k per pipeline stage: one k32 step for each k group of warps
-constexpr int kStages = 4;                 // the mma.sync form's (the wgmma form's: launch_nb's `stages`)
 constexpr int kMaxStagesWg = 8;
-constexpr int kPartStride = kCols + 4;     // floats per partial-sum row: fragment stores hit distinct banks
 constexpr int kMaxSplit = 8;
 
-// A stage: kCols weight rows, then nb * 8 x rows, of kKStage elements (8 units of 16 bytes) each.
-template <int NB> __host__ __device__ constexpr int stage_units() { return (kCols + NB * 8) * kKStage / 8; }
+// MT m16 tiles a warp: 2 (128 columns a block, the wgmma form's only width) or 1 (64, the narrow tile: twice the
+// blocks over n, so half the k splits). The mma.sync form's stages: 4 wide (16 KB of weights each), 8 narrow.
+template <int MT> __host__ __device__ constexpr int cols() { return kWarpsN * MT * 16; }
+template <int MT> __host__ __device__ constexpr int mma_stages() { return MT == kMt ? 4 : 8; }
+template <int MT> __host__ __device__ constexpr int part_stride() { return cols<MT>() + 4; }  // distinct banks
+
+// A stage: cols weight rows, then nb * 8 x rows, of kKStage elements (8 units of 16 bytes) each.
+template <int NB, int MT = kMt> __host__ __device__ constexpr int stage_units() {
+  return (cols<MT>() + NB * 8) * kKStage / 8;
+}
 // WG (the wgmma form): 1 KB more, to align the stages to the 1024-byte swizzle atoms.
-template <int NB, bool WG> __host__ __device__ constexpr size_t smem_bytes(int stages) {
-  const size_t pipe = size_t(stages) * stage_units<NB>() * 16, part = size_t(NB) * 8 * kPartStride * 4;
+template <int NB, bool WG, int MT> __host__ __device__ constexpr size_t smem_bytes(int stages) {
+  const size_t pipe = size_t(stages) * stage_units<NB, MT>() * 16, part = size_t(NB) * 8 * part_stride<MT>() * 4;
   return (pipe > part ? pipe : part) + (WG ? 1024 : 0);
 }
 // Unit u of row r of a stage (mma.sync form): odd rows swap their two halves. (The wgmma form's stages are in
@@ -65,9 +73,9 @@ __device__ __forceinline__ int swizzle(int r, int u) { return r * 8 + (u ^ ((r &
 
 // The 16-byte units of a stage that this thread copies, worked out once: a stage's copies are then an add
 // and a predicate each. Unit u = threadIdx.x % 8 of weight rows threadIdx.x / 8 + 32 j and of x rows likewise.
-template <typename T, int NB>
+template <typename T, int NB, int MT>
 struct StageCopies {
-  static constexpr int kW = kCols * 8 / kThreads, kX = (NB * 64 + kThreads - 1) / kThreads;
+  static constexpr int kW = cols<MT>() * 8 / kThreads, kX = (NB * 64 + kThreads - 1) / kThreads;
   const T* w_src[kW];
   const T* x_src[kX];
   uint32_t w_dst[kW], x_dst[kX];  // byte offsets in a stage
@@ -81,7 +89,7 @@ struct StageCopies {
 #pragma unroll
     for (int j = 0; j < kW; ++j) {
       const int r = (threadIdx.x >> 3) + j * (kThreads / 8);
-      const int64_t n = static_cast<int64_t>(blockIdx.x) * kCols + r;
+      const int64_t n = static_cast<int64_t>(blockIdx.x) * cols<MT>() + r;
       w_ok[j] = n < p.n;
       w_src[j] = w0 + (w_ok[j] ? n : 0) * p.w_row_stride + u8;
       w_dst[j] = swizzle(r, u) * 16;
@@ -91,7 +99,7 @@ struct StageCopies {
       const int m = (threadIdx.x >> 3) + j * (kThreads / 8);
       x_ok[j] = m < p.batch && m < NB * 8;
       x_src[j] = x0 + (x_ok[j] ? m : 0) * p.x_row_stride + u8;
-      x_dst[j] = swizzle(kCols + (m < NB * 8 ? m : 0), u) * 16;
+      x_dst[j] = swizzle(cols<MT>() + (m < NB * 8 ? m : 0), u) * 16;
     }
   }
   // Weights of the stage at shared address `stage`, k from k0 (zeros from k_end on).
@@ -111,27 +119,27 @@ struct StageCopies {
   }
 };
 
-// This warp's products of one stage, mma.sync form: warp (wn, kw) takes columns wn * 32 .. + 31 (kMt m16
+// This warp's products of one stage, mma.sync form: warp (wn, kw) takes columns wn * MT * 16 .. (MT m16
 // tiles) and the stage's k32 step kw, for every batch tile (fragments read from shared memory).
-template <typename T, int NB>
-__device__ __forceinline__ void stage_products_mma(float (&acc)[kMt][NB][4], const uint4* buf, int wn, int kw,
+template <typename T, int NB, int MT>
+__device__ __forceinline__ void stage_products_mma(float (&acc)[MT][NB][4], const uint4* buf, int wn, int kw,
                                                    int g, int t) {
   const int u = 4 * kw + t;  // this warp's k32 step of the stage: units 4 kw .. 4 kw + 3
-  uint4 wv[kMt][2];
+  uint4 wv[MT][2];
 #pragma unroll
-  for (int mt = 0; mt < kMt; ++mt)
+  for (int mt = 0; mt < MT; ++mt)
 #pragma unroll
-    for (int h = 0; h < 2; ++h) wv[mt][h] = buf[swizzle(wn * (kMt * 16) + mt * 16 + h * 8 + g, u)];
+    for (int h = 0; h < 2; ++h) wv[mt][h] = buf[swizzle(wn * (MT * 16) + mt * 16 + h * 8 + g, u)];
   uint4 xv[NB];
 #pragma unroll
-  for (int nb = 0; nb < NB; ++nb) xv[nb] = buf[swizzle(kCols + nb * 8 + g, u)];
+  for (int nb = 0; nb < NB; ++nb) xv[nb] = buf[swizzle(cols<MT>() + nb * 8 + g, u)];
   // All first k16 halves, then all second ones: no product waits on the one just issued.
 #pragma unroll
   for (int half = 0; half < 2; ++half)
 #pragma unroll
     for (int nb = 0; nb < NB; ++nb)
 #pragma unroll
-      for (int mt = 0; mt < kMt; ++mt) mma_units<T>(acc[mt][nb], wv[mt][0], wv[mt][1], xv[nb], half);
+      for (int mt = 0; mt < MT; ++mt) mma_units<T>(acc[mt][nb], wv[mt][0], wv[mt][1], xv[nb], half);
 }
 
 #if MD_WGMMA_DEVICE
@@ -161,7 +169,7 @@ struct TmaMaps {
 // The block's k stages: stage s (< nst) covers k_of(s) .. + kKStage - 1 in buffer s % stages (shared address
 // addr(s)). Each block starts at its own stage and wraps around: every block reads the same x, and blocks in
 // step would all ask the same few L2 lines for it at once.
-template <int NB>
+template <int NB, int MT>
 struct Plan {
   uint32_t stage0;
   int nst, rot, stages;
@@ -170,14 +178,16 @@ struct Plan {
     const int r = s + rot;
     return k_lo + (r < nst ? r : r - nst) * kKStage;
   }
-  __device__ uint32_t addr(int s) const { return stage0 + (s % stages) * (stage_units<NB>() * 16); }
+  __device__ uint32_t addr(int s) const { return stage0 + (s % stages) * (stage_units<NB, MT>() * 16); }
 };
 
 // mma.sync form: every thread copies its 16-byte units of each stage with cp.async, kStages - 1 stages ahead.
-template <typename T, int NB>
-__device__ __forceinline__ void mainloop_mma(float (&acc)[kMt][NB][4], const md_gemv_params& p, const Plan<NB>& pl,
-                                             const uint4* stages, int wn, int kw, int g, int t) {
-  const StageCopies<T, NB> copies(p);
+template <typename T, int NB, int MT>
+__device__ __forceinline__ void mainloop_mma(float (&acc)[MT][NB][4], const md_gemv_params& p,
+                                             const Plan<NB, MT>& pl, const uint4* stages, int wn, int kw, int g,
+                                             int t) {
+  constexpr int kStages = mma_stages<MT>();
+  const StageCopies<T, NB, MT> copies(p);
   // The first stages' weights go out before the wait: no kernel writes them.
 #pragma unroll
   for (int s = 0; s < kStages - 1; ++s)
@@ -197,7 +207,7 @@ __device__ __forceinline__ void mainloop_mma(float (&acc)[kMt][NB][4], const md_
       copies.x(pl.addr(next), pl.k_of(next), pl.k_hi);
     }
     cp_async_commit();
-    stage_products_mma<T, NB>(acc, stages + (it % kStages) * stage_units<NB>(), wn, kw, g, t);
+    stage_products_mma<T, NB, MT>(acc, stages + (it % kStages) * stage_units<NB, MT>(), wn, kw, g, t);
   }
   cp_async_wait<0>();
 }
@@ -208,8 +218,8 @@ __device__ __forceinline__ void mainloop_mma(float (&acc)[kMt][NB][4], const md_
 // when its products of stage it are issued and those of stage it - 1 done). There is no barrier over the block:
 // only warpgroup 0 waits, for warpgroup 1 to have reached the stage it is at.
 template <typename T, int NB>
-__device__ __forceinline__ void mainloop_wg(float (&acc)[kMt][NB][4], const Plan<NB>& pl, const TmaMaps& maps,
-                                            uint32_t full0, uint32_t empty0, int kw) {
+__device__ __forceinline__ void mainloop_wg(float (&acc)[kMt][NB][4], const Plan<NB, kMt>& pl,
+                                            const TmaMaps& maps, uint32_t full0, uint32_t empty0, int kw) {
   constexpr uint32_t kBytes = stage_units<NB>() * 16;
   const int S = pl.stages;
   const bool leader = threadIdx.x == 0, lane0 = (threadIdx.x & 31) == 0;
@@ -253,12 +263,14 @@ __device__ __forceinline__ void mainloop_wg(float (&acc)[kMt][NB][4], const Plan
 }
 #endif
 
-// Grid: (ceil(n / kCols), S), clusters of (1, S, 1); krange: the k of one split (multiple of 64).
-// WG: the wgmma form (built for sm_90a only; NB 1, 2, 4 or 8; `maps` set; `stages` buffers, at most kMaxStagesWg),
-// else mma.sync (kStages).
-template <typename T, int NB, bool WG>
+// Grid: (ceil(n / cols<MT>), S), clusters of (1, S, 1); krange: the k of one split (multiple of 64).
+// WG: the wgmma form (built for sm_90a only; NB 1, 2, 4 or 8; MT 2; `maps` set; `stages` buffers, at most
+// kMaxStagesWg), else mma.sync (mma_stages<MT>).
+template <typename T, int NB, bool WG, int MT>
 __global__ void __launch_bounds__(kThreads, 2)
     gemv_tc_kernel(const md_gemv_params p, int64_t krange, int stages, const __grid_constant__ TmaMaps maps) {
+  static_assert(!WG || MT == kMt, "the wgmma form's tiles are 128 columns wide");
+  constexpr int kCols = cols<MT>(), kPartStride = part_stride<MT>();
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   if (WG && !MD_WGMMA_DEVICE) __trap();  // the wgmma form in code not built for sm_90a: wgmma_form said no
   extern __shared__ __align__(16) unsigned char smem[];
@@ -268,17 +280,17 @@ __global__ void __launch_bounds__(kThreads, 2)
   float* part = reinterpret_cast<float*>(aligned);  // after the products, over the stages
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
   const int wn = warp % kWarpsN, kw = warp / kWarpsN;
-  Plan<NB> pl;
+  Plan<NB, MT> pl;
   pl.stage0 = static_cast<uint32_t>(__cvta_generic_to_shared(stage_buf));
-  pl.stages = WG ? stages : kStages;
+  pl.stages = WG ? stages : mma_stages<MT>();
   pl.k_lo = static_cast<int64_t>(blockIdx.y) * krange;
   pl.k_hi = min(p.k, pl.k_lo + krange);
   pl.nst = pl.k_hi > pl.k_lo ? static_cast<int>((pl.k_hi - pl.k_lo + kKStage - 1) / kKStage) : 0;
   pl.rot = pl.nst > 0 ? static_cast<int>(blockIdx.x % pl.nst) : 0;
 
-  float acc[kMt][NB][4];
+  float acc[MT][NB][4];
 #pragma unroll
-  for (int mt = 0; mt < kMt; ++mt)
+  for (int mt = 0; mt < MT; ++mt)
 #pragma unroll
     for (int nb = 0; nb < NB; ++nb)
 #pragma unroll
@@ -294,7 +306,7 @@ __global__ void __launch_bounds__(kThreads, 2)
     mainloop_wg<T, NB>(acc, pl, maps, bar0, bar0 + kMaxStagesWg * 8, kw);
   }
 #endif
-  if constexpr (!WG) mainloop_mma<T, NB>(acc, p, pl, stage_buf, wn, kw, g, t);
+  if constexpr (!WG) mainloop_mma<T, NB, MT>(acc, p, pl, stage_buf, wn, kw, g, t);
 
   // Partial sums -> part[m][column]: the k groups one after the other (a fixed order).
   __syncthreads();
@@ -303,10 +315,10 @@ __global__ void __launch_bounds__(kThreads, 2)
   for (int q = 0; q < kWarpsK; ++q) {
     if (kw == q) {
 #pragma unroll
-      for (int mt = 0; mt < kMt; ++mt)
+      for (int mt = 0; mt < MT; ++mt)
 #pragma unroll
         for (int nb = 0; nb < NB; ++nb) {
-          const int col0 = WG ? mt * 64 + wn * 16 : wn * (kMt * 16) + mt * 16;  // the fragment's first column
+          const int col0 = WG ? mt * 64 + wn * 16 : wn * (MT * 16) + mt * 16;  // the fragment's first column
           float* pp = part + (nb * 8 + 2 * t) * kPartStride + col0 + g;
           const float* c = acc[mt][nb];
           if (q == 0) {
@@ -387,9 +399,22 @@ bool encode_tile_map(CUtensorMap* map, const void* base, int64_t dtype, int64_t 
          CUDA_SUCCESS;
 }
 
-template <typename T, int NB, bool WG = false>
+// The k splits of a grid of col_blocks column blocks: about one block a multiprocessor (two fit), each split at
+// least 512 of k: measured on the H200, a mamba-1.4b in_proj (64 column blocks) took 13 us in 2 splits of 16
+// stages and 19 us in 4 of 8. Then one more split where the blocks would cover under 3/4 of the multiprocessors
+// (some take two blocks): the 2.7b / 2.8b projections of 80 blocks left 52 of 132 idle; 160 made their batch-16
+// step 7-10% faster (H100, session 32), and the shapes of 128 blocks keep theirs.
+int k_splits(int64_t col_blocks, int64_t k, int64_t sms) {
+  int split = 1;
+  while (split < kMaxSplit && col_blocks * split * 2 <= sms + sms / 8 && k >= 1024 * split) split *= 2;
+  if (split < kMaxSplit && col_blocks * split * 4 < sms * 3 && k >= 1024 * split) split *= 2;
+  return split;
+}
+
+template <typename T, int NB, bool WG = false, int MT = kMt>
 cudaError_t launch_nb(const md_gemv_params& p, cudaStream_t stream) {
-  const auto kernel = gemv_tc_kernel<T, NB, WG>;
+  const auto kernel = gemv_tc_kernel<T, NB, WG, MT>;
+  constexpr int kCols = cols<MT>();
   TmaMaps maps{};
   // One x row (algo 5 at batch 1, where gemv_tc_ok asks nothing of its stride): any stride of whole 16-byte units.
   const int64_t x_stride = p.batch == 1 ? (p.k + 7) / 8 * 8 : p.x_row_stride;
@@ -398,20 +423,13 @@ cudaError_t launch_nb(const md_gemv_params& p, cudaStream_t stream) {
     return cudaErrorInvalidValue;
   const int64_t sms = device_attribute(cudaDevAttrMultiProcessorCount, 132);
   const int64_t col_blocks = (p.n + kCols - 1) / kCols;
-  // About one block a multiprocessor (two fit), each split at least 512 of k: measured on the H200, a
-  // mamba-1.4b in_proj (64 column blocks) took 13 us in 2 splits of 16 stages and 19 us in 4 of 8. Then one
-  // more split where the blocks would cover under 3/4 of the multiprocessors (some take two blocks): the
-  // 2.7b / 2.8b projections of 80 blocks left 52 of 132 idle; 160 made their batch-16 step 7-10% faster (H100,
-  // session 32), and the shapes of 128 blocks keep theirs.
-  int split = 1;
-  while (split < kMaxSplit && col_blocks * split * 2 <= sms + sms / 8 && p.k >= 1024 * split) split *= 2;
-  if (split < kMaxSplit && col_blocks * split * 4 < sms * 3 && p.k >= 1024 * split) split *= 2;
+  const int split = k_splits(col_blocks, p.k, sms);
   const int64_t krange = ((p.k + split - 1) / split + 63) / 64 * 64;
   // The wgmma form: 8 stages in flight where every block has a multiprocessor of its own, 4 where two share one,
   // or where clusters of 8 would each need 8 free multiprocessors of a GPC (an out_proj's 16 clusters of 8 then
   // started in two waves, 10 us apart: H100, session 37).
-  const int stages = !WG ? kStages : col_blocks * split <= sms && split <= 4 ? kMaxStagesWg : 4;
-  const size_t smem = smem_bytes<NB, WG>(stages);
+  const int stages = !WG ? mma_stages<MT>() : col_blocks * split <= sms && split <= 4 ? kMaxStagesWg : 4;
+  const size_t smem = smem_bytes<NB, WG, MT>(stages);
   cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
   if (err != cudaSuccess) return err;
 
@@ -427,6 +445,13 @@ cudaError_t launch_typed(const md_gemv_params& p, cudaStream_t s) {
     if (p.batch > 16) return launch_nb<T, 4, true>(p, s);
     return p.batch > 8 ? launch_nb<T, 2, true>(p, s) : launch_nb<T, 1, true>(p, s);
   }
+  // 9-16 rows, where the wide tile's k would be split over a cluster: the narrow tile, with half the splits
+  // (whole k where the wide one had 2: no cluster, no reduction through distributed shared memory). H100,
+  // session 38, ms a batch-16 step: mamba-1.4b 2.146 -> 2.118, mamba2-1.3b 3.025 -> 2.912, mamba-2.8b 3.743 ->
+  // 3.667; at batch 8 mamba-1.4b lost (1.763 -> 1.838) while the other two gained 1-3%, so 1-8 rows keep the wide.
+  const int64_t sms = device_attribute(cudaDevAttrMultiProcessorCount, 132);
+  if (p.batch > 8 && p.batch <= 16 && k_splits((p.n + kCols - 1) / kCols, p.k, sms) > 1)
+    return launch_nb<T, 2, false, 1>(p, s);
   return with_batch_tiles(p.batch, [&](auto nb) { return launch_nb<T, decltype(nb)::value>(p, s); });
 }
 
