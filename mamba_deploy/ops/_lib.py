@@ -248,13 +248,11 @@ def _open() -> ctypes.CDLL:
     if lib.md_version() != EXPECTED_VERSION:  # before the other symbols: an old library may lack some
         raise OSError(f"{path}: kernel ABI version {lib.md_version()}, expected {EXPECTED_VERSION}: "
                       f"library and package do not match (rebuild the library)")
-    for sym, (restype, argtypes) in SIGNATURES.items():
+    for sym, (restype, argtypes) in {**SIGNATURES, **DIAGNOSTIC_SIGNATURES}.items():
+        if sym in DIAGNOSTIC_SIGNATURES and not hasattr(lib, sym):
+            continue  # a normal build: the diagnostic entry points are absent
         fn = getattr(lib, sym)
         fn.restype, fn.argtypes = restype, argtypes
-    for sym, (restype, argtypes) in DIAGNOSTIC_SIGNATURES.items():
-        if hasattr(lib, sym):
-            fn = getattr(lib, sym)
-            fn.restype, fn.argtypes = restype, argtypes
     for name, (kind, struct) in {**PARAMS, **RECORDS}.items():
         if lib.md_params_size(kind) != ctypes.sizeof(struct):
             raise OSError(f"{path}: {name} params are {lib.md_params_size(kind)} bytes in C, "

@@ -270,7 +270,7 @@ template <typename T, int NB, bool WG, int MT>
 __global__ void __launch_bounds__(kThreads, 2)
     gemv_tc_kernel(const md_gemv_params p, int64_t krange, int stages, const __grid_constant__ TmaMaps maps) {
   static_assert(!WG || MT == kMt, "the wgmma form's tiles are 128 columns wide");
-  constexpr int kCols = cols<MT>(), kPartStride = part_stride<MT>();
+  constexpr int kBlockCols = cols<MT>(), kPartStride = part_stride<MT>();
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   if (WG && !MD_WGMMA_DEVICE) __trap();  // the wgmma form in code not built for sm_90a: wgmma_form said no
   extern __shared__ __align__(16) unsigned char smem[];
@@ -335,11 +335,11 @@ __global__ void __launch_bounds__(kThreads, 2)
   const uint32_t S = gridDim.y, rank = S > 1 ? cluster_rank() : 0;
   if (S > 1) cluster_sync();
   trace.stamp(kTraceSync1);
-  constexpr int kQuads = kCols / 4;  // 4 columns a thread: one 16-byte load from each block of the cluster
+  constexpr int kQuads = kBlockCols / 4;  // 4 columns a thread: one 16-byte load from each block of the cluster
   const int64_t total = p.batch * kQuads, per = (total + S - 1) / S;
   const int64_t e_hi = min(total, (rank + 1) * per);
   for (int64_t e = rank * per + threadIdx.x; e < e_hi; e += kThreads) {
-    const int64_t m = e / kQuads, col = e % kQuads * 4, n = static_cast<int64_t>(blockIdx.x) * kCols + col;
+    const int64_t m = e / kQuads, col = e % kQuads * 4, n = static_cast<int64_t>(blockIdx.x) * kBlockCols + col;
     const float* src = part + m * kPartStride + col;
     const float4 sum = cluster_sum4<kMaxSplit>(src, S);
     float vals[4] = {sum.x, sum.y, sum.z, sum.w};
@@ -411,18 +411,18 @@ int k_splits(int64_t col_blocks, int64_t k, int64_t sms) {
   return split;
 }
 
+// sms: the device's multiprocessors (launch_typed asks once).
 template <typename T, int NB, bool WG = false, int MT = kMt>
-cudaError_t launch_nb(const md_gemv_params& p, cudaStream_t stream) {
+cudaError_t launch_nb(const md_gemv_params& p, int64_t sms, cudaStream_t stream) {
   const auto kernel = gemv_tc_kernel<T, NB, WG, MT>;
-  constexpr int kCols = cols<MT>();
+  constexpr int kBlockCols = cols<MT>();
   TmaMaps maps{};
   // One x row (algo 5 at batch 1, where gemv_tc_ok asks nothing of its stride): any stride of whole 16-byte units.
   const int64_t x_stride = p.batch == 1 ? (p.k + 7) / 8 * 8 : p.x_row_stride;
-  if (WG && !(encode_tile_map(&maps.w, p.w, p.dtype, p.k, p.n, p.w_row_stride, kCols) &&
+  if (WG && !(encode_tile_map(&maps.w, p.w, p.dtype, p.k, p.n, p.w_row_stride, kBlockCols) &&
               encode_tile_map(&maps.x, p.x, p.dtype, p.k, p.batch, x_stride, NB * 8)))
     return cudaErrorInvalidValue;
-  const int64_t sms = device_attribute(cudaDevAttrMultiProcessorCount, 132);
-  const int64_t col_blocks = (p.n + kCols - 1) / kCols;
+  const int64_t col_blocks = (p.n + kBlockCols - 1) / kBlockCols;
   const int split = k_splits(col_blocks, p.k, sms);
   const int64_t krange = ((p.k + split - 1) / split + 63) / 64 * 64;
   // The wgmma form: 8 stages in flight where every block has a multiprocessor of its own, 4 where two share one,
@@ -440,19 +440,19 @@ cudaError_t launch_nb(const md_gemv_params& p, cudaStream_t stream) {
 
 template <typename T>
 cudaError_t launch_typed(const md_gemv_params& p, cudaStream_t s) {
+  const int64_t sms = device_attribute(cudaDevAttrMultiProcessorCount, 132);
   if ((p.batch > 16 || p.algo == MD_GEMV_ALGO_WGMMA) && wgmma_form(p)) {  // n = 8, 16, 32 or 64 batch rows a product
-    if (p.batch > 32) return launch_nb<T, 8, true>(p, s);
-    if (p.batch > 16) return launch_nb<T, 4, true>(p, s);
-    return p.batch > 8 ? launch_nb<T, 2, true>(p, s) : launch_nb<T, 1, true>(p, s);
+    if (p.batch > 32) return launch_nb<T, 8, true>(p, sms, s);
+    if (p.batch > 16) return launch_nb<T, 4, true>(p, sms, s);
+    return p.batch > 8 ? launch_nb<T, 2, true>(p, sms, s) : launch_nb<T, 1, true>(p, sms, s);
   }
   // 9-16 rows, where the wide tile's k would be split over a cluster: the narrow tile, with half the splits
   // (whole k where the wide one had 2: no cluster, no reduction through distributed shared memory). H100,
   // session 38, ms a batch-16 step: mamba-1.4b 2.146 -> 2.118, mamba2-1.3b 3.025 -> 2.912, mamba-2.8b 3.743 ->
   // 3.667; at batch 8 mamba-1.4b lost (1.763 -> 1.838) while the other two gained 1-3%, so 1-8 rows keep the wide.
-  const int64_t sms = device_attribute(cudaDevAttrMultiProcessorCount, 132);
   if (p.batch > 8 && p.batch <= 16 && k_splits((p.n + kCols - 1) / kCols, p.k, sms) > 1)
-    return launch_nb<T, 2, false, 1>(p, s);
-  return with_batch_tiles(p.batch, [&](auto nb) { return launch_nb<T, decltype(nb)::value>(p, s); });
+    return launch_nb<T, 2, false, 1>(p, sms, s);
+  return with_batch_tiles(p.batch, [&](auto nb) { return launch_nb<T, decltype(nb)::value>(p, sms, s); });
 }
 
 }  // namespace
