@@ -47,7 +47,6 @@ namespace {
 
 constexpr int kWarpsN = 4, kWarpsK = 2, kThreads = 32 * kWarpsN * kWarpsK;
 constexpr int kMt = 2;                     // m16 tiles (16 output columns each) per warp: the wide tile's
-constexpr int kCols = kWarpsN * kMt * 16;  // 128 output columns per block (the wide tile)
 constexpr int kKStage = 64;                // k per pipeline stage: one k32 step for each k group of warps
 constexpr int kMaxStagesWg = 8;
 constexpr int kMaxSplit = 8;
@@ -55,6 +54,8 @@ constexpr int kMaxSplit = 8;
 // MT m16 tiles a warp: 2 (128 columns a block, the wgmma form's only width) or 1 (64, the narrow tile: twice the
 // blocks over n, so half the k splits). The mma.sync form's stages: 4 wide (16 KB of weights each), 8 narrow.
 template <int MT> __host__ __device__ constexpr int cols() { return kWarpsN * MT * 16; }
+constexpr int kCols = cols<kMt>();  // 128 output columns per block (the wide tile)
+template <int MT> int64_t column_blocks(int64_t n) { return (n + cols<MT>() - 1) / cols<MT>(); }
 template <int MT> __host__ __device__ constexpr int mma_stages() { return MT == kMt ? 4 : 8; }
 template <int MT> __host__ __device__ constexpr int part_stride() { return cols<MT>() + 4; }  // distinct banks
 
@@ -415,14 +416,13 @@ int k_splits(int64_t col_blocks, int64_t k, int64_t sms) {
 template <typename T, int NB, bool WG = false, int MT = kMt>
 cudaError_t launch_nb(const md_gemv_params& p, int64_t sms, cudaStream_t stream) {
   const auto kernel = gemv_tc_kernel<T, NB, WG, MT>;
-  constexpr int kBlockCols = cols<MT>();
   TmaMaps maps{};
   // One x row (algo 5 at batch 1, where gemv_tc_ok asks nothing of its stride): any stride of whole 16-byte units.
   const int64_t x_stride = p.batch == 1 ? (p.k + 7) / 8 * 8 : p.x_row_stride;
-  if (WG && !(encode_tile_map(&maps.w, p.w, p.dtype, p.k, p.n, p.w_row_stride, kBlockCols) &&
+  if (WG && !(encode_tile_map(&maps.w, p.w, p.dtype, p.k, p.n, p.w_row_stride, cols<MT>()) &&
               encode_tile_map(&maps.x, p.x, p.dtype, p.k, p.batch, x_stride, NB * 8)))
     return cudaErrorInvalidValue;
-  const int64_t col_blocks = (p.n + kBlockCols - 1) / kBlockCols;
+  const int64_t col_blocks = column_blocks<MT>(p.n);
   const int split = k_splits(col_blocks, p.k, sms);
   const int64_t krange = ((p.k + split - 1) / split + 63) / 64 * 64;
   // The wgmma form: 8 stages in flight where every block has a multiprocessor of its own, 4 where two share one,
@@ -450,7 +450,7 @@ cudaError_t launch_typed(const md_gemv_params& p, cudaStream_t s) {
   // (whole k where the wide one had 2: no cluster, no reduction through distributed shared memory). H100,
   // session 38, ms a batch-16 step: mamba-1.4b 2.146 -> 2.118, mamba2-1.3b 3.025 -> 2.912, mamba-2.8b 3.743 ->
   // 3.667; at batch 8 mamba-1.4b lost (1.763 -> 1.838) while the other two gained 1-3%, so 1-8 rows keep the wide.
-  if (p.batch > 8 && p.batch <= 16 && k_splits((p.n + kCols - 1) / kCols, p.k, sms) > 1)
+  if (p.batch > 8 && p.batch <= 16 && k_splits(column_blocks<kMt>(p.n), p.k, sms) > 1)
     return launch_nb<T, 2, false, 1>(p, sms, s);
   return with_batch_tiles(p.batch, [&](auto nb) { return launch_nb<T, decltype(nb)::value>(p, sms, s); });
 }
