@@ -87,18 +87,21 @@ def main() -> None:
     ap.add_argument("--set", dest="sets", action="append", default=[], metavar="OPTION=V1,V2")
     ap.add_argument("--env", dest="envs", action="append", default=[], metavar="NAME=V1,V2")
     ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--state-dtype", default="float32", choices=["float32", "model"],
+                    help="the SSM state's (model: the weights' float16)")
     a = ap.parse_args()
     try:
         sets, envs = parse_sets(a.sets), parse_envs(a.envs)
     except ValueError as exc:
         sys.exit(f"error: {exc}")
-    eng = random_engine(a.random_init, max_batch=max(a.batches))
+    state_dtype = torch.float16 if a.state_dtype == "model" else torch.float32
+    eng = random_engine(a.random_init, state_dtype=state_dtype, max_batch=max(a.batches))
     defaults = {**{option: getattr(eng, option) for option in sets},
                 **{name: os.environ.get(name, "-") for name in envs}}
     combos = [dict(zip([*sets, *envs], combo)) for combo in itertools.product(*sets.values(), *envs.values())]
     variants = [defaults] + [v for v in combos if v != defaults]
-    print(f"{a.random_init} on {torch.cuda.get_device_name()}: ms per greedy graph step (rounds: "
-          f"{a.rounds}); the first row is the engine's defaults")
+    print(f"{a.random_init} on {torch.cuda.get_device_name()}, {a.state_dtype} state: ms per greedy graph step "
+          f"(rounds: {a.rounds}); the first row is the engine's defaults")
     print("| " + " | ".join([*sets, *envs, *(f"b{b}" for b in a.batches)]) + " |")
     print("| " + " | ".join(["---"] * (len(sets) + len(envs) + len(a.batches))) + " |")
     for variant in variants:
