@@ -42,7 +42,6 @@ __device__ __forceinline__ void load_weights(uint4 (&wv)[kUnroll], const uint4* 
   }
 }
 
-
 constexpr int kNormChunks = MD_GEMV_NORM_MAX_K / (kWarps * 32 * 8);  // 8-element chunks per thread
 
 // v of the norm prologue (gemv.h) for the 8 elements from e of row b (x and the gate in T, the residual in
@@ -256,9 +255,6 @@ int auto_split(const md_gemv_params& p) {
 
 // ---- fused decode kernels --------------------------------------------------------------------
 
-
-
-
 // n consecutive elements of a state row or of B / C <-> floats: by 4 (VEC: aligned, n a multiple of 4), else one
 // at a time.
 template <bool VEC, int N, typename E>
@@ -377,7 +373,6 @@ __global__ void __launch_bounds__(1024) row_norm_kernel(const md_row_norm_params
   store8_any(p.out, p.dtype, r * p.out_row_stride + e, v);
 }
 
-
 // Whether the state rows and B, C allow mamba2_step_kernel's VEC form (4 elements an aligned access).
 template <typename T, typename S>
 bool m2_vec_ok(const md_mamba2_step_params& p) {
@@ -399,12 +394,18 @@ cudaError_t launch_m2_form(const md_mamba2_step_params& p, cudaStream_t s) {
   }
 }
 
-// 4 rows a warp from batch 4 on (H200, mamba2-1.3b fp32 state: b16 2.88 -> 2.50 ms, b64 6.36 -> 5.00); at batch 1
-// one row a warp keeps 4x the blocks, which the latency-bound step needs (1.414 ms against 1.452). The vector form
-// wherever it applies (b1 1.454 -> 1.414, b64 6.55 -> 6.36 alone). Batches 2-15 were not measured.
+// Rows a warp: 4 from batch 4 on (H200, mamba2-1.3b fp32 state: b16 2.88 -> 2.50 ms, b64 6.36 -> 5.00), 1 below
+// (4x the blocks for the latency-bound step: b1 1.414 ms against 1.452); 8 for a 16-bit state above 32 rows, as
+// many bytes in flight a lane as a float32 state's 4 (H100, session 40: mamba2-1.3b b64 4.314 -> 4.247 ms, b48
+// -0.8%, mamba2-2.7b b64 -2.0%; level at 32, 1-2% slower at 16-24, a float32 state at 64 1.5% slower). The vector
+// form wherever it applies (b1 1.454 -> 1.414, b64 6.55 -> 6.36 alone).
 template <typename T, typename S>
 cudaError_t launch_m2_typed(const md_mamba2_step_params& p, cudaStream_t s) {
   const bool vec = m2_vec_ok<T, S>(p);
+  if constexpr (sizeof(S) == 2) {
+    if (p.batch > 32 && !p.norm_weight && p.headdim % 8 == 0)
+      return vec ? launch_m2_form<T, S, 8, true>(p, s) : launch_m2_form<T, S, 8, false>(p, s);
+  }
   if ((p.batch >= 4 || p.norm_weight) && p.headdim % 4 == 0)
     return vec ? launch_m2_form<T, S, 4, true>(p, s) : launch_m2_form<T, S, 4, false>(p, s);
   return vec ? launch_m2_form<T, S, 1, true>(p, s) : launch_m2_form<T, S, 1, false>(p, s);
@@ -461,7 +462,6 @@ extern "C" cudaError_t md_launch_gemv(const md_gemv_params* p, cudaStream_t stre
     default: MD_CHECK(false, "gemv: bad dtype");
   }
 }
-
 
 extern "C" cudaError_t md_launch_mamba2_step(const md_mamba2_step_params* p, cudaStream_t stream) {
   MD_CHECK(p != nullptr, "mamba2_step: params is NULL");

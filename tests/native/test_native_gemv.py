@@ -185,7 +185,7 @@ def test_mamba1_step_rows_do_not_depend_on_the_batch(G, dtype, state_dtype, dt_g
 # aligned) or not; a last block half out of range (5 x 12 rows)
 @pytest.mark.parametrize("batch,nheads,headdim,dstate,ngroups", [
     (1, 64, 64, 128, 1), (5, 6, 16, 32, 3), (2, 4, 8, 256, 2), (6, 5, 12, 128, 1), (4, 3, 6, 128, 3),
-    (4, 2, 8, 256, 1)])
+    (4, 2, 8, 256, 1), (33, 4, 16, 128, 1)])
 def test_mamba2_step(rel_err, G, dtype, state_dtype, batch, nheads, headdim, dstate, ngroups):
     sdt = torch.float32 if state_dtype == "float32" else dtype
     d, gn = nheads * headdim, ngroups * dstate
@@ -204,7 +204,7 @@ def test_mamba2_step(rel_err, G, dtype, state_dtype, batch, nheads, headdim, dst
 
 
 @pytest.mark.parametrize("state_dtype", ["float32", "model"])
-@pytest.mark.parametrize("batch", [3, 5])  # 1 and 4 rows a warp
+@pytest.mark.parametrize("batch", [3, 5, 33])  # 1, 4 and (a 16-bit state above 32) 8 rows a warp
 def test_mamba2_step_forms_agree_bitwise(G, state_dtype, batch):
     """B and C one element off 16-byte alignment take the element-wise form: the same bits as the vector form."""
     dtype, nheads, headdim, dstate = torch.float16, 8, 16, 128
@@ -223,6 +223,24 @@ def test_mamba2_step_forms_agree_bitwise(G, state_dtype, batch):
         outs.append((y, state))
     assert bc.data_ptr() % 16 != 0
     assert torch.equal(outs[0][0], outs[1][0]) and torch.equal(outs[0][1], outs[1][1])
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_mamba2_step_rows_a_warp_agree_bitwise(G, dtype):
+    """40 rows of a 16-bit state in one call (8 rows a warp) give the bits of two calls of 20 (4 rows a warp)."""
+    batch, nheads, headdim, dstate = 40, 4, 16, 128
+    d, gn = nheads * headdim, dstate
+    x, dt, bc = rnd(batch, d, dtype=dtype), rnd(batch, nheads, dtype=dtype), rnd(batch, 2 * gn, dtype=dtype)
+    A, D, dt_bias = -torch.exp(rnd(nheads, scale=0.5)), rnd(nheads), rnd(nheads, scale=0.5) - 3.0
+    state0 = rnd(batch, nheads, headdim, dstate).to(dtype)
+    whole, whole_y = state0.clone(), torch.empty(batch, d, dtype=dtype, device="cuda")
+    G.mamba2_step(whole, x, dt, A, bc[:, :gn], bc[:, gn:], D, dt_bias, (0.001, 0.1), out=whole_y)
+    halves, halves_y = state0.clone(), torch.empty(batch, d, dtype=dtype, device="cuda")
+    for rows in (slice(0, 20), slice(20, 40)):
+        G.mamba2_step(halves[rows], x[rows], dt[rows], A, bc[rows, :gn], bc[rows, gn:], D, dt_bias, (0.001, 0.1),
+                      out=halves_y[rows])
+    assert torch.isfinite(whole_y.float()).all()
+    assert torch.equal(whole_y, halves_y) and torch.equal(whole, halves)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
