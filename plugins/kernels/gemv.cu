@@ -396,7 +396,7 @@ cudaError_t launch_m2_form(const md_mamba2_step_params& p, cudaStream_t s) {
 
 // Rows a warp: 4 from batch 4 on (H200, mamba2-1.3b fp32 state: b16 2.88 -> 2.50 ms, b64 6.36 -> 5.00), 1 below
 // (4x the blocks for the latency-bound step: b1 1.414 ms against 1.452); 8 for a 16-bit state above 32 rows, as
-// many bytes in flight a lane as a float32 state's 4 (H100, session 40: mamba2-1.3b b64 4.314 -> 4.247 ms, b48
+// many bytes in flight a lane as a float32 state's 4 (H100, session 40: mamba2-1.3b b64 4.289 -> 4.216 ms, b48
 // -0.8%, mamba2-2.7b b64 -2.0%; level at 32, 1-2% slower at 16-24, a float32 state at 64 1.5% slower). The vector
 // form wherever it applies (b1 1.454 -> 1.414, b64 6.55 -> 6.36 alone).
 template <typename T, typename S>
