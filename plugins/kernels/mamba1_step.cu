@@ -170,46 +170,61 @@ __global__ void __launch_bounds__(kStepThreads) mamba1_step_dt_kernel(const md_m
 // mamba1_step_dt_kernel for dstate 16 with aligned state rows: 4 lanes a (batch row, channel), lane q holding
 // states 4q .. 4q + 3, so a warp's state loads and stores are 8 channels' rows back to back (512 contiguous
 // bytes of float32 state; the one-thread-a-channel form's 16-byte accesses were 64 bytes apart). y is the
-// sum of the 4 lanes' partial sums (two shuffles). Grid: (ceil(dim / 32), batch).
-template <typename T, typename S>
+// sum of the 4 lanes' partial sums (two shuffles). A thread takes RB batch rows of its channel (4 for a 16-bit
+// state above batch 32, whose 8 bytes a lane a row would otherwise leave half a float32 state's bytes in flight);
+// a row's arithmetic does not depend on RB. Grid: (ceil(dim / 32), ceil(batch / RB)).
+template <typename T, typename S, int RB>
 __global__ void __launch_bounds__(kStepThreads) mamba1_step_dt4_kernel(const md_mamba1_step_params p) {
   pdl_release();
   const int q = threadIdx.x & 3;
-  const int64_t b = blockIdx.y, d0 = static_cast<int64_t>(blockIdx.x) * (kStepThreads / 4) + (threadIdx.x >> 2);
+  const int64_t b0 = static_cast<int64_t>(blockIdx.y) * RB;
+  const int64_t d0 = static_cast<int64_t>(blockIdx.x) * (kStepThreads / 4) + (threadIdx.x >> 2);
   const bool ok = d0 < p.dim;
   const int64_t d = ok ? d0 : 0;  // out-of-range lanes compute on channel 0 and store nothing (shuffles below)
   float A[4];
   load4(p.A + d * kMaxState + 4 * q, A);
   const float bias = p.dt_bias[d], Dd = p.D[d];
   pdl_wait();
-  __shared__ float s_B[kMaxState], s_C[kMaxState];
-  S* st = static_cast<S*>(p.state) + state_row(p.state_rows, b) * p.state_batch_stride + d * p.state_dim_stride +
-          4 * q;
-  float h[4];
-  load4(st, h);
-  float v = to_f(static_cast<const T*>(p.dt)[b * p.dt_row_stride + d]) + bias;
-  const float x = to_f(static_cast<const T*>(p.x)[b * p.x_row_stride + d]);
-  const float z = to_f(static_cast<const T*>(p.z)[b * p.z_row_stride + d]);
-  if (threadIdx.x < kMaxState) {
+  __shared__ float s_B[RB][kMaxState], s_C[RB][kMaxState];
+  float h[RB][4], v[RB], x[RB], z[RB];
+  S* st[RB];
+  // Rows past the batch compute on its last row and store nothing. The RB == 1 tests are for the compiler: with
+  // them the one-row form's machine code is the same as before rows a thread (SASS compared), without them not.
+#pragma unroll
+  for (int r = 0; r < RB; ++r) {
+    const int64_t b = RB == 1 || b0 + r < p.batch ? b0 + r : p.batch - 1;
+    st[r] = static_cast<S*>(p.state) + state_row(p.state_rows, b) * p.state_batch_stride + d * p.state_dim_stride +
+            4 * q;
+    load4(st[r], h[r]);
+    v[r] = to_f(static_cast<const T*>(p.dt)[b * p.dt_row_stride + d]) + bias;
+    x[r] = to_f(static_cast<const T*>(p.x)[b * p.x_row_stride + d]);
+    z[r] = to_f(static_cast<const T*>(p.z)[b * p.z_row_stride + d]);
+  }
+  if (threadIdx.x < RB * kMaxState) {
+    const unsigned r = RB == 1 ? 0 : threadIdx.x / kMaxState, n = RB == 1 ? threadIdx.x : threadIdx.x % kMaxState;
+    const int64_t b = RB == 1 || b0 + r < p.batch ? b0 + r : p.batch - 1;
     const T* xd = static_cast<const T*>(p.xdbl) + b * p.xdbl_row_stride + p.dt_rank;
-    s_B[threadIdx.x] = to_f(xd[threadIdx.x]);
-    s_C[threadIdx.x] = to_f(xd[kMaxState + threadIdx.x]);
+    s_B[r][n] = to_f(xd[n]);
+    s_C[r][n] = to_f(xd[kMaxState + n]);
   }
   __syncthreads();
-  v = softplus_exact(v);
-  const float vx = v * x;
-  float y = 0.f;
 #pragma unroll
-  for (int j = 0; j < 4; ++j) {
-    h[j] = fmaf(h[j], expf(v * A[j]), vx * s_B[4 * q + j]);
-    y = fmaf(h[j], s_C[4 * q + j], y);
+  for (int r = 0; r < RB; ++r) {
+    if (RB > 1 && b0 + r >= p.batch) break;  // uniform over the block
+    const float dt = softplus_exact(v[r]), vx = dt * x[r];
+    float y = 0.f;
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+      h[r][j] = fmaf(h[r][j], expf(dt * A[j]), vx * s_B[r][4 * q + j]);
+      y = fmaf(h[r][j], s_C[r][4 * q + j], y);
+    }
+    if (ok) store4(st[r], h[r]);
+    y += __shfl_xor_sync(0xffffffffu, y, 1);
+    y += __shfl_xor_sync(0xffffffffu, y, 2);
+    if (!ok || q != 0) continue;
+    y = fmaf(Dd, x[r], y) * (z[r] / (1.f + expf(-z[r])));
+    static_cast<T*>(p.y)[(b0 + r) * p.y_row_stride + d] = from_f<T>(y);
   }
-  if (ok) store4(st, h);
-  y += __shfl_xor_sync(0xffffffffu, y, 1);
-  y += __shfl_xor_sync(0xffffffffu, y, 2);
-  if (!ok || q != 0) return;
-  y = fmaf(Dd, x, y) * (z / (1.f + expf(-z)));
-  static_cast<T*>(p.y)[b * p.y_row_stride + d] = from_f<T>(y);
 }
 
 // Mamba1 with dt_proj on tensor cores (p.dt_tc; 16-bit dtypes, dstate 16, dt_rank % 8 == 0, 16-byte aligned
@@ -351,9 +366,14 @@ cudaError_t launch_step_dt(const md_mamba1_step_params& p, cudaStream_t s) {
   const bool vec = p.dstate == kMaxState && p.state_dim_stride % 8 == 0 && p.state_batch_stride % 8 == 0 &&
                    is_aligned(p.state) && is_aligned(p.A);
   if (vec) {
-    const dim3 grid4(static_cast<unsigned>((p.dim + kStepThreads / 4 - 1) / (kStepThreads / 4)),
-                     static_cast<unsigned>(p.batch));
-    return launch_pdl(mamba1_step_dt4_kernel<T, S>, grid4, kStepThreads, 0, s, p);
+    const int64_t cblocks = (p.dim + kStepThreads / 4 - 1) / (kStepThreads / 4);
+    const auto grid_rb = [&](int rows) {
+      return dim3(static_cast<unsigned>(cblocks), static_cast<unsigned>((p.batch + rows - 1) / rows));
+    };
+    if constexpr (sizeof(S) == 2) {  // a 16-bit state: 4 rows a thread give a float32 state's bytes in flight
+      if (p.batch > 32) return launch_pdl(mamba1_step_dt4_kernel<T, S, 4>, grid_rb(4), kStepThreads, 0, s, p);
+    }
+    return launch_pdl(mamba1_step_dt4_kernel<T, S, 1>, grid_rb(1), kStepThreads, 0, s, p);
   }
   return launch_pdl(mamba1_step_dt_kernel<T, S>, grid, kStepThreads, 0, s, p);
 }

@@ -159,9 +159,10 @@ def test_mamba1_step(rel_err, G, dtype, state_dtype, batch, dim, rank, dstate, d
 @pytest.mark.parametrize("state_dtype", ["float32", "model"])
 @pytest.mark.parametrize("dt_given", [False, True], ids=["fused-dt", "dt-given"])
 def test_mamba1_step_rows_do_not_depend_on_the_batch(G, dtype, state_dtype, dt_given):
-    """A block handles up to 8 rows (dt_proj read once for them): each row of a batch of 19 (8 + 8 + 3) equals
-    the same row stepped alone, bit for bit; with dt given, the streaming form likewise."""
-    batch, dim, rank, dstate = 19, 300, 160, 16
+    """A block handles up to 8 rows (dt_proj read once for them): each row of a batch of 35 (4 x 8 + 3) equals
+    the same row stepped alone, bit for bit; with dt given, the streaming form likewise (a 16-bit state's thread
+    takes 4 rows there above batch 32: 8 x 4 + 3)."""
+    batch, dim, rank, dstate = 35, 300, 160, 16
     sdt = torch.float32 if state_dtype == "float32" else dtype
     xz, xdbl = rnd(batch, 2 * dim, dtype=dtype), rnd(batch, rank + 2 * dstate, dtype=dtype)
     w = rnd(dim, rank, dtype=dtype, scale=rank ** -0.5)
