@@ -142,6 +142,13 @@ def sources_to_compare(repo: pathlib.Path, ref: str, files: list[str]) -> list[p
     return [pathlib.Path(name) for name in changed]
 
 
+def extract_kernels(repo: pathlib.Path, ref: str, tree: pathlib.Path) -> None:
+    archive = subprocess.run(["git", "-C", str(repo), "archive", ref, str(KERNELS)], capture_output=True)
+    if archive.returncode != 0:
+        raise ToolError(f"{ref} has no {KERNELS}")
+    subprocess.run(["tar", "-x", "-C", str(tree)], input=archive.stdout, check=True)
+
+
 def ref_rows(repo: pathlib.Path, ref: str, files: list[str], sass: bool, aliases) -> list[tuple[str, str]]:
     """Both sides compiled at one temporary path (nvcc's anonymous-namespace hash follows the path)."""
     try:
@@ -157,8 +164,7 @@ def ref_rows(repo: pathlib.Path, ref: str, files: list[str], sass: bool, aliases
             shutil.rmtree(tree, ignore_errors=True)
             tree.mkdir()
             if side == "old":
-                archive = subprocess.run(["git", "-C", str(repo), "archive", ref, str(KERNELS)], capture_output=True)
-                subprocess.run(["tar", "-x", "-C", str(tree)], input=archive.stdout, check=True)
+                extract_kernels(repo, ref, tree)
             else:
                 shutil.copytree(repo / KERNELS, tree / KERNELS)
             kernels[side] = {rel: source_kernels(tree / rel, out / side, sass) if (tree / rel).exists() else {}

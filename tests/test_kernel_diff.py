@@ -96,3 +96,7 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys):
     assert capsys.readouterr().err.strip() == "error: notes.txt: not a .cu file of plugins/kernels"
     assert K.main(["--libs", str(tmp_path / "none.so"), str(tmp_path / "none.so")]) == 2
     assert "no such file" in capsys.readouterr().err
+    for cmd in (["rm", "-rq", "plugins"], ["-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "none"]):
+        subprocess.run(["git", "-C", str(repo), *cmd], check=True)
+    assert K.main(["HEAD", "k.cu", "--repo", str(repo)]) == 2
+    assert capsys.readouterr().err.strip() == "error: HEAD has no plugins/kernels"
