@@ -137,9 +137,10 @@ def sources_to_compare(repo: pathlib.Path, ref: str, files: list[str]) -> list[p
     if files:
         return [kernel_path(f) for f in files]
     changed = git(repo, "diff", "--name-only", ref, "--", str(KERNELS)).split()
-    if any(not name.endswith(".cu") for name in changed):  # a header: any source may compile differently
-        return sorted(p.relative_to(repo) for p in (repo / KERNELS).glob("*.cu"))
-    return [pathlib.Path(name) for name in changed]
+    sources = {pathlib.Path(name) for name in changed if name.endswith(".cu")}  # a deleted one too
+    if len(sources) < len(changed):  # a header: any source may compile differently
+        sources |= {p.relative_to(repo) for p in (repo / KERNELS).glob("*.cu")}
+    return sorted(sources)
 
 
 def extract_kernels(repo: pathlib.Path, ref: str, tree: pathlib.Path) -> None:

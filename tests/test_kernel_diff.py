@@ -88,6 +88,22 @@ def test_an_alias_pairs_a_renamed_kernel_with_its_old_self(tmp_path, capsys):
     assert capsys.readouterr().out.splitlines()[-1] == "2 same, 0 differs, 0 gone, 0 new"
 
 
+@pytest.mark.skipif(shutil.which("nvcc") is None, reason="needs nvcc")
+def test_a_changed_header_compares_every_source_and_a_deleted_one_is_gone(tmp_path, capsys):
+    repo = repo_with_kernels(tmp_path)
+    src = repo / "plugins" / "kernels"
+    (src / "two.cu").write_text("__global__ void other(float* x) { x[0] = 1.f; }\n")
+    (src / "k.cuh").write_text("#pragma once\n")
+    for cmd in (["add", "."], ["-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "two"]):
+        subprocess.run(["git", "-C", str(repo), *cmd], check=True)
+    (src / "two.cu").unlink()
+    (src / "k.cuh").write_text("#pragma once\n// changed\n")
+    assert K.main(["HEAD", "--repo", str(repo)]) == 1
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith("gone") and "two.cu" in out[0] and "other" in out[0]
+    assert out[-1] == "2 same, 0 differs, 1 gone, 0 new"  # k.cu's two kernels, compiled though only the header moved
+
+
 def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys):
     repo = repo_with_kernels(tmp_path)
     assert K.main(["no-such-ref", "--repo", str(repo)]) == 2
