@@ -7,7 +7,8 @@ the same weights, the graphs recaptured for each combination, the engine's defau
 
 --set OPTION=V1,V2,...: the values to try for one option (every combination of all --set options runs). Integer
 options: staged_max_batch, tc_max_batch, x_proj_tc_max_batch, out_proj_tc_max_batch, dt_gemm_min_batch,
-gemv_max_batch (each capped as NativeEngine caps it), wgmma_min_batch, fold_gated_norm and step_dt_tc (0 or 1).
+gemv_max_batch (each capped as NativeEngine caps it), wgmma_min_batch, out_proj_slices (0: off, up to
+decode.OUT_PROJ_SLICES), fold_gated_norm and step_dt_tc (0 or 1).
 Projection sets, names joined by '+', 'none' for the empty set: staged_gemv (of in_proj, x_proj, out_proj),
 norm_in_gemv (of in_proj, out_proj, head). They decide which kernel form each projection takes per batch
 (native/decode.py).
@@ -28,7 +29,8 @@ from mamba_deploy.native import decode as D, gemv as G, random_engine
 
 LIMITS = {"staged_max_batch": G.STAGED_MAX_BATCH, "tc_max_batch": G.TC_MAX_BATCH,
           "x_proj_tc_max_batch": G.TC_MAX_BATCH, "out_proj_tc_max_batch": G.TC_MAX_BATCH, "dt_gemm_min_batch": None,
-          "gemv_max_batch": G.MAX_BATCH, "fold_gated_norm": 1, "step_dt_tc": 1, "wgmma_min_batch": None}
+          "gemv_max_batch": G.MAX_BATCH, "fold_gated_norm": 1, "step_dt_tc": 1, "wgmma_min_batch": None,
+          "out_proj_slices": D.OUT_PROJ_SLICES}
 SETS = {"staged_gemv": D.STAGED_PROJECTIONS, "norm_in_gemv": D.NORMED_PROJECTIONS}
 
 

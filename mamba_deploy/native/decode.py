@@ -39,7 +39,7 @@ buffers; none allocates but the gated MLP's temporaries (from the graph's pool).
 from __future__ import annotations
 
 from functools import partial
-from typing import Optional
+from typing import NamedTuple, Optional, Union
 
 import torch
 
@@ -55,6 +55,30 @@ STAGED_PROJECTIONS = frozenset({"in_proj", "x_proj", "out_proj"})  # and NativeE
 # 2.69 -> 3.53 ms (H200, session 9)
 CONV_EPILOGUE_MAX_BATCH = 16
 STEP_DSTATES = (32, 64, 128, 256)  # the state sizes mamba2_step takes (else the library's selective_state_update)
+# Where cuBLAS runs a mixer's out_proj (16-bit, batch above the tensor-core GEMV's) up to OUT_PROJ_SLICES_MAX_BATCH
+# rows, it runs as this many k slices into float32 partial sums that the next row norm adds (out_proj, SplitSums):
+# no split-K reduce kernel. H100, session 42 (docs/performance.md): 0.2-0.7% faster steps at batch 24-48 on the
+# four published shapes; at 64 -0.3% to +0.3%, so not there
+OUT_PROJ_SLICES, OUT_PROJ_SLICES_MAX_BATCH = 4, 48
+
+
+class SplitSums(NamedTuple):
+    """A mixer's output still as float32 partial sums over out_proj's k slices (out_proj), which the next norm adds
+    up, rounds to the model dtype and then scales by `factor` (a folded gated norm's, or None)."""
+    parts: torch.Tensor  # (slices, b, d_model) float32
+    factor: Optional[P.NormFactor]
+
+    def row_norm_args(self, rows: int) -> dict:
+        """gemv.row_norm's arguments: x the slices, and the factor's."""
+        return dict({} if self.factor is None else self.factor.row_norm_args(rows), x=self.parts)
+
+    def applied(self, hidden: torch.Tensor) -> torch.Tensor:
+        """The output in hidden's dtype, times the factor (where no row norm takes the slices)."""
+        summed = self.parts.sum(0).to(hidden.dtype)
+        return summed if self.factor is None else self.factor.applied(summed)
+
+
+Owed = Union[P.NormFactor, SplitSums]  # what a layer's output still owes the next norm
 
 
 def linear(x: torch.Tensor, w: torch.Tensor, b: Optional[torch.Tensor], out: torch.Tensor) -> torch.Tensor:
@@ -82,9 +106,9 @@ def step(eng, b: int, greedy: bool = True) -> None:
         torch.argmax(eng.logits[:b, :c.vocab_size], dim=-1, out=eng.ids[:b])
 
 
-def layers(eng, b: int, rows: torch.Tensor) -> Optional[P.NormFactor]:
+def layers(eng, b: int, rows: torch.Tensor) -> Optional[Owed]:
     """hidden[:b] (the embeddings) through every layer, a few launches a layer; rows: the batch rows' state slots.
-    Returns what the last layer's output still owes a folded gated norm (mamba2_mixer), or None."""
+    Returns what the last layer's output still owes the final norm (out_proj), or None."""
     c = eng.config
     proj_of_eng = partial(proj, eng)  # hybrid.Proj
     owed = None
@@ -108,14 +132,14 @@ def layers(eng, b: int, rows: torch.Tensor) -> Optional[P.NormFactor]:
     return owed
 
 
-def add_norm(eng, b: int, weight, bias, first: bool, factor: Optional[P.NormFactor] = None) -> None:
+def add_norm(eng, b: int, weight, bias, first: bool, factor: Optional[Owed] = None) -> None:
     """residual <- hidden * f + residual (hidden * f alone for the first layer); normed <- norm(residual).
-    f = 1, or the factor a folded gated norm left owing (mamba2_mixer)."""
+    f = 1, or the factor a folded gated norm left owing (mamba2_mixer); with SplitSums, hidden is their sum."""
     c = eng.config
     x, res, out = eng.hidden[:b], eng.residual[:b], eng.normed[:b]
     if c.rms_norm and bias is None and G.row_norm_ok(c.d_model, c.d_model, x, res, out):
-        owed = {} if factor is None else factor.row_norm_args(b)
-        G.row_norm(x, None if first else res, weight, c.norm_eps, out=out, residual_out=res, **owed)
+        args = {"x": x, **({} if factor is None else factor.row_norm_args(b))}
+        G.row_norm(args.pop("x"), None if first else res, weight, c.norm_eps, out=out, residual_out=res, **args)
     else:
         x = x if factor is None else factor.applied(x)
         K.add_norm(x, None if first else res, weight, bias, c.norm_eps, c.rms_norm, c.residual_in_fp32, out=out,
@@ -123,7 +147,7 @@ def add_norm(eng, b: int, weight, bias, first: bool, factor: Optional[P.NormFact
 
 
 def normed_proj(eng, b: int, name: str, weight, bias, first: bool, w, w_bias, out, conv=None,
-                factor: Optional[P.NormFactor] = None) -> None:
+                factor: Optional[Owed] = None) -> None:
     """out <- proj(norm(residual <- hidden * f + residual)) (add_norm, then proj), the norm inside the GEMV at
     batch 1 where norm_in_gemv names the projection and gemv's prologue applies (f = 1 only); it then writes the
     other residual buffer (eng.residuals) and points eng.residual at it. factor: as add_norm's."""
@@ -151,12 +175,11 @@ def proj(eng, x, w, bias, out, conv: Optional[dict] = None, tc_max_batch: Option
     """out = x @ w.T (+ bias), then the conv epilogue on conv rows: the library's gemv (CUDA cores for small batch,
     its staged form where the engine's staged_gemv names the projection `name`, tensor cores up to tc_max_batch:
     the engine's unless given; their wgmma form from the engine's wgmma_min_batch on), else cuBLAS."""
-    b = x.shape[0]
-    if name is not None and name in eng.staged_gemv and b <= eng.staged_max_batch and G.staged_ok(x, w):
+    b, form = x.shape[0], proj_form(eng, x, w, tc_max_batch, name)
+    if form == "staged":
         G.gemv(x, w, bias, out=out, conv=conv, algo="staged")
         return
-    tc_max = eng.tc_max_batch if tc_max_batch is None else tc_max_batch
-    if b <= eng.gemv_max_batch or (b <= tc_max and G.tc_ok(x, w)):
+    if form == "gemv":
         epilogue = conv if b <= CONV_EPILOGUE_MAX_BATCH else None
         wgmma = eng.gemv_max_batch < b and b >= eng.wgmma_min_batch  # else the library's choice (auto)
         G.gemv(x, w, bias, out=out, conv=epilogue, algo="wgmma" if wgmma else "auto")
@@ -171,9 +194,52 @@ def proj(eng, x, w, bias, out, conv: Optional[dict] = None, tc_max_batch: Option
                                state_out=conv["state"], state_rows=conv.get("state_rows"))
 
 
-def mamba1_mixer(eng, b: int, L: Layer, ssm_pool: torch.Tensor, rows: torch.Tensor) -> None:
+def proj_form(eng, x, w, tc_max_batch: Optional[int] = None, name: Optional[str] = None) -> str:
+    """Which form proj gives x (b, k) @ w.T: "staged", "gemv" (the library's CUDA-core or tensor-core GEMV) or
+    "cublas" (proj's docstring)."""
+    b = x.shape[0]
+    if name is not None and name in eng.staged_gemv and b <= eng.staged_max_batch and G.staged_ok(x, w):
+        return "staged"
+    tc_max = eng.tc_max_batch if tc_max_batch is None else tc_max_batch
+    return "gemv" if b <= eng.gemv_max_batch or (b <= tc_max and G.tc_ok(x, w)) else "cublas"
+
+
+def out_proj(eng, y: torch.Tensor, L: Layer, factor: Optional[P.NormFactor] = None) -> Optional[Owed]:
+    """hidden[:b] <- y @ out_w.T (+ bias), y (b, mixer_out_dim): a mixer's last projection. Where proj would take
+    cuBLAS, b <= OUT_PROJ_SLICES_MAX_BATCH and the engine's out_proj_slices k slices apply (split_sums_ok), one
+    batched product writes their float32 partial sums instead and the next norm adds them: returns SplitSums, else
+    `factor` (what the output owes)."""
+    b, w, tc_max = y.shape[0], L.out_w, eng.out_proj_tc_max_batch
+    slices = 0 if eng.out_parts is None else min(eng.out_proj_slices, len(eng.out_parts))
+    if (not slices or b > OUT_PROJ_SLICES_MAX_BATCH or L.out_b is not None or y.shape[1] % (8 * slices) or
+            y.stride(0) % 8 or proj_form(eng, y, w, tc_max, "out_proj") != "cublas"):
+        proj(eng, y, w, L.out_b, eng.hidden[:b], tc_max_batch=tc_max, name="out_proj")
+        return factor
+    parts = eng.out_parts[:slices, :b]
+    slice_products(y, w, parts)
+    return SplitSums(parts, factor)
+
+
+def slice_products(x: torch.Tensor, w: torch.Tensor, parts: torch.Tensor) -> None:
+    """parts[s] <- x[:, ks] @ w[:, ks].T in float32, ks the s-th of parts.shape[0] equal k slices: one batched cuBLAS
+    product on views, no copy. x (b, k), w (n, k), parts (slices, b, n) float32."""
+    slices = parts.shape[0]
+    torch.bmm(x.unflatten(1, (slices, -1)).transpose(0, 1), w.unflatten(1, (slices, -1)).permute(1, 2, 0),
+              out_dtype=torch.float32, out=parts)
+
+
+def split_sums_ok(eng) -> bool:
+    """Whether the engine's out_proj may leave SplitSums: a 16-bit model whose norms all take them (RMS norms
+    without bias through row_norm: add_norm)."""
+    c = eng.config
+    biases = [L.norm_b for L in eng.layers] + [L.norm2_b for L in eng.layers] + [eng.norm_f[1]]
+    return (eng.dtype in (torch.float16, torch.bfloat16) and c.rms_norm and all(b is None for b in biases) and
+            G.row_norm_ok(c.d_model, c.d_model))
+
+
+def mamba1_mixer(eng, b: int, L: Layer, ssm_pool: torch.Tensor, rows: torch.Tensor) -> Optional[Owed]:
     """xz[:b] (in_proj's output, x after the conv) -> hidden[:b]; the SSM state of slots `rows` in place. Returns
-    None (nothing owed: mamba2_mixer's contract)."""
+    what the output still owes the next norm (out_proj)."""
     d = eng.config.d_inner
     x, z, xdbl, y = eng.xz[:b, :d], eng.xz[:b, d:], eng.xdbl[:b], eng.y[:b]
     proj(eng, x, L.x_w, None, xdbl, tc_max_batch=eng.x_proj_tc_max_batch, name="x_proj")
@@ -185,13 +251,13 @@ def mamba1_mixer(eng, b: int, L: Layer, ssm_pool: torch.Tensor, rows: torch.Tens
     else:
         proj(eng, xdbl[:, :eng.config.dt_rank], L.dt_w, None, eng.dt[:b])
         G.mamba1_step(x, z, xdbl, None, L.dt_b, L.A, L.D, ssm_pool, out=y, state_rows=rows, dt=eng.dt[:b])
-    proj(eng, y, L.out_w, L.out_b, eng.hidden[:b], tc_max_batch=eng.out_proj_tc_max_batch, name="out_proj")
+    return out_proj(eng, y, L)
 
 
-def mamba2_mixer(eng, b: int, L: Layer, ssm_pool: torch.Tensor, rows: torch.Tensor) -> Optional[P.NormFactor]:
+def mamba2_mixer(eng, b: int, L: Layer, ssm_pool: torch.Tensor, rows: torch.Tensor) -> Optional[Owed]:
     """xz[:b] (in_proj's output, xBC after the conv) -> hidden[:b]; the SSM state of slots `rows` in place.
     Where the gated norm folds into the step (fold_decode): hidden[:b] before the norm's factor, returned as the
-    NormFactor the next norm applies; else None."""
+    NormFactor the next norm applies; else None (either one inside SplitSums where out_proj splits k)."""
     c = eng.config
     d, gn, H, gs, m = c.d_inner, c.ngroups * c.d_state, c.nheads, c.d_inner // c.ngroups, c.mamba2_mlp_dim
     lo, y, ynorm = c.conv_lo, eng.y[:b], eng.ynorm[:b, m:]
@@ -202,8 +268,7 @@ def mamba2_mixer(eng, b: int, L: Layer, ssm_pool: torch.Tensor, rows: torch.Tens
                       out=ynorm if fold else y, state_rows=rows,
                       fold=dict(z=z, weight=L.gnorm_w, sumsq=eng.fold_sumsq) if fold else None)
         if fold:  # ynorm is the gated y times the norm weight; the next norm applies the rest
-            proj(eng, ynorm, L.out_w, None, eng.hidden[:b], tc_max_batch=eng.out_proj_tc_max_batch, name="out_proj")
-            return P.NormFactor(eng.fold_sumsq[:b], d, c.norm_eps)
+            return out_proj(eng, ynorm, L, P.NormFactor(eng.fold_sumsq[:b], d, c.norm_eps))
     else:
         K.selective_state_update(ssm_pool, xbc[:, :d].unflatten(1, (H, c.headdim)), dt, L.A,
                                  xbc[:, d:d + gn].unflatten(1, (c.ngroups, c.d_state)),
@@ -219,9 +284,7 @@ def mamba2_mixer(eng, b: int, L: Layer, ssm_pool: torch.Tensor, rows: torch.Tens
     else:
         K.gated_rms_norm(y, z, L.gnorm_w, c.norm_eps, gs, out=ynorm)
     P.d_ssm_mlp(c, eng.xz[:b], eng.ynorm[:b, :m])
-    proj(eng, eng.ynorm[:b], L.out_w, L.out_b, eng.hidden[:b], tc_max_batch=eng.out_proj_tc_max_batch,
-         name="out_proj")
-    return None
+    return out_proj(eng, eng.ynorm[:b], L)
 
 
 def fold_decode(eng, b: int, L: Layer) -> bool:
@@ -233,7 +296,7 @@ def fold_decode(eng, b: int, L: Layer) -> bool:
             G.fold_ok(c.nheads, c.headdim) and not _norm_in_gemv(eng, "out_proj", b))
 
 
-def mlp_step(eng, b: int, L: Layer, factor: Optional[P.NormFactor] = None) -> None:
+def mlp_step(eng, b: int, L: Layer, factor: Optional[Owed] = None) -> None:
     """The gated MLP after a mixer, rows [:b]: residual += hidden * f; hidden <- fc2(y * silu(gate)), y, gate =
     halves of fc1(norm2(residual)) (models.lm.GatedMLP); f as add_norm's. The temporaries come from the graph's
     pool."""

@@ -11,9 +11,9 @@ Decode of one token for batch b, all on buffers allocated once for `max_batch` (
 ONE graph: the launches of decode.py (its docstring lists them per layer). On compute capability 9.0+ the
 library's decode kernels use programmatic dependent launch (ops._lib.set_programmatic_launch): each starts while
 the previous one drains, its weights already on the way to L2. States are updated in place; logits are a reused
-buffer. Every kernel that touches the recurrent state takes the
-state rows of its batch rows from the index buffer `slot_ids` (state_rows in plugins/kernels), so one
-graph per batch size serves any set of slots: decode_slots writes the slot ids there and replays.
+buffer. Every kernel that touches the recurrent state takes the state rows of its batch rows from the index buffer
+`slot_ids` (state_rows in plugins/kernels), so one graph per batch size serves any set of slots: decode_slots
+writes the slot ids there and replays.
 With persistent_decode (Mamba1 and Mamba2 models, compute capability 9.0+; off by default) the batch-1 graph holds
 one cooperative launch for all layers instead (persistent.py).
 Prefill is eager, except chunks of at most prefill_graph_tokens (2,048) tokens and prefill_graph_batch (16) rows,
@@ -78,7 +78,7 @@ class NativeEngine:
                                        ("staged_gemv", staged_gemv, D.STAGED_PROJECTIONS)):
             if not set(names) <= allowed:
                 raise ParameterError(option, f"must name projections of {sorted(allowed)}, got {sorted(names)}")
-        _check_prefill_split(prefill_split)
+        S.check_parts(prefill_split)
         self.config, self.dtype, self.state_dtype = cfg, dtype, state_dtype
         self.device = torch.device(device)
         if self.device.type != "cuda":
@@ -138,6 +138,10 @@ class NativeEngine:
         # a decode step's folded gated norm: each row's partial sums of squares (decode.mamba2_mixer)
         self.fold_sumsq = torch.zeros(B, G.fold_sumsq_count(c.d_inner), dtype=torch.float32, **f) \
             if c.arch == MAMBA2 else None
+        # out_proj's k slices (0: off), their float32 partial sums written for the next norm (decode.out_proj)
+        self.out_proj_slices = D.OUT_PROJ_SLICES if D.split_sums_ok(self) else 0
+        self.out_parts = torch.zeros(D.OUT_PROJ_SLICES, B, c.d_model, dtype=torch.float32, **f) \
+            if self.out_proj_slices else None
         self.logits = torch.zeros(B, c.vocab_size_padded, dtype=dtype, **f)
         self.tokens = torch.zeros(B, dtype=torch.int64, **f)  # decode_sample's output
         # the pool of max_batch slots; a hybrid's holds a KV cache of max_seq_len positions per slot and layer
@@ -190,7 +194,7 @@ class NativeEngine:
 
     @prefill_split.setter
     def prefill_split(self, parts: Optional[int]) -> None:
-        _check_prefill_split(parts)
+        S.check_parts(parts)
         if parts != self._prefill_split:
             self.prefill_graphs.graphs.clear()  # captured with the other split
         self._prefill_split = parts
@@ -494,7 +498,3 @@ class NativeEngine:
             state.length += ids.shape[1]
         return P.head_logits(self, hidden, residual, all_logits, factor)
 
-
-def _check_prefill_split(parts) -> None:
-    if parts is not None and (not is_integer(parts) or parts < 1):
-        raise ParameterError("prefill_split", f"must be an integer >= 1 or None, got {parts!r}")

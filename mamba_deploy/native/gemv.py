@@ -312,7 +312,15 @@ def row_norm(x, other, weight, eps, *, out, gate: bool = False, group_size: int 
     """gate=False: residual_out <- x * f + other (other: residual or None); out <- rmsnorm(residual_out) * weight,
     f = 1, or with x_sumsq (rows, count) float32 (row-strided, unit last stride: the folded gated norm's sums,
     ops.cuda.chunk_scan's norm_sumsq) rsqrt(x_sumsq.sum(-1) / sumsq_dim + sumsq_eps) a row.
-    gate=True: out <- groupwise rmsnorm(x * silu(other)) * weight. x, out (rows, hidden) row-strided."""
+    gate=True: out <- groupwise rmsnorm(x * silu(other)) * weight. x, out (rows, hidden) row-strided.
+    x may also be (slices, rows, hidden) float32 (gate off, unit last stride, strides of whole 16-byte vectors): a
+    k-split projection's partial sums, whose sum in slice order rounded to out's dtype is the x."""
+    parts = part_stride = 0
+    if x.dim() == 3:
+        if gate or x.dtype != torch.float32 or x.stride(2) != 1 or x.stride(0) % 4 or x.stride(1) % 4:
+            raise ValueError("row_norm: x slices must be (slices, rows, hidden) float32, gate off, unit last stride "
+                             "and strides of whole 16-byte vectors")
+        parts, part_stride, x = x.shape[0], x.stride(0), x[0]
     rows, hidden = x.shape
     if x_sumsq is not None and (gate or x_sumsq.dtype != torch.float32 or x_sumsq.dim() != 2 or
                                 x_sumsq.shape[0] != rows or x_sumsq.stride(1) != 1 or sumsq_dim < 1):
@@ -322,7 +330,8 @@ def row_norm(x, other, weight, eps, *, out, gate: bool = False, group_size: int 
     res_dtype = (residual_out if residual_out is not None else other if other is not None else x).dtype
     res_out_stride = 0 if residual_out is None else _row_stride(residual_out, "residual_out")
     p = _lib.RowNormParams(rows=rows, hidden=hidden, group_size=group_size, gate=int(gate), eps=float(eps),
-                           dtype=DTYPE_CODES[x.dtype], residual_dtype=DTYPE_CODES[res_dtype], x=data_ptr(x),
+                           dtype=DTYPE_CODES[out.dtype if parts else x.dtype], residual_dtype=DTYPE_CODES[res_dtype],
+                           x=data_ptr(x), x_parts=parts, x_part_stride=part_stride,
                            x_row_stride=_row_stride(x, "x"), residual=data_ptr(other),
                            residual_row_stride=0 if other is None else _row_stride(other, "other"),
                            weight=data_ptr(weight), out=data_ptr(out), out_row_stride=_row_stride(out, "out"),

@@ -29,6 +29,7 @@ from typing import Optional
 import torch
 
 from ..config import MAMBA2, ModelConfig
+from ..errors import ParameterError, is_integer
 from . import prefill as P
 
 MIN_PART_TOKENS = 256
@@ -208,3 +209,9 @@ def _run_parts(eng, wavefront, caller, side, events, bounds, ids, state, all_log
         if part.stream is not caller:
             wavefront.keep(logits[-1], caller)
     return logits
+
+
+def check_parts(parts) -> None:
+    """NativeEngine(prefill_split=parts): an integer >= 1 or None, else ParameterError."""
+    if parts is not None and (not is_integer(parts) or parts < 1):
+        raise ParameterError("prefill_split", f"must be an integer >= 1 or None, got {parts!r}")

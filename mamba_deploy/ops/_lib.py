@@ -18,7 +18,7 @@ from typing import Optional
 
 LIB_NAME = "libmamba_deploy_kernels.so"
 ENV_VAR = "MAMBA_DEPLOY_KERNEL_LIB"
-EXPECTED_VERSION = 17  # MD_KERNELS_VERSION
+EXPECTED_VERSION = 18  # MD_KERNELS_VERSION
 
 _I, _P, _D = ctypes.c_int64, ctypes.c_void_p, ctypes.c_double
 
@@ -101,7 +101,7 @@ class RowNormParams(ctypes.Structure):
         "i: rows hidden group_size gate; d: eps; i: dtype residual_dtype; p: x; i: x_row_stride;"
         "p: residual; i: residual_row_stride; p: weight out; i: out_row_stride;"
         "p: residual_out; i: residual_out_row_stride; p: x_sumsq;"
-        "i: x_sumsq_row_stride x_sumsq_count x_sumsq_dim; d: x_sumsq_eps")
+        "i: x_sumsq_row_stride x_sumsq_count x_sumsq_dim; d: x_sumsq_eps; i: x_parts x_part_stride")
 
 
 class AttentionDecodeParams(ctypes.Structure):

@@ -1,6 +1,6 @@
-// gemv.cu -- bandwidth-bound small-batch GEMV (with an optional causal-conv epilogue), the Mamba2
-// decode step and the row norm, for the native engine's CUDA-graph decode. See gemv.h (the Mamba1
-// step is mamba1_step.cu).
+// gemv.cu -- bandwidth-bound small-batch GEMV (with an optional causal-conv epilogue) and the Mamba2 decode
+// step, for the native engine's CUDA-graph decode. See gemv.h (the Mamba1 step is mamba1_step.cu, the row norm
+// norms.cu).
 //
 // GEMV: a block of 8 warps owns 8 / split rows; the `split` warps of a row stride over its k
 // in 16-byte vectors (interleaved, so together they read contiguous 512 * split bytes), with 4
@@ -339,40 +339,6 @@ __global__ void __launch_bounds__(128) mamba2_step_kernel(const md_mamba2_step_p
   }
 }
 
-// The folded gated norm's factor of row r (md_row_norm_params.x_sumsq): every warp adds the row's partial sums in
-// the same order (lane strides, then group_sum's tree), so every thread of the block holds the same value.
-__device__ __forceinline__ float folded_norm_factor(const md_row_norm_params& p, int64_t r) {
-  const float* sums = static_cast<const float*>(p.x_sumsq) + r * p.x_sumsq_row_stride;
-  float s = 0.f;
-  for (int64_t i = threadIdx.x % 32; i < p.x_sumsq_count; i += 32) s += sums[i];
-  return rms_inverse(group_sum<32>(s), p.x_sumsq_dim, p.x_sumsq_eps);
-}
-
-// Row norm. Grid: (rows, hidden / group_size); group_size / 8 threads, 8 elements each.
-__global__ void __launch_bounds__(1024) row_norm_kernel(const md_row_norm_params p) {
-  pdl_release();
-  __shared__ float scratch[33];
-  const int64_t r = blockIdx.x, e = static_cast<int64_t>(blockIdx.y) * p.group_size + threadIdx.x * 8;
-  float v[8], w[8];
-  load8_any(p.weight, p.dtype, e, w);  // before the wait: no kernel writes the weights
-  pdl_wait();
-  load8_any(p.x, p.dtype, r * p.x_row_stride + e, v);
-  if (p.x_sumsq) {
-    const float f = folded_norm_factor(p, r);
-#pragma unroll
-    for (int j = 0; j < 8; ++j) v[j] *= f;
-  }
-  if (p.residual) {
-    float o[8];
-    load8_any(p.residual, p.gate ? p.dtype : p.residual_dtype, r * p.residual_row_stride + e, o);
-    norm_combine8(v, o, p.gate != 0);
-  }
-  if (!p.gate && p.residual_out) store8_any(p.residual_out, p.residual_dtype, r * p.residual_out_row_stride + e, v);
-  const float inv = rms_inverse(block_sum(sum_squares8(v, 0.f), scratch), p.group_size, p.eps);
-  norm_scale8(v, inv, w);
-  store8_any(p.out, p.dtype, r * p.out_row_stride + e, v);
-}
-
 // Whether the state rows and B, C allow mamba2_step_kernel's VEC form (4 elements an aligned access).
 template <typename T, typename S>
 bool m2_vec_ok(const md_mamba2_step_params& p) {
@@ -482,19 +448,4 @@ extern "C" cudaError_t md_launch_mamba2_step(const md_mamba2_step_params* p, cud
     case MD_BFLOAT16: return md::launch_m2<__nv_bfloat16>(*p, stream);
     default: MD_CHECK(false, "mamba2_step: bad dtype");
   }
-}
-
-extern "C" cudaError_t md_launch_row_norm(const md_row_norm_params* p, cudaStream_t stream) {
-  MD_CHECK(p != nullptr, "row_norm: params is NULL");
-  MD_CHECK(p->group_size > 0 && p->group_size % 256 == 0 && p->group_size <= 8192 && p->hidden % p->group_size == 0,
-           "row_norm: group_size must be a multiple of 256, <= 8192, dividing hidden");
-  MD_CHECK(p->gate || p->group_size == p->hidden, "row_norm: groups only with gate");
-  MD_CHECK(p->x && p->weight && p->out && (!p->gate || p->residual), "row_norm: missing pointer");
-  MD_CHECK(md::valid_dtype(p->dtype) && md::valid_dtype(p->residual_dtype), "row_norm: bad dtype");
-  MD_CHECK(p->rows >= 0 && p->rows < (int64_t{1} << 31), "row_norm: bad rows");
-  MD_CHECK(!p->x_sumsq || (!p->gate && p->x_sumsq_count > 0 && p->x_sumsq_dim > 0 && p->x_sumsq_row_stride >= 0),
-           "row_norm: x_sumsq needs gate 0, a positive count and dim");
-  if (p->rows == 0) return cudaSuccess;
-  const dim3 grid(static_cast<unsigned>(p->rows), static_cast<unsigned>(p->hidden / p->group_size));
-  return md::launch_pdl(md::row_norm_kernel, grid, static_cast<unsigned>(p->group_size / 8), 0, stream, *p);
 }

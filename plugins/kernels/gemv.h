@@ -182,6 +182,10 @@ typedef struct md_row_norm_params {
   const void* x_sumsq;
   int64_t x_sumsq_row_stride, x_sumsq_count, x_sumsq_dim;
   double x_sumsq_eps;
+  /* 0: x is dtype. Else (gate == 0) x is float32: x_parts partial sums of a k-split projection (its k slices),
+   * x_part_stride floats apart; x = their sum in slice order, rounded to dtype (what the projection's output in
+   * dtype would hold), before x_sumsq's factor. */
+  int64_t x_parts, x_part_stride;
 } md_row_norm_params;
 
 /* Decode attention of one new token per row over a KV cache of fixed length per state slot: rotary_ref, then

@@ -27,7 +27,7 @@
 extern "C" {
 #endif
 
-#define MD_KERNELS_VERSION 17 /* 2: the prefill scans take a workspace; 3: GEMV / decode entry points;
+#define MD_KERNELS_VERSION 18 /* 2: the prefill scans take a workspace; 3: GEMV / decode entry points;
                                4: Philox uniforms (sampling.h) and state_rows (decode over state slots);
                                5: mamba1_step takes a precomputed dt (large batches);
                                6: programmatic dependent launch of the decode kernels;
@@ -43,7 +43,8 @@ extern "C" {
                                15: the gated norm folded into the Mamba2 decode step (md_mamba2_step_params.z,
                                    norm_*);
                                16: the Mamba1 step's dt_proj on tensor cores (md_mamba1_step_params.dt_tc);
-                               17: the GEMV's wgmma form at every batch (algo MD_GEMV_ALGO_WGMMA) */
+                               17: the GEMV's wgmma form at every batch (algo MD_GEMV_ALGO_WGMMA);
+                               18: the row norm sums a k-split projection's partial sums (md_row_norm_params.x_parts) */
 #define MD_MAX_CONV_WIDTH 8 /* causal conv width (d_conv) supported: 1..8 */
 #define MD_MAX_DSTATE 256   /* SSM state size supported: 1..256 */
 #define MD_MAX_NORM_HIDDEN 16384 /* norm row / group length supported */

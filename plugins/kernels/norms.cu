@@ -1,4 +1,5 @@
-// norms.cu -- fused residual add + RMSNorm / LayerNorm, and Mamba2's gated grouped RMSNorm.
+// norms.cu -- fused residual add + RMSNorm / LayerNorm, Mamba2's gated grouped RMSNorm, and the decode row norm
+// (gemv.h: 16-byte accesses, one block a row or group; it may sum a k-split projection's float32 slices first).
 // References: mamba_deploy/ops/norms.py (add_norm_ref, gated_rms_norm_ref).
 //
 // One block per row (per (row, group) for the gated norm). Each thread keeps up to kMaxPer
@@ -6,6 +7,8 @@
 // once and written once; the statistics are block-wide sums in float32. Element-wise aliasing
 // (residual_out == residual, out == x) is safe: each element is read and written by one thread.
 #include "common.cuh"
+#include "gemv.h"
+#include "vec.cuh"
 
 namespace md {
 namespace {
@@ -98,6 +101,62 @@ __global__ void __launch_bounds__(1024, 1) gated_rms_norm_kernel(const md_gated_
   }
 }
 
+// x at element i of a row (md_row_norm_params.x_parts): dtype, or the sum of float32 slices in slice order,
+// rounded to dtype.
+__device__ __forceinline__ void load_x8(const md_row_norm_params& p, int64_t i, float (&v)[8]) {
+  if (!p.x_parts) {
+    load8_any(p.x, p.dtype, i, v);
+    return;
+  }
+  load8_any(p.x, MD_FLOAT32, i, v);
+  for (int64_t s = 1; s < p.x_parts; ++s) {
+    float o[8];
+    load8_any(p.x, MD_FLOAT32, s * p.x_part_stride + i, o);
+#pragma unroll
+    for (int j = 0; j < 8; ++j) v[j] += o[j];
+  }
+#pragma unroll
+  for (int j = 0; j < 8; ++j) {
+    v[j] = p.dtype == MD_FLOAT16    ? __half2float(__float2half_rn(v[j]))
+           : p.dtype == MD_BFLOAT16 ? __bfloat162float(__float2bfloat16_rn(v[j]))
+                                    : v[j];
+  }
+}
+
+// The folded gated norm's factor of row r (md_row_norm_params.x_sumsq): every warp adds the row's partial sums in
+// the same order (lane strides, then group_sum's tree), so every thread of the block holds the same value.
+__device__ __forceinline__ float folded_norm_factor(const md_row_norm_params& p, int64_t r) {
+  const float* sums = static_cast<const float*>(p.x_sumsq) + r * p.x_sumsq_row_stride;
+  float s = 0.f;
+  for (int64_t i = threadIdx.x % 32; i < p.x_sumsq_count; i += 32) s += sums[i];
+  return rms_inverse(group_sum<32>(s), p.x_sumsq_dim, p.x_sumsq_eps);
+}
+
+// Row norm. Grid: (rows, hidden / group_size); group_size / 8 threads, 8 elements each.
+__global__ void __launch_bounds__(1024) row_norm_kernel(const md_row_norm_params p) {
+  pdl_release();
+  __shared__ float scratch[33];
+  const int64_t r = blockIdx.x, e = static_cast<int64_t>(blockIdx.y) * p.group_size + threadIdx.x * 8;
+  float v[8], w[8];
+  load8_any(p.weight, p.dtype, e, w);  // before the wait: no kernel writes the weights
+  pdl_wait();
+  load_x8(p, r * p.x_row_stride + e, v);
+  if (p.x_sumsq) {
+    const float f = folded_norm_factor(p, r);
+#pragma unroll
+    for (int j = 0; j < 8; ++j) v[j] *= f;
+  }
+  if (p.residual) {
+    float o[8];
+    load8_any(p.residual, p.gate ? p.dtype : p.residual_dtype, r * p.residual_row_stride + e, o);
+    norm_combine8(v, o, p.gate != 0);
+  }
+  if (!p.gate && p.residual_out) store8_any(p.residual_out, p.residual_dtype, r * p.residual_out_row_stride + e, v);
+  const float inv = rms_inverse(block_sum(sum_squares8(v, 0.f), scratch), p.group_size, p.eps);
+  norm_scale8(v, inv, w);
+  store8_any(p.out, p.dtype, r * p.out_row_stride + e, v);
+}
+
 }  // namespace
 }  // namespace md
 
@@ -126,4 +185,21 @@ extern "C" cudaError_t md_launch_gated_rms_norm(const md_gated_rms_norm_params* 
   if (p->rows == 0) return cudaSuccess;
   const dim3 grid(static_cast<unsigned>(p->rows), static_cast<unsigned>(p->hidden / p->group_size));
   return md::launch_pdl(md::gated_rms_norm_kernel, grid, md::threads_for(p->group_size), 0, stream, *p);
+}
+
+extern "C" cudaError_t md_launch_row_norm(const md_row_norm_params* p, cudaStream_t stream) {
+  MD_CHECK(p != nullptr, "row_norm: params is NULL");
+  MD_CHECK(p->group_size > 0 && p->group_size % 256 == 0 && p->group_size <= 8192 && p->hidden % p->group_size == 0,
+           "row_norm: group_size must be a multiple of 256, <= 8192, dividing hidden");
+  MD_CHECK(p->gate || p->group_size == p->hidden, "row_norm: groups only with gate");
+  MD_CHECK(p->x && p->weight && p->out && (!p->gate || p->residual), "row_norm: missing pointer");
+  MD_CHECK(md::valid_dtype(p->dtype) && md::valid_dtype(p->residual_dtype), "row_norm: bad dtype");
+  MD_CHECK(p->rows >= 0 && p->rows < (int64_t{1} << 31), "row_norm: bad rows");
+  MD_CHECK(!p->x_sumsq || (!p->gate && p->x_sumsq_count > 0 && p->x_sumsq_dim > 0 && p->x_sumsq_row_stride >= 0),
+           "row_norm: x_sumsq needs gate 0, a positive count and dim");
+  MD_CHECK(p->x_parts >= 0 && (!p->x_parts || (!p->gate && p->x_part_stride % 4 == 0 && p->x_row_stride % 4 == 0)),
+           "row_norm: x_parts needs gate 0 and strides of whole 16-byte vectors");
+  if (p->rows == 0) return cudaSuccess;
+  const dim3 grid(static_cast<unsigned>(p->rows), static_cast<unsigned>(p->hidden / p->group_size));
+  return md::launch_pdl(md::row_norm_kernel, grid, static_cast<unsigned>(p->group_size / 8), 0, stream, *p);
 }

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from mamba_deploy.models.state import InferenceState
-from mamba_deploy.native import decode as D, gemv as G
+from mamba_deploy.native import decode as D, gemv as G, prefill as P
 from mamba_deploy.ops import add_norm_ref, causal_conv1d_update_ref, gated_rms_norm_ref, selective_state_update_ref
 from mamba_deploy.ops import cuda as K
 from prefill_refs import kernel_on_rows, prefill_weights
@@ -40,6 +40,11 @@ def _row_norm_reference(x, other, weight, eps, *, out, gate=False, group_size=0,
     """G.row_norm's semantics (gemv.h): ops.add_norm_ref after the folded norm's factor (x_sumsq)."""
     if gate:
         return out.copy_(gated_rms_norm_ref(x, other, weight, eps, group_size or None))
+    if x.dim() == 3:  # a k-split projection's float32 slices: their sum in slice order, in out's dtype
+        total = x[0].clone()
+        for part in x[1:]:
+            total += part
+        x = total.to(out.dtype)
     v = x.float()
     if x_sumsq is not None:
         v = v * torch.rsqrt(x_sumsq.sum(-1, keepdim=True) / sumsq_dim + sumsq_eps)
@@ -49,8 +54,16 @@ def _row_norm_reference(x, other, weight, eps, *, out, gate=False, group_size=0,
     return out.copy_(normed)
 
 
-def _patch_decode_kernels(monkeypatch, gated_calls):
+def _slice_products_reference(x, w, parts, calls):
+    """D.slice_products' semantics: parts[s] = x[:, ks] @ w[:, ks].T in float32 over equal k slices ks."""
+    calls.append(parts.shape)
+    for s, (xs, ws) in enumerate(zip(x.chunk(parts.shape[0], 1), w.chunk(parts.shape[0], 1))):
+        parts[s] = xs.float() @ ws.float().T
+
+
+def _patch_decode_kernels(monkeypatch, gated_calls, sliced_calls=None):
     monkeypatch.setattr(G, "mamba2_step", _step_reference)
+    monkeypatch.setattr(D, "slice_products", lambda *a: _slice_products_reference(*a, sliced_calls))
     monkeypatch.setattr(G, "row_norm_ok", lambda *a: True)
 
     def row_norm(*args, gate=False, **kwargs):
@@ -73,7 +86,7 @@ def _engine(raw, fold, batch, **settings):
         residuals=(z(batch, c.d_model), z(batch, c.d_model)), xz=z(batch, c.in_proj_dim), y=z(batch, c.d_inner),
         ynorm=z(batch, c.mixer_out_dim), fold_sumsq=z(batch, G.fold_sumsq_count(c.d_inner)),
         logits=z(batch, c.vocab_size_padded), slot_ids=torch.arange(batch), mlp_h=z(batch, 2 * c.d_intermediate),
-        mlp_y=z(batch, c.d_intermediate),
+        mlp_y=z(batch, c.d_intermediate), out_proj_slices=0, out_parts=z(D.OUT_PROJ_SLICES, batch, c.d_model),
         static=InferenceState.zeros(c, batch, torch.float32))
     eng.residual = eng.residuals[0]
     vars(eng).update(settings)
@@ -127,3 +140,41 @@ def test_fold_ok_and_the_partial_sums_a_row(nheads, headdim, ok):
     assert G.fold_ok(nheads, headdim) is ok
     if ok:
         assert G.fold_sumsq_count(nheads * headdim) * 16 == nheads * headdim
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+@pytest.mark.parametrize("fold", [False, True])
+def test_sliced_out_proj_equals_the_whole_one(monkeypatch, variant, fold):
+    """out_proj as k slices whose float32 sums the next norm adds (decode.out_proj, SplitSums; the folded norm's
+    factor after the sum) gives the logits and state of the whole product."""
+    sliced_calls, batch = [], 3
+    _patch_decode_kernels(monkeypatch, [], sliced_calls)
+    raw = {**ONE_GROUP, **VARIANTS[variant]}
+    sliced, whole = _engine(raw, fold, batch, out_proj_slices=4), _engine(raw, fold, batch)
+    ids = torch.randint(0, 50, (batch, 4), generator=torch.Generator().manual_seed(4))
+    got = _steps(sliced, ids)
+    assert sliced_calls == [(4, batch, 32)] * 3 * 4, "every layer's out_proj a sliced product"
+    want = _steps(whole, ids)
+    assert len(sliced_calls) == 3 * 4, "the whole product ran sliced"
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    for mine, theirs in zip(sliced.static.tensors(), whole.static.tensors()):
+        torch.testing.assert_close(mine, theirs, rtol=1e-5, atol=1e-5)
+
+
+def test_out_proj_whole_above_the_slices_batch_and_off(monkeypatch):
+    sliced_calls, above = [], D.OUT_PROJ_SLICES_MAX_BATCH + 1
+    _patch_decode_kernels(monkeypatch, [], sliced_calls)
+    for batch, settings in ((above, dict(out_proj_slices=4)), (3, dict(out_proj_slices=0)),
+                            (3, dict(out_proj_slices=4, out_parts=None))):  # no buffer: a non-16-bit engine's
+        _steps(_engine(ONE_GROUP, False, batch, **settings), torch.zeros(batch, 1, dtype=torch.int64))
+    assert sliced_calls == []
+
+
+def test_split_sums_applied_where_no_row_norm_takes_them():
+    parts = torch.randn(4, 3, 8, generator=torch.Generator().manual_seed(6))
+    hidden = torch.empty(3, 8, dtype=torch.float16)
+    got = D.SplitSums(parts, None).applied(hidden)
+    assert got.dtype == torch.float16 and torch.equal(got, parts.sum(0).half())
+    sumsq = torch.rand(3, 2, generator=torch.Generator().manual_seed(7)) + 0.5
+    factor = P.NormFactor(sumsq, 16, 1e-5)
+    torch.testing.assert_close(D.SplitSums(parts, factor).applied(hidden), factor.applied(parts.sum(0).half()))

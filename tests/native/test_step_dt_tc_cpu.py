@@ -25,7 +25,7 @@ def _mixer_calls(monkeypatch, batch, step_dt_tc, tc_ok=True):
     monkeypatch.setattr(G, "mamba1_step", step)
     c, B = CFG, batch
     eng = types.SimpleNamespace(config=c, unit=None, dt_gemm_min_batch=8, step_dt_tc=step_dt_tc,
-                                x_proj_tc_max_batch=16, out_proj_tc_max_batch=None,
+                                x_proj_tc_max_batch=16, out_proj_tc_max_batch=None, out_proj_slices=0, out_parts=None,
                                 xz=torch.zeros(B, c.in_proj_dim), xdbl=torch.zeros(B, c.dt_rank + 2 * c.d_state),
                                 y=torch.zeros(B, c.d_inner), dt=torch.zeros(B, c.d_inner), hidden=torch.zeros(B, 32))
     layer = types.SimpleNamespace(x_w=None, dt_packed="packed", dt_w=None, dt_b=None, A=None, D=None, out_w=None,
