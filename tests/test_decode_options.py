@@ -16,6 +16,7 @@ def test_options_and_switches_parse():
     assert sets["tc_max_batch"] == [16, G.TC_MAX_BATCH]
     assert sets["staged_gemv"] == [frozenset(), frozenset({"in_proj", "out_proj"})]
     assert O.parse_sets(["step_dt_tc=0,1,5"]) == {"step_dt_tc": [0, 1, 1]}  # a switch: capped at 1
+    assert O.parse_sets(["out_proj_slices=0,2,9"]) == {"out_proj_slices": [0, 2, O.D.OUT_PROJ_SLICES]}
     assert O.parse_envs(["MD_TC_STAGES=4,8", "MD_TC_SPLIT=-,1"]) == {"MD_TC_STAGES": ["4", "8"],
                                                                       "MD_TC_SPLIT": ["-", "1"]}
 
