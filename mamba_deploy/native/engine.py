@@ -497,4 +497,3 @@ class NativeEngine:
         if state.length is not None:
             state.length += ids.shape[1]
         return P.head_logits(self, hidden, residual, all_logits, factor)
-
