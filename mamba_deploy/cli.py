@@ -66,6 +66,18 @@ def _set_sigterm_handler(handler: Any) -> Any:
     return signal.signal(signal.SIGTERM, handler)
 
 
+def _signalled(exc: BaseException) -> Optional[tuple[str, int]]:
+    """("interrupted", 130) / ("terminated", 143) when a KeyboardInterrupt or Terminated caused `exc` (code that
+    turns it into another exception, as a dataclass's __set_name__ during an import does), else None."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, (KeyboardInterrupt, Terminated)):
+            return ("interrupted", 130) if isinstance(exc, KeyboardInterrupt) else ("terminated", 143)
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
 class MambaDeployGroup(click.Group):
     """A click group whose `main` turns user errors into one line on stderr and exit status 1."""
 
@@ -92,6 +104,11 @@ class MambaDeployGroup(click.Group):
             _fail("interrupted", 130)
         except Terminated:
             _fail("terminated", 143)
+        except Exception as exc:
+            signalled = _signalled(exc)
+            if signalled is None:
+                raise
+            _fail(*signalled)
         finally:
             _set_sigterm_handler(previous)
         sys.exit(0)

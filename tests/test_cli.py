@@ -298,3 +298,39 @@ def test_run_passes_escaped_stops_to_generate(exported, monkeypatch):
     result = invoke("run", exported, "--ids", "1", "--stop", "\\n", "--stop", "7", "--json")
     assert result.exit_code == 0, result.output
     assert seen["stop"] == ["\n", 7]
+
+
+@pytest.mark.parametrize("signal_exc,message,code", [(KeyboardInterrupt, "interrupted", 130),
+                                                     ("terminated", "terminated", 143)])
+def test_a_signal_wrapped_in_another_error_still_exits_as_the_signal(capsys, signal_exc, message, code):
+    """A signal that lands inside code turning it into another exception (a dataclass's __set_name__ during an
+    import, seen once in CI) is still an interruption: one line and its exit status, not a traceback."""
+    from mamba_deploy.cli import MambaDeployGroup, Terminated
+
+    cause = Terminated() if signal_exc == "terminated" else signal_exc()
+    group = MambaDeployGroup()
+
+    @group.command()
+    def run():
+        try:
+            raise cause
+        except BaseException as exc:
+            raise RuntimeError("Error calling __set_name__") from exc
+
+    with pytest.raises(SystemExit) as exit_info:
+        group.main(["run"], prog_name="mamba-deploy")
+    assert exit_info.value.code == code
+    assert capsys.readouterr().err.strip().splitlines() == [f"error: {message}"]
+
+
+def test_an_error_with_no_signal_behind_it_is_not_hidden():
+    from mamba_deploy.cli import MambaDeployGroup
+
+    group = MambaDeployGroup()
+
+    @group.command()
+    def run():
+        raise RuntimeError("a bug")
+
+    with pytest.raises(RuntimeError, match="a bug"):
+        group.main(["run"], prog_name="mamba-deploy")
