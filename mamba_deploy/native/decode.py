@@ -57,9 +57,9 @@ CONV_EPILOGUE_MAX_BATCH = 16
 STEP_DSTATES = (32, 64, 128, 256)  # the state sizes mamba2_step takes (else the library's selective_state_update)
 # Where cuBLAS runs a mixer's out_proj (16-bit, batch above the tensor-core GEMV's) up to OUT_PROJ_SLICES_MAX_BATCH
 # rows, it runs as this many k slices into float32 partial sums that the next row norm adds (out_proj, SplitSums):
-# no split-K reduce kernel. H100, session 42 (docs/performance.md): 0.2-0.7% faster steps at batch 24-48 on the
-# four published shapes; at 64 -0.3% to +0.3%, so not there
-OUT_PROJ_SLICES, OUT_PROJ_SLICES_MAX_BATCH = 4, 48
+# no split-K reduce kernel. H100, session 42 (docs/performance.md): 2 slices made steps at batch 24-64 0.5-1.7%
+# faster on the four published shapes, 4 slices at most 0.7% (and mixed at 64); not measured above 64
+OUT_PROJ_SLICES, OUT_PROJ_SLICES_MAX_BATCH = 2, 64
 
 
 class SplitSums(NamedTuple):

@@ -86,7 +86,7 @@ def _engine(raw, fold, batch, **settings):
         residuals=(z(batch, c.d_model), z(batch, c.d_model)), xz=z(batch, c.in_proj_dim), y=z(batch, c.d_inner),
         ynorm=z(batch, c.mixer_out_dim), fold_sumsq=z(batch, G.fold_sumsq_count(c.d_inner)),
         logits=z(batch, c.vocab_size_padded), slot_ids=torch.arange(batch), mlp_h=z(batch, 2 * c.d_intermediate),
-        mlp_y=z(batch, c.d_intermediate), out_proj_slices=0, out_parts=z(D.OUT_PROJ_SLICES, batch, c.d_model),
+        mlp_y=z(batch, c.d_intermediate), out_proj_slices=0, out_parts=z(4, batch, c.d_model),
         static=InferenceState.zeros(c, batch, torch.float32))
     eng.residual = eng.residuals[0]
     vars(eng).update(settings)
@@ -144,16 +144,17 @@ def test_fold_ok_and_the_partial_sums_a_row(nheads, headdim, ok):
 
 @pytest.mark.parametrize("variant", list(VARIANTS))
 @pytest.mark.parametrize("fold", [False, True])
-def test_sliced_out_proj_equals_the_whole_one(monkeypatch, variant, fold):
+@pytest.mark.parametrize("slices", [D.OUT_PROJ_SLICES, 4])
+def test_sliced_out_proj_equals_the_whole_one(monkeypatch, variant, fold, slices):
     """out_proj as k slices whose float32 sums the next norm adds (decode.out_proj, SplitSums; the folded norm's
     factor after the sum) gives the logits and state of the whole product."""
     sliced_calls, batch = [], 3
     _patch_decode_kernels(monkeypatch, [], sliced_calls)
     raw = {**ONE_GROUP, **VARIANTS[variant]}
-    sliced, whole = _engine(raw, fold, batch, out_proj_slices=4), _engine(raw, fold, batch)
+    sliced, whole = _engine(raw, fold, batch, out_proj_slices=slices), _engine(raw, fold, batch)
     ids = torch.randint(0, 50, (batch, 4), generator=torch.Generator().manual_seed(4))
     got = _steps(sliced, ids)
-    assert sliced_calls == [(4, batch, 32)] * 3 * 4, "every layer's out_proj a sliced product"
+    assert sliced_calls == [(slices, batch, 32)] * 3 * 4, "every layer's out_proj a sliced product"
     want = _steps(whole, ids)
     assert len(sliced_calls) == 3 * 4, "the whole product ran sliced"
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
