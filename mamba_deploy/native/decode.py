@@ -28,7 +28,8 @@ capability 9.0+ the projections are the same gemv launches in their tensor-core 
 read once for all rows, the conv epilogue up to CONV_EPILOGUE_MAX_BATCH rows; Mamba1's small x_proj up to batch
 64 on a 9.0 GPU, where the skinny form, gemv_skinny.cu, beats cuBLAS's split-K GEMM and its reduce kernel);
 otherwise, for batch > gemv_max_batch (2: measured crossover against cuBLAS on H100) they are cuBLAS GEMMs
-(torch.mm into the same buffers) and the conv update is the library's kernel.
+(torch.mm into the same buffers) and the conv update is the library's kernel; a mixer's out_proj there is one
+batched product into OUT_PROJ_SLICES k slices' float32 partial sums, which the next row_norm adds (out_proj).
 
 At batch 1 an engine built with persistent_decode runs the whole layer loop as one cooperative launch
 (persistent.py) instead; the embedding, the final norm, the LM head and the argmax stay as here.
