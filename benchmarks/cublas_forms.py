@@ -62,7 +62,8 @@ def probe(name: str, batch: int, n: int, k: int, norm: bool) -> None:
             torch.mm(x, w.t(), out=out)
             if norm:
                 G.row_norm(out, res, nw, 1e-5, out=normed, residual_out=res)
-    rows.append(("mm fp16" + (" + row_norm" if norm else ""), graph_us(mm), kernels(lambda: torch.mm(x, ws[0].t(), out=out))))
+    label = "mm fp16" + (" + row_norm" if norm else "")
+    rows.append((label, graph_us(mm), kernels(lambda: torch.mm(x, ws[0].t(), out=out))))
     if norm:
         rows.append(("row_norm alone", graph_us(lambda: [G.row_norm(out, res, nw, 1e-5, out=normed, residual_out=res)
                                                          for _ in ws]), ""))
