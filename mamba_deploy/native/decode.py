@@ -139,8 +139,8 @@ def add_norm(eng, b: int, weight, bias, first: bool, factor: Optional[Owed] = No
     c = eng.config
     x, res, out = eng.hidden[:b], eng.residual[:b], eng.normed[:b]
     if c.rms_norm and bias is None and G.row_norm_ok(c.d_model, c.d_model, x, res, out):
-        args = {"x": x, **({} if factor is None else factor.row_norm_args(b))}
-        G.row_norm(args.pop("x"), None if first else res, weight, c.norm_eps, out=out, residual_out=res, **args)
+        owed = {} if factor is None else factor.row_norm_args(b)  # SplitSums' names the x, their slices
+        G.row_norm(owed.pop("x", x), None if first else res, weight, c.norm_eps, out=out, residual_out=res, **owed)
     else:
         x = x if factor is None else factor.applied(x)
         K.add_norm(x, None if first else res, weight, bias, c.norm_eps, c.rms_norm, c.residual_in_fp32, out=out,

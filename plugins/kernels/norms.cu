@@ -115,12 +115,7 @@ __device__ __forceinline__ void load_x8(const md_row_norm_params& p, int64_t i, 
 #pragma unroll
     for (int j = 0; j < 8; ++j) v[j] += o[j];
   }
-#pragma unroll
-  for (int j = 0; j < 8; ++j) {
-    v[j] = p.dtype == MD_FLOAT16    ? __half2float(__float2half_rn(v[j]))
-           : p.dtype == MD_BFLOAT16 ? __bfloat162float(__float2bfloat16_rn(v[j]))
-                                    : v[j];
-  }
+  round8_any(v, p.dtype);
 }
 
 // The folded gated norm's factor of row r (md_row_norm_params.x_sumsq): every warp adds the row's partial sums in

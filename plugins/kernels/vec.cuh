@@ -69,7 +69,19 @@ __device__ __forceinline__ void store8_any(void* ptr, int64_t dtype, int64_t i, 
   else store8(static_cast<__nv_bfloat16*>(ptr) + i, f);
 }
 
-// The row norm of 8 elements a thread (gemv.cu's row_norm_kernel and the GEMV's norm prologue share it, so the two
+// 8 floats rounded to dtype and back (what storing them in dtype and loading them again gives), one branch on the
+// dtype: from_f / to_f, as store8 and load8 convert.
+template <typename T>
+__device__ __forceinline__ void round8(float (&v)[8]) {
+#pragma unroll
+  for (int j = 0; j < 8; ++j) v[j] = to_f(from_f<T>(v[j]));
+}
+__device__ __forceinline__ void round8_any(float (&v)[8], int64_t dtype) {
+  if (dtype == MD_FLOAT16) round8<__half>(v);
+  else if (dtype == MD_BFLOAT16) round8<__nv_bfloat16>(v);
+}
+
+// The row norm of 8 elements a thread (norms.cu's row_norm_kernel and the GEMV's norm prologue share it, so the two
 // agree bit for bit): v <- v * silu(o) (gated) or v + o (residual); the thread's sum of squares; v <- v * (inv * w).
 __device__ __forceinline__ void norm_combine8(float (&v)[8], const float (&o)[8], bool gate) {
 #pragma unroll
