@@ -255,11 +255,14 @@ int auto_split(const md_gemv_params& p) {
 
 // ---- fused decode kernels --------------------------------------------------------------------
 
-// n consecutive elements of a state row or of B / C <-> floats: by 4 (VEC: aligned, n a multiple of 4), else one
-// at a time.
-template <bool VEC, int N, typename E>
+// n consecutive elements of a state row or of B / C <-> floats: UNIT elements an aligned access (4, or 8 for a 16-bit
+// type: 16 bytes; n a multiple of UNIT), else (UNIT 1) one at a time.
+template <int UNIT, int N, typename E>
 __device__ __forceinline__ void load_n(const E* ptr, float (&f)[N]) {
-  if constexpr (VEC) {
+  if constexpr (UNIT == 8 && sizeof(E) == 2) {
+#pragma unroll
+    for (int q = 0; q < N / 8; ++q) load8_by(ptr + 8 * q, f + 8 * q, [](const uint4* v) { return *v; });
+  } else if constexpr (UNIT >= 4) {
 #pragma unroll
     for (int q = 0; q < N / 4; ++q) load4(ptr + 4 * q, f + 4 * q);
   } else {
@@ -267,9 +270,12 @@ __device__ __forceinline__ void load_n(const E* ptr, float (&f)[N]) {
     for (int j = 0; j < N; ++j) f[j] = to_f(ptr[j]);
   }
 }
-template <bool VEC, int N, typename E>
+template <int UNIT, int N, typename E>
 __device__ __forceinline__ void store_n(E* ptr, const float (&f)[N]) {
-  if constexpr (VEC) {
+  if constexpr (UNIT == 8 && sizeof(E) == 2) {
+#pragma unroll
+    for (int q = 0; q < N / 8; ++q) store8(ptr + 8 * q, f + 8 * q);
+  } else if constexpr (UNIT >= 4) {
 #pragma unroll
     for (int q = 0; q < N / 4; ++q) store4(ptr + 4 * q, f + 4 * q);
   } else {
@@ -279,55 +285,67 @@ __device__ __forceinline__ void store_n(E* ptr, const float (&f)[N]) {
 }
 
 // Mamba2. Grid: (ceil(nheads * headdim / (4 * RPW)), batch); a warp steps RPW consecutive p rows of one head
-// (headdim % RPW == 0), NPL states per lane of each, all the rows' state loads issued before any arithmetic so
-// that a lane has RPW of them in flight. VEC (m2_vec_ok: NPL a multiple of 4, aligned rows): the states and B, C
-// move 4 elements an access. Each row's arithmetic is the same whatever RPW and VEC. The folded gated norm
-// (norm_weight) runs with RPW 4: a block's 16 rows are one entry of norm_sumsq.
-template <typename T, typename S, int NPL, int RPW, bool VEC>
+// (headdim % RPW == 0), LANES lanes a row (32, or 16: a warp access covers two rows), NPL = dstate / LANES states
+// a lane of each, all the rows' state loads issued before any arithmetic so that a lane has its rows' loads in
+// flight. UNIT (m2_unit): the states and B, C move UNIT elements an aligned access (8: 16 bytes of a 16-bit state).
+// Each row's arithmetic is the same whatever RPW, LANES and UNIT (at 16 lanes a lane sums each half of its states
+// apart, as two lanes of 32 do, and the halves' sums are added in group_sum<32>'s order: xor 16 .. 2, then 1). The
+// folded gated norm (norm_weight) runs with RPW 4 and 32 lanes: a block's 16 rows are one entry of norm_sumsq.
+template <typename T, typename S, int NPL, int RPW, int UNIT, int LANES = 32>
 __global__ void __launch_bounds__(128) mamba2_step_kernel(const md_mamba2_step_params p) {
+  constexpr int kSub = 32 / LANES, kRows = RPW / kSub;  // rows a warp access covers; rows of a lane
+  static_assert(RPW % kSub == 0, "mamba2_step_kernel: RPW a multiple of the rows an access covers");
   pdl_release();
   __shared__ float warp_ss[4];
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, sub = lane / LANES, col = lane % LANES;
   const int64_t b = blockIdx.y, row0 = (static_cast<int64_t>(blockIdx.x) * 4 + warp) * RPW;
   const bool row_ok = row0 < p.nheads * p.headdim;  // always, where folded (launch_m2_typed)
   const int64_t h = row_ok ? row0 / p.headdim : 0, pp = row0 % p.headdim, g = h / (p.nheads / p.ngroups);
   // The weights before the wait (no kernel writes them)
   const float A = p.A[h], Dh = p.D ? p.D[h] : 0.f, dt_bias = p.dt_bias ? p.dt_bias[h] : 0.f;
-  const T* norm_w = static_cast<const T*>(p.norm_weight);
+  const T* norm_w = LANES == 32 ? static_cast<const T*>(p.norm_weight) : nullptr;
   pdl_wait();
   if (!row_ok) return;
   S* st = static_cast<S*>(p.state) + state_row(p.state_rows, b) * p.state_batch_stride + h * p.state_head_stride +
-          pp * p.state_dim_stride + lane * NPL;
-  float hs[RPW][NPL], Bv[NPL], Cv[NPL], xs[RPW];
+          (pp + sub) * p.state_dim_stride + col * NPL;
+  const int64_t lane_row0 = row0 + sub;  // the lane's row r: lane_row0 + r * kSub
+  float hs[kRows][NPL], Bv[NPL], Cv[NPL], xs[kRows];
 #pragma unroll
-  for (int r = 0; r < RPW; ++r) load_n<VEC>(st + r * p.state_dim_stride, hs[r]);
-  load_n<VEC>(static_cast<const T*>(p.B) + b * p.B_row_stride + g * p.dstate + lane * NPL, Bv);
-  load_n<VEC>(static_cast<const T*>(p.C) + b * p.C_row_stride + g * p.dstate + lane * NPL, Cv);
+  for (int r = 0; r < kRows; ++r) load_n<UNIT>(st + r * kSub * p.state_dim_stride, hs[r]);
+  load_n<UNIT>(static_cast<const T*>(p.B) + b * p.B_row_stride + g * p.dstate + col * NPL, Bv);
+  load_n<UNIT>(static_cast<const T*>(p.C) + b * p.C_row_stride + g * p.dstate + col * NPL, Cv);
 #pragma unroll
-  for (int r = 0; r < RPW; ++r) xs[r] = to_f(static_cast<const T*>(p.x)[b * p.x_row_stride + row0 + r]);
+  for (int r = 0; r < kRows; ++r) xs[r] = to_f(static_cast<const T*>(p.x)[b * p.x_row_stride + lane_row0 + r * kSub]);
   float dt = to_f(static_cast<const T*>(p.dt)[b * p.dt_row_stride + h]) + dt_bias;
   dt = softplus_exact(dt);
   dt = fminf(fmaxf(dt, static_cast<float>(p.dt_min)), static_cast<float>(p.dt_max));
   const float dA = expf(dt * A);
   float ss = 0.f;
 #pragma unroll
-  for (int r = 0; r < RPW; ++r) {
+  for (int r = 0; r < kRows; ++r) {
+    const int64_t row = lane_row0 + r * kSub;
     const float dtx = dt * xs[r];
-    float y = 0.f;
+    float part[kSub];  // each 32-lane lane's partial sum of the row, summed in its order: the same bits at 16 lanes
 #pragma unroll
-    for (int j = 0; j < NPL; ++j) {
-      hs[r][j] = fmaf(hs[r][j], dA, dtx * Bv[j]);
-      y = fmaf(hs[r][j], Cv[j], y);
+    for (int e = 0; e < kSub; ++e) {
+      part[e] = 0.f;
+#pragma unroll
+      for (int j = e * NPL / kSub; j < (e + 1) * NPL / kSub; ++j) {
+        hs[r][j] = fmaf(hs[r][j], dA, dtx * Bv[j]);
+        part[e] = fmaf(hs[r][j], Cv[j], part[e]);
+      }
+      part[e] = group_sum<LANES>(part[e]);
     }
-    store_n<VEC>(st + r * p.state_dim_stride, hs[r]);
-    y = group_sum<32>(y);
+    store_n<UNIT>(st + r * kSub * p.state_dim_stride, hs[r]);
+    float y = part[0];
+    if constexpr (kSub == 2) y += part[1];
     if (p.D) y = fmaf(Dh, xs[r], y);
     if (norm_w) {  // every lane (no branch in the unrolled loop); lane 0's values are the ones kept
-      y *= silu(to_f(static_cast<const T*>(p.z)[b * p.z_row_stride + row0 + r]));
+      y *= silu(to_f(static_cast<const T*>(p.z)[b * p.z_row_stride + row]));
       ss = fmaf(y, y, ss);
-      y *= to_f(norm_w[row0 + r]);
+      y *= to_f(norm_w[row]);
     }
-    if (lane == 0) static_cast<T*>(p.y)[b * p.y_row_stride + row0 + r] = from_f<T>(y);
+    if (col == 0) static_cast<T*>(p.y)[b * p.y_row_stride + row] = from_f<T>(y);
   }
   if (norm_w) {  // every warp of the block is here: its rows are all in range
     if (lane == 0) warp_ss[warp] = ss;
@@ -339,12 +357,16 @@ __global__ void __launch_bounds__(128) mamba2_step_kernel(const md_mamba2_step_p
   }
 }
 
-// Whether the state rows and B, C allow mamba2_step_kernel's VEC form (4 elements an aligned access).
+// The widest aligned access the state rows and B, C allow mamba2_step_kernel at `lanes` lanes a row: 8 elements
+// (16 bytes of a 16-bit state and 16-bit B, C), 4, or 1.
 template <typename T, typename S>
-bool m2_vec_ok(const md_mamba2_step_params& p) {
-  return p.dstate % 128 == 0 && is_aligned(p.state, 4 * sizeof(S)) && is_aligned(p.B, 4 * sizeof(T)) &&
-         is_aligned(p.C, 4 * sizeof(T)) && p.state_batch_stride % 4 == 0 && p.state_head_stride % 4 == 0 &&
-         p.state_dim_stride % 4 == 0 && p.B_row_stride % 4 == 0 && p.C_row_stride % 4 == 0;
+int m2_unit(const md_mamba2_step_params& p, int lanes) {
+  auto fits = [&](int u) {
+    return p.dstate % (lanes * u) == 0 && is_aligned(p.state, u * sizeof(S)) && is_aligned(p.B, u * sizeof(T)) &&
+           is_aligned(p.C, u * sizeof(T)) && p.state_batch_stride % u == 0 && p.state_head_stride % u == 0 &&
+           p.state_dim_stride % u == 0 && p.B_row_stride % u == 0 && p.C_row_stride % u == 0;
+  };
+  return sizeof(S) == 2 && sizeof(T) == 2 && fits(8) ? 8 : fits(4) ? 4 : 1;
 }
 
 template <typename T, typename S, int RPW, bool VEC>
@@ -353,11 +375,33 @@ cudaError_t launch_m2_form(const md_mamba2_step_params& p, cudaStream_t s) {
   const dim3 grid(static_cast<unsigned>((p.nheads * p.headdim + rows_per_block - 1) / rows_per_block),
                   static_cast<unsigned>(p.batch));
   switch (p.dstate / 32) {
-    case 1: return launch_pdl(mamba2_step_kernel<T, S, 1, RPW, false>, grid, 128, 0, s, p);
-    case 2: return launch_pdl(mamba2_step_kernel<T, S, 2, RPW, false>, grid, 128, 0, s, p);
-    case 4: return launch_pdl(mamba2_step_kernel<T, S, 4, RPW, VEC>, grid, 128, 0, s, p);
-    default: return launch_pdl(mamba2_step_kernel<T, S, 8, RPW, VEC>, grid, 128, 0, s, p);
+    case 1: return launch_pdl(mamba2_step_kernel<T, S, 1, RPW, 1>, grid, 128, 0, s, p);
+    case 2: return launch_pdl(mamba2_step_kernel<T, S, 2, RPW, 1>, grid, 128, 0, s, p);
+    case 4: return launch_pdl(mamba2_step_kernel<T, S, 4, RPW, VEC ? 4 : 1>, grid, 128, 0, s, p);
+    default: return launch_pdl(mamba2_step_kernel<T, S, 8, RPW, VEC ? 4 : 1>, grid, 128, 0, s, p);
   }
+}
+
+// 16 lanes a row (dstate 128: 8 states a lane, 16-byte units of a 16-bit state, two float32 units).
+template <typename T, typename S, int RPW>
+cudaError_t launch_m2_half(const md_mamba2_step_params& p, int unit, cudaStream_t s) {
+  const int64_t rows_per_block = 4 * RPW;
+  const dim3 grid(static_cast<unsigned>((p.nheads * p.headdim + rows_per_block - 1) / rows_per_block),
+                  static_cast<unsigned>(p.batch));
+  if constexpr (sizeof(S) == 2 && sizeof(T) == 2) {
+    if (unit == 8) return launch_pdl(mamba2_step_kernel<T, S, 8, RPW, 8, 16>, grid, 128, 0, s, p);
+  }
+  return launch_pdl(mamba2_step_kernel<T, S, 8, RPW, 4, 16>, grid, 128, 0, s, p);
+}
+
+// RPW rows a warp: 16 lanes a row where dstate is 128, the access vectorised and no norm folded (H100, session 43,
+// ms a step, the same bits: mamba2-1.3b fp16 state b16 2.325 -> 2.264, b32 2.996 -> 2.862, b64 4.200 -> 4.014;
+// float32 state b16 2.890 -> 2.866, b64 6.283 -> 6.254; mamba2-2.7b fp16 state b64 7.059 -> 6.790), else 32.
+template <typename T, typename S, int RPW>
+cudaError_t launch_m2_rows(const md_mamba2_step_params& p, cudaStream_t s) {
+  const int half_unit = p.dstate == 128 && !p.norm_weight ? m2_unit<T, S>(p, 16) : 1;
+  if (half_unit >= 4) return launch_m2_half<T, S, RPW>(p, half_unit, s);
+  return m2_unit<T, S>(p, 32) >= 4 ? launch_m2_form<T, S, RPW, true>(p, s) : launch_m2_form<T, S, RPW, false>(p, s);
 }
 
 // Rows a warp: 4 from batch 4 on (H200, mamba2-1.3b fp32 state: b16 2.88 -> 2.50 ms, b64 6.36 -> 5.00), 1 below
@@ -367,13 +411,11 @@ cudaError_t launch_m2_form(const md_mamba2_step_params& p, cudaStream_t s) {
 // form wherever it applies (b1 1.454 -> 1.414, b64 6.55 -> 6.36 alone).
 template <typename T, typename S>
 cudaError_t launch_m2_typed(const md_mamba2_step_params& p, cudaStream_t s) {
-  const bool vec = m2_vec_ok<T, S>(p);
   if constexpr (sizeof(S) == 2) {
-    if (p.batch > 32 && !p.norm_weight && p.headdim % 8 == 0)
-      return vec ? launch_m2_form<T, S, 8, true>(p, s) : launch_m2_form<T, S, 8, false>(p, s);
+    if (p.batch > 32 && !p.norm_weight && p.headdim % 8 == 0) return launch_m2_rows<T, S, 8>(p, s);
   }
-  if ((p.batch >= 4 || p.norm_weight) && p.headdim % 4 == 0)
-    return vec ? launch_m2_form<T, S, 4, true>(p, s) : launch_m2_form<T, S, 4, false>(p, s);
+  if ((p.batch >= 4 || p.norm_weight) && p.headdim % 4 == 0) return launch_m2_rows<T, S, 4>(p, s);
+  const bool vec = m2_unit<T, S>(p, 32) >= 4;
   return vec ? launch_m2_form<T, S, 1, true>(p, s) : launch_m2_form<T, S, 1, false>(p, s);
 }
 

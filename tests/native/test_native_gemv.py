@@ -182,8 +182,8 @@ def test_mamba1_step_rows_do_not_depend_on_the_batch(G, dtype, state_dtype, dt_g
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("state_dtype", ["float32", "model"])
-# the kernel's forms: 4 rows a warp (batch >= 4, headdim % 4 == 0) or 1; 16-byte state accesses (dstate >= 128,
-# aligned) or not; a last block half out of range (5 x 12 rows)
+# the kernel's forms: 4 rows a warp (batch >= 4, headdim % 4 == 0) or 1; 16 lanes a row (dstate 128, aligned, 4 or 8
+# rows a warp) or 32; vector state accesses (dstate >= 128, aligned) or not; a last block half out of range (5 x 12)
 @pytest.mark.parametrize("batch,nheads,headdim,dstate,ngroups", [
     (1, 64, 64, 128, 1), (5, 6, 16, 32, 3), (2, 4, 8, 256, 2), (6, 5, 12, 128, 1), (4, 3, 6, 128, 3),
     (4, 2, 8, 256, 1), (33, 4, 16, 128, 1)])
@@ -204,11 +204,13 @@ def test_mamba2_step(rel_err, G, dtype, state_dtype, batch, nheads, headdim, dst
     assert rel_err(state, s_ref) <= 3 * TOL[sdt]
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("state_dtype", ["float32", "model"])
 @pytest.mark.parametrize("batch", [3, 5, 33])  # 1, 4 and (a 16-bit state above 32) 8 rows a warp
-def test_mamba2_step_forms_agree_bitwise(G, state_dtype, batch):
-    """B and C one element off 16-byte alignment take the element-wise form: the same bits as the vector form."""
-    dtype, nheads, headdim, dstate = torch.float16, 8, 16, 128
+def test_mamba2_step_forms_agree_bitwise(G, dtype, state_dtype, batch):
+    """B and C one element off 16-byte alignment take the element-wise form at 32 lanes a row: the same bits as the
+    vector form (at batch 5 and 33 at 16 lanes a row, 8 states a lane)."""
+    nheads, headdim, dstate = 8, 16, 128
     sdt = torch.float32 if state_dtype == "float32" else dtype
     d, gn = nheads * headdim, dstate
     x, dt = rnd(batch, d, dtype=dtype), rnd(batch, nheads, dtype=dtype)
