@@ -53,8 +53,11 @@ def main() -> None:
     ap.add_argument("--crossover", type=int, nargs="*", default=[])
     ap.add_argument("--plain-launch", action="store_true",
                     help="launch every kernel plainly: its profiled time is its own (the step is slower)")
+    ap.add_argument("--state-dtype", default="float32", choices=["float32", "model"],
+                    help="the SSM state's dtype (model: the weights' 16-bit type)")
     a = ap.parse_args()
-    eng = random_engine(a.random_init, max_batch=max(a.batches + a.crossover), programmatic_launch=not a.plain_launch)
+    eng = random_engine(a.random_init, max_batch=max(a.batches + a.crossover), programmatic_launch=not a.plain_launch,
+                        state_dtype=torch.float32 if a.state_dtype == "float32" else torch.float16)
     print(f"{a.random_init}: kernels launched {'plainly' if a.plain_launch else 'programmatically'}")
     if a.crossover and eng.config.arch != "mamba2":
         crossover(eng, a.crossover)
