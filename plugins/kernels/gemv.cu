@@ -405,14 +405,15 @@ cudaError_t launch_m2_rows(const md_mamba2_step_params& p, cudaStream_t s) {
 }
 
 // Rows a warp: 4 from batch 4 on (H200, mamba2-1.3b fp32 state: b16 2.88 -> 2.50 ms, b64 6.36 -> 5.00), 1 below
-// (4x the blocks for the latency-bound step: b1 1.414 ms against 1.452); 8 for a 16-bit state above 32 rows, as
-// many bytes in flight a lane as a float32 state's 4 (H100, session 40: mamba2-1.3b b64 4.289 -> 4.216 ms, b48
-// -0.8%, mamba2-2.7b b64 -2.0%; level at 32, 1-2% slower at 16-24, a float32 state at 64 1.5% slower). The vector
-// form wherever it applies (b1 1.454 -> 1.414, b64 6.55 -> 6.36 alone).
+// (4x the blocks for the latency-bound step: b1 1.414 ms against 1.452); 8 for a 16-bit state above 16 rows, as many
+// bytes in flight a lane as a float32 state's 4 (H100, session 40, 32 lanes a row: mamba2-1.3b b64 4.289 -> 4.216 ms,
+// b48 -0.8%, mamba2-2.7b b64 -2.0%, 1-2% slower at 16-24; session 43, 16 lanes a row: b24 2.543 -> 2.528, b32 2.862
+// -> 2.834; b16 2.270 -> 2.260, within the noise between processes, so not taken; a float32 state b16 5% slower, b64
+// 2.3%). The vector form wherever it applies (b1 1.454 -> 1.414, b64 6.55 -> 6.36 alone).
 template <typename T, typename S>
 cudaError_t launch_m2_typed(const md_mamba2_step_params& p, cudaStream_t s) {
   if constexpr (sizeof(S) == 2) {
-    if (p.batch > 32 && !p.norm_weight && p.headdim % 8 == 0) return launch_m2_rows<T, S, 8>(p, s);
+    if (p.batch > 16 && !p.norm_weight && p.headdim % 8 == 0) return launch_m2_rows<T, S, 8>(p, s);
   }
   if ((p.batch >= 4 || p.norm_weight) && p.headdim % 4 == 0) return launch_m2_rows<T, S, 4>(p, s);
   const bool vec = m2_unit<T, S>(p, 32) >= 4;
