@@ -119,7 +119,7 @@ struct Consumer : Stack<T, md_mamba1_decode_params> {
       float dt = 0.f;
       for (int r8 = n; r8 < rp / 8; r8 += 16) {
         float wf[8];
-        load8_shared(wrow + r8 * 8, wf);
+        load8_plain(wrow + r8 * 8, wf);
 #pragma unroll
         for (int j = 0; j < 8; ++j) dt = fmaf(wf[j], s_dt[r8 * 8 + j], dt);
       }

@@ -261,7 +261,7 @@ template <int UNIT, int N, typename E>
 __device__ __forceinline__ void load_n(const E* ptr, float (&f)[N]) {
   if constexpr (UNIT == 8 && sizeof(E) == 2) {
 #pragma unroll
-    for (int q = 0; q < N / 8; ++q) load8_by(ptr + 8 * q, f + 8 * q, [](const uint4* v) { return *v; });
+    for (int q = 0; q < N / 8; ++q) load8_plain(ptr + 8 * q, f + 8 * q);
   } else if constexpr (UNIT >= 4) {
 #pragma unroll
     for (int q = 0; q < N / 4; ++q) load4(ptr + 4 * q, f + 4 * q);
@@ -369,11 +369,17 @@ int m2_unit(const md_mamba2_step_params& p, int lanes) {
   return sizeof(S) == 2 && sizeof(T) == 2 && fits(8) ? 8 : fits(4) ? 4 : 1;
 }
 
+// mamba2_step_kernel's grid: blocks of 4 warps of RPW rows each over a batch row's nheads * headdim rows.
+template <int RPW>
+dim3 m2_grid(const md_mamba2_step_params& p) {
+  const int64_t rows_per_block = 4 * RPW;
+  return dim3(static_cast<unsigned>((p.nheads * p.headdim + rows_per_block - 1) / rows_per_block),
+              static_cast<unsigned>(p.batch));
+}
+
 template <typename T, typename S, int RPW, bool VEC>
 cudaError_t launch_m2_form(const md_mamba2_step_params& p, cudaStream_t s) {
-  const int64_t rows_per_block = 4 * RPW;
-  const dim3 grid(static_cast<unsigned>((p.nheads * p.headdim + rows_per_block - 1) / rows_per_block),
-                  static_cast<unsigned>(p.batch));
+  const dim3 grid = m2_grid<RPW>(p);
   switch (p.dstate / 32) {
     case 1: return launch_pdl(mamba2_step_kernel<T, S, 1, RPW, 1>, grid, 128, 0, s, p);
     case 2: return launch_pdl(mamba2_step_kernel<T, S, 2, RPW, 1>, grid, 128, 0, s, p);
@@ -385,9 +391,7 @@ cudaError_t launch_m2_form(const md_mamba2_step_params& p, cudaStream_t s) {
 // 16 lanes a row (dstate 128: 8 states a lane, 16-byte units of a 16-bit state, two float32 units).
 template <typename T, typename S, int RPW>
 cudaError_t launch_m2_half(const md_mamba2_step_params& p, int unit, cudaStream_t s) {
-  const int64_t rows_per_block = 4 * RPW;
-  const dim3 grid(static_cast<unsigned>((p.nheads * p.headdim + rows_per_block - 1) / rows_per_block),
-                  static_cast<unsigned>(p.batch));
+  const dim3 grid = m2_grid<RPW>(p);
   if constexpr (sizeof(S) == 2 && sizeof(T) == 2) {
     if (unit == 8) return launch_pdl(mamba2_step_kernel<T, S, 8, RPW, 8, 16>, grid, 128, 0, s, p);
   }
@@ -396,11 +400,14 @@ cudaError_t launch_m2_half(const md_mamba2_step_params& p, int unit, cudaStream_
 
 // RPW rows a warp: 16 lanes a row where dstate is 128, the access vectorised and no norm folded (H100, session 43,
 // ms a step, the same bits: mamba2-1.3b fp16 state b16 2.325 -> 2.264, b32 2.996 -> 2.862, b64 4.200 -> 4.014;
-// float32 state b16 2.890 -> 2.866, b64 6.283 -> 6.254; mamba2-2.7b fp16 state b64 7.059 -> 6.790), else 32.
+// float32 state b16 2.890 -> 2.866, b64 6.283 -> 6.254; mamba2-2.7b fp16 state b64 7.059 -> 6.790), else 32 (and
+// at one row a warp: an access of 16 lanes covers two rows).
 template <typename T, typename S, int RPW>
 cudaError_t launch_m2_rows(const md_mamba2_step_params& p, cudaStream_t s) {
-  const int half_unit = p.dstate == 128 && !p.norm_weight ? m2_unit<T, S>(p, 16) : 1;
-  if (half_unit >= 4) return launch_m2_half<T, S, RPW>(p, half_unit, s);
+  if constexpr (RPW > 1) {
+    const int half_unit = p.dstate == 128 && !p.norm_weight ? m2_unit<T, S>(p, 16) : 1;
+    if (half_unit >= 4) return launch_m2_half<T, S, RPW>(p, half_unit, s);
+  }
   return m2_unit<T, S>(p, 32) >= 4 ? launch_m2_form<T, S, RPW, true>(p, s) : launch_m2_form<T, S, RPW, false>(p, s);
 }
 
@@ -416,8 +423,7 @@ cudaError_t launch_m2_typed(const md_mamba2_step_params& p, cudaStream_t s) {
     if (p.batch > 16 && !p.norm_weight && p.headdim % 8 == 0) return launch_m2_rows<T, S, 8>(p, s);
   }
   if ((p.batch >= 4 || p.norm_weight) && p.headdim % 4 == 0) return launch_m2_rows<T, S, 4>(p, s);
-  const bool vec = m2_unit<T, S>(p, 32) >= 4;
-  return vec ? launch_m2_form<T, S, 1, true>(p, s) : launch_m2_form<T, S, 1, false>(p, s);
+  return launch_m2_rows<T, S, 1>(p, s);
 }
 
 template <typename T>

@@ -39,9 +39,10 @@ template <typename T>
 __device__ __forceinline__ void load8_cg(const T* ptr, float* f) {
   load8_by(ptr, f, [](const uint4* v) { return __ldcg(v); });
 }
-// From shared memory.
+// Plain loads: from shared memory, or from global memory that this kernel itself writes (so not the non-coherent
+// path).
 template <typename T>
-__device__ __forceinline__ void load8_shared(const T* ptr, float* f) {
+__device__ __forceinline__ void load8_plain(const T* ptr, float* f) {
   load8_by(ptr, f, [](const uint4* v) { return *v; });
 }
 __device__ __forceinline__ void load8_any(const void* ptr, int64_t dtype, int64_t i, float* f) {
