@@ -1,6 +1,8 @@
 // ssd_carry.cu -- the first two kernels of Mamba2's SSD chunk scan (ssd_chunk.cu says the whole scheme): each
 // chunk's discretised dt and running sum of dt * A, then the state entering each chunk, walked over the chunks
 // on tensor cores. Reference: mamba_deploy/ops/chunk_scan.py (chunk_scan_ref).
+#include <algorithm>
+
 #include "mma_sync.cuh"
 #include "ssd_common.cuh"
 
@@ -48,15 +50,23 @@ __global__ void __launch_bounds__(kQ) ssd_dt_kernel(const SsdArgs a) {
   out[kQ + threadIdx.x] = cum_s[threadIdx.x];
 }
 
-// ---- the chunk states: one walk over the chunks per (batch row, head, 32 rows of headdim) ----
-// Warp w holds rows 16 (w % 2) .. + 15 of the block's state (headdim x dstate) and column tiles w / 2, w / 2 + 4,
-// .. of 16 (NT of them: dstate <= 64 NT) in mma.sync accumulators. Per chunk the state is written out as the state
-// entering the chunk, then S = decay * S + (w X)^T B. Scaling X by w_s instead of B keeps B exact and splits only
+// ---- the chunk states: one walk over the chunks per (batch row, head, 32 rows of headdim, part of dstate) ----
+// Warp w holds rows 16 (w % 2) .. + 15 of the block's part of the state (headdim x dstate) and column tiles w / 2,
+// w / 2 + 4, .. of 16 (NT of them: a part of 64 NT columns) in mma.sync accumulators. Per chunk the state is
+// written out as the state entering the chunk, then S = decay * S + (w X)^T B. (The state's columns are
+// independent. On an H100 a block of all 128 took as long a chunk as one of 64: the walk's step is latency, not
+// products. So dstate 128 goes in two parts of 64, more blocks at three a multiprocessor; 256 in two of 128, as
+// four of 64 were slower.) Scaling X by w_s instead of B keeps B exact and splits only
 // the 64 x 32 product w X into hi + lo (shared by the block's warps). A chunk's B rows, X rows and dt / cum
 // arrive by cp.async kStages - 1 chunks ahead: the walk waits on the products, not on memory.
 constexpr int kRows = 32;           // headdim rows per block
 constexpr int kCarryThreads = 256;  // 8 warps: 2 row tiles x 4 column groups
 constexpr int kColGroups = kCarryThreads / 32 / 2;
+// Columns of dstate a block takes: 64 NT.
+__host__ __device__ constexpr int part_cols(int64_t dstate) { return dstate <= 128 ? 64 : 128; }
+__host__ __device__ constexpr int column_parts(int64_t dstate) {
+  return static_cast<int>((dstate + part_cols(dstate) - 1) / part_cols(dstate));
+}
 constexpr int kStages = 4;  // >= 3: chunk c + 1 is split while chunk c is multiplied
 static_assert(kStages >= 3 && (kStages & (kStages - 1)) == 0, "the walk splits chunk c + 1 while c is in use");
 constexpr int kLdx = kRows + kPad;  // w X rows: 80 bytes, so 8 rows' 16-byte units meet 8 bank groups
@@ -94,24 +104,25 @@ struct ChunkSource {
   const float* dts;
   int64_t B_step, x_step, dts_step;
   int xcols;  // valid rows of headdim in the block: 16 or 32
+  int ncols;  // the block's columns of dstate (and of B)
   bool b_vec, x_vec;  // whether B's (X's) rows are 16-byte vectors: else load_tile's plain loads
   RowPieces<T> b_pieces, x_pieces;
 };
 
 // Chunk c's B rows, X rows and dt / cum into the stage at `stage` by the block's cp.async, or by plain loads where
 // the rows are not 16-byte vectors (zero rows past the sequence). Commits one group. NT: B's pieces unrolled where
-// dstate is 64 NT and they divide the block evenly.
+// the block has 64 NT columns.
 template <typename T, int NT>
 __device__ void issue_chunk(const md_ssm_params& p, const ChunkSource<T>& src, int c, unsigned char* stage,
                             const CarryLayout& o) {
   const int64_t t0 = int64_t(c) * kQ;
   const int tc = static_cast<int>(p.seqlen - t0 < kQ ? p.seqlen - t0 : kQ);
-  const int N = static_cast<int>(p.dstate);
+  const int N = src.ncols;
   const uint32_t to = smem_address(stage);
   if (!src.b_vec) {
     load_tile(reinterpret_cast<T*>(stage + o.B), o.ldb, src.B + t0 * src.B_step, src.B_step, p.B_state_stride, tc,
               TileShare(N, kCarryThreads));
-  } else if (NT != 3 && N == 64 * NT) {
+  } else if (N == 64 * NT) {
     src.b_pieces.template copy_n<2 * NT>(to + o.B, t0 * src.B_step, tc);
   } else {
     src.b_pieces.copy(to + o.B, t0 * src.B_step, tc);
@@ -175,18 +186,21 @@ __device__ __forceinline__ void carry_products(float (&acc)[NT][2][4], uint32_t 
   }
 }
 
-// Grid (ceil(headdim / 32), nheads, batch), kCarryThreads threads; dstate <= 64 NT.
+// Grid (ceil(headdim / 32) x column_parts(dstate), nheads, batch), kCarryThreads threads: block x takes rows 32 (x
+// / parts) .. of headdim and columns 64 NT (x % parts) .. of dstate; NT = part_cols(dstate) / 64.
 template <typename T, typename S, int NT>
-__global__ void __launch_bounds__(kCarryThreads, 2) ssd_carry_kernel(const SsdArgs a) {
+__global__ void __launch_bounds__(kCarryThreads, NT == 1 ? 3 : 2) ssd_carry_kernel(const SsdArgs a) {
   extern __shared__ __align__(128) unsigned char smem[];
   const md_ssm_params& p = a.p;
-  const int64_t h = blockIdx.y, b = blockIdx.z, p0 = int64_t(blockIdx.x) * kRows;
-  const int N = static_cast<int>(p.dstate), nchunks = static_cast<int>(a.nchunks);
+  const int parts = column_parts(p.dstate), ND = static_cast<int>(p.dstate);
+  const int64_t h = blockIdx.y, b = blockIdx.z, p0 = int64_t(blockIdx.x / parts) * kRows;
+  const int n0 = 64 * NT * static_cast<int>(blockIdx.x % parts), N = min(64 * NT, ND - n0);
+  const int nchunks = static_cast<int>(a.nchunks);
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, rg = warp % 2, q = warp / 2;
   const int64_t g = h / (p.nheads / p.ngroups), sb = state_row(p.state_rows, b);
   const CarryLayout o = carry_layout<T>(N);
   const int xcols = static_cast<int>(p.headdim - p0 < kRows ? p.headdim - p0 : kRows);
-  const T* B = static_cast<const T*>(p.B) + b * p.B_batch_stride + g * p.B_group_stride;
+  const T* B = static_cast<const T*>(p.B) + b * p.B_batch_stride + g * p.B_group_stride + n0 * p.B_state_stride;
   const T* x = static_cast<const T*>(p.x) + b * p.x_batch_stride + h * p.x_head_stride + p0 * p.x_dim_stride;
   const ChunkSource<T> src{B,
                            x,
@@ -195,6 +209,7 @@ __global__ void __launch_bounds__(kCarryThreads, 2) ssd_carry_kernel(const SsdAr
                            p.x_seq_stride,
                            p.nheads * 2 * kQ,
                            xcols,
+                           N,
                            vectorisable(B, p.B_seq_stride, p.B_state_stride),
                            vectorisable(x, p.x_seq_stride, p.x_dim_stride),
                            RowPieces<T>(B, p.B_seq_stride, N, o.ldb, kCarryThreads),
@@ -213,7 +228,8 @@ __global__ void __launch_bounds__(kCarryThreads, 2) ssd_carry_kernel(const SsdAr
   const auto column = [&](int j, int e) { return 16 * (q + kColGroups * j) + 8 * (e / 4) + col + e % 2; };
   float acc[NT][2][4];
   const S* st_in = p.state_in ? static_cast<const S*>(p.state_in) + sb * p.state_in_batch_stride +
-                                    h * p.state_in_head_stride + p0 * p.state_in_dim_stride : nullptr;
+                                    h * p.state_in_head_stride + p0 * p.state_in_dim_stride +
+                                    n0 * p.state_in_state_stride : nullptr;
 #pragma unroll
   for (int j = 0; j < NT; ++j) {
 #pragma unroll
@@ -235,7 +251,7 @@ __global__ void __launch_bounds__(kCarryThreads, 2) ssd_carry_kernel(const SsdAr
 
   // One barrier a chunk: chunk c + 1's w X is split while chunk c's products run (other buffers).
   const int64_t chunk_stride = p.nheads * p.headdim * p.dstate;
-  float* out = a.states + (b * a.nchunks * p.nheads + h) * p.headdim * p.dstate + (p0 + row) * N + col;
+  float* out = a.states + (b * a.nchunks * p.nheads + h) * p.headdim * p.dstate + (p0 + row) * ND + n0 + col;
   for (int c = 0; c < nchunks; ++c, out += chunk_stride) {
     cp_async_wait<kStages - 3>();
     __syncthreads();  // chunk c + 1's stage has landed, chunk c's X hi / lo are split; chunk c - 1 is done with
@@ -251,7 +267,7 @@ __global__ void __launch_bounds__(kCarryThreads, 2) ssd_carry_kernel(const SsdAr
         if (column(j, 4 * hh) < N) {
           float* to = out + 16 * kColGroups * j + 16 * q + 8 * hh;
           *reinterpret_cast<float2*>(to) = make_float2(v[0], v[1]);
-          *reinterpret_cast<float2*>(to + 8 * N) = make_float2(v[2], v[3]);
+          *reinterpret_cast<float2*>(to + 8 * ND) = make_float2(v[2], v[3]);
         }
 #pragma unroll
         for (int e = 0; e < 4; ++e) v[e] *= decay;
@@ -263,7 +279,7 @@ __global__ void __launch_bounds__(kCarryThreads, 2) ssd_carry_kernel(const SsdAr
   cp_async_wait<0>();
   if (p.state_out == nullptr || !live) return;
   S* st_out = static_cast<S*>(p.state_out) + sb * p.state_out_batch_stride + h * p.state_out_head_stride +
-              p0 * p.state_out_dim_stride;
+              p0 * p.state_out_dim_stride + n0 * p.state_out_state_stride;
 #pragma unroll
   for (int j = 0; j < NT; ++j) {
 #pragma unroll
@@ -277,12 +293,13 @@ __global__ void __launch_bounds__(kCarryThreads, 2) ssd_carry_kernel(const SsdAr
 template <typename T, typename S, int NT>
 cudaError_t launch_carry(const SsdArgs& a, cudaStream_t stream) {
   const md_ssm_params& p = a.p;
-  const size_t bytes = carry_layout<T>(static_cast<int>(p.dstate)).total;
+  const int parts = column_parts(p.dstate);
+  const size_t bytes = states_smem_bytes(static_cast<int>(p.dstate));
   const auto kernel = ssd_carry_kernel<T, S, NT>;
   const cudaError_t err =
       cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes));
   if (err != cudaSuccess) return err;
-  const dim3 grid(static_cast<unsigned>((p.headdim + kRows - 1) / kRows), static_cast<unsigned>(p.nheads),
+  const dim3 grid(static_cast<unsigned>((p.headdim + kRows - 1) / kRows * parts), static_cast<unsigned>(p.nheads),
                   static_cast<unsigned>(p.batch));
   kernel<<<grid, kCarryThreads, bytes, stream>>>(a);
   return cudaGetLastError();
@@ -297,15 +314,11 @@ cudaError_t launch_states(const SsdArgs& a, cudaStream_t stream) {
   ssd_dt_kernel<<<grid, kQ, 0, stream>>>(a);
   const cudaError_t err = cudaGetLastError();
   if (err != cudaSuccess) return err;
-  switch ((p.dstate + 63) / 64) {  // dstate <= 256 (ssd_eligible)
-    case 1: return launch_carry<T, S, 1>(a, stream);
-    case 2: return launch_carry<T, S, 2>(a, stream);
-    case 3: return launch_carry<T, S, 3>(a, stream);
-    default: return launch_carry<T, S, 4>(a, stream);
-  }
+  // dstate <= 256 (ssd_eligible)
+  return part_cols(p.dstate) == 64 ? launch_carry<T, S, 1>(a, stream) : launch_carry<T, S, 2>(a, stream);
 }
 
-size_t states_smem_bytes(int dstate) { return carry_layout<__half>(dstate).total; }
+size_t states_smem_bytes(int dstate) { return carry_layout<__half>(std::min(dstate, part_cols(dstate))).total; }
 
 template cudaError_t launch_states<__half, float>(const SsdArgs&, cudaStream_t);
 template cudaError_t launch_states<__half, __half>(const SsdArgs&, cudaStream_t);

@@ -76,9 +76,10 @@ def test_chunk_scan_tensor_core_form_carries_state(cuda, dtype, state_dtype):
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("seqlen,nheads,headdim,ngroups,dstate", [
-    (256, 8, 16, 8, 256),  # one chunk; the largest state (4 column tiles of 16 a warp); 8 groups of one head
+    (256, 8, 16, 8, 256),  # one chunk; the largest state (walked in 2 parts of 128 columns); 8 groups, one head each
     (257, 4, 128, 1, 16),  # a 1-step last chunk; one column tile: 3 of the 4 warps idle in the products
-    (4097, 2, 32, 2, 48),  # 65 chunks; dstate 48: warps hold unequal numbers of tiles
+    (4097, 2, 32, 2, 48),  # 65 chunks; dstate 48: one part of 48 columns, the fourth warp's tile past it
+    (300, 4, 64, 1, 112),  # dstate 112: a second part of 48 columns (the state in and out at column 64)
 ])
 @pytest.mark.parametrize("strided", [False, True])
 def test_chunk_scan_tensor_core_form_shapes(cuda, dtype, seqlen, nheads, headdim, ngroups, dstate, strided):
