@@ -53,12 +53,12 @@ __global__ void __launch_bounds__(kQ) ssd_dt_kernel(const SsdArgs a) {
 // ---- the chunk states: one walk over the chunks per (batch row, head, 32 rows of headdim, part of dstate) ----
 // Warp w holds rows 16 (w % 2) .. + 15 of the block's part of the state (headdim x dstate) and column tiles w / 2,
 // w / 2 + 4, .. of 16 (NT of them: a part of 64 NT columns) in mma.sync accumulators. Per chunk the state is
-// written out as the state entering the chunk, then S = decay * S + (w X)^T B. (The state's columns are
-// independent. On an H100 a block of all 128 took as long a chunk as one of 64: the walk's step is latency, not
-// products. So dstate 128 goes in two parts of 64, more blocks at three a multiprocessor; 256 in two of 128, as
-// four of 64 were slower.) Scaling X by w_s instead of B keeps B exact and splits only
-// the 64 x 32 product w X into hi + lo (shared by the block's warps). A chunk's B rows, X rows and dt / cum
-// arrive by cp.async kStages - 1 chunks ahead: the walk waits on the products, not on memory.
+// written out as the state entering the chunk, then S = decay * S + (w X)^T B. Scaling X by w_s instead of B keeps
+// B exact and splits only the 64 x 32 product w X into hi + lo (shared by the block's warps). A chunk's B rows, X
+// rows and dt / cum arrive by cp.async kStages - 1 chunks ahead.
+// The state's columns are independent, hence the parts. On an H100 a block of all 128 took as long a chunk as one
+// of 64 (the step is latency, not products), so dstate 128 goes in two parts of 64: more blocks, three a
+// multiprocessor. Above 128, parts of 128: four of 64 were slower at dstate 256.
 constexpr int kRows = 32;           // headdim rows per block
 constexpr int kCarryThreads = 256;  // 8 warps: 2 row tiles x 4 column groups
 constexpr int kColGroups = kCarryThreads / 32 / 2;
