@@ -5,6 +5,7 @@ import types
 
 import pytest
 import torch
+from numerics import slices_sum
 
 from mamba_deploy.models.state import InferenceState
 from mamba_deploy.native import decode as D, gemv as G, prefill as P
@@ -40,11 +41,8 @@ def _row_norm_reference(x, other, weight, eps, *, out, gate=False, group_size=0,
     """G.row_norm's semantics (gemv.h): ops.add_norm_ref after the folded norm's factor (x_sumsq)."""
     if gate:
         return out.copy_(gated_rms_norm_ref(x, other, weight, eps, group_size or None))
-    if x.dim() == 3:  # a k-split projection's float32 slices: their sum in slice order, in out's dtype
-        total = x[0].clone()
-        for part in x[1:]:
-            total += part
-        x = total.to(out.dtype)
+    if x.dim() == 3:  # a k-split projection's float32 slices
+        x = slices_sum(x, out.dtype)
     v = x.float()
     if x_sumsq is not None:
         v = v * torch.rsqrt(x_sumsq.sum(-1, keepdim=True) / sumsq_dim + sumsq_eps)

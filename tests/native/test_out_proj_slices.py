@@ -3,6 +3,7 @@ adds): the row norm's slices (md_row_norm_params.x_parts) against torch, and eng
 same engines without them, graph == eager bit for bit; where the engine turns them on."""
 import pytest
 import torch
+from numerics import slices_sum
 from prompts import ids
 
 pytestmark = pytest.mark.gpu
@@ -14,14 +15,6 @@ ENGINE_TOL = {torch.float16: 1e-2, torch.bfloat16: 2e-2}
 
 def rnd(*shape, dtype=torch.float32, seed=0):
     return torch.randn(*shape, generator=torch.Generator().manual_seed(seed)).to("cuda", dtype)
-
-
-def slices_sum(parts: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """The slices added in slice order in float32, rounded to dtype (gemv.h: md_row_norm_params.x_parts)."""
-    total = parts[0].clone()
-    for part in parts[1:]:
-        total += part
-    return total.to(dtype)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
