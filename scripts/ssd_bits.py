@@ -4,7 +4,7 @@ and the recurrence, fold on and off, both state dtypes, odd lengths and sizes).
 
     MAMBA_DEPLOY_KERNEL_LIB=old.so python3 scripts/ssd_bits.py save /tmp/old.pt
     MAMBA_DEPLOY_KERNEL_LIB=new.so python3 scripts/ssd_bits.py save /tmp/new.pt
-    python3 scripts/ssd_bits.py compare /tmp/old.pt /tmp/new.pt
+    python3 scripts/ssd_bits.py compare /tmp/old.pt /tmp/new.pt     # exit 1 if a case differs
 """
 import sys
 
@@ -51,12 +51,17 @@ def run():
     return out
 
 
-def compare(path_a, path_b):
+def compare(path_a, path_b) -> int:
+    """Prints each case; the number of cases that differ."""
+    differ = 0
     for case, a, b in zip(CASES, torch.load(path_a), torch.load(path_b)):
         same = all(torch.equal(x, y) for x, y in zip(a, b))
         worst = max(float((x.float() - y.float()).abs().max()) for x, y in zip(a, b))
+        differ += not same
         print(case[:6], str(case[6]).removeprefix("torch."), case[7] if case[7] == "model" else "float32",
               "fold" if case[8] else "", "same bits" if same else f"DIFFER (max abs {worst:.3g})")
+    print(f"{len(CASES) - differ} of {len(CASES)} cases the same bits")
+    return differ
 
 
 if __name__ == "__main__":
@@ -64,5 +69,5 @@ if __name__ == "__main__":
         sys.exit(__doc__.split("\n\n")[1])
     if sys.argv[1] == "save":
         torch.save(run(), sys.argv[2])
-    else:
-        compare(sys.argv[2], sys.argv[3])
+    elif compare(sys.argv[2], sys.argv[3]):
+        sys.exit(1)
