@@ -10,11 +10,13 @@
 // The block stages a tile of kTile steps in shared memory, double-buffered: B and C of the batch row and, per
 // channel, the step's scalars (discretised dt, dt x, D x, silu(z)); the next tile's global loads are in flight
 // during this tile's steps, and the rows kAhead tiles on are prefetched into the L2 (a tile's steps take a few
-// hundred cycles: a DRAM round trip is longer).
+// hundred cycles: a DRAM round trip is longer). At 2 and 4 lanes, where the rows allow, two channels (states) a
+// load (PairStager).
 // Steps past the end of the sequence are padded with dt = 0 (decay 1, input 0): the state goes through them
 // unchanged, so every tile's steps are unrolled. Each state is read and written by one thread: state_in and
 // state_out may alias.
 #include <cstdint>
+#include <type_traits>
 
 #include "common.cuh"
 #include "mamba1_scan.cuh"
@@ -38,6 +40,7 @@ struct SplitArgs {
   md_ssm_params p;
   DtFtz discretise;
   int prefetch;        // x, dt, z rows channel-contiguous and B, C state-contiguous (the engine's layout)
+  int pairs;           // and two elements at a time aligned (even counts, strides, offsets): PairStager
 };
 
 template <int kLanes>
@@ -54,8 +57,8 @@ struct SplitShared {
   static constexpr int kChannels = Split<kLanes>::kChannels;
   __align__(16) float B[2][kTile][kState];
   __align__(16) float C[2][kTile][kState];
-  float2 step_dt[2][kTile][kChannels];   // (discretised dt, dt x)
-  float2 step_out[2][kTile][kChannels];  // (D x, silu(z))
+  __align__(16) float2 step_dt[2][kTile][kChannels];   // (discretised dt, dt x)
+  __align__(16) float2 step_out[2][kTile][kChannels];  // (D x, silu(z))
 };
 
 // A thread's share of staging a tile: kBC values of B and of C (element i = tid + k kThreads of kTile x kState),
@@ -131,6 +134,113 @@ struct Stager {
   }
 };
 
+// A pair of elements' bits as one word (two 16-bit elements: 32 bits; float32: 64), loaded by a predicated load
+// into a zeroed register. A struct of two T was packed into its registers next to its load, which waited there.
+template <typename T> struct PairWord { using type = uint32_t; };
+template <> struct PairWord<float> { using type = uint2; };
+__device__ __forceinline__ float2 pair_to_f(uint32_t w, __half) {
+  return __half22float2(*reinterpret_cast<const __half2*>(&w));
+}
+__device__ __forceinline__ float2 pair_to_f(uint32_t w, __nv_bfloat16) {
+  return __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&w));
+}
+__device__ __forceinline__ float2 pair_to_f(uint2 w, float) {
+  return make_float2(__uint_as_float(w.x), __uint_as_float(w.y));
+}
+
+// Stager's work in pairs, where SplitArgs::pairs holds: x, dt, z loaded two channels (B, C two states) a load, one
+// step a load (4 bytes; 8 for float32); the pair's thread discretises both channels and stores them as one 16-byte
+// piece of the step's row. Pair i = tid + k kThreads of the tile's kTile x kChannels / 2 (x, dt, z) or kTile x
+// kState / 2 (B, C): its channels (states) are the same in every k. The same float operations as Stager.
+template <typename T, int kLanes>
+struct PairStager {
+  using Sp = Split<kLanes>;
+  static constexpr int kPairs = Sp::kChannels / 2;          // channel pairs of a block
+  static constexpr int kRows = kThreads / kPairs;             // steps a round of x, dt, z loads covers
+  static constexpr int kXY = kTile / kRows;                   // rounds a tile (kOwn / 2)
+  static constexpr int kBCRows = kThreads / (kState / 2);     // steps a round of B, C loads covers
+  static constexpr int kBC = kTile / kBCRows;
+  static_assert(kThreads % kPairs == 0 && kTile % kRows == 0 && kTile % kBCRows == 0, "pairs of a tile");
+  using Word = typename PairWord<T>::type;
+  Word B[kBC], C[kBC], x[kXY], dt[kXY], z[kXY];
+  unsigned valid = 0;  // bit k: round k's step is real
+  float bias[2] = {0.f, 0.f}, Dv[2] = {0.f, 0.f};
+  const Word *xp, *dtp, *zp, *Bp, *Cp;
+  int row, bc_row;  // the first round's step within a tile
+  bool channel_ok, state_ok;
+
+  __device__ PairStager(const md_ssm_params& p, int64_t b, int64_t d0) {
+    const int64_t d = d0 + 2 * (threadIdx.x % kPairs);
+    const int n = 2 * (threadIdx.x % (kState / 2));
+    row = threadIdx.x / kPairs;
+    bc_row = threadIdx.x / (kState / 2);
+    channel_ok = d < p.nheads;  // nheads even: both or neither
+    state_ok = n < p.dstate;    // dstate even: both or neither
+#pragma unroll
+    for (int j = 0; j < 2; ++j) {
+      if (channel_ok && p.dt_bias) bias[j] = load_any(p.dt_bias, p.param_dtype, (d + j) * p.dt_bias_head_stride);
+      if (channel_ok && p.D) Dv[j] = load_any(p.D, p.param_dtype, (d + j) * p.D_head_stride);
+    }
+    const auto at = [](const void* base, int64_t i) {
+      return reinterpret_cast<const Word*>(static_cast<const T*>(base) + i);
+    };
+    xp = at(p.x, b * p.x_batch_stride + d + row * p.x_seq_stride);
+    dtp = at(p.dt, b * p.dt_batch_stride + d + row * p.dt_seq_stride);
+    zp = p.z ? at(p.z, b * p.z_batch_stride + d + row * p.z_seq_stride) : nullptr;
+    Bp = at(p.B, b * p.B_batch_stride + n + bc_row * p.B_seq_stride);
+    Cp = at(p.C, b * p.C_batch_stride + n + bc_row * p.C_seq_stride);
+  }
+  // Strides in words are half the element strides (even: SplitArgs::pairs).
+  __device__ void load(const md_ssm_params& p, int64_t left) {
+    const Word zero{};
+#pragma unroll
+    for (int k = 0; k < kBC; ++k) {
+      const bool ok = state_ok && bc_row + k * kBCRows < left;
+      B[k] = ok ? Bp[k * kBCRows * (p.B_seq_stride / 2)] : zero;
+      C[k] = ok ? Cp[k * kBCRows * (p.C_seq_stride / 2)] : zero;
+    }
+    valid = 0;
+#pragma unroll
+    for (int k = 0; k < kXY; ++k) {
+      const bool ok = channel_ok && row + k * kRows < left;
+      x[k] = ok ? xp[k * kRows * (p.x_seq_stride / 2)] : zero;
+      dt[k] = ok ? dtp[k * kRows * (p.dt_seq_stride / 2)] : zero;
+      z[k] = ok && zp ? zp[k * kRows * (p.z_seq_stride / 2)] : zero;
+      valid |= ok ? 1u << k : 0u;
+    }
+    Bp += kTile * (p.B_seq_stride / 2);
+    Cp += kTile * (p.C_seq_stride / 2);
+    xp += kTile * (p.x_seq_stride / 2);
+    dtp += kTile * (p.dt_seq_stride / 2);
+    if (zp) zp += kTile * (p.z_seq_stride / 2);
+  }
+  __device__ void store(const SplitArgs& a, SplitShared<kLanes>& sh, int buf) const {
+    const int pair = threadIdx.x % kPairs, n = threadIdx.x % (kState / 2);
+#pragma unroll
+    for (int k = 0; k < kBC; ++k) {
+      const int s = bc_row + k * kBCRows;
+      *reinterpret_cast<float2*>(&sh.B[buf][s][2 * n]) = pair_to_f(B[k], T());
+      *reinterpret_cast<float2*>(&sh.C[buf][s][2 * n]) = pair_to_f(C[k], T());
+    }
+#pragma unroll
+    for (int k = 0; k < kXY; ++k) {
+      const int s = row + k * kRows;
+      const float2 xs = pair_to_f(x[k], T()), dts = pair_to_f(dt[k], T()), zs = pair_to_f(z[k], T());
+      const float x0 = xs.x, x1 = xs.y;
+      float delta0 = 0.f, delta1 = 0.f;  // a padding step: decay 1, input 0
+      if (valid & (1u << k)) {
+        delta0 = a.discretise(dts.x + bias[0]);
+        delta1 = a.discretise(dts.y + bias[1]);
+      }
+      const bool gate = zp != nullptr;
+      *reinterpret_cast<float4*>(&sh.step_dt[buf][s][2 * pair]) =
+          make_float4(delta0, delta0 * x0, delta1, delta1 * x1);
+      *reinterpret_cast<float4*>(&sh.step_out[buf][s][2 * pair]) = make_float4(
+          Dv[0] * x0, gate ? silu_ftz(zs.x) : 1.f, Dv[1] * x1, gate ? silu_ftz(zs.y) : 1.f);
+    }
+  }
+};
+
 // The block's x, dt, z rows and B, C rows into the L2, a tile at a time from tile 1 (args.prefetch layouts
 // only): thread i < 5 kTile covers row i % kTile of tensor i / kTile, one line (a row of kChannels <= 64
 // 16-bit channels, or B / C's 16 states) or two (float32 x, dt, z rows of 64 channels).
@@ -185,9 +295,10 @@ __device__ __forceinline__ void reduce_scatter(float (&v)[kTile], int q) {
 }
 
 // Grid: (ceil(nheads / kChannels), batch). Block: kChannels channels x kLanes lanes.
-template <typename T, typename S, int kLanes>
+template <typename T, typename S, int kLanes, bool kPaired>
 __global__ void __launch_bounds__(kThreads, kMinBlocks<T, kLanes>) mamba1_split_kernel(const SplitArgs a) {
   using Sp = Split<kLanes>;
+  using Stage = std::conditional_t<kPaired, PairStager<T, kLanes>, Stager<T, kLanes>>;
   __shared__ SplitShared<kLanes> sh;
   const md_ssm_params& p = a.p;
   const int64_t b = blockIdx.y, d0 = static_cast<int64_t>(blockIdx.x) * Sp::kChannels;
@@ -203,7 +314,7 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks<T, kLanes>) mamba1_split_
     h[j] = ok && p.state_in ? to_f(static_cast<const S*>(p.state_in)[state_b * p.state_in_batch_stride +
                                   d * p.state_in_head_stride + n * p.state_in_state_stride]) : 0.f;
   }
-  Stager<T, kLanes> stage(p, b, d0);
+  Stage stage(p, b, d0);
   stage.load(p, p.seqlen);
   stage.store(a, sh, 0);
   Prefetcher<T, kLanes> prefetch(a, b, d0);
@@ -257,7 +368,17 @@ template <typename T, typename S, int kLanes>
 cudaError_t launch_lanes(const SplitArgs& a, cudaStream_t stream) {
   const dim3 grid(static_cast<unsigned>((a.p.nheads + Split<kLanes>::kChannels - 1) / Split<kLanes>::kChannels),
                   static_cast<unsigned>(a.p.batch));
-  mamba1_split_kernel<T, S, kLanes><<<grid, kThreads, 0, stream>>>(a);
+  // PairStager at 2 and 4 lanes only (batch x channels of 4 or more rows of mamba-1.4b's 4,096). At 8 lanes
+  // (batch 1-3) it also made the scan alone faster (H100, 1 x 2,048 x 4,096: 124 us against 159), but mamba-2.8b's
+  // batch-1 prefill, whose two parts' scans run beside each other's projections (prefill_split.py), slower: 33.3-33.7
+  // ms against 30.7-31.0 (docs/performance.md, session 46).
+  if constexpr (kLanes < kMaxLanes) {
+    if (a.pairs) {
+      mamba1_split_kernel<T, S, kLanes, true><<<grid, kThreads, 0, stream>>>(a);
+      return cudaGetLastError();
+    }
+  }
+  mamba1_split_kernel<T, S, kLanes, false><<<grid, kThreads, 0, stream>>>(a);
   return cudaGetLastError();
 }
 
@@ -272,6 +393,12 @@ cudaError_t launch_typed(const SplitArgs& a, int lanes, cudaStream_t stream) {
 
 // Threads a split walk wants in all: 3.5 warps a scheduler (4 a multiprocessor).
 int64_t target_threads() { return device_attribute(cudaDevAttrMultiProcessorCount, 132) * 4 * 112; }
+
+// Whether a tensor's pairs of elements (2i, 2i + 1) along its unit-stride dimension are aligned for one load.
+bool paired(const void* base, int64_t batch_stride, int64_t seq_stride, int64_t dtype) {
+  const uintptr_t bytes = 2 * (dtype == MD_FLOAT32 ? 4 : 2);
+  return reinterpret_cast<uintptr_t>(base) % bytes == 0 && batch_stride % 2 == 0 && seq_stride % 2 == 0;
+}
 
 }  // namespace
 
@@ -300,6 +427,12 @@ cudaError_t launch_mamba1_split(const md_ssm_params& p, int lanes, cudaStream_t 
   a.discretise = DtFtz::of(p);
   a.prefetch = p.x_head_stride == 1 && p.dt_head_stride == 1 && (p.z == nullptr || p.z_head_stride == 1) &&
                p.B_state_stride == 1 && p.C_state_stride == 1;
+  a.pairs = a.prefetch && p.nheads % 2 == 0 && p.dstate % 2 == 0 &&
+            paired(p.x, p.x_batch_stride, p.x_seq_stride, p.x_dtype) &&
+            paired(p.dt, p.dt_batch_stride, p.dt_seq_stride, p.x_dtype) &&
+            (p.z == nullptr || paired(p.z, p.z_batch_stride, p.z_seq_stride, p.x_dtype)) &&
+            paired(p.B, p.B_batch_stride, p.B_seq_stride, p.x_dtype) &&
+            paired(p.C, p.C_batch_stride, p.C_seq_stride, p.x_dtype);
   return MD_DISPATCH_DTYPE(p.x_dtype, T, [&] {
     if (p.state_dtype == MD_FLOAT32) return launch_typed<T, float>(a, lanes, stream);
     return launch_typed<T, T>(a, lanes, stream);

@@ -451,3 +451,40 @@ def test_state_rows_need_a_pool_and_state_out(cuda):
         cuda.causal_conv1d_update(x, w, None, pool, state_out=pool, state_rows=rows.int())
     with pytest.raises(ValueError, match="conv_state"):  # without state_rows: the batch's rows
         cuda.causal_conv1d_update(x, w, None, pool, state_out=pool)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_selective_scan_split_walk_paired_loads(cuda, dtype):
+    """mamba1_split.cu's paired loads (even channels and dstate, rows aligned for two elements: the engine's
+    layout; 2 and 4 lanes a channel) against the reference, and the same bits as its one-element loads (the same
+    values in rows one element off that alignment); at 8 lanes both take one-element loads. dt spread wide:
+    softplus above 20 and far below 0."""
+    from mamba_deploy.ops import _lib
+
+    seen = set()
+    for batch in range(1, 29):
+        lanes = _lib.scan_split_lanes(_mamba1_params(batch, 4096, 203, 16))
+        if not lanes or lanes in seen:
+            continue
+        seen.add(lanes)
+        kw = mamba1_inputs(batch, 4096, 203, 16, dtype)
+        kw["delta"] = kw["delta"] * 80  # 0.1 -> 8: softplus(dt + bias) from about 1e-10 to past 20
+        outs = [_offset_rows_scan(cuda, kw, dtype, offset) for offset in (0, 1)]
+        y_ref, s_ref = selective_scan_ref(**{k: v.float() for k, v in kw.items()})
+        check("y", outs[0][0], y_ref, dtype)
+        check("state", outs[0][1], s_ref, dtype)
+        assert torch.equal(outs[0][0], outs[1][0]) and torch.equal(outs[0][1], outs[1][1]), lanes
+    assert seen == {2, 4, 8}, seen
+
+
+def _offset_rows_scan(cuda, kw, dtype, offset):
+    """The scan of kw's values with u, delta, z, B, C in channel-last rows that start `offset` elements into
+    a wider buffer (offset 1: no two-element alignment)."""
+    def rows(t):
+        buf = torch.empty(t.shape[0], t.shape[2], t.shape[1] + offset, dtype=t.dtype, device="cuda")
+        view = buf[..., offset:]
+        view.copy_(t.transpose(1, 2))
+        return view.transpose(1, 2)
+    args = {k: rows(v) if k in ("u", "delta", "z", "B", "C") else v for k, v in kw.items()}
+    return cuda.selective_scan(**args, out=nan_like(kw["u"].shape, dtype),
+                               state_out=nan_like(kw["ssm_state"].shape, torch.float32))
