@@ -59,7 +59,7 @@ struct WalkArgs {
 template <typename T, bool kNeedC>
 struct TileLoader {
   static constexpr int kPer = kTile * kState / kThreads;
-  float B[kPer], C[kPer];
+  T B[kPer], C[kPer];  // in T until the store: a conversion next to its load would wait there for it
 
   __device__ void load(const md_ssm_params& p, int64_t b, int64_t t0, int64_t t_end) {
     const T* Bp = static_cast<const T*>(p.B) + b * p.B_batch_stride;
@@ -68,16 +68,16 @@ struct TileLoader {
     for (int k = 0; k < kPer; ++k) {
       const int i = threadIdx.x + k * kThreads, s = i / kState, n = i % kState;
       const bool ok = t0 + s < t_end && n < p.dstate;
-      B[k] = ok ? to_f(Bp[(t0 + s) * p.B_seq_stride + n * p.B_state_stride]) : 0.f;
-      C[k] = ok && kNeedC ? to_f(Cp[(t0 + s) * p.C_seq_stride + n * p.C_state_stride]) : 0.f;
+      B[k] = ok ? Bp[(t0 + s) * p.B_seq_stride + n * p.B_state_stride] : from_f<T>(0.f);
+      C[k] = ok && kNeedC ? Cp[(t0 + s) * p.C_seq_stride + n * p.C_state_stride] : from_f<T>(0.f);
     }
   }
   __device__ void store(float (*Bs)[kState], float (*Cs)[kState]) const {
 #pragma unroll
     for (int k = 0; k < kPer; ++k) {
       const int i = threadIdx.x + k * kThreads;
-      Bs[i / kState][i % kState] = B[k];
-      if (kNeedC) Cs[i / kState][i % kState] = C[k];
+      Bs[i / kState][i % kState] = to_f(B[k]);
+      if (kNeedC) Cs[i / kState][i % kState] = to_f(C[k]);
     }
   }
 };
