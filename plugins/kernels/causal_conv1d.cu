@@ -338,7 +338,7 @@ bool update4_ok(const md_causal_conv1d_params& p) {
 
 // update4_ok with 4 channels a thread: dim a multiple of 4, every 4-channel group's accesses aligned.
 bool update4_vec_ok(const md_causal_conv1d_params& p) {
-  const int64_t s_size = p.state_dtype == MD_FLOAT32 ? 4 : 2;
+  const int64_t s_size = elem_bytes(p.state_dtype);
   return p.dim % 4 == 0 && p.x_batch_stride % 4 == 0 && p.y_batch_stride % 4 == 0 &&
          p.state_out_batch_stride % 4 == 0 && is_aligned(p.x, 8) && is_aligned(p.y, 8) && is_aligned(p.weight, 8) &&
          (p.bias == nullptr || is_aligned(p.bias, 8)) && is_aligned(p.state_out, static_cast<size_t>(4 * s_size));

@@ -221,6 +221,10 @@ inline int device_attribute(cudaDeviceAttr attr, int fallback) {
 
 void set_check_message(const char* msg);
 inline bool valid_dtype(int64_t d) { return d == MD_FLOAT32 || d == MD_FLOAT16 || d == MD_BFLOAT16; }
+
+// Bytes an element of a dtype code takes (float32 4, the 16-bit types 2).
+__host__ __device__ inline int64_t elem_bytes(int64_t dtype) { return dtype == MD_FLOAT32 ? 4 : 2; }
+
 // Whether ptr is a multiple of `bytes`: an access of that many bytes may start there.
 __host__ __device__ __forceinline__ bool is_aligned(const void* ptr, size_t bytes = 16) {
   return reinterpret_cast<uintptr_t>(ptr) % bytes == 0;

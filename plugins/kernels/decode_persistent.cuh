@@ -61,8 +61,6 @@ __host__ __device__ inline Share share_of(int64_t n, int64_t row_bytes, int bloc
   return s;
 }
 
-__host__ __device__ inline int64_t elem_bytes(int64_t dtype) { return dtype == MD_FLOAT32 ? 4 : 2; }
-
 // The most rows a block has of any streamed matrix (block 0's: shares differ by at most a row, the first ones
 // larger): the rows of the warps' partial sums (Layout).
 template <typename Phases, typename P>

@@ -41,7 +41,7 @@ struct StagedPlan {
 // Rows a block: n over the multiprocessors; slots: as many rows as fit in the ring beside the partial sums.
 StagedPlan staged_plan(const md_gemv_params& p) {
   const int64_t sms = device_attribute(cudaDevAttrMultiProcessorCount, 132), nb = p.batch;
-  const int64_t rows = (p.n + sms - 1) / sms, row_bytes = p.k * (p.dtype == MD_FLOAT32 ? 4 : 2) + 16;
+  const int64_t rows = (p.n + sms - 1) / sms, row_bytes = p.k * elem_bytes(p.dtype) + 16;
   const int64_t partials = rows * static_cast<int64_t>(sizeof(float)) * kWarps * nb;
   const int64_t fit = partials < kStageBytes ? (kStageBytes - partials) / row_bytes : 0;
   StagedPlan plan;
@@ -343,7 +343,7 @@ cudaError_t launch_staged_typed(const md_gemv_params& p, cudaStream_t stream) {
 
 bool gemv_staged_ok(const md_gemv_params& p) {
   if (!valid_dtype(p.dtype) || p.batch < 1 || p.batch > kStagedMaxBatch || p.norm_w) return false;
-  const int64_t size = p.dtype == MD_FLOAT32 ? 4 : 2, epv = 16 / size;
+  const int64_t size = elem_bytes(p.dtype), epv = 16 / size;
   const bool vec = p.k > 0 && p.k % epv == 0 && (p.w_row_stride * size) % 16 == 0 &&
                    (p.batch == 1 || (p.x_row_stride * size) % 16 == 0) && is_aligned(p.w) && is_aligned(p.x);
   if (!vec || device_attribute(cudaDevAttrComputeCapabilityMajor, 0) < 9) return false;

@@ -396,7 +396,7 @@ int64_t target_threads() { return device_attribute(cudaDevAttrMultiProcessorCoun
 
 // Whether a tensor's pairs of elements (2i, 2i + 1) along its unit-stride dimension are aligned for one load.
 bool paired(const void* base, int64_t batch_stride, int64_t seq_stride, int64_t dtype) {
-  return is_aligned(base, 2 * (dtype == MD_FLOAT32 ? 4 : 2)) && batch_stride % 2 == 0 && seq_stride % 2 == 0;
+  return is_aligned(base, 2 * elem_bytes(dtype)) && batch_stride % 2 == 0 && seq_stride % 2 == 0;
 }
 
 }  // namespace
