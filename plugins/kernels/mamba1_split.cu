@@ -20,6 +20,7 @@
 
 #include "common.cuh"
 #include "mamba1_scan.cuh"
+#include "mma_sync.cuh"  // unpack2
 
 namespace md {
 namespace {
@@ -138,11 +139,9 @@ struct Stager {
 // into a zeroed register. A struct of two T was packed into its registers next to its load, which waited there.
 template <typename T> struct PairWord { using type = uint32_t; };
 template <> struct PairWord<float> { using type = uint2; };
-__device__ __forceinline__ float2 pair_to_f(uint32_t w, __half) {
-  return __half22float2(*reinterpret_cast<const __half2*>(&w));
-}
-__device__ __forceinline__ float2 pair_to_f(uint32_t w, __nv_bfloat16) {
-  return __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&w));
+template <typename T>
+__device__ __forceinline__ float2 pair_to_f(uint32_t w, T) {
+  return unpack2<T>(w);
 }
 __device__ __forceinline__ float2 pair_to_f(uint2 w, float) {
   return make_float2(__uint_as_float(w.x), __uint_as_float(w.y));
