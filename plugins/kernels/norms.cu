@@ -152,6 +152,52 @@ __global__ void __launch_bounds__(1024) row_norm_kernel(const md_row_norm_params
   store8_any(p.out, p.dtype, r * p.out_row_stride + e, v);
 }
 
+// row_norm_kernel for a 16-bit T whose x is one tensor and whose residual (R) is float32 or T, at a prefill's
+// rows: the same elements a thread and the same float operations, with no dtype branches, so ptxas fits it in 32
+// registers and a multiprocessor holds 2,048 threads. Why: one block a row loads, then waits at block_sum with
+// nothing in flight; at 64 registers (the general kernel) two 512-thread gated-norm blocks a multiprocessor kept
+// HBM at half its copy rate (H200, 2,048 x 4,096: 23.8 us against 16.6; docs/performance.md, session 48). Decode's
+// norms (at most 64 rows) keep the general kernel: this one was timed only at prefill sizes.
+constexpr int64_t kTypedMinRows = 256;
+
+template <typename T, typename R, bool kGate>
+__global__ void __launch_bounds__(1024, 2) row_norm_typed_kernel(const md_row_norm_params p) {
+  pdl_release();
+  __shared__ float scratch[33];
+  const int64_t r = blockIdx.x, e = static_cast<int64_t>(blockIdx.y) * p.group_size + threadIdx.x * 8;
+  const uint4 w_bits = __ldg(reinterpret_cast<const uint4*>(static_cast<const T*>(p.weight) + e));
+  pdl_wait();
+  float v[8];
+  load8(static_cast<const T*>(p.x) + r * p.x_row_stride + e, v);
+  if (p.residual) {
+    float o[8];
+    if constexpr (kGate) load8(static_cast<const T*>(p.residual) + r * p.residual_row_stride + e, o);
+    else load8(static_cast<const R*>(p.residual) + r * p.residual_row_stride + e, o);
+    norm_combine8(v, o, kGate);
+  }
+  if (!kGate && p.residual_out) store8(static_cast<R*>(p.residual_out) + r * p.residual_out_row_stride + e, v);
+  const float inv = rms_inverse(block_sum(sum_squares8(v, 0.f), scratch), p.group_size, p.eps);
+  float w[8];
+  unpack(w_bits, w, T());
+  norm_scale8(v, inv, w);
+  store8(static_cast<T*>(p.out) + r * p.out_row_stride + e, v);
+}
+
+template <typename T>
+cudaError_t launch_row_norm_typed(const md_row_norm_params& p, dim3 grid, unsigned threads, cudaStream_t stream) {
+  if (p.gate) return launch_pdl(row_norm_typed_kernel<T, T, true>, grid, threads, 0, stream, p);
+  if (p.residual_dtype == MD_FLOAT32)
+    return launch_pdl(row_norm_typed_kernel<T, float, false>, grid, threads, 0, stream, p);
+  return launch_pdl(row_norm_typed_kernel<T, T, false>, grid, threads, 0, stream, p);
+}
+
+// Whether row_norm_typed_kernel serves p: a prefill's rows of a 16-bit model, x one tensor, nothing owed from a
+// folded norm, the residual float32 or the model's dtype.
+bool row_norm_typed_serves(const md_row_norm_params& p) {
+  return p.rows >= kTypedMinRows && p.dtype != MD_FLOAT32 && !p.x_parts && !p.x_sumsq &&
+         (p.gate || p.residual_dtype == MD_FLOAT32 || p.residual_dtype == p.dtype);
+}
+
 }  // namespace
 }  // namespace md
 
@@ -196,5 +242,10 @@ extern "C" cudaError_t md_launch_row_norm(const md_row_norm_params* p, cudaStrea
            "row_norm: x_parts needs gate 0 and strides of whole 16-byte vectors");
   if (p->rows == 0) return cudaSuccess;
   const dim3 grid(static_cast<unsigned>(p->rows), static_cast<unsigned>(p->hidden / p->group_size));
-  return md::launch_pdl(md::row_norm_kernel, grid, static_cast<unsigned>(p->group_size / 8), 0, stream, *p);
+  const unsigned threads = static_cast<unsigned>(p->group_size / 8);
+  if (md::row_norm_typed_serves(*p)) {
+    return p->dtype == MD_FLOAT16 ? md::launch_row_norm_typed<__half>(*p, grid, threads, stream)
+                                  : md::launch_row_norm_typed<__nv_bfloat16>(*p, grid, threads, stream);
+  }
+  return md::launch_pdl(md::row_norm_kernel, grid, threads, 0, stream, *p);
 }

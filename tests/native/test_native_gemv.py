@@ -268,6 +268,31 @@ def test_row_norm(rel_err, G, dtype, rows, hidden, groups):
     assert rel_err(out, gated_rms_norm_ref(x, z, w, 1e-5, hidden // groups)) <= TOL[dtype]
 
 
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("form", ["gate", "residual32", "residual16", "first"])
+def test_row_norm_prefill_kernel_agrees_bitwise(G, dtype, form):
+    """From 256 rows a 16-bit row norm runs norms.cu's typed kernel; below, the general one. 300 rows in one call
+    == the same rows in three calls of 100 (4,096 columns; z a strided view, as in_proj's output gives it)."""
+    rows, hidden = 300, 4096
+    x, w = rnd(rows, hidden, dtype=dtype, scale=3), (1 + rnd(hidden, scale=0.1)).to(dtype)
+    other = {"gate": rnd(rows, 2 * hidden + 64, dtype=dtype)[:, :hidden], "residual32": rnd(rows, hidden),
+             "residual16": rnd(rows, hidden, dtype=dtype), "first": None}[form]
+    group = hidden // 4 if form == "gate" else hidden
+    outs, residuals = [], []
+    for parts in (1, 3):
+        out = torch.full((rows, hidden), float("nan"), dtype=dtype, device="cuda")
+        res_out = None if form == "gate" else torch.empty(rows, hidden, dtype=dtype if form == "residual16" else
+                                                          torch.float32, device="cuda")
+        for r in torch.arange(rows).chunk(parts):
+            rs = slice(int(r[0]), int(r[-1]) + 1)
+            G.row_norm(x[rs], None if other is None else other[rs], w, 1e-5, out=out[rs], gate=form == "gate",
+                       group_size=group, residual_out=None if res_out is None else res_out[rs])
+        outs.append(out)
+        residuals.append(res_out)
+    assert torch.isfinite(outs[0].float()).all() and torch.equal(outs[0], outs[1])
+    assert form == "gate" or torch.equal(residuals[0], residuals[1])
+
 # ---- state_rows: the kernels on rows of a state pool == the same kernels on a gathered copy of those rows ----
 
 def pool_rows(pool: int, batch: int, seed: int) -> torch.Tensor:
