@@ -163,7 +163,7 @@ typedef struct md_mamba2_step_params {
  *   gate == 1: v = x * silu(z) (Mamba2's gated norm), per group of group_size
  *   out = v * rsqrt(mean_group(v^2) + eps) * weight
  * x, z, out: dtype; weight (hidden,) dtype; residual / residual_out: residual_dtype (fp32 or dtype),
- * may alias. group_size % 256 == 0 (whole warps), <= 8192; every row 16-byte aligned. */
+ * may alias. group_size % 256 == 0 (whole warps), <= 8192; every row 16-byte aligned (checked). */
 typedef struct md_row_norm_params {
   int64_t rows, hidden, group_size, gate;
   double eps;

@@ -191,6 +191,17 @@ cudaError_t launch_row_norm_typed(const md_row_norm_params& p, dim3 grid, unsign
   return launch_pdl(row_norm_typed_kernel<T, T, false>, grid, threads, 0, stream, p);
 }
 
+// gemv.h's "every row 16-byte aligned": each pointer and, past one row, each row stride in bytes a multiple of 16
+// (every access is a 16-byte vector; a misaligned one would fault on the device, not return an error).
+bool row_norm_aligned(const md_row_norm_params& p) {
+  const int64_t e = elem_bytes(p.dtype), res = p.gate ? e : elem_bytes(p.residual_dtype);
+  const auto rows_ok = [&](int64_t stride, int64_t bytes) { return p.rows <= 1 || stride * bytes % 16 == 0; };
+  return is_aligned(p.x) && is_aligned(p.weight) && is_aligned(p.out) && rows_ok(p.out_row_stride, e) &&
+         rows_ok(p.x_row_stride, p.x_parts ? 4 : e) &&
+         (!p.residual || (is_aligned(p.residual) && rows_ok(p.residual_row_stride, res))) &&
+         (!p.residual_out || (is_aligned(p.residual_out) && rows_ok(p.residual_out_row_stride, res)));
+}
+
 // Whether row_norm_typed_kernel serves p: a prefill's rows of a 16-bit model, x one tensor, nothing owed from a
 // folded norm, the residual float32 or the model's dtype.
 bool row_norm_typed_serves(const md_row_norm_params& p) {
@@ -240,6 +251,7 @@ extern "C" cudaError_t md_launch_row_norm(const md_row_norm_params* p, cudaStrea
            "row_norm: x_sumsq needs gate 0, a positive count and dim");
   MD_CHECK(p->x_parts >= 0 && (!p->x_parts || (!p->gate && p->x_part_stride % 4 == 0 && p->x_row_stride % 4 == 0)),
            "row_norm: x_parts needs gate 0 and strides of whole 16-byte vectors");
+  MD_CHECK(md::row_norm_aligned(*p), "row_norm: pointers and row strides must be whole 16-byte vectors");
   if (p->rows == 0) return cudaSuccess;
   const dim3 grid(static_cast<unsigned>(p->rows), static_cast<unsigned>(p->hidden / p->group_size));
   const unsigned threads = static_cast<unsigned>(p->group_size / 8);

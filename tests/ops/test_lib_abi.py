@@ -123,6 +123,17 @@ def _mamba2_decode_params(**changes) -> _lib.Mamba2DecodeParams:
     return _lib.Mamba2DecodeParams(**{**shapes, **changes})
 
 
+def _row_norm_params(**changes) -> _lib.RowNormParams:
+    """Two fp16 rows of 256 with a float32 residual, (unread) 16-byte aligned: one field changed is the error."""
+    shapes = dict(rows=2, hidden=256, group_size=256, dtype=1, residual_dtype=0, x=16, x_row_stride=256, residual=16,
+                  residual_row_stride=256, weight=16, out=16, out_row_stride=256, residual_out=16,
+                  residual_out_row_stride=256)
+    return _lib.RowNormParams(**{**shapes, **changes})
+
+
+_MISALIGNED_ROWS = "md_row_norm_fwd: row_norm: pointers and row strides must be whole 16-byte vectors"
+
+
 @needs_built_library
 @pytest.mark.parametrize("symbol,params,why", [
     ("md_gemv_fwd", _lib.GemvParams(batch=65), "md_gemv_fwd: gemv: batch must be in 0..64"),
@@ -130,6 +141,9 @@ def _mamba2_decode_params(**changes) -> _lib.Mamba2DecodeParams:
     ("md_mamba1_step_fwd", _lib.Mamba1StepParams(dstate=17), "md_mamba1_step_fwd: mamba1_step: dstate must be"),
     ("md_mamba2_step_fwd", _lib.Mamba2StepParams(dstate=48), "md_mamba2_step_fwd: mamba2_step: dstate must be"),
     ("md_row_norm_fwd", _lib.RowNormParams(hidden=100, group_size=100), "md_row_norm_fwd: row_norm: group_size"),
+    ("md_row_norm_fwd", _row_norm_params(out=24), _MISALIGNED_ROWS),
+    ("md_row_norm_fwd", _row_norm_params(residual_out_row_stride=258), _MISALIGNED_ROWS),
+    ("md_row_norm_fwd", _row_norm_params(x_row_stride=260), _MISALIGNED_ROWS),
     ("md_add_norm_fwd", _lib.AddNormParams(rows=1, hidden=0), "md_add_norm_fwd: add_norm: hidden must be"),
     ("md_philox_uniform_fwd", _lib.PhiloxParams(n=-1), "md_philox_uniform_fwd: philox_uniform: n must be"),
     ("md_philox_uniform_fwd", _lib.PhiloxParams(n=3), "md_philox_uniform_fwd: philox_uniform: missing pointer"),
