@@ -229,6 +229,11 @@ __host__ __device__ inline int64_t elem_bytes(int64_t dtype) { return dtype == M
 __host__ __device__ __forceinline__ bool is_aligned(const void* ptr, size_t bytes = 16) {
   return reinterpret_cast<uintptr_t>(ptr) % bytes == 0;
 }
+// Whether every one of `rows` rows (elements of `elem` bytes, `stride` elements apart) from ptr starts on 16 bytes,
+// as 16-byte accesses of each row need; an absent operand (nullptr) passes.
+inline bool rows_aligned(const void* ptr, int64_t rows, int64_t stride, int64_t elem) {
+  return ptr == nullptr || (is_aligned(ptr) && (rows <= 1 || stride * elem % 16 == 0));
+}
 
 }  // namespace md
 

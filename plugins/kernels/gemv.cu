@@ -219,13 +219,10 @@ bool vec_ok(const md_gemv_params& p) {
 // The norm prologue's conditions (gemv.h) beyond vec_ok: 16-byte rows of 8 elements of every norm operand.
 bool norm_rows_ok(const md_gemv_params& p) {
   const int64_t res_size = elem_bytes(p.norm_residual_dtype);
-  auto rows_ok = [&](const void* ptr, int64_t stride, int64_t elem) {
-    return ptr == nullptr || (is_aligned(ptr) && (p.batch == 1 || (stride * elem) % 16 == 0));
-  };
   return p.k % 8 == 0 && p.k <= MD_GEMV_NORM_MAX_K && is_aligned(p.norm_w) &&
-         rows_ok(p.norm_residual, p.norm_residual_row_stride, res_size) &&
-         rows_ok(p.norm_residual_out, p.norm_residual_out_row_stride, res_size) &&
-         rows_ok(p.norm_gate, p.norm_gate_row_stride, elem_bytes(p.dtype));
+         rows_aligned(p.norm_residual, p.batch, p.norm_residual_row_stride, res_size) &&
+         rows_aligned(p.norm_residual_out, p.batch, p.norm_residual_out_row_stride, res_size) &&
+         rows_aligned(p.norm_gate, p.batch, p.norm_gate_row_stride, elem_bytes(p.dtype));
 }
 
 template <typename T>

@@ -345,7 +345,7 @@ bool gemv_staged_ok(const md_gemv_params& p) {
   if (!valid_dtype(p.dtype) || p.batch < 1 || p.batch > kStagedMaxBatch || p.norm_w) return false;
   const int64_t size = elem_bytes(p.dtype), epv = 16 / size;
   const bool vec = p.k > 0 && p.k % epv == 0 && (p.w_row_stride * size) % 16 == 0 &&
-                   (p.batch == 1 || (p.x_row_stride * size) % 16 == 0) && is_aligned(p.w) && is_aligned(p.x);
+                   rows_aligned(p.x, p.batch, p.x_row_stride, size) && is_aligned(p.w);
   if (!vec || device_attribute(cudaDevAttrComputeCapabilityMajor, 0) < 9) return false;
   if (p.batch > kCudaCoreBatch) return p.dtype != MD_FLOAT32 && staged_mma_fits(staged_mma_plan(p));
   if (p.k > kMaxVecs * kThreads * epv) return false;

@@ -195,11 +195,10 @@ cudaError_t launch_row_norm_typed(const md_row_norm_params& p, dim3 grid, unsign
 // (every access is a 16-byte vector; a misaligned one would fault on the device, not return an error).
 bool row_norm_aligned(const md_row_norm_params& p) {
   const int64_t e = elem_bytes(p.dtype), res = p.gate ? e : elem_bytes(p.residual_dtype);
-  const auto rows_ok = [&](int64_t stride, int64_t bytes) { return p.rows <= 1 || stride * bytes % 16 == 0; };
-  return is_aligned(p.x) && is_aligned(p.weight) && is_aligned(p.out) && rows_ok(p.out_row_stride, e) &&
-         rows_ok(p.x_row_stride, p.x_parts ? 4 : e) &&
-         (!p.residual || (is_aligned(p.residual) && rows_ok(p.residual_row_stride, res))) &&
-         (!p.residual_out || (is_aligned(p.residual_out) && rows_ok(p.residual_out_row_stride, res)));
+  return is_aligned(p.weight) && rows_aligned(p.x, p.rows, p.x_row_stride, p.x_parts ? 4 : e) &&
+         rows_aligned(p.out, p.rows, p.out_row_stride, e) &&
+         rows_aligned(p.residual, p.rows, p.residual_row_stride, res) &&
+         rows_aligned(p.residual_out, p.rows, p.residual_out_row_stride, res);
 }
 
 // Whether row_norm_typed_kernel serves p: a prefill's rows of a 16-bit model, x one tensor, nothing owed from a
