@@ -268,7 +268,6 @@ def test_row_norm(rel_err, G, dtype, rows, hidden, groups):
     assert rel_err(out, gated_rms_norm_ref(x, z, w, 1e-5, hidden // groups)) <= TOL[dtype]
 
 
-
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("form", ["gate", "residual32", "residual16", "first"])
 def test_row_norm_prefill_kernel_agrees_bitwise(G, dtype, form):
@@ -292,6 +291,7 @@ def test_row_norm_prefill_kernel_agrees_bitwise(G, dtype, form):
         residuals.append(res_out)
     assert torch.isfinite(outs[0].float()).all() and torch.equal(outs[0], outs[1])
     assert form == "gate" or torch.equal(residuals[0], residuals[1])
+
 
 # ---- state_rows: the kernels on rows of a state pool == the same kernels on a gathered copy of those rows ----
 
