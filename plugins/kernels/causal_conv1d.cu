@@ -15,14 +15,17 @@ namespace {
 constexpr int kTPT = 8;  // outputs per thread
 constexpr int kW = MD_MAX_CONV_WIDTH;
 constexpr int kThreads = 256;
-// The vec kernel's thread: kVecSteps steps of kVecChans channels (8-byte loads), 77 registers, 6 blocks of 128 a
-// multiprocessor. Measured on the H200 (benchmarks/conv_scan.py, mamba-1.4b's layer, us): 8 channels x 8 steps
+// The vec kernel's thread: kVecSteps steps of kVecChans channels (8-byte loads), 64 registers, 8 blocks of 128 a
+// multiprocessor (77-80 and 6 blocks while it held its weights as floats: on an H100, benchmarks/norms_alone.py's
+// 2,048 x 4,352, 17.0 -> 16.5 us contiguous, 17.1 -> 16.8 strided). Measured on the H200
+// (benchmarks/conv_scan.py, mamba-1.4b's layer, us): 8 channels x 8 steps
 // (149 registers, 3 blocks) 74.6 at 64 x 100 and 22.9 at 1 x 2,048; 8 x 8 with the state_out rows read at the
 // end (128 registers) 62.4 / 17.5; 4 x 8 50.9 / 15.8; 4 x 4 53.9 / 17.3; 4 x 16 56.6 / 16.8; 4 x 8 in blocks of
 // 256 55.0 / 16.6.
 constexpr int kVecChans = 4;
 constexpr int kVecSteps = 8;
 constexpr int kVecThreads = 128;
+constexpr int kVecMinBlocks = 8;  // 64 registers: 1,024 threads a multiprocessor (78 and 768 before)
 
 // full[q] for q in [0, width - 1 + seqlen): the state columns, then x; as x's dtype (like the ref).
 template <typename T>
@@ -141,56 +144,82 @@ __device__ __forceinline__ void state_cols_vec(const md_causal_conv1d_params& p,
   }
 }
 
+// 4 floats holding values of T -> their 8 raw bytes (exact: unpack4 gives the same floats back).
 template <typename T>
-__global__ void __launch_bounds__(kVecThreads) causal_conv1d_vec_kernel(const md_causal_conv1d_params p) {
+__device__ __forceinline__ VecRaw pack4(const float* f) {
+  __align__(8) T v[kVecChans];
+#pragma unroll
+  for (int j = 0; j < kVecChans; ++j) v[j] = from_f<T>(f[j]);
+  return *reinterpret_cast<const VecRaw*>(v);
+}
+
+// An empty asm that the compiler must assume changes the packed weights and bias: their conversions then stay
+// inside each step instead of being hoisted out of the loop as 20 live floats.
+__device__ __forceinline__ void keep_packed(uint4 (&w)[kVecChans / 2], VecRaw& bias) {
+#pragma unroll
+  for (int q = 0; q < kVecChans / 2; ++q) asm volatile("" : "+r"(w[q].x), "+r"(w[q].y), "+r"(w[q].z), "+r"(w[q].w));
+  asm volatile("" : "+r"(bias.x), "+r"(bias.y));
+}
+
+template <typename T>
+__global__ void __launch_bounds__(kVecThreads, kVecMinBlocks)
+    causal_conv1d_vec_kernel(const md_causal_conv1d_params p) {
   constexpr int W = 4, V = kVecChans, kRows = W - 1 + kVecSteps;
   const int64_t groups = p.dim / V, nchunks = (p.seqlen + kVecSteps - 1) / kVecSteps;
   const int64_t idx = static_cast<int64_t>(blockIdx.x) * kVecThreads + threadIdx.x;
   if (idx >= p.batch * nchunks * groups) return;
   const int64_t c0 = (idx % groups) * V, k = (idx / groups) % nchunks, b = idx / (groups * nchunks);
   const int64_t t0 = k * kVecSteps;
-  // raw[j]: x at time t0 + j - (W - 1), zero outside [0, seqlen) (the state columns are read below)
+  // raw[j]: x at time t0 + j - (W - 1), zero outside [0, seqlen); in chunk 0 the state columns (rounded to T),
+  // read first, while nothing else is live.
   VecRaw raw[kRows];
+  if (k == 0) {
+    float cols[W - 1][V];
+    if (p.state_in != nullptr && p.state_dtype == MD_FLOAT32) {
+      state_cols_vec<T, float>(p, b, c0, cols);
+    } else if (p.state_in != nullptr && p.state_dtype == p.x_dtype) {
+      state_cols_vec<T, T>(p, b, c0, cols);
+    } else {
+#pragma unroll
+      for (int j = 0; j < W - 1; ++j) full_row_vec<T>(p, b, c0, j, cols[j]);  // zeros, or another state dtype
+    }
+#pragma unroll
+    for (int j = 0; j < W - 1; ++j) raw[j] = pack4<T>(cols[j]);
+  }
   const T* xb = static_cast<const T*>(p.x) + b * p.x_batch_stride + c0;
 #pragma unroll
   for (int j = 0; j < kRows; ++j) {
+    if (k == 0 && j < W - 1) continue;  // the state columns, above
     const int64_t pos = t0 + j - (W - 1);
     raw[j] = pos >= 0 && pos < p.seqlen ? load_vec<T>(xb + pos * p.x_seq_stride) : VecRaw{};
   }
-  // the V channels' (dim, 4) weights: 8 V contiguous bytes. As 2-byte loads (a warp's lanes 64 bytes apart) they
-  // cost more L1 wavefronts than the rows: the kernel ran at ~0.7 TB/s.
-  float w[W][V], bias[V];
+  // the V channels' (dim, 4) weights: 8 V contiguous bytes, held as loaded (two 16-byte vectors) and converted at
+  // each step: as floats they held the kernel at 78 registers, six blocks a multiprocessor. As 2-byte loads (a
+  // warp's lanes 64 bytes apart) they cost more L1 wavefronts than the rows: the kernel ran at ~0.7 TB/s.
+  uint4 w_raw[V / 2];
 #pragma unroll
   for (int q = 0; q < V / 2; ++q) {
-    float f[8];  // channels c0 + 2q, c0 + 2q + 1, 4 taps each
-    load8(static_cast<const T*>(p.weight) + (c0 + 2 * q) * W, f);
-#pragma unroll
-    for (int i = 0; i < W; ++i) {
-      w[i][2 * q] = f[i];
-      w[i][2 * q + 1] = f[W + i];
-    }
+    w_raw[q] = __ldg(reinterpret_cast<const uint4*>(static_cast<const T*>(p.weight) + (c0 + 2 * q) * W));
   }
-  if (p.bias) unpack4<T>(load_vec<T>(static_cast<const T*>(p.bias) + c0), bias);
-  else {
-#pragma unroll
-    for (int v = 0; v < V; ++v) bias[v] = 0.f;
-  }
-  float win[W][V];
-  if (k != 0) {
-#pragma unroll
-    for (int j = 0; j < W - 1; ++j) unpack4<T>(raw[j], win[j]);
-  } else if (p.state_in != nullptr && p.state_dtype == MD_FLOAT32) {
-    state_cols_vec<T, float>(p, b, c0, win);
-  } else if (p.state_in != nullptr && p.state_dtype == p.x_dtype) {
-    state_cols_vec<T, T>(p, b, c0, win);
-  } else {
-#pragma unroll
-    for (int j = 0; j < W - 1; ++j) full_row_vec<T>(p, b, c0, j, win[j]);  // zeros, or another state dtype
-  }
+  VecRaw bias_raw = p.bias ? load_vec<T>(static_cast<const T*>(p.bias) + c0) : VecRaw{};
   T* y = static_cast<T*>(p.y) + b * p.y_batch_stride + c0;
 #pragma unroll
   for (int s = 0; s < kVecSteps; ++s) {
-    unpack4<T>(raw[s + W - 1], win[W - 1]);
+    float w[W][V], bias[V], win[W][V];
+    keep_packed(w_raw, bias_raw);
+#pragma unroll
+    for (int q = 0; q < V / 2; ++q) {
+      float f[8];  // channels c0 + 2q, c0 + 2q + 1, 4 taps each
+      unpack(w_raw[q], f, T());
+#pragma unroll
+      for (int i = 0; i < W; ++i) {
+        w[i][2 * q] = f[i];
+        w[i][2 * q + 1] = f[W + i];
+      }
+    }
+    unpack4<T>(bias_raw, bias);
+#pragma unroll
+    for (int i = 0; i < W; ++i) unpack4<T>(raw[s + i], win[i]);
     float out[V];
 #pragma unroll
     for (int v = 0; v < V; ++v) {
@@ -200,11 +229,6 @@ __global__ void __launch_bounds__(kVecThreads) causal_conv1d_vec_kernel(const md
       out[v] = p.silu ? silu(acc) : acc;
     }
     if (t0 + s < p.seqlen) store4(y + (t0 + s) * p.y_seq_stride, out);
-#pragma unroll
-    for (int i = 0; i < W - 1; ++i) {
-#pragma unroll
-      for (int v = 0; v < V; ++v) win[i][v] = win[i + 1][v];
-    }
   }
   if (k == 0 && p.state_out != nullptr) {
     // Read here, not with the rows: kept live through the steps, they cost the kernel a block a multiprocessor.
