@@ -10,8 +10,7 @@
 // The block stages a tile of kTile steps in shared memory, double-buffered: B and C of the batch row and, per
 // channel, the step's scalars (discretised dt, dt x, D x, silu(z)); the next tile's global loads are in flight
 // during this tile's steps, and the rows kAhead tiles on are prefetched into the L2 (a tile's steps take a few
-// hundred cycles: a DRAM round trip is longer). At 2 and 4 lanes, where the rows allow, two channels (states) a
-// load (PairStager).
+// hundred cycles: a DRAM round trip is longer). Where the rows allow, two channels (states) a load (PairStager).
 // Steps past the end of the sequence are padded with dt = 0 (decay 1, input 0): the state goes through them
 // unchanged, so every tile's steps are unrolled. Each state is read and written by one thread: state_in and
 // state_out may alias.
@@ -367,15 +366,14 @@ template <typename T, typename S, int kLanes>
 cudaError_t launch_lanes(const SplitArgs& a, cudaStream_t stream) {
   const dim3 grid(static_cast<unsigned>((a.p.nheads + Split<kLanes>::kChannels - 1) / Split<kLanes>::kChannels),
                   static_cast<unsigned>(a.p.batch));
-  // PairStager at 2 and 4 lanes only (batch x channels of 4 or more rows of mamba-1.4b's 4,096). At 8 lanes
-  // (batch 1-3) it also made the scan alone faster (H100, 1 x 2,048 x 4,096: 124 us against 159), but mamba-2.8b's
-  // batch-1 prefill, whose two parts' scans run beside each other's projections (prefill_split.py), slower: 33.3-33.7
-  // ms against 30.7-31.0 (docs/performance.md, session 46).
-  if constexpr (kLanes < kMaxLanes) {
-    if (a.pairs) {
-      mamba1_split_kernel<T, S, kLanes, true><<<grid, kThreads, 0, stream>>>(a);
-      return cudaGetLastError();
-    }
+  // PairStager wherever the rows allow. At 8 lanes (batch 1-3) session 46 measured mamba-2.8b's split batch-1
+  // prefill (prefill_split.py) slower with it, 33.3-33.7 ms against 30.7-31.0 on an H100; session 49, on an H100
+  // with the kernels around it changed since: level there (30.1-30.8 against 30.0-30.9), 1 x 2,048 x 4,096 alone
+  // 124.6 us against 158.6, mamba-1.4b's prefill 15.2-15.6 ms against 16.1-16.4, unsplit 16.2 against 17.9
+  // (docs/performance.md).
+  if (a.pairs) {
+    mamba1_split_kernel<T, S, kLanes, true><<<grid, kThreads, 0, stream>>>(a);
+    return cudaGetLastError();
   }
   mamba1_split_kernel<T, S, kLanes, false><<<grid, kThreads, 0, stream>>>(a);
   return cudaGetLastError();

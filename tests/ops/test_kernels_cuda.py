@@ -456,9 +456,8 @@ def test_state_rows_need_a_pool_and_state_out(cuda):
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_selective_scan_split_walk_paired_loads(cuda, dtype):
     """mamba1_split.cu's paired loads (even channels and dstate, rows aligned for two elements: the engine's
-    layout; 2 and 4 lanes a channel) against the reference, and the same bits as its one-element loads (the same
-    values in rows one element off that alignment); at 8 lanes both take one-element loads. dt spread wide:
-    softplus above 20 and far below 0."""
+    layout; 2, 4 and 8 lanes a channel) against the reference, and the same bits as its one-element loads (the
+    same values in rows one element off that alignment). dt spread wide: softplus above 20 and far below 0."""
     from mamba_deploy.ops import _lib
 
     seen = set()
