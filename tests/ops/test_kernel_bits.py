@@ -5,7 +5,7 @@ import sys
 import pytest
 import torch
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
+ROOT = pathlib.Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "scripts"))
 import kernel_bits as KB  # noqa: E402
 
@@ -66,3 +66,15 @@ def test_save_without_a_gpu_is_refused(tmp_path, capsys):
     assert KB.main(["save", str(tmp_path / "a.pt"), "--only", "conv"]) == 2
     assert capsys.readouterr().err == "kernel_bits: save needs a CUDA GPU\n"
     assert not (tmp_path / "a.pt").exists()
+
+
+@pytest.mark.gpu
+def test_save_twice_gives_the_same_bits(tmp_path):
+    """Every family's kernels on this GPU are deterministic, and the script's save runs: two saves, one library."""
+    paths = [tmp_path / "a.pt", tmp_path / "b.pt"]
+    for path in paths:
+        assert KB.main(["save", str(path)]) == 0
+    saved = torch.load(paths[0], weights_only=True)
+    assert sorted(saved) == sorted(KB.FAMILIES)
+    assert all(len(saved[name]) == len(KB.FAMILIES[name][0]) for name in saved)
+    assert KB.main(["compare", str(paths[0]), str(paths[1])]) == 0
