@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
+import pickle
 import sys
 
 import torch
@@ -132,7 +134,8 @@ def save(path: str, only: list[str]) -> None:
         for i, case in enumerate(cases):
             torch.manual_seed(i)
             saved[name].append([t.cpu() for t in outputs(case)])
-    torch.save(saved, path)
+    torch.save(saved, path + ".tmp")  # a file that exists is whole
+    os.replace(path + ".tmp", path)
 
 
 def describe(case) -> str:
@@ -181,8 +184,9 @@ def main(argv=None) -> int:
         return 0
     try:
         a, b = (torch.load(p, weights_only=True) for p in (args.a, args.b))
-    except (OSError, RuntimeError, EOFError) as e:
-        print(f"kernel_bits: cannot read a saved file: {e}".splitlines()[0], file=sys.stderr)
+    except (OSError, RuntimeError, EOFError, pickle.UnpicklingError) as e:
+        print(f"kernel_bits: cannot read a saved file: {e}".splitlines()[0] or "kernel_bits: cannot read a saved file",
+              file=sys.stderr)
         return 2
     if not all(isinstance(d, dict) for d in (a, b)):
         print("kernel_bits: not a file of `kernel_bits.py save`", file=sys.stderr)

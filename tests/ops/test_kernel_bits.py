@@ -54,6 +54,11 @@ def test_command_line_compare_and_errors(tmp_path, capsys):
     assert KB.main(["compare", str(same), str(tmp_path / "none.pt")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("kernel_bits: cannot read a saved file") and err.count("\n") == 1
+    for bad in (b"", b"garbage"):
+        (tmp_path / "bad.pt").write_bytes(bad)
+        assert KB.main(["compare", str(same), str(tmp_path / "bad.pt")]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("kernel_bits: cannot read a saved file") and err.count("\n") == 1
     torch.save([1, 2], tmp_path / "list.pt")
     assert KB.main(["compare", str(same), str(tmp_path / "list.pt")]) == 2
     with pytest.raises(SystemExit) as usage:
@@ -74,6 +79,7 @@ def test_save_twice_gives_the_same_bits(tmp_path):
     paths = [tmp_path / "a.pt", tmp_path / "b.pt"]
     for path in paths:
         assert KB.main(["save", str(path)]) == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.pt", "b.pt"]  # no temp file left
     saved = torch.load(paths[0], weights_only=True)
     assert sorted(saved) == sorted(KB.FAMILIES)
     assert all(len(saved[name]) == len(KB.FAMILIES[name][0]) for name in saved)
