@@ -185,8 +185,8 @@ def main(argv=None) -> int:
     try:
         a, b = (torch.load(p, weights_only=True) for p in (args.a, args.b))
     except (OSError, RuntimeError, EOFError, pickle.UnpicklingError) as e:
-        print(f"kernel_bits: cannot read a saved file: {e}".splitlines()[0] or "kernel_bits: cannot read a saved file",
-              file=sys.stderr)
+        detail = str(e).splitlines()[0] if str(e) else type(e).__name__  # EOFError of an empty file: no message
+        print(f"kernel_bits: cannot read a saved file: {detail}", file=sys.stderr)
         return 2
     if not all(isinstance(d, dict) for d in (a, b)):
         print("kernel_bits: not a file of `kernel_bits.py save`", file=sys.stderr)
