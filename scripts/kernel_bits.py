@@ -13,6 +13,8 @@ Families (each case's seed is its index, so both saves see the same inputs):
   conv    the prefill causal conv: rows strided (in_proj's output) and contiguous, a float32 / model-dtype / no
           initial state, 1-2,048 steps, silu on and off
   norm    row_norm: gated (strided z, 4 groups), residual add (float32 or model-dtype residual), the first layer
+  gemv    the staged GEMV at batch 1-2 (the persistent decode's products repeat its sums): rows whole in shared
+          memory or a refilled ring, k past one vector a thread or short of it, three dtypes, the conv epilogue
 compare prints a line a case and a count, and exits 1 when a case differs (or a family or case is missing from
 one file), 2 on a usage error (one line on stderr).
 """
@@ -53,6 +55,10 @@ NORM = [(r, h, g, mode, dt, s) for dt in (F16, BF16)  # rows, hidden, group, mod
             (2048, 4096, 4096, "gate", True), (333, 4096, 1024, "gate", True), (5, 5120, 5120, "gate", False),
             (2048, 2048, 2048, "res32", False), (2048, 2048, 2048, "first", False), (7, 2560, 2560, "res32", False),
             (64, 2048, 2048, "res16", False), (1, 768, 768, "res32", False)]]
+
+GEMV = [(b, n, k, dt, conv) for dt in (F16, BF16, F32)  # batch, n, k, dtype, conv epilogue over rows 100-699
+        for (b, n, k, conv) in [(1, 2048, 4096, False), (2, 2048, 4096, False), (1, 8192, 2048, True),
+                                (2, 1001, 264, False), (1, 300, 4096, False), (2, 900, 512, True)]]
 
 
 def rnd(*shape, dtype=F32, scale=1.0):
@@ -121,8 +127,19 @@ def norm_outputs(case) -> list:
     return [out, res]
 
 
+def gemv_outputs(case) -> list:
+    from mamba_deploy.native import gemv
+    b, n, k, dtype, conv = case
+    x, w, bias = rnd(b, k, dtype=dtype), rnd(n, k, dtype=dtype, scale=k ** -0.5), rnd(n, dtype=dtype)
+    out = torch.empty(b, n, dtype=dtype, device="cuda")
+    epilogue = dict(lo=100, weight=rnd(600, 4, dtype=dtype), bias=rnd(600, dtype=dtype),
+                    state=rnd(b, 600, 3, dtype=dtype)) if conv else None
+    gemv.gemv(x, w, bias, out=out, conv=epilogue, algo="staged")
+    return [out] + ([epilogue["state"]] if conv else [])
+
+
 FAMILIES = {"ssd": (SSD, ssd_outputs), "mamba1": (MAMBA1, mamba1_outputs), "conv": (CONV, conv_outputs),
-            "norm": (NORM, norm_outputs)}
+            "norm": (NORM, norm_outputs), "gemv": (GEMV, gemv_outputs)}
 
 
 def save(path: str, only: list[str]) -> None:

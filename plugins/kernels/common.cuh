@@ -94,6 +94,33 @@ template <int WIDTH> __device__ __forceinline__ float group_sum(float v) {
   return v;
 }
 
+// Partial sums v[0 .. kLen) over a group of 2 kM lanes (lane q of the group, kLen >= 2 kM): afterwards v[i], i <
+// kLen / (2 kM), is the group's sum of value q kLen / (2 kM) + i. Each round (partner at lane distance kM) halves
+// the values a lane keeps: the half it sends, its partner adds; the pairs added are group_sum's, round for round, so
+// every sum has group_sum's bits. Where kLen runs out first, the rounds stop there (rows_sum). Rounds as template
+// recursion: every index a constant.
+template <int kM, int kLen, int N>
+__device__ __forceinline__ void reduce_scatter(float (&v)[N], int q) {
+  if constexpr (kM >= 1 && kLen >= 2) {
+    const bool upper = (q & kM) != 0;
+#pragma unroll
+    for (int i = 0; i < kLen / 2; ++i) {
+      const float lo = v[i], hi = v[i + kLen / 2];
+      v[i] = (upper ? hi : lo) + __shfl_xor_sync(0xffffffffu, upper ? lo : hi, kM);
+    }
+    reduce_scatter<kM / 2, kLen / 2>(v, q);
+  }
+}
+
+// group_sum<32> of each of a lane's N values (N a power of two <= 32) in fewer shuffles (31 for 32 values, not 160):
+// returns sum N * lane / 32 (on every lane of each aligned group of 32 / N lanes), the same bits as group_sum<32>.
+template <int N>
+__device__ __forceinline__ float rows_sum(float (&v)[N]) {
+  static_assert(N >= 1 && N <= 32 && (N & (N - 1)) == 0, "a power of two of values, at most a lane each");
+  reduce_scatter<16, N>(v, static_cast<int>(threadIdx.x & 31));
+  return group_sum<32 / N>(v[0]);
+}
+
 // The sum over warps first .. first + nwarps - 1 of the warps' own sums (each warp's lanes added by group_sum
 // first, then the warps' sums by one more); every thread gets the sum of its group. `sync()` is the barrier of the
 // threads that take part; `scratch`: a float a warp of shared memory.

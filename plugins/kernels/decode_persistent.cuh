@@ -333,8 +333,18 @@ struct Stack {
 
   // The block's rows of a projection (k elements) from the ring: each warp's partial sums of each row into red
   // [warp][row] (gemv_staged_kernel's order: a thread's vectors in turn, then the warp's shuffle tree), each slot
-  // released once the warp is done with it.
+  // released once the warp is done with it. Rows a group: kRows where a slot holds at least 3 / 4 of that, else
+  // one (a group's rows past the slot's are products of zeros: 4 a group spent 3 of 4 products on 10 KB rows).
   __device__ __forceinline__ void products(const Share& s, int64_t k) {
+    if (4 * s.per_slot >= 3 * kRows) {
+      products_by<kRows>(s, k);
+    } else {
+      products_by<1>(s, k);
+    }
+  }
+
+  template <int R>
+  __device__ __forceinline__ void products_by(const Share& s, int64_t k) {
     const int kv = static_cast<int>(k / EPV), warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     float* red = reinterpret_cast<float*>(smem + lay.red);
     const uint4* ring4 = reinterpret_cast<const uint4*>(smem);
@@ -343,14 +353,14 @@ struct Stack {
       const int nr = s.slot_rows(n);
       mbar_wait(full0 + 8 * cur.slot, cur.parity);
       const uint4* w4 = ring4 + cur.slot * (kSlotBytes / 16);
-      for (int r0 = 0; r0 < nr; r0 += kRows) {
-        float acc[kRows] = {};
+      for (int r0 = 0; r0 < nr; r0 += R) {
+        float acc[R] = {};
 #pragma unroll
         for (int j = 0; j < kMaxVecs; ++j) {
           if (j * kConsumers >= kv) break;
           const int vi = threadIdx.x + j * kConsumers;
 #pragma unroll
-          for (int g = 0; g < kRows; ++g) {
+          for (int g = 0; g < R; ++g) {
             const uint4 wv = r0 + g < nr && vi < kv ? w4[(r0 + g) * kv + vi] : make_uint4(0, 0, 0, 0);
             float wf[EPV];
             unpack(wv, wf, T());
@@ -358,11 +368,9 @@ struct Stack {
             for (int e = 0; e < EPV; ++e) acc[g] = fmaf(wf[e], xf[j][e], acc[g]);
           }
         }
-#pragma unroll
-        for (int g = 0; g < kRows; ++g) {
-          const float v = group_sum<32>(acc[g]);
-          if (lane == 0 && r0 + g < nr) red[warp * s.rows + row + r0 + g] = v;
-        }
+        const float v = rows_sum(acc);  // row g's warp sum on lanes g * 32 / R ..: group_sum<32>'s bits
+        const int g = lane / (32 / R);
+        if (lane % (32 / R) == 0 && r0 + g < nr) red[warp * s.rows + row + r0 + g] = v;
       }
       __syncwarp();
       if (lane == 0) mbar_arrive(empty0 + 8 * cur.slot);

@@ -70,18 +70,22 @@ __device__ __forceinline__ void load_x(const md_gemv_params& p, int kv, float (&
   }
 }
 
-// The warp's partial sums of rows [i0, i0 + kGroup) into red[warp][row][b] (shared memory).
+// The warp's partial sums of rows [i0, i0 + kGroup) into red[warp][row][b] (shared memory): each (row, b) the
+// warp's group_sum<32>, through rows_sum (kGroup NB sums in 9 or 16 shuffles, not 40 or 80); lane l then holds sum
+// l / (32 / (kGroup NB)), and the first lane of each group of 32 / (kGroup NB) stores it.
 template <int NB>
 __device__ __forceinline__ void store_partials(float (&acc)[kGroup][NB], float* red, int rows, int i0) {
-  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  constexpr int kSums = kGroup * NB;
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, i = lane / (32 / kSums);
+  float v[kSums];
 #pragma unroll
   for (int g = 0; g < kGroup; ++g) {
 #pragma unroll
-    for (int b = 0; b < NB; ++b) {
-      const float v = group_sum<32>(acc[g][b]);
-      if (lane == 0 && i0 + g < rows) red[(warp * rows + i0 + g) * NB + b] = v;
-    }
+    for (int b = 0; b < NB; ++b) v[g * NB + b] = acc[g][b];
   }
+  const float sum = rows_sum(v);
+  const int g = i / NB, b = i % NB;
+  if (lane % (32 / kSums) == 0 && i0 + g < rows) red[(warp * rows + i0 + g) * NB + b] = sum;
 }
 
 // Every (row, batch row) of the block: the warps' partial sums added in warp order, the bias, the conv epilogue,

@@ -276,22 +276,6 @@ struct Prefetcher {
   }
 };
 
-// Partial sums v[s] of the kTile steps over the kLanes lanes of a channel (lane q = lane % kLanes): afterwards
-// v[i], i < kOwn, is the full sum of step q kOwn + i. Each round (partner at lane distance kM) halves the steps a
-// lane keeps: the half it sends, its partner adds. Rounds as template recursion: every index a constant.
-template <int kM, int kLen>
-__device__ __forceinline__ void reduce_scatter(float (&v)[kTile], int q) {
-  if constexpr (kM >= 1) {
-    const bool upper = (q & kM) != 0;
-#pragma unroll
-    for (int i = 0; i < kLen / 2; ++i) {
-      const float lo = v[i], hi = v[i + kLen / 2];
-      v[i] = (upper ? hi : lo) + __shfl_xor_sync(0xffffffffu, upper ? lo : hi, kM);
-    }
-    reduce_scatter<kM / 2, kLen / 2>(v, q);
-  }
-}
-
 // Grid: (ceil(nheads / kChannels), batch). Block: kChannels channels x kLanes lanes.
 template <typename T, typename S, int kLanes, bool kPaired>
 __global__ void __launch_bounds__(kThreads, kMinBlocks<T, kLanes>) mamba1_split_kernel(const SplitArgs a) {
@@ -340,7 +324,7 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks<T, kLanes>) mamba1_split_
       }
       part[s] = acc;
     }
-    reduce_scatter<kLanes / 2, kTile>(part, q);
+    reduce_scatter<kLanes / 2, kTile>(part, q);  // (common.cuh) part[i], i < kOwn: step q kOwn + i's sum
     const int64_t left = p.seqlen - t0 - q * Sp::kOwn;
 #pragma unroll
     for (int i = 0; i < Sp::kOwn; ++i) {
