@@ -1,6 +1,6 @@
-"""Torch bindings of the native engine's decode kernels (plugins/kernels/gemv.cu): small-batch GEMV
-(+ causal-conv epilogue), the fused Mamba1 step, the Mamba2 state update, row norms and a hybrid's decode
-attention (attention.cu). Same library
+"""Torch bindings of the native engine's decode kernels (plugins/kernels/): small-batch GEMV (+ causal-conv
+epilogue; gemv.cu), the fused Mamba1 step (mamba1_step.cu), the Mamba2 state update (mamba2_step.cu), row norms
+and a hybrid's decode attention (attention.cu). Same library
 (loaded by mamba_deploy.ops._lib) and conventions as mamba_deploy.ops.cuda: torch tensors in,
 launched on the current stream, no host sync, `out=` written in place.
 """

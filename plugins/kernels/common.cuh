@@ -50,7 +50,7 @@ __device__ __forceinline__ float fast_exp2(float x) {
   return y;
 }
 __device__ __forceinline__ float softplus(float v) { return v <= 20.f ? log1pf(__expf(v)) : v; }
-// softplus with a correctly rounded exp: the decode steps' (gemv.cu's Mamba2 step, mamba1_step.cu), whose results
+// softplus with a correctly rounded exp: the decode steps' (mamba2_step.cu, mamba1_step.cu), whose results
 // the tests pin bit for bit across their forms.
 __device__ __forceinline__ float softplus_exact(float v) { return v <= 20.f ? log1pf(expf(v)) : v; }
 // The division is __fdividef's (2 ulp; 0 where 1 + exp(-v) passes 2^126, v < -87: silu's limit there), not the

@@ -1,5 +1,5 @@
-// vec.cuh -- vector loads and stores of 8 (or 4) elements as floats (gemv.cu, mamba1_step.cu, ssd_chunk.cu,
-// causal_conv1d.cu), and the 16-byte asynchronous copy into shared memory (gemm_tc.cu, ssd_chunk.cu).
+// vec.cuh -- vector loads and stores of 8 (or 4) elements as floats (gemv.cu, mamba1_step.cu, mamba2_step.cu,
+// ssd_chunk.cu, causal_conv1d.cu), and the 16-byte asynchronous copy into shared memory (gemm_tc.cu, ssd_chunk.cu).
 #pragma once
 
 #include "common.cuh"

@@ -1,5 +1,5 @@
-"""plugins/kernels/gemv.cu against torch: GEMV (batch 1..16, odd sizes, conv epilogue) and the fused
-Mamba1 step. Outputs are poisoned with NaN before every launch."""
+"""plugins/kernels/gemv.cu, mamba1_step.cu and mamba2_step.cu against torch: GEMV (batch 1..16, odd sizes, conv
+epilogue), the fused Mamba1 step and the Mamba2 step. Outputs are poisoned with NaN before every launch."""
 import pytest
 import torch
 import torch.nn.functional as F
