@@ -94,11 +94,12 @@ template <int WIDTH> __device__ __forceinline__ float group_sum(float v) {
   return v;
 }
 
-// Partial sums v[0 .. kLen) over a group of 2 kM lanes (lane q of the group, kLen >= 2 kM): afterwards v[i], i <
-// kLen / (2 kM), is the group's sum of value q kLen / (2 kM) + i. Each round (partner at lane distance kM) halves
-// the values a lane keeps: the half it sends, its partner adds; the pairs added are group_sum's, round for round, so
-// every sum has group_sum's bits. Where kLen runs out first, the rounds stop there (rows_sum). Rounds as template
-// recursion: every index a constant.
+// Partial sums v[0 .. kLen) over a group of 2 kM lanes (lane q of the group). Each round (partner at lane distance
+// kM) halves the values a lane keeps: the half it sends, its partner adds; the pairs added are group_sum's, round
+// for round, so every sum has group_sum's bits. With kLen >= 2 kM, afterwards v[i], i < kLen / (2 kM), is the
+// group's sum of value q kLen / (2 kM) + i; with fewer values the rounds stop once a lane keeps one, and v[0] is a
+// partial sum of value q / (2 kM / kLen) that group_sum over the 2 kM / kLen lanes left finishes (rows_sum).
+// Rounds as template recursion: every index a constant.
 template <int kM, int kLen, int N>
 __device__ __forceinline__ void reduce_scatter(float (&v)[N], int q) {
   if constexpr (kM >= 1 && kLen >= 2) {
