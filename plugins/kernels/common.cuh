@@ -113,13 +113,14 @@ __device__ __forceinline__ void reduce_scatter(float (&v)[N], int q) {
   }
 }
 
-// group_sum<32> of each of a lane's N values (N a power of two <= 32) in fewer shuffles (31 for 32 values, not 160):
-// returns sum N * lane / 32 (on every lane of each aligned group of 32 / N lanes), the same bits as group_sum<32>.
-template <int N>
+// group_sum<WIDTH> of each of a lane's N values (N a power of two <= WIDTH) in fewer shuffles (31 for 32 values
+// over 32 lanes, not 160): returns sum N * q / WIDTH, q the lane within its group of WIDTH (on every lane of each
+// aligned run of WIDTH / N lanes), the same bits as group_sum<WIDTH>.
+template <int WIDTH = 32, int N>
 __device__ __forceinline__ float rows_sum(float (&v)[N]) {
-  static_assert(N >= 1 && N <= 32 && (N & (N - 1)) == 0, "a power of two of values, at most a lane each");
-  reduce_scatter<16, N>(v, static_cast<int>(threadIdx.x & 31));
-  return group_sum<32 / N>(v[0]);
+  static_assert(N >= 1 && N <= WIDTH && (N & (N - 1)) == 0, "a power of two of values, at most a lane each");
+  reduce_scatter<WIDTH / 2, N>(v, static_cast<int>(threadIdx.x & (WIDTH - 1)));
+  return group_sum<WIDTH / N>(v[0]);
 }
 
 // The sum over warps first .. first + nwarps - 1 of the warps' own sums (each warp's lanes added by group_sum

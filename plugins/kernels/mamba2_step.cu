@@ -67,8 +67,7 @@ __device__ __forceinline__ void m2_rows_at_16_lanes(const md_mamba2_step_params&
     }
     store_n<UNIT>(st + r * 2 * p.state_dim_stride, hs[r]);
   }
-  reduce_scatter<kLanes / 2, kSums>(part, col);
-  const float half = group_sum<kPer>(part[0]);  // sum i = col / kPer: row i / 2's half i % 2
+  const float half = rows_sum<kLanes>(part);  // sum i = col / kPer: row i / 2's half i % 2
   const float y = half + __shfl_xor_sync(0xffffffffu, half, kPer);  // with sum i ^ 1's: (half 0 + half 1)
   const int i = col / kPer, r = i / 2;
   if (col % (2 * kPer) != 0) return;  // the first lane of each row's half 0 stores the row
