@@ -6,8 +6,8 @@ of each kernel (torch.profiler).
         --seqlen 2048                       # mamba2-1.3b's layer: 64 heads of 64, one group, dstate 128
         --batch 8 --seqlen 2048 --nheads 80  # mamba2-2.7b's
 
-Bytes: x, z, y, B, C, dt once each, the state in and out, and the float32 state entering each 64-step chunk
-written once and read once (the SSD form's scratch). FLOPs: the SSD products counted once (hi + lo pairs not
+Bytes: x, z, y, B, C, dt once each, the state in and out, and the state entering each 64-step chunk written once
+and read once (the SSD form's scratch: float32, or the state's dtype with `--state-dtype model`). FLOPs: the SSD products counted once (hi + lo pairs not
 counted twice): per head C B^T and its masked product with X over the causal half of each chunk, the chunk
 states X^T B and their contribution C S^T.
 """
@@ -31,6 +31,8 @@ def main() -> None:
     ap.add_argument("--dstate", type=int, default=128)
     ap.add_argument("--dtype", choices=["float16", "bfloat16"], default="float16")
     ap.add_argument("--repeats", type=int, default=20)
+    ap.add_argument("--state-dtype", choices=["float32", "model"], default="float32",
+                    help="the SSM state's (model: --dtype's)")
     a = ap.parse_args()
     Bt, L, H, P, G, N = a.batch, a.seqlen, a.nheads, a.headdim, a.ngroups, a.dstate
     dt16 = getattr(torch, a.dtype)
@@ -43,7 +45,8 @@ def main() -> None:
     z, dt = zxdt[..., :d].unflatten(-1, (H, P)), zxdt[..., 2 * d:]
     A = -torch.empty(H, device="cuda").uniform_(1, 16)
     D, dt_bias = torch.ones(H, device="cuda"), torch.full((H,), -3.0, device="cuda")
-    state = torch.zeros(Bt, H, P, N, device="cuda")
+    sdt = torch.float32 if a.state_dtype == "float32" else dt16
+    state = torch.zeros(Bt, H, P, N, device="cuda", dtype=sdt)
     y = torch.empty(Bt, L, H, P, device="cuda", dtype=dt16)
 
     def run() -> None:
@@ -63,9 +66,10 @@ def main() -> None:
     torch.cuda.synchronize()
     us = start.elapsed_time(end) / a.repeats * 1e3
     nchunks = -(-L // CHUNK)
-    moved = Bt * (2 * L * (3 * d + 2 * G * N + H) + 2 * 4 * H * P * N + 2 * 4 * nchunks * H * P * N)
+    s_bytes = state.element_size()
+    moved = Bt * (2 * L * (3 * d + 2 * G * N + H) + 2 * s_bytes * H * P * N + 2 * s_bytes * nchunks * H * P * N)
     flops = 2 * Bt * H * (L * CHUNK // 2 * (N + P) + 2 * L * P * N)
-    print(f"chunk_scan {a.dtype} batch={Bt} L={L} heads={H}x{P} groups={G} dstate={N}: {us:.1f} us per call, "
+    print(f"chunk_scan {a.dtype} state {sdt} batch={Bt} L={L} heads={H}x{P} groups={G} dstate={N}: {us:.1f} us per call, "
           f"{moved / 1e6:.1f} MB at {moved / us / 1e3:.0f} GB/s, "
           f"{flops / 1e9:.2f} GFLOP at {flops / us / 1e6:.1f} TFLOP/s")
     for name, kus, calls in profile_kernels(run, runs=5, top=6):

@@ -30,6 +30,8 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=1)
     ap.add_argument("--dtype", default="float16", choices=list(DTYPES), help="the weights' (e.g. float32 with "
                     "--ab-option tf32=1)")
+    ap.add_argument("--state-dtype", default="float32", choices=["float32", "model"],
+                    help="the SSM state's (model: the weights' dtype)")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--repeats", type=int, default=10)
     ap.add_argument("--eager", action="store_true", help="no prefill graphs (e.g. under ncu)")
@@ -42,11 +44,12 @@ def main() -> None:
         raise SystemExit("error: --ab-option takes NAME=INTEGER")
     variants = [None] + ([tuple(a.ab_env.split("=", 1))] if a.ab_env else []) + \
         [("option", name, int(value)) for name, value in options]
-    print(f"batch {a.batch}, {a.dtype} weights")
+    state_dtype = torch.float32 if a.state_dtype == "float32" else DTYPES[a.dtype]
+    print(f"batch {a.batch}, {a.dtype} weights, {state_dtype} state")
     print("| model | variant | tokens | ms (each round's median) | weights GB | TFLOP/s (best round) |")
     print("| --- | --- | ---: | --- | ---: | ---: |")
     for name in a.models:
-        eng = random_engine(name, DTYPES[a.dtype], max_batch=a.batch,
+        eng = random_engine(name, DTYPES[a.dtype], state_dtype, max_batch=a.batch,
                             **({"prefill_graph_tokens": 0} if a.eager else {}))
         ms: dict = {v: [] for v in variants}
         for _ in range(a.rounds):

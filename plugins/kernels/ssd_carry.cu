@@ -10,6 +10,16 @@ namespace md {
 namespace ssd {
 namespace {
 
+// Two adjacent elements of S_in: float32 as they are; a 16-bit state's dtype rounded to nearest, the rounding the
+// final state gets (from_f), so the state entering a chunk is the one a call ending there would have handed on.
+__device__ __forceinline__ void store_pair(float* to, float a, float b) {
+  *reinterpret_cast<float2*>(to) = make_float2(a, b);
+}
+template <typename S>
+__device__ __forceinline__ void store_pair(S* to, float a, float b) {
+  *reinterpret_cast<uint32_t*>(to) = pack2<S>(a, b);
+}
+
 // dt_s[t] (discretised; 0 past the sequence) and cum_s[t] = sum of dt * A over steps 0..t of the chunk.
 // Every thread of the block calls it; threads 0..kQ-1 do the work.
 __device__ void chunk_dt(const SsdArgs& a, int64_t b, int64_t h, int64_t t0, int tc, float* dt_s, float* cum_s) {
@@ -251,7 +261,8 @@ __global__ void __launch_bounds__(kCarryThreads, NT == 1 ? 3 : 2) ssd_carry_kern
 
   // One barrier a chunk: chunk c + 1's w X is split while chunk c's products run (other buffers).
   const int64_t chunk_stride = p.nheads * p.headdim * p.dstate;
-  float* out = a.states + (b * a.nchunks * p.nheads + h) * p.headdim * p.dstate + (p0 + row) * ND + n0 + col;
+  S* out = static_cast<S*>(a.states) + (b * a.nchunks * p.nheads + h) * p.headdim * p.dstate + (p0 + row) * ND +
+           n0 + col;
   for (int c = 0; c < nchunks; ++c, out += chunk_stride) {
     cp_async_wait<kStages - 3>();
     __syncthreads();  // chunk c + 1's stage has landed, chunk c's X hi / lo are split; chunk c - 1 is done with
@@ -265,9 +276,8 @@ __global__ void __launch_bounds__(kCarryThreads, NT == 1 ? 3 : 2) ssd_carry_kern
       for (int hh = 0; hh < 2; ++hh) {
         float* v = acc[j][hh];
         if (column(j, 4 * hh) < N) {
-          float* to = out + 16 * kColGroups * j + 16 * q + 8 * hh;
-          *reinterpret_cast<float2*>(to) = make_float2(v[0], v[1]);
-          *reinterpret_cast<float2*>(to + 8 * ND) = make_float2(v[2], v[3]);
+          store_pair(out + 16 * kColGroups * j + 16 * q + 8 * hh, v[0], v[1]);
+          store_pair(out + 16 * kColGroups * j + 16 * q + 8 * hh + 8 * ND, v[2], v[3]);
         }
 #pragma unroll
         for (int e = 0; e < 4; ++e) v[e] *= decay;

@@ -15,7 +15,11 @@
 //        L[t, s] = exp(cum_t - cum_s), s <= t.
 // Operands that are float32 products (w * X, the masked C B^T, S_in) enter the 16-bit
 // matrix products as hi + lo pairs (hi = round(v), lo = round(v - hi)), so the result keeps about 16
-// mantissa bits instead of the 8 (bf16) or 11 (fp16) of one rounding; accumulation is float32.
+// mantissa bits instead of the 8 (bf16) or 11 (fp16) of one rounding; accumulation is float32. Where the state
+// itself is 16-bit (the caller's state_dtype, chosen for decode), S_in is stored in its dtype, one rounding, and
+// enters as it is: half the bytes between the two kernels and one product less. That rounding is what the final
+// state gets anyway, and what mamba-ssm's chunk scan does with every dtype (its state passing writes the states in
+// the input dtype).
 #include <algorithm>
 #include <cmath>
 
@@ -265,7 +269,8 @@ __device__ __forceinline__ void load_z(uint32_t (&z_raw)[2][kPT], const OutWarp&
   }
 }
 
-template <typename T, int kPT, int kUn, int W, bool kFold>
+// kLo: S_in as hi + lo (a float32 state), else its 16-bit rows alone.
+template <typename T, int kPT, int kUn, int W, bool kFold, bool kLo>
 __device__ __forceinline__ void out_warp(const OutWarp& w) {
   constexpr int kRow = kUn * 16;
   const int lane = threadIdx.x % 32, gq = lane / 4;
@@ -278,13 +283,13 @@ __device__ __forceinline__ void out_warp(const OutWarp& w) {
   const uint32_t a_row = rows + (16 * W + l7 + 8 * ((lane >> 3) & 1)) * kRow;
   const uint32_t b_row = rows + (l7 + 8 * (lane >> 4)) * kRow;
   float acc_g[W + 1][2][4] = {}, acc_y[kPT / 2][2][4] = {};
-  for (int kk = 0; kk < w.N / 16; ++kk) {  // C B^T over the causal key tiles, C S_in^T (hi + lo)
+  for (int kk = 0; kk < w.N / 16; ++kk) {  // C B^T over the causal key tiles, C S_in^T (hi [+ lo])
     const uint32_t cols_at = b_row + ((32 * kk) ^ (16 * vb));
     uint32_t a[4];
     ldmatrix_x4(a, a_row + ((32 * kk) ^ (16 * va)));
     times_cols<T, kUn>(acc_g, a, cols_at + kQ * kRow);
     times_cols<T, kUn>(acc_y, a, cols_at + kHiRow * kRow);
-    times_cols<T, kUn>(acc_y, a, cols_at + (kHiRow + 8 * kPT) * kRow);
+    if (kLo) times_cols<T, kUn>(acc_y, a, cols_at + (kHiRow + 8 * kPT) * kRow);
   }
   float (&y)[kPT][4] = reinterpret_cast<float (&)[kPT][4]>(acc_y);
   // the entering state's term decays by exp(cum_t): C enters its product exact and only S_in as hi + lo
@@ -302,9 +307,10 @@ __device__ __forceinline__ void out_warp(const OutWarp& w) {
 
 // Grid (nchunks, nheads, batch), kOutThreads threads; kPT = row_units(headdim), kUn = row_units(dstate); kFold:
 // the folded gated norm (md_ssm_params.norm_weight set), an instance of its own so that the plain one's registers
-// stay as they were.
-template <typename T, int kPT, int kUn, bool kFold>
+// stay as they were. S: the state's dtype (float: S_in as hi + lo; else S_in in it, as T).
+template <typename T, typename S, int kPT, int kUn, bool kFold>
 __global__ void __launch_bounds__(kOutThreads) ssd_output_kernel(const SsdArgs a) {
+  constexpr bool kLo = sizeof(S) == 4;
   extern __shared__ __align__(128) unsigned char smem[];
   const md_ssm_params& p = a.p;
   const int64_t c = blockIdx.x, h = blockIdx.y, b = blockIdx.z, t0 = c * kQ;
@@ -317,8 +323,11 @@ __global__ void __launch_bounds__(kOutThreads) ssd_output_kernel(const SsdArgs a
                     : nullptr;
 
   const TileShare n_share(N, kOutThreads), p_share(8 * kPT, kOutThreads);
-  StateSplit state{{}, a.states + ((b * a.nchunks + c) * p.nheads + h) * int64_t(P) * N, P, N};
-  if (n_share.rstep) state.load(n_share.r0, n_share);
+  const int64_t state_at = ((b * a.nchunks + c) * p.nheads + h) * int64_t(P) * N;
+  StateSplit state{{}, static_cast<const float*>(a.states) + state_at, P, N};
+  if (kLo && n_share.rstep) state.load(n_share.r0, n_share);
+  if constexpr (!kLo)  // S_in rows past headdim: zeros
+    copy_rows(smem + kHiRow * kRow, kRow, static_cast<const T*>(a.states) + state_at, N, 1, 8 * kPT, P, N, n_share);
   copy_rows(smem, kRow, static_cast<const T*>(p.C) + b * p.C_batch_stride + t0 * p.C_seq_stride +
             g * p.C_group_stride, p.C_seq_stride, p.C_state_stride, kQ, tc, N, n_share);
   copy_rows(smem + kQ * kRow, kRow, static_cast<const T*>(p.B) + b * p.B_batch_stride + t0 * p.B_seq_stride +
@@ -338,7 +347,7 @@ __global__ void __launch_bounds__(kOutThreads) ssd_output_kernel(const SsdArgs a
       prefetch_line(zp + t * p.z_seq_stride + (P - 1) * p.z_dim_stride);
     }
   }
-  for (int r0 = n_share.r0; n_share.rstep;) {
+  for (int r0 = n_share.r0; kLo && n_share.rstep;) {
     state.store<T>(smem + kHiRow * kRow, smem + (kHiRow + 8 * kPT) * kRow, kRow, 8 * kPT, r0, n_share);
     if ((r0 += StateSplit::kBatch * n_share.rstep) >= 8 * kPT) break;
     state.load(r0, n_share);
@@ -359,18 +368,20 @@ __global__ void __launch_bounds__(kOutThreads) ssd_output_kernel(const SsdArgs a
                               t0 * p.norm_sumsq_seq_stride + h : nullptr,
                   p.norm_sumsq_seq_stride};
   switch (threadIdx.x / 32) {
-    case 0: out_warp<T, kPT, kUn, 0, kFold>(w); break;
-    case 1: out_warp<T, kPT, kUn, 1, kFold>(w); break;
-    case 2: out_warp<T, kPT, kUn, 2, kFold>(w); break;
-    default: out_warp<T, kPT, kUn, 3, kFold>(w); break;
+    case 0: out_warp<T, kPT, kUn, 0, kFold, kLo>(w); break;
+    case 1: out_warp<T, kPT, kUn, 1, kFold, kLo>(w); break;
+    case 2: out_warp<T, kPT, kUn, 2, kFold, kLo>(w); break;
+    default: out_warp<T, kPT, kUn, 3, kFold, kLo>(w); break;
   }
 }
 
 int64_t nchunks_of(const md_ssm_params& p) { return (p.seqlen + kQ - 1) / kQ; }
 
-// Scratch of one batch row: the float32 state entering each chunk, and each chunk's dt_s and cum_s.
+// Scratch of one batch row: the state entering each chunk (float32, or the 16-bit state's dtype), and each chunk's
+// dt_s and cum_s (float32).
+size_t state_bytes(const md_ssm_params& p) { return p.state_dtype == MD_FLOAT32 ? sizeof(float) : 2; }
 size_t row_workspace_bytes(const md_ssm_params& p) {
-  return size_t(nchunks_of(p) * p.nheads * (p.headdim * p.dstate + 2 * kQ)) * sizeof(float);
+  return size_t(nchunks_of(p) * p.nheads) * (size_t(p.headdim * p.dstate) * state_bytes(p) + 2 * kQ * sizeof(float));
 }
 
 int max_smem_optin() { return device_attribute(cudaDevAttrMaxSharedMemoryPerBlockOptin, 48 << 10); }
@@ -396,10 +407,11 @@ md_ssm_params batch_rows(const md_ssm_params& p, int64_t b0, int64_t nb) {
   return q;
 }
 
-template <typename T, int kPT, int kUn>
+template <typename T, typename S, int kPT, int kUn>
 cudaError_t launch_output(const SsdArgs& a, cudaStream_t stream) {
   const md_ssm_params& p = a.p;
-  const auto kernel = p.norm_weight ? ssd_output_kernel<T, kPT, kUn, true> : ssd_output_kernel<T, kPT, kUn, false>;
+  const auto kernel =
+      p.norm_weight ? ssd_output_kernel<T, S, kPT, kUn, true> : ssd_output_kernel<T, S, kPT, kUn, false>;
   const size_t bytes = out_layout(static_cast<int>(p.headdim), static_cast<int>(p.dstate)).total;
   cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes));
   if (err != cudaSuccess) return err;
@@ -411,12 +423,12 @@ cudaError_t launch_output(const SsdArgs& a, cudaStream_t stream) {
   return cudaGetLastError();
 }
 
-template <typename T, int kPT>
+template <typename T, typename S, int kPT>
 cudaError_t launch_output_n(const SsdArgs& a, cudaStream_t stream) {
   switch (row_units(static_cast<int>(a.p.dstate))) {
-    case 8: return launch_output<T, kPT, 8>(a, stream);
-    case 16: return launch_output<T, kPT, 16>(a, stream);
-    default: return launch_output<T, kPT, 32>(a, stream);
+    case 8: return launch_output<T, S, kPT, 8>(a, stream);
+    case 16: return launch_output<T, S, kPT, 16>(a, stream);
+    default: return launch_output<T, S, kPT, 32>(a, stream);
   }
 }
 
@@ -424,8 +436,8 @@ template <typename T, typename S>
 cudaError_t launch_typed(const SsdArgs& a, cudaStream_t stream) {
   const cudaError_t err = launch_states<T, S>(a, stream);
   if (err != cudaSuccess) return err;
-  return row_units(static_cast<int>(a.p.headdim)) == 8 ? launch_output_n<T, 8>(a, stream)
-                                                        : launch_output_n<T, 16>(a, stream);
+  return row_units(static_cast<int>(a.p.headdim)) == 8 ? launch_output_n<T, S, 8>(a, stream)
+                                                        : launch_output_n<T, S, 16>(a, stream);
 }
 
 // The batch in slices of rows whose scratch fits kMaxWorkspace, one after another in the same scratch.
@@ -437,8 +449,8 @@ cudaError_t launch_slices(const md_ssm_params& p, int64_t nchunks, void* workspa
     a.p = batch_rows<T, S>(p, b0, std::min(rows, p.batch - b0));
     a.nchunks = nchunks;
     a.clamp_dt = clamps_dt(p);
-    a.states = static_cast<float*>(workspace);
-    a.dts = a.states + rows * nchunks * p.nheads * p.headdim * p.dstate;
+    a.states = workspace;
+    a.dts = reinterpret_cast<float*>(static_cast<S*>(workspace) + rows * nchunks * p.nheads * p.headdim * p.dstate);
     const cudaError_t err = launch_typed<T, S>(a, stream);
     if (err != cudaSuccess) return err;
   }

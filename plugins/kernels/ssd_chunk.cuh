@@ -14,8 +14,9 @@ namespace md {
 // >= 256, and one batch row's scratch (below) at most 512 MiB.
 bool ssd_eligible(const md_ssm_params& p);
 
-// Scratch of launch_ssd: per batch row, the float32 state entering each 64-step chunk and each chunk's dt and
-// running sum of dt * A; at most 512 MiB (a larger batch runs in slices of rows through it).
+// Scratch of launch_ssd: per batch row, the state entering each 64-step chunk (float32, or the 16-bit state's
+// dtype) and each chunk's dt and running sum of dt * A; at most 512 MiB (a larger batch runs in slices of rows
+// through it).
 size_t ssd_workspace_bytes(const md_ssm_params& p);
 
 // Runs the kernels on `stream`; `workspace` holds ssd_workspace_bytes(p). state_out may alias state_in.

@@ -17,7 +17,8 @@ struct SsdArgs {
   md_ssm_params p;
   int64_t nchunks;
   int clamp_dt;
-  float* states;  // (batch, nchunks, nheads, headdim, dstate): the state entering chunk c
+  void* states;   // (batch, nchunks, nheads, headdim, dstate): the state entering chunk c, float32, or the state's
+                 // dtype where that is 16-bit (ssd_chunk.cu: S_in)
   float* dts;     // (batch, nchunks, nheads, 2, kQ): dt_s and cum_s of chunk c (ssd_dt_kernel)
 };
 

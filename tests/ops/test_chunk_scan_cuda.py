@@ -82,10 +82,16 @@ def test_chunk_scan_tensor_core_form_carries_state(cuda, dtype, state_dtype):
     (300, 4, 64, 1, 112),  # dstate 112: a second part of 48 columns (the state in and out at column 64)
 ])
 @pytest.mark.parametrize("strided", [False, True])
-def test_chunk_scan_tensor_core_form_shapes(cuda, dtype, seqlen, nheads, headdim, ngroups, dstate, strided):
+@pytest.mark.parametrize("state_dtype", ["float32", "model"])
+def test_chunk_scan_tensor_core_form_shapes(cuda, dtype, seqlen, nheads, headdim, ngroups, dstate, strided,
+                                            state_dtype):
     """The SSD form (>= 256 steps, 16-bit inputs) over head and state sizes; `strided`: x and B with every other
-    element of their last dimension (no 16-byte vectors: the element-wise loads of the chunk walk)."""
+    element of their last dimension (no 16-byte vectors: the element-wise loads of the chunk walk). A 16-bit state
+    ("model") keeps the states entering the chunks in its dtype (ssd_chunk.cu): its rows past headdim and columns
+    past dstate are zeros copied, not split."""
     kw = mamba2_inputs(2, seqlen, nheads, headdim, ngroups, dstate, dtype)
+    sdt = torch.float32 if state_dtype == "float32" else dtype
+    kw["initial_state"] = kw["initial_state"].to(sdt)
     if strided:
         for key in ("x", "B"):
             wide = torch.zeros(*kw[key].shape[:-1], 2 * kw[key].shape[-1], dtype=dtype, device="cuda")
@@ -94,7 +100,7 @@ def test_chunk_scan_tensor_core_form_shapes(cuda, dtype, seqlen, nheads, headdim
             assert kw[key].stride(-1) == 2
     y_ref, s_ref = chunk_scan_ref(**{k: (v.float() if torch.is_tensor(v) else v) for k, v in kw.items()})
     y, st = cuda.chunk_scan(**kw, out=nan_like(kw["x"].shape, dtype),
-                            state_out=nan_like(kw["initial_state"].shape, torch.float32))
+                            state_out=nan_like(kw["initial_state"].shape, sdt))
     check("y", y, y_ref, dtype)
     check("state", st, s_ref, dtype)
 
