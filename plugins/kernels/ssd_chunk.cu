@@ -292,7 +292,7 @@ __device__ __forceinline__ void out_warp(const OutWarp& w) {
     if (kLo) times_cols<T, kUn>(acc_y, a, cols_at + (kHiRow + 8 * kPT) * kRow);
   }
   float (&y)[kPT][4] = reinterpret_cast<float (&)[kPT][4]>(acc_y);
-  // the entering state's term decays by exp(cum_t): C enters its product exact and only S_in as hi + lo
+  // the entering state's term decays by exp(cum_t): C enters its product exact, S_in as hi + lo or (kLo off) as is
   const float e0 = fast_exp2(w.c2_s[16 * W + gq]), e1 = fast_exp2(w.c2_s[16 * W + gq + 8]);
 #pragma unroll
   for (int j = 0; j < kPT; ++j) {
