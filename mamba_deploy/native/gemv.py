@@ -303,7 +303,8 @@ def _fold_args(p, fold: dict, batch: int, channels: int, dtype: torch.dtype) -> 
 def row_norm_ok(hidden: int, group_size: int, *tensors: torch.Tensor) -> bool:
     """Whether row_norm handles this shape (else use the library's add_norm / gated_rms_norm)."""
     return (group_size % 256 == 0 and group_size <= 8192 and hidden % group_size == 0 and
-            all(t is None or (t.data_ptr() % 16 == 0 and (t.shape[0] == 1 or (t.stride(0) * t.element_size()) % 16 == 0))
+            all(t is None or (t.data_ptr() % 16 == 0 and
+                              (t.shape[0] == 1 or (t.stride(0) * t.element_size()) % 16 == 0))
                 for t in tensors))
 
 
