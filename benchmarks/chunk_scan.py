@@ -7,9 +7,10 @@ of each kernel (torch.profiler).
         --batch 8 --seqlen 2048 --nheads 80  # mamba2-2.7b's
 
 Bytes: x, z, y, B, C, dt once each, the state in and out, and the state entering each 64-step chunk written once
-and read once (the SSD form's scratch: float32, or the state's dtype with `--state-dtype model`). FLOPs: the SSD products counted once (hi + lo pairs not
-counted twice): per head C B^T and its masked product with X over the causal half of each chunk, the chunk
-states X^T B and their contribution C S^T.
+and read once (the SSD form's scratch: float32, or the state's dtype with `--state-dtype model`; libraries before
+379b592 kept it in float32 for either state, so their 16-bit-state figure here is low). FLOPs: the SSD products
+counted once (hi + lo pairs not counted twice): per head C B^T and its masked product with X over the causal half
+of each chunk, the chunk states X^T B and their contribution C S^T.
 """
 import argparse
 
@@ -69,8 +70,8 @@ def main() -> None:
     s_bytes = state.element_size()
     moved = Bt * (2 * L * (3 * d + 2 * G * N + H) + 2 * s_bytes * H * P * N + 2 * s_bytes * nchunks * H * P * N)
     flops = 2 * Bt * H * (L * CHUNK // 2 * (N + P) + 2 * L * P * N)
-    print(f"chunk_scan {a.dtype} state {sdt} batch={Bt} L={L} heads={H}x{P} groups={G} dstate={N}: {us:.1f} us per call, "
-          f"{moved / 1e6:.1f} MB at {moved / us / 1e3:.0f} GB/s, "
+    print(f"chunk_scan {a.dtype} state {sdt} batch={Bt} L={L} heads={H}x{P} groups={G} dstate={N}: "
+          f"{us:.1f} us per call, {moved / 1e6:.1f} MB at {moved / us / 1e3:.0f} GB/s, "
           f"{flops / 1e9:.2f} GFLOP at {flops / us / 1e6:.1f} TFLOP/s")
     for name, kus, calls in profile_kernels(run, runs=5, top=6):
         print(f"{kus:9.1f} us {calls:3d}x  {name}")
