@@ -379,9 +379,9 @@ int64_t nchunks_of(const md_ssm_params& p) { return (p.seqlen + kQ - 1) / kQ; }
 
 // Scratch of one batch row: the state entering each chunk (float32, or the 16-bit state's dtype), and each chunk's
 // dt_s and cum_s (float32).
-size_t state_bytes(const md_ssm_params& p) { return p.state_dtype == MD_FLOAT32 ? sizeof(float) : 2; }
 size_t row_workspace_bytes(const md_ssm_params& p) {
-  return size_t(nchunks_of(p) * p.nheads) * (size_t(p.headdim * p.dstate) * state_bytes(p) + 2 * kQ * sizeof(float));
+  return size_t(nchunks_of(p) * p.nheads) *
+         (size_t(p.headdim * p.dstate * elem_bytes(p.state_dtype)) + 2 * kQ * sizeof(float));
 }
 
 int max_smem_optin() { return device_attribute(cudaDevAttrMaxSharedMemoryPerBlockOptin, 48 << 10); }
