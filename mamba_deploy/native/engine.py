@@ -21,9 +21,10 @@ Prefill is eager, except chunks of at most prefill_graph_tokens (2,048) tokens a
 power-of-two pieces instead (at most three), or, for fresh prompts (`lengths`: left padding), one padded graph
 (prefill_graphs.py: an eager prefill of that size is bound by the host). prefill_graph_tokens=0 keeps every prefill
 eager. With prefill_split=k a chunk of pure Mamba layers runs as up to k parts along time, a wavefront on k streams
-(prefill_split.py), in a graph or eager; by default (None) two in a batch-1 Mamba1 graph of an engine of at most 16
-slots, else one (prefill_split.parts says why). With fold_gated_norm (off by default) Mamba2 layers with one norm group
-fold the gated norm into the chunk scan (prefill.py) and the decode step (decode.py). A float32 engine's cuBLAS
+(prefill_split.py), in a graph or eager; by default (None) two in a batch-1 graph of an engine of at most 16
+slots where the layers' width was measured to gain, else one (prefill_split.parts says which and why). With
+fold_gated_norm (off by default) Mamba2 layers with one norm group fold the gated norm into the chunk scan
+(prefill.py) and the decode step (decode.py). A float32 engine's cuBLAS
 products are IEEE float32 whatever torch's setting, or TF32 with tf32=True (precision.py).
 """
 from __future__ import annotations

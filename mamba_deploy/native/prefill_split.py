@@ -8,9 +8,9 @@ j-1's of the same layer; its norms, projections and MLP may run beside the other
 layer's scan gives the GPU few threads (mamba-1.4b's Mamba1 scan at 2,048 tokens: about two warps a scheduler,
 bound by latency, 158 us a layer, 43% of the prefill; Mamba2's carry walk likewise), and the layers run one
 after another, so what one kernel leaves idle nothing else can use. The engine's default (prefill_split None):
-two parts for Mamba1 layers at batch 1 in a prefill graph, where it was measured to gain, in an engine that never
-decodes more than AUTO_MAX_DECODE_BATCH rows; one (off) otherwise (AUTO_PARTS; an eager split chunk is bound by the
-host's launches).
+two parts at batch 1 in a prefill graph for Mamba1 layers of at most AUTO_MAX_D_INNER channels and Mamba2 layers of
+more, where it was measured to gain, in an engine that never decodes more than AUTO_MAX_DECODE_BATCH rows; one
+(off) otherwise (AUTO_PARTS; an eager split chunk is bound by the host's launches).
 
 Each part runs the kernels of a sequential prefill in chunks of the parts' lengths, on the same data, and each layer's
 state passes from part to part in the same order, so the results are the same bits
@@ -45,6 +45,13 @@ AUTO_PARTS = 2
 # session 35: mamba-1.4b batch-64 step 2.695 -> 2.855 ms, Engine.generate 21,500 -> 20,400 tokens/s; batch 1 and
 # 16 unchanged; docs/performance.md), which outweighs a 9-12% faster batch-1 prefill where decode runs 64 rows.
 AUTO_MAX_DECODE_BATCH = 16
+# ... and only for Mamba1 layers of at most this many channels (d_inner), Mamba2 layers of more. Measured on the H100
+# (session 53, fp16, 2,048 tokens, docs/performance.md): two parts gain 13% on mamba-790m (3,072 channels) and 2-5%
+# on mamba-1.4b (4,096), but on mamba-2.8b (5,120) they lose 0.65 ms on average over 20 runs in 5 processes (31.5
+# against 30.9 ms) and swing with the capture (30.3-33.2 ms against 30.1-31.2 whole): the side part's GEMMs ran
+# 25-50% slower beside the other part's scan. Mamba2 the other way round: mamba2-2.7b (5,120) 2.0-2.8% faster in two
+# processes today (3.9% in session 43), mamba2-1.3b (4,096) level.
+AUTO_MAX_D_INNER = 4096
 KINDS = ("conv", "scan")  # the state updates a part hands to the next (prefill.py's handoff points)
 
 
@@ -71,10 +78,14 @@ def part_bounds(n: int, parts: int, step: int, min_tokens: Optional[int] = None)
 def parts(eng, batch: int, graphed: bool = False) -> int:
     """How many parts NativeEngine `eng` cuts a chunk of `batch` rows into at most (`graphed`: the chunk is a prefill
     graph's piece): its prefill_split, or where that is None (the default) AUTO_PARTS for a graphed batch-1 chunk of
-    Mamba1 layers in an engine of max_batch <= AUTO_MAX_DECODE_BATCH, and 1 otherwise."""
+    Mamba1 layers of d_inner <= AUTO_MAX_D_INNER or Mamba2 layers of more, in an engine of max_batch <=
+    AUTO_MAX_DECODE_BATCH, and 1 otherwise."""
     if eng.prefill_split is not None:
         return eng.prefill_split
-    auto = eng.config.arch != MAMBA2 and batch == 1 and graphed and eng.max_batch <= AUTO_MAX_DECODE_BATCH
+    c = eng.config
+    wide = c.d_inner > AUTO_MAX_D_INNER
+    auto = (wide if c.arch == MAMBA2 else not wide) and batch == 1 and graphed and \
+        eng.max_batch <= AUTO_MAX_DECODE_BATCH
     return AUTO_PARTS if auto else 1
 
 

@@ -2,6 +2,7 @@
 streams and events with the kernels as their references: the logits and state of the chunk prefilled in one go,
 every part's conv and scan of a layer enqueued after a wait for the previous part's record of that same layer,
 the side streams forked from the caller's stream and joined back into it."""
+import dataclasses
 import types
 from collections import Counter
 
@@ -120,10 +121,10 @@ def test_applies_only_to_split_engines_of_mamba_layers_and_long_chunks(monkeypat
 
 
 def test_the_default_splits_graphed_mamba1_chunks_of_one_row_only(monkeypatch):
-    """prefill_split None (the engine's default): AUTO_PARTS for a prefill graph's batch-1 Mamba1 piece in an
-    engine of max_batch <= AUTO_MAX_DECODE_BATCH; whole chunks eager (an eager split is bound by the host), at
-    batch > 1, for Mamba2 and in an engine that decodes more rows; a number given is kept whatever the model,
-    batch, path and max_batch."""
+    """prefill_split None (the engine's default): AUTO_PARTS for a prefill graph's batch-1 piece of Mamba1 layers of
+    at most AUTO_MAX_D_INNER channels or Mamba2 layers of more, in an engine of max_batch <= AUTO_MAX_DECODE_BATCH;
+    whole chunks eager (an eager split is bound by the host), at batch > 1, for other widths and in an engine that
+    decodes more rows; a number given is kept whatever the model, batch, path and max_batch."""
     eng, _ = _engine("mamba1", monkeypatch, None)
     assert S.parts(eng, 1, graphed=True) == S.AUTO_PARTS == 2 and S.applies(eng, 24, 1, graphed=True)
     eng.max_batch = S.AUTO_MAX_DECODE_BATCH + 1
@@ -134,8 +135,17 @@ def test_the_default_splits_graphed_mamba1_chunks_of_one_row_only(monkeypatch):
     assert S.bounds(eng, 24, 1, graphed=True) == [(0, 16), (16, 24)]
     assert S.parts(eng, 1) == 1 and not S.applies(eng, 4096, 1) and S.bounds(eng, 4096, 1) == [(0, 4096)]
     assert S.parts(eng, 2, graphed=True) == 1 and not S.applies(eng, 4096, 2, graphed=True)
+    eng.config = dataclasses.replace(eng.config, d_model=S.AUTO_MAX_D_INNER // eng.config.expand + 8)
+    assert eng.config.d_inner > S.AUTO_MAX_D_INNER and S.parts(eng, 1, graphed=True) == 1
+    eng.config = dataclasses.replace(eng.config, d_model=S.AUTO_MAX_D_INNER // eng.config.expand)
+    assert eng.config.d_inner == S.AUTO_MAX_D_INNER and S.parts(eng, 1, graphed=True) == 2
     eng2, _ = _engine("mamba2", monkeypatch, None)
     assert S.parts(eng2, 1, graphed=True) == 1 and not S.applies(eng2, 4096, 1, graphed=True)
+    narrow = eng2.config
+    eng2.config = dataclasses.replace(narrow, d_model=S.AUTO_MAX_D_INNER // narrow.expand + 8)
+    assert eng2.config.d_inner > S.AUTO_MAX_D_INNER and S.parts(eng2, 1, graphed=True) == 2
+    assert S.parts(eng2, 1) == 1 and S.parts(eng2, 2, graphed=True) == 1
+    eng2.config = narrow
     eng2.prefill_split = 3
     assert S.parts(eng2, 8) == 3 and S.applies(eng2, 4096, 8)
 
