@@ -46,11 +46,11 @@ AUTO_PARTS = 2
 # 16 unchanged; docs/performance.md), which outweighs a 9-12% faster batch-1 prefill where decode runs 64 rows.
 AUTO_MAX_DECODE_BATCH = 16
 # ... and only for Mamba1 layers of at most this many channels (d_inner), Mamba2 layers of more. Measured on the H100
-# (session 53, fp16, 2,048 tokens, docs/performance.md): two parts gain 13% on mamba-790m (3,072 channels) and 2-5%
-# on mamba-1.4b (4,096), but on mamba-2.8b (5,120) they lose 0.65 ms on average over 20 runs in 5 processes (31.5
+# (session 53, fp16, 2,048 tokens, docs/performance.md): two parts gain 10-13% on mamba-790m (3,072 channels) and
+# 2-4% on mamba-1.4b (4,096), but on mamba-2.8b (5,120) they lose 0.65 ms on average over 20 runs in 5 processes (31.5
 # against 30.9 ms) and swing with the capture (30.3-33.2 ms against 30.1-31.2 whole): the side part's GEMMs ran
-# 25-50% slower beside the other part's scan. Mamba2 the other way round: mamba2-2.7b (5,120) 2.0-2.8% faster in two
-# processes today (3.9% in session 43), mamba2-1.3b (4,096) level.
+# 25-50% slower beside the other part's scan. Mamba2 the other way round: mamba2-2.7b (5,120) 1.8-2.3% faster in five
+# processes of six (0.2% in the sixth; 3.9% in session 43), mamba2-1.3b (4,096) level.
 AUTO_MAX_D_INNER = 4096
 KINDS = ("conv", "scan")  # the state updates a part hands to the next (prefill.py's handoff points)
 
